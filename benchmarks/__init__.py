@@ -1,0 +1,1 @@
+"""Benchmark reproductions and the command-line entry point `python -m benchmarks`."""

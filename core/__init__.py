@@ -1,0 +1,86 @@
+"""core: task-balancing methods for multi-task learning and the engine that applies them.
+
+Public API (everything is importable from `core` directly):
+- `mtl_backward`, `StepInfo`: the engine, a drop-in for `loss.backward()`;
+- gradient weightings `DiBSMTL`, `NormalizedSum`, `MGDA`, `RandomGradientWeighting`;
+- loss weightings `LinearScalarization`, `ScaleInvariantLS`, `RandomLossWeighting`;
+- `core.dibs` (the DiBS bargaining iteration), `core.transforms`, `core.pareto`, `core.errors`;
+- `make_method` / `available_methods`: the registry for command-line interfaces.
+"""
+
+from core import errors, transforms
+from core.dibs import (
+    constant_step,
+    dibs,
+    preferred_states_by_normalized_descent,
+    robbins_monro_step,
+)
+from core.engine import StepInfo, mtl_backward
+from core.jacobian import batched_task_gradients, flatten, gramian, task_jacobians, unflatten
+from core.methods import (
+    MGDA,
+    DiBSMTL,
+    GradientWeighting,
+    HeadGradient,
+    LinearScalarization,
+    LossWeighting,
+    Method,
+    NormalizedSum,
+    RandomGradientWeighting,
+    RandomLossWeighting,
+    ScaleInvariantLS,
+)
+from core.pareto import MinNormSolution, min_norm_point, stationarity
+from core.registry import available_methods, make_method
+from core.transforms import (
+    Affine,
+    Arcsinh,
+    Compose,
+    Exp,
+    Log,
+    MonotoneTransform,
+    SignedPower,
+    Softplus,
+    parse_transform,
+)
+
+__all__ = [
+    "MGDA",
+    "Affine",
+    "Arcsinh",
+    "Compose",
+    "DiBSMTL",
+    "Exp",
+    "GradientWeighting",
+    "HeadGradient",
+    "LinearScalarization",
+    "Log",
+    "LossWeighting",
+    "Method",
+    "MinNormSolution",
+    "MonotoneTransform",
+    "NormalizedSum",
+    "RandomGradientWeighting",
+    "RandomLossWeighting",
+    "ScaleInvariantLS",
+    "SignedPower",
+    "Softplus",
+    "StepInfo",
+    "available_methods",
+    "batched_task_gradients",
+    "constant_step",
+    "dibs",
+    "errors",
+    "flatten",
+    "gramian",
+    "make_method",
+    "min_norm_point",
+    "mtl_backward",
+    "parse_transform",
+    "preferred_states_by_normalized_descent",
+    "robbins_monro_step",
+    "stationarity",
+    "task_jacobians",
+    "transforms",
+    "unflatten",
+]

@@ -1,0 +1,21 @@
+"""Task-balancing methods: gradient weightings (on the Gramian) and loss weightings (on losses)."""
+
+from core.methods.base import GradientWeighting, HeadGradient, LossWeighting, Method
+from core.methods.dibs_mtl import DiBSMTL, NormalizedSum
+from core.methods.linear import LinearScalarization, ScaleInvariantLS
+from core.methods.mgda import MGDA
+from core.methods.random_weighting import RandomGradientWeighting, RandomLossWeighting
+
+__all__ = [
+    "MGDA",
+    "DiBSMTL",
+    "GradientWeighting",
+    "HeadGradient",
+    "LinearScalarization",
+    "LossWeighting",
+    "Method",
+    "NormalizedSum",
+    "RandomGradientWeighting",
+    "RandomLossWeighting",
+    "ScaleInvariantLS",
+]

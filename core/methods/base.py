@@ -1,0 +1,109 @@
+"""The two method contracts: gradient weightings (on the Gramian) and loss weightings (on losses).
+
+Both are pure callables on tensors; neither ever calls `.backward()`. The engine
+(`core.engine.mtl_backward`) computes what a method needs, calls it, and writes `.grad`.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from core.errors import MTLInputError
+
+
+class HeadGradient(enum.Enum):
+    """What a task's own (head) parameters receive from the engine.
+
+    WEIGHTED: `w_i * grad l_i` (the weighted loss is backpropagated into the heads, as the
+    DiBS-MTL, Nash-MTL and MGDA reference code do, and as every loss weighting does).
+    RAW: the plain `grad l_i` (RGW, PCGrad, CAGrad in their papers).
+    """
+
+    WEIGHTED = "weighted"
+    RAW = "raw"
+
+
+class Method(ABC):
+    """Common base: the head-gradient declaration, state reset and learnable parameters."""
+
+    head_gradient: HeadGradient = HeadGradient.WEIGHTED
+
+    def reset(self) -> None:
+        """Forget any state kept across steps (warm starts, histories). Stateless: no-op."""
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """Learnable parameters of the method itself (none for most methods)."""
+        return iter(())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+class GradientWeighting(Method):
+    """A method that maps the K x K Gramian `G = J J^T` (and the K losses) to K weights.
+
+    The shared update is `sum_i w_i g_i`. Inputs may be batched: `gramian` of shape
+    `[..., K, K]` and `losses` of shape `[..., K]` give weights of shape `[..., K]`, each batch
+    element computed independently, so many problems or starting points run as one call.
+    """
+
+    def __call__(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+        _check_gramian(gramian, losses)
+        return self.weights(gramian, losses)
+
+    @abstractmethod
+    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+        """Weights `[..., K]` from the Gramian `[..., K, K]` and the losses `[..., K]`."""
+
+
+class LossWeighting(Method):
+    """A method that maps the K loss values (and its own state) to K loss weights.
+
+    The engine backpropagates `sum_i w_i l_i (+ penalty())` once; heads therefore always receive
+    `w_i * grad l_i`. Weights may carry a graph to the method's own `parameters()` (learnable
+    weightings); otherwise they are detached. Batched losses `[..., K]` give weights `[..., K]`.
+    """
+
+    head_gradient = HeadGradient.WEIGHTED
+
+    def __call__(self, losses: Tensor, /) -> Tensor:
+        if losses.ndim < 1 or losses.shape[-1] == 0:
+            raise MTLInputError(f"losses must have shape [..., K] with K >= 1, got {tuple(losses.shape)}")
+        return self.weights(losses)
+
+    @abstractmethod
+    def weights(self, losses: Tensor, /) -> Tensor:
+        """Weights `[..., K]` from the (detached) losses `[..., K]`."""
+
+    def penalty(self) -> Tensor | None:
+        """A term added to the weighted loss (e.g. uncertainty weighting's log-variances), or None."""
+        return None
+
+
+def _check_gramian(gramian: Tensor, losses: Tensor) -> None:
+    if gramian.ndim < 2 or gramian.shape[-1] != gramian.shape[-2]:
+        raise MTLInputError(f"the Gramian must have shape [..., K, K], got {tuple(gramian.shape)}")
+    if gramian.shape[-1] == 0:
+        raise MTLInputError("the Gramian is empty: K must be at least 1")
+    if losses.shape != gramian.shape[:-1]:
+        raise MTLInputError(
+            f"losses of shape {tuple(losses.shape)} do not match the Gramian of shape "
+            f"{tuple(gramian.shape)}: expected losses of shape {tuple(gramian.shape[:-1])}"
+        )
+
+
+def gramian_norms(gramian: Tensor) -> Tensor:
+    """Task-gradient norms `||g_i|| = sqrt(G_ii)` from a (batched) Gramian, clamped at 0."""
+    return torch.diagonal(gramian, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+
+
+def safe_reciprocal(values: Tensor) -> Tensor:
+    """`1 / v` where `v > 0` and exactly 0 where `v == 0` (a zero gradient gets zero weight)."""
+    positive = values > 0
+    return torch.where(positive, 1.0 / torch.where(positive, values, torch.ones_like(values)), 0.0)

@@ -1,0 +1,141 @@
+"""DiBS-MTL (Murthy, Gupta, Karabag, Fridovich-Keil, Topcu 2025, arXiv:2509.23948) and the
+plain normalised-gradient sum.
+
+DiBS-MTL runs the DiBS bargaining iteration (Gupta et al. 2025, arXiv:2505.14817) inside a trust
+region of radius r around the current parameters. With unit task gradients `u_i = g_i/||g_i||`,
+surrogate preferred states `p_i = -r u_i` and displacement `delta_0 = 0`, the inner loop is
+
+    d_i^k = ||delta_k - p_i||,    delta_{k+1} = delta_k - eta sum_i d_i^k u_i,
+
+stopped when `||delta_{k+1}|| > r`. Because `delta` stays in the span of the `u_i`, everything
+is computed from the Gramian: write `delta_k = -sum_j c_j u_j` with `c = sum_{k'<k} eta d^{k'}`;
+then `||delta_k - p_i||^2 = c^T U c - 2 r (U c)_i + r^2` with `U_ij = u_i . u_j`. The loop is a
+linear scalarisation with detached weights `w_i = c_i / ||g_i||` (spec dibs.md §3.2 step 5).
+Only the directions `u_i` enter, so the shared update `sum_i w_i g_i = sum_i c_i u_i` is invariant
+to strictly increasing transforms of the losses (`g_i -> h_i'(l_i) g_i`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from core.errors import InvalidHyperparameterError
+from core.methods.base import GradientWeighting, HeadGradient, gramian_norms, safe_reciprocal
+
+Reduction = Literal["sum", "mean"]
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("sum", "mean"):
+        raise InvalidHyperparameterError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def unit_gramian(gramian: Tensor) -> tuple[Tensor, Tensor]:
+    """The Gramian of the unit gradients `U_ij = u_i . u_j` and the norms `||g_i||`.
+
+    A zero gradient has the zero direction (the DiBS direction oracle's convention), so its row
+    and column of U are zero.
+    """
+    norms = gramian_norms(gramian)
+    inverse = safe_reciprocal(norms)
+    return gramian * inverse[..., :, None] * inverse[..., None, :], norms
+
+
+class DiBSMTL(GradientWeighting):
+    """DiBS-MTL, 1-step (`steps=1`, the paper's "1-Step DiBS-MTL") or T-step (`steps=T`).
+
+    Weights `w_i = sum_{k < T'} eta d_i^k / ||g_i||` (module docstring), where T' counts the inner
+    steps computed, including one rejected by the radius check (as the reference code does: the
+    rejected step is accumulated, unprojected, before the check). With `steps=1`, `d_i^0 = r`, so
+    `w_i = eta r / ||g_i||` and the shared update is `epsilon * sum_i u_i` with the overall scale
+    `epsilon = eta * r` (the paper's epsilon; 1e-5 with the defaults). Adam cancels most of this
+    scale; it survives through Adam's eps (spec dibs.md §3.5), so it is kept as published.
+
+    Defaults are the reference code's (suryakmurthy/dibs-mtl, HEAD): `radius` r = 1e-3;
+    `inner_step` eta = 1e-2 for `steps=1` and `radius / steps` for `steps > 1` (None selects
+    these). `reduction="sum"` sums the unit gradients as the reference does (the step grows with
+    K); `"mean"` divides the weights by K. Heads receive `w_i grad l_i`, which keeps the whole
+    network's update invariant (the `1/h'` in `w_i` cancels the `h'` in the head gradient).
+
+    Deviation: a task with a zero gradient gets weight 0 (its direction is 0, as in DiBS's
+    direction oracle); the reference's 1-step code divides by zero (NaN) and its T-step code adds
+    1e-10 to the norm. Gradient-norm clipping of the reference (max_norm 1, a no-op at this scale)
+    is left to the user's loop.
+    """
+
+    head_gradient = HeadGradient.WEIGHTED
+
+    def __init__(
+        self,
+        *,
+        steps: int = 1,
+        radius: float = 1e-3,
+        inner_step: float | None = None,
+        reduction: Reduction = "sum",
+    ) -> None:
+        if not isinstance(steps, int) or steps < 1:
+            raise InvalidHyperparameterError(f"steps must be a positive integer, got {steps!r}")
+        if not radius > 0:
+            raise InvalidHyperparameterError(f"radius must be positive, got {radius!r}")
+        if inner_step is None:
+            inner_step = 1e-2 if steps == 1 else radius / steps
+        if not inner_step > 0:
+            raise InvalidHyperparameterError(f"inner_step must be positive, got {inner_step!r}")
+        _check_reduction(reduction)
+        self.steps = steps
+        self.radius = float(radius)
+        self.inner_step = float(inner_step)
+        self.reduction = reduction
+
+    @property
+    def epsilon(self) -> float:
+        """The overall scale `eta * r` of the 1-step update `epsilon * sum_i u_i`."""
+        return self.inner_step * self.radius
+
+    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+        unit, norms = unit_gramian(gramian)
+        coefficients = self.inner_coefficients(unit)
+        weights = coefficients * safe_reciprocal(norms)
+        return weights / gramian.shape[-1] if self.reduction == "mean" else weights
+
+    def inner_coefficients(self, unit: Tensor, /) -> Tensor:
+        """Coefficients `c` of the final displacement `-sum_i c_i u_i` from the unit Gramian."""
+        present = (torch.diagonal(unit, dim1=-2, dim2=-1) > 0).to(unit.dtype)
+        radius_sq = self.radius**2
+        coefficients = torch.zeros(unit.shape[:-1], dtype=unit.dtype, device=unit.device)
+        active = torch.ones(unit.shape[:-2], dtype=torch.bool, device=unit.device)
+        for _ in range(self.steps):
+            projected = (unit @ coefficients[..., None])[..., 0]
+            displacement_sq = (coefficients * projected).sum(dim=-1, keepdim=True)
+            distances_sq = displacement_sq - 2 * self.radius * projected + radius_sq * present
+            distances = distances_sq.clamp_min(0).sqrt()
+            coefficients = torch.where(active[..., None], coefficients + self.inner_step * distances, coefficients)
+            new_norm_sq = (coefficients * (unit @ coefficients[..., None])[..., 0]).sum(dim=-1)
+            active = active & (new_norm_sq <= radius_sq)  # the rejected step stays counted
+            if not bool(active.any()):
+                break
+        return coefficients
+
+
+class NormalizedSum(GradientWeighting):
+    """The plain sum of unit task gradients: `w_i = 1 / ||g_i||` (DiBS paper, eq. 2).
+
+    The naive normalised-gradient update, which 1-step DiBS-MTL equals up to its scale epsilon.
+    Its fixed points are Pareto stationary, it is symmetric and invariant to strictly increasing
+    loss transforms, but it is unfair: on `x^2, (x-1)^2` every point of (0, 1) is a fixed point
+    (DiBS paper, Example 2). `reduction="mean"` averages instead of summing. A zero gradient
+    gets weight 0. Heads receive `w_i grad l_i` (keeps whole-network invariance).
+    """
+
+    head_gradient = HeadGradient.WEIGHTED
+
+    def __init__(self, *, reduction: Reduction = "sum") -> None:
+        _check_reduction(reduction)
+        self.reduction = reduction
+
+    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+        weights = safe_reciprocal(gramian_norms(gramian))
+        return weights / gramian.shape[-1] if self.reduction == "mean" else weights

@@ -1,0 +1,61 @@
+"""Fixed loss weightings: linear scalarisation and the scale-invariant log-loss sum."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
+from core.methods.base import LossWeighting
+
+
+class LinearScalarization(LossWeighting):
+    """Linear scalarisation `L = sum_i w_i l_i` with fixed weights (equal weighting by default).
+
+    Convention: `weights=None` and `reduction="sum"` give `w_i = 1`, the plain sum used by the
+    LibMTL, Nash-MTL, FAMO and RLW code; `reduction="mean"` divides the weights by K, the 1/K of
+    the RLW paper (which matches E[lambda] of random loss weighting). Explicit `weights` must be
+    K finite non-negative numbers, not all zero; "mean" divides them by K as well.
+    """
+
+    def __init__(self, *, weights: Sequence[float] | Tensor | None = None, reduction: Literal["sum", "mean"] = "sum") -> None:
+        if reduction not in ("sum", "mean"):
+            raise InvalidHyperparameterError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        if weights is not None:
+            fixed = torch.as_tensor(weights, dtype=torch.float64).detach()
+            if fixed.ndim != 1 or fixed.numel() == 0:
+                raise InvalidHyperparameterError(f"weights must be a non-empty vector, got shape {tuple(fixed.shape)}")
+            if not bool(torch.isfinite(fixed).all()) or bool((fixed < 0).any()) or not bool((fixed > 0).any()):
+                raise InvalidHyperparameterError(f"weights must be finite, non-negative and not all zero, got {fixed.tolist()}")
+            weights = fixed
+        self.fixed_weights = weights
+        self.reduction = reduction
+
+    def weights(self, losses: Tensor, /) -> Tensor:
+        num_tasks = losses.shape[-1]
+        if self.fixed_weights is None:
+            weights = torch.ones_like(losses)
+        elif self.fixed_weights.numel() != num_tasks:
+            raise MTLInputError(f"LinearScalarization has {self.fixed_weights.numel()} weights but there are {num_tasks} losses")
+        else:
+            weights = self.fixed_weights.to(dtype=losses.dtype, device=losses.device).expand_as(losses)
+        return weights / num_tasks if self.reduction == "mean" else weights
+
+
+class ScaleInvariantLS(LossWeighting):
+    """The scale-invariant log-loss sum `L = sum_i log l_i` (Navon et al. 2022, §6, "SI").
+
+    Its gradient is `sum_i grad l_i / l_i`, i.e. detached loss weights `w_i = 1 / l_i`, invariant
+    to positive rescaling `l_i -> a_i l_i` (not to shifts or nonaffine transforms). Losses must
+    be positive: a zero or negative loss raises `LossDomainError`.
+    """
+
+    def weights(self, losses: Tensor, /) -> Tensor:
+        if not bool((losses > 0).all()):
+            raise LossDomainError(
+                f"ScaleInvariantLS takes log of each loss, so every loss must be positive; got {losses.tolist()}"
+            )
+        return 1.0 / losses

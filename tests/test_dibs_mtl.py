@@ -1,0 +1,97 @@
+"""DiBS-MTL and the normalised sum: the Gramian computation equals the loop in parameter space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core import DiBSMTL, NormalizedSum
+from core.errors import InvalidHyperparameterError
+from core.jacobian import gramian
+from tests.jacobian_strategies import jacobians
+
+
+def explicit_inner_loop(jacobian: torch.Tensor, *, steps: int, radius: float, inner_step: float) -> torch.Tensor:
+    """The reference inner loop written in parameter space (spec dibs.md §3.2), returning w_i."""
+    norms = jacobian.norm(dim=1)
+    units = torch.where(norms[:, None] > 0, jacobian / norms.clamp_min(1e-300)[:, None], 0.0)
+    preferred = -radius * units
+    delta = torch.zeros(jacobian.shape[1], dtype=jacobian.dtype)
+    weights = torch.zeros(jacobian.shape[0], dtype=jacobian.dtype)
+    for _ in range(steps):
+        distances = (delta - preferred).norm(dim=1)
+        weights += torch.where(norms > 0, inner_step * distances / norms.clamp_min(1e-300), 0.0)
+        candidate = delta - inner_step * (distances[:, None] * units).sum(dim=0)
+        if candidate.norm() > radius:
+            break  # the rejected step stays counted in the weights, as in the reference
+        delta = candidate
+    return weights
+
+
+@given(
+    jacobian=jacobians(min_exponent=-6, max_exponent=6),
+    steps=st.sampled_from([1, 2, 5, 20]),
+    radius=st.sampled_from([1e-3, 0.1, 1.0]),
+    inner_fraction=st.sampled_from([0.01, 0.2, 1.0, 5.0]),
+)
+def test_gramian_weights_equal_the_parameter_space_loop(jacobian, steps, radius, inner_fraction) -> None:
+    method = DiBSMTL(steps=steps, radius=radius, inner_step=inner_fraction / steps)
+    got = method(gramian(jacobian), torch.ones(jacobian.shape[0], dtype=jacobian.dtype))
+    want = explicit_inner_loop(jacobian, steps=steps, radius=radius, inner_step=inner_fraction / steps)
+    # compare the shared updates (what matters) and the weights relative to 1/||g_i||
+    torch.testing.assert_close(got @ jacobian, want @ jacobian, rtol=1e-8, atol=1e-12 * (want.abs() @ jacobian.abs()).max().item())
+
+
+@given(jacobian=jacobians(allow_zero_rows=False))
+def test_one_step_is_epsilon_times_sum_of_unit_gradients(jacobian) -> None:
+    method = DiBSMTL(radius=2e-3, inner_step=3e-2)
+    update = method(gramian(jacobian), torch.ones(jacobian.shape[0], dtype=jacobian.dtype)) @ jacobian
+    units = jacobian / jacobian.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(update, method.epsilon * units.sum(dim=0), rtol=1e-9, atol=1e-18)
+    assert method.epsilon == pytest.approx(6e-5)
+
+
+@given(jacobian=jacobians(), steps=st.sampled_from([1, 5]))
+def test_mean_reduction_divides_by_k(jacobian, steps) -> None:
+    losses = torch.ones(jacobian.shape[0], dtype=jacobian.dtype)
+    total = DiBSMTL(steps=steps)(gramian(jacobian), losses)
+    mean = DiBSMTL(steps=steps, reduction="mean")(gramian(jacobian), losses)
+    torch.testing.assert_close(mean, total / jacobian.shape[0])
+    torch.testing.assert_close(NormalizedSum(reduction="mean")(gramian(jacobian), losses), NormalizedSum()(gramian(jacobian), losses) / jacobian.shape[0])
+
+
+def test_multi_step_stops_at_the_radius() -> None:
+    # Opposite unit gradients: the displacement stays 0 and every step is taken.
+    opposite = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    method = DiBSMTL(steps=7, radius=1.0, inner_step=0.1)
+    weights = method(gramian(opposite), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(weights, torch.full((2,), 0.7, dtype=torch.float64))
+    # Aligned gradients: the first step leaves the ball of radius r and the loop stops there.
+    aligned = torch.tensor([[1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    weights = DiBSMTL(steps=7, radius=1.0, inner_step=0.6)(gramian(aligned), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(weights, torch.tensor([0.6, 0.3], dtype=torch.float64))
+
+
+def test_default_inner_step_follows_the_reference() -> None:
+    assert DiBSMTL().inner_step == 1e-2 and DiBSMTL().radius == 1e-3
+    assert DiBSMTL(steps=5).inner_step == pytest.approx(1e-3 / 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"steps": 0}, {"steps": 1.5}, {"radius": 0.0}, {"inner_step": -1.0}, {"reduction": "max"}]
+)
+def test_invalid_hyperparameters(kwargs) -> None:
+    with pytest.raises(InvalidHyperparameterError):
+        DiBSMTL(**kwargs)
+
+
+def test_batched_equals_one_by_one() -> None:
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(4, 3, 3, 6, generator=generator, dtype=torch.float64)
+    grams, losses = gramian(batch), torch.ones(4, 3, 3, dtype=torch.float64)
+    for method in (DiBSMTL(steps=5, radius=0.5, inner_step=0.2), NormalizedSum()):
+        batched = method(grams, losses)
+        for index in [(0, 0), (1, 2), (3, 1)]:
+            torch.testing.assert_close(batched[index], method(grams[index], losses[index]))

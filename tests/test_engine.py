@@ -1,0 +1,210 @@
+"""The engine writes exactly the gradients the method defines, in both modes, or raises cleanly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import core
+from core import errors
+from core.jacobian import gramian, task_jacobians
+from tests.models import TwoLayerMultiTask
+
+GRADIENT_METHODS = [
+    core.DiBSMTL(),
+    core.DiBSMTL(steps=5),
+    core.NormalizedSum(),
+    core.MGDA(),
+    core.RandomGradientWeighting(generator=torch.Generator().manual_seed(3)),
+]
+LOSS_METHODS = [
+    core.LinearScalarization(),
+    core.LinearScalarization(weights=[0.2, 1.5, 3.0], reduction="mean"),
+    core.ScaleInvariantLS(),
+    core.RandomLossWeighting(generator=torch.Generator().manual_seed(3)),
+]
+
+
+def hand_gradients(model: TwoLayerMultiTask, weights: torch.Tensor, *, raw_heads: bool) -> list[torch.Tensor]:
+    """Gradients of sum_i w_i l_i on the shared parameters, then each head's w_i grad l_i (or grad l_i)."""
+    losses = model.losses()
+    shared = torch.autograd.grad(sum(w * loss for w, loss in zip(weights, losses)), model.shared_params(), retain_graph=True)
+    heads = []
+    for i, loss in enumerate(losses):
+        grads = torch.autograd.grad(loss, model.task_params()[i])
+        heads.extend(g if raw_heads else weights[i] * g for g in grads)
+    return list(shared) + heads
+
+
+def engine_gradients(model: TwoLayerMultiTask) -> list[torch.Tensor]:
+    return [p.grad for p in model.shared_params()] + [p.grad for group in model.task_params() for p in group]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", GRADIENT_METHODS + LOSS_METHODS, ids=repr)
+def test_full_mode_grad_equals_weighted_loss_gradient(method, dtype) -> None:
+    model = TwoLayerMultiTask(3, dtype=dtype)
+    info = core.mtl_backward(model.losses(), model.shared_params(), method, task_params=model.task_params())
+    expected = hand_gradients(model, info.weights, raw_heads=method.head_gradient is core.HeadGradient.RAW)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for got, want in zip(engine_gradients(model), expected):
+        torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS, ids=repr)
+def test_gradient_weighting_sees_the_gramian_of_shared_gradients(method) -> None:
+    model = TwoLayerMultiTask(3)
+    losses = model.losses()
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, model.shared_params(), retain_graph=True)]) for loss in losses]
+    expected_gramian = gramian(torch.stack(rows))
+    info = core.mtl_backward(losses, model.shared_params(), method, task_params=model.task_params())
+    torch.testing.assert_close(info.gramian, expected_gramian)
+    torch.testing.assert_close(info.grad_norms, torch.stack(rows).norm(dim=1))
+    torch.testing.assert_close(info.losses, torch.stack(losses).detach())
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS, ids=repr)
+def test_representation_mode(method) -> None:
+    model = TwoLayerMultiTask(3)
+    representation = model.representation()
+    losses = model.losses_from(representation)
+    rep_rows = torch.stack([torch.autograd.grad(loss, representation, retain_graph=True)[0].reshape(-1) for loss in losses])
+    info = core.mtl_backward(losses, model.shared_params(), method, task_params=model.task_params(), representation=representation)
+    torch.testing.assert_close(info.gramian, gramian(rep_rows))
+    expected = hand_gradients(model, info.weights, raw_heads=method.head_gradient is core.HeadGradient.RAW)
+    for got, want in zip(engine_gradients(model), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_grad_accumulates_like_backward() -> None:
+    model = TwoLayerMultiTask(2)
+    core.mtl_backward(model.losses(), model.shared_params(), core.NormalizedSum(), task_params=model.task_params())
+    once = [g.clone() for g in engine_gradients(model)]
+    core.mtl_backward(model.losses(), model.shared_params(), core.NormalizedSum(), task_params=model.task_params())
+    for got, first in zip(engine_gradients(model), once):
+        torch.testing.assert_close(got, 2 * first)
+
+
+def test_parameters_in_neither_set_get_nothing() -> None:
+    model = TwoLayerMultiTask(2)
+    core.mtl_backward(model.losses(), model.shared_params(), core.MGDA())
+    assert all(p.grad is None for group in model.task_params() for p in group)
+    assert all(p.grad is not None for p in model.shared_params())
+
+
+@pytest.mark.parametrize("method", [core.DiBSMTL(), core.MGDA(), core.LinearScalarization(), core.RandomLossWeighting()], ids=repr)
+def test_single_task(method) -> None:
+    model = TwoLayerMultiTask(1)
+    info = core.mtl_backward(model.losses(), model.shared_params(), method, task_params=model.task_params())
+    assert info.weights.shape == (1,)
+    assert torch.isfinite(info.weights).all()
+
+
+def test_zero_task_gradient_gets_a_finite_weight() -> None:
+    model = TwoLayerMultiTask(2)
+    losses = model.losses()
+    constant_reaching = losses[0] + 0.0 * sum(p.sum() for p in model.shared_params())  # zero gradient, in the graph
+    for method in GRADIENT_METHODS:
+        model.zero_grad_all()
+        info = core.mtl_backward([constant_reaching, losses[1]], model.shared_params(), method)
+        assert torch.isfinite(info.weights).all()
+        assert all(torch.isfinite(p.grad).all() for p in model.shared_params())
+
+
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_jacobian_strategies_agree(strategy) -> None:
+    model = TwoLayerMultiTask(4)
+    losses = torch.stack(model.losses())
+    reference = task_jacobians(losses, model.shared_params(), strategy="loop")
+    result = task_jacobians(losses, model.shared_params(), strategy=strategy)
+    for got, want in zip(result, reference):
+        torch.testing.assert_close(got, want)
+
+
+# ---- bad input: a clear core.errors exception and untouched .grad -------------------------
+
+
+def assert_untouched(model: TwoLayerMultiTask, sentinel: list[torch.Tensor]) -> None:
+    for param, before in zip(model.parameters(), sentinel):
+        assert param.grad is not None and torch.equal(param.grad, before)
+
+
+def with_sentinel_grads(model: TwoLayerMultiTask) -> list[torch.Tensor]:
+    for param in model.parameters():
+        param.grad = torch.full_like(param, 7.0)
+    return [param.grad.clone() for param in model.parameters()]
+
+
+@pytest.mark.parametrize("method", [core.DiBSMTL(), core.LinearScalarization()], ids=repr)
+@pytest.mark.parametrize(
+    "corrupt, error, words",
+    [
+        (lambda losses, model: [losses[0], losses[1] * float("nan")], errors.NonFiniteLossError, "task 1"),
+        (lambda losses, model: [losses[0] + float("inf"), losses[1]], errors.NonFiniteLossError, "task 0"),
+        (lambda losses, model: [losses[0], torch.stack([losses[1], losses[1]])], errors.LossShapeError, "task 1"),
+        (lambda losses, model: [], errors.NoTasksError, "K = 0"),
+        (lambda losses, model: [losses[0], losses[1].float()], errors.DtypeMismatchError, "float32"),
+        (lambda losses, model: torch.stack(losses)[None], errors.LossShapeError, "shape [K]"),
+    ],
+)
+def test_bad_losses_raise_and_leave_grad_untouched(method, corrupt, error, words) -> None:
+    model = TwoLayerMultiTask(2)
+    sentinel = with_sentinel_grads(model)
+    with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
+        core.mtl_backward(corrupt(model.losses(), model), model.shared_params(), method, task_params=model.task_params())
+    assert_untouched(model, sentinel)
+
+
+@pytest.mark.parametrize("method", [core.DiBSMTL(), core.LinearScalarization()], ids=repr)
+def test_unreached_shared_parameter(method) -> None:
+    model = TwoLayerMultiTask(2)
+    sentinel = with_sentinel_grads(model)
+    stray = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    stray.grad = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(errors.UnreachedParameterError, match=r"shared_params\[2\]"):
+        core.mtl_backward(model.losses(), model.shared_params() + [stray], method, task_params=model.task_params())
+    assert_untouched(model, sentinel)
+    assert torch.equal(stray.grad, torch.ones(3, dtype=torch.float64))
+
+
+def test_unreached_representation_and_mismatched_groups() -> None:
+    model = TwoLayerMultiTask(2)
+    sentinel = with_sentinel_grads(model)
+    unrelated = torch.zeros(8, 5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(errors.UnreachedParameterError, match="representation"):
+        core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), representation=unrelated)
+    with pytest.raises(errors.MTLInputError, match="3 groups but there are 2 losses"):
+        core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), task_params=model.task_params() + [[]])
+    assert_untouched(model, sentinel)
+
+
+def test_mixed_parameter_dtype() -> None:
+    model = TwoLayerMultiTask(2)
+    sentinel = with_sentinel_grads(model)
+    other = torch.nn.Parameter(torch.zeros(2, dtype=torch.float32))
+    with pytest.raises(errors.DtypeMismatchError):
+        core.mtl_backward(model.losses(), model.shared_params() + [other], core.DiBSMTL())
+    assert_untouched(model, sentinel)
+
+
+def test_mixed_devices() -> None:
+    model = TwoLayerMultiTask(2)
+    sentinel = with_sentinel_grads(model)
+    on_meta = torch.zeros((), dtype=torch.float64, device="meta", requires_grad=True)
+    with pytest.raises(errors.DeviceMismatchError, match="meta"):
+        core.mtl_backward([model.losses()[0], on_meta], model.shared_params(), core.DiBSMTL())
+    assert_untouched(model, sentinel)
+
+
+def test_nonfinite_gradient_is_named() -> None:
+    x = torch.nn.Parameter(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    losses = [x.sum(), torch.sqrt(x[0]) + 1.0]  # d sqrt(x)/dx at 0 is infinite
+    with pytest.raises(errors.NonFiniteGradientError, match="task 1"):
+        core.mtl_backward(losses, [x], core.DiBSMTL())
+    assert x.grad is None
+
+
+def test_not_a_method() -> None:
+    model = TwoLayerMultiTask(2)
+    with pytest.raises(errors.MTLInputError, match="GradientWeighting or LossWeighting"):
+        core.mtl_backward(model.losses(), model.shared_params(), lambda g, l: g)  # type: ignore[arg-type]

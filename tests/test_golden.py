@@ -1,0 +1,76 @@
+"""Golden values on the canonical J = [[-4, 1, 1], [6, 1, 1]] with losses [1, 2].
+
+G = [[18, -22], [-22, 38]], ||g_1|| = sqrt(18), ||g_2|| = sqrt(38). The expected numbers are
+derived by hand in the comments (or, for the T-step loop, pinned after checking against the
+parameter-space loop of tests/test_dibs_mtl.py), so a silent numeric change fails here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import core
+from core.jacobian import gramian
+
+JACOBIAN = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+LOSSES = torch.tensor([1.0, 2.0], dtype=torch.float64)
+N1, N2 = math.sqrt(18), math.sqrt(38)
+COSINE = -22 / (N1 * N2)
+
+
+def mgda_two(g11: float, g22: float, g12: float) -> list[float]:
+    """Sener & Koltun's two-task closed form."""
+    first = min(max((g22 - g12) / (g11 + g22 - 2 * g12), 0.0), 1.0)
+    return [first, 1 - first]
+
+
+GOLDEN = {
+    # 1-step DiBS-MTL: w_i = eta r / ||g_i|| with eta r = 1e-5
+    "dibsmtl": (core.DiBSMTL(), [1e-5 / N1, 1e-5 / N2]),
+    "dibsmtl_mean": (core.DiBSMTL(reduction="mean"), [0.5e-5 / N1, 0.5e-5 / N2]),
+    # 5-step DiBS-MTL, eta = r / 5 (reference HEAD multi-step)
+    "dibsmtl_5": (core.DiBSMTL(steps=5), [2.3568729648758136e-07, 1.6221112226300144e-07]),
+    "dibsmtl_10_eta_1e-2": (core.DiBSMTL(steps=10, inner_step=1e-2), [2.341230247258222e-05, 1.6113451660041053e-05]),
+    "nsum": (core.NormalizedSum(), [1 / N1, 1 / N2]),
+    # MGDA: a_1 = ((g2 - g1) . g2) / ||g1 - g2||^2 = 60 / 100
+    "mgda": (core.MGDA(), [0.6, 0.4]),
+    # l2: the unit gradients have equal norms, so a = (1/2, 1/2)
+    "mgda_l2": (core.MGDA(normalization="l2"), [0.5, 0.5]),
+    "mgda_l2_normalized": (core.MGDA(normalization="l2", apply_to="normalized"), [0.5 / N1, 0.5 / N2]),
+    # loss: G / (l l^T) = [[18, -11], [-11, 9.5]] -> a_1 = 20.5 / 49.5
+    "mgda_loss": (core.MGDA(normalization="loss"), [20.5 / 49.5, 29 / 49.5]),
+    # loss+: unit gradients divided by the losses: [[1, c/2], [c/2, 1/4]]
+    "mgda_loss+": (core.MGDA(normalization="loss+"), mgda_two(1.0, 0.25, COSINE / 2)),
+    "ls": (core.LinearScalarization(), [1.0, 1.0]),
+    "ls_mean": (core.LinearScalarization(reduction="mean"), [0.5, 0.5]),
+    "ls_weights": (core.LinearScalarization(weights=[0.25, 3.0]), [0.25, 3.0]),
+    # scale-invariant: w = 1 / l
+    "scaleinvls": (core.ScaleInvariantLS(), [1.0, 0.5]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden(name: str) -> None:
+    method, expected = GOLDEN[name]
+    if isinstance(method, core.GradientWeighting):
+        weights = method(gramian(JACOBIAN), LOSSES)
+    else:
+        weights = method(LOSSES)
+    torch.testing.assert_close(weights, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-15)
+
+
+def test_golden_mgda_update_is_the_min_norm_point() -> None:
+    update = core.MGDA()(gramian(JACOBIAN), LOSSES) @ JACOBIAN
+    torch.testing.assert_close(update, torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
+
+
+def test_golden_seeded_random_weightings() -> None:
+    """RLW and RGW with a seeded generator reproduce the same draws as torch's own sampler."""
+    expected = torch.softmax(torch.randn(2, generator=torch.Generator().manual_seed(7), dtype=torch.float64), dim=-1)
+    rlw = core.RandomLossWeighting(generator=torch.Generator().manual_seed(7))(LOSSES)
+    rgw = core.RandomGradientWeighting(generator=torch.Generator().manual_seed(7))(gramian(JACOBIAN), LOSSES)
+    torch.testing.assert_close(rlw, expected)
+    torch.testing.assert_close(rgw, expected)

@@ -1,0 +1,103 @@
+"""Properties every method claims, checked across all of them on hypothesis-drawn Jacobians."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import core
+from core.jacobian import gramian
+from core.registry import available_methods, make_method
+from tests.jacobian_strategies import jacobians, positive_losses
+
+DETERMINISTIC_GRADIENT_WEIGHTINGS = {
+    "dibsmtl": lambda: core.DiBSMTL(),
+    "dibsmtl_5": lambda: core.DiBSMTL(steps=5),
+    "dibsmtl_big_radius": lambda: core.DiBSMTL(steps=8, radius=1.0, inner_step=0.3),
+    "nsum": lambda: core.NormalizedSum(),
+    "mgda": lambda: core.MGDA(),
+    "mgda_l2": lambda: core.MGDA(normalization="l2"),
+    "mgda_loss+": lambda: core.MGDA(normalization="loss+", apply_to="normalized"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC_GRADIENT_WEIGHTINGS))
+@given(jacobian=jacobians(min_tasks=2, min_exponent=-4, max_exponent=4), data=st.data())
+def test_permutation_equivariance(name, jacobian, data) -> None:
+    """Relabelling the tasks relabels the weights: w(P G P^T, P l) = P w(G, l).
+
+    MGDA's weights are unique only where the Gramian is nonsingular; elsewhere the min-norm
+    value is what is unique, so MGDA is checked on the value, and on the weights when
+    G is well conditioned.
+    """
+    method = DETERMINISTIC_GRADIENT_WEIGHTINGS[name]()
+    losses = data.draw(positive_losses(jacobian.shape[0]))
+    order = torch.tensor(data.draw(st.permutations(range(jacobian.shape[0]))))
+    weights = method(gramian(jacobian), losses)
+    permuted = method(gramian(jacobian[order]), losses[order])
+    if not name.startswith("mgda"):
+        torch.testing.assert_close(permuted, weights[order], rtol=1e-9, atol=0)
+        return
+    value = method.last_diagnostics["min_norm"].item() ** 2
+    method(gramian(jacobian), losses)
+    reference = method.last_diagnostics["min_norm"].item() ** 2
+    scale = (gramian(jacobian).diagonal() / losses**2).max().item()  # bounds every normalised G_ii here
+    assert abs(value - reference) <= 1e-10 * max(scale, gramian(jacobian).diagonal().max().item(), 1.0)
+    if torch.linalg.cond(gramian(jacobian)).item() < 1e6:
+        torch.testing.assert_close(permuted, weights[order], rtol=0, atol=1e-6 * weights.abs().max().item())
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC_GRADIENT_WEIGHTINGS))
+@given(jacobian=jacobians(min_tasks=1, max_tasks=5, min_exponent=-12, max_exponent=12))
+def test_weights_are_finite_and_nonnegative(name, jacobian) -> None:
+    """Zero rows, rank deficiency and scales from 1e-12 to 1e12 give finite, non-negative weights."""
+    losses = torch.ones(jacobian.shape[0], dtype=jacobian.dtype)
+    weights = DETERMINISTIC_GRADIENT_WEIGHTINGS[name]()(gramian(jacobian), losses)
+    assert weights.shape == losses.shape
+    assert bool(torch.isfinite(weights).all()) and bool((weights >= 0).all())
+
+
+def test_zero_gradient_weights_are_documented_values() -> None:
+    jacobian = torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    losses = torch.ones(2, dtype=torch.float64)
+    assert core.DiBSMTL()(gramian(jacobian), losses)[1].item() == 0.0  # zero direction, zero weight
+    assert core.NormalizedSum()(gramian(jacobian), losses)[1].item() == 0.0
+    torch.testing.assert_close(core.MGDA()(gramian(jacobian), losses), torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+
+@given(jacobian=jacobians(min_tasks=2, max_tasks=5, min_exponent=-3, max_exponent=3))
+def test_rgw_ignores_the_gramian(jacobian) -> None:
+    """RGW's weights depend only on its generator; with exchangeable draws (tests of RLW) this
+    makes it permutation equivariant in distribution."""
+    losses = torch.ones(jacobian.shape[0], dtype=jacobian.dtype)
+    first = core.RandomGradientWeighting(generator=torch.Generator().manual_seed(11))(gramian(jacobian), losses)
+    other = core.RandomGradientWeighting(generator=torch.Generator().manual_seed(11))(torch.eye(jacobian.shape[0], dtype=jacobian.dtype), losses)
+    torch.testing.assert_close(first, other)
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC_GRADIENT_WEIGHTINGS))
+def test_batched_gramians_equal_separate_calls(name) -> None:
+    generator = torch.Generator().manual_seed(5)
+    batch = torch.randn(3, 2, 4, 6, generator=generator, dtype=torch.float64)
+    losses = torch.rand(3, 2, 4, generator=generator, dtype=torch.float64) + 0.1
+    method = DETERMINISTIC_GRADIENT_WEIGHTINGS[name]()
+    batched = method(gramian(batch), losses)
+    assert batched.shape == (3, 2, 4)
+    for i in range(3):
+        for j in range(2):
+            torch.testing.assert_close(batched[i, j], method(gramian(batch[i, j]), losses[i, j]), rtol=1e-9, atol=1e-12)
+
+
+def test_registry_builds_every_method_and_rejects_unknown_names() -> None:
+    for name in available_methods():
+        assert isinstance(make_method(name), core.Method)
+    assert make_method("dibsmtl_multi_step").steps == 5
+    with pytest.raises(core.errors.UnknownMethodError, match="choose one of: .*dibsmtl"):
+        make_method("dibs-mtl")
+
+
+def test_every_public_name_is_importable_from_core() -> None:
+    for name in core.__all__:
+        assert getattr(core, name) is not None

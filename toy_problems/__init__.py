@@ -1,0 +1,9 @@
+"""Multi-task problems with known Pareto sets and fronts, batched in torch.
+
+Each problem maps `x [..., n_var]` to the task losses `[..., n_obj]`, treating leading dimensions
+as independent batch rows, and declares `n_var`, `n_obj`, `bounds` and default starting points.
+"""
+
+from toy_problems.two_task_toy import TwoTaskToy
+
+__all__ = ["TwoTaskToy"]
