@@ -29,6 +29,25 @@ def write_json_atomic(path: str | Path, payload: Any, /) -> Path:
     return path
 
 
+def save_figure_atomic(figure, path: str | Path, /) -> Path:
+    """Save a matplotlib figure (format from the suffix) atomically, then close it."""
+    import matplotlib.pyplot as plt  # only the commands that draw need matplotlib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, dpi=150, bbox_inches="tight")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
+    return path
+
+
 def environment() -> dict[str, str]:
     """Versions and machine facts recorded with every result."""
     return {

@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from benchmarks.store import environment, write_json_atomic
+from core.errors import InvalidHyperparameterError
 from core.registry import available_methods, make_method
 from core.transforms import MonotoneTransform, parse_transform
 from toy_problems import TwoTaskToy
@@ -120,7 +121,10 @@ def main(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     for name in methods:
         make_method(name)  # fails early, listing the valid names
+    parse_transform(args.transform)  # likewise, before any run
     num_steps = 3_000 if args.quick else args.steps
+    if num_steps < 1 or not methods:
+        raise InvalidHyperparameterError(f"--steps must be at least 1 (got {num_steps}) and --methods must name a method")
     result = run_demo(methods=methods, num_steps=num_steps, transform=args.transform, lr=args.lr, dtype=getattr(torch, args.dtype), device=args.device)
     path = write_json_atomic(args.out / "toy_demo.json", result)
     print(format_table(result))

@@ -1,0 +1,71 @@
+"""The README's promises: its code example runs, and the commands it names work end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert blocks, "the README lost its usage example"
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, str(README), "exec"), namespace)
+        info = namespace["info"]
+        assert float(info.weights.sum()) > 0 and info.gramian.shape == (2, 2)
+
+
+def test_readme_commands_exist() -> None:
+    text = README.read_text()
+    for command in ("pip install -r requirements.txt", "python -m pytest", "python -m benchmarks demo"):
+        assert command in text
+
+
+def test_demo_runs_and_shows_invariance(tmp_path, capsys) -> None:
+    assert main(["demo", "--steps", "300", "--methods", "ls,dibsmtl", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "dibsmtl" in printed and "ls" in printed
+    result = json.loads((tmp_path / "toy_demo.json").read_text())
+    gaps = {name: max(run["endpoint_gap"]) for name, run in result["results"].items()}
+    assert gaps["dibsmtl"] < 1e-4  # float32 rounding over 300 Adam steps
+    assert gaps["ls"] > 1e-2  # the transformed task dominates linear scalarisation
+
+
+def test_perf_quick_runs(tmp_path, capsys) -> None:
+    assert main(["perf", "--quick", "--out", str(tmp_path), "--markdown", str(tmp_path / "perf.md")]) == 0
+    assert "dibsmtl_step / ls_step" in capsys.readouterr().out
+    assert json.loads((tmp_path / "perf_engine.json").read_text())
+    assert "| quantity |" in (tmp_path / "perf.md").read_text()
+
+
+def test_unknown_method_is_a_clear_error(tmp_path, capsys) -> None:
+    assert main(["demo", "--steps", "5", "--methods", "ls,nash", "--out", str(tmp_path)]) == 2
+    assert "unknown method 'nash'" in capsys.readouterr().err
+
+
+def test_bad_transform_and_step_count_are_clear_errors(tmp_path, capsys) -> None:
+    assert main(["demo", "--steps", "5", "--transform", "cube", "--out", str(tmp_path)]) == 2
+    assert "cube" in capsys.readouterr().err
+    assert main(["demo", "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert not (tmp_path / "toy_demo.json").exists()
+
+
+def test_list_names_every_experiment(capsys) -> None:
+    assert main(["--list"]) == 0
+    printed = capsys.readouterr().out
+    assert "demo" in printed and "perf" in printed
+
+
+def test_bad_argument_exits_with_usage() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--steps", "many"])
+    assert exit_info.value.code == 2
