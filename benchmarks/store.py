@@ -1,4 +1,4 @@
-"""Result files: JSON written atomically (temporary file in the same folder, fsync, rename)."""
+"""Result files: JSON, text and figures written atomically (temporary file in the same folder, fsync, rename)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from typing import Any
 import torch
 
 
-def write_json_atomic(path: str | Path, payload: Any, /) -> Path:
-    """Write `payload` as JSON to `path` so that readers see the old file or the new one, never half."""
+def write_text_atomic(path: str | Path, text: str, /) -> Path:
+    """Write `text` to `path` so that readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=True)
+            stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -27,6 +27,11 @@ def write_json_atomic(path: str | Path, payload: Any, /) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | Path, payload: Any, /) -> Path:
+    """Write `payload` as indented JSON to `path`, atomically (see `write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def save_figure_atomic(figure, path: str | Path, /) -> Path:

@@ -1,0 +1,65 @@
+"""CUDA paths (skipped without a GPU; CI has none): every method through the engine on the GPU
+matches the CPU result, and random weightings draw from a generator on either device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import core
+from core.registry import available_methods, make_method
+from tests.models import TwoLayerMultiTask
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def engine_grads(model: TwoLayerMultiTask, method, representation: bool) -> list[torch.Tensor]:
+    model.zero_grad_all()
+    z = model.representation()
+    info = core.mtl_backward(
+        model.losses_from(z), model.shared_params(), method, task_params=model.task_params(), representation=z if representation else None
+    )
+    assert info.weights.device == z.device
+    return [p.grad.detach().cpu() for p in model.parameters()]
+
+
+def seeded(name: str, device: str):
+    if name in ("rlw", "rgw"):
+        return make_method(name, generator=torch.Generator(device).manual_seed(0))
+    return make_method(name)
+
+
+@pytest.mark.parametrize("representation", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", [n for n in available_methods() if n != "rgw"])
+def test_engine_on_cuda_matches_cpu(name, dtype, representation) -> None:
+    cpu = TwoLayerMultiTask(3, dtype=dtype)
+    gpu = TwoLayerMultiTask(3, dtype=dtype).cuda()
+    gpu.inputs, gpu.targets = gpu.inputs.cuda(), gpu.targets.cuda()
+    # RLW: the same seeded CPU generator on both sides, so both draw the same weights
+    want = engine_grads(cpu, seeded(name, "cpu"), representation)
+    got = engine_grads(gpu, seeded(name, "cpu"), representation)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("cls", [core.RandomLossWeighting, core.RandomGradientWeighting])
+def test_random_weights_with_a_cuda_generator(cls) -> None:
+    method = cls(generator=torch.Generator("cuda").manual_seed(1))
+    losses = torch.ones(1000, 4, device="cuda")
+    weights = method(losses) if cls is core.RandomLossWeighting else method(torch.eye(4, device="cuda").expand(1000, 4, 4), losses)
+    assert weights.device.type == "cuda"
+    torch.testing.assert_close(weights.sum(-1), torch.ones(1000, device="cuda"))
+    again = cls(generator=torch.Generator("cuda").manual_seed(1))
+    repeat = again(losses) if cls is core.RandomLossWeighting else again(torch.eye(4, device="cuda").expand(1000, 4, 4), losses)
+    assert torch.equal(weights, repeat)
+
+
+def test_toy_demo_on_cuda_matches_cpu() -> None:
+    from benchmarks.toy_demo import run_demo
+
+    kwargs = {"methods": ["dibsmtl", "ls"], "num_steps": 200, "dtype": torch.float64, "show_progress": False}
+    cpu, gpu = run_demo(device="cpu", **kwargs), run_demo(device="cuda", **kwargs)
+    for name in kwargs["methods"]:
+        torch.testing.assert_close(torch.tensor(gpu["results"][name]["endpoints"]), torch.tensor(cpu["results"][name]["endpoints"]), rtol=1e-8, atol=1e-8)
