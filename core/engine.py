@@ -208,7 +208,7 @@ def _gradient_weighting_grads(
     jacobian = torch.cat([jac.reshape(num_tasks, -1) for jac in jacobians[: len(wrt)]], dim=1)
     _raise_nonfinite_rows(jacobian)
     gramian = jacobian @ jacobian.T
-    weights = method(gramian, detached)
+    weights = solve_weights(method, gramian, detached)
     if not bool(torch.isfinite(weights).all()):
         raise FloatingPointError(f"{type(method).__name__} returned non-finite weights {weights.tolist()}")
     combined = weights.to(jacobian.dtype) @ jacobian
@@ -240,6 +240,17 @@ def _gradient_weighting_grads(
         diagnostics=dict(getattr(method, "last_diagnostics", {}) or {}),
     )
     return grads, info
+
+
+def solve_weights(method: GradientWeighting, gramian: Tensor, losses: Tensor) -> Tensor:
+    """The method's weights, computed on the CPU copy of the K x K Gramian when it lives elsewhere.
+
+    On a GPU, the solvers' many tiny kernels and convergence checks (each a synchronisation) cost
+    more than copying K^2 numbers once (`python -m benchmarks perf --device cuda` measures both).
+    """
+    if gramian.device.type == "cpu":
+        return method(gramian, losses)
+    return method(gramian.cpu(), losses.cpu()).to(gramian.device)
 
 
 def _raise_nonfinite_rows(jacobian: Tensor) -> None:

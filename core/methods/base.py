@@ -41,7 +41,8 @@ class Method(ABC):
         return iter(())
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        # hyperparameters only: private state and the diagnostics of the last call are left out
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "last_diagnostics")
         return f"{type(self).__name__}({fields})"
 
 

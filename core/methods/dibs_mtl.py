@@ -96,9 +96,11 @@ class DiBSMTL(GradientWeighting):
         return self.inner_step * self.radius
 
     def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
-        unit, norms = unit_gramian(gramian)
-        coefficients = self.inner_coefficients(unit)
-        weights = coefficients * safe_reciprocal(norms)
+        if self.steps == 1:  # the inner loop's one step from 0 moves by eta * r along every u_i
+            weights = self.epsilon * safe_reciprocal(gramian_norms(gramian))
+        else:
+            unit, norms = unit_gramian(gramian)
+            weights = self.inner_coefficients(unit) * safe_reciprocal(norms)
         return weights / gramian.shape[-1] if self.reduction == "mean" else weights
 
     def inner_coefficients(self, unit: Tensor, /) -> Tensor:
