@@ -10,6 +10,7 @@ run's endpoint is from the nominal one: zero for a transformation-invariant meth
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -55,16 +56,25 @@ def run_demo(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     show_progress: bool = True,
+    finished: dict | None = None,
+    on_method_done=None,
 ) -> dict:
-    """Run every method on the nominal and transformed toy; return a JSON-ready result."""
+    """Run every method on the nominal and transformed toy; return a JSON-ready result.
+
+    `finished` holds results of methods already run with the same settings (they are reused, so
+    an interrupted run resumes); `on_method_done(partial_result)` is called after each method.
+    """
     problem = TwoTaskToy()
     transform_fn = parse_transform(transform)
     starts = problem.starts(dtype=dtype, device=device)
     batch = torch.stack([starts, starts])  # [version, start, 2]
     objectives = transformed_objectives(problem, transform_fn)
     front = problem.pareto_front(2000)
-    results = {}
+    config = {"methods": methods, "num_steps": num_steps, "transform": transform, "lr": lr, "dtype": str(dtype), "starts": [list(s) for s in problem.default_starts]}
+    results = {name: finished[name] for name in methods if finished and name in finished}
     for name in methods:
+        if name in results:
+            continue
         method = make_method(name)
         began = time.perf_counter()
         with tqdm(total=num_steps, desc=name, disable=not show_progress, leave=False) as bar:
@@ -80,12 +90,32 @@ def run_demo(
             "distance_to_front": distance_to_front(nominal_losses, front).tolist(),
             "endpoint_gap": torch.linalg.vector_norm(endpoints[0] - endpoints[1], dim=-1).tolist(),
         }
-    return {
-        "experiment": "toy_demo",
-        "config": {"methods": methods, "num_steps": num_steps, "transform": transform, "lr": lr, "dtype": str(dtype), "starts": [list(s) for s in problem.default_starts]},
-        "environment": environment(),
-        "results": results,
-    }
+        if on_method_done is not None:
+            on_method_done(_payload(config, results, complete=False))
+    kept = {name: data for name, data in (finished or {}).items() if name not in results}  # nothing is dropped
+    return _payload(config, results | kept, complete=True)
+
+
+def _payload(config: dict, results: dict, *, complete: bool) -> dict:
+    return {"experiment": "toy_demo", "config": config, "environment": environment(), "results": results, "complete": complete}
+
+
+RESUME_KEYS = ("num_steps", "transform", "lr", "dtype")
+"""A saved result is reused only if these settings match (methods may differ)."""
+
+
+def load_finished(path: Path, config: dict) -> dict:
+    """Per-method results of an earlier run at `path` with the same settings, else {}."""
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning("ignoring unreadable earlier result %s (%s)", path, error)
+        return {}
+    if saved.get("experiment") != "toy_demo" or any(saved.get("config", {}).get(k) != config[k] for k in RESUME_KEYS):
+        return {}
+    return dict(saved.get("results", {}))
 
 
 def format_table(result: dict) -> str:
@@ -93,7 +123,8 @@ def format_table(result: dict) -> str:
     header = f"{'method':<20} {'start':>13} | {'nominal end (x1, x2)':>21} {'dist':>7} | {'transformed end':>21} {'dist':>7} | {'gap':>8}"
     lines = [header, "-" * len(header)]
     starts = result["config"]["starts"]
-    for name, data in result["results"].items():
+    for name in result["config"]["methods"]:
+        data = result["results"][name]
         for j, start in enumerate(starts):
             nominal, transformed = data["endpoints"][0][j], data["endpoints"][1][j]
             lines.append(
@@ -115,6 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="floating dtype of the runs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the JSON result")
+    parser.add_argument("--fresh", action="store_true", help="rerun every method instead of reusing the finished ones of an earlier run with the same settings")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -125,8 +157,18 @@ def main(args: argparse.Namespace) -> int:
     num_steps = 3_000 if args.quick else args.steps
     if num_steps < 1 or not methods:
         raise InvalidHyperparameterError(f"--steps must be at least 1 (got {num_steps}) and --methods must name a method")
-    result = run_demo(methods=methods, num_steps=num_steps, transform=args.transform, lr=args.lr, dtype=getattr(torch, args.dtype), device=args.device)
-    path = write_json_atomic(args.out / "toy_demo.json", result)
+    dtype = getattr(torch, args.dtype)
+    path = args.out / "toy_demo.json"
+    settings = {"num_steps": num_steps, "transform": args.transform, "lr": args.lr, "dtype": str(dtype)}
+    finished = {} if args.fresh else load_finished(path, settings)
+    reused = [name for name in methods if name in finished]
+    if reused:
+        print(f"reusing finished runs of {', '.join(reused)} from {path} (--fresh reruns them)")
+    result = run_demo(
+        methods=methods, num_steps=num_steps, transform=args.transform, lr=args.lr, dtype=dtype, device=args.device,
+        finished=finished, on_method_done=lambda partial: write_json_atomic(path, partial),
+    )
+    write_json_atomic(path, result)
     print(format_table(result))
     print(f"\nwrote {path}")
     return 0

@@ -39,6 +39,28 @@ def test_demo_runs_and_shows_invariance(tmp_path, capsys) -> None:
     assert gaps["ls"] > 1e-2  # the transformed task dominates linear scalarisation
 
 
+def test_demo_resumes_finished_methods_and_keeps_them(tmp_path, capsys) -> None:
+    out = ["--steps", "50", "--out", str(tmp_path)]
+    assert main(["demo", "--methods", "ls", *out]) == 0
+    first = json.loads((tmp_path / "toy_demo.json").read_text())
+    capsys.readouterr()
+    assert main(["demo", "--methods", "ls,dibsmtl", *out]) == 0
+    assert "reusing finished runs of ls" in capsys.readouterr().out
+    second = json.loads((tmp_path / "toy_demo.json").read_text())
+    assert second["complete"] and second["results"]["ls"] == first["results"]["ls"]
+    assert main(["demo", "--methods", "mgda", *out]) == 0  # other methods' results are kept
+    assert set(json.loads((tmp_path / "toy_demo.json").read_text())["results"]) == {"ls", "dibsmtl", "mgda"}
+    capsys.readouterr()
+    assert main(["demo", "--methods", "ls", "--steps", "60", "--out", str(tmp_path)]) == 0  # other settings: rerun
+    assert "reusing" not in capsys.readouterr().out
+
+
+def test_demo_ignores_a_corrupt_earlier_result(tmp_path, capsys) -> None:
+    (tmp_path / "toy_demo.json").write_text('{"experiment": "toy_de')
+    assert main(["demo", "--methods", "ls", "--steps", "20", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "toy_demo.json").read_text())["complete"]
+
+
 def test_perf_quick_runs(tmp_path, capsys) -> None:
     assert main(["perf", "--quick", "--out", str(tmp_path), "--markdown", str(tmp_path / "perf.md")]) == 0
     assert "dibsmtl_step / ls_step" in capsys.readouterr().out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from core import DiBSMTL, NormalizedSum
@@ -13,8 +13,12 @@ from core.jacobian import gramian
 from tests.jacobian_strategies import jacobians
 
 
-def explicit_inner_loop(jacobian: torch.Tensor, *, steps: int, radius: float, inner_step: float) -> torch.Tensor:
-    """The reference inner loop written in parameter space (spec dibs.md §3.2), returning w_i."""
+def explicit_inner_loop(
+    jacobian: torch.Tensor, *, steps: int, radius: float, inner_step: float, margins: list[float] | None = None
+) -> torch.Tensor:
+    """The reference inner loop written in parameter space (spec dibs.md §3.2), returning w_i.
+
+    `margins`, if given, receives `| ||candidate|| - r | / r` of every radius test."""
     norms = jacobian.norm(dim=1)
     units = torch.where(norms[:, None] > 0, jacobian / norms.clamp_min(1e-300)[:, None], 0.0)
     preferred = -radius * units
@@ -24,6 +28,8 @@ def explicit_inner_loop(jacobian: torch.Tensor, *, steps: int, radius: float, in
         distances = (delta - preferred).norm(dim=1)
         weights += torch.where(norms > 0, inner_step * distances / norms.clamp_min(1e-300), 0.0)
         candidate = delta - inner_step * (distances[:, None] * units).sum(dim=0)
+        if margins is not None:
+            margins.append(abs(float(candidate.norm()) - radius) / radius)
         if candidate.norm() > radius:
             break  # the rejected step stays counted in the weights, as in the reference
         delta = candidate
@@ -39,7 +45,11 @@ def explicit_inner_loop(jacobian: torch.Tensor, *, steps: int, radius: float, in
 def test_gramian_weights_equal_the_parameter_space_loop(jacobian, steps, radius, inner_fraction) -> None:
     method = DiBSMTL(steps=steps, radius=radius, inner_step=inner_fraction / steps)
     got = method(gramian(jacobian), torch.ones(jacobian.shape[0], dtype=jacobian.dtype))
-    want = explicit_inner_loop(jacobian, steps=steps, radius=radius, inner_step=inner_fraction / steps)
+    margins: list[float] = []
+    want = explicit_inner_loop(jacobian, steps=steps, radius=radius, inner_step=inner_fraction / steps, margins=margins)
+    # a step landing on the radius itself (up to rounding) may be accepted by one and rejected by
+    # the other formulation: a tie of measure zero, which exact 1-D examples hit
+    assume(min(margins) > 1e-9)
     # compare the shared updates (what matters) and the weights relative to 1/||g_i||
     torch.testing.assert_close(got @ jacobian, want @ jacobian, rtol=1e-8, atol=1e-12 * (want.abs() @ jacobian.abs()).max().item())
 

@@ -105,14 +105,16 @@ class DiBSMTL(GradientWeighting):
 
     def inner_coefficients(self, unit: Tensor, /) -> Tensor:
         """Coefficients `c` of the final displacement `-sum_i c_i u_i` from the unit Gramian."""
-        present = (torch.diagonal(unit, dim1=-2, dim2=-1) > 0).to(unit.dtype)
         radius_sq = self.radius**2
         coefficients = torch.zeros(unit.shape[:-1], dtype=unit.dtype, device=unit.device)
         active = torch.ones(unit.shape[:-2], dtype=torch.bool, device=unit.device)
+        shift = self.radius * torch.eye(unit.shape[-1], dtype=unit.dtype, device=unit.device)
         for _ in range(self.steps):
-            projected = (unit @ coefficients[..., None])[..., 0]
-            displacement_sq = (coefficients * projected).sum(dim=-1, keepdim=True)
-            distances_sq = displacement_sq - 2 * self.radius * projected + radius_sq * present
+            # delta - x*_i = -sum_j (c_j - r [j = i]) u_j: the quadratic form of the difference
+            # vector, not the expanded |delta|^2 - 2 r <delta, u_i> + r^2, which cancels
+            # catastrophically when delta nears a preferred state
+            differences = coefficients[..., None, :] - shift  # row i: c - r e_i
+            distances_sq = ((differences @ unit) * differences).sum(dim=-1)
             distances = distances_sq.clamp_min(0).sqrt()
             coefficients = torch.where(active[..., None], coefficients + self.inner_step * distances, coefficients)
             new_norm_sq = (coefficients * (unit @ coefficients[..., None])[..., 0]).sum(dim=-1)
