@@ -148,3 +148,23 @@ def test_reports_its_kkt_gap() -> None:
     method(gramian(torch.randn(5, 9, dtype=torch.float64)), torch.ones(5, dtype=torch.float64))
     assert set(method.last_diagnostics) == {"kkt_gap", "min_norm"}
     assert method.last_diagnostics["kkt_gap"].item() <= 1e-12
+
+
+def test_ill_conditioned_gramian_reaches_the_optimum() -> None:
+    """A case the thorough profile found: after scaling, eigenvalues span 1e-6..1 and the optimal
+    support is not the one projected gradient steps reach in 2,000 iterations."""
+    jacobian = torch.tensor(
+        [
+            [51.421, 11.890, 33.343, -23.417, 3.2573],
+            [-2.8488, 12.758, -26.950, 12.595, 44.990],
+            [1.1148, 0.48247, -1.1514, 1.9092, -1.8181],
+            [-2.5775, -0.17731, 0.36672, -2.9216, 3.5832],
+            [74.999, -197.06, 55.372, -172.44, 117.40],
+            [6.3510, 3.3754, 2.6420, 0.36744, -1.5931],
+        ],
+        dtype=torch.float64,
+    )
+    gram = gramian(jacobian)
+    solution = min_norm_point(gram)
+    assert solution.squared_norm.item() == pytest.approx(brute_force_min_norm(gram), rel=1e-9)
+    assert solution.kkt_gap.item() <= 1e-12
