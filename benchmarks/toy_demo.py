@@ -75,7 +75,7 @@ def run_demo(
     for name in methods:
         if name in results:
             continue
-        method = make_method(name)
+        method = make_method(name, num_tasks=2)
         began = time.perf_counter()
         with tqdm(total=num_steps, desc=name, disable=not show_progress, leave=False) as bar:
             trajectory = run_toy(
@@ -152,7 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     for name in methods:
-        make_method(name)  # fails early, listing the valid names
+        if not make_method(name, num_tasks=2).batch_independent:  # fails early, listing the valid names
+            raise InvalidHyperparameterError(f"{name} keeps per-task state, which the batched toy runs cannot share; choose another method")
     parse_transform(args.transform)  # likewise, before any run
     num_steps = 3_000 if args.quick else args.steps
     if num_steps < 1 or not methods:

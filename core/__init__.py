@@ -3,7 +3,8 @@
 Public API (everything is importable from `core` directly):
 - `mtl_backward`, `StepInfo`: the engine, a drop-in for `loss.backward()`;
 - gradient weightings `DiBSMTL`, `NormalizedSum`, `MGDA`, `RandomGradientWeighting`;
-- loss weightings `LinearScalarization`, `ScaleInvariantLS`, `RandomLossWeighting`;
+- loss weightings `LinearScalarization`, `ScaleInvariantLS`, `RandomLossWeighting`,
+  `UncertaintyWeighting`, `DynamicWeightAverage`, `FAMO`;
 - `core.dibs` (the DiBS bargaining iteration), `core.transforms`, `core.pareto`, `core.errors`;
 - `make_method` / `available_methods`: the registry for command-line interfaces.
 """
@@ -18,8 +19,10 @@ from core.dibs import (
 from core.engine import StepInfo, mtl_backward
 from core.jacobian import batched_task_gradients, flatten, gramian, task_jacobians, unflatten
 from core.methods import (
+    FAMO,
     MGDA,
     DiBSMTL,
+    DynamicWeightAverage,
     GradientWeighting,
     HeadGradient,
     LinearScalarization,
@@ -29,6 +32,7 @@ from core.methods import (
     RandomGradientWeighting,
     RandomLossWeighting,
     ScaleInvariantLS,
+    UncertaintyWeighting,
 )
 from core.pareto import MinNormSolution, min_norm_point, stationarity
 from core.registry import available_methods, make_method
@@ -45,7 +49,10 @@ from core.transforms import (
 )
 
 __all__ = [
+    "FAMO",
     "MGDA",
+    "DynamicWeightAverage",
+    "UncertaintyWeighting",
     "Affine",
     "Arcsinh",
     "Compose",

@@ -81,6 +81,11 @@ def test_bad_transform_and_step_count_are_clear_errors(tmp_path, capsys) -> None
     assert not (tmp_path / "toy_demo.json").exists()
 
 
+def test_stateful_methods_are_refused_by_the_batched_demo(tmp_path, capsys) -> None:
+    assert main(["demo", "--steps", "5", "--methods", "uw", "--out", str(tmp_path)]) == 2
+    assert "per-task state" in capsys.readouterr().err
+
+
 def test_list_names_every_experiment(capsys) -> None:
     assert main(["--list"]) == 0
     printed = capsys.readouterr().out

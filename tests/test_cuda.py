@@ -26,7 +26,7 @@ def engine_grads(model: TwoLayerMultiTask, method, representation: bool) -> list
 def seeded(name: str, device: str):
     if name in ("rlw", "rgw"):
         return make_method(name, generator=torch.Generator(device).manual_seed(0))
-    return make_method(name)
+    return make_method(name, num_tasks=3)
 
 
 @pytest.mark.parametrize("representation", [False, True])

@@ -96,10 +96,13 @@ def test_batched_gramians_equal_separate_calls(name) -> None:
 
 def test_registry_builds_every_method_and_rejects_unknown_names() -> None:
     for name in available_methods():
-        assert isinstance(make_method(name), core.Method)
+        assert isinstance(make_method(name, num_tasks=2), core.Method)
     assert make_method("dibsmtl_multi_step").steps == 5
     with pytest.raises(core.errors.UnknownMethodError, match="choose one of: .*dibsmtl"):
         make_method("dibs-mtl")
+    with pytest.raises(core.errors.InvalidHyperparameterError, match="num_tasks"):
+        make_method("famo")
+    assert make_method("uw", num_tasks=4).log_variances.shape == (4,)
 
 
 def test_every_public_name_is_importable_from_core() -> None:

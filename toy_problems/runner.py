@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from core.errors import InvalidHyperparameterError
 from core.jacobian import batched_task_gradients, gramian
 from core.methods.base import GradientWeighting, LossWeighting
 
@@ -52,6 +53,11 @@ def run_toy(
     `optimizer` is "adam" (torch defaults, as the DiBS-MTL toy trainer) or "sgd".
     """
     x = starts.detach().clone().requires_grad_(True)
+    if not method.batch_independent:
+        raise InvalidHyperparameterError(
+            f"{type(method).__name__} keeps per-task state shared by all rows of a batch, so it cannot run many "
+            "starts as one batch; run it on one start at a time with core.mtl_backward"
+        )
     if optimizer == "adam":
         opt = torch.optim.Adam([x], lr=lr)
     elif optimizer == "sgd":

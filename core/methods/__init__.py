@@ -3,12 +3,15 @@
 from core.methods.base import GradientWeighting, HeadGradient, LossWeighting, Method
 from core.methods.dibs_mtl import DiBSMTL, NormalizedSum
 from core.methods.linear import LinearScalarization, ScaleInvariantLS
+from core.methods.loss_balancing import FAMO, DynamicWeightAverage, UncertaintyWeighting
 from core.methods.mgda import MGDA
 from core.methods.random_weighting import RandomGradientWeighting, RandomLossWeighting
 
 __all__ = [
+    "FAMO",
     "MGDA",
     "DiBSMTL",
+    "DynamicWeightAverage",
     "GradientWeighting",
     "HeadGradient",
     "LinearScalarization",
@@ -18,4 +21,5 @@ __all__ = [
     "RandomGradientWeighting",
     "RandomLossWeighting",
     "ScaleInvariantLS",
+    "UncertaintyWeighting",
 ]

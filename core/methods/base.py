@@ -32,6 +32,9 @@ class Method(ABC):
     """Common base: the head-gradient declaration, state reset and learnable parameters."""
 
     head_gradient: HeadGradient = HeadGradient.WEIGHTED
+    batch_independent: bool = True
+    """Whether the rows of a batched call are independent problems. False for methods whose
+    per-task state (learned log-variances, loss histories, logits) is shared by all rows."""
 
     def reset(self) -> None:
         """Forget any state kept across steps (warm starts, histories). Stateless: no-op."""
