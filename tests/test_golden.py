@@ -49,7 +49,16 @@ GOLDEN = {
     "ls_weights": (core.LinearScalarization(weights=[0.25, 3.0]), [0.25, 3.0]),
     # scale-invariant: w = 1 / l
     "scaleinvls": (core.ScaleInvariantLS(), [1.0, 0.5]),
+    # uncertainty weighting at s = 0: w = exp(0) / 2; at s = log l (its optimum): w = 1 / (2 l)
+    "uw": (core.UncertaintyWeighting(2), [0.5, 0.5]),
+    "uw_at_optimum": (core.UncertaintyWeighting(2, dtype=torch.float64), [0.5, 0.25]),
+    # DWA: the first two epochs weigh every task 1
+    "dwa": (core.DynamicWeightAverage(2), [1.0, 1.0]),
+    # FAMO with z uniform: w_t proportional to 1 / l_t, normalised: (1, 1/2) / (3/2)
+    "famo": (core.FAMO(2, eps=0.0), [2 / 3, 1 / 3]),
 }
+with torch.no_grad():
+    GOLDEN["uw_at_optimum"][0].log_variances.copy_(torch.log(LOSSES))
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))

@@ -47,17 +47,26 @@ class UncertaintyWeighting(_Stateful):
         num_tasks: K; the log-variances are `parameters()`, created at construction so that an
             optimiser can own them (the Nash-MTL/FAMO setups use their own Adam, lr 0.025).
         initial_log_variance: the initial `s_t` (0 in Nash-MTL/FAMO, -0.5 in LibMTL).
+        dtype, device: of the log-variances (float32 on the CPU by default, like a new module;
+            the engine casts them to the losses' dtype and device either way).
 
     `mtl_backward` differentiates the weighted loss plus the penalty with respect to the log-
     variances too, so after it `parameters()` hold their gradients; heads receive `w_t grad l_t`.
     """
 
-    def __init__(self, num_tasks: int, *, initial_log_variance: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        initial_log_variance: float = 0.0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
         self.num_tasks = _check_num_tasks(num_tasks)
         if not torch.isfinite(torch.tensor(float(initial_log_variance))):
             raise InvalidHyperparameterError(f"initial_log_variance must be finite, got {initial_log_variance!r}")
         self.initial_log_variance = float(initial_log_variance)
-        self.log_variances = torch.nn.Parameter(torch.full((num_tasks,), self.initial_log_variance))
+        self.log_variances = torch.nn.Parameter(torch.full((num_tasks,), self.initial_log_variance, dtype=dtype, device=device))
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         return iter((self.log_variances,))
