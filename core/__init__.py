@@ -2,7 +2,7 @@
 
 Public API (everything is importable from `core` directly):
 - `mtl_backward`, `StepInfo`: the engine, a drop-in for `loss.backward()`;
-- gradient weightings `DiBSMTL`, `NormalizedSum`, `MGDA`, `RandomGradientWeighting`;
+- gradient weightings `DiBSMTL`, `NormalizedSum`, `MGDA`, `NashMTL`, `RandomGradientWeighting`;
 - loss weightings `LinearScalarization`, `ScaleInvariantLS`, `RandomLossWeighting`,
   `UncertaintyWeighting`, `DynamicWeightAverage`, `FAMO`;
 - `core.dibs` (the DiBS bargaining iteration), `core.transforms`, `core.pareto`, `core.errors`;
@@ -28,6 +28,7 @@ from core.methods import (
     LinearScalarization,
     LossWeighting,
     Method,
+    NashMTL,
     NormalizedSum,
     RandomGradientWeighting,
     RandomLossWeighting,
@@ -66,6 +67,7 @@ __all__ = [
     "Method",
     "MinNormSolution",
     "MonotoneTransform",
+    "NashMTL",
     "NormalizedSum",
     "RandomGradientWeighting",
     "RandomLossWeighting",

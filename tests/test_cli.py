@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,19 @@ def test_bad_transform_and_step_count_are_clear_errors(tmp_path, capsys) -> None
 def test_stateful_methods_are_refused_by_the_batched_demo(tmp_path, capsys) -> None:
     assert main(["demo", "--steps", "5", "--methods", "uw", "--out", str(tmp_path)]) == 2
     assert "per-task state" in capsys.readouterr().err
+
+
+def test_perf_nash_without_cvxpy_says_how_to_install_it(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "cvxpy", None)  # import cvxpy now raises ImportError
+    assert main(["perf-nash", "--quick", "--out", str(tmp_path)]) == 2
+    assert "pip install cvxpy" in capsys.readouterr().err
+
+
+def test_perf_nash_quick_runs_where_cvxpy_is_installed(tmp_path, capsys) -> None:
+    pytest.importorskip("cvxpy")  # optional, benchmark-only (requirements-bench.txt)
+    assert main(["perf-nash", "--quick", "--out", str(tmp_path)]) == 0
+    assert "speed-up" in capsys.readouterr().out
+    assert json.loads((tmp_path / "perf_nash_solver.json").read_text())["results"]
 
 
 def test_list_names_every_experiment(capsys) -> None:

@@ -49,6 +49,10 @@ GOLDEN = {
     "ls_weights": (core.LinearScalarization(weights=[0.25, 3.0]), [0.25, 3.0]),
     # scale-invariant: w = 1 / l
     "scaleinvls": (core.ScaleInvariantLS(), [1.0, 0.5]),
+    # Nash-MTL: G a = 1/a; with a_i = b_i / ||g_i|| and the cosine c = -22 / sqrt(684), b solves
+    # b_1 + c b_2 = 1 / b_1 and c b_1 + b_2 = 1 / b_2, so b_1 = b_2 = (1 + c)^(-1/2) (the solver adds
+    # a relative ridge of 1e-10 to the cosine Gramian's diagonal)
+    "nashmtl": (core.NashMTL(), [(1 + 1e-10 + COSINE) ** -0.5 / N1, (1 + 1e-10 + COSINE) ** -0.5 / N2]),
     # uncertainty weighting at s = 0: w = exp(0) / 2; at s = log l (its optimum): w = 1 / (2 l)
     "uw": (core.UncertaintyWeighting(2), [0.5, 0.5]),
     "uw_at_optimum": (core.UncertaintyWeighting(2, dtype=torch.float64), [0.5, 0.25]),

@@ -5,6 +5,7 @@ from core.methods.dibs_mtl import DiBSMTL, NormalizedSum
 from core.methods.linear import LinearScalarization, ScaleInvariantLS
 from core.methods.loss_balancing import FAMO, DynamicWeightAverage, UncertaintyWeighting
 from core.methods.mgda import MGDA
+from core.methods.nash_mtl import NashMTL
 from core.methods.random_weighting import RandomGradientWeighting, RandomLossWeighting
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "LinearScalarization",
     "LossWeighting",
     "Method",
+    "NashMTL",
     "NormalizedSum",
     "RandomGradientWeighting",
     "RandomLossWeighting",
