@@ -2,7 +2,8 @@
 
 Public API (everything is importable from `core` directly):
 - `mtl_backward`, `StepInfo`: the engine, a drop-in for `loss.backward()`;
-- gradient weightings `DiBSMTL`, `NormalizedSum`, `MGDA`, `NashMTL`, `RandomGradientWeighting`;
+- gradient weightings `DiBSMTL`, `NormalizedSum`, `MGDA`, `NashMTL`, `PCGrad`, `CAGrad`, `IMTLG`,
+  `RandomGradientWeighting`;
 - loss weightings `LinearScalarization`, `ScaleInvariantLS`, `RandomLossWeighting`,
   `UncertaintyWeighting`, `DynamicWeightAverage`, `FAMO`;
 - `core.dibs` (the DiBS bargaining iteration), `core.transforms`, `core.pareto`, `core.errors`;
@@ -20,7 +21,9 @@ from core.engine import StepInfo, mtl_backward
 from core.jacobian import batched_task_gradients, flatten, gramian, task_jacobians, unflatten
 from core.methods import (
     FAMO,
+    IMTLG,
     MGDA,
+    CAGrad,
     DiBSMTL,
     DynamicWeightAverage,
     GradientWeighting,
@@ -30,6 +33,7 @@ from core.methods import (
     Method,
     NashMTL,
     NormalizedSum,
+    PCGrad,
     RandomGradientWeighting,
     RandomLossWeighting,
     ScaleInvariantLS,
@@ -50,6 +54,9 @@ from core.transforms import (
 )
 
 __all__ = [
+    "IMTLG",
+    "CAGrad",
+    "PCGrad",
     "FAMO",
     "MGDA",
     "DynamicWeightAverage",

@@ -24,7 +24,7 @@ def engine_grads(model: TwoLayerMultiTask, method, representation: bool) -> list
 
 
 def seeded(name: str, device: str):
-    if name in ("rlw", "rgw"):
+    if name in ("rlw", "rgw", "pcgrad"):
         return make_method(name, generator=torch.Generator(device).manual_seed(0))
     return make_method(name, num_tasks=3)
 
@@ -36,7 +36,7 @@ def test_engine_on_cuda_matches_cpu(name, dtype, representation) -> None:
     cpu = TwoLayerMultiTask(3, dtype=dtype)
     gpu = TwoLayerMultiTask(3, dtype=dtype).cuda()
     gpu.inputs, gpu.targets = gpu.inputs.cuda(), gpu.targets.cuda()
-    # RLW: the same seeded CPU generator on both sides, so both draw the same weights
+    # RLW, PCGrad: the same seeded CPU generator on both sides, so both draw the same randomness
     want = engine_grads(cpu, seeded(name, "cpu"), representation)
     got = engine_grads(gpu, seeded(name, "cpu"), representation)
     tolerance = 1e-10 if dtype == torch.float64 else 1e-4

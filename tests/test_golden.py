@@ -53,6 +53,13 @@ GOLDEN = {
     # b_1 + c b_2 = 1 / b_1 and c b_1 + b_2 = 1 / b_2, so b_1 = b_2 = (1 + c)^(-1/2) (the solver adds
     # a relative ridge of 1e-10 to the cosine Gramian's diagonal)
     "nashmtl": (core.NashMTL(), [(1 + 1e-10 + COSINE) ** -0.5 / N1, (1 + 1e-10 + COSINE) ** -0.5 / N2]),
+    # PCGrad (K = 2, one order): g1 - (-22/38) g2 and g2 - (-22/18) g1, summed: (1 + 22/18, 22/38 + 1)
+    "pcgrad": (core.PCGrad(generator=torch.Generator().manual_seed(0)), [20 / 9, 30 / 19]),
+    # CAGrad, c = 0.4, rescale by 1 + c^2: the dual optimum is w = e_1, so d = g0 + (c ||g0|| / ||g1||) g1
+    # with g0 = [1, 1, 1], c ||g0|| / ||g1|| = 0.4 sqrt(3) / sqrt(18) = 0.4 / sqrt(6); divided by 1.16
+    "cagrad": (core.CAGrad(), [(0.5 + 0.4 / math.sqrt(6)) / 1.16, 0.5 / 1.16]),
+    # IMTL-G: equal projections onto u_1, u_2 give a proportional to (||g_2||, ||g_1||), summing to 1
+    "imtl": (core.IMTLG(), [N2 / (N1 + N2), N1 / (N1 + N2)]),
     # uncertainty weighting at s = 0: w = exp(0) / 2; at s = log l (its optimum): w = 1 / (2 l)
     "uw": (core.UncertaintyWeighting(2), [0.5, 0.5]),
     "uw_at_optimum": (core.UncertaintyWeighting(2, dtype=torch.float64), [0.5, 0.25]),

@@ -6,9 +6,13 @@ from core.methods.linear import LinearScalarization, ScaleInvariantLS
 from core.methods.loss_balancing import FAMO, DynamicWeightAverage, UncertaintyWeighting
 from core.methods.mgda import MGDA
 from core.methods.nash_mtl import NashMTL
+from core.methods.projection import IMTLG, CAGrad, PCGrad
 from core.methods.random_weighting import RandomGradientWeighting, RandomLossWeighting
 
 __all__ = [
+    "IMTLG",
+    "CAGrad",
+    "PCGrad",
     "FAMO",
     "MGDA",
     "DiBSMTL",
