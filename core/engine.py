@@ -69,6 +69,14 @@ def mtl_backward(
     loss_vector = _stack_losses(losses)
     shared = _as_param_list(shared_params, "shared_params")
     heads = _task_param_lists(task_params, loss_vector.shape[0])
+    _check_disjoint(shared, heads)
+    if representation is not None and (not isinstance(representation, Tensor) or not representation.requires_grad):
+        raise MTLInputError(
+            "representation must be the shared features the task losses were computed from (a tensor that "
+            "requires grad); pass representation=None to differentiate with respect to shared_params"
+        )
+    if jacobian_strategy not in ("auto", "loop", "batched"):
+        raise MTLInputError(f"jacobian_strategy must be 'auto', 'loop' or 'batched', got {jacobian_strategy!r}")
     tensors = shared + [p for group in heads for p in group] + ([representation] if representation is not None else [])
     _check_devices_and_dtypes(loss_vector, tensors)
     detached = loss_vector.detach()
@@ -155,6 +163,19 @@ def _task_param_lists(task_params: Sequence[Iterable[Tensor]] | None, num_tasks:
     return groups
 
 
+def _check_disjoint(shared: list[Tensor], heads: list[list[Tensor]]) -> None:
+    """A parameter in two sets would receive its gradient twice."""
+    owner = {id(p): "shared_params" for p in shared}
+    for i, group in enumerate(heads):
+        for j, param in enumerate(group):
+            if id(param) in owner:
+                raise MTLInputError(
+                    f"task_params[{i}][{j}] is also in {owner[id(param)]}; every parameter must be in at most one set "
+                    "(shared encoder parameters in shared_params, each head's own in its task_params group)"
+                )
+            owner[id(param)] = f"task_params[{i}]"
+
+
 def _check_devices_and_dtypes(losses: Tensor, tensors: list[Tensor]) -> None:
     _check_uniform([losses.device] + [t.device for t in tensors], DeviceMismatchError, "losses and parameters")
     _check_uniform([losses.dtype] + [t.dtype for t in tensors], DtypeMismatchError, "losses and parameters")
@@ -207,10 +228,23 @@ def _gradient_weighting_grads(
     _raise_unreached(jacobians[: len(wrt)], "representation" if representation is not None else "shared_params")
     jacobian = torch.cat([jac.reshape(num_tasks, -1) for jac in jacobians[: len(wrt)]], dim=1)
     _raise_nonfinite_rows(jacobian)
+    head_jacobians = jacobians[len(wrt) :]
+    position = 0
+    for i, group in enumerate(heads):  # every structural check before the method runs (it may keep state)
+        _raise_unreached(head_jacobians[position : position + len(group)], f"task_params[{i}]")
+        position += len(group)
     gramian = jacobian @ jacobian.T
+    if not bool(torch.isfinite(gramian).all()):
+        raise NonFiniteGradientError(
+            f"the per-task gradients are finite but their inner products overflow {jacobian.dtype} "
+            f"(gradient norms {torch.linalg.vector_norm(jacobian.double(), dim=1).tolist()}); use float64 or rescale the losses"
+        )
     weights = solve_weights(method, gramian, detached)
     if not bool(torch.isfinite(weights).all()):
-        raise FloatingPointError(f"{type(method).__name__} returned non-finite weights {weights.tolist()}")
+        raise NonFiniteGradientError(
+            f"{type(method).__name__} returned non-finite weights {weights.tolist()} for the Gramian "
+            f"{gramian.tolist()}; this is a defect of the method on this input, please report it"
+        )
     combined = weights.to(jacobian.dtype) @ jacobian
 
     grads: list[tuple[Tensor, Tensor]] = []
@@ -224,14 +258,18 @@ def _gradient_weighting_grads(
         _raise_unreached(encoder, "shared_params")
         grads.extend(zip(shared, encoder))
 
-    head_jacobians = jacobians[len(wrt) :]
     position = 0
     for i, group in enumerate(heads):
-        _raise_unreached(head_jacobians[position : position + len(group)], f"task_params[{i}]")
         for param in group:
             row = head_jacobians[position][i]
             grads.append((param, weights[i] * row if method.head_gradient is HeadGradient.WEIGHTED else row))
             position += 1
+    for param, grad in grads:
+        if not bool(torch.isfinite(grad).all()):
+            raise NonFiniteGradientError(
+                f"a parameter of shape {tuple(param.shape)} would receive a non-finite gradient although the shared "
+                "per-task gradients are finite; check the heads (or the encoder) for overflow or a non-differentiable point"
+            )
     info = StepInfo(
         weights=weights.detach(),
         losses=detached,

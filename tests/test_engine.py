@@ -208,3 +208,52 @@ def test_not_a_method() -> None:
     model = TwoLayerMultiTask(2)
     with pytest.raises(errors.MTLInputError, match="GradientWeighting or LossWeighting"):
         core.mtl_backward(model.losses(), model.shared_params(), lambda g, l: g)  # type: ignore[arg-type]
+
+
+def test_a_parameter_in_two_sets_is_refused() -> None:
+    model = TwoLayerMultiTask(2)
+    heads = model.task_params()
+    with pytest.raises(errors.MTLInputError, match=r"task_params\[1\]\[0\] is also in shared_params"):
+        core.mtl_backward(model.losses(), model.shared_params() + [heads[1][0]], core.DiBSMTL(), task_params=heads)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_nonfinite_head_gradient_is_refused_on_the_gradient_path() -> None:
+    model = TwoLayerMultiTask(2)
+    losses = model.losses()
+    bias = model.heads[1].bias
+    with torch.no_grad():
+        bias.zero_()
+    losses[1] = losses[1] + torch.sqrt(bias.abs()).sum()  # d sqrt|b| / db is infinite at 0
+    with pytest.raises(errors.NonFiniteGradientError, match="non-finite gradient"):
+        core.mtl_backward(losses, model.shared_params(), core.DiBSMTL(), task_params=model.task_params())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_float32_gramian_overflow_is_named() -> None:
+    x = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    losses = [x.sum() * 3e19, x.sum()]  # gradient norms fit float32, their squares do not
+    with pytest.raises(errors.NonFiniteGradientError, match="overflow"):
+        core.mtl_backward(losses, [x], core.DiBSMTL())
+    assert x.grad is None
+
+
+def test_representation_and_strategy_are_validated() -> None:
+    model = TwoLayerMultiTask(2)
+    with pytest.raises(errors.MTLInputError, match="representation must be"):
+        core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), representation=torch.zeros(3))
+    with pytest.raises(errors.MTLInputError, match="jacobian_strategy"):
+        core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), jacobian_strategy="batch")
+
+
+def test_a_refused_call_leaves_the_method_state_alone() -> None:
+    model = TwoLayerMultiTask(2)
+    generator = torch.Generator().manual_seed(5)
+    state = generator.get_state()
+    unreached = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    with pytest.raises(errors.UnreachedParameterError):
+        core.mtl_backward(
+            model.losses(), model.shared_params(), core.RandomGradientWeighting(generator=generator),
+            task_params=[model.task_params()[0], [unreached]],
+        )
+    assert torch.equal(generator.get_state(), state)

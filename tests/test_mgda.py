@@ -168,3 +168,13 @@ def test_ill_conditioned_gramian_reaches_the_optimum() -> None:
     solution = min_norm_point(gram)
     assert solution.squared_norm.item() == pytest.approx(brute_force_min_norm(gram), rel=1e-9)
     assert solution.kkt_gap.item() <= 1e-12
+
+
+def test_solver_limits_are_validated() -> None:
+    from core.errors import InvalidHyperparameterError as Invalid
+
+    gram = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(Invalid, match="check_every"):
+        min_norm_point(gram, check_every=0)
+    with pytest.raises(Invalid, match="max_iterations"):
+        min_norm_point(gram, max_iterations=-1)

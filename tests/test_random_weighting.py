@@ -107,3 +107,12 @@ def test_bad_hyperparameters_are_named(cls) -> None:
         cls(distribution="gaussian")
     with pytest.raises(core.errors.InvalidHyperparameterError, match="generator"):
         cls(generator=42)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_draws_are_finite(dtype) -> None:
+    """Half precisions draw in float32 and round at the end: no 0/0 rows from U = 0."""
+    for distribution in DISTRIBUTIONS:
+        method = core.RandomLossWeighting(distribution=distribution, generator=torch.Generator().manual_seed(0))
+        weights = method(torch.ones(100_000, 1, dtype=dtype))
+        assert weights.dtype == dtype and bool(torch.isfinite(weights).all())

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from core.errors import InvalidHyperparameterError
 from core.methods.base import GradientWeighting, HeadGradient, gramian_norms, safe_reciprocal
-from core.pareto.stationarity import min_norm_point
+from core.pareto.stationarity import affine_min_norm_weights, min_norm_point
 
 Reduction = Literal["sum", "mean"]
 
@@ -470,20 +470,10 @@ class IMTLG(GradientWeighting):
         norms = gramian_norms(gram)
         nonzero = norms > 0
         inverse = safe_reciprocal(norms)
-        mask = nonzero.to(gram.dtype)
         unit = ((gram * inverse[..., :, None]) * inverse[..., None, :]).clamp(-1.0, 1.0)
         eye = torch.eye(num_tasks, dtype=gram.dtype, device=gram.device)
         unit = unit * (1 - eye) + eye  # exact unit diagonal
-        unit = unit * mask[..., :, None] * mask[..., None, :] + eye * (1 - mask)[..., None, :]
-        shape = (*gram.shape[:-2], num_tasks + 1, num_tasks + 1)
-        bordered = torch.zeros(shape, dtype=gram.dtype, device=gram.device)
-        bordered[..., :num_tasks, :num_tasks] = unit
-        bordered[..., :num_tasks, num_tasks] = mask
-        bordered[..., num_tasks, :num_tasks] = mask
-        rhs = torch.zeros(*shape[:-1], 1, dtype=gram.dtype, device=gram.device)
-        rhs[..., num_tasks, 0] = 1.0
-        solution = torch.linalg.pinv(bordered, hermitian=True, rtol=_PSEUDO_INVERSE_RTOL) @ rhs
-        beta = solution[..., :num_tasks, 0] * mask
+        beta = affine_min_norm_weights(unit, nonzero, rtol=_PSEUDO_INVERSE_RTOL)
         scaled = beta * inverse
         normalizer = scaled.sum(dim=-1)
         floor = _NORMALIZER_FLOOR * scaled.abs().sum(dim=-1)

@@ -53,8 +53,10 @@ class _RandomSimplexSampler:
         """Weights with the shape, dtype and device of `like` (`[..., K]`), each row on the simplex."""
         device = self.generator.device if self.generator is not None else like.device
         dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+        # half precisions draw in float32 (U = 0 is common in bfloat16 and would give 0/0 rows)
+        draw_dtype = torch.float32 if torch.finfo(dtype).bits < 32 else dtype
         draw = getattr(self, f"_{self.distribution}")
-        return draw(tuple(like.shape), dtype, device).to(like.device)
+        return draw(tuple(like.shape), draw_dtype, device).to(device=like.device, dtype=dtype)
 
     def _normal(self, shape, dtype, device) -> Tensor:
         return torch.softmax(torch.randn(shape, generator=self.generator, dtype=dtype, device=device), dim=-1)

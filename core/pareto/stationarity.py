@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from core.errors import InvalidHyperparameterError
+
 
 @dataclass(frozen=True)
 class MinNormSolution:
@@ -55,6 +57,10 @@ def min_norm_point(
     a KKT gap below `tolerance` or after `max_iterations` (termination is guaranteed; the
     achieved gap is returned). All-zero Gramians give uniform weights.
     """
+    if not isinstance(check_every, int) or check_every < 1 or not isinstance(max_iterations, int) or max_iterations < 0:
+        raise InvalidHyperparameterError(
+            f"need an integer check_every >= 1 and max_iterations >= 0, got {check_every!r} and {max_iterations!r}"
+        )
     num_tasks = gramian.shape[-1]
     if tolerance is None:
         tolerance = default_tolerance(gramian.dtype)
@@ -155,7 +161,7 @@ def _refine_on_support(gramian: Tensor, weights: Tensor, tolerance: float) -> Te
     num_tasks = gramian.shape[-1]
     support = weights > 0
     for _ in range(4 * num_tasks):
-        target = _face_minimiser(gramian, support)
+        target = affine_min_norm_weights(gramian, support)
         direction = target - weights
         shrinking = direction < 0
         ratios = torch.where(shrinking, weights / torch.where(shrinking, -direction, 1.0), torch.inf)
@@ -176,8 +182,10 @@ def _refine_on_support(gramian: Tensor, weights: Tensor, tolerance: float) -> Te
     return weights
 
 
-def _face_minimiser(gramian: Tensor, support: Tensor) -> Tensor:
-    """Minimiser of `a^T G a` subject to `sum a = 1` and `a_i = 0` off `support` (may be < 0)."""
+def affine_min_norm_weights(gramian: Tensor, support: Tensor, /, *, rtol: float | None = None) -> Tensor:
+    """Minimiser of `a^T G a` subject to `sum a = 1` and `a_i = 0` off `support` (may be < 0):
+    the min-norm point of the affine hull of the supported gradients. Solved through a
+    pseudo-inverse of the bordered KKT system (`rtol` its cutoff), so singular faces are fine."""
     num_tasks = gramian.shape[-1]
     mask = support.to(gramian.dtype)
     eye = torch.eye(num_tasks, dtype=gramian.dtype, device=gramian.device)
@@ -189,4 +197,4 @@ def _face_minimiser(gramian: Tensor, support: Tensor) -> Tensor:
     bordered[..., num_tasks, :num_tasks] = mask
     rhs = torch.zeros(*shape[:-1], 1, dtype=gramian.dtype, device=gramian.device)
     rhs[..., num_tasks, 0] = 1
-    return (torch.linalg.pinv(bordered, hermitian=True) @ rhs)[..., :num_tasks, 0] * mask
+    return (torch.linalg.pinv(bordered, hermitian=True, rtol=rtol) @ rhs)[..., :num_tasks, 0] * mask
