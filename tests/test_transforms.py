@@ -207,7 +207,8 @@ def test_strictly_increasing_where_resolvable(case) -> None:
     assert resolvable.sum() >= 1
     assert (y[1:] > y[:-1])[resolvable].all(), f"{transform!r} decreases at {t[:-1][resolvable & ~(y[1:] > y[:-1])]}"
     derivative = transform.derivative(t)
-    assert ((derivative > 0) | singular(transform, t)).all()
+    # a product of layer derivatives can underflow to 0 right next to a singular point (t ~ 1e-172)
+    assert ((derivative > 0) | singular(transform, t) | near_singular(transform, t, 1e-100)).all()
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from torch import Tensor
 from core.errors import InvalidHyperparameterError, NonFiniteGradientError
 from core.methods.base import GradientWeighting, HeadGradient
 
+_QUADRATIC_FLOOR = 1e-16
 _FULL_STEP_DECREMENT = 0.25
 """Below this Newton decrement the full Newton step is taken (the quadratic-convergence region of
 a self-concordant function is decrement < (3 - sqrt 5)/2 ~ 0.38); above it the damped step
@@ -244,7 +245,8 @@ def _best_on_ray(unit: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
     """The minimiser `t point` of `f` on the ray (`t^2 = K / point^T U point`, U positive definite)
     and its relative residual `t^2 point * (U point) - 1`, sharing one product with U."""
     products = point * (unit @ point[..., None])[..., 0]
-    squared_scale = unit.shape[-1] / products.sum(dim=-1, keepdim=True)
+    floor = _QUADRATIC_FLOOR * (point * point).sum(dim=-1, keepdim=True)  # see _damped_newton_single
+    squared_scale = unit.shape[-1] / torch.maximum(products.sum(dim=-1, keepdim=True), floor)
     return point * squared_scale.sqrt(), products * squared_scale - 1
 
 
@@ -299,7 +301,10 @@ def _damped_newton_single(unit: Tensor, start: Tensor, tolerance: float, max_ite
 
     def on_ray(point: Tensor) -> tuple[Tensor, Tensor, float]:
         products = point * (unit @ point)
-        squared_scale = num_tasks / float(products.sum())
+        # U is positive definite, so the sum is positive in exact arithmetic; rounding can make it
+        # tiny or negative for a point nearly in U's null space (no Nash solution): bound it below
+        # relative to |point|^2 (U has a unit diagonal), which keeps |b| below about 1e8 sqrt(K)
+        squared_scale = num_tasks / max(float(products.sum()), _QUADRATIC_FLOOR * float(point @ point))
         low, high = torch.aminmax(products)
         error = max(squared_scale * float(high) - 1, 1 - squared_scale * float(low))
         return point.mul_(math.sqrt(squared_scale)), products.mul_(squared_scale).sub_(1), error
