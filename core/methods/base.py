@@ -9,11 +9,12 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from core.errors import MTLInputError
+from core.errors import InvalidHyperparameterError, MTLInputError
 
 
 class HeadGradient(enum.Enum):
@@ -111,3 +112,34 @@ def safe_reciprocal(values: Tensor) -> Tensor:
     """`1 / v` where `v > 0` and exactly 0 where `v == 0` (a zero gradient gets zero weight)."""
     positive = values > 0
     return torch.where(positive, 1.0 / torch.where(positive, values, torch.ones_like(values)), 0.0)
+
+
+Reduction = Literal["sum", "mean"]
+
+
+def check_reduction(reduction: str) -> None:
+    """The one check of the `reduction` hyperparameter every method with one shares."""
+    if reduction not in ("sum", "mean"):
+        raise InvalidHyperparameterError(
+            f"reduction must be 'sum' (add the task terms) or 'mean' (average them over the K tasks), got {reduction!r}"
+        )
+
+
+def check_generator(generator: object) -> None:
+    """Random methods take an explicit `torch.Generator` (or None for the global RNG)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InvalidHyperparameterError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+            "pass torch.Generator().manual_seed(seed) for a reproducible run"
+        )
+
+
+def unit_gramian(gramian: Tensor) -> tuple[Tensor, Tensor]:
+    """The Gramian of the unit gradients `U_ij = u_i . u_j` and the norms `||g_i||`.
+
+    A zero gradient has the zero direction (the DiBS direction oracle's convention), so its row
+    and column of U are zero.
+    """
+    norms = gramian_norms(gramian)
+    inverse = safe_reciprocal(norms)
+    return gramian * inverse[..., :, None] * inverse[..., None, :], norms

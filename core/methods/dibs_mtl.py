@@ -17,31 +17,19 @@ to strictly increasing transforms of the losses (`g_i -> h_i'(l_i) g_i`).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
 from core.errors import InvalidHyperparameterError
-from core.methods.base import GradientWeighting, HeadGradient, gramian_norms, safe_reciprocal
-
-Reduction = Literal["sum", "mean"]
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in ("sum", "mean"):
-        raise InvalidHyperparameterError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-
-
-def unit_gramian(gramian: Tensor) -> tuple[Tensor, Tensor]:
-    """The Gramian of the unit gradients `U_ij = u_i . u_j` and the norms `||g_i||`.
-
-    A zero gradient has the zero direction (the DiBS direction oracle's convention), so its row
-    and column of U are zero.
-    """
-    norms = gramian_norms(gramian)
-    inverse = safe_reciprocal(norms)
-    return gramian * inverse[..., :, None] * inverse[..., None, :], norms
+from core.methods.base import (
+    GradientWeighting,
+    HeadGradient,
+    Reduction,
+    check_reduction,
+    gramian_norms,
+    safe_reciprocal,
+    unit_gramian,
+)
 
 
 class DiBSMTL(GradientWeighting):
@@ -84,7 +72,7 @@ class DiBSMTL(GradientWeighting):
             inner_step = 1e-2 if steps == 1 else radius / steps
         if not inner_step > 0:
             raise InvalidHyperparameterError(f"inner_step must be positive, got {inner_step!r}")
-        _check_reduction(reduction)
+        check_reduction(reduction)
         self.steps = steps
         self.radius = float(radius)
         self.inner_step = float(inner_step)
@@ -137,7 +125,7 @@ class NormalizedSum(GradientWeighting):
     head_gradient = HeadGradient.WEIGHTED
 
     def __init__(self, *, reduction: Reduction = "sum") -> None:
-        _check_reduction(reduction)
+        check_reduction(reduction)
         self.reduction = reduction
 
     def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:

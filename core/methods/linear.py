@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
-from core.methods.base import LossWeighting
+from core.methods.base import LossWeighting, check_reduction
 
 
 class LinearScalarization(LossWeighting):
@@ -22,8 +22,7 @@ class LinearScalarization(LossWeighting):
     """
 
     def __init__(self, *, weights: Sequence[float] | Tensor | None = None, reduction: Literal["sum", "mean"] = "sum") -> None:
-        if reduction not in ("sum", "mean"):
-            raise InvalidHyperparameterError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        check_reduction(reduction)
         if weights is not None:
             fixed = torch.as_tensor(weights, dtype=torch.float64).detach()
             if fixed.ndim != 1 or fixed.numel() == 0:

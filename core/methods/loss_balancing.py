@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
-from core.methods.base import LossWeighting
+from core.methods.base import LossWeighting, check_reduction
 
 
 def _check_num_tasks(num_tasks: int) -> int:
@@ -116,8 +116,7 @@ class DynamicWeightAverage(_Stateful):
             raise InvalidHyperparameterError(f"temperature must be positive, got {temperature!r}")
         if window is not None and (not isinstance(window, int) or window < 1):
             raise InvalidHyperparameterError(f"window must be None or a positive integer, got {window!r}")
-        if reduction not in ("sum", "mean"):
-            raise InvalidHyperparameterError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        check_reduction(reduction)
         self.temperature = float(temperature)
         self.window = window
         self.reduction = reduction

@@ -22,17 +22,16 @@ import torch
 from torch import Tensor
 
 from core.errors import InvalidHyperparameterError
-from core.methods.base import GradientWeighting, HeadGradient, gramian_norms, safe_reciprocal
+from core.methods.base import (
+    GradientWeighting,
+    HeadGradient,
+    Reduction,
+    check_generator,
+    check_reduction,
+    safe_reciprocal,
+    unit_gramian,
+)
 from core.pareto.stationarity import affine_min_norm_weights, min_norm_point
-
-Reduction = Literal["sum", "mean"]
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in ("sum", "mean"):
-        raise InvalidHyperparameterError(
-            f"reduction must be 'sum' (add the task updates) or 'mean' (average them), got {reduction!r}"
-        )
 
 
 def _symmetric_float64(gramian: Tensor) -> Tensor:
@@ -99,12 +98,8 @@ class PCGrad(GradientWeighting):
     head_gradient = HeadGradient.RAW
 
     def __init__(self, *, generator: torch.Generator | None = None, reduction: Reduction = "sum") -> None:
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise InvalidHyperparameterError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
-                "pass torch.Generator().manual_seed(seed) for reproducible projection orders"
-            )
-        _check_reduction(reduction)
+        check_generator(generator)
+        check_reduction(reduction)
         self._generator = generator
         self.reduction = reduction
         self.last_diagnostics: dict[str, Tensor] = {}
@@ -241,7 +236,7 @@ class CAGrad(GradientWeighting):
             raise InvalidHyperparameterError(
                 f"rescale must be 0 (none), 1 (divide by 1 + c^2) or 2 (divide by 1 + c), got {rescale!r}"
             )
-        _check_reduction(reduction)
+        check_reduction(reduction)
         if not (tolerance > 0):
             raise InvalidHyperparameterError(f"tolerance must be positive (a relative duality gap, e.g. 1e-10), got {tolerance!r}")
         if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
@@ -467,12 +462,11 @@ class IMTLG(GradientWeighting):
     def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
         gram = _symmetric_float64(gramian)
         num_tasks = gram.shape[-1]
-        norms = gramian_norms(gram)
+        unit, norms = unit_gramian(gram)
         nonzero = norms > 0
         inverse = safe_reciprocal(norms)
-        unit = ((gram * inverse[..., :, None]) * inverse[..., None, :]).clamp(-1.0, 1.0)
         eye = torch.eye(num_tasks, dtype=gram.dtype, device=gram.device)
-        unit = unit * (1 - eye) + eye  # exact unit diagonal
+        unit = unit.clamp(-1.0, 1.0) * (1 - eye) + eye  # exact unit diagonal
         beta = affine_min_norm_weights(unit, nonzero, rtol=_PSEUDO_INVERSE_RTOL)
         scaled = beta * inverse
         normalizer = scaled.sum(dim=-1)

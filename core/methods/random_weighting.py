@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from core.errors import InvalidHyperparameterError
-from core.methods.base import GradientWeighting, HeadGradient, LossWeighting
+from core.methods.base import GradientWeighting, HeadGradient, LossWeighting, check_generator
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet", "bernoulli", "constrained_bernoulli")
 
@@ -42,10 +42,7 @@ class _RandomSimplexSampler:
             raise InvalidHyperparameterError(
                 f"unknown distribution {distribution!r} for random weighting; choose one of: {', '.join(DISTRIBUTIONS)}"
             )
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise InvalidHyperparameterError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-            )
+        check_generator(generator)
         self.distribution = distribution
         self.generator = generator
 
