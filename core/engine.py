@@ -196,12 +196,17 @@ def _loss_weighting_grads(
     for i, group in enumerate(heads):
         start = len(shared) + sum(len(g) for g in heads[:i])
         _raise_unreached(grads[start : start + len(group)], f"task_params[{i}]")
-    for param, grad in zip(targets, grads):
-        if grad is not None and not bool(torch.isfinite(grad).all()):
-            raise NonFiniteGradientError(
-                f"the weighted loss has a non-finite gradient on a parameter of shape {tuple(param.shape)}"
-            )
-    return [(p, g) for p, g in zip(targets, grads) if g is not None], weights
+    pairs = [(p, g) for p, g in zip(targets, grads) if g is not None]
+    _raise_nonfinite_grads(pairs, "the weighted loss has a non-finite gradient")
+    return pairs, weights
+
+
+def _raise_nonfinite_grads(pairs: list[tuple[Tensor, Tensor]], message: str) -> None:
+    """One synchronisation for all gradients; the parameter is named only on the error path."""
+    if not pairs or bool(torch.stack([torch.isfinite(g).all() for _, g in pairs]).all()):
+        return
+    shape = next(tuple(p.shape) for p, g in pairs if not bool(torch.isfinite(g).all()))
+    raise NonFiniteGradientError(f"{message} (a parameter of shape {shape})")
 
 
 def _raise_unreached(grads: Sequence[Tensor | None], name: str) -> None:
@@ -264,12 +269,11 @@ def _gradient_weighting_grads(
             row = head_jacobians[position][i]
             grads.append((param, weights[i] * row if method.head_gradient is HeadGradient.WEIGHTED else row))
             position += 1
-    for param, grad in grads:
-        if not bool(torch.isfinite(grad).all()):
-            raise NonFiniteGradientError(
-                f"a parameter of shape {tuple(param.shape)} would receive a non-finite gradient although the shared "
-                "per-task gradients are finite; check the heads (or the encoder) for overflow or a non-differentiable point"
-            )
+    _raise_nonfinite_grads(
+        grads,
+        "a parameter would receive a non-finite gradient although the shared per-task gradients are finite; "
+        "check the heads (or the encoder) for overflow or a non-differentiable point",
+    )
     info = StepInfo(
         weights=weights.detach(),
         losses=detached,
