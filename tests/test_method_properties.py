@@ -22,6 +22,14 @@ DETERMINISTIC_GRADIENT_WEIGHTINGS = {
     "mgda_loss+": lambda: core.MGDA(normalization="loss+", apply_to="normalized"),
 }
 
+NONNEGATIVE_GRADIENT_WEIGHTINGS = DETERMINISTIC_GRADIENT_WEIGHTINGS | {
+    "nashmtl": lambda: core.NashMTL(warm_start=False),  # alpha > 0, 0 for zero gradients
+    "cagrad": lambda: core.CAGrad(),  # 1/K + (dual weights >= 0) * (coefficient >= 0)
+    "cagrad_sum_c09": lambda: core.CAGrad(c=0.9, rescale=2, reduction="sum"),
+}
+"""Gradient weightings whose papers give non-negative weights (IMTL-G's and RGW's can be negative;
+PCGrad's are checked with their random orders in tests/test_projection_methods.py)."""
+
 
 @pytest.mark.parametrize("name", sorted(DETERMINISTIC_GRADIENT_WEIGHTINGS))
 @given(jacobian=jacobians(min_tasks=2, min_exponent=-4, max_exponent=4), data=st.data())
@@ -53,12 +61,12 @@ def test_permutation_equivariance(name, jacobian, data) -> None:
         torch.testing.assert_close(permuted, weights[order], rtol=0, atol=1e-6 * weights.abs().max().item())
 
 
-@pytest.mark.parametrize("name", sorted(DETERMINISTIC_GRADIENT_WEIGHTINGS))
+@pytest.mark.parametrize("name", sorted(NONNEGATIVE_GRADIENT_WEIGHTINGS))
 @given(jacobian=jacobians(min_tasks=1, max_tasks=5, min_exponent=-12, max_exponent=12))
 def test_weights_are_finite_and_nonnegative(name, jacobian) -> None:
     """Zero rows, rank deficiency and scales from 1e-12 to 1e12 give finite, non-negative weights."""
     losses = torch.ones(jacobian.shape[0], dtype=jacobian.dtype)
-    weights = DETERMINISTIC_GRADIENT_WEIGHTINGS[name]()(gramian(jacobian), losses)
+    weights = NONNEGATIVE_GRADIENT_WEIGHTINGS[name]()(gramian(jacobian), losses)
     assert weights.shape == losses.shape
     assert bool(torch.isfinite(weights).all()) and bool((weights >= 0).all())
 
@@ -81,12 +89,12 @@ def test_rgw_ignores_the_gramian(jacobian) -> None:
     torch.testing.assert_close(first, other)
 
 
-@pytest.mark.parametrize("name", sorted(DETERMINISTIC_GRADIENT_WEIGHTINGS))
+@pytest.mark.parametrize("name", sorted(NONNEGATIVE_GRADIENT_WEIGHTINGS | {"imtl": core.IMTLG}))
 def test_batched_gramians_equal_separate_calls(name) -> None:
     generator = torch.Generator().manual_seed(5)
     batch = torch.randn(3, 2, 4, 6, generator=generator, dtype=torch.float64)
     losses = torch.rand(3, 2, 4, generator=generator, dtype=torch.float64) + 0.1
-    method = DETERMINISTIC_GRADIENT_WEIGHTINGS[name]()
+    method = (NONNEGATIVE_GRADIENT_WEIGHTINGS | {"imtl": core.IMTLG})[name]()
     batched = method(gramian(batch), losses)
     assert batched.shape == (3, 2, 4)
     for i in range(3):
@@ -108,3 +116,61 @@ def test_registry_builds_every_method_and_rejects_unknown_names() -> None:
 def test_every_public_name_is_importable_from_core() -> None:
     for name in core.__all__:
         assert getattr(core, name) is not None
+
+
+def extreme_losses(num_tasks: int):
+    """Loss vectors with entries 0 or 10^e, e in [-12, 12]: zeros are outside some methods' domain."""
+    entry = st.one_of(st.just(0.0), st.floats(-12, 12).map(lambda e: 10.0**e))
+    return st.lists(entry, min_size=num_tasks, max_size=num_tasks).map(lambda v: torch.tensor(v, dtype=torch.float64))
+
+
+def run_method(method: core.Method, jacobian: torch.Tensor, loss_sequence: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Weights of a few consecutive steps, with each method's own between-step calls (DWA ends an
+    epoch after each step, FAMO updates its logits with the next step's losses)."""
+    outputs = []
+    for step, losses in enumerate(loss_sequence):
+        if isinstance(method, core.GradientWeighting):
+            outputs.append(method(gramian(jacobian), losses))
+            continue
+        outputs.append(method(losses))
+        if isinstance(method, core.DynamicWeightAverage):
+            method.end_epoch()
+        if isinstance(method, core.FAMO) and step + 1 < len(loss_sequence):
+            method.update(loss_sequence[step + 1])
+    return outputs
+
+
+@pytest.mark.parametrize("name", available_methods())
+@given(jacobian=jacobians(min_tasks=2, max_tasks=5), data=st.data())
+def test_every_method_gives_finite_weights_or_a_documented_error(name, jacobian, data) -> None:
+    """Zero, duplicate, opposite and rank-deficient gradients at scales 1e-12..1e12 and losses that
+    are 0 or span 1e-12..1e12, over four steps: weights are finite, or the method raises one of
+    the documented input errors (e.g. FAMO and DWA on zero losses) -- never NaN."""
+    num_tasks = jacobian.shape[0]
+    method = make_method(name, num_tasks=num_tasks)
+    loss_sequence = [data.draw(extreme_losses(num_tasks)) for _ in range(4)]
+    try:
+        outputs = run_method(method, jacobian, loss_sequence)
+    except core.errors.MTLInputError as error:
+        assert isinstance(error, core.errors.LossDomainError), f"{name}: unexpected {type(error).__name__}: {error}"
+        assert name in {"famo", "dwa", "mgda", "scaleinvls"} and bool((torch.stack(loss_sequence) == 0).any())
+        return
+    for weights in outputs:
+        assert weights.shape == (num_tasks,) and bool(torch.isfinite(weights).all()), (name, weights)
+
+
+LOSS_WEIGHTINGS = ["uw", "dwa", "famo", "ls", "scaleinvls"]
+
+
+@pytest.mark.parametrize("name", LOSS_WEIGHTINGS)
+@given(num_tasks=st.integers(2, 5), data=st.data())
+def test_loss_weightings_are_permutation_equivariant(name, num_tasks, data) -> None:
+    """Relabelling the tasks in every step relabels the weights of every step (the methods' state
+    -- DWA's epoch history, FAMO's logits and Adam moments -- is per task)."""
+    loss_sequence = [data.draw(positive_losses(num_tasks)) for _ in range(5)]
+    order = torch.tensor(data.draw(st.permutations(range(num_tasks))))
+    jacobian = torch.zeros(num_tasks, 1, dtype=torch.float64)  # unused by loss weightings
+    original = run_method(make_method(name, num_tasks=num_tasks), jacobian, loss_sequence)
+    relabelled = run_method(make_method(name, num_tasks=num_tasks), jacobian, [losses[order] for losses in loss_sequence])
+    for weights, permuted in zip(original, relabelled):
+        torch.testing.assert_close(permuted, weights[order], rtol=1e-12, atol=0)

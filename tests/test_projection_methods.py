@@ -250,6 +250,18 @@ def test_cagrad_with_c_zero_is_the_mean_gradient(jacobian) -> None:
     torch.testing.assert_close(summed, torch.ones(num_tasks, dtype=F64), rtol=0, atol=0)
 
 
+@given(jacobian=full_rank_jacobians(min_tasks=2, max_tasks=6, max_exponent=2.0), data=st.data())
+def test_cagrad_permutation_equivariance(jacobian, data) -> None:
+    """With linearly independent gradients, `||J^T w||` is strictly convex on the simplex, so the
+    dual optimum, and with it the weights, are unique and relabel with the tasks."""
+    num_tasks = jacobian.shape[0]
+    order = torch.tensor(data.draw(st.permutations(range(num_tasks))))
+    weights = CAGrad()(gramian(jacobian), ones(num_tasks))
+    permuted = CAGrad()(gramian(jacobian[order]), ones(num_tasks))
+    # the dual is solved to a relative gap of 1e-10 (see test_cagrad_reaches_a_tight_gap...)
+    torch.testing.assert_close(permuted @ jacobian[order], weights @ jacobian, rtol=0, atol=1e-6 * largest_norm(jacobian))
+
+
 def test_cagrad_rescale_and_reduction_only_scale_the_update() -> None:
     jacobian = torch.randn(4, 6, generator=torch.Generator().manual_seed(2), dtype=F64)
     gram, c = gramian(jacobian), 0.5
