@@ -69,6 +69,17 @@ def test_perf_quick_runs(tmp_path, capsys) -> None:
     assert "| quantity |" in (tmp_path / "perf.md").read_text()
 
 
+def test_perf_without_cvxpy_leaves_only_the_reference_ratio_out(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "cvxpy", None)  # import cvxpy now raises ImportError
+    assert main(["perf", "--quick", "--out", str(tmp_path)]) == 0
+    assert "nashmtl_step / ls_step" in capsys.readouterr().out
+    results = json.loads((tmp_path / "perf_engine.json").read_text())["results"]
+    for result in results.values():
+        measured = result["ratios"]
+        assert measured.pop("reference CCP / nashmtl weight solve, equal residual") is None
+        assert all(value > 0 for value in measured.values())
+
+
 def test_unknown_method_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["demo", "--steps", "5", "--methods", "ls,nash", "--out", str(tmp_path)]) == 2
     assert "unknown method 'nash'" in capsys.readouterr().err

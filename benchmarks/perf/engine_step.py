@@ -1,5 +1,7 @@
-"""Engine cost, measured side by side: DiBS-MTL vs linear scalarisation, weight-solve share,
-and batched vs looped per-task gradients, on a LeNet-size two-task model and a 10-task MLP.
+"""Engine cost, measured side by side: DiBS-MTL, MGDA and Nash-MTL steps vs linear scalarisation,
+weight-solve shares, batched vs looped per-task gradients, and (with the optional cvxpy) the
+Nash-MTL weight solve vs a reference-style CCP at equal residual on the model's own Gramian, on a
+LeNet-size two-task model and a 10-task MLP.
 
 Every ratio compares timings taken in the same run, interleaved round by round, so machine
 load affects both sides alike. Nothing here asserts a wall-clock limit.
@@ -16,10 +18,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from benchmarks.perf.nash_solver import ReferenceStyleCCP, reference_solver
 from benchmarks.store import environment, write_json_atomic, write_markdown_table
-from core import MGDA, DiBSMTL, LinearScalarization, mtl_backward
+from core import MGDA, DiBSMTL, LinearScalarization, NashMTL, mtl_backward
 from core.engine import solve_weights
 from core.jacobian import task_jacobians
+from core.methods.nash_mtl import nash_residual
 
 
 class LeNetTwoTask(nn.Module):
@@ -105,17 +109,21 @@ def measure_model(
     losses = torch.stack(model.task_losses(model.encoder(inputs), targets))
     rows = torch.cat([j.reshape(losses.shape[0], -1) for j in task_jacobians(losses, shared, retain_graph=False)], dim=1)
     gram, detached = rows @ rows.T, losses.detach()
+    nash = NashMTL()
     variants = {
         "ls_step": step(LinearScalarization()),
         "dibsmtl_step": step(dibs),
         "mgda_step": step(MGDA()),
+        "nashmtl_step": step(nash),
         "dibsmtl_weights": lambda: solve_weights(dibs, gram, detached),
         "mgda_weights": lambda: solve_weights(MGDA(), gram, detached),
+        "nashmtl_weights": lambda: solve_weights(NashMTL(), gram, detached),
         "dibsmtl_weights_in_place": lambda: dibs(gram, detached),
         "mgda_weights_in_place": lambda: MGDA()(gram, detached),
         "jacobian_loop": jacobian("loop"),
         "jacobian_batched": jacobian("batched"),
     }
+    variants |= nash_reference_variants(gram.detach().cpu().to(torch.float64), detached.cpu())
     for function in variants.values():  # warm-up
         function()
     samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -128,13 +136,36 @@ def measure_model(
     }
 
 
-def ratios(timings: dict[str, float]) -> dict[str, float]:
-    """The side-by-side ratios reported in the table."""
+def nash_reference_variants(gram: Tensor, losses: Tensor) -> dict[str, Callable[[], object]]:
+    """Cold Nash-MTL solves on `gram`: the reference-style CCP (cvxpy, if installed) and ours with
+    the residual the CCP reached as tolerance; nothing without cvxpy or if the CCP fails here."""
+    solver = reference_solver()
+    if solver is None:
+        return {}
+    reference = ReferenceStyleCCP(gram.shape[-1], solver=solver)
+    reference.warm_up(gram.numpy())
+    reached = nash_residual(gram, torch.from_numpy(reference.solve(gram.numpy()))).item()
+    if not reached <= 1e-3:
+        return {}
+    ours = NashMTL(warm_start=False, tolerance=max(reached, 1e-12))
+    return {"nashmtl_ccp_weights": lambda: reference.solve(gram.numpy()), "nashmtl_equal_residual_weights": lambda: ours(gram, losses)}
+
+
+NASH_REFERENCE_RATIO = "reference CCP / nashmtl weight solve, equal residual"
+
+
+def ratios(timings: dict[str, float]) -> dict[str, float | None]:
+    """The side-by-side ratios reported in the table (None where a variant was not measured)."""
     return {
         "dibsmtl_step / ls_step": timings["dibsmtl_step"] / timings["ls_step"],
         "mgda_step / ls_step": timings["mgda_step"] / timings["ls_step"],
+        "nashmtl_step / ls_step": timings["nashmtl_step"] / timings["ls_step"],
         "dibsmtl weight share of its step": timings["dibsmtl_weights"] / timings["dibsmtl_step"],
         "mgda weight share of its step": timings["mgda_weights"] / timings["mgda_step"],
+        "nashmtl weight share of its step": timings["nashmtl_weights"] / timings["nashmtl_step"],
+        NASH_REFERENCE_RATIO: (
+            timings["nashmtl_ccp_weights"] / timings["nashmtl_equal_residual_weights"] if "nashmtl_ccp_weights" in timings else None
+        ),
         "batched / looped per-task gradients": timings["jacobian_batched"] / timings["jacobian_loop"],
         # the engine solves on a CPU copy of the Gramian; this is the cost of solving where it lives
         "dibsmtl weights on the model's device / engine's": timings["dibsmtl_weights_in_place"] / timings["dibsmtl_weights"],
@@ -151,10 +182,15 @@ def markdown_table(results: dict[str, dict]) -> str:
         ("LS step (ms)", lambda r: f"{1e3 * r['timings']['ls_step']:.2f}"),
         ("DiBS-MTL step (ms)", lambda r: f"{1e3 * r['timings']['dibsmtl_step']:.2f}"),
         ("MGDA step (ms)", lambda r: f"{1e3 * r['timings']['mgda_step']:.2f}"),
-    ] + [(key, (lambda k: lambda r: f"{r['ratios'][k]:.3f}")(key)) for key in next(iter(results.values()))["ratios"]]
+        ("Nash-MTL step (ms)", lambda r: f"{1e3 * r['timings']['nashmtl_step']:.2f}"),
+    ] + [(key, (lambda k: lambda r: _ratio_cell(r["ratios"][k]))(key)) for key in next(iter(results.values()))["ratios"]]
     for label, cell in rows:
         lines.append(f"| {label} | " + " | ".join(cell(results[n]) for n in names) + " |")
     return "\n".join(lines)
+
+
+def _ratio_cell(value: float | None) -> str:
+    return "not measured (optional cvxpy: pip install -r requirements-bench.txt)" if value is None else f"{value:.3f}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

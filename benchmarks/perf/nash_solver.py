@@ -217,6 +217,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this markdown file")
 
 
+def reference_solver(preferred: str = "ECOS") -> str | None:
+    """The cvxpy solver for the reference-style CCP: `preferred` if installed, else CLARABEL;
+    None if cvxpy or both solvers are missing."""
+    try:
+        import cvxpy
+    except ImportError:
+        return None
+    installed = cvxpy.installed_solvers()
+    return preferred if preferred in installed else "CLARABEL" if "CLARABEL" in installed else None
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         import cvxpy
@@ -228,14 +239,12 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    solver = args.solver.upper()
-    if solver not in cvxpy.installed_solvers():
-        fallback = "CLARABEL" if "CLARABEL" in cvxpy.installed_solvers() else None
-        if fallback is None:
-            print(f"cvxpy solver {solver} is not installed (installed: {cvxpy.installed_solvers()}); try pip install ecos", file=sys.stderr)
-            return 2
-        print(f"cvxpy solver {solver} is not installed; using {fallback}", file=sys.stderr)
-        solver = fallback
+    solver = reference_solver(args.solver.upper())
+    if solver is None:
+        print(f"cvxpy solver {args.solver} is not installed (installed: {cvxpy.installed_solvers()}); try pip install ecos", file=sys.stderr)
+        return 2
+    if solver != args.solver.upper():
+        print(f"cvxpy solver {args.solver} is not installed; using {solver}", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks, problems, rounds = ([2, 5], 2, 1) if args.quick else (args.tasks, args.problems, args.rounds)
