@@ -16,12 +16,20 @@ GRADIENT_METHODS = [
     core.NormalizedSum(),
     core.MGDA(),
     core.RandomGradientWeighting(generator=torch.Generator().manual_seed(3)),
+    core.NashMTL(),
+    core.PCGrad(generator=torch.Generator().manual_seed(3)),
+    core.CAGrad(),
+    core.CAGrad(c=0.9, rescale=2, reduction="sum"),
+    core.IMTLG(),
 ]
 LOSS_METHODS = [
     core.LinearScalarization(),
     core.LinearScalarization(weights=[0.2, 1.5, 3.0], reduction="mean"),
     core.ScaleInvariantLS(),
     core.RandomLossWeighting(generator=torch.Generator().manual_seed(3)),
+    core.UncertaintyWeighting(3, initial_log_variance=0.3),
+    core.DynamicWeightAverage(3),
+    core.FAMO(3),
 ]
 
 
