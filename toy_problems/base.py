@@ -1,0 +1,73 @@
+"""The interface every toy problem follows (pymoo-style: `n_var`, `n_obj`, bounds, analytic sets).
+
+A problem is a callable `problem(x [..., n_var]) -> [..., n_obj]` that treats leading dimensions
+as independent batch rows, so `core.jacobian.batched_task_gradients` and
+`toy_problems.runner.run_toy` run many starting points as one computation. It works in float32
+and float64 (the dtype of `x`); its constants are created on `x`'s device and dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from core.errors import InvalidHyperparameterError
+
+
+class Problem:
+    """Base class of the toy problems.
+
+    Subclasses set `n_var`, `n_obj`, `bounds` (a `(lower, upper)` pair of floats or of
+    `[n_var]` sequences: the box the starting points are drawn from) and implement `__call__`.
+    Where the Pareto set is known they override `pareto_set` (points `[num_points, n_var]`);
+    `pareto_front` is then its image.
+    """
+
+    n_var: int
+    n_obj: int
+    bounds: tuple[float | tuple[float, ...], float | tuple[float, ...]]
+
+    def __call__(self, x: Tensor, /) -> Tensor:
+        raise NotImplementedError
+
+    def lower_upper(self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """The bounds as two `[n_var]` tensors."""
+        lower, upper = (torch.as_tensor(b, dtype=dtype, device=device).expand(self.n_var) for b in self.bounds)
+        return lower, upper
+
+    def starts(
+        self,
+        num_starts: int,
+        /,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """`num_starts` points drawn uniformly from the bounds, `[num_starts, n_var]` (seeded by
+        `generator`; problems with published starting points override `default_starts`)."""
+        if not isinstance(num_starts, int) or num_starts < 1:
+            raise InvalidHyperparameterError(f"num_starts must be a positive integer, got {num_starts!r}")
+        lower, upper = self.lower_upper(dtype=dtype, device=device)
+        unit = torch.rand(num_starts, self.n_var, generator=generator, dtype=dtype).to(device)
+        return lower + (upper - lower) * unit
+
+    def default_starts(self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+        """The problem's default starting points `[S, n_var]`: 5 seeded uniform draws unless the
+        literature fixes them."""
+        return self.starts(5, generator=torch.Generator().manual_seed(0), dtype=dtype, device=device)
+
+    def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+        """Points of the analytic Pareto set `[num_points, n_var]`; NotImplementedError where it is unknown."""
+        raise NotImplementedError(f"{type(self).__name__} has no analytic Pareto set")
+
+    def pareto_front(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+        """The image of `pareto_set` in objective space, `[num_points, n_obj]`."""
+        return self(self.pareto_set(num_points, dtype=dtype, generator=generator))
+
+    @property
+    def has_pareto_set(self) -> bool:
+        return type(self).pareto_set is not Problem.pareto_set
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_var={self.n_var}, n_obj={self.n_obj})"

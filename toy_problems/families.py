@@ -1,0 +1,138 @@
+"""Seeded families of K-task problems in any dimension: convex quadratics with a known Pareto set,
+and random smooth, nonconvex, coercive problems for convergence statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from core.errors import InvalidHyperparameterError
+from toy_problems.base import Problem
+
+
+def _check_sizes(n_var: int, n_obj: int) -> None:
+    if not isinstance(n_var, int) or n_var < 1 or not isinstance(n_obj, int) or n_obj < 1:
+        raise InvalidHyperparameterError(f"n_var and n_obj must be positive integers, got {n_var!r} and {n_obj!r}")
+
+
+class ConvexQuadratic(Problem):
+    """`f_i(x) = 1/2 (x - c_i)^T A_i (x - c_i)` with symmetric positive definite `A_i`.
+
+    Each task is `mu_i`-strongly convex and `L_i`-smooth (`mu_i`, `L_i` the extreme eigenvalues of
+    `A_i`). Pareto set: the stationarity condition `sum_i w_i A_i (x - c_i) = 0` with `w` in the
+    simplex gives `x(w) = (sum_i w_i A_i)^{-1} sum_i w_i A_i c_i`, and every such point is Pareto
+    optimal (the tasks are strictly convex); with `A_i = I` it is the convex hull of the centres.
+
+    Args:
+        centers: `[K, n]` minimisers `c_i`.
+        curvatures: `[K, n, n]` symmetric positive definite `A_i`; None for identities.
+    """
+
+    def __init__(self, centers: Tensor, curvatures: Tensor | None = None) -> None:
+        centers = torch.as_tensor(centers, dtype=torch.float64)
+        if centers.ndim != 2:
+            raise InvalidHyperparameterError(f"centers must have shape [K, n], got {tuple(centers.shape)}")
+        self.n_obj, self.n_var = centers.shape
+        if curvatures is None:
+            curvatures = torch.eye(self.n_var, dtype=torch.float64).expand(self.n_obj, -1, -1).clone()
+        curvatures = torch.as_tensor(curvatures, dtype=torch.float64)
+        if curvatures.shape != (self.n_obj, self.n_var, self.n_var):
+            raise InvalidHyperparameterError(f"curvatures must have shape {(self.n_obj, self.n_var, self.n_var)}, got {tuple(curvatures.shape)}")
+        if not torch.allclose(curvatures, curvatures.transpose(-1, -2)):
+            raise InvalidHyperparameterError("curvatures must be symmetric")
+        eigenvalues = torch.linalg.eigvalsh(curvatures)
+        if not bool((eigenvalues[..., 0] > 0).all()):
+            raise InvalidHyperparameterError("curvatures must be positive definite (smallest eigenvalues: "
+                                             f"{eigenvalues[..., 0].tolist()})")
+        self.centers, self.curvatures = centers, curvatures
+        self.strong_convexity = eigenvalues[..., 0]  # mu_i
+        self.smoothness = eigenvalues[..., -1]  # L_i
+        spread = (centers.abs().max() + 1.0).item()
+        self.bounds = (-2.0 * spread, 2.0 * spread)
+
+    @classmethod
+    def random(cls, n_var: int, n_obj: int, /, *, seed: int, condition: float = 10.0) -> ConvexQuadratic:
+        """Centres uniform in [-1, 1]^n and `A_i = Q_i diag(lambda) Q_i^T` with random rotations and
+        eigenvalues log-uniform in [1, condition]."""
+        _check_sizes(n_var, n_obj)
+        if not condition >= 1:
+            raise InvalidHyperparameterError(f"condition must be >= 1, got {condition!r}")
+        generator = torch.Generator().manual_seed(seed)
+        centers = 2 * torch.rand(n_obj, n_var, generator=generator, dtype=torch.float64) - 1
+        rotations, _ = torch.linalg.qr(torch.randn(n_obj, n_var, n_var, generator=generator, dtype=torch.float64))
+        spectrum = condition ** torch.rand(n_obj, n_var, generator=generator, dtype=torch.float64)
+        curvatures = rotations @ torch.diag_embed(spectrum) @ rotations.transpose(-1, -2)
+        return cls(centers, 0.5 * (curvatures + curvatures.transpose(-1, -2)))
+
+    def __call__(self, x: Tensor, /) -> Tensor:
+        offsets = x[..., None, :] - self.centers.to(x)  # [..., K, n]
+        return 0.5 * (offsets[..., None, :] @ self.curvatures.to(x) @ offsets[..., :, None])[..., 0, 0]
+
+    def pareto_point(self, weights: Tensor, /) -> Tensor:
+        """`x(w) = (sum_i w_i A_i)^{-1} sum_i w_i A_i c_i` for simplex weights `[..., K]`."""
+        weights = weights.to(torch.float64)
+        combined = (weights[..., :, None, None] * self.curvatures).sum(dim=-3)
+        rhs = (weights[..., :, None] * (self.curvatures @ self.centers[..., None])[..., 0]).sum(dim=-2)
+        return torch.linalg.solve(combined, rhs[..., None])[..., 0]
+
+    def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+        """`x(w)` for `w` uniform on the simplex (flat Dirichlet)."""
+        exponential = -torch.log(torch.rand(num_points, self.n_obj, generator=generator, dtype=torch.float64).clamp_min(1e-300))
+        weights = exponential / exponential.sum(dim=-1, keepdim=True)
+        return self.pareto_point(weights).to(dtype)
+
+
+class RandomNonconvex(Problem):
+    """A seeded random smooth, nonconvex, coercive K-task problem on R^n, with nonnegative losses:
+
+        f_i(x) = a_i/2 ||x - c_i||^2 + sum_{j<M} b_ij (1 + sin(omega_ij . x + phi_ij)).
+
+    The quadratic makes every task coercive (it dominates the bounded sum), so sublevel sets are
+    compact and gradient methods stay bounded; the sinusoids (`||omega_ij|| ~ frequency`) make it
+    nonconvex with many stationary points whenever `sum_j b_ij ||omega_ij||^2 > a_i`. Every `f_i`
+    is smooth with `L_i <= a_i + sum_j b_ij ||omega_ij||^2`. Losses are >= 0 (so log and power
+    transforms apply). The Pareto set is not known in closed form.
+
+    Args:
+        n_var, n_obj: dimension n and number of tasks K.
+        seed: the problem's seed (same seed, same problem, on any machine).
+        num_waves: M sinusoids per task. amplitude: sum_j b_ij (split at random). frequency:
+            scale of omega. curvature: a_i.
+    """
+
+    def __init__(
+        self,
+        n_var: int,
+        n_obj: int,
+        /,
+        *,
+        seed: int,
+        num_waves: int = 4,
+        amplitude: float = 1.0,
+        frequency: float = 2.0,
+        curvature: float = 0.5,
+    ) -> None:
+        _check_sizes(n_var, n_obj)
+        if not (num_waves >= 1 and amplitude >= 0 and frequency > 0 and curvature > 0):
+            raise InvalidHyperparameterError("need num_waves >= 1, amplitude >= 0, frequency > 0 and curvature > 0")
+        self.n_var, self.n_obj, self.seed = n_var, n_obj, seed
+        self.bounds = (-3.0, 3.0)
+        generator = torch.Generator().manual_seed(seed)
+        f64 = torch.float64
+        self.centers = 4 * torch.rand(n_obj, n_var, generator=generator, dtype=f64) - 2
+        self.curvature = torch.full((n_obj,), float(curvature), dtype=f64)
+        shares = torch.rand(n_obj, num_waves, generator=generator, dtype=f64) + 0.1
+        self.amplitudes = amplitude * shares / shares.sum(dim=-1, keepdim=True)
+        self.frequencies = frequency * torch.randn(n_obj, num_waves, n_var, generator=generator, dtype=f64) / n_var**0.5
+        self.phases = 2 * torch.pi * torch.rand(n_obj, num_waves, generator=generator, dtype=f64)
+        self.smoothness = self.curvature + (self.amplitudes * self.frequencies.pow(2).sum(dim=-1)).sum(dim=-1)
+
+    def __call__(self, x: Tensor, /) -> Tensor:
+        offsets = x[..., None, :] - self.centers.to(x)  # [..., K, n]
+        quadratic = 0.5 * self.curvature.to(x) * offsets.pow(2).sum(dim=-1)
+        angles = (self.frequencies.to(x) @ x[..., None, :, None])[..., 0] + self.phases.to(x)  # [..., K, M]
+        return quadratic + (self.amplitudes.to(x) * (1 + torch.sin(angles))).sum(dim=-1)
+
+    def __repr__(self) -> str:
+        return f"RandomNonconvex(n_var={self.n_var}, n_obj={self.n_obj}, seed={self.seed})"
