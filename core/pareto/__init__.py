@@ -1,5 +1,6 @@
-"""Pareto stationarity and (later) continuous Pareto exploration."""
+"""Pareto stationarity and continuous Pareto exploration (Ma, Du & Matusik 2020)."""
 
+from core.pareto.minres import MinresResult, minres
 from core.pareto.stationarity import (
     MinNormSolution,
     min_norm_point,
@@ -7,4 +8,4 @@ from core.pareto.stationarity import (
     stationarity,
 )
 
-__all__ = ["MinNormSolution", "min_norm_point", "project_to_simplex", "stationarity"]
+__all__ = ["MinNormSolution", "MinresResult", "min_norm_point", "minres", "project_to_simplex", "stationarity"]
