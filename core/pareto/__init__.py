@@ -1,5 +1,6 @@
 """Pareto stationarity and continuous Pareto exploration (Ma, Du & Matusik 2020)."""
 
+from core.pareto.hvp import HessianVectorProduct
 from core.pareto.minres import MinresResult, minres
 from core.pareto.stationarity import (
     MinNormSolution,
@@ -8,4 +9,4 @@ from core.pareto.stationarity import (
     stationarity,
 )
 
-__all__ = ["MinNormSolution", "MinresResult", "min_norm_point", "minres", "project_to_simplex", "stationarity"]
+__all__ = ["HessianVectorProduct", "MinNormSolution", "MinresResult", "min_norm_point", "minres", "project_to_simplex", "stationarity"]
