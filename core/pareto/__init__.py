@@ -8,5 +8,6 @@ from core.pareto.stationarity import (
     project_to_simplex,
     stationarity,
 )
+from core.pareto.tangent import TangentDirections, loss_jacobian, tangent_directions
 
-__all__ = ["HessianVectorProduct", "MinNormSolution", "MinresResult", "min_norm_point", "minres", "project_to_simplex", "stationarity"]
+__all__ = ["HessianVectorProduct", "MinNormSolution", "MinresResult", "min_norm_point", "minres", "project_to_simplex", "stationarity", "TangentDirections", "loss_jacobian", "tangent_directions"]
