@@ -16,6 +16,15 @@ from toy_problems import ConvexQuadratic
 F64 = torch.float64
 
 
+def zdt2_variant(x: torch.Tensor) -> torch.Tensor:
+    """The ZDT2 variant of Ma, Du & Matusik (spec pareto_exploration.md §7.1)."""
+    s = x[..., 1] ** 2 + x[..., 2] ** 2
+    u1 = 0.5 * torch.sin(x[..., 0] + s) + 0.5
+    u23 = 0.5 * torch.cos(s) + 0.5
+    g = 1 + 4.5 * (2 * u23)
+    return torch.stack([u1, g * (1 - (u1 / g) ** 2)], dim=-1)
+
+
 def at(problem, point: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     x = point.clone().requires_grad_(True)
     return problem(x), [x]
@@ -79,13 +88,6 @@ def test_zdt2_variant_two_iterations_give_the_cylinder_axis() -> None:
     """Spec §4.3/§7.1: at a Pareto point of the ZDT2 variant (the cylinder x2^2 + x3^2 = pi), MINRES
     with maxiter 2 returns (+-1, 0, 0) and f(x* + s v) stays on the front f2 = 1 - f1^2; maxiter 1
     returns a gradient combination that leaves it."""
-
-    def zdt2_variant(x: torch.Tensor) -> torch.Tensor:
-        s = x[..., 1] ** 2 + x[..., 2] ** 2
-        u1 = 0.5 * torch.sin(x[..., 0] + s) + 0.5
-        u23 = 0.5 * torch.cos(s) + 0.5
-        g = 1 + 4.5 * (2 * u23)
-        return torch.stack([u1, g * (1 - (u1 / g) ** 2)], dim=-1)
 
     theta = 0.7
     x_star = torch.tensor([-math.pi + 0.3, math.sqrt(math.pi) * math.cos(theta), math.sqrt(math.pi) * math.sin(theta)], dtype=F64)

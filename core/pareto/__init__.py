@@ -1,5 +1,6 @@
 """Pareto stationarity and continuous Pareto exploration (Ma, Du & Matusik 2020)."""
 
+from core.pareto.explore import EvaluationCounts, Expansion, expand, mgda_correct
 from core.pareto.hvp import HessianVectorProduct
 from core.pareto.minres import MinresResult, minres
 from core.pareto.stationarity import (
@@ -10,4 +11,9 @@ from core.pareto.stationarity import (
 )
 from core.pareto.tangent import TangentDirections, loss_jacobian, tangent_directions
 
-__all__ = ["HessianVectorProduct", "MinNormSolution", "MinresResult", "min_norm_point", "minres", "project_to_simplex", "stationarity", "TangentDirections", "loss_jacobian", "tangent_directions"]
+__all__ = [
+    "EvaluationCounts",
+    "Expansion",
+    "expand",
+    "mgda_correct",
+   "HessianVectorProduct", "MinNormSolution", "MinresResult", "min_norm_point", "minres", "project_to_simplex", "stationarity", "TangentDirections", "loss_jacobian", "tangent_directions"]
