@@ -2,6 +2,7 @@
 
 from core.pareto.explore import EvaluationCounts, Expansion, expand, mgda_correct
 from core.pareto.hvp import HessianVectorProduct
+from core.pareto.merge import MergedFront, merge_fronts
 from core.pareto.minres import MinresResult, minres
 from core.pareto.stationarity import (
     MinNormSolution,
@@ -12,6 +13,8 @@ from core.pareto.stationarity import (
 from core.pareto.tangent import TangentDirections, loss_jacobian, tangent_directions
 
 __all__ = [
+    "MergedFront",
+    "merge_fronts",
     "EvaluationCounts",
     "Expansion",
     "expand",
