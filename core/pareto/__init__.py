@@ -2,6 +2,7 @@
 
 from core.pareto.explore import EvaluationCounts, Expansion, expand, mgda_correct
 from core.pareto.hvp import HessianVectorProduct
+from core.pareto.local_set import LocalParetoSet, simplex_tangent_basis
 from core.pareto.merge import MergedFront, merge_fronts
 from core.pareto.minres import MinresResult, minres
 from core.pareto.stationarity import (
@@ -13,6 +14,8 @@ from core.pareto.stationarity import (
 from core.pareto.tangent import TangentDirections, loss_jacobian, tangent_directions
 
 __all__ = [
+    "LocalParetoSet",
+    "simplex_tangent_basis",
     "MergedFront",
     "merge_fronts",
     "EvaluationCounts",
