@@ -12,8 +12,11 @@ from core.pareto.stationarity import (
     stationarity,
 )
 from core.pareto.tangent import TangentDirections, loss_jacobian, tangent_directions
+from core.pareto.walk import WalkStep, tangent_walk
 
 __all__ = [
+    "WalkStep",
+    "tangent_walk",
     "LocalParetoSet",
     "simplex_tangent_basis",
     "MergedFront",
