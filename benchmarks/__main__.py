@@ -7,12 +7,13 @@ import logging
 import sys
 
 from benchmarks import toy_demo
-from benchmarks.perf import engine_step, nash_solver
+from benchmarks.perf import engine_step, nash_solver, tangent_solver
 from core.errors import MTLInputError
 
 EXPERIMENTS = {
     "demo": (toy_demo, "DiBS-MTL vs linear scalarisation and MGDA on the two-task toy, nominal and with task 1's loss transformed"),
     "perf-nash": (nash_solver, "Nash-MTL weight solve: our Newton solver vs a reference-style CCP with cvxpy (optional), at equal residual"),
+    "perf-tangent": (tangent_solver, "tangent directions: torch MINRES vs SciPy MINRES on the same HVP, and the cost of one direction as n grows to 1e6"),
     "perf": (engine_step, "engine cost side by side: DiBS-MTL vs LS step, weight-solve share, batched vs looped per-task gradients"),
 }
 

@@ -121,3 +121,11 @@ def test_bad_argument_exits_with_usage() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--steps", "many"])
     assert exit_info.value.code == 2
+
+
+def test_perf_tangent_quick_runs(tmp_path, capsys) -> None:
+    assert main(["perf-tangent", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "seconds per tangent direction" in printed and "fitted exponent" in printed
+    payload = json.loads((tmp_path / "perf_tangent.json").read_text())
+    assert len(payload["scaling"]["rows"]) == 2 and payload["scaling"]["rows"][0]["seconds"] > 0
