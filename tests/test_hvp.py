@@ -74,3 +74,22 @@ def test_bad_input_is_clear() -> None:
     operator = HessianVectorProduct(losses(*params), params)
     with pytest.raises(MTLInputError, match="shape"):
         operator(torch.zeros(8, dtype=F64))
+
+
+def test_functional_path_matches_the_double_backward_path() -> None:
+    from core.pareto.hvp import FunctionalHessianVectorProduct
+
+    params, losses = small_model(4)
+    alpha = torch.tensor([0.6, 0.1, 0.3], dtype=F64)
+    point = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def objective(flat: torch.Tensor) -> torch.Tensor:
+        return losses(flat[:6].reshape(3, 2), flat[6:])
+
+    functional = FunctionalHessianVectorProduct(objective, point, weights=alpha, damping=0.2)
+    graph = HessianVectorProduct(losses(*params), params, weights=alpha, damping=0.2)
+    vector = torch.randn(9, generator=torch.Generator().manual_seed(1), dtype=F64)
+    torch.testing.assert_close(functional(vector), graph(vector), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(functional.gradient, graph.gradient)
+    with pytest.raises(MTLInputError, match="shape"):
+        functional(torch.zeros(8, dtype=F64))

@@ -6,6 +6,8 @@
    scipy / torch is reported (> 1: torch faster). SciPy is optional (requirements-bench.txt).
 2. One tangent direction (Jacobian, min-norm weights, HVP graph, 10 MINRES iterations) on MLPs
    with n from about 1e3 to 1e6 parameters: the fitted exponent of time against n (1: linear).
+3. The two HVP paths, double backward through a kept first-order graph and torch.func
+   forward-over-reverse, for one operator set-up plus k products.
 Nothing here asserts a wall-clock limit.
 """
 
@@ -23,25 +25,54 @@ from torch import nn
 
 from benchmarks.store import environment, write_json_atomic, write_markdown_table
 from core.pareto import HessianVectorProduct, minres, tangent_directions
+from core.pareto.hvp import FunctionalHessianVectorProduct
 
 PARAMETER_TARGETS = (1_000, 10_000, 100_000, 1_000_000)
 
 
-def two_task_mlp(num_parameters: int, *, in_dim: int = 32, seed: int = 0) -> tuple[list[torch.Tensor], callable]:
+def two_task_mlp(num_parameters: int, *, in_dim: int = 32, seed: int = 0) -> tuple[list[torch.Tensor], callable, callable]:
     """A tanh MLP `in_dim -> h -> h -> 2` with about `num_parameters` weights, two regression tasks
-    on a fixed batch of 256 (float32)."""
+    on a fixed batch of 256 (float32). Returns its parameters, `losses()` `[2]` (autograd through
+    the parameters) and `flat_losses(x)` (the same losses of one flat parameter vector, for
+    torch.func)."""
     width = max(2, int((-(in_dim + 3) + math.sqrt((in_dim + 3) ** 2 + 4 * num_parameters)) / 2))
     generator = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(in_dim, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 2))
     inputs = torch.randn(256, in_dim, generator=generator)
     targets = torch.randn(256, 2, generator=generator)
-    params = list(model.parameters())
+    names, params = zip(*model.named_parameters())
 
     def losses() -> torch.Tensor:
-        prediction = model(inputs)
-        return ((prediction - targets) ** 2).mean(dim=0)
+        return ((model(inputs) - targets) ** 2).mean(dim=0)
 
-    return params, losses
+    def flat_losses(flat: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(flat, [p.numel() for p in params])
+        state = {name: piece.reshape(p.shape) for name, piece, p in zip(names, pieces, params)}
+        return ((torch.func.functional_call(model, state, (inputs,)) - targets) ** 2).mean(dim=0)
+
+    return list(params), losses, flat_losses
+
+
+def hvp_paths(num_parameters: int, *, products: int, repeats: int) -> dict[str, float]:
+    """Seconds for one operator set-up plus `products` HVPs: double backward (graph built once)
+    against torch.func forward-over-reverse (nothing kept between calls)."""
+    params, losses, flat_losses = two_task_mlp(num_parameters)
+    point = torch.cat([p.detach().reshape(-1) for p in params])
+    weights = torch.tensor([0.5, 0.5])
+    vector = torch.randn(point.numel(), generator=torch.Generator().manual_seed(1))
+
+    def graph() -> None:
+        operator = HessianVectorProduct(losses(), params, weights=weights)
+        for _ in range(products):
+            operator(vector)
+
+    def functional() -> None:
+        operator = FunctionalHessianVectorProduct(flat_losses, point, weights=weights)
+        for _ in range(products):
+            operator(vector)
+
+    graph(), functional()  # warm-up
+    return {"parameters": float(point.numel()), "functional_over_graph": _time(functional, repeats) / _time(graph, repeats)}
 
 
 def _time(function, repeats: int) -> float:
@@ -58,7 +89,7 @@ def compare_with_scipy(num_parameters: int, *, iterations: int, repeats: int) ->
     from scipy.sparse.linalg import LinearOperator
     from scipy.sparse.linalg import minres as scipy_minres
 
-    params, losses = two_task_mlp(num_parameters)
+    params, losses, _ = two_task_mlp(num_parameters)
     operator = HessianVectorProduct(losses(), params, weights=torch.tensor([0.5, 0.5]), damping=0.1)
     rhs = operator.gradient.clone()
     dimension = operator.dimension
@@ -88,7 +119,7 @@ def compare_with_scipy(num_parameters: int, *, iterations: int, repeats: int) ->
 def tangent_cost(targets: tuple[int, ...], *, repeats: int) -> dict[str, object]:
     rows = []
     for target in targets:
-        params, losses = two_task_mlp(target)
+        params, losses, _ = two_task_mlp(target)
 
         def one_direction(losses=losses, params=params) -> None:
             tangent_directions(losses(), params, torch.tensor([[1.0, 0.0]]), damping=0.1, maxiter=10, rtol=1e-12)
@@ -125,14 +156,15 @@ def main(args: argparse.Namespace) -> int:
         print("scipy is not installed (optional: pip install -r requirements-bench.txt); skipping the SciPy comparison", file=sys.stderr)
         comparisons = []
     scaling = tangent_cost(targets, repeats=repeats)
+    paths = [hvp_paths(n, products=iterations, repeats=repeats) for n in targets]
     lines = ["| parameters | rel. residual after k its | scipy / torch, equal iterations | scipy / torch, equal residual |", "|---|---|---|---|"]
     for row in comparisons:
         lines.append(f"| {int(row['parameters']):,} | {row['relative_residual']:.1e} (k = {int(row['iterations'])}) | {row['scipy_over_torch_equal_iterations']:.2f} | {row['scipy_over_torch_equal_residual']:.2f} |")
-    lines += ["", "| parameters | seconds per tangent direction |", "|---|---|"]
-    lines += [f"| {int(row['parameters']):,} | {row['seconds']:.4f} |" for row in scaling["rows"]]
+    lines += ["", "| parameters | seconds per tangent direction | torch.func / double-backward HVP (set-up + k products) |", "|---|---|---|"]
+    lines += [f"| {int(row['parameters']):,} | {row['seconds']:.4f} | {path['functional_over_graph']:.2f} |" for row, path in zip(scaling["rows"], paths)]
     lines.append(f"\nfitted exponent of time against n: {scaling['fitted_exponent']:.2f} over all sizes, {scaling['largest_sizes_exponent']:.2f} between the two largest (1 = linear)")
     table = "\n".join(lines)
-    payload = {"experiment": "perf_tangent", "config": {"targets": list(targets), "repeats": repeats, "iterations": iterations}, "environment": environment(), "scipy_comparison": comparisons, "scaling": scaling, "table": table}
+    payload = {"experiment": "perf_tangent", "config": {"targets": list(targets), "repeats": repeats, "iterations": iterations}, "environment": environment(), "scipy_comparison": comparisons, "scaling": scaling, "hvp_paths": paths, "table": table}
     path = write_json_atomic(args.out / "perf_tangent.json", payload)
     if args.markdown is not None:
         machine = payload["environment"]

@@ -1,7 +1,7 @@
 """Pareto stationarity and continuous Pareto exploration (Ma, Du & Matusik 2020)."""
 
 from core.pareto.explore import EvaluationCounts, Expansion, expand, mgda_correct
-from core.pareto.hvp import HessianVectorProduct
+from core.pareto.hvp import FunctionalHessianVectorProduct, HessianVectorProduct
 from core.pareto.local_set import LocalParetoSet, simplex_tangent_basis
 from core.pareto.merge import MergedFront, merge_fronts
 from core.pareto.minres import MinresResult, minres
@@ -15,6 +15,7 @@ from core.pareto.tangent import TangentDirections, loss_jacobian, tangent_direct
 from core.pareto.walk import WalkStep, tangent_walk
 
 __all__ = [
+    "FunctionalHessianVectorProduct",
     "WalkStep",
     "tangent_walk",
     "LocalParetoSet",

@@ -63,3 +63,32 @@ class HessianVectorProduct:
             products = list(second)
         flat = torch.cat([torch.zeros(p.numel(), dtype=self.gradient.dtype, device=self.gradient.device) if h is None else h.reshape(-1) for p, h in zip(self.params, products)])
         return flat + self.damping * vector.to(flat) if self.damping else flat
+
+
+class FunctionalHessianVectorProduct:
+    """The same product through `torch.func`: `H u = jvp(grad(sum_i alpha_i f_i), (x,), (u,))`
+    (forward-over-reverse), for an objective given as a function of a flat point `x` `[n] -> [K]`.
+
+    No graph is kept between calls: each product re-runs the forward and backward passes with
+    forward-mode tangents, so it needs less memory than `HessianVectorProduct` (which holds the
+    first-order graph) and costs more per call (`python -m benchmarks perf-tangent` measures it).
+    """
+
+    def __init__(self, objective, point: Tensor, /, *, weights: Tensor | None = None, damping: float = 0.0) -> None:
+        if not damping >= 0:
+            raise InvalidHyperparameterError(f"damping must be >= 0, got {damping!r}")
+        self.point = point.detach()
+        values = objective(self.point)
+        weights = torch.ones_like(values) if weights is None else weights.detach().to(values)
+        if weights.shape != values.shape:
+            raise MTLInputError(f"weights of shape {tuple(weights.shape)} do not match the {values.numel()} losses")
+        self.damping = float(damping)
+        self.dimension = self.point.numel()
+        self._gradient_function = torch.func.grad(lambda x: (weights * objective(x)).sum())
+        self.gradient = self._gradient_function(self.point).detach()
+
+    def __call__(self, vector: Tensor, /) -> Tensor:
+        if vector.shape != self.point.shape:
+            raise MTLInputError(f"expected a vector of shape {tuple(self.point.shape)}, got {tuple(vector.shape)}")
+        _, product = torch.func.jvp(self._gradient_function, (self.point,), (vector.to(self.point),))
+        return product + self.damping * vector.to(product) if self.damping else product
