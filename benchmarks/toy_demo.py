@@ -66,11 +66,11 @@ def run_demo(
     """
     problem = TwoTaskToy()
     transform_fn = parse_transform(transform)
-    starts = problem.starts(dtype=dtype, device=device)
+    starts = problem.default_starts(dtype=dtype, device=device)
     batch = torch.stack([starts, starts])  # [version, start, 2]
     objectives = transformed_objectives(problem, transform_fn)
     front = problem.pareto_front(2000)
-    config = {"methods": methods, "num_steps": num_steps, "transform": transform, "lr": lr, "dtype": str(dtype), "starts": [list(s) for s in problem.default_starts]}
+    config = {"methods": methods, "num_steps": num_steps, "transform": transform, "lr": lr, "dtype": str(dtype), "starts": problem.default_starts(dtype=torch.float64).tolist()}
     results = {name: finished[name] for name in methods if finished and name in finished}
     for name in methods:
         if name in results:

@@ -12,17 +12,12 @@ from core.jacobian import batched_task_gradients, gramian
 from core.pareto import stationarity
 from core.pareto.tangent import loss_jacobian, tangent_directions
 from toy_problems import ConvexQuadratic
+from toy_problems.zdt import ZDT2Variant
 
 F64 = torch.float64
 
 
-def zdt2_variant(x: torch.Tensor) -> torch.Tensor:
-    """The ZDT2 variant of Ma, Du & Matusik (spec pareto_exploration.md §7.1)."""
-    s = x[..., 1] ** 2 + x[..., 2] ** 2
-    u1 = 0.5 * torch.sin(x[..., 0] + s) + 0.5
-    u23 = 0.5 * torch.cos(s) + 0.5
-    g = 1 + 4.5 * (2 * u23)
-    return torch.stack([u1, g * (1 - (u1 / g) ** 2)], dim=-1)
+zdt2_variant = ZDT2Variant()
 
 
 def at(problem, point: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -5,8 +5,25 @@ as independent batch rows, and declares `n_var`, `n_obj`, `bounds` and default s
 (see `toy_problems.base.Problem`).
 """
 
+from toy_problems.bargaining import Bargaining1D
 from toy_problems.base import Problem
 from toy_problems.families import ConvexQuadratic, RandomNonconvex
-from toy_problems.two_task_toy import TwoTaskToy
+from toy_problems.fonseca_fleming import FonsecaFleming
+from toy_problems.two_task_toy import DIBS_MTL_STARTS, TwoTaskToy
+from toy_problems.zdt import ZDT, ZDT1, ZDT2, ZDT3, ZDT3_PARETO_INTERVALS, ZDT2Variant
 
-__all__ = ["ConvexQuadratic", "Problem", "RandomNonconvex", "TwoTaskToy"]
+__all__ = [
+    "DIBS_MTL_STARTS",
+    "ZDT",
+    "ZDT1",
+    "ZDT2",
+    "ZDT3",
+    "ZDT3_PARETO_INTERVALS",
+    "Bargaining1D",
+    "ConvexQuadratic",
+    "FonsecaFleming",
+    "Problem",
+    "RandomNonconvex",
+    "TwoTaskToy",
+    "ZDT2Variant",
+]

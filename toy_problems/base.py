@@ -14,6 +14,14 @@ from torch import Tensor
 from core.errors import InvalidHyperparameterError
 
 
+def unit_samples(num_points: int, generator: torch.Generator | None, /) -> Tensor:
+    """`num_points` numbers in [0, 1] (float64) for Pareto-set samplers: evenly spaced without a
+    generator (deterministic), uniform draws with one."""
+    if generator is None:
+        return torch.linspace(0, 1, num_points, dtype=torch.float64)
+    return torch.rand(num_points, generator=generator, dtype=torch.float64)
+
+
 class Problem:
     """Base class of the toy problems.
 

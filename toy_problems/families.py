@@ -77,7 +77,9 @@ class ConvexQuadratic(Problem):
         return torch.linalg.solve(combined, rhs[..., None])[..., 0]
 
     def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
-        """`x(w)` for `w` uniform on the simplex (flat Dirichlet)."""
+        """`x(w)` for `w` uniform on the simplex (flat Dirichlet); without a generator the draws use
+        a fixed seed (deterministic, like the other problems' samplers)."""
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
         exponential = -torch.log(torch.rand(num_points, self.n_obj, generator=generator, dtype=torch.float64).clamp_min(1e-300))
         weights = exponential / exponential.sum(dim=-1, keepdim=True)
         return self.pareto_point(weights).to(dtype)
