@@ -11,9 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-from proofs_numeric import dibs_fairness
+from proofs_numeric import dibs_fairness, tangent_accuracy
 
-CLAIMS = {module.NAME: module for module in (dibs_fairness,)}
+CLAIMS = {module.NAME: module for module in (dibs_fairness, tangent_accuracy)}
 
 
 def build_parser() -> argparse.ArgumentParser:
