@@ -38,7 +38,7 @@ def test_basis_is_orthonormal_and_sums_to_zero() -> None:
 def test_parameterisation_and_front_are_first_order_accurate(seed) -> None:
     problem = ConvexQuadratic.random(6, 3, seed=seed, condition=4.0)
     local = build(problem, problem.pareto_point(torch.tensor([0.3, 0.3, 0.4], dtype=F64)))
-    assert local.dimension == 2 and local.stationarity_residual <= 1e-8
+    assert local.dimension == 2 and local.stationarity_residual <= 1e-8 and local.regular
     direction = torch.randn(2, generator=torch.Generator().manual_seed(seed), dtype=F64)
     steps = torch.logspace(-1, -3, 5, dtype=F64)
     points = local.point(steps[:, None] * direction / direction.norm())
@@ -60,3 +60,15 @@ def test_queries_by_objective_change_reach_the_requested_trade_off() -> None:
     assert bool(reached[0] * reached[1] < 0)  # a trade-off: one task gains what the other loses
     with pytest.raises(MTLInputError, match="shape"):
         local.point(torch.zeros(3, dtype=F64))
+
+
+def test_an_end_of_the_front_is_flagged_as_not_regular() -> None:
+    """At the end of the ZDT2 variant's front grad f1 = 0, so alpha = (1, 0): not a regular point."""
+    import math
+
+    from toy_problems.zdt import ZDT2Variant
+
+    problem = ZDT2Variant()
+    end = torch.tensor([-math.pi / 2, math.sqrt(math.pi), 0.0], dtype=F64)  # u1 = 1
+    assert not build(problem, end).regular
+    assert build(problem, problem.pareto_set(3)[1]).regular
