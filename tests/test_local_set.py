@@ -63,12 +63,7 @@ def test_queries_by_objective_change_reach_the_requested_trade_off() -> None:
 
 
 def test_an_end_of_the_front_is_flagged_as_not_regular() -> None:
-    """At the end of the ZDT2 variant's front grad f1 = 0, so alpha = (1, 0): not a regular point."""
-    import math
-
-    from toy_problems.zdt import ZDT2Variant
-
-    problem = ZDT2Variant()
-    end = torch.tensor([-math.pi / 2, math.sqrt(math.pi), 0.0], dtype=F64)  # u1 = 1
-    assert not build(problem, end).regular
-    assert build(problem, problem.pareto_set(3)[1]).regular
+    """At a task's own minimiser (a vertex of the front) alpha = e_1 lies on the simplex boundary."""
+    problem = ConvexQuadratic.random(4, 3, seed=2)
+    assert not build(problem, problem.centers[0].clone()).regular
+    assert build(problem, problem.pareto_point(torch.full((3,), 1 / 3, dtype=F64))).regular

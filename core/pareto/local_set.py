@@ -14,8 +14,10 @@ With an orthonormal basis `B` `[K, K-1]` of `{beta : 1^T beta = 0}` and trade-of
 both with errors O(|t|^2). Queries by a desired change of the objectives `delta` take the
 least-squares coordinates `t = M^+ delta` (the front is (K-1)-dimensional, so only changes in the
 range of M are reachable). docs/DECISIONS.md records the choice. The construction needs a regular
-point (`alpha > 0`, tangent systems solved); `regular` says whether it is one: at an end of the
-front (alpha on the simplex boundary) the predictions are not first-order accurate.
+point (`alpha > 0`, tangent systems solved); `regular` says whether it is one: at a vertex of the
+front (a task at its own minimum, alpha on the simplex boundary) the predictions are not
+first-order accurate. Where H is nearly singular on the tangent space (e.g. near the ends of the
+ZDT2 variant's front, where both gradients vanish) V is large and the first-order region small.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ class LocalParetoSet:
         self.directions = solved.raw.T  # V [n, K-1]
         self.front_directions = (solved.jacobian @ self.directions).to(torch.float64)  # M [K, K-1]
         self.solves = solved.solves
-        # the manifold argument needs alpha > 0 (a regular point): at an end of the front, where a
-        # task's gradient vanishes and alpha sits on the simplex boundary, V is not a tangent
+        # the manifold argument needs alpha > 0 (a regular point): at a vertex of the front, where a
+        # task is at its minimum and alpha sits on the simplex boundary, V is not a tangent
         self.regular = bool(self.weights.min() > 1e-6) and all(solve.converged for solve in self.solves)
 
     @property
