@@ -1,0 +1,168 @@
+"""`python -m toy_problems`: the inspect command end to end (files, table, errors) and the runner it uses."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.errors import InvalidHyperparameterError
+from core.jacobian import batched_task_gradients, gramian
+from core.pareto.stationarity import stationarity
+from core.registry import available_methods, make_method
+from toy_problems import ZDT1, TwoTaskToy
+from toy_problems.inspect_cli import PROBLEMS, build_problem, main
+from toy_problems.runner import run_toy, run_toy_sequential
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _inspect(tmp_path, *arguments: str) -> int:
+    return main(["inspect", *arguments, "--out", str(tmp_path), "--quiet"])
+
+
+def _table_rows(printed: str, method: str) -> list[str]:
+    return [line for line in printed.splitlines() if line.startswith(f"{method} ")]
+
+
+def test_two_task_toy_with_a_transform_writes_everything(tmp_path, capsys) -> None:
+    out = tmp_path / "toy"
+    readme = [line for line in README.read_text().splitlines() if line.startswith("python -m toy_problems inspect ")]
+    assert len(readme) == 1, "the README lost its inspect example"
+    assert main([*shlex.split(readme[0])[3:], "--steps", "40", "--out", str(out), "--quiet"]) == 0  # the README's command
+    printed = capsys.readouterr().out
+    for name in ("inspect.json", "trajectories.png", "trajectories_untransformed.png", "convergence.png"):
+        assert (out / name).stat().st_size > 0
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staging folder is gone
+
+    result = json.loads((out / "inspect.json").read_text())
+    config = result["config"]
+    assert config["problem"] == "two_task_toy" and config["transforms"] == {"0": "exp"} and config["steps"] == 40
+    assert config["methods"] == ["dibsmtl", "ls", "mgda", "nashmtl"] and len(config["starts"]) == 5
+    problem = TwoTaskToy()
+    for name in ("dibsmtl", "ls"):
+        data = result["results"][name]
+        assert len(data["runs"]) == 5 and len(_table_rows(printed, name)) == 5
+        for run in data["runs"]:
+            end = torch.tensor(run["end"], dtype=torch.float64)
+            losses = problem(end)
+            assert torch.allclose(torch.tensor(run["end_losses"], dtype=torch.float64), losses)  # untransformed
+            assert math.isclose(run["end_losses_transformed"][0], math.exp(run["end_losses"][0]), rel_tol=1e-9)
+            assert run["end_losses_transformed"][1] == pytest.approx(run["end_losses"][1])
+            _, jacobian = batched_task_gradients(problem, end)
+            assert run["final_residual"] == pytest.approx(float(stationarity(gramian(jacobian))[1]), rel=1e-9)
+            assert 0 <= run["min_residual"] <= run["final_residual"] + 1e-15
+            assert run["distance_to_front"] >= 0 and run["favoured_task"] in (0, 1, "balanced")
+        trajectory = data["trajectory"]
+        assert trajectory["steps"][0] == 0 and trajectory["steps"][-1] == 40
+        running = torch.tensor(trajectory["running_min_residual"])
+        assert bool((running[1:] <= running[:-1]).all()) and bool((running <= torch.tensor(trajectory["residual"])).all())
+        assert len(trajectory["losses"]) == len(trajectory["losses_transformed"]) == len(trajectory["distance_to_front"]) == 41
+    assert "favours" in printed and "transforms 0:exp" in printed and "wrote" in printed
+
+    # rerun into the same folder without the transform: the stale untransformed figure goes, and
+    # DiBS-MTL ends where it did (it only uses gradient directions) while linear scalarisation does not
+    assert _inspect(out, "--problem", "two_task_toy", "--methods", "dibsmtl,ls", "--steps", "40") == 0
+    assert not (out / "trajectories_untransformed.png").exists()
+    nominal = json.loads((out / "inspect.json").read_text())
+    assert nominal["config"]["transforms"] == {} and "end_losses_transformed" not in nominal["results"]["ls"]["runs"][0]
+    for name, gap_is_zero in (("dibsmtl", True), ("ls", False)):
+        gaps = [
+            math.dist(a["end"], b["end"]) for a, b in zip(result["results"][name]["runs"], nominal["results"][name]["runs"])
+        ]
+        assert (max(gaps) < 1e-9) == gap_is_zero
+
+
+def test_zdt2_variant_with_stateful_methods_and_drawn_starts(tmp_path, capsys) -> None:
+    arguments = ["--problem", "zdt2_variant", "--methods", "mgda,famo,uw,dwa", "--starts", "3", "--seed", "1", "--steps", "25"]
+    assert _inspect(tmp_path, *arguments) == 0
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "trajectories_untransformed.png").exists()
+    result = json.loads((tmp_path / "inspect.json").read_text())
+    assert result["config"]["transforms"] == {} and result["config"]["n_var"] == 3
+    drawn = build_problem("zdt2_variant").starts(3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.allclose(torch.tensor(result["config"]["starts"], dtype=torch.float64), drawn)
+    for name in ("mgda", "famo", "uw", "dwa"):
+        runs = result["results"][name]["runs"]
+        assert len(runs) == 3 and len(_table_rows(printed, name)) == 3
+        for run in runs:
+            assert math.isfinite(run["final_residual"]) and math.isfinite(run["distance_to_front"])
+            assert run["end"] != run["start"]  # every method moved
+    assert (tmp_path / "convergence.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_list_shows_every_problem_and_method(capsys) -> None:
+    assert main(["--list"]) == 0
+    printed = capsys.readouterr().out
+    for name in PROBLEMS:
+        assert name in printed
+    assert all(name in printed for name in available_methods())
+    assert "zdt2_variant         3     2  yes" in printed and "nonconvex" in printed
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--problem", "nope"], "two_task_toy"),
+        (["--problem", "two_task_toy", "--methods", "ls,foo"], "choose from: cagrad"),
+        (["--problem", "two_task_toy", "--transform", "0:cube"], "valid forms"),
+        (["--problem", "two_task_toy", "--transform", "0:log"], "Log() is defined only for t > 0"),
+        (["--problem", "two_task_toy", "--transform", "2:exp"], "TASK in 0..1"),
+        (["--problem", "two_task_toy", "--start", "11,0"], "outside the problem's bounds"),
+        (["--problem", "two_task_toy", "--steps", "0"], "--steps must be a positive integer"),
+        (["--problem", "two_task_toy", "--n-var", "3"], "--n-var applies to: fonseca_fleming"),
+        (["--problem", "two_task_toy", "--methods", "famo"], "famo needs positive losses"),
+        (["--problem", "two_task_toy", "--start", "0.1,0.1", "--transform", "1:log", "--steps", "300"], "failed during the run"),
+        (["--problem", "bargaining", "--transform", "0:log", "--start", "0.5", "--start", "0.5,0"], "expected 1 comma-separated"),
+        (["--problem", "quadratic", "--n-obj", "0"], "n_var and n_obj must be positive"),
+        (["--problem", "bargaining", "--methods", "dibsmtl,dibsmtl"], "twice"),
+        (["--problem", "bargaining", "--optimizer", "lbfgs"], "choose from 'adam', 'sgd'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, arguments, expected) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "inspect.json").write_text("earlier result")
+    steps = [] if "--steps" in arguments else ["--steps", "5"]
+    assert main(["inspect", *arguments, *steps, "--out", str(out), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    error = captured.err.strip()
+    assert error.startswith("error: ") and "\n" not in error and expected in error
+    assert captured.out == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["inspect.json"]
+    assert (out / "inspect.json").read_text() == "earlier result"
+
+
+def test_run_toy_sequential_matches_the_batched_runner_and_run_toy_keeps_refusing_stateful_methods() -> None:
+    problem = TwoTaskToy()
+    starts = problem.default_starts(dtype=torch.float64)[:3]
+    batched = run_toy(problem, starts, make_method("ls"), num_steps=20, lr=0.01, record_every=5)
+    looped = run_toy_sequential(problem, starts, make_method("ls"), num_steps=20, lr=0.01, record_every=5)
+    assert torch.equal(batched.steps, looped.steps) and batched.points.shape == looped.points.shape == (5, 3, 2)
+    assert torch.allclose(batched.points, looped.points) and torch.allclose(batched.losses, looped.losses)
+    with pytest.raises(InvalidHyperparameterError, match="run_toy_sequential"):
+        run_toy(problem, starts, make_method("famo", num_tasks=2), num_steps=1)
+
+
+def test_projected_runs_stay_in_the_box() -> None:
+    problem = ZDT1(n_var=4)
+    starts = problem.starts(4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for runner, method in ((run_toy, make_method("mgda")), (run_toy_sequential, make_method("uw", num_tasks=2))):
+        trajectory = runner(problem, starts, method, num_steps=50, lr=0.05, project=problem.project)
+        assert bool(((trajectory.points >= 0) & (trajectory.points <= 1)).all())
+        assert bool(torch.isfinite(trajectory.losses).all())
+        assert bool((trajectory.points[-1, :, 1:] == 0).any())  # the lower bound is reached and kept
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_inspect_runs_on_cuda(tmp_path, capsys) -> None:
+    arguments = ["--problem", "two_task_toy", "--methods", "dibsmtl,ls,uw", "--transform", "0:exp", "--steps", "5", "--device", "cuda"]
+    assert _inspect(tmp_path, *arguments) == 0
+    assert json.loads((tmp_path / "inspect.json").read_text())["config"]["device"] == "cuda"

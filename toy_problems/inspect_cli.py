@@ -1,0 +1,780 @@
+"""`python -m toy_problems inspect`: watch task-balancing methods converge on any toy problem.
+
+Every method runs from every starting point (gradient weightings and stateless loss weightings as
+one batched computation per method, `toy_problems.runner.run_toy`; the stateful uncertainty
+weighting, DWA and FAMO one start at a time, `run_toy_sequential`). Optional strictly increasing
+transforms of single task losses (`--transform TASK:KIND[:PARAM]`) change what the methods see;
+everything is also reported on the untransformed losses. The command prints a table of the
+endpoints and writes, into one folder, a JSON result and PNG figures (see `--help`).
+
+`python -m toy_problems --list` lists the problems and the methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import itertools
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
+from core.jacobian import batched_task_gradients, gramian
+from core.methods.loss_balancing import DynamicWeightAverage
+from core.pareto.stationarity import stationarity
+from core.registry import METHODS, available_methods, make_method
+from core.transforms import TRANSFORM_SPEC_FORMS, MonotoneTransform, parse_transform
+from toy_problems import (
+    ZDT1,
+    ZDT2,
+    ZDT3,
+    Bargaining1D,
+    ConvexQuadratic,
+    FonsecaFleming,
+    Problem,
+    RandomNonconvex,
+    TwoTaskToy,
+    ZDT2Variant,
+)
+from toy_problems.runner import (
+    OPTIMIZERS,
+    Trajectory,
+    combined_direction,
+    make_optimizer,
+    run_toy,
+    run_toy_sequential,
+)
+
+logger = logging.getLogger(__name__)
+
+BALANCE_TOLERANCE = 0.05
+"""Endpoints whose normalised task positions differ by less than this are called "balanced"."""
+FRONT_SAMPLES = {2: 2000}
+"""Points of the dense `pareto_front()` sample per number of tasks (K >= 3: `FRONT_SAMPLES_MANY`)."""
+FRONT_SAMPLES_MANY = 20_000
+MAX_STORED_RECORDS = 400
+"""Records per start kept in the JSON file and drawn in the figures (always including the first and last)."""
+MAX_RECORDED_NUMBERS = 25_000_000
+"""Above this many recorded numbers per method (records x starts x (n_var + n_obj)) the iterates
+are recorded every few steps instead of every step (the JSON says how often)."""
+
+DOMINANCE_DEFINITION = (
+    "normalised position u_i = (f_i(end) - ideal_i) / (nadir_i - ideal_i) on the untransformed losses, with "
+    "ideal_i and nadir_i the smallest and largest value of task i on the analytic Pareto front (problems "
+    "without one: over the endpoints of every run of the invocation); the favoured (dominating) task is the "
+    f"one with the smallest u_i, i.e. the task that ended closest to its own best value, or 'balanced' if "
+    f"max u - min u < {BALANCE_TOLERANCE}"
+)
+RESIDUAL_DEFINITION = (
+    "stationarity residual min_{a in simplex} ||sum_i a_i grad f_i(x)|| of the untransformed losses "
+    "(core.pareto.stationarity of the Gramian), 0 exactly at Pareto-stationary points; on box-constrained "
+    "problems (ZDT1-3, whose iterates are projected onto the box after every step) a coordinate at a bound "
+    "where every task's gradient points out of the box is left out (box KKT), otherwise the residual "
+    "never vanishes on their Pareto sets"
+)
+
+
+class UsageError(Exception):
+    """A bad command-line argument: reported as one line on stderr, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- problem registry
+
+
+@dataclass(frozen=True)
+class ProblemEntry:
+    """How the CLI builds one problem: a factory taking the keyword sizes in `defaults`."""
+
+    summary: str
+    factory: Callable[..., Problem]
+    defaults: dict[str, int] = field(default_factory=dict)
+    """Overridable settings (`n_var`, `n_obj`, `seed`) and their documented defaults."""
+
+    def build(self, name: str, overrides: dict[str, int | None]) -> Problem:
+        given = {key: value for key, value in overrides.items() if value is not None}
+        fixed = [key for key in given if key not in self.defaults]
+        if fixed:
+            flags = ", ".join(f"--{_FLAG_OF[key]}" for key in fixed)
+            can = {key: sorted(n for n, e in PROBLEMS.items() if key in e.defaults) for key in fixed}
+            where = "; ".join(f"--{_FLAG_OF[key]} applies to: {', '.join(names)}" for key, names in can.items())
+            raise UsageError(f"problem {name!r} does not take {flags} ({where})")
+        try:
+            return self.factory(**(self.defaults | given))
+        except InvalidHyperparameterError as error:
+            raise UsageError(f"problem {name!r}: {error}") from None
+
+
+_FLAG_OF = {"n_var": "n-var", "n_obj": "n-obj", "seed": "problem-seed"}
+
+PROBLEMS: dict[str, ProblemEntry] = {
+    "two_task_toy": ProblemEntry("the CAGrad / Nash-MTL / DiBS-MTL two-task toy, its 5 published starts", TwoTaskToy),
+    "bargaining": ProblemEntry("DiBS Example 2: x^2 vs (x - 1)^2 on [0, 1]", lambda: Bargaining1D(first_power=2)),
+    "bargaining_x4": ProblemEntry("DiBS Example 1 variant: x^4 vs (x - 1)^2 on [0, 1]", lambda: Bargaining1D(first_power=4)),
+    "zdt1": ProblemEntry("ZDT1 on [0, 1]^n, convex front (projected steps)", ZDT1, {"n_var": 30}),
+    "zdt2": ProblemEntry("ZDT2 on [0, 1]^n, concave front (projected steps)", ZDT2, {"n_var": 30}),
+    "zdt3": ProblemEntry("ZDT3 on [0, 1]^n, disconnected front (projected steps)", ZDT3, {"n_var": 30}),
+    "zdt2_variant": ProblemEntry("the unconstrained ZDT2 variant of Ma et al. (2020) on R^3", ZDT2Variant),
+    "fonseca_fleming": ProblemEntry("Fonseca-Fleming on R^n, concave front", FonsecaFleming, {"n_var": 2}),
+    "quadratic": ProblemEntry(
+        "seeded random strongly convex quadratics (ConvexQuadratic.random, condition 10)",
+        lambda n_var, n_obj, seed: ConvexQuadratic.random(n_var, n_obj, seed=seed),
+        {"n_var": 4, "n_obj": 3, "seed": 0},
+    ),
+    "nonconvex": ProblemEntry(
+        "seeded random smooth nonconvex coercive problem (RandomNonconvex), no analytic front",
+        lambda n_var, n_obj, seed: RandomNonconvex(n_var, n_obj, seed=seed),
+        {"n_var": 4, "n_obj": 3, "seed": 0},
+    ),
+}
+"""The problems of `toy_problems`, by command-line name."""
+
+
+def build_problem(name: str, *, n_var: int | None = None, n_obj: int | None = None, seed: int | None = None) -> Problem:
+    """The problem registered as `name`, with optional size and seed overrides (UsageError if unknown)."""
+    if name not in PROBLEMS:
+        raise UsageError(f"unknown problem {name!r}; choose one of: {', '.join(PROBLEMS)}")
+    problem = PROBLEMS[name].build(name, {"n_var": n_var, "n_obj": n_obj, "seed": seed})
+    if problem.n_obj < 2:
+        raise UsageError(f"problem {name!r} with {problem.n_obj} task: --n-obj must be at least 2 for a multi-task problem")
+    return problem
+
+
+def listing() -> str:
+    """The text of `--list`: every problem with its sizes and analytic sets, then every method."""
+    lines = [f"{'problem':<16} {'n_var':>5} {'n_obj':>5}  {'analytic set/front':<18} description", "-" * 100]
+    for name, entry in PROBLEMS.items():
+        problem = entry.factory(**entry.defaults)
+        sizes = ", ".join(f"--{_FLAG_OF[key]} {value}" for key, value in entry.defaults.items())
+        description = entry.summary + (f" (defaults: {sizes})" if sizes else "")
+        lines.append(f"{name:<16} {problem.n_var:>5} {problem.n_obj:>5}  {'yes' if problem.has_pareto_set else 'no':<18} {description}")
+    lines += ["", "methods (all accepted by --methods; * = stateful, run one start at a time):"]
+    lines.append("  " + ", ".join(f"{name}{'*' if not _probe_method(name).batch_independent else ''}" for name in available_methods()))
+    return "\n".join(lines)
+
+
+def _probe_method(name: str):
+    return make_method(name, num_tasks=2)
+
+
+# ----------------------------------------------------------------------------- argument parsing
+
+
+def parse_transforms(specs: list[str], num_tasks: int) -> dict[int, MonotoneTransform]:
+    """`TASK:KIND[:PARAM]` strings -> {task index: transform}; UsageError on anything invalid."""
+    transforms: dict[int, MonotoneTransform] = {}
+    for spec in specs:
+        task_text, _, kind = spec.partition(":")
+        try:
+            task = int(task_text)
+        except ValueError:
+            task = -1
+        if not kind or not 0 <= task < num_tasks:
+            raise UsageError(
+                f"--transform {spec!r}: expected TASK:KIND[:PARAM] with TASK in 0..{num_tasks - 1} and KIND one of {TRANSFORM_SPEC_FORMS}"
+            )
+        if task in transforms:
+            raise UsageError(f"--transform {spec!r}: task {task} already has a transform (compose them in one spec with '|')")
+        try:
+            transforms[task] = parse_transform(kind)
+        except InvalidHyperparameterError as error:
+            raise UsageError(f"--transform {spec!r}: {error}") from None
+    return transforms
+
+
+def transformed_objectives(problem: Problem, transforms: dict[int, MonotoneTransform]) -> Callable[[Tensor], Tensor]:
+    """The losses the methods see: `h_i(f_i(x))` for transformed tasks, `f_i(x)` for the others."""
+    if not transforms:
+        return problem
+
+    def objectives(x: Tensor) -> Tensor:
+        values = problem(x)
+        return torch.stack([transforms[i](values[..., i]) if i in transforms else values[..., i] for i in range(values.shape[-1])], dim=-1)
+
+    return objectives
+
+
+def parse_starts(args: argparse.Namespace, problem: Problem, *, dtype: torch.dtype, device: str) -> Tensor:
+    """The starting points `[S, n_var]`: explicit `--start`s (inside the bounds), the problem's
+    defaults, or N seeded uniform draws from its bounds."""
+    if args.start:
+        points = []
+        for text in args.start:
+            try:
+                point = [float(v) for v in text.split(",")]
+            except ValueError:
+                point = []
+            if len(point) != problem.n_var or not all(math.isfinite(v) for v in point):
+                raise UsageError(f"--start {text!r}: expected {problem.n_var} comma-separated finite numbers")
+            points.append(point)
+        starts = torch.tensor(points, dtype=torch.float64)
+        lower, upper = problem.lower_upper()
+        outside = ((starts < lower) | (starts > upper)).any(dim=-1)
+        if bool(outside.any()):
+            bad = args.start[int(outside.nonzero()[0, 0])]
+            raise UsageError(f"--start {bad!r} lies outside the problem's bounds [{_fmt_vec(lower)}, {_fmt_vec(upper)}]")
+        return starts.to(dtype=dtype, device=device)
+    if args.starts == "default":
+        return problem.default_starts(dtype=dtype, device=device)
+    try:
+        count = int(args.starts)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise UsageError(f"--starts {args.starts!r}: expected 'default' or a positive integer")
+    return problem.starts(count, generator=torch.Generator().manual_seed(args.seed), dtype=dtype, device=device)
+
+
+def build_method(name: str, num_tasks: int, *, seed: int, device: str):
+    """A fresh instance of a registered method for the toy runs.
+
+    Random methods get a generator seeded with `seed`; DWA treats every step as an epoch
+    (`window=1`, the loss ratios of consecutive steps), since a toy run has no epochs.
+    """
+    hyperparameters: dict[str, Any] = {}
+    factory = METHODS.get(name)
+    if factory is not None and "generator" in inspect.signature(factory).parameters:
+        hyperparameters["generator"] = torch.Generator(device=device).manual_seed(seed)
+    if factory is DynamicWeightAverage:
+        hyperparameters["window"] = 1
+    return make_method(name, num_tasks=num_tasks, **hyperparameters)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def stationarity_residuals(problem: Problem, points: Tensor, *, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Untransformed losses `[..., K]` and stationarity residuals `[...]` at points `[..., n]`.
+
+    On problems with a `project` (box constraints), coordinates at a bound where every task's
+    gradient points out of the box are dropped from the Jacobian before the residual (see
+    `RESIDUAL_DEFINITION`).
+    """
+    flat = points.reshape(-1, points.shape[-1])
+    box = problem.lower_upper(dtype=flat.dtype, device=flat.device) if hasattr(problem, "project") else None
+    losses, residuals = [], []
+    for part in flat.split(chunk):
+        values, jacobian = batched_task_gradients(problem, part)
+        if box is not None:
+            lower, upper = box
+            blocked = ((part <= lower) & (jacobian >= 0).all(dim=-2)) | ((part >= upper) & (jacobian <= 0).all(dim=-2))
+            jacobian = jacobian.masked_fill(blocked[..., None, :], 0.0)
+        losses.append(values)
+        residuals.append(stationarity(gramian(jacobian))[1])
+    shape = points.shape[:-1]
+    return torch.cat(losses).reshape(*shape, -1), torch.cat(residuals).reshape(shape)
+
+
+def distance_to_front(losses: Tensor, front: Tensor, *, budget: int = 4_000_000) -> Tensor:
+    """Euclidean distance in objective space from each point `[..., K]` to a front sample `[m, K]`."""
+    flat = losses.reshape(-1, losses.shape[-1]).to(torch.float64)
+    front = front.to(device=flat.device, dtype=torch.float64)
+    chunk = max(1, budget // max(1, front.shape[0]))
+    parts = [torch.cdist(part, front).amin(dim=-1) for part in flat.split(chunk)]
+    return torch.cat(parts).reshape(losses.shape[:-1])
+
+
+def normalised_positions(losses: Tensor, ideal: Tensor, nadir: Tensor) -> Tensor:
+    """`u_i = (f_i - ideal_i) / (nadir_i - ideal_i)` (0 where the range is empty)."""
+    span = nadir - ideal
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (losses - ideal) / safe, torch.zeros_like(losses))
+
+
+def favoured_task(position: Tensor) -> int | str:
+    """The index of the smallest normalised position; "balanced" when they all lie within
+    `BALANCE_TOLERANCE` of each other, "n/a" when a loss is not finite."""
+    if not bool(torch.isfinite(position).all()):
+        return "n/a"
+    if float(position.max() - position.min()) < BALANCE_TOLERANCE:
+        return "balanced"
+    return int(position.argmin())
+
+
+def stored_indices(num_records: int, limit: int = MAX_STORED_RECORDS) -> Tensor:
+    """At most `limit` evenly spread record indices, the first and the last included."""
+    if num_records <= limit:
+        return torch.arange(num_records)
+    return torch.linspace(0, num_records - 1, limit).round().long().unique()
+
+
+@dataclass
+class MethodRun:
+    """Everything measured for one method: the trajectory and its untransformed measurements."""
+
+    name: str
+    seconds: float
+    trajectory: Trajectory
+    raw_losses: Tensor  # [R, S, K]
+    residuals: Tensor  # [R, S]
+    running_min: Tensor  # [R, S]
+    distances: Tensor | None  # [R', S] at `stored` records, None without a front
+    stored: Tensor  # record indices kept for JSON and figures
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run_inspection(args: argparse.Namespace) -> tuple[dict, dict[str, Any], str]:
+    """Validate, run every method, measure; return the JSON payload, the figures and the table."""
+    problem = build_problem(args.problem, n_var=args.n_var, n_obj=args.n_obj, seed=args.problem_seed)
+    num_tasks = problem.n_obj
+    if args.steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {args.steps}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite positive number, got {args.lr}")
+    names = [name.strip() for name in args.methods.split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"--methods names no method; choose from: {', '.join(available_methods())}")
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r}; choose from: {', '.join(available_methods())}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--methods lists a method twice: {args.methods!r}")
+    transforms = parse_transforms(args.transform, num_tasks)
+    dtype = getattr(torch, args.dtype)
+    try:
+        torch.zeros(1, device=args.device)
+    except (RuntimeError, AssertionError) as error:
+        raise UsageError(f"--device {args.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
+    starts = parse_starts(args, problem, dtype=dtype, device=args.device)
+    objectives = transformed_objectives(problem, transforms)
+    _check_starts(problem, transforms, objectives, starts, names, num_tasks, args)
+    project = getattr(problem, "project", None)
+
+    front = None
+    if problem.has_pareto_set:
+        front = problem.pareto_front(FRONT_SAMPLES.get(num_tasks, FRONT_SAMPLES_MANY)).to(torch.float64).cpu()
+    numbers = (args.steps + 1) * starts.shape[0] * (problem.n_var + num_tasks)
+    record_every = max(1, math.ceil(numbers / MAX_RECORDED_NUMBERS))
+
+    make_optimizer([torch.zeros(1, requires_grad=True)], args.optimizer, args.lr)  # torch's one-off import of the
+    # optimiser machinery (seconds) happens here, not inside the first method's timing
+    runs: list[MethodRun] = []
+    total = sum(args.steps * (1 if build_method(n, num_tasks, seed=args.seed, device=args.device).batch_independent else starts.shape[0]) for n in names)
+    with tqdm(total=total, desc=args.problem, unit="step", disable=args.quiet, leave=False) as bar:
+        for name in names:
+            bar.set_postfix_str(name)
+            method = build_method(name, num_tasks, seed=args.seed, device=args.device)
+            runner = run_toy if method.batch_independent else run_toy_sequential
+            began = time.perf_counter()
+            try:
+                trajectory = runner(
+                    objectives, starts, method, num_steps=args.steps, lr=args.lr, optimizer=args.optimizer,
+                    record_every=record_every, progress=lambda _: bar.update(), project=project,
+                )
+            except MTLInputError as error:
+                hint = " (a loss left the domain of its --transform)" if isinstance(error, LossDomainError) and transforms else ""
+                raise UsageError(f"method {name!r} failed during the run: {error}{hint}{_positivity_hint(name)}") from None
+            seconds = time.perf_counter() - began
+            raw, residuals = stationarity_residuals(problem, trajectory.points.to(torch.float64).cpu())
+            stored = stored_indices(trajectory.steps.shape[0])
+            distances = distance_to_front(raw[stored], front) if front is not None else None
+            runs.append(MethodRun(name, seconds, trajectory, raw, residuals, residuals.cummin(dim=0).values, distances, stored))
+            logger.info("%s: %d steps from %d starts in %.1f s", name, args.steps, starts.shape[0], seconds)
+
+    if front is not None:
+        ideal, nadir = front.amin(dim=0), front.amax(dim=0)
+        reference = "analytic Pareto front"
+    else:
+        ends = torch.cat([run.raw_losses[-1] for run in runs])
+        finite = ends[torch.isfinite(ends).all(dim=-1)]
+        ideal, nadir = (finite.amin(dim=0), finite.amax(dim=0)) if finite.numel() else (torch.zeros(num_tasks),) * 2
+        reference = "endpoints of every run of this invocation"
+    payload = _payload(args, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference)
+    figures = _figures(args, problem, transforms, front, runs)
+    table = format_table(payload)
+    return payload, figures, table
+
+
+def _check_starts(problem, transforms, objectives, starts, names, num_tasks, args) -> None:
+    """Fail before any run: transforms outside their domain at the starts, methods that reject the start losses."""
+    raw = problem(starts)
+    for task, transform in transforms.items():
+        try:
+            transform.check_domain(raw[..., task])
+        except LossDomainError as error:
+            values = ", ".join(f"{v:.4g}" for v in raw[..., task].tolist())
+            raise UsageError(
+                f"--transform {task}:{transform.to_spec()}: {error} (task {task}'s losses at the starts: {values}); "
+                f"choose a transform defined there, e.g. exp, arcsinh, power:P or affine:A:B"
+            ) from None
+    seen, jacobian = batched_task_gradients(objectives, starts)
+    for name in names:
+        method = build_method(name, num_tasks, seed=args.seed, device=args.device)  # a throwaway instance
+        if isinstance(method, DynamicWeightAverage) and not bool((seen > 0).all()):
+            raise UsageError(f"method 'dwa' divides by the losses, which must be positive; the losses at the starts are "
+                             f"{_fmt_rows(seen)}{_positivity_hint(name)}")
+        try:
+            combined_direction(method, seen, jacobian)
+        except MTLInputError as error:
+            raise UsageError(f"method {name!r} rejects the losses at the starts: {error}{_positivity_hint(name)}") from None
+
+
+def _positivity_hint(name: str) -> str:
+    if name in ("famo", "dwa", "scaleinvls"):
+        return f" ({name} needs positive losses: make them so with a transform, e.g. --transform TASK:exp)"
+    return ""
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _json_numbers(tensor: Tensor) -> Any:
+    """Nested lists of floats, with None for NaN and infinities (strict JSON)."""
+    return _replace_nan(tensor.detach().to(torch.float64).cpu().tolist())
+
+
+def _replace_nan(values: Any) -> Any:
+    if isinstance(values, list):
+        return [_replace_nan(v) for v in values]
+    return values if isinstance(values, float) and math.isfinite(values) else None
+
+
+def _payload(args, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference) -> dict:
+    from benchmarks.store import environment
+
+    results = {}
+    for run in runs:
+        ends = run.raw_losses[-1]
+        positions = normalised_positions(ends, ideal, nadir)
+        per_start = []
+        for j in range(starts.shape[0]):
+            entry = {
+                "start": _json_numbers(starts[j]),
+                "end": _json_numbers(run.trajectory.points[-1, j]),
+                "end_losses": _json_numbers(ends[j]),
+                "final_residual": _json_numbers(run.residuals[-1, j]),
+                "min_residual": _json_numbers(run.running_min[-1, j]),
+                "distance_to_front": None if run.distances is None else _json_numbers(run.distances[-1, j]),
+                "normalised_position": _json_numbers(positions[j]),
+                "favoured_task": favoured_task(positions[j]),
+            }
+            if transforms:
+                entry["end_losses_transformed"] = _json_numbers(run.trajectory.losses[-1, j])
+            per_start.append(entry)
+        stored = run.stored
+        trajectory = {
+            "steps": run.trajectory.steps[stored].tolist(),
+            "losses": _json_numbers(run.raw_losses[stored]),
+            "residual": _json_numbers(run.residuals[stored]),
+            "running_min_residual": _json_numbers(run.running_min[stored]),
+            "distance_to_front": None if run.distances is None else _json_numbers(run.distances),
+        }
+        if transforms:
+            trajectory["losses_transformed"] = _json_numbers(run.trajectory.losses[stored])
+        results[run.name] = {"seconds": run.seconds, "runs": per_start, "trajectory": trajectory}
+    return {
+        "experiment": "toy_inspect",
+        "config": {
+            "problem": args.problem,
+            "problem_repr": repr(problem),
+            "n_var": problem.n_var,
+            "n_obj": problem.n_obj,
+            "has_pareto_set": problem.has_pareto_set,
+            "projected": hasattr(problem, "project"),
+            "methods": names,
+            "transforms": {str(task): t.to_spec() for task, t in sorted(transforms.items())},
+            "starts": _json_numbers(starts),
+            "steps": args.steps,
+            "optimizer": args.optimizer,
+            "lr": args.lr,
+            "dtype": args.dtype,
+            "device": args.device,
+            "seed": args.seed,
+            "residual_every": record_every,
+        },
+        "definitions": {
+            "residual": RESIDUAL_DEFINITION,
+            "running_min_residual": "the smallest residual up to each step",
+            "distance_to_front": "Euclidean distance of the untransformed losses to a dense sample of the analytic front",
+            "favoured_task": DOMINANCE_DEFINITION,
+            "losses": "untransformed task losses f_i(x); losses_transformed: what the methods saw",
+        },
+        "dominance_reference": {"source": reference, "ideal": _json_numbers(ideal), "nadir": _json_numbers(nadir)},
+        "environment": environment(),
+        "results": results,
+    }
+
+
+def format_table(payload: dict) -> str:
+    """One row per method and start: endpoint, untransformed end losses, residuals, distance, favoured task."""
+    config = payload["config"]
+    header = ["method", "start", "end x", "end losses", "residual", "min res", "dist", "position u", "favours"]
+    rows = []
+    for name in config["methods"]:
+        for run in payload["results"][name]["runs"]:
+            distance, favoured = run["distance_to_front"], run["favoured_task"]
+            rows.append([
+                name, _fmt_list(run["start"]), _fmt_list(run["end"]), _fmt_list(run["end_losses"]),
+                _fmt_number(run["final_residual"]), _fmt_number(run["min_residual"]),
+                "n/a" if distance is None else _fmt_number(distance),
+                "/".join(_fmt_short(u) for u in run["normalised_position"]),
+                favoured if isinstance(favoured, str) else f"task {favoured}",
+            ])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    separators = {1, 2, 3, 4, 6, 7}  # a bar before these columns
+
+    def line(cells: list[str]) -> str:
+        parts = [cells[0].ljust(widths[0])]
+        for i in range(1, len(cells)):
+            parts.append(("| " if i in separators else "") + cells[i].rjust(widths[i]))
+        return " ".join(parts)
+
+    lines = [line(header), "-" * len(line(header)), *(line(row) for row in rows)]
+    transforms = config["transforms"]
+    lines.append(
+        f"{config['problem']}: {config['steps']} {config['optimizer']} steps (lr {config['lr']:g}, {config['dtype']})"
+        + (f", transforms {', '.join(f'{k}:{v}' for k, v in transforms.items())} (losses shown untransformed)" if transforms else "")
+        + "; " + ", ".join(f"{name} {payload['results'][name]['seconds']:.1f} s" for name in config["methods"])
+    )
+    lines.append(
+        "residual: Pareto-stationarity residual at the end (min res: smallest along the run); dist: distance to the "
+        "analytic front; u: normalised position between the front's extremes, favours: the task with the smallest u "
+        f"(balanced: spread < {BALANCE_TOLERANCE}; reference: {payload['dominance_reference']['source']})."
+    )
+    return "\n".join(lines)
+
+
+def _fmt_number(value: float | None) -> str:
+    return "nan" if value is None else f"{value:.2e}"
+
+
+def _fmt_short(value: float | None) -> str:
+    return "nan" if value is None else f"{value:.2f}"
+
+
+def _fmt_list(values: list, limit: int = 3) -> str:
+    shown = ", ".join("nan" if v is None else f"{v:.3g}" for v in values[:limit])
+    return f"({shown}{', ...' if len(values) > limit else ''})"
+
+
+def _fmt_vec(values: Tensor) -> str:
+    return _fmt_list(values.tolist())
+
+
+def _fmt_rows(values: Tensor) -> str:
+    return "; ".join(_fmt_list(row) for row in values.tolist())
+
+
+def _figures(args, problem, transforms, front, runs: list[MethodRun]) -> dict[str, Any]:
+    """The figures by file name: trajectories (seen losses), untransformed trajectories (with transforms), convergence."""
+    figures = {"trajectories.png": _trajectory_figure(problem, transforms, front, runs, seen=True)}
+    if transforms:
+        figures["trajectories_untransformed.png"] = _trajectory_figure(problem, {}, front, runs, seen=False)
+    figures["convergence.png"] = _convergence_figure(args, runs, front is not None)
+    return figures
+
+
+def _task_pairs(num_tasks: int) -> list[tuple[int, int]]:
+    return list(itertools.combinations(range(num_tasks), 2))[:3]
+
+
+def _trajectory_figure(problem, transforms, front, runs, *, seen: bool):
+    from matplotlib.figure import Figure
+
+    pairs = _task_pairs(problem.n_obj)
+    figure = Figure(figsize=(3.6 * len(runs), 3.4 * len(pairs)), layout="constrained")
+    axes = figure.subplots(len(pairs), len(runs), squeeze=False)
+    front_seen = None
+    if front is not None:
+        try:
+            front_seen = transformed_objectives(lambda f: f, transforms)(front) if transforms else front
+        except LossDomainError:
+            logger.info("the front lies partly outside a transform's domain; not drawn in the transformed view")
+    colours = [f"C{j % 10}" for j in range(runs[0].trajectory.points.shape[1])]
+    for column, run in enumerate(runs):
+        losses = (run.trajectory.losses if seen else run.raw_losses)[run.stored].to(torch.float64).cpu()
+        for row, (a, b) in enumerate(pairs):
+            ax = axes[row][column]
+            if front_seen is not None:
+                ax.scatter(front_seen[:, a], front_seen[:, b], s=1, color="0.6", label="Pareto front", rasterized=True)
+            for j, colour in enumerate(colours):
+                ax.plot(losses[:, j, a], losses[:, j, b], color=colour, linewidth=1)
+                ax.plot(losses[0, j, a], losses[0, j, b], "o", color=colour, markersize=4)
+                ax.plot(losses[-1, j, a], losses[-1, j, b], "*", color=colour, markersize=9)
+            ax.set_xlabel(_loss_label(a, transforms))
+            ax.set_ylabel(_loss_label(b, transforms))
+            if row == 0:
+                ax.set_title(run.name)
+    view = "losses as the methods see them" if transforms else ("untransformed losses" if not seen else "losses")
+    figure.suptitle(f"{problem!r}: {view} (o start, * end)")
+    return figure
+
+
+def _loss_label(task: int, transforms: dict[int, MonotoneTransform]) -> str:
+    return f"{transforms[task].to_spec()}(f{task})" if task in transforms else f"f{task}"
+
+
+def _convergence_figure(args, runs: list[MethodRun], has_front: bool):
+    from matplotlib.figure import Figure
+
+    rows = 2 if has_front else 1
+    figure = Figure(figsize=(3.6 * len(runs), 3.2 * rows), layout="constrained")
+    axes = figure.subplots(rows, len(runs), squeeze=False, sharey="row")
+    tiny = torch.finfo(torch.float64).tiny
+    for column, run in enumerate(runs):
+        steps = run.trajectory.steps[run.stored].numpy()
+        residual = run.residuals[run.stored].clamp_min(tiny)
+        running = run.running_min[run.stored].clamp_min(tiny)
+        ax = axes[0][column]
+        for j in range(residual.shape[1]):
+            ax.plot(steps, residual[:, j], color=f"C{j % 10}", linewidth=0.6, alpha=0.4)
+            ax.plot(steps, running[:, j], color=f"C{j % 10}", linewidth=1.4, label=f"start {j}")
+        ax.set_yscale("log")
+        ax.set_title(run.name)
+        ax.set_xlabel("iteration")
+        if column == 0:
+            ax.set_ylabel("stationarity residual (thin) and running min")
+            ax.legend(fontsize="small")
+        if has_front:
+            ax = axes[1][column]
+            distances = run.distances.clamp_min(tiny)
+            for j in range(distances.shape[1]):
+                ax.plot(steps, distances[:, j], color=f"C{j % 10}", linewidth=1.2)
+            ax.set_yscale("log")
+            ax.set_xlabel("iteration")
+            if column == 0:
+                ax.set_ylabel("distance to the Pareto front")
+    figure.suptitle(f"{args.problem}: convergence ({args.optimizer}, lr {args.lr:g})")
+    return figure
+
+
+def write_outputs(out: Path, payload: dict, figures: dict[str, Any]) -> list[Path]:
+    """Write the JSON and the figures into a temporary folder beside `out`, then move each file into
+    `out` (each replacement is atomic; on any error nothing in `out` changes). A figure of an
+    earlier run that this run does not make (the untransformed view) is removed."""
+    from benchmarks.store import save_figure_atomic, write_json_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write_json_atomic(staging / "inspect.json", payload)
+        for name, figure in figures.items():
+            save_figure_atomic(figure, staging / name)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out / path.name)
+            written.append(out / path.name)
+        if "trajectories_untransformed.png" not in figures:
+            (out / "trajectories_untransformed.png").unlink(missing_ok=True)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the parser and main
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=104, initial_indent="  ", subsequent_indent="    ")
+
+
+EPILOG = f"""
+what it writes into --out (default results/toy_inspect/PROBLEM):
+  inspect.json                    config, per method and start: start, end point, end losses (untransformed,
+                                  and as seen with transforms), final and smallest residual, distance to the
+                                  front, normalised position and favoured task; trajectories (at most
+                                  {MAX_STORED_RECORDS} records per start): losses, residual, running min, distance
+  trajectories.png                the runs in loss space over the analytic Pareto front (as the methods see
+                                  the losses; K > 2: the first three pairs of tasks)
+  trajectories_untransformed.png  with --transform: the same runs on the untransformed losses
+  convergence.png                 stationarity residual and its running minimum against iterations (log
+                                  scale), and the distance to the front where it is known
+Files are written to a temporary folder first and moved in only after the run succeeded.
+
+definitions:
+{_wrap("residual: " + RESIDUAL_DEFINITION + ".")}
+{_wrap("favoured task: " + DOMINANCE_DEFINITION + ".")}
+  stateful methods (uw, dwa, famo) run one start at a time through core.mtl_backward: uw's log-variances
+  join x's optimiser, dwa treats every step as an epoch (window 1), famo updates its logits after every step.
+
+bad arguments print one line on stderr (with the valid choices) and exit with status 2, writing nothing.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line (no usage block), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m toy_problems", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list", action="store_true", help="list the problems (n_var, n_obj, analytic Pareto set/front) and the methods, then exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    inspect_parser = commands.add_parser(
+        "inspect", help="run methods from several starts on one problem; print a table, write JSON and figures",
+        description="Run task-balancing methods on a toy problem and inspect their convergence.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(inspect_parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `inspect`."""
+    parser.add_argument("--problem", required=True, choices=list(PROBLEMS), metavar="NAME",
+                        help=f"the toy problem, one of: {', '.join(PROBLEMS)} (see --list)")
+    parser.add_argument("--methods", default="dibsmtl,ls,mgda",
+                        help=f"comma-separated methods (default dibsmtl,ls,mgda), from: {', '.join(available_methods())}")
+    parser.add_argument("--transform", action="append", default=[], metavar="TASK:KIND[:PARAM]",
+                        help=f"apply a strictly increasing transform to task TASK's loss (0-based) before the methods see "
+                             f"it; repeatable, one per task. KIND: {TRANSFORM_SPEC_FORMS}. Example: 0:exp, 1:power:4")
+    parser.add_argument("--starts", default="default", metavar="default|N",
+                        help="'default': the problem's default starting points (the published ones where they exist, else "
+                             "5 seeded draws); N: N points drawn uniformly from the problem's bounds with --seed")
+    parser.add_argument("--start", action="append", default=[], metavar="X1,X2,...",
+                        help="an explicit starting point inside the problem's bounds (repeatable; replaces --starts)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the drawn starts and of random methods (rlw, rgw, pcgrad); default 0")
+    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps per run (default 2000; the DiBS-MTL toy uses 35,000)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="adam (torch defaults, as the DiBS-MTL toy) or sgd; default adam")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3, the DiBS-MTL toy's)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                        help="floating dtype of the runs (default float64: residuals below float32 resolution stay visible)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")
+    parser.add_argument("--n-var", type=int, default=None, help="number of variables, for zdt1-3, fonseca_fleming, quadratic, nonconvex (defaults in --list)")
+    parser.add_argument("--n-obj", type=int, default=None, help="number of tasks, for quadratic and nonconvex (default 3)")
+    parser.add_argument("--problem-seed", type=int, default=None, help="the seed that draws quadratic and nonconvex (default 0)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default results/toy_inspect/PROBLEM)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m toy_problems`; returns the exit status (2 for bad arguments)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.list:
+            print(listing())
+            return 0
+        if args.command is None:
+            raise UsageError("choose a command: inspect (python -m toy_problems inspect --help), or --list")
+        out = args.out if args.out is not None else Path("results") / "toy_inspect" / args.problem
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {str(out)!r} exists and is not a folder; give a folder for the results")
+        payload, figures, table = run_inspection(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    written = write_outputs(out, payload, figures)
+    print(table)
+    print(f"\nwrote {', '.join(str(path) for path in written)}")
+    return 0
