@@ -12,6 +12,14 @@ from typing import Any
 import torch
 
 
+def _umask_permissions() -> int:
+    """The mode a normally created file gets (0o666 minus the umask): `mkstemp` makes its file
+    private (0o600), which a result file should not stay."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_text_atomic(path: str | Path, text: str, /) -> Path:
     """Write `text` to `path` so that readers see the old file or the new one, never half."""
     path = Path(path)
@@ -22,6 +30,7 @@ def write_text_atomic(path: str | Path, text: str, /) -> Path:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, _umask_permissions())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -49,6 +58,7 @@ def save_figure_atomic(figure, path: str | Path, /) -> Path:
     os.close(handle)
     try:
         figure.savefig(temporary, dpi=150, bbox_inches="tight")
+        os.chmod(temporary, _umask_permissions())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
