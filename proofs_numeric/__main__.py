@@ -11,7 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
-from proofs_numeric import dibs_fairness, dibs_mtl_convergence, dibs_theorems, rlw_theorem, tangent_accuracy
+from proofs_numeric import (
+    dibs_fairness,
+    dibs_mtl_convergence,
+    dibs_theorems,
+    rlw_theorem,
+    tangent_accuracy,
+)
 
 CLAIMS = {module.NAME: module for module in (dibs_mtl_convergence, dibs_theorems, dibs_fairness, rlw_theorem, tangent_accuracy)}
 
