@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.__main__ import main
 
@@ -17,11 +18,16 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_python_example_runs() -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert blocks, "the README lost its usage example"
+    namespaces = []
     for block in blocks:
-        namespace: dict = {}
-        exec(compile(block, str(README), "exec"), namespace)
-        info = namespace["info"]
-        assert float(info.weights.sum()) > 0 and info.gramian.shape == (2, 2)
+        namespaces.append({})
+        exec(compile(block, str(README), "exec"), namespaces[-1])
+    training_loop, pareto = namespaces  # the two examples, in README order
+    info = training_loop["info"]
+    assert float(info.weights.sum()) > 0 and info.gramian.shape == (2, 2)
+    # the Pareto example's comments: the cylinder's axis, first-order predictions, 10 corrector Jacobians
+    torch.testing.assert_close(pareto["tangents"].directions.abs(), torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=torch.float64), rtol=0, atol=1e-8)
+    assert pareto["local"].regular and pareto["explored"].counts.jacobians["correct"] == 10
 
 
 def test_readme_commands_exist() -> None:
