@@ -104,7 +104,7 @@ def minres(
         # Lanczos step: A v_k = beta_k v_{k-1} + alpha_k v_k + beta_{k+1} v_{k+1}
         p = matvec(v)
         alpha = _dot(v, p)
-        p = p - alpha * v - beta * v_previous
+        p = p.sub(v, alpha=alpha).sub_(v_previous, alpha=beta)  # our own copy from here: in place
         beta_next = math.sqrt(_dot(p, p))
         operator_norm_sq += alpha**2 + beta**2 + beta_next**2
         # apply the previous rotation to column k of the tridiagonal matrix
@@ -127,8 +127,9 @@ def minres(
         c, s = gamma_first / gamma, beta_next / gamma
         tau = c * phi
         phi = s * phi
-        d = (v - delta_second * d_previous - epsilon_first * d_before) / gamma
-        x = x + tau * d
+        # d_k = (v_k - delta_k^(2) d_{k-1} - epsilon_k^(1) d_{k-2}) / gamma, built in d_{k-2}'s storage
+        d = d_before.mul_(-epsilon_first).add_(v).sub_(d_previous, alpha=delta_second).div_(gamma)
+        x.add_(d, alpha=tau)
         norms.append(phi)
         if phi <= rtol * b_norm:
             reason = "converged"
@@ -136,7 +137,7 @@ def minres(
         if beta_next == 0:  # the Krylov space is A-invariant and x_k solves the system on it
             reason = "exact_breakdown"
             break
-        v_previous, v, beta = v, p / beta_next, beta_next
+        v_previous, v, beta = v, p.div_(beta_next), beta_next
         d_before, d_previous = d_previous, d
         c_previous, s_previous = c, s
         delta_first, epsilon_first = delta_next, epsilon_next
