@@ -15,11 +15,16 @@ from proofs_numeric import (
     dibs_fairness,
     dibs_mtl_convergence,
     dibs_theorems,
+    invariance,
+    nash_transforms,
     rlw_theorem,
     tangent_accuracy,
 )
 
-CLAIMS = {module.NAME: module for module in (dibs_mtl_convergence, dibs_theorems, dibs_fairness, rlw_theorem, tangent_accuracy)}
+CLAIMS = {
+    module.NAME: module
+    for module in (dibs_mtl_convergence, invariance, dibs_theorems, dibs_fairness, rlw_theorem, nash_transforms, tangent_accuracy)
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
