@@ -1,0 +1,2 @@
+"""Datasets of the benchmarks, built from a user's files or from data an installed package ships
+(nothing downloads at run time)."""
