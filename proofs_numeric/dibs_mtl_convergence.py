@@ -81,7 +81,7 @@ import torch
 from torch import Tensor
 
 import core
-from proofs_numeric.claim import ClaimResult
+from proofs_numeric.claim import ClaimResult, single_thread
 from toy_problems import RandomNonconvex
 
 NAME = "dibs_mtl_convergence"
@@ -301,13 +301,9 @@ def neighbourhood_exponent(tail_large: Tensor, tail_small: Tensor, step_ratio: f
 
 def run(*, quick: bool) -> ClaimResult:
     num_seeds, num_starts, num_steps, eval_every = (4, 5, 2000, 10) if quick else (10, 6, 20000, 20)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and contention on shared machines)
-    try:
+    with single_thread():
         runs = [simulate(n, K, num_seeds=num_seeds, num_starts=num_starts, num_steps=num_steps, eval_every=eval_every)
                 for n, K in CONFIGS]
-    finally:
-        torch.set_num_threads(threads)
     evaluated = runs[0].evaluated
     # every config's runs side by side: [E, settings, runs]
     relative = torch.cat([r.relative_residuals.permute(0, 2, 1, 3).flatten(2) for r in runs], dim=2)

@@ -84,8 +84,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +103,7 @@ from core.transforms import (
     SignedPower,
     Softplus,
 )
-from proofs_numeric.claim import ClaimResult
+from proofs_numeric.claim import ClaimResult, single_thread
 from toy_problems import ConvexQuadratic, RandomNonconvex, TwoTaskToy
 
 NAME = "invariance"
@@ -160,20 +159,6 @@ NOMINAL, CONTROL = 0, 1
 """Version indices: the nominal losses and the rounding control; versions 2, 3, ... are transformed."""
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread for the duration (restored after).
-
-    These runs are thousands of operations on tensors of a few dozen numbers, where thread
-    hand-offs cost more than the arithmetic; on the 2-core torch 2.13 CPU build, `Tensor.min(dim)`
-    on a tiny tensor (used by the MGDA solver) takes ~15 ms with 2 threads and ~5 us with one.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------------------------

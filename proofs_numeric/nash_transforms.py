@@ -70,7 +70,7 @@ from torch import Tensor
 import core
 from core.methods.base import GradientWeighting, HeadGradient
 from core.methods.nash_mtl import nash_residual
-from proofs_numeric.claim import ClaimResult
+from proofs_numeric.claim import ClaimResult, single_thread
 from proofs_numeric.invariance import (
     INVARIANCE_TOLERANCE,
     NASH_TOLERANCE_FLOOR,
@@ -85,7 +85,6 @@ from proofs_numeric.invariance import (
     method_weights,
     optimise,
     random_starts,
-    single_thread,
     task_gradients,
 )
 from toy_problems import RandomNonconvex, TwoTaskToy

@@ -64,7 +64,7 @@ import torch
 from torch import Tensor
 
 import core
-from proofs_numeric.claim import ClaimResult
+from proofs_numeric.claim import ClaimResult, single_thread
 from toy_problems import ConvexQuadratic
 
 NAME = "rlw_theorem"
@@ -225,13 +225,9 @@ def weight_mean_check(num_tasks: int, /, *, num_draws: int, seed: int, z: float)
 def run(*, quick: bool) -> ClaimResult:
     num_runs, num_steps, num_draws = (1000, 400, NUM_WEIGHT_DRAWS // 4) if quick else (10000, 2000, NUM_WEIGHT_DRAWS)
     problems = [ConvexQuadratic.random(n, K, seed=seed, condition=condition) for n, K, seed, condition in PROBLEMS]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: threads only add overhead (and contention on shared machines)
-    try:
+    with single_thread():
         runs = [simulate(problem, num_runs=num_runs, num_steps=num_steps, seed=seed)
                 for problem, (_, _, seed, _) in zip(problems, PROBLEMS)]
-    finally:
-        torch.set_num_threads(threads)
     closed_form_gap = max(gradient_gap(problem, problem.starts(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
                           for problem in problems)
     steps = torch.arange(num_steps + 1)
