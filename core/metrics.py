@@ -1,6 +1,10 @@
-"""Front-quality indicators for minimisation problems: hypervolume, IGD, IGD+, non-dominance.
+"""Front-quality indicators and multi-task summary scores.
 
-Fronts are tensors `[N, K]` of objective vectors (lower is better). Computations run in float64.
+- Fronts are tensors `[N, K]` of objective vectors (lower is better): hypervolume, IGD, IGD+,
+  non-dominance. Computations run in float64.
+- Benchmark scores against a base (spec random_weighting_baselines_metrics.md §4): `delta_m`
+  (flat over metrics, lower is better), `delta_p` (task-balanced, higher is better) and
+  `mean_rank` (recomputed on the compared methods).
 """
 
 from __future__ import annotations
@@ -98,3 +102,62 @@ def stationarity_residual(gramian: Tensor, /) -> Tensor:
     from core.pareto.stationarity import min_norm_point
 
     return min_norm_point(gramian).residual
+
+
+def _relative_changes(values, base, higher_is_better) -> Tensor:
+    """`(-1)^{delta_k} (M_k - B_k) / B_k` per metric: positive means worse than the base."""
+    values_t = torch.as_tensor(values, dtype=torch.float64)
+    base_t = torch.as_tensor(base, dtype=torch.float64)
+    higher = torch.as_tensor(higher_is_better, dtype=torch.bool)
+    if values_t.ndim != 1 or values_t.shape != base_t.shape or higher.shape != values_t.shape:
+        raise MTLInputError(
+            f"values, base and higher_is_better must be 1-D of one length, got shapes {tuple(values_t.shape)}, "
+            f"{tuple(base_t.shape)}, {tuple(higher.shape)}"
+        )
+    if values_t.numel() == 0:
+        raise MTLInputError("at least one metric is needed")
+    if not bool(torch.isfinite(values_t).all()) or not bool(torch.isfinite(base_t).all()):
+        raise MTLInputError(f"metrics must be finite, got values {values_t.tolist()} and base {base_t.tolist()}")
+    if bool((base_t == 0).any()):
+        raise MTLInputError(f"base values must be non-zero (they divide), got {base_t.tolist()}")
+    sign = torch.where(higher, -1.0, 1.0).to(torch.float64)
+    return sign * (values_t - base_t) / base_t
+
+
+def delta_m(values, base, higher_is_better, /) -> float:
+    """Delta_m% = (100 / K) sum_k (-1)^{delta_k} (M_k - B_k) / B_k over all K metrics, with
+    delta_k = 1 where higher is better (Nash-MTL §6, FAMO §5.2). Lower is better; 0 = the base."""
+    return float(100.0 * _relative_changes(values, base, higher_is_better).mean())
+
+
+def delta_p(values, base, higher_is_better, tasks, /) -> float:
+    """Delta_p = 100 (1/T) sum_t (1/M_t) sum_m (-1)^{w_tm} (B_tm - N_tm) / B_tm: the metrics are
+    averaged within each task first, then over the T tasks (LibMTL `count_improvement`, with the
+    sign of LibMTL and DB-MTL, not the Random Weighting paper's typo). Higher is better.
+
+    `tasks[k]` names the task of metric k.
+    """
+    changes = -_relative_changes(values, base, higher_is_better)
+    if len(tasks) != changes.numel():
+        raise MTLInputError(f"tasks must name the task of each of the {changes.numel()} metrics, got {len(tasks)}")
+    per_task = {}
+    for change, task in zip(changes.tolist(), tasks):
+        per_task.setdefault(task, []).append(change)
+    return 100.0 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+
+
+def mean_rank(table, higher_is_better, /) -> Tensor:
+    """The mean over metrics of each method's rank among the compared methods: `table [M, K]`
+    holds method m's value of metric k; rank 1 is the best; ties share their mean rank. Lower is
+    better; 1 means first on every metric. Depends on the set of methods compared."""
+    values = torch.as_tensor(table, dtype=torch.float64)
+    higher = torch.as_tensor(higher_is_better, dtype=torch.bool)
+    if values.ndim != 2 or values.shape[1] != higher.numel() or values.shape[0] == 0:
+        raise MTLInputError(f"table must be [methods, metrics] with {higher.numel()} metrics, got shape {tuple(values.shape)}")
+    if not bool(torch.isfinite(values).all()):
+        raise MTLInputError("mean_rank needs finite metric values")
+    oriented = torch.where(higher, -values, values)  # smaller is better in every column
+    better = (oriented.unsqueeze(0) < oriented.unsqueeze(1)).sum(dim=1)  # [M, K]: methods strictly better
+    ties = (oriented.unsqueeze(1) == oriented.unsqueeze(0)).sum(dim=1)  # including itself
+    ranks = better.to(torch.float64) + (ties.to(torch.float64) + 1) / 2.0
+    return ranks.mean(dim=1)
