@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from benchmarks.data.errors import DatasetError
 from core.errors import MTLInputError
 
 MEAN, STD = 0.1307, 0.3081
@@ -36,8 +37,6 @@ EMBEDDED_TRAIN = 4000
 """Digits of the embedded 5,000 (after a seeded shuffle) that form the training split."""
 
 
-class DatasetError(MTLInputError):
-    """A dataset file is missing or corrupt; the message names the file and what was expected."""
 
 
 @dataclass(frozen=True)

