@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.store import environment, save_figure_atomic, write_json_atomic
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread for the duration (restored after). The claims run thousands of
-    operations on tensors of a few dozen numbers, where thread hand-offs cost more than the
-    arithmetic (and, on a loaded 2-core machine, intra-op threads contend badly)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+from toy_problems.runner import single_thread  # noqa: F401 - re-exported for the claims
 
 
 @dataclass

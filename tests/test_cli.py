@@ -32,40 +32,8 @@ def test_readme_python_example_runs() -> None:
 
 def test_readme_commands_exist() -> None:
     text = README.read_text()
-    for command in ("pip install -r requirements.txt", "python -m pytest", "python -m benchmarks demo"):
+    for command in ("pip install -r requirements.txt", "python -m pytest", "python -m benchmarks toy"):
         assert command in text
-
-
-def test_demo_runs_and_shows_invariance(tmp_path, capsys) -> None:
-    assert main(["demo", "--steps", "300", "--methods", "ls,dibsmtl", "--out", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert "dibsmtl" in printed and "ls" in printed
-    result = json.loads((tmp_path / "toy_demo.json").read_text())
-    gaps = {name: max(run["endpoint_gap"]) for name, run in result["results"].items()}
-    assert gaps["dibsmtl"] < 1e-4  # float32 rounding over 300 Adam steps
-    assert gaps["ls"] > 1e-2  # the transformed task dominates linear scalarisation
-
-
-def test_demo_resumes_finished_methods_and_keeps_them(tmp_path, capsys) -> None:
-    out = ["--steps", "50", "--out", str(tmp_path)]
-    assert main(["demo", "--methods", "ls", *out]) == 0
-    first = json.loads((tmp_path / "toy_demo.json").read_text())
-    capsys.readouterr()
-    assert main(["demo", "--methods", "ls,dibsmtl", *out]) == 0
-    assert "reusing finished runs of ls" in capsys.readouterr().out
-    second = json.loads((tmp_path / "toy_demo.json").read_text())
-    assert second["complete"] and second["results"]["ls"] == first["results"]["ls"]
-    assert main(["demo", "--methods", "mgda", *out]) == 0  # other methods' results are kept
-    assert set(json.loads((tmp_path / "toy_demo.json").read_text())["results"]) == {"ls", "dibsmtl", "mgda"}
-    capsys.readouterr()
-    assert main(["demo", "--methods", "ls", "--steps", "60", "--out", str(tmp_path)]) == 0  # other settings: rerun
-    assert "reusing" not in capsys.readouterr().out
-
-
-def test_demo_ignores_a_corrupt_earlier_result(tmp_path, capsys) -> None:
-    (tmp_path / "toy_demo.json").write_text('{"experiment": "toy_de')
-    assert main(["demo", "--methods", "ls", "--steps", "20", "--out", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "toy_demo.json").read_text())["complete"]
 
 
 def test_perf_quick_runs(tmp_path, capsys) -> None:
@@ -87,21 +55,27 @@ def test_perf_without_cvxpy_leaves_only_the_reference_ratio_out(tmp_path, capsys
 
 
 def test_unknown_method_is_a_clear_error(tmp_path, capsys) -> None:
-    assert main(["demo", "--steps", "5", "--methods", "ls,nash", "--out", str(tmp_path)]) == 2
-    assert "unknown method 'nash'" in capsys.readouterr().err
+    assert main(["toy", "--steps", "5", "--methods", "ls,nash", "--out", str(tmp_path)]) == 2
+    assert "'ls,nash'" in capsys.readouterr().err
+    assert not (tmp_path / "toy").exists()
 
 
 def test_bad_transform_and_step_count_are_clear_errors(tmp_path, capsys) -> None:
-    assert main(["demo", "--steps", "5", "--transform", "cube", "--out", str(tmp_path)]) == 2
+    assert main(["toy", "--steps", "5", "--transforms", "none,0:cube", "--out", str(tmp_path)]) == 2
     assert "cube" in capsys.readouterr().err
-    assert main(["demo", "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert main(["toy", "--steps", "0", "--out", str(tmp_path)]) == 2
     assert "--steps" in capsys.readouterr().err
-    assert not (tmp_path / "toy_demo.json").exists()
+    assert not (tmp_path / "toy").exists()
 
 
-def test_stateful_methods_are_refused_by_the_batched_demo(tmp_path, capsys) -> None:
-    assert main(["demo", "--steps", "5", "--methods", "uw", "--out", str(tmp_path)]) == 2
-    assert "per-task state" in capsys.readouterr().err
+def test_stateful_methods_run_in_the_toy_experiment(tmp_path, capsys, monkeypatch) -> None:
+    from benchmarks.experiments import toy
+
+    monkeypatch.setattr(toy, "draw_figures", lambda *args, **kwargs: [])  # tests/test_toy_experiment.py draws them
+    assert main(["toy", "--steps", "5", "--methods", "uw,famo", "--out", str(tmp_path), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| uw | (-8.5, 7.5) |" in printed and "| famo | (-8.5, 7.5) |" in printed
+    assert len(list((tmp_path / "toy" / "runs").glob("*.json"))) == 4  # 2 methods x {nominal, transformed}
 
 
 def test_perf_nash_without_cvxpy_says_how_to_install_it(tmp_path, capsys, monkeypatch) -> None:
@@ -120,12 +94,12 @@ def test_perf_nash_quick_runs_where_cvxpy_is_installed(tmp_path, capsys) -> None
 def test_list_names_every_experiment(capsys) -> None:
     assert main(["--list"]) == 0
     printed = capsys.readouterr().out
-    assert "demo" in printed and "perf" in printed
+    assert "toy" in printed and "perf" in printed
 
 
 def test_bad_argument_exits_with_usage() -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--steps", "many"])
+        main(["toy", "--steps", "many"])
     assert exit_info.value.code == 2
 
 

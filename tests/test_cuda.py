@@ -56,10 +56,16 @@ def test_random_weights_with_a_cuda_generator(cls) -> None:
     assert torch.equal(weights, repeat)
 
 
-def test_toy_demo_on_cuda_matches_cpu() -> None:
-    from benchmarks.toy_demo import run_demo
+def test_toy_experiment_on_cuda_matches_cpu() -> None:
+    from benchmarks.experiments.toy import run_toy_experiment
 
-    kwargs = {"methods": ["dibsmtl", "ls"], "num_steps": 200, "dtype": torch.float64, "show_progress": False}
-    cpu, gpu = run_demo(device="cpu", **kwargs), run_demo(device="cuda", **kwargs)
-    for name in kwargs["methods"]:
-        torch.testing.assert_close(torch.tensor(gpu["results"][name]["endpoints"]), torch.tensor(cpu["results"][name]["endpoints"]), rtol=1e-8, atol=1e-8)
+    for transform in ("none", "0:power:4"):
+        for name in ("dibsmtl", "ls", "uw"):
+            kwargs = {"steps": 200, "dtype": torch.float64, "record_every": 50}
+            cpu, gpu = run_toy_experiment(name, transform, device="cpu", **kwargs), run_toy_experiment(name, transform, device="cuda", **kwargs)
+            assert gpu["device"].startswith("cuda")
+            for key in ("endpoints", "end_losses", "distance_to_front"):
+                torch.testing.assert_close(torch.tensor(gpu[key]), torch.tensor(cpu[key]), rtol=1e-8, atol=1e-8)
+            torch.testing.assert_close(torch.tensor(gpu["trajectory"]["x"]), torch.tensor(cpu["trajectory"]["x"]), rtol=1e-8, atol=1e-8)
+    nominal, transformed = (run_toy_experiment("dibsmtl", t, device="cuda", steps=200) for t in ("none", "0:power:4"))
+    torch.testing.assert_close(torch.tensor(transformed["endpoints"]), torch.tensor(nominal["endpoints"]), rtol=0, atol=1e-12)  # invariance on the GPU too

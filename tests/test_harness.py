@@ -207,6 +207,8 @@ def test_summary_scores_follow_the_metric_definitions():
     assert mgda.delta_p == pytest.approx(delta_p([87.0, 1.6], [82.0, 2.1], [True, False], ["a", "b"])) and ls.delta_p == 0.0
     assert [ls.mean_rank, mgda.mean_rank] == mean_rank([[82.0, 2.1], [87.0, 1.6]], [True, False]).tolist()
     assert mgda.diverged == 1 and mgda.seeds == (0, 1)
+    paired = [delta_p([88.0, 1.5], [80.0, 2.0], [True, False], ["a", "b"]), delta_p([86.0, 1.7], [84.0, 2.2], [True, False], ["a", "b"])]
+    assert mgda.paired_delta_p[0] == pytest.approx(sum(paired) / 2) and mgda.paired_delta_p[2:] == (2, 2)
     table = markdown_table(rows, metrics)
     assert "mgda" in table and "1 diverged" in table
 

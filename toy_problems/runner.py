@@ -11,7 +11,8 @@ start at a time through `core.mtl_backward`, with the same optimiser and the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -160,3 +161,16 @@ def run_toy_sequential(
         points.reshape(points.shape[0], *batch_shape, points.shape[-1]),
         losses.reshape(losses.shape[0], *batch_shape, losses.shape[-1]),
     )
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread for the duration (restored after). The claims run thousands of
+    operations on tensors of a few dozen numbers, where thread hand-offs cost more than the
+    arithmetic (and, on a loaded 2-core machine, intra-op threads contend badly)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

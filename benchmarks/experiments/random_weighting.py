@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from pathlib import Path
 
 import torch
@@ -61,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder; results go to OUT/random_weighting/ (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="rerun the selected runs instead of reusing finished ones")
+    parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the runs of these settings that are finished")
 
 
 def _parse_list(text: str, allowed, flag: str) -> list[str]:
@@ -81,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         raise InvalidHyperparameterError(f"--data-root {args.data_root} is not a folder of MNIST IDX files")
     store, device = ResultStore(args.out), torch.device(args.device)
     sections = []
-    began = time.perf_counter()
+    compute_s = 0.0
     for dataset in datasets:
         suite = _suite(dataset)
         protocol = dataclasses.replace(suite.protocol, epochs=2) if args.quick else suite.protocol
@@ -96,14 +96,18 @@ def main(args: argparse.Namespace) -> int:
             method, hyperparameters = VARIANTS[run.method]
             return train_run(suite, run, checkpoint, protocol=protocol, data_root=data_root, device=device, method_name=method, method_hyperparameters=hyperparameters)
 
-        records = run_sweep(runs, run_one, store)
+        if args.summary_only:
+            records = [record for record in map(store.load, runs) if record is not None]
+        else:
+            records = run_sweep(runs, run_one, store)
+        compute_s += sum(record["elapsed_s"] for record in records)
         rows, _, _ = summarize(records, suite.metrics, reference_method="ew")
         sections.append(f"## {dataset}\n\n" + markdown_table(rows, suite.metrics, reference_method="ew"))
     text = "\n\n".join(sections)
     provenance = (
         f"`python -m benchmarks random_weighting` ({'quick' if args.quick else 'full'}; seeds {seeds}); EW = sum of losses, "
         f"RLW/RGW weights sum to 1 (Adam); Δp task-balanced vs EW, positive = better; machine: {environment()}; "
-        f"sweep wall time {time.perf_counter() - began:.0f} s (finished runs are reused)"
+        f"the runs' own time adds up to {compute_s / 60:.1f} min"
     )
     path = write_markdown_table(Path(args.out) / "random_weighting" / "summary.md", "Random weighting litmus test", provenance, text)
     print(text)

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import importlib
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -115,6 +114,7 @@ def make_add_arguments(spec: ExperimentSpec):
         parser.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines (Delta_m then uses the published base, if any)")
         parser.add_argument("--representation", action="store_true", help="per-task gradients w.r.t. the shared features (MTL-R mode) for gradient weightings")
         parser.add_argument("--progress", action="store_true", help="also show a progress bar per epoch")
+        parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the runs of these settings that are finished")
 
     return add_arguments
 
@@ -139,10 +139,11 @@ def plan_runs(spec: ExperimentSpec, suite: Suite, args: argparse.Namespace) -> t
             raise InvalidHyperparameterError(f"--max-batches must be at least 1, got {args.max_batches}")
         max_batches = args.max_batches
     config = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": args.representation, "data_root": args.data_root}
-    runs = [RunSpec(spec.name, method, seed, transform, config) for transform in transforms for method in methods for seed in seeds]
-    if not args.no_single_task:
+    runs = []
+    if not args.no_single_task:  # first, so that a partial sweep already has its Δm base
         stl_config = {**config, "representation": False}
         runs += [RunSpec(spec.name, f"stl:{task}", seed, "none", stl_config) for task in suite.task_names for seed in seeds]
+    runs += [RunSpec(spec.name, method, seed, transform, config) for transform in transforms for method in methods for seed in seeds]
     return runs, protocol, max_batches
 
 
@@ -160,7 +161,6 @@ def main(args: argparse.Namespace) -> int:
             store.result_path(run).unlink(missing_ok=True)
             store.checkpoint_path(run).unlink(missing_ok=True)
     device = torch.device(args.device)
-    began = time.perf_counter()
 
     def run_one(run: RunSpec, checkpoint):
         return train_run(
@@ -168,14 +168,17 @@ def main(args: argparse.Namespace) -> int:
             max_batches=max_batches, representation=run.config["representation"], show_progress=args.progress,
         )
 
-    records = run_sweep(runs, run_one, store)
+    if args.summary_only:
+        records = [record for record in map(store.load, runs) if record is not None]
+    else:
+        records = run_sweep(runs, run_one, store)
     rows, base, origin = summarize(records, suite.metrics, published_base=suite.base_values)
     table = markdown_table(rows, suite.metrics)
     base_text = ", ".join(f"{name} {value:.4g}" for name, value in base.items()) if base else "none"
     provenance = (
         f"`python -m benchmarks {spec.name}` ({'quick' if args.quick else 'full'}; epochs {protocol.epochs}; "
         f"{len({r.seed for r in runs})} seed(s)); Δm% base: {origin}: {base_text}; machine: {environment()}; "
-        f"sweep wall time {time.perf_counter() - began:.0f} s (finished runs are reused)"
+        f"the runs' own time adds up to {sum(r['elapsed_s'] for r in records) / 60:.1f} min"
     )
     folder = Path(args.out) / spec.name
     write_markdown_table(folder / "summary.md", f"{spec.name}: summary", provenance, table)

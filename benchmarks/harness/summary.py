@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from benchmarks.harness.suite import MetricSpec
@@ -31,6 +31,8 @@ class Row:
     delta_p: float | None
     mean_rank: float | None
     diverged: int
+    per_seed: dict[int, list[float]] = field(default_factory=dict)  # seed -> metric values in suite order
+    paired_delta_p: tuple[float, float, int, int] | None = None  # mean, std, wins, pairs against the reference, seed by seed
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -88,9 +90,10 @@ def summarize(
             mean, std = {}, {}
         dm = None
         if base is not None and finished:
-            per_seed = [delta_m([r["result"]["selected"]["test"][n] for n in names], [base[n] for n in names], higher) for r in finished]
-            dm = _mean_std(per_seed)
-        rows.append(Row(transform, method, seeds, mean, std, dm, None, None, len(members) - len(finished)))
+            seed_scores = [delta_m([r["result"]["selected"]["test"][n] for n in names], [base[n] for n in names], higher) for r in finished]
+            dm = _mean_std(seed_scores)
+        per_seed = {r["spec"]["seed"]: [r["result"]["selected"]["test"][n] for n in names] for r in finished}
+        rows.append(Row(transform, method, seeds, mean, std, dm, None, None, len(members) - len(finished), per_seed))
 
     by_transform: dict[str, list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
@@ -101,23 +104,30 @@ def summarize(
         reference = next((rows[i] for i in indices if rows[i].method == reference_method), None)
         for position, i in enumerate(indices):
             row = rows[i]
-            dp = None
+            dp = paired = None
             if reference is not None:
                 dp = delta_p([row.mean[n] for n in names], [reference.mean[n] for n in names], higher, tasks)
-            rows[i] = Row(row.transform, row.method, row.seeds, row.mean, row.std, row.delta_m, dp, float(ranks[position]) if ranks is not None else None, row.diverged)
+                common = sorted(set(row.per_seed) & set(reference.per_seed))
+                if common:
+                    scores = [delta_p(row.per_seed[s], reference.per_seed[s], higher, tasks) for s in common]
+                    paired = (*_mean_std(scores), sum(score > 0 for score in scores), len(scores))
+            rows[i] = replace(row, delta_p=dp, mean_rank=float(ranks[position]) if ranks is not None else None, paired_delta_p=paired)
     return rows, base, origin
 
 
 def markdown_table(rows: Sequence[Row], metrics: Sequence[MetricSpec], /, *, reference_method: str = "ls") -> str:
-    """One markdown table: metrics (mean +- std), Delta_m%, Delta_p vs the reference, MR, seeds."""
+    """One markdown table: metrics (mean +- std), Delta_m%, Delta_p vs the reference (of the seed
+    means, and seed by seed: mean +- std and how many seeds beat the reference), MR, seeds."""
     arrows = {m.name: "↑" if m.higher_is_better else "↓" for m in metrics}
-    header = ["transform", "method", *[f"{m.name} {arrows[m.name]}" for m in metrics], "Δm% ↓", f"Δp vs {reference_method} ↑", "MR ↓", "seeds"]
+    header = ["transform", "method", *[f"{m.name} {arrows[m.name]}" for m in metrics], "Δm% ↓", f"Δp vs {reference_method} ↑", "paired Δp (wins)", "MR ↓", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.transform.replace("|", "\\|"), row.method]  # a transform spec may hold "|"
         cells += [f"{row.mean[m.name]:.4g} ± {row.std[m.name]:.2g}" if row.mean else "–" for m in metrics]
         cells.append(f"{row.delta_m[0]:+.2f} ± {row.delta_m[1]:.2f}" if row.delta_m else "–")
         cells.append(f"{row.delta_p:+.2f}" if row.delta_p is not None else "–")
+        paired = row.paired_delta_p
+        cells.append(f"{paired[0]:+.2f} ± {paired[1]:.2f} ({paired[2]}/{paired[3]})" if paired and row.method != reference_method else "–")
         cells.append(f"{row.mean_rank:.2f}" if row.mean_rank is not None else "–")
         cells.append(f"{len(row.seeds)}" + (f" ({row.diverged} diverged)" if row.diverged else ""))
         lines.append("| " + " | ".join(cells) + " |")

@@ -1,0 +1,541 @@
+"""The DiBS-MTL illustrative example (spec dibs.md §5; paper Figs. 2-3): `python -m benchmarks toy`.
+
+Every method runs from the five starting points of the DiBS-MTL toy trainer with Adam (lr 1e-3)
+for 35,000 steps, once on the nominal two-task toy and once with task 1's loss replaced by the
+strictly increasing `h(f1) = sign(f1) f1^4` (`--transforms none,0:power:4`). One run is one
+(method, seed, transform) with its five starts, stored as one JSON by the shared harness
+(`benchmarks.harness.runs`), so a rerun reuses finished runs and a killed sweep loses at most the
+run in progress. Methods that treat the starts independently run them as one batch
+(`toy_problems.runner.run_toy`); the stateful ones (uncertainty weighting, DWA, FAMO) one start
+at a time (`run_toy_sequential`).
+
+After the sweep it prints and writes `OUT/toy/summary.md` (each run's endpoint, the distance of
+its untransformed losses to the Pareto front, and the gap |x_nominal - x_transformed|, zero for a
+transformation-invariant method) and draws the paper's trajectory figures (`toy_nominal`,
+`toy_transformed`, `toy_transformed_scaled`, PNG and PDF). `--quick` (3,000 steps) writes its
+summary and figures to `OUT/toy/quick/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from benchmarks.harness.cli import (
+    add_common_arguments,
+    parse_methods,
+    parse_seeds,
+    parse_transforms,
+)
+from benchmarks.harness.runs import Checkpoint, ResultStore, RunSpec, run_sweep
+from benchmarks.store import environment, save_figure_atomic, write_markdown_table
+from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
+from core.jacobian import batched_task_gradients, gramian
+from core.methods.loss_balancing import DynamicWeightAverage
+from core.pareto.stationarity import stationarity
+from core.registry import METHODS, available_methods, make_method
+from core.transforms import TRANSFORM_SPEC_FORMS, MonotoneTransform, parse_transform
+from toy_problems import TwoTaskToy
+from toy_problems.runner import combined_direction, run_toy, run_toy_sequential, single_thread
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "toy"
+DEFAULT_STEPS = 35_000
+"""Adam steps per run, as the DiBS-MTL toy trainer."""
+QUICK_STEPS = 3_000
+DEFAULT_LR = 1e-3
+RECORDS_PER_TRAJECTORY = 500
+"""`--record-every` defaults to `max(1, steps // 500)`: about 500 recorded points per trajectory."""
+FRONT_POINTS = 2_000
+"""Points of the reference's plotted Pareto front (x2 = -8.3552) that distances are measured to."""
+LOSS_LOWER_BOUND = -20.0
+"""Every toy loss is > -20 (the quadratic branch `s_i c_2 > -20`, the log branch `a_i c_1 >= -6.3`)."""
+POSITIVE_LOSS_METHODS = frozenset({"dwa", "famo", "scaleinvls"})
+"""Methods that take logs of or divide by the loss values: they see `h(f) - h(-20)` (positive; a
+constant shift, which no gradient sees), since the toy's losses are negative near the front."""
+TOY_TASKS = 2
+RANDOM_SEED_NOTE = "the seed only matters for the random methods (rlw, rgw, pcgrad); the others repeat the same run"
+
+DISPLAY_NAMES = {
+    "dibsmtl": "1-Step DiBS-MTL",
+    "dibsmtl_multi_step": "5-Step DiBS-MTL",
+    "nashmtl": "Nash-MTL",
+    "famo": "FAMO",
+    "mgda": "MGDA",
+    "pcgrad": "PCGrad",
+    "cagrad": "CAGrad",
+    "imtl": "IMTL-G",
+    "uw": "UW",
+    "ls": "LS",
+    "scaleinvls": "Scale-invariant LS",
+    "rlw": "RLW",
+    "rgw": "RGW",
+    "dwa": "DWA",
+    "nsum": "Normalised sum",
+}
+"""Panel titles, as the paper's where it has the method."""
+PAPER_ORDER = ("dibsmtl", "dibsmtl_multi_step", "nashmtl", "famo", "mgda", "pcgrad", "cagrad", "imtl", "uw", "ls")
+"""The methods in the order of the paper's panels; the default runs them first, then the other registered ones."""
+
+
+def default_methods() -> list[str]:
+    """Every registered method, the paper's first (in its panel order), then the rest alphabetically."""
+    registered = available_methods()
+    return [m for m in PAPER_ORDER if m in registered] + [m for m in registered if m not in PAPER_ORDER]
+
+
+# ----------------------------------------------------------------------------- transforms and methods
+
+
+def parse_task_transform(text: str, /) -> tuple[int, MonotoneTransform] | None:
+    """'none' -> None; 'TASK:SPEC' (e.g. '0:power:4') -> (task index, transform); else InvalidHyperparameterError.
+
+    The transform must be defined on every loss the toy can produce (all t > -20), so that no
+    run can leave its domain.
+    """
+    if text == "none":
+        return None
+    task_text, _, spec = text.partition(":")
+    if task_text not in ("0", "1") or not spec:
+        raise InvalidHyperparameterError(
+            f"--transforms entry {text!r}: expected 'none' or TASK:SPEC with TASK 0 or 1 (the toy has two tasks) "
+            f"and SPEC one of {TRANSFORM_SPEC_FORMS}, e.g. 0:power:4"
+        )
+    try:
+        transform = parse_transform(spec)
+    except InvalidHyperparameterError as error:
+        raise InvalidHyperparameterError(f"--transforms entry {text!r}: {error}") from None
+    try:
+        transform.check_domain(torch.tensor([LOSS_LOWER_BOUND], dtype=torch.float64))
+    except LossDomainError as error:
+        raise InvalidHyperparameterError(
+            f"--transforms entry {text!r}: the toy's losses range over (-20, inf), outside this transform's domain ({error}); "
+            "choose one defined on all reals, e.g. power:P, exp, arcsinh, softplus or affine:A:B"
+        ) from None
+    return int(task_text), transform
+
+
+def seen_objectives(problem: TwoTaskToy, transform: tuple[int, MonotoneTransform] | None, *, shift: bool) -> Callable[[Tensor], Tensor]:
+    """The losses a method sees: `h(f_task)` in place of `f_task` (if a transform is given), minus
+    their lower bound `h(-20)` (resp. -20) when `shift` (the positive-loss methods)."""
+
+    def objectives(x: Tensor) -> Tensor:
+        values = problem(x)
+        columns = list(values.unbind(dim=-1))
+        bounds = [LOSS_LOWER_BOUND] * len(columns)
+        if transform is not None:
+            task, h = transform
+            columns[task] = h(columns[task])
+            bounds[task] = float(h(torch.tensor(LOSS_LOWER_BOUND, dtype=torch.float64)))
+        if shift:
+            columns = [column - bound for column, bound in zip(columns, bounds)]
+        return torch.stack(columns, dim=-1)
+
+    return objectives
+
+
+def build_method(name: str, /, *, seed: int, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
+    """A fresh instance of method `name` for two tasks.
+
+    Random methods (those whose factory takes a `generator`: rlw, rgw, pcgrad) draw from
+    `torch.Generator(device).manual_seed(seed)`; methods with learnable parameters (uncertainty
+    weighting's log-variances) get them in the run's dtype and on its device; DWA ends an
+    "epoch" at every step (`window=1`, the loss ratio of consecutive steps), since a toy run has
+    no epochs.
+    """
+    hyperparameters: dict[str, Any] = {}
+    factory = METHODS.get(name)
+    accepted = inspect.signature(factory).parameters if factory is not None else {}
+    if "generator" in accepted:
+        hyperparameters["generator"] = torch.Generator(device=device).manual_seed(seed)
+    if "dtype" in accepted and "device" in accepted:
+        hyperparameters.update(dtype=dtype, device=device)
+    if factory is DynamicWeightAverage:
+        hyperparameters["window"] = 1
+    return make_method(name, num_tasks=TOY_TASKS, **hyperparameters)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _json_numbers(tensor: Tensor) -> Any:
+    """Nested lists of floats (float64), with None for NaN and infinities (strict JSON)."""
+    return _finite_or_none(tensor.detach().to(torch.float64).cpu().tolist())
+
+
+def _finite_or_none(values: Any) -> Any:
+    if isinstance(values, list):
+        return [_finite_or_none(v) for v in values]
+    return values if math.isfinite(values) else None
+
+
+def distance_to_front(losses: Tensor, front: Tensor) -> Tensor:
+    """Euclidean distance from each loss point `[..., 2]` to the sampled front `[m, 2]` (float64)."""
+    flat = losses.reshape(-1, losses.shape[-1]).to(torch.float64)
+    return torch.cdist(flat, front.to(flat)).amin(dim=-1).reshape(losses.shape[:-1])
+
+
+def stationarity_residual(problem: TwoTaskToy, points: Tensor) -> Tensor:
+    """`min_{a in simplex} ||sum_i a_i grad f_i(x)||` of the untransformed losses at `points` `[..., 2]`."""
+    _, jacobian = batched_task_gradients(problem, points.to(torch.float64).cpu())
+    return stationarity(gramian(jacobian))[1]
+
+
+def run_toy_experiment(
+    method: str,
+    transform: str = "none",
+    /,
+    *,
+    steps: int,
+    lr: float = DEFAULT_LR,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    record_every: int | None = None,
+    device: str | torch.device = "cpu",
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """One run: `method` from the five DiBS-MTL starts on the toy with `transform` ('none' or
+    'TASK:SPEC'); returns the JSON-ready result (endpoints, untransformed end losses, distance to
+    the front, final stationarity residual, seconds, and the trajectories every `record_every`
+    steps in x and in the untransformed loss space)."""
+    record_every = default_record_every(steps) if record_every is None else record_every
+    problem = TwoTaskToy()
+    parsed = parse_task_transform(transform)
+    objectives = seen_objectives(problem, parsed, shift=method in POSITIVE_LOSS_METHODS)
+    starts = problem.default_starts(dtype=dtype, device=device)
+    instance = build_method(method, seed=seed, dtype=dtype, device=device)
+    runner = run_toy if instance.batch_independent else run_toy_sequential
+    total = steps * (1 if instance.batch_independent else starts.shape[0])
+    began = time.perf_counter()
+    with tqdm(total=total, desc=f"{method} {transform}", unit="step", disable=not show_progress, leave=False) as bar:
+        trajectory = runner(objectives, starts, instance, num_steps=steps, lr=lr, record_every=record_every, progress=lambda _: bar.update())
+    seconds = time.perf_counter() - began
+    points = trajectory.points.to(torch.float64).cpu()  # [R, 5, 2]
+    losses = problem(points)  # untransformed, [R, 5, 2]
+    front = problem.pareto_front(FRONT_POINTS)
+    ends = points[-1]
+    return {
+        "method": method,
+        "transform": transform,
+        "seed": seed,
+        "device": str(device),
+        "batched": instance.batch_independent,
+        "seconds": seconds,
+        "starts": _json_numbers(starts),
+        "endpoints": _json_numbers(ends),
+        "end_losses": _json_numbers(losses[-1]),
+        "end_losses_seen": _json_numbers(trajectory.losses[-1]),
+        "distance_to_front": _json_numbers(distance_to_front(losses[-1], front)),
+        "final_residual": _json_numbers(stationarity_residual(problem, ends)),
+        "trajectory": {
+            "steps": trajectory.steps.tolist(),
+            "x": _json_numbers(points),
+            "losses": _json_numbers(losses),
+        },
+    }
+
+
+def default_record_every(steps: int) -> int:
+    return max(1, steps // RECORDS_PER_TRAJECTORY)
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str], list[int], list[str]]:
+    """The runs of this invocation, validated before any of them starts."""
+    methods = parse_methods(args.methods)
+    if len(set(methods)) != len(methods):
+        raise InvalidHyperparameterError(f"--methods lists a method twice: {args.methods!r}")
+    seeds = parse_seeds(args.seeds)
+    transforms = parse_transforms(args.transforms)
+    if len(set(transforms)) != len(transforms):
+        raise InvalidHyperparameterError(f"--transforms lists a transform twice: {args.transforms!r}")
+    parsed = [parse_task_transform(text) for text in transforms]
+    steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEFAULT_STEPS)
+    if steps < 1:
+        raise InvalidHyperparameterError(f"--steps must be at least 1, got {steps}")
+    record_every = default_record_every(steps) if args.record_every is None else args.record_every
+    if record_every < 1:
+        raise InvalidHyperparameterError(f"--record-every must be at least 1, got {record_every}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise InvalidHyperparameterError(f"--lr must be a finite positive number, got {args.lr}")
+    try:
+        torch.zeros(1, device=args.device)
+    except (RuntimeError, AssertionError) as error:
+        raise InvalidHyperparameterError(f"--device {args.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
+    _check_starts(methods, parsed, dtype=getattr(torch, args.dtype), device=args.device)
+    config = {
+        "steps": steps,
+        "lr": args.lr,
+        "dtype": args.dtype,
+        "record_every": record_every,
+        "optimizer": "adam",
+        "starts": [list(start) for start in TwoTaskToy().default_starts(dtype=torch.float64).tolist()],
+        "loss_lower_bound": LOSS_LOWER_BOUND,
+    }
+    runs = [RunSpec(EXPERIMENT, method, seed, transform, config) for method in methods for seed in seeds for transform in transforms]
+    return runs, methods, seeds, transforms
+
+
+def _check_starts(methods: list[str], transforms: list[tuple[int, MonotoneTransform] | None], *, dtype: torch.dtype, device: str) -> None:
+    """Every method accepts the losses it will see at the starts (fails before any run)."""
+    problem = TwoTaskToy()
+    starts = problem.default_starts(dtype=dtype, device=device)
+    for transform in transforms:
+        for name in methods:
+            objectives = seen_objectives(problem, transform, shift=name in POSITIVE_LOSS_METHODS)
+            values, jacobian = batched_task_gradients(objectives, starts)
+            try:
+                combined_direction(build_method(name, seed=0, dtype=dtype, device=device), values, jacobian)
+            except MTLInputError as error:
+                raise InvalidHyperparameterError(f"method {name!r} rejects the toy's losses at the starts: {error}") from None
+
+
+def report_folder(out: str | Path, *, quick: bool) -> Path:
+    """Where the summary and the figures go: OUT/toy, or OUT/toy/quick for --quick."""
+    folder = Path(out) / EXPERIMENT
+    return folder / "quick" if quick else folder
+
+
+def main(args: argparse.Namespace) -> int:
+    runs, methods, seeds, transforms = plan_runs(args)
+    store = ResultStore(args.out)
+    if args.fresh:
+        for run in runs:
+            store.result_path(run).unlink(missing_ok=True)
+            store.checkpoint_path(run).unlink(missing_ok=True)
+    dtype = getattr(torch, args.dtype)
+    show_progress = not args.quiet
+
+    def run_one(spec: RunSpec, checkpoint: Checkpoint) -> Mapping[str, Any]:
+        # a run takes seconds to minutes: it restarts rather than checkpoints
+        config = spec.config
+        try:
+            return run_toy_experiment(
+                spec.method, spec.transform, steps=config["steps"], lr=config["lr"], dtype=dtype, seed=spec.seed,
+                record_every=config["record_every"], device=args.device, show_progress=show_progress,
+            )
+        except MTLInputError as error:  # the runs before it are saved; say which run failed
+            raise MTLInputError(f"run {spec.method!r}, transform {spec.transform!r}, seed {spec.seed} failed: {error}") from error
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's one-off import of the optimiser machinery
+    # (seconds) happens here, not inside the first run's timing
+    began = time.perf_counter()
+    with single_thread():
+        records = run_sweep(runs, run_one, store, show_progress=show_progress)
+    wall = time.perf_counter() - began
+    results = {(r["spec"]["method"], r["spec"]["seed"], r["spec"]["transform"]): r["result"] for r in records}
+    config = runs[0].config
+    folder = report_folder(args.out, quick=args.quick)
+    table = format_tables(results, methods, seeds, transforms)
+    provenance = (
+        f"`python -m benchmarks toy{' --quick' if args.quick else ''}` (steps {config['steps']}, Adam lr {config['lr']:g}, "
+        f"{config['dtype']}, record every {config['record_every']} steps, seeds {','.join(map(str, seeds))}, "
+        f"transforms {','.join(transforms)}; device {args.device}, one intra-op thread); machine: {environment()}; "
+        f"sweep wall time {wall:.0f} s (finished runs are reused; run times are in the per-method table)"
+    )
+    write_markdown_table(folder / "summary.md", "The DiBS-MTL toy: endpoints, distance to the front, invariance gap", provenance, table)
+    figures = draw_figures(results, methods, seeds[0], transforms, folder, steps=config["steps"])
+    print(table)
+    print(f"\nwrote {folder / 'summary.md'}, {len(figures)} figures ({', '.join(sorted({p.stem for p in figures}))}) in {folder}, "
+          f"and one JSON per run in {Path(args.out) / EXPERIMENT / 'runs'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- the tables
+
+
+def _label(transform: str) -> str:
+    return "nominal" if transform == "none" else transform
+
+
+def _point(values: list | None) -> str:
+    if values is None or any(v is None for v in values):
+        return "n/a"
+    return f"({values[0]:.3f}, {values[1]:.3f})"
+
+
+def _number(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _gap(first: list | None, second: list | None) -> float | None:
+    if first is None or second is None or any(v is None for v in [*first, *second]):
+        return None
+    return math.dist(first, second)
+
+
+def format_tables(results: Mapping[tuple[str, int, str], Mapping[str, Any]], methods: list[str], seeds: list[int], transforms: list[str]) -> str:
+    """Markdown: one row per method, seed and start (endpoint and distance per transform, gaps to
+    the nominal run), then one row per method with the largest gap, distance and residual."""
+    compared = [t for t in transforms if t != "none"] if "none" in transforms else []
+    show_seed = len(seeds) > 1
+    header = ["method", *(["seed"] if show_seed else []), "start"]
+    for transform in transforms:
+        header += [f"{_label(transform)} end (x1, x2)", f"dist, {_label(transform)}"]
+    header += [f"gap, {t}" for t in compared]
+    lines = [_row(header), _row(["---"] * len(header))]
+    summary_header = ["method", *[f"max gap, {t}" for t in compared], *[f"max dist, {_label(t)}" for t in transforms],
+                      *[f"max residual, {_label(t)}" for t in transforms], "seconds"]
+    summary = [_row(summary_header), _row(["---"] * len(summary_header))]
+    for method in methods:
+        gaps = {t: [] for t in compared}
+        distances = {t: [] for t in transforms}
+        residuals = {t: [] for t in transforms}
+        seconds = 0.0
+        for seed in seeds:
+            runs = {t: results[(method, seed, t)] for t in transforms}
+            seconds += sum(run["seconds"] for run in runs.values())
+            starts = next(iter(runs.values()))["starts"]
+            for j, start in enumerate(starts):
+                cells = [method, *([str(seed)] if show_seed else []), f"({start[0]:g}, {start[1]:g})"]
+                for t, run in runs.items():
+                    distances[t].append(run["distance_to_front"][j])
+                    residuals[t].append(run["final_residual"][j])
+                    cells += [_point(run["endpoints"][j]), _number(run["distance_to_front"][j])]
+                for t in compared:
+                    gap = _gap(runs["none"]["endpoints"][j], runs[t]["endpoints"][j])
+                    gaps[t].append(gap)
+                    cells.append(_number(gap, ".2e"))
+                lines.append(_row(cells))
+        summary.append(_row([
+            method,
+            *[_number(_max(gaps[t]), ".2e") for t in compared],
+            *[_number(_max(distances[t])) for t in transforms],
+            *[_number(_max(residuals[t]), ".1e") for t in transforms],
+            f"{seconds:.0f}",
+        ]))
+    notes = (
+        "dist: Euclidean distance of the endpoint's untransformed losses (f1, f2) to the Pareto front (2,000 points of "
+        "x2 = -8.3552, x1 in [-7, 7]); gap: |x_nominal - x_transformed| between the endpoints of the nominal and the "
+        "transformed run from the same start (0 for a transformation-invariant method); residual: the final "
+        "Pareto-stationarity residual min_a ||sum_i a_i grad f_i|| of the untransformed losses; seconds: the method's "
+        f"runs together. n/a: not finite (the run diverged). With several seeds, {RANDOM_SEED_NOTE}."
+    )
+    return "\n".join(["## Per method and start", "", *lines, "", "## Per method", "", *summary, "", notes])
+
+
+def _max(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return max(finite) if finite and len(finite) == len(values) else None
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+# ----------------------------------------------------------------------------- the figures
+
+
+def draw_figures(
+    results: Mapping[tuple[str, int, str], Mapping[str, Any]], methods: list[str], seed: int, transforms: list[str], folder: Path, *, steps: int
+) -> list[Path]:
+    """The paper's trajectory figures, PNG and PDF: `toy_nominal`; for each transformed version
+    `toy_transformed` (mapped back to the untransformed losses) and `toy_transformed_scaled` (in
+    the transformed loss space), with the transform's name appended when there are several."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    written: list[Path] = []
+    transformed = [t for t in transforms if t != "none"]
+    for transform in transforms:
+        runs = [(method, results[(method, seed, transform)]) for method in methods]
+        if transform == "none":
+            names = {"toy_nominal": None}
+            title = "Nominal losses"
+        else:
+            stem = "toy_transformed" if len(transformed) == 1 else f"toy_transformed_{_slug(transform)}"
+            names = {stem: None, f"{stem}_scaled": parse_task_transform(transform)}
+            title = f"Task {int(transform.split(':')[0]) + 1}'s loss transformed ({transform})"
+        for name, scaled in names.items():
+            suffix = "" if scaled is None else ", in the transformed loss space"
+            figure = _trajectory_figure(runs, scaled, steps=steps, title=f"{title}{suffix}: trajectories from the 5 starts (seed {seed})")
+            # not a pyplot figure, so save_figure_atomic's plt.close leaves it usable for the second format
+            written += [save_figure_atomic(figure, folder / f"{name}.{extension}") for extension in ("png", "pdf")]
+    return written
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".+-" else "-" for c in text).strip("-")
+
+
+def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: tuple[int, MonotoneTransform] | None, *, steps: int, title: str):
+    """One panel per method: trajectories in (L1, L2) (or with the transformed task's axis in the
+    transformed space), coloured by iteration (magma_r), over the Pareto front, starts marked."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    def space(losses: np.ndarray) -> np.ndarray:
+        if scaled is None:
+            return losses
+        task, h = scaled
+        out = losses.copy()
+        finite = np.isfinite(out[..., task])
+        values = np.full(out.shape[:-1], np.nan)
+        values[finite] = h(torch.as_tensor(out[..., task][finite], dtype=torch.float64)).numpy()
+        out[..., task] = values
+        return out
+
+    front = space(TwoTaskToy().pareto_front(FRONT_POINTS).numpy())
+    columns = min(5, len(runs))
+    rows = math.ceil(len(runs) / columns)
+    figure = Figure(figsize=(3.2 * columns, 3.0 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    norm = Normalize(vmin=0, vmax=steps)
+    mappable = None
+    for ax, (method, run) in zip(axes.flat, runs):
+        trajectory = run["trajectory"]
+        losses = space(np.array(trajectory["losses"], dtype=float))  # [R, 5, 2], None -> nan
+        iterations = np.array(trajectory["steps"], dtype=float)
+        ax.plot(front[:, 0], front[:, 1], color="tab:blue", linewidth=2.5, alpha=0.6, zorder=1, label="Pareto front")
+        points = losses.transpose(1, 0, 2).reshape(-1, 2)  # start by start, in order of iteration
+        mappable = ax.scatter(points[:, 0], points[:, 1], c=np.tile(iterations, losses.shape[1]), cmap="magma_r", norm=norm, s=3,
+                              linewidths=0, zorder=2, rasterized=True)  # rasterized: a light, fast PDF
+        ax.scatter(losses[0, :, 0], losses[0, :, 1], marker="o", s=28, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3, label="start")
+        ax.scatter(losses[-1, :, 0], losses[-1, :, 1], marker="*", s=40, color="black", zorder=4, label="end")
+        ax.set_title(DISPLAY_NAMES.get(method, method), fontsize=10)
+        x_task = "h(L1)" if scaled is not None and scaled[0] == 0 else "L1"
+        y_task = "h(L2)" if scaled is not None and scaled[0] == 1 else "L2"
+        ax.set_xlabel(x_task, fontsize=8)
+        ax.set_ylabel(y_task, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+    if mappable is not None:
+        figure.colorbar(mappable, ax=axes, shrink=0.8, label="iteration")
+    figure.suptitle(title, fontsize=11)
+    return figure
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, methods=",".join(default_methods()), seeds="0", transforms="none,0:power:4")
+    parser.add_argument("--steps", type=int, default=None, help=f"Adam steps per run (default: {DEFAULT_STEPS:,}, the paper's; {QUICK_STEPS:,} with --quick)")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate on x (default: %(default)g, the paper's)")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64"], default="float64",
+        help="floating dtype of the runs (default: %(default)s; the reference trains in float32, where Adam amplifies rounding "
+        "along the flat Pareto set so that even DiBS-MTL's nominal and transformed endpoints drift apart by up to 0.07)",
+    )
+    parser.add_argument(
+        "--record-every", type=int, default=None,
+        help=f"record the trajectories every N steps (default: steps // {RECORDS_PER_TRAJECTORY}, about {RECORDS_PER_TRAJECTORY} points per trajectory; the last step is always recorded)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")

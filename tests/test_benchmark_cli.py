@@ -1,0 +1,111 @@
+"""`python -m benchmarks` supervised experiments end to end: MultiMNIST on the embedded digits,
+NYUv2, Cityscapes and QM9 on tiny fixtures in their published layouts (with small models), the
+random-weighting litmus test, resuming, and clear errors for missing data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import benchmarks.harness.training as training
+from benchmarks.__main__ import main
+from benchmarks.data import dense, qm9
+from benchmarks.suites import cityscapes, nyuv2
+from benchmarks.suites import qm9 as qm9_suite
+
+SMALL_FILTERS = (4, 8, 8, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions are slower with two threads on a busy 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def _runs(folder):
+    return sorted(path.name for path in folder.glob("runs/*.json"))
+
+
+def test_multimnist_runs_summarises_and_resumes(tmp_path, capsys, monkeypatch):
+    out = ["--out", str(tmp_path)]
+    args = ["multimnist", "--methods", "ls,dibsmtl", "--seeds", "0", "--transforms", "none,left:exp", "--epochs", "1", "--max-batches", "4", *out]
+    assert main(args) == 0
+    folder = tmp_path / "multimnist"
+    assert len(_runs(folder)) == 2 * 2 + 2  # methods x transforms + one single-task run per task
+    summary = (folder / "summary.md").read_text()
+    assert "left:exp" in summary and "single-task runs" in summary and "Δm%" in summary
+    assert (folder / "delta_m.png").stat().st_size > 0 and (folder / "delta_m.pdf").stat().st_size > 0
+    record = json.loads(next(folder.glob("runs/dibsmtl__left-exp*.json")).read_text())
+    assert record["result"]["status"] == "finished" and record["spec"]["transform"] == "left:exp"
+    assert set(record["result"]["selected"]["test"]) == {"left_accuracy", "right_accuracy"}
+
+    def no_training(*_, **__):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(training, "train_run", no_training)
+    monkeypatch.setattr("benchmarks.experiments.supervised.train_run", no_training)
+    capsys.readouterr()
+    assert main(args) == 0  # everything is reused
+    assert "dibsmtl" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["nyuv2", "cityscapes"])
+def test_dense_benchmarks_run_on_fixtures_in_the_release_layout(tmp_path, capsys, monkeypatch, name):
+    module = {"nyuv2": nyuv2, "cityscapes": cityscapes}[name]
+    suite = getattr(module, name.upper())
+    monkeypatch.setattr(module, name.upper(), dataclasses.replace(suite, make_model=lambda: module.make_model(filters=SMALL_FILTERS)))
+    root = dense.write_fixture(tmp_path / "data", dataset=name, count=4, height=32, width=64, seed=0)
+    assert main([name, "--quick", "--data-root", str(root), "--out", str(tmp_path / "out")]) == 0
+    folder = tmp_path / "out" / name
+    assert len(_runs(folder)) == 2 * 2 + len(suite.task_names)  # ls, dibsmtl x none, depth:power:2; one single-task run per task
+    text = (folder / "summary.md").read_text()
+    assert "dibsmtl" in text and "mean_iou" in text
+
+
+def test_qm9_runs_on_a_fixture_in_pyg_layout(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(qm9_suite, "QM9", qm9_suite.make_qm9_suite(test_size=6, val_size=6))
+    root = tmp_path / "data"
+    qm9.write_fixture(root, count=30, seed=0)
+    out = ["--out", str(tmp_path / "out")]
+    assert main(["qm9", "--quick", "--no-single-task", "--data-root", str(root), *out]) == 0
+    record = json.loads(next((tmp_path / "out" / "qm9").glob("runs/dibsmtl*.json")).read_text())
+    selected = record["result"]["selected"]
+    assert "val" in selected and len(selected["test"]) == 11  # best-validation selection, 11 MAEs
+    assert selected["delta_m"] is not None  # against the published base values
+
+
+def test_random_weighting_litmus_test_runs(tmp_path, capsys):
+    args = ["random_weighting", "--quick", "--datasets", "autompg", "--variants", "ew,rlw_dirichlet,rgw_normal", "--seeds", "0", "--out", str(tmp_path)]
+    assert main(args) == 0
+    text = (tmp_path / "random_weighting" / "summary.md").read_text()
+    assert "rlw_dirichlet" in text and "Δp vs ew" in text
+    assert len(_runs(tmp_path / "random_weighting" / "autompg")) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nyuv2"], "needs --data-root"),
+        (["qm9", "--data-root", "/nonexistent/qm9"], "is not a folder"),
+        (["multimnist", "--transforms", "middle:exp"], "unknown task"),
+        (["multimnist", "--seeds", "0,0"], "distinct"),
+        (["random_weighting", "--variants", "rlw_normal"], "must include ew"),
+    ],
+)
+def test_bad_options_are_clear_errors(tmp_path, capsys, args, message):
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.rglob("*.json"))
+
+
+def test_a_data_folder_without_the_files_names_the_missing_file(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for name in ("nyuv2", "qm9"):
+        assert main([name, "--quick", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err
+        assert str(tmp_path / "empty") in error and ("expected" in error or "was expected" in error)
