@@ -27,7 +27,7 @@ from benchmarks.harness.cli import (
 )
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import Suite, TrainingProtocol
-from benchmarks.harness.summary import delta_m_figure, markdown_table, summarize
+from benchmarks.harness.summary import delta_m_figure, delta_m_pivot, markdown_table, summarize
 from benchmarks.harness.training import LossTransform, train_run
 from benchmarks.store import environment, save_figure_formats, write_markdown_table
 from core.errors import InvalidHyperparameterError
@@ -174,6 +174,8 @@ def main(args: argparse.Namespace) -> int:
         records = run_sweep(runs, run_one, store)
     rows, base, origin = summarize(records, suite.metrics, published_base=suite.base_values)
     table = markdown_table(rows, suite.metrics)
+    if base is not None and len({row.transform for row in rows}) > 1:
+        table += "\n\nΔm% ↓ (vs the base above) by loss transform:\n\n" + delta_m_pivot(rows)
     base_text = ", ".join(f"{name} {value:.4g}" for name, value in base.items()) if base else "none"
     provenance = (
         f"`python -m benchmarks {spec.name}` ({'quick' if args.quick else 'full'}; epochs {protocol.epochs}; "

@@ -162,3 +162,19 @@ def delta_m_figure(rows: Sequence[Row], title: str, /):
     axis.legend(title="loss transform", fontsize="small")
     figure.tight_layout()
     return figure
+
+
+def delta_m_pivot(rows: Sequence[Row], /) -> str:
+    """Δm% (mean ± std over seeds) with one row per method and one column per loss transform."""
+    transforms = list(dict.fromkeys(row.transform for row in rows))
+    methods = list(dict.fromkeys(row.method for row in rows))
+    lookup = {(row.transform, row.method): row for row in rows}
+    header = ["method", *[t.replace("|", "\\|") for t in transforms]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        cells = [method]
+        for transform in transforms:
+            row = lookup.get((transform, method))
+            cells.append(f"{row.delta_m[0]:+.2f} ± {row.delta_m[1]:.2f}" if row is not None and row.delta_m else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
