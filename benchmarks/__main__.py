@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from benchmarks.experiments import random_weighting, toy
+from benchmarks.experiments import pareto_multimnist, random_weighting, toy
 from benchmarks.experiments.supervised import command
 from benchmarks.perf import engine_step, nash_solver, tangent_solver
 from core.errors import MTLInputError
@@ -15,6 +15,7 @@ EXPERIMENTS = {
     "toy": (toy, "the DiBS-MTL toy: every method from the 5 starts, nominal and with task 1's loss transformed; endpoints table and trajectory figures"),
     "multimnist": (command("multimnist"), "LeNet on MultiMNIST (embedded digits or --data-root): every method x 3 seeds x 5 transforms of the left-digit loss, single-task baselines, Δm%, Δp, MR"),
     "random_weighting": (random_weighting, "the litmus test: RLW (5 distributions) and RGW vs equal weighting, 5 seeds, on MultiMNIST and Auto MPG; Δp vs EW"),
+    "pareto_multimnist": (pareto_multimnist, "continuous Pareto exploration: 5 weighted-sum LeNets, tangent walks along e1 and e2, explored front, hypervolume, Pareto points per minute vs weighted-sum training"),
     "nyuv2": (command("nyuv2"), "NYUv2 (3 tasks, SegNet-MTAN, the Nash-MTL protocol) on your preprocessed .npy data (--data-root)"),
     "cityscapes": (command("cityscapes"), "Cityscapes (2 tasks, SegNet-MTAN, the Nash-MTL protocol) on your preprocessed .npy data (--data-root)"),
     "qm9": (command("qm9"), "QM9 (11 targets, MPNN, the Nash-MTL protocol) on PyTorch Geometric's processed QM9 (--data-root)"),
