@@ -35,8 +35,6 @@ import argparse
 import hashlib
 import itertools
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -59,6 +57,7 @@ from benchmarks.harness.training import train_run
 from benchmarks.store import (
     environment,
     save_figure_formats,
+    write_atomic,
     write_json_atomic,
     write_markdown_table,
 )
@@ -158,21 +157,8 @@ def _file_sha256(path: Path) -> str:
 
 def _save_model_atomic(path: Path, state: Mapping[str, Tensor]) -> str:
     """`torch.save` the state dict to `path` atomically; returns the file's SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save({name: tensor.detach().cpu() for name, tensor in state.items()}, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return _file_sha256(path)
+    cpu_state = {name: tensor.detach().cpu() for name, tensor in state.items()}
+    return _file_sha256(write_atomic(path, lambda stream: torch.save(cpu_state, stream)))
 
 
 def _model_is_valid(out: str | Path, record: Mapping[str, Any]) -> bool:
