@@ -67,6 +67,7 @@ def test_quick_run_writes_runs_models_summary_and_figure(quick_run) -> None:
     cost = data["cost"]
     assert cost["walk_points"] == num_walks * settings.walk.num_steps and cost["walk_minutes"] > 0
     assert cost["ratio_walk_to_weighted_sum"] == pytest.approx(cost["walk_points_per_minute"] / cost["weighted_sum_points_per_minute"])
+    assert cost["ratio_fastest"] == pytest.approx(cost["fastest_weighted_sum_minutes_per_model"] / cost["fastest_walk_minutes_per_point"])
 
 
 def test_start_points_are_the_trained_models(quick_run) -> None:

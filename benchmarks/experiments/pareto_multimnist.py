@@ -435,6 +435,9 @@ def analyse(start_records: Sequence[Mapping[str, Any]], walk_records: Sequence[M
         minutes_per_model = sum(train_minutes) / len(train_minutes)
         walk_rate = walk_points / walk_minutes if walk_minutes > 0 else None
         baseline_rate = 1 / minutes_per_model if minutes_per_model > 0 else None
+        # least-disturbed runs: on a shared machine other jobs slow some runs several-fold
+        fastest_step = min((w["walk_seconds"] / 60 / w["steps"] for w in walks if w["steps"]), default=None)
+        fastest_model = min(train_minutes)
         report["seeds"][str(seed)] = {
             "points": points,
             "walks": walks,
@@ -449,6 +452,8 @@ def analyse(start_records: Sequence[Mapping[str, Any]], walk_records: Sequence[M
                 "weighted_sum_models": len(seed_starts), "minutes_per_weighted_sum_model": minutes_per_model,
                 "weighted_sum_points_per_minute": baseline_rate,
                 "ratio_walk_to_weighted_sum": walk_rate / baseline_rate if walk_rate and baseline_rate else None,
+                "fastest_walk_minutes_per_point": fastest_step, "fastest_weighted_sum_minutes_per_model": fastest_model,
+                "ratio_fastest": fastest_model / fastest_step if fastest_step and fastest_model > 0 else None,
                 "epochs_per_model": settings.epochs,
                 "threads": sorted({r["result"]["threads"] for r in seed_starts} | {r["result"]["threads"] for r in walk_records if r["spec"]["seed"] == seed}),
             },
@@ -491,7 +496,9 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"| one more weighted-sum model per point ({cost['epochs_per_model']} epochs) | {cost['weighted_sum_models']} | "
             f"{cost['minutes_per_weighted_sum_model'] * cost['weighted_sum_models']:.2f} | {_fmt(cost['weighted_sum_points_per_minute'])} |",
             "",
-            f"Walk / weighted sum: {_fmt(cost['ratio_walk_to_weighted_sum'], '.2f')}x the points per minute. "
+            f"Walk / weighted sum: {_fmt(cost['ratio_walk_to_weighted_sum'], '.2f')}x the points per minute (all runs); "
+            f"{_fmt(cost['ratio_fastest'], '.2f')}x between the least-disturbed runs (fastest walk: "
+            f"{60 * (cost['fastest_walk_minutes_per_point'] or 0):.1f} s per point; fastest model: {60 * cost['fastest_weighted_sum_minutes_per_model']:.1f} s). "
             f"Walk time: {100 * cost['walk_jacobian_share']:.0f}% Jacobians and min-norm weights, {100 * cost['walk_solve_share']:.0f}% HVP graph + MINRES + step.",
             "",
             "| start | weights | direction | step | test error left (%) | test error right (%) | train loss left | train loss right | non-dominated |",
@@ -578,7 +585,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars (default: on)")
     parser.epilog = ("The starts are always weighted-sum ('ls') models and the losses are not transformed: --methods accepts only 'ls' and "
                      "--transforms only 'none'. --quick: 2 starts (trained as in the full run), 2 steps per direction with MINRES 10 on 256 samples "
-                     "(about a minute on 2 cores); its report goes to OUT/pareto_multimnist/quick.")
+                     "(about 30 s on 2 idle cores); its report goes to OUT/pareto_multimnist/quick.")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
