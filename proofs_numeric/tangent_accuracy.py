@@ -57,6 +57,19 @@ def _residuals(problem, points: torch.Tensor) -> torch.Tensor:
     return stationarity(gramian(jacobian))[1]
 
 
+def residual_curves(problem, x_star: torch.Tensor, steps: torch.Tensor, beta: torch.Tensor, /) -> dict[str, torch.Tensor]:
+    """Steps of every length in `steps` `[S]` from a Pareto-stationary `x_star` `[n]` along the unit
+    tangent (`H v = G^T beta`, `beta` `[K]`, MINRES to 1e-12) and along task 1's normalised gradient:
+    the points (`tangent_points`, `gradient_points`, `[S, n]`) and their stationarity residuals
+    (`tangent`, `gradient`, `[S]`), the curves whose log-log slopes `quadratic_slopes` fits."""
+    x = x_star.clone().requires_grad_(True)
+    tangent = tangent_directions(problem(x), [x], beta[None], maxiter=100, rtol=1e-12).directions[0]
+    _, jacobian = batched_task_gradients(problem, x_star)
+    gradient = jacobian[0] / jacobian[0].norm()
+    points = {"tangent": x_star + steps[:, None] * tangent, "gradient": x_star + steps[:, None] * gradient}
+    return {**{f"{name}_points": value for name, value in points.items()}, **{name: _residuals(problem, value) for name, value in points.items()}}
+
+
 def quadratic_slopes(seed: int, steps: torch.Tensor) -> dict[str, float]:
     """Slopes of the residual along a tangent and along a task gradient, and of the predicted
     value error of `LocalParetoSet`, at one Pareto point of a random convex quadratic."""
@@ -64,19 +77,16 @@ def quadratic_slopes(seed: int, steps: torch.Tensor) -> dict[str, float]:
     generator = torch.Generator().manual_seed(seed)
     weights = torch.rand(3, generator=generator, dtype=F64) + 0.2
     x_star = problem.pareto_point(weights / weights.sum())
-    x = x_star.clone().requires_grad_(True)
-    losses = problem(x)
     beta = torch.randn(1, 3, generator=generator, dtype=F64)
-    tangent = tangent_directions(losses, [x], beta, maxiter=100, rtol=1e-12).directions[0]
-    _, jacobian = batched_task_gradients(problem, x_star)
-    gradient = jacobian[0] / jacobian[0].norm()
+    curves = residual_curves(problem, x_star, steps, beta[0])
+    x = x_star.clone().requires_grad_(True)
     local = LocalParetoSet(problem(x), [x])
     coordinates = torch.randn(local.dimension, generator=generator, dtype=F64)
     coordinates = steps[:, None] * coordinates / coordinates.norm()
     value_errors = (problem(local.point(coordinates)) - local.predicted_values(coordinates)).norm(dim=1)
     return {
-        "tangent": _slope(steps, _residuals(problem, x_star + steps[:, None] * tangent)),
-        "gradient": _slope(steps, _residuals(problem, x_star + steps[:, None] * gradient)),
+        "tangent": _slope(steps, curves["tangent"]),
+        "gradient": _slope(steps, curves["gradient"]),
         "values": _slope(steps, value_errors),
     }
 

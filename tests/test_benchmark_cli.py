@@ -63,8 +63,8 @@ def test_dense_benchmarks_run_on_fixtures_in_the_release_layout(tmp_path, capsys
     assert main([name, "--quick", "--data-root", str(root), "--out", str(tmp_path / "out")]) == 0
     folder = tmp_path / "out" / name
     assert len(_runs(folder)) == 2 * 2 + len(suite.task_names)  # ls, dibsmtl x none, depth:power:2; one single-task run per task
-    text = (folder / "summary.md").read_text()
-    assert "dibsmtl" in text and "mean_iou" in text
+    text = (folder / "quick" / "summary.md").read_text()  # a quick look never overwrites the full report
+    assert "dibsmtl" in text and "mean_iou" in text and not (folder / "summary.md").exists()
 
 
 def test_qm9_runs_on_a_fixture_in_pyg_layout(tmp_path, capsys, monkeypatch):
@@ -82,7 +82,7 @@ def test_qm9_runs_on_a_fixture_in_pyg_layout(tmp_path, capsys, monkeypatch):
 def test_random_weighting_litmus_test_runs(tmp_path, capsys):
     args = ["random_weighting", "--quick", "--datasets", "autompg", "--variants", "ew,rlw_dirichlet,rgw_normal", "--seeds", "0", "--out", str(tmp_path)]
     assert main(args) == 0
-    text = (tmp_path / "random_weighting" / "summary.md").read_text()
+    text = (tmp_path / "random_weighting" / "quick" / "summary.md").read_text()
     assert "rlw_dirichlet" in text and "Δp vs ew" in text
     assert len(_runs(tmp_path / "random_weighting" / "autompg")) == 3
 

@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.harness.runs import Checkpoint, ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import MetricSpec, TrainingProtocol
-from benchmarks.harness.summary import markdown_table, single_task_base, summarize
+from benchmarks.harness.summary import markdown_table, mean_rank_figure, single_task_base, summarize
 from benchmarks.harness.training import LossTransform, select_metrics, train_run
 from benchmarks.suites.autompg import AUTOMPG
 from core.errors import InvalidHyperparameterError
@@ -209,6 +209,7 @@ def test_summary_scores_follow_the_metric_definitions():
     assert mgda.diverged == 1 and mgda.seeds == (0, 1)
     paired = [delta_p([88.0, 1.5], [80.0, 2.0], [True, False], ["a", "b"]), delta_p([86.0, 1.7], [84.0, 2.2], [True, False], ["a", "b"])]
     assert mgda.paired_delta_p[0] == pytest.approx(sum(paired) / 2) and mgda.paired_delta_p[2:] == (2, 2)
+    assert mgda.paired_delta_p_per_seed == pytest.approx({0: paired[0], 1: paired[1]})
     table = markdown_table(rows, metrics)
     assert "mgda" in table and "1 diverged" in table
 
@@ -219,6 +220,29 @@ def test_summary_falls_back_to_the_published_base():
     assert base == {"acc": 40.0, "err": 4.0} and origin.startswith("published")
     assert rows[0].delta_m[0] == pytest.approx(delta_m([80.0, 2.0], [40.0, 4.0], [True, False]))
     assert "a:exp\\|log" in markdown_table(rows, metrics)  # a transform's "|" does not split the table
+
+
+def test_mean_rank_figure_puts_each_rank_at_its_method_under_its_transform():
+    metrics = (MetricSpec("acc", "a", True), MetricSpec("err", "b", False))
+    records = [
+        _record("ls", 0, "none", 80.0, 2.0),
+        _record("mgda", 0, "none", 88.0, 1.5),
+        _record("dibsmtl", 0, "none", 84.0, 1.0),
+        _record("mgda", 0, "a:exp", 70.0, 3.0),  # another order, and no dibsmtl under this transform
+        _record("ls", 0, "a:exp", 90.0, 1.0),
+    ]
+    rows, _, _ = summarize(records, metrics)
+    axis = mean_rank_figure(rows, "ranks").axes[0]
+    methods = [label.get_text() for label in axis.get_xticklabels()]
+    assert methods == ["ls", "mgda", "dibsmtl"]  # order of first appearance, as in the tables
+    series = {line.get_label(): line for line in axis.get_lines()}
+    assert list(series) == ["none", "a:exp"] and series["none"].get_marker() != series["a:exp"].get_marker()
+    expected = {(row.transform, row.method): row.mean_rank for row in rows}
+    assert expected[("a:exp", "ls")] == 1.0 and expected[("a:exp", "mgda")] == 2.0
+    for transform, line in series.items():
+        drawn = {methods[round(x)]: y for x, y in zip(line.get_xdata(), line.get_ydata())}
+        assert drawn == {method: rank for (t, method), rank in expected.items() if t == transform}
+    assert axis.get_legend() is not None and "lower is better" in axis.get_ylabel()
 
 
 def test_protocol_dataclass_is_frozen():

@@ -607,6 +607,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
+    """The runs `main(args)` makes, starts first (the notebooks load their records with it)."""
+    starts, walks = plan_runs(settings_from(args), parse_seeds(args.seeds), args.data_root)
+    return starts + walks
+
+
 def main(args: argparse.Namespace) -> int:
     if parse_methods(args.methods) != ["ls"]:
         raise InvalidHyperparameterError(f"pareto_multimnist starts from weighted-sum models only: --methods must be 'ls', got {args.methods!r}")

