@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from core.distributed import Reducer
 from core.errors import (
     DeviceMismatchError,
     DtypeMismatchError,
@@ -51,6 +53,7 @@ def mtl_backward(
     task_params: Sequence[Iterable[Tensor]] | None = None,
     representation: Tensor | None = None,
     jacobian_strategy: JacobianStrategy = "auto",
+    process_group: Any | None = None,
 ) -> StepInfo:
     """Combine K task losses with `method` and accumulate the result into `.grad`.
 
@@ -65,8 +68,15 @@ def mtl_backward(
 
     Parameters in neither set receive nothing. Bad input raises a `core.errors` exception before
     any `.grad` is written.
+
+    `process_group` (a `torch.distributed` group, e.g. `torch.distributed.group.WORLD`): data
+    parallelism. Each rank passes the losses of its own equal shard of the batch; the engine
+    all-reduces the losses and the per-task gradients (or, in representation mode, the Gramian)
+    before the method runs, so every rank computes the same weights and writes the same `.grad`
+    as one process would on the whole batch (`core.distributed` explains what travels).
     """
     loss_vector = _stack_losses(losses)
+    reducer = None if process_group is None else Reducer(process_group)
     shared = _as_param_list(shared_params, "shared_params")
     heads = _task_param_lists(task_params, loss_vector.shape[0])
     _check_disjoint(shared, heads)
@@ -79,18 +89,21 @@ def mtl_backward(
         raise MTLInputError(f"jacobian_strategy must be 'auto', 'loop' or 'batched', got {jacobian_strategy!r}")
     tensors = shared + [p for group in heads for p in group] + ([representation] if representation is not None else [])
     _check_devices_and_dtypes(loss_vector, tensors)
-    detached = loss_vector.detach()
-
-    if isinstance(method, LossWeighting):
-        grads, weights = _loss_weighting_grads(loss_vector, detached, shared, heads, method)
-        info = StepInfo(weights=weights.detach(), losses=detached)
-    elif isinstance(method, GradientWeighting):
-        grads, info = _gradient_weighting_grads(
-            loss_vector, detached, shared, heads, method, representation, jacobian_strategy
-        )
-    else:
+    if not isinstance(method, (LossWeighting, GradientWeighting)):
         raise MTLInputError(
             f"method must be a core GradientWeighting or LossWeighting instance, got {type(method).__name__}"
+        )
+    detached = loss_vector.detach().clone()
+    if reducer is not None:  # the whole batch's losses; checked after the reduction, so every rank agrees
+        reducer.mean_(detached)
+    _check_finite_losses(detached)
+
+    if isinstance(method, LossWeighting):
+        grads, weights = _loss_weighting_grads(loss_vector, detached, shared, heads, method, reducer)
+        info = StepInfo(weights=weights.detach(), losses=detached)
+    else:
+        grads, info = _gradient_weighting_grads(
+            loss_vector, detached, shared, heads, method, representation, jacobian_strategy, reducer
         )
     for param, grad in grads:  # every check passed: only now touch .grad
         if param.grad is None:
@@ -124,16 +137,19 @@ def _stack_losses(losses: Sequence[Tensor] | Tensor) -> Tensor:
     if not items[0].is_floating_point():
         raise DtypeMismatchError(f"task losses must be floating point, got {items[0].dtype}")
     stacked = torch.stack(items) if not isinstance(losses, Tensor) else losses
-    finite = torch.isfinite(stacked.detach())
-    if not bool(finite.all()):
-        task = int((~finite).nonzero()[0, 0])
-        raise NonFiniteLossError(
-            f"the loss of task {task} is {float(stacked[task].detach()):g}; every task loss must be finite "
-            "(check the data, the learning rate, or a log of a non-positive value)"
-        )
     if not stacked.requires_grad:
         raise UnreachedParameterError("no task loss has a computation graph: nothing can be differentiated")
     return stacked
+
+
+def _check_finite_losses(values: Tensor) -> None:
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        task = int((~finite).nonzero()[0, 0])
+        raise NonFiniteLossError(
+            f"the loss of task {task} is {float(values[task]):g}; every task loss must be finite "
+            "(check the data, the learning rate, or a log of a non-positive value; with a process_group: on some rank)"
+        )
 
 
 def _check_uniform(values: list, error: type[MTLInputError], what: str) -> None:
@@ -182,7 +198,8 @@ def _check_devices_and_dtypes(losses: Tensor, tensors: list[Tensor]) -> None:
 
 
 def _loss_weighting_grads(
-    losses: Tensor, detached: Tensor, shared: list[Tensor], heads: list[list[Tensor]], method: LossWeighting
+    losses: Tensor, detached: Tensor, shared: list[Tensor], heads: list[list[Tensor]], method: LossWeighting,
+    reducer: Reducer | None,
 ) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
     weights = method(detached)
     objective = (weights.to(losses.dtype) * losses).sum()
@@ -197,6 +214,8 @@ def _loss_weighting_grads(
         start = len(shared) + sum(len(g) for g in heads[:i])
         _raise_unreached(grads[start : start + len(group)], f"task_params[{i}]")
     pairs = [(p, g) for p, g in zip(targets, grads) if g is not None]
+    if reducer is not None:  # the whole batch's gradient: the mean of the shards'
+        pairs = list(zip([p for p, _ in pairs], reducer.mean_list([g for _, g in pairs])))
     _raise_nonfinite_grads(pairs, "the weighted loss has a non-finite gradient")
     return pairs, weights
 
@@ -225,20 +244,28 @@ def _gradient_weighting_grads(
     method: GradientWeighting,
     representation: Tensor | None,
     strategy: JacobianStrategy,
+    reducer: Reducer | None,
 ) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
     num_tasks = losses.shape[0]
     head_flat = [p for group in heads for p in group]
     wrt = [representation] if representation is not None else shared
     jacobians = task_jacobians(losses, wrt + head_flat, strategy=strategy)
     _raise_unreached(jacobians[: len(wrt)], "representation" if representation is not None else "shared_params")
-    jacobian = torch.cat([jac.reshape(num_tasks, -1) for jac in jacobians[: len(wrt)]], dim=1)
-    _raise_nonfinite_rows(jacobian)
     head_jacobians = jacobians[len(wrt) :]
     position = 0
     for i, group in enumerate(heads):  # every structural check before the method runs (it may keep state)
         _raise_unreached(head_jacobians[position : position + len(group)], f"task_params[{i}]")
         position += len(group)
+    jacobian = torch.cat([jac.reshape(num_tasks, -1) for jac in jacobians[: len(wrt)]], dim=1)
+    if reducer is not None and representation is None:  # the whole batch's per-task gradients, one collective
+        reduced = reducer.mean_list([jacobian, *head_jacobians])
+        jacobian, head_jacobians = reduced[0], reduced[1:]
+    elif reducer is not None:
+        head_jacobians = reducer.mean_list(list(head_jacobians))
+    _raise_nonfinite_rows(jacobian, reducer if representation is not None else None)
     gramian = jacobian @ jacobian.T
+    if reducer is not None and representation is not None:  # rows of other ranks' samples: sum, over W^2
+        gramian = reducer.sum_(gramian).div_(reducer.size**2)
     if not bool(torch.isfinite(gramian).all()):
         raise NonFiniteGradientError(
             f"the per-task gradients are finite but their inner products overflow {jacobian.dtype} "
@@ -261,7 +288,7 @@ def _gradient_weighting_grads(
     else:
         encoder = torch.autograd.grad(representation, shared, grad_outputs=combined.view_as(representation), allow_unused=True)
         _raise_unreached(encoder, "shared_params")
-        grads.extend(zip(shared, encoder))
+        grads.extend(zip(shared, encoder if reducer is None else reducer.mean_list(list(encoder))))
 
     position = 0
     for i, group in enumerate(heads):
@@ -278,7 +305,7 @@ def _gradient_weighting_grads(
         weights=weights.detach(),
         losses=detached,
         gramian=gramian.detach(),
-        grad_norms=torch.linalg.vector_norm(jacobian, dim=1).detach(),
+        grad_norms=gramian.diagonal().clamp_min(0).sqrt().detach() if reducer is not None else torch.linalg.vector_norm(jacobian, dim=1).detach(),
         diagnostics=dict(getattr(method, "last_diagnostics", {}) or {}),
     )
     return grads, info
@@ -295,13 +322,19 @@ def solve_weights(method: GradientWeighting, gramian: Tensor, losses: Tensor) ->
     return method(gramian.cpu(), losses.cpu()).to(gramian.device)
 
 
-def _raise_nonfinite_rows(jacobian: Tensor) -> None:
+def _raise_nonfinite_rows(jacobian: Tensor, reducer: Reducer | None = None) -> None:
+    """Raise if a task's gradient has a NaN or an infinity; with `reducer`, on every rank if on any."""
     finite_rows = torch.isfinite(jacobian).all(dim=1)
+    if reducer is None and bool(finite_rows.all()):
+        return
+    infinite_rows = torch.isinf(jacobian).any(dim=1)
+    if reducer is not None:  # agree on the flags, so that every rank raises or none does
+        flags = reducer.max_(torch.stack([~finite_rows, infinite_rows]).to(jacobian.dtype))
+        finite_rows, infinite_rows = flags[0] == 0, flags[1] > 0
     if bool(finite_rows.all()):
         return
     # An infinite derivative in task i's graph turns into 0 * inf = NaN in the other rows (autograd
     # sends them zero gradients through the same nodes), so rows with an infinity name the culprit.
-    infinite_rows = torch.isinf(jacobian).any(dim=1)
     culprits = infinite_rows if bool(infinite_rows.any()) else ~finite_rows
     tasks = ", ".join(str(int(i)) for i in culprits.nonzero()[:, 0])
     kind = "infinity" if bool(infinite_rows.any()) else "NaN"

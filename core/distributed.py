@@ -1,0 +1,94 @@
+"""Data parallelism for the engine: what `mtl_backward(..., process_group=...)` all-reduces.
+
+Each rank computes its task losses on its own shard of the batch. A method's weights depend on
+the losses and on the per-task gradients of the *whole* batch, so every rank must see the same
+ones before it solves for the weights; otherwise ranks take different steps and drift apart. With
+equal shards, the whole batch's loss and per-task gradient are the means over ranks of the local
+ones (both are linear in the per-sample terms), so the engine all-reduces (mean):
+
+- the task losses, before any method sees them (loss weightings and stateful methods then agree);
+- full mode: the per-task gradients `J` (K x D) on the shared parameters and the heads' gradients,
+  before the Gramian `J J^T`. The Gramian of a mean is not the mean of the Gramians, so `J` itself
+  must travel: K times the traffic of plain data-parallel training;
+- representation mode ("MTL-R"): each rank's rows of `J` belong to its own samples, so the whole
+  batch's Gramian is the *sum* of the local ones divided by W^2 (W ranks): only K x K numbers
+  travel; the combined gradient is backpropagated through the local encoder and that gradient is
+  averaged, as in plain data parallelism;
+- loss weightings: the gradient of `sum_i w_i l_i` (and of the method's penalty), averaged.
+
+Every rank then runs the same deterministic solve on the same numbers and gets the same weights;
+checks of values (non-finite losses or gradients) run on reduced numbers, so every rank raises
+the same error instead of one rank raising while the others wait in a collective.
+
+`torch.distributed` must be initialised (any backend: gloo on CPU, nccl on GPU). The engine writes
+`.grad` itself with `torch.autograd.grad`, so DistributedDataParallel's own gradient hooks never
+fire: run the forward pass of a DDP-wrapped model inside `model.no_sync()` (see the README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def default_group() -> Any | None:
+    """`torch.distributed.group.WORLD` when a process group with more than one rank is
+    initialised, else None (single process: the engine then reduces nothing)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD
+    return None
+
+
+class Reducer:
+    """All-reduces over `group` (a `torch.distributed` process group); one object per call."""
+
+    def __init__(self, group: Any) -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "process_group was given but torch.distributed is not initialised; call "
+                "torch.distributed.init_process_group first (or pass process_group=None for one process)"
+            )
+        self._dist = dist
+        self.group = group
+        self.size = dist.get_world_size(group)
+
+    def sum_(self, tensor: Tensor, /) -> Tensor:
+        """Sum over ranks, in place (the result is identical on every rank)."""
+        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM, group=self.group)
+        return tensor
+
+    def mean_(self, tensor: Tensor, /) -> Tensor:
+        """Mean over ranks, in place."""
+        return self.sum_(tensor).div_(self.size)
+
+    def max_(self, tensor: Tensor, /) -> Tensor:
+        """Elementwise maximum over ranks, in place (used to agree on flags)."""
+        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX, group=self.group)
+        return tensor
+
+    def mean_list(self, tensors: list[Tensor], /) -> list[Tensor]:
+        """The means over ranks of several tensors: one collective per dtype and device (each group
+        flattened together), every result in its tensor's own dtype, shape and device."""
+        results: list[Tensor | None] = [None] * len(tensors)
+        groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            groups.setdefault((tensor.dtype, tensor.device), []).append(index)
+        for indices in groups.values():
+            flat = self.mean_(torch.cat([tensors[i].reshape(-1) for i in indices]))
+            for i, piece in zip(indices, flat.split([tensors[i].numel() for i in indices])):
+                results[i] = piece.view_as(tensors[i])
+        return results  # type: ignore[return-value]
+
+
+def all_reduce_mean(tensor: Tensor, /, group: Any | None = None) -> Tensor:
+    """A copy of `tensor` averaged over the ranks of `group` (default: every rank), e.g. the
+    recomputed losses FAMO's `update` needs, so that its state stays identical on every rank."""
+    group = default_group() if group is None else group
+    result = tensor.detach().clone()
+    return result if group is None else Reducer(group).mean_(result)

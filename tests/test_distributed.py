@@ -1,0 +1,135 @@
+"""`mtl_backward(..., process_group=...)` under torch.distributed (gloo, 2 CPU processes): after N
+steps the parameters equal one process's run on the combined batch, within float64 rounding, for
+DiBS-MTL, MGDA, Nash-MTL and RLW (seeded identically on every rank), in full and representation
+mode, and with a DistributedDataParallel-wrapped model whose forward runs under `no_sync()`.
+Every rank raises the same error when one rank's loss is not finite."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import core
+from core.errors import NonFiniteLossError
+
+WORLD = 2
+STEPS = 4
+BATCH = 16
+TASKS = 3
+LR = 0.1
+CASES = [  # (method, representation mode, wrap the model in DistributedDataParallel)
+    ("dibsmtl", False, False),
+    ("mgda", False, False),
+    ("nashmtl", False, False),
+    ("rlw", False, False),
+    ("uw", False, False),
+    ("dibsmtl", True, False),
+    ("mgda", True, False),
+    ("dibsmtl", False, True),
+]
+
+
+class Model(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh())
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(8, 1) for _ in range(TASKS))
+
+    def forward(self, x):
+        features = self.encoder(x)
+        return features, [head(features)[:, 0] for head in self.heads]
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(BATCH, 6, generator=generator, dtype=torch.float64)
+    y = torch.randn(BATCH, TASKS, generator=generator, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64)
+    return x, y
+
+
+def _method(name: str):
+    options = {"rlw": {"generator": torch.Generator().manual_seed(7)}, "uw": {"dtype": torch.float64}}.get(name, {})
+    return core.make_method(name, num_tasks=TASKS, **options)
+
+
+def train(name: str, representation: bool, wrap: bool, x: torch.Tensor, y: torch.Tensor, group=None) -> list[torch.Tensor]:
+    """STEPS steps of SGD with `mtl_backward`; with `group`, on this rank's shard only."""
+    torch.manual_seed(0)
+    model = Model().double()
+    method = _method(name)
+    extra = list(method.parameters()) if isinstance(method, core.LossWeighting) else []
+    optimizer = torch.optim.SGD([*model.parameters(), *extra], lr=LR)
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if wrap else model
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        if wrap:
+            with wrapped.no_sync():  # the engine reduces; DDP's hooks would never fire on autograd.grad
+                features, outputs = wrapped(x)
+        else:
+            features, outputs = wrapped(x)
+        losses = [torch.nn.functional.mse_loss(output, y[:, i]) for i, output in enumerate(outputs)]
+        core.mtl_backward(
+            losses, model.encoder.parameters(), method, task_params=[head.parameters() for head in model.heads],
+            representation=features if representation else None, process_group=group,
+        )
+        optimizer.step()
+    return [p.detach().clone() for p in [*model.parameters(), *extra]]
+
+
+def _worker(rank: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        x, y = _data()
+        shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+        results = {case: train(*case, x[shard], y[shard], group=dist.group.WORLD) for case in CASES}
+        bad = torch.tensor([1.0, float("nan") if rank == 1 else 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+        try:  # rank 1's loss is NaN: both ranks must raise (none may hang in a collective)
+            core.mtl_backward(list(bad * 1.0), [bad], core.make_method("mgda"), process_group=dist.group.WORLD)
+            raised = None
+        except NonFiniteLossError as error:
+            raised = str(error)
+        torch.save({"results": results, "raised": raised}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distributed")
+    mp.spawn(_worker, args=(str(folder / "store"), str(folder)), nprocs=WORLD, join=True)
+    return [torch.load(folder / f"rank{rank}.pt") for rank in range(WORLD)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=[f"{m}{'-repr' if r else ''}{'-ddp' if w else ''}" for m, r, w in CASES])
+def test_two_ranks_match_one_process_on_the_combined_batch(ranks, case):
+    name, representation, _ = case
+    single = train(name, representation, False, *_data())  # one process: no DDP wrapper
+    for rank in ranks:
+        for got, expected in zip(rank["results"][case], single, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    for got, other in zip(ranks[0]["results"][case], ranks[1]["results"][case], strict=True):
+        assert torch.equal(got, other), "the ranks took different steps"
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_raises_on_every_rank(ranks):
+    assert all(rank["raised"] is not None and "on some rank" in rank["raised"] for rank in ranks)
+
+
+def test_the_shards_differ_so_the_reduction_matters():
+    """Without the reduction a rank would follow its own shard: the check above could not pass by accident."""
+    x, y = _data()
+    whole, half = train("mgda", False, False, x, y), train("mgda", False, False, x[: BATCH // 2], y[: BATCH // 2])
+    assert max(float((a - b).abs().max()) for a, b in zip(whole, half)) > 1e-3
+
+
+def test_a_process_group_without_torch_distributed_is_a_clear_error():
+    x = torch.ones(2, requires_grad=True)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        core.mtl_backward([x.sum(), (x**2).sum()], [x], core.make_method("mgda"), process_group=object())
