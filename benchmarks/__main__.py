@@ -8,6 +8,7 @@ import sys
 
 from benchmarks.experiments import pareto_multimnist, random_weighting, toy
 from benchmarks.experiments.supervised import command
+from benchmarks.harness import workers
 from benchmarks.perf import engine_step, nash_solver, tangent_solver
 from core.errors import MTLInputError
 
@@ -30,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     commands = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     for name, (module, summary) in EXPERIMENTS.items():
-        module.add_arguments(commands.add_parser(name, help=summary, description=summary))
+        subparser = commands.add_parser(name, help=summary, description=summary)
+        module.add_arguments(subparser)
+        if hasattr(module, "planned_runs"):  # sweeps of stored runs can share their runs among workers
+            workers.add_arguments(subparser)
     return parser
 
 
@@ -42,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, summary) in EXPERIMENTS.items():
             print(f"{name:<18} {summary}")
         return 0
+    module = EXPERIMENTS[args.experiment][0]
     try:
-        return EXPERIMENTS[args.experiment][0].main(args)
+        if getattr(args, "workers", 1) != 1:
+            workers.launch(sys.argv[1:] if argv is None else argv, args, module.planned_runs)
+            args.workers, args.fresh = 1, False  # the summary run: reuses what the workers stored, runs what is missing
+        return module.main(args)
     except MTLInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -133,3 +133,24 @@ def test_a_process_group_without_torch_distributed_is_a_clear_error():
     x = torch.ones(2, requires_grad=True)
     with pytest.raises(RuntimeError, match="init_process_group"):
         core.mtl_backward([x.sum(), (x**2).sum()], [x], core.make_method("mgda"), process_group=object())
+
+
+@pytest.mark.slow
+def test_multimnist_with_nproc_2_matches_one_process(tmp_path):
+    """`python -m benchmarks multimnist --nproc 2` (torchrun, gloo): the same losses, weights and
+    test metrics as one process, to float32 rounding; stored apart (its run ids differ)."""
+    import json
+
+    from benchmarks.__main__ import main
+
+    flags = ["multimnist", "--methods", "dibsmtl,mgda", "--seeds", "0", "--transforms", "none", "--epochs", "1", "--max-batches", "3", "--no-single-task"]
+    assert main([*flags, "--out", str(tmp_path / "one")]) == 0
+    assert main([*flags, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+    for method in ("dibsmtl", "mgda"):
+        [one] = (tmp_path / "one" / "multimnist" / "runs").glob(f"{method}__*.json")
+        [two] = (tmp_path / "two" / "multimnist" / "runs").glob(f"{method}__*.json")
+        assert one.name != two.name  # the data-parallel run has its own id
+        a, b = (json.loads(path.read_text())["result"]["history"][0] for path in (one, two))
+        for key in ("train_loss", "mean_weights"):
+            torch.testing.assert_close(torch.tensor(b[key]), torch.tensor(a[key]), rtol=1e-5, atol=1e-8)
+        assert b["test"] == a["test"]

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
+from benchmarks.harness import parallel
 from benchmarks.harness.cli import (
     add_common_arguments,
     parse_methods,
@@ -115,6 +116,7 @@ def make_add_arguments(spec: ExperimentSpec):
         parser.add_argument("--representation", action="store_true", help="per-task gradients w.r.t. the shared features (MTL-R mode) for gradient weightings")
         parser.add_argument("--progress", action="store_true", help="also show a progress bar per epoch")
         parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the runs of these settings that are finished")
+        parallel.add_arguments(parser)
 
     return add_arguments
 
@@ -139,6 +141,8 @@ def plan_runs(spec: ExperimentSpec, suite: Suite, args: argparse.Namespace) -> t
             raise InvalidHyperparameterError(f"--max-batches must be at least 1, got {args.max_batches}")
         max_batches = args.max_batches
     config = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": args.representation, "data_root": args.data_root}
+    if args.nproc > 1:  # data-parallel runs are stored apart: equal to single-process ones only up to rounding
+        config["nproc"] = args.nproc
     runs = []
     if not args.no_single_task:  # first, so that a partial sweep already has its Δm base
         stl_config = {**config, "representation": False}
@@ -149,6 +153,11 @@ def plan_runs(spec: ExperimentSpec, suite: Suite, args: argparse.Namespace) -> t
 
 def main(args: argparse.Namespace) -> int:
     spec = _experiment_of(args)
+    if parallel.inside_torchrun():  # a rank (started by --nproc, or by torchrun directly)
+        args.nproc = parallel.world_size()
+    elif args.nproc > 1:  # start the ranks: each runs this command again
+        planned_runs(args)  # bad options fail here, before any process starts
+        return parallel.relaunch(_rank_argv(spec, args), args.nproc)
     if spec.needs_data_root and args.data_root is None:
         raise InvalidHyperparameterError(f"{spec.name} needs --data-root: {spec.data_help}. Without the data, `--help` lists the options")
     if args.data_root is not None and not Path(args.data_root).is_dir():
@@ -160,18 +169,22 @@ def main(args: argparse.Namespace) -> int:
         for run in runs:
             store.result_path(run).unlink(missing_ok=True)
             store.checkpoint_path(run).unlink(missing_ok=True)
-    device = torch.device(args.device)
+    device = parallel.device_for(torch.device(args.device))
+    data_parallel = parallel.from_environment(device) if args.nproc > 1 else None
 
     def run_one(run: RunSpec, checkpoint):
         return train_run(
             suite, run, checkpoint, protocol=protocol, data_root=args.data_root, device=device,
             max_batches=max_batches, representation=run.config["representation"], show_progress=args.progress,
+            data_parallel=data_parallel,
         )
 
     if args.summary_only:
         records = [record for record in map(store.load, runs) if record is not None]
     else:
-        records = run_sweep(runs, run_one, store)
+        records = run_sweep(runs, run_one, store, data_parallel=data_parallel, show_progress=data_parallel is None or data_parallel.leader)
+    if data_parallel is not None and not data_parallel.leader:
+        return 0  # rank 0 writes the summary
     rows, base, origin = summarize(records, suite.metrics, published_base=suite.base_values)
     table = markdown_table(rows, suite.metrics)
     if base is not None and len({row.transform for row in rows}) > 1:
@@ -189,6 +202,20 @@ def main(args: argparse.Namespace) -> int:
     print(table)
     print(f"\nΔm% base: {origin}\nwrote {folder / 'summary.md'}")
     return 0
+
+
+def _rank_argv(spec: ExperimentSpec, args: argparse.Namespace) -> list[str]:
+    """The command line each rank runs: this invocation's settings, spelled out."""
+    argv = [spec.name, "--methods", args.methods, "--seeds", args.seeds, "--transforms", args.transforms, "--device", args.device,
+            "--out", str(args.out)]  # the ranks read their number from torchrun's WORLD_SIZE
+    for flag, value in (("--data-root", args.data_root), ("--epochs", args.epochs), ("--max-batches", args.max_batches)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, value in (("--quick", args.quick), ("--fresh", args.fresh), ("--no-single-task", args.no_single_task),
+                        ("--representation", args.representation), ("--progress", args.progress), ("--summary-only", args.summary_only)):
+        if value:
+            argv.append(flag)
+    return argv
 
 
 def planned_runs(args: argparse.Namespace) -> list[RunSpec]:

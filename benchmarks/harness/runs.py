@@ -13,6 +13,8 @@ Layout under the output folder: `<experiment>/runs/<run_id>.json`,
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -20,7 +22,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +114,10 @@ class ResultStore:
             problem = "is truncated or corrupt (its checksum does not match)"
         if record is None:
             aside = path.with_suffix(".json.corrupt")
-            os.replace(path, aside)
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:  # another worker set it aside first
+                return None
             logger.warning("result file %s %s; moved it to %s and the run will be redone", path, problem, aside)
         return record
 
@@ -137,6 +142,42 @@ class ResultStore:
         except (OSError, ValueError, KeyError, AttributeError, TypeError):
             return None
         return record if valid and record.get("format") == FORMAT_VERSION else None
+
+    # -- claims: several worker processes on one store -------------------------------------------
+
+    def lock_path(self, spec: RunSpec, /) -> Path:
+        return self.root / spec.experiment / "locks" / f"{spec.run_id}.lock"
+
+    def journal_path(self, experiment: str, /) -> Path:
+        return self.root / experiment / "journal.jsonl"
+
+    @contextlib.contextmanager
+    def claim(self, spec: RunSpec, /, *, wait: bool) -> Iterator[bool]:
+        """Hold the run's lock for the block: yields True when this process holds it, False when
+        another live process does (only with `wait=False`). The lock is an OS file lock (`flock`),
+        so the kernel releases it when its holder dies, even by `kill -9`: a run is never left
+        claimed by a dead worker."""
+        path = self.lock_path(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def journal(self, spec: RunSpec, event: str, /) -> None:
+        """Append `{event, run_id, pid, time}` to the experiment's journal: who started and who
+        finished each run (one short line per write, appended atomically by the OS)."""
+        path = self.journal_path(spec.experiment)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"event": event, "run_id": spec.run_id, "pid": os.getpid(), "time": time.time()}) + "\n"
+        with path.open("a") as handle:
+            handle.write(line)
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -181,33 +222,80 @@ def run_sweep(
     /,
     *,
     show_progress: bool = True,
+    data_parallel: Any | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every spec not finished yet, in order, and return all their records.
+    """Run every spec not finished yet and return all their records, in the order of `specs`.
 
     Finished runs (a valid result file with the same spec) are skipped; a run with a checkpoint
-    resumes from it. A failing run raises after the runs before it have been saved.
+    resumes from it. Several processes may sweep the same specs on one store at once (`python -m
+    benchmarks ... --workers N`): each run is claimed with an OS file lock while it runs, so no
+    two processes run it together; a run another process holds is taken up last, once its lock is
+    free: its result is then read, or, if that process died, the run is resumed here. Every start
+    and finish goes to the experiment's `journal.jsonl`. A failing run raises after the runs
+    before it have been saved.
+
+    `data_parallel` (a `benchmarks.harness.parallel.DataParallel`): every rank calls this with the
+    same specs; rank 0 decides and announces each run it starts, the other ranks run it with it
+    (their `run_one` takes part in the collectives) and return an empty list; only rank 0 writes.
     """
     specs = list(specs)
     ids = [spec.run_id for spec in specs]
     if len(set(ids)) != len(ids):
         raise ValueError("the sweep lists the same run twice")
-    records: list[dict[str, Any]] = []
+    if data_parallel is not None and not data_parallel.leader:
+        return _follow(specs, run_one, store, data_parallel)
+    announce = data_parallel.broadcast if data_parallel is not None else None
+    records: dict[str, dict[str, Any]] = {}
+    held_elsewhere: list[RunSpec] = []
     skipped = 0
-    with tqdm(specs, desc="runs", unit="run", disable=not show_progress) as bar:
-        for spec in bar:
+    with tqdm(total=len(specs), desc="runs", unit="run", disable=not show_progress) as bar:
+        for spec in specs:
             record = store.load(spec)
             if record is None:
-                bar.set_postfix_str(f"{spec.method} {spec.transform} seed {spec.seed}")
-                began = time.perf_counter()
-                result = run_one(spec, Checkpoint(store, spec))
-                _check_json_ready(result, spec)
-                record = store.save(spec, result, elapsed_s=time.perf_counter() - began)
+                with store.claim(spec, wait=False) as mine:
+                    if mine:
+                        bar.set_postfix_str(f"{spec.method} {spec.transform} seed {spec.seed}")
+                        record = _run_claimed(spec, run_one, store, announce)
+                if record is None:
+                    held_elsewhere.append(spec)
+                    continue
             else:
                 skipped += 1
-            records.append(record)
+            records[spec.run_id] = record
+            bar.update()
+        for spec in held_elsewhere:  # another worker holds it: wait for its lock, then read or resume
+            with store.claim(spec, wait=True):
+                records[spec.run_id] = _run_claimed(spec, run_one, store, announce)
+            bar.update()
+    if announce is not None:
+        announce(None)  # the followers stop
     if skipped:
         logger.info("%d of %d runs were already finished and were not rerun", skipped, len(specs))
-    return records
+    return [records[run_id] for run_id in ids]
+
+
+def _run_claimed(spec: RunSpec, run_one: RunFunction, store: ResultStore, announce: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Run `spec` (its lock held by the caller) unless another worker finished it meanwhile."""
+    record = store.load(spec)
+    if record is not None:
+        return record
+    if announce is not None:
+        announce(spec.run_id)
+    store.journal(spec, "start")
+    began = time.perf_counter()
+    result = run_one(spec, Checkpoint(store, spec))
+    _check_json_ready(result, spec)
+    record = store.save(spec, result, elapsed_s=time.perf_counter() - began)
+    store.journal(spec, "finish")
+    return record
+
+
+def _follow(specs: list[RunSpec], run_one: RunFunction, store: ResultStore, data_parallel: Any) -> list[dict[str, Any]]:
+    """A non-zero rank of a data-parallel sweep: run what rank 0 announces, write nothing."""
+    by_id = {spec.run_id: spec for spec in specs}
+    while (run_id := data_parallel.broadcast(None)) is not None:
+        run_one(by_id[run_id], Checkpoint(store, by_id[run_id]))
+    return []
 
 
 def _check_json_ready(result: Mapping[str, Any], spec: RunSpec) -> None:

@@ -23,8 +23,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from benchmarks.harness.parallel import DataParallel
 from benchmarks.harness.runs import Checkpoint, RunSpec
 from benchmarks.harness.suite import Suite, TrainingProtocol
+from core.distributed import all_reduce_mean
 from core.engine import mtl_backward
 from core.errors import InvalidHyperparameterError, NonFiniteGradientError, NonFiniteLossError
 from core.methods import FAMO, DynamicWeightAverage
@@ -179,6 +181,7 @@ def train_run(
     method_name: str | None = None,
     method_hyperparameters: Mapping[str, Any] | None = None,
     show_progress: bool = False,
+    data_parallel: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Train a method on `suite` with `protocol`; return the run's JSON-ready result.
 
@@ -186,7 +189,9 @@ def train_run(
     `method_hyperparameters`; `"stl:TASK"` trains the single-task baseline of TASK (its loss
     alone, through the shared layers and its own head). `max_batches` caps the training batches
     per epoch (quick mode). A non-finite loss or gradient ends the run as "diverged" with the
-    epochs finished so far, instead of failing the sweep.
+    epochs finished so far, instead of failing the sweep. With `data_parallel`, this process
+    trains on its slice of every batch (`benchmarks.harness.parallel`) and only rank 0 saves
+    checkpoints; every rank evaluates the same model on the whole evaluation sets.
     """
     name = method_name or spec.method
     task_names = _trained_tasks(suite, name)
@@ -233,7 +238,7 @@ def train_run(
                 train_set.reseed(spec.seed * 100_003 + epoch)
             loader = torch.utils.data.DataLoader(train_set, shuffle=True, generator=_run_generator(spec.seed, 2, epoch), **loader_kwargs)
             try:
-                train_log = _train_epoch(model, loader, suite, task_names, method, optimizer, shared, heads, transform, protocol, device, max_batches, representation, show_progress, f"{name} epoch {epoch + 1}")
+                train_log = _train_epoch(model, loader, suite, task_names, method, optimizer, shared, heads, transform, protocol, device, max_batches, representation, show_progress, f"{name} epoch {epoch + 1}", data_parallel)
             except (NonFiniteLossError, NonFiniteGradientError) as error:
                 diverged = f"epoch {epoch + 1}: {error}"
                 logger.warning("run %s diverged at %s", spec.run_id, diverged)
@@ -249,7 +254,8 @@ def train_run(
             method.end_epoch()
         record["seconds"] = time.perf_counter() - began
         history.append(record)
-        checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None, "method": method, "history": history, "diverged": None})
+        if data_parallel is None or data_parallel.leader:
+            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None, "method": method, "history": history, "diverged": None})
 
     result: dict[str, Any] = {"history": history, "protocol": asdict(protocol), "status": "diverged" if diverged else "finished"}
     if diverged:
@@ -270,7 +276,7 @@ def _trained_tasks(suite: Suite, method_name: str) -> tuple[str, ...]:
     return (task,)
 
 
-def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, heads, transform, protocol, device, max_batches, representation, show_progress, label) -> dict[str, Any]:
+def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, heads, transform, protocol, device, max_batches, representation, show_progress, label, data_parallel=None) -> dict[str, Any]:
     single_task = len(task_names) < len(suite.task_names)
     losses_sum = torch.zeros(len(task_names), dtype=torch.float64)
     weights_sum = torch.zeros(len(task_names), dtype=torch.float64)
@@ -280,6 +286,9 @@ def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, he
         if steps == total:
             break
         inputs, targets = _to_device(inputs, device), _to_device(targets, device)
+        share = 1.0
+        if data_parallel is not None:
+            (inputs, targets), share = data_parallel.shard((inputs, targets))
         features = None
         if representation and not isinstance(method, LossWeighting):
             features = model.encode(inputs)
@@ -287,24 +296,32 @@ def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, he
         else:
             predictions = model(inputs)
         loss_map = suite.task_losses(predictions, targets)
-        raw = [loss_map[name] for name in task_names]
+        raw = [loss_map[name] * share if share != 1.0 else loss_map[name] for name in task_names]  # mean over ranks = whole batch
         optimizer.zero_grad(set_to_none=True)
         if single_task:  # a plain backward: parts of the shared model the task never uses (other tasks' attention) get no gradient
             loss = transform(raw)[0]
-            if not bool(torch.isfinite(loss)):
+            seen = loss.detach() if data_parallel is None else all_reduce_mean(loss, data_parallel.group)  # every rank agrees
+            if not bool(torch.isfinite(seen)):
                 raise NonFiniteLossError(f"task {task_names[0]!r} has a non-finite loss {float(loss)}")
             loss.backward()
+            if data_parallel is not None:
+                data_parallel.mean_grads_(list(model.parameters()))
             weights = torch.ones(1)
         else:
-            weights = mtl_backward(transform(raw), shared, method, task_params=heads, representation=features).weights
+            group = data_parallel.group if data_parallel is not None else None
+            weights = mtl_backward(transform(raw), shared, method, task_params=heads, representation=features, process_group=group).weights
         if protocol.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(shared, protocol.max_grad_norm)
         optimizer.step()
         if isinstance(method, FAMO):  # the losses after the step, on the same batch
             with torch.no_grad():
                 after = suite.task_losses(model(inputs), targets)
-                method.update(torch.stack(transform([after[name] for name in task_names])))
-        losses_sum += torch.stack([loss.detach() for loss in raw]).double().cpu()
+                after_losses = torch.stack(transform([after[name] * share for name in task_names]))
+                method.update(after_losses if data_parallel is None else all_reduce_mean(after_losses, data_parallel.group))
+        batch_losses = torch.stack([loss.detach() for loss in raw])
+        if data_parallel is not None:
+            batch_losses = all_reduce_mean(batch_losses, data_parallel.group)
+        losses_sum += batch_losses.double().cpu()
         weights_sum += weights.detach().double().cpu().reshape(-1)
         steps += 1
     return {"steps": steps, "train_loss": (losses_sum / max(steps, 1)).tolist(), "mean_weights": (weights_sum / max(steps, 1)).tolist()}
