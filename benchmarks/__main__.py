@@ -9,7 +9,7 @@ import sys
 from benchmarks.experiments import pareto_multimnist, random_weighting, toy
 from benchmarks.experiments.supervised import command
 from benchmarks.harness import workers
-from benchmarks.perf import engine_step, nash_solver, tangent_solver
+from benchmarks.perf import report
 from core.errors import MTLInputError
 
 EXPERIMENTS = {
@@ -20,9 +20,9 @@ EXPERIMENTS = {
     "nyuv2": (command("nyuv2"), "NYUv2 (3 tasks, SegNet-MTAN, the Nash-MTL protocol) on your preprocessed .npy data (--data-root)"),
     "cityscapes": (command("cityscapes"), "Cityscapes (2 tasks, SegNet-MTAN, the Nash-MTL protocol) on your preprocessed .npy data (--data-root)"),
     "qm9": (command("qm9"), "QM9 (11 targets, MPNN, the Nash-MTL protocol) on PyTorch Geometric's processed QM9 (--data-root)"),
-    "perf-nash": (nash_solver, "Nash-MTL weight solve: our Newton solver vs a reference-style CCP with cvxpy (optional), at equal residual"),
-    "perf-tangent": (tangent_solver, "tangent directions: torch MINRES vs SciPy MINRES on the same HVP, and the cost of one direction as n grows to 1e6"),
-    "perf": (engine_step, "engine cost side by side: DiBS-MTL vs LS step, weight-solve share, batched vs looped per-task gradients"),
+    "perf": (report.command("perf"), "the performance report, every ratio side by side in one run: DiBS-MTL/MGDA/Nash-MTL step vs LS, weight-solve share, batched vs looped gradients, MTL-R vs full, Nash-MTL vs reference solver, torch vs SciPy MINRES, tangent cost vs n, scaling with K; writes benchmarks/PERFORMANCE.md"),
+    "perf-nash": (report.command("perf-nash"), "alias of `perf --sections nash`: Nash-MTL weight solve, our Newton solver vs a reference-style CCP with cvxpy (optional), at equal residual"),
+    "perf-tangent": (report.command("perf-tangent"), "alias of `perf --sections tangent`: torch MINRES vs SciPy MINRES on the same HVP, and the cost of one tangent direction as n grows to 1e6"),
 }
 
 

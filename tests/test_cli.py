@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,24 +34,6 @@ def test_readme_commands_exist() -> None:
         assert command in text
 
 
-def test_perf_quick_runs(tmp_path, capsys) -> None:
-    assert main(["perf", "--quick", "--out", str(tmp_path), "--markdown", str(tmp_path / "perf.md")]) == 0
-    assert "dibsmtl_step / ls_step" in capsys.readouterr().out
-    assert json.loads((tmp_path / "perf_engine.json").read_text())
-    assert "| quantity |" in (tmp_path / "perf.md").read_text()
-
-
-def test_perf_without_cvxpy_leaves_only_the_reference_ratio_out(tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "cvxpy", None)  # import cvxpy now raises ImportError
-    assert main(["perf", "--quick", "--out", str(tmp_path)]) == 0
-    assert "nashmtl_step / ls_step" in capsys.readouterr().out
-    results = json.loads((tmp_path / "perf_engine.json").read_text())["results"]
-    for result in results.values():
-        measured = result["ratios"]
-        assert measured.pop("reference CCP / nashmtl weight solve, equal residual") is None
-        assert all(value > 0 for value in measured.values())
-
-
 def test_unknown_method_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["toy", "--steps", "5", "--methods", "ls,nash", "--out", str(tmp_path)]) == 2
     assert "'ls,nash'" in capsys.readouterr().err
@@ -78,19 +58,6 @@ def test_stateful_methods_run_in_the_toy_experiment(tmp_path, capsys, monkeypatc
     assert len(list((tmp_path / "toy" / "runs").glob("*.json"))) == 4  # 2 methods x {nominal, transformed}
 
 
-def test_perf_nash_without_cvxpy_says_how_to_install_it(tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "cvxpy", None)  # import cvxpy now raises ImportError
-    assert main(["perf-nash", "--quick", "--out", str(tmp_path)]) == 2
-    assert "pip install cvxpy" in capsys.readouterr().err
-
-
-def test_perf_nash_quick_runs_where_cvxpy_is_installed(tmp_path, capsys) -> None:
-    pytest.importorskip("cvxpy")  # optional, benchmark-only (requirements-bench.txt)
-    assert main(["perf-nash", "--quick", "--out", str(tmp_path)]) == 0
-    assert "speed-up" in capsys.readouterr().out
-    assert json.loads((tmp_path / "perf_nash_solver.json").read_text())["results"]
-
-
 def test_list_names_every_experiment(capsys) -> None:
     assert main(["--list"]) == 0
     printed = capsys.readouterr().out
@@ -101,11 +68,3 @@ def test_bad_argument_exits_with_usage() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["toy", "--steps", "many"])
     assert exit_info.value.code == 2
-
-
-def test_perf_tangent_quick_runs(tmp_path, capsys) -> None:
-    assert main(["perf-tangent", "--quick", "--out", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert "seconds per tangent direction" in printed and "fitted exponent" in printed
-    payload = json.loads((tmp_path / "perf_tangent.json").read_text())
-    assert len(payload["scaling"]["rows"]) == 2 and payload["scaling"]["rows"][0]["seconds"] > 0

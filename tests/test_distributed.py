@@ -154,3 +154,20 @@ def test_multimnist_with_nproc_2_matches_one_process(tmp_path):
         for key in ("train_loss", "mean_weights"):
             torch.testing.assert_close(torch.tensor(b[key]), torch.tensor(a[key]), rtol=1e-5, atol=1e-8)
         assert b["test"] == a["test"]
+
+
+@pytest.mark.slow
+def test_the_readme_torchrun_example_runs_on_two_ranks(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [script] = re.findall(r"```python torchrun\n(.*?)```", readme, flags=re.DOTALL)
+    (tmp_path / "train.py").write_text(script)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(tmp_path / "train.py")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == 2 and lines[0].split(":", 1)[1] == lines[1].split(":", 1)[1]  # the same weights on both ranks

@@ -1,29 +1,34 @@
 """Engine cost, measured side by side: DiBS-MTL, MGDA and Nash-MTL steps vs linear scalarisation,
-weight-solve shares, batched vs looped per-task gradients, and (with the optional cvxpy) the
-Nash-MTL weight solve vs a reference-style CCP at equal residual on the model's own Gramian, on a
-LeNet-size two-task model and a 10-task MLP.
+weight-solve shares, batched vs looped per-task gradients, representation ("MTL-R") vs full
+mode, (with the optional cvxpy) the Nash-MTL weight solve vs a reference-style CCP at equal
+residual on the model's own Gramian, and how the step cost grows with the number of tasks K.
 
-Every ratio compares timings taken in the same run, interleaved round by round, so machine
-load affects both sides alike. Nothing here asserts a wall-clock limit.
+Models: a LeNet-size two-task model, a 10-task MLP and, for the scaling with K, the same MLP with
+K heads. Every ratio compares timings taken in the same run, interleaved round by round
+(`benchmarks.perf.timing`), so machine load affects both sides alike. These are the sections
+`engine`, `representation` and `scaling` of `python -m benchmarks perf`
+(`benchmarks.perf.report`). Nothing here asserts a wall-clock limit.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from benchmarks.perf.nash_solver import ReferenceStyleCCP, reference_solver
-from benchmarks.store import environment, write_json_atomic, write_markdown_table
+from benchmarks.perf.timing import interleaved_medians
 from core import MGDA, DiBSMTL, LinearScalarization, NashMTL, mtl_backward
 from core.engine import solve_weights
 from core.jacobian import task_jacobians
 from core.methods.nash_mtl import nash_residual
+
+GRADIENT_METHODS = {"dibsmtl": ("DiBS-MTL", DiBSMTL), "mgda": ("MGDA", MGDA), "nashmtl": ("Nash-MTL", NashMTL)}
+"""The gradient weightings timed against linear scalarisation: key -> (display name, class)."""
+
+TASK_COUNTS = (2, 4, 8, 16, 32, 64)
+"""K of the scaling section."""
 
 
 class LeNetTwoTask(nn.Module):
@@ -44,10 +49,11 @@ class LeNetTwoTask(nn.Module):
         return [nn.functional.cross_entropy(head(features), targets[:, i]) for i, head in enumerate(self.heads)]
 
 
-class MLPTenTask(nn.Module):
-    """A 3-layer shared MLP with 10 regression heads."""
+class MultiHeadMLP(nn.Module):
+    """A 3-layer shared ReLU MLP (`in_dim -> hidden -> hidden -> hidden`) with `num_tasks`
+    linear regression heads."""
 
-    def __init__(self, *, in_dim: int = 64, hidden: int = 256, num_tasks: int = 10) -> None:
+    def __init__(self, *, num_tasks: int = 10, in_dim: int = 64, hidden: int = 256) -> None:
         super().__init__()
         self.in_dim = in_dim
         self.encoder = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
@@ -60,27 +66,39 @@ class MLPTenTask(nn.Module):
         return [nn.functional.mse_loss(head(features)[:, 0], targets[:, i]) for i, head in enumerate(self.heads)]
 
 
-def _median_seconds(function: Callable[[], object], repeats: int, device: torch.device) -> float:
-    samples = []
-    for _ in range(repeats):
-        _synchronize(device)
-        began = time.perf_counter()
-        function()
-        _synchronize(device)
-        samples.append(time.perf_counter() - began)
-    return statistics.median(samples)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def seeded(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
+    """`factory()` with torch's default initialisation seeded by `seed`, the global RNG untouched."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return factory()
 
 
 def measure_model(
-    model: nn.Module, *, batch_size: int, repeats: int, rounds: int, seed: int = 0, device: str = "cpu"
+    model: nn.Module,
+    *,
+    batch_size: int,
+    repeats: int,
+    rounds: int,
+    seed: int = 0,
+    device: str = "cpu",
+    representation: bool = True,
+    jacobians: bool = True,
+    device_weights: bool | None = None,
+    nash_reference: bool = True,
 ) -> dict[str, float]:
-    """Median timings (seconds) of each variant, interleaved over `rounds` rounds."""
+    """Median seconds of each variant, all interleaved over `rounds` rounds of `repeats` calls.
+
+    Always: one optimiser step of linear scalarisation and of each gradient method (`*_step`),
+    and each method's weight solve alone on the Gramian of this model's per-task gradients, as
+    the engine runs it (`*_weights`). Optionally: the steps in representation mode
+    (`*_step_representation`), the looped and batched per-task gradients (`jacobian_*`), the
+    weight solve on the model's device (`*_weights_in_place`; by default only off the CPU, where
+    it is the same call) and the Nash-MTL reference-style CCP against our solver at equal residual
+    (needs cvxpy; left out without it).
+    """
     device = torch.device(device)
+    if device_weights is None:
+        device_weights = device.type != "cpu"
     generator = torch.Generator().manual_seed(seed)
     inputs, targets = (t.to(device) for t in model.batch(batch_size, generator))
     model.to(device)
@@ -88,11 +106,12 @@ def measure_model(
     heads = [list(head.parameters()) for head in model.heads]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def step(method) -> Callable[[], None]:
+    def step(method, *, mtl_r: bool = False) -> Callable[[], None]:
         def run() -> None:
             optimizer.zero_grad(set_to_none=True)
-            losses = model.task_losses(model.encoder(inputs), targets)
-            mtl_backward(losses, shared, method, task_params=heads)
+            features = model.encoder(inputs)
+            losses = model.task_losses(features, targets)
+            mtl_backward(losses, shared, method, task_params=heads, representation=features if mtl_r else None)
             optimizer.step()
 
         return run
@@ -104,36 +123,25 @@ def measure_model(
 
         return run
 
-    dibs = DiBSMTL()
     # the weight solve alone, on the Gramian of this model's real per-task gradients
     losses = torch.stack(model.task_losses(model.encoder(inputs), targets))
     rows = torch.cat([j.reshape(losses.shape[0], -1) for j in task_jacobians(losses, shared, retain_graph=False)], dim=1)
-    gram, detached = rows @ rows.T, losses.detach()
-    nash = NashMTL()
-    variants = {
-        "ls_step": step(LinearScalarization()),
-        "dibsmtl_step": step(dibs),
-        "mgda_step": step(MGDA()),
-        "nashmtl_step": step(nash),
-        "dibsmtl_weights": lambda: solve_weights(dibs, gram, detached),
-        "mgda_weights": lambda: solve_weights(MGDA(), gram, detached),
-        "nashmtl_weights": lambda: solve_weights(NashMTL(), gram, detached),
-        "dibsmtl_weights_in_place": lambda: dibs(gram, detached),
-        "mgda_weights_in_place": lambda: MGDA()(gram, detached),
-        "jacobian_loop": jacobian("loop"),
-        "jacobian_batched": jacobian("batched"),
-    }
-    variants |= nash_reference_variants(gram.detach().cpu().to(torch.float64), detached.cpu())
-    for function in variants.values():  # warm-up
-        function()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, function in variants.items():
-            samples[name].append(_median_seconds(function, repeats, device))
-    return {name: statistics.median(values) for name, values in samples.items()} | {
-        "shared_parameters": float(sum(p.numel() for p in shared)),
-        "num_tasks": float(len(heads)),
-    }
+    gram, detached = (rows @ rows.T).detach(), losses.detach()
+    variants: dict[str, Callable[[], object]] = {"ls_step": step(LinearScalarization())}
+    for key, (_, method_class) in GRADIENT_METHODS.items():
+        variants[f"{key}_step"] = step(method_class())
+        if representation:
+            variants[f"{key}_step_representation"] = step(method_class(), mtl_r=True)
+        # a fresh method per call: Nash-MTL's warm start would otherwise make later solves free
+        variants[f"{key}_weights"] = lambda c=method_class: solve_weights(c(), gram, detached)
+        if device_weights:
+            variants[f"{key}_weights_in_place"] = lambda c=method_class: c()(gram, detached)
+    if jacobians:
+        variants |= {"jacobian_loop": jacobian("loop"), "jacobian_batched": jacobian("batched")}
+    if nash_reference:
+        variants |= nash_reference_variants(gram.cpu().to(torch.float64), detached.cpu())
+    timings = interleaved_medians(variants, rounds=rounds, repeats=repeats, device=device, seed=seed)
+    return timings | {"shared_parameters": float(sum(p.numel() for p in shared)), "num_tasks": float(len(heads))}
 
 
 def nash_reference_variants(gram: Tensor, losses: Tensor) -> dict[str, Callable[[], object]]:
@@ -151,80 +159,100 @@ def nash_reference_variants(gram: Tensor, losses: Tensor) -> dict[str, Callable[
     return {"nashmtl_ccp_weights": lambda: reference.solve(gram.numpy()), "nashmtl_equal_residual_weights": lambda: ours(gram, losses)}
 
 
-NASH_REFERENCE_RATIO = "reference CCP / nashmtl weight solve, equal residual"
+NASH_REFERENCE_RATIO = "reference CCP / Nash-MTL weight solve, equal residual"
 
 
 def ratios(timings: dict[str, float]) -> dict[str, float | None]:
-    """The side-by-side ratios reported in the table (None where a variant was not measured)."""
-    return {
-        "dibsmtl_step / ls_step": timings["dibsmtl_step"] / timings["ls_step"],
-        "mgda_step / ls_step": timings["mgda_step"] / timings["ls_step"],
-        "nashmtl_step / ls_step": timings["nashmtl_step"] / timings["ls_step"],
-        "dibsmtl weight share of its step": timings["dibsmtl_weights"] / timings["dibsmtl_step"],
-        "mgda weight share of its step": timings["mgda_weights"] / timings["mgda_step"],
-        "nashmtl weight share of its step": timings["nashmtl_weights"] / timings["nashmtl_step"],
-        NASH_REFERENCE_RATIO: (
-            timings["nashmtl_ccp_weights"] / timings["nashmtl_equal_residual_weights"] if "nashmtl_ccp_weights" in timings else None
-        ),
-        "batched / looped per-task gradients": timings["jacobian_batched"] / timings["jacobian_loop"],
-        # the engine solves on a CPU copy of the Gramian; this is the cost of solving where it lives
-        "dibsmtl weights on the model's device / engine's": timings["dibsmtl_weights_in_place"] / timings["dibsmtl_weights"],
-        "mgda weights on the model's device / engine's": timings["mgda_weights_in_place"] / timings["mgda_weights"],
-    }
+    """The engine section's side-by-side ratios (None where a variant was not measured)."""
+    result: dict[str, float | None] = {}
+    for key, (name, _) in GRADIENT_METHODS.items():
+        result[f"{name} step / LS step"] = timings[f"{key}_step"] / timings["ls_step"]
+    for key, (name, _) in GRADIENT_METHODS.items():
+        result[f"{name} weight solve, share of its step"] = timings[f"{key}_weights"] / timings[f"{key}_step"]
+    result[NASH_REFERENCE_RATIO] = (
+        timings["nashmtl_ccp_weights"] / timings["nashmtl_equal_residual_weights"] if "nashmtl_ccp_weights" in timings else None
+    )
+    result["batched / looped per-task gradients"] = timings["jacobian_batched"] / timings["jacobian_loop"]
+    # the engine solves on a CPU copy of the Gramian; this is the cost of solving where it lives
+    for key, (name, _) in GRADIENT_METHODS.items():
+        if f"{key}_weights_in_place" in timings:
+            result[f"{name} weights on the model's device / on the engine's CPU copy"] = timings[f"{key}_weights_in_place"] / timings[f"{key}_weights"]
+    return result
 
 
-def markdown_table(results: dict[str, dict]) -> str:
-    names = list(results)
-    lines = ["| quantity | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    rows = [
-        ("shared parameters", lambda r: f"{int(r['timings']['shared_parameters']):,}"),
-        ("tasks K", lambda r: f"{int(r['timings']['num_tasks'])}"),
-        ("LS step (ms)", lambda r: f"{1e3 * r['timings']['ls_step']:.2f}"),
-        ("DiBS-MTL step (ms)", lambda r: f"{1e3 * r['timings']['dibsmtl_step']:.2f}"),
-        ("MGDA step (ms)", lambda r: f"{1e3 * r['timings']['mgda_step']:.2f}"),
-        ("Nash-MTL step (ms)", lambda r: f"{1e3 * r['timings']['nashmtl_step']:.2f}"),
-    ] + [(key, (lambda k: lambda r: _ratio_cell(r["ratios"][k]))(key)) for key in next(iter(results.values()))["ratios"]]
-    for label, cell in rows:
-        lines.append(f"| {label} | " + " | ".join(cell(results[n]) for n in names) + " |")
+def representation_ratios(timings: dict[str, float]) -> dict[str, float]:
+    """The representation section's ratios: MTL-R step / full step and MTL-R step / LS step."""
+    result = {}
+    for key, (name, _) in GRADIENT_METHODS.items():
+        result[f"{name}: MTL-R step / full step"] = timings[f"{key}_step_representation"] / timings[f"{key}_step"]
+    for key, (name, _) in GRADIENT_METHODS.items():
+        result[f"{name}: MTL-R step / LS step"] = timings[f"{key}_step_representation"] / timings["ls_step"]
+    return result
+
+
+def scaling_ratios(timings: dict[str, float]) -> dict[str, float]:
+    """The scaling section's ratios at one K: each step and each weight solve alone / LS step."""
+    result = {}
+    for key, (name, _) in GRADIENT_METHODS.items():
+        result[f"{name} step / LS step"] = timings[f"{key}_step"] / timings["ls_step"]
+    for key, (name, _) in GRADIENT_METHODS.items():
+        result[f"{name} weight solve / LS step"] = timings[f"{key}_weights"] / timings["ls_step"]
+    return result
+
+
+def measure_scaling_point(
+    num_tasks: int, *, batch_size: int, hidden: int, repeats: int, rounds: int, device: str = "cpu", seed: int = 0
+) -> dict[str, float]:
+    """Steps and weight solves of every method on `MultiHeadMLP(num_tasks=K)`, interleaved."""
+    model = seeded(lambda: MultiHeadMLP(num_tasks=num_tasks, hidden=hidden), seed)
+    return measure_model(
+        model, batch_size=batch_size, repeats=repeats, rounds=rounds, seed=seed, device=device,
+        representation=False, jacobians=False, device_weights=False, nash_reference=False,
+    )
+
+
+def engine_table(results: dict[str, dict[str, float]]) -> str:
+    """Rows: model size, step times (ms) and the engine ratios; one column per model."""
+    rows: list[tuple[str, Callable[[dict[str, float]], str]]] = [
+        ("shared parameters", lambda t: f"{int(t['shared_parameters']):,}"),
+        ("tasks K", lambda t: f"{int(t['num_tasks'])}"),
+        ("LS step (ms)", lambda t: f"{1e3 * t['ls_step']:.2f}"),
+    ]
+    rows += [(f"{name} step (ms)", (lambda k: lambda t: f"{1e3 * t[f'{k}_step']:.2f}")(key)) for key, (name, _) in GRADIENT_METHODS.items()]
+    rows += [(label, (lambda k: lambda t: ratio_cell(ratios(t)[k], missing="cvxpy"))(label)) for label in ratios(next(iter(results.values())))]
+    return quantity_table(results, rows)
+
+
+def representation_table(results: dict[str, dict[str, float]]) -> str:
+    """Rows: MTL-R step times (ms) and the representation ratios; one column per model."""
+    rows: list[tuple[str, Callable[[dict[str, float]], str]]] = [
+        (f"{name} MTL-R step (ms)", (lambda k: lambda t: f"{1e3 * t[f'{k}_step_representation']:.2f}")(key)) for key, (name, _) in GRADIENT_METHODS.items()
+    ]
+    rows += [(label, (lambda k: lambda t: ratio_cell(representation_ratios(t)[k]))(label)) for label in representation_ratios(next(iter(results.values())))]
+    return quantity_table(results, rows)
+
+
+def scaling_table(results: dict[int, dict[str, float]]) -> str:
+    """One row per K: shared parameters, LS step (ms), each step / LS step, each weight solve / LS step."""
+    labels = list(scaling_ratios(next(iter(results.values()))))
+    lines = ["| K | LS step (ms) | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for num_tasks, timings in results.items():
+        cells = [ratio_cell(value) for value in scaling_ratios(timings).values()]
+        lines.append(f"| {num_tasks} | {1e3 * timings['ls_step']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _ratio_cell(value: float | None) -> str:
-    return "not measured (optional cvxpy: pip install -r requirements-bench.txt)" if value is None else f"{value:.3f}"
+def quantity_table(results: dict[str, dict[str, float]], rows: list[tuple[str, Callable[[dict[str, float]], str]]]) -> str:
+    """A markdown table with one row per (label, cell function) and one column per result."""
+    names = list(results)
+    lines = ["| quantity | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(results[name]) for name in names) + " |")
+    return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant and round (median taken)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median of the round medians)")
-    parser.add_argument("--batch-size", type=int, default=256, help="batch size of both models")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="1 repeat, 1 round, batch 16: checks that it runs")
-    parser.add_argument("--device", default="cpu", help="torch device of the models (e.g. cuda); timings synchronise it")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the JSON result")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this markdown file")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    repeats, rounds, batch = (1, 1, 16) if args.quick else (args.repeats, args.rounds, args.batch_size)
-    torch.manual_seed(0)
-    results = {}
-    for name, model in {"LeNet, 2 tasks": LeNetTwoTask(), "MLP, 10 tasks": MLPTenTask()}.items():
-        timings = measure_model(model, batch_size=batch, repeats=repeats, rounds=rounds, device=args.device)
-        results[name] = {"timings": timings, "ratios": ratios(timings)}
-    table = markdown_table(results)
-    payload = {"experiment": "perf_engine", "config": {"repeats": repeats, "rounds": rounds, "batch_size": batch, "device": args.device}, "environment": environment(), "results": results, "table": table}
-    path = write_json_atomic(args.out / "perf_engine.json", payload)
-    if args.markdown is not None:
-        machine = payload["environment"]
-        write_markdown_table(
-            args.markdown,
-            "Engine performance",
-            f"`python -m benchmarks perf` (batch {batch}, {repeats} repeats x {rounds} interleaved rounds, median; "
-            f"device {args.device}; {machine['platform']}, torch {machine['torch']}, {machine['threads']} threads)",
-            table,
-        )
-    print(table)
-    print(f"\nwrote {path}")
-    return 0
+def ratio_cell(value: float | None, *, missing: str = "") -> str:
+    """A ratio to 3 significant decimals, or why it is missing."""
+    if value is None:
+        return f"skipped: pip install -r requirements-bench.txt ({missing})" if missing else "not measured"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"

@@ -21,23 +21,20 @@ Timings are interleaved problem by problem and round by round, so machine load a
 sides alike. Gramians: `G = J J^T` with J of shape K x 3K, Gaussian rows with a shared component
 (mild conflict) and row scales 10^U(-1, 1). Nothing here asserts a wall-clock limit.
 
-cvxpy is optional (`pip install cvxpy`); without it the command prints how to install it and
-exits with status 2.
+This is the `nash` section of `python -m benchmarks perf` (`benchmarks.perf.report`; the alias
+`perf-nash` runs it alone). cvxpy is optional (`pip install -r requirements-bench.txt`); without it
+the section says so and is skipped.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.store import environment, write_json_atomic, write_markdown_table
 from core.methods.nash_mtl import NashMTL, nash_residual
 
 TASK_COUNTS = (2, 3, 5, 10, 40)
@@ -205,18 +202,6 @@ def markdown_table(results: dict[int, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", type=int, nargs="+", default=list(TASK_COUNTS), help="numbers of tasks K to time")
-    parser.add_argument("--problems", type=int, default=10, help="random Gramians per K")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the problems (median over all solves)")
-    parser.add_argument("--solver", default="ECOS", help="cvxpy solver of the reference-style CCP (ECOS as in the reference; CLARABEL if ECOS is missing)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (ECOS is single-threaded; 0: torch's default)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random Gramians")
-    parser.add_argument("--quick", action="store_true", help="2 problems, 1 round, K in {2, 5}: checks that it runs")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the JSON result")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this markdown file")
-
-
 def reference_solver(preferred: str = "ECOS") -> str | None:
     """The cvxpy solver for the reference-style CCP: `preferred` if installed, else CLARABEL;
     None if cvxpy or both solvers are missing."""
@@ -226,47 +211,3 @@ def reference_solver(preferred: str = "ECOS") -> str | None:
         return None
     installed = cvxpy.installed_solvers()
     return preferred if preferred in installed else "CLARABEL" if "CLARABEL" in installed else None
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        import cvxpy
-    except ImportError:
-        print(
-            "the reference-style Nash-MTL solver needs cvxpy, an optional dependency: install it with\n"
-            "    pip install cvxpy\n"
-            "(ECOS, the reference's solver: pip install ecos)",
-            file=sys.stderr,
-        )
-        return 2
-    solver = reference_solver(args.solver.upper())
-    if solver is None:
-        print(f"cvxpy solver {args.solver} is not installed (installed: {cvxpy.installed_solvers()}); try pip install ecos", file=sys.stderr)
-        return 2
-    if solver != args.solver.upper():
-        print(f"cvxpy solver {args.solver} is not installed; using {solver}", file=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tasks, problems, rounds = ([2, 5], 2, 1) if args.quick else (args.tasks, args.problems, args.rounds)
-    results = {k: measure(k, problems=problems, rounds=rounds, solver=solver, seed=args.seed) for k in tasks}
-    table = markdown_table(results)
-    config = {"tasks": tasks, "problems": problems, "rounds": rounds, "solver": solver, "cvxpy": cvxpy.__version__, "seed": args.seed}
-    payload = {"experiment": "perf_nash_solver", "config": config, "environment": environment(), "results": {str(k): v for k, v in results.items()}, "table": table}
-    path = write_json_atomic(args.out / "perf_nash_solver.json", payload)
-    if args.markdown is not None:
-        write_markdown_table(
-            args.markdown,
-            "Nash-MTL solver: damped Newton vs reference-style CCP",
-            f"`python -m benchmarks perf-nash` ({problems} Gramians x {rounds} interleaved rounds per K, median; "
-            f"cvxpy {cvxpy.__version__} with {solver}; {payload['environment']['platform']}, torch {payload['environment']['torch']})",
-            table,
-        )
-    print(table)
-    print(f"\nwrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.nash_solver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))

@@ -2,28 +2,27 @@
 
 1. torch `core.pareto.minres` against `scipy.sparse.linalg.minres` on a `LinearOperator` wrapping
    the same Hessian-vector product (an MLP with two task losses), at equal iterations and at equal
-   residual (SciPy run with the relative residual torch reached). Timings interleaved; the ratio
-   scipy / torch is reported (> 1: torch faster). SciPy is optional (requirements-bench.txt).
+   residual (each solver run for the iterations it needs to reach the relative residual torch
+   reached). Timings interleaved; the ratio scipy / torch is reported (> 1: torch faster). SciPy is
+   optional (requirements-bench.txt); without it this part is skipped.
 2. One tangent direction (Jacobian, min-norm weights, HVP graph, 10 MINRES iterations) on MLPs
-   with n from about 1e3 to 1e6 parameters: the fitted exponent of time against n (1: linear).
+   with n from about 1e3 to 1e6 parameters, against one gradient of the summed losses on the same
+   model: the fitted exponent of time against n (1: linear) and the cost in gradients.
 3. The two HVP paths, double backward through a kept first-order graph and torch.func
    forward-over-reverse, for one operator set-up plus k products.
-Nothing here asserts a wall-clock limit.
+Every size and variant is interleaved round by round (`benchmarks.perf.timing`). This is the
+`tangent` section of `python -m benchmarks perf` (`benchmarks.perf.report`; the alias
+`perf-tangent` runs it alone), on the CPU. Nothing here asserts a wall-clock limit.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from benchmarks.store import environment, write_json_atomic, write_markdown_table
+from benchmarks.perf.timing import interleaved_medians
 from core.pareto import HessianVectorProduct, minres, tangent_directions
 from core.pareto.hvp import FunctionalHessianVectorProduct
 
@@ -55,38 +54,9 @@ def two_task_mlp(num_parameters: int, *, in_dim: int = 32, seed: int = 0) -> tup
     return list(params), losses, flat_losses
 
 
-def hvp_paths(num_parameters: int, *, products: int, repeats: int) -> dict[str, float]:
-    """Seconds for one operator set-up plus `products` HVPs: double backward (graph built once)
-    against torch.func forward-over-reverse (nothing kept between calls)."""
-    params, losses, flat_losses = two_task_mlp(num_parameters)
-    point = torch.cat([p.detach().reshape(-1) for p in params])
-    weights = torch.tensor([0.5, 0.5])
-    vector = torch.randn(point.numel(), generator=torch.Generator().manual_seed(1))
-
-    def graph() -> None:
-        operator = HessianVectorProduct(losses(), params, weights=weights)
-        for _ in range(products):
-            operator(vector)
-
-    def functional() -> None:
-        operator = FunctionalHessianVectorProduct(flat_losses, point, weights=weights)
-        for _ in range(products):
-            operator(vector)
-
-    graph(), functional()  # warm-up
-    return {"parameters": float(point.numel()), "functional_over_graph": _time(functional, repeats) / _time(graph, repeats)}
-
-
-def _time(function, repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - began)
-    return statistics.median(samples)
-
-
-def compare_with_scipy(num_parameters: int, *, iterations: int, repeats: int) -> dict[str, float]:
+def compare_with_scipy(num_parameters: int, *, iterations: int, rounds: int) -> dict[str, float]:
+    """torch vs SciPy MINRES on the same damped HVP operator, at equal iterations and at equal
+    residual: seconds interleaved over `rounds` rounds (one solve each), ratios scipy / torch."""
     import numpy as np
     from scipy.sparse.linalg import LinearOperator
     from scipy.sparse.linalg import minres as scipy_minres
@@ -113,11 +83,7 @@ def compare_with_scipy(num_parameters: int, *, iterations: int, repeats: int) ->
         "torch_equal_residual": lambda: minres(operator, rhs, rtol=1e-12, maxiter=torch_count),
         "scipy_equal_residual": lambda: scipy_minres(linear, rhs_numpy, rtol=1e-12, maxiter=scipy_count),
     }
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):  # interleaved, so that machine load affects both sides alike
-        for name, function in variants.items():
-            samples[name].append(_time(function, 1))
-    seconds = {name: statistics.median(values) for name, values in samples.items()}
+    seconds = interleaved_medians(variants, rounds=rounds, repeats=1)
     scipy_solution, _ = scipy_minres(linear, rhs_numpy, rtol=1e-12, maxiter=scipy_count)
     torch_equal_iterations, scipy_equal_iterations = seconds["torch_equal_iterations"], seconds["scipy_equal_iterations"]
     torch_equal_residual, scipy_equal_residual = seconds["torch_equal_residual"], seconds["scipy_equal_residual"]
@@ -134,59 +100,77 @@ def compare_with_scipy(num_parameters: int, *, iterations: int, repeats: int) ->
     }
 
 
-def tangent_cost(targets: tuple[int, ...], *, repeats: int) -> dict[str, object]:
-    rows = []
+def measure_costs(targets: tuple[int, ...], *, products: int, rounds: int, repeats: int) -> dict[str, object]:
+    """Per size: seconds of one tangent direction, of one gradient of the summed losses, and of
+    the two HVP paths (one operator set-up plus `products` products), every size and variant
+    interleaved (a variant whose call takes over 0.1 s is called once per round instead of
+    `repeats` times); the tangent cost in gradients, torch.func / double backward, and the exponent
+    of tangent time against n (fitted over all sizes, and between the two largest)."""
+    variants = {}
+    sizes = []
     for target in targets:
-        params, losses, _ = two_task_mlp(target)
+        params, losses, flat_losses = two_task_mlp(target)
+        point = torch.cat([p.detach().reshape(-1) for p in params])
+        weights = torch.tensor([0.5, 0.5])
+        vector = torch.randn(point.numel(), generator=torch.Generator().manual_seed(1))
 
-        def one_direction(losses=losses, params=params) -> None:
+        def tangent(losses=losses, params=params) -> None:
             tangent_directions(losses(), params, torch.tensor([[1.0, 0.0]]), damping=0.1, maxiter=10, rtol=1e-12)
 
-        one_direction()  # warm-up
-        rows.append({"parameters": float(sum(p.numel() for p in params)), "seconds": _time(one_direction, repeats)})
-    logs = torch.tensor([[math.log(r["parameters"]), math.log(r["seconds"])] for r in rows], dtype=torch.float64)
+        def gradient(losses=losses, params=params) -> None:
+            torch.autograd.grad(losses().sum(), params)
+
+        def graph(losses=losses, params=params, weights=weights, vector=vector) -> None:
+            operator = HessianVectorProduct(losses(), params, weights=weights)
+            for _ in range(products):
+                operator(vector)
+
+        def functional(flat_losses=flat_losses, point=point, weights=weights, vector=vector) -> None:
+            operator = FunctionalHessianVectorProduct(flat_losses, point, weights=weights)
+            for _ in range(products):
+                operator(vector)
+
+        sizes.append(point.numel())
+        variants |= {(target, "tangent"): tangent, (target, "gradient"): gradient, (target, "hvp_graph"): graph, (target, "hvp_functional"): functional}
+    seconds = interleaved_medians(variants, rounds=rounds, repeats=repeats, long_call_seconds=0.1)
+    rows = []
+    for target, size in zip(targets, sizes):
+        row = {"parameters": float(size)} | {f"{name}_seconds": seconds[(target, name)] for name in ("tangent", "gradient", "hvp_graph", "hvp_functional")}
+        row["tangent_over_gradient"] = row["tangent_seconds"] / row["gradient_seconds"]
+        row["functional_over_graph"] = row["hvp_functional_seconds"] / row["hvp_graph_seconds"]
+        rows.append(row)
+    logs = torch.tensor([[math.log(r["parameters"]), math.log(r["tangent_seconds"])] for r in rows], dtype=torch.float64)
     design = torch.stack([logs[:, 0], torch.ones(len(rows), dtype=torch.float64)], dim=1)
     exponent = float(torch.linalg.lstsq(design, logs[:, 1:]).solution[0, 0])
     # at small n the fixed cost of the batch's forward/backward dominates: the slope between the
     # two largest sizes is the asymptotic one
     largest = float((logs[-1, 1] - logs[-2, 1]) / (logs[-1, 0] - logs[-2, 0]))
-    return {"rows": rows, "fitted_exponent": exponent, "largest_sizes_exponent": largest}
+    return {"rows": rows, "fitted_exponent": exponent, "largest_sizes_exponent": largest, "products": products}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--iterations", type=int, default=20, help="MINRES iterations of the equal-iteration comparison")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat: checks that it runs")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the JSON result")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this markdown file")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    targets, repeats, iterations = ((300, 1_000), 1, 3) if args.quick else (PARAMETER_TARGETS, args.repeats, args.iterations)
-    try:
-        import scipy  # noqa: F401
-
-        comparisons = [compare_with_scipy(n, iterations=iterations, repeats=repeats) for n in targets[-2:]]
-    except ImportError:
-        print("scipy is not installed (optional: pip install -r requirements-bench.txt); skipping the SciPy comparison", file=sys.stderr)
-        comparisons = []
-    scaling = tangent_cost(targets, repeats=repeats)
-    paths = [hvp_paths(n, products=iterations, repeats=repeats) for n in targets]
-    lines = ["| parameters | rel. residual after k its | scipy / torch, equal iterations | scipy / torch, equal residual |", "|---|---|---|---|"]
+def scipy_table(comparisons: list[dict[str, float]]) -> str:
+    """One row per size: residual reached, scipy / torch at equal iterations and at equal residual."""
+    lines = ["| parameters | rel. residual after k its | iterations to it, torch / SciPy | scipy / torch, equal iterations | scipy / torch, equal residual |", "|---|---|---|---|---|"]
     for row in comparisons:
-        lines.append(f"| {int(row['parameters']):,} | {row['relative_residual']:.1e} (k = {int(row['iterations'])}) | {row['scipy_over_torch_equal_iterations']:.2f} | {row['scipy_over_torch_equal_residual']:.2f} |")
-    lines += ["", "| parameters | seconds per tangent direction | torch.func / double-backward HVP (set-up + k products) |", "|---|---|---|"]
-    lines += [f"| {int(row['parameters']):,} | {row['seconds']:.4f} | {path['functional_over_graph']:.2f} |" for row, path in zip(scaling["rows"], paths)]
-    lines.append(f"\nfitted exponent of time against n: {scaling['fitted_exponent']:.2f} over all sizes, {scaling['largest_sizes_exponent']:.2f} between the two largest (1 = linear)")
-    table = "\n".join(lines)
-    payload = {"experiment": "perf_tangent", "config": {"targets": list(targets), "repeats": repeats, "iterations": iterations}, "environment": environment(), "scipy_comparison": comparisons, "scaling": scaling, "hvp_paths": paths, "table": table}
-    path = write_json_atomic(args.out / "perf_tangent.json", payload)
-    if args.markdown is not None:
-        machine = payload["environment"]
-        write_markdown_table(args.markdown, "Tangent directions: torch MINRES vs SciPy, and cost against n", f"`python -m benchmarks perf-tangent` ({repeats} repeats, median; {machine['platform']}, torch {machine['torch']}, {machine['threads']} threads)", table)
-    print(table)
-    print(f"\nwrote {path}")
-    return 0
+        lines.append(
+            f"| {int(row['parameters']):,} | {row['relative_residual']:.1e} (k = {int(row['iterations'])}) | "
+            f"{int(row['torch_equal_residual_iterations'])} / {int(row['scipy_equal_residual_iterations'])} | "
+            f"{row['scipy_over_torch_equal_iterations']:.2f} | {row['scipy_over_torch_equal_residual']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def cost_table(costs: dict[str, object]) -> str:
+    """One row per size: seconds per tangent direction, in gradients, and the HVP paths' ratio;
+    then the fitted exponents."""
+    lines = [
+        f"| parameters | seconds per tangent direction | tangent direction / one gradient | torch.func / double-backward HVP (set-up + {costs['products']} products) |",
+        "|---|---|---|---|",
+    ]
+    for row in costs["rows"]:
+        lines.append(f"| {int(row['parameters']):,} | {row['tangent_seconds']:.4f} | {row['tangent_over_gradient']:.1f} | {row['functional_over_graph']:.2f} |")
+    lines.append(
+        f"\nfitted exponent of tangent time against n: {costs['fitted_exponent']:.2f} over all sizes, "
+        f"{costs['largest_sizes_exponent']:.2f} between the two largest (1 = linear)"
+    )
+    return "\n".join(lines)

@@ -73,9 +73,9 @@ class NashMTL(GradientWeighting):
     the host in float64 numpy (G is assumed symmetric; a CUDA Gramian costs one copy each way):
     at this size the per-operation overhead, not arithmetic, is the cost. Weights are returned in
     the Gramian's dtype and device. Typical cost on one CPU core: 2-4 iterations cold, 2 warm,
-    about 0.05 ms + 0.018 ms per iteration for K <= 40, 11-14x faster than the reference-style
-    CCP at equal residual from a cold start (`python -m benchmarks perf-nash`,
-    docs/PERFORMANCE_NASH.md).
+    about 0.05 ms + 0.018 ms per iteration for K <= 40, 11-26x faster than the reference-style
+    CCP at equal residual from a cold start (`python -m benchmarks perf --sections nash`,
+    benchmarks/PERFORMANCE.md, section 3).
 
     `last_diagnostics` after each call (CPU tensors): `"residual"` (batch shape) the relative residual of the
     un-regularised system, `max_i |alpha_i (G alpha)_i - 1| = max_i |(G alpha)_i - 1/alpha_i| / (1/alpha_i)`
