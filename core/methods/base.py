@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from core.errors import InvalidHyperparameterError, MTLInputError
+from core.errors import InvalidHyperparameterError, MTLInputError, NonFiniteGradientError
 
 
 class HeadGradient(enum.Enum):
@@ -112,6 +112,28 @@ def safe_reciprocal(values: Tensor) -> Tensor:
     """`1 / v` where `v > 0` and exactly 0 where `v == 0` (a zero gradient gets zero weight)."""
     positive = values > 0
     return torch.where(positive, 1.0 / torch.where(positive, values, torch.ones_like(values)), 0.0)
+
+
+def weights_in_dtype(weights: Tensor, dtype: torch.dtype, method: str) -> Tensor:
+    """`weights`, computed in a wider dtype (float64), in the Gramian's `dtype`.
+
+    A weight can be finite in float64 and beyond the range of float32: PCGrad's and CAGrad's
+    weights are of order `||g_i|| / ||g_j||`, which exceeds 3.4e38 when two float32 task gradients
+    differ that much in norm. Such a weight raises `NonFiniteGradientError` (use float64 or rescale
+    the losses) rather than coming back infinite; the update `sum_i w_i g_i` may be representable,
+    but the weights the engine multiplies the float32 gradients with are not. Weights that are
+    already non-finite where they were computed are returned as they are (that is a defect of the
+    method, which the engine reports as one).
+    """
+    cast = weights.to(dtype)
+    if torch.finfo(dtype).max >= torch.finfo(weights.dtype).max or bool(torch.isfinite(cast).all()):
+        return cast
+    if bool(torch.isfinite(weights).all()):
+        raise NonFiniteGradientError(
+            f"{method} weights reach {float(weights.abs().max()):.3g}, beyond the range of {dtype}: the task "
+            f"gradients differ too much in norm for {dtype} weights; use float64 or rescale the losses"
+        )
+    return cast
 
 
 Reduction = Literal["sum", "mean"]

@@ -100,7 +100,9 @@ class DynamicWeightAverage(_Stateful):
         reduction: "sum" (paper, LibMTL) or "mean" (Nash-MTL: `mean(w * l)`, weights / K).
 
     Every call of the method (one per training step, which `mtl_backward` makes) adds its losses
-    to the running mean of the current epoch; weights come from completed epochs only.
+    to the running mean of the current epoch; weights come from completed epochs only. The epoch
+    means, their ratios and the softmax are float64 (ratios capped at its largest value); the
+    weights are cast to the losses' dtype.
     """
 
     def __init__(
@@ -147,10 +149,13 @@ class DynamicWeightAverage(_Stateful):
         if len(self._epoch_means) < 2:
             weights = torch.ones(self.num_tasks, dtype=dtype, device=device)
         else:
-            previous, before = (m.to(dtype=dtype, device=device) for m in self._epoch_means[-1:-3:-1])
+            previous, before = self._epoch_means[-1:-3:-1]  # float64 on the CPU
             if not bool((before > 0).all()):
                 raise LossDomainError(f"DWA divides by the epoch-mean losses, which must be positive; got {before.tolist()}")
-            weights = self.num_tasks * torch.softmax(previous / before / self.temperature, dim=-1)
+            # in float64, capped at its largest value: a loss that rose from 1e-24 to 1e14 gives a
+            # ratio of 1e38 / T, beyond float32, and the softmax of an infinity is NaN
+            scores = (previous / before / self.temperature).clamp_max(torch.finfo(torch.float64).max)
+            weights = (self.num_tasks * torch.softmax(scores, dim=-1)).to(dtype=dtype, device=device)
         return weights / self.num_tasks if self.reduction == "mean" else weights
 
     def weights(self, losses: Tensor, /) -> Tensor:

@@ -30,6 +30,7 @@ from core.methods.base import (
     check_reduction,
     safe_reciprocal,
     unit_gramian,
+    weights_in_dtype,
 )
 from core.pareto.stationarity import affine_min_norm_weights, min_norm_point
 
@@ -134,7 +135,7 @@ class PCGrad(GradientWeighting):
         if self.reduction == "mean":
             weights = weights / num_tasks
         self.last_diagnostics = {"projections": projections}
-        return weights.to(gramian.dtype)
+        return weights_in_dtype(weights, gramian.dtype, "PCGrad")
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ class CAGrad(GradientWeighting):
         if self.reduction == "sum":
             weights = weights * num_tasks
         self.last_diagnostics = {"dual_gap": gap, "dual_weights": dual_weights, "iterations": torch.tensor(iterations)}
-        return weights.to(gramian.dtype)
+        return weights_in_dtype(weights, gramian.dtype, "CAGrad")
 
     def solve(self, gramian: Tensor, /) -> tuple[Tensor, Tensor, Tensor, int]:
         """Weights of `d*` (before rescaling), dual weights, the relative duality gap, root steps used.

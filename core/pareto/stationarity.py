@@ -112,9 +112,17 @@ def _objective_and_gap(gramian: Tensor, weights: Tensor) -> tuple[Tensor, Tensor
     return objective, (objective - product.amin(dim=-1)).clamp_min(0)
 
 
+def _decomposition_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for narrower dtypes: float32's eigh fails to converge ("ill-conditioned or too many
+    repeated eigenvalues") on unit-scaled Gramians whose entries' squares underflow (e.g. 1e-29 next
+    to 1), and the K x K decompositions cost nothing next to the Gramian."""
+    return torch.float64 if torch.finfo(dtype).bits < 64 else dtype
+
+
 def _solve_simplex_qp(gramian: Tensor, tolerance: float, max_iterations: int, check_every: int) -> tuple[Tensor, int]:
     num_tasks = gramian.shape[-1]
-    lipschitz = 2 * torch.linalg.eigvalsh(gramian)[..., -1].clamp_min(torch.finfo(gramian.dtype).tiny)
+    largest = torch.linalg.eigvalsh(gramian.to(_decomposition_dtype(gramian.dtype)))[..., -1].to(gramian.dtype)
+    lipschitz = 2 * largest.clamp_min(torch.finfo(gramian.dtype).tiny)
     step = (1.0 / lipschitz)[..., None]
     weights = torch.full(gramian.shape[:-1], 1.0 / num_tasks, dtype=gramian.dtype, device=gramian.device)
     iterations = 0
@@ -185,8 +193,12 @@ def _refine_on_support(gramian: Tensor, weights: Tensor, tolerance: float) -> Te
 def affine_min_norm_weights(gramian: Tensor, support: Tensor, /, *, rtol: float | None = None) -> Tensor:
     """Minimiser of `a^T G a` subject to `sum a = 1` and `a_i = 0` off `support` (may be < 0):
     the min-norm point of the affine hull of the supported gradients. Solved through a
-    pseudo-inverse of the bordered KKT system (`rtol` its cutoff), so singular faces are fine."""
+    pseudo-inverse of the bordered KKT system (`rtol` its cutoff, by default `pinv`'s for the
+    Gramian's dtype: eps (K + 1)), so singular faces are fine. The pseudo-inverse is computed in
+    float64 for narrower dtypes (see `_decomposition_dtype`)."""
     num_tasks = gramian.shape[-1]
+    if rtol is None:
+        rtol = torch.finfo(gramian.dtype).eps * (num_tasks + 1)
     mask = support.to(gramian.dtype)
     eye = torch.eye(num_tasks, dtype=gramian.dtype, device=gramian.device)
     restricted = gramian * mask[..., :, None] * mask[..., None, :] + eye * (1 - mask)[..., None, :]
@@ -197,4 +209,6 @@ def affine_min_norm_weights(gramian: Tensor, support: Tensor, /, *, rtol: float 
     bordered[..., num_tasks, :num_tasks] = mask
     rhs = torch.zeros(*shape[:-1], 1, dtype=gramian.dtype, device=gramian.device)
     rhs[..., num_tasks, 0] = 1
-    return (torch.linalg.pinv(bordered, hermitian=True, rtol=rtol) @ rhs)[..., :num_tasks, 0] * mask
+    work = _decomposition_dtype(gramian.dtype)
+    inverse = torch.linalg.pinv(bordered.to(work), hermitian=True, rtol=rtol)
+    return (inverse @ rhs.to(work))[..., :num_tasks, 0].to(gramian.dtype) * mask
