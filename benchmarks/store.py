@@ -45,6 +45,14 @@ def write_text_atomic(path: str | Path, text: str, /) -> Path:
     return write_atomic(path, lambda stream: stream.write(text.encode()))
 
 
+def copy_file_atomic(source: str | Path, target: str | Path, /) -> Path:
+    """Copy `source` onto `target` atomically (see `write_atomic`)."""
+    import shutil
+
+    with Path(source).open("rb") as stream:
+        return write_atomic(target, lambda out: shutil.copyfileobj(stream, out))
+
+
 def write_json_atomic(path: str | Path, payload: Any, /) -> Path:
     """Write `payload` as indented JSON to `path`, atomically (see `write_text_atomic`)."""
     return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))

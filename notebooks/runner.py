@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -173,13 +172,9 @@ def select(names: Sequence[str] | None, /) -> list[Notebook]:
 
 def publish(figures: Path, /, names: Sequence[str] = PUBLISHED, target: Path = PUBLISHED_FOLDER) -> list[Path]:
     """Copy the README's figures from a full run's figure folder into docs/figures/ (atomically)."""
-    from benchmarks.store import write_atomic
+    from benchmarks.store import copy_file_atomic
 
     missing = [name for name in names if not (figures / f"{name}.png").is_file()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)} not in {figures}: run the notebooks that make them first")
-    copied = []
-    for name in names:
-        with (figures / f"{name}.png").open("rb") as stream:
-            copied.append(write_atomic(target / f"{name}.png", lambda out, stream=stream: shutil.copyfileobj(stream, out)))
-    return copied
+    return [copy_file_atomic(figures / f"{name}.png", target / f"{name}.png") for name in names]

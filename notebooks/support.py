@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import io
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,14 +63,12 @@ def keep(path: str | Path, name: str, /):
     """Copy a PNG an entry point wrote into FIGURES as `name`.png and return an image to display."""
     from IPython.display import Image
 
-    from benchmarks.store import write_atomic
+    from benchmarks.store import copy_file_atomic
 
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"the figure {source} was not written; the command before this cell should have made it")
-    with source.open("rb") as stream:
-        target = write_atomic(FIGURES / f"{name}.png", lambda out: shutil.copyfileobj(stream, out))
-    return Image(filename=str(target))
+    return Image(filename=str(copy_file_atomic(source, FIGURES / f"{name}.png")))
 
 
 def markdown(text: str, /):

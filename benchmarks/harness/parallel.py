@@ -74,8 +74,7 @@ def from_environment(device: torch.device) -> DataParallel | None:
     """The group torchrun set up for this process (initialised here), or None outside torchrun."""
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world_size() <= 1:
         return None
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
