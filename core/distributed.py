@@ -92,3 +92,20 @@ def all_reduce_mean(tensor: Tensor, /, group: Any | None = None) -> Tensor:
     group = default_group() if group is None else group
     result = tensor.detach().clone()
     return result if group is None else Reducer(group).mean_(result)
+
+
+def transform_of_mean(transform: Any, loss: Tensor, /, group: Any | None = None) -> Tensor:
+    """This rank's stand-in for `transform(L)`, L the whole batch's loss (the mean over ranks of
+    `loss`, each rank's mean loss on its equal shard).
+
+    Applying `h` to each shard's loss would train on `mean_r h(l_r)`, which is not `h(L)` for a
+    nonaffine h. The stand-in `h(L) + h'(L) (l_r - L)` (L reduced and detached) averages over ranks
+    to `h(L)`, and its gradients average to `h'(L) mean_r grad l_r = grad h(L)`: the chain rule at
+    the whole batch's loss, exactly. `transform` needs `derivative` (a `core.transforms`
+    `MonotoneTransform`). Without a group (one process) this is `transform(loss)`.
+    """
+    group = default_group() if group is None else group
+    if group is None:
+        return transform(loss)
+    whole = Reducer(group).mean_(loss.detach().clone())
+    return transform(whole) + transform.derivative(whole) * (loss - whole)

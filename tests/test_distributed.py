@@ -1,7 +1,7 @@
 """`mtl_backward(..., process_group=...)` under torch.distributed (gloo, 2 CPU processes): after N
 steps the parameters equal one process's run on the combined batch, within float64 rounding, for
-DiBS-MTL, MGDA, Nash-MTL and RLW (seeded identically on every rank), in full and representation
-mode, and with a DistributedDataParallel-wrapped model whose forward runs under `no_sync()`.
+DiBS-MTL, MGDA, Nash-MTL and RLW (seeded identically on every rank), UW and FAMO (its logit update
+fed the ranks' mean recomputed losses), in full and representation mode, and with a DistributedDataParallel-wrapped model whose forward runs under `no_sync()`.
 Every rank raises the same error when one rank's loss is not finite."""
 
 from __future__ import annotations
@@ -14,22 +14,27 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import core
+from core.distributed import all_reduce_mean, transform_of_mean
 from core.errors import NonFiniteLossError
+from core.transforms import parse_transform
 
 WORLD = 2
 STEPS = 4
 BATCH = 16
 TASKS = 3
 LR = 0.1
-CASES = [  # (method, representation mode, wrap the model in DistributedDataParallel)
-    ("dibsmtl", False, False),
-    ("mgda", False, False),
-    ("nashmtl", False, False),
-    ("rlw", False, False),
-    ("uw", False, False),
-    ("dibsmtl", True, False),
-    ("mgda", True, False),
-    ("dibsmtl", False, True),
+CASES = [  # (method, representation mode, wrap the model in DistributedDataParallel, task 0's loss transform)
+    ("dibsmtl", False, False, None),
+    ("mgda", False, False, None),
+    ("nashmtl", False, False, None),
+    ("rlw", False, False, None),
+    ("uw", False, False, None),
+    ("famo", False, False, None),
+    ("dibsmtl", True, False, None),
+    ("mgda", True, False, None),
+    ("dibsmtl", False, True, None),
+    ("mgda", False, False, "exp"),
+    ("nashmtl", True, False, "power:3"),
 ]
 
 
@@ -56,8 +61,10 @@ def _method(name: str):
     return core.make_method(name, num_tasks=TASKS, **options)
 
 
-def train(name: str, representation: bool, wrap: bool, x: torch.Tensor, y: torch.Tensor, group=None) -> list[torch.Tensor]:
-    """STEPS steps of SGD with `mtl_backward`; with `group`, on this rank's shard only."""
+def train(name: str, representation: bool, wrap: bool, transform: str | None, x: torch.Tensor, y: torch.Tensor, group=None, per_shard: bool = False) -> list[torch.Tensor]:
+    """STEPS steps of SGD with `mtl_backward`; with `group`, on this rank's shard only. `transform`
+    replaces task 0's loss by h(loss) of the whole batch (`per_shard`: h of each shard's loss, wrong)."""
+    h = parse_transform(transform) if transform else None
     torch.manual_seed(0)
     model = Model().double()
     method = _method(name)
@@ -72,12 +79,20 @@ def train(name: str, representation: bool, wrap: bool, x: torch.Tensor, y: torch
         else:
             features, outputs = wrapped(x)
         losses = [torch.nn.functional.mse_loss(output, y[:, i]) for i, output in enumerate(outputs)]
+        if h is not None:
+            losses[0] = h(losses[0]) if per_shard else transform_of_mean(h, losses[0], group)
         core.mtl_backward(
             losses, model.encoder.parameters(), method, task_params=[head.parameters() for head in model.heads],
             representation=features if representation else None, process_group=group,
         )
         optimizer.step()
-    return [p.detach().clone() for p in [*model.parameters(), *extra]]
+        if isinstance(method, core.FAMO):  # its logit step must see the whole batch's recomputed losses
+            with torch.no_grad():
+                _, outputs = model(x)
+                new = torch.stack([torch.nn.functional.mse_loss(output, y[:, i]) for i, output in enumerate(outputs)])
+            method.update(all_reduce_mean(new, group) if group is not None else new)
+    state = [method.logits.detach().clone()] if isinstance(method, core.FAMO) else []
+    return [p.detach().clone() for p in [*model.parameters(), *extra]] + state
 
 
 def _worker(rank: int, store: str, out: str) -> None:
@@ -87,6 +102,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         x, y = _data()
         shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
         results = {case: train(*case, x[shard], y[shard], group=dist.group.WORLD) for case in CASES}
+        results["per-shard"] = train("mgda", False, False, "exp", x[shard], y[shard], group=dist.group.WORLD, per_shard=True)
         bad = torch.tensor([1.0, float("nan") if rank == 1 else 2.0, 3.0], dtype=torch.float64, requires_grad=True)
         try:  # rank 1's loss is NaN: both ranks must raise (none may hang in a collective)
             core.mtl_backward(list(bad * 1.0), [bad], core.make_method("mgda"), process_group=dist.group.WORLD)
@@ -106,15 +122,23 @@ def ranks(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES, ids=[f"{m}{'-repr' if r else ''}{'-ddp' if w else ''}" for m, r, w in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"{m}{'-repr' if r else ''}{'-ddp' if w else ''}{f'-{t}' if t else ''}" for m, r, w, t in CASES])
 def test_two_ranks_match_one_process_on_the_combined_batch(ranks, case):
-    name, representation, _ = case
-    single = train(name, representation, False, *_data())  # one process: no DDP wrapper
+    name, representation, _, transform = case
+    single = train(name, representation, False, transform, *_data())  # one process: no DDP wrapper
     for rank in ranks:
         for got, expected in zip(rank["results"][case], single, strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     for got, other in zip(ranks[0]["results"][case], ranks[1]["results"][case], strict=True):
         assert torch.equal(got, other), "the ranks took different steps"
+
+
+@pytest.mark.slow
+def test_a_transform_of_each_shards_loss_is_not_the_transform_of_the_batch_loss(ranks):
+    """Why `transform_of_mean` exists: exp of each rank's loss trains a different model."""
+    single = train("mgda", False, False, "exp", *_data())
+    gap = max(float((a - b).abs().max()) for a, b in zip(ranks[0]["results"]["per-shard"], single, strict=True))
+    assert gap > 1e-4
 
 
 @pytest.mark.slow
@@ -125,7 +149,7 @@ def test_a_non_finite_loss_on_one_rank_raises_on_every_rank(ranks):
 def test_the_shards_differ_so_the_reduction_matters():
     """Without the reduction a rank would follow its own shard: the check above could not pass by accident."""
     x, y = _data()
-    whole, half = train("mgda", False, False, x, y), train("mgda", False, False, x[: BATCH // 2], y[: BATCH // 2])
+    whole, half = train("mgda", False, False, None, x, y), train("mgda", False, False, None, x[: BATCH // 2], y[: BATCH // 2])
     assert max(float((a - b).abs().max()) for a, b in zip(whole, half)) > 1e-3
 
 
@@ -138,12 +162,13 @@ def test_a_process_group_without_torch_distributed_is_a_clear_error():
 @pytest.mark.slow
 def test_multimnist_with_nproc_2_matches_one_process(tmp_path):
     """`python -m benchmarks multimnist --nproc 2` (torchrun, gloo): the same losses, weights and
-    test metrics as one process, to float32 rounding; stored apart (its run ids differ)."""
+    test metrics as one process, to float32 rounding, also with exp of one task's loss (applied to
+    the whole batch's loss, not to each rank's); stored apart (its run ids differ)."""
     import json
 
     from benchmarks.__main__ import main
 
-    flags = ["multimnist", "--methods", "dibsmtl,mgda", "--seeds", "0", "--transforms", "none", "--epochs", "1", "--max-batches", "3", "--no-single-task"]
+    flags = ["multimnist", "--methods", "dibsmtl,mgda", "--seeds", "0", "--transforms", "left:exp", "--epochs", "1", "--max-batches", "3", "--no-single-task"]
     assert main([*flags, "--out", str(tmp_path / "one")]) == 0
     assert main([*flags, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
     for method in ("dibsmtl", "mgda"):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from benchmarks.harness.parallel import DataParallel
 from benchmarks.harness.runs import Checkpoint, RunSpec
 from benchmarks.harness.suite import Suite, TrainingProtocol
-from core.distributed import all_reduce_mean
+from core.distributed import all_reduce_mean, transform_of_mean
 from core.engine import mtl_backward
 from core.errors import InvalidHyperparameterError, NonFiniteGradientError, NonFiniteLossError
 from core.methods import FAMO, DynamicWeightAverage
@@ -62,10 +62,14 @@ class LossTransform:
             raise InvalidHyperparameterError(f"unknown task {task!r} in transform {text!r}; tasks are {list(task_names)}")
         return cls(index, parse_transform(spec))
 
-    def __call__(self, losses: list[Tensor]) -> list[Tensor]:
+    def __call__(self, losses: list[Tensor], group: Any | None = None) -> list[Tensor]:
+        """The losses with the transform applied to one task; under data parallelism (`group`) to
+        the whole batch's loss, not to this rank's shard loss (`core.distributed.transform_of_mean`)."""
         if self.transform is None:
             return losses
-        return [self.transform(loss) if i == self.task_index else loss for i, loss in enumerate(losses)]
+        if group is None:
+            return [self.transform(loss) if i == self.task_index else loss for i, loss in enumerate(losses)]
+        return [transform_of_mean(self.transform, loss, group) if i == self.task_index else loss for i, loss in enumerate(losses)]
 
 
 def build_method(name: str, num_tasks: int, *, device: torch.device, generator: torch.Generator, hyperparameters: Mapping[str, Any]) -> Method:
@@ -298,8 +302,9 @@ def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, he
         loss_map = suite.task_losses(predictions, targets)
         raw = [loss_map[name] * share if share != 1.0 else loss_map[name] for name in task_names]  # mean over ranks = whole batch
         optimizer.zero_grad(set_to_none=True)
+        group = data_parallel.group if data_parallel is not None else None
         if single_task:  # a plain backward: parts of the shared model the task never uses (other tasks' attention) get no gradient
-            loss = transform(raw)[0]
+            loss = transform(raw, group)[0]
             seen = loss.detach() if data_parallel is None else all_reduce_mean(loss, data_parallel.group)  # every rank agrees
             if not bool(torch.isfinite(seen)):
                 raise NonFiniteLossError(f"task {task_names[0]!r} has a non-finite loss {float(loss)}")
@@ -308,16 +313,17 @@ def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, he
                 data_parallel.mean_grads_(list(model.parameters()))
             weights = torch.ones(1)
         else:
-            group = data_parallel.group if data_parallel is not None else None
-            weights = mtl_backward(transform(raw), shared, method, task_params=heads, representation=features, process_group=group).weights
+            weights = mtl_backward(transform(raw, group), shared, method, task_params=heads, representation=features, process_group=group).weights
         if protocol.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(shared, protocol.max_grad_norm)
         optimizer.step()
         if isinstance(method, FAMO):  # the losses after the step, on the same batch
             with torch.no_grad():
                 after = suite.task_losses(model(inputs), targets)
-                after_losses = torch.stack(transform([after[name] * share for name in task_names]))
-                method.update(after_losses if data_parallel is None else all_reduce_mean(after_losses, data_parallel.group))
+                after_raw = torch.stack([after[name] * share for name in task_names])
+                if data_parallel is not None:  # the whole batch's losses, then the transform
+                    after_raw = all_reduce_mean(after_raw, data_parallel.group)
+                method.update(torch.stack(transform(list(after_raw))))
         batch_losses = torch.stack([loss.detach() for loss in raw])
         if data_parallel is not None:
             batch_losses = all_reduce_mean(batch_losses, data_parallel.group)
