@@ -392,3 +392,47 @@ def test_one_dibs_mtl_step_changes_every_parameter_without_nan(root) -> None:
     with torch.no_grad():
         accumulator.update(model(inputs), targets)
     assert all(value >= 0 and value == value for value in accumulator.compute().values())
+
+
+# --------------------------------------------------------------------------- data parallel (--nproc)
+
+
+def test_a_slice_of_a_batch_is_the_batch_of_those_molecules(root) -> None:
+    graphs = _graphs(root, 7)
+    whole = batch_molecules(graphs)
+    for start, stop in [(0, 3), (3, 7), (2, 3), (0, 7)]:
+        part, expected = whole.slice_samples(start, stop), batch_molecules(graphs[start:stop])
+        for field in ("x", "edge_index", "edge_attr", "batch"):
+            assert torch.equal(getattr(part, field), getattr(expected, field)), field
+        assert part.num_graphs == expected.num_graphs == part.num_samples
+    with pytest.raises(core.errors.MTLInputError, match="cannot take molecules"):
+        whole.slice_samples(5, 9)
+
+
+def test_shards_of_a_qm9_batch_average_to_the_whole_batch(root) -> None:
+    """What `--nproc` relies on: over the ranks' shards (uneven here, 12 molecules on 5 ranks), the
+    mean of the scaled losses and of their gradients is the whole batch's, so the engine's mean
+    all-reduce reproduces the one-process step."""
+    from benchmarks.harness.parallel import DataParallel
+
+    torch.manual_seed(4)
+    suite = make_qm9_suite(test_size=8, val_size=8)
+    model = suite.make_model().double()
+    train = suite.datasets(str(root), "train")
+    inputs, targets = suite.collate([train[i] for i in range(12)])
+    inputs = MoleculeBatch(inputs.x.double(), inputs.edge_index, inputs.edge_attr.double(), inputs.batch, inputs.num_graphs)
+    targets = {name: value.double() for name, value in targets.items()}
+
+    def loss_and_grad(batch, share=1.0):
+        losses = suite.task_losses(model(batch[0]), batch[1])
+        total = sum(losses[name] * share * (i + 1) for i, name in enumerate(TASKS))  # every task counts
+        return total.detach(), torch.autograd.grad(total, list(model.parameters()))
+
+    whole_loss, whole_grad = loss_and_grad((inputs, targets))
+    world = 5
+    shards = [DataParallel(rank, world, None).shard((inputs, targets)) for rank in range(world)]
+    assert sum(batch[0].num_graphs for batch, _ in shards) == 12
+    parts = [loss_and_grad(batch, share) for batch, share in shards]
+    torch.testing.assert_close(sum(loss for loss, _ in parts) / world, whole_loss, rtol=1e-12, atol=0)
+    for index, expected in enumerate(whole_grad):
+        torch.testing.assert_close(sum(grad[index] for _, grad in parts) / world, expected, rtol=1e-9, atol=1e-12)

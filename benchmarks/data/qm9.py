@@ -456,6 +456,22 @@ class MoleculeBatch:
     def to(self, device: torch.device | str) -> MoleculeBatch:
         return MoleculeBatch(self.x.to(device), self.edge_index.to(device), self.edge_attr.to(device), self.batch.to(device), self.num_graphs)
 
+    @property
+    def num_samples(self) -> int:
+        """The molecules in the batch (what data-parallel training splits)."""
+        return self.num_graphs
+
+    def slice_samples(self, start: int, stop: int, /) -> MoleculeBatch:
+        """Molecules `start` to `stop - 1` as a batch of their own, renumbered from 0: equal to
+        batching those molecules directly (molecules are laid out consecutively and every edge stays
+        inside its molecule)."""
+        if not 0 <= start < stop <= self.num_graphs:
+            raise MTLInputError(f"cannot take molecules {start}..{stop - 1} of a batch of {self.num_graphs}")
+        offsets = torch.searchsorted(self.batch, torch.tensor([start, stop], device=self.batch.device))
+        first, last = int(offsets[0]), int(offsets[1])
+        edges = (self.edge_index[0] >= first) & (self.edge_index[0] < last)
+        return MoleculeBatch(self.x[first:last], self.edge_index[:, edges] - first, self.edge_attr[edges], self.batch[first:last] - start, stop - start)
+
 
 def complete_graph_with_distances(pos: Tensor, node_counts: Tensor, bond_index: Tensor, bond_attr: Tensor) -> tuple[Tensor, Tensor]:
     """Every ordered atom pair (i, j), i != j, of every molecule, row-major per molecule, with the

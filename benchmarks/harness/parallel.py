@@ -3,9 +3,10 @@
 The command relaunches itself with `python -m torch.distributed.run --standalone --nproc-per-node
 N` (torchrun). Every rank loads the same shuffled batches and trains on its slice of each one;
 `core.mtl_backward(..., process_group=...)` all-reduces what the weights depend on, so every rank
-takes the step one process would take on the whole batch (up to summation order; a nonlinear loss
-transform applies to each slice's loss, see docs/DECISIONS.md). Rank 0 decides which runs to
-run and writes every result and checkpoint; the other ranks follow its decisions.
+takes the step one process would take on the whole batch (up to summation order), also with a
+nonlinear loss transform, which is applied to the whole batch's loss
+(`core.distributed.transform_of_mean`). Rank 0 decides which runs to run and writes every result
+and checkpoint; the other ranks follow its decisions.
 """
 
 from __future__ import annotations
@@ -107,16 +108,23 @@ def world_size() -> int:
 def _batch_size(batch: Any) -> int:
     if isinstance(batch, Tensor):
         return batch.shape[0]
+    if hasattr(batch, "slice_samples"):  # a batch type that splits itself, e.g. QM9's MoleculeBatch
+        return batch.num_samples
     if isinstance(batch, dict) and batch:
         return _batch_size(next(iter(batch.values())))
     if isinstance(batch, (list, tuple)) and batch:
         return _batch_size(batch[0])
-    raise InvalidHyperparameterError(f"--nproc splits batches of tensors, dicts or tuples of tensors; this suite's batches are {type(batch).__name__}")
+    raise InvalidHyperparameterError(
+        f"--nproc splits batches of tensors, dicts or tuples of them, or objects with `num_samples` and "
+        f"`slice_samples(start, stop)`; this suite's batches are {type(batch).__name__}"
+    )
 
 
 def _slice(batch: Any, start: int, stop: int) -> Any:
     if isinstance(batch, Tensor):
         return batch[start:stop]
+    if hasattr(batch, "slice_samples"):
+        return batch.slice_samples(start, stop)
     if isinstance(batch, dict):
         return {key: _slice(value, start, stop) for key, value in batch.items()}
     if isinstance(batch, (list, tuple)):
