@@ -261,6 +261,15 @@ class SegNetSplit(nn.Module):
         return {task: list(self.pred[task].parameters()) for task in self.heads}
 
 
+def make_segnet(heads: Mapping[str, TaskHead], /, *, architecture: Literal["mtan", "split"] = "mtan", filters: Sequence[int] = SEGNET_FILTERS) -> nn.Module:
+    """SegNet-MTAN ("mtan", as Nash-MTL/FAMO/DiBS-MTL v1) or the split SegNet ("split") with `heads`."""
+    if architecture == "mtan":
+        return SegNetMTAN(heads, filters=filters)
+    if architecture == "split":
+        return SegNetSplit(heads, filters=filters)
+    raise MTLInputError(f"architecture must be 'mtan' or 'split', got {architecture!r}")
+
+
 def parameter_count(model: nn.Module, /) -> dict[str, int]:
     """Total, shared and head parameter counts of a model with `shared_parameters()`."""
     total = sum(p.numel() for p in model.parameters())

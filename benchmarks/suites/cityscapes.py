@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from benchmarks.data.dense import CITYSCAPES_LAYOUT, DEPTH, SEGMENTATION, DenseDataset
 from benchmarks.harness.suite import Suite, TrainingProtocol
-from benchmarks.models.segnet import SEGNET_FILTERS, SegNetMTAN, SegNetSplit, TaskHead
+from benchmarks.models.segnet import SEGNET_FILTERS, TaskHead, make_segnet
 from benchmarks.suites.nyuv2 import (
     AUGMENTATION_SEED,
     DEPTH_METRICS,
@@ -35,7 +35,6 @@ from benchmarks.suites.nyuv2 import (
     dense_datasets,
     dense_task_losses,
 )
-from core.errors import MTLInputError
 
 TASKS = (SEGMENTATION, DEPTH)
 NUM_CLASSES = CITYSCAPES_LAYOUT.num_classes  # 7 (spec dibs.md §6.3, label_7)
@@ -93,11 +92,7 @@ def datasets(root: str | Path | None, split: str, /) -> DenseDataset:
 
 def make_model(*, architecture: Literal["mtan", "split"] = "mtan", filters: Sequence[int] = SEGNET_FILTERS) -> nn.Module:
     """SegNet-MTAN (default) or the split SegNet, with Cityscapes' heads."""
-    if architecture == "mtan":
-        return SegNetMTAN(HEADS, filters=filters)
-    if architecture == "split":
-        return SegNetSplit(HEADS, filters=filters)
-    raise MTLInputError(f"architecture must be 'mtan' or 'split', got {architecture!r}")
+    return make_segnet(HEADS, architecture=architecture, filters=filters)
 
 
 CITYSCAPES = Suite(

@@ -53,7 +53,7 @@ from benchmarks.data.dense import (
 )
 from benchmarks.data.errors import DatasetError
 from benchmarks.harness.suite import MetricSpec, Suite, TrainingProtocol
-from benchmarks.models.segnet import SEGNET_FILTERS, SegNetMTAN, SegNetSplit, TaskHead
+from benchmarks.models.segnet import SEGNET_FILTERS, TaskHead, make_segnet
 from core.errors import MTLInputError
 
 TASKS = (SEGMENTATION, DEPTH, NORMAL)
@@ -305,11 +305,7 @@ def datasets(root: str | Path | None, split: str, /) -> DenseDataset:
 
 def make_model(*, architecture: Literal["mtan", "split"] = "mtan", filters: Sequence[int] = SEGNET_FILTERS) -> nn.Module:
     """SegNet-MTAN (default, as Nash-MTL/FAMO/DiBS-MTL v1) or the split SegNet, with NYUv2's heads."""
-    if architecture == "mtan":
-        return SegNetMTAN(HEADS, filters=filters)
-    if architecture == "split":
-        return SegNetSplit(HEADS, filters=filters)
-    raise MTLInputError(f"architecture must be 'mtan' or 'split', got {architecture!r}")
+    return make_segnet(HEADS, architecture=architecture, filters=filters)
 
 
 NYUV2 = Suite(
