@@ -140,3 +140,16 @@ def test_worker_argv_drops_workers_and_fresh():
 def test_zero_workers_is_a_clear_error(tmp_path, capsys):
     assert main([*SWEEP, "--out", str(tmp_path), "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_without_file_locks_one_process_sweeps_and_workers_are_refused(tmp_path, capsys, monkeypatch):
+    """Where `fcntl` is missing (Windows) a sweep still runs in one process; --workers N says why not."""
+    from benchmarks.harness import runs
+
+    monkeypatch.setattr(runs, "fcntl", None)
+    small = ["toy", "--methods", "ls,dibsmtl", "--transforms", "none", "--steps", "50", "--quiet", "--out", str(tmp_path)]
+    assert main([*small, "--workers", "2"]) == 2
+    assert "needs POSIX file locks" in capsys.readouterr().err
+    assert not (tmp_path / "toy" / "workers").exists()  # refused before any worker started
+    assert main(small) == 0
+    assert list((tmp_path / "toy" / "runs").glob("*.json")) and not (tmp_path / "toy" / "locks").exists()

@@ -14,7 +14,6 @@ Layout under the output folder: `<experiment>/runs/<run_id>.json`,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -28,6 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+try:  # POSIX file locks; elsewhere (Windows) one process per store, and --workers is refused
+    import fcntl
+except ImportError:  # pragma: no cover - exercised by monkeypatching `fcntl` to None
+    fcntl = None
 from tqdm import tqdm
 
 from benchmarks.store import environment, write_atomic, write_json_atomic
@@ -69,6 +73,11 @@ class RunSpec:
     def run_id(self) -> str:
         digest = hashlib.sha256(_canonical(self.as_dict()).encode()).hexdigest()[:10]
         return f"{_slug(self.method)}__{_slug(self.transform)}__seed{self.seed}__{digest}"
+
+
+def file_locks_available() -> bool:
+    """Whether runs can be claimed across processes (POSIX `flock`), i.e. whether `--workers` works."""
+    return fcntl is not None
 
 
 class ResultStore:
@@ -157,6 +166,9 @@ class ResultStore:
         another live process does (only with `wait=False`). The lock is an OS file lock (`flock`),
         so the kernel releases it when its holder dies, even by `kill -9`: a run is never left
         claimed by a dead worker."""
+        if fcntl is None:  # no OS file locks here: this process is the store's only writer
+            yield True
+            return
         path = self.lock_path(spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as handle:

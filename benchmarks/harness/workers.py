@@ -50,10 +50,15 @@ def worker_argv(argv: Sequence[str], /) -> list[str]:
 
 def launch(argv: Sequence[str], args: argparse.Namespace, planned_runs: Callable[[argparse.Namespace], list]) -> list[int]:
     """Delete the runs of `--fresh` once, start `args.workers` workers, wait; return their exit codes."""
-    from benchmarks.harness.runs import ResultStore
+    from benchmarks.harness.runs import ResultStore, file_locks_available
 
     if args.workers < 1:
         raise InvalidHyperparameterError(f"--workers must be at least 1, got {args.workers}")
+    if not file_locks_available():
+        raise InvalidHyperparameterError(
+            f"--workers {args.workers} needs POSIX file locks (fcntl.flock), which this platform lacks; "
+            "run with --workers 1, or on Linux/macOS"
+        )
     runs = planned_runs(args)  # also validates the options before any process starts
     if args.fresh:
         store = ResultStore(args.out)
