@@ -122,7 +122,7 @@ def execute(notebook: Notebook, /, *, quick: bool, results: Path, out: Path, tim
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-    from benchmarks.store import write_text_atomic
+    from toy_problems.store import write_text_atomic
 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ def select(names: Sequence[str] | None, /) -> list[Notebook]:
 
 def publish(figures: Path, /, names: Sequence[str] = PUBLISHED, target: Path = PUBLISHED_FOLDER) -> list[Path]:
     """Copy the README's figures from a full run's figure folder into docs/figures/ (atomically)."""
-    from benchmarks.store import copy_file_atomic
+    from toy_problems.store import copy_file_atomic
 
     missing = [name for name in names if not (figures / f"{name}.png").is_file()]
     if missing:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.store import environment, save_figure_atomic, write_json_atomic
 from toy_problems.runner import single_thread  # noqa: F401 - re-exported for the claims
+from toy_problems.store import environment, save_figure_atomic, write_json_atomic
 
 
 @dataclass

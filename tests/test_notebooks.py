@@ -95,7 +95,7 @@ def test_select_by_name_or_number():
 
 
 def test_report_body_strips_title_and_provenance_and_rejects_other_files(tmp_path):
-    from benchmarks.store import write_markdown_table
+    from toy_problems.store import write_markdown_table
 
     path = write_markdown_table(tmp_path / "summary.md", "A title", "`a command`", "| a |\n|---|\n| 1 |\n\nnotes")
     assert support.report_body(path) == "| a |\n|---|\n| 1 |\n\nnotes\n"

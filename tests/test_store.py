@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from benchmarks.store import write_json_atomic, write_text_atomic
+from toy_problems.store import write_json_atomic, write_text_atomic
 
 
 def test_atomic_text_replaces_whole_files_with_umask_permissions(tmp_path) -> None:

@@ -445,7 +445,7 @@ def _replace_nan(values: Any) -> Any:
 
 
 def _payload(args, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference) -> dict:
-    from benchmarks.store import environment
+    from toy_problems.store import environment
 
     results = {}
     for run in runs:
@@ -657,7 +657,7 @@ def write_outputs(out: Path, payload: dict, figures: dict[str, Any]) -> list[Pat
     """Write the JSON and the figures into a temporary folder beside `out`, then move each file into
     `out` (each replacement is atomic; on any error nothing in `out` changes). A figure of an
     earlier run that this run does not make (the untransformed view) is removed."""
-    from benchmarks.store import save_figure_atomic, write_json_atomic
+    from toy_problems.store import save_figure_atomic, write_json_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

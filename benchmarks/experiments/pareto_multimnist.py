@@ -54,17 +54,17 @@ from benchmarks.harness.cli import (
 from benchmarks.harness.runs import Checkpoint, ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import Suite, TrainingProtocol
 from benchmarks.harness.training import train_run
-from benchmarks.store import (
+from benchmarks.suites.multimnist import MULTIMNIST
+from core.errors import InvalidHyperparameterError
+from core.metrics import hypervolume, non_dominated_mask
+from core.pareto import merge_fronts, tangent_walk
+from toy_problems.store import (
     environment,
     save_figure_formats,
     write_atomic,
     write_json_atomic,
     write_markdown_table,
 )
-from benchmarks.suites.multimnist import MULTIMNIST
-from core.errors import InvalidHyperparameterError
-from core.metrics import hypervolume, non_dominated_mask
-from core.pareto import merge_fronts, tangent_walk
 
 logger = logging.getLogger(__name__)
 

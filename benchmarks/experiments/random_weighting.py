@@ -25,8 +25,8 @@ from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import TrainingProtocol
 from benchmarks.harness.summary import markdown_table, summarize
 from benchmarks.harness.training import train_run
-from benchmarks.store import environment, write_markdown_table
 from core.errors import InvalidHyperparameterError
+from toy_problems.store import environment, write_markdown_table
 
 VARIANTS: dict[str, tuple[str, dict]] = {
     "ew": ("ls", {}),

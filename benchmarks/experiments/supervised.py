@@ -30,8 +30,8 @@ from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import Suite, TrainingProtocol
 from benchmarks.harness.summary import delta_m_figure, delta_m_pivot, markdown_table, summarize
 from benchmarks.harness.training import LossTransform, train_run
-from benchmarks.store import environment, save_figure_formats, write_markdown_table
 from core.errors import InvalidHyperparameterError
+from toy_problems.store import environment, save_figure_formats, write_markdown_table
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,6 @@ from benchmarks.harness.cli import (
     parse_transforms,
 )
 from benchmarks.harness.runs import Checkpoint, ResultStore, RunSpec, run_sweep
-from benchmarks.store import environment, save_figure_atomic, write_markdown_table
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
 from core.jacobian import batched_task_gradients, gramian
 from core.methods.loss_balancing import DynamicWeightAverage
@@ -47,6 +46,7 @@ from core.registry import METHODS, available_methods, make_method
 from core.transforms import TRANSFORM_SPEC_FORMS, MonotoneTransform, parse_transform
 from toy_problems import TwoTaskToy
 from toy_problems.runner import combined_direction, run_toy, run_toy_sequential, single_thread
+from toy_problems.store import environment, save_figure_atomic, write_markdown_table
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - exercised by monkeypatching `fcntl` to
     fcntl = None
 from tqdm import tqdm
 
-from benchmarks.store import environment, write_atomic, write_json_atomic
+from toy_problems.store import environment, write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks.store import write_json_atomic
 from core.errors import InvalidHyperparameterError
+from toy_problems.store import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

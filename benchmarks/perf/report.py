@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.perf import engine_step, nash_solver, tangent_solver
-from benchmarks.store import environment, save_figure_atomic, write_json_atomic, write_text_atomic
+from toy_problems.store import environment, save_figure_atomic, write_json_atomic, write_text_atomic
 
 SECTIONS = ("engine", "representation", "nash", "tangent", "scaling")
 COMMANDS = {"perf": SECTIONS, "perf-nash": ("nash",), "perf-tangent": ("tangent",)}
@@ -342,7 +342,7 @@ def _integer_ticks(ax, values: list[int]) -> None:
 
 
 def machine() -> dict[str, str]:
-    """`benchmarks.store.environment()` plus the CPU, its core count, the GPU and OMP_NUM_THREADS."""
+    """`toy_problems.store.environment()` plus the CPU, its core count, the GPU and OMP_NUM_THREADS."""
     facts = environment() | {"cpu": _cpu_name(), "cpu_count": str(os.cpu_count()), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name()
