@@ -76,8 +76,13 @@ def test_kill_9_of_one_worker_mid_run_is_taken_up_by_the_other(tmp_path, referen
         events = Counter(e["event"] for e in _journal(tmp_path) if e["pid"] == victim)
         return events["start"] > events["finish"]
 
-    _wait_for(victim_inside_a_run)
-    os.kill(victim, signal.SIGKILL)  # mid-run: a run takes about a second, the gap between runs milliseconds
+    while True:  # freeze the victim, then look: a frozen process cannot finish its run under our eyes
+        _wait_for(victim_inside_a_run)
+        os.kill(victim, signal.SIGSTOP)
+        if victim_inside_a_run():
+            os.kill(victim, signal.SIGKILL)  # mid-run
+            break
+        os.kill(victim, signal.SIGCONT)  # it finished the run just before the stop: try the next one
     output = sweep.communicate(timeout=300)[0].decode()
     assert sweep.returncode == 0, output
     assert "worker 0 exited with status -9" in output
