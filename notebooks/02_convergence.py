@@ -14,15 +14,16 @@
 # 3. the claim check `dibs_fairness`: on `x^2, (x - 1)^2`, the bargaining iteration DiBS moves along
 #    the Pareto set to the fair point 1/2, while the normalised sum stops wherever it meets the set.
 #
-# The toy runs and the claims take seconds to minutes and are recomputed each time. Quick mode
-# runs 300 Adam steps of lr 0.01 instead of 5,000 (35,000 on the toy) of lr 1e-3, and the claims'
-# quick settings.
+# The toy runs and the claims take seconds to minutes; both are read from the result store
+# (`MTL_RESULTS`) when they ran before with the same settings (the claims by `python -m
+# proofs_numeric [--quick]` too), else computed and stored. Quick mode runs 300 Adam steps of lr
+# 0.01 instead of 5,000 (35,000 on the toy) of lr 1e-3, and the claims' quick settings.
 
 # %%
 import numpy as np
 from matplotlib.figure import Figure
 
-from notebooks.support import FIGURES, QUICK, inspect_toy, pick, save
+from notebooks.support import CLAIMS, claim, inspect_toy, keep, pick, save
 from proofs_numeric import dibs_fairness, dibs_mtl_convergence
 
 METHODS = ["dibsmtl", "dibsmtl_multi_step", "nsum", "ls", "mgda"]
@@ -31,8 +32,7 @@ PROBLEMS = {"nonconvex": "random nonconvex, 4 variables, 3 tasks", "two_task_toy
 # (Adam steps, lr): the toy gets the paper's 35,000 steps, the random problem converges in fewer
 SETTINGS = {"nonconvex": pick(quick=(300, 0.01), full=(5000, 1e-3)), "two_task_toy": pick(quick=(300, 0.01), full=(35000, 1e-3))}
 payloads = {
-    problem: inspect_toy("--problem", problem, "--methods", ",".join(METHODS), "--steps", str(steps), "--lr", str(lr),
-                         out=FIGURES.parent / "inspect" / problem)
+    problem: inspect_toy("--problem", problem, "--methods", ",".join(METHODS), "--steps", str(steps), "--lr", str(lr))
     for problem, (steps, lr) in SETTINGS.items()
 }
 for problem, (steps, lr) in SETTINGS.items():
@@ -90,9 +90,9 @@ for problem, payload in payloads.items():
 # (noisy gradients). Its pass criteria are module constants; the verdict is printed below.
 
 # %%
-convergence = dibs_mtl_convergence.run(quick=QUICK)
+convergence = claim(dibs_mtl_convergence)
 print("PASS" if convergence.passed else "FAIL", "|", convergence.measured, "|", convergence.bound)
-save(convergence.figure, "dibs_mtl_convergence")
+keep(CLAIMS / f"{convergence.name}.png", "dibs_mtl_convergence")
 
 # %% [markdown]
 # ## DiBS versus the normalised-sum stall
@@ -104,6 +104,6 @@ save(convergence.figure, "dibs_mtl_convergence")
 # rate `|x0 - 1/2| prod |1 - 2 alpha_j|` the analysis predicts (dotted line).
 
 # %%
-fairness = dibs_fairness.run(quick=QUICK)
+fairness = claim(dibs_fairness)
 print("PASS" if fairness.passed else "FAIL", "|", fairness.measured, "|", fairness.bound)
-save(fairness.figure, "dibs_fairness")
+keep(CLAIMS / f"{fairness.name}.png", "dibs_fairness")

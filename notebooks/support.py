@@ -5,7 +5,8 @@ a notebook opened by hand gets the defaults:
 
 - `MTL_NOTEBOOK_QUICK=1`: quick mode, a minute or less per notebook on 2 cores (default: full);
 - `MTL_RESULTS`: the result store the experiments read and write (default `results`, the same
-  store as `python -m benchmarks`), so finished runs are read instead of recomputed;
+  store as `python -m benchmarks` and `python -m proofs_numeric`), so finished runs, claim checks
+  and toy inspections are read instead of recomputed;
 - `MTL_NOTEBOOK_FIGURES`: where the notebook's PNGs go (default `results/notebooks/figures`, or
   `results/notebooks/quick/figures` in quick mode).
 
@@ -42,6 +43,7 @@ def quick_mode() -> bool:
 QUICK = quick_mode()
 RESULTS = Path(os.environ.get(RESULTS_VARIABLE, "results"))
 FIGURES = Path(os.environ.get(FIGURES_VARIABLE, Path("results") / "notebooks" / ("quick" if QUICK else "") / "figures"))
+CLAIMS = RESULTS / "proofs_numeric" / ("quick" if QUICK else "")  # where `python -m proofs_numeric [--quick]` writes
 
 
 def pick(*, quick: Any, full: Any) -> Any:
@@ -125,11 +127,35 @@ def benchmark(name: str, /, *flags: str, echo: bool = False) -> tuple[argparse.N
     return args, records
 
 
-def inspect_toy(*flags: str, out: str | Path, echo: bool = False) -> dict[str, Any]:
-    """`python -m toy_problems inspect FLAGS --out OUT`; returns its `inspect.json` payload."""
+def inspect_folder(*flags: str) -> Path:
+    """Where `inspect_toy(*flags)` keeps its output: RESULTS/toy_inspect/notebooks/<hash of the flags>."""
+    import hashlib
+    import json
+
+    return RESULTS / "toy_inspect" / "notebooks" / hashlib.sha256(json.dumps(list(flags)).encode()).hexdigest()[:16]
+
+
+def inspect_toy(*flags: str, echo: bool = False) -> dict[str, Any]:
+    """The `inspect.json` payload of `python -m toy_problems inspect FLAGS`: read from the result
+    store when these flags ran before (`inspect_folder`), else run now and stored there. Delete the
+    folder to recompute."""
     import json
 
     from toy_problems.inspect_cli import main as toy_main
 
+    out = inspect_folder(*flags)
+    with contextlib.suppress(OSError, ValueError):
+        payload = json.loads((out / "inspect.json").read_text())  # written atomically: whole or absent
+        if isinstance(payload, dict) and "results" in payload:
+            return payload
     _call(toy_main, ["inspect", *flags, "--out", str(out), "--quiet"], echo=echo)
-    return json.loads((Path(out) / "inspect.json").read_text())
+    return json.loads((out / "inspect.json").read_text())
+
+
+def claim(module, /):
+    """A `proofs_numeric` claim's result: the one `python -m proofs_numeric [--quick]` stored under
+    `CLAIMS` when it ran in this mode, else computed now and stored there (its figure is
+    `CLAIMS/<name>.png` either way)."""
+    from proofs_numeric.claim import stored_or_run
+
+    return stored_or_run(module, quick=QUICK, out=CLAIMS)

@@ -1,7 +1,9 @@
 """`python -m proofs_numeric [--quick] [--claim NAME] [--out DIR]`: run the numerical claim checks.
 
 Prints one row per claim (verdict, measured, bound), writes `<claim>.json` and `<claim>.png`
-under `--out`, and exits 1 when any claim fails (2 on bad arguments).
+under `--out` (default `results/proofs_numeric`, `results/proofs_numeric/quick` with `--quick`),
+and exits 1 when any claim fails (2 on bad arguments). The notebooks read these files instead of
+rerunning a claim (`proofs_numeric.claim.stored_or_run`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from proofs_numeric import (
     rlw_theorem,
     tangent_accuracy,
 )
+from proofs_numeric.claim import run_claim
 
+DEFAULT_OUT = Path("results/proofs_numeric")
 CLAIMS = {
     module.NAME: module
     for module in (dibs_mtl_convergence, invariance, dibs_theorems, dibs_fairness, rlw_theorem, nash_transforms, tangent_accuracy)
@@ -31,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m proofs_numeric", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer starts and iterations: every claim in seconds")
     parser.add_argument("--claim", action="append", choices=sorted(CLAIMS), help="run only this claim (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("results/proofs_numeric"), help="folder for JSON and figures")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for JSON and figures (default: results/proofs_numeric, with --quick results/proofs_numeric/quick)")
     parser.add_argument("--list", action="store_true", help="list the claims with their statements and exit")
     return parser
 
@@ -43,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, module in CLAIMS.items():
             print(f"{name}: {module.STATEMENT}")
         return 0
+    if args.out is None:  # quick results never overwrite full ones
+        args.out = DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT
     rows = []
     for name in args.claim or list(CLAIMS):
-        result = CLAIMS[name].run(quick=args.quick)
+        result = run_claim(CLAIMS[name], quick=args.quick)
         result.save(args.out)
         rows.append((name, "PASS" if result.passed else "FAIL", result.measured, result.bound))
     width = max(len(row[0]) for row in rows)

@@ -102,3 +102,37 @@ def test_report_body_strips_title_and_provenance_and_rejects_other_files(tmp_pat
     (tmp_path / "other.md").write_text("| a |\n|---|\n| 1 |\n")
     with pytest.raises(ValueError, match="is not a report"):
         support.report_body(tmp_path / "other.md")
+
+
+def test_inspect_toy_reads_what_it_stored_and_reruns_for_other_flags(tmp_path, monkeypatch):
+    from toy_problems import inspect_cli
+
+    monkeypatch.setattr(support, "RESULTS", tmp_path)
+    calls = []
+    real = inspect_cli.main
+
+    def counting(argv):
+        calls.append(argv)
+        return real(argv)
+
+    monkeypatch.setattr(inspect_cli, "main", counting)
+    flags = ("--problem", "two_task_toy", "--methods", "ls", "--steps", "20", "--lr", "0.01")
+    first = support.inspect_toy(*flags)
+    assert len(calls) == 1 and support.inspect_folder(*flags).is_relative_to(tmp_path)
+    assert support.inspect_toy(*flags) == first and len(calls) == 1  # read from the store
+    support.inspect_toy(*flags[:-1], "0.02")
+    assert len(calls) == 2  # other settings, another folder
+    (support.inspect_folder(*flags) / "inspect.json").write_text("{")  # torn: recomputed
+    assert support.inspect_toy(*flags)["results"].keys() == first["results"].keys() and len(calls) == 3
+
+
+def test_claim_reads_the_store_of_python_m_proofs_numeric(tmp_path, monkeypatch, capsys):
+    from proofs_numeric import dibs_fairness
+    from proofs_numeric.__main__ import main as proofs_main
+
+    assert proofs_main(["--quick", "--claim", "dibs_fairness", "--out", str(tmp_path)]) == 0
+    monkeypatch.setattr(support, "QUICK", True)
+    monkeypatch.setattr(support, "CLAIMS", tmp_path)
+    monkeypatch.setattr(dibs_fairness, "run", lambda **_: pytest.fail("the stored result should have been read"))
+    result = support.claim(dibs_fairness)
+    assert result.passed and result.quick is True and result.data["checks"]

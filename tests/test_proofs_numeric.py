@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
+
+from matplotlib.figure import Figure
 
 from proofs_numeric import dibs_fairness
 from proofs_numeric.__main__ import main
+from proofs_numeric.claim import ClaimResult, stored_or_run
 
 
 def test_quick_run_passes_and_writes_results(tmp_path, capsys) -> None:
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     assert "PASS" in capsys.readouterr().out
     result = json.loads((tmp_path / "dibs_fairness.json").read_text())
+    assert result["quick"] is True
     assert result["passed"] and result["data"]["checks"]["dibs_final_error"]["value"] < dibs_fairness.TOLERANCE
     assert (tmp_path / "dibs_fairness.png").stat().st_size > 0
 
@@ -28,3 +33,36 @@ def test_predicted_errors_follow_the_contraction() -> None:
     starts = torch.tensor([[0.1], [0.5]], dtype=torch.float64)
     errors = dibs_fairness.predicted_errors(starts, lambda k: 0.25, 2)
     torch.testing.assert_close(errors, torch.tensor([[0.4, 0.0], [0.2, 0.0], [0.1, 0.0]], dtype=torch.float64))
+
+
+def test_quick_results_go_to_their_own_folder_by_default(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quick", "--claim", "dibs_fairness"]) == 0
+    assert json.loads((tmp_path / "results/proofs_numeric/quick/dibs_fairness.json").read_text())["quick"] is True
+    assert not (tmp_path / "results/proofs_numeric/dibs_fairness.json").exists()  # never over a full result
+
+
+def _counting_claim(calls: list[bool]) -> SimpleNamespace:
+    def run(*, quick: bool) -> ClaimResult:
+        calls.append(quick)
+        figure = Figure(figsize=(1, 1))
+        figure.subplots().plot([0, 1])
+        return ClaimResult("fake", "a statement", True, "m", "b", {"values": [1.5, 2.5]}, figure)
+
+    return SimpleNamespace(NAME="fake", run=run)
+
+
+def test_a_stored_claim_is_read_not_rerun_when_its_setting_matches(tmp_path) -> None:
+    calls: list[bool] = []
+    module = _counting_claim(calls)
+    first = stored_or_run(module, quick=True, out=tmp_path)
+    assert calls == [True] and first.quick is True and (tmp_path / "fake.png").exists()
+    again = stored_or_run(module, quick=True, out=tmp_path)
+    assert calls == [True]  # read from the store
+    assert (again.name, again.passed, again.measured, again.data, again.figure) == ("fake", True, "m", {"values": [1.5, 2.5]}, None)
+    stored_or_run(module, quick=False, out=tmp_path)
+    assert calls == [True, False]  # a quick result never stands in for a full one
+    (tmp_path / "fake.json").write_text('{"name": "fake", "passed": tr')  # a torn or foreign file: rerun
+    stored_or_run(module, quick=False, out=tmp_path)
+    assert calls == [True, False, False]
+    assert ClaimResult.load(tmp_path / "missing.json") is None
