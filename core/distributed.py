@@ -102,9 +102,9 @@ def transform_of_mean(transform: Any, loss: Tensor, /, group: Any | None = None)
     nonaffine h. The stand-in `h(L) + h'(L) (l_r - L)` (L reduced and detached) averages over ranks
     to `h(L)`, and its gradients average to `h'(L) mean_r grad l_r = grad h(L)`: the chain rule at
     the whole batch's loss, exactly. `transform` needs `derivative` (a `core.transforms`
-    `MonotoneTransform`). Without a group (one process) this is `transform(loss)`.
+    `MonotoneTransform`). With `group=None` nothing is reduced and this is `transform(loss)`, as
+    `mtl_backward(..., process_group=None)` reduces nothing; pass `dist.group.WORLD` for all ranks.
     """
-    group = default_group() if group is None else group
     if group is None:
         return transform(loss)
     whole = Reducer(group).mean_(loss.detach().clone())

@@ -60,7 +60,7 @@ class ClaimResult:
 def run_claim(module: Any, /, *, quick: bool) -> ClaimResult:
     """`module.run(quick=quick)` with the setting recorded in the result."""
     result = module.run(quick=quick)
-    result.quick = quick
+    result.quick = bool(quick)
     return result
 
 
@@ -69,7 +69,7 @@ def stored_or_run(module: Any, /, *, quick: bool, out: Path) -> ClaimResult:
     `quick` setting, else a fresh run, saved there. The figure is `out/<name>.png` either way."""
     out = Path(out)
     stored = ClaimResult.load(out / f"{module.NAME}.json")
-    if stored is not None and stored.name == module.NAME and stored.quick is quick and (out / f"{module.NAME}.png").exists():
+    if stored is not None and stored.name == module.NAME and isinstance(stored.quick, bool) and stored.quick == bool(quick) and (out / f"{module.NAME}.png").exists():
         return stored
     result = run_claim(module, quick=quick)
     result.save(out)

@@ -35,6 +35,7 @@ CASES = [  # (method, representation mode, wrap the model in DistributedDataPara
     ("dibsmtl", False, True, None),
     ("mgda", False, False, "exp"),
     ("nashmtl", True, False, "power:3"),
+    ("famo", False, False, "exp"),
 ]
 
 
@@ -90,7 +91,10 @@ def train(name: str, representation: bool, wrap: bool, transform: str | None, x:
             with torch.no_grad():
                 _, outputs = model(x)
                 new = torch.stack([torch.nn.functional.mse_loss(output, y[:, i]) for i, output in enumerate(outputs)])
-            method.update(all_reduce_mean(new, group) if group is not None else new)
+                new = all_reduce_mean(new, group) if group is not None else new  # the whole batch's, then h
+                if h is not None:
+                    new[0] = h(new[0])
+            method.update(new)
     state = [method.logits.detach().clone()] if isinstance(method, core.FAMO) else []
     return [p.detach().clone() for p in [*model.parameters(), *extra]] + state
 
@@ -138,7 +142,7 @@ def test_a_transform_of_each_shards_loss_is_not_the_transform_of_the_batch_loss(
     """Why `transform_of_mean` exists: exp of each rank's loss trains a different model."""
     single = train("mgda", False, False, "exp", *_data())
     gap = max(float((a - b).abs().max()) for a, b in zip(ranks[0]["results"]["per-shard"], single, strict=True))
-    assert gap > 1e-4
+    assert gap > 5e-5  # 2.4e-4 measured
 
 
 @pytest.mark.slow
@@ -168,16 +172,21 @@ def test_multimnist_with_nproc_2_matches_one_process(tmp_path):
 
     from benchmarks.__main__ import main
 
-    flags = ["multimnist", "--methods", "dibsmtl,mgda", "--seeds", "0", "--transforms", "left:exp", "--epochs", "1", "--max-batches", "3", "--no-single-task"]
+    flags = ["multimnist", "--methods", "dibsmtl,mgda", "--seeds", "0", "--transforms", "none,left:exp", "--epochs", "1", "--max-batches", "3", "--no-single-task"]
     assert main([*flags, "--out", str(tmp_path / "one")]) == 0
     assert main([*flags, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
-    for method in ("dibsmtl", "mgda"):
-        [one] = (tmp_path / "one" / "multimnist" / "runs").glob(f"{method}__*.json")
-        [two] = (tmp_path / "two" / "multimnist" / "runs").glob(f"{method}__*.json")
-        assert one.name != two.name  # the data-parallel run has its own id
-        a, b = (json.loads(path.read_text())["result"]["history"][0] for path in (one, two))
-        for key in ("train_loss", "mean_weights"):
-            torch.testing.assert_close(torch.tensor(b[key]), torch.tensor(a[key]), rtol=1e-5, atol=1e-8)
+
+    def runs(store: str) -> dict:
+        records = [json.loads(path.read_text()) for path in (tmp_path / store / "multimnist" / "runs").glob("*.json")]
+        return {(r["spec"]["method"], r["spec"]["transform"]): r for r in records}
+
+    one, two = runs("one"), runs("two")
+    assert sorted(one) == sorted(two) == sorted((m, t) for m in ("dibsmtl", "mgda") for t in ("none", "left:exp"))
+    for key, record in one.items():
+        assert record["run_id"] != two[key]["run_id"]  # the data-parallel run has its own id
+        a, b = record["result"]["history"][0], two[key]["result"]["history"][0]
+        for field in ("train_loss", "mean_weights"):
+            torch.testing.assert_close(torch.tensor(b[field]), torch.tensor(a[field]), rtol=1e-5, atol=1e-8)
         assert b["test"] == a["test"]
 
 

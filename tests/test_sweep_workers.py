@@ -73,8 +73,14 @@ def test_kill_9_of_one_worker_mid_run_is_taken_up_by_the_other(tmp_path, referen
     victim = json.loads(workers_file.read_text())["pids"][0]
 
     def victim_inside_a_run() -> bool:
-        events = Counter(e["event"] for e in _journal(tmp_path) if e["pid"] == victim)
-        return events["start"] > events["finish"]
+        """Started a run, has not finished it, and has not saved its result either (the result is
+        saved just before the finish is journaled)."""
+        events = [e for e in _journal(tmp_path) if e["pid"] == victim]
+        counts = Counter(e["event"] for e in events)
+        if counts["start"] <= counts["finish"]:
+            return False
+        last = [e["run_id"] for e in events if e["event"] == "start"][-1]
+        return not (tmp_path / "toy" / "runs" / f"{last}.json").exists()
 
     while True:  # freeze the victim, then look: a frozen process cannot finish its run under our eyes
         _wait_for(victim_inside_a_run)

@@ -143,6 +143,7 @@ def plan_runs(spec: ExperimentSpec, suite: Suite, args: argparse.Namespace) -> t
     config = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": args.representation, "data_root": args.data_root}
     if args.nproc > 1:  # data-parallel runs are stored apart: equal to single-process ones only up to rounding
         config["nproc"] = args.nproc
+        config["transform_of"] = "whole batch"  # earlier --nproc runs transformed each rank's loss: new ids
     runs = []
     if not args.no_single_task:  # first, so that a partial sweep already has its Δm base
         stl_config = {**config, "representation": False}

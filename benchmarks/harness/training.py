@@ -307,7 +307,7 @@ def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, he
             loss = transform(raw, group)[0]
             seen = loss.detach() if data_parallel is None else all_reduce_mean(loss, data_parallel.group)  # every rank agrees
             if not bool(torch.isfinite(seen)):
-                raise NonFiniteLossError(f"task {task_names[0]!r} has a non-finite loss {float(loss)}")
+                raise NonFiniteLossError(f"task {task_names[0]!r} has a non-finite loss {float(seen)}")
             loss.backward()
             if data_parallel is not None:
                 data_parallel.mean_grads_(list(model.parameters()))
