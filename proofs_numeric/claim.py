@@ -44,7 +44,6 @@ class ClaimResult:
             paths.append(save_figure_atomic(self.figure, out / f"{self.name}.png"))
         return paths
 
-
     @classmethod
     def load(cls, path: Path) -> ClaimResult | None:
         """A result written by `save` (without its figure, which stays a PNG beside it), or None

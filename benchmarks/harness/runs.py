@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
+
+from toy_problems.store import environment, write_atomic, write_json_atomic
 
 try:  # POSIX file locks; elsewhere (Windows) one process per store, and --workers is refused
     import fcntl
 except ImportError:  # pragma: no cover - exercised by monkeypatching `fcntl` to None
     fcntl = None
-from tqdm import tqdm
-
-from toy_problems.store import environment, write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
