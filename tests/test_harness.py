@@ -19,6 +19,7 @@ from core.errors import InvalidHyperparameterError
 from core.metrics import delta_m, delta_p, mean_rank
 
 SHORT = dataclasses.replace(AUTOMPG.protocol, epochs=3)
+TWO_METRICS = (MetricSpec("acc", "a", True), MetricSpec("err", "b", False))  # one higher-is-better, one lower
 
 
 def spec(method="ls", seed=0, transform="none", **config) -> RunSpec:
@@ -166,8 +167,7 @@ def test_loss_transform_parsing():
 
 
 def test_selection_rules():
-    metrics = (MetricSpec("acc", "a", True), MetricSpec("err", "b", False))
-    suite = dataclasses.replace(AUTOMPG, metrics=metrics, task_names=("a", "b"), base_values={"acc": 50.0, "err": 1.0})
+    suite = dataclasses.replace(AUTOMPG, metrics=TWO_METRICS, task_names=("a", "b"), base_values={"acc": 50.0, "err": 1.0})
     history = [
         {"epoch": 1, "test": {"acc": 10.0, "err": 3.0}, "val": {}, "val_score": 5.0},
         {"epoch": 2, "test": {"acc": 20.0, "err": 2.0}, "val": {}, "val_score": -1.0},
@@ -188,7 +188,6 @@ def _record(method, seed, transform, acc, err):
 
 
 def test_summary_scores_follow_the_metric_definitions():
-    metrics = (MetricSpec("acc", "a", True), MetricSpec("err", "b", False))
     records = [
         _record("stl:a", 0, "none", 90.0, 9.0),
         _record("stl:b", 0, "none", 10.0, 1.0),
@@ -198,7 +197,7 @@ def test_summary_scores_follow_the_metric_definitions():
         _record("mgda", 1, "none", 86.0, 1.7),
         {"spec": {"method": "mgda", "seed": 2, "transform": "none"}, "result": {"status": "diverged"}},
     ]
-    rows, base, origin = summarize(records, metrics)
+    rows, base, origin = summarize(records, TWO_METRICS)
     assert base == {"acc": 90.0, "err": 1.0} and "single-task" in origin
     ls, mgda = rows
     assert ls.mean == {"acc": 82.0, "err": 2.1} and ls.std["acc"] == pytest.approx(2 * 2**0.5)
@@ -210,20 +209,18 @@ def test_summary_scores_follow_the_metric_definitions():
     paired = [delta_p([88.0, 1.5], [80.0, 2.0], [True, False], ["a", "b"]), delta_p([86.0, 1.7], [84.0, 2.2], [True, False], ["a", "b"])]
     assert mgda.paired_delta_p[0] == pytest.approx(sum(paired) / 2) and mgda.paired_delta_p[2:] == (2, 2)
     assert mgda.paired_delta_p_per_seed == pytest.approx({0: paired[0], 1: paired[1]})
-    table = markdown_table(rows, metrics)
+    table = markdown_table(rows, TWO_METRICS)
     assert "mgda" in table and "1 diverged" in table
 
 
 def test_summary_falls_back_to_the_published_base():
-    metrics = (MetricSpec("acc", "a", True), MetricSpec("err", "b", False))
-    rows, base, origin = summarize([_record("ls", 0, "a:exp|log", 80.0, 2.0)], metrics, published_base={"acc": 40.0, "err": 4.0})
+    rows, base, origin = summarize([_record("ls", 0, "a:exp|log", 80.0, 2.0)], TWO_METRICS, published_base={"acc": 40.0, "err": 4.0})
     assert base == {"acc": 40.0, "err": 4.0} and origin.startswith("published")
     assert rows[0].delta_m[0] == pytest.approx(delta_m([80.0, 2.0], [40.0, 4.0], [True, False]))
-    assert "a:exp\\|log" in markdown_table(rows, metrics)  # a transform's "|" does not split the table
+    assert "a:exp\\|log" in markdown_table(rows, TWO_METRICS)  # a transform's "|" does not split the table
 
 
 def test_mean_rank_figure_puts_each_rank_at_its_method_under_its_transform():
-    metrics = (MetricSpec("acc", "a", True), MetricSpec("err", "b", False))
     records = [
         _record("ls", 0, "none", 80.0, 2.0),
         _record("mgda", 0, "none", 88.0, 1.5),
@@ -231,7 +228,7 @@ def test_mean_rank_figure_puts_each_rank_at_its_method_under_its_transform():
         _record("mgda", 0, "a:exp", 70.0, 3.0),  # another order, and no dibsmtl under this transform
         _record("ls", 0, "a:exp", 90.0, 1.0),
     ]
-    rows, _, _ = summarize(records, metrics)
+    rows, _, _ = summarize(records, TWO_METRICS)
     axis = mean_rank_figure(rows, "ranks").axes[0]
     methods = [label.get_text() for label in axis.get_xticklabels()]
     assert methods == ["ls", "mgda", "dibsmtl"]  # order of first appearance, as in the tables
