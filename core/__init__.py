@@ -7,10 +7,12 @@ Public API (everything is importable from `core` directly):
 - loss weightings `LinearScalarization`, `ScaleInvariantLS`, `RandomLossWeighting`,
   `UncertaintyWeighting`, `DynamicWeightAverage`, `FAMO`;
 - `core.dibs` (the DiBS bargaining iteration), `core.transforms`, `core.pareto`, `core.errors`;
-- `make_method` / `available_methods`: the registry for command-line interfaces.
+- `make_method` / `available_methods` / `describe_method`: one vocabulary of `name:key=value`
+  specs for every command line; `CLAIMS` the vocabulary of claims methods declare.
 """
 
 from core import errors, transforms
+from core.accumulation import TaskGradientAccumulator
 from core.dibs import (
     constant_step,
     dibs,
@@ -20,6 +22,7 @@ from core.dibs import (
 from core.engine import StepInfo, mtl_backward
 from core.jacobian import batched_task_gradients, flatten, gramian, task_jacobians, unflatten
 from core.methods import (
+    CLAIMS,
     FAMO,
     IMTLG,
     MGDA,
@@ -38,9 +41,16 @@ from core.methods import (
     RandomLossWeighting,
     ScaleInvariantLS,
     UncertaintyWeighting,
+    WeightsResult,
 )
 from core.pareto import MinNormSolution, min_norm_point, stationarity
-from core.registry import available_methods, make_method
+from core.registry import (
+    available_methods,
+    canonical_spec,
+    describe_method,
+    make_method,
+    parse_method_specs,
+)
 from core.transforms import (
     Affine,
     Arcsinh,
@@ -54,6 +64,11 @@ from core.transforms import (
 )
 
 __all__ = [
+    "CLAIMS",
+    "WeightsResult",
+    "canonical_spec",
+    "describe_method",
+    "parse_method_specs",
     "IMTLG",
     "CAGrad",
     "PCGrad",
@@ -82,6 +97,7 @@ __all__ = [
     "SignedPower",
     "Softplus",
     "StepInfo",
+    "TaskGradientAccumulator",
     "available_methods",
     "batched_task_gradients",
     "constant_step",

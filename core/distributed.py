@@ -7,18 +7,24 @@ equal shards, the whole batch's loss and per-task gradient are the means over ra
 ones (both are linear in the per-sample terms), so the engine all-reduces (mean):
 
 - the task losses, before any method sees them (loss weightings and stateful methods then agree);
-- full mode: the per-task gradients `J` (K x D) on the shared parameters and the heads' gradients,
-  before the Gramian `J J^T`. The Gramian of a mean is not the mean of the Gramians, so `J` itself
-  must travel: K times the traffic of plain data-parallel training;
+- full mode: the per-task gradients `J` (K x D) on the shared parameters, before the Gramian
+  `J J^T`. The Gramian of a mean is not the mean of the Gramians, so `J` itself must travel: K
+  times the traffic of plain data-parallel training; the heads' gradient (one vector-Jacobian
+  product of `sum_i c_i l_i` after the weights) is averaged like any gradient;
 - representation mode ("MTL-R"): each rank's rows of `J` belong to its own samples, so the whole
   batch's Gramian is the *sum* of the local ones divided by W^2 (W ranks): only K x K numbers
-  travel; the combined gradient is backpropagated through the local encoder and that gradient is
-  averaged, as in plain data parallelism;
+  travel; the combined gradient is backpropagated through the local encoder (and heads) and that
+  gradient is averaged, as in plain data parallelism;
 - loss weightings: the gradient of `sum_i w_i l_i` (and of the method's penalty), averaged.
 
 Every rank then runs the same deterministic solve on the same numbers and gets the same weights;
 checks of values (non-finite losses or gradients) run on reduced numbers, so every rank raises
-the same error instead of one rank raising while the others wait in a collective.
+the same error (or, with `on_nonfinite="skip"`, skips the same step) instead of one rank raising
+while the others wait in a collective.
+
+The engine's gradient path never asks whether it runs distributed: it calls one reduction strategy,
+`LocalReduction` (one process, every step the identity) or `ProcessGroupReduction` (the
+all-reduces above), chosen once per call by `reduction_for(process_group)`.
 
 `torch.distributed` must be initialised (any backend: gloo on CPU, nccl on GPU). The engine writes
 `.grad` itself with `torch.autograd.grad`, so DistributedDataParallel's own gradient hooks never
@@ -84,6 +90,72 @@ class Reducer:
             for i, piece in zip(indices, flat.split([tensors[i].numel() for i in indices])):
                 results[i] = piece.view_as(tensors[i])
         return results  # type: ignore[return-value]
+
+
+class LocalReduction:
+    """The reduction strategy of one process: the local losses and gradients are the whole batch's,
+    so every step returns its input (and no collective runs)."""
+
+    size = 1
+
+    def losses(self, values: Tensor, /) -> Tensor:
+        """The whole batch's task losses from this process's (detached) ones."""
+        return values
+
+    def jacobian(self, blocks: list[Tensor], /) -> list[Tensor]:
+        """Full mode: the whole batch's per-task gradients `J` (its `[K, n_j]` block per shared
+        parameter) from this process's."""
+        return blocks
+
+    def representation_gramian(self, jacobian: Tensor, /) -> tuple[Tensor, Tensor]:
+        """Representation mode: the whole batch's Gramian and per-task gradient norms from this
+        process's per-task feature gradients `J` (K x F)."""
+        return jacobian @ jacobian.T, torch.linalg.vector_norm(jacobian, dim=1)
+
+    def gradients(self, tensors: list[Tensor], /) -> list[Tensor]:
+        """The whole batch's gradients (of a weighted loss, the heads, the encoder) from this process's."""
+        return tensors
+
+    def flags(self, flags: Tensor, /) -> Tensor:
+        """Flags (0 or 1) that every process must agree on: their maximum over processes."""
+        return flags
+
+
+class ProcessGroupReduction:
+    """The reduction strategy of data parallelism over `group`: equal shards, so the whole batch's
+    losses and gradients are the means over ranks of the local ones (see the module docstring);
+    representation-mode Gramians are summed and divided by W^2. One object per engine call."""
+
+    def __init__(self, group: Any, /) -> None:
+        self._reducer = Reducer(group)
+        self.size = self._reducer.size
+
+    def losses(self, values: Tensor, /) -> Tensor:
+        return self._reducer.mean_(values.clone())
+
+    def jacobian(self, blocks: list[Tensor], /) -> list[Tensor]:
+        return self._reducer.mean_list(blocks)  # one collective (per dtype and device)
+
+    def representation_gramian(self, jacobian: Tensor, /) -> tuple[Tensor, Tensor]:
+        # rows of other ranks' samples: the whole batch's J stacks the ranks' columns, each scaled by 1/W
+        gramian = self._reducer.sum_(jacobian @ jacobian.T).div_(self.size**2)
+        return gramian, gramian.diagonal().clamp_min(0).sqrt()
+
+    def gradients(self, tensors: list[Tensor], /) -> list[Tensor]:
+        return self._reducer.mean_list(tensors) if tensors else []
+
+    def flags(self, flags: Tensor, /) -> Tensor:
+        return self._reducer.max_(flags.clone())
+
+
+Reduction = LocalReduction | ProcessGroupReduction
+"""The reduction strategies the engine accepts."""
+
+
+def reduction_for(process_group: Any | None, /) -> Reduction:
+    """`LocalReduction()` for `process_group=None`, else `ProcessGroupReduction(process_group)`
+    (which raises if `torch.distributed` is not initialised)."""
+    return LocalReduction() if process_group is None else ProcessGroupReduction(process_group)
 
 
 def all_reduce_mean(tensor: Tensor, /, group: Any | None = None) -> Tensor:

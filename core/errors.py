@@ -31,6 +31,27 @@ class UnreachedParameterError(MTLInputError):
     """Raised when a parameter declared shared (or a task's own) receives no gradient from any loss."""
 
 
+class UnreachedTaskError(UnreachedParameterError):
+    """Raised when a task's loss reaches none of the shared parameters (or, in representation mode,
+    not the representation): a detached loss, or one computed from features of another forward pass.
+    Such a task would otherwise get a zero gradient and silently drop out of the step. The message
+    names the task. A subclass of `UnreachedParameterError`, so existing handlers still catch it."""
+
+
+class NoSharedParametersError(MTLInputError):
+    """Raised when `shared_params` is empty (an empty list, or a generator such as
+    `model.parameters()` that an earlier call already consumed)."""
+
+
+class MetaDeviceError(MTLInputError):
+    """Raised when the losses live on the meta device, which holds shapes but no values."""
+
+
+class UnsupportedEngineModeError(MTLInputError):
+    """Raised when a method is used in an engine mode ("full" or "representation") that its
+    `engine_modes` does not list."""
+
+
 class DeviceMismatchError(MTLInputError):
     """Raised when losses, parameters or the representation live on different devices."""
 

@@ -10,16 +10,22 @@ side): on CPU the vmapped pass was 10-25% faster through linear layers with 4-10
 time through the LeNet convolutions, 0.30x through the 10-task MLP). "auto" therefore takes the
 batched pass on an accelerator, and on the CPU when every input is at most 2-D (linear weights,
 biases, features); otherwise the loop.
+
+`task_roots`, `tasks_reaching` and `unreached_inputs` answer, from the structure of the autograd
+graph alone (no backward pass), which task losses can reach which tensors: the engine uses them to
+refuse a task that reaches none of the shared parameters before anything is computed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import Node, get_gradient_edge
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +104,78 @@ def _jacobians_batched(losses: Tensor, inputs: Sequence[Tensor], retain_graph: b
         losses, inputs, grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph, allow_unused=True
     )
     return list(grads)
+
+
+def task_roots(losses: Sequence[Tensor] | Tensor, /) -> list[Node | None]:
+    """The autograd node each task's loss starts from (None for a loss without a graph).
+
+    `losses` is a list of K scalars, or one tensor [K]: when that tensor was made by `torch.stack`,
+    task i starts at the graph of the i-th stacked loss; otherwise every task starts at the whole
+    tensor's graph (the tasks cannot be told apart by structure, so each counts as reaching what any
+    of them reaches).
+    """
+    if isinstance(losses, Tensor):
+        node = _node(losses)
+        count = losses.shape[0]
+        if node is not None and node.name() == "StackBackward0" and len(node.next_functions) == count:
+            return [edge[0] for edge in node.next_functions]
+        return [node] * count
+    return [_node(loss) for loss in losses]
+
+
+def tasks_reaching(roots: Sequence[Node | None], targets: Sequence[Tensor], /) -> list[bool]:
+    """For each root, whether its graph reaches at least one of `targets` (tensors that require grad).
+
+    A walk over the autograd graph from each root that stops at the first target found: cheap when
+    the targets are near the losses (a representation, the last layers of an encoder).
+    """
+    wanted = {get_gradient_edge(target).node for target in targets}
+    return [root is not None and (root in wanted or _walk_finds(root, wanted)) for root in roots]
+
+
+def unreached_inputs(roots: Sequence[Node | None], inputs: Sequence[Tensor], /) -> list[int]:
+    """Indices of the `inputs` (tensors that require grad) that no root's graph reaches.
+
+    One breadth-first walk from all roots together, stopping once every input was found.
+    """
+    positions: dict[Node, list[int]] = {}
+    for index, tensor in enumerate(inputs):
+        positions.setdefault(get_gradient_edge(tensor).node, []).append(index)
+    missing = set(positions)
+    seen: set[Node] = set()
+    queue: deque[Node] = deque()
+    for root in roots:
+        if root is not None and root not in seen:
+            seen.add(root)
+            missing.discard(root)
+            queue.append(root)
+    while queue and missing:
+        for child, _ in queue.popleft().next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                missing.discard(child)
+                queue.append(child)
+    return sorted(index for node in missing for index in positions[node])
+
+
+def _node(tensor: Tensor) -> Node | None:
+    if not tensor.requires_grad:
+        return None
+    return tensor.grad_fn if tensor.grad_fn is not None else get_gradient_edge(tensor).node
+
+
+def _walk_finds(root: Node, wanted: set[Node]) -> bool:
+    seen = {root}
+    queue = deque([root])
+    while queue:
+        for child, _ in queue.popleft().next_functions:
+            if child is None or child in seen:
+                continue
+            if child in wanted:
+                return True
+            seen.add(child)
+            queue.append(child)
+    return False
 
 
 def batched_task_gradients(

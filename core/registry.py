@@ -1,12 +1,28 @@
-"""A name -> factory registry of the methods, for command-line interfaces.
+"""One vocabulary for building methods: canonical names and `name:key=value` specs.
 
-The library itself never dispatches on method names; CLIs call `make_method(name)`.
+Every command line and experiment builds its methods here; the library itself never dispatches
+on method names. A spec is a canonical name followed by hyperparameters,
+`"dibsmtl:steps=5"` or `"cagrad:c=0.5:rescale=2"`; a list of specs is comma separated
+(`"dibsmtl:steps=5,cagrad:c=0.5"`), with list values in brackets (`"ls:weights=[1,3]"`).
+Values are read as None (`none`), booleans (`true`/`false`), integers, floats, bracketed lists
+or, failing those, strings; an integer given for a float hyperparameter becomes a float.
+
+Old names stay readable for one release: `dibsmtl_multi_step` (now `dibsmtl:steps=5`) and
+`nsum` (now `normalized_sum`) build the same method with a `DeprecationWarning`. `imtl`, which
+named IMTL-G, is refused with the new name: it is reserved for the full IMTL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
+import inspect
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from core.errors import InvalidHyperparameterError, UnknownMethodError
 from core.methods import (
@@ -25,48 +41,283 @@ from core.methods import (
     ScaleInvariantLS,
     UncertaintyWeighting,
 )
-from core.methods.base import Method
+from core.methods.base import GradientWeighting, Method
 
-# Names follow the reference code where it has one (dibsmtl, ls, mgda, rlw, scaleinvls).
-METHODS: dict[str, Callable[..., Method]] = {
-    "dibsmtl": partial(DiBSMTL, steps=1),
-    "dibsmtl_multi_step": partial(DiBSMTL, steps=5),
-    "nsum": NormalizedSum,
-    "mgda": MGDA,
-    "nashmtl": NashMTL,
-    "pcgrad": PCGrad,
-    "cagrad": CAGrad,
-    "imtl": IMTLG,
-    "rgw": RandomGradientWeighting,
-    "ls": LinearScalarization,
-    "scaleinvls": ScaleInvariantLS,
-    "rlw": RandomLossWeighting,
-    "uw": UncertaintyWeighting,
-    "dwa": DynamicWeightAverage,
-    "famo": FAMO,
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        DiBSMTL,
+        NormalizedSum,
+        MGDA,
+        NashMTL,
+        PCGrad,
+        CAGrad,
+        IMTLG,
+        RandomGradientWeighting,
+        LinearScalarization,
+        ScaleInvariantLS,
+        RandomLossWeighting,
+        UncertaintyWeighting,
+        DynamicWeightAverage,
+        FAMO,
+    )
 }
+"""Canonical name -> method class; each class carries its own name (`Method.name`)."""
 
-NEEDS_NUM_TASKS = frozenset({"uw", "dwa", "famo"})
-"""Methods that hold per-task state and so take the number of tasks at construction."""
+DEPRECATED_ALIASES: dict[str, str] = {"dibsmtl_multi_step": "dibsmtl:steps=5", "nsum": "normalized_sum"}
+"""Old names and the specs they now stand for (kept for one release, with a DeprecationWarning)."""
+
+REMOVED_NAMES: dict[str, str] = {
+    "imtl": "'imtl' named IMTL-G, which is now 'imtl_g'; 'imtl' is reserved for the full IMTL (IMTL-L + IMTL-G)",
+}
+RENAMED: dict[str, str] = {**DEPRECATED_ALIASES, "imtl": "imtl_g"}
+"""Every old name and what it meant, for reading results stored under old names (`legacy_specs`)."""
+
+_CONTEXT = ("num_tasks", "generator")
+"""Constructor arguments that come from the caller's context, never from a spec."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name with explicit hyperparameters (sorted by name), as parsed from a spec."""
+
+    name: str
+    hyperparameters: tuple[tuple[str, Any], ...] = ()
+
+    def __str__(self) -> str:
+        return ":".join([self.name, *(f"{key}={_format_value(value)}" for key, value in self.hyperparameters)])
+
+
+@dataclass(frozen=True)
+class MethodDescription:
+    """What `describe_method` reports: the class-level facts and the hyperparameters' defaults."""
+
+    name: str
+    cls: type[Method]
+    paper: str
+    kind: str
+    hyperparameters: dict[str, Any]
+    claims: frozenset[str]
+    loss_domain: str
+    stateful: bool
+    random: bool
+    head_gradient: str
+    engine_modes: frozenset[str]
+    summary: str
+
+    def line(self) -> str:
+        """One line for listings: name, family, paper and key hyperparameters."""
+        defaults = ", ".join(f"{key}={_format_value(value)}" for key, value in self.hyperparameters.items())
+        return f"{self.name:16s} {self.kind:18s} {self.paper}" + (f"  [{defaults}]" if defaults else "")
 
 
 def available_methods() -> list[str]:
-    """The registered method names, sorted."""
+    """The canonical method names, sorted."""
     return sorted(METHODS)
 
 
-def make_method(name: str, /, *, num_tasks: int | None = None, **hyperparameters) -> Method:
-    """A fresh method instance for `name`, with keyword hyperparameters overriding the defaults.
+def describe_method(name: str, /) -> MethodDescription:
+    """The paper, the hyperparameters with their defaults and the class-level facts of a method."""
+    cls = METHODS[_resolve(parse_method_spec(name)).name]
+    doc = inspect.getdoc(cls) or ""
+    return MethodDescription(
+        name=cls.name,
+        cls=cls,
+        paper=cls.paper,
+        kind="gradient weighting" if issubclass(cls, GradientWeighting) else "loss weighting",
+        hyperparameters={key: param.default for key, param in _hyperparameters(cls).items()},
+        claims=frozenset(cls.claims),
+        loss_domain=cls.loss_domain,
+        stateful=bool(cls.stateful),
+        random=bool(cls.random),
+        head_gradient=cls.head_gradient.value,
+        engine_modes=frozenset(cls.engine_modes),
+        summary=doc.split("\n", 1)[0],
+    )
 
-    `num_tasks` is passed to the methods that keep per-task state (`NEEDS_NUM_TASKS`) and
-    ignored by the others, so a CLI can always give it.
+
+def parse_method_spec(text: str, /) -> MethodSpec:
+    """`"name:key=value:key=value"` -> `MethodSpec` (values parsed, not yet checked by the class)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidHyperparameterError(f"a method spec is 'name' or 'name:key=value:...', got {text!r}")
+    name, *assignments = [part.strip() for part in _split_outside_brackets(text.strip(), ":")]
+    hyperparameters: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise InvalidHyperparameterError(
+                f"in method spec {text!r}: {assignment!r} is not key=value (write e.g. 'dibsmtl:steps=5')"
+            )
+        key = key.strip()
+        if key in hyperparameters:
+            raise InvalidHyperparameterError(f"in method spec {text!r}: {key!r} is given twice")
+        hyperparameters[key] = _parse_value(value.strip())
+    return MethodSpec(name, tuple(sorted(hyperparameters.items())))
+
+
+def parse_method_specs(text: str, /) -> list[MethodSpec]:
+    """A comma-separated list of specs (commas inside brackets belong to list values)."""
+    parts = [part.strip() for part in _split_outside_brackets(text, ",")]
+    if not any(parts):
+        raise InvalidHyperparameterError(f"no method given in {text!r}; choose from: {', '.join(available_methods())}")
+    return [parse_method_spec(part) for part in parts if part]
+
+
+def canonical_spec(spec: str | MethodSpec, /) -> str:
+    """The one text of a spec: canonical name, checked hyperparameters sorted, defaults dropped.
+
+    Two specs that build the same method have the same canonical text (`"dibsmtl:steps=1"`,
+    `"dibsmtl"`; `"dibsmtl_multi_step"`, `"dibsmtl:steps=5"`), which is what run ids are made of.
     """
-    try:
-        factory = METHODS[name]
-    except KeyError:
-        raise UnknownMethodError(f"unknown method {name!r}; choose one of: {', '.join(available_methods())}") from None
-    if name in NEEDS_NUM_TASKS:
-        if num_tasks is None:
-            raise InvalidHyperparameterError(f"method {name!r} keeps per-task state: pass num_tasks=K to make_method")
-        return factory(num_tasks, **hyperparameters)
-    return factory(**hyperparameters)
+    resolved = _resolve(parse_method_spec(spec) if isinstance(spec, str) else spec)
+    cls = METHODS[resolved.name]
+    accepted = _hyperparameters(cls)
+    _check_keys(cls, dict(resolved.hyperparameters), accepted)
+    explicit = {}
+    for key, value in resolved.hyperparameters:
+        value = _coerce(value, accepted[key])
+        if not _same_value(value, accepted[key].default):
+            explicit[key] = value
+    return str(MethodSpec(cls.name, tuple(sorted(explicit.items()))))
+
+
+def legacy_specs(spec: str, /) -> list[str]:
+    """The old names that meant this spec (for reading results stored under old names)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        canonical = canonical_spec(spec)
+        return [old for old, new in RENAMED.items() if canonical_spec(new) == canonical and old != canonical]
+
+
+def make_method(
+    spec: str | MethodSpec,
+    /,
+    *,
+    num_tasks: int | None = None,
+    generator: torch.Generator | None = None,
+    **hyperparameters: Any,
+) -> Method:
+    """A fresh method from a spec (`"name"` or `"name:key=value:..."`), keywords overriding the spec.
+
+    `num_tasks` is accepted for every method and passed to those that create per-task state at
+    construction (`requires_num_tasks`); `generator` likewise to the random ones (`random`).
+    Unknown names and hyperparameters raise with the accepted ones listed; values are checked by
+    the class (non-finite or out-of-range values raise `InvalidHyperparameterError`).
+    """
+    resolved = _resolve(parse_method_spec(spec) if isinstance(spec, str) else spec)
+    cls = METHODS[resolved.name]
+    accepted = _hyperparameters(cls)
+    given = {**dict(resolved.hyperparameters), **hyperparameters}
+    for key in _CONTEXT:
+        if key in given:
+            raise InvalidHyperparameterError(f"{key} is not a hyperparameter of a spec; pass make_method(..., {key}=...)")
+    _check_keys(cls, given, accepted)
+    arguments = {key: _coerce(value, accepted[key]) for key, value in given.items()}
+    if cls.requires_num_tasks:
+        arguments["num_tasks"] = num_tasks
+    if cls.random and generator is not None:
+        arguments["generator"] = generator
+    return cls(**arguments)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _resolve(spec: MethodSpec) -> MethodSpec:
+    """Apply the deprecated aliases and refuse removed or unknown names."""
+    if spec.name in REMOVED_NAMES:
+        raise UnknownMethodError(f"unknown method {spec.name!r}: {REMOVED_NAMES[spec.name]}")
+    if spec.name in DEPRECATED_ALIASES:
+        target = parse_method_spec(DEPRECATED_ALIASES[spec.name])
+        warnings.warn(
+            f"method name {spec.name!r} is deprecated; write {DEPRECATED_ALIASES[spec.name]!r}", DeprecationWarning, stacklevel=3
+        )
+        merged = {**dict(target.hyperparameters), **dict(spec.hyperparameters)}
+        return MethodSpec(target.name, tuple(sorted(merged.items())))
+    if spec.name not in METHODS:
+        raise UnknownMethodError(f"unknown method {spec.name!r}; choose one of: {', '.join(available_methods())}")
+    return spec
+
+
+def _hyperparameters(cls: type[Method]) -> dict[str, inspect.Parameter]:
+    parameters = inspect.signature(cls.__init__).parameters
+    return {
+        key: param
+        for key, param in parameters.items()
+        if key not in ("self", *_CONTEXT) and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+    }
+
+
+def _check_keys(cls: type[Method], given: Mapping[str, Any], accepted: Mapping[str, inspect.Parameter]) -> None:
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        choices = ", ".join(accepted) or "none"
+        raise InvalidHyperparameterError(f"{cls.name} has no hyperparameter {unknown[0]!r}; its hyperparameters: {choices}")
+
+
+def _coerce(value: Any, parameter: inspect.Parameter) -> Any:
+    """An int given where the default or annotation is a float becomes a float (`radius=1`)."""
+    annotation = str(parameter.annotation)
+    wants_float = isinstance(parameter.default, float) or re.search(r"\bfloat\b", annotation) is not None
+    wants_int = isinstance(parameter.default, int) and not isinstance(parameter.default, bool)
+    if wants_float and not wants_int and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _same_value(value: Any, default: Any) -> bool:
+    if default is inspect.Parameter.empty:
+        return False
+    if isinstance(value, float) and isinstance(default, float) and math.isnan(value) and math.isnan(default):
+        return True
+    return type(value) is type(default) and value == default
+
+
+def _split_outside_brackets(text: str, separator: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                raise InvalidHyperparameterError(f"unbalanced ']' in {text!r}")
+        if char == separator and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth != 0:
+        raise InvalidHyperparameterError(f"unbalanced '[' in {text!r}")
+    parts.append("".join(current))
+    return parts
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered == "none":
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [_parse_value(item.strip()) for item in _split_outside_brackets(inner, ",")] if inner else []
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_format_value(item) for item in value) + "]"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+

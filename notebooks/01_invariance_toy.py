@@ -95,5 +95,5 @@ save(figure, "toy_invariance_gap")
 # apart. In quick mode the runs are far from converged, so only the ordering is meaningful.
 
 # %%
-invariant = [m for m in ("dibsmtl", "dibsmtl_multi_step") if m in gaps]
+invariant = [m for m in ("dibsmtl", "dibsmtl:steps=5") if m in gaps]
 print({toy.DISPLAY_NAMES.get(m, m): float(np.nanmax(gaps[m])) for m in invariant})

@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 from notebooks.support import CLAIMS, claim, inspect_toy, keep, pick, save
 from proofs_numeric import dibs_fairness, dibs_mtl_convergence
 
-METHODS = ["dibsmtl", "dibsmtl_multi_step", "nsum", "ls", "mgda"]
-LABELS = {"dibsmtl": "DiBS-MTL, 1 step", "dibsmtl_multi_step": "DiBS-MTL, 5 steps", "nsum": "normalised sum", "ls": "linear scalarisation", "mgda": "MGDA"}
+METHODS = ["dibsmtl", "dibsmtl:steps=5", "normalized_sum", "ls", "mgda"]
+LABELS = {"dibsmtl": "DiBS-MTL, 1 step", "dibsmtl:steps=5": "DiBS-MTL, 5 steps", "normalized_sum": "normalised sum", "ls": "linear scalarisation", "mgda": "MGDA"}
 PROBLEMS = {"nonconvex": "random nonconvex, 4 variables, 3 tasks", "two_task_toy": "the two-task toy"}
 # (Adam steps, lr): the toy gets the paper's 35,000 steps, the random problem converges in fewer
 SETTINGS = {"nonconvex": pick(quick=(300, 0.01), full=(5000, 1e-3)), "two_task_toy": pick(quick=(300, 0.01), full=(35000, 1e-3))}
@@ -52,11 +52,11 @@ def residual_panels(payloads):
     figure = Figure(figsize=(11, 3.4 * len(payloads)), layout="constrained")
     axes = figure.subplots(len(payloads), 2, squeeze=False)
     colours = dict(zip(METHODS, ["tab:blue", "tab:cyan", "tab:gray", "tab:red", "tab:green"]))
-    styles = {"dibsmtl": "--", "dibsmtl_multi_step": ":"}  # they overlap the normalised sum: drawn last, broken lines
+    styles = {"dibsmtl": "--", "dibsmtl:steps=5": ":"}  # they overlap the normalised sum: drawn last, broken lines
     for row, (problem, payload) in zip(axes, payloads.items()):
         for column, key in enumerate(("residual", "running_min_residual")):
             ax = row[column]
-            for method in ["nsum", "ls", "mgda", "dibsmtl_multi_step", "dibsmtl"]:
+            for method in ["normalized_sum", "ls", "mgda", "dibsmtl:steps=5", "dibsmtl"]:
                 trajectory = payload["results"][method]["trajectory"]
                 iterations = np.array(trajectory["steps"], dtype=float)
                 values = np.array(trajectory[key], dtype=float)  # [records, starts]

@@ -149,11 +149,12 @@ TOY_STARTS = ((-8.5, 7.5), (0.1, 0.1), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0))
 TOY_LOWER_BOUND = -20.0
 """Every toy loss is > -20 (the quadratic branch `s_i c_2 >= -20`, the log branch `a_i c_1 >= -6.3`)."""
 
-INVARIANT = ("dibs_mtl_1", "dibs_mtl_5", "dibs", "nash_mtl")
-EXACT = ("dibs_mtl_1", "dibs_mtl_5", "dibs")
+INVARIANT = ("dibsmtl", "dibsmtl:steps=5", "dibs", "nashmtl")
+EXACT = ("dibsmtl", "dibsmtl:steps=5", "dibs")
 """The invariant methods whose median run must also coincide to `INVARIANCE_TOLERANCE`."""
 NON_INVARIANT = ("ls", "mgda", "famo", "rlw")
-ADAM_METHODS = ("dibs_mtl_1", "dibs_mtl_5", "nash_mtl", "ls", "mgda", "famo", "rlw")
+ADAM_METHODS = ("dibsmtl", "dibsmtl:steps=5", "nashmtl", "ls", "mgda", "famo", "rlw")
+"""The method specs (`core.make_method`) run with Adam; "dibs" is the DiBS iteration itself."""
 
 NOMINAL, CONTROL = 0, 1
 """Version indices: the nominal losses and the rounding control; versions 2, 3, ... are transformed."""
@@ -300,52 +301,6 @@ class TransformedFamily:
 
 
 # ---------------------------------------------------------------------------------------------
-# methods that need a wrapper to run many rows at once
-
-
-class SharedDrawRLW(LossWeighting):
-    """RLW whose draws are shared by the versions (dimension `version_dim` of the losses).
-
-    One draw `[P, S, K]` per step from one seeded generator, broadcast to every version: the nominal
-    and the transformed run see exactly the same random weights, as two runs from the same seed do.
-    """
-
-    def __init__(self, *, generator: torch.Generator, version_dim: int = 1) -> None:
-        self.rlw = core.RandomLossWeighting(generator=generator)
-        self.version_dim = version_dim
-
-    def weights(self, losses: Tensor, /) -> Tensor:
-        drawn = self.rlw(losses.select(self.version_dim, 0))
-        return drawn.unsqueeze(self.version_dim).expand_as(losses)
-
-
-class PerRowFAMO(LossWeighting):
-    """One `core.FAMO` per batch row (its logits are per-run state), so rows stay independent.
-
-    `min_losses` `[..., K]` gives each row its lower bounds; `update(new_losses)` performs every
-    row's logit step after the model step.
-    """
-
-    batch_independent = True
-
-    def __init__(self, min_losses: Tensor, /) -> None:
-        self.num_tasks = min_losses.shape[-1]
-        self.rows = [core.FAMO(self.num_tasks, min_losses=bounds.tolist()) for bounds in min_losses.reshape(-1, self.num_tasks)]
-
-    def weights(self, losses: Tensor, /) -> Tensor:
-        flat = losses.reshape(-1, self.num_tasks)
-        return torch.stack([famo(row) for famo, row in zip(self.rows, flat)]).reshape(losses.shape)
-
-    def update(self, new_losses: Tensor, /) -> None:
-        for famo, row in zip(self.rows, new_losses.reshape(-1, self.num_tasks)):
-            famo.update(row)
-
-    def reset(self) -> None:
-        for famo in self.rows:
-            famo.reset()
-
-
-# ---------------------------------------------------------------------------------------------
 # the optimisation loop
 
 
@@ -371,6 +326,10 @@ class Run:
     final_weights: Tensor
 
 
+def _version_slices(values: Tensor, count: int) -> list[Tensor]:
+    return [values] if count == 1 else list(values.unbind(dim=1))
+
+
 def method_weights(method: GradientWeighting | LossWeighting, values: Tensor, jacobian: Tensor, *, shared_dim: int | None = None) -> Tensor:
     """The method's weights from the losses `[..., K]` and the Jacobian `[..., K, n]` (Gramian on
     the first `shared_dim` variables, all if None)."""
@@ -383,7 +342,7 @@ def method_weights(method: GradientWeighting | LossWeighting, values: Tensor, ja
 def optimise(
     objective: Callable[[Tensor], Tensor],
     starts: Tensor,
-    method: GradientWeighting | LossWeighting,
+    method: GradientWeighting | LossWeighting | Sequence[GradientWeighting | LossWeighting],
     /,
     *,
     num_tasks: int,
@@ -391,24 +350,42 @@ def optimise(
     lr: float,
     shared_dim: int | None = None,
     raw_heads: bool = False,
+    loss_offsets: Tensor | None = None,
 ) -> Run:
     """Adam (torch defaults) on every row of `starts` `[P, V, ..., n]` with the update `sum_i w_i grad l_i`.
 
     With `shared_dim`, the first `shared_dim` variables are shared (the Gramian is taken on them)
     and the rest are task heads: they receive `w_i grad l_i` (the weighted loss backpropagated, as
-    Nash-MTL, MGDA and DiBS-MTL do) or, with `raw_heads`, the plain `grad l_i`. A method with an
-    `update(new_losses)` hook (FAMO) gets it after every model step.
+    Nash-MTL, MGDA and DiBS-MTL do) or, with `raw_heads`, the plain `grad l_i`.
+
+    `method` is one method for all rows, or one per version (dimension 1 of `starts`), each
+    called on its version's rows: random methods built from one seed then draw the same weights
+    in every version, as runs from one seed do. Each is `reset` for its rows and follows the
+    lifecycle (`after_step` with the losses after every model step where it needs them).
+    `loss_offsets` (broadcastable to the losses) are subtracted from the losses the methods see
+    (not from their gradients): it makes the losses of methods that need them positive.
     """
+    methods = [method] if isinstance(method, (GradientWeighting, LossWeighting)) else list(method)
     x = starts.detach().clone().requires_grad_(True)
+    for m in methods:
+        m.reset(tuple(starts.shape[:1] + starts.shape[2:-1]) if len(methods) > 1 else tuple(starts.shape[:-1]))
     optimizer = torch.optim.Adam([x], lr=lr)
     points = [x.detach().clone()]
     weights = torch.zeros(())
-    hook = getattr(method, "update", None)
     for step in range(num_steps):
         values, jacobian = task_gradients(objective, x, num_tasks)
-        if hook is not None and step > 0:
-            hook(values)
-        weights = method_weights(method, values, jacobian, shared_dim=shared_dim)
+        seen = values if loss_offsets is None else values - loss_offsets
+        if step > 0:
+            for m, rows in zip(methods, _version_slices(seen, len(methods))):
+                if m.needs_post_step_losses:
+                    m.after_step(rows)
+                m.end_epoch()
+        if len(methods) == 1:
+            weights = method_weights(methods[0], seen, jacobian, shared_dim=shared_dim)
+        else:
+            weights = torch.stack(
+                [method_weights(m, seen[:, v], jacobian[:, v], shared_dim=shared_dim) for v, m in enumerate(methods)], dim=1
+            )
         direction = (weights.to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2)
         if raw_heads and shared_dim is not None:
             direction = torch.cat([direction[..., :shared_dim], jacobian[..., shared_dim:].sum(dim=-2)], dim=-1)
@@ -555,24 +532,20 @@ def nonconvex_case(*, quick: bool, seed: int) -> Case:
     return Case("nonconvex", TransformedFamily(problems, transforms), starts, lower, ranges, num_steps, lr)
 
 
-def make_method(name: str, case: Case, *, seed: int) -> GradientWeighting | LossWeighting:
-    """A fresh instance of the method `name` for the rows of `case`."""
-    if name == "dibs_mtl_1":
-        return core.DiBSMTL(steps=1)
-    if name == "dibs_mtl_5":
-        return core.DiBSMTL(steps=5)
-    if name == "nash_mtl":
-        return core.NashMTL()
-    if name == "ls":
-        return core.LinearScalarization()
-    if name == "mgda":
-        return core.MGDA()
-    if name == "rlw":
-        return SharedDrawRLW(generator=torch.Generator().manual_seed(seed))
-    if name == "famo":
-        nominal_bounds = case.lower_bounds[:, None, None, :].expand(*case.starts.shape[:-1], -1)
-        return PerRowFAMO(case.family.transform_values(nominal_bounds))
-    raise ValueError(f"unknown method {name!r}")
+def make_methods(spec: str, case: Case, *, seed: int) -> list[GradientWeighting | LossWeighting]:
+    """One fresh instance of the method `spec` per version of `case`, all built from `seed` (random
+    methods then draw alike in every version)."""
+    num_versions, num_tasks = case.starts.shape[1], case.ranges.shape[1]
+    return [core.make_method(spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed)) for _ in range(num_versions)]
+
+
+def loss_offsets(case: Case, methods: Sequence[GradientWeighting | LossWeighting]) -> Tensor | None:
+    """For methods that need non-negative or positive losses: each version's transformed lower
+    bounds `[P, V, 1, K]`, so that they see `h(l) - h(lower)` (FAMO with these as `min_losses`)."""
+    if all(m.loss_domain == "any" for m in methods):
+        return None
+    nominal_bounds = case.lower_bounds[:, None, :].expand(-1, case.starts.shape[1], -1)
+    return case.family.transform_values(nominal_bounds[:, :, None, :])
 
 
 def run_case(case: Case, *, seed: int) -> dict[str, dict[str, Any]]:
@@ -581,8 +554,8 @@ def run_case(case: Case, *, seed: int) -> dict[str, dict[str, Any]]:
     num_tasks = case.ranges.shape[1]
     for name in ADAM_METHODS:
         began = time.perf_counter()
-        method = make_method(name, case, seed=seed)
-        run = optimise(case.family, case.starts, method, num_tasks=num_tasks, num_steps=case.num_steps, lr=case.lr)
+        methods = make_methods(name, case, seed=seed)
+        run = optimise(case.family, case.starts, methods, num_tasks=num_tasks, num_steps=case.num_steps, lr=case.lr, loss_offsets=loss_offsets(case, methods))
         measures: dict[str, Any] = dict(deviations(run.points))
         measures.update(dominance(case.family, run.points, run.final_weights, case.ranges[..., 1] - case.ranges[..., 0]))
         measures["seconds"] = time.perf_counter() - began
@@ -696,7 +669,7 @@ def evaluate(measurements: Measurements, /) -> ClaimResult:
     invariant: dict[str, dict[str, Any]] = {}
     for name in INVARIANT:
         sources = dibs_results if name == "dibs" else {c: per_case[c][name] for c in per_case}
-        floor = NASH_TOLERANCE_FLOOR if name == "nash_mtl" else INVARIANCE_TOLERANCE
+        floor = NASH_TOLERANCE_FLOOR if name == "nashmtl" else INVARIANCE_TOLERANCE
         tests = {c: control_test(m["transform"], m["control"], floor=floor) for c, m in sources.items()}
         median = float(torch.cat([m["transform"].flatten() for m in sources.values()]).median())
         excess = max(t["excess"] for t in tests.values())
@@ -789,7 +762,7 @@ def _figure(toy: dict[str, dict[str, Any]], invariant: dict[str, dict[str, Any]]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = ("dibs_mtl_1", "nash_mtl", "ls", "mgda")
+    shown = ("dibsmtl", "nashmtl", "ls", "mgda")
     figure, axes = plt.subplots(1, len(shown) + 1, figsize=(3.6 * (len(shown) + 1), 3.6))
     pareto = TwoTaskToy().pareto_set(200)
     for axis, name in zip(axes, shown):

@@ -189,16 +189,19 @@ class ReferenceStyleSolve(GradientWeighting):
     at ones and the absolute tests. Rows of a batch are solved one by one.
     """
 
+    name = "nash_reference_style"
+    stateful = True
     head_gradient = HeadGradient.WEIGHTED
 
     def __init__(self, *, residual: float = 1e-3, change: float = 1e-6, iterations: int = 20) -> None:
         self.residual, self.change, self.iterations = residual, change, iterations
+        self.reset()
+
+    def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
+        super().reset(batch_shape)
         self._previous: np.ndarray | None = None
 
-    def reset(self) -> None:
-        self._previous = None
-
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
         grams = gramian.detach().to(device="cpu", dtype=torch.float64).numpy().reshape(-1, *gramian.shape[-2:])
         previous = self._previous if self._previous is not None and self._previous.shape == grams.shape[:-1] else np.ones(grams.shape[:-1])
         solved = np.stack([self._solve(gram, start.copy()) for gram, start in zip(grams, previous)])
@@ -223,15 +226,21 @@ class ReferenceStyleSolve(GradientWeighting):
 class CvxpyReferenceCCP(GradientWeighting):
     """The reference-style CCP of `benchmarks.perf.nash_solver` (cvxpy), warm-started row by row."""
 
+    name = "nash_reference_ccp"
+    stateful = True
     head_gradient = HeadGradient.WEIGHTED
 
     def __init__(self, num_tasks: int, solver: str) -> None:
         from benchmarks.perf.nash_solver import ReferenceStyleCCP
 
         self.solver = ReferenceStyleCCP(num_tasks, solver=solver)
+        self.reset()
+
+    def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
+        super().reset(batch_shape)
         self._previous: np.ndarray | None = None
 
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
         grams = gramian.detach().to(device="cpu", dtype=torch.float64).numpy().reshape(-1, *gramian.shape[-2:])
         previous = self._previous if self._previous is not None else [None] * len(grams)
         solved = np.stack([self.solver.solve(gram, start) for gram, start in zip(grams, previous)])
@@ -475,7 +484,7 @@ def _toy_runs(*, quick: bool) -> dict[str, Tensor]:
     family = TransformedFamily([toy], [[[None, None], [Affine(scale=3.0), None], [SignedPower(4.0), None]]])
     starts = torch.tensor(TOY_STARTS, dtype=torch.float64).expand(1, 3, -1, -1).clone()
     num_steps, lr = (400, 2.5e-2) if quick else (35000, 1e-3)
-    methods = {"nash_mtl": core.NashMTL(), "ls": core.LinearScalarization(), "dibs_mtl_1": core.DiBSMTL()}
+    methods = {"nashmtl": core.NashMTL(), "ls": core.LinearScalarization(), "dibsmtl": core.DiBSMTL()}
     return {name: optimise(family, starts, method, num_tasks=2, num_steps=num_steps, lr=lr).points for name, method in methods.items()}
 
 

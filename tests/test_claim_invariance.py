@@ -37,7 +37,7 @@ def test_quick_run_passes(quick_measurements) -> None:
         assert data["non_invariant"][name]["median_ratio"] >= invariance.DIVERGENCE_MIN
     # the reference toy transform f1 -> f1^3|f1| changes nothing for DiBS-MTL and much for LS
     toy = data["toy_reference_transform"]
-    dibs_gap = torch.tensor(toy["dibs_mtl_1"]["endpoints_nominal_run"]) - torch.tensor(toy["dibs_mtl_1"]["endpoints_transformed_run"])
+    dibs_gap = torch.tensor(toy["dibsmtl"]["endpoints_nominal_run"]) - torch.tensor(toy["dibsmtl"]["endpoints_transformed_run"])
     ls_gap = torch.tensor(toy["ls"]["endpoints_nominal_run"]) - torch.tensor(toy["ls"]["endpoints_transformed_run"])
     assert float(dibs_gap.abs().max()) <= 1e-9 and float(ls_gap.abs().max()) >= 1.0
     assert result.measured and result.bound
@@ -96,12 +96,19 @@ def test_task_gradients_match_autograd_per_task_and_versions_apply_their_transfo
     torch.testing.assert_close(jacobian, scale[..., None] * nominal_jacobian, rtol=1e-12, atol=1e-14)
 
 
-def test_shared_draw_rlw_gives_every_version_the_same_weights() -> None:
-    method = invariance.SharedDrawRLW(generator=torch.Generator().manual_seed(0))
-    weights = method(torch.rand(2, 4, 3, 5, dtype=torch.float64))
-    assert weights.shape == (2, 4, 3, 5)
+def test_one_instance_per_version_gives_every_version_the_same_random_weights() -> None:
+    """`make_methods` builds one RLW per version from one seed: every version draws the same
+    weights, as runs from one seed do; FAMO sees losses shifted by each version's lower bound."""
+    case = invariance.nonconvex_case(quick=True, seed=0)
+    methods = invariance.make_methods("rlw", case, seed=3)
+    assert len(methods) == case.starts.shape[1]
+    losses = torch.rand(*case.starts.shape[:-1], 3, dtype=torch.float64)
+    weights = torch.stack([m(losses[:, v]) for v, m in enumerate(methods)], dim=1)
     torch.testing.assert_close(weights, weights[:, :1].expand_as(weights), rtol=0, atol=0)
-    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 4, 3, dtype=torch.float64))
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(weights.shape[:-1], dtype=torch.float64))
+    assert invariance.loss_offsets(case, methods) is None
+    offsets = invariance.loss_offsets(case, invariance.make_methods("famo", case, seed=0))
+    assert offsets.shape == (case.starts.shape[0], case.starts.shape[1], 1, 3)
 
 
 def test_deviations_are_relative_to_the_nominal_step_scale() -> None:

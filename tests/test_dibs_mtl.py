@@ -89,8 +89,57 @@ def test_default_inner_step_follows_the_reference() -> None:
     assert DiBSMTL(steps=5).inner_step == pytest.approx(1e-3 / 5)
 
 
+@pytest.mark.parametrize("steps", [2, 5, 10])
+def test_both_inner_step_rules_against_the_parameter_space_loop(steps) -> None:
+    """`radius/steps` (default: eta = r / T) and `radius/5` (the reference trainers at HEAD: r / 5
+    whatever T is) each give the weights of the explicit loop with that step; they agree at T = 5."""
+    jacobian = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0], [0.5, -2.0, 3.0]], dtype=torch.float64)
+    losses = torch.ones(3, dtype=torch.float64)
+    for rule, inner_step in (("radius/steps", 1e-3 / steps), ("radius/5", 1e-3 / 5)):
+        method = DiBSMTL(steps=steps, inner_step_rule=rule)
+        assert method.inner_step == pytest.approx(inner_step, rel=1e-15)
+        want = explicit_inner_loop(jacobian, steps=steps, radius=1e-3, inner_step=inner_step)
+        torch.testing.assert_close(method(gramian(jacobian), losses), want, rtol=1e-10, atol=0)
+    if steps == 5:
+        assert DiBSMTL(steps=5, inner_step_rule="radius/5").inner_step == DiBSMTL(steps=5).inner_step
+
+
+@given(jacobian=jacobians(), steps=st.sampled_from([1, 3]), epsilon=st.floats(1e-3, 1e3))
+def test_epsilon_rescales_the_whole_update(jacobian, steps, epsilon) -> None:
+    """`epsilon` is the scale of the first inner step: it multiplies the published weights by
+    `epsilon / (eta r)` for every T (1-step: the update is `epsilon * sum_i u_i`)."""
+    losses = torch.ones(jacobian.shape[0], dtype=jacobian.dtype)
+    published = DiBSMTL(steps=steps)
+    scaled = DiBSMTL(steps=steps, epsilon=epsilon)
+    factor = epsilon / (published.inner_step * published.radius)
+    torch.testing.assert_close(scaled(gramian(jacobian), losses), factor * published(gramian(jacobian), losses), rtol=1e-12, atol=0)
+
+
+def test_epsilon_one_trains_with_plain_sgd() -> None:
+    """With the published scale (1e-5) 100 SGD steps at lr 0.1 barely move a two-task quadratic;
+    with epsilon = 1 the same loop descends (the sum of unit gradients, lr sets the step)."""
+    from core import mtl_backward
+
+    def final_loss(method: DiBSMTL) -> float:
+        x = torch.tensor([3.0, -2.0], dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.SGD([x], lr=0.1)
+        for _ in range(100):
+            optimizer.zero_grad()
+            mtl_backward([(x**2).sum(), ((x - 1) ** 2).sum()], [x], method)
+            optimizer.step()
+        return float((x.detach() ** 2).sum() + ((x.detach() - 1) ** 2).sum())
+
+    start = 13.0 + 13.0  # at (3, -2)
+    assert final_loss(DiBSMTL()) > start - 1e-2
+    assert final_loss(DiBSMTL(epsilon=1.0)) < 2.0
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"steps": 0}, {"steps": 1.5}, {"radius": 0.0}, {"inner_step": -1.0}, {"reduction": "max"}]
+    "kwargs",
+    [
+        {"steps": 0}, {"steps": 1.5}, {"radius": 0.0}, {"radius": float("inf")}, {"inner_step": -1.0},
+        {"inner_step": float("nan")}, {"epsilon": 0.0}, {"epsilon": float("inf")}, {"inner_step_rule": "r/3"}, {"reduction": "max"},
+    ],
 )
 def test_invalid_hyperparameters(kwargs) -> None:
     with pytest.raises(InvalidHyperparameterError):

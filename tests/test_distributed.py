@@ -1,8 +1,10 @@
 """`mtl_backward(..., process_group=...)` under torch.distributed (gloo, 2 CPU processes): after N
 steps the parameters equal one process's run on the combined batch, within float64 rounding, for
 DiBS-MTL, MGDA, Nash-MTL and RLW (seeded identically on every rank), UW and FAMO (its logit update
-fed the ranks' mean recomputed losses), in full and representation mode, and with a DistributedDataParallel-wrapped model whose forward runs under `no_sync()`.
-Every rank raises the same error when one rank's loss is not finite."""
+fed the ranks' mean recomputed losses), in full and representation mode, and with a DistributedDataParallel-wrapped model whose forward runs under `no_sync()`;
+`TaskGradientAccumulator` over each rank's micro-batches equals one process on the combined batch.
+Every rank raises the same error when one rank's loss is not finite, and with
+`on_nonfinite="skip"` every rank skips when one rank's loss or gradient is not finite."""
 
 from __future__ import annotations
 
@@ -58,8 +60,8 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _method(name: str):
-    options = {"rlw": {"generator": torch.Generator().manual_seed(7)}, "uw": {"dtype": torch.float64}}.get(name, {})
-    return core.make_method(name, num_tasks=TASKS, **options)
+    options = {"rlw": {"generator": torch.Generator().manual_seed(7)}}.get(name, {})
+    return core.make_method(name, num_tasks=TASKS, **options).to(dtype=torch.float64)  # UW's log-variances in float64
 
 
 def train(name: str, representation: bool, wrap: bool, transform: str | None, x: torch.Tensor, y: torch.Tensor, group=None, per_shard: bool = False) -> list[torch.Tensor]:
@@ -94,9 +96,40 @@ def train(name: str, representation: bool, wrap: bool, transform: str | None, x:
                 new = all_reduce_mean(new, group) if group is not None else new  # the whole batch's, then h
                 if h is not None:
                     new[0] = h(new[0])
-            method.update(new)
+            method.after_step(new)
     state = [method.logits.detach().clone()] if isinstance(method, core.FAMO) else []
     return [p.detach().clone() for p in [*model.parameters(), *extra]] + state
+
+
+ACCUMULATED = ("dibsmtl", "pcgrad", "uw")
+
+
+def accumulated_grads(name: str, x: torch.Tensor, y: torch.Tensor, group=None, micro_batches: int = 1) -> list[torch.Tensor]:
+    """The `.grad` of one `TaskGradientAccumulator` step over `micro_batches` equal pieces of (x, y)."""
+    torch.manual_seed(0)
+    model = Model().double()
+    method = core.PCGrad(generator=torch.Generator().manual_seed(3)) if name == "pcgrad" else _method(name)
+    accumulator = core.TaskGradientAccumulator(model.encoder.parameters(), task_params=[head.parameters() for head in model.heads])
+    for xs, ys in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+        _, outputs = model(xs)
+        accumulator.add([torch.nn.functional.mse_loss(output, ys[:, i]) for i, output in enumerate(outputs)], weight=1 / micro_batches)
+    accumulator.backward(method, process_group=group)
+    own = list(method.parameters()) if isinstance(method, core.LossWeighting) else []
+    return [p.grad.detach().clone() for p in [*model.parameters(), *own]]
+
+
+def _skips(rank: int) -> dict[str, bool]:
+    """Whether `on_nonfinite="skip"` skipped, when only rank 1 has a NaN loss (full mode) or an
+    infinite per-task gradient (representation mode: each rank's own rows, a summed Gramian)."""
+    x = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    bad = float("nan") if rank == 1 else 2.0
+    nan_loss = core.mtl_backward([x.sum() * bad, (x**2).sum()], [x], core.make_method("mgda"), process_group=dist.group.WORLD, on_nonfinite="skip")
+    features = x * 1.0
+    second = torch.sqrt(features[0]) + 1.0 if rank == 1 else features[0] + 1.0  # d sqrt / dz at 0 is infinite
+    inf_gradient = core.mtl_backward(
+        [features.sum(), second], [x], core.make_method("dibsmtl"), representation=features, process_group=dist.group.WORLD, on_nonfinite="skip"
+    )
+    return {"nan_loss": nan_loss.skipped, "inf_gradient": inf_gradient.skipped, "untouched": x.grad is None}
 
 
 def _worker(rank: int, store: str, out: str) -> None:
@@ -107,13 +140,14 @@ def _worker(rank: int, store: str, out: str) -> None:
         shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
         results = {case: train(*case, x[shard], y[shard], group=dist.group.WORLD) for case in CASES}
         results["per-shard"] = train("mgda", False, False, "exp", x[shard], y[shard], group=dist.group.WORLD, per_shard=True)
+        results |= {("accumulated", name): accumulated_grads(name, x[shard], y[shard], dist.group.WORLD, micro_batches=2) for name in ACCUMULATED}
         bad = torch.tensor([1.0, float("nan") if rank == 1 else 2.0, 3.0], dtype=torch.float64, requires_grad=True)
         try:  # rank 1's loss is NaN: both ranks must raise (none may hang in a collective)
             core.mtl_backward(list(bad * 1.0), [bad], core.make_method("mgda"), process_group=dist.group.WORLD)
             raised = None
         except NonFiniteLossError as error:
             raised = str(error)
-        torch.save({"results": results, "raised": raised}, os.path.join(out, f"rank{rank}.pt"))
+        torch.save({"results": results, "raised": raised, "skips": _skips(rank)}, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -148,6 +182,20 @@ def test_a_transform_of_each_shards_loss_is_not_the_transform_of_the_batch_loss(
 @pytest.mark.slow
 def test_a_non_finite_loss_on_one_rank_raises_on_every_rank(ranks):
     assert all(rank["raised"] is not None and "on some rank" in rank["raised"] for rank in ranks)
+
+
+@pytest.mark.slow
+def test_every_rank_skips_when_one_rank_is_not_finite(ranks):
+    assert all(rank["skips"] == {"nan_loss": True, "inf_gradient": True, "untouched": True} for rank in ranks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ACCUMULATED)
+def test_accumulated_micro_batches_on_two_ranks_match_one_process(ranks, name):
+    single = accumulated_grads(name, *_data())  # one process, the whole batch in one micro-batch
+    for rank in ranks:
+        for got, expected in zip(rank["results"][("accumulated", name)], single, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_the_shards_differ_so_the_reduction_matters():

@@ -113,8 +113,9 @@ def test_zero_task_gradient_gets_a_finite_weight() -> None:
     losses = model.losses()
     constant_reaching = losses[0] + 0.0 * sum(p.sum() for p in model.shared_params())  # zero gradient, in the graph
     for method in GRADIENT_METHODS:
+        method.reset()  # the instances are shared with the 3-task tests above
         model.zero_grad_all()
-        info = core.mtl_backward([constant_reaching, losses[1]], model.shared_params(), method)
+        info = core.mtl_backward([constant_reaching, losses[1]], model.shared_params(), method, retain_graph=True)
         assert torch.isfinite(info.weights).all()
         assert all(torch.isfinite(p.grad).all() for p in model.shared_params())
 
@@ -265,3 +266,204 @@ def test_a_refused_call_leaves_the_method_state_alone() -> None:
             task_params=[model.task_params()[0], [unreached]],
         )
     assert torch.equal(generator.get_state(), state)
+
+
+# ---- heads: one vector-Jacobian product after the weights ----------------------------------
+
+
+@pytest.mark.parametrize("representation", [False, True])
+@pytest.mark.parametrize("method", [core.MGDA(), core.PCGrad(generator=torch.Generator().manual_seed(1))], ids=repr)
+def test_a_head_reached_by_two_losses_receives_both_terms(method, representation) -> None:
+    """The documented contract: heads get the gradient of sum_i c_i l_i, so a parameter listed as
+    task 0's but also reached by task 1's loss adds task 1's term c_1 grad l_1."""
+    model = TwoLayerMultiTask(2)
+    z = model.representation()
+    losses = model.losses_from(z)
+    extra = model.heads[0].bias
+    losses[1] = losses[1] + (extra**2).sum()
+    info = core.mtl_backward(
+        losses, model.shared_params(), method, task_params=model.task_params(), representation=z if representation else None, retain_graph=True
+    )
+    raw = method.head_gradient is core.HeadGradient.RAW
+    c = torch.ones(2, dtype=torch.float64) if raw else info.weights
+    expected = sum(c[i] * torch.autograd.grad(losses[i], extra, retain_graph=True)[0] for i in range(2))
+    torch.testing.assert_close(extra.grad, expected)
+
+
+def test_losses_given_as_one_stacked_tensor_match_a_list() -> None:
+    model = TwoLayerMultiTask(3)
+    info = core.mtl_backward(torch.stack(model.losses()), model.shared_params(), core.DiBSMTL(), task_params=model.task_params())
+    expected = hand_gradients(model, info.weights, raw_heads=False)
+    for got, want in zip(engine_gradients(model), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ---- reductions: one strategy object -----------------------------------------------------
+
+
+def test_the_local_reduction_is_the_identity() -> None:
+    from core.distributed import LocalReduction, reduction_for
+
+    reduction = reduction_for(None)
+    assert isinstance(reduction, LocalReduction)
+    jacobian = torch.randn(3, 5, dtype=torch.float64)
+    losses = jacobian[0]
+    assert reduction.losses(losses) is losses
+    assert reduction.jacobian([jacobian])[0] is jacobian
+    assert reduction.gradients([jacobian])[0] is jacobian
+    gramian, norms = reduction.representation_gramian(jacobian)
+    torch.testing.assert_close(gramian, jacobian @ jacobian.T)
+    torch.testing.assert_close(norms, jacobian.norm(dim=1))
+
+
+# ---- the graph ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("representation", [False, True])
+@pytest.mark.parametrize("method", [core.DiBSMTL(), core.PCGrad(), core.LinearScalarization()], ids=repr)
+def test_the_graph_is_freed_like_backward_unless_retained(method, representation) -> None:
+    """As `loss.backward()`: the call's last backward pass frees the saved activations (memory is
+    released before the next forward pass), and `retain_graph=True` keeps them."""
+    for retain in (False, True):
+        model = TwoLayerMultiTask(2)
+        z = model.representation()
+        losses = model.losses_from(z)
+        core.mtl_backward(
+            losses, model.shared_params(), method, task_params=model.task_params(),
+            representation=z if representation else None, retain_graph=retain,
+        )
+        if retain:
+            torch.autograd.grad(losses[0], model.shared_params()[0], retain_graph=True)
+        else:
+            with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+                torch.autograd.grad(losses[0] + losses[1], model.shared_params()[0])
+
+
+# ---- on_nonfinite="skip" -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("representation", [False, True])
+@pytest.mark.parametrize("method", [core.DiBSMTL(), core.MGDA(), core.LinearScalarization()], ids=repr)
+@pytest.mark.parametrize("corrupt", ["nan_loss", "inf_loss", "inf_gradient", "inf_head_gradient"])
+def test_skip_leaves_grad_untouched(method, corrupt, representation) -> None:
+    model = TwoLayerMultiTask(2)
+    sentinel = with_sentinel_grads(model)
+    z = model.representation()
+    losses = model.losses_from(z)
+    if corrupt == "nan_loss":
+        losses[1] = losses[1] * float("nan")
+    elif corrupt == "inf_loss":
+        losses[0] = losses[0] + float("inf")
+    elif corrupt == "inf_gradient":  # finite loss, infinite derivative through the shared features
+        losses[1] = losses[1] + torch.sqrt(z[0, 0] - z[0, 0].detach())
+    else:  # finite loss, infinite derivative on task 1's head only
+        bias = model.heads[1].bias
+        with torch.no_grad():
+            bias.zero_()
+        losses[1] = losses[1] + torch.sqrt(bias.abs()).sum()
+    call = lambda on_nonfinite: core.mtl_backward(  # noqa: E731
+        losses, model.shared_params(), method, task_params=model.task_params(),
+        representation=z if representation else None, on_nonfinite=on_nonfinite, retain_graph=True,
+    )
+    with pytest.raises((errors.NonFiniteLossError, errors.NonFiniteGradientError)):
+        call("raise")
+    info = call("skip")
+    assert info.skipped
+    assert info.weights.shape == (2,) and torch.isnan(info.weights).all()
+    assert info.gramian is None and info.grad_norms is None and info.diagnostics == {}
+    torch.testing.assert_close(info.losses, torch.stack(losses).detach(), equal_nan=True)
+    assert_untouched(model, sentinel)
+
+
+def test_a_finite_step_is_not_skipped_and_on_nonfinite_is_validated() -> None:
+    model = TwoLayerMultiTask(2)
+    info = core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), on_nonfinite="skip")
+    assert not info.skipped and torch.isfinite(info.weights).all()
+    with pytest.raises(errors.MTLInputError, match="on_nonfinite"):
+        core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), on_nonfinite="ignore")
+
+
+# ---- clear errors, before any .grad is written ---------------------------------------------
+
+
+@pytest.mark.parametrize("method", [core.DiBSMTL(), core.MGDA(), core.LinearScalarization()], ids=repr)
+def test_a_detached_task_is_named(method) -> None:
+    model = TwoLayerMultiTask(3)
+    sentinel = with_sentinel_grads(model)
+    losses = model.losses()
+    losses[1] = losses[1].detach()
+    with pytest.raises(errors.UnreachedTaskError, match="task 1 does not reach") as raised:
+        core.mtl_backward(losses, model.shared_params(), method)
+    assert isinstance(raised.value, errors.UnreachedParameterError)  # old except clauses still catch it
+    with pytest.raises(errors.UnreachedTaskError, match="task 1 does not reach"):
+        core.mtl_backward(torch.stack(losses), model.shared_params(), method)
+    assert_untouched(model, sentinel)
+
+
+def test_a_task_computed_from_other_features_is_named_in_representation_mode() -> None:
+    model = TwoLayerMultiTask(3)
+    sentinel = with_sentinel_grads(model)
+    z = model.representation()
+    other = model.representation()  # a second forward pass: another graph
+    losses = model.losses_from(z)
+    losses[2] = model.losses_from(other)[2]
+    with pytest.raises(errors.UnreachedTaskError, match="task 2 does not reach the representation"):
+        core.mtl_backward(losses, model.shared_params(), core.MGDA(), task_params=model.task_params(), representation=z)
+    assert_untouched(model, sentinel)
+
+
+def test_a_task_reaching_no_shared_parameter_is_named() -> None:
+    model = TwoLayerMultiTask(2)
+    sentinel = with_sentinel_grads(model)
+    losses = model.losses()
+    head_only = (model.heads[1].weight ** 2).sum()
+    with pytest.raises(errors.UnreachedTaskError, match="task 1 does not reach any of shared_params"):
+        core.mtl_backward([losses[0], head_only], model.shared_params(), core.DiBSMTL(), task_params=model.task_params())
+    assert_untouched(model, sentinel)
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS + LOSS_METHODS, ids=repr)
+def test_empty_shared_params_are_refused_for_every_method(method) -> None:
+    model = TwoLayerMultiTask(3)
+    sentinel = with_sentinel_grads(model)
+    with pytest.raises(errors.NoSharedParametersError, match="shared_params is empty"):
+        core.mtl_backward(model.losses(), [], method, task_params=model.task_params())
+    consumed = model.encoder.parameters()
+    list(consumed)
+    with pytest.raises(errors.NoSharedParametersError, match="generator"):
+        core.mtl_backward(model.losses(), consumed, method, task_params=model.task_params())
+    assert_untouched(model, sentinel)
+
+
+@pytest.mark.parametrize("method", [core.DiBSMTL(), core.LinearScalarization()], ids=repr)
+def test_the_meta_device_is_refused(method) -> None:
+    with torch.device("meta"):
+        model = TwoLayerMultiTask.__new__(TwoLayerMultiTask)
+        torch.nn.Module.__init__(model)
+        model.encoder = torch.nn.Linear(4, 5)
+        model.heads = torch.nn.ModuleList(torch.nn.Linear(5, 1) for _ in range(2))
+        model.inputs, model.targets = torch.zeros(8, 4), torch.zeros(8, 2)
+    with pytest.raises(errors.MetaDeviceError, match="meta device"):
+        core.mtl_backward(model.losses(), model.shared_params(), method, task_params=model.task_params())
+    assert all(p.grad is None for p in model.parameters())
+
+
+class FullModeMGDA(core.MGDA):
+    engine_modes = frozenset({"full"})
+
+    def _weights(self, gramian, losses):
+        self.calls = getattr(self, "calls", 0) + 1
+        return super()._weights(gramian, losses)
+
+
+def test_a_method_used_in_a_mode_it_does_not_support_is_refused() -> None:
+    model = TwoLayerMultiTask(2)
+    sentinel = with_sentinel_grads(model)
+    method = FullModeMGDA()
+    z = model.representation()
+    with pytest.raises(errors.UnsupportedEngineModeError, match="'representation'"):
+        core.mtl_backward(model.losses_from(z), model.shared_params(), method, representation=z)
+    assert_untouched(model, sentinel)
+    assert getattr(method, "calls", 0) == 0
+    core.mtl_backward(model.losses(), model.shared_params(), method)  # full mode: supported
+    assert method.calls == 1

@@ -34,7 +34,11 @@ GOLDEN = {
     # 5-step DiBS-MTL, eta = r / 5 (reference HEAD multi-step)
     "dibsmtl_5": (core.DiBSMTL(steps=5), [2.3568729648758136e-07, 1.6221112226300144e-07]),
     "dibsmtl_10_eta_1e-2": (core.DiBSMTL(steps=10, inner_step=1e-2), [2.341230247258222e-05, 1.6113451660041053e-05]),
-    "nsum": (core.NormalizedSum(), [1 / N1, 1 / N2]),
+    "normalized_sum": (core.NormalizedSum(), [1 / N1, 1 / N2]),
+    # the overall scale epsilon replaces eta r = 1e-5: w_i = epsilon / ||g_i|| (1-step), and the
+    # T-step weights scale by epsilon / (eta r)
+    "dibsmtl_epsilon_1": (core.DiBSMTL(epsilon=1.0), [1 / N1, 1 / N2]),
+    "dibsmtl_5_epsilon_1": (core.DiBSMTL(steps=5, epsilon=1.0), [2.3568729648758136e-07 / 2e-7, 1.6221112226300144e-07 / 2e-7]),
     # MGDA: a_1 = ((g2 - g1) . g2) / ||g1 - g2||^2 = 60 / 100
     "mgda": (core.MGDA(), [0.6, 0.4]),
     # l2: the unit gradients have equal norms, so a = (1/2, 1/2)
@@ -59,10 +63,10 @@ GOLDEN = {
     # with g0 = [1, 1, 1], c ||g0|| / ||g1|| = 0.4 sqrt(3) / sqrt(18) = 0.4 / sqrt(6); divided by 1.16
     "cagrad": (core.CAGrad(), [(0.5 + 0.4 / math.sqrt(6)) / 1.16, 0.5 / 1.16]),
     # IMTL-G: equal projections onto u_1, u_2 give a proportional to (||g_2||, ||g_1||), summing to 1
-    "imtl": (core.IMTLG(), [N2 / (N1 + N2), N1 / (N1 + N2)]),
+    "imtl_g": (core.IMTLG(), [N2 / (N1 + N2), N1 / (N1 + N2)]),
     # uncertainty weighting at s = 0: w = exp(0) / 2; at s = log l (its optimum): w = 1 / (2 l)
     "uw": (core.UncertaintyWeighting(2), [0.5, 0.5]),
-    "uw_at_optimum": (core.UncertaintyWeighting(2, dtype=torch.float64), [0.5, 0.25]),
+    "uw_at_optimum": (core.UncertaintyWeighting(2).to(dtype=torch.float64), [0.5, 0.25]),
     # DWA: the first two epochs weigh every task 1
     "dwa": (core.DynamicWeightAverage(2), [1.0, 1.0]),
     # FAMO with z uniform: w_t proportional to 1 / l_t, normalised: (1, 1/2) / (3/2)

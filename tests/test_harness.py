@@ -117,7 +117,30 @@ class InterruptingCheckpoint(Checkpoint):
             raise Interrupt
 
 
-@pytest.mark.parametrize("method", ["rlw", "uw", "famo", "dwa"])
+def test_results_stored_under_old_method_names_are_migrated(tmp_path):
+    """Runs stored as `dibsmtl_multi_step`, `nsum` or `imtl` are found under their canonical specs,
+    rewritten under the new run id (`migrated_from` names the old one); the old file stays."""
+    store = ResultStore(tmp_path)
+    for old, new in (("dibsmtl_multi_step", "dibsmtl:steps=5"), ("nsum", "normalized_sum"), ("imtl", "imtl_g")):
+        old_run, new_run = spec(method=old), spec(method=new)
+        store.save(old_run, {"value": 2.0}, elapsed_s=1.0)
+        migrated = store.load(new_run)
+        assert migrated["result"] == {"value": 2.0} and migrated["migrated_from"] == old_run.run_id
+        assert migrated["spec"] == new_run.as_dict() and store.result_path(old_run).exists()
+        assert store.load(new_run) == migrated  # now stored under the new id, checksum valid
+    assert store.load(spec(method="ls")) is None
+
+
+def test_checkpoints_hold_state_dicts_that_load_with_weights_only(tmp_path):
+    store = ResultStore(tmp_path)
+    run = spec(method="famo")
+    with pytest.raises(Interrupt):
+        train_run(AUTOMPG, run, InterruptingCheckpoint(store, run, after=1), protocol=SHORT, data_root=None, device=torch.device("cpu"), max_batches=3)
+    state = torch.load(store.checkpoint_path(run), weights_only=True)
+    assert set(state["method"]) >= {"logits", "exp_avg", "exp_avg_sq", "step"}
+
+
+@pytest.mark.parametrize("method", ["rlw", "uw", "famo", "dwa", "nashmtl", "dwa:window=2"])
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method):
     store = ResultStore(tmp_path)
     run = spec(method=method, transform="mpg:exp")

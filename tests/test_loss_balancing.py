@@ -59,20 +59,51 @@ def test_dwa_weights_follow_the_epoch_ratios() -> None:
     torch.testing.assert_close(dwa(LOSSES), expected)
     assert float(expected[0]) > 1 > float(expected[1])  # the task that improved less gains weight
     mean = core.DynamicWeightAverage(2, reduction="mean")
-    mean._epoch_means = dwa.epoch_means
+    for epoch_losses in ([[4.0, 2.0], [2.0, 2.0]], [[2.0, 1.0]]):
+        for step in epoch_losses:
+            mean(torch.tensor(step, dtype=torch.float64))
+        mean.end_epoch()
     torch.testing.assert_close(mean(LOSSES), expected / 2)
-
-
-def test_dwa_window_ends_epochs_by_itself() -> None:
-    dwa = core.DynamicWeightAverage(3, window=2)
-    for _ in range(4):
-        dwa(torch.tensor([1.0, 2.0, 3.0]))
-    assert len(dwa.epoch_means) == 2
-    torch.testing.assert_close(dwa(torch.tensor([1.0, 2.0, 3.0])), torch.ones(3))  # equal ratios
     dwa.reset()
     assert dwa.epoch_means == []
     with pytest.raises(MTLInputError, match="end_epoch"):
         dwa.end_epoch()
+
+
+def reference_window_dwa(losses: list[list[float]], window: int, temperature: float = 2.0) -> list[list[float]]:
+    """The Nash-MTL reference's DWA (`iteration_window`), transcribed from its description: a FIFO of
+    the last 2 * window loss vectors, initially ones; each call appends its losses first, then, once
+    more than `window` calls came before it, sets w = K softmax((mean newest window / mean older
+    window) / T); the weights are kept between updates."""
+    num_tasks = len(losses[0])
+    costs = [[1.0] * num_tasks for _ in range(2 * window)]
+    weights, out = [1.0] * num_tasks, []
+    for calls, loss in enumerate(losses):
+        costs = costs[1:] + [list(loss)]
+        if calls > window:
+            newest = [sum(row[k] for row in costs[window:]) / window for k in range(num_tasks)]
+            older = [sum(row[k] for row in costs[:window]) / window for k in range(num_tasks)]
+            scores = [math.exp(n / o / temperature) for n, o in zip(newest, older)]
+            weights = [num_tasks * s / sum(scores) for s in scores]
+        out.append(weights)
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 3, 25])
+def test_dwa_window_is_the_reference_sliding_window(window) -> None:
+    """`window=n` recomputes the weights every call from the last 2n losses (ones while the buffer
+    fills), the current call's included, from the (n+2)-th call on; `end_epoch` changes nothing."""
+    generator = torch.Generator().manual_seed(window)
+    sequence = (0.2 + torch.rand(3 * window + 6, 3, generator=generator, dtype=torch.float64)).tolist()
+    dwa = core.DynamicWeightAverage(3, window=window)
+    got = []
+    for loss in sequence:
+        got.append(dwa(torch.tensor(loss, dtype=torch.float64)))
+        dwa.end_epoch()
+    expected = torch.tensor(reference_window_dwa(sequence, window), dtype=torch.float64)
+    torch.testing.assert_close(torch.stack(got), expected, rtol=1e-12, atol=0)
+    assert torch.equal(got[window], torch.ones(3, dtype=torch.float64))  # the (n+1)-th call: still ones
+    assert not torch.equal(got[window + 1], torch.ones(3, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------- FAMO
@@ -102,7 +133,7 @@ def test_famo_weights_sum_to_one_and_are_the_log_objective_gradient(losses, logi
 def test_famo_sgd_update_is_the_paper_equation() -> None:
     famo = core.FAMO(2, optimizer="sgd", lr=0.5, weight_decay=0.1, eps=0.0)
     famo(torch.tensor([1.0, 2.0]))
-    famo.update(torch.tensor([0.5, 1.8]))  # task 0 improved by log 2, task 1 by log(2 / 1.8)
+    famo.after_step(torch.tensor([0.5, 1.8]))  # task 0 improved by log 2, task 1 by log(2 / 1.8)
     change = torch.tensor([math.log(2.0), math.log(2 / 1.8)], dtype=torch.float64)
     z = torch.full((2,), 0.5, dtype=torch.float64)
     delta = z * change - z * (z @ change)
@@ -119,7 +150,7 @@ def test_famo_adam_update_matches_torch_adam() -> None:
         after = torch.tensor(after, dtype=torch.float64)
         famo(before)
         expected_gradient = famo.logit_gradient(before, after)
-        famo.update(after)
+        famo.after_step(after)
         reference.grad = expected_gradient
         adam.step()
         before = after
@@ -143,7 +174,7 @@ def test_famo_rejects_losses_below_the_bound_and_update_without_step() -> None:
     with pytest.raises(LossDomainError, match="min_losses"):
         famo(torch.tensor([0.5, -1.0]))
     with pytest.raises(MTLInputError, match="preceding"):
-        famo.update(torch.tensor([1.0, 1.0]))
+        famo.after_step(torch.tensor([1.0, 1.0]))
     with pytest.raises(InvalidHyperparameterError):
         core.FAMO(2, optimizer="lbfgs")  # type: ignore[arg-type]
 

@@ -16,7 +16,7 @@ DETERMINISTIC_GRADIENT_WEIGHTINGS = {
     "dibsmtl": lambda: core.DiBSMTL(),
     "dibsmtl_5": lambda: core.DiBSMTL(steps=5),
     "dibsmtl_big_radius": lambda: core.DiBSMTL(steps=8, radius=1.0, inner_step=0.3),
-    "nsum": lambda: core.NormalizedSum(),
+    "normalized_sum": lambda: core.NormalizedSum(),
     "mgda": lambda: core.MGDA(),
     "mgda_l2": lambda: core.MGDA(normalization="l2"),
     "mgda_loss+": lambda: core.MGDA(normalization="loss+", apply_to="normalized"),
@@ -43,14 +43,13 @@ def test_permutation_equivariance(name, jacobian, data) -> None:
     method = DETERMINISTIC_GRADIENT_WEIGHTINGS[name]()
     losses = data.draw(positive_losses(jacobian.shape[0]))
     order = torch.tensor(data.draw(st.permutations(range(jacobian.shape[0]))))
-    weights = method(gramian(jacobian), losses)
-    permuted = method(gramian(jacobian[order]), losses[order])
+    weights, diagnostics = method.weights(gramian(jacobian), losses)
+    permuted, permuted_diagnostics = method.weights(gramian(jacobian[order]), losses[order])
     if not name.startswith("mgda"):
         torch.testing.assert_close(permuted, weights[order], rtol=1e-9, atol=0)
         return
-    value = method.last_diagnostics["min_norm"].item() ** 2
-    method(gramian(jacobian), losses)
-    reference = method.last_diagnostics["min_norm"].item() ** 2
+    value = permuted_diagnostics["min_norm"].item() ** 2
+    reference = diagnostics["min_norm"].item() ** 2
     norms = gramian(jacobian).diagonal().sqrt()
     solved_scale = {"none": torch.ones_like(norms), "l2": norms, "loss": losses, "loss+": losses * norms}[method.normalization]
     safe_scale = torch.where(solved_scale > 0, solved_scale, 1.0)  # MGDA leaves zero gradients as they are
@@ -89,12 +88,12 @@ def test_rgw_ignores_the_gramian(jacobian) -> None:
     torch.testing.assert_close(first, other)
 
 
-@pytest.mark.parametrize("name", sorted(NONNEGATIVE_GRADIENT_WEIGHTINGS | {"imtl": core.IMTLG}))
+@pytest.mark.parametrize("name", sorted(NONNEGATIVE_GRADIENT_WEIGHTINGS | {"imtl_g": core.IMTLG}))
 def test_batched_gramians_equal_separate_calls(name) -> None:
     generator = torch.Generator().manual_seed(5)
     batch = torch.randn(3, 2, 4, 6, generator=generator, dtype=torch.float64)
     losses = torch.rand(3, 2, 4, generator=generator, dtype=torch.float64) + 0.1
-    method = (NONNEGATIVE_GRADIENT_WEIGHTINGS | {"imtl": core.IMTLG})[name]()
+    method = (NONNEGATIVE_GRADIENT_WEIGHTINGS | {"imtl_g": core.IMTLG})[name]()
     batched = method(gramian(batch), losses)
     assert batched.shape == (3, 2, 4)
     for i in range(3):
@@ -105,7 +104,8 @@ def test_batched_gramians_equal_separate_calls(name) -> None:
 def test_registry_builds_every_method_and_rejects_unknown_names() -> None:
     for name in available_methods():
         assert isinstance(make_method(name, num_tasks=2), core.Method)
-    assert make_method("dibsmtl_multi_step").steps == 5
+    with pytest.warns(DeprecationWarning, match="dibsmtl:steps=5"):
+        assert make_method("dibsmtl_multi_step").steps == 5
     with pytest.raises(core.errors.UnknownMethodError, match="choose one of: .*dibsmtl"):
         make_method("dibs-mtl")
     with pytest.raises(core.errors.InvalidHyperparameterError, match="num_tasks"):
@@ -125,18 +125,17 @@ def extreme_losses(num_tasks: int):
 
 
 def run_method(method: core.Method, jacobian: torch.Tensor, loss_sequence: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Weights of a few consecutive steps, with each method's own between-step calls (DWA ends an
-    epoch after each step, FAMO updates its logits with the next step's losses)."""
+    """Weights of a few consecutive steps through the lifecycle: after each step `after_step` with
+    the next step's losses (FAMO's logit update) and `end_epoch` (DWA: every step an epoch)."""
     outputs = []
     for step, losses in enumerate(loss_sequence):
         if isinstance(method, core.GradientWeighting):
             outputs.append(method(gramian(jacobian), losses))
-            continue
-        outputs.append(method(losses))
-        if isinstance(method, core.DynamicWeightAverage):
-            method.end_epoch()
-        if isinstance(method, core.FAMO) and step + 1 < len(loss_sequence):
-            method.update(loss_sequence[step + 1])
+        else:
+            outputs.append(method(losses))
+        if step + 1 < len(loss_sequence):
+            method.after_step(loss_sequence[step + 1])
+        method.end_epoch()
     return outputs
 
 

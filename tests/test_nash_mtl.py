@@ -14,7 +14,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from core.errors import InvalidHyperparameterError, NonFiniteGradientError
+from core.errors import InvalidHyperparameterError, MTLInputError, NonFiniteGradientError
 from core.jacobian import gramian
 from core.methods.base import HeadGradient
 from core.methods.nash_mtl import NashMTL, nash_residual
@@ -24,8 +24,12 @@ F64 = torch.float64
 
 
 def solve(jacobian: torch.Tensor, method: NashMTL | None = None) -> torch.Tensor:
+    return solve_with_diagnostics(jacobian, method)[0]
+
+
+def solve_with_diagnostics(jacobian: torch.Tensor, method: NashMTL | None = None) -> tuple[torch.Tensor, dict]:
     method = NashMTL() if method is None else method
-    return method(gramian(jacobian), torch.ones(jacobian.shape[:-1], dtype=jacobian.dtype))
+    return method.weights(gramian(jacobian), torch.ones(jacobian.shape[:-1], dtype=jacobian.dtype))
 
 
 def amplification(jacobian: torch.Tensor, weights: torch.Tensor) -> float:
@@ -42,12 +46,12 @@ def unit_gramian_min_eigenvalue(jacobian: torch.Tensor) -> float:
 def test_solves_the_regularised_nash_system(jacobian) -> None:
     """alpha_i ((G + ridge diag G) alpha)_i = 1 to the tolerance (plus the rounding floor), always."""
     method = NashMTL()
-    weights = solve(jacobian, method)
+    weights, diagnostics = solve_with_diagnostics(jacobian, method)
     gram = gramian(jacobian)
     regularised = gram + method.ridge * torch.diag_embed(gram.diagonal())
     floor = 1e-15 * amplification(jacobian, weights) * jacobian.shape[0]  # rounding of G, amplified
     assert nash_residual(regularised, weights).item() <= 1e-9 + floor
-    assert method.last_diagnostics["residual"].item() == pytest.approx(nash_residual(gram, weights).item(), abs=1e-12 + floor)
+    assert diagnostics["residual"].item() == pytest.approx(nash_residual(gram, weights).item(), abs=1e-12 + floor)
 
 
 @given(jacobian=jacobians(min_tasks=1, max_tasks=5, allow_zero_rows=False))
@@ -58,9 +62,8 @@ def test_nash_optimality_and_non_conflict_on_well_posed_jacobians(jacobian) -> N
     alpha_i (G alpha)_i by at most ridge ||b||^2 <= 5e-6.
     """
     assume(jacobian.shape[0] <= jacobian.shape[1] and unit_gramian_min_eigenvalue(jacobian) >= 1e-4)
-    method = NashMTL()
-    weights = solve(jacobian, method)
-    assert method.last_diagnostics["residual"].item() <= 1e-9 + 5e-6
+    weights, diagnostics = solve_with_diagnostics(jacobian)
+    assert diagnostics["residual"].item() <= 1e-9 + 5e-6
     direction = weights @ jacobian
     products = jacobian @ direction  # d . g_i
     assert bool((products > 0).all())
@@ -151,12 +154,11 @@ def test_documented_degenerate_cases() -> None:
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-12, atol=0)
     torch.testing.assert_close(weights * duplicate.norm(dim=1), torch.tensor([0.5**0.5, 0.5**0.5, 1.0], dtype=F64), rtol=1e-9, atol=0)
     # opposite gradients (Pareto stationary): no solution; weights ~ ridge^-1/2 / ||g||, update 0
-    method = NashMTL()
     opposite = torch.tensor([[1.0, 0.0], [-3.0, 0.0]], dtype=F64)
-    weights = solve(opposite, method)
+    weights, diagnostics = solve_with_diagnostics(opposite)
     torch.testing.assert_close(weights * opposite.norm(dim=1), torch.full((2,), 1e5, dtype=F64), rtol=1e-6, atol=0)
     assert float((weights @ opposite).norm()) <= 1e-6
-    assert method.last_diagnostics["residual"].item() == pytest.approx(1.0, abs=1e-6)
+    assert diagnostics["residual"].item() == pytest.approx(1.0, abs=1e-6)
     # extreme scales in float32: alpha ~ 1/||g||
     extreme = torch.tensor([[1e-12, 0.0], [0.0, 1e12]])
     torch.testing.assert_close(solve(extreme), torch.tensor([1e12, 1e-12]), rtol=1e-6, atol=0)
@@ -176,9 +178,8 @@ def test_bad_input_and_hyperparameters() -> None:
 
 def test_termination_is_guaranteed() -> None:
     jacobian = torch.randn(12, 2, generator=torch.Generator().manual_seed(0), dtype=F64)  # 0 in the hull
-    method = NashMTL(max_iterations=3, tolerance=1e-15)
-    weights = solve(jacobian, method)
-    assert method.last_diagnostics["iterations"].item() <= 3
+    weights, diagnostics = solve_with_diagnostics(jacobian, NashMTL(max_iterations=3, tolerance=1e-15))
+    assert diagnostics["iterations"].item() <= 3
     assert bool(torch.isfinite(weights).all()) and bool((weights > 0).all())
 
 
@@ -186,41 +187,49 @@ def test_warm_start_reset_and_update_every() -> None:
     generator = torch.Generator().manual_seed(3)
     jacobian = torch.randn(5, 12, generator=generator, dtype=F64)
     nearby = jacobian + 1e-3 * torch.randn(5, 12, generator=generator, dtype=F64)
-    cold = NashMTL()
-    solve(nearby, cold)
-    cold_iterations = cold.last_diagnostics["iterations"].item()
+    cold_iterations = solve_with_diagnostics(nearby)[1]["iterations"].item()
     warm = NashMTL()
     solve(jacobian, warm)
-    warm_weights = solve(nearby, warm)
-    assert warm.last_diagnostics["iterations"].item() < cold_iterations
+    warm_weights, diagnostics = solve_with_diagnostics(nearby, warm)
+    assert diagnostics["iterations"].item() < cold_iterations
     torch.testing.assert_close(warm_weights, solve(nearby), rtol=1e-8, atol=0)
     warm.reset()
-    solve(nearby, warm)
-    assert warm.last_diagnostics["iterations"].item() == cold_iterations
+    assert solve_with_diagnostics(nearby, warm)[1]["iterations"].item() == cold_iterations
     no_warm = NashMTL(warm_start=False)
+    assert not no_warm.stateful
     solve(jacobian, no_warm)
-    solve(nearby, no_warm)
-    assert no_warm.last_diagnostics["iterations"].item() == cold_iterations
+    assert solve_with_diagnostics(nearby, no_warm)[1]["iterations"].item() == cold_iterations
 
     every = NashMTL(update_weights_every=3)
     sequence = [torch.randn(5, 12, generator=generator, dtype=F64) for _ in range(5)]
-    outputs = [solve(j, every) for j in sequence[:3]]
+    calls = [solve_with_diagnostics(j, every) for j in sequence[:3]]
+    outputs = [weights for weights, _ in calls]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)  # reused as in the reference
     torch.testing.assert_close(outputs[2], outputs[0], rtol=0, atol=0)
-    assert every.last_diagnostics["reused"].item() and every.last_diagnostics["iterations"].item() == 0
+    last = calls[2][1]
+    assert last["reused"].item() and last["iterations"].item() == 0
     # the residual reported for a reused alpha is that on the current Gramian
-    assert every.last_diagnostics["residual"].item() == pytest.approx(nash_residual(gramian(sequence[2]), outputs[0]).item())
-    fourth = solve(sequence[3], every)
-    assert not every.last_diagnostics["reused"].item()
+    assert last["residual"].item() == pytest.approx(nash_residual(gramian(sequence[2]), outputs[0]).item())
+    fourth, diagnostics = solve_with_diagnostics(sequence[3], every)
+    assert not diagnostics["reused"].item()
     torch.testing.assert_close(fourth, solve(sequence[3]), rtol=1e-8, atol=0)
-    # a different shape solves afresh instead of reusing; reset restarts the counter
-    solve(torch.randn(3, 12, generator=generator, dtype=F64), every)
-    assert not every.last_diagnostics["reused"].item()
+    # a different number of tasks needs a reset; reset restarts the counter
+    with pytest.raises(MTLInputError, match="reset"):
+        solve(torch.randn(3, 12, generator=generator, dtype=F64), every)
     every.reset()
-    solve(sequence[4], every)
-    assert not every.last_diagnostics["reused"].item()
-    solve(sequence[0], every)
-    assert every.last_diagnostics["reused"].item()
+    assert not solve_with_diagnostics(sequence[4], every)[1]["reused"].item()
+    assert solve_with_diagnostics(sequence[0], every)[1]["reused"].item()
+
+
+def test_state_dict_round_trip_continues_the_warm_start() -> None:
+    generator = torch.Generator().manual_seed(4)
+    sequence = [torch.randn(2, 4, 9, generator=generator, dtype=F64) for _ in range(3)]  # batch of 2 runs
+    original = NashMTL(update_weights_every=2)
+    solve(sequence[0], original)
+    copy = NashMTL(update_weights_every=2)
+    copy.load_state_dict(original.state_dict())
+    for jacobian in sequence[1:]:
+        torch.testing.assert_close(solve(jacobian, copy), solve(jacobian, original), rtol=0, atol=0)
 
 
 @given(num_tasks=st.integers(1, 5), data=st.data())
@@ -229,8 +238,8 @@ def test_batched_equals_one_by_one(num_tasks, data) -> None:
     drawn = [data.draw(jacobians(min_tasks=num_tasks, max_tasks=num_tasks, max_dim=6)) for _ in range(batch)]
     method = NashMTL()
     gramians = torch.stack([gramian(j) for j in drawn]).reshape(batch, 1, num_tasks, num_tasks)  # batch shape [B, 1]
-    batched = method(gramians, torch.ones(gramians.shape[:-1], dtype=F64))
-    assert batched.shape == (batch, 1, num_tasks) and method.last_diagnostics["residual"].shape == (batch, 1)
+    batched, diagnostics = method.weights(gramians, torch.ones(gramians.shape[:-1], dtype=F64))
+    assert batched.shape == (batch, 1, num_tasks) and diagnostics["residual"].shape == (batch, 1)
     for jacobian, weights in zip(drawn, batched[:, 0]):
         single = solve(jacobian)
         rtol = 1e-10 + 1e-15 * amplification(jacobian, single)
@@ -245,7 +254,7 @@ def test_engine_copies_the_diagnostics_and_weights_the_heads() -> None:
     heads = [torch.nn.Parameter(torch.randn(4, dtype=F64, generator=generator)) for _ in range(3)]
     losses = [((shared * head).sum() - i) ** 2 for i, head in enumerate(heads)]
     method = NashMTL()
-    info = mtl_backward(losses, [shared], method, task_params=[[head] for head in heads])
+    info = mtl_backward(losses, [shared], method, task_params=[[head] for head in heads], retain_graph=True)
     assert set(info.diagnostics) == {"residual", "iterations", "reused"}
     assert info.diagnostics["residual"].item() <= 1e-8
     expected_head = info.weights[1] * torch.autograd.grad(losses[1], heads[1], retain_graph=True)[0]

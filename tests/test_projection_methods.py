@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 from core.errors import InvalidHyperparameterError
 from core.jacobian import gramian
 from core.methods.base import HeadGradient
-from core.methods.projection import IMTLG, CAGrad, PCGrad, pcgrad_coefficients
+from core.methods.projection import (
+    IMTLG,
+    CAGrad,
+    PCGrad,
+    _cagrad_two_tasks,
+    _imtlg_weights,
+    cagrad_dual,
+    pcgrad_coefficients,
+)
 from tests.jacobian_strategies import jacobians
 
 F64 = torch.float64
@@ -179,19 +187,19 @@ def explicit_two_task_cagrad(jacobian: torch.Tensor, c: float) -> torch.Tensor:
 def test_cagrad_duality_gap_and_constraint(jacobian, c) -> None:
     num_tasks = jacobian.shape[0]
     method = CAGrad(c=c, rescale=0)
-    weights = method(gramian(jacobian), ones(num_tasks))
+    weights, diagnostics = method.weights(gramian(jacobian), ones(num_tasks))
     assert bool(torch.isfinite(weights).all())
     scale = largest_norm(jacobian) ** 2
     # the Gramian resolves squared norms to ~1e-16 of the largest, so F (linear in ||g_w||) of a
     # combination of much smaller gradients is only resolved to ~1e-8 relative: the gap floor
-    assert float(method.last_diagnostics["dual_gap"]) <= 1e-7
+    assert float(diagnostics["dual_gap"]) <= 1e-7
     update = weights @ jacobian
     mean, radius = cagrad_parts(jacobian, c)
     # the CAGrad constraint ||d - g_0|| <= c ||g_0||
     # up to the rounding of ||g_w||^2 = w^T G w, ~1e-16 of the largest squared norm
     assert float((update - mean).norm()) <= radius * (1 + 1e-9) + 1e-7 * math.sqrt(scale)
     # parameter-space certificate: F(w_dual) bounds the optimum from above, min_i g_i . d from below
-    dual_weights = method.last_diagnostics["dual_weights"]
+    dual_weights = diagnostics["dual_weights"]
     assert bool((dual_weights >= 0).all()) and abs(float(dual_weights.sum()) - 1) <= 1e-12
     primal = float((jacobian @ update).min())
     assert dual_objective(jacobian, dual_weights, c) - primal <= 2e-7 * scale
@@ -199,9 +207,8 @@ def test_cagrad_duality_gap_and_constraint(jacobian, c) -> None:
 
 @given(jacobian=full_rank_jacobians(max_tasks=6, max_exponent=2.0), c=st.sampled_from([0.1, 0.4, 0.9]))
 def test_cagrad_reaches_a_tight_gap_on_well_posed_input(jacobian, c) -> None:
-    method = CAGrad(c=c)
-    method(gramian(jacobian), ones(jacobian.shape[0]))
-    assert float(method.last_diagnostics["dual_gap"]) <= 1e-10
+    diagnostics = CAGrad(c=c).weights(gramian(jacobian), ones(jacobian.shape[0])).diagnostics
+    assert float(diagnostics["dual_gap"]) <= 1e-10
 
 
 @given(jacobian=jacobians(min_tasks=2, max_tasks=2, min_exponent=-3, max_exponent=3), c=st.floats(0.05, 0.95))
@@ -282,6 +289,138 @@ def test_cagrad_batched_matches_single_and_float32() -> None:
     low = CAGrad()(gram.float(), torch.ones(6, 4))
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, batched.float(), rtol=1e-4, atol=1e-5)
+
+
+def unit_scaled(gram: torch.Tensor) -> torch.Tensor:
+    return gram / gram.diagonal(dim1=-2, dim2=-1).amax(dim=-1)[..., None, None]
+
+
+def scaled_dual_objective(gram: torch.Tensor, simplex_weights: torch.Tensor, c: float) -> float:
+    """F(w) = g_w . g_0 + c ||g_0|| ||g_w|| from the Gramian, relative to max_i G_ii."""
+    gram = unit_scaled(gram.to(F64))
+    weights = simplex_weights.to(F64).clamp_min(0)
+    weights = weights / weights.sum()
+    mean_products = gram.mean(dim=1)
+    return float(weights @ mean_products) + c * float(mean_products.mean().clamp_min(0).sqrt()) * float((weights @ gram @ weights).clamp_min(0).sqrt())
+
+
+TWO_TASK_CASES = {
+    "zero gradient": [[1.0, 2.0, 0.5], [0.0, 0.0, 0.0]],
+    "identical": [[1.0, 2.0, 0.5], [1.0, 2.0, 0.5]],
+    "parallel": [[1.0, 2.0, 0.5], [3.0, 6.0, 1.5]],
+    "opposite": [[1.0, 2.0, 0.5], [-3.0, -6.0, -1.5]],
+    "opposite, equal norms": [[1.0, 2.0, 0.5], [-1.0, -2.0, -0.5]],
+    "orthogonal": [[1.0, 0.0, 0.0], [0.0, 1e-6, 0.0]],
+    "conflicting": [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]],
+}
+
+
+@given(jacobian=jacobians(min_tasks=2, max_tasks=2, max_dim=5), c=st.sampled_from([0.1, 0.4, 0.9, 2.0]))
+@settings(max_examples=60)
+def test_cagrad_two_task_closed_form_is_the_general_path(jacobian, c) -> None:
+    """K = 2: the one-dimensional dual in closed form against the general root-finding solver,
+    on random 2-task Gramians at scales 1e-12..1e12 with zero, identical and opposite rows: the
+    same dual objective (to rounding), and the same update where the optimum is unique."""
+    _check_cagrad_two_tasks(jacobian, c)
+
+
+@pytest.mark.parametrize("case", sorted(TWO_TASK_CASES))
+@pytest.mark.parametrize("c", [0.4, 1.5])
+def test_cagrad_two_task_closed_form_on_degenerate_gradients(case, c) -> None:
+    _check_cagrad_two_tasks(torch.tensor(TWO_TASK_CASES[case], dtype=F64), c)
+
+
+def _check_cagrad_two_tasks(jacobian: torch.Tensor, c: float) -> None:
+    gram = gramian(jacobian)
+    if float(gram.diagonal().max()) == 0:
+        return
+    scaled = unit_scaled(gram)
+    direction, dual_weights, gap = (torch.from_numpy(v) for v in _cagrad_two_tasks(scaled[None].numpy(), c))
+    general_direction, general_dual, general_gap, _ = cagrad_dual(scaled.numpy(), c, tolerance=1e-10, max_iterations=100)
+    general_direction, general_dual = torch.from_numpy(general_direction), torch.from_numpy(general_dual)
+    largest = largest_norm(jacobian)
+    assert float(gap[0]) <= 1e-7 and general_gap <= 1e-7
+    # both certify their dual objective: the same optimum to rounding
+    assert scaled_dual_objective(gram, dual_weights[0], c) == pytest.approx(scaled_dual_objective(gram, general_dual, c), abs=1e-7)
+    # the same update (it is unique: the primal maximises a concave function whose maximisers
+    # form the optimal face of a ball, a single point unless g_w* = 0, where both take the limit)
+    torch.testing.assert_close(direction[0] @ jacobian, general_direction @ jacobian, rtol=0, atol=2e-7 * largest)
+    # and it is what CAGrad returns
+    weights = CAGrad(c=c, rescale=0)(gram, ones(2))
+    torch.testing.assert_close(weights, direction[0], rtol=1e-12, atol=0)
+
+
+@given(jacobian=jacobians(min_tasks=2, max_tasks=2, max_dim=5))
+@settings(max_examples=60)
+def test_pcgrad_two_task_closed_form_is_the_general_path(jacobian) -> None:
+    """K = 2 has one order: the closed form equals `pcgrad_coefficients` with it, to rounding,
+    and draws nothing from the generator."""
+    gram = gramian(jacobian)
+    generator = torch.Generator().manual_seed(5)
+    state = generator.get_state()
+    for reduction, divisor in (("sum", 1.0), ("mean", 2.0)):
+        weights = PCGrad(generator=generator, reduction=reduction)(gram, ones(2))
+        general = pcgrad_coefficients(gram, torch.tensor([[1], [0]])).sum(dim=-2) / divisor
+        torch.testing.assert_close(weights, general, rtol=1e-15, atol=0)
+    assert torch.equal(generator.get_state(), state)
+
+
+@pytest.mark.parametrize("case", sorted(TWO_TASK_CASES))
+def test_pcgrad_and_imtlg_two_task_closed_forms_on_degenerate_gradients(case) -> None:
+    jacobian = torch.tensor(TWO_TASK_CASES[case], dtype=F64)
+    gram = gramian(jacobian)
+    torch.testing.assert_close(PCGrad()(gram, ones(2)), pcgrad_coefficients(gram, torch.tensor([[1], [0]])).sum(dim=-2), rtol=1e-15, atol=0)
+    general = _imtlg_weights(gram, F64)
+    closed, diagnostics = IMTLG().weights(gram, ones(2))
+    torch.testing.assert_close(closed, general.weights, rtol=1e-12, atol=1e-15)
+    assert not bool(diagnostics["floored"]) and not bool(general.diagnostics["floored"])
+
+
+@given(jacobian=jacobians(min_tasks=2, max_tasks=2, max_dim=5))
+@settings(max_examples=60)
+def test_imtlg_two_task_closed_form_is_the_general_path(jacobian) -> None:
+    """K = 2: `alpha = (1/||g_1||, 1/||g_2||) / (1/||g_1|| + 1/||g_2||)`, whatever the angle,
+    equals the general path (pseudo-inverse of the bordered unit Gramian) to rounding."""
+    gram = gramian(jacobian)
+    closed = IMTLG()(gram, ones(2))
+    torch.testing.assert_close(closed, _imtlg_weights(gram, F64).weights, rtol=1e-12, atol=1e-15)
+
+
+@given(jacobian=full_rank_jacobians(min_tasks=2, max_tasks=8, max_exponent=1.0), c=st.sampled_from([0.2, 0.4, 0.8]))
+@settings(max_examples=15)
+def test_cagrad_dual_objective_is_at_most_torchjds(jacobian, c) -> None:
+    """Our dual weights reach a value of CAGrad's dual `F` no larger than TorchJD 0.18's CAGrad
+    (cvxpy + CLARABEL) on the same Gramian, up to our certified gap."""
+    pytest.importorskip("torchjd")
+    pytest.importorskip("cvxpy")
+    from torchjd.aggregation import CAGradWeighting
+
+    gram = gramian(jacobian)
+    num_tasks = gram.shape[0]
+    reference = CAGradWeighting(c=c)(gram).to(F64)
+    kappa = float(reference.sum()) - 1
+    assume(kappa > 1e-9)  # TorchJD returns no direction where ||g_w|| < 1e-4 relative
+    reference_dual = (reference - 1 / num_tasks) / kappa
+    _, diagnostics = CAGrad(c=c).weights(gram, ones(num_tasks))
+    ours = scaled_dual_objective(gram, diagnostics["dual_weights"], c)
+    assert ours <= scaled_dual_objective(gram, reference_dual, c) + float(diagnostics["dual_gap"]) + 1e-14
+
+
+@pytest.mark.parametrize("num_tasks", [10, 40, 120])
+def test_cagrad_certificate_at_large_k(num_tasks) -> None:
+    """The duality gap certificate in parameter space, K up to 120 (the exact face steps
+    converge in a few root steps)."""
+    generator = torch.Generator().manual_seed(num_tasks)
+    jacobian = 0.5 * torch.randn(1, 3 * num_tasks, generator=generator, dtype=F64) + torch.randn(num_tasks, 3 * num_tasks, generator=generator, dtype=F64)
+    jacobian = jacobian * 10.0 ** (2 * torch.rand(num_tasks, 1, generator=generator, dtype=F64) - 1)
+    weights, diagnostics = CAGrad(c=0.4, rescale=0).weights(gramian(jacobian), ones(num_tasks))
+    assert float(diagnostics["dual_gap"]) <= 1e-10 and int(diagnostics["iterations"]) <= 10
+    update = weights @ jacobian
+    mean, radius = cagrad_parts(jacobian, 0.4)
+    scale = largest_norm(jacobian) ** 2
+    assert float((update - mean).norm()) <= radius * (1 + 1e-12)
+    primal = float((jacobian @ update).min())
+    assert dual_objective(jacobian, diagnostics["dual_weights"], 0.4) - primal <= 1e-10 * scale
 
 
 def test_cagrad_degenerate_optimum_returns_an_optimal_direction() -> None:
@@ -378,8 +517,8 @@ def test_imtlg_without_solution_is_floored() -> None:
     positive = [i for i in range(3) if i != negative]
     # s = sum beta_i / n_i = 0  <=>  n_negative = -beta_negative / sum_{positive} beta_i
     norms[negative] = -beta_probe[negative] / beta_probe[positive].sum()
-    alpha = method(gramian(norms[:, None] * unit), ones(3))
-    assert bool(method.last_diagnostics["floored"])
+    alpha, diagnostics = method.weights(gramian(norms[:, None] * unit), ones(3))
+    assert bool(diagnostics["floored"])
     assert bool(torch.isfinite(alpha).all())
 
 
@@ -460,9 +599,8 @@ def test_declarations_and_diagnostics() -> None:
     assert IMTLG.head_gradient is HeadGradient.WEIGHTED
     gram = gramian(torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=F64))
     for method, keys in ((PCGrad(), {"projections"}), (CAGrad(), {"dual_gap", "dual_weights", "iterations"}), (IMTLG(), {"floored"})):
-        method(gram, ones(4))
-        assert set(method.last_diagnostics) == keys
-    assert "last_diagnostics" not in repr(CAGrad()) and "c=0.4" in repr(CAGrad())
+        assert set(method.weights(gram, ones(4)).diagnostics) == keys
+    assert "c=0.4" in repr(CAGrad())
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from benchmarks.__main__ import main
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
 from benchmarks.harness.workers import worker_argv
 
-SWEEP = ["toy", "--methods", "dibsmtl,ls,nsum", "--transforms", "none,0:power:4", "--steps", "1200", "--quiet"]
+SWEEP = ["toy", "--methods", "dibsmtl,ls,normalized_sum", "--transforms", "none,0:power:4", "--steps", "1200", "--quiet"]
 TIMING = {"seconds"}  # the only result fields that differ between identical runs
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.errors import InvalidHyperparameterError
 from core.jacobian import batched_task_gradients, gramian
 from core.pareto.stationarity import stationarity
 from core.registry import available_methods, make_method
 from toy_problems import ZDT1, TwoTaskToy
 from toy_problems.inspect_cli import PROBLEMS, build_problem, main
-from toy_problems.runner import run_toy, run_toy_sequential
+from toy_problems.runner import run_toy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -45,7 +44,7 @@ def test_two_task_toy_with_a_transform_writes_everything(tmp_path, capsys) -> No
     result = json.loads((out / "inspect.json").read_text())
     config = result["config"]
     assert config["problem"] == "two_task_toy" and config["transforms"] == {"0": "exp"} and config["steps"] == 40
-    assert config["methods"] == ["dibsmtl", "ls", "mgda", "nashmtl"] and len(config["starts"]) == 5
+    assert config["methods"] == ["dibsmtl", "dibsmtl:steps=5", "ls", "mgda", "nashmtl"] and len(config["starts"]) == 5
     problem = TwoTaskToy()
     for name in ("dibsmtl", "ls"):
         data = result["results"][name]
@@ -111,14 +110,16 @@ def test_list_shows_every_problem_and_method(capsys) -> None:
     ("arguments", "expected"),
     [
         (["--problem", "nope"], "two_task_toy"),
-        (["--problem", "two_task_toy", "--methods", "ls,foo"], "choose from: cagrad"),
+        (["--problem", "two_task_toy", "--methods", "ls,foo"], "choose one of: cagrad"),
+        (["--problem", "two_task_toy", "--methods", "cagrad:c=inf"], "c (the radius"),
+        (["--problem", "two_task_toy", "--methods", "dibsmtl:step=5"], "no hyperparameter 'step'"),
         (["--problem", "two_task_toy", "--transform", "0:cube"], "valid forms"),
         (["--problem", "two_task_toy", "--transform", "0:log"], "Log() is defined only for t > 0"),
         (["--problem", "two_task_toy", "--transform", "2:exp"], "TASK in 0..1"),
         (["--problem", "two_task_toy", "--start", "11,0"], "outside the problem's bounds"),
         (["--problem", "two_task_toy", "--steps", "0"], "--steps must be a positive integer"),
         (["--problem", "two_task_toy", "--n-var", "3"], "--n-var applies to: fonseca_fleming"),
-        (["--problem", "two_task_toy", "--methods", "famo"], "famo needs positive losses"),
+        (["--problem", "two_task_toy", "--methods", "famo"], "famo needs non-negative losses"),
         (["--problem", "two_task_toy", "--start", "0.1,0.1", "--transform", "1:log", "--steps", "300"], "failed during the run"),
         (["--problem", "bargaining", "--transform", "0:log", "--start", "0.5", "--start", "0.5,0"], "expected 1 comma-separated"),
         (["--problem", "quadratic", "--n-obj", "0"], "n_var and n_obj must be positive"),
@@ -140,22 +141,41 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, 
     assert (out / "inspect.json").read_text() == "earlier result"
 
 
-def test_run_toy_sequential_matches_the_batched_runner_and_run_toy_keeps_refusing_stateful_methods() -> None:
+@pytest.mark.parametrize("spec", ["famo", "uw", "dwa", "nashmtl", "dwa:window=2", "ls"])
+def test_stateful_methods_run_batched_as_one_run_per_start(spec) -> None:
+    """Every method keeps its state per row, so the batched run equals one run per start."""
     problem = TwoTaskToy()
     starts = problem.default_starts(dtype=torch.float64)[:3]
-    batched = run_toy(problem, starts, make_method("ls"), num_steps=20, lr=0.01, record_every=5)
-    looped = run_toy_sequential(problem, starts, make_method("ls"), num_steps=20, lr=0.01, record_every=5)
-    assert torch.equal(batched.steps, looped.steps) and batched.points.shape == looped.points.shape == (5, 3, 2)
-    assert torch.allclose(batched.points, looped.points) and torch.allclose(batched.losses, looped.losses)
-    with pytest.raises(InvalidHyperparameterError, match="run_toy_sequential"):
-        run_toy(problem, starts, make_method("famo", num_tasks=2), num_steps=1)
+    shifted = lambda x: problem(x) + 20.0  # noqa: E731 - positive losses (DWA and FAMO need them)
+    batched = run_toy(shifted, starts, make_method(spec, num_tasks=2), num_steps=30, lr=0.05, record_every=5)
+    for row in range(3):
+        alone = run_toy(shifted, starts[row : row + 1], make_method(spec, num_tasks=2), num_steps=30, lr=0.05, record_every=5)
+        torch.testing.assert_close(batched.points[:, row], alone.points[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_run_toy_follows_the_engine_for_a_learnable_method() -> None:
+    """Uncertainty weighting in the runner equals a plain loop of `core.mtl_backward` + Adam, which
+    learns the log-variances from the weighted loss plus the penalty."""
+    problem = TwoTaskToy()
+    start = problem.default_starts(dtype=torch.float64)[1]
+    runner = run_toy(problem, start[None], make_method("uw", num_tasks=2), num_steps=25, lr=0.05)
+    method = make_method("uw", num_tasks=2).to(dtype=torch.float64)
+    x = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x, *method.parameters()], lr=0.05)
+    for _ in range(25):
+        optimizer.zero_grad()
+        from core import mtl_backward
+
+        mtl_backward(problem(x), [x], method)
+        optimizer.step()
+    torch.testing.assert_close(runner.points[-1, 0], x.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_projected_runs_stay_in_the_box() -> None:
     problem = ZDT1(n_var=4)
     starts = problem.starts(4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for runner, method in ((run_toy, make_method("mgda")), (run_toy_sequential, make_method("uw", num_tasks=2))):
-        trajectory = runner(problem, starts, method, num_steps=50, lr=0.05, project=problem.project)
+    for method in (make_method("mgda"), make_method("uw", num_tasks=2)):
+        trajectory = run_toy(problem, starts, method, num_steps=50, lr=0.05, project=problem.project)
         assert bool(((trajectory.points >= 0) & (trajectory.points <= 1)).all())
         assert bool(torch.isfinite(trajectory.losses).all())
         assert bool((trajectory.points[-1, :, 1:] == 0).any())  # the lower bound is reached and kept

@@ -1,8 +1,8 @@
 """`python -m toy_problems inspect`: watch task-balancing methods converge on any toy problem.
 
-Every method runs from every starting point (gradient weightings and stateless loss weightings as
-one batched computation per method, `toy_problems.runner.run_toy`; the stateful uncertainty
-weighting, DWA and FAMO one start at a time, `run_toy_sequential`). Optional strictly increasing
+Every method runs from every starting point as one batched computation per method
+(`toy_problems.runner.run_toy`; stateful methods keep their state per start). Methods are
+`name:key=value` specs (`--methods dibsmtl:steps=5,cagrad:c=0.5`). Optional strictly increasing
 transforms of single task losses (`--transform TASK:KIND[:PARAM]`) change what the methods see;
 everything is also reported on the untransformed losses. The command prints a table of the
 endpoints and writes, into one folder, a JSON result and PNG figures (see `--help`).
@@ -13,7 +13,6 @@ endpoints and writes, into one folder, a JSON result and PNG figures (see `--hel
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import logging
 import math
@@ -34,9 +33,14 @@ from tqdm import tqdm
 
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
 from core.jacobian import batched_task_gradients, gramian
-from core.methods.loss_balancing import DynamicWeightAverage
 from core.pareto.stationarity import stationarity
-from core.registry import METHODS, available_methods, make_method
+from core.registry import (
+    available_methods,
+    canonical_spec,
+    describe_method,
+    make_method,
+    parse_method_specs,
+)
 from core.transforms import TRANSFORM_SPEC_FORMS, MonotoneTransform, parse_transform
 from toy_problems import (
     ZDT1,
@@ -56,7 +60,6 @@ from toy_problems.runner import (
     combined_direction,
     make_optimizer,
     run_toy,
-    run_toy_sequential,
 )
 
 logger = logging.getLogger(__name__)
@@ -161,13 +164,9 @@ def listing() -> str:
         sizes = ", ".join(f"--{_FLAG_OF[key]} {value}" for key, value in entry.defaults.items())
         description = entry.summary + (f" (defaults: {sizes})" if sizes else "")
         lines.append(f"{name:<16} {problem.n_var:>5} {problem.n_obj:>5}  {'yes' if problem.has_pareto_set else 'no':<18} {description}")
-    lines += ["", "methods (all accepted by --methods; * = stateful, run one start at a time):"]
-    lines.append("  " + ", ".join(f"{name}{'*' if not _probe_method(name).batch_independent else ''}" for name in available_methods()))
+    lines += ["", "methods (--methods takes name or name:key=value specs, e.g. dibsmtl:steps=5):"]
+    lines += ["  " + describe_method(name).line() for name in available_methods()]
     return "\n".join(lines)
-
-
-def _probe_method(name: str):
-    return make_method(name, num_tasks=2)
 
 
 # ----------------------------------------------------------------------------- argument parsing
@@ -238,19 +237,11 @@ def parse_starts(args: argparse.Namespace, problem: Problem, *, dtype: torch.dty
     return problem.starts(count, generator=torch.Generator().manual_seed(args.seed), dtype=dtype, device=device)
 
 
-def build_method(name: str, num_tasks: int, *, seed: int, device: str):
-    """A fresh instance of a registered method for the toy runs.
-
-    Random methods get a generator seeded with `seed`; DWA treats every step as an epoch
-    (`window=1`, the loss ratios of consecutive steps), since a toy run has no epochs.
-    """
-    hyperparameters: dict[str, Any] = {}
-    factory = METHODS.get(name)
-    if factory is not None and "generator" in inspect.signature(factory).parameters:
-        hyperparameters["generator"] = torch.Generator(device=device).manual_seed(seed)
-    if factory is DynamicWeightAverage:
-        hyperparameters["window"] = 1
-    return make_method(name, num_tasks=num_tasks, **hyperparameters)
+def build_method(spec: str, num_tasks: int, *, seed: int, device: str):
+    """A fresh method from a spec for the toy runs; random methods draw from a generator seeded
+    with `seed` (the runner treats every step as an epoch: DWA's ratios are those of consecutive
+    steps)."""
+    return make_method(spec, num_tasks=num_tasks, generator=torch.Generator(device=device).manual_seed(seed))
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -336,12 +327,12 @@ def run_inspection(args: argparse.Namespace) -> tuple[dict, dict[str, Any], str]
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a finite positive number, got {args.lr}")
-    names = [name.strip() for name in args.methods.split(",") if name.strip()]
-    if not names:
-        raise UsageError(f"--methods names no method; choose from: {', '.join(available_methods())}")
-    unknown = [name for name in names if name not in METHODS]
-    if unknown:
-        raise UsageError(f"unknown method {unknown[0]!r}; choose from: {', '.join(available_methods())}")
+    try:
+        names = [canonical_spec(spec) for spec in parse_method_specs(args.methods)]
+        for name in names:  # hyperparameter values are checked by the class
+            build_method(name, num_tasks, seed=args.seed, device="cpu")
+    except MTLInputError as error:
+        raise UsageError(f"--methods {args.methods!r}: {error}") from None
     if len(set(names)) != len(names):
         raise UsageError(f"--methods lists a method twice: {args.methods!r}")
     transforms = parse_transforms(args.transform, num_tasks)
@@ -364,21 +355,20 @@ def run_inspection(args: argparse.Namespace) -> tuple[dict, dict[str, Any], str]
     make_optimizer([torch.zeros(1, requires_grad=True)], args.optimizer, args.lr)  # torch's one-off import of the
     # optimiser machinery (seconds) happens here, not inside the first method's timing
     runs: list[MethodRun] = []
-    total = sum(args.steps * (1 if build_method(n, num_tasks, seed=args.seed, device=args.device).batch_independent else starts.shape[0]) for n in names)
+    total = args.steps * len(names)
     with tqdm(total=total, desc=args.problem, unit="step", disable=args.quiet, leave=False) as bar:
         for name in names:
             bar.set_postfix_str(name)
             method = build_method(name, num_tasks, seed=args.seed, device=args.device)
-            runner = run_toy if method.batch_independent else run_toy_sequential
             began = time.perf_counter()
             try:
-                trajectory = runner(
+                trajectory = run_toy(
                     objectives, starts, method, num_steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                     record_every=record_every, progress=lambda _: bar.update(), project=project,
                 )
             except MTLInputError as error:
                 hint = " (a loss left the domain of its --transform)" if isinstance(error, LossDomainError) and transforms else ""
-                raise UsageError(f"method {name!r} failed during the run: {error}{hint}{_positivity_hint(name)}") from None
+                raise UsageError(f"method {name!r} failed during the run: {error}{hint}{_domain_hint(method)}") from None
             seconds = time.perf_counter() - began
             raw, residuals = stationarity_residuals(problem, trajectory.points.to(torch.float64).cpu())
             stored = stored_indices(trajectory.steps.shape[0])
@@ -415,18 +405,16 @@ def _check_starts(problem, transforms, objectives, starts, names, num_tasks, arg
     seen, jacobian = batched_task_gradients(objectives, starts)
     for name in names:
         method = build_method(name, num_tasks, seed=args.seed, device=args.device)  # a throwaway instance
-        if isinstance(method, DynamicWeightAverage) and not bool((seen > 0).all()):
-            raise UsageError(f"method 'dwa' divides by the losses, which must be positive; the losses at the starts are "
-                             f"{_fmt_rows(seen)}{_positivity_hint(name)}")
         try:
             combined_direction(method, seen, jacobian)
         except MTLInputError as error:
-            raise UsageError(f"method {name!r} rejects the losses at the starts: {error}{_positivity_hint(name)}") from None
+            raise UsageError(f"method {name!r} rejects the losses at the starts {_fmt_rows(seen)}: {error}{_domain_hint(method)}") from None
 
 
-def _positivity_hint(name: str) -> str:
-    if name in ("famo", "dwa", "scaleinvls"):
-        return f" ({name} needs positive losses: make them so with a transform, e.g. --transform TASK:exp)"
+def _domain_hint(method) -> str:
+    if method.loss_domain != "any":
+        kind = "non-negative" if method.loss_domain == "nonnegative" else method.loss_domain
+        return f" ({method.name} needs {kind} losses: make them so with a transform, e.g. --transform TASK:exp)"
     return ""
 
 
@@ -731,7 +719,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--problem", required=True, choices=list(PROBLEMS), metavar="NAME",
                         help=f"the toy problem, one of: {', '.join(PROBLEMS)} (see --list)")
     parser.add_argument("--methods", default="dibsmtl,ls,mgda",
-                        help=f"comma-separated methods (default dibsmtl,ls,mgda), from: {', '.join(available_methods())}")
+                        help=f"comma-separated method specs, name or name:key=value:... (default dibsmtl,ls,mgda; e.g. "
+                             f"dibsmtl:steps=5,cagrad:c=0.5); names: {', '.join(available_methods())}")
     parser.add_argument("--transform", action="append", default=[], metavar="TASK:KIND[:PARAM]",
                         help=f"apply a strictly increasing transform to task TASK's loss (0-based) before the methods see "
                              f"it; repeatable, one per task. KIND: {TRANSFORM_SPEC_FORMS}. Example: 0:exp, 1:power:4")

@@ -2,11 +2,9 @@
 
 The update for every batch row is `sum_i w_i grad f_i(x)`, with `w` from a gradient weighting
 (on the batched Gramian) or a loss weighting (on the losses), fed to a torch optimiser on `x`.
-Rows never interact: Adam and SGD act element-wise.
-
-Methods whose state is shared by all rows of a batch (`method.batch_independent` is False:
-uncertainty weighting, DWA, FAMO) cannot run that way; `run_toy_sequential` runs them on one
-start at a time through `core.mtl_backward`, with the same optimiser and the same records.
+Rows never interact: Adam and SGD act element-wise, and every method keeps its state per row
+(`reset(batch_shape)`), so stateful methods (uncertainty weighting, DWA, FAMO, Nash-MTL's warm
+start) run batched too, exactly as one run per start would.
 """
 
 from __future__ import annotations
@@ -18,11 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from core.engine import mtl_backward
-from core.errors import InvalidHyperparameterError
 from core.jacobian import batched_task_gradients, gramian
 from core.methods.base import GradientWeighting, LossWeighting
-from core.methods.loss_balancing import FAMO
 
 OPTIMIZERS = ("adam", "sgd")
 """The optimisers of the toy runs: torch's Adam with its defaults (as the DiBS-MTL toy trainer) or plain SGD."""
@@ -70,17 +65,22 @@ def run_toy(
 ) -> Trajectory:
     """Optimise every row of `starts` `[..., n]` for `num_steps` steps; record every few steps.
 
-    `optimizer` is "adam" (torch defaults, as the DiBS-MTL toy trainer) or "sgd". `project`, if
-    given, maps the iterates back onto the feasible set after every optimiser step (projected
-    gradient descent, e.g. `ZDT.project` onto the box); it must act row by row.
+    `optimizer` is "adam" (torch defaults, as the DiBS-MTL toy trainer) or "sgd"; it owns the
+    iterates and the method's own `parameters()` (uncertainty weighting's log-variances learn
+    alongside `x`, from the gradient of `sum_i w_i f_i + penalty`, as `core.mtl_backward` gives
+    them). `project`, if given, maps the iterates back onto the feasible set after every optimiser
+    step (projected gradient descent, e.g. `ZDT.project` onto the box); it must act row by row.
+
+    The method is `reset` for the rows first (its learnable parameters moved to the iterates'
+    dtype and device) and follows the lifecycle of `core.methods.base`:
+    after each step `after_step` gets the losses at the new iterates (FAMO's logit update), and,
+    since each step of a deterministic full-batch problem is a pass over all its data, `end_epoch`
+    is called after every step (DWA's ratio is then that of consecutive steps).
     """
     x = starts.detach().clone().requires_grad_(True)
-    if not method.batch_independent:
-        raise InvalidHyperparameterError(
-            f"{type(method).__name__} keeps per-task state shared by all rows of a batch, so it cannot run many "
-            "starts as one batch; run it on one start at a time with run_toy_sequential (or core.mtl_backward)"
-        )
-    opt = make_optimizer([x], optimizer, lr)
+    method.reset(tuple(starts.shape[:-1]))
+    own = list(method.to(device=x.device, dtype=x.dtype).parameters())
+    opt = make_optimizer([x, *own], optimizer, lr)
     steps, points, losses = [], [], []
     for step in range(num_steps + 1):
         values, jacobian = batched_task_gradients(objectives, x)
@@ -90,77 +90,34 @@ def run_toy(
             losses.append(values)
         if step == num_steps:
             break
-        x.grad = combined_direction(method, values, jacobian)
+        opt.zero_grad(set_to_none=True)
+        x.grad = _step_direction(method, values, jacobian, own)
         opt.step()
-        if project is not None:
-            with torch.no_grad():
+        with torch.no_grad():
+            if project is not None:
                 x.copy_(project(x))
+            if method.needs_post_step_losses:
+                method.after_step(objectives(x))
+        method.end_epoch()
         if progress is not None:
             progress(step)
     return Trajectory(torch.tensor(steps), torch.stack(points), torch.stack(losses))
 
 
-def run_toy_sequential(
-    objectives: Callable[[Tensor], Tensor],
-    starts: Tensor,
-    method: GradientWeighting | LossWeighting,
-    /,
-    *,
-    num_steps: int,
-    lr: float = 1e-3,
-    optimizer: str = "adam",
-    record_every: int = 1,
-    progress: Callable[[int], None] | None = None,
-    project: Callable[[Tensor], Tensor] | None = None,
-) -> Trajectory:
-    """`run_toy` for any method, stateful ones included: one row of `starts` at a time.
-
-    Before each row the method is `reset()`, and a fresh optimiser (same kind and `lr`) owns the
-    iterate and the method's own `parameters()` (uncertainty weighting's log-variances learn
-    alongside `x`). Each step is a normal training step: `core.mtl_backward` on the K losses of
-    that row, the optimiser step, the projection, and, for FAMO, `update(new_losses)` with the
-    losses recomputed at the new point (no gradient). DWA ends an epoch when the method says so
-    (its `window`; with `window=None` nothing ever ends one and its weights stay 1). Records and
-    `progress` calls are as in `run_toy` (`progress` once per step of every row).
-    """
-    if starts.ndim < 1:
-        raise InvalidHyperparameterError(f"starts must have shape [..., n], got {tuple(starts.shape)}")
-    rows = starts.detach().reshape(-1, starts.shape[-1])
-    per_row: list[Trajectory] = []
-    for row in rows:
-        method.reset()
-        x = row.clone().requires_grad_(True)
-        opt = make_optimizer([x, *method.parameters()], optimizer, lr)
-        steps, points, losses = [], [], []
-        for step in range(num_steps + 1):
-            if step % record_every == 0 or step == num_steps:
-                with torch.no_grad():
-                    values = objectives(x)
-                steps.append(step)
-                points.append(x.detach().clone())
-                losses.append(values.detach())
-            if step == num_steps:
-                break
-            opt.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                mtl_backward(objectives(x), [x], method)
-            opt.step()
-            with torch.no_grad():
-                if project is not None:
-                    x.copy_(project(x))
-                if isinstance(method, FAMO):
-                    method.update(objectives(x))
-            if progress is not None:
-                progress(step)
-        per_row.append(Trajectory(torch.tensor(steps), torch.stack(points), torch.stack(losses)))
-    batch_shape = starts.shape[:-1]
-    points = torch.stack([t.points for t in per_row], dim=1)
-    losses = torch.stack([t.losses for t in per_row], dim=1)
-    return Trajectory(
-        per_row[0].steps,
-        points.reshape(points.shape[0], *batch_shape, points.shape[-1]),
-        losses.reshape(losses.shape[0], *batch_shape, losses.shape[-1]),
-    )
+def _step_direction(method: GradientWeighting | LossWeighting, values: Tensor, jacobian: Tensor, own: list[Tensor]) -> Tensor:
+    """`sum_i w_i g_i` per row; a learnable loss weighting's parameters get the gradient of the
+    weighted loss plus its penalty, as the engine gives them."""
+    if isinstance(method, GradientWeighting) or not own:
+        return combined_direction(method, values, jacobian)
+    with torch.enable_grad():
+        weights = method(values)
+        objective = (weights * values).sum()
+        penalty = method.penalty()
+        if penalty is not None:
+            objective = objective + penalty
+        for param, grad in zip(own, torch.autograd.grad(objective, own)):
+            param.grad = grad
+    return (weights.detach().to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2)
 
 
 @contextmanager

@@ -35,7 +35,7 @@ from toy_problems.store import environment, save_figure_formats, write_markdown_
 
 logger = logging.getLogger(__name__)
 
-PAPER_METHODS = "ls,scaleinvls,rlw,dwa,uw,mgda,pcgrad,cagrad,imtl,nashmtl,famo,dibsmtl,dibsmtl_multi_step"
+PAPER_METHODS = "ls,scaleinvls,rlw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo,dibsmtl,dibsmtl:steps=5"
 """The baselines of the Nash-MTL / FAMO / DiBS-MTL tables that the registry has, and DiBS-MTL."""
 
 
@@ -63,7 +63,7 @@ EXPERIMENTS = {
     "multimnist": ExperimentSpec(
         name="multimnist",
         suite="benchmarks.suites.multimnist:MULTIMNIST",
-        methods="ls,scaleinvls,rlw,rgw,dwa,uw,mgda,pcgrad,cagrad,imtl,nashmtl,famo,nsum,dibsmtl,dibsmtl_multi_step",
+        methods="ls,scaleinvls,rlw,rgw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo,normalized_sum,dibsmtl,dibsmtl:steps=5",
         seeds="0,1,2",
         transforms="none,left:affine:100:0,left:exp,left:power:4,left:affine:1:1|log",
         needs_data_root=False,

@@ -5,9 +5,8 @@ for 35,000 steps, once on the nominal two-task toy and once with task 1's loss r
 strictly increasing `h(f1) = sign(f1) f1^4` (`--transforms none,0:power:4`). One run is one
 (method, seed, transform) with its five starts, stored as one JSON by the shared harness
 (`benchmarks.harness.runs`), so a rerun reuses finished runs and a killed sweep loses at most the
-run in progress. Methods that treat the starts independently run them as one batch
-(`toy_problems.runner.run_toy`); the stateful ones (uncertainty weighting, DWA, FAMO) one start
-at a time (`run_toy_sequential`).
+run in progress. Every method runs its five starts as one batch (`toy_problems.runner.run_toy`;
+stateful methods keep their state per start).
 
 After the sweep it prints and writes `OUT/toy/summary.md` (each run's endpoint, the distance of
 its untransformed losses to the Pareto front, and the gap |x_nominal - x_transformed|, zero for a
@@ -19,7 +18,6 @@ summary and figures to `OUT/toy/quick/`.
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import math
 import time
@@ -40,12 +38,11 @@ from benchmarks.harness.cli import (
 from benchmarks.harness.runs import Checkpoint, ResultStore, RunSpec, run_sweep
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
 from core.jacobian import batched_task_gradients, gramian
-from core.methods.loss_balancing import DynamicWeightAverage
 from core.pareto.stationarity import stationarity
-from core.registry import METHODS, available_methods, make_method
+from core.registry import available_methods, make_method
 from core.transforms import TRANSFORM_SPEC_FORMS, MonotoneTransform, parse_transform
 from toy_problems import TwoTaskToy
-from toy_problems.runner import combined_direction, run_toy, run_toy_sequential, single_thread
+from toy_problems.runner import combined_direction, run_toy, single_thread
 from toy_problems.store import environment, save_figure_atomic, write_markdown_table
 
 logger = logging.getLogger(__name__)
@@ -61,38 +58,37 @@ FRONT_POINTS = 2_000
 """Points of the reference's plotted Pareto front (x2 = -8.3552) that distances are measured to."""
 LOSS_LOWER_BOUND = -20.0
 """Every toy loss is > -20 (the quadratic branch `s_i c_2 > -20`, the log branch `a_i c_1 >= -6.3`)."""
-POSITIVE_LOSS_METHODS = frozenset({"dwa", "famo", "scaleinvls"})
-"""Methods that take logs of or divide by the loss values: they see `h(f) - h(-20)` (positive; a
-constant shift, which no gradient sees), since the toy's losses are negative near the front."""
+# Methods whose `loss_domain` is not "any" (they take logs of or divide by the loss values) see
+# `h(f) - h(-20)` (positive; a constant shift, which no gradient sees), since the toy's losses are
+# negative near the front.
 TOY_TASKS = 2
 RANDOM_SEED_NOTE = "the seed only matters for the random methods (rlw, rgw, pcgrad); the others repeat the same run"
 
 DISPLAY_NAMES = {
     "dibsmtl": "1-Step DiBS-MTL",
-    "dibsmtl_multi_step": "5-Step DiBS-MTL",
+    "dibsmtl:steps=5": "5-Step DiBS-MTL",
     "nashmtl": "Nash-MTL",
     "famo": "FAMO",
     "mgda": "MGDA",
     "pcgrad": "PCGrad",
     "cagrad": "CAGrad",
-    "imtl": "IMTL-G",
+    "imtl_g": "IMTL-G",
     "uw": "UW",
     "ls": "LS",
     "scaleinvls": "Scale-invariant LS",
     "rlw": "RLW",
     "rgw": "RGW",
     "dwa": "DWA",
-    "nsum": "Normalised sum",
+    "normalized_sum": "Normalised sum",
 }
 """Panel titles, as the paper's where it has the method."""
-PAPER_ORDER = ("dibsmtl", "dibsmtl_multi_step", "nashmtl", "famo", "mgda", "pcgrad", "cagrad", "imtl", "uw", "ls")
-"""The methods in the order of the paper's panels; the default runs them first, then the other registered ones."""
+PAPER_ORDER = ("dibsmtl", "dibsmtl:steps=5", "nashmtl", "famo", "mgda", "pcgrad", "cagrad", "imtl_g", "uw", "ls")
+"""The method specs in the order of the paper's panels; the default runs them first, then the other registered ones."""
 
 
 def default_methods() -> list[str]:
-    """Every registered method, the paper's first (in its panel order), then the rest alphabetically."""
-    registered = available_methods()
-    return [m for m in PAPER_ORDER if m in registered] + [m for m in registered if m not in PAPER_ORDER]
+    """The paper's method specs (in its panel order), then every other registered method alphabetically."""
+    return [*PAPER_ORDER, *(m for m in available_methods() if m not in PAPER_ORDER)]
 
 
 # ----------------------------------------------------------------------------- transforms and methods
@@ -145,25 +141,16 @@ def seen_objectives(problem: TwoTaskToy, transform: tuple[int, MonotoneTransform
     return objectives
 
 
-def build_method(name: str, /, *, seed: int, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
-    """A fresh instance of method `name` for two tasks.
+def build_method(spec: str, /, *, seed: int, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
+    """A fresh method from a spec for two tasks.
 
-    Random methods (those whose factory takes a `generator`: rlw, rgw, pcgrad) draw from
-    `torch.Generator(device).manual_seed(seed)`; methods with learnable parameters (uncertainty
-    weighting's log-variances) get them in the run's dtype and on its device; DWA ends an
-    "epoch" at every step (`window=1`, the loss ratio of consecutive steps), since a toy run has
-    no epochs.
+    Random methods (rlw, rgw, pcgrad) draw from `torch.Generator(device).manual_seed(seed)`;
+    learnable parameters (uncertainty weighting's log-variances) are moved to the run's dtype and
+    device. The runner ends an epoch after every step (a toy step sees all its data), so DWA's
+    ratio is that of consecutive steps.
     """
-    hyperparameters: dict[str, Any] = {}
-    factory = METHODS.get(name)
-    accepted = inspect.signature(factory).parameters if factory is not None else {}
-    if "generator" in accepted:
-        hyperparameters["generator"] = torch.Generator(device=device).manual_seed(seed)
-    if "dtype" in accepted and "device" in accepted:
-        hyperparameters.update(dtype=dtype, device=device)
-    if factory is DynamicWeightAverage:
-        hyperparameters["window"] = 1
-    return make_method(name, num_tasks=TOY_TASKS, **hyperparameters)
+    method = make_method(spec, num_tasks=TOY_TASKS, generator=torch.Generator(device=device).manual_seed(seed))
+    return method.to(device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -212,14 +199,12 @@ def run_toy_experiment(
     record_every = default_record_every(steps) if record_every is None else record_every
     problem = TwoTaskToy()
     parsed = parse_task_transform(transform)
-    objectives = seen_objectives(problem, parsed, shift=method in POSITIVE_LOSS_METHODS)
-    starts = problem.default_starts(dtype=dtype, device=device)
     instance = build_method(method, seed=seed, dtype=dtype, device=device)
-    runner = run_toy if instance.batch_independent else run_toy_sequential
-    total = steps * (1 if instance.batch_independent else starts.shape[0])
+    objectives = seen_objectives(problem, parsed, shift=instance.loss_domain != "any")
+    starts = problem.default_starts(dtype=dtype, device=device)
     began = time.perf_counter()
-    with tqdm(total=total, desc=f"{method} {transform}", unit="step", disable=not show_progress, leave=False) as bar:
-        trajectory = runner(objectives, starts, instance, num_steps=steps, lr=lr, record_every=record_every, progress=lambda _: bar.update())
+    with tqdm(total=steps, desc=f"{method} {transform}", unit="step", disable=not show_progress, leave=False) as bar:
+        trajectory = run_toy(objectives, starts, instance, num_steps=steps, lr=lr, record_every=record_every, progress=lambda _: bar.update())
     seconds = time.perf_counter() - began
     points = trajectory.points.to(torch.float64).cpu()  # [R, 5, 2]
     losses = problem(points)  # untransformed, [R, 5, 2]
@@ -230,7 +215,6 @@ def run_toy_experiment(
         "transform": transform,
         "seed": seed,
         "device": str(device),
-        "batched": instance.batch_independent,
         "seconds": seconds,
         "starts": _json_numbers(starts),
         "endpoints": _json_numbers(ends),
@@ -300,10 +284,11 @@ def _check_starts(methods: list[str], transforms: list[tuple[int, MonotoneTransf
     starts = problem.default_starts(dtype=dtype, device=device)
     for transform in transforms:
         for name in methods:
-            objectives = seen_objectives(problem, transform, shift=name in POSITIVE_LOSS_METHODS)
+            method = build_method(name, seed=0, dtype=dtype, device=device)
+            objectives = seen_objectives(problem, transform, shift=method.loss_domain != "any")
             values, jacobian = batched_task_gradients(objectives, starts)
             try:
-                combined_direction(build_method(name, seed=0, dtype=dtype, device=device), values, jacobian)
+                combined_direction(method, values, jacobian)
             except MTLInputError as error:
                 raise InvalidHyperparameterError(f"method {name!r} rejects the toy's losses at the starts: {error}") from None
 

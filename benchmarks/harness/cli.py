@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from core.errors import InvalidHyperparameterError
-from core.registry import available_methods
+from core.errors import InvalidHyperparameterError, MTLInputError
+from core.registry import available_methods, canonical_spec, parse_method_specs
 
 
 def default_device() -> str:
@@ -18,7 +18,12 @@ def default_device() -> str:
 def add_common_arguments(parser: argparse.ArgumentParser, *, methods: str, seeds: str, transforms: str) -> None:
     """--quick, --methods, --seeds, --transforms, --device, --out, --fresh."""
     parser.add_argument("--quick", action="store_true", help="a few minutes' version of the experiment (fewer steps/epochs/seeds), stored apart from full runs")
-    parser.add_argument("--methods", default=methods, help=f"comma-separated method names (default: %(default)s); from: {', '.join(available_methods())}")
+    parser.add_argument(
+        "--methods",
+        default=methods,
+        help="comma-separated method specs, each a name or name:key=value:... (e.g. dibsmtl:steps=5,cagrad:c=0.5; "
+        f"default: %(default)s); names: {', '.join(available_methods())}",
+    )
     parser.add_argument("--seeds", default=seeds, help="comma-separated integer seeds (default: %(default)s)")
     parser.add_argument(
         "--transforms",
@@ -32,11 +37,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, methods: str, seeds
 
 
 def parse_methods(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in available_methods()]
-    if unknown or not names:
-        raise InvalidHyperparameterError(f"--methods must name methods from {', '.join(available_methods())}; got {text!r}")
-    return names
+    """`--methods` -> canonical specs (`core.registry.canonical_spec`: one text per method, which
+    run ids are made of); unknown names or hyperparameters raise with the accepted ones listed."""
+    try:
+        return [canonical_spec(spec) for spec in parse_method_specs(text)]
+    except MTLInputError as error:
+        raise InvalidHyperparameterError(f"--methods {text!r}: {error}") from None
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from core.errors import MTLInputError
+from core.registry import legacy_specs
 from toy_problems.store import environment, write_atomic, write_json_atomic
 
 try:  # POSIX file locks; elsewhere (Windows) one process per store, and --workers is refused
@@ -75,6 +77,15 @@ class RunSpec:
         return f"{_slug(self.method)}__{_slug(self.transform)}__seed{self.seed}__{digest}"
 
 
+def legacy_method_names(method: str, /) -> list[str]:
+    """The names a method spec was stored under before the registry's renames (none for run names
+    that are not method specs, e.g. `stl:TASK`)."""
+    try:
+        return legacy_specs(method)
+    except MTLInputError:
+        return []
+
+
 def file_locks_available() -> bool:
     """Whether runs can be claimed across processes (POSIX `flock`), i.e. whether `--workers` works."""
     return fcntl is not None
@@ -111,10 +122,15 @@ class ResultStore:
         return record
 
     def load(self, spec: RunSpec, /) -> dict[str, Any] | None:
-        """The finished record of `spec`, or None (not run, or its file was corrupt and set aside)."""
+        """The finished record of `spec`, or None (not run, or its file was corrupt and set aside).
+
+        A run stored under an old method name (`legacy_method_names`: `dibsmtl_multi_step` for
+        `dibsmtl:steps=5`, `nsum`, `imtl`) is migrated: its record is written again under the
+        current run id, with `migrated_from` naming the old one, and the old file is kept.
+        """
         path = self.result_path(spec)
         if not path.exists():
-            return None
+            return self._migrate(spec)
         record = self._read_valid(path)
         if record is not None and record["spec"] != spec.as_dict():
             record = None
@@ -129,6 +145,19 @@ class ResultStore:
                 return None
             logger.warning("result file %s %s; moved it to %s and the run will be redone", path, problem, aside)
         return record
+
+    def _migrate(self, spec: RunSpec) -> dict[str, Any] | None:
+        for old_name in legacy_method_names(spec.method):
+            old = RunSpec(spec.experiment, old_name, spec.seed, spec.transform, spec.config)
+            old_path = self.result_path(old)
+            record = self._read_valid(old_path) if old_path.exists() else None
+            if record is None or record["spec"] != old.as_dict():
+                continue
+            record.update(spec=spec.as_dict(), run_id=spec.run_id, migrated_from=old.run_id)
+            write_json_atomic(self.result_path(spec), {**record, "sha256": hashlib.sha256(_canonical(record).encode()).hexdigest()})
+            logger.info("run %s was stored as %s (method %r); migrated to the current name", spec.run_id, old.run_id, old_name)
+            return record
+        return None
 
     def records(self, experiment: str, /) -> list[dict[str, Any]]:
         """Every valid finished record of `experiment` (corrupt files are skipped with a warning)."""
@@ -203,8 +232,8 @@ class ResultStore:
         if not path.exists():
             return None
         try:
-            # our own files: they hold optimiser and generator states, not only tensors
-            return torch.load(path, map_location="cpu", weights_only=False)
+            # tensors and plain values only (model, optimiser, scheduler and method state_dicts)
+            return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means: start over
             logger.warning("checkpoint %s is unreadable (%s); the run starts from scratch", path, error)
             return None

@@ -2,17 +2,17 @@
 
 Per step: the model predicts every task, the suite's losses are computed, the run's loss
 transform (if any) replaces one task's loss by `h(loss)`, and `core.mtl_backward` combines them
-with the method into `.grad`; then the optimiser steps. Stateful methods get what they need
-(uncertainty weighting's log-variances join the optimiser with the method learning rate, FAMO's
-`update` gets the losses recomputed on the same batch after the step, DWA's `end_epoch` closes each
-epoch). After each epoch the test split (and the validation split where the selection rule or the
+with the method into `.grad`; then the optimiser steps. Every method follows the lifecycle of
+`core.methods.base`: learnable methods' `parameters()` (uncertainty weighting's log-variances)
+join the optimiser with the method learning rate, `after_step` gets the losses recomputed on the
+same batch after the step where the method says it needs them (`needs_post_step_losses`: FAMO),
+and `end_epoch` closes each epoch (DWA). After each epoch the test split (and the validation split where the selection rule or the
 scheduler needs it) is evaluated and a checkpoint is saved, so a killed run resumes at the last
 finished epoch with the same data order, weights and random draws as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -29,10 +29,9 @@ from benchmarks.harness.suite import Suite, TrainingProtocol
 from core.distributed import all_reduce_mean, transform_of_mean
 from core.engine import mtl_backward
 from core.errors import InvalidHyperparameterError, NonFiniteGradientError, NonFiniteLossError
-from core.methods import FAMO, DynamicWeightAverage
-from core.methods.base import LossWeighting, Method
+from core.methods.base import Method
 from core.metrics import delta_m
-from core.registry import METHODS, make_method
+from core.registry import make_method
 from core.transforms import MonotoneTransform, parse_transform
 
 logger = logging.getLogger(__name__)
@@ -72,16 +71,10 @@ class LossTransform:
         return [transform_of_mean(self.transform, loss, group) if i == self.task_index else loss for i, loss in enumerate(losses)]
 
 
-def build_method(name: str, num_tasks: int, *, device: torch.device, generator: torch.Generator, hyperparameters: Mapping[str, Any]) -> Method:
-    """A registry method with the run's generator (random methods) and device (learnable state)."""
-    factory = METHODS.get(name)
-    accepted = set(inspect.signature(factory).parameters) if factory is not None else set()
-    extra: dict[str, Any] = dict(hyperparameters)
-    if "generator" in accepted:
-        extra.setdefault("generator", generator)
-    if "device" in accepted:
-        extra.setdefault("device", device)
-    return make_method(name, num_tasks=num_tasks, **extra)
+def build_method(spec: str, num_tasks: int, *, device: torch.device, generator: torch.Generator, hyperparameters: Mapping[str, Any]) -> Method:
+    """A method from its spec with the run's generator (used by random methods) and its learnable
+    parameters on the run's device."""
+    return make_method(spec, num_tasks=num_tasks, generator=generator, **hyperparameters).to(device=device)
 
 
 def _run_generator(seed: int, *salt: int) -> torch.Generator:
@@ -211,13 +204,13 @@ def train_run(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = suite.make_model().to(device)
-    if state is None:
-        method_key = "ls" if name.startswith("stl:") else name
-        method = build_method(method_key, len(task_names), device=device, generator=_run_generator(spec.seed, 1), hyperparameters=method_hyperparameters or {})
-        history: list[dict[str, Any]] = []
-    else:
+    method_key = "ls" if name.startswith("stl:") else name
+    method = build_method(method_key, len(task_names), device=device, generator=_run_generator(spec.seed, 1), hyperparameters=method_hyperparameters or {})
+    history: list[dict[str, Any]] = []
+    if state is not None:
         model.load_state_dict(state["model"])
-        method, history = state["method"], state["history"]
+        method.load_state_dict(state["method"])
+        history = state["history"]
     optimizer = _make_optimizer(protocol, model, method)
     scheduler = _make_scheduler(protocol, optimizer)
     if state is not None:
@@ -254,12 +247,11 @@ def train_run(
             record["val_score"] = _validation_score(suite, record["val"])
         if scheduler is not None:
             scheduler.step(record["val_score"]) if protocol.scheduler == "plateau" else scheduler.step()
-        if isinstance(method, DynamicWeightAverage):
-            method.end_epoch()
+        method.end_epoch()
         record["seconds"] = time.perf_counter() - began
         history.append(record)
         if data_parallel is None or data_parallel.leader:
-            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None, "method": method, "history": history, "diverged": None})
+            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None, "method": method.state_dict(), "history": history, "diverged": None})
 
     result: dict[str, Any] = {"history": history, "protocol": asdict(protocol), "status": "diverged" if diverged else "finished"}
     if diverged:
@@ -294,7 +286,7 @@ def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, he
         if data_parallel is not None:
             (inputs, targets), share = data_parallel.shard((inputs, targets))
         features = None
-        if representation and not isinstance(method, LossWeighting):
+        if representation:  # loss weightings ignore it: their gradient is the same either way
             features = model.encode(inputs)
             predictions = model.decode(features)
         else:
@@ -317,13 +309,13 @@ def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, he
         if protocol.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(shared, protocol.max_grad_norm)
         optimizer.step()
-        if isinstance(method, FAMO):  # the losses after the step, on the same batch
+        if method.needs_post_step_losses:  # the losses after the step, on the same batch
             with torch.no_grad():
                 after = suite.task_losses(model(inputs), targets)
                 after_raw = torch.stack([after[name] * share for name in task_names])
                 if data_parallel is not None:  # the whole batch's losses, then the transform
                     after_raw = all_reduce_mean(after_raw, data_parallel.group)
-                method.update(torch.stack(transform(list(after_raw))))
+                method.after_step(torch.stack(transform(list(after_raw))))
         batch_losses = torch.stack([loss.detach() for loss in raw])
         if data_parallel is not None:
             batch_losses = all_reduce_mean(batch_losses, data_parallel.group)

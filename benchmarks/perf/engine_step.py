@@ -1,7 +1,9 @@
 """Engine cost, measured side by side: DiBS-MTL, MGDA and Nash-MTL steps vs linear scalarisation,
 weight-solve shares, batched vs looped per-task gradients, representation ("MTL-R") vs full
 mode, (with the optional cvxpy) the Nash-MTL weight solve vs a reference-style CCP at equal
-residual on the model's own Gramian, and how the step cost grows with the number of tasks K.
+residual on the model's own Gramian, how the step cost grows with the number of tasks K, and (with
+the optional torchjd) our DiBS-MTL and MGDA steps against TorchJD's `autojac.mtl_backward` +
+`jac_to_grad` with its MGDA aggregator on the same model (`torchjd_comparison`).
 
 Models: a LeNet-size two-task model, a 10-task MLP and, for the scaling with K, the same MLP with
 K heads. Every ratio compares timings taken in the same run, interleaved round by round
@@ -13,6 +15,8 @@ K heads. Every ratio compares timings taken in the same run, interleaved round b
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import metadata
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -256,3 +260,102 @@ def ratio_cell(value: float | None, *, missing: str = "") -> str:
     if value is None:
         return f"skipped: pip install -r requirements-bench.txt ({missing})" if missing else "not measured"
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+TORCHJD_MODELS: dict[str, Callable[[], nn.Module]] = {"LeNet, 2 tasks": LeNetTwoTask, "MLP, 10 tasks": MultiHeadMLP}
+"""The models of the TorchJD comparison (the engine section's)."""
+
+TORCHJD_OURS = {"dibsmtl": "DiBS-MTL", "mgda": "MGDA"}
+"""Our steps compared with TorchJD's MGDA step: key -> display name."""
+
+
+def torchjd_comparison(
+    *, batch_size: int, repeats: int, rounds: int, seed: int = 0, device: str = "cpu",
+    models: dict[str, Callable[[], nn.Module]] | None = None,
+) -> dict[str, Any]:
+    """Median seconds of one optimiser step (forward, backward, Adam step) per model, interleaved:
+    our DiBS-MTL and MGDA steps in full mode (`*_step`) and representation mode
+    (`*_step_representation`), and TorchJD's `autojac.mtl_backward(losses, features=...,
+    tasks_params=heads, shared_params=...)` + `jac_to_grad(shared, MGDA())` (`torchjd_mgda_step`;
+    TorchJD has one mode: per-task gradients on the shared parameters, through the features).
+    Every variant passes the heads. Returns `{"skipped": reason}` when torchjd is not installed,
+    else `{"torchjd_version": ..., model name: timings}` (`torchjd_table` renders it).
+    """
+    try:
+        from torchjd.aggregation import MGDA as TorchJDMGDA
+        from torchjd.autojac import jac_to_grad
+        from torchjd.autojac import mtl_backward as torchjd_mtl_backward
+    except ImportError:
+        return {"skipped": "torchjd is not installed (pip install torchjd)"}
+    results: dict[str, Any] = {"torchjd_version": metadata.version("torchjd")}
+    for name, factory in (TORCHJD_MODELS if models is None else models).items():
+        model = seeded(factory, seed).to(device)
+        torchjd_step = _torchjd_step_factory(torchjd_mtl_backward, jac_to_grad, TorchJDMGDA())
+        results[name] = _measure_against_torchjd(model, torchjd_step, batch_size=batch_size, repeats=repeats, rounds=rounds, seed=seed, device=device)
+    return results
+
+
+def _torchjd_step_factory(torchjd_mtl_backward: Callable, jac_to_grad: Callable, aggregator: object) -> Callable:
+    """TorchJD's MTL backward: per-task gradients through the features onto the shared parameters'
+    `.jac`, then aggregated into `.grad` (the heads receive their plain gradients)."""
+
+    def backward(losses: list[Tensor], features: Tensor, shared: list[Tensor], heads: list[list[Tensor]]) -> None:
+        torchjd_mtl_backward(losses, features=features, tasks_params=heads, shared_params=shared)
+        jac_to_grad(shared, aggregator)
+
+    return backward
+
+
+def _measure_against_torchjd(
+    model: nn.Module, torchjd_backward: Callable, *, batch_size: int, repeats: int, rounds: int, seed: int, device: str
+) -> dict[str, float]:
+    inputs, targets = (t.to(device) for t in model.batch(batch_size, torch.Generator().manual_seed(seed)))
+    shared = list(model.encoder.parameters())
+    heads = [list(head.parameters()) for head in model.heads]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(backward: Callable[[list[Tensor], Tensor], None]) -> Callable[[], None]:
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            features = model.encoder(inputs)
+            backward(model.task_losses(features, targets), features)
+            optimizer.step()
+
+        return run
+
+    def ours(method: object, representation: bool) -> Callable[[list[Tensor], Tensor], None]:
+        return lambda losses, features: mtl_backward(
+            losses, shared, method, task_params=heads, representation=features if representation else None
+        )
+
+    variants = {"torchjd_mgda_step": step(lambda losses, features: torchjd_backward(losses, features, shared, heads))}
+    for key in TORCHJD_OURS:
+        method_class = GRADIENT_METHODS[key][1]
+        variants[f"{key}_step"] = step(ours(method_class(), False))
+        variants[f"{key}_step_representation"] = step(ours(method_class(), True))
+    return interleaved_medians(variants, rounds=rounds, repeats=repeats, device=device, seed=seed)
+
+
+def torchjd_ratios(timings: dict[str, float]) -> dict[str, float]:
+    """Each of our steps / TorchJD's MGDA step (below 1: ours is faster)."""
+    reference = timings["torchjd_mgda_step"]
+    result = {}
+    for key, name in TORCHJD_OURS.items():
+        result[f"{name} step / TorchJD MGDA step"] = timings[f"{key}_step"] / reference
+        result[f"{name} MTL-R step / TorchJD MGDA step"] = timings[f"{key}_step_representation"] / reference
+    return result
+
+
+def torchjd_table(results: dict[str, Any]) -> str:
+    """Rows: step times (ms) and the ratios to TorchJD's step; one column per model (or why skipped)."""
+    if "skipped" in results:
+        return f"skipped: {results['skipped']}"
+    models = {name: timings for name, timings in results.items() if name != "torchjd_version"}
+    rows: list[tuple[str, Callable[[dict[str, float]], str]]] = [
+        (f"TorchJD {results['torchjd_version']} MGDA step (ms)", lambda t: f"{1e3 * t['torchjd_mgda_step']:.2f}")
+    ]
+    for key, name in TORCHJD_OURS.items():
+        rows.append((f"{name} step (ms)", (lambda k: lambda t: f"{1e3 * t[f'{k}_step']:.2f}")(key)))
+        rows.append((f"{name} MTL-R step (ms)", (lambda k: lambda t: f"{1e3 * t[f'{k}_step_representation']:.2f}")(key)))
+    rows += [(label, (lambda k: lambda t: ratio_cell(torchjd_ratios(t)[k]))(label)) for label in torchjd_ratios(next(iter(models.values())))]
+    return quantity_table(models, rows)

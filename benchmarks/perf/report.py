@@ -14,6 +14,13 @@ that run the `nash` and the `tangent` section):
 - `tangent`: torch MINRES vs SciPy MINRES on the same HVP (needs SciPy), and the cost of one
   tangent direction (in seconds and in gradients) as n grows to 1e6 (`tangent_solver`; CPU).
 - `scaling`: an MLP with K = 2 to 64 heads: each method's step and weight solve alone / LS step.
+- `torchjd`: one optimiser step of DiBS-MTL and MGDA (full and representation mode) against
+  TorchJD 0.18's `autojac.mtl_backward` + `jac_to_grad` with its MGDA aggregator, on the engine
+  section's two models (`engine_step.torchjd_comparison`; needs torchjd).
+- `solvers`: the K x K weight solves alone, ours vs TorchJD 0.18's on the same Gramian: the
+  min-norm point (MGDA) and CAGrad's dual, K = 2 to 40, float64, float32 and ill-conditioned
+  (row norms 1e-6..1e6) Gramians, with the KKT gap and CAGrad's dual objective each reaches
+  (`solvers`; needs torchjd, and cvxpy for TorchJD's CAGrad).
 
 Every reported number is a time or a ratio of times measured in this run, interleaved round by
 round with the medians taken (`benchmarks.perf.timing`), so machine load affects both sides
@@ -45,10 +52,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from benchmarks.perf import engine_step, nash_solver, tangent_solver
+from benchmarks.perf import engine_step, nash_solver, solvers, tangent_solver
 from toy_problems.store import environment, save_figure_atomic, write_json_atomic, write_text_atomic
 
-SECTIONS = ("engine", "representation", "nash", "tangent", "scaling")
+SECTIONS = ("engine", "representation", "torchjd", "nash", "tangent", "scaling", "solvers")
 COMMANDS = {"perf": SECTIONS, "perf-nash": ("nash",), "perf-tangent": ("tangent",)}
 """The CLI names of the report and the sections each runs by default."""
 SKIPPED = "skipped: pip install -r requirements-bench.txt"
@@ -75,16 +82,20 @@ class Settings:
     solver: str
     tangent_sizes: tuple[int, ...]
     minres_iterations: int
+    solver_tasks: tuple[int, ...]
+    solver_problems: int
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         common = {"device": args.device, "seed": args.seed, "solver": args.solver.upper()}
         if args.quick:
             return cls(rounds=1, repeats=1, batch_size=16, scaling_tasks=tuple(args.scaling_tasks), scaling_hidden=32,
-                       nash_tasks=(2, 5), nash_problems=2, tangent_sizes=(300, 1_000), minres_iterations=3, **common)
+                       nash_tasks=(2, 5), nash_problems=2, tangent_sizes=(300, 1_000), minres_iterations=3,
+                       solver_tasks=(2, 5), solver_problems=1, **common)
         return cls(rounds=args.rounds, repeats=args.repeats, batch_size=args.batch_size, scaling_tasks=tuple(args.scaling_tasks),
                    scaling_hidden=256, nash_tasks=tuple(args.nash_tasks), nash_problems=args.nash_problems,
-                   tangent_sizes=TANGENT_SIZES, minres_iterations=args.minres_iterations, **common)
+                   tangent_sizes=TANGENT_SIZES, minres_iterations=args.minres_iterations,
+                   solver_tasks=tuple(args.solver_tasks), solver_problems=args.solver_problems, **common)
 
 
 @dataclass
@@ -162,6 +173,26 @@ class Measurements:
             for name, _ in engine_step.GRADIENT_METHODS.values()
         ]
         return Section("representation", "Representation mode (MTL-R) vs full mode", text, {"ratios": {n: engine_step.representation_ratios(t) for n, t in results.items()}}, summary)
+
+    def torchjd(self) -> Section:
+        s = self.settings
+        title = "Engine step against TorchJD"
+        self._describe("torchjd: engine steps")
+        results = engine_step.torchjd_comparison(batch_size=s.batch_size, repeats=s.repeats, rounds=s.rounds, seed=s.seed, device=s.device)
+        self.progress.update(len(MODELS))
+        if "skipped" in results:
+            return Section("torchjd", title, f"{SKIPPED} ({results['skipped']})", skipped=SKIPPED)
+        text = (
+            f"One optimiser step (forward, backward, Adam step; batch {s.batch_size}, device {s.device}) of our DiBS-MTL and MGDA "
+            f"through `core.mtl_backward` (full mode, and representation mode \"MTL-R\") against TorchJD "
+            f"{results['torchjd_version']}'s `autojac.mtl_backward(losses, features=...)` + `jac_to_grad(shared, MGDA())` on the "
+            "same model, heads passed to both, in the same interleaved rounds; below 1: ours is faster.\n\n"
+            + engine_step.torchjd_table(results)
+        )
+        models = {name: engine_step.torchjd_ratios(t) for name, t in results.items() if name != "torchjd_version"}
+        lenet, mlp = models.values()
+        summary = [(quantity, f"{lenet[quantity]:.2f} / {mlp[quantity]:.2f}", "LeNet K=2 / MLP K=10") for quantity in lenet]
+        return Section("torchjd", title, text, {"timings": results, "ratios": models}, summary)
 
     def nash(self) -> Section:
         s = self.settings
@@ -258,12 +289,60 @@ class Measurements:
         payload = {"timings": {str(k): v for k, v in results.items()}, "ratios": {str(k): engine_step.scaling_ratios(v) for k, v in results.items()}}
         return Section("scaling", f"Scaling with the number of tasks K = {first} to {last}", text, payload, summary)
 
+    def solvers(self) -> Section:
+        s = self.settings
+        title = "Weight solves alone: min-norm (MGDA) and CAGrad, ours vs TorchJD"
+        version = solvers.torchjd_version()
+        if version is None:
+            self.progress.update(len(s.solver_tasks))
+            return Section("solvers", title, f"{SKIPPED} (the comparison needs torchjd)", skipped=SKIPPED)
+        results: dict[str, dict[int, dict[str, float]]] = {case: {} for case in solvers.CASES}
+        for num_tasks in s.solver_tasks:
+            for case in solvers.CASES:
+                self._describe(f"solvers: K={num_tasks}, {case}")
+                results[case][num_tasks] = solvers.measure(num_tasks, case, problems=s.solver_problems, rounds=s.rounds, repeats=s.repeats, seed=s.seed)
+            self.progress.update()
+        has_cagrad = solvers.torchjd_cagrad() is not None
+        cagrad_note = "" if has_cagrad else f" TorchJD's CAGrad: {SKIPPED} (it needs cvxpy with CLARABEL)."
+        text = (
+            f"`core.min_norm_point` (the MGDA weights) against TorchJD {version}'s `MGDAWeighting`, and `core.CAGrad(c=0.4).solve` "
+            "against TorchJD's `CAGradWeighting(c=0.4)`, each given the same Gramian (the solve alone), "
+            f"{s.solver_problems} random Gramians per (K, case) x {s.rounds} interleaved rounds x {s.repeats} calls, median ms "
+            "per solve. Cases: float64 Gramians of K x 3K Jacobians, the same cast to float32, and float64 ones with row "
+            "norms spread over 1e-6..1e6. MGDA quality: the relative KKT gap `(a^T G a - min_i (G a)_i) / max_i G_ii` "
+            "(largest over the problems), in float64 on the given Gramian, of the weights each side returns, and ours as "
+            "the solver reports it (its float64 solution, before rounding to a float32 Gramian's dtype, which alone leaves "
+            "~1e-8). CAGrad quality: the dual objective `F(w) = g_w . g_0 + c ||g_0|| ||g_w||` / max_i G_ii (mean over the "
+            "problems; smaller is better) at each side's dual weights (TorchJD's recovered from `1/K + kappa w`), the largest "
+            "relative difference (<= 0: ours as good or better) and our certified duality gap." + cagrad_note + "\n\n"
+            "MGDA:\n\n" + solvers.mgda_table(results) + "\n\nCAGrad:\n\n" + solvers.cagrad_table(results)
+        )
+        rows = [r for per_task_count in results.values() for r in per_task_count.values()]
+        largest = max(s.solver_tasks)
+        where = f"K = {', '.join(str(k) for k in s.solver_tasks)}; {', '.join(solvers.CASES)}"
+        summary = [
+            ("ours / TorchJD, MGDA weight solve", _ratio_span([r["mgda_ours_over_torchjd"] for r in rows]), where),
+            ("ours / TorchJD, MGDA weight solve, float32", f"{results['float32'][largest]['mgda_ours_over_torchjd']:.2f}", f"K = {largest}"),
+            ("largest relative KKT gap: ours (solver) / ours (weights returned) / TorchJD",
+             f"{max(r['mgda_ours_solver_gap'] for r in rows):.0e} / {max(r['mgda_ours_gap'] for r in rows):.0e} / {max(r['mgda_torchjd_gap'] for r in rows):.0e}", where),
+        ]
+        if has_cagrad:
+            summary += [
+                ("ours / TorchJD, CAGrad weight solve", _ratio_span([r["cagrad_ours_over_torchjd"] for r in rows]), where),
+                ("largest (F ours - F TorchJD) / F, CAGrad dual objective", _largest([r["cagrad_objective_difference"] for r in rows]), f"{where} (<= 0: ours as good or better)"),
+            ]
+        else:
+            summary.append(("ours / TorchJD, CAGrad weight solve", f"{SKIPPED} (needs cvxpy)", where))
+        payload = {"torchjd": version, "per_case": {case: {str(k): v for k, v in per.items()} for case, per in results.items()}}
+        return Section("solvers", title, text, payload, summary)
+
 
 def run_sections(names: Sequence[str], settings: Settings, *, quiet: bool = False) -> list[Section]:
     """Measure the named sections, in report order."""
     units = {
-        "engine": len(MODELS), "representation": 0 if "engine" in names else len(MODELS), "nash": len(settings.nash_tasks),
-        "tangent": 2, "scaling": len(settings.scaling_tasks),
+        "engine": len(MODELS), "representation": 0 if "engine" in names else len(MODELS), "torchjd": len(MODELS),
+        "nash": len(settings.nash_tasks),
+        "tangent": 2, "scaling": len(settings.scaling_tasks), "solvers": len(settings.solver_tasks),
     }
     with tqdm(total=sum(units[n] for n in names), unit="part", disable=quiet, leave=False) as progress:
         measurements = Measurements(settings, progress)
@@ -409,6 +488,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, sections: Sequence[str] = 
     parser.add_argument("--nash-tasks", type=int, nargs="+", default=list(nash_solver.TASK_COUNTS), help="numbers of tasks K of the nash section")
     parser.add_argument("--nash-problems", type=int, default=20, help="random Gramians per K in the nash section")
     parser.add_argument("--solver", default="ECOS", help="cvxpy solver of the reference-style CCP (ECOS as in the reference; CLARABEL if ECOS is missing)")
+    parser.add_argument("--solver-tasks", type=int, nargs="+", default=list(solvers.TASK_COUNTS), help="numbers of tasks K of the solvers section")
+    parser.add_argument("--solver-problems", type=int, default=5, help="random Gramians per K and case in the solvers section")
     parser.add_argument("--minres-iterations", type=int, default=20, help="MINRES iterations of the torch vs SciPy comparison (and HVP products per path)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models, batches and Gramians")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, or 1 with --quick); recorded in the report")
@@ -492,6 +573,19 @@ def command(name: str, /) -> SimpleNamespace:
 
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%" if value >= 0.001 else f"{100 * value:.2f}%"
+
+
+def _largest(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    return f"{max(finite):.1e}" if finite else "not measured"
+
+
+def _ratio_span(values: list[float]) -> str:
+    """The range of ratios, to two significant digits (they span orders of magnitude)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "not measured"
+    return f"{min(finite):.2g}-{max(finite):.2g}" if len(finite) > 1 else f"{finite[0]:.2g}"
 
 
 def _span(values: list[float], unit: str = "") -> str:

@@ -1,20 +1,57 @@
-"""The two method contracts: gradient weightings (on the Gramian) and loss weightings (on losses).
+"""The method contract: gradient weightings (on the Gramian) and loss weightings (on losses).
 
 Both are pure callables on tensors; neither ever calls `.backward()`. The engine
 (`core.engine.mtl_backward`) computes what a method needs, calls it, and writes `.grad`.
+
+Facts about a method live on its class (`name`, `paper`, `claims`, `loss_domain`, `stateful`,
+`random`, `head_gradient`, `engine_modes`, `requires_num_tasks`); callers read them instead of
+probing with isinstance, getattr or signatures. An instance may narrow `claims`, `loss_domain`
+and `stateful` where a hyperparameter changes them (MGDA's normalisation, Nash-MTL without warm
+start); the class values describe the defaults.
+
+One lifecycle for every method:
+- `weights(...)` returns a `WeightsResult`: the weights and the method's diagnostics of that call
+  (calling the method, `method(...)`, returns the weights alone);
+- `after_step(new_losses)` after the optimiser step (FAMO's logit update; the losses recomputed on
+  the same batch), and `end_epoch()` after each epoch (DWA), are no-ops by default, so a training
+  loop may call them for every method;
+- `reset(batch_shape=())` forgets all state; stateful methods keep their state with shape
+  `[*batch_shape, K]`, so B independent runs are one call on losses `[B, K]` (or Gramians
+  `[B, K, K]`) and give what B separate instances give;
+- `state_dict()` / `load_state_dict()` hold tensors and plain values only (checkpoints load with
+  `torch.load(..., weights_only=True)`); learnable methods expose `parameters()`.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from core.errors import InvalidHyperparameterError, MTLInputError, NonFiniteGradientError
+
+CLAIMS: dict[str, str] = {
+    "monotone_invariant": (
+        "the shared update is unchanged when each task loss l_i is replaced by h_i(l_i), h_i strictly "
+        "increasing and differentiable (per step: g_i -> h_i'(l_i) g_i, l_i -> h_i(l_i)), so the iterates are too"
+    ),
+    "rescaling_invariant": "the shared update is unchanged when each task loss is multiplied by its own positive constant",
+    "permutation_equivariant": "relabelling the tasks relabels the weights: w(P G P^T, P l) = P w(G, l)",
+    "non_conflicting": "the shared update d = sum_i w_i g_i never conflicts with a task: g_i . d >= 0 for every i",
+    "simplex_weights": "the weights are non-negative and sum to 1",
+    "equal_projections": "the shared update has the same projection onto every unit task gradient (IMTL-G's condition)",
+}
+"""The one vocabulary of claims a method can declare; each has one reusable check in the tests
+(`tests/claims.py`) that the registry-wide test runs for every method declaring it."""
+
+LossDomain = Literal["any", "nonnegative", "positive"]
+EngineMode = Literal["full", "representation"]
+ENGINE_MODES: frozenset[str] = frozenset({"full", "representation"})
 
 
 class HeadGradient(enum.Enum):
@@ -29,25 +66,116 @@ class HeadGradient(enum.Enum):
     RAW = "raw"
 
 
+class WeightsResult(NamedTuple):
+    """What one call of a method gives: the weights `[..., K]` and its diagnostics (detached
+    tensors, batch-shaped where they are per problem, e.g. MGDA's KKT gap)."""
+
+    weights: Tensor
+    diagnostics: dict[str, Tensor]
+
+
 class Method(ABC):
-    """Common base: the head-gradient declaration, state reset and learnable parameters."""
+    """Common base: the class-level facts, the lifecycle hooks and the batched-state bookkeeping."""
 
+    name: ClassVar[str] = ""
+    """The method's one canonical registry key (`core.make_method(name)`)."""
+    paper: ClassVar[str] = ""
+    """The paper that defines the method (authors, title, venue)."""
+    claims: frozenset[str] = frozenset()
+    """Claims from `CLAIMS` that hold for this method (at its default hyperparameters on the class;
+    an instance narrows them where its hyperparameters change them)."""
+    loss_domain: LossDomain = "any"
+    """The losses the method accepts: any real, non-negative (>= 0) or positive (> 0) values."""
+    loss_domain_advice: ClassVar[str] = "shift the losses (e.g. add a constant) or choose a method whose loss_domain is 'any'"
+    """What the error for losses outside `loss_domain` advises."""
+    stateful: bool = False
+    """Whether the weights depend on earlier calls (kept with shape `[*batch_shape, K]`)."""
+    random: bool = False
+    """Whether the weights are drawn at random (from the method's `generator`)."""
     head_gradient: HeadGradient = HeadGradient.WEIGHTED
-    batch_independent: bool = True
-    """Whether the rows of a batched call are independent problems. False for methods whose
-    per-task state (learned log-variances, loss histories, logits) is shared by all rows."""
+    engine_modes: frozenset[str] = ENGINE_MODES
+    """The engine modes it supports: "full" (per-task gradients on the shared parameters) and
+    "representation" (on the shared features, `mtl_backward(..., representation=z)`)."""
+    requires_num_tasks: ClassVar[bool] = False
+    """Whether the constructor needs `num_tasks` (per-task state created up front)."""
+    needs_post_step_losses: ClassVar[bool] = False
+    """Whether `after_step` needs the losses recomputed on the same batch after the optimiser step
+    (an extra forward pass: FAMO); a loop may skip that forward pass for the other methods."""
 
-    def reset(self) -> None:
-        """Forget any state kept across steps (warm starts, histories). Stateless: no-op."""
+    _batch_shape: tuple[int, ...] = ()
+    _pristine: bool = True
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
+        """Forget all state kept across calls and hold it for `batch_shape` independent problems."""
+        self._batch_shape = _as_batch_shape(batch_shape)
+        self._pristine = True
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The batch shape the state is held for (`()`: one problem)."""
+        return self._batch_shape
+
+    def after_step(self, new_losses: Tensor | list[Tensor], /) -> None:
+        """Called after the optimiser step with the losses recomputed on the same batch. No-op."""
+
+    def end_epoch(self) -> None:
+        """Called after each training epoch. No-op."""
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         """Learnable parameters of the method itself (none for most methods)."""
         return iter(())
 
+    def to(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Method:
+        """Move the method's learnable parameters (as `nn.Module.to`); returns the method. No-op
+        for methods without `parameters()` (their state lives on the host in float64)."""
+        for param in self.parameters():
+            param.data = param.data.to(device=device, dtype=dtype)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state (tensors and plain values only); empty for stateless methods."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any], /) -> None:
+        """Restore what `state_dict()` returned."""
+        if state:
+            raise MTLInputError(f"{type(self).__name__} keeps no state, got a state with keys {sorted(state)}")
+
+    # -- batched state -------------------------------------------------------------------------
+
+    def _match_batch_shape(self, batch_shape: tuple[int, ...]) -> None:
+        """Stateful methods: a fresh state adopts the call's batch shape; a used one must match it."""
+        batch_shape = tuple(batch_shape)
+        if batch_shape == self._batch_shape:
+            return
+        if self._pristine:
+            self.reset(batch_shape)
+            return
+        raise MTLInputError(
+            f"{type(self).__name__} holds state for batch shape {self._batch_shape}, got a call for batch shape "
+            f"{batch_shape}; call reset(batch_shape={batch_shape}) to start new runs of that shape"
+        )
+
+    def _used(self) -> None:
+        self._pristine = False
+
     def __repr__(self) -> str:
-        # hyperparameters only: private state and the diagnostics of the last call are left out
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "last_diagnostics")
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in _INSTANCE_FACTS)
         return f"{type(self).__name__}({fields})"
+
+
+_INSTANCE_FACTS = frozenset({"claims", "loss_domain", "stateful"})
+
+
+def _as_batch_shape(batch_shape: Any) -> tuple[int, ...]:
+    if isinstance(batch_shape, int):
+        batch_shape = (batch_shape,)
+    shape = tuple(batch_shape)
+    if not all(isinstance(size, int) and size >= 0 for size in shape):
+        raise MTLInputError(f"batch_shape must be a tuple of non-negative integers, got {batch_shape!r}")
+    return shape
 
 
 class GradientWeighting(Method):
@@ -56,15 +184,21 @@ class GradientWeighting(Method):
     The shared update is `sum_i w_i g_i`. Inputs may be batched: `gramian` of shape
     `[..., K, K]` and `losses` of shape `[..., K]` give weights of shape `[..., K]`, each batch
     element computed independently, so many problems or starting points run as one call.
+    Subclasses implement `_weights`.
     """
 
     def __call__(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+        return self.weights(gramian, losses).weights
+
+    def weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
+        """Weights `[..., K]` from the Gramian `[..., K, K]` and the losses `[..., K]`, with diagnostics."""
         _check_gramian(gramian, losses)
-        return self.weights(gramian, losses)
+        _check_loss_domain(self, losses)
+        return _as_result(self._weights(gramian, losses))
 
     @abstractmethod
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
-        """Weights `[..., K]` from the Gramian `[..., K, K]` and the losses `[..., K]`."""
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor | WeightsResult:
+        """The method itself, on checked inputs: weights, or weights with diagnostics."""
 
 
 class LossWeighting(Method):
@@ -73,22 +207,49 @@ class LossWeighting(Method):
     The engine backpropagates `sum_i w_i l_i (+ penalty())` once; heads therefore always receive
     `w_i * grad l_i`. Weights may carry a graph to the method's own `parameters()` (learnable
     weightings); otherwise they are detached. Batched losses `[..., K]` give weights `[..., K]`.
+    Subclasses implement `_weights`.
     """
 
     head_gradient = HeadGradient.WEIGHTED
 
     def __call__(self, losses: Tensor, /) -> Tensor:
+        return self.weights(losses).weights
+
+    def weights(self, losses: Tensor, /) -> WeightsResult:
+        """Weights `[..., K]` from the (detached) losses `[..., K]`, with diagnostics."""
         if losses.ndim < 1 or losses.shape[-1] == 0:
             raise MTLInputError(f"losses must have shape [..., K] with K >= 1, got {tuple(losses.shape)}")
-        return self.weights(losses)
+        _check_loss_domain(self, losses)
+        return _as_result(self._weights(losses))
 
     @abstractmethod
-    def weights(self, losses: Tensor, /) -> Tensor:
-        """Weights `[..., K]` from the (detached) losses `[..., K]`."""
+    def _weights(self, losses: Tensor, /) -> Tensor | WeightsResult:
+        """The method itself, on checked losses: weights, or weights with diagnostics."""
 
     def penalty(self) -> Tensor | None:
         """A term added to the weighted loss (e.g. uncertainty weighting's log-variances), or None."""
         return None
+
+
+def _as_result(output: Tensor | WeightsResult) -> WeightsResult:
+    return output if isinstance(output, WeightsResult) else WeightsResult(output, {})
+
+
+def _check_loss_domain(method: Method, losses: Tensor) -> None:
+    """Losses outside the method's declared domain raise `LossDomainError`, naming the way out."""
+    from core.errors import LossDomainError
+
+    if method.loss_domain == "any" or losses.numel() == 0:
+        return
+    detached = losses.detach()
+    inside = detached > 0 if method.loss_domain == "positive" else detached >= 0
+    if bool(inside.all()):
+        return
+    kind = "positive" if method.loss_domain == "positive" else "non-negative"
+    raise LossDomainError(
+        f"{type(method).__name__} needs {kind} losses, got {detached.tolist() if detached.numel() <= 16 else 'some outside'}; "
+        f"{method.loss_domain_advice}"
+    )
 
 
 def _check_gramian(gramian: Tensor, losses: Tensor) -> None:
@@ -165,3 +326,68 @@ def unit_gramian(gramian: Tensor) -> tuple[Tensor, Tensor]:
     norms = gramian_norms(gramian)
     inverse = safe_reciprocal(norms)
     return gramian * inverse[..., :, None] * inverse[..., None, :], norms
+
+
+def check_number(
+    name: str, value: Any, /, *, minimum: float | None = None, strict: bool = False, maximum: float | None = None
+) -> float:
+    """A finite real hyperparameter, bounded below by `minimum` (excluded if `strict`) and above by
+    `maximum`; anything else raises `InvalidHyperparameterError` naming the bound."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidHyperparameterError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise InvalidHyperparameterError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InvalidHyperparameterError(f"{name} must be <= {maximum:g}, got {value!r}")
+    return float(value)
+
+
+def check_integer(name: str, value: Any, /, *, minimum: int = 1) -> int:
+    """An integer hyperparameter (not a bool) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidHyperparameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_num_tasks(num_tasks: Any, method: str, /) -> int:
+    """The `num_tasks` of a method whose per-task state is created at construction."""
+    if num_tasks is None:
+        raise InvalidHyperparameterError(
+            f"{method} keeps per-task state: pass num_tasks=K (the number of losses), e.g. make_method(spec, num_tasks=K)"
+        )
+    return check_integer("num_tasks", num_tasks)
+
+
+def check_task_count(method: Method, losses: Tensor, num_tasks: int, /) -> None:
+    """The losses' last dimension must be the K the method was built for."""
+    if losses.shape[-1] != num_tasks:
+        raise MTLInputError(
+            f"{type(method).__name__} was built for {num_tasks} tasks but got {losses.shape[-1]} losses; "
+            "construct it with num_tasks equal to the number of losses"
+        )
+
+
+def state_tensor(state: Mapping[str, Any], key: str, shape: tuple[int, ...], method: str, /) -> Tensor:
+    """`state[key]` as a tensor of `shape`, or a clear error (a checkpoint of another run shape)."""
+    if key not in state:
+        raise MTLInputError(f"{method} state has no {key!r}; pass what {method}.state_dict() returned")
+    value = torch.as_tensor(state[key])
+    if tuple(value.shape) != shape:
+        raise MTLInputError(f"{method} state {key!r} has shape {tuple(value.shape)}, expected {shape}")
+    return value
+
+
+def generator_state(generator: torch.Generator | None, /) -> dict[str, Any]:
+    """A random method's state: its generator's state (nothing when it draws from the global RNG)."""
+    return {} if generator is None else {"generator": generator.get_state()}
+
+
+def load_generator_state(generator: torch.Generator | None, state: Mapping[str, Any], method: str, /) -> None:
+    """Restore what `generator_state` saved into the method's own generator."""
+    if generator is None:
+        if state:
+            raise MTLInputError(f"{method} draws from the global RNG (generator=None) and keeps no state; got keys {sorted(state)}")
+        return
+    if "generator" not in state:
+        raise MTLInputError(f"{method} state has no 'generator'; pass what {method}.state_dict() returned")
+    generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))

@@ -17,6 +17,8 @@ to strictly increasing transforms of the losses (`g_i -> h_i'(l_i) g_i`).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -25,27 +27,45 @@ from core.methods.base import (
     GradientWeighting,
     HeadGradient,
     Reduction,
+    check_integer,
+    check_number,
     check_reduction,
     gramian_norms,
     safe_reciprocal,
     unit_gramian,
 )
 
+INNER_STEP_RULES = ("radius/steps", "radius/5")
+"""How `DiBSMTL` picks its inner step for `steps > 1` when `inner_step` is not given."""
+
 
 class DiBSMTL(GradientWeighting):
     """DiBS-MTL, 1-step (`steps=1`, the paper's "1-Step DiBS-MTL") or T-step (`steps=T`).
 
-    Weights `w_i = sum_{k < T'} eta d_i^k / ||g_i||` (module docstring), where T' counts the inner
-    steps computed, including one rejected by the radius check (as the reference code does: the
-    rejected step is accumulated, unprojected, before the check). With `steps=1`, `d_i^0 = r`, so
-    `w_i = eta r / ||g_i||` and the shared update is `epsilon * sum_i u_i` with the overall scale
-    `epsilon = eta * r` (the paper's epsilon; 1e-5 with the defaults). Adam cancels most of this
-    scale; it survives through Adam's eps (spec dibs.md §3.5), so it is kept as published.
+    Weights `w_i = (epsilon / (eta r)) sum_{k < T'} eta d_i^k / ||g_i||` (module docstring), where
+    T' counts the inner steps computed, including one rejected by the radius check (as the
+    reference code does: the rejected step is accumulated, unprojected, before the check). With
+    `steps=1`, `d_i^0 = r`, so `w_i = epsilon / ||g_i||` and the shared update is
+    `epsilon * sum_i u_i`.
 
-    Defaults are the reference code's (suryakmurthy/dibs-mtl, HEAD): `radius` r = 1e-3;
-    `inner_step` eta = 1e-2 for `steps=1` and `radius / steps` for `steps > 1` (None selects
-    these). `reduction="sum"` sums the unit gradients as the reference does (the step grows with
-    K); `"mean"` divides the weights by K. Heads receive `w_i grad l_i`, which keeps the whole
+    **Overall scale `epsilon`.** The paper's epsilon; `None` (default) is the published
+    `eta * r` (1e-5 with the defaults), the scale of the first inner step, and any value rescales
+    the whole update (1-step and T-step) by `epsilon / (eta r)`. The published scale suits Adam,
+    which cancels it except through its `eps` (spec dibs.md §3.5: with 1e-5 the step works in
+    Adam's eps-dominated regime, like normalised SGD). With plain SGD the published scale makes
+    the step `lr * 1e-5 * sum_i u_i`, which stalls training (100 SGD steps at lr 0.1 leave the
+    losses unchanged): use `epsilon=1.0`, so that the update is the sum of unit task gradients
+    and `lr` sets the step length, as in normalised gradient descent.
+
+    **Inner step.** Defaults are the reference code's (suryakmurthy/dibs-mtl, HEAD): `radius`
+    r = 1e-3; `inner_step` eta = 1e-2 for `steps=1`. For `steps > 1` and `inner_step=None`,
+    `inner_step_rule` picks eta: `"radius/steps"` (default, eta = r / T: the inner loop can
+    cover the trust region in T steps whatever T is; the MetaWorld code's rule) or `"radius/5"`
+    (eta = r / 5 whatever T is: the NYUv2, Cityscapes, QM9 and toy trainers at HEAD). The two
+    agree at T = 5, the reference's T.
+
+    `reduction="sum"` sums the unit gradients as the reference does (the step grows with K);
+    `"mean"` divides the weights by K. Heads receive `w_i grad l_i`, which keeps the whole
     network's update invariant (the `1/h'` in `w_i` cancels the `h'` in the head gradient).
 
     Deviation: a task with a zero gradient gets weight 0 (its direction is 0, as in DiBS's
@@ -54,6 +74,9 @@ class DiBSMTL(GradientWeighting):
     is left to the user's loop.
     """
 
+    name = "dibsmtl"
+    paper = "Murthy, Gupta, Karabag, Fridovich-Keil, Topcu, DiBS-MTL (arXiv:2509.23948, 2025)"
+    claims = frozenset({"monotone_invariant", "rescaling_invariant", "permutation_equivariant"})
     head_gradient = HeadGradient.WEIGHTED
 
     def __init__(
@@ -62,33 +85,31 @@ class DiBSMTL(GradientWeighting):
         steps: int = 1,
         radius: float = 1e-3,
         inner_step: float | None = None,
+        inner_step_rule: Literal["radius/steps", "radius/5"] = "radius/steps",
+        epsilon: float | None = None,
         reduction: Reduction = "sum",
     ) -> None:
-        if not isinstance(steps, int) or steps < 1:
-            raise InvalidHyperparameterError(f"steps must be a positive integer, got {steps!r}")
-        if not radius > 0:
-            raise InvalidHyperparameterError(f"radius must be positive, got {radius!r}")
+        self.steps = check_integer("steps", steps)
+        self.radius = check_number("radius", radius, minimum=0.0, strict=True)
+        if inner_step_rule not in INNER_STEP_RULES:
+            raise InvalidHyperparameterError(f"inner_step_rule must be one of {INNER_STEP_RULES}, got {inner_step_rule!r}")
         if inner_step is None:
-            inner_step = 1e-2 if steps == 1 else radius / steps
-        if not inner_step > 0:
-            raise InvalidHyperparameterError(f"inner_step must be positive, got {inner_step!r}")
+            divisor = steps if inner_step_rule == "radius/steps" else 5
+            inner_step = 1e-2 if steps == 1 else radius / divisor
+        self.inner_step = check_number("inner_step", inner_step, minimum=0.0, strict=True)
+        self.inner_step_rule = inner_step_rule
+        published = self.inner_step * self.radius
+        self.epsilon = published if epsilon is None else check_number("epsilon", epsilon, minimum=0.0, strict=True)
         check_reduction(reduction)
-        self.steps = steps
-        self.radius = float(radius)
-        self.inner_step = float(inner_step)
         self.reduction = reduction
 
-    @property
-    def epsilon(self) -> float:
-        """The overall scale `eta * r` of the 1-step update `epsilon * sum_i u_i`."""
-        return self.inner_step * self.radius
-
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
         if self.steps == 1:  # the inner loop's one step from 0 moves by eta * r along every u_i
             weights = self.epsilon * safe_reciprocal(gramian_norms(gramian))
         else:
             unit, norms = unit_gramian(gramian)
-            weights = self.inner_coefficients(unit) * safe_reciprocal(norms)
+            scale = self.epsilon / (self.inner_step * self.radius)
+            weights = scale * self.inner_coefficients(unit) * safe_reciprocal(norms)
         return weights / gramian.shape[-1] if self.reduction == "mean" else weights
 
     def inner_coefficients(self, unit: Tensor, /) -> Tensor:
@@ -122,12 +143,15 @@ class NormalizedSum(GradientWeighting):
     gets weight 0. Heads receive `w_i grad l_i` (keeps whole-network invariance).
     """
 
+    name = "normalized_sum"
+    paper = "Gupta, Murthy, Karabag, Topcu, Fridovich-Keil, DiBS, eq. 2 (NeurIPS 2025, arXiv:2505.14817)"
+    claims = frozenset({"monotone_invariant", "rescaling_invariant", "permutation_equivariant"})
     head_gradient = HeadGradient.WEIGHTED
 
     def __init__(self, *, reduction: Reduction = "sum") -> None:
         check_reduction(reduction)
         self.reduction = reduction
 
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
         weights = safe_reciprocal(gramian_norms(gramian))
         return weights / gramian.shape[-1] if self.reduction == "mean" else weights

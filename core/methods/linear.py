@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
+from core.errors import InvalidHyperparameterError, MTLInputError
 from core.methods.base import LossWeighting, check_reduction
 
 
@@ -19,7 +19,14 @@ class LinearScalarization(LossWeighting):
     LibMTL, Nash-MTL, FAMO and RLW code; `reduction="mean"` divides the weights by K, the 1/K of
     the RLW paper (which matches E[lambda] of random loss weighting). Explicit `weights` must be
     K finite non-negative numbers, not all zero; "mean" divides them by K as well.
+
+    Claims: with equal weights it is permutation equivariant, and with `reduction="mean"` its
+    weights lie on the simplex (explicit weights keep neither in general).
     """
+
+    name = "ls"
+    paper = "linear scalarisation (equal weighting), the baseline of every MTL paper"
+    claims = frozenset({"permutation_equivariant"})
 
     def __init__(self, *, weights: Sequence[float] | Tensor | None = None, reduction: Literal["sum", "mean"] = "sum") -> None:
         check_reduction(reduction)
@@ -32,8 +39,13 @@ class LinearScalarization(LossWeighting):
             weights = fixed
         self.fixed_weights = weights
         self.reduction = reduction
+        if weights is not None:
+            on_simplex = reduction == "mean" and abs(float(fixed.sum()) - float(fixed.numel())) <= 1e-12 * fixed.numel()
+            self.claims = frozenset({"simplex_weights"}) if on_simplex else frozenset()
+        elif reduction == "mean":
+            self.claims = frozenset({"permutation_equivariant", "simplex_weights"})
 
-    def weights(self, losses: Tensor, /) -> Tensor:
+    def _weights(self, losses: Tensor, /) -> Tensor:
         num_tasks = losses.shape[-1]
         if self.fixed_weights is None:
             weights = torch.ones_like(losses)
@@ -52,9 +64,10 @@ class ScaleInvariantLS(LossWeighting):
     be positive: a zero or negative loss raises `LossDomainError`.
     """
 
-    def weights(self, losses: Tensor, /) -> Tensor:
-        if not bool((losses > 0).all()):
-            raise LossDomainError(
-                f"ScaleInvariantLS takes log of each loss, so every loss must be positive; got {losses.tolist()}"
-            )
+    name = "scaleinvls"
+    paper = "Navon et al., Multi-Task Learning as a Bargaining Game, §6 (ICML 2022)"
+    claims = frozenset({"rescaling_invariant", "permutation_equivariant"})
+    loss_domain = "positive"
+
+    def _weights(self, losses: Tensor, /) -> Tensor:
         return 1.0 / losses

@@ -7,10 +7,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from core.errors import InvalidHyperparameterError, LossDomainError
+from core.errors import InvalidHyperparameterError
 from core.methods.base import (
     GradientWeighting,
     HeadGradient,
+    WeightsResult,
+    check_integer,
+    check_number,
     gramian_norms,
     safe_reciprocal,
     weights_in_dtype,
@@ -26,8 +29,9 @@ class MGDA(GradientWeighting):
 
     Solves `a* = argmin_{a in simplex} ||sum_i a_i g_i / s_i||^2` (Sener & Koltun 2018, eq. 3)
     with the shared solver `core.pareto.min_norm_point`: the closed form of their Alg. 1 for
-    K = 2, an accelerated projected gradient with active-set polishing for K >= 3 (terminates
-    after `max_iterations` at the latest; the KKT gap it reached is in `last_diagnostics`).
+    K = 2, Wolfe's exact min-norm-point active set for K >= 3 (float64 on the host, to the
+    rounding floor unless `tolerance` is given; at most `max_iterations` face solves; the KKT gap
+    it reached is in the diagnostics).
     Either the combination is 0 (Pareto stationary) or its negative decreases every task.
 
     `normalization` picks the scales s_i of the reference code's `gradient_normalizers`:
@@ -43,11 +47,30 @@ class MGDA(GradientWeighting):
 
     Range: with a normalisation, the Gramian of `g_i / s_i` is formed in float64 as cosines times
     relative norms and scaled to a unit largest diagonal before the solve, so losses from 1e-30 to
-    1e30 work on float32 Gramians; `last_diagnostics["min_norm"]` is then float64, in the units of
+    1e30 work on float32 Gramians; the diagnostic `"min_norm"` is then float64, in the units of
     `g_i / s_i`. `apply_to="normalized"` weights `a_i / s_i` beyond the Gramian's dtype raise
     `NonFiniteGradientError` (`core.methods.base.weights_in_dtype`).
+
+    Diagnostics: `"kkt_gap"` (the solver's KKT gap, relative to the largest diagonal entry of the
+    Gramian it solved) and `"min_norm"` (`||sum_i a_i g_i / s_i||`), both batch-shaped.
+
+    The K = 2 closed form (Sener & Koltun, Alg. 1) clips `a_1` to [0, 1]; the reference code's
+    `_min_norm_element_from2` clips it to [0.001, 0.999] (it returns 0.999 or 0.001 at the
+    vertices), so where one gradient dominates the other (`g_1 . g_2 >= ||g_1||^2`) the reference
+    keeps 0.1% of weight on the task whose gradient is not the min-norm point; we return the exact
+    vertex (docs/DECISIONS.md).
+
+    Claims: with the default `normalization="none"` the weights lie on the simplex and the update
+    is the min-norm point, so it conflicts with no task; `apply_to="normalized"` keeps the
+    non-conflict (the min-norm point of `g_i / s_i` has `g_i . d >= 0`), and with `"l2"` it is
+    invariant to strictly increasing loss transforms, with `"loss"` to per-task rescaling (not
+    `"loss+"`: `g_i / (l_i ||g_i||)` shrinks by `1/a_i` when `l_i` is multiplied by `a_i`). The loss
+    normalisations need positive losses.
     """
 
+    name = "mgda"
+    paper = "Sener, Koltun, Multi-Task Learning as Multi-Objective Optimization (NeurIPS 2018)"
+    claims = frozenset({"permutation_equivariant", "non_conflicting", "simplex_weights"})
     head_gradient = HeadGradient.WEIGHTED
 
     def __init__(
@@ -62,39 +85,49 @@ class MGDA(GradientWeighting):
             raise InvalidHyperparameterError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
         if apply_to not in ("raw", "normalized"):
             raise InvalidHyperparameterError(f"apply_to must be 'raw' or 'normalized', got {apply_to!r}")
-        if max_iterations < 1:
-            raise InvalidHyperparameterError(f"max_iterations must be >= 1, got {max_iterations!r}")
         self.normalization = normalization
         self.apply_to = apply_to
-        self.tolerance = tolerance
-        self.max_iterations = max_iterations
-        self.last_diagnostics: dict[str, Tensor] = {}
+        self.tolerance = None if tolerance is None else check_number("tolerance", tolerance, minimum=0.0, strict=True)
+        self.max_iterations = check_integer("max_iterations", max_iterations)
+        self.claims = _mgda_claims(normalization, apply_to)
+        if normalization in ("loss", "loss+"):
+            self.loss_domain = "positive"
 
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
         if self.normalization == "none":
             solution = min_norm_point(gramian, tolerance=self.tolerance, max_iterations=self.max_iterations)
-            self.last_diagnostics = {"kkt_gap": solution.kkt_gap.detach(), "min_norm": solution.residual.detach()}
-            return solution.weights
+            return WeightsResult(solution.weights, {"kkt_gap": solution.kkt_gap.detach(), "min_norm": solution.residual.detach()})
         inverse_scales = self._inverse_scales(gramian, losses)
         normalized, largest_norm = _normalized_gramian(gramian, inverse_scales)
         solution = min_norm_point(normalized, tolerance=self.tolerance, max_iterations=self.max_iterations)
         min_norm = solution.residual.detach().to(torch.float64) * largest_norm  # in the units of g_i / s_i
-        self.last_diagnostics = {"kkt_gap": solution.kkt_gap.detach(), "min_norm": min_norm}
+        diagnostics = {"kkt_gap": solution.kkt_gap.detach(), "min_norm": min_norm}
         if self.apply_to == "normalized":
-            return weights_in_dtype(solution.weights.to(torch.float64) * inverse_scales, gramian.dtype, "MGDA")
-        return solution.weights
+            return WeightsResult(weights_in_dtype(solution.weights.to(torch.float64) * inverse_scales, gramian.dtype, "MGDA"), diagnostics)
+        return WeightsResult(solution.weights, diagnostics)
 
     def _inverse_scales(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """`1 / s_i` in float64 (0 where s_i = 0), so that tiny or huge scales cannot overflow."""
-        if self.normalization in ("loss", "loss+") and not bool((losses > 0).all()):
-            raise LossDomainError(
-                f"MGDA normalization {self.normalization!r} divides by the losses, which must be "
-                f"positive; got {losses.tolist()}. Use normalization='none' or 'l2'."
-            )
         norms = gramian_norms(gramian.to(torch.float64))
         values = losses.to(torch.float64)
         scales = {"l2": norms, "loss": values, "loss+": values * norms}
         return safe_reciprocal(scales[self.normalization])
+
+
+def _mgda_claims(normalization: str, apply_to: str) -> frozenset[str]:
+    """The claims that hold for a normalisation and an `apply_to` (see `MGDA`)."""
+    claims = {"permutation_equivariant"}
+    if normalization == "none" or apply_to == "raw":
+        claims.add("simplex_weights")
+    if normalization == "none" or apply_to == "normalized":
+        claims.add("non_conflicting")
+    # g_i / s_i is unchanged by a per-task rescaling of l_i for s = ||g_i|| and s = l_i (with
+    # "l2" also by any strictly increasing transform), not for s = l_i ||g_i||
+    if apply_to == "normalized" and normalization in ("l2", "loss"):
+        claims.add("rescaling_invariant")
+    if apply_to == "normalized" and normalization == "l2":
+        claims.add("monotone_invariant")
+    return frozenset(claims)
 
 
 def _normalized_gramian(gramian: Tensor, inverse_scales: Tensor) -> tuple[Tensor, Tensor]:

@@ -21,13 +21,21 @@ concave-convex procedure with cvxpy/ECOS); see `NashMTL` for the details.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from core.errors import InvalidHyperparameterError, NonFiniteGradientError
-from core.methods.base import GradientWeighting, HeadGradient
+from core.errors import InvalidHyperparameterError, MTLInputError, NonFiniteGradientError
+from core.methods.base import (
+    GradientWeighting,
+    HeadGradient,
+    WeightsResult,
+    check_integer,
+    check_number,
+)
 
 _QUADRATIC_FLOOR = 1e-16
 _FULL_STEP_DECREMENT = 0.25
@@ -77,7 +85,7 @@ class NashMTL(GradientWeighting):
     CCP at equal residual from a cold start (`python -m benchmarks perf --sections nash`,
     benchmarks/PERFORMANCE.md, section 3).
 
-    `last_diagnostics` after each call (CPU tensors): `"residual"` (batch shape) the relative residual of the
+    Diagnostics of each call (CPU tensors): `"residual"` (batch shape) the relative residual of the
     un-regularised system, `max_i |alpha_i (G alpha)_i - 1| = max_i |(G alpha)_i - 1/alpha_i| / (1/alpha_i)`
     over tasks with nonzero gradient (0 when there are none), obtained from the solver's residual
     as `r_i - ridge b_i^2` (recomputed from G for reused weights); `"iterations"` the Newton iterations
@@ -124,15 +132,27 @@ class NashMTL(GradientWeighting):
     Args:
         update_weights_every: solve on every `update_weights_every`-th call (the first call
             included) and reuse the last weights, applied to the new gradients, in between
-            (reference `update_weights_every`, default 1). A call whose shape differs from the
-            stored weights solves afresh.
+            (reference `update_weights_every`, default 1). Above 1 the instance drops the claims
+            `monotone_invariant` and `non_conflicting` (reused weights are not solved for the
+            new gradients).
         warm_start: start Newton from the previous solution (the reference warm-starts its CCP
-            from the previous alpha). `reset()` forgets it and the update counter.
+            from the previous alpha). `reset(batch_shape)` forgets it and the update counter.
         tolerance: stop when `max_i |b_i (U_r b)_i - 1| <= tolerance` for every batch element.
         max_iterations: hard cap on Newton iterations per call (>= 1).
         ridge: relative diagonal regularisation `ridge * G_ii` (> 0); see deviation (3).
+
+    State (with a warm start or `update_weights_every > 1`): the last solution `[*batch_shape, K]`
+    and the call counter; a batch of B Gramians solves B independent problems, each warm-started
+    from its own previous solution, as B instances would (to rounding: the batched Newton freezes
+    finished elements). The reference Nash-MTL (cvxpy/ECOS) can report "optimal" at a point whose
+    Nash residual `max_i |alpha_i (G alpha)_i - 1|` is 118-275 (seen on a K = 5 training run of its
+    CCP); this solver's residual is in the diagnostics (docs/DECISIONS.md).
     """
 
+    name = "nashmtl"
+    paper = "Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya, Multi-Task Learning as a Bargaining Game (ICML 2022)"
+    claims = frozenset({"monotone_invariant", "rescaling_invariant", "permutation_equivariant", "non_conflicting"})
+    stateful = True
     head_gradient = HeadGradient.WEIGHTED
 
     def __init__(
@@ -144,50 +164,67 @@ class NashMTL(GradientWeighting):
         max_iterations: int = 100,
         ridge: float = 1e-10,
     ) -> None:
-        if not isinstance(update_weights_every, int) or update_weights_every < 1:
-            raise InvalidHyperparameterError(f"update_weights_every must be a positive integer, got {update_weights_every!r}")
-        if not tolerance > 0:
-            raise InvalidHyperparameterError(f"tolerance must be positive, got {tolerance!r}")
-        if not isinstance(max_iterations, int) or max_iterations < 1:
-            raise InvalidHyperparameterError(f"max_iterations must be a positive integer, got {max_iterations!r}")
-        if not (ridge > 0 and ridge < 1):
-            raise InvalidHyperparameterError(f"ridge must be in (0, 1), got {ridge!r}")
-        self.update_weights_every = update_weights_every
+        self.update_weights_every = check_integer("update_weights_every", update_weights_every)
+        if not isinstance(warm_start, bool):
+            raise InvalidHyperparameterError(f"warm_start must be True or False, got {warm_start!r}")
         self.warm_start = warm_start
-        self.tolerance = float(tolerance)
-        self.max_iterations = max_iterations
-        self.ridge = float(ridge)
-        self.last_diagnostics: dict[str, Tensor] = {}
-        self._previous: np.ndarray | None = None  # float64 host alpha of the last solve, shape [..., K]
-        self._calls = 0
+        self.tolerance = check_number("tolerance", tolerance, minimum=0.0, strict=True)
+        self.max_iterations = check_integer("max_iterations", max_iterations)
+        self.ridge = check_number("ridge", ridge, minimum=0.0, strict=True)
+        if self.ridge >= 1:
+            raise InvalidHyperparameterError(f"ridge must be in (0, 1), got {ridge!r}")
+        self.stateful = warm_start or update_weights_every > 1
+        if update_weights_every > 1:
+            # reused weights meet new gradients: their update can conflict with a task, and a
+            # nonaffine transform changes h'(l) between solves (a fixed rescaling does not)
+            self.claims = type(self).claims - {"monotone_invariant", "non_conflicting"}
+        self.reset()
 
-    def reset(self) -> None:
+    def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
         """Forget the warm start and restart the `update_weights_every` counter."""
-        self._previous = None
+        super().reset(batch_shape)
+        self._previous: np.ndarray | None = None  # float64 host alpha of the last solve, [*batch_shape, K]
         self._calls = 0
 
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def state_dict(self) -> dict[str, Any]:
+        previous = None if self._previous is None else torch.from_numpy(self._previous.copy())
+        return {"batch_shape": list(self.batch_shape), "calls": self._calls, "previous": previous}
+
+    def load_state_dict(self, state: Mapping[str, Any], /) -> None:
+        self.reset(tuple(state["batch_shape"]))
+        previous = state["previous"]
+        self._previous = None if previous is None else torch.as_tensor(previous, dtype=torch.float64).numpy().copy()
+        self._calls = int(state["calls"])
+        self._pristine = self._calls == 0
+
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
         # the K x K system is solved on the host in float64 numpy: per-operation overhead, not
         # arithmetic, is the cost at this size (on a GPU: one copy instead of a sync per iteration)
         gram = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
         if not np.isfinite(gram).all():
             raise NonFiniteGradientError("Nash-MTL: the Gramian contains NaN or infinite entries")
+        if self.stateful:
+            self._match_batch_shape(tuple(gram.shape[:-2]))
+            self._used()
         previous = self._previous
         if previous is not None and previous.shape != gram.shape[:-1]:
-            previous = None
+            raise MTLInputError(
+                f"NashMTL holds weights of {previous.shape[-1]} tasks, got a Gramian of {gram.shape[-1]}; call reset()"
+            )
         reuse = previous is not None and self._calls % self.update_weights_every != 0
         self._calls += 1
         if reuse:
             alpha, iterations, residual = previous, 0, _relative_residual(gram, previous)
         else:
             alpha, iterations, residual = self._solve(gram, previous if self.warm_start else None)
-            self._previous = alpha
-        self.last_diagnostics = {
+            if self.stateful:
+                self._previous = alpha
+        diagnostics = {
             "residual": torch.as_tensor(residual, dtype=torch.float64),
             "iterations": torch.tensor(iterations),
             "reused": torch.tensor(reuse),
         }
-        return torch.from_numpy(alpha).to(device=gramian.device, dtype=gramian.dtype)
+        return WeightsResult(torch.from_numpy(alpha).to(device=gramian.device, dtype=gramian.dtype), diagnostics)
 
     def solve(self, gramian: Tensor, /, *, initial: Tensor | None = None) -> tuple[Tensor, int]:
         """Solve `(G + ridge diag(G)) alpha = 1/alpha` for a symmetric Gramian `[..., K, K]`.

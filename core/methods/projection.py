@@ -10,14 +10,17 @@ the K x K Gramian `G = J J^T` alone (`(a^T J) . (b^T J) = a^T G b`):
   `||g_w||^2 = w^T G w`.
 * IMTL-G (Liu et al. 2021) needs the unit-gradient inner products `u_i . u_j = G_ij / (||g_i|| ||g_j||)`.
 
-The K x K work runs in float64 on the Gramian's device (it costs nothing next to the Gramian);
-weights are returned in the Gramian's dtype.
+The K x K work runs in float64 (PCGrad and IMTL-G on the Gramian's device, CAGrad's dual solver
+on the host; it costs nothing next to the Gramian); weights are returned in the Gramian's dtype.
+K = 2 has a closed form for each of the three.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,13 +29,19 @@ from core.methods.base import (
     GradientWeighting,
     HeadGradient,
     Reduction,
+    WeightsResult,
     check_generator,
+    check_integer,
+    check_number,
     check_reduction,
+    generator_state,
+    gramian_norms,
+    load_generator_state,
     safe_reciprocal,
     unit_gramian,
     weights_in_dtype,
 )
-from core.pareto.stationarity import affine_min_norm_weights, min_norm_point
+from core.pareto.stationarity import affine_min_norm_weights, face_minimiser, min_norm_active_set
 
 
 def _symmetric_float64(gramian: Tensor) -> Tensor:
@@ -83,10 +92,12 @@ class PCGrad(GradientWeighting):
     batch element), drawn as the argsort of K x K float64 uniforms from `generator` (the diagonal
     forced last), so a seeded generator reproduces a run and the global RNG is untouched;
     `generator=None` draws from the global RNG (as `torch.randperm` would), like
-    `RandomLossWeighting`. With K = 2 there is one order and PCGrad is deterministic.
+    `RandomLossWeighting`. With K = 2 there is one order and PCGrad is deterministic: a closed
+    form, `w = (1 - G_12 / G_11, 1 - G_12 / G_22)` if `G_12 < 0`, else `(1, 1)`, which draws
+    nothing from the generator.
     `projection_orders` exposes the draw.
 
-    `last_diagnostics`: `"projections"` (batch shape) the number of projections performed.
+    Diagnostics: `"projections"` (batch shape) the number of projections performed.
 
     Deviations from the reference code (tianheyu927/PCGrad, WeiChengTseng/Pytorch-PCGrad as used
     by Nash-MTL and LibMTL): (1) those shuffle all K gradients, g_i included (projecting g_i^PC on
@@ -96,6 +107,9 @@ class PCGrad(GradientWeighting):
     A task with a zero gradient keeps its coefficient `e_i` (contributing 0 to the update).
     """
 
+    name = "pcgrad"
+    paper = "Yu, Kumar, Gupta, Levine, Hausman, Finn, Gradient Surgery for Multi-Task Learning (NeurIPS 2020)"
+    random = True
     head_gradient = HeadGradient.RAW
 
     def __init__(self, *, generator: torch.Generator | None = None, reduction: Reduction = "sum") -> None:
@@ -103,11 +117,16 @@ class PCGrad(GradientWeighting):
         check_reduction(reduction)
         self._generator = generator
         self.reduction = reduction
-        self.last_diagnostics: dict[str, Tensor] = {}
 
     @property
     def generator(self) -> torch.Generator | None:
         return self._generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return generator_state(self._generator)
+
+    def load_state_dict(self, state: Mapping[str, Any], /) -> None:
+        load_generator_state(self._generator, state, "PCGrad")
 
     def projection_orders(self, batch_shape: tuple[int, ...], num_tasks: int, device: torch.device | None = None) -> Tensor:
         """Random projection orders `[*batch_shape, K, K-1]` (int64) drawn from the generator.
@@ -120,12 +139,14 @@ class PCGrad(GradientWeighting):
         keys = keys + 2.0 * torch.eye(num_tasks, dtype=torch.float64, device=keys.device)  # j = i sorts last
         return keys.argsort(dim=-1)[..., : num_tasks - 1].to(device)
 
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
         num_tasks = gramian.shape[-1]
         gram = _symmetric_float64(gramian)
         if num_tasks == 1:
             coefficients = torch.ones_like(gram)
             projections = torch.zeros(gram.shape[:-2], dtype=torch.int64, device=gram.device)
+        elif num_tasks == 2:
+            return self._two_task_weights(gram, gramian.dtype)
         else:
             orders = self.projection_orders(tuple(gram.shape[:-2]), num_tasks, gram.device)
             coefficients = pcgrad_coefficients(gram, orders)
@@ -134,8 +155,21 @@ class PCGrad(GradientWeighting):
         weights = coefficients.sum(dim=-2)
         if self.reduction == "mean":
             weights = weights / num_tasks
-        self.last_diagnostics = {"projections": projections}
-        return weights_in_dtype(weights, gramian.dtype, "PCGrad")
+        return WeightsResult(weights_in_dtype(weights, gramian.dtype, "PCGrad"), {"projections": projections})
+
+    def _two_task_weights(self, gram: Tensor, dtype: torch.dtype) -> WeightsResult:
+        """K = 2 in closed form (one order, no draw from the generator): if `G_12 < 0`,
+        `g_1^PC = g_1 - (G_12 / G_22) g_2` and `g_2^PC = g_2 - (G_12 / G_11) g_1`, so
+        `w = (1 - G_12 / G_11, 1 - G_12 / G_22)`; otherwise `w = (1, 1)` (a conflict implies
+        both gradients are nonzero). Halved for "mean"."""
+        g11, g22, g12 = gram[..., 0, 0], gram[..., 1, 1], gram[..., 0, 1]
+        conflict = (g12 < 0) & (g11 > 0) & (g22 > 0)
+        safe11, safe22 = (torch.where(conflict, value, torch.ones_like(value)) for value in (g11, g22))
+        zero = torch.zeros_like(g12)
+        weights = torch.stack([1 - torch.where(conflict, g12 / safe11, zero), 1 - torch.where(conflict, g12 / safe22, zero)], dim=-1)
+        if self.reduction == "mean":
+            weights = weights / 2
+        return WeightsResult(weights_in_dtype(weights, dtype, "PCGrad"), {"projections": 2 * conflict.to(torch.int64)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,16 +177,11 @@ class PCGrad(GradientWeighting):
 # --------------------------------------------------------------------------------------------
 
 _RESCALES = (0, 1, 2)
-_INNER_TOLERANCE = 1e-15
-"""KKT tolerance of each min-norm solve, relative to the shifted Gramian's largest diagonal entry:
-near the rounding floor, far below `min_norm_point`'s default (1e-12 on squared norms would leave
-gradients 1e-6 times smaller than the largest unresolved)."""
-_INNER_ITERATIONS = 20
-"""Cap on the projected-gradient iterations of each min-norm solve (its active-set rounds usually
-finish it exactly; the duality gap accounts for any inexactness)."""
 _STALL_LIMIT = 8
-"""Root steps in a row without a smaller duality gap after which a batch element stops (the gap
-has reached the rounding floor of the Gramian)."""
+"""Root steps in a row without a smaller duality gap after which the solver stops (the gap has
+reached the rounding floor of the Gramian)."""
+_NOISE = 4 * float(np.finfo(np.float64).eps)
+"""Times K: the relative rounding error of `w^T G w` against `(sum_i |w_i| ||g_i||)^2`."""
 
 
 class CAGrad(GradientWeighting):
@@ -173,34 +202,43 @@ class CAGrad(GradientWeighting):
     gradient, as in the paper and LibMTL. Nash-MTL's and FAMO's code multiply it by K "to match
     the sum loss": `reduction="sum"`. Heads receive the plain `grad l_i` (as in the reference).
 
-    **Solver** (replaces the reference's SciPy SLSQP from `w = 1/K`). `F` is convex, and
+    **Solver** (replaces the reference's SciPy SLSQP from `w = 1/K`), in float64 on the host, one
+    batch element at a time, on the Gramian divided by `max_i G_ii`. `F` is convex, and
     `sqrt(phi) ||g_w|| = min_{mu > 0} (||g_w||^2 / mu + phi mu) / 2`; for fixed `mu` the
-    minimisation over w is the min-norm problem of the shifted hull `conv{g_i + mu g_0}` (Gramian
-    `G + mu (b 1^T + 1 b^T) + mu^2 ||g_0||^2 1 1^T`, `b = G 1/K`), solved by the shared
-    `core.pareto.min_norm_point` (active set, tolerance near the rounding floor). With `p(mu)` its
-    min-norm point and `g_w(mu) = p(mu) - mu g_0`, the optimal `mu*` solves
+    minimisation over w is the min-norm problem of the shifted hull `conv{g_i + mu g_0}`
+    (`min_w w^T G w + 2 mu b . w`, `b = G 1/K`), solved exactly by the shared active set
+    (`core.pareto.stationarity.min_norm_active_set`, Wolfe's method, warm-started from the previous
+    `mu`'s face). With `w(mu)` its solution, the optimal `mu*` solves
     `||g_w(mu)|| = sqrt(phi) mu` (`||g_w(mu)|| / mu` is nonincreasing), and
-    `d* = g_0 + g_w(mu*) / mu* = p(mu*) / mu*`. The root is bracketed in `[0, 1/(c ||g_0||)]` (in
-    units of `max_i ||g_i||`), first tried at the value it has if w* is the vertex with the
-    smallest `g_i . g_0`, then found by exact root steps of the quadratic that
-    `||g_w(mu)||^2 - phi mu^2` is on each face of the hull, every other step a bisection while one
-    end of the bracket keeps moving. Every evaluated w yields the feasible direction
-    `d = g_0 + kappa g_w`, `kappa = min(1/mu, sqrt(phi)/||g_w||)` (so `||d - g_0|| <= c ||g_0||`,
-    with `||g_w||` bounded from above by its rounding error, `~eps (sum_i w_i ||g_i||)^2` in
-    `w^T G w`); the one with the largest `min_i g_i . d` is returned. The duality gap
-    `min_w F(w) - min_i g_i . d` bounds the suboptimality of both; the solver stops when it is at
-    most `tolerance * ||g_w|| (1 + c) ||g_0||` (the scale of F), when it stalls (8 steps without
-    decrease), or after `max_iterations` root steps: termination is guaranteed, and the gap is
-    reported. Accuracy: from a float64 Gramian, objective values are resolved to ~1e-16 of
-    `max_i ||g_i||^2` and `||g_w||` to ~1e-8 of `max_i ||g_i||`, so where the binding tasks have
-    gradients 1e8 times smaller than the largest the gap stalls near 1e-8 `max_i ||g_i||^2`.
+    `d* = g_0 + g_w(mu*) / mu*`. On a fixed face S the solution is affine in mu,
+    `w(mu) = y + mu z` (one factorisation of the face, two right-hand sides:
+    `core.pareto.stationarity.face_minimiser`), so `||g_w(mu)||^2 - phi mu^2` is a quadratic whose
+    smallest positive root is the exact `mu*` if S is the optimal face. The iteration: solve at
+    `mu`, take the root of the face found, solve there, until the face stays the same (then the
+    solution is exact up to rounding); the root is bracketed in `[0, 1/(c ||g_0||)]` (in units of
+    `max_i ||g_i||`), first tried at the value it has if w* is the vertex with the smallest
+    `g_i . g_0`, and a step whose root leaves the bracket, or every other step while one end of
+    the bracket keeps moving, bisects it. Certificate: every simplex point seen gives an upper
+    bound `F(w)` on the optimum, and the feasible direction `d = g_0 + kappa g_w`,
+    `kappa = min(1/mu, sqrt(phi)/||g_w||)` (so `||d - g_0|| <= c ||g_0||`, with `||g_w||` bounded
+    from above by its rounding error, `~K eps (sum_i w_i ||g_i||)^2` in `w^T G w`), a lower bound
+    `min_i g_i . d`; the best of each are kept and returned. The duality gap between them bounds
+    the suboptimality of both; the solver stops when the face repeats, when the gap is at most
+    `tolerance * ||g_w|| (1 + c) ||g_0||` (the scale of F), when it stalls (8 steps without
+    decrease), when the bracket has collapsed, or after `max_iterations` root steps:
+    termination is guaranteed, and the gap is reported. K = 2 has a closed form (the dual is
+    one-dimensional: `_cagrad_two_tasks`), with the same certificate. Accuracy: from a float64
+    Gramian, objective values are resolved to ~1e-16 of `max_i ||g_i||^2` and `||g_w||` to ~1e-8
+    of `max_i ||g_i||`, so where the binding tasks have gradients 1e8 times smaller than the
+    largest the gap stalls near 1e-8 `max_i ||g_i||^2`.
 
     Degenerate case: if the dual optimum has `g_w* = 0` (0 in the hull and the ball reaching the
     non-conflict cone), the formula for `d*` is 0/0 and every `d` in the ball with
-    `g_i . d >= 0` is optimal; the iteration then tends to `lim_{mu -> 0} p(mu) / mu`, which is
-    such a `d` (the reference returns whatever its `1e-8` guards give). `g_0 = 0` gives `d = 0`.
+    `g_i . d >= 0` is optimal; the solver returns `lim_{mu -> 0} (g_0 + g_w(mu) / mu) = g_0 + g_z`
+    of the optimal face (`g_y = 0` there), with weights `1/K + z`, which is such a `d` (the
+    reference returns whatever its `1e-8` guards give). `g_0 = 0` gives `d = 0`.
 
-    `last_diagnostics`: `"dual_gap"` (batch shape, relative to `max_i ||g_i||^2`),
+    Diagnostics: `"dual_gap"` (batch shape, relative to `max_i ||g_i||^2`),
     `"dual_weights"` (the simplex point certifying it, see `solve`) and `"iterations"` (root steps).
 
     Deviations from the reference (Cranial-XIX/CAGrad; `CAGrad.cagrad` in nash-mtl and FAMO): the
@@ -217,6 +255,9 @@ class CAGrad(GradientWeighting):
         max_iterations: hard cap on root steps per call (>= 1).
     """
 
+    name = "cagrad"
+    paper = "Liu, Liu, Jin, Stone, Liu, Conflict-Averse Gradient Descent for Multi-task Learning (NeurIPS 2021)"
+    claims = frozenset({"permutation_equivariant"})
     head_gradient = HeadGradient.RAW
 
     def __init__(
@@ -238,175 +279,254 @@ class CAGrad(GradientWeighting):
                 f"rescale must be 0 (none), 1 (divide by 1 + c^2) or 2 (divide by 1 + c), got {rescale!r}"
             )
         check_reduction(reduction)
-        if not (tolerance > 0):
-            raise InvalidHyperparameterError(f"tolerance must be positive (a relative duality gap, e.g. 1e-10), got {tolerance!r}")
-        if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
-            raise InvalidHyperparameterError(f"max_iterations must be a positive integer, got {max_iterations!r}")
         self.c = float(c)
         self.rescale = rescale
         self.reduction = reduction
-        self.tolerance = float(tolerance)
-        self.max_iterations = max_iterations
-        self.last_diagnostics: dict[str, Tensor] = {}
+        self.tolerance = check_number("tolerance (a relative duality gap, e.g. 1e-10)", tolerance, minimum=0.0, strict=True)
+        self.max_iterations = check_integer("max_iterations", max_iterations)
 
     @property
     def output_scale(self) -> float:
         """The factor applied to `d*`: `1 / (1 + c^2)`, `1 / (1 + c)` or 1, times K for "sum"."""
         return {0: 1.0, 1: 1.0 / (1.0 + self.c**2), 2: 1.0 / (1.0 + self.c)}[self.rescale]
 
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
         num_tasks = gramian.shape[-1]
         gram = _symmetric_float64(gramian)
         direction, dual_weights, gap, iterations = self.solve(gram)
         weights = direction * self.output_scale
         if self.reduction == "sum":
             weights = weights * num_tasks
-        self.last_diagnostics = {"dual_gap": gap, "dual_weights": dual_weights, "iterations": torch.tensor(iterations)}
-        return weights_in_dtype(weights, gramian.dtype, "CAGrad")
+        diagnostics = {"dual_gap": gap, "dual_weights": dual_weights, "iterations": torch.tensor(iterations)}
+        return WeightsResult(weights_in_dtype(weights, gramian.dtype, "CAGrad"), diagnostics)
 
     def solve(self, gramian: Tensor, /) -> tuple[Tensor, Tensor, Tensor, int]:
         """Weights of `d*` (before rescaling), dual weights, the relative duality gap, root steps used.
 
-        `gramian` `[..., K, K]`; computed in float64. The direction's weights are
-        `1/K + kappa w` (they sum to `1 + kappa`); the dual weights are the simplex point with the
-        smallest `F` seen, which certifies the gap: `F(w_dual) - min_i g_i . d <= gap * max_i G_ii`.
-        With rank-deficient Gramians the `w` inside the direction may differ from `w_dual`
-        (several `w` give the same `g_w`).
+        `gramian` `[..., K, K]`; computed in float64 on the host, returned as float64 on the
+        Gramian's device. The direction's weights are `1/K + kappa w` (they sum to `1 + kappa`),
+        or `1/K + z` in the degenerate case (see the class docstring); the dual weights are the
+        simplex point with the smallest `F` seen, which certifies the gap:
+        `F(w_dual) - min_i g_i . d <= gap * max_i G_ii`. With rank-deficient Gramians the `w`
+        inside the direction may differ from `w_dual` (several `w` give the same `g_w`).
+        `iterations` is the most root steps over the batch (0 for K = 2: the closed form).
         """
-        gram = _symmetric_float64(gramian)
-        num_tasks = gram.shape[-1]
-        scale = torch.diagonal(gram, dim1=-2, dim2=-1).amax(dim=-1).clamp_min(0)
-        gram = gram / torch.where(scale > 0, scale, torch.ones_like(scale))[..., None, None]
-        mean_products = gram.mean(dim=-1)  # b_i = g_i . g_0
-        mean_sq = mean_products.mean(dim=-1).clamp_min(0)  # ||g_0||^2
-        radius = self.c * mean_sq.sqrt()  # sqrt(phi)
-        uniform = torch.full(gram.shape[:-1], 1.0 / num_tasks, dtype=gram.dtype, device=gram.device)
-        trivial = radius <= 0
-        if bool(trivial.all()):
-            return uniform, uniform, torch.zeros_like(radius), 0
-        safe_radius = torch.where(trivial, torch.ones_like(radius), radius)
-
-        diagonal_sqrt = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(0).sqrt()
-        noise_factor = 4 * num_tasks * torch.finfo(gram.dtype).eps
-
-        def evaluate(mu: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-            """Everything at `mu`; the min-norm solve runs only where `mask` (the rest is unused)."""
-            shift = mu[..., None, None] * (mean_products[..., :, None] + mean_products[..., None, :])
-            shifted = gram + shift + (mu**2 * mean_sq)[..., None, None]
-            if mask is None or bool(mask.all()):
-                weights = min_norm_point(shifted, tolerance=_INNER_TOLERANCE, max_iterations=_INNER_ITERATIONS).weights
-            else:
-                weights = uniform.clone()
-                weights[mask] = min_norm_point(shifted[mask], tolerance=_INNER_TOLERANCE, max_iterations=_INNER_ITERATIONS).weights
-            product = (gram @ weights[..., None])[..., 0]  # g_i . g_w
-            norm_sq = (weights * product).sum(dim=-1).clamp_min(0)
-            # w^T G w loses ~eps (sum_i w_i ||g_i||)^2 to cancellation; bounding ||g_w|| from above
-            # keeps d feasible and F an upper bound when g_w is tiny next to the g_i it combines
-            spread = (weights.abs() * diagonal_sqrt).sum(dim=-1)
-            norm = (norm_sq + noise_factor * spread**2).sqrt()
-            inverse_mu = torch.where(mu > 0, 1.0 / torch.where(mu > 0, mu, torch.ones_like(mu)), torch.inf)
-            ratio = torch.where(norm > 0, safe_radius / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.inf)
-            kappa = torch.minimum(inverse_mu, ratio)
-            kappa = torch.where(torch.isinf(kappa), torch.zeros_like(kappa), kappa)
-            return {
-                "mu": mu,
-                "weights": weights,
-                "residual": norm_sq - (safe_radius * mu) ** 2,  # > 0 below the root
-                "dual": (weights * mean_products).sum(dim=-1) + safe_radius * norm,  # F(w)
-                "primal": (mean_products + kappa[..., None] * product).amin(dim=-1),  # min_i g_i . d
-                "kappa": kappa,
-                "norm": norm,
-            }
-
-        low = evaluate(torch.zeros_like(radius))
-        high = evaluate(1.0 / safe_radius)  # ||g_w|| <= 1 = max_i ||g_i||, so the residual is <= 0
-        best = _keep_better({key: high[key] for key in ("weights", "kappa", "primal")}, low)
-        dual = torch.minimum(low["dual"], high["dual"])
-        dual_weights = torch.where((low["dual"] <= high["dual"])[..., None], low["weights"], high["weights"])
-        dual_norm = torch.where(low["dual"] <= high["dual"], low["norm"], high["norm"])
-        mean_norm = mean_sq.sqrt()
-        streak = torch.zeros_like(radius, dtype=torch.int64)  # +n: low end moved n times in a row; -n: high
-        stalled = torch.zeros_like(radius, dtype=torch.int64)  # steps without a smaller gap
-        gap = (dual - best["primal"]).clamp_min(0)
-        # first guess: the root if w* is the vertex that large mu selects (smallest g_i . g_0)
-        vertex = mean_products.argmin(dim=-1, keepdim=True)
-        guess = torch.diagonal(gram, dim1=-2, dim2=-1).gather(-1, vertex)[..., 0].clamp_min(0).sqrt() / safe_radius
-        guess = torch.where(guess > 0, guess, 0.5 / safe_radius)
+        host = _symmetric_float64(gramian).cpu().numpy()
+        num_tasks = host.shape[-1]
+        with np.errstate(invalid="ignore"):
+            scale = np.diagonal(host, axis1=-2, axis2=-1).max(axis=-1).clip(min=0)
+            scaled = host / np.where(scale > 0, scale, 1.0)[..., None, None]
         iterations = 0
-        while True:
-            # F = g_w . g_0 + c ||g_0|| ||g_w|| is of the order ||g_w|| (1 + c) ||g_0||: the gap is
-            # measured against that, so that tasks with small gradients are still resolved
-            active = ~trivial & (gap > self.tolerance * dual_norm * (mean_norm + radius)) & (stalled < _STALL_LIMIT)
-            active = active & (high["mu"] - low["mu"] > 4 * torch.finfo(gram.dtype).eps * high["mu"])
-            if iterations >= self.max_iterations or not bool(active.any()):
-                break
-            if iterations == 0:
-                point_mu = guess
-            else:
-                fraction = _root_fraction(gram, low, high, safe_radius).clamp(1e-3, 1 - 1e-3)
-                # safeguard: while one end keeps moving, every other step bisects (the bracket halves)
-                bisect = (streak != 0) & (streak.abs() % 2 == 0)
-                fraction = torch.where(bisect, torch.full_like(fraction, 0.5), fraction)
-                point_mu = low["mu"] + fraction * (high["mu"] - low["mu"])
-            iterations += 1
-            point = evaluate(point_mu, active)
-            best = _keep_better(best, point, active)
-            lower_dual = active & (point["dual"] < dual)
-            dual = torch.where(lower_dual, point["dual"], dual)
-            dual_weights = torch.where(lower_dual[..., None], point["weights"], dual_weights)
-            dual_norm = torch.where(lower_dual, point["norm"], dual_norm)
-            new_gap = (dual - best["primal"]).clamp_min(0)
-            stalled = torch.where(active & (new_gap >= gap), stalled + 1, torch.zeros_like(stalled))
-            gap = new_gap
-            below = point["residual"] > 0
-            moved_low, moved_high = active & below, active & ~below
-            low = _replace(low, point, moved_low)
-            high = _replace(high, point, moved_high)
-            streak = torch.where(moved_low, streak.clamp_min(0) + 1, torch.where(moved_high, streak.clamp_max(0) - 1, streak))
-        direction = uniform + best["kappa"][..., None] * best["weights"]
-        direction = torch.where(trivial[..., None], uniform, direction)
-        gap = torch.where(trivial, torch.zeros_like(gap), gap)
-        dual_weights = torch.where(trivial[..., None], uniform, dual_weights)
-        return direction, dual_weights, gap, iterations
+        if num_tasks == 2:
+            direction, dual_weights, gap = _cagrad_two_tasks(scaled, self.c)
+        else:
+            flat = scaled.reshape(-1, num_tasks, num_tasks)
+            direction, dual_weights, gap = np.empty(flat.shape[:-1]), np.empty(flat.shape[:-1]), np.empty(flat.shape[0])
+            for index, element in enumerate(flat):
+                direction[index], dual_weights[index], gap[index], used = cagrad_dual(
+                    element, self.c, tolerance=self.tolerance, max_iterations=self.max_iterations
+                )
+                iterations = max(iterations, used)
+            shape = scaled.shape[:-1]
+            direction, dual_weights, gap = direction.reshape(shape), dual_weights.reshape(shape), gap.reshape(shape[:-1])
+        uniform = np.full(direction.shape, 1.0 / num_tasks)
+        zero = ~(scale > 0)[..., None]  # g_0 = 0 (all-zero Gramian): d = 0 = g_0
+        direction, dual_weights = np.where(zero, uniform, direction), np.where(zero, uniform, dual_weights)
+        gap = np.where(zero[..., 0], 0.0, gap)
+
+        def back(values: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(values)).to(gramian.device)
+
+        return back(direction), back(dual_weights), back(gap), iterations
 
 
-def _keep_better(best: dict[str, Tensor], point: dict[str, Tensor], mask: Tensor | None = None) -> dict[str, Tensor]:
-    better = point["primal"] > best["primal"]
-    if mask is not None:
-        better = better & mask
-    return {
-        "weights": torch.where(better[..., None], point["weights"], best["weights"]),
-        "kappa": torch.where(better, point["kappa"], best["kappa"]),
-        "primal": torch.where(better, point["primal"], best["primal"]),
-    }
+def _upper_norms(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Upper bounds on `||g_w|| = sqrt(w^T G w)` (`[..., K]` weights): `w^T G w` loses about
+    `K eps (sum_i |w_i| ||g_i||)^2` to cancellation, which is added, so that a direction scaled by
+    `sqrt(phi) / bound` stays in CAGrad's ball and `F` stays an upper bound when `g_w` is tiny
+    next to the gradients it combines."""
+    return _norms_and_resolution(gram, weights)[0]
 
 
-def _replace(end: dict[str, Tensor], point: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
-    return {key: torch.where(mask[..., None] if value.ndim > mask.ndim else mask, point[key], value) for key, value in end.items()}
+def _norms_and_resolution(gram: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_upper_norms`, and whether `||g_w||^2` exceeds its rounding error (otherwise `g_w` is
+    rounding noise, and so is the direction of `g_0 + kappa g_w`)."""
+    squared = np.einsum("...i,...ij,...j->...", weights, gram, weights).clip(min=0)
+    norms = np.sqrt(np.diagonal(gram, axis1=-2, axis2=-1).clip(min=0))
+    spread = np.einsum("...i,...i->...", np.abs(weights), norms)
+    noise = _NOISE * gram.shape[-1] * spread**2
+    return np.sqrt(squared + noise), squared > noise
 
 
-def _root_fraction(gram: Tensor, low: dict[str, Tensor], high: dict[str, Tensor], radius: Tensor) -> Tensor:
-    """Root in [0, 1] of `q(t) = ||g_w(t)||^2 - phi mu(t)^2` with w and mu interpolated linearly.
+class _Certificates:
+    """The best dual point (smallest `F(w) = g_w . g_0 + sqrt(phi) ||g_w||`, w in the simplex) and
+    the best primal direction (largest `min_i g_i . d`, d in the ball) seen, on one unit-scaled
+    Gramian; their difference bounds the suboptimality of both."""
 
-    On one face of the shifted hull `g_w(mu)` is affine in mu, so this root is exact there.
-    `q(0) >= 0 >= q(1)`; returns 0.5 where the root cannot be computed.
+    def __init__(self, gram: np.ndarray, mean_products: np.ndarray, radius: float) -> None:
+        self.gram, self.mean_products, self.radius = gram, mean_products, radius
+        self.norms = np.sqrt(np.diagonal(gram).clip(min=0))
+        self.uniform = np.full(gram.shape[0], 1.0 / gram.shape[0])
+        self.dual, self.dual_weights, self.dual_norm = np.inf, self.uniform, 0.0
+        self.primal, self.direction = -np.inf, self.uniform
+        self.offer_direction(self.uniform)  # d = g_0, the centre of the ball
+
+    @property
+    def gap(self) -> float:
+        return max(self.dual - self.primal, 0.0)
+
+    def offer_direction(self, weights: np.ndarray) -> None:
+        """A direction `d = sum_i weights_i g_i` already known to lie in the ball; its value
+        `min_i g_i . d` is taken less its rounding error `K eps ||g_i|| sum_j |weights_j| ||g_j||`
+        (a lower bound), so that of two directions equal up to rounding the one with the smaller
+        weights is kept."""
+        value = float((self.gram @ weights - _NOISE * len(weights) * self.norms * float(np.abs(weights) @ self.norms)).min())
+        if value > self.primal:
+            self.primal, self.direction = value, weights
+
+    def offer_dual(self, weights: np.ndarray, inverse_shift: float = np.inf) -> None:
+        """A simplex point: its `F`, and its direction `g_0 + kappa g_w` with
+        `kappa = min(1/mu, sqrt(phi) / ||g_w||)` (both keep d in the ball)."""
+        if not (bool(np.isfinite(weights).all()) and weights.min() >= 0):
+            return
+        weights = weights / weights.sum()
+        norm, resolved = _norms_and_resolution(self.gram, weights)
+        norm = float(norm)
+        value = float(self.mean_products @ weights) + self.radius * norm
+        if value < self.dual:
+            self.dual, self.dual_weights, self.dual_norm = value, weights, norm
+        if bool(resolved):  # an unresolved g_w gives a direction of rounding noise (see offer_face)
+            for kappa in {self.radius / norm, min(inverse_shift, self.radius / norm)}:
+                self.offer_direction(self.uniform + kappa * weights)
+
+    def offer_face(self, support: np.ndarray) -> float | None:
+        """The exact solution of the dual if `support` is the optimal face: there the min-norm
+        weights of the shifted points are `y + mu z` (`face_minimiser`) and the root of
+        `||g_{y + mu z}||^2 = phi mu^2` is a quadratic's. Offers it (and the degenerate limit
+        direction `g_0 + g_z`, the limit of `g_0 + g_w / mu` as mu -> 0 when `g_y = 0`) and
+        returns the root (None if this face has none)."""
+        point, direction = face_minimiser(self.gram, support, self.mean_products)
+        if point is None:
+            return None
+        product = self.gram @ direction
+        constant = float(point @ self.gram @ point)
+        linear = float(point @ product)
+        quadratic = float(direction @ product) - self.radius**2
+        if quadratic < 0 and float(_upper_norms(self.gram, direction)) <= self.radius:
+            self.offer_direction(self.uniform + direction)
+        self.offer_dual(point)  # the face's min-norm point (g_y = 0 in the degenerate case)
+        if constant <= 0:
+            return 0.0
+        discriminant = linear**2 - quadratic * constant
+        denominator = -linear + np.sqrt(max(discriminant, 0.0))
+        if discriminant < 0 or denominator <= 0:
+            return None
+        root = constant / denominator  # the smallest positive root, without cancellation
+        if root > 0:
+            self.offer_dual(point + root * direction, 1.0 / root)
+        return root
+
+
+def cagrad_dual(gram: np.ndarray, c: float, /, *, tolerance: float, max_iterations: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """CAGrad's dual on one unit-scaled float64 Gramian (largest diagonal 1; see `CAGrad`).
+
+    Returns the direction's weights, the dual weights, the duality gap and the root steps.
     """
-    w_low, w_high = low["weights"], high["weights"]
-    a = (w_low * (gram @ w_low[..., None])[..., 0]).sum(dim=-1)
-    b = (w_high * (gram @ w_high[..., None])[..., 0]).sum(dim=-1)
-    cross = (w_low * (gram @ w_high[..., None])[..., 0]).sum(dim=-1)
-    start, width, phi = low["mu"], high["mu"] - low["mu"], radius**2
-    quadratic = a - 2 * cross + b - phi * width**2
-    linear = 2 * cross - 2 * a - 2 * phi * start * width
-    constant = a - phi * start**2
-    root_sq = (linear**2 - 4 * quadratic * constant).clamp_min(0).sqrt()
-    stable = -0.5 * (linear + torch.where(linear >= 0, root_sq, -root_sq))
-    nonzero_stable = stable != 0
-    first = torch.where(quadratic != 0, stable / torch.where(quadratic != 0, quadratic, torch.ones_like(quadratic)), torch.nan)
-    second = torch.where(nonzero_stable, constant / torch.where(nonzero_stable, stable, torch.ones_like(stable)), torch.nan)
-    inside_first = (first >= 0) & (first <= 1)
-    inside_second = (second >= 0) & (second <= 1)
-    return torch.where(inside_second, second, torch.where(inside_first, first, torch.full_like(first, 0.5)))
+    num_tasks = gram.shape[0]
+    uniform = np.full(num_tasks, 1.0 / num_tasks)
+    if not bool(np.isfinite(gram).all()):
+        return np.full(num_tasks, np.nan), np.full(num_tasks, np.nan), np.nan, 0
+    mean_products = gram.mean(axis=1)  # b_i = g_i . g_0
+    mean_sq = max(float(mean_products.mean()), 0.0)  # ||g_0||^2
+    radius = c * np.sqrt(mean_sq)  # sqrt(phi)
+    if radius <= 0:
+        return uniform, uniform, 0.0, 0
+    certificates = _Certificates(gram, mean_products, radius)
+    norms = np.sqrt(np.diagonal(gram).clip(min=0))
+    lower, upper = 0.0, 1.0 / radius  # ||g_w|| <= 1 = max_i ||g_i||: the residual is <= 0 at 1 / radius
+    vertex = int(np.argmin(mean_products))  # first guess: the root if w* is the vertex that large mu selects
+    shift = norms[vertex] / radius if 0 < norms[vertex] < 1 else 0.5 * upper
+    start, streak, stalled, previous_face, iterations = None, 0, 0, None, 0
+    while iterations < max_iterations:
+        iterations += 1
+        weights, _, support = min_norm_active_set(gram, linear=mean_products, shift=shift, start=start)
+        start = (weights, support)
+        certificates.offer_dual(weights, 1.0 / shift if shift > 0 else np.inf)
+        below = float(weights @ gram @ weights) - (radius * shift) ** 2 > 0
+        lower, upper = (shift, upper) if below else (lower, shift)
+        streak = (max(streak, 0) + 1) if below else (min(streak, 0) - 1)
+        same_face = previous_face is not None and np.array_equal(support, previous_face)
+        gap_before = certificates.gap
+        root = certificates.offer_face(support)
+        stalled = stalled + 1 if certificates.gap >= gap_before and iterations > 1 else 0
+        threshold = tolerance * certificates.dual_norm * (np.sqrt(mean_sq) + radius)
+        if certificates.gap <= threshold or same_face or stalled >= _STALL_LIMIT:
+            break  # same_face: the root of this face was solved and it stayed optimal: exact
+        if upper - lower <= 4 * np.finfo(np.float64).eps * upper:
+            break
+        bisect = streak != 0 and abs(streak) % 2 == 0  # while one end keeps moving, every other step halves the bracket
+        if root is not None and lower < root < upper and not bisect:
+            shift, previous_face = root, support
+        else:
+            shift, previous_face = 0.5 * (lower + upper), None
+    return certificates.direction, certificates.dual_weights, certificates.gap, iterations
+
+
+def _cagrad_two_tasks(gram: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CAGrad's dual for K = 2 in closed form, on unit-scaled Gramians `[..., 2, 2]`.
+
+    With `w = (t, 1 - t)`, `g_w = g_2 + t (g_1 - g_2)`, `A = ||g_1 - g_2||^2`,
+    `B = (g_1 - g_2) . g_2`, `delta = (g_1 - g_2) . g_0` and `u = A t + B`:
+    `||g_w||^2 = u^2 / A + h`, `h = (G_11 G_22 - G_12^2) / A` (the squared distance from 0 to the
+    line through g_1 and g_2), and `F'(t) = delta + sqrt(phi) u / ||g_w||`. With
+    `s = -delta / sqrt(phi)`: if `s^2 < A` the stationary point is `u = s sqrt(h A / (A - s^2))`,
+    clipped to t in [0, 1] (F is convex); otherwise F is monotone and `t = 0` (delta > 0) or 1.
+    `g_1 = g_2` (A = 0): t = 1/2. The direction and the certificate are formed as in the general
+    solver (`_Certificates`), including the degenerate limit `g_0 + g_z`, `z = (-delta, delta) / A`.
+    """
+    g11, g22, g12 = gram[..., 0, 0], gram[..., 1, 1], gram[..., 0, 1]
+    mean_products = gram.mean(axis=-1)
+    mean_sq = mean_products.mean(axis=-1).clip(min=0)
+    radius = c * np.sqrt(mean_sq)
+    spread = g11 + g22 - 2 * g12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        identical = ~(spread > np.finfo(np.float64).eps * (g11 + g22))
+        safe_spread = np.where(identical, 1.0, spread)
+        offset = g12 - g22
+        delta = mean_products[..., 0] - mean_products[..., 1]
+        distance_sq = ((g11 * g22 - g12**2) / safe_spread).clip(min=0)
+        slope = -delta / np.where(radius > 0, radius, 1.0)
+        interior = slope**2 < spread
+        stationary = slope * np.sqrt(distance_sq * spread / np.where(interior, spread - slope**2, 1.0))
+        t = np.where(interior, ((stationary - offset) / safe_spread).clip(0, 1), np.where(delta > 0, 0.0, 1.0))
+        t = np.where(identical, 0.5, t)
+        dual_weights = np.stack([t, 1 - t], axis=-1)
+        uniform = np.full(dual_weights.shape, 0.5)
+        norm, resolved = _norms_and_resolution(gram, dual_weights)
+        norms = np.sqrt(np.diagonal(gram, axis1=-2, axis2=-1).clip(min=0))
+
+        def lower_value(weights: np.ndarray) -> np.ndarray:  # as `_Certificates.offer_direction`
+            rounding = _NOISE * 2 * norms * np.einsum("...i,...i->...", np.abs(weights), norms)[..., None]
+            return (np.einsum("...ij,...j->...i", gram, weights) - rounding).min(axis=-1)
+
+        direction, primal = uniform, lower_value(uniform)  # d = g_0
+        kappa = np.where(resolved, radius / np.where(norm > 0, norm, 1.0), 0.0)
+        # d = g_0 + sqrt(phi) g_w / ||g_w||, and the degenerate limit g_0 + g_z on the edge
+        z = np.stack([-delta, delta], axis=-1) / safe_spread[..., None]
+        for candidate, usable in (
+            (uniform + kappa[..., None] * dual_weights, resolved),
+            (uniform + z, ~identical & (_upper_norms(gram, z) <= radius) & (t > 0) & (t < 1)),
+        ):
+            value = np.where(usable, lower_value(candidate), -np.inf)
+            better = value > primal
+            direction = np.where(better[..., None], candidate, direction)
+            primal = np.where(better, value, primal)
+        dual = np.einsum("...i,...i->...", mean_products, dual_weights) + radius * norm
+        gap = (dual - primal).clip(min=0)
+    trivial = ~(radius > 0)
+    direction = np.where(trivial[..., None], uniform, direction)
+    dual_weights = np.where(trivial[..., None], uniform, dual_weights)
+    return direction, dual_weights, np.where(trivial, 0.0, gap)
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,33 +571,53 @@ class IMTLG(GradientWeighting):
     condition is imposed on the others and it gets weight 0 (all zero: `1/K` each). If
     `|s|` falls below `1e-8 sum_j |beta_j| / ||g_j||` (IMTL-G has no solution: `D U^T` is singular
     with the other tasks' directions affinely independent), `s` is replaced by that floor with
-    its sign, giving large but finite weights; `last_diagnostics["floored"]` reports it.
-    K = 1: `alpha = 1`.
+    its sign, giving large but finite weights; the diagnostic `"floored"` reports it.
+    K = 1: `alpha = 1`. K = 2: the closed form `alpha = (1/||g_1||, 1/||g_2||) / (1/||g_1|| + 1/||g_2||)`
+    (`_imtlg_two_tasks`), whatever the angle.
     """
 
+    name = "imtl_g"
+    paper = "Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang, Towards Impartial Multi-task Learning, IMTL-G (ICLR 2021)"
+    claims = frozenset({"permutation_equivariant", "equal_projections"})
     head_gradient = HeadGradient.WEIGHTED
 
-    def __init__(self) -> None:
-        self.last_diagnostics: dict[str, Tensor] = {}
-
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
         gram = _symmetric_float64(gramian)
-        num_tasks = gram.shape[-1]
-        unit, norms = unit_gramian(gram)
-        nonzero = norms > 0
-        inverse = safe_reciprocal(norms)
-        eye = torch.eye(num_tasks, dtype=gram.dtype, device=gram.device)
-        unit = unit.clamp(-1.0, 1.0) * (1 - eye) + eye  # exact unit diagonal
-        beta = affine_min_norm_weights(unit, nonzero, rtol=_PSEUDO_INVERSE_RTOL)
-        scaled = beta * inverse
-        normalizer = scaled.sum(dim=-1)
-        floor = _NORMALIZER_FLOOR * scaled.abs().sum(dim=-1)
-        floored = (normalizer.abs() < floor) & (floor > 0)
-        sign = torch.where(normalizer < 0, -1.0, 1.0).to(gram.dtype)
-        normalizer = torch.where(floored, sign * floor, normalizer)
-        any_direction = nonzero.any(dim=-1)
-        safe_normalizer = torch.where(any_direction, normalizer, torch.ones_like(normalizer))
-        alpha = scaled / safe_normalizer[..., None]
-        alpha = torch.where(any_direction[..., None], alpha, torch.full_like(alpha, 1.0 / num_tasks))
-        self.last_diagnostics = {"floored": floored}
-        return alpha.to(gramian.dtype)
+        if gram.shape[-1] == 2:
+            return _imtlg_two_tasks(gram, gramian.dtype)
+        return _imtlg_weights(gram, gramian.dtype)
+
+
+def _imtlg_weights(gram: Tensor, dtype: torch.dtype) -> WeightsResult:
+    """IMTL-G's general path (any K) on a symmetric float64 Gramian (see `IMTLG`)."""
+    num_tasks = gram.shape[-1]
+    unit, norms = unit_gramian(gram)
+    nonzero = norms > 0
+    inverse = safe_reciprocal(norms)
+    eye = torch.eye(num_tasks, dtype=gram.dtype, device=gram.device)
+    unit = unit.clamp(-1.0, 1.0) * (1 - eye) + eye  # exact unit diagonal
+    beta = affine_min_norm_weights(unit, nonzero, rtol=_PSEUDO_INVERSE_RTOL)
+    scaled = beta * inverse
+    normalizer = scaled.sum(dim=-1)
+    floor = _NORMALIZER_FLOOR * scaled.abs().sum(dim=-1)
+    floored = (normalizer.abs() < floor) & (floor > 0)
+    sign = torch.where(normalizer < 0, -1.0, 1.0).to(gram.dtype)
+    normalizer = torch.where(floored, sign * floor, normalizer)
+    any_direction = nonzero.any(dim=-1)
+    safe_normalizer = torch.where(any_direction, normalizer, torch.ones_like(normalizer))
+    alpha = scaled / safe_normalizer[..., None]
+    alpha = torch.where(any_direction[..., None], alpha, torch.full_like(alpha, 1.0 / num_tasks))
+    return WeightsResult(alpha.to(dtype), {"floored": floored})
+
+
+def _imtlg_two_tasks(gram: Tensor, dtype: torch.dtype) -> WeightsResult:
+    """IMTL-G for K = 2 in closed form: `g . u_1 = g . u_2` with `g = a_1 g_1 + a_2 g_2`,
+    `a_1 + a_2 = 1` gives `a_1 (||g_1|| ||g_2|| - G_12) / ||g_2|| = a_2 (||g_1|| ||g_2|| - G_12) / ||g_1||`,
+    so `a = (1/||g_1||, 1/||g_2||) / (1/||g_1|| + 1/||g_2||)` whatever the angle (for parallel
+    gradients every `a` works, and the general path's pseudo-inverse also splits `beta` evenly,
+    giving this `a`). A zero gradient gets weight 0; both zero: 1/2 each. Never floored
+    (`s = (1/||g_1|| + 1/||g_2||) / 2 > 0`)."""
+    inverse = safe_reciprocal(gramian_norms(gram))
+    total = inverse.sum(dim=-1, keepdim=True)
+    alpha = torch.where(total > 0, inverse / torch.where(total > 0, total, torch.ones_like(total)), torch.full_like(inverse, 0.5))
+    return WeightsResult(alpha.to(dtype), {"floored": torch.zeros(gram.shape[:-2], dtype=torch.bool, device=gram.device)})

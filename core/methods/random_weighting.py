@@ -21,11 +21,21 @@ follow the paper's table (see docs/DECISIONS.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from core.errors import InvalidHyperparameterError
-from core.methods.base import GradientWeighting, HeadGradient, LossWeighting, check_generator
+from core.methods.base import (
+    GradientWeighting,
+    HeadGradient,
+    LossWeighting,
+    check_generator,
+    generator_state,
+    load_generator_state,
+)
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet", "bernoulli", "constrained_bernoulli")
 
@@ -84,7 +94,15 @@ class _RandomSimplexSampler:
 
 
 class _RandomWeights:
-    """The constructor shared by RLW and RGW: a distribution name and a generator."""
+    """The constructor and state shared by RLW and RGW: a distribution name and a generator.
+
+    Batched calls draw every row at once from the one generator: the rows are independent draws,
+    distributed as separate instances' draws (not bitwise equal to instances seeded apart).
+    """
+
+    random = True
+    paper = "Lin, Ye, Zhang, Tsang, Reasonable Effectiveness of Random Weighting (TMLR 2022)"
+    claims = frozenset({"simplex_weights"})
 
     def __init__(self, *, distribution: str = "normal", generator: torch.Generator | None = None) -> None:
         self._sampler = _RandomSimplexSampler(distribution, generator)
@@ -93,6 +111,12 @@ class _RandomWeights:
     @property
     def generator(self) -> torch.Generator | None:
         return self._sampler.generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return generator_state(self.generator)
+
+    def load_state_dict(self, state: Mapping[str, Any], /) -> None:
+        load_generator_state(self.generator, state, type(self).__name__)
 
 
 class RandomLossWeighting(_RandomWeights, LossWeighting):
@@ -108,7 +132,9 @@ class RandomLossWeighting(_RandomWeights, LossWeighting):
     gradients, 1/K times linear scalarisation's default sum. Heads receive `lambda_i grad l_i`.
     """
 
-    def weights(self, losses: Tensor, /) -> Tensor:
+    name = "rlw"
+
+    def _weights(self, losses: Tensor, /) -> Tensor:
         return self._sampler.sample(losses.detach())
 
 
@@ -121,7 +147,8 @@ class RandomGradientWeighting(_RandomWeights, GradientWeighting):
     K backward passes.
     """
 
+    name = "rgw"
     head_gradient = HeadGradient.RAW
 
-    def weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
         return self._sampler.sample(torch.diagonal(gramian.detach(), dim1=-2, dim2=-1))
