@@ -163,11 +163,16 @@ def parse_method_specs(text: str, /) -> list[MethodSpec]:
     return [parse_method_spec(part) for part in parts if part]
 
 
-def canonical_spec(spec: str | MethodSpec, /) -> str:
-    """The one text of a spec: canonical name, checked hyperparameters sorted, defaults dropped.
+def canonical_spec(spec: str | MethodSpec, /, *, num_tasks: int | None = None) -> str:
+    """The one text of a spec: canonical name, hyperparameters sorted, values normalised (an int
+    for a float is a float), defaults dropped (`rescale=1.0` is the default 1); the values are
+    checked by building the method (with `num_tasks` where the method needs it; without it such a
+    method's values are checked when it is built).
 
-    Two specs that build the same method have the same canonical text (`"dibsmtl:steps=1"`,
-    `"dibsmtl"`; `"dibsmtl_multi_step"`, `"dibsmtl:steps=5"`), which is what run ids are made of.
+    Specs that differ only in that way have one canonical text (`"dibsmtl:steps=1"` and
+    `"dibsmtl"`; `"dibsmtl_multi_step"` and `"dibsmtl:steps=5"`; `"cagrad:rescale=1.0"` and
+    `"cagrad"`), which is what run ids are made of. Hyperparameters that a setting makes
+    irrelevant (`inner_step_rule` with `steps=1`) still count.
     """
     resolved = _resolve(parse_method_spec(spec) if isinstance(spec, str) else spec)
     cls = METHODS[resolved.name]
@@ -178,6 +183,8 @@ def canonical_spec(spec: str | MethodSpec, /) -> str:
         value = _coerce(value, accepted[key])
         if not _same_value(value, accepted[key].default):
             explicit[key] = value
+    if num_tasks is not None or not cls.requires_num_tasks:  # the class checks the values
+        make_method(MethodSpec(cls.name, tuple(sorted(explicit.items()))), num_tasks=num_tasks)
     return str(MethodSpec(cls.name, tuple(sorted(explicit.items()))))
 
 
@@ -256,20 +263,25 @@ def _check_keys(cls: type[Method], given: Mapping[str, Any], accepted: Mapping[s
 
 
 def _coerce(value: Any, parameter: inspect.Parameter) -> Any:
-    """An int given where the default or annotation is a float becomes a float (`radius=1`)."""
+    """An int given where the default or annotation is a float becomes a float (`radius=1`), in a
+    list too (`ls:weights=[1,3]` is `[1.0, 3.0]`)."""
     annotation = str(parameter.annotation)
     wants_float = isinstance(parameter.default, float) or re.search(r"\bfloat\b", annotation) is not None
     wants_int = isinstance(parameter.default, int) and not isinstance(parameter.default, bool)
+    if isinstance(value, list):
+        return [_coerce(item, parameter) for item in value]
     if wants_float and not wants_int and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 
 
 def _same_value(value: Any, default: Any) -> bool:
+    """Whether a given value is the default: numbers by value (`rescale=1.0` is `rescale=1`)."""
     if default is inspect.Parameter.empty:
         return False
-    if isinstance(value, float) and isinstance(default, float) and math.isnan(value) and math.isnan(default):
-        return True
+    numbers = (int, float)
+    if isinstance(value, numbers) and isinstance(default, numbers) and not isinstance(value, bool) and not isinstance(default, bool):
+        return value == default or (math.isnan(value) and math.isnan(default))
     return type(value) is type(default) and value == default
 
 

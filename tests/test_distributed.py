@@ -89,7 +89,7 @@ def train(name: str, representation: bool, wrap: bool, transform: str | None, x:
             representation=features if representation else None, process_group=group,
         )
         optimizer.step()
-        if isinstance(method, core.FAMO):  # its logit step must see the whole batch's recomputed losses
+        if method.needs_post_step_losses:  # FAMO's logit step must see the whole batch's recomputed losses
             with torch.no_grad():
                 _, outputs = model(x)
                 new = torch.stack([torch.nn.functional.mse_loss(output, y[:, i]) for i, output in enumerate(outputs)])
@@ -97,7 +97,7 @@ def train(name: str, representation: bool, wrap: bool, transform: str | None, x:
                 if h is not None:
                     new[0] = h(new[0])
             method.after_step(new)
-    state = [method.logits.detach().clone()] if isinstance(method, core.FAMO) else []
+    state = [value.clone() for value in method.state_dict().values() if isinstance(value, torch.Tensor)]
     return [p.detach().clone() for p in [*model.parameters(), *extra]] + state
 
 

@@ -109,7 +109,7 @@ def test_loss_scale_gives_the_scaled_update_of_the_unscaled_problem(name, repres
 
     def run(factor: float, loss_scale: float | None) -> tuple[core.StepInfo, list[torch.Tensor]]:
         model = TwoLayerMultiTask(3)
-        method = core.make_method(name, num_tasks=3, **({"generator": torch.Generator().manual_seed(2)} if name == "pcgrad" else {}))
+        method = core.make_method(name, num_tasks=3, generator=torch.Generator().manual_seed(2))
         method.to(dtype=torch.float64)
         z = model.representation()
         losses = [factor * loss for loss in model.losses_from(z)]
@@ -117,7 +117,7 @@ def test_loss_scale_gives_the_scaled_update_of_the_unscaled_problem(name, repres
             losses, model.shared_params(), method, task_params=model.task_params(), representation=z if representation else None,
             loss_scale=loss_scale,
         )
-        own = list(method.parameters()) if isinstance(method, core.LossWeighting) else []
+        own = list(method.parameters())
         return info, [p.grad for p in [*model.parameters(), *own]]
 
     plain, expected = run(1.0, None)

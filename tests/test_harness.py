@@ -131,6 +131,16 @@ def test_results_stored_under_old_method_names_are_migrated(tmp_path):
     assert store.load(spec(method="ls")) is None
 
 
+def test_discard_forgets_old_names_too(tmp_path):
+    """`--fresh` (ResultStore.discard) must not let `load` migrate an old-named result back."""
+    store = ResultStore(tmp_path)
+    old_run, new_run = spec(method="dibsmtl_multi_step"), spec(method="dibsmtl:steps=5")
+    store.save(old_run, {"value": 1.0}, elapsed_s=1.0)
+    assert store.load(new_run) is not None  # migrated
+    store.discard(new_run)
+    assert store.load(new_run) is None and not store.result_path(old_run).exists()
+
+
 def test_checkpoints_hold_state_dicts_that_load_with_weights_only(tmp_path):
     store = ResultStore(tmp_path)
     run = spec(method="famo")

@@ -179,6 +179,27 @@ def test_famo_rejects_losses_below_the_bound_and_update_without_step() -> None:
         core.FAMO(2, optimizer="lbfgs")  # type: ignore[arg-type]
 
 
+def test_famo_state_of_either_optimizer_counts_as_used_after_loading() -> None:
+    """A loaded state with logit updates is not fresh: another batch shape raises, for SGD too."""
+    for optimizer in ("adam", "sgd"):
+        famo = core.FAMO(2, optimizer=optimizer)
+        famo(torch.tensor([1.0, 2.0]))
+        famo.after_step(torch.tensor([0.5, 1.9]))
+        loaded = core.FAMO(2, optimizer=optimizer)
+        loaded.load_state_dict(famo.state_dict())
+        with pytest.raises(MTLInputError, match="reset"):
+            loaded(torch.ones(3, 2))
+
+
+def test_famo_min_losses_must_fit_the_batch_shape() -> None:
+    famo = core.FAMO(2, min_losses=torch.zeros(3, 2))
+    assert famo.batch_shape == (3,)
+    with pytest.raises(MTLInputError, match="min_losses"):
+        famo.reset()
+    famo.reset((3,))
+    assert famo(torch.ones(3, 2)).shape == (3, 2)
+
+
 # ---------------------------------------------------------------------------- shared
 
 

@@ -687,8 +687,9 @@ Files are written to a temporary folder first and moved in only after the run su
 definitions:
 {_wrap("residual: " + RESIDUAL_DEFINITION + ".")}
 {_wrap("favoured task: " + DOMINANCE_DEFINITION + ".")}
-  stateful methods (uw, dwa, famo) run one start at a time through core.mtl_backward: uw's log-variances
-  join x's optimiser, dwa treats every step as an epoch (window 1), famo updates its logits after every step.
+  stateful methods (uw, dwa, famo, nashmtl) keep their state per start, in the same batch: uw's log-variances
+  join x's optimiser, every step ends an epoch (dwa's ratio is that of consecutive steps), famo updates its
+  logits after every step.
 
 bad arguments print one line on stderr (with the valid choices) and exit with status 2, writing nothing.
 """

@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
         suite = _suite(dataset)
         if args.fresh:
             for run in runs:
-                store.result_path(run).unlink(missing_ok=True)
+                store.discard(run)
 
         def run_one(run: RunSpec, checkpoint, suite=suite, protocol=protocol, data_root=data_root):
             method, hyperparameters = VARIANTS[run.method]

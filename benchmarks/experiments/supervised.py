@@ -31,6 +31,7 @@ from benchmarks.harness.suite import Suite, TrainingProtocol
 from benchmarks.harness.summary import delta_m_figure, delta_m_pivot, markdown_table, summarize
 from benchmarks.harness.training import LossTransform, train_run
 from core.errors import InvalidHyperparameterError
+from core.registry import canonical_spec
 from toy_problems.store import environment, save_figure_formats, write_markdown_table
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def make_add_arguments(spec: ExperimentSpec):
 def plan_runs(spec: ExperimentSpec, suite: Suite, args: argparse.Namespace) -> tuple[list[RunSpec], TrainingProtocol, int | None]:
     """The runs of this invocation (validated before any training) and the protocol they use."""
     methods = parse_methods(spec.quick_methods if args.quick and args.methods == spec.methods else args.methods)
+    for method in methods:  # every hyperparameter value checked before any training (FAMO's min_losses need K)
+        canonical_spec(method, num_tasks=len(suite.task_names))
     seeds = parse_seeds("0" if args.quick and args.seeds == spec.seeds else args.seeds)
     transforms = parse_transforms(args.transforms)
     for transform in transforms:
@@ -168,8 +171,7 @@ def main(args: argparse.Namespace) -> int:
     store = ResultStore(args.out)
     if args.fresh:
         for run in runs:
-            store.result_path(run).unlink(missing_ok=True)
-            store.checkpoint_path(run).unlink(missing_ok=True)
+            store.discard(run)
     device = parallel.device_for(torch.device(args.device))
     data_parallel = parallel.from_environment(device) if args.nproc > 1 else None
 

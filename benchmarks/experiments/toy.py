@@ -304,8 +304,7 @@ def main(args: argparse.Namespace) -> int:
     store = ResultStore(args.out)
     if args.fresh:
         for run in runs:
-            store.result_path(run).unlink(missing_ok=True)
-            store.checkpoint_path(run).unlink(missing_ok=True)
+            store.discard(run)
     dtype = getattr(torch, args.dtype)
     show_progress = not args.quiet
 

@@ -146,6 +146,14 @@ class ResultStore:
             logger.warning("result file %s %s; moved it to %s and the run will be redone", path, problem, aside)
         return record
 
+    def discard(self, spec: RunSpec, /) -> None:
+        """Forget the run so that it is redone (`--fresh`): its result, its checkpoint and any result
+        stored under an old name of its method (which `load` would otherwise migrate back)."""
+        self.result_path(spec).unlink(missing_ok=True)
+        self.checkpoint_path(spec).unlink(missing_ok=True)
+        for old_name in legacy_method_names(spec.method):
+            self.result_path(RunSpec(spec.experiment, old_name, spec.seed, spec.transform, spec.config)).unlink(missing_ok=True)
+
     def _migrate(self, spec: RunSpec) -> dict[str, Any] | None:
         for old_name in legacy_method_names(spec.method):
             old = RunSpec(spec.experiment, old_name, spec.seed, spec.transform, spec.config)

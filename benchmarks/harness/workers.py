@@ -63,8 +63,7 @@ def launch(argv: Sequence[str], args: argparse.Namespace, planned_runs: Callable
     if args.fresh:
         store = ResultStore(args.out)
         for run in runs:
-            store.result_path(run).unlink(missing_ok=True)
-            store.checkpoint_path(run).unlink(missing_ok=True)
+            store.discard(run)
     folder = Path(args.out) / args.experiment / "workers"
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "benchmarks", *worker_argv(argv)]

@@ -267,8 +267,8 @@ class FAMO(LossWeighting):
         eps: 1e-8, inside the log, as the code.
         optimizer: "adam" or "sgd", see above.
 
-    State: the logits, Adam's moments (`[*batch_shape, K]`, float64) and step count, and the
-    losses of the last weighted call. Heads receive `w_t grad l_t`. The update direction is
+    State: the logits, Adam's moments (`[*batch_shape, K]`, float64), the number of logit updates
+    and the losses of the last weighted call. Heads receive `w_t grad l_t`. The update direction is
     invariant to positive rescaling of `l_t - l*_t` (not to nonaffine transforms).
     """
 
@@ -315,9 +315,14 @@ class FAMO(LossWeighting):
         super().reset(batch_shape)
         shape = (*self.batch_shape, self.num_tasks)
         try:
-            torch.broadcast_shapes(self.min_losses.shape, shape)
+            fits = torch.broadcast_shapes(self.min_losses.shape, shape) == shape
         except RuntimeError:
-            raise MTLInputError(f"FAMO's min_losses of shape {tuple(self.min_losses.shape)} do not fit runs of shape {shape}") from None
+            fits = False
+        if not fits:
+            raise MTLInputError(
+                f"FAMO's min_losses of shape {tuple(self.min_losses.shape)} hold bounds for other runs than "
+                f"batch_shape {self.batch_shape}; build it with min_losses that broadcast to {shape}"
+            )
         self._logits = torch.zeros(shape, dtype=torch.float64)
         self._exp_avg = torch.zeros(shape, dtype=torch.float64)
         self._exp_avg_sq = torch.zeros(shape, dtype=torch.float64)
@@ -389,6 +394,7 @@ class FAMO(LossWeighting):
         if tuple(new.shape) != tuple(self._last_losses.shape):
             raise MTLInputError(f"FAMO.after_step() got losses of shape {tuple(new.shape)}, expected {tuple(self._last_losses.shape)}")
         gradient = self.logit_gradient(self._last_losses, new)
+        self._step += 1  # logit updates so far (Adam's bias correction counts them)
         if self.optimizer == "sgd":
             self._logits = self._logits - self.lr * (gradient + self.weight_decay * self._logits)
         else:
@@ -399,7 +405,6 @@ class FAMO(LossWeighting):
         """torch.optim.Adam's step (betas 0.9, 0.999, eps 1e-8, coupled weight decay) on the logits,
         operation for operation, so the batched logits equal those of torch's optimiser."""
         beta1, beta2, eps = 0.9, 0.999, 1e-8
-        self._step += 1
         if self.weight_decay != 0:
             gradient = gradient.add(self._logits, alpha=self.weight_decay)
         self._exp_avg.lerp_(gradient, 1 - beta1)
