@@ -131,6 +131,36 @@ def test_results_stored_under_old_method_names_are_migrated(tmp_path):
     assert store.load(spec(method="ls")) is None
 
 
+def test_batched_sweep_runs_unfinished_runs_together_in_batches(tmp_path):
+    """`run_sweep_batched`: finished runs are read, the others computed in batches of `batch_size`,
+    each result saved as its own record with its batch's time shared."""
+    from benchmarks.harness.runs import run_sweep_batched
+
+    store = ResultStore(tmp_path)
+    runs = [spec(method="ls", seed=seed) for seed in range(5)]
+    store.save(runs[1], {"value": -1.0}, elapsed_s=1.0)
+    batches = []
+
+    def run_many(specs):
+        batches.append([s.seed for s in specs])
+        return [{"value": float(s.seed)} for s in specs]
+
+    records = run_sweep_batched(runs, run_many, store, batch_size=2)
+    assert batches == [[0, 2], [3, 4]]
+    assert [r["result"]["value"] for r in records] == [0.0, -1.0, 2.0, 3.0, 4.0]
+    assert all(store.load(run) is not None for run in runs)
+    again = run_sweep_batched(runs, run_many, store)
+    assert [r["result"] for r in again] == [r["result"] for r in records] and len(batches) == 2  # nothing rerun
+
+    def failing(specs):
+        raise RuntimeError("boom")
+
+    fresh = [spec(method="ls", seed=seed) for seed in range(10, 12)]
+    with pytest.raises(RuntimeError, match="boom"):
+        run_sweep_batched(fresh, failing, store)
+    assert all(store.load(run) is None for run in fresh)  # a failed batch saves nothing of itself
+
+
 def test_discard_forgets_old_names_too(tmp_path):
     """`--fresh` (ResultStore.discard) must not let `load` migrate an old-named result back."""
     store = ResultStore(tmp_path)

@@ -94,7 +94,8 @@ def test_kill_9_of_one_worker_mid_run_is_taken_up_by_the_other(tmp_path, referen
     assert "worker 0 exited with status -9" in output
     started = [e["run_id"] for e in _journal(tmp_path) if e["event"] == "start" and e["pid"] == victim]
     finished = [e["run_id"] for e in _journal(tmp_path) if e["event"] == "finish" and e["pid"] == victim]
-    assert len(started) == len(finished) + 1, "the killed worker should have died inside a run"
+    # the toy computes a worker's runs in batches of half the runs: the victim died inside a batch
+    assert 1 <= len(started) - len(finished) <= 3, "the killed worker should have died inside a batch of runs"
     _assert_each_run_finished_once(tmp_path, reference)
 
 

@@ -38,15 +38,15 @@ def no_figures(monkeypatch) -> None:
 
 @pytest.fixture
 def counted_runs(monkeypatch) -> list[tuple[str, str]]:
-    """Records (method, transform) of every run the sweep actually executes."""
+    """Records (method, transform) of every run the sweep actually executes (in its batches)."""
     calls: list[tuple[str, str]] = []
-    real = toy.run_toy_experiment
+    real = toy.run_toy_experiments
 
-    def counting(method, transform="none", /, **kwargs):
-        calls.append((method, transform))
-        return real(method, transform, **kwargs)
+    def counting(runs, /, **kwargs):
+        calls.extend((method, transform) for method, transform, _ in runs)
+        return real(runs, **kwargs)
 
-    monkeypatch.setattr(toy, "run_toy_experiment", counting)
+    monkeypatch.setattr(toy, "run_toy_experiments", counting)
     return calls
 
 
@@ -112,7 +112,7 @@ def test_stateful_methods_run_batched_with_state_per_start(tmp_path, no_figures)
     assert len(found) == 6
     starts = toy.TwoTaskToy().default_starts(dtype=torch.float64)
     for (method, _, transform), run in found.items():
-        alone = toy.run_toy_experiment(method, transform, steps=20)  # the same run again: deterministic
+        alone = toy.run_toy_experiment(method, transform, steps=20)  # alone, not in the batch: the same run
         assert alone["endpoints"] == run["endpoints"]
         moved = (torch.tensor(run["endpoints"]) - starts).norm(dim=-1)
         assert bool((moved > 1e-3).all()) and bool((moved < 20 * 1e-3 * 2).all())  # 20 Adam steps of at most ~lr each
@@ -133,6 +133,8 @@ def test_quick_mode_is_stored_and_reported_apart(tmp_path, capsys) -> None:
     assert record["spec"]["config"]["steps"] == toy.QUICK_STEPS == 3000
     assert record["spec"]["config"]["record_every"] == 6 and len(record["result"]["trajectory"]["steps"]) == 501
     assert (tmp_path / "toy" / "quick" / "summary.md").exists() and (tmp_path / "toy" / "quick" / "toy_nominal.png").exists()
+    assert "have not reached the front" in capsys.readouterr().out  # says what a short run cannot show
+    assert "have not reached the front" in (tmp_path / "toy" / "quick" / "summary.md").read_text()
     assert not (tmp_path / "toy" / "summary.md").exists()
     assert not (tmp_path / "toy" / "quick" / "toy_transformed.png").exists()  # no transformed runs, no such figure
     assert "--quick" in (tmp_path / "toy" / "quick" / "summary.md").read_text()
@@ -144,7 +146,7 @@ def test_quick_mode_is_stored_and_reported_apart(tmp_path, capsys) -> None:
         (["--methods", "ls,nash"], "nash"),
         (["--methods", "ls,ls"], "twice"),
         (["--transforms", "none,0:cube"], "cube"),
-        (["--transforms", "none,2:power:4"], "TASK 0 or 1"),
+        (["--transforms", "none,2:power:4"], "tasks are 0..1"),
         (["--transforms", "none,0:log"], "domain"),
         (["--steps", "0"], "--steps"),
         (["--record-every", "0"], "--record-every"),

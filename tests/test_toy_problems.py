@@ -438,3 +438,110 @@ def test_fonseca_fleming_segment_is_stationary_and_points_off_it_are_not(n_var: 
 def test_fonseca_fleming_rejects_zero_dimensions() -> None:
     with pytest.raises(InvalidHyperparameterError):
         FonsecaFleming(n_var=0)
+
+
+# --- lower bounds and projections (problem facts) ----------------------------------------------
+
+STRICT_LOWER_BOUND = {"two_task_toy", "two_task_toy_scaled", "zdt3", "nonconvex_K2", "nonconvex_K4"}
+"""Problems whose losses are > lower_bound; the others reach it (an infimum 0 that is attained)."""
+
+LOWER_BOUND_REACHED = {
+    "quadratic_K2": lambda problem: problem.centers[:1],
+    "quadratic_K3": lambda problem: problem.centers[:1],
+    "bargaining_x2": lambda problem: torch.tensor([[0.0]], dtype=F64),
+    "bargaining_x4": lambda problem: torch.tensor([[1.0]], dtype=F64),
+    "zdt1": lambda problem: torch.zeros(1, 6, dtype=F64),
+    "zdt1_30": lambda problem: torch.zeros(1, 30, dtype=F64),
+    "zdt2": lambda problem: torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=F64),
+    "zdt2_variant": lambda problem: torch.tensor([[-math.pi / 2, 0.0, 0.0]], dtype=F64),
+    "fonseca_fleming": lambda problem: torch.full((1, 2), 1 / math.sqrt(2), dtype=F64),
+    "fonseca_fleming_5": lambda problem: torch.full((1, 5), -1 / math.sqrt(5), dtype=F64),
+}
+"""A point where some loss equals the (non-strict) lower bound 0, for each such problem."""
+
+
+def enlarged_box_points(problem: Problem, num_points: int, *, seed: int, factor: float = 3.0) -> Tensor:
+    """Uniform points (float64) of the bounds widened `factor`-fold around their centre; for box
+    problems (with a `project`, where the facts hold on the box) the box itself, with a fifth of the
+    coordinates on its faces."""
+    lower, upper = problem.lower_upper(dtype=F64)
+    unit = torch.rand(num_points, problem.n_var, generator=seeded(seed), dtype=F64)
+    if hasattr(problem, "project"):
+        snap = torch.rand(unit.shape, generator=seeded(seed + 1), dtype=F64)
+        unit = torch.where(snap < 0.1, 0.0, torch.where(snap < 0.2, 1.0, unit))
+    else:
+        unit = factor * unit - (factor - 1) / 2
+    return lower + (upper - lower) * unit
+
+
+def test_problems_without_a_known_bound_say_none() -> None:
+    assert Problem.lower_bound is None
+    assert TwoTaskToy.lower_bound == -20.0 and TwoTaskToy(scale=0.1).lower_bound == -20.0
+    assert TwoTaskToy(scale=3.0).lower_bound == -60.0 and TwoTaskToy(scale=-1.0).lower_bound is None
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_losses_lie_above_the_lower_bound(name: str) -> None:
+    problem = PROBLEMS[name]()
+    bound = problem.lower_bound
+    assert bound is not None
+    points = [enlarged_box_points(problem, 20_000, seed=11), problem.default_starts(dtype=F64)]
+    if problem.has_pareto_set:
+        points.append(exact_pareto_points(problem, 2_000, seed=0))  # where the losses are least
+    if isinstance(problem, ConvexQuadratic):
+        points.append(problem.centers)
+    for dtype in (F64, torch.float32):
+        values = problem(torch.cat(points).to(dtype))
+        assert bool(torch.isfinite(values).all())
+        assert bool((values > bound).all()) if name in STRICT_LOWER_BOUND else bool((values >= bound).all()), float(values.min())
+    if name in LOWER_BOUND_REACHED:  # documented as attained: a shift by exactly the bound gives 0
+        assert float(problem(LOWER_BOUND_REACHED[name](problem)).min()) == bound
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1, 3.0])
+def test_two_task_toy_lower_bound_is_nearly_tight_and_the_log_branch_is_above_minus_6_3(scale: float) -> None:
+    """Dense grids of [-40, 40] x [-60, 40] and around the quadratic branch's minima, and the log
+    branch where its clamp is active: the losses are > lower_bound = -20 max(scale, 1), the least
+    is -19.9894 max(scale, 1) (at x1 = +-7, x2 = -8.4345), and on x2 > 0 they are >= -6.206."""
+    problem = TwoTaskToy(scale=scale)
+    factor = max(scale, 1.0)  # f2 is unscaled, f1 = scale (...)
+    axes = (torch.linspace(-40, 40, 801, dtype=F64), torch.linspace(-60, 40, 1001, dtype=F64))
+    near_minima = (torch.linspace(-7.5, 7.5, 1501, dtype=F64), torch.linspace(-9, -8, 1001, dtype=F64))
+    x2 = torch.linspace(1e-3, 30, 3001, dtype=F64)  # on the log branch, with its clamps active
+    points = torch.cat([
+        torch.cartesian_prod(*axes),
+        torch.cartesian_prod(*near_minima),
+        torch.stack([-7 + 2 * torch.tanh(x2), x2], dim=-1),
+        torch.stack([7 - 2 * torch.tanh(x2), x2], dim=-1),
+    ])
+    for dtype in (F64, torch.float32):
+        values = problem(points.to(dtype)).to(F64)
+        assert float(values.min()) > problem.lower_bound == -20.0 * factor
+        assert abs(float(values.min()) - -19.9894 * factor) < 1e-3 * factor  # nearly tight
+        log_branch = values[points[:, 1] > 0]
+        assert float(log_branch.min()) >= factor * (math.log(5e-6) + 6) - 1e-5 * factor
+        assert float(log_branch.min()) > -6.3 * factor
+
+
+BOX_PROBLEMS = [name for name, make in PROBLEMS.items() if hasattr(make(), "project")]
+"""The box-constrained problems (ZDT); the others are unconstrained (bounds only say where starts are drawn)."""
+
+
+def test_the_box_problems_are_the_zdt_problems() -> None:
+    assert BOX_PROBLEMS == [name for name, make in PROBLEMS.items() if isinstance(make(), ZDT)] and BOX_PROBLEMS
+
+
+@pytest.mark.parametrize("name", BOX_PROBLEMS)
+def test_box_problems_document_their_projection_and_it_maps_onto_the_box(name: str) -> None:
+    problem = PROBLEMS[name]()
+    assert "project" in (type(problem).__doc__ or "") or any("project" in (base.__doc__ or "") for base in type(problem).__mro__)
+    assert "box" in (inspect.getdoc(problem.project) or "")
+    lower, upper = problem.lower_upper(dtype=F64)
+    outside = lower + (upper - lower) * (3 * torch.rand(500, problem.n_var, generator=seeded(4), dtype=F64) - 1)
+    projected = problem.project(outside)
+    assert bool(((projected >= lower) & (projected <= upper)).all())
+    torch.testing.assert_close(problem.project(projected), projected, rtol=0, atol=0)
+    inside = (outside >= lower) & (outside <= upper)
+    assert torch.equal(projected[inside], outside[inside])
+    nearest = torch.minimum(torch.maximum(outside, lower), upper)  # the box's Euclidean projection
+    torch.testing.assert_close(projected, nearest, rtol=0, atol=0)

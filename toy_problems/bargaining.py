@@ -28,6 +28,10 @@ class Bargaining1D(Problem):
     Outside [0, 1] both derivatives have the same sign: x < 0 is dominated by 0 and x > 1 by 1.
     Front: `f2 = (1 - f1^(1/p))^2`, f1 in [0, 1].
 
+    Unconstrained (no `project`: `bounds` only says where starts are drawn). Lower bound: both
+    losses are even powers, >= 0 on R with 0 attained at x = 0 and x = 1, so they are
+    >= `lower_bound = 0.0`, not >.
+
     Args:
         first_power: p, 2 for Example 2 of the DiBS paper, 4 for the variant of Example 1.
     """
@@ -35,6 +39,7 @@ class Bargaining1D(Problem):
     n_var = 1
     n_obj = 2
     bounds = (0.0, 1.0)
+    lower_bound = 0.0
 
     def __init__(self, *, first_power: int = 2) -> None:
         if not isinstance(first_power, int) or first_power < 2 or first_power % 2:
@@ -44,6 +49,16 @@ class Bargaining1D(Problem):
     def __call__(self, x: Tensor, /) -> Tensor:
         x = x[..., 0]
         return torch.stack([x**self.first_power, (x - 1) ** 2], dim=-1)
+
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
+        """Values `[..., 2]` and derivatives `[..., 2, 1]` in closed form, without an autograd
+        graph, bitwise equal to autograd through `__call__` (polynomials: no kinks):
+        `p x^(p-1)` and `2 (x - 1)`, with autograd's `p * x.pow(p - 1)`."""
+        x = x.detach()[..., 0]
+        below = x - 1
+        values = torch.stack([x**self.first_power, below**2], dim=-1)
+        derivatives = torch.stack([self.first_power * x.pow(float(self.first_power - 1)), 2 * below], dim=-1)
+        return values, derivatives[..., None]
 
     def preferred_states(self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
         """Each agent's minimiser on [0, 1], `[2, 1]`: x*_1 = 0 and x*_2 = 1 (the DiBS anchors)."""

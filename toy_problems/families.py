@@ -24,10 +24,17 @@ class ConvexQuadratic(Problem):
     simplex gives `x(w) = (sum_i w_i A_i)^{-1} sum_i w_i A_i c_i`, and every such point is Pareto
     optimal (the tasks are strictly convex); with `A_i = I` it is the convex hull of the centres.
 
+    Unconstrained (no `project`). Lower bound: every `f_i >= 0`, attained at `c_i`, so the losses
+    are >= `lower_bound = 0.0`, not >.
+
     Args:
         centers: `[K, n]` minimisers `c_i`.
-        curvatures: `[K, n, n]` symmetric positive definite `A_i`; None for identities.
+        curvatures: `[K, n, n]` symmetric positive definite `A_i`; None for identities. They are
+            stored as `(A_i + A_i^T)/2` (no change for exactly symmetric input; otherwise a
+            rounding-level one that makes the gradient `A_i (x - c_i)` exact).
     """
+
+    lower_bound = 0.0
 
     def __init__(self, centers: Tensor, curvatures: Tensor | None = None) -> None:
         centers = torch.as_tensor(centers, dtype=torch.float64)
@@ -41,6 +48,7 @@ class ConvexQuadratic(Problem):
             raise InvalidHyperparameterError(f"curvatures must have shape {(self.n_obj, self.n_var, self.n_var)}, got {tuple(curvatures.shape)}")
         if not torch.allclose(curvatures, curvatures.transpose(-1, -2)):
             raise InvalidHyperparameterError("curvatures must be symmetric")
+        curvatures = 0.5 * (curvatures + curvatures.transpose(-1, -2))
         eigenvalues = torch.linalg.eigvalsh(curvatures)
         if not bool((eigenvalues[..., 0] > 0).all()):
             raise InvalidHyperparameterError("curvatures must be positive definite (smallest eigenvalues: "
@@ -69,6 +77,17 @@ class ConvexQuadratic(Problem):
         offsets = x[..., None, :] - self.centers.to(x)  # [..., K, n]
         return 0.5 * (offsets[..., None, :] @ self.curvatures.to(x) @ offsets[..., :, None])[..., 0, 0]
 
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
+        """Values `[..., K]` and gradients `[..., K, n]` in closed form, without an autograd graph:
+        `grad f_i = A_i (x - c_i)`, which is the row `(x - c_i)^T A_i` that the values are made
+        of (A_i is exactly symmetric). The values are bitwise `__call__`'s; the gradients equal
+        autograd's to rounding (autograd averages `(x - c)^T A` and `A (x - c)`, matrix products
+        whose sums may be ordered differently). Smooth: no kinks."""
+        x = x.detach()
+        offsets = x[..., None, :] - self.centers.to(x)  # [..., K, n]
+        rows = offsets[..., None, :] @ self.curvatures.to(x)  # [..., K, 1, n]
+        return 0.5 * (rows @ offsets[..., :, None])[..., 0, 0], rows[..., 0, :]
+
     def pareto_point(self, weights: Tensor, /) -> Tensor:
         """`x(w) = (sum_i w_i A_i)^{-1} sum_i w_i A_i c_i` for simplex weights `[..., K]`."""
         weights = weights.to(torch.float64)
@@ -94,7 +113,12 @@ class RandomNonconvex(Problem):
     compact and gradient methods stay bounded; the sinusoids (`||omega_ij|| ~ frequency`) make it
     nonconvex with many stationary points whenever `sum_j b_ij ||omega_ij||^2 > a_i`. Every `f_i`
     is smooth with `L_i <= a_i + sum_j b_ij ||omega_ij||^2`. Losses are >= 0 (so log and power
-    transforms apply). The Pareto set is not known in closed form.
+    transforms apply): `lower_bound = 0.0` (0 is reached only if x = c_i while every sine is -1,
+    which a random draw almost never allows, or with amplitude 0). Unconstrained (no `project`).
+    The Pareto set is not known in closed form.
+
+    Gradient (`values_and_jacobian`, closed form):
+    `grad f_i = a_i (x - c_i) + sum_j b_ij cos(omega_ij . x + phi_ij) omega_ij`.
 
     Args:
         n_var, n_obj: dimension n and number of tasks K.
@@ -102,6 +126,8 @@ class RandomNonconvex(Problem):
         num_waves: M sinusoids per task. amplitude: sum_j b_ij (split at random). frequency:
             scale of omega. curvature: a_i.
     """
+
+    lower_bound = 0.0
 
     def __init__(
         self,
@@ -135,6 +161,22 @@ class RandomNonconvex(Problem):
         quadratic = 0.5 * self.curvature.to(x) * offsets.pow(2).sum(dim=-1)
         angles = (self.frequencies.to(x) @ x[..., None, :, None])[..., 0] + self.phases.to(x)  # [..., K, M]
         return quadratic + (self.amplitudes.to(x) * (1 + torch.sin(angles))).sum(dim=-1)
+
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
+        """Values `[..., K]` and gradients `[..., K, n]` in closed form, without an autograd graph
+        (the offsets and angles shared with the values): `grad f_i = a_i (x - c_i) +
+        sum_j b_ij cos(angle_ij) omega_ij`, as autograd's `(a_i / 2) (2 (x - c_i))` plus
+        `omega_i^T (b_i cos(angle_i))`. Values bitwise `__call__`'s; gradients equal to autograd's
+        to rounding (the sum over the waves is a matrix product in both, possibly ordered
+        differently). Smooth: no kinks."""
+        x = x.detach()
+        frequencies, amplitudes = self.frequencies.to(x), self.amplitudes.to(x)
+        offsets = x[..., None, :] - self.centers.to(x)  # [..., K, n]
+        half_curvature = 0.5 * self.curvature.to(x)  # [K]
+        angles = (frequencies @ x[..., None, :, None])[..., 0] + self.phases.to(x)  # [..., K, M]
+        values = half_curvature * offsets.pow(2).sum(dim=-1) + (amplitudes * (1 + torch.sin(angles))).sum(dim=-1)
+        waves = (frequencies.transpose(-1, -2) @ (amplitudes * torch.cos(angles))[..., None])[..., 0]  # [..., K, n]
+        return values, half_curvature[:, None] * (2 * offsets) + waves
 
     def __repr__(self) -> str:
         return f"RandomNonconvex(n_var={self.n_var}, n_obj={self.n_obj}, seed={self.seed})"

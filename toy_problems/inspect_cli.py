@@ -32,8 +32,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
-from core.jacobian import batched_task_gradients, gramian
-from core.pareto.stationarity import stationarity
 from core.registry import (
     available_methods,
     canonical_spec,
@@ -41,7 +39,7 @@ from core.registry import (
     make_method,
     parse_method_specs,
 )
-from core.transforms import TRANSFORM_SPEC_FORMS, MonotoneTransform, parse_transform
+from core.transforms import TRANSFORM_SPEC_FORMS, MonotoneTransform
 from toy_problems import (
     ZDT1,
     ZDT2,
@@ -54,13 +52,9 @@ from toy_problems import (
     TwoTaskToy,
     ZDT2Variant,
 )
-from toy_problems.runner import (
-    OPTIMIZERS,
-    Trajectory,
-    combined_direction,
-    make_optimizer,
-    run_toy,
-)
+from toy_problems.measures import distance_to_front, stationarity_residuals
+from toy_problems.runner import OPTIMIZERS, Track, Trajectory, make_optimizer, run_tracks
+from toy_problems.task_transforms import TaskTransform, combine, parse_task_transform
 
 logger = logging.getLogger(__name__)
 
@@ -173,25 +167,13 @@ def listing() -> str:
 
 
 def parse_transforms(specs: list[str], num_tasks: int) -> dict[int, MonotoneTransform]:
-    """`TASK:KIND[:PARAM]` strings -> {task index: transform}; UsageError on anything invalid."""
-    transforms: dict[int, MonotoneTransform] = {}
-    for spec in specs:
-        task_text, _, kind = spec.partition(":")
-        try:
-            task = int(task_text)
-        except ValueError:
-            task = -1
-        if not kind or not 0 <= task < num_tasks:
-            raise UsageError(
-                f"--transform {spec!r}: expected TASK:KIND[:PARAM] with TASK in 0..{num_tasks - 1} and KIND one of {TRANSFORM_SPEC_FORMS}"
-            )
-        if task in transforms:
-            raise UsageError(f"--transform {spec!r}: task {task} already has a transform (compose them in one spec with '|')")
-        try:
-            transforms[task] = parse_transform(kind)
-        except InvalidHyperparameterError as error:
-            raise UsageError(f"--transform {spec!r}: {error}") from None
-    return transforms
+    """`TASK:SPEC` strings (`toy_problems.task_transforms`) -> {task index: transform}; UsageError
+    on anything invalid, or on two transforms of one task."""
+    try:
+        parsed = combine([t for t in (parse_task_transform(spec, num_tasks) for spec in specs) if t is not None])
+    except InvalidHyperparameterError as error:
+        raise UsageError(f"--transform: {error}") from None
+    return {t.task: t.transform for t in parsed}
 
 
 def transformed_objectives(problem: Problem, transforms: dict[int, MonotoneTransform]) -> Callable[[Tensor], Tensor]:
@@ -245,37 +227,6 @@ def build_method(spec: str, num_tasks: int, *, seed: int, device: str):
 
 
 # ----------------------------------------------------------------------------- measurements
-
-
-def stationarity_residuals(problem: Problem, points: Tensor, *, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """Untransformed losses `[..., K]` and stationarity residuals `[...]` at points `[..., n]`.
-
-    On problems with a `project` (box constraints), coordinates at a bound where every task's
-    gradient points out of the box are dropped from the Jacobian before the residual (see
-    `RESIDUAL_DEFINITION`).
-    """
-    flat = points.reshape(-1, points.shape[-1])
-    box = problem.lower_upper(dtype=flat.dtype, device=flat.device) if hasattr(problem, "project") else None
-    losses, residuals = [], []
-    for part in flat.split(chunk):
-        values, jacobian = batched_task_gradients(problem, part)
-        if box is not None:
-            lower, upper = box
-            blocked = ((part <= lower) & (jacobian >= 0).all(dim=-2)) | ((part >= upper) & (jacobian <= 0).all(dim=-2))
-            jacobian = jacobian.masked_fill(blocked[..., None, :], 0.0)
-        losses.append(values)
-        residuals.append(stationarity(gramian(jacobian))[1])
-    shape = points.shape[:-1]
-    return torch.cat(losses).reshape(*shape, -1), torch.cat(residuals).reshape(shape)
-
-
-def distance_to_front(losses: Tensor, front: Tensor, *, budget: int = 4_000_000) -> Tensor:
-    """Euclidean distance in objective space from each point `[..., K]` to a front sample `[m, K]`."""
-    flat = losses.reshape(-1, losses.shape[-1]).to(torch.float64)
-    front = front.to(device=flat.device, dtype=torch.float64)
-    chunk = max(1, budget // max(1, front.shape[0]))
-    parts = [torch.cdist(part, front).amin(dim=-1) for part in flat.split(chunk)]
-    return torch.cat(parts).reshape(losses.shape[:-1])
 
 
 def normalised_positions(losses: Tensor, ideal: Tensor, nadir: Tensor) -> Tensor:
@@ -342,8 +293,7 @@ def run_inspection(args: argparse.Namespace) -> tuple[dict, dict[str, Any], str]
     except (RuntimeError, AssertionError) as error:
         raise UsageError(f"--device {args.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
     starts = parse_starts(args, problem, dtype=dtype, device=args.device)
-    objectives = transformed_objectives(problem, transforms)
-    _check_starts(problem, transforms, objectives, starts, names, num_tasks, args)
+    _check_starts(problem, transforms, starts, names, args)
     project = getattr(problem, "project", None)
 
     front = None
@@ -355,26 +305,25 @@ def run_inspection(args: argparse.Namespace) -> tuple[dict, dict[str, Any], str]
     make_optimizer([torch.zeros(1, requires_grad=True)], args.optimizer, args.lr)  # torch's one-off import of the
     # optimiser machinery (seconds) happens here, not inside the first method's timing
     runs: list[MethodRun] = []
-    total = args.steps * len(names)
-    with tqdm(total=total, desc=args.problem, unit="step", disable=args.quiet, leave=False) as bar:
-        for name in names:
-            bar.set_postfix_str(name)
-            method = build_method(name, num_tasks, seed=args.seed, device=args.device)
-            began = time.perf_counter()
-            try:
-                trajectory = run_toy(
-                    objectives, starts, method, num_steps=args.steps, lr=args.lr, optimizer=args.optimizer,
-                    record_every=record_every, progress=lambda _: bar.update(), project=project,
-                )
-            except MTLInputError as error:
-                hint = " (a loss left the domain of its --transform)" if isinstance(error, LossDomainError) and transforms else ""
-                raise UsageError(f"method {name!r} failed during the run: {error}{hint}{_domain_hint(method)}") from None
-            seconds = time.perf_counter() - began
-            raw, residuals = stationarity_residuals(problem, trajectory.points.to(torch.float64).cpu())
-            stored = stored_indices(trajectory.steps.shape[0])
-            distances = distance_to_front(raw[stored], front) if front is not None else None
-            runs.append(MethodRun(name, seconds, trajectory, raw, residuals, residuals.cummin(dim=0).values, distances, stored))
-            logger.info("%s: %d steps from %d starts in %.1f s", name, args.steps, starts.shape[0], seconds)
+    task_transforms = tuple(TaskTransform(task, transform) for task, transform in sorted(transforms.items()))
+    tracks = [Track(name, task_transforms, args.seed) for name in names]
+    began = time.perf_counter()
+    with tqdm(total=args.steps, desc=f"{args.problem}: {len(names)} methods", unit="step", disable=args.quiet, leave=False) as bar:
+        try:  # every method from every start, as one batch
+            trajectories = run_tracks(
+                problem, starts, tracks, num_steps=args.steps, lr=args.lr, optimizer=args.optimizer,
+                record_every=record_every, progress=lambda _: bar.update(), project=project,
+            )
+        except MTLInputError as error:
+            hint = " (a loss left the domain of its --transform)" if isinstance(error, LossDomainError) and transforms else ""
+            raise UsageError(f"a method failed during the run: {error}{hint}") from None
+    seconds = (time.perf_counter() - began) / len(names)  # the batch's time, shared
+    for name, trajectory in zip(names, trajectories):
+        raw, residuals = stationarity_residuals(problem, trajectory.points.to(torch.float64).cpu())
+        stored = stored_indices(trajectory.steps.shape[0])
+        distances = distance_to_front(raw[stored], front) if front is not None else None
+        runs.append(MethodRun(name, seconds, trajectory, raw, residuals, residuals.cummin(dim=0).values, distances, stored))
+    logger.info("%d methods: %d steps from %d starts in %.1f s", len(names), args.steps, starts.shape[0], seconds * len(names))
 
     if front is not None:
         ideal, nadir = front.amin(dim=0), front.amax(dim=0)
@@ -390,8 +339,9 @@ def run_inspection(args: argparse.Namespace) -> tuple[dict, dict[str, Any], str]
     return payload, figures, table
 
 
-def _check_starts(problem, transforms, objectives, starts, names, num_tasks, args) -> None:
-    """Fail before any run: transforms outside their domain at the starts, methods that reject the start losses."""
+def _check_starts(problem, transforms, starts, names, args) -> None:
+    """Fail before any run: transforms outside their domain at the starts, methods that reject the
+    losses they would see there (one step of each, as the run takes it)."""
     raw = problem(starts)
     for task, transform in transforms.items():
         try:
@@ -402,13 +352,13 @@ def _check_starts(problem, transforms, objectives, starts, names, num_tasks, arg
                 f"--transform {task}:{transform.to_spec()}: {error} (task {task}'s losses at the starts: {values}); "
                 f"choose a transform defined there, e.g. exp, arcsinh, power:P or affine:A:B"
             ) from None
-    seen, jacobian = batched_task_gradients(objectives, starts)
+    task_transforms = tuple(TaskTransform(task, transform) for task, transform in sorted(transforms.items()))
     for name in names:
-        method = build_method(name, num_tasks, seed=args.seed, device=args.device)  # a throwaway instance
         try:
-            combined_direction(method, seen, jacobian)
+            run_tracks(problem, starts, [Track(name, task_transforms, args.seed)], num_steps=1, lr=args.lr, optimizer=args.optimizer)
         except MTLInputError as error:
-            raise UsageError(f"method {name!r} rejects the losses at the starts {_fmt_rows(seen)}: {error}{_domain_hint(method)}") from None
+            method = build_method(name, problem.n_obj, seed=args.seed, device="cpu")
+            raise UsageError(f"method {name!r} rejects the losses at the starts {_fmt_rows(raw)}: {error}{_domain_hint(method)}") from None
 
 
 def _domain_hint(method) -> str:

@@ -1,15 +1,26 @@
-"""Run a task-balancing method on a batched toy problem: many starting points as one computation.
+"""One batched runner for the toy problems: every (method, transform, seed) track from every start,
+advanced together, one step at a time.
 
-The update for every batch row is `sum_i w_i grad f_i(x)`, with `w` from a gradient weighting
-(on the batched Gramian) or a loss weighting (on the losses), fed to a torch optimiser on `x`.
-Rows never interact: Adam and SGD act element-wise, and every method keeps its state per row
-(`reset(batch_shape)`), so stateful methods (uncertainty weighting, DWA, FAMO, Nash-MTL's warm
-start) run batched too, exactly as one run per start would.
+A *track* is a method spec run from all starting points on the problem's losses, with optional
+task transforms (`TASK:SPEC`) and a seed (for random methods). All rows (tracks x starts) share
+one evaluation of the problem per step: its values and per-task gradients (analytic where the
+problem has them, `Problem.values_and_jacobian`), to which each track's transforms are applied
+by the chain rule. Each method then runs once per step on its slice of rows with its state per
+row (`reset(batch_shape)`), the update `sum_i w_i grad f_i` of every row goes to one optimiser
+(Adam or SGD act element-wise, so rows never interact), and a recorder keeps the iterates and the
+losses every few steps. Methods whose `loss_domain` is not "any" see the losses minus the
+problem's `lower_bound` (mapped through the track's transform): a constant shift that no
+gradient sees.
+
+Grouping: one method instance serves every track of the same spec (its state is per row, so this
+is what one instance per track gives), except for random methods, which get one instance per
+track, built with a generator seeded by the track's seed: tracks of one seed (e.g. the nominal and
+the transformed run) draw the same weights, as separate runs from that seed do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -17,7 +28,9 @@ import torch
 from torch import Tensor
 
 from core.jacobian import batched_task_gradients, gramian
-from core.methods.base import GradientWeighting, LossWeighting
+from core.methods.base import GradientWeighting, LossWeighting, Method
+from core.registry import make_method
+from toy_problems.task_transforms import TaskTransform
 
 OPTIMIZERS = ("adam", "sgd")
 """The optimisers of the toy runs: torch's Adam with its defaults (as the DiBS-MTL toy trainer) or plain SGD."""
@@ -25,11 +38,49 @@ OPTIMIZERS = ("adam", "sgd")
 
 @dataclass(frozen=True)
 class Trajectory:
-    """Iterates `[num_records, ..., n]` and losses `[num_records, ..., K]` at `steps` `[num_records]`."""
+    """Iterates `[num_records, ..., n]` and losses `[num_records, ..., K]` at `steps` `[num_records]`.
+
+    The losses are those the method saw (transformed, and shifted for methods that need
+    positive losses)."""
 
     steps: Tensor
     points: Tensor
     losses: Tensor
+
+
+@dataclass(frozen=True)
+class Track:
+    """One run: a method spec (`core.make_method`), the task transforms of the losses it sees, and
+    the seed of its random draws."""
+
+    method: str
+    transforms: tuple[TaskTransform, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class _Group:
+    """One method instance and the tracks whose rows it weighs (contiguous in the batch)."""
+
+    method: Method
+    rows: slice
+    own: list[Tensor]
+
+
+def make_optimizer(params: Iterable[Tensor], optimizer: str, lr: float) -> torch.optim.Optimizer:
+    """`torch.optim.Adam` (torch defaults) or `torch.optim.SGD` on `params` with learning rate `lr`."""
+    if optimizer == "adam":
+        return torch.optim.Adam(list(params), lr=lr)
+    if optimizer == "sgd":
+        return torch.optim.SGD(list(params), lr=lr)
+    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+
+
+def values_and_jacobian(problem: Callable[[Tensor], Tensor], x: Tensor, /) -> tuple[Tensor, Tensor]:
+    """Values `[..., K]` and per-task gradients `[..., K, n]`: the problem's own (analytic where
+    it has them), or autograd for a plain batched callable."""
+    own = getattr(problem, "values_and_jacobian", None)  # toy Problems have it; plain callables do not
+    return own(x) if own is not None else batched_task_gradients(problem, x)
 
 
 def combined_direction(method: GradientWeighting | LossWeighting, losses: Tensor, jacobian: Tensor) -> Tensor:
@@ -41,13 +92,42 @@ def combined_direction(method: GradientWeighting | LossWeighting, losses: Tensor
     return (weights.to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2)
 
 
-def make_optimizer(params: Iterable[Tensor], optimizer: str, lr: float) -> torch.optim.Optimizer:
-    """`torch.optim.Adam` (torch defaults) or `torch.optim.SGD` on `params` with learning rate `lr`."""
-    if optimizer == "adam":
-        return torch.optim.Adam(list(params), lr=lr)
-    if optimizer == "sgd":
-        return torch.optim.SGD(list(params), lr=lr)
-    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+def run_tracks(
+    problem: Callable[[Tensor], Tensor],
+    starts: Tensor,
+    tracks: Sequence[Track],
+    /,
+    *,
+    num_steps: int,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    record_every: int = 1,
+    shift_losses: bool = True,
+    project: Callable[[Tensor], Tensor] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Trajectory]:
+    """Run every track from every row of `starts` `[S, n]` for `num_steps` steps, all together.
+
+    Returns one `Trajectory` per track (points `[R, S, n]`, losses `[R, S, K]`), in the order of
+    `tracks`. `shift_losses`: methods whose `loss_domain` is not "any" see the losses minus the
+    problem's (transformed) `lower_bound`, where it has one. `project` maps the iterates back
+    onto the feasible set after every step (it must act row by row). `progress(step)` is called
+    once per step.
+    """
+    if starts.ndim != 2:
+        raise ValueError(f"starts must have shape [S, n], got {tuple(starts.shape)}")
+    num_tasks = int(getattr(problem, "n_obj", 0)) or values_and_jacobian(problem, starts[:1])[0].shape[-1]
+    order, groups = _plan_groups(tracks, starts, num_tasks)
+    ordered = [tracks[i] for i in order]
+    x0 = starts.detach().expand(len(ordered), *starts.shape).clone()
+    offsets = _offsets(problem, ordered, groups, num_tasks, starts) if shift_losses else None
+    seen_of = _seen_losses(ordered)
+    trajectory = _advance(problem, x0, groups, seen_of, offsets, num_steps=num_steps, lr=lr, optimizer=optimizer,
+                          record_every=record_every, project=project, progress=progress)
+    position = {track_index: row for row, track_index in enumerate(order)}
+    return [
+        Trajectory(trajectory.steps, trajectory.points[:, position[i]], trajectory.losses[:, position[i]]) for i in range(len(tracks))
+    ]
 
 
 def run_toy(
@@ -63,27 +143,62 @@ def run_toy(
     progress: Callable[[int], None] | None = None,
     project: Callable[[Tensor], Tensor] | None = None,
 ) -> Trajectory:
-    """Optimise every row of `starts` `[..., n]` for `num_steps` steps; record every few steps.
+    """One method instance on every row of `starts` `[..., n]` (the runner of `run_tracks` with one
+    group): the losses it sees are `objectives(x)` as they are (no transform, no shift)."""
+    batch_shape = tuple(starts.shape[:-1])
+    method.reset(batch_shape)
+    own = list(method.to(device=starts.device, dtype=starts.dtype).parameters())
+    x0 = starts.detach().reshape(1, -1, starts.shape[-1]).clone()
+    group = _Group(method, slice(0, 1), own)
+    reshaped = _Reshaped(objectives, batch_shape)
+    trajectory = _advance(reshaped, x0, [group], None, None, num_steps=num_steps, lr=lr, optimizer=optimizer,
+                          record_every=record_every, project=project, progress=progress, batch_shape=batch_shape)
+    records = trajectory.points.shape[0]
+    return Trajectory(
+        trajectory.steps,
+        trajectory.points.reshape(records, *batch_shape, starts.shape[-1]),
+        trajectory.losses.reshape(records, *batch_shape, trajectory.losses.shape[-1]),
+    )
 
-    `optimizer` is "adam" (torch defaults, as the DiBS-MTL toy trainer) or "sgd"; it owns the
-    iterates and the method's own `parameters()` (uncertainty weighting's log-variances learn
-    alongside `x`, from the gradient of `sum_i w_i f_i + penalty`, as `core.mtl_backward` gives
-    them). `project`, if given, maps the iterates back onto the feasible set after every optimiser
-    step (projected gradient descent, e.g. `ZDT.project` onto the box); it must act row by row.
 
-    The method is `reset` for the rows first (its learnable parameters moved to the iterates'
-    dtype and device) and follows the lifecycle of `core.methods.base`:
-    after each step `after_step` gets the losses at the new iterates (FAMO's logit update), and,
-    since each step of a deterministic full-batch problem is a pass over all its data, `end_epoch`
-    is called after every step (DWA's ratio is then that of consecutive steps).
-    """
-    x = starts.detach().clone().requires_grad_(True)
-    method.reset(tuple(starts.shape[:-1]))
-    own = list(method.to(device=x.device, dtype=x.dtype).parameters())
-    opt = make_optimizer([x, *own], optimizer, lr)
+# -- the loop ----------------------------------------------------------------------------------------
+
+
+def _advance(
+    problem: Callable[[Tensor], Tensor],
+    x0: Tensor,
+    groups: list[_Group],
+    seen_of: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None,
+    offsets: Tensor | None,
+    *,
+    num_steps: int,
+    lr: float,
+    optimizer: str,
+    record_every: int,
+    project: Callable[[Tensor], Tensor] | None,
+    progress: Callable[[int], None] | None,
+    batch_shape: tuple[int, ...] | None = None,
+) -> Trajectory:
+    """The one loop: rows `x0` `[T, S, n]`; per step the problem once, the methods once each on
+    their rows, one optimiser step, the projection, the lifecycle hooks, the recorder.
+
+    `batch_shape`: the shape a single group's method state holds (`run_toy`'s caller's), when it
+    is not `[rows of the group, S]`."""
+    x = x0.clone().requires_grad_(True)
+    opt = make_optimizer([x, *(p for g in groups for p in g.own)], optimizer, lr)
     steps, points, losses = [], [], []
     for step in range(num_steps + 1):
-        values, jacobian = batched_task_gradients(objectives, x)
+        with torch.no_grad():
+            values, jacobian = values_and_jacobian(problem, x.detach())
+            if seen_of is not None:
+                values, jacobian = seen_of(values, jacobian)
+            if offsets is not None:
+                values = values - offsets
+        if step > 0:  # the lifecycle hooks of the last step, with the losses at the new iterates
+            for group in groups:
+                if group.method.needs_post_step_losses:
+                    group.method.after_step(_state_view(values[group.rows], batch_shape))
+                group.method.end_epoch()
         if step % record_every == 0 or step == num_steps:
             steps.append(step)
             points.append(x.detach().clone())
@@ -91,23 +206,34 @@ def run_toy(
         if step == num_steps:
             break
         opt.zero_grad(set_to_none=True)
-        x.grad = _step_direction(method, values, jacobian, own)
+        direction = torch.empty_like(x)
+        for group in groups:
+            rows_values, rows_jacobian = values[group.rows], jacobian[group.rows]
+            direction[group.rows] = _step_direction(
+                group, _state_view(rows_values, batch_shape), _state_view(rows_jacobian, batch_shape, trailing=2)
+            ).reshape(rows_jacobian.shape[:-2] + rows_jacobian.shape[-1:])
+        x.grad = direction
         opt.step()
-        with torch.no_grad():
-            if project is not None:
+        if project is not None:
+            with torch.no_grad():
                 x.copy_(project(x))
-            if method.needs_post_step_losses:
-                method.after_step(objectives(x))
-        method.end_epoch()
         if progress is not None:
             progress(step)
     return Trajectory(torch.tensor(steps), torch.stack(points), torch.stack(losses))
 
 
-def _step_direction(method: GradientWeighting | LossWeighting, values: Tensor, jacobian: Tensor, own: list[Tensor]) -> Tensor:
+def _state_view(values: Tensor, batch_shape: tuple[int, ...] | None, *, trailing: int = 1) -> Tensor:
+    """The rows as the method's state holds them (`[rows, S, ...]`, or the caller's batch shape)."""
+    if batch_shape is None:
+        return values
+    return values.reshape(*batch_shape, *values.shape[values.ndim - trailing :])
+
+
+def _step_direction(group: _Group, values: Tensor, jacobian: Tensor) -> Tensor:
     """`sum_i w_i g_i` per row; a learnable loss weighting's parameters get the gradient of the
     weighted loss plus its penalty, as the engine gives them."""
-    if isinstance(method, GradientWeighting) or not own:
+    method = group.method
+    if isinstance(method, GradientWeighting) or not group.own:
         return combined_direction(method, values, jacobian)
     with torch.enable_grad():
         weights = method(values)
@@ -115,9 +241,89 @@ def _step_direction(method: GradientWeighting | LossWeighting, values: Tensor, j
         penalty = method.penalty()
         if penalty is not None:
             objective = objective + penalty
-        for param, grad in zip(own, torch.autograd.grad(objective, own)):
+        for param, grad in zip(group.own, torch.autograd.grad(objective, group.own)):
             param.grad = grad
     return (weights.detach().to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2)
+
+
+# -- planning: groups, transforms, shifts -------------------------------------------------------------
+
+
+def _plan_groups(tracks: Sequence[Track], starts: Tensor, num_tasks: int) -> tuple[list[int], list[_Group]]:
+    """Tracks ordered so that each method instance's rows are contiguous, and the instances."""
+    keys: dict[tuple, list[int]] = {}
+    probes: dict[str, Method] = {}
+    for index, track in enumerate(tracks):
+        probe = probes.setdefault(track.method, make_method(track.method, num_tasks=num_tasks))
+        key = (track.method, index) if probe.random else (track.method,)
+        keys.setdefault(key, []).append(index)
+    order: list[int] = []
+    groups: list[_Group] = []
+    for members in keys.values():
+        first = tracks[members[0]]
+        generator = torch.Generator(device=starts.device).manual_seed(first.seed)
+        method = make_method(first.method, num_tasks=num_tasks, generator=generator)
+        method.reset((len(members), starts.shape[0]))
+        own = list(method.to(device=starts.device, dtype=starts.dtype).parameters())
+        groups.append(_Group(method, slice(len(order), len(order) + len(members)), own))
+        order.extend(members)
+    return order, groups
+
+
+def _offsets(problem: Callable[[Tensor], Tensor], tracks: Sequence[Track], groups: list[_Group], num_tasks: int, starts: Tensor) -> Tensor | None:
+    """Per row, the (transformed) lower bounds subtracted from the losses of methods that need
+    non-negative or positive losses, `[T, 1, K]`; None if no method needs it or no bound is known."""
+    lower = getattr(problem, "lower_bound", None)  # a toy Problem's fact; None for plain callables
+    needs = [False] * len(tracks)
+    for group in groups:
+        for row in range(group.rows.start, group.rows.stop):
+            needs[row] = group.method.loss_domain != "any"
+    if lower is None or not any(needs):
+        return None
+    offsets = torch.zeros(len(tracks), 1, num_tasks, dtype=starts.dtype, device=starts.device)
+    for row, (track, shifted) in enumerate(zip(tracks, needs)):
+        if shifted:
+            bounds = [float(lower)] * num_tasks
+            for transform in track.transforms:
+                bounds[transform.task] = transform.transformed_bound(float(lower))
+            offsets[row, 0] = torch.tensor(bounds, dtype=starts.dtype)
+    return offsets
+
+
+def _seen_losses(tracks: Sequence[Track]) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """The function applying each row's transforms to the values `[T, S, K]` and gradients
+    `[T, S, K, n]` (rows of one set of transforms share one call); None if no track has any."""
+    classes: dict[tuple[str, ...], list[int]] = {}
+    for row, track in enumerate(tracks):
+        if track.transforms:
+            classes.setdefault(tuple(t.spec for t in track.transforms), []).append(row)
+    if not classes:
+        return None
+    plans = [(torch.tensor(rows), tracks[rows[0]].transforms) for rows in classes.values()]
+
+    def apply(values: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+        values, jacobian = values.clone(), jacobian.clone()
+        for rows, transforms in plans:
+            rows = rows.to(values.device)
+            nominal_values, nominal_jacobian = values[rows], jacobian[rows]
+            for transform in transforms:
+                nominal_values, nominal_jacobian = transform.values_and_jacobian(nominal_values, nominal_jacobian)
+            values[rows], jacobian[rows] = nominal_values, nominal_jacobian
+        return values, jacobian
+
+    return apply
+
+
+class _Reshaped:
+    """`objectives` on rows `[1, prod(batch_shape), n]` for a caller's batch shape."""
+
+    def __init__(self, objectives: Callable[[Tensor], Tensor], batch_shape: tuple[int, ...]) -> None:
+        self.objectives, self.batch_shape = objectives, batch_shape
+
+    def values_and_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        shaped = x.reshape(*self.batch_shape, x.shape[-1])
+        values, jacobian = values_and_jacobian(self.objectives, shaped)
+        return values.reshape(*x.shape[:-1], values.shape[-1]), jacobian.reshape(*x.shape[:-1], *jacobian.shape[-2:])
 
 
 @contextmanager

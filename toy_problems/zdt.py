@@ -14,6 +14,10 @@ batched runner does not. See docs/DECISIONS.md, "Toy problems".
 
 The ZDT2 variant remaps R^3 onto the unit cube with sines and cosines, so it is unconstrained and
 smooth everywhere and its Pareto set (a cylinder) consists of true stationary points.
+
+Every problem here has a closed-form `values_and_jacobian` that repeats autograd's arithmetic on
+`__call__` (bitwise equal to it; tests/test_problem_jacobians.py), with autograd's conventions
+at the square root's kink x1 <= 0 described above.
 """
 
 from __future__ import annotations
@@ -58,12 +62,26 @@ class ZDT(Problem):
     gradients are 1 and `dh/dx1 <= 0` (a convex combination cancels), and on the active lower
     bounds x_2..n the combined gradient `w2 * 9/(n-1) * d f2/d g` is >= 0.
 
+    Box constraint: the problem is posed on [0, 1]^n (its `bounds`), and `project` maps points
+    onto that box; gradient methods must apply it after every step (the Pareto set lies on the
+    face x_2..n = 0, where the gradients point out of the box). Outside the box the formulas
+    still evaluate (f1 = x1 < 0 for x1 < 0, NaN where g < 0) but the problem's facts do not hold.
+
+    Lower bound (on the box): f1 = x1 >= 0, and f2 >= 0 for ZDT1 (`g - sqrt(f1 g)`,
+    g >= 1 >= f1) and ZDT2 (`g - f1^2/g`); both bounds are attained (f1 = 0 at x1 = 0, f2 = 0 at
+    x1 = 1, g = 1), so the losses are >= `lower_bound = 0.0`, not >. ZDT3's f2 is negative on
+    part of its front (down to -0.7734): its `lower_bound` is -1.0 (strict).
+
+    Jacobian (`values_and_jacobian`): grad f1 = e1, and grad f2 = (d f2 / d x1, 9/(n-1)
+    d f2 / d g, ..., 9/(n-1) d f2 / d g) with the partial derivatives each subclass gives.
+
     Args:
         n_var: n >= 2 (30 in the original paper).
     """
 
     n_obj = 2
     bounds = (0.0, 1.0)
+    lower_bound = 0.0
 
     def __init__(self, *, n_var: int = 30) -> None:
         if not isinstance(n_var, int) or n_var < 2:
@@ -78,12 +96,34 @@ class ZDT(Problem):
         """`f2 = g h(f1, g)` from `f1` and `g` (each subclass's formula)."""
         raise NotImplementedError
 
+    def second_objective_and_partials(self, first: Tensor, g: Tensor, /) -> tuple[Tensor, Tensor, Tensor]:
+        """`f2` (exactly as `second_objective` computes it) and its partial derivatives
+        `d f2 / d f1` and `d f2 / d g`, rounded as autograd rounds them."""
+        raise NotImplementedError
+
     def __call__(self, x: Tensor, /) -> Tensor:
         first = x[..., 0]
         return torch.stack([first, self.second_objective(first, self.g(x))], dim=-1)
 
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
+        """Values `[..., 2]` and gradients `[..., 2, n]` in closed form, without an autograd graph,
+        bitwise equal to autograd through `__call__` (the kink at x1 <= 0: see the module
+        docstring). `g` is evaluated once and shared by both."""
+        x = x.detach()
+        first = x[..., 0]
+        g = self.g(x)
+        second, first_partial, g_partial = self.second_objective_and_partials(first, g)
+        jacobian = x.new_zeros(*x.shape[:-1], 2, self.n_var)
+        jacobian[..., 0, 0] = 1.0
+        jacobian[..., 1, 0] = first_partial
+        jacobian[..., 1, 1:] = (g_partial * (9.0 / (self.n_var - 1)))[..., None]
+        return torch.stack([first, second], dim=-1), jacobian
+
     def project(self, x: Tensor, /) -> Tensor:
-        """The Euclidean projection onto the box [0, 1]^n (for projected gradient methods)."""
+        """The Euclidean projection onto the box [0, 1]^n (for projected gradient methods): every
+        coordinate clamped to [0, 1], row by row. Iterates of gradient methods on ZDT must be
+        projected after every step; the problem's facts (Pareto set, `lower_bound`) hold on
+        the box."""
         return x.clamp(0.0, 1.0)
 
     def pareto_x1(self, num_points: int, generator: torch.Generator | None, /) -> Tensor:
@@ -109,6 +149,14 @@ class ZDT1(ZDT):
     def second_objective(self, first: Tensor, g: Tensor, /) -> Tensor:
         return g - _root(first) * g.sqrt()
 
+    def second_objective_and_partials(self, first: Tensor, g: Tensor, /) -> tuple[Tensor, Tensor, Tensor]:
+        """`d f2 / d f1 = -sqrt(g) / (2 sqrt(f1))` for f1 > 0 and 0 for f1 <= 0 (the square root's
+        convention), `d f2 / d g = 1 - sqrt(f1) / (2 sqrt(g))`."""
+        positive, root_of_safe, root = _root_parts(first)
+        root_g = g.sqrt()
+        second = g - root * root_g
+        return second, torch.where(positive, -root_g / (2 * root_of_safe), 0.0), 1 - root / (2 * root_g)
+
 
 class ZDT2(ZDT):
     """ZDT2: `f2 = g (1 - (f1 / g)^2) = g - f1^2 / g`. Concave front `f2 = 1 - f1^2`, f1 in
@@ -117,6 +165,12 @@ class ZDT2(ZDT):
     def second_objective(self, first: Tensor, g: Tensor, /) -> Tensor:
         return g - first**2 / g
 
+    def second_objective_and_partials(self, first: Tensor, g: Tensor, /) -> tuple[Tensor, Tensor, Tensor]:
+        """`d f2 / d f1 = -2 f1 / g` (rounded as `(-1/g) (2 f1)`), `d f2 / d g = 1 + (f1^2/g)/g`;
+        no kinks."""
+        ratio = first**2 / g
+        return g - ratio, (-1.0 / g) * (2 * first), 1 + ratio / g
+
 
 class ZDT3(ZDT):
     """ZDT3: `f2 = g (1 - sqrt(f1 / g) - (f1 / g) sin(10 pi f1))`, evaluated as
@@ -124,8 +178,23 @@ class ZDT3(ZDT):
     docstring). Disconnected front `f2 = 1 - sqrt(f1) - f1 sin(10 pi f1)` for f1 in the five
     `ZDT3_PARETO_INTERVALS`; Pareto set x1 in those intervals, x_2..n = 0 (see `ZDT`)."""
 
+    lower_bound = -1.0  # f2 >= min_t (1 - sqrt(t) - t sin(10 pi t)) = -0.7734 on the box (see `ZDT`)
+
     def second_objective(self, first: Tensor, g: Tensor, /) -> Tensor:
         return g - _root(first) * g.sqrt() - first * torch.sin(10 * math.pi * first)
+
+    def second_objective_and_partials(self, first: Tensor, g: Tensor, /) -> tuple[Tensor, Tensor, Tensor]:
+        """`d f2 / d f1 = -sin(10 pi f1) - 10 pi f1 cos(10 pi f1) - sqrt(g) / (2 sqrt(f1))` (the
+        last term 0 for f1 <= 0, the square root's convention; the three summed in autograd's
+        order), `d f2 / d g = 1 - sqrt(f1) / (2 sqrt(g))`."""
+        positive, root_of_safe, root = _root_parts(first)
+        root_g = g.sqrt()
+        angle = 10 * math.pi * first
+        sine = torch.sin(angle)
+        second = g - root * root_g - first * sine
+        wave_partial = -sine + (-first * torch.cos(angle)) * (10 * math.pi)
+        first_partial = wave_partial + torch.where(positive, -root_g / (2 * root_of_safe), 0.0)
+        return second, first_partial, 1 - root / (2 * root_g)
 
     def pareto_x1(self, num_points: int, generator: torch.Generator | None, /) -> Tensor:
         """x1 spread over the intervals in proportion to their lengths (evenly spaced along their
@@ -160,12 +229,17 @@ class ZDT2Variant(Problem):
 
     Bounds (only for drawing starts; the paper gives none): x1 in [-2 pi, 0] (a period of the
     sine around the chart) and x2, x3 in [-2, 2], a box that contains the first sheet
-    (radius sqrt(pi) ~ 1.77) and no other one.
+    (radius sqrt(pi) ~ 1.77) and no other one. No `project`: the problem is unconstrained.
+
+    Lower bound: f1 = u1 in [0, 1] and, with g in [1, 10], f2 = g - u1^2/g >= 1 - 1 = 0; both are
+    attained (u1 = 0 where sin(x1 + s) = -1; f2 = 0 where g = 1 and u1 = 1), so the losses are
+    >= `lower_bound = 0.0` on R^3, not >.
     """
 
     n_var = 3
     n_obj = 2
     bounds = ((-2 * math.pi, -2.0, -2.0), (0.0, 2.0, 2.0))
+    lower_bound = 0.0
 
     def __call__(self, x: Tensor, /) -> Tensor:
         s = x[..., 1] ** 2 + x[..., 2] ** 2
@@ -173,6 +247,33 @@ class ZDT2Variant(Problem):
         u23 = 0.5 * torch.cos(s) + 0.5
         g = 1 + 4.5 * (u23 + u23)
         return torch.stack([u1, g - u1**2 / g], dim=-1)
+
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
+        """Values `[..., 2]` and gradients `[..., 2, 3]` in closed form, without an autograd graph,
+        bitwise equal to autograd through `__call__` (smooth: no kinks).
+
+        With `A = x1 + s`: `grad f1 = cos(A)/2 (1, 2 x2, 2 x3)`; `grad f2 = (p, q 2 x2, q 2 x3)`
+        with `p = (-1/g)(2 u1) cos(A)/2` and `q = p + 4.5 (1 + (u1^2/g)/g) (-sin s)`
+        (the chain rule through u1 and through g = 1 + 9 u23, u23 counted twice as in `__call__`).
+        """
+        x = x.detach()
+        x1, x2, x3 = x[..., 0], x[..., 1], x[..., 2]
+        s = x2**2 + x3**2
+        angle = x1 + s
+        u1 = 0.5 * torch.sin(angle) + 0.5
+        u23 = 0.5 * torch.cos(s) + 0.5
+        g = 1 + 4.5 * (u23 + u23)
+        ratio = u1**2 / g
+        cosine = torch.cos(angle)
+        half_cosine = 0.5 * cosine  # d f1 / d angle
+        first_slope = (-1.0 / g) * (2 * u1) * 0.5 * cosine  # d f2 / d angle, in autograd's rounding
+        s_slope = first_slope + ((1 + ratio / g) * 4.5) * -torch.sin(s)  # d f2 / d s
+        twice = 2 * x[..., 1:]  # d s / d (x2, x3)
+        jacobian = torch.stack([
+            torch.cat([half_cosine[..., None], half_cosine[..., None] * twice], dim=-1),
+            torch.cat([first_slope[..., None], s_slope[..., None] * twice], dim=-1),
+        ], dim=-2)
+        return torch.stack([u1, g - ratio], dim=-1), jacobian
 
     def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
         """Points of the first Pareto sheet `[num_points, 3]`.
@@ -199,3 +300,11 @@ def _root(values: Tensor) -> Tensor:
     positive = values > 0
     safe = torch.where(positive, values, torch.ones_like(values))
     return torch.where(positive, safe.sqrt(), torch.zeros_like(values))
+
+
+def _root_parts(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`_root`'s intermediate terms: the mask `values > 0`, `sqrt` of the safe argument (values
+    where positive, else 1) and `_root(values)` itself (the same arithmetic)."""
+    positive = values > 0
+    root_of_safe = torch.where(positive, values, torch.ones_like(values)).sqrt()
+    return positive, root_of_safe, torch.where(positive, root_of_safe, torch.zeros_like(values))

@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import multiprocessing
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +37,14 @@ from benchmarks.harness.cli import (
     parse_seeds,
     parse_transforms,
 )
-from benchmarks.harness.runs import Checkpoint, ResultStore, RunSpec, run_sweep
-from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
-from core.jacobian import batched_task_gradients, gramian
-from core.pareto.stationarity import stationarity
-from core.registry import available_methods, make_method
-from core.transforms import TRANSFORM_SPEC_FORMS, MonotoneTransform, parse_transform
+from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep_batched
+from core.errors import InvalidHyperparameterError, MTLInputError
+from core.registry import available_methods
 from toy_problems import TwoTaskToy
-from toy_problems.runner import combined_direction, run_toy, single_thread
+from toy_problems.measures import distance_to_front, stationarity_residuals
+from toy_problems.runner import Track, Trajectory, run_tracks, single_thread
 from toy_problems.store import environment, save_figure_atomic, write_markdown_table
+from toy_problems.task_transforms import TaskTransform, parse_task_transform
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +52,13 @@ EXPERIMENT = "toy"
 DEFAULT_STEPS = 35_000
 """Adam steps per run, as the DiBS-MTL toy trainer."""
 QUICK_STEPS = 3_000
+FULL_RUN_MINUTES = 2
+"""The full default sweep's wall time on the project's 2-core machine, rounded (docs/DECISIONS.md)."""
 DEFAULT_LR = 1e-3
 RECORDS_PER_TRAJECTORY = 500
 """`--record-every` defaults to `max(1, steps // 500)`: about 500 recorded points per trajectory."""
 FRONT_POINTS = 2_000
 """Points of the reference's plotted Pareto front (x2 = -8.3552) that distances are measured to."""
-LOSS_LOWER_BOUND = -20.0
-"""Every toy loss is > -20 (the quadratic branch `s_i c_2 > -20`, the log branch `a_i c_1 >= -6.3`)."""
 # Methods whose `loss_domain` is not "any" (they take logs of or divide by the loss values) see
 # `h(f) - h(-20)` (positive; a constant shift, which no gradient sees), since the toy's losses are
 # negative near the front.
@@ -94,63 +95,23 @@ def default_methods() -> list[str]:
 # ----------------------------------------------------------------------------- transforms and methods
 
 
-def parse_task_transform(text: str, /) -> tuple[int, MonotoneTransform] | None:
-    """'none' -> None; 'TASK:SPEC' (e.g. '0:power:4') -> (task index, transform); else InvalidHyperparameterError.
-
-    The transform must be defined on every loss the toy can produce (all t > -20), so that no
-    run can leave its domain.
-    """
-    if text == "none":
-        return None
-    task_text, _, spec = text.partition(":")
-    if task_text not in ("0", "1") or not spec:
-        raise InvalidHyperparameterError(
-            f"--transforms entry {text!r}: expected 'none' or TASK:SPEC with TASK 0 or 1 (the toy has two tasks) "
-            f"and SPEC one of {TRANSFORM_SPEC_FORMS}, e.g. 0:power:4"
-        )
+def parse_toy_transform(text: str, /) -> TaskTransform | None:
+    """'none' -> None; 'TASK:SPEC' (e.g. '0:power:4', TASK 0 or 1) -> the task transform, which must
+    be defined on every loss the toy can produce (all t > its lower bound -20); else
+    InvalidHyperparameterError."""
     try:
-        transform = parse_transform(spec)
+        parsed = parse_task_transform(text, TOY_TASKS)
+        if parsed is not None:
+            parsed.check_domain(TwoTaskToy.lower_bound)
     except InvalidHyperparameterError as error:
-        raise InvalidHyperparameterError(f"--transforms entry {text!r}: {error}") from None
-    try:
-        transform.check_domain(torch.tensor([LOSS_LOWER_BOUND], dtype=torch.float64))
-    except LossDomainError as error:
-        raise InvalidHyperparameterError(
-            f"--transforms entry {text!r}: the toy's losses range over (-20, inf), outside this transform's domain ({error}); "
-            "choose one defined on all reals, e.g. power:P, exp, arcsinh, softplus or affine:A:B"
-        ) from None
-    return int(task_text), transform
+        raise InvalidHyperparameterError(f"--transforms entry {error}") from None
+    return parsed
 
 
-def seen_objectives(problem: TwoTaskToy, transform: tuple[int, MonotoneTransform] | None, *, shift: bool) -> Callable[[Tensor], Tensor]:
-    """The losses a method sees: `h(f_task)` in place of `f_task` (if a transform is given), minus
-    their lower bound `h(-20)` (resp. -20) when `shift` (the positive-loss methods)."""
-
-    def objectives(x: Tensor) -> Tensor:
-        values = problem(x)
-        columns = list(values.unbind(dim=-1))
-        bounds = [LOSS_LOWER_BOUND] * len(columns)
-        if transform is not None:
-            task, h = transform
-            columns[task] = h(columns[task])
-            bounds[task] = float(h(torch.tensor(LOSS_LOWER_BOUND, dtype=torch.float64)))
-        if shift:
-            columns = [column - bound for column, bound in zip(columns, bounds)]
-        return torch.stack(columns, dim=-1)
-
-    return objectives
-
-
-def build_method(spec: str, /, *, seed: int, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
-    """A fresh method from a spec for two tasks.
-
-    Random methods (rlw, rgw, pcgrad) draw from `torch.Generator(device).manual_seed(seed)`;
-    learnable parameters (uncertainty weighting's log-variances) are moved to the run's dtype and
-    device. The runner ends an epoch after every step (a toy step sees all its data), so DWA's
-    ratio is that of consecutive steps.
-    """
-    method = make_method(spec, num_tasks=TOY_TASKS, generator=torch.Generator(device=device).manual_seed(seed))
-    return method.to(device=device, dtype=dtype)
+def toy_track(method: str, transform: str, seed: int) -> Track:
+    """The runner's track of one run."""
+    parsed = parse_toy_transform(transform)
+    return Track(method, () if parsed is None else (parsed,), seed)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -167,54 +128,91 @@ def _finite_or_none(values: Any) -> Any:
     return values if math.isfinite(values) else None
 
 
-def distance_to_front(losses: Tensor, front: Tensor) -> Tensor:
-    """Euclidean distance from each loss point `[..., 2]` to the sampled front `[m, 2]` (float64)."""
-    flat = losses.reshape(-1, losses.shape[-1]).to(torch.float64)
-    return torch.cdist(flat, front.to(flat)).amin(dim=-1).reshape(losses.shape[:-1])
-
-
 def stationarity_residual(problem: TwoTaskToy, points: Tensor) -> Tensor:
     """`min_{a in simplex} ||sum_i a_i grad f_i(x)||` of the untransformed losses at `points` `[..., 2]`."""
-    _, jacobian = batched_task_gradients(problem, points.to(torch.float64).cpu())
-    return stationarity(gramian(jacobian))[1]
+    return stationarity_residuals(problem, points.to(torch.float64).cpu())[1]
 
 
-def run_toy_experiment(
-    method: str,
-    transform: str = "none",
+def run_toy_experiments(
+    runs: Sequence[tuple[str, str, int]],
     /,
     *,
     steps: int,
     lr: float = DEFAULT_LR,
     dtype: torch.dtype = torch.float64,
-    seed: int = 0,
     record_every: int | None = None,
     device: str | torch.device = "cpu",
     show_progress: bool = False,
-) -> dict[str, Any]:
-    """One run: `method` from the five DiBS-MTL starts on the toy with `transform` ('none' or
-    'TASK:SPEC'); returns the JSON-ready result (endpoints, untransformed end losses, distance to
-    the front, final stationarity residual, seconds, and the trajectories every `record_every`
-    steps in x and in the untransformed loss space)."""
+    processes: int = 1,
+) -> list[dict[str, Any]]:
+    """Runs `(method spec, transform, seed)` from the five DiBS-MTL starts on the toy, all as one
+    batched computation (`toy_problems.runner.run_tracks`); returns each run's JSON-ready result
+    (endpoints, untransformed end losses, distance to the front, final stationarity residual, its
+    share of the batch's seconds, and the trajectories every `record_every` steps in x and in the
+    untransformed loss space). A run's result does not depend on the other runs of the batch, so
+    with `processes > 1` (CPU, where processes can fork) the methods are split between that many
+    processes, one thread each, each running its part as one batch."""
     record_every = default_record_every(steps) if record_every is None else record_every
+    parts = _split_by_method(runs, processes) if _can_fork(device) else [list(runs)]
+    if len(parts) > 1:
+        options = {"steps": steps, "lr": lr, "dtype": dtype, "record_every": record_every, "device": device}
+        context = multiprocessing.get_context("fork")
+        with context.Pool(len(parts)) as pool:  # the first part's bar stands for all (they advance alike)
+            work = [(part, {**options, "show_progress": show_progress and index == 0}) for index, part in enumerate(parts)]
+            finished = pool.starmap(_run_part, work)
+        by_run = {(r["method"], r["transform"], r["seed"]): r for results in finished for r in results}
+        return [by_run[run] for run in runs]
     problem = TwoTaskToy()
-    parsed = parse_task_transform(transform)
-    instance = build_method(method, seed=seed, dtype=dtype, device=device)
-    objectives = seen_objectives(problem, parsed, shift=instance.loss_domain != "any")
+    tracks = [toy_track(method, transform, seed) for method, transform, seed in runs]
     starts = problem.default_starts(dtype=dtype, device=device)
     began = time.perf_counter()
-    with tqdm(total=steps, desc=f"{method} {transform}", unit="step", disable=not show_progress, leave=False) as bar:
-        trajectory = run_toy(objectives, starts, instance, num_steps=steps, lr=lr, record_every=record_every, progress=lambda _: bar.update())
+    with tqdm(total=steps, desc=f"{len(runs)} runs", unit="step", disable=not show_progress, leave=False) as bar:
+        trajectories = run_tracks(problem, starts, tracks, num_steps=steps, lr=lr, record_every=record_every, progress=lambda _: bar.update())
     seconds = time.perf_counter() - began
+    front = problem.pareto_front(FRONT_POINTS)
+    return [
+        _run_result(problem, front, starts, trajectory, method, transform, seed, str(device), seconds / len(runs))
+        for trajectory, (method, transform, seed) in zip(trajectories, runs)
+    ]
+
+
+def _run_part(part: list[tuple[str, str, int]], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One process's share of `run_toy_experiments` (module level: it runs in a forked process)."""
+    torch.set_num_threads(1)
+    return run_toy_experiments(part, **options)
+
+
+def _can_fork(device: str | torch.device) -> bool:
+    return torch.device(device).type == "cpu" and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _split_by_method(runs: Sequence[tuple[str, str, int]], processes: int) -> list[list[tuple[str, str, int]]]:
+    """The runs in at most `processes` parts, every run of one method in one part (its tracks share
+    one method instance), methods dealt out in turn by their number of runs (largest first)."""
+    by_method: dict[str, list[tuple[str, str, int]]] = {}
+    for run in runs:
+        by_method.setdefault(run[0], []).append(run)
+    parts: list[list[tuple[str, str, int]]] = [[] for _ in range(max(1, min(processes, len(by_method))))]
+    for group in sorted(by_method.values(), key=len, reverse=True):
+        min(parts, key=len).extend(group)
+    return [part for part in parts if part]
+
+
+def run_toy_experiment(method: str, transform: str = "none", /, *, seed: int = 0, **options: Any) -> dict[str, Any]:
+    """One run (`run_toy_experiments` with one (method, transform, seed))."""
+    return run_toy_experiments([(method, transform, seed)], **options)[0]
+
+
+def _run_result(problem: TwoTaskToy, front: Tensor, starts: Tensor, trajectory: Trajectory, method: str, transform: str, seed: int,
+                device: str, seconds: float) -> dict[str, Any]:
     points = trajectory.points.to(torch.float64).cpu()  # [R, 5, 2]
     losses = problem(points)  # untransformed, [R, 5, 2]
-    front = problem.pareto_front(FRONT_POINTS)
     ends = points[-1]
     return {
         "method": method,
         "transform": transform,
         "seed": seed,
-        "device": str(device),
+        "device": device,
         "seconds": seconds,
         "starts": _json_numbers(starts),
         "endpoints": _json_numbers(ends),
@@ -246,7 +244,7 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str], list[
     transforms = parse_transforms(args.transforms)
     if len(set(transforms)) != len(transforms):
         raise InvalidHyperparameterError(f"--transforms lists a transform twice: {args.transforms!r}")
-    parsed = [parse_task_transform(text) for text in transforms]
+    parsed = [parse_toy_transform(text) for text in transforms]
     steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     if steps < 1:
         raise InvalidHyperparameterError(f"--steps must be at least 1, got {steps}")
@@ -267,7 +265,7 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str], list[
         "record_every": record_every,
         "optimizer": "adam",
         "starts": [list(start) for start in TwoTaskToy().default_starts(dtype=torch.float64).tolist()],
-        "loss_lower_bound": LOSS_LOWER_BOUND,
+        "loss_lower_bound": TwoTaskToy.lower_bound,
     }
     runs = [RunSpec(EXPERIMENT, method, seed, transform, config) for method in methods for seed in seeds for transform in transforms]
     return runs, methods, seeds, transforms
@@ -278,19 +276,15 @@ def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
     return plan_runs(args)[0]
 
 
-def _check_starts(methods: list[str], transforms: list[tuple[int, MonotoneTransform] | None], *, dtype: torch.dtype, device: str) -> None:
-    """Every method accepts the losses it will see at the starts (fails before any run)."""
+def _check_starts(methods: list[str], transforms: list[TaskTransform | None], *, dtype: torch.dtype, device: str) -> None:
+    """Every method accepts the losses it will see at the starts (fails before any run): one step
+    of every run."""
     problem = TwoTaskToy()
-    starts = problem.default_starts(dtype=dtype, device=device)
-    for transform in transforms:
-        for name in methods:
-            method = build_method(name, seed=0, dtype=dtype, device=device)
-            objectives = seen_objectives(problem, transform, shift=method.loss_domain != "any")
-            values, jacobian = batched_task_gradients(objectives, starts)
-            try:
-                combined_direction(method, values, jacobian)
-            except MTLInputError as error:
-                raise InvalidHyperparameterError(f"method {name!r} rejects the toy's losses at the starts: {error}") from None
+    tracks = [Track(method, () if t is None else (t,)) for method in methods for t in transforms]
+    try:
+        run_tracks(problem, problem.default_starts(dtype=dtype, device=device), tracks, num_steps=1, lr=DEFAULT_LR)
+    except MTLInputError as error:
+        raise InvalidHyperparameterError(f"a method rejects the toy's losses at the starts: {error}") from None
 
 
 def report_folder(out: str | Path, *, quick: bool) -> Path:
@@ -308,22 +302,23 @@ def main(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype)
     show_progress = not args.quiet
 
-    def run_one(spec: RunSpec, checkpoint: Checkpoint) -> Mapping[str, Any]:
-        # a run takes seconds to minutes: it restarts rather than checkpoints
-        config = spec.config
-        try:
-            return run_toy_experiment(
-                spec.method, spec.transform, steps=config["steps"], lr=config["lr"], dtype=dtype, seed=spec.seed,
-                record_every=config["record_every"], device=args.device, show_progress=show_progress,
-            )
-        except MTLInputError as error:  # the runs before it are saved; say which run failed
-            raise MTLInputError(f"run {spec.method!r}, transform {spec.transform!r}, seed {spec.seed} failed: {error}") from error
+    workers = int(os.environ.get("MTL_WORKERS", "1"))  # set by `--workers N` for its worker processes
+
+    def run_many(specs: list[RunSpec]) -> list[Mapping[str, Any]]:
+        # every unfinished run in one batched computation (minutes): it restarts rather than checkpoints
+        config = specs[0].config
+        return run_toy_experiments(
+            [(spec.method, spec.transform, spec.seed) for spec in specs], steps=config["steps"], lr=config["lr"], dtype=dtype,
+            record_every=config["record_every"], device=args.device, show_progress=show_progress,
+            processes=1 if workers > 1 else min(2, os.cpu_count() or 1),  # the two cores of the project's machines
+        )
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's one-off import of the optimiser machinery
     # (seconds) happens here, not inside the first run's timing
     began = time.perf_counter()
     with single_thread():
-        records = run_sweep(runs, run_one, store, show_progress=show_progress)
+        # under `--workers N` each worker takes batches of a 1/N share of the runs
+        records = run_sweep_batched(runs, run_many, store, batch_size=math.ceil(len(runs) / workers) if workers > 1 else None)
     wall = time.perf_counter() - began
     results = {(r["spec"]["method"], r["spec"]["seed"], r["spec"]["transform"]): r["result"] for r in records}
     config = runs[0].config
@@ -335,12 +330,26 @@ def main(args: argparse.Namespace) -> int:
         f"transforms {','.join(transforms)}; device {args.device}, one intra-op thread); machine: {environment()}; "
         f"sweep wall time {wall:.0f} s (finished runs are reused; run times are in the per-method table)"
     )
+    if config["steps"] < DEFAULT_STEPS:
+        provenance += f". {short_run_note(config['steps'])}"
     write_markdown_table(folder / "summary.md", "The DiBS-MTL toy: endpoints, distance to the front, invariance gap", provenance, table)
-    figures = draw_figures(results, methods, seeds[0], transforms, folder, steps=config["steps"])
+    formats = ("png",) if args.quick else ("png", "pdf")  # the quick look: no PDF (half the drawing time)
+    figures = draw_figures(results, methods, seeds[0], transforms, folder, steps=config["steps"], formats=formats)
     print(table)
+    if config["steps"] < DEFAULT_STEPS:
+        print(f"\n{short_run_note(config['steps'])}")
     print(f"\nwrote {folder / 'summary.md'}, {len(figures)} figures ({', '.join(sorted({p.stem for p in figures}))}) in {folder}, "
           f"and one JSON per run in {Path(args.out) / EXPERIMENT / 'runs'}")
     return 0
+
+
+def short_run_note(steps: int) -> str:
+    """What a run shorter than the paper's cannot show."""
+    return (
+        f"Note: {steps:,} steps instead of the paper's {DEFAULT_STEPS:,}: the runs have not reached the front yet, so the "
+        "distances to the front and the residuals are not the paper's; the invariance gaps and the ordering of the methods "
+        f"are (the full run: python -m benchmarks toy, about {FULL_RUN_MINUTES} minutes)"
+    )
 
 
 # ----------------------------------------------------------------------------- the tables
@@ -429,9 +438,10 @@ def _row(cells: list[str]) -> str:
 
 
 def draw_figures(
-    results: Mapping[tuple[str, int, str], Mapping[str, Any]], methods: list[str], seed: int, transforms: list[str], folder: Path, *, steps: int
+    results: Mapping[tuple[str, int, str], Mapping[str, Any]], methods: list[str], seed: int, transforms: list[str], folder: Path, *, steps: int,
+    formats: tuple[str, ...] = ("png", "pdf"),
 ) -> list[Path]:
-    """The paper's trajectory figures, PNG and PDF: `toy_nominal`; for each transformed version
+    """The paper's trajectory figures, in `formats`: `toy_nominal`; for each transformed version
     `toy_transformed` (mapped back to the untransformed losses) and `toy_transformed_scaled` (in
     the transformed loss space), with the transform's name appended when there are several."""
     import matplotlib
@@ -446,13 +456,13 @@ def draw_figures(
             title = "Nominal losses"
         else:
             stem = "toy_transformed" if len(transformed) == 1 else f"toy_transformed_{_slug(transform)}"
-            names = {stem: None, f"{stem}_scaled": parse_task_transform(transform)}
+            names = {stem: None, f"{stem}_scaled": parse_toy_transform(transform)}
             title = f"Task {int(transform.split(':')[0]) + 1}'s loss transformed ({transform})"
         for name, scaled in names.items():
             suffix = "" if scaled is None else ", in the transformed loss space"
             figure = _trajectory_figure(runs, scaled, steps=steps, title=f"{title}{suffix}: trajectories from the 5 starts (seed {seed})")
             # not a pyplot figure, so save_figure_atomic's plt.close leaves it usable for the second format
-            written += [save_figure_atomic(figure, folder / f"{name}.{extension}") for extension in ("png", "pdf")]
+            written += [save_figure_atomic(figure, folder / f"{name}.{extension}") for extension in formats]
     return written
 
 
@@ -460,7 +470,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".+-" else "-" for c in text).strip("-")
 
 
-def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: tuple[int, MonotoneTransform] | None, *, steps: int, title: str):
+def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: TaskTransform | None, *, steps: int, title: str):
     """One panel per method: trajectories in (L1, L2) (or with the transformed task's axis in the
     transformed space), coloured by iteration (magma_r), over the Pareto front, starts marked."""
     import numpy as np
@@ -470,7 +480,7 @@ def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: tuple[
     def space(losses: np.ndarray) -> np.ndarray:
         if scaled is None:
             return losses
-        task, h = scaled
+        task, h = scaled.task, scaled.transform
         out = losses.copy()
         finite = np.isfinite(out[..., task])
         values = np.full(out.shape[:-1], np.nan)
@@ -496,8 +506,8 @@ def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: tuple[
         ax.scatter(losses[0, :, 0], losses[0, :, 1], marker="o", s=28, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3, label="start")
         ax.scatter(losses[-1, :, 0], losses[-1, :, 1], marker="*", s=40, color="black", zorder=4, label="end")
         ax.set_title(DISPLAY_NAMES.get(method, method), fontsize=10)
-        x_task = "h(L1)" if scaled is not None and scaled[0] == 0 else "L1"
-        y_task = "h(L2)" if scaled is not None and scaled[0] == 1 else "L2"
+        x_task = "h(L1)" if scaled is not None and scaled.task == 0 else "L1"
+        y_task = "h(L2)" if scaled is not None and scaled.task == 1 else "L2"
         ax.set_xlabel(x_task, fontsize=8)
         ax.set_ylabel(y_task, fontsize=8)
         ax.tick_params(labelsize=7)

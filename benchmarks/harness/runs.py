@@ -323,6 +323,85 @@ def run_sweep(
     return [records[run_id] for run_id in ids]
 
 
+BatchFunction = Callable[[list[RunSpec]], list[Mapping[str, Any]]]
+
+
+def run_sweep_batched(
+    specs: Iterable[RunSpec], run_many: BatchFunction, store: ResultStore, /, *, batch_size: int | None = None
+) -> list[dict[str, Any]]:
+    """`run_sweep` for runs that are computed together: the unfinished runs this process can claim
+    go to `run_many(claimed)` calls (each returns its runs' results in order) of at most
+    `batch_size` runs (all at once by default), and each result is saved as its own record, with
+    its batch's time shared among them (`elapsed_s`).
+
+    Finished runs are read, not rerun; runs that another process holds (`--workers`: each worker
+    claims batches of `batch_size` until none is left) are waited for and read, or, if that
+    process died, run here. A batch that fails saves nothing of itself (earlier batches are kept)
+    and raises.
+    """
+    specs = list(specs)
+    ids = [spec.run_id for spec in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the sweep lists the same run twice")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    records: dict[str, dict[str, Any]] = {}
+    pending = []
+    for spec in specs:
+        record = store.load(spec)
+        if record is None:
+            pending.append(spec)
+        else:
+            records[spec.run_id] = record
+    if len(pending) < len(specs):
+        logger.info("%d of %d runs were already finished and were not rerun", len(specs) - len(pending), len(specs))
+    held_elsewhere = []
+    while pending:
+        with contextlib.ExitStack() as claims:
+            mine, rest = [], []
+            for spec in pending:
+                if (batch_size is None or len(mine) < batch_size) and claims.enter_context(store.claim(spec, wait=False)):
+                    mine.append(spec)
+                else:
+                    rest.append(spec)
+            records.update(_run_batch(mine, run_many, store))
+        if not mine:  # everything left is held by other workers
+            held_elsewhere = rest
+            break
+        pending = rest
+    for spec in held_elsewhere:  # another worker holds it: wait for its lock, then read or run it
+        with store.claim(spec, wait=True):
+            records.update(_run_batch([spec], run_many, store))
+    return [records[run_id] for run_id in ids]
+
+
+def _run_batch(specs: list[RunSpec], run_many: BatchFunction, store: ResultStore) -> dict[str, dict[str, Any]]:
+    """Run the claimed `specs` together (those another worker finished meanwhile are read)."""
+    records = {}
+    todo = []
+    for spec in specs:
+        record = store.load(spec)
+        if record is None:
+            todo.append(spec)
+        else:
+            records[spec.run_id] = record
+    if not todo:
+        return records
+    for spec in todo:
+        store.journal(spec, "start")
+    began = time.perf_counter()
+    results = list(run_many(todo))
+    if len(results) != len(todo):
+        raise ValueError(f"the batch function returned {len(results)} results for {len(todo)} runs")
+    share = (time.perf_counter() - began) / len(todo)
+    for spec, result in zip(todo, results):
+        _check_json_ready(result, spec)
+    for spec, result in zip(todo, results):
+        records[spec.run_id] = store.save(spec, result, elapsed_s=share)
+        store.journal(spec, "finish")
+    return records
+
+
 def _run_claimed(spec: RunSpec, run_one: RunFunction, store: ResultStore, announce: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Run `spec` (its lock held by the caller) unless another worker finished it meanwhile."""
     record = store.load(spec)

@@ -32,7 +32,8 @@ from core.errors import InvalidHyperparameterError, NonFiniteGradientError, NonF
 from core.methods.base import Method
 from core.metrics import delta_m
 from core.registry import make_method
-from core.transforms import MonotoneTransform, parse_transform
+from core.transforms import MonotoneTransform
+from toy_problems.task_transforms import parse_task_transform
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +47,9 @@ class LossTransform:
 
     @classmethod
     def parse(cls, text: str, task_names: tuple[str, ...]) -> LossTransform:
-        if text == "none":
-            return cls(None, None)
-        task, sep, spec = text.partition(":")
-        if not sep or not spec:
-            raise InvalidHyperparameterError(
-                f"a loss transform is 'none' or 'TASK:SPEC' (TASK a name in {list(task_names)} or an index), got {text!r}"
-            )
-        if task in task_names:
-            index = task_names.index(task)
-        elif task.isdigit() and int(task) < len(task_names):
-            index = int(task)
-        else:
-            raise InvalidHyperparameterError(f"unknown task {task!r} in transform {text!r}; tasks are {list(task_names)}")
-        return cls(index, parse_transform(spec))
+        """`toy_problems.task_transforms.parse_task_transform` with the suite's task names."""
+        parsed = parse_task_transform(text, task_names)
+        return cls(None, None) if parsed is None else cls(parsed.task, parsed.transform)
 
     def __call__(self, losses: list[Tensor], group: Any | None = None) -> list[Tensor]:
         """The losses with the transform applied to one task; under data parallelism (`group`) to

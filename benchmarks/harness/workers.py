@@ -72,7 +72,7 @@ def launch(argv: Sequence[str], args: argparse.Namespace, planned_runs: Callable
         for index in range(args.workers):
             log = (folder / f"worker-{index}.log").open("w")
             logs.append(log)
-            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MTL_WORKER": str(index)}))
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MTL_WORKER": str(index), "MTL_WORKERS": str(args.workers)}))
         write_json_atomic(folder / "workers.json", {"command": command, "pids": [p.pid for p in processes]})
         print(f"{args.workers} workers sweeping {len(runs)} runs; logs in {folder}", flush=True)
         codes = [process.wait() for process in processes]
