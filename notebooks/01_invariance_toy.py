@@ -14,7 +14,6 @@
 
 # %%
 import numpy as np
-from matplotlib.figure import Figure
 
 from benchmarks.experiments import toy
 from notebooks.support import QUICK, RESULTS, benchmark, keep, markdown, pick, report_body, save
@@ -66,26 +65,8 @@ keep(report / "toy_transformed_scaled.png", "toy_transformed_scaled")
 
 
 # %%
-def endpoint_gaps(method: str) -> np.ndarray:
-    nominal = np.array(results[(method, "none")]["endpoints"], dtype=float)
-    transformed = np.array(results[(method, TRANSFORMED)]["endpoints"], dtype=float)
-    return np.linalg.norm(nominal - transformed, axis=1)
-
-
-gaps = {method: endpoint_gaps(method) for method in methods}
-order = sorted(methods, key=lambda m: np.nanmedian(gaps[m]))
-figure = Figure(figsize=(8, 0.38 * len(order) + 1.2), layout="constrained")
-ax = figure.subplots()
-for row, method in enumerate(order):
-    values = np.clip(gaps[method], 1e-16, None)
-    ax.scatter(values, np.full(values.shape, row), s=22, color="tab:red" if np.nanmedian(gaps[method]) > 1e-3 else "tab:blue", zorder=3)
-ax.axvspan(1e-16, 1e-8, color="tab:blue", alpha=0.08, label="rounding / solver tolerance")
-ax.set_xscale("log")
-ax.set_yticks(range(len(order)), [toy.DISPLAY_NAMES.get(m, m) for m in order], fontsize=8)
-ax.set_xlabel("|x_nominal - x_transformed| at the end (one dot per start)")
-ax.set_title(f"Endpoint gap under h(f1) = sign(f1) f1^4 ({args.steps or (toy.QUICK_STEPS if args.quick else toy.DEFAULT_STEPS):,} steps)", fontsize=10)
-ax.grid(axis="x", alpha=0.3)
-ax.legend(loc="lower right", fontsize=8)
+gaps = {method: toy.endpoint_gaps(results[(method, "none")], results[(method, TRANSFORMED)]) for method in methods}
+figure = toy.invariance_gap_figure(gaps, TRANSFORMED, steps=args.steps or (toy.QUICK_STEPS if args.quick else toy.DEFAULT_STEPS))
 save(figure, "toy_invariance_gap")
 
 # %% [markdown]

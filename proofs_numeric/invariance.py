@@ -105,6 +105,8 @@ from core.transforms import (
 )
 from proofs_numeric.claim import ClaimResult, single_thread
 from toy_problems import ConvexQuadratic, RandomNonconvex, TwoTaskToy
+from toy_problems.runner import Track, run_tracks
+from toy_problems.task_transforms import TaskTransform
 
 NAME = "invariance"
 
@@ -532,34 +534,39 @@ def nonconvex_case(*, quick: bool, seed: int) -> Case:
     return Case("nonconvex", TransformedFamily(problems, transforms), starts, lower, ranges, num_steps, lr)
 
 
-def make_methods(spec: str, case: Case, *, seed: int) -> list[GradientWeighting | LossWeighting]:
-    """One fresh instance of the method `spec` per version of `case`, all built from `seed` (random
-    methods then draw alike in every version)."""
-    num_versions, num_tasks = case.starts.shape[1], case.ranges.shape[1]
-    return [core.make_method(spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed)) for _ in range(num_versions)]
-
-
-def loss_offsets(case: Case, methods: Sequence[GradientWeighting | LossWeighting]) -> Tensor | None:
-    """For methods that need non-negative or positive losses: each version's transformed lower
-    bounds `[P, V, 1, K]`, so that they see `h(l) - h(lower)` (FAMO with these as `min_losses`)."""
-    if all(m.loss_domain == "any" for m in methods):
-        return None
-    nominal_bounds = case.lower_bounds[:, None, :].expand(-1, case.starts.shape[1], -1)
-    return case.family.transform_values(nominal_bounds[:, :, None, :])
+def version_tracks(case: Case, problem_index: int, spec: str, *, seed: int) -> list[Track]:
+    """One runner track per version of problem `problem_index`: the method `spec` on the version's
+    per-task transforms, all from `seed` (random methods then draw alike in every version)."""
+    return [
+        Track(spec, tuple(TaskTransform(task, h) for task, h in enumerate(version) if h is not None), seed)
+        for version in case.family.transforms[problem_index]
+    ]
 
 
 def run_case(case: Case, *, seed: int) -> dict[str, dict[str, Any]]:
-    """Every Adam-driven method on every row of the case: per method the measures and the iterates."""
+    """Every Adam-driven method on every row of the case: per method the measures and the iterates.
+
+    One batched run of the toy runner per problem (`toy_problems.runner.run_tracks`): every method
+    in every version from every start, each step recorded. Methods that need positive losses see
+    them shifted by the version's transformed lower bound (the runner's rule)."""
+    began = time.perf_counter()
+    num_problems, num_versions = case.starts.shape[:2]
+    per_method: dict[str, tuple[list[Tensor], list[Tensor]]] = {name: ([], []) for name in ADAM_METHODS}
+    for p, problem in enumerate(case.family.problems):
+        tracks = [track for name in ADAM_METHODS for track in version_tracks(case, p, name, seed=seed)]
+        runs = run_tracks(problem, case.starts[p, 0], tracks, num_steps=case.num_steps, lr=case.lr, record_every=1)
+        for index, name in enumerate(ADAM_METHODS):
+            mine = runs[index * num_versions : (index + 1) * num_versions]
+            per_method[name][0].append(torch.stack([run.points for run in mine], dim=1))  # [T + 1, V, S, n]
+            per_method[name][1].append(torch.stack([run.last_weights for run in mine]))  # [V, S, K]
+    seconds = (time.perf_counter() - began) / len(ADAM_METHODS)  # one batch: the time shared
     results: dict[str, dict[str, Any]] = {}
-    num_tasks = case.ranges.shape[1]
-    for name in ADAM_METHODS:
-        began = time.perf_counter()
-        methods = make_methods(name, case, seed=seed)
-        run = optimise(case.family, case.starts, methods, num_tasks=num_tasks, num_steps=case.num_steps, lr=case.lr, loss_offsets=loss_offsets(case, methods))
-        measures: dict[str, Any] = dict(deviations(run.points))
-        measures.update(dominance(case.family, run.points, run.final_weights, case.ranges[..., 1] - case.ranges[..., 0]))
-        measures["seconds"] = time.perf_counter() - began
-        measures["points"] = run.points
+    for name, (points, weights) in per_method.items():
+        stacked = torch.stack(points, dim=1)  # [T + 1, P, V, S, n]
+        measures: dict[str, Any] = dict(deviations(stacked))
+        measures.update(dominance(case.family, stacked, torch.stack(weights), case.ranges[..., 1] - case.ranges[..., 0]))
+        measures["seconds"] = seconds
+        measures["points"] = stacked
         results[name] = measures
     return results
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -96,19 +97,18 @@ def test_task_gradients_match_autograd_per_task_and_versions_apply_their_transfo
     torch.testing.assert_close(jacobian, scale[..., None] * nominal_jacobian, rtol=1e-12, atol=1e-14)
 
 
-def test_one_instance_per_version_gives_every_version_the_same_random_weights() -> None:
-    """`make_methods` builds one RLW per version from one seed: every version draws the same
-    weights, as runs from one seed do; FAMO sees losses shifted by each version's lower bound."""
+def test_every_version_of_a_random_method_draws_the_same_weights() -> None:
+    """`version_tracks` gives every version one track from one seed: RLW's runner instances (one
+    per track, seeded alike) draw the same weights in every version, as runs from one seed do."""
     case = invariance.nonconvex_case(quick=True, seed=0)
-    methods = invariance.make_methods("rlw", case, seed=3)
-    assert len(methods) == case.starts.shape[1]
-    losses = torch.rand(*case.starts.shape[:-1], 3, dtype=torch.float64)
-    weights = torch.stack([m(losses[:, v]) for v, m in enumerate(methods)], dim=1)
-    torch.testing.assert_close(weights, weights[:, :1].expand_as(weights), rtol=0, atol=0)
-    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(weights.shape[:-1], dtype=torch.float64))
-    assert invariance.loss_offsets(case, methods) is None
-    offsets = invariance.loss_offsets(case, invariance.make_methods("famo", case, seed=0))
-    assert offsets.shape == (case.starts.shape[0], case.starts.shape[1], 1, 3)
+    case = dataclasses.replace(case, num_steps=3)
+    result = invariance.run_case(case, seed=3)
+    shares = result["rlw"]["shares"]  # from the last step's weights, [P, V, S, K]
+    weights = shares / invariance.TransformedFamily.derivatives(case.family, case.family.nominal(result["rlw"]["points"][-1]))
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    torch.testing.assert_close(weights, weights[:, :1].expand_as(weights), rtol=1e-12, atol=0)
+    tracks = invariance.version_tracks(case, 0, "famo", seed=0)
+    assert len(tracks) == case.starts.shape[1] and tracks[0].transforms == () and all(t.seed == 0 for t in tracks)
 
 
 def test_deviations_are_relative_to_the_nominal_step_scale() -> None:

@@ -54,8 +54,30 @@ def test_stateful_methods_run_in_the_toy_experiment(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(toy, "draw_figures", lambda *args, **kwargs: [])  # tests/test_toy_experiment.py draws them
     assert main(["toy", "--steps", "5", "--methods", "uw,famo", "--out", str(tmp_path), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "| uw | (-8.5, 7.5) |" in printed and "| famo | (-8.5, 7.5) |" in printed
+    assert printed.index("## Per method") < printed.index("| uw |") and "| famo |" in printed  # the per-method table, printed
+    assert "(-8.5, 7.5)" not in printed  # the per-start table went to the file only
+    summary = (tmp_path / "toy" / "summary.md").read_text()
+    assert "| uw | (-8.5, 7.5) |" in summary and "| famo | (-8.5, 7.5) |" in summary
     assert len(list((tmp_path / "toy" / "runs").glob("*.json"))) == 4  # 2 methods x {nominal, transformed}
+
+
+def test_an_out_that_is_a_file_fails_before_any_run(tmp_path, capsys) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["toy", "--steps", "5", "--methods", "ls", "--out", str(blocker / "results")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch) -> None:
+    from benchmarks.experiments import toy
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy, "run_toy_experiments", interrupted)
+    assert main(["toy", "--steps", "5", "--methods", "ls", "--out", str(tmp_path)]) == 130
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("interrupted:") and "run the same command again to resume" in error and error.count("\n") == 0
 
 
 def test_list_names_every_experiment(capsys) -> None:

@@ -13,7 +13,7 @@ from benchmarks.__main__ import main
 from benchmarks.experiments import toy
 from benchmarks.harness.runs import ResultStore
 
-FIGURES = ("toy_nominal", "toy_transformed", "toy_transformed_scaled")
+FIGURES = ("toy_nominal", "toy_transformed", "toy_transformed_scaled", "toy_invariance_gap")
 
 
 def run_files(out: Path) -> dict[str, float]:
@@ -168,4 +168,5 @@ def test_record_every_and_a_second_transform(tmp_path) -> None:
     assert max(gaps(found, "dibsmtl", "1:exp")) < 1e-12
     names = {path.name for path in (tmp_path / "toy").glob("*.png")}
     assert names == {"toy_nominal.png", "toy_transformed_0-power-4.png", "toy_transformed_0-power-4_scaled.png",
-                     "toy_transformed_1-exp.png", "toy_transformed_1-exp_scaled.png"}
+                     "toy_transformed_1-exp.png", "toy_transformed_1-exp_scaled.png",
+                     "toy_invariance_gap_0-power-4.png", "toy_invariance_gap_1-exp.png"}

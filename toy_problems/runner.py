@@ -38,7 +38,8 @@ OPTIMIZERS = ("adam", "sgd")
 
 @dataclass(frozen=True)
 class Trajectory:
-    """Iterates `[num_records, ..., n]` and losses `[num_records, ..., K]` at `steps` `[num_records]`.
+    """Iterates `[num_records, ..., n]` and losses `[num_records, ..., K]` at `steps` `[num_records]`,
+    and the weights `[..., K]` of the last step taken (None without a step).
 
     The losses are those the method saw (transformed, and shifted for methods that need
     positive losses)."""
@@ -46,6 +47,7 @@ class Trajectory:
     steps: Tensor
     points: Tensor
     losses: Tensor
+    last_weights: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,16 @@ def values_and_jacobian(problem: Callable[[Tensor], Tensor], x: Tensor, /) -> tu
 
 def combined_direction(method: GradientWeighting | LossWeighting, losses: Tensor, jacobian: Tensor) -> Tensor:
     """`sum_i w_i g_i` per batch row from losses `[..., K]` and the Jacobian `[..., K, n]`."""
+    return _weighted(method, losses, jacobian)[0]
+
+
+def _weighted(method: GradientWeighting | LossWeighting, losses: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+    """`sum_i w_i g_i` per row and the weights `w`."""
     if isinstance(method, GradientWeighting):
         weights = method(gramian(jacobian), losses)
     else:
         weights = method(losses).detach()
-    return (weights.to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2)
+    return (weights.to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2), weights
 
 
 def run_tracks(
@@ -125,8 +132,13 @@ def run_tracks(
     trajectory = _advance(problem, x0, groups, seen_of, offsets, num_steps=num_steps, lr=lr, optimizer=optimizer,
                           record_every=record_every, project=project, progress=progress)
     position = {track_index: row for row, track_index in enumerate(order)}
+    weights = trajectory.last_weights
     return [
-        Trajectory(trajectory.steps, trajectory.points[:, position[i]], trajectory.losses[:, position[i]]) for i in range(len(tracks))
+        Trajectory(
+            trajectory.steps, trajectory.points[:, position[i]], trajectory.losses[:, position[i]],
+            None if weights is None else weights[position[i]],
+        )
+        for i in range(len(tracks))
     ]
 
 
@@ -154,10 +166,12 @@ def run_toy(
     trajectory = _advance(reshaped, x0, [group], None, None, num_steps=num_steps, lr=lr, optimizer=optimizer,
                           record_every=record_every, project=project, progress=progress, batch_shape=batch_shape)
     records = trajectory.points.shape[0]
+    weights = trajectory.last_weights
     return Trajectory(
         trajectory.steps,
         trajectory.points.reshape(records, *batch_shape, starts.shape[-1]),
         trajectory.losses.reshape(records, *batch_shape, trajectory.losses.shape[-1]),
+        None if weights is None else weights.reshape(*batch_shape, weights.shape[-1]),
     )
 
 
@@ -187,6 +201,7 @@ def _advance(
     x = x0.clone().requires_grad_(True)
     opt = make_optimizer([x, *(p for g in groups for p in g.own)], optimizer, lr)
     steps, points, losses = [], [], []
+    last_weights: Tensor | None = None
     for step in range(num_steps + 1):
         with torch.no_grad():
             values, jacobian = values_and_jacobian(problem, x.detach())
@@ -207,11 +222,14 @@ def _advance(
             break
         opt.zero_grad(set_to_none=True)
         direction = torch.empty_like(x)
+        last_weights = torch.empty_like(values)
         for group in groups:
             rows_values, rows_jacobian = values[group.rows], jacobian[group.rows]
-            direction[group.rows] = _step_direction(
+            group_direction, group_weights = _step_direction(
                 group, _state_view(rows_values, batch_shape), _state_view(rows_jacobian, batch_shape, trailing=2)
-            ).reshape(rows_jacobian.shape[:-2] + rows_jacobian.shape[-1:])
+            )
+            direction[group.rows] = group_direction.reshape(rows_jacobian.shape[:-2] + rows_jacobian.shape[-1:])
+            last_weights[group.rows] = group_weights.detach().to(values.dtype).reshape(rows_values.shape)
         x.grad = direction
         opt.step()
         if project is not None:
@@ -219,7 +237,7 @@ def _advance(
                 x.copy_(project(x))
         if progress is not None:
             progress(step)
-    return Trajectory(torch.tensor(steps), torch.stack(points), torch.stack(losses))
+    return Trajectory(torch.tensor(steps), torch.stack(points), torch.stack(losses), last_weights)
 
 
 def _state_view(values: Tensor, batch_shape: tuple[int, ...] | None, *, trailing: int = 1) -> Tensor:
@@ -229,12 +247,12 @@ def _state_view(values: Tensor, batch_shape: tuple[int, ...] | None, *, trailing
     return values.reshape(*batch_shape, *values.shape[values.ndim - trailing :])
 
 
-def _step_direction(group: _Group, values: Tensor, jacobian: Tensor) -> Tensor:
-    """`sum_i w_i g_i` per row; a learnable loss weighting's parameters get the gradient of the
-    weighted loss plus its penalty, as the engine gives them."""
+def _step_direction(group: _Group, values: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+    """`sum_i w_i g_i` per row and the weights; a learnable loss weighting's parameters get the
+    gradient of the weighted loss plus its penalty, as the engine gives them."""
     method = group.method
     if isinstance(method, GradientWeighting) or not group.own:
-        return combined_direction(method, values, jacobian)
+        return _weighted(method, values, jacobian)
     with torch.enable_grad():
         weights = method(values)
         objective = (weights * values).sum()
@@ -243,7 +261,7 @@ def _step_direction(group: _Group, values: Tensor, jacobian: Tensor) -> Tensor:
             objective = objective + penalty
         for param, grad in zip(group.own, torch.autograd.grad(objective, group.own)):
             param.grad = grad
-    return (weights.detach().to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2)
+    return (weights.detach().to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2), weights.detach()
 
 
 # -- planning: groups, transforms, shifts -------------------------------------------------------------

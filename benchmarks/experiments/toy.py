@@ -335,10 +335,10 @@ def main(args: argparse.Namespace) -> int:
     write_markdown_table(folder / "summary.md", "The DiBS-MTL toy: endpoints, distance to the front, invariance gap", provenance, table)
     formats = ("png",) if args.quick else ("png", "pdf")  # the quick look: no PDF (half the drawing time)
     figures = draw_figures(results, methods, seeds[0], transforms, folder, steps=config["steps"], formats=formats)
-    print(table)
+    print(table[table.index(f"\n{PER_METHOD_HEADING}\n") + 1 :])  # the per-start table is in the file
     if config["steps"] < DEFAULT_STEPS:
         print(f"\n{short_run_note(config['steps'])}")
-    print(f"\nwrote {folder / 'summary.md'}, {len(figures)} figures ({', '.join(sorted({p.stem for p in figures}))}) in {folder}, "
+    print(f"\nwrote {folder / 'summary.md'} (with the table per start), {len(figures)} figures ({', '.join(sorted({p.stem for p in figures}))}) in {folder}, "
           f"and one JSON per run in {Path(args.out) / EXPERIMENT / 'runs'}")
     return 0
 
@@ -422,7 +422,10 @@ def format_tables(results: Mapping[tuple[str, int, str], Mapping[str, Any]], met
         "Pareto-stationarity residual min_a ||sum_i a_i grad f_i|| of the untransformed losses; seconds: the method's "
         f"runs together. n/a: not finite (the run diverged). With several seeds, {RANDOM_SEED_NOTE}."
     )
-    return "\n".join(["## Per method and start", "", *lines, "", "## Per method", "", *summary, "", notes])
+    return "\n".join(["## Per method and start", "", *lines, "", PER_METHOD_HEADING, "", *summary, "", notes])
+
+
+PER_METHOD_HEADING = "## Per method"
 
 
 def _max(values: list[float | None]) -> float | None:
@@ -463,7 +466,41 @@ def draw_figures(
             figure = _trajectory_figure(runs, scaled, steps=steps, title=f"{title}{suffix}: trajectories from the 5 starts (seed {seed})")
             # not a pyplot figure, so save_figure_atomic's plt.close leaves it usable for the second format
             written += [save_figure_atomic(figure, folder / f"{name}.{extension}") for extension in formats]
+        if transform != "none" and "none" in transforms:
+            gaps = {method: endpoint_gaps(results[(method, seed, "none")], results[(method, seed, transform)]) for method in methods}
+            figure = invariance_gap_figure(gaps, transform, steps=steps)
+            gap_name = "toy_invariance_gap" if len(transformed) == 1 else f"toy_invariance_gap_{_slug(transform)}"
+            written += [save_figure_atomic(figure, folder / f"{gap_name}.{extension}") for extension in formats]
     return written
+
+
+def endpoint_gaps(nominal: Mapping[str, Any], transformed: Mapping[str, Any]) -> list[float]:
+    """`|x_nominal - x_transformed|` at the end, per start (NaN where a run diverged)."""
+    return [_gap(a, b) if _gap(a, b) is not None else math.nan for a, b in zip(nominal["endpoints"], transformed["endpoints"])]
+
+
+def invariance_gap_figure(gaps: Mapping[str, list[float]], transform: str, *, steps: int):
+    """One row per method (ordered by median gap), one dot per start: the endpoint gap between
+    the nominal and the transformed run on a log axis (gaps below 1e-16 drawn at 1e-16), over
+    the band below 1e-8 that rounding and solver tolerances leave an invariant method."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    order = sorted(gaps, key=lambda m: np.nanmedian(np.array(gaps[m], dtype=float)))
+    figure = Figure(figsize=(8, 0.38 * len(order) + 1.2), layout="constrained")
+    ax = figure.subplots()
+    for row, method in enumerate(order):
+        values = np.clip(np.array(gaps[method], dtype=float), 1e-16, None)
+        far = np.nanmedian(values) > 1e-3
+        ax.scatter(values, np.full(values.shape, row), s=22, color="tab:red" if far else "tab:blue", zorder=3)
+    ax.axvspan(1e-16, 1e-8, color="tab:blue", alpha=0.08, label="rounding / solver tolerance")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(order)), [DISPLAY_NAMES.get(m, m) for m in order], fontsize=8)
+    ax.set_xlabel("|x_nominal - x_transformed| at the end (one dot per start)")
+    ax.set_title(f"Endpoint gap under {transform} ({steps:,} steps)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return figure
 
 
 def _slug(text: str) -> str:
