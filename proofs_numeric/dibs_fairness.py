@@ -100,13 +100,11 @@ def run(*, quick: bool) -> ClaimResult:
 
 
 def _figure(shown: torch.Tensor, dibs: torch.Tensor, naive: torch.Tensor, predicted: torch.Tensor):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     iterations = (shown + 1).numpy()  # iteration k + 1 on log axes
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    figure = Figure(figsize=(10, 3.6))
+    (left, right) = figure.subplots(1, 2)
     left.plot(iterations, dibs.numpy(), color="tab:blue", lw=0.8)
     left.plot(iterations, naive.numpy(), color="tab:gray", lw=0.8, ls="--")
     left.set(xlabel="iteration k + 1", ylabel="x_k", title="DiBS (solid) vs normalised sum (dashed)", xscale="log")

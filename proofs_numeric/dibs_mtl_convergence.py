@@ -396,12 +396,10 @@ def run(*, quick: bool) -> ClaimResult:
 
 
 def _figure(iterations: Tensor, running: Tensor):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, sharey=True)
+    figure = Figure(figsize=(11, 7))
+    axes = figure.subplots(2, 2, sharex=True, sharey=True)
     colours = {"constant": "tab:orange", "constant_small": "tab:green", "robbins_monro": "tab:blue"}
     steps = (iterations + 1).numpy()
     floor = 1e-12  # exact zeros (the floating-point floor) drawn at this height on the log axis

@@ -475,12 +475,10 @@ def _configuration_summary(c: dict) -> dict:
 
 
 def _figure(configurations: list[dict], symmetric: dict):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.4))
+    figure = Figure(figsize=(15, 4.4))
+    (left, middle, right) = figure.subplots(1, 3)
     for c in configurations:
         iterations = (c["shown"] + 1).numpy()
         residual = c["residual_by_iteration"].clamp_min(1e-17)

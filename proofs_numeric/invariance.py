@@ -764,13 +764,11 @@ def evaluate(measurements: Measurements, /) -> ClaimResult:
 
 
 def _figure(toy: dict[str, dict[str, Any]], invariant: dict[str, dict[str, Any]], divergent: dict[str, dict[str, Any]]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     shown = ("dibsmtl", "nashmtl", "ls", "mgda")
-    figure, axes = plt.subplots(1, len(shown) + 1, figsize=(3.6 * (len(shown) + 1), 3.6))
+    figure = Figure(figsize=(3.6 * (len(shown) + 1), 3.6))
+    axes = figure.subplots(1, len(shown) + 1)
     pareto = TwoTaskToy().pareto_set(200)
     for axis, name in zip(axes, shown):
         points = toy[name]["points"]  # [T + 1, 1, V, S, 2]

@@ -489,14 +489,12 @@ def _toy_runs(*, quick: bool) -> dict[str, Tensor]:
 
 
 def _figure(runs: dict[str, Tensor], variants: dict[str, dict[str, Any]]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     toy = TwoTaskToy()
     front = toy.pareto_front(200)
-    figure, axes = plt.subplots(1, len(runs) + 1, figsize=(3.8 * (len(runs) + 1), 3.6))
+    figure = Figure(figsize=(3.8 * (len(runs) + 1), 3.6))
+    axes = figure.subplots(1, len(runs) + 1)
     for axis, (name, points) in zip(axes, runs.items()):
         stride = max(1, points.shape[0] // 400)
         losses = toy(points[::stride, 0])  # [T', V, S, 2]: nominal losses of each version's iterates

@@ -305,12 +305,10 @@ def run(*, quick: bool) -> ClaimResult:
 
 
 def _figure(shown: Tensor, curves: list[dict], runs: list[ProblemRun]):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.8), squeeze=False)
+    figure = Figure(figsize=(4.2 * len(runs), 3.8))
+    axes = figure.subplots(1, len(runs), squeeze=False)
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     k = (shown + 1).numpy()
     for index, run_ in enumerate(runs):

@@ -152,12 +152,10 @@ def run(*, quick: bool) -> ClaimResult:
 
 
 def _figure(slopes: list[dict[str, float]], expansion: dict[str, float]):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    (left, right) = figure.subplots(1, 2)
     left.hist([s["tangent"] for s in slopes], bins=10, alpha=0.7, label="tangent: residual")
     left.hist([s["values"] for s in slopes], bins=10, alpha=0.7, label="LocalParetoSet: value error")
     left.hist([s["gradient"] for s in slopes], bins=10, alpha=0.7, label="gradient step: residual")

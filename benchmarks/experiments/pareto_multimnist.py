@@ -516,19 +516,18 @@ def format_report(report: Mapping[str, Any]) -> str:
 
 def draw_figure(report: Mapping[str, Any], /):
     """Starts and walk paths in test-error space, one colour per start, one panel per seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     seeds = list(report["seeds"])
-    figure, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 5), squeeze=False)
+    figure = Figure(figsize=(5.5 * len(seeds), 5))
+    axes = figure.subplots(1, len(seeds), squeeze=False)
     markers = {1: ("o", "-"), 2: ("s", "--")}
     for ax, seed in zip(axes[0], seeds):
         data = report["seeds"][seed]
         starts = [p for p in data["points"] if p["step"] == 0]
-        colours = plt.get_cmap("viridis", max(len(starts), 2))
+        colours = colormaps["viridis"].resampled(max(len(starts), 2))
         for index, start in enumerate(starts):
             colour = colours(index)
             for direction, (marker, style) in markers.items():

@@ -447,9 +447,6 @@ def draw_figures(
     """The paper's trajectory figures, in `formats`: `toy_nominal`; for each transformed version
     `toy_transformed` (mapped back to the untransformed losses) and `toy_transformed_scaled` (in
     the transformed loss space), with the transform's name appended when there are several."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     written: list[Path] = []
     transformed = [t for t in transforms if t != "none"]
     for transform in transforms:

@@ -140,14 +140,12 @@ def markdown_table(rows: Sequence[Row], metrics: Sequence[MetricSpec], /, *, ref
 
 def delta_m_figure(rows: Sequence[Row], title: str, /):
     """Bars of Delta_m% (mean +- std over seeds) per method, grouped by transform."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     transforms = list(dict.fromkeys(row.transform for row in rows))
     methods = list(dict.fromkeys(row.method for row in rows))
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.8 * len(methods) + 1.5), 4.2))  # the transforms share a method's slot
+    figure = Figure(figsize=(max(6.0, 0.8 * len(methods) + 1.5), 4.2))  # the transforms share a method's slot
+    axis = figure.subplots()
     width = 0.8 / max(len(transforms), 1)
     lookup = {(row.transform, row.method): row for row in rows}
     for t_index, transform in enumerate(transforms):
