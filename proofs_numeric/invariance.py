@@ -328,10 +328,6 @@ class Run:
     final_weights: Tensor
 
 
-def _version_slices(values: Tensor, count: int) -> list[Tensor]:
-    return [values] if count == 1 else list(values.unbind(dim=1))
-
-
 def method_weights(method: GradientWeighting | LossWeighting, values: Tensor, jacobian: Tensor, *, shared_dim: int | None = None) -> Tensor:
     """The method's weights from the losses `[..., K]` and the Jacobian `[..., K, n]` (Gramian on
     the first `shared_dim` variables, all if None)."""
@@ -344,7 +340,7 @@ def method_weights(method: GradientWeighting | LossWeighting, values: Tensor, ja
 def optimise(
     objective: Callable[[Tensor], Tensor],
     starts: Tensor,
-    method: GradientWeighting | LossWeighting | Sequence[GradientWeighting | LossWeighting],
+    method: GradientWeighting | LossWeighting,
     /,
     *,
     num_tasks: int,
@@ -352,42 +348,28 @@ def optimise(
     lr: float,
     shared_dim: int | None = None,
     raw_heads: bool = False,
-    loss_offsets: Tensor | None = None,
 ) -> Run:
     """Adam (torch defaults) on every row of `starts` `[P, V, ..., n]` with the update `sum_i w_i grad l_i`.
 
     With `shared_dim`, the first `shared_dim` variables are shared (the Gramian is taken on them)
     and the rest are task heads: they receive `w_i grad l_i` (the weighted loss backpropagated, as
-    Nash-MTL, MGDA and DiBS-MTL do) or, with `raw_heads`, the plain `grad l_i`.
-
-    `method` is one method for all rows, or one per version (dimension 1 of `starts`), each
-    called on its version's rows: random methods built from one seed then draw the same weights
-    in every version, as runs from one seed do. Each is `reset` for its rows and follows the
-    lifecycle (`after_step` with the losses after every model step where it needs them).
-    `loss_offsets` (broadcastable to the losses) are subtracted from the losses the methods see
-    (not from their gradients): it makes the losses of methods that need them positive.
+    Nash-MTL, MGDA and DiBS-MTL do) or, with `raw_heads`, the plain `grad l_i`. The method is
+    `reset` for the rows and follows the lifecycle (`after_step` with the losses after every model
+    step where it needs them, `end_epoch` after every step). Used by the Nash-MTL claim's head
+    variants; the invariance cases run on the toy runner (`run_case`).
     """
-    methods = [method] if isinstance(method, (GradientWeighting, LossWeighting)) else list(method)
     x = starts.detach().clone().requires_grad_(True)
-    for m in methods:
-        m.reset(tuple(starts.shape[:1] + starts.shape[2:-1]) if len(methods) > 1 else tuple(starts.shape[:-1]))
+    method.reset(tuple(starts.shape[:-1]))
     optimizer = torch.optim.Adam([x], lr=lr)
     points = [x.detach().clone()]
     weights = torch.zeros(())
     for step in range(num_steps):
         values, jacobian = task_gradients(objective, x, num_tasks)
-        seen = values if loss_offsets is None else values - loss_offsets
         if step > 0:
-            for m, rows in zip(methods, _version_slices(seen, len(methods))):
-                if m.needs_post_step_losses:
-                    m.after_step(rows)
-                m.end_epoch()
-        if len(methods) == 1:
-            weights = method_weights(methods[0], seen, jacobian, shared_dim=shared_dim)
-        else:
-            weights = torch.stack(
-                [method_weights(m, seen[:, v], jacobian[:, v], shared_dim=shared_dim) for v, m in enumerate(methods)], dim=1
-            )
+            if method.needs_post_step_losses:
+                method.after_step(values)
+            method.end_epoch()
+        weights = method_weights(method, values, jacobian, shared_dim=shared_dim)
         direction = (weights.to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2)
         if raw_heads and shared_dim is not None:
             direction = torch.cat([direction[..., :shared_dim], jacobian[..., shared_dim:].sum(dim=-2)], dim=-1)

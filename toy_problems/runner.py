@@ -85,11 +85,6 @@ def values_and_jacobian(problem: Callable[[Tensor], Tensor], x: Tensor, /) -> tu
     return own(x) if own is not None else batched_task_gradients(problem, x)
 
 
-def combined_direction(method: GradientWeighting | LossWeighting, losses: Tensor, jacobian: Tensor) -> Tensor:
-    """`sum_i w_i g_i` per batch row from losses `[..., K]` and the Jacobian `[..., K, n]`."""
-    return _weighted(method, losses, jacobian)[0]
-
-
 def _weighted(method: GradientWeighting | LossWeighting, losses: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
     """`sum_i w_i g_i` per row and the weights `w`."""
     if isinstance(method, GradientWeighting):

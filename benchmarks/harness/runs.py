@@ -345,14 +345,7 @@ def run_sweep_batched(
         raise ValueError("the sweep lists the same run twice")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    records: dict[str, dict[str, Any]] = {}
-    pending = []
-    for spec in specs:
-        record = store.load(spec)
-        if record is None:
-            pending.append(spec)
-        else:
-            records[spec.run_id] = record
+    records, pending = _finished_and_pending(specs, store)
     if len(pending) < len(specs):
         logger.info("%d of %d runs were already finished and were not rerun", len(specs) - len(pending), len(specs))
     held_elsewhere = []
@@ -375,16 +368,21 @@ def run_sweep_batched(
     return [records[run_id] for run_id in ids]
 
 
-def _run_batch(specs: list[RunSpec], run_many: BatchFunction, store: ResultStore) -> dict[str, dict[str, Any]]:
-    """Run the claimed `specs` together (those another worker finished meanwhile are read)."""
-    records = {}
-    todo = []
+def _finished_and_pending(specs: list[RunSpec], store: ResultStore) -> tuple[dict[str, dict[str, Any]], list[RunSpec]]:
+    """The stored records of the finished specs (by run id) and the specs still to run, in order."""
+    records, pending = {}, []
     for spec in specs:
         record = store.load(spec)
         if record is None:
-            todo.append(spec)
+            pending.append(spec)
         else:
             records[spec.run_id] = record
+    return records, pending
+
+
+def _run_batch(specs: list[RunSpec], run_many: BatchFunction, store: ResultStore) -> dict[str, dict[str, Any]]:
+    """Run the claimed `specs` together (those another worker finished meanwhile are read)."""
+    records, todo = _finished_and_pending(specs, store)
     if not todo:
         return records
     for spec in todo:
