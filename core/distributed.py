@@ -33,6 +33,7 @@ fire: run the forward pass of a DDP-wrapped model inside `model.no_sync()` (see 
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import torch
@@ -47,6 +48,10 @@ def default_group() -> Any | None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return dist.group.WORLD
     return None
+
+
+_FINISHED_WORK: deque[Any] = deque(maxlen=64)
+"""The handles of the latest collectives, kept alive on purpose; see `Reducer._all_reduce`."""
 
 
 class Reducer:
@@ -64,10 +69,33 @@ class Reducer:
         self.group = group
         self.size = dist.get_world_size(group)
 
+    def _all_reduce(self, buffer: Tensor, op: Any) -> None:
+        """All-reduce `buffer` (a tensor of this module's own) in place; the caller empties it with
+        `set_()` once it has read the values.
+
+        The collective's handle holds `buffer`. Whoever frees the handle last frees `buffer` and
+        needs the GIL for its Python object. Left to itself, that is the backend's worker thread,
+        which may come to it only after a short script's last line: at interpreter exit it cannot
+        take the GIL and the process aborts ("terminate called without an active exception",
+        gloo, about one run in ten on 2 busy cores). So Python keeps the handles of the latest 64
+        collectives: the worker drops its reference long before ours, and the last one frees in
+        Python. Emptied, the kept buffers hold no memory.
+        """
+        work = self._dist.all_reduce(buffer, op=op, group=self.group, async_op=True)
+        work.wait()
+        _FINISHED_WORK.append(work)
+
+    def _reduced(self, tensor: Tensor, op: Any) -> Tensor:
+        """`tensor`, in place, replaced by its reduction over ranks (through a buffer of our own)."""
+        buffer = tensor.detach().clone()
+        self._all_reduce(buffer, op)
+        tensor.copy_(buffer)
+        buffer.set_()
+        return tensor
+
     def sum_(self, tensor: Tensor, /) -> Tensor:
         """Sum over ranks, in place (the result is identical on every rank)."""
-        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM, group=self.group)
-        return tensor
+        return self._reduced(tensor, self._dist.ReduceOp.SUM)
 
     def mean_(self, tensor: Tensor, /) -> Tensor:
         """Mean over ranks, in place."""
@@ -75,8 +103,7 @@ class Reducer:
 
     def max_(self, tensor: Tensor, /) -> Tensor:
         """Elementwise maximum over ranks, in place (used to agree on flags)."""
-        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX, group=self.group)
-        return tensor
+        return self._reduced(tensor, self._dist.ReduceOp.MAX)
 
     def mean_list(self, tensors: list[Tensor], /) -> list[Tensor]:
         """The means over ranks of several tensors: one collective per dtype and device (each group
@@ -86,9 +113,12 @@ class Reducer:
         for index, tensor in enumerate(tensors):
             groups.setdefault((tensor.dtype, tensor.device), []).append(index)
         for indices in groups.values():
-            flat = self.mean_(torch.cat([tensors[i].reshape(-1) for i in indices]))
+            flat = torch.cat([tensors[i].detach().reshape(-1) for i in indices])
+            self._all_reduce(flat, self._dist.ReduceOp.SUM)
+            flat.div_(self.size)
             for i, piece in zip(indices, flat.split([tensors[i].numel() for i in indices])):
                 results[i] = piece.view_as(tensors[i])
+            flat.set_()  # the views above keep the storage
         return results  # type: ignore[return-value]
 
 
