@@ -20,7 +20,14 @@ from core.dibs import (
     robbins_monro_step,
 )
 from core.engine import StepInfo, mtl_backward
-from core.jacobian import batched_task_gradients, flatten, gramian, task_jacobians, unflatten
+from core.jacobian import (
+    batched_task_gradients,
+    flatten,
+    gramian,
+    task_jacobians,
+    unflatten,
+    values_and_jacobian,
+)
 from core.methods import (
     CLAIMS,
     FAMO,
@@ -115,4 +122,5 @@ __all__ = [
     "task_jacobians",
     "transforms",
     "unflatten",
+    "values_and_jacobian",
 ]

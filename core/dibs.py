@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from core.errors import InvalidHyperparameterError
-from core.jacobian import batched_task_gradients
+from core.jacobian import values_and_jacobian
 from core.methods.base import safe_reciprocal
 
 Objectives = Callable[[Tensor], Tensor]
@@ -45,18 +45,24 @@ def robbins_monro_step(alpha: float, /, *, power: float = 1.0, offset: float = 1
 
 
 def unit_directions(objectives: Objectives, x: Tensor, /) -> tuple[Tensor, Tensor]:
-    """Loss values `[..., K]` and unit gradients `[..., K, n]` (zero rows where a gradient is 0)."""
-    values, gradients = batched_task_gradients(objectives, x)
+    """Loss values `[..., K]` and unit gradients `[..., K, n]` (zero rows where a gradient is 0);
+    the objective's own `values_and_jacobian` where it has one, autograd otherwise."""
+    values, gradients = values_and_jacobian(objectives, x)
     norms = torch.linalg.vector_norm(gradients, dim=-1, keepdim=True)
     return values, gradients * safe_reciprocal(norms)
 
 
-def dibs_direction(objectives: Objectives, x: Tensor, preferred_states: Tensor, /, *, distance_weighted: bool = True) -> Tensor:
-    """The DiBS descent direction `sum_i ||x - x*_i|| u_i(x)` (or `sum_i u_i(x)` unweighted)."""
+def dibs_direction(objectives: Objectives, x: Tensor, preferred_states: Tensor, /, *, distance_weighted: bool | Tensor = True) -> Tensor:
+    """The DiBS descent direction `sum_i ||x - x*_i|| u_i(x)` (or `sum_i u_i(x)` unweighted).
+
+    `distance_weighted` may be a boolean tensor over the rows `x.shape[:-1]`: its False rows take
+    the unweighted sum (weights exactly 1), so DiBS and the naive sum can run as one batch."""
     _, units = unit_directions(objectives, x)
-    if not distance_weighted:
+    if isinstance(distance_weighted, bool) and not distance_weighted:
         return units.sum(dim=-2)
     distances = torch.linalg.vector_norm(x.detach()[..., None, :] - preferred_states, dim=-1)
+    if isinstance(distance_weighted, Tensor):
+        distances = torch.where(distance_weighted.to(x.device)[..., None], distances, 1.0)
     return (distances[..., None] * units).sum(dim=-2)
 
 
@@ -68,7 +74,7 @@ def dibs(
     *,
     num_steps: int,
     step_size: float | StepSchedule,
-    distance_weighted: bool = True,
+    distance_weighted: bool | Tensor = True,
     bounds: tuple[float, float] | None = None,
 ) -> Tensor:
     """Run DiBS from `start` `[..., n]`; returns the trajectory `[num_steps + 1, ..., n]`.
@@ -77,7 +83,9 @@ def dibs(
     `preferred_states` is `[K, n]` (shared) or `[..., K, n]` (per batch row). `step_size` is a
     constant or a schedule `k -> alpha_k`. `bounds=(low, high)` projects every iterate onto that
     box (the feasible set S of the paper's bargaining examples). `distance_weighted=False` runs
-    the naive normalised-gradient sum instead, for comparison.
+    the naive normalised-gradient sum instead, for comparison (a boolean tensor over the rows of
+    `start`: on its False rows only). The per-task gradients are the objective's own
+    `values_and_jacobian` where it has one (`core.values_and_jacobian`), autograd otherwise.
     """
     if num_steps < 0:
         raise InvalidHyperparameterError(f"num_steps must be >= 0, got {num_steps}")

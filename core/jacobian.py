@@ -197,3 +197,11 @@ def batched_task_gradients(
             for i in range(num_tasks)
         ]
     return (values if create_graph else values.detach()), torch.stack(rows, dim=-2)
+
+
+def values_and_jacobian(objectives: Callable[[Tensor], Tensor], x: Tensor, /) -> tuple[Tensor, Tensor]:
+    """Values `[..., K]` and per-task gradients `[..., K, n]` at `x` `[..., n]`: the objective's own
+    `values_and_jacobian(x)` where it has one (the toy problems' closed forms, a transformed family's
+    chain rule), else `batched_task_gradients` (one autograd pass per task)."""
+    own = getattr(objectives, "values_and_jacobian", None)
+    return own(x) if own is not None else batched_task_gradients(objectives, x)

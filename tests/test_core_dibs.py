@@ -74,3 +74,16 @@ def test_step_schedules() -> None:
         robbins_monro_step(1.0, power=0.4)
     with pytest.raises(InvalidHyperparameterError):
         constant_step(0.0)
+
+
+def test_a_row_mask_runs_dibs_and_the_naive_sum_in_one_batch() -> None:
+    def pair(x):
+        return torch.cat([x**2, (x - 1) ** 2], dim=-1)
+
+    starts = torch.tensor([[0.2], [0.7], [0.2], [0.7]], dtype=torch.float64)
+    preferred = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    mask = torch.tensor([True, True, False, False])
+    both = dibs(pair, starts, preferred, num_steps=40, step_size=0.05, distance_weighted=mask)
+    assert torch.equal(both[:, :2], dibs(pair, starts[:2], preferred, num_steps=40, step_size=0.05))
+    assert torch.equal(both[:, 2:], dibs(pair, starts[2:], preferred, num_steps=40, step_size=0.05, distance_weighted=False))
+    assert not torch.equal(both[-1, :2], both[-1, 2:])  # the naive sum stops elsewhere

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -68,3 +70,28 @@ def test_tracks_come_back_in_their_order_and_projection_holds() -> None:
         assert bool(((trajectory.points >= 0) & (trajectory.points <= 1)).all())
     mgda_alone = run_toy(problem, starts, make_method("mgda"), num_steps=40, lr=0.05, project=problem.project, record_every=10)
     torch.testing.assert_close(out[0].points, mgda_alone.points, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["dibsmtl", "famo", "nashmtl", "rlw"])
+def test_tracks_on_several_problems_equal_each_problem_run_alone(spec) -> None:
+    """Problems of one shape as rows of one run (`Track.problem`, starts `[P, S, n]`): each track
+    follows the run on its problem alone, from its problem's starts, lower bound included."""
+    from toy_problems import RandomNonconvex
+
+    problems = [RandomNonconvex(3, 2, seed=seed) for seed in (4, 5)]
+    starts = torch.stack([p.starts(3, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i, p in enumerate(problems)])
+    tracks = [Track(spec, (), 1, 1), Track(spec, (POWER,), 1, 0), Track(spec, (), 1, 0)]
+    together = run_tracks(problems, starts, tracks, num_steps=30, lr=0.02, record_every=10)
+    for track, trajectory in zip(tracks, together):
+        alone = run_tracks(problems[track.problem], starts[track.problem], [dataclasses.replace(track, problem=0)], num_steps=30, lr=0.02, record_every=10)[0]
+        torch.testing.assert_close(trajectory.points, alone.points, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(trajectory.losses, alone.losses, rtol=1e-13, atol=1e-13)
+
+
+def test_a_track_naming_a_missing_problem_or_mismatched_starts_is_refused() -> None:
+    problem = TwoTaskToy()
+    starts = problem.default_starts(dtype=torch.float64)
+    with pytest.raises(ValueError, match="tracks name problems \\[1\\]"):
+        run_tracks(problem, starts, [Track("ls", (), 0, 1)], num_steps=1)
+    with pytest.raises(ValueError, match="with 2 problems, starts must have shape"):
+        run_tracks([problem, problem], starts, [Track("ls")], num_steps=1)

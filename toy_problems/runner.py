@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from core.jacobian import batched_task_gradients, gramian
+from core.jacobian import gramian, values_and_jacobian
 from core.methods.base import GradientWeighting, LossWeighting, Method
 from core.registry import make_method
 from toy_problems.task_transforms import TaskTransform
@@ -52,12 +52,14 @@ class Trajectory:
 
 @dataclass(frozen=True)
 class Track:
-    """One run: a method spec (`core.make_method`), the task transforms of the losses it sees, and
-    the seed of its random draws."""
+    """One run: a method spec (`core.make_method`), the task transforms of the losses it sees, the
+    seed of its random draws, and which of the runner's problems it runs on (an index; 0 when the
+    runner has one problem)."""
 
     method: str
     transforms: tuple[TaskTransform, ...] = ()
     seed: int = 0
+    problem: int = 0
 
 
 @dataclass
@@ -78,13 +80,6 @@ def make_optimizer(params: Iterable[Tensor], optimizer: str, lr: float) -> torch
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
 
 
-def values_and_jacobian(problem: Callable[[Tensor], Tensor], x: Tensor, /) -> tuple[Tensor, Tensor]:
-    """Values `[..., K]` and per-task gradients `[..., K, n]`: the problem's own (analytic where
-    it has them), or autograd for a plain batched callable."""
-    own = getattr(problem, "values_and_jacobian", None)  # toy Problems have it; plain callables do not
-    return own(x) if own is not None else batched_task_gradients(problem, x)
-
-
 def _weighted(method: GradientWeighting | LossWeighting, losses: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
     """`sum_i w_i g_i` per row and the weights `w`."""
     if isinstance(method, GradientWeighting):
@@ -95,7 +90,7 @@ def _weighted(method: GradientWeighting | LossWeighting, losses: Tensor, jacobia
 
 
 def run_tracks(
-    problem: Callable[[Tensor], Tensor],
+    problem: Callable[[Tensor], Tensor] | Sequence[Callable[[Tensor], Tensor]],
     starts: Tensor,
     tracks: Sequence[Track],
     /,
@@ -110,21 +105,25 @@ def run_tracks(
 ) -> list[Trajectory]:
     """Run every track from every row of `starts` `[S, n]` for `num_steps` steps, all together.
 
+    `problem` may also be a list of problems of one shape (e.g. seeds of a family), with `starts`
+    `[P, S, n]` (each problem's own starts) and `Track.problem` the index of a track's problem: every
+    problem is evaluated on its own rows, and each method still runs once per step on all its rows.
+
     Returns one `Trajectory` per track (points `[R, S, n]`, losses `[R, S, K]`), in the order of
     `tracks`. `shift_losses`: methods whose `loss_domain` is not "any" see the losses minus the
     problem's (transformed) `lower_bound`, where it has one. `project` maps the iterates back
     onto the feasible set after every step (it must act row by row). `progress(step)` is called
     once per step.
     """
-    if starts.ndim != 2:
-        raise ValueError(f"starts must have shape [S, n], got {tuple(starts.shape)}")
-    num_tasks = int(getattr(problem, "n_obj", 0)) or values_and_jacobian(problem, starts[:1])[0].shape[-1]
+    problems, starts = _problems_and_starts(problem, starts, tracks)
+    num_tasks = int(getattr(problems[0], "n_obj", 0)) or values_and_jacobian(problems[0], starts[0, :1])[0].shape[-1]
     order, groups = _plan_groups(tracks, starts, num_tasks)
     ordered = [tracks[i] for i in order]
-    x0 = starts.detach().expand(len(ordered), *starts.shape).clone()
-    offsets = _offsets(problem, ordered, groups, num_tasks, starts) if shift_losses else None
+    x0 = torch.stack([starts[track.problem] for track in ordered]).detach().clone()
+    offsets = _offsets(problems, ordered, groups, num_tasks, starts) if shift_losses else None
     seen_of = _seen_losses(ordered)
-    trajectory = _advance(problem, x0, groups, seen_of, offsets, num_steps=num_steps, lr=lr, optimizer=optimizer,
+    evaluate = problems[0] if len(problems) == 1 else _ProblemRows(problems, [track.problem for track in ordered])
+    trajectory = _advance(evaluate, x0, groups, seen_of, offsets, num_steps=num_steps, lr=lr, optimizer=optimizer,
                           record_every=record_every, project=project, progress=progress)
     position = {track_index: row for row, track_index in enumerate(order)}
     weights = trajectory.last_weights
@@ -135,6 +134,24 @@ def run_tracks(
         )
         for i in range(len(tracks))
     ]
+
+
+def _problems_and_starts(
+    problem: Callable[[Tensor], Tensor] | Sequence[Callable[[Tensor], Tensor]], starts: Tensor, tracks: Sequence[Track]
+) -> tuple[list[Callable[[Tensor], Tensor]], Tensor]:
+    """The problems as a list and the starts as `[P, S, n]`, checked against the tracks' indices."""
+    problems = list(problem) if isinstance(problem, Sequence) else [problem]
+    if isinstance(problem, Sequence):
+        if starts.ndim != 3 or starts.shape[0] != len(problems):
+            raise ValueError(f"with {len(problems)} problems, starts must have shape [{len(problems)}, S, n], got {tuple(starts.shape)}")
+    elif starts.ndim != 2:
+        raise ValueError(f"starts must have shape [S, n], got {tuple(starts.shape)}")
+    else:
+        starts = starts[None]
+    wrong = sorted({track.problem for track in tracks} - set(range(len(problems))))
+    if wrong:
+        raise ValueError(f"tracks name problems {wrong}, but the runner has {len(problems)} (indices 0..{len(problems) - 1})")
+    return problems, starts
 
 
 def run_toy(
@@ -276,26 +293,27 @@ def _plan_groups(tracks: Sequence[Track], starts: Tensor, num_tasks: int) -> tup
         first = tracks[members[0]]
         generator = torch.Generator(device=starts.device).manual_seed(first.seed)
         method = make_method(first.method, num_tasks=num_tasks, generator=generator)
-        method.reset((len(members), starts.shape[0]))
+        method.reset((len(members), starts.shape[-2]))
         own = list(method.to(device=starts.device, dtype=starts.dtype).parameters())
         groups.append(_Group(method, slice(len(order), len(order) + len(members)), own))
         order.extend(members)
     return order, groups
 
 
-def _offsets(problem: Callable[[Tensor], Tensor], tracks: Sequence[Track], groups: list[_Group], num_tasks: int, starts: Tensor) -> Tensor | None:
-    """Per row, the (transformed) lower bounds subtracted from the losses of methods that need
-    non-negative or positive losses, `[T, 1, K]`; None if no method needs it or no bound is known."""
-    lower = getattr(problem, "lower_bound", None)  # a toy Problem's fact; None for plain callables
+def _offsets(problems: Sequence[Callable[[Tensor], Tensor]], tracks: Sequence[Track], groups: list[_Group], num_tasks: int, starts: Tensor) -> Tensor | None:
+    """Per row, the (transformed) lower bounds of its problem subtracted from the losses of methods
+    that need non-negative or positive losses, `[T, 1, K]`; None if no method needs it or no bound is known."""
     needs = [False] * len(tracks)
     for group in groups:
         for row in range(group.rows.start, group.rows.stop):
             needs[row] = group.method.loss_domain != "any"
-    if lower is None or not any(needs):
+    lowers = [getattr(problem, "lower_bound", None) for problem in problems]  # a toy Problem's fact; None for plain callables
+    if not any(needs[row] and lowers[track.problem] is not None for row, track in enumerate(tracks)):
         return None
     offsets = torch.zeros(len(tracks), 1, num_tasks, dtype=starts.dtype, device=starts.device)
     for row, (track, shifted) in enumerate(zip(tracks, needs)):
-        if shifted:
+        lower = lowers[track.problem]
+        if shifted and lower is not None:
             bounds = [float(lower)] * num_tasks
             for transform in track.transforms:
                 bounds[transform.task] = transform.transformed_bound(float(lower))
@@ -325,6 +343,27 @@ def _seen_losses(tracks: Sequence[Track]) -> Callable[[Tensor, Tensor], tuple[Te
         return values, jacobian
 
     return apply
+
+
+class _ProblemRows:
+    """Several problems as one: row t of `x` `[T, S, n]` is evaluated by problem `row_problems[t]`."""
+
+    def __init__(self, problems: Sequence[Callable[[Tensor], Tensor]], row_problems: Sequence[int]) -> None:
+        self.problems = list(problems)
+        self.rows = [torch.tensor([t for t, p in enumerate(row_problems) if p == index], dtype=torch.long) for index in range(len(problems))]
+
+    def values_and_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        values = jacobian = None
+        for problem, rows in zip(self.problems, self.rows):
+            if rows.numel() == 0:
+                continue
+            rows = rows.to(x.device)
+            part_values, part_jacobian = values_and_jacobian(problem, x[rows])
+            if values is None:
+                values = part_values.new_empty(x.shape[:-1] + part_values.shape[-1:])
+                jacobian = part_jacobian.new_empty(x.shape[:-1] + part_jacobian.shape[-2:])
+            values[rows], jacobian[rows] = part_values, part_jacobian
+        return values, jacobian
 
 
 class _Reshaped:
