@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 
 from benchmarks.experiments import pareto_multimnist, random_weighting, toy
 from benchmarks.experiments.supervised import command
 from benchmarks.harness import workers
 from benchmarks.perf import report
 from core.errors import MTLInputError
+from toy_problems.store import unwritable_reason
 
 EXPERIMENTS = {
     "toy": (toy, "the DiBS-MTL toy: every method from the 5 starts, nominal and with task 1's loss transformed; endpoints table and trajectory figures"),
@@ -52,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = getattr(args, "out", None)
         if out is not None and hasattr(module, "planned_runs"):  # refuse an unwritable store before any compute
-            check_writable(Path(out))
+            reason = unwritable_reason(out)
+            if reason is not None:
+                raise MTLInputError(f"--out {reason}")
         if getattr(args, "workers", 1) != 1:
             workers.launch(sys.argv[1:] if argv is None else argv, args, module.planned_runs)
             args.workers, args.fresh = 1, False  # the summary run: reuses what the workers stored, runs what is missing
@@ -65,17 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: the finished runs are stored{where}; run the same command again to resume "
               "(finished runs are reused, interrupted ones restart from their last checkpoint)", file=sys.stderr)
         return 130
-
-
-def check_writable(out: Path) -> None:
-    """`--out` must be a folder this process can create files in (or a path where one can be made)."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise MTLInputError(f"--out {out} is not a folder ({existing} is a file); choose a folder for the results")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise MTLInputError(f"--out {out} is not writable here ({existing} refuses new files); choose a writable folder")
 
 
 if __name__ == "__main__":

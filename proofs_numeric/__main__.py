@@ -1,17 +1,23 @@
-"""`python -m proofs_numeric [--quick] [--claim NAME] [--out DIR]`: run the numerical claim checks.
+"""`python -m proofs_numeric [--quick] [--claim NAME] [--out DIR] [--processes N]`: run the numerical claim checks.
 
 Prints one row per claim (verdict, measured, bound), writes `<claim>.json` and `<claim>.png`
 under `--out` (default `results/proofs_numeric`, `results/proofs_numeric/quick` with `--quick`),
 and exits 1 when any claim fails (2 on bad arguments). The notebooks read these files instead of
-rerunning a claim (`proofs_numeric.claim.stored_or_run`).
+rerunning a claim (`proofs_numeric.claim.stored_or_run`). The claims are independent: with
+`--processes N` (default: 2, or 1 on a one-core machine) N forked processes take them in turn,
+longest first, one torch thread each; a claim's numbers do not depend on which process runs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+import os
 import sys
 from pathlib import Path
+
+import torch
 
 from proofs_numeric import (
     dibs_fairness,
@@ -29,6 +35,8 @@ CLAIMS = {
     module.NAME: module
     for module in (dibs_mtl_convergence, invariance, dibs_theorems, dibs_fairness, rlw_theorem, nash_transforms, tangent_accuracy)
 }
+LONGEST_FIRST = ("invariance", "dibs_mtl_convergence", "nash_transforms", "rlw_theorem", "dibs_theorems", "tangent_accuracy", "dibs_fairness")
+"""The claims by their full run's time (measured), the order in which processes take them."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +46,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for JSON and figures (default: results/proofs_numeric, with --quick results/proofs_numeric/quick)")
     parser.add_argument("--list", action="store_true", help="list the claims with their statements and exit")
+    parser.add_argument("--processes", type=_positive_int, default=min(2, os.cpu_count() or 1),
+                        help="claims run in this many forked processes at once (default: %(default)s)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _run_and_save(name: str, quick: bool, out: Path) -> tuple[str, str, str, str]:
+    """One claim run and saved (module level: it runs in a forked process); its table row."""
+    result = run_claim(CLAIMS[name], quick=quick)
+    result.save(out)
+    return name, "PASS" if result.passed else "FAIL", result.measured, result.bound
+
+
+def run_claims(names: list[str], *, quick: bool, out: Path, processes: int = 1) -> list[tuple[str, str, str, str]]:
+    """Every claim in `names` run and saved under `out`; their table rows in the order of `names`."""
+    ordered = sorted(names, key=LONGEST_FIRST.index)
+    if processes > 1 and len(ordered) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        # one thread per child: a forked child must not start an OpenMP team (libgomp hangs after a fork)
+        with multiprocessing.get_context("fork").Pool(min(processes, len(ordered)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            rows = pool.starmap(_run_and_save, [(name, quick, out) for name in ordered], chunksize=1)
+    else:
+        rows = [_run_and_save(name, quick, out) for name in ordered]
+    by_name = {row[0]: row for row in rows}
+    return [by_name[name] for name in names]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,11 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:  # quick results never overwrite full ones
         args.out = DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT
-    rows = []
-    for name in args.claim or list(CLAIMS):
-        result = run_claim(CLAIMS[name], quick=args.quick)
-        result.save(args.out)
-        rows.append((name, "PASS" if result.passed else "FAIL", result.measured, result.bound))
+    names = list(dict.fromkeys(args.claim or CLAIMS))
+    rows = run_claims(names, quick=args.quick, out=args.out, processes=args.processes)
     width = max(len(row[0]) for row in rows)
     print(f"{'claim':<{width}}  verdict  measured | bound")
     for name, verdict, measured, bound in rows:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 import core
-from proofs_numeric.claim import ClaimResult
+from core.dibs import StepSchedule
+from proofs_numeric.claim import ClaimResult, single_thread
 
 NAME = "dibs_fairness"
 STATEMENT = (
@@ -31,12 +33,36 @@ TOLERANCE = 1e-3
 """The largest accepted final distance to 1/2."""
 
 
-def quadratic_pair(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x**2, (x - 1) ** 2], dim=-1)
+class LossPairs:
+    """The games `l1 = x^p`, `l2 = (x - 1)^2` on [0, 1], one per power p of `powers` (2: the example,
+    4: its transformed variant), stacked: `x [len(powers), ..., 1] -> [len(powers), ..., 2]`, so that
+    DiBS runs on all of them as one batch.
+
+    `values_and_jacobian` gives the gradients `p x^(p - 1)` and `2 (x - 1)` in closed form, bit for bit
+    autograd's: the products that pow's backward forms (`2 x^1` is `2 x` exactly), times the exact 1
+    that flows back from the selected loss."""
+
+    def __init__(self, powers: tuple[int, ...]) -> None:
+        self.powers = powers
+
+    def __call__(self, x: Tensor, /) -> Tensor:
+        return self.values_and_jacobian(x)[0]
+
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
+        x = x.detach()
+        offsets = x - 1
+        first = torch.stack([x[game] ** power for game, power in enumerate(self.powers)])
+        slopes = torch.stack([power * x[game].pow(power - 1) for game, power in enumerate(self.powers)])
+        return torch.cat([first, offsets**2], dim=-1), torch.cat([slopes, 2 * offsets], dim=-1)[..., None]
 
 
-def quartic_pair(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x**4, (x - 1) ** 2], dim=-1)
+def trajectories(starts: Tensor, preferred: Tensor, schedule: StepSchedule, num_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The iterates `[num_steps + 1, S, 1]` of DiBS and of the naive sum on the example, and of DiBS on
+    its x^4 variant, from `starts [S, 1]`: three games of one batch."""
+    games = LossPairs((2, 2, 4))
+    runs = core.dibs(games, starts.expand(3, -1, -1), preferred, num_steps=num_steps, step_size=schedule,
+                           distance_weighted=torch.tensor([[True], [False], [True]]))
+    return runs.unbind(dim=1)
 
 
 def predicted_errors(starts: torch.Tensor, schedule, num_steps: int) -> torch.Tensor:
@@ -48,8 +74,8 @@ def predicted_errors(starts: torch.Tensor, schedule, num_steps: int) -> torch.Te
 
 def one_step_dibs_mtl_updates(starts: torch.Tensor) -> torch.Tensor:
     """The shared update `sum_i w_i g_i` of 1-step DiBS-MTL at every start, from the exact gradients."""
-    _, gradients = core.batched_task_gradients(quadratic_pair, starts)  # [S, K, 1]
-    weights = core.DiBSMTL()(core.gramian(gradients), quadratic_pair(starts))
+    values, gradients = LossPairs((2,)).values_and_jacobian(starts[None])  # [1, S, K], [1, S, K, 1]
+    weights = core.DiBSMTL()(core.gramian(gradients), values)
     return (weights[..., None] * gradients).sum(dim=-2)
 
 
@@ -59,9 +85,8 @@ def run(*, quick: bool) -> ClaimResult:
     preferred = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     schedule = core.robbins_monro_step(0.2, power=0.75)
 
-    dibs = core.dibs(quadratic_pair, starts, preferred, num_steps=num_steps, step_size=schedule)
-    quartic = core.dibs(quartic_pair, starts, preferred, num_steps=num_steps, step_size=schedule)
-    naive = core.dibs(quadratic_pair, starts, preferred, num_steps=num_steps, step_size=schedule, distance_weighted=False)
+    with single_thread():
+        dibs, naive, quartic = trajectories(starts, preferred, schedule, num_steps)
     errors = (dibs[..., 0] - 0.5).abs()
     predicted = predicted_errors(starts, schedule, num_steps)
 

@@ -46,14 +46,14 @@ The theorems checked here are about DiBS itself (true preferred states, many ste
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 import core
 from core.dibs import StepSchedule
-from proofs_numeric.claim import ClaimResult
+from proofs_numeric.claim import ClaimResult, single_thread
 from toy_problems import ConvexQuadratic
 
 NAME = "dibs_theorems"
@@ -103,24 +103,41 @@ FULL = {"configs": [(2, 2), (3, 3), (5, 2), (8, 4), (2, 3), (4, 6), (10, 3)], "p
         "steps": 6000, "newton_starts": 40, "pareto_samples": 256, "symmetric_starts": 32,
         "symmetric_configs": [(2, 2), (3, 2), (6, 2), (2, 3), (4, 3)]}
 
-Objectives = Callable[[Tensor], Tensor]
+
+class Objectives(Protocol):
+    """A batched objective `x [..., n] -> [..., K]` with its values and per-task gradients
+    `values_and_jacobian(x)` (every toy problem, `StackedQuadratics`)."""
+
+    def __call__(self, x: Tensor, /) -> Tensor: ...
+
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]: ...
 
 
 # ---- problems --------------------------------------------------------------------------------
 
 
-def stacked_quadratics(problems: list[ConvexQuadratic], /) -> tuple[Objectives, Tensor, Tensor]:
-    """One batched objective for P quadratics of equal (n, K): `x [..., P, S, n] -> [..., P, S, K]`.
+class StackedQuadratics:
+    """P quadratics of equal (n, K) as one batched objective `x [..., P, S, n] -> [..., P, S, K]`, with
+    the centres `[P, K, n]` (the preferred states) and curvatures `[P, K, n, n]`.
 
-    Returns it with the centres `[P, K, n]` (the preferred states) and curvatures `[P, K, n, n]`."""
-    centers = torch.stack([p.centers for p in problems])
-    curvatures = torch.stack([p.curvatures for p in problems])
+    `values_and_jacobian` gives the gradients `(x - c_i)^T A_i` in closed form, bit for bit autograd's:
+    autograd adds `(A_i^T (x - c_i)) / 2` and `((x - c_i)^T A_i) / 2`, which are equal (A_i is exactly
+    symmetric, and these tiny matrix products sum their n terms in one order), so their sum is exact
+    (tests/test_claim_dibs_theorems.py checks every size of the claim)."""
 
-    def objectives(x: Tensor) -> Tensor:
-        offsets = x[..., None, :] - centers[:, None]  # [..., P, S, K, n]
-        return 0.5 * (offsets[..., None, :] @ curvatures[:, None] @ offsets[..., :, None])[..., 0, 0]
+    def __init__(self, problems: list[ConvexQuadratic], /) -> None:
+        self.centers = torch.stack([p.centers for p in problems])
+        self.curvatures = torch.stack([p.curvatures for p in problems])
 
-    return objectives, centers, curvatures
+    def __call__(self, x: Tensor, /) -> Tensor:
+        return self.values_and_jacobian(x)[0]
+
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
+        """Values `[..., P, S, K]` and gradients `[..., P, S, K, n]`; with a graph to `x` where `x`
+        requires grad (the values then are those autograd differentiates for Newton's method)."""
+        offsets = x[..., None, :] - self.centers[:, None]  # [..., P, S, K, n]
+        rows = offsets[..., None, :] @ self.curvatures[:, None]  # [..., P, S, K, 1, n]
+        return 0.5 * (rows @ offsets[..., :, None])[..., 0, 0], rows[..., 0, :]
 
 
 def reflection_symmetric_problem(n_var: int, n_obj: int, /, *, seed: int, condition: float = 10.0) -> tuple[ConvexQuadratic, Tensor]:
@@ -167,7 +184,17 @@ def robbins_monro(scale: float, /) -> StepSchedule:
     return core.robbins_monro_step(scale * TAU**POWER, power=POWER, offset=TAU)
 
 
-# ---- the DiBS field and its fixed points ------------------------------------------------------
+# ---- the DiBS iteration, its field and its fixed points ---------------------------------------
+
+
+def dibs_and_naive(objectives: Objectives, dibs_starts: Tensor, naive_starts: Tensor, preferred: Tensor, /, *,
+                   num_steps: int, step_size: StepSchedule) -> tuple[Tensor, Tensor]:
+    """The trajectories of DiBS from `dibs_starts [S, n]` and of the naive normalised sum from
+    `naive_starts [S', n]`, run as one batch."""
+    weighted = torch.arange(len(dibs_starts) + len(naive_starts)) < len(dibs_starts)
+    trajectory = core.dibs(objectives, torch.cat([dibs_starts, naive_starts]), preferred, num_steps=num_steps,
+                                 step_size=step_size, distance_weighted=weighted)
+    return trajectory[:, : len(dibs_starts)], trajectory[:, len(dibs_starts):]
 
 
 def field_parts(objectives: Objectives, x: Tensor, preferred: Tensor, /, *, create_graph: bool = False) -> dict[str, Tensor]:
@@ -181,7 +208,7 @@ def field_parts(objectives: Objectives, x: Tensor, preferred: Tensor, /, *, crea
             [torch.autograd.grad(values[..., i].sum(), x, create_graph=True)[0] for i in range(values.shape[-1])], dim=-2
         )
     else:
-        _, gradients = core.batched_task_gradients(objectives, x)
+        _, gradients = objectives.values_and_jacobian(x)
     norms = gradients.norm(dim=-1)
     inverse = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
     distances = (x[..., None, :] - preferred).norm(dim=-1)
@@ -256,13 +283,13 @@ def _configuration(n_var: int, n_obj: int, settings: dict, seed: int) -> dict:
     """Parts (a) and (b) on `settings['problems']` random quadratics of size (n, K)."""
     num_problems, num_starts, num_steps = settings["problems"], settings["starts"], settings["steps"]
     problems = [ConvexQuadratic.random(n_var, n_obj, seed=seed + p) for p in range(num_problems)]
-    objectives, centers, curvatures = stacked_quadratics(problems)
-    preferred = centers[:, None]  # [P, 1, K, n]: per problem, shared by its starts
+    objectives = StackedQuadratics(problems)
+    preferred = objectives.centers[:, None]  # [P, 1, K, n]: per problem, shared by its starts
     generator = torch.Generator().manual_seed(seed)
     directions = torch.randn(num_problems, num_starts, n_var, generator=generator, dtype=torch.float64)
     radii = 10 ** (-1 + math.log10(300) * torch.rand(num_problems, num_starts, 1, generator=generator, dtype=torch.float64))
     starts = radii * directions / directions.norm(dim=-1, keepdim=True)
-    scale = schedule_scale(curvatures)
+    scale = schedule_scale(objectives.curvatures)
     trajectory = core.dibs(objectives, starts, preferred, num_steps=num_steps, step_size=robbins_monro(scale))
 
     # (b) convergence, measured on log-spaced iterations
@@ -344,10 +371,11 @@ def _permutation(settings: dict, seed: int) -> dict:
             while bool((permutation == torch.arange(n_obj)).all()):
                 permutation = torch.randperm(n_obj, generator=generator)
             relabelled.append(ConvexQuadratic(problem.centers[permutation], problem.curvatures[permutation]))
-        objectives, centers, curvatures = stacked_quadratics(problems + relabelled)  # one batched run
+        objectives = StackedQuadratics(problems + relabelled)  # one batched run
         starts = 3 * torch.randn(2, settings["starts"], n_var, generator=generator, dtype=torch.float64).repeat(2, 1, 1)
         steps = settings["steps"] // 8
-        trajectory = core.dibs(objectives, starts, centers[:, None], num_steps=steps, step_size=robbins_monro(schedule_scale(curvatures)))
+        trajectory = core.dibs(objectives, starts, objectives.centers[:, None], num_steps=steps,
+                                     step_size=robbins_monro(schedule_scale(objectives.curvatures)))
         original, swapped = trajectory[:, :2], trajectory[:, 2:]
         gaps.append(float((original - swapped).abs().amax() / (1 + original.abs().amax())))
     return {"gaps": gaps}
@@ -364,12 +392,10 @@ def _reflection(settings: dict, seed: int) -> dict:
         starts = starts + normal * (0.5 + (starts @ normal).abs())[:, None] * torch.sign(starts @ normal)[:, None]  # off the axis
         step = robbins_monro(schedule_scale(problem.curvatures[None]))
         both = torch.cat([starts, starts @ reflection.T])
-        steps = settings["steps"] // 2
-        trajectory = core.dibs(problem, both, problem.centers, num_steps=steps, step_size=step)
+        trajectory, naive = dibs_and_naive(problem, both, starts, problem.centers, num_steps=settings["steps"] // 2, step_size=step)
         direct, mirrored = trajectory[:, : len(starts)], trajectory[:, len(starts):]
         reflection_gap = float((mirrored - direct @ reflection.T).norm(dim=-1).amax() / (1 + direct.norm(dim=-1).amax()))
         axis = (trajectory[-1] @ normal).abs()
-        naive = core.dibs(problem, starts, problem.centers, num_steps=steps, step_size=step, distance_weighted=False)
         cases.append({
             "n_var": n_var,
             "n_obj": n_obj,
@@ -378,7 +404,7 @@ def _reflection(settings: dict, seed: int) -> dict:
             "reflection_gap": reflection_gap,
             "axis_distance_max": float(axis.max()),
             "naive_axis_distance_max": float((naive[-1] @ normal).abs().max()),
-            "naive_final_residual_max": float(stationarity_measures(core.batched_task_gradients(problem, naive[-1])[1])["vector"].max()),
+            "naive_final_residual_max": float(stationarity_measures(problem.values_and_jacobian(naive[-1])[1])["vector"].max()),
             "trajectory": trajectory if index == 0 else None,
             "naive_trajectory": naive if index == 0 else None,
             "problem": problem if index == 0 else None,
@@ -388,9 +414,10 @@ def _reflection(settings: dict, seed: int) -> dict:
 
 def run(*, quick: bool) -> ClaimResult:
     settings = QUICK if quick else FULL
-    configurations = [_configuration(n, k, settings, seed=1000 * (index + 1)) for index, (n, k) in enumerate(settings["configs"])]
-    permutation = _permutation(settings, seed=77)
-    reflection = _reflection(settings, seed=500)
+    with single_thread():
+        configurations = [_configuration(n, k, settings, seed=1000 * (index + 1)) for index, (n, k) in enumerate(settings["configs"])]
+        permutation = _permutation(settings, seed=77)
+        reflection = _reflection(settings, seed=500)
 
     def worst(key: str) -> float:
         return max(float(torch.as_tensor(c[key]).max()) for c in configurations if c[key] is not None)
@@ -494,8 +521,7 @@ def _figure(configurations: list[dict], symmetric: dict):
     angles = torch.linspace(0, 2 * math.pi, 9, dtype=torch.float64)[:-1] + 0.3
     starts = 2.5 * torch.stack([angles.cos(), angles.sin()], dim=-1)
     step = robbins_monro(schedule_scale(problem.curvatures[None]))
-    trajectory = core.dibs(problem, starts, problem.centers, num_steps=1000, step_size=step)
-    naive = core.dibs(problem, starts, problem.centers, num_steps=1000, step_size=step, distance_weighted=False)
+    trajectory, naive = dibs_and_naive(problem, starts, starts, problem.centers, num_steps=1000, step_size=step)
     middle.scatter(pareto[:, 0], pareto[:, 1], s=2, color="0.8", label="Pareto set x(w)")
     for s in range(len(starts)):
         middle.plot(trajectory[:, s, 0], trajectory[:, s, 1], lw=0.9, color="tab:blue", label="DiBS" if s == 0 else None)

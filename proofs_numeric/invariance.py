@@ -275,6 +275,29 @@ class TransformedFamily:
             rows.append(torch.stack([self._apply(version, values[v]) for v, version in enumerate(versions)]))
         return torch.stack(rows)
 
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
+        """The values `[P, V, ..., K]` and per-task gradients `[P, V, ..., K, n]` of every row: each
+        problem's own (closed form where it has one), its versions by the chain rule `h'(l) grad l`
+        (autograd through the transforms cost 3 backward passes a step)."""
+        values_rows, jacobian_rows = [], []
+        for problem, versions, rows in zip(self.problems, self.transforms, x):
+            values, jacobian = core.values_and_jacobian(problem, rows)
+            pairs = [self._apply_with_jacobian(version, values[v], jacobian[v]) for v, version in enumerate(versions)]
+            values_rows.append(torch.stack([value for value, _ in pairs]))
+            jacobian_rows.append(torch.stack([gradient for _, gradient in pairs]))
+        return torch.stack(values_rows), torch.stack(jacobian_rows)
+
+    @staticmethod
+    def _apply_with_jacobian(version: Sequence[MonotoneTransform | None], values: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+        if all(h is None for h in version):
+            return values, jacobian
+        values, jacobian = values.clone(), jacobian.clone()
+        for i, h in enumerate(version):
+            if h is not None:
+                jacobian[..., i, :] *= h.derivative(values[..., i])[..., None]
+                values[..., i] = h(values[..., i])
+        return values, jacobian
+
     @staticmethod
     def _apply(version: Sequence[MonotoneTransform | None], values: Tensor) -> Tensor:
         if all(h is None for h in version):
@@ -306,28 +329,6 @@ class TransformedFamily:
 # the optimisation loop
 
 
-def task_gradients(objective: Callable[[Tensor], Tensor], x: Tensor, num_tasks: int, /) -> tuple[Tensor, Tensor]:
-    """Losses `[P, V, ..., K]` and per-task gradients `[P, V, ..., K, n]` at `x` `[P, V, ..., n]`.
-
-    One backward pass instead of K: `x` is copied K times (a new dimension after P and V), copy k's
-    loss k is kept, and the sum is differentiated; rows are independent, so copy k's gradient is
-    `grad l_k`. `objective` must accept the extra dimension (`TransformedFamily` does).
-    """
-    copies = x.detach().unsqueeze(2).expand(*x.shape[:2], num_tasks, *x.shape[2:]).clone().requires_grad_(True)
-    with torch.enable_grad():
-        values = torch.diagonal(objective(copies), dim1=2, dim2=-1)
-        (gradient,) = torch.autograd.grad(values.sum(), copies)
-    return values.detach(), gradient.movedim(2, -2)
-
-
-@dataclass
-class Run:
-    """Iterates `[num_steps + 1, P, V, ..., n]` and the weights of the last step `[P, V, ..., K]`."""
-
-    points: Tensor
-    final_weights: Tensor
-
-
 def method_weights(method: GradientWeighting | LossWeighting, values: Tensor, jacobian: Tensor, *, shared_dim: int | None = None) -> Tensor:
     """The method's weights from the losses `[..., K]` and the Jacobian `[..., K, n]` (Gramian on
     the first `shared_dim` variables, all if None)."""
@@ -335,48 +336,6 @@ def method_weights(method: GradientWeighting | LossWeighting, values: Tensor, ja
         shared = jacobian if shared_dim is None else jacobian[..., :shared_dim]
         return method(core.gramian(shared), values)
     return method(values).detach()
-
-
-def optimise(
-    objective: Callable[[Tensor], Tensor],
-    starts: Tensor,
-    method: GradientWeighting | LossWeighting,
-    /,
-    *,
-    num_tasks: int,
-    num_steps: int,
-    lr: float,
-    shared_dim: int | None = None,
-    raw_heads: bool = False,
-) -> Run:
-    """Adam (torch defaults) on every row of `starts` `[P, V, ..., n]` with the update `sum_i w_i grad l_i`.
-
-    With `shared_dim`, the first `shared_dim` variables are shared (the Gramian is taken on them)
-    and the rest are task heads: they receive `w_i grad l_i` (the weighted loss backpropagated, as
-    Nash-MTL, MGDA and DiBS-MTL do) or, with `raw_heads`, the plain `grad l_i`. The method is
-    `reset` for the rows and follows the lifecycle (`after_step` with the losses after every model
-    step where it needs them, `end_epoch` after every step). Used by the Nash-MTL claim's head
-    variants; the invariance cases run on the toy runner (`run_case`).
-    """
-    x = starts.detach().clone().requires_grad_(True)
-    method.reset(tuple(starts.shape[:-1]))
-    optimizer = torch.optim.Adam([x], lr=lr)
-    points = [x.detach().clone()]
-    weights = torch.zeros(())
-    for step in range(num_steps):
-        values, jacobian = task_gradients(objective, x, num_tasks)
-        if step > 0:
-            if method.needs_post_step_losses:
-                method.after_step(values)
-            method.end_epoch()
-        weights = method_weights(method, values, jacobian, shared_dim=shared_dim)
-        direction = (weights.to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2)
-        if raw_heads and shared_dim is not None:
-            direction = torch.cat([direction[..., :shared_dim], jacobian[..., shared_dim:].sum(dim=-2)], dim=-1)
-        x.grad = direction
-        optimizer.step()
-        points.append(x.detach().clone())
-    return Run(torch.stack(points), weights.detach())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,7 +479,7 @@ def version_tracks(case: Case, problem_index: int, spec: str, *, seed: int) -> l
     """One runner track per version of problem `problem_index`: the method `spec` on the version's
     per-task transforms, all from `seed` (random methods then draw alike in every version)."""
     return [
-        Track(spec, tuple(TaskTransform(task, h) for task, h in enumerate(version) if h is not None), seed)
+        Track(spec, tuple(TaskTransform(task, h) for task, h in enumerate(version) if h is not None), seed, problem_index)
         for version in case.family.transforms[problem_index]
     ]
 
@@ -528,25 +487,21 @@ def version_tracks(case: Case, problem_index: int, spec: str, *, seed: int) -> l
 def run_case(case: Case, *, seed: int) -> dict[str, dict[str, Any]]:
     """Every Adam-driven method on every row of the case: per method the measures and the iterates.
 
-    One batched run of the toy runner per problem (`toy_problems.runner.run_tracks`): every method
-    in every version from every start, each step recorded. Methods that need positive losses see
-    them shifted by the version's transformed lower bound (the runner's rule)."""
+    One batched run of the toy runner (`toy_problems.runner.run_tracks`): every method in every
+    version of every problem from every start, each step recorded. Methods that need positive
+    losses see them shifted by the version's transformed lower bound (the runner's rule)."""
     began = time.perf_counter()
     num_problems, num_versions = case.starts.shape[:2]
-    per_method: dict[str, tuple[list[Tensor], list[Tensor]]] = {name: ([], []) for name in ADAM_METHODS}
-    for p, problem in enumerate(case.family.problems):
-        tracks = [track for name in ADAM_METHODS for track in version_tracks(case, p, name, seed=seed)]
-        runs = run_tracks(problem, case.starts[p, 0], tracks, num_steps=case.num_steps, lr=case.lr, record_every=1)
-        for index, name in enumerate(ADAM_METHODS):
-            mine = runs[index * num_versions : (index + 1) * num_versions]
-            per_method[name][0].append(torch.stack([run.points for run in mine], dim=1))  # [T + 1, V, S, n]
-            per_method[name][1].append(torch.stack([run.last_weights for run in mine]))  # [V, S, K]
+    tracks = [track for name in ADAM_METHODS for p in range(num_problems) for track in version_tracks(case, p, name, seed=seed)]
+    runs = iter(run_tracks(case.family.problems, case.starts[:, 0], tracks, num_steps=case.num_steps, lr=case.lr, record_every=1))
     seconds = (time.perf_counter() - began) / len(ADAM_METHODS)  # one batch: the time shared
     results: dict[str, dict[str, Any]] = {}
-    for name, (points, weights) in per_method.items():
-        stacked = torch.stack(points, dim=1)  # [T + 1, P, V, S, n]
+    for name in ADAM_METHODS:
+        mine = [[next(runs) for _ in range(num_versions)] for _ in range(num_problems)]
+        stacked = torch.stack([torch.stack([run.points for run in versions], dim=1) for versions in mine], dim=1)  # [T + 1, P, V, S, n]
+        weights = torch.stack([torch.stack([run.last_weights for run in versions]) for versions in mine])  # [P, V, S, K]
         measures: dict[str, Any] = dict(deviations(stacked))
-        measures.update(dominance(case.family, stacked, torch.stack(weights), case.ranges[..., 1] - case.ranges[..., 0]))
+        measures.update(dominance(case.family, stacked, weights, case.ranges[..., 1] - case.ranges[..., 0]))
         measures["seconds"] = seconds
         measures["points"] = stacked
         results[name] = measures

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,11 +84,11 @@ from proofs_numeric.invariance import (
     draw_versions,
     loss_ranges,
     method_weights,
-    optimise,
     random_starts,
-    task_gradients,
 )
 from toy_problems import RandomNonconvex, TwoTaskToy
+from toy_problems.runner import Track, run_tracks
+from toy_problems.task_transforms import TaskTransform
 
 NAME = "nash_transforms"
 
@@ -121,6 +122,11 @@ BREAK_VARIANTS = ("loose_warm", "update_every_5", "raw_heads", "reference_style"
 """Per-step beyond the rounding yardstick by `BREAK_FACTOR`."""
 CONTROL_BREAKS = ("raw_heads", "reference_style")
 """Variants not invariant to constant rescalings either (the control breaks them too)."""
+FREE_RUNS = {"exact_cold": INVARIANCE_TOLERANCE, "exact": NASH_TOLERANCE_FLOOR}
+"""The settings also run free (whole trajectories), with the floor of their control test; their
+nominal rows are the teacher of their per-step check."""
+TOY_METHODS = ("nashmtl", "ls", "dibsmtl")
+"""The figure's methods on the toy (`core.make_method` specs): Nash-MTL, LS and 1-step DiBS-MTL."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +192,7 @@ class ReferenceStyleSolve(GradientWeighting):
     a step when `||G alpha - 1/alpha||_2 < residual` (absolute), after one when the change
     `||alpha_new - alpha||_2 < change` (absolute). The inner step differs from the reference (Newton,
     not a cvxpy convex program): what it shares with it is what breaks scale invariance, the start
-    at ones and the absolute tests. Rows of a batch are solved one by one.
+    at ones and the absolute tests. Each row of a batch is solved as if alone.
     """
 
     name = "nash_reference_style"
@@ -204,23 +210,43 @@ class ReferenceStyleSolve(GradientWeighting):
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
         grams = gramian.detach().to(device="cpu", dtype=torch.float64).numpy().reshape(-1, *gramian.shape[-2:])
         previous = self._previous if self._previous is not None and self._previous.shape == grams.shape[:-1] else np.ones(grams.shape[:-1])
-        solved = np.stack([self._solve(gram, start.copy()) for gram, start in zip(grams, previous)])
+        solved = self._solve(grams, previous.copy())
         self._previous = solved
         return torch.from_numpy(solved.reshape(gramian.shape[:-1])).to(device=gramian.device, dtype=gramian.dtype)
 
-    def _solve(self, gram: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def _solve(self, grams: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Every row's own iteration from `alpha` `[B, K]` (updated in place), the rows still
+        iterating all at once. Stacked matmuls round as a row's own `@` and `norm` do, so each row
+        gets what solving it alone gives."""
+        rows = np.arange(len(grams))
         for _ in range(self.iterations):
-            gradient = gram @ alpha - 1.0 / alpha
-            if np.linalg.norm(gradient) < self.residual:
+            gram, current = grams[rows], alpha[rows]
+            gradient = _matvec(gram, current) - 1.0 / current
+            going = ~(_norm(gradient) < self.residual)
+            rows, gram, current, gradient = rows[going], gram[going], current[going], gradient[going]
+            if rows.size == 0:
                 break
-            step = np.linalg.solve(gram + np.diag(1.0 / alpha**2), gradient)
-            decrement = math.sqrt(max(float(gradient @ step), 0.0))
-            new = alpha - step * (1.0 if decrement < 0.25 else 1.0 / (1.0 + decrement))
-            moved = float(np.linalg.norm(new - alpha))
-            alpha = new
-            if moved < self.change:
-                break
+            step = np.linalg.solve(gram + np.eye(gram.shape[-1]) * (1.0 / current**2)[:, None, :], gradient[..., None])[..., 0]
+            decrement = np.sqrt(np.maximum(_dot(gradient, step), 0.0))
+            new = current - step * np.where(decrement < 0.25, 1.0, 1.0 / (1.0 + decrement))[:, None]
+            alpha[rows] = new
+            rows = rows[~(_norm(new - current) < self.change)]
         return alpha
+
+
+def _matvec(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """`M @ v` row by row, `[B, K, K]` and `[B, K]`."""
+    return (matrices @ vectors[..., None])[..., 0]
+
+
+def _dot(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """`u @ v` row by row, `[B, K]` each."""
+    return (left[..., None, :] @ right[..., :, None])[..., 0, 0]
+
+
+def _norm(vectors: np.ndarray) -> np.ndarray:
+    """`np.linalg.norm(v)` row by row, `[B, K]`."""
+    return np.sqrt(_dot(vectors, vectors))
 
 
 class CvxpyReferenceCCP(GradientWeighting):
@@ -269,59 +295,141 @@ class HeadedNonconvex:
         shared = x[..., : self.shared_dim]
         losses = []
         for i in range(self.n_obj):
-            head = x[..., self.shared_dim + i * self.head_dim : self.shared_dim + (i + 1) * self.head_dim]
-            losses.append(self.inner(torch.cat([shared, head], dim=-1))[..., i])
+            losses.append(self.inner(torch.cat([shared, x[..., self._head(i)]], dim=-1))[..., i])
         return torch.stack(losses, dim=-1)
+
+    def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
+        """Values `[..., K]` and per-task gradients `[..., K, n]` in closed form: the inner problem's
+        own (`RandomNonconvex.values_and_jacobian`) at the K points `(s, t_i)`, in one call; task i's
+        gradient is its shared block and, in task i's head columns, its head block (zeros in the
+        other heads' columns)."""
+        x = x.detach()
+        shared = x[..., None, : self.shared_dim].expand(*x.shape[:-1], self.n_obj, self.shared_dim)
+        heads = x[..., self.shared_dim :].unflatten(-1, (self.n_obj, self.head_dim))
+        values, gradients = self.inner.values_and_jacobian(torch.cat([shared, heads], dim=-1))  # [..., K points, K tasks(, d)]
+        own = gradients.diagonal(dim1=-3, dim2=-2).movedim(-1, -2)  # [..., K, d]: task i at its point (s, t_i)
+        jacobian = x.new_zeros(*x.shape[:-1], self.n_obj, self.n_var)
+        jacobian[..., : self.shared_dim] = own[..., : self.shared_dim]
+        for i in range(self.n_obj):
+            jacobian[..., i, self._head(i)] = own[..., i, self.shared_dim :]
+        return values.diagonal(dim1=-2, dim2=-1), jacobian
+
+    def _head(self, task: int) -> slice:
+        """Task `task`'s head columns of `x`."""
+        start = self.shared_dim + task * self.head_dim
+        return slice(start, start + self.head_dim)
 
 
 # ---------------------------------------------------------------------------------------------
 # (b), (c): per-step deviations along the nominal trajectory
 
 
-def forced_deviations(
+def adam_runs(
     family: TransformedFamily,
     starts: Tensor,
-    method: GradientWeighting,
+    methods: Sequence[GradientWeighting],
     /,
     *,
     num_steps: int,
     lr: float,
+    shared_dim: int | None = None,
+    raw_heads: Sequence[bool] | None = None,
+) -> list[Tensor]:
+    """Adam runs (torch defaults) of every row of `starts` `[P, V, S, n]` under each method, in one loop:
+    the iterates `[T + 1, P, V, S, n]` per method, as a separate Adam loop per method gives them
+    (`shared_dim` and, per method, `raw_heads` alike; tested against one).
+
+    The runs are blocks of one batch `[P, V, M, S]` (rows never interact): each step evaluates the
+    family once and calls each method instance once, on the blocks it serves. An instance listed
+    several times serves several runs in one call, each row with its own state. For the solvers of
+    this claim, which have no lifecycle hooks.
+    """
+    x = starts[:, :, None].expand(-1, -1, len(methods), -1, -1).clone().requires_grad_(True)
+    served: dict[int, tuple[GradientWeighting, list[int]]] = {}
+    for block, method in enumerate(methods):  # by identity: one call per instance
+        served.setdefault(id(method), (method, []))[1].append(block)
+    for method, blocks in served.values():
+        method.reset((*x.shape[:2], len(blocks), x.shape[3]))
+    raw = torch.tensor(raw_heads)[:, None, None] if raw_heads is not None and any(raw_heads) else None  # [M, 1, 1]
+    optimizer = torch.optim.Adam([x], lr=lr)
+    points = [x.detach().clone()]
+    for _ in range(num_steps):
+        values, jacobian = family.values_and_jacobian(x.detach())
+        gramian = core.gramian(jacobian if shared_dim is None else jacobian[..., :shared_dim])
+        weights = torch.empty_like(values)
+        for method, blocks in served.values():
+            weights[:, :, blocks] = method(gramian[:, :, blocks], values[:, :, blocks])
+        weighted = (weights[..., None] * jacobian).sum(dim=-2)
+        x.grad = weighted if raw is None else torch.where(raw, _raw_heads(weighted, jacobian, shared_dim), weighted)
+        optimizer.step()
+        points.append(x.detach().clone())
+    return list(torch.stack(points).unbind(dim=3))
+
+
+def _raw_heads(direction: Tensor, jacobian: Tensor, shared_dim: int | None) -> Tensor:
+    """The update with the plain `sum_i grad_head l_i` on the heads (the variables after `shared_dim`)."""
+    if shared_dim is None:
+        return direction
+    return torch.cat([direction[..., :shared_dim], jacobian[..., shared_dim:].sum(dim=-2)], dim=-1)
+
+
+def _nominal_family(family: TransformedFamily, /) -> TransformedFamily:
+    """The family's nominal version alone (what a teacher runs on)."""
+    return TransformedFamily(family.problems, [versions[:1] for versions in family.transforms])
+
+
+def forced_deviations(
+    family: TransformedFamily,
+    iterates: Tensor,
+    method: GradientWeighting,
+    /,
+    *,
     tolerance: float = 0.0,
     shared_dim: int | None = None,
     raw_heads: bool = False,
 ) -> dict[str, Tensor]:
-    """Per-step update deviations of every version at the nominal iterate (teacher forcing).
+    """Per-step update deviations of every version at the nominal iterates `[T, P, 1, S, n]` (teacher forcing).
 
-    The nominal version's update drives Adam; at every step all versions are evaluated at the
-    nominal iterate, each batch row with its own solver state. Returns the maxima over the steps,
-    `[P, V - 1, S]`, of `dev = ||d_v - d_0|| / ||d_0||` ("relative"), of `dev / (eps64 kappa)`
-    ("rounding") and of `dev / (ROUNDING_CONSTANT eps64 kappa + 2 K tolerance sqrt(kappa))`
-    ("tolerance"), with `kappa = max(1, max_i b_i^2)` from the nominal version's solution; and the
-    largest `max_i b_i^2` `[P, S]`.
+    Every version is evaluated at the nominal iterate of every step, each batch row with its own
+    solver state (`_updates`). Returns the maxima over the steps, `[P, V - 1, S]`, of
+    `dev = ||d_v - d_0|| / ||d_0||` ("relative"), of `dev / (eps64 kappa)` ("rounding") and of
+    `dev / (ROUNDING_CONSTANT eps64 kappa + 2 K tolerance sqrt(kappa))` ("tolerance"), with
+    `kappa = max(1, max_i b_i^2)` from the nominal version's solution; and the largest
+    `max_i b_i^2` `[P, S]`.
     """
-    num_versions, num_tasks = starts.shape[1], family.num_tasks
-    x = starts[:, :1].detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=lr)
-    relative = torch.zeros(starts.shape[0], num_versions - 1, starts.shape[2], dtype=torch.float64)
-    rounding, within, conditioning = torch.zeros_like(relative), torch.zeros_like(relative), torch.zeros_like(relative[:, 0])
-    for _ in range(num_steps):
-        values, jacobian = task_gradients(family, x.detach().expand(-1, num_versions, -1, -1), num_tasks)
+    weights, jacobian, direction = _updates(family, iterates, method, shared_dim=shared_dim, raw_heads=raw_heads)
+    nominal = direction[:, :, :1]
+    deviation = (direction[:, :, 1:] - nominal).norm(dim=-1) / nominal.norm(dim=-1)  # [T, P, V - 1, S]
+    shared = jacobian if shared_dim is None else jacobian[..., :shared_dim]
+    b_squared = (weights[:, :, 0] * shared[:, :, 0].norm(dim=-1)).square().amax(dim=-1)  # [T, P, S]
+    kappa = b_squared.clamp_min(1.0)[:, :, None]
+    within = deviation / (ROUNDING_CONSTANT * EPS * kappa + 2 * family.num_tasks * tolerance * kappa.sqrt())
+    return {
+        "relative": deviation.amax(dim=0),
+        "rounding": (deviation / (EPS * kappa)).amax(dim=0),
+        "tolerance": within.amax(dim=0),
+        "b_squared": b_squared.amax(dim=0),
+    }
+
+
+def _updates(family: TransformedFamily, iterates: Tensor, method: GradientWeighting, *, shared_dim: int | None, raw_heads: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The weights `[T, P, V, S, K]`, Jacobians and updates of every version at the iterates `[T, P, 1, S, n]`.
+
+    The family is evaluated at every step at once (the transforms cost per call, not per value);
+    the method then runs on each step's rows in order, its state carried from step to step (from
+    a `reset`), or on all steps in one call if it keeps no state. The nominal rows see what the
+    teacher's own run saw, so they repeat its updates.
+    """
+    rows = iterates.movedim(0, 2).expand(-1, family.num_versions, -1, -1, -1)  # [P, V, T, S, n]
+    values, jacobian = (tensor.movedim(2, 0) for tensor in family.values_and_jacobian(rows))  # [T, P, V, S, ...]
+    method.reset(tuple(values.shape[1:-1]))
+    if method.stateful:
+        weights = torch.stack([method_weights(method, step_values, step_jacobian, shared_dim=shared_dim)
+                               for step_values, step_jacobian in zip(values, jacobian)])
+    else:
         weights = method_weights(method, values, jacobian, shared_dim=shared_dim)
-        direction = (weights[..., None] * jacobian).sum(dim=-2)
-        if raw_heads and shared_dim is not None:
-            direction = torch.cat([direction[..., :shared_dim], jacobian[..., shared_dim:].sum(dim=-2)], dim=-1)
-        nominal = direction[:, :1]
-        deviation = (direction[:, 1:] - nominal).norm(dim=-1) / nominal.norm(dim=-1)
-        shared = jacobian if shared_dim is None else jacobian[..., :shared_dim]
-        b_squared = (weights[:, 0] * shared[:, 0].norm(dim=-1)).square().amax(dim=-1)  # [P, S]
-        kappa = b_squared.clamp_min(1.0)[:, None]
-        relative = torch.maximum(relative, deviation)
-        rounding = torch.maximum(rounding, deviation / (EPS * kappa))
-        within = torch.maximum(within, deviation / (ROUNDING_CONSTANT * EPS * kappa + 2 * num_tasks * tolerance * kappa.sqrt()))
-        conditioning = torch.maximum(conditioning, b_squared)
-        x.grad = nominal
-        optimizer.step()
-    return {"relative": relative, "rounding": rounding, "tolerance": within, "b_squared": conditioning}
+    direction = (weights[..., None] * jacobian).sum(dim=-2)
+    return weights, jacobian, _raw_heads(direction, jacobian, shared_dim) if raw_heads else direction
 
 
 def _versions_case(problems: list[Any], *, num_random: int, num_starts: int, generator: torch.Generator) -> tuple[TransformedFamily, Tensor]:
@@ -341,14 +449,84 @@ def _summarise(result: dict[str, Tensor]) -> dict[str, float]:
     return summary
 
 
-def _whole_trajectory(family: TransformedFamily, starts: Tensor, method: GradientWeighting, *, num_steps: int, lr: float, floor: float) -> dict[str, Any]:
-    """Free runs of every version: the control test of `proofs_numeric.invariance` with the given floor."""
+@dataclass(frozen=True, eq=False)
+class Setting:
+    """One per-step check: its problems and starts, its method (a factory: each run gets a fresh
+    instance), the solver tolerance of a warm-started solve (0 for a cold one) and the head options."""
+
+    family: TransformedFamily
+    starts: Tensor
+    make: Callable[[], GradientWeighting]
+    tolerance: float = 0.0
+    shared_dim: int | None = None
+    raw_heads: bool = False
+
+
+def _settings(family: TransformedFamily, starts: Tensor, head_family: TransformedFamily, head_starts: Tensor) -> dict[str, Setting]:
+    """The per-step checks of (b) and (c), by variant name."""
+
+    def cold() -> GradientWeighting:  # one factory: the two head checks share a solver in their teacher loop
+        return core.NashMTL(warm_start=False)
+
+    return {
+        "exact_cold": Setting(family, starts, cold),
+        "loose_cold": Setting(family, starts, lambda: core.NashMTL(tolerance=1e-3, warm_start=False)),
+        "weighted_heads": Setting(head_family, head_starts, cold, shared_dim=3),
+        "exact": Setting(family, starts, lambda: core.NashMTL(), 1e-10),
+        "loose_warm": Setting(family, starts, lambda: core.NashMTL(tolerance=1e-3), 1e-3),
+        "update_every_5": Setting(family, starts, lambda: core.NashMTL(update_weights_every=5), 1e-10),
+        "raw_heads": Setting(head_family, head_starts, cold, shared_dim=3, raw_heads=True),
+        "reference_style": Setting(family, starts, lambda: ReferenceStyleSolve()),
+    }
+
+
+def _teachers(settings: dict[str, Setting], *, num_steps: int, lr: float) -> dict[str, tuple[Tensor, float]]:
+    """Per setting, the nominal iterates `[T, P, 1, S, n]` of its own Adam run and the seconds it took.
+
+    Settings with the same problems, starts and head split run in one loop (`adam_runs`, the time
+    shared); those with the same method factory share one instance there (one solver call a step)."""
+    groups: dict[tuple[TransformedFamily, Tensor, int | None], list[str]] = {}
+    for name, setting in settings.items():
+        groups.setdefault((setting.family, setting.starts, setting.shared_dim), []).append(name)
+    teachers: dict[str, tuple[Tensor, float]] = {}
+    for (family, starts, shared_dim), names in groups.items():
+        instances = {make: make() for make in {settings[name].make for name in names}}
+        methods = [instances[settings[name].make] for name in names]
+        clock = time.perf_counter()
+        runs = adam_runs(_nominal_family(family), starts[:, :1], methods, num_steps=num_steps, lr=lr, shared_dim=shared_dim,
+                         raw_heads=[settings[name].raw_heads for name in names])
+        seconds = (time.perf_counter() - clock) / len(names)
+        teachers.update({name: (points[:-1], seconds) for name, points in zip(names, runs)})
+    return teachers
+
+
+def _whole_trajectories(settings: dict[str, Setting], *, num_steps: int, lr: float) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
+    """Free runs of every version under the `FREE_RUNS` settings (one loop, the time shared), the
+    iterates `[T + 1, P, V, S, n]` per name, and their control tests (`proofs_numeric.invariance`)."""
+    first = settings[next(iter(FREE_RUNS))]  # the free-run settings share their problems and starts
     clock = time.perf_counter()
-    measures = deviations(optimise(family, starts, method, num_tasks=family.num_tasks, num_steps=num_steps, lr=lr).points)
-    result: dict[str, Any] = dict(control_test(measures["transform"], measures["control"], floor=floor))
-    result["floor"] = floor
-    result["seconds"] = round(time.perf_counter() - clock, 2)
-    return result
+    runs = adam_runs(first.family, first.starts, [settings[name].make() for name in FREE_RUNS], num_steps=num_steps, lr=lr)
+    seconds = round((time.perf_counter() - clock) / len(FREE_RUNS), 2)
+    free = dict(zip(FREE_RUNS, runs))
+    results: dict[str, dict[str, Any]] = {}
+    for name, points in free.items():
+        measures = deviations(points)
+        results[name] = {**control_test(measures["transform"], measures["control"], floor=FREE_RUNS[name]), "floor": FREE_RUNS[name], "seconds": seconds}
+    return free, results
+
+
+def _per_step_checks(settings: dict[str, Setting], free: dict[str, Tensor], *, num_steps: int, lr: float) -> dict[str, dict[str, Any]]:
+    """(b), (c): every setting's per-step deviations (`_summarise`d), teacher-forced by its nominal
+    run: the nominal rows of its free run where it has one (rows never interact), else its own."""
+    teachers = {name: (points[:-1, :, :1], 0.0) for name, points in free.items()}  # timed with the free runs
+    teachers.update(_teachers({name: setting for name, setting in settings.items() if name not in free}, num_steps=num_steps, lr=lr))
+    variants: dict[str, dict[str, Any]] = {}
+    for name, setting in settings.items():
+        clock = time.perf_counter()
+        iterates, teacher_seconds = teachers[name]
+        result = forced_deviations(setting.family, iterates, setting.make(), tolerance=setting.tolerance, shared_dim=setting.shared_dim, raw_heads=setting.raw_heads)
+        variants[name] = {**_summarise(result), "seconds": round(teacher_seconds + time.perf_counter() - clock, 2)}
+    return variants
 
 
 @dataclass
@@ -378,26 +556,9 @@ def measure(*, quick: bool, seed: int = 0) -> Measurements:
         headed = [HeadedNonconvex(3, 2, 3, seed=seed + 20 + p) for p in range(num_problems)]
         head_family, head_starts = _versions_case(headed, num_random=num_random, num_starts=num_starts, generator=generator)
 
-        settings = {  # name: (family, starts, method factory, solver tolerance if warm-started, options)
-            "exact_cold": (family, starts, lambda: core.NashMTL(warm_start=False), 0.0, {}),
-            "loose_cold": (family, starts, lambda: core.NashMTL(tolerance=1e-3, warm_start=False), 0.0, {}),
-            "weighted_heads": (head_family, head_starts, lambda: core.NashMTL(warm_start=False), 0.0, {"shared_dim": 3}),
-            "exact": (family, starts, lambda: core.NashMTL(), 1e-10, {}),
-            "loose_warm": (family, starts, lambda: core.NashMTL(tolerance=1e-3), 1e-3, {}),
-            "update_every_5": (family, starts, lambda: core.NashMTL(update_weights_every=5), 1e-10, {}),
-            "raw_heads": (head_family, head_starts, lambda: core.NashMTL(warm_start=False), 0.0, {"shared_dim": 3, "raw_heads": True}),
-            "reference_style": (family, starts, lambda: ReferenceStyleSolve(), 0.0, {}),
-        }
-        variants: dict[str, dict[str, Any]] = {}
-        for name, (fam, st, make, tolerance, options) in settings.items():
-            clock = time.perf_counter()
-            variants[name] = _summarise(forced_deviations(fam, st, make(), num_steps=num_steps, lr=lr, tolerance=tolerance, **options))
-            variants[name]["seconds"] = round(time.perf_counter() - clock, 2)
-
-        trajectories = {
-            "exact_cold": _whole_trajectory(family, starts, core.NashMTL(warm_start=False), num_steps=num_steps, lr=lr, floor=INVARIANCE_TOLERANCE),
-            "exact": _whole_trajectory(family, starts, core.NashMTL(), num_steps=num_steps, lr=lr, floor=NASH_TOLERANCE_FLOOR),
-        }
+        settings = _settings(family, starts, head_family, head_starts)
+        free, trajectories = _whole_trajectories(settings, num_steps=num_steps, lr=lr)
+        variants = _per_step_checks(settings, free, num_steps=num_steps, lr=lr)
         cvxpy_result = _cvxpy_check(family, starts, num_steps=min(num_steps, 100), lr=lr) if not quick else {"run": False, "why": "quick mode"}
         figure_runs = _toy_runs(quick=quick)
     setup = {
@@ -470,22 +631,28 @@ def _cvxpy_check(family: TransformedFamily, starts: Tensor, *, num_steps: int, l
         return {"run": False, "why": "cvxpy (or ECOS/CLARABEL) is not installed"}
     sub = TransformedFamily(family.problems[:1], family.transforms[:1])
     clock = time.perf_counter()
-    result = _summarise(forced_deviations(sub, starts[:1, :, :2], CvxpyReferenceCCP(family.num_tasks, solver), num_steps=num_steps, lr=lr))
+    method = CvxpyReferenceCCP(family.num_tasks, solver)
+    (teacher,) = adam_runs(_nominal_family(sub), starts[:1, :1, :2], [method], num_steps=num_steps, lr=lr)
+    result = _summarise(forced_deviations(sub, teacher[:-1], method))
     result["breaks"] = result["max_rounding"] >= BREAK_FACTOR * ROUNDING_CONSTANT
     return {"run": True, "solver": solver, "num_steps": num_steps, "seconds": round(time.perf_counter() - clock, 2), **result}
 
 
 def _toy_runs(*, quick: bool) -> dict[str, Tensor]:
-    """Nash-MTL, LS and 1-step DiBS-MTL on the toy: nominal, control, `f1 -> f1^3|f1|` (the figure)."""
+    """Nash-MTL, LS and 1-step DiBS-MTL on the toy: nominal, control, `f1 -> f1^3|f1|` (the figure).
+
+    One batched run of the toy runner (every method in every version from every start; all three
+    accept any loss, so it shifts none); per method the iterates `[T + 1, 1, V, S, 2]`."""
     from core.transforms import Affine, SignedPower
     from proofs_numeric.invariance import TOY_STARTS
 
-    toy = TwoTaskToy()
-    family = TransformedFamily([toy], [[[None, None], [Affine(scale=3.0), None], [SignedPower(4.0), None]]])
-    starts = torch.tensor(TOY_STARTS, dtype=torch.float64).expand(1, 3, -1, -1).clone()
+    versions = ((), (TaskTransform(0, Affine(scale=3.0)),), (TaskTransform(0, SignedPower(4.0)),))
+    tracks = [Track(name, version) for name in TOY_METHODS for version in versions]
+    starts = torch.tensor(TOY_STARTS, dtype=torch.float64)
     num_steps, lr = (400, 2.5e-2) if quick else (35000, 1e-3)
-    methods = {"nashmtl": core.NashMTL(), "ls": core.LinearScalarization(), "dibsmtl": core.DiBSMTL()}
-    return {name: optimise(family, starts, method, num_tasks=2, num_steps=num_steps, lr=lr).points for name, method in methods.items()}
+    runs = run_tracks(TwoTaskToy(), starts, tracks, num_steps=num_steps, lr=lr)
+    points = torch.stack([run.points for run in runs], dim=1).unflatten(1, (len(TOY_METHODS), len(versions)))  # [T + 1, M, V, S, 2]
+    return {name: points[:, m, None] for m, name in enumerate(TOY_METHODS)}
 
 
 def _figure(runs: dict[str, Tensor], variants: dict[str, dict[str, Any]]):

@@ -35,7 +35,7 @@ region the runs visit: `sigma_t^2 = max over all runs and steps of ||grad l_t(th
 (+ `n s^2` with noise), which bounds `E||grad l_t(D; theta_k)||^2` at every k, the only use the
 proof makes of it. The tighter proof constant `kappa' = E[sum lambda_t^2] kappa` is reported.
 
-Monte Carlo. `num_runs` independent RLW runs per setting from the same theta_0 (one batch row
+Monte Carlo. `num_runs` independent RLW runs per setting from the same theta_0 (one batch column
 per run; all weights from one seeded generator through `core.RandomLossWeighting`, the noise
 from another). At every k the mean of `||theta_k - theta*||^2` gets a normal-approximation
 confidence interval, simultaneous over all k (Bonferroni, level `1 - ALPHA`). Criterion: the
@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -130,19 +131,43 @@ def mean_interval(samples: Tensor, z: float, /, dim: int = -1) -> tuple[Tensor, 
     return mean, mean - half, mean + half
 
 
-def quadratic_values_and_jacobian(problem: ConvexQuadratic, theta: Tensor, /) -> tuple[Tensor, Tensor]:
-    """Losses `[..., K]` and gradients `A_t (theta - c_t)` `[..., K, n]` in closed form (autograd
-    through the batched quadratic form is ~20x slower; `gradient_gap` checks the two agree)."""
-    offsets = theta[..., None, :] - problem.centers  # [..., K, n]
-    gradients = torch.einsum("kij,...kj->...ki", problem.curvatures, offsets)
-    return 0.5 * (offsets * gradients).sum(dim=-1), gradients
+class TaskGradients:
+    """Closed-form task gradients `A_t (theta - c_t)` of `num_runs` points into buffers reused across
+    calls (autograd through the batched quadratic form is ~20x slower; `gradient_gap` checks the
+    two agree), and the two reductions of them a step needs. Coordinate-major, points `[n, runs]`
+    to gradients `[K, n, runs]`: every operation runs along the long runs dimension, and the sums
+    over n and over the tasks add whole rows (torch's reductions over a dimension of a few elements
+    are several times slower)."""
+
+    def __init__(self, problem: ConvexQuadratic, num_runs: int, /) -> None:
+        self.centers = problem.centers[:, :, None]  # [K, n, 1]
+        self.curvatures = problem.curvatures
+        self.offsets = torch.empty(problem.n_obj, problem.n_var, num_runs, dtype=torch.float64)
+        self.gradients = torch.empty_like(self.offsets)
+        self.scratch = torch.empty_like(self.offsets)
+        self.sq_norms = torch.empty(problem.n_obj, num_runs, dtype=torch.float64)
+
+    def __call__(self, theta: Tensor, /) -> Tensor:
+        """The gradients at `theta` `[n, runs]`; the buffer is overwritten by the next call."""
+        torch.sub(theta, self.centers, out=self.offsets)
+        return torch.bmm(self.curvatures, self.offsets, out=self.gradients)
+
+    def raise_sq_norm_max(self, running: Tensor, /) -> None:
+        """Raise `running` `[K]` to the largest `||grad l_t||^2` over the runs of the last call's gradients."""
+        torch.sum(torch.mul(self.gradients, self.gradients, out=self.scratch), dim=1, out=self.sq_norms)
+        torch.maximum(running, self.sq_norms.amax(dim=-1), out=running)
+
+    def weighted_sum_into(self, out: Tensor, weights: Tensor, /) -> None:
+        """`sum_t lambda_t grad l_t` `[n, runs]` of the last call's gradients and `weights` `[K, runs]`, into `out`."""
+        torch.sum(torch.mul(self.gradients, weights[:, None, :], out=self.scratch), dim=0, out=out)
 
 
 def gradient_gap(problem: ConvexQuadratic, theta: Tensor, /) -> float:
-    """Largest difference between the closed form and `core.batched_task_gradients`."""
-    values, jacobian = quadratic_values_and_jacobian(problem, theta)
-    reference_values, reference_jacobian = core.batched_task_gradients(problem, theta)
-    return max(float((values - reference_values).abs().max()), float((jacobian - reference_jacobian).abs().max()))
+    """Largest difference between `TaskGradients` and `core.batched_task_gradients` (autograd)."""
+    points = theta.reshape(-1, problem.n_var)
+    _, reference = core.batched_task_gradients(problem, points)  # [batch, K, n]
+    gradients = TaskGradients(problem, len(points))(points.T)  # [K, n, batch]
+    return float((gradients.permute(2, 0, 1) - reference).abs().max())
 
 
 @dataclass
@@ -159,43 +184,87 @@ class ProblemRun:
     initial_sq_distance: float
 
 
+class StepWeights(NamedTuple):
+    """One step's RLW weights in the layouts the step uses."""
+
+    by_setting: Tensor
+    """lambda `[settings, K, runs]`."""
+    noisy_norms: Tensor
+    """`||lambda||` of the noisy settings' runs, `[noisy settings, runs, 1]`."""
+    mean_sq: Tensor
+    """The mean over settings and runs of `sum_t lambda_t^2`."""
+
+
+class WeightDraws:
+    """RLW's weights for every run of every setting, one `StepWeights` per call, from
+    `core.RandomLossWeighting` on one seeded generator."""
+
+    def __init__(self, problem: ConvexQuadratic, /, *, num_runs: int, noisy: Tensor, seed: int) -> None:
+        self.method = core.RandomLossWeighting(generator=torch.Generator().manual_seed(seed))
+        self.losses = torch.zeros(len(SETTINGS), num_runs, problem.n_obj, dtype=torch.float64)  # RLW uses only their shape
+        self.noisy = noisy
+
+    def __call__(self) -> StepWeights:
+        weights = self.method(self.losses)  # [settings, runs, K]
+        by_setting = weights.transpose(1, 2).contiguous()
+        return StepWeights(
+            by_setting=by_setting,
+            noisy_norms=torch.linalg.vector_norm(weights[self.noisy], dim=-1, keepdim=True),
+            mean_sq=by_setting.pow(2).sum(dim=1).mean(),
+        )
+
+
+def squared_distances_into(out: Tensor, theta: Tensor, target: Tensor, /, *, scratch: Tensor) -> None:
+    """`||theta - target||^2` `[settings, runs]` of the iterates `theta` `[settings, n, runs]`, into `out`."""
+    torch.sum(torch.sub(theta, target[:, None], out=scratch).pow_(2), dim=1, out=out)
+
+
 def simulate(problem: ConvexQuadratic, /, *, num_runs: int, num_steps: int, seed: int) -> ProblemRun:
-    """All settings of one problem, one batch row per independent RLW run."""
+    """All settings of one problem, one independent RLW run per column of the iterates
+    `[settings, n, runs]` (coordinate-major, see `TaskGradients`); the loop reuses its buffers of
+    the gradients' size."""
     c = float(problem.strong_convexity.min())
     base_step = min(1 / float(problem.smoothness.max()), 1 / (2 * c))
     etas = torch.tensor([s.step_fraction * base_step for s in SETTINGS], dtype=torch.float64)
     noise = torch.tensor([s.noise for s in SETTINGS], dtype=torch.float64)
     target = mean_loss_minimiser(problem)
     start = problem.starts(1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)[0]
-    theta = start.expand(len(SETTINGS), num_runs, -1).clone()  # [settings, runs, n]
-    method = core.RandomLossWeighting(generator=torch.Generator().manual_seed(seed + 1))
+    noisy = torch.nonzero(noise)[:, 0]
+    noise_levels = noise[noisy, None, None]
+    weight_draws = WeightDraws(problem, num_runs=num_runs, noisy=noisy, seed=seed + 1)
     noise_generator = torch.Generator().manual_seed(seed + 2)
 
-    noisy_rows = noise > 0
-    squared = [(theta - target).pow(2).sum(dim=-1)]
+    theta = start[None, :, None].expand(len(SETTINGS), -1, num_runs).clone()
+    gradients_at = TaskGradients(problem, num_runs)
+    direction, scratch = torch.empty_like(theta), torch.empty_like(theta)
+    squared = torch.empty(num_steps + 1, len(SETTINGS), num_runs, dtype=torch.float64)
     gradient_sq_max = torch.zeros(len(SETTINGS), problem.n_obj, dtype=torch.float64)
     weight_sq_sum = torch.zeros((), dtype=torch.float64)
-    for _ in range(num_steps):
-        values, jacobian = quadratic_values_and_jacobian(problem, theta)  # [S, R, K], [S, R, K, n]
-        gradient_sq_max = torch.maximum(gradient_sq_max, jacobian.pow(2).sum(dim=-1).amax(dim=1))
-        weights = method(values)
-        weight_sq_sum = weight_sq_sum + weights.pow(2).sum(dim=-1).mean()
-        direction = (weights[..., None] * jacobian).sum(dim=-2)
+
+    squared_distances_into(squared[0], theta, target, scratch=scratch)
+    for k in range(1, num_steps + 1):
+        weights = weight_draws()
+        # a setting at a time: its [K, n, runs] intermediates stay in the cache (twice as fast at K = 5)
+        for j in range(len(SETTINGS)):
+            gradients_at(theta[j])
+            gradients_at.raise_sq_norm_max(gradient_sq_max[j])
+            gradients_at.weighted_sum_into(direction[j], weights.by_setting[j])
+        weight_sq_sum += weights.mean_sq
         # sum_t lambda_t s xi_t with independent xi_t ~ N(0, I) is s ||lambda|| xi, xi ~ N(0, I): one draw per run
-        draws = torch.randn(direction[noisy_rows].shape, generator=noise_generator, dtype=direction.dtype)
-        scale = noise[noisy_rows, None, None] * torch.linalg.vector_norm(weights[noisy_rows], dim=-1, keepdim=True)
-        direction[noisy_rows] += scale * draws
-        theta = theta - etas[:, None, None] * direction
-        squared.append((theta - target).pow(2).sum(dim=-1))
-    _, jacobian = quadratic_values_and_jacobian(problem, theta)
-    gradient_sq_max = torch.maximum(gradient_sq_max, jacobian.pow(2).sum(dim=-1).amax(dim=1))
+        xi = torch.randn(len(noisy), num_runs, problem.n_var, generator=noise_generator, dtype=torch.float64)
+        direction.index_add_(0, noisy, xi.mul_(noise_levels * weights.noisy_norms).transpose(1, 2))
+        theta.sub_(direction.mul_(etas[:, None, None]))
+        squared_distances_into(squared[k], theta, target, scratch=scratch)
+    for j in range(len(SETTINGS)):
+        gradients_at(theta[j])
+        gradients_at.raise_sq_norm_max(gradient_sq_max[j])
     sigma_sq = gradient_sq_max + problem.n_var * noise[:, None] ** 2  # [settings, K]
     kappas = sigma_sq.sum(dim=-1)
     mean_weight_sq = float(weight_sq_sum / num_steps)  # E[sum_t lambda_t^2] <= 1
     return ProblemRun(
         label=f"n={problem.n_var}, K={problem.n_obj}",
         n_obj=problem.n_obj,
-        squared_distances=torch.stack(squared),
+        squared_distances=squared,
         etas=etas.tolist(),
         c=c,
         kappas=kappas.tolist(),

@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 
-from proofs_numeric import dibs_theorems
+import core
+from proofs_numeric import dibs_fairness, dibs_theorems
 from toy_problems import ConvexQuadratic
+from toy_problems.base import Problem
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +40,21 @@ def test_a_violated_criterion_fails(monkeypatch) -> None:
     assert failed == ["b_distance_to_pareto_point"]
 
 
-def _pair(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x**2, (x - 1) ** 2], dim=-1)
+class _Pair(Problem):
+    """`x^2, (x - 1)^2`, gradients by autograd (the base class's `values_and_jacobian`)."""
+
+    n_var, n_obj, bounds = 1, 2, (0.0, 1.0)
+
+    def __call__(self, x: torch.Tensor, /) -> torch.Tensor:
+        return torch.cat([x**2, (x - 1) ** 2], dim=-1)
 
 
 def test_newton_finds_the_fair_fixed_point_and_the_certificate_bounds_the_residual() -> None:
     preferred = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     starts = torch.tensor([[0.2], [0.9], [0.5]], dtype=torch.float64)
-    fixed = dibs_theorems.newton_fixed_points(_pair, starts, preferred)
+    fixed = dibs_theorems.newton_fixed_points(_Pair(), starts, preferred)
     torch.testing.assert_close(fixed, torch.full_like(starts, 0.5), atol=1e-14, rtol=0)
-    parts = dibs_theorems.field_parts(_pair, torch.tensor([[0.2]], dtype=torch.float64), preferred)
+    parts = dibs_theorems.field_parts(_Pair(), torch.tensor([[0.2]], dtype=torch.float64), preferred)
     torch.testing.assert_close(parts["field"], torch.tensor([[-0.6]], dtype=torch.float64))  # D = 2x - 1
     torch.testing.assert_close(parts["beta"], torch.tensor([[0.5, 0.5]], dtype=torch.float64))  # d_i/||g_i|| = 1/2 each
     # ||sum beta_i g_i|| = ||D|| / sum_j d_j/||g_j|| = 0.6 / 1
@@ -66,10 +73,45 @@ def test_reflection_symmetric_problem_swaps_the_tasks(n_var: int, n_obj: int) ->
 
 def test_stacked_quadratics_match_the_problems_and_distinct_points_counts() -> None:
     problems = [ConvexQuadratic.random(3, 2, seed=s) for s in range(3)]
-    objectives, centers, _ = dibs_theorems.stacked_quadratics(problems)
+    objectives = dibs_theorems.StackedQuadratics(problems)
     x = torch.randn(3, 4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     expected = torch.stack([problem(x[p]) for p, problem in enumerate(problems)])
     torch.testing.assert_close(objectives(x), expected)
-    torch.testing.assert_close(centers[1], problems[1].centers)
+    torch.testing.assert_close(objectives.centers[1], problems[1].centers)
     points = torch.tensor([[0.0, 0.0], [1e-9, 0.0], [1.0, 0.0]], dtype=torch.float64)
     assert dibs_theorems.distinct_points(points) == 2
+
+
+@pytest.mark.parametrize("n_var, n_obj", sorted({*dibs_theorems.QUICK["configs"], *dibs_theorems.FULL["configs"]}))
+def test_stacked_quadratics_closed_form_is_autograd_bit_for_bit(n_var: int, n_obj: int) -> None:
+    objectives = dibs_theorems.StackedQuadratics([ConvexQuadratic.random(n_var, n_obj, seed=s) for s in range(4)])
+    x = 10 * torch.randn(2, 4, 5, n_var, generator=torch.Generator().manual_seed(n_var), dtype=torch.float64)
+    values, gradients = objectives.values_and_jacobian(x)
+    expected_values, expected_gradients = core.batched_task_gradients(objectives, x)
+    assert torch.equal(values, expected_values) and torch.equal(gradients, expected_gradients)
+
+
+def test_dibs_and_the_naive_sum_in_one_batch_repeat_separate_runs_bit_for_bit() -> None:
+    problem = ConvexQuadratic.random(3, 3, seed=0)
+    starts = 3 * torch.randn(6, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    step = dibs_theorems.robbins_monro(0.1)
+    dibs, naive = dibs_theorems.dibs_and_naive(problem, starts, starts[:4], problem.centers, num_steps=50, step_size=step)
+    assert torch.equal(dibs, core.dibs(problem, starts, problem.centers, num_steps=50, step_size=step))
+    expected = core.dibs(problem, starts[:4], problem.centers, num_steps=50, step_size=step, distance_weighted=False)
+    assert torch.equal(naive, expected)
+
+
+def test_the_fairness_games_run_as_one_batch_repeat_core_dibs_bit_for_bit() -> None:
+    starts = torch.linspace(0.01, 0.99, 8, dtype=torch.float64)[:, None]
+    preferred = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    schedule = core.robbins_monro_step(0.2, power=0.75)
+    dibs, naive, quartic = dibs_fairness.trajectories(starts, preferred, schedule, 100)
+    quadratic_pair, quartic_pair = _Pair(), lambda x: torch.cat([x**4, (x - 1) ** 2], dim=-1)
+    assert torch.equal(dibs, core.dibs(quadratic_pair, starts, preferred, num_steps=100, step_size=schedule))
+    assert torch.equal(naive, core.dibs(quadratic_pair, starts, preferred, num_steps=100, step_size=schedule, distance_weighted=False))
+    assert torch.equal(quartic, core.dibs(quartic_pair, starts, preferred, num_steps=100, step_size=schedule))
+    games = dibs_fairness.LossPairs((2, 4))
+    values, gradients = games.values_and_jacobian(starts.expand(2, -1, -1))
+    for game, pair in enumerate((quadratic_pair, quartic_pair)):
+        expected_values, expected_gradients = core.batched_task_gradients(pair, starts)
+        assert torch.equal(values[game], expected_values) and torch.equal(gradients[game], expected_gradients)

@@ -77,14 +77,14 @@ def test_the_generator_is_deterministic_and_draws_logs_only_with_a_lower_bound()
     assert any(isinstance(layer, Log) for draw in draws for layer in draw.transforms)
 
 
-def test_task_gradients_match_autograd_per_task_and_versions_apply_their_transforms() -> None:
+def test_a_family_s_chain_rule_jacobian_matches_autograd_and_versions_apply_their_transforms() -> None:
     generator = torch.Generator().manual_seed(3)
     problems = [RandomNonconvex(4, 3, seed=s) for s in (1, 2)]
     ranges = invariance.loss_ranges(problems, *invariance.box(problems[0]), generator=generator)
     transforms = invariance.draw_versions(generator, ranges, torch.zeros(2, 3, dtype=torch.float64), 1)
     family = invariance.TransformedFamily(problems, transforms)
     x = invariance.random_starts(problems, 3, 4, generator)
-    values, jacobian = invariance.task_gradients(family, x, 3)
+    values, jacobian = family.values_and_jacobian(x)
     expected_values, expected_jacobian = core.batched_task_gradients(family, x)
     torch.testing.assert_close(values, expected_values, rtol=0, atol=0)
     torch.testing.assert_close(jacobian, expected_jacobian, rtol=1e-14, atol=1e-14)

@@ -27,6 +27,28 @@ def test_a_violated_criterion_fails_the_run(tmp_path, monkeypatch, capsys) -> No
     assert "FAIL" in capsys.readouterr().out
 
 
+def test_claims_in_two_processes_give_the_rows_and_files_of_one(tmp_path, capsys) -> None:
+    flags = ["--quick", "--claim", "tangent_accuracy", "--claim", "dibs_fairness"]
+    assert main([*flags, "--processes", "1", "--out", str(tmp_path / "one")]) == 0
+    one = capsys.readouterr().out
+    assert main([*flags, "--processes", "2", "--out", str(tmp_path / "two")]) == 0
+    two = capsys.readouterr().out
+    assert one.splitlines()[:3] == two.splitlines()[:3]  # the header and both rows, in the order asked
+    assert one.splitlines()[1].startswith("tangent_accuracy")
+    for name in ("tangent_accuracy", "dibs_fairness"):
+        first, second = (json.loads((tmp_path / run / f"{name}.json").read_text()) for run in ("one", "two"))
+        assert (first["passed"], first["measured"]) == (second["passed"], second["measured"])
+        assert (tmp_path / "two" / f"{name}.png").stat().st_size > 0
+
+
+def test_processes_must_be_a_positive_integer(capsys) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--processes", "0"])
+    assert exit_info.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
 def test_predicted_errors_follow_the_contraction() -> None:
     import torch
 

@@ -39,7 +39,7 @@ def test_two_task_toy_with_a_transform_writes_everything(tmp_path, capsys) -> No
         assert (out / name).stat().st_size > 0
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == PNG_MAGIC
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staging folder is gone
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the staging folder (inside --out) is gone
 
     result = json.loads((out / "inspect.json").read_text())
     config = result["config"]
@@ -77,6 +77,30 @@ def test_two_task_toy_with_a_transform_writes_everything(tmp_path, capsys) -> No
             math.dist(a["end"], b["end"]) for a, b in zip(result["results"][name]["runs"], nominal["results"][name]["runs"])
         ]
         assert (max(gaps) < 1e-9) == gap_is_zero
+
+
+def test_the_default_folder_is_named_after_the_settings(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    flags = ["inspect", "--problem", "two_task_toy", "--methods", "ls", "--steps", "3", "--quiet"]
+    assert main(flags) == 0 and main([*flags, "--lr", "0.01"]) == 0 and main([*flags, "--transform", "0:exp"]) == 0
+    assert main(flags) == 0  # the same settings: the same folder again
+    folders = sorted(p.name for p in (tmp_path / "results" / "toy_inspect" / "two_task_toy").iterdir())
+    assert len(folders) == 3, folders
+    assert sum(name.startswith("3steps-adam-lr0.001-seed0-") for name in folders) == 2
+    assert sum(name.startswith("3steps-adam-lr0.01-seed0-") for name in folders) == 1
+    assert "wrote results/toy_inspect/two_task_toy/3steps-adam-lr0.001-seed0-" in capsys.readouterr().out
+
+
+def test_an_unwritable_out_fails_before_any_compute(tmp_path, monkeypatch, capsys) -> None:
+    import toy_problems.inspect_cli as inspect_cli
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("computed before checking --out")
+
+    monkeypatch.setattr(inspect_cli, "run_inspection", no_compute)
+    (tmp_path / "a_file").write_text("")
+    assert _inspect(tmp_path / "a_file" / "out", "--problem", "two_task_toy") == 2
+    assert "is not a folder" in capsys.readouterr().err
 
 
 def test_zdt2_variant_with_stateful_methods_and_drawn_starts(tmp_path, capsys) -> None:

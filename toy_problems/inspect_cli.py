@@ -13,7 +13,9 @@ endpoints and writes, into one folder, a JSON result and PNG figures (see `--hel
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -54,6 +56,7 @@ from toy_problems import (
 )
 from toy_problems.measures import distance_to_front, stationarity_residuals
 from toy_problems.runner import OPTIMIZERS, Track, Trajectory, make_optimizer, run_tracks
+from toy_problems.store import unwritable_reason
 from toy_problems.task_transforms import TaskTransform, combine, parse_task_transform
 
 logger = logging.getLogger(__name__)
@@ -592,18 +595,18 @@ def _convergence_figure(args, runs: list[MethodRun], has_front: bool):
 
 
 def write_outputs(out: Path, payload: dict, figures: dict[str, Any]) -> list[Path]:
-    """Write the JSON and the figures into a temporary folder beside `out`, then move each file into
-    `out` (each replacement is atomic; on any error nothing in `out` changes). A figure of an
-    earlier run that this run does not make (the untransformed view) is removed."""
+    """Write the JSON and the figures into a temporary folder inside `out`, then move each file into
+    `out` (each replacement is atomic and stays on `out`'s file system, so a mounted `out` works; on
+    any error nothing in `out` changes). A figure of an earlier run that this run does not make (the
+    untransformed view) is removed."""
     from toy_problems.store import save_figure_atomic, write_json_atomic
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=out))
     try:
         write_json_atomic(staging / "inspect.json", payload)
         for name, figure in figures.items():
             save_figure_atomic(figure, staging / name)
-        out.mkdir(parents=True, exist_ok=True)
         written = []
         for path in sorted(staging.iterdir()):
             os.replace(path, out / path.name)
@@ -615,6 +618,19 @@ def write_outputs(out: Path, payload: dict, figures: dict[str, Any]) -> list[Pat
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def default_out(args: argparse.Namespace, /) -> Path:
+    """`results/toy_inspect/PROBLEM/<settings>`: one folder per set of settings (steps, optimiser,
+    learning rate, seed, then a hash of every flag that changes the numbers), so that an inspection
+    never replaces one made with other settings."""
+    settings = {key: getattr(args, key) for key in NUMERIC_FLAGS}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path("results") / "toy_inspect" / args.problem / f"{args.steps}steps-{args.optimizer}-lr{args.lr:g}-seed{args.seed}-{digest}"
+
+
+NUMERIC_FLAGS = ("problem", "methods", "transform", "starts", "start", "seed", "steps", "optimizer", "lr", "dtype", "n_var", "n_obj", "problem_seed")
+"""The flags whose values change what `inspect` computes (not --out, --quiet or --device)."""
+
+
 # ----------------------------------------------------------------------------- the parser and main
 
 def _wrap(text: str) -> str:
@@ -622,7 +638,8 @@ def _wrap(text: str) -> str:
 
 
 EPILOG = f"""
-what it writes into --out (default results/toy_inspect/PROBLEM):
+what it writes into --out (default results/toy_inspect/PROBLEM/<steps>steps-<optimizer>-lr<lr>-seed<seed>-<hash of
+the other settings>, one folder per set of settings):
   inspect.json                    config, per method and start: start, end point, end losses (untransformed,
                                   and as seen with transforms), final and smallest residual, distance to the
                                   front, normalised position and favoured task; trajectories (at most
@@ -632,7 +649,7 @@ what it writes into --out (default results/toy_inspect/PROBLEM):
   trajectories_untransformed.png  with --transform: the same runs on the untransformed losses
   convergence.png                 stationarity residual and its running minimum against iterations (log
                                   scale), and the distance to the front where it is known
-Files are written to a temporary folder first and moved in only after the run succeeded.
+Files are written to a temporary folder inside it first and moved in only after the run succeeded.
 
 definitions:
 {_wrap("residual: " + RESIDUAL_DEFINITION + ".")}
@@ -690,7 +707,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-var", type=int, default=None, help="number of variables, for zdt1-3, fonseca_fleming, quadratic, nonconvex (defaults in --list)")
     parser.add_argument("--n-obj", type=int, default=None, help="number of tasks, for quadratic and nonconvex (default 3)")
     parser.add_argument("--problem-seed", type=int, default=None, help="the seed that draws quadratic and nonconvex (default 0)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default results/toy_inspect/PROBLEM)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default results/toy_inspect/PROBLEM/<settings>, named after the settings)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -705,9 +723,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command is None:
             raise UsageError("choose a command: inspect (python -m toy_problems inspect --help), or --list")
-        out = args.out if args.out is not None else Path("results") / "toy_inspect" / args.problem
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {str(out)!r} exists and is not a folder; give a folder for the results")
+        out = args.out if args.out is not None else default_out(args)
+        reason = unwritable_reason(out)  # before any compute
+        if reason is not None:
+            raise UsageError(f"--out {reason}")
         payload, figures, table = run_inspection(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

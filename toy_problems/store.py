@@ -21,6 +21,27 @@ def _umask_permissions() -> int:
     return 0o666 & ~mask
 
 
+def unwritable_reason(out: str | Path, /) -> str | None:
+    """Why no result could be written into the folder `out` (created if missing), or None.
+
+    Checked before any compute by creating (and removing) a file in the nearest existing folder:
+    `os.access` says yes to root on a folder it cannot write, and a read-only mount refuses only
+    the write itself."""
+    out = Path(out)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{out} is not a folder ({existing} is a file); choose a folder for the results"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-probe.", dir=existing)
+    except OSError as error:
+        return f"{out} is not writable here ({existing}: {error.strerror or error}); choose a writable folder"
+    os.close(handle)
+    os.unlink(probe)
+    return None
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None], /) -> Path:
     """Call `write(stream)` on a temporary file beside `path`, fsync it and rename it onto `path`,
     so that readers see the old file or the new one, never half of one."""
