@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     module = EXPERIMENTS[args.experiment][0]
     try:
         out = getattr(args, "out", None)
-        if out is not None and hasattr(module, "planned_runs"):  # refuse an unwritable store before any compute
+        if out is not None and hasattr(module, "planned_runs") and not getattr(args, "summary", False):  # refuse an unwritable store before any compute
             reason = unwritable_reason(out)
             if reason is not None:
                 raise MTLInputError(f"--out {reason}")

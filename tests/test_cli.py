@@ -61,6 +61,53 @@ def test_stateful_methods_run_in_the_toy_experiment(tmp_path, capsys, monkeypatc
     assert len(list((tmp_path / "toy" / "runs").glob("*.json"))) == 4  # 2 methods x {nominal, transformed}
 
 
+def test_summary_prints_a_finished_store_without_computing_or_writing(tmp_path, capsys, monkeypatch) -> None:
+    import os
+
+    from benchmarks.experiments import toy
+
+    flags = ["toy", "--steps", "5", "--methods", "ls,mgda", "--out", str(tmp_path), "--quiet"]
+    assert main(flags) == 0
+    printed = capsys.readouterr().out
+    before = {path: os.stat(path).st_mtime_ns for path in tmp_path.rglob("*")}
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("--summary computed a run")
+
+    monkeypatch.setattr(toy, "run_toy_experiments", no_compute)
+    assert main([*flags, "--summary"]) == 0
+    summary = capsys.readouterr().out
+    assert summary.strip() == printed[: printed.index("\nwrote ")].strip()  # the same table and note
+    assert {path: os.stat(path).st_mtime_ns for path in tmp_path.rglob("*")} == before  # nothing written
+
+    assert main(["toy", "--steps", "5", "--methods", "ls,cagrad", "--out", str(tmp_path), "--summary"]) == 2
+    error = capsys.readouterr().err
+    assert "2 of 4 runs with these settings are not finished" in error and "cagrad (none, seed 0)" in error
+
+
+def test_a_read_only_store_migrates_in_memory_and_refuses_writes(tmp_path) -> None:
+    import json
+
+    import pytest
+
+    from benchmarks.harness.runs import ResultStore, RunSpec
+
+    spec = RunSpec("toy", "dibsmtl:steps=5", 0, "none", {"steps": 5})
+    old = RunSpec("toy", "dibsmtl_multi_step", 0, "none", {"steps": 5})
+    ResultStore(tmp_path).save(old, {"value": 1.5}, elapsed_s=0.1)
+    files = sorted(tmp_path.rglob("*.json"))
+    reader = ResultStore(tmp_path, read_only=True)
+    assert reader.load(spec)["result"] == {"value": 1.5} and reader.load(spec)["migrated_from"] == old.run_id
+    assert sorted(tmp_path.rglob("*.json")) == files  # migrated in memory only
+    corrupt = ResultStore(tmp_path).result_path(old)
+    corrupt.write_text(json.dumps({"broken": True}))
+    assert reader.load(old) is None and corrupt.exists()  # reported, left where it is
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.save(spec, {"value": 2.0}, elapsed_s=0.1)
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.discard(spec)
+
+
 def test_an_out_that_is_a_file_fails_before_any_run(tmp_path, capsys) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("")

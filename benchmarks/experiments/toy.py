@@ -23,7 +23,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +295,8 @@ def report_folder(out: str | Path, *, quick: bool) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     runs, methods, seeds, transforms = plan_runs(args)
+    if getattr(args, "summary", False):
+        return print_summary(runs, methods, seeds, transforms, ResultStore(args.out, read_only=True))
     store = ResultStore(args.out)
     if args.fresh:
         for run in runs:
@@ -320,7 +322,7 @@ def main(args: argparse.Namespace) -> int:
         # under `--workers N` each worker takes batches of a 1/N share of the runs
         records = run_sweep_batched(runs, run_many, store, batch_size=math.ceil(len(runs) / workers) if workers > 1 else None)
     wall = time.perf_counter() - began
-    results = {(r["spec"]["method"], r["spec"]["seed"], r["spec"]["transform"]): r["result"] for r in records}
+    results = results_by_run(records)
     config = runs[0].config
     folder = report_folder(args.out, quick=args.quick)
     table = format_tables(results, methods, seeds, transforms)
@@ -335,12 +337,37 @@ def main(args: argparse.Namespace) -> int:
     write_markdown_table(folder / "summary.md", "The DiBS-MTL toy: endpoints, distance to the front, invariance gap", provenance, table)
     formats = ("png",) if args.quick else ("png", "pdf")  # the quick look: no PDF (half the drawing time)
     figures = draw_figures(results, methods, seeds[0], transforms, folder, steps=config["steps"], formats=formats)
-    print(table[table.index(f"\n{PER_METHOD_HEADING}\n") + 1 :])  # the per-start table is in the file
-    if config["steps"] < DEFAULT_STEPS:
-        print(f"\n{short_run_note(config['steps'])}")
+    print_per_method(table, config["steps"])  # the per-start table is in the file
     print(f"\nwrote {folder / 'summary.md'} (with the table per start), {len(figures)} figures ({', '.join(sorted({p.stem for p in figures}))}) in {folder}, "
           f"and one JSON per run in {Path(args.out) / EXPERIMENT / 'runs'}")
     return 0
+
+
+def print_summary(runs: list[RunSpec], methods: list[str], seeds: list[int], transforms: list[str], store: ResultStore) -> int:
+    """`--summary`: the per-method table of the finished runs, read from `store` (nothing is written)."""
+    records = {run.run_id: store.load(run) for run in runs}
+    missing = [run for run in runs if records[run.run_id] is None]
+    if missing:
+        listed = ", ".join(f"{run.method} ({run.transform}, seed {run.seed})" for run in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise MTLInputError(
+            f"{len(missing)} of {len(runs)} runs with these settings are not finished in {store.root}: {listed}{more}; "
+            "run the same command without --summary to compute them"
+        )
+    print_per_method(format_tables(results_by_run(records.values()), methods, seeds, transforms), runs[0].config["steps"])
+    return 0
+
+
+def results_by_run(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int, str], Mapping[str, Any]]:
+    """The stored results keyed by (method, seed, transform)."""
+    return {(r["spec"]["method"], r["spec"]["seed"], r["spec"]["transform"]): r["result"] for r in records}
+
+
+def print_per_method(table: str, steps: int) -> None:
+    """The per-method part of `format_tables`' text, and what a short run cannot show."""
+    print(table[table.index(f"\n{PER_METHOD_HEADING}\n") + 1 :])
+    if steps < DEFAULT_STEPS:
+        print(f"\n{short_run_note(steps)}")
 
 
 def short_run_note(steps: int) -> str:
@@ -572,3 +599,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"record the trajectories every N steps (default: steps // {RECORDS_PER_TRAJECTORY}, about {RECORDS_PER_TRAJECTORY} points per trajectory; the last step is always recorded)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--summary", action="store_true",
+                        help="print the tables of these settings' finished runs in --out without computing or writing anything "
+                             "(a read-only store works); fails, naming them, if runs are missing")

@@ -92,10 +92,19 @@ def file_locks_available() -> bool:
 
 
 class ResultStore:
-    """Finished results and checkpoints of runs under one output folder."""
+    """Finished results and checkpoints of runs under one output folder.
 
-    def __init__(self, root: str | Path, /) -> None:
+    `read_only=True` reads without touching the folder (a summary of a finished store, a read-only
+    mount): a run under an old method name is migrated in memory only, a corrupt file is reported
+    and left where it is, and `save`/`discard` refuse."""
+
+    def __init__(self, root: str | Path, /, *, read_only: bool = False) -> None:
         self.root = Path(root)
+        self.read_only = read_only
+
+    def _check_writable(self, action: str) -> None:
+        if self.read_only:
+            raise RuntimeError(f"cannot {action} in a read-only result store ({self.root})")
 
     def result_path(self, spec: RunSpec, /) -> Path:
         return self.root / spec.experiment / "runs" / f"{spec.run_id}.json"
@@ -107,6 +116,7 @@ class ResultStore:
 
     def save(self, spec: RunSpec, result: Mapping[str, Any], /, *, elapsed_s: float) -> dict[str, Any]:
         """Write the finished run atomically and drop its checkpoint; returns the stored record."""
+        self._check_writable("save a run")
         record = {
             "format": FORMAT_VERSION,
             "spec": spec.as_dict(),
@@ -137,7 +147,9 @@ class ResultStore:
             problem = "was written for another run"
         else:
             problem = "is truncated or corrupt (its checksum does not match)"
-        if record is None:
+        if record is None and self.read_only:
+            logger.warning("result file %s %s; left as it is (read-only store)", path, problem)
+        elif record is None:
             aside = path.with_suffix(".json.corrupt")
             try:
                 os.replace(path, aside)
@@ -149,6 +161,7 @@ class ResultStore:
     def discard(self, spec: RunSpec, /) -> None:
         """Forget the run so that it is redone (`--fresh`): its result, its checkpoint and any result
         stored under an old name of its method (which `load` would otherwise migrate back)."""
+        self._check_writable("discard a run")
         self.result_path(spec).unlink(missing_ok=True)
         self.checkpoint_path(spec).unlink(missing_ok=True)
         for old_name in legacy_method_names(spec.method):
@@ -162,6 +175,8 @@ class ResultStore:
             if record is None or record["spec"] != old.as_dict():
                 continue
             record.update(spec=spec.as_dict(), run_id=spec.run_id, migrated_from=old.run_id)
+            if self.read_only:
+                return record
             write_json_atomic(self.result_path(spec), {**record, "sha256": hashlib.sha256(_canonical(record).encode()).hexdigest()})
             logger.info("run %s was stored as %s (method %r); migrated to the current name", spec.run_id, old.run_id, old_name)
             return record
