@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from notebooks.support import CLAIMS, claim, inspect_toy, keep, pick, save
 from proofs_numeric import dibs_fairness, dibs_mtl_convergence
+from toy_problems.inspect_cli import InspectConfig
 
 METHODS = ["dibsmtl", "dibsmtl:steps=5", "normalized_sum", "ls", "mgda"]
 LABELS = {"dibsmtl": "DiBS-MTL, 1 step", "dibsmtl:steps=5": "DiBS-MTL, 5 steps", "normalized_sum": "normalised sum", "ls": "linear scalarisation", "mgda": "MGDA"}
@@ -32,7 +33,7 @@ PROBLEMS = {"nonconvex": "random nonconvex, 4 variables, 3 tasks", "two_task_toy
 # (Adam steps, lr): the toy gets the paper's 35,000 steps, the random problem converges in fewer
 SETTINGS = {"nonconvex": pick(quick=(300, 0.01), full=(5000, 1e-3)), "two_task_toy": pick(quick=(300, 0.01), full=(35000, 1e-3))}
 payloads = {
-    problem: inspect_toy("--problem", problem, "--methods", ",".join(METHODS), "--steps", str(steps), "--lr", str(lr))
+    problem: inspect_toy(InspectConfig(problem, methods=",".join(METHODS), steps=steps, lr=lr))
     for problem, (steps, lr) in SETTINGS.items()
 }
 for problem, (steps, lr) in SETTINGS.items():

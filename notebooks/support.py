@@ -23,7 +23,10 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from toy_problems.inspect_cli import InspectConfig
 
 QUICK_VARIABLE = "MTL_NOTEBOOK_QUICK"
 RESULTS_VARIABLE = "MTL_RESULTS"
@@ -127,29 +130,32 @@ def benchmark(name: str, /, *flags: str, echo: bool = False) -> tuple[argparse.N
     return args, records
 
 
-def inspect_folder(*flags: str) -> Path:
-    """Where `inspect_toy(*flags)` keeps its output: RESULTS/toy_inspect/notebooks/<hash of the flags>."""
-    import hashlib
+def inspect_folder(config: InspectConfig) -> Path:
+    """Where `inspect_toy(config)` keeps its output: RESULTS/toy_inspect/<problem>/<settings>, the
+    folder `python -m toy_problems inspect` names after the same settings."""
+    from toy_problems.inspect_cli import default_out
+
+    return RESULTS / "toy_inspect" / config.problem / default_out(config).name
+
+
+def inspect_toy(config: InspectConfig, /, *, echo: bool = False) -> dict[str, Any]:
+    """The `inspect.json` payload of `toy_problems.inspect_cli.run(config)`: read from the result
+    store when these settings ran before (`inspect_folder`), else run now and stored there. Delete
+    the folder to recompute."""
     import json
 
-    return RESULTS / "toy_inspect" / "notebooks" / hashlib.sha256(json.dumps(list(flags)).encode()).hexdigest()[:16]
+    from toy_problems.inspect_cli import run, write_outputs
 
-
-def inspect_toy(*flags: str, echo: bool = False) -> dict[str, Any]:
-    """The `inspect.json` payload of `python -m toy_problems inspect FLAGS`: read from the result
-    store when these flags ran before (`inspect_folder`), else run now and stored there. Delete the
-    folder to recompute."""
-    import json
-
-    from toy_problems.inspect_cli import main as toy_main
-
-    out = inspect_folder(*flags)
+    out = inspect_folder(config)
     with contextlib.suppress(OSError, ValueError):
         payload = json.loads((out / "inspect.json").read_text())  # written atomically: whole or absent
         if isinstance(payload, dict) and "results" in payload:
             return payload
-    _call(toy_main, ["inspect", *flags, "--out", str(out), "--quiet"], echo=echo)
-    return json.loads((out / "inspect.json").read_text())
+    result = run(config)
+    write_outputs(out, result.payload, result.figures)
+    if echo:
+        print(result.table)
+    return result.payload
 
 
 def claim(module, /):

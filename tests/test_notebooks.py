@@ -104,26 +104,28 @@ def test_report_body_strips_title_and_provenance_and_rejects_other_files(tmp_pat
         support.report_body(tmp_path / "other.md")
 
 
-def test_inspect_toy_reads_what_it_stored_and_reruns_for_other_flags(tmp_path, monkeypatch):
+def test_inspect_toy_reads_what_it_stored_and_reruns_for_other_settings(tmp_path, monkeypatch):
     from toy_problems import inspect_cli
+    from toy_problems.inspect_cli import InspectConfig
 
     monkeypatch.setattr(support, "RESULTS", tmp_path)
     calls = []
-    real = inspect_cli.main
+    real = inspect_cli.run
 
-    def counting(argv):
-        calls.append(argv)
-        return real(argv)
+    def counting(config):
+        calls.append(config)
+        return real(config)
 
-    monkeypatch.setattr(inspect_cli, "main", counting)
-    flags = ("--problem", "two_task_toy", "--methods", "ls", "--steps", "20", "--lr", "0.01")
-    first = support.inspect_toy(*flags)
-    assert len(calls) == 1 and support.inspect_folder(*flags).is_relative_to(tmp_path)
-    assert support.inspect_toy(*flags) == first and len(calls) == 1  # read from the store
-    support.inspect_toy(*flags[:-1], "0.02")
+    monkeypatch.setattr(inspect_cli, "run", counting)
+    config = InspectConfig("two_task_toy", methods="ls", steps=20, lr=0.01)
+    first = support.inspect_toy(config)
+    folder = support.inspect_folder(config)
+    assert len(calls) == 1 and folder.is_relative_to(tmp_path / "toy_inspect" / "two_task_toy")
+    assert support.inspect_toy(config) == first and len(calls) == 1  # read from the store
+    support.inspect_toy(InspectConfig("two_task_toy", methods="ls", steps=20, lr=0.02))
     assert len(calls) == 2  # other settings, another folder
-    (support.inspect_folder(*flags) / "inspect.json").write_text("{")  # torn: recomputed
-    assert support.inspect_toy(*flags)["results"].keys() == first["results"].keys() and len(calls) == 3
+    (folder / "inspect.json").write_text("{")  # torn: recomputed
+    assert support.inspect_toy(config)["results"].keys() == first["results"].keys() and len(calls) == 3
 
 
 def test_claim_reads_the_store_of_python_m_proofs_numeric(tmp_path, monkeypatch, capsys):

@@ -91,13 +91,33 @@ def test_the_default_folder_is_named_after_the_settings(tmp_path, monkeypatch, c
     assert "wrote results/toy_inspect/two_task_toy/3steps-adam-lr0.001-seed0-" in capsys.readouterr().out
 
 
+def test_the_api_is_the_command_without_files(tmp_path, capsys) -> None:
+    """`run(InspectConfig(...))` returns what the command writes and prints; the flags' defaults are the config's."""
+    from toy_problems.inspect_cli import InspectConfig, build_parser, run
+
+    args = build_parser().parse_args(["inspect", "--problem", "two_task_toy"])
+    parsed = InspectConfig.from_args(args)
+    assert parsed == InspectConfig("two_task_toy", quiet=False)  # every other default agrees
+    config = InspectConfig("two_task_toy", methods="ls,dibsmtl", transform=("0:exp",), steps=20)
+    result = run(config)
+    assert main(["inspect", "--problem", "two_task_toy", "--methods", "ls,dibsmtl", "--transform", "0:exp", "--steps", "20",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert result.table in capsys.readouterr().out
+    written = json.loads((tmp_path / "inspect.json").read_text())["results"]
+    returned = json.loads(json.dumps(result.payload["results"]))
+    for method in ("ls", "dibsmtl"):  # everything but the run times
+        assert written[method].pop("seconds") > 0 and returned[method].pop("seconds") > 0
+    assert written == returned
+    assert sorted(result.figures) == ["convergence.png", "trajectories.png", "trajectories_untransformed.png"]
+
+
 def test_an_unwritable_out_fails_before_any_compute(tmp_path, monkeypatch, capsys) -> None:
     import toy_problems.inspect_cli as inspect_cli
 
     def no_compute(*args, **kwargs):
         raise AssertionError("computed before checking --out")
 
-    monkeypatch.setattr(inspect_cli, "run_inspection", no_compute)
+    monkeypatch.setattr(inspect_cli, "run", no_compute)
     (tmp_path / "a_file").write_text("")
     assert _inspect(tmp_path / "a_file" / "out", "--problem", "two_task_toy") == 2
     assert "is not a folder" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -191,12 +191,49 @@ def transformed_objectives(problem: Problem, transforms: dict[int, MonotoneTrans
     return objectives
 
 
-def parse_starts(args: argparse.Namespace, problem: Problem, *, dtype: torch.dtype, device: str) -> Tensor:
+@dataclass(frozen=True)
+class InspectConfig:
+    """What `inspect` runs: one field per flag of `python -m toy_problems inspect`, with the same
+    names, meanings and defaults (`--n-var` is `n_var`, repeated flags are tuples)."""
+
+    problem: str
+    methods: str = "dibsmtl,ls,mgda"
+    transform: tuple[str, ...] = ()
+    starts: str = "default"
+    start: tuple[str, ...] = ()
+    seed: int = 0
+    steps: int = 2000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    dtype: str = "float64"
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    n_var: int | None = None
+    n_obj: int | None = None
+    problem_seed: int | None = None
+    quiet: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, /) -> InspectConfig:
+        """The config of parsed `inspect` flags."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
+
+
+@dataclass
+class InspectResult:
+    """What `run` returns: the `inspect.json` payload, the figures by file name, the printed table."""
+
+    payload: dict
+    figures: dict[str, Any]
+    table: str
+
+
+def parse_starts(config: InspectConfig, problem: Problem, *, dtype: torch.dtype, device: str) -> Tensor:
     """The starting points `[S, n_var]`: explicit `--start`s (inside the bounds), the problem's
     defaults, or N seeded uniform draws from its bounds."""
-    if args.start:
+    if config.start:
         points = []
-        for text in args.start:
+        for text in config.start:
             try:
                 point = [float(v) for v in text.split(",")]
             except ValueError:
@@ -208,18 +245,18 @@ def parse_starts(args: argparse.Namespace, problem: Problem, *, dtype: torch.dty
         lower, upper = problem.lower_upper()
         outside = ((starts < lower) | (starts > upper)).any(dim=-1)
         if bool(outside.any()):
-            bad = args.start[int(outside.nonzero()[0, 0])]
+            bad = config.start[int(outside.nonzero()[0, 0])]
             raise UsageError(f"--start {bad!r} lies outside the problem's bounds [{_fmt_vec(lower)}, {_fmt_vec(upper)}]")
         return starts.to(dtype=dtype, device=device)
-    if args.starts == "default":
+    if config.starts == "default":
         return problem.default_starts(dtype=dtype, device=device)
     try:
-        count = int(args.starts)
+        count = int(config.starts)
     except ValueError:
         count = 0
     if count < 1:
-        raise UsageError(f"--starts {args.starts!r}: expected 'default' or a positive integer")
-    return problem.starts(count, generator=torch.Generator().manual_seed(args.seed), dtype=dtype, device=device)
+        raise UsageError(f"--starts {config.starts!r}: expected 'default' or a positive integer")
+    return problem.starts(count, generator=torch.Generator().manual_seed(config.seed), dtype=dtype, device=device)
 
 
 def build_method(spec: str, num_tasks: int, *, seed: int, device: str):
@@ -273,48 +310,50 @@ class MethodRun:
 # ----------------------------------------------------------------------------- the command
 
 
-def run_inspection(args: argparse.Namespace) -> tuple[dict, dict[str, Any], str]:
-    """Validate, run every method, measure; return the JSON payload, the figures and the table."""
-    problem = build_problem(args.problem, n_var=args.n_var, n_obj=args.n_obj, seed=args.problem_seed)
+def run(config: InspectConfig, /) -> InspectResult:
+    """Validate, run every method from every start as one batch, measure: the payload, the figures
+    and the table of `python -m toy_problems inspect` (nothing is written; `write_outputs` does).
+    Invalid settings raise `UsageError` naming the flag."""
+    problem = build_problem(config.problem, n_var=config.n_var, n_obj=config.n_obj, seed=config.problem_seed)
     num_tasks = problem.n_obj
-    if args.steps < 1:
-        raise UsageError(f"--steps must be a positive integer, got {args.steps}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise UsageError(f"--lr must be a finite positive number, got {args.lr}")
+    if config.steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {config.steps}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise UsageError(f"--lr must be a finite positive number, got {config.lr}")
     try:
-        names = [canonical_spec(spec) for spec in parse_method_specs(args.methods)]
+        names = [canonical_spec(spec) for spec in parse_method_specs(config.methods)]
         for name in names:  # hyperparameter values are checked by the class
-            build_method(name, num_tasks, seed=args.seed, device="cpu")
+            build_method(name, num_tasks, seed=config.seed, device="cpu")
     except MTLInputError as error:
-        raise UsageError(f"--methods {args.methods!r}: {error}") from None
+        raise UsageError(f"--methods {config.methods!r}: {error}") from None
     if len(set(names)) != len(names):
-        raise UsageError(f"--methods lists a method twice: {args.methods!r}")
-    transforms = parse_transforms(args.transform, num_tasks)
-    dtype = getattr(torch, args.dtype)
+        raise UsageError(f"--methods lists a method twice: {config.methods!r}")
+    transforms = parse_transforms(config.transform, num_tasks)
+    dtype = getattr(torch, config.dtype)
     try:
-        torch.zeros(1, device=args.device)
+        torch.zeros(1, device=config.device)
     except (RuntimeError, AssertionError) as error:
-        raise UsageError(f"--device {args.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
-    starts = parse_starts(args, problem, dtype=dtype, device=args.device)
-    _check_starts(problem, transforms, starts, names, args)
+        raise UsageError(f"--device {config.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
+    starts = parse_starts(config, problem, dtype=dtype, device=config.device)
+    _check_starts(problem, transforms, starts, names, config)
     project = getattr(problem, "project", None)
 
     front = None
     if problem.has_pareto_set:
         front = problem.pareto_front(FRONT_SAMPLES.get(num_tasks, FRONT_SAMPLES_MANY)).to(torch.float64).cpu()
-    numbers = (args.steps + 1) * starts.shape[0] * (problem.n_var + num_tasks)
+    numbers = (config.steps + 1) * starts.shape[0] * (problem.n_var + num_tasks)
     record_every = max(1, math.ceil(numbers / MAX_RECORDED_NUMBERS))
 
-    make_optimizer([torch.zeros(1, requires_grad=True)], args.optimizer, args.lr)  # torch's one-off import of the
+    make_optimizer([torch.zeros(1, requires_grad=True)], config.optimizer, config.lr)  # torch's one-off import of the
     # optimiser machinery (seconds) happens here, not inside the first method's timing
     runs: list[MethodRun] = []
     task_transforms = tuple(TaskTransform(task, transform) for task, transform in sorted(transforms.items()))
-    tracks = [Track(name, task_transforms, args.seed) for name in names]
+    tracks = [Track(name, task_transforms, config.seed) for name in names]
     began = time.perf_counter()
-    with tqdm(total=args.steps, desc=f"{args.problem}: {len(names)} methods", unit="step", disable=args.quiet, leave=False) as bar:
+    with tqdm(total=config.steps, desc=f"{config.problem}: {len(names)} methods", unit="step", disable=config.quiet, leave=False) as bar:
         try:  # every method from every start, as one batch
             trajectories = run_tracks(
-                problem, starts, tracks, num_steps=args.steps, lr=args.lr, optimizer=args.optimizer,
+                problem, starts, tracks, num_steps=config.steps, lr=config.lr, optimizer=config.optimizer,
                 record_every=record_every, progress=lambda _: bar.update(), project=project,
             )
         except MTLInputError as error:
@@ -326,7 +365,7 @@ def run_inspection(args: argparse.Namespace) -> tuple[dict, dict[str, Any], str]
         stored = stored_indices(trajectory.steps.shape[0])
         distances = distance_to_front(raw[stored], front) if front is not None else None
         runs.append(MethodRun(name, seconds, trajectory, raw, residuals, residuals.cummin(dim=0).values, distances, stored))
-    logger.info("%d methods: %d steps from %d starts in %.1f s", len(names), args.steps, starts.shape[0], seconds * len(names))
+    logger.info("%d methods: %d steps from %d starts in %.1f s", len(names), config.steps, starts.shape[0], seconds * len(names))
 
     if front is not None:
         ideal, nadir = front.amin(dim=0), front.amax(dim=0)
@@ -336,13 +375,12 @@ def run_inspection(args: argparse.Namespace) -> tuple[dict, dict[str, Any], str]
         finite = ends[torch.isfinite(ends).all(dim=-1)]
         ideal, nadir = (finite.amin(dim=0), finite.amax(dim=0)) if finite.numel() else (torch.zeros(num_tasks),) * 2
         reference = "endpoints of every run of this invocation"
-    payload = _payload(args, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference)
-    figures = _figures(args, problem, transforms, front, runs)
-    table = format_table(payload)
-    return payload, figures, table
+    payload = _payload(config, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference)
+    figures = _figures(config, problem, transforms, front, runs)
+    return InspectResult(payload, figures, format_table(payload))
 
 
-def _check_starts(problem, transforms, starts, names, args) -> None:
+def _check_starts(problem, transforms, starts, names, config) -> None:
     """Fail before any run: transforms outside their domain at the starts, methods that reject the
     losses they would see there (one step of each, as the run takes it)."""
     raw = problem(starts)
@@ -358,9 +396,9 @@ def _check_starts(problem, transforms, starts, names, args) -> None:
     task_transforms = tuple(TaskTransform(task, transform) for task, transform in sorted(transforms.items()))
     for name in names:
         try:
-            run_tracks(problem, starts, [Track(name, task_transforms, args.seed)], num_steps=1, lr=args.lr, optimizer=args.optimizer)
+            run_tracks(problem, starts, [Track(name, task_transforms, config.seed)], num_steps=1, lr=config.lr, optimizer=config.optimizer)
         except MTLInputError as error:
-            method = build_method(name, problem.n_obj, seed=args.seed, device="cpu")
+            method = build_method(name, problem.n_obj, seed=config.seed, device="cpu")
             raise UsageError(f"method {name!r} rejects the losses at the starts {_fmt_rows(raw)}: {error}{_domain_hint(method)}") from None
 
 
@@ -385,7 +423,7 @@ def _replace_nan(values: Any) -> Any:
     return values if isinstance(values, float) and math.isfinite(values) else None
 
 
-def _payload(args, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference) -> dict:
+def _payload(config, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference) -> dict:
     from toy_problems.store import environment
 
     results = {}
@@ -421,7 +459,7 @@ def _payload(args, problem, transforms, starts, names, runs, record_every, ideal
     return {
         "experiment": "toy_inspect",
         "config": {
-            "problem": args.problem,
+            "problem": config.problem,
             "problem_repr": repr(problem),
             "n_var": problem.n_var,
             "n_obj": problem.n_obj,
@@ -430,12 +468,12 @@ def _payload(args, problem, transforms, starts, names, runs, record_every, ideal
             "methods": names,
             "transforms": {str(task): t.to_spec() for task, t in sorted(transforms.items())},
             "starts": _json_numbers(starts),
-            "steps": args.steps,
-            "optimizer": args.optimizer,
-            "lr": args.lr,
-            "dtype": args.dtype,
-            "device": args.device,
-            "seed": args.seed,
+            "steps": config.steps,
+            "optimizer": config.optimizer,
+            "lr": config.lr,
+            "dtype": config.dtype,
+            "device": config.device,
+            "seed": config.seed,
             "residual_every": record_every,
         },
         "definitions": {
@@ -511,12 +549,12 @@ def _fmt_rows(values: Tensor) -> str:
     return "; ".join(_fmt_list(row) for row in values.tolist())
 
 
-def _figures(args, problem, transforms, front, runs: list[MethodRun]) -> dict[str, Any]:
+def _figures(config, problem, transforms, front, runs: list[MethodRun]) -> dict[str, Any]:
     """The figures by file name: trajectories (seen losses), untransformed trajectories (with transforms), convergence."""
     figures = {"trajectories.png": _trajectory_figure(problem, transforms, front, runs, seen=True)}
     if transforms:
         figures["trajectories_untransformed.png"] = _trajectory_figure(problem, {}, front, runs, seen=False)
-    figures["convergence.png"] = _convergence_figure(args, runs, front is not None)
+    figures["convergence.png"] = _convergence_figure(config, runs, front is not None)
     return figures
 
 
@@ -560,7 +598,7 @@ def _loss_label(task: int, transforms: dict[int, MonotoneTransform]) -> str:
     return f"{transforms[task].to_spec()}(f{task})" if task in transforms else f"f{task}"
 
 
-def _convergence_figure(args, runs: list[MethodRun], has_front: bool):
+def _convergence_figure(config, runs: list[MethodRun], has_front: bool):
     from matplotlib.figure import Figure
 
     rows = 2 if has_front else 1
@@ -590,7 +628,7 @@ def _convergence_figure(args, runs: list[MethodRun], has_front: bool):
             ax.set_xlabel("iteration")
             if column == 0:
                 ax.set_ylabel("distance to the Pareto front")
-    figure.suptitle(f"{args.problem}: convergence ({args.optimizer}, lr {args.lr:g})")
+    figure.suptitle(f"{config.problem}: convergence ({config.optimizer}, lr {config.lr:g})")
     return figure
 
 
@@ -618,13 +656,13 @@ def write_outputs(out: Path, payload: dict, figures: dict[str, Any]) -> list[Pat
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def default_out(args: argparse.Namespace, /) -> Path:
+def default_out(config: InspectConfig, /) -> Path:
     """`results/toy_inspect/PROBLEM/<settings>`: one folder per set of settings (steps, optimiser,
     learning rate, seed, then a hash of every flag that changes the numbers), so that an inspection
     never replaces one made with other settings."""
-    settings = {key: getattr(args, key) for key in NUMERIC_FLAGS}
+    settings = {key: getattr(config, key) for key in NUMERIC_FLAGS}  # tuples and lists hash alike
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return Path("results") / "toy_inspect" / args.problem / f"{args.steps}steps-{args.optimizer}-lr{args.lr:g}-seed{args.seed}-{digest}"
+    return Path("results") / "toy_inspect" / config.problem / f"{config.steps}steps-{config.optimizer}-lr{config.lr:g}-seed{config.seed}-{digest}"
 
 
 NUMERIC_FLAGS = ("problem", "methods", "transform", "starts", "start", "seed", "steps", "optimizer", "lr", "dtype", "n_var", "n_obj", "problem_seed")
@@ -723,17 +761,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command is None:
             raise UsageError("choose a command: inspect (python -m toy_problems inspect --help), or --list")
-        out = args.out if args.out is not None else default_out(args)
+        config = InspectConfig.from_args(args)
+        out = args.out if args.out is not None else default_out(config)
         reason = unwritable_reason(out)  # before any compute
         if reason is not None:
             raise UsageError(f"--out {reason}")
-        payload, figures, table = run_inspection(args)
+        result = run(config)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
-    written = write_outputs(out, payload, figures)
-    print(table)
+    written = write_outputs(out, result.payload, result.figures)
+    print(result.table)
     print(f"\nwrote {', '.join(str(path) for path in written)}")
     return 0
