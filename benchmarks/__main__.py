@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             reason = unwritable_reason(out)
             if reason is not None:
                 raise MTLInputError(f"--out {reason}")
-        if getattr(args, "workers", 1) != 1:
+        if getattr(args, "workers", 1) != 1 and not getattr(args, "summary", False):  # a summary computes nothing
             workers.launch(sys.argv[1:] if argv is None else argv, args, module.planned_runs)
             args.workers, args.fresh = 1, False  # the summary run: reuses what the workers stored, runs what is missing
         return module.main(args)

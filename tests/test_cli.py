@@ -80,6 +80,8 @@ def test_summary_prints_a_finished_store_without_computing_or_writing(tmp_path, 
     assert summary.strip() == printed[: printed.index("\nwrote ")].strip()  # the same table and note
     assert {path: os.stat(path).st_mtime_ns for path in tmp_path.rglob("*")} == before  # nothing written
 
+    assert main([*flags, "--summary", "--workers", "2"]) == 0  # no workers start for a summary
+    assert capsys.readouterr().out.strip() == summary.strip()
     assert main(["toy", "--steps", "5", "--methods", "ls,cagrad", "--out", str(tmp_path), "--summary"]) == 2
     error = capsys.readouterr().err
     assert "2 of 4 runs with these settings are not finished" in error and "cagrad (none, seed 0)" in error
