@@ -336,7 +336,8 @@ def main(args: argparse.Namespace) -> int:
         provenance += f". {short_run_note(config['steps'])}"
     write_markdown_table(folder / "summary.md", "The DiBS-MTL toy: endpoints, distance to the front, invariance gap", provenance, table)
     formats = ("png",) if args.quick else ("png", "pdf")  # the quick look: no PDF (half the drawing time)
-    figures = draw_figures(results, methods, seeds[0], transforms, folder, steps=config["steps"], formats=formats)
+    figures = draw_figures(results, methods, seeds[0], transforms, folder, steps=config["steps"], formats=formats,
+                           processes=1 if workers > 1 else min(2, os.cpu_count() or 1))
     print_per_method(table, config["steps"])  # the per-start table is in the file
     print(f"\nwrote {folder / 'summary.md'} (with the table per start), {len(figures)} figures ({', '.join(sorted({p.stem for p in figures}))}) in {folder}, "
           f"and one JSON per run in {Path(args.out) / EXPERIMENT / 'runs'}")
@@ -469,12 +470,14 @@ def _row(cells: list[str]) -> str:
 
 def draw_figures(
     results: Mapping[tuple[str, int, str], Mapping[str, Any]], methods: list[str], seed: int, transforms: list[str], folder: Path, *, steps: int,
-    formats: tuple[str, ...] = ("png", "pdf"),
+    formats: tuple[str, ...] = ("png", "pdf"), processes: int = 1,
 ) -> list[Path]:
     """The paper's trajectory figures, in `formats`: `toy_nominal`; for each transformed version
     `toy_transformed` (mapped back to the untransformed losses) and `toy_transformed_scaled` (in
-    the transformed loss space), with the transform's name appended when there are several."""
-    written: list[Path] = []
+    the transformed loss space), with the transform's name appended when there are several; and
+    `toy_invariance_gap`. With `processes > 1` (where processes can fork) the figures are drawn
+    that many at a time (drawing is most of a quick run's time)."""
+    jobs: list[tuple[str, tuple, list[Path]]] = []  # (kind, arguments, paths to save)
     transformed = [t for t in transforms if t != "none"]
     for transform in transforms:
         runs = [(method, results[(method, seed, transform)]) for method in methods]
@@ -487,15 +490,29 @@ def draw_figures(
             title = f"Task {int(transform.split(':')[0]) + 1}'s loss transformed ({transform})"
         for name, scaled in names.items():
             suffix = "" if scaled is None else ", in the transformed loss space"
-            figure = _trajectory_figure(runs, scaled, steps=steps, title=f"{title}{suffix}: trajectories from the 5 starts (seed {seed})")
-            # not a pyplot figure, so save_figure_atomic's plt.close leaves it usable for the second format
-            written += [save_figure_atomic(figure, folder / f"{name}.{extension}") for extension in formats]
+            arguments = (runs, scaled, steps, f"{title}{suffix}: trajectories from the 5 starts (seed {seed})")
+            jobs.append(("trajectories", arguments, [folder / f"{name}.{extension}" for extension in formats]))
         if transform != "none" and "none" in transforms:
             gaps = {method: endpoint_gaps(results[(method, seed, "none")], results[(method, seed, transform)]) for method in methods}
-            figure = invariance_gap_figure(gaps, transform, steps=steps)
             gap_name = "toy_invariance_gap" if len(transformed) == 1 else f"toy_invariance_gap_{_slug(transform)}"
-            written += [save_figure_atomic(figure, folder / f"{gap_name}.{extension}") for extension in formats]
-    return written
+            jobs.append(("gaps", (gaps, transform, steps), [folder / f"{gap_name}.{extension}" for extension in formats]))
+    if processes > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        # one thread per child: a forked child must not start an OpenMP team (libgomp hangs after a fork)
+        with multiprocessing.get_context("fork").Pool(min(processes, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            return [path for paths in pool.starmap(_draw_and_save, jobs, chunksize=1) for path in paths]
+    return [path for job in jobs for path in _draw_and_save(*job)]
+
+
+def _draw_and_save(kind: str, arguments: tuple, paths: list[Path]) -> list[Path]:
+    """One figure of `draw_figures`, saved in every format (module level: it may run in a forked process)."""
+    if kind == "trajectories":
+        runs, scaled, steps, title = arguments
+        figure = _trajectory_figure(runs, scaled, steps=steps, title=title)
+    else:
+        gaps, transform, steps = arguments
+        figure = invariance_gap_figure(gaps, transform, steps=steps)
+    # not a pyplot figure, so save_figure_atomic's plt.close leaves it usable for the next format
+    return [save_figure_atomic(figure, path) for path in paths]
 
 
 def endpoint_gaps(nominal: Mapping[str, Any], transformed: Mapping[str, Any]) -> list[float]:
