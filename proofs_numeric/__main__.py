@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import sys
 from pathlib import Path
-
-import torch
 
 from proofs_numeric import (
     dibs_fairness,
@@ -29,6 +26,7 @@ from proofs_numeric import (
     tangent_accuracy,
 )
 from proofs_numeric.claim import run_claim
+from toy_problems.runner import forked_starmap
 
 DEFAULT_OUT = Path("results/proofs_numeric")
 CLAIMS = {
@@ -67,12 +65,7 @@ def _run_and_save(name: str, quick: bool, out: Path) -> tuple[str, str, str, str
 def run_claims(names: list[str], *, quick: bool, out: Path, processes: int = 1) -> list[tuple[str, str, str, str]]:
     """Every claim in `names` run and saved under `out`; their table rows in the order of `names`."""
     ordered = sorted(names, key=LONGEST_FIRST.index)
-    if processes > 1 and len(ordered) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        # one thread per child: a forked child must not start an OpenMP team (libgomp hangs after a fork)
-        with multiprocessing.get_context("fork").Pool(min(processes, len(ordered)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            rows = pool.starmap(_run_and_save, [(name, quick, out) for name in ordered], chunksize=1)
-    else:
-        rows = [_run_and_save(name, quick, out) for name in ordered]
+    rows = forked_starmap(_run_and_save, [(name, quick, out) for name in ordered], processes=processes)
     by_name = {row[0]: row for row in rows}
     return [by_name[name] for name in names]
 

@@ -318,15 +318,9 @@ class TransformedFamily:
                         out[p, v, ..., i] = h.derivative(nominal_losses[p, v, ..., i])
         return out
 
-    def transform_values(self, nominal_losses: Tensor, /) -> Tensor:
-        """The transformed values of given nominal losses `[P, V, ..., K]` (per row's version)."""
-        return torch.stack(
-            [torch.stack([self._apply(version, nominal_losses[p, v]) for v, version in enumerate(versions)]) for p, versions in enumerate(self.transforms)]
-        )
-
 
 # ---------------------------------------------------------------------------------------------
-# the optimisation loop
+# the weights of one step
 
 
 def method_weights(method: GradientWeighting | LossWeighting, values: Tensor, jacobian: Tensor, *, shared_dim: int | None = None) -> Tensor:

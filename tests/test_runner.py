@@ -95,3 +95,10 @@ def test_a_track_naming_a_missing_problem_or_mismatched_starts_is_refused() -> N
         run_tracks(problem, starts, [Track("ls", (), 0, 1)], num_steps=1)
     with pytest.raises(ValueError, match="with 2 problems, starts must have shape"):
         run_tracks([problem, problem], starts, [Track("ls")], num_steps=1)
+
+
+def test_forked_starmap_keeps_the_order_of_the_jobs() -> None:
+    from toy_problems.runner import forked_starmap
+
+    jobs = [(7, 2), (9, 4), (5, 5), (1, 3)]
+    assert forked_starmap(divmod, jobs, processes=2) == forked_starmap(divmod, jobs, processes=1) == [divmod(*job) for job in jobs]

@@ -20,9 +20,11 @@ the transformed run) draw the same weights, as separate runs from that seed do.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -31,6 +33,8 @@ from core.jacobian import gramian, values_and_jacobian
 from core.methods.base import GradientWeighting, LossWeighting, Method
 from core.registry import make_method
 from toy_problems.task_transforms import TaskTransform
+
+T = TypeVar("T")
 
 OPTIMIZERS = ("adam", "sgd")
 """The optimisers of the toy runs: torch's Adam with its defaults (as the DiBS-MTL toy trainer) or plain SGD."""
@@ -389,3 +393,15 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def forked_starmap(function: Callable[..., T], jobs: Sequence[tuple], /, *, processes: int) -> list[T]:
+    """`[function(*job) for job in jobs]`, in up to `processes` forked processes taking the jobs in
+    order (one at a time each), or in this process with one process, one job or no `fork`. Each
+    child runs torch on one thread: a forked child must not start an OpenMP team (libgomp hangs
+    after a fork when the parent used one), and the children already share the cores. `function`
+    must be defined at module level."""
+    if processes <= 1 or len(jobs) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [function(*job) for job in jobs]
+    with multiprocessing.get_context("fork").Pool(min(processes, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return pool.starmap(function, jobs, chunksize=1)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,7 +41,7 @@ from core.errors import InvalidHyperparameterError, MTLInputError
 from core.registry import available_methods
 from toy_problems import TwoTaskToy
 from toy_problems.measures import distance_to_front, stationarity_residuals
-from toy_problems.runner import Track, Trajectory, run_tracks, single_thread
+from toy_problems.runner import Track, Trajectory, forked_starmap, run_tracks, single_thread
 from toy_problems.store import environment, save_figure_atomic, write_markdown_table
 from toy_problems.task_transforms import TaskTransform, parse_task_transform
 
@@ -153,13 +152,12 @@ def run_toy_experiments(
     with `processes > 1` (CPU, where processes can fork) the methods are split between that many
     processes, one thread each, each running its part as one batch."""
     record_every = default_record_every(steps) if record_every is None else record_every
-    parts = _split_by_method(runs, processes) if _can_fork(device) else [list(runs)]
+    parts = _split_by_method(runs, processes) if torch.device(device).type == "cpu" else [list(runs)]
     if len(parts) > 1:
         options = {"steps": steps, "lr": lr, "dtype": dtype, "record_every": record_every, "device": device}
-        context = multiprocessing.get_context("fork")
-        with context.Pool(len(parts)) as pool:  # the first part's bar stands for all (they advance alike)
-            work = [(part, {**options, "show_progress": show_progress and index == 0}) for index, part in enumerate(parts)]
-            finished = pool.starmap(_run_part, work)
+        # the first part's bar stands for all (they advance alike)
+        work = [(part, {**options, "show_progress": show_progress and index == 0}) for index, part in enumerate(parts)]
+        finished = forked_starmap(_run_part, work, processes=len(parts))
         by_run = {(r["method"], r["transform"], r["seed"]): r for results in finished for r in results}
         return [by_run[run] for run in runs]
     problem = TwoTaskToy()
@@ -178,12 +176,7 @@ def run_toy_experiments(
 
 def _run_part(part: list[tuple[str, str, int]], options: dict[str, Any]) -> list[dict[str, Any]]:
     """One process's share of `run_toy_experiments` (module level: it runs in a forked process)."""
-    torch.set_num_threads(1)
     return run_toy_experiments(part, **options)
-
-
-def _can_fork(device: str | torch.device) -> bool:
-    return torch.device(device).type == "cpu" and "fork" in multiprocessing.get_all_start_methods()
 
 
 def _split_by_method(runs: Sequence[tuple[str, str, int]], processes: int) -> list[list[tuple[str, str, int]]]:
@@ -496,11 +489,7 @@ def draw_figures(
             gaps = {method: endpoint_gaps(results[(method, seed, "none")], results[(method, seed, transform)]) for method in methods}
             gap_name = "toy_invariance_gap" if len(transformed) == 1 else f"toy_invariance_gap_{_slug(transform)}"
             jobs.append(("gaps", (gaps, transform, steps), [folder / f"{gap_name}.{extension}" for extension in formats]))
-    if processes > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        # one thread per child: a forked child must not start an OpenMP team (libgomp hangs after a fork)
-        with multiprocessing.get_context("fork").Pool(min(processes, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            return [path for paths in pool.starmap(_draw_and_save, jobs, chunksize=1) for path in paths]
-    return [path for job in jobs for path in _draw_and_save(*job)]
+    return [path for paths in forked_starmap(_draw_and_save, jobs, processes=processes) for path in paths]
 
 
 def _draw_and_save(kind: str, arguments: tuple, paths: list[Path]) -> list[Path]:
