@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, summary) in EXPERIMENTS.items():
         subparser = commands.add_parser(name, help=summary, description=summary)
         module.add_arguments(subparser)
-        if hasattr(module, "planned_runs"):  # sweeps of stored runs can share their runs among workers
+        if hasattr(module, "Config"):  # sweeps of stored runs can share their runs among workers
             workers.add_arguments(subparser)
     return parser
 
@@ -49,15 +49,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module = EXPERIMENTS[args.experiment][0]
     try:
-        out = getattr(args, "out", None)
-        if out is not None and hasattr(module, "planned_runs") and not getattr(args, "summary", False):  # refuse an unwritable store before any compute
-            reason = unwritable_reason(out)
+        if not hasattr(module, "Config"):  # the performance report: a command of its own
+            return module.main(args)
+        config = module.Config.from_args(args)
+        reads_only = getattr(config, "summary", False)  # a summary computes and writes nothing
+        if not reads_only:  # refuse an unwritable store before any compute
+            reason = unwritable_reason(config.out)
             if reason is not None:
                 raise MTLInputError(f"--out {reason}")
-        if getattr(args, "workers", 1) != 1 and not getattr(args, "summary", False):  # a summary computes nothing
-            workers.launch(sys.argv[1:] if argv is None else argv, args, module.planned_runs)
-            args.workers, args.fresh = 1, False  # the summary run: reuses what the workers stored, runs what is missing
-        return module.main(args)
+        if args.workers != 1 and not reads_only:
+            workers.launch(sys.argv[1:] if argv is None else argv, args, module.planned_runs(config))
+            config = config.replace(fresh=False)  # the summary run: reuses what the workers stored, runs what is missing
+        result = module.run(config)
+        if result.report:
+            print(result.report)
+        return 0
     except MTLInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ import torch
 from matplotlib.figure import Figure
 
 from benchmarks.experiments import pareto_multimnist
-from notebooks.support import QUICK, RESULTS, benchmark, markdown, pick, report_body, save
+from notebooks.support import QUICK, RESULTS, experiment, markdown, pick, report_body, save
 from notebooks.support import claim as stored_claim
 from proofs_numeric import tangent_accuracy
 from toy_problems import ConvexQuadratic
@@ -169,9 +169,9 @@ print(f"median saving {claim.data['corrector_saving_median']:.1f}x")
 # not the paper's front.
 
 # %%
-args, records = benchmark("pareto_multimnist", *pick(quick=["--quick", "--epochs", "1", "--starts", "2", "--steps", "2", "--threads", "1"], full=[]),
-                          "--no-progress")
-folder = pareto_multimnist.report_folder(RESULTS, quick=args.quick)
+config = pareto_multimnist.Config(**pick(quick={"quick": True, "epochs": 1, "starts": 2, "steps": 2, "threads": 1}, full={}), progress=False)
+records = experiment(pareto_multimnist, config).records
+folder = pareto_multimnist.report_folder(RESULTS, quick=config.quick)
 report = json.loads((folder / "pareto_multimnist.json").read_text())
 seed, data = next(iter(report["seeds"].items()))
 print(f"{len(records)} runs ({sum(r['spec']['method'] == 'ls' for r in records)} starts); report in {folder}")

@@ -20,18 +20,20 @@
 # %%
 from matplotlib.figure import Figure
 
+from benchmarks.experiments import random_weighting
 from benchmarks.harness.summary import summarize
 from benchmarks.suites.autompg import AUTOMPG
 from benchmarks.suites.multimnist import MULTIMNIST
-from notebooks.support import QUICK, RESULTS, benchmark, markdown, pick, report_body, save
+from notebooks.support import QUICK, RESULTS, experiment, markdown, pick, report_body, save
 
-args, records = benchmark("random_weighting", *pick(
-    quick=["--quick", "--epochs", "1", "--max-batches", "3", "--variants", "ew,rlw_uniform,rlw_dirichlet,rgw_normal"], full=[]))
+config = random_weighting.Config(**pick(
+    quick={"quick": True, "epochs": 1, "max_batches": 3, "variants": "ew,rlw_uniform,rlw_dirichlet,rgw_normal"}, full={}))
+records = experiment(random_weighting, config).records
 SUITES = {"multimnist": MULTIMNIST, "autompg": AUTOMPG}
-datasets = args.datasets.split(",")
+datasets = config.datasets.split(",")
 rows = {dataset: summarize([r for r in records if r["spec"]["experiment"] == f"random_weighting/{dataset}"],
                            SUITES[dataset].metrics, reference_method="ew")[0] for dataset in datasets}
-report = RESULTS / "random_weighting" / ("quick" if args.quick else "")
+report = RESULTS / "random_weighting" / ("quick" if config.quick else "")
 print(f"{len(records)} runs ({'quick' if QUICK else 'full'} mode) on {', '.join(datasets)}; report in {report}")
 
 # %% [markdown]
@@ -58,7 +60,7 @@ LABELS = {
     "rlw_uniform": "RLW uniform", "rlw_normal": "RLW normal", "rlw_dirichlet": "RLW Dirichlet",
     "rlw_bernoulli": "RLW Bernoulli", "rlw_constrained_bernoulli": "RLW constr. Bernoulli", "rgw_normal": "RGW normal",
 }
-variants = [v for v in args.variants.split(",") if v != "ew"]
+variants = [v for v in config.variants.split(",") if v != "ew"]
 figure = Figure(figsize=(4.6 * len(datasets), 0.5 * len(variants) + 1.6), layout="constrained")
 axes = figure.subplots(1, len(datasets), sharey=True, squeeze=False)[0]
 for ax, dataset in zip(axes, datasets, strict=True):

@@ -19,7 +19,6 @@
 # %%
 from IPython.display import display
 
-from benchmarks.__main__ import build_parser
 from benchmarks.experiments import supervised
 from benchmarks.harness.runs import ResultStore
 from benchmarks.harness.summary import (
@@ -30,10 +29,10 @@ from benchmarks.harness.summary import (
     summarize,
 )
 from benchmarks.suites.multimnist import MULTIMNIST
-from notebooks.support import QUICK, RESULTS, benchmark, markdown, pick, save
+from notebooks.support import QUICK, RESULTS, experiment, markdown, pick, save
 
-args, records = benchmark("multimnist", *pick(
-    quick=["--quick", "--epochs", "1", "--max-batches", "3", "--transforms", "none,left:exp"], full=[]))
+config = supervised.Config("multimnist", **pick(quick={"quick": True, "epochs": 1, "max_batches": 3, "transforms": "none,left:exp"}, full={}))
+records = experiment(supervised, config).records
 rows, base, origin = summarize(records, MULTIMNIST.metrics, published_base=MULTIMNIST.base_values)
 methods = list(dict.fromkeys(row.method for row in rows))
 transforms = list(dict.fromkeys(row.transform for row in rows))
@@ -102,8 +101,7 @@ for name in ("nyuv2", "cityscapes", "qm9"):
     if not stored:
         print(f"{name}: no runs in {RESULTS / name / 'runs'}; make them with `python -m benchmarks {name} --data-root PATH --out {RESULTS}`")
         continue
-    flags = [name, *pick(quick=["--quick"], full=[]), "--data-root", stored[0]["spec"]["config"]["data_root"], "--out", str(RESULTS)]
-    planned = supervised.planned_runs(build_parser().parse_args(flags))
+    planned = supervised.planned_runs(supervised.Config(name, quick=QUICK, data_root=stored[0]["spec"]["config"]["data_root"], out=RESULTS))
     found = [record for record in map(store.load, planned) if record is not None]
     suite = supervised.EXPERIMENTS[name].load_suite()
     dense_rows, _, dense_origin = summarize(found, suite.metrics, published_base=suite.base_values)

@@ -10,22 +10,20 @@ a notebook opened by hand gets the defaults:
 - `MTL_NOTEBOOK_FIGURES`: where the notebook's PNGs go (default `results/notebooks/figures`, or
   `results/notebooks/quick/figures` in quick mode).
 
-Notebooks hold no logic beyond choosing settings and plotting: experiments run through the same
-command-line entry points as `python -m benchmarks`, `python -m toy_problems` and
-`python -m proofs_numeric`.
+Notebooks hold no logic beyond choosing settings and plotting: experiments run through the typed
+APIs under the command lines (`run(Config(...))` of `python -m benchmarks EXPERIMENT` and of
+`python -m toy_problems inspect`, the claims of `python -m proofs_numeric`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from benchmarks.harness.experiment import ExperimentResult
     from toy_problems.inspect_cli import InspectConfig
 
 QUICK_VARIABLE = "MTL_NOTEBOOK_QUICK"
@@ -93,41 +91,21 @@ def report_body(path: str | Path, /) -> str:
 
 
 class CommandFailed(RuntimeError):
-    """An entry point called from a notebook returned a non-zero status."""
+    """An experiment called from a notebook left planned runs without a stored result."""
 
 
-def _call(main, argv: Sequence[str], *, echo: bool) -> str:
-    """Run an entry point's `main(argv)`, return what it printed; raise if it failed."""
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        status = main(list(argv))
+def experiment(module, config, /, *, echo: bool = False) -> ExperimentResult:
+    """`module.run(config)` of a `python -m benchmarks` experiment (`benchmarks.experiments.toy`,
+    ...) on the notebooks' result store (`config.out` becomes RESULTS): runs what is missing,
+    reuses what is stored. Every planned run must have a stored record afterwards."""
+    config = config.replace(out=RESULTS)
+    result = module.run(config)
     if echo:
-        print(output.getvalue(), end="")
-    if status != 0:
-        raise CommandFailed(f"{' '.join(argv)} exited with status {status}:\n{output.getvalue()[-2000:]}")
-    return output.getvalue()
-
-
-def benchmark(name: str, /, *flags: str, echo: bool = False) -> tuple[argparse.Namespace, list[dict[str, Any]]]:
-    """`python -m benchmarks NAME FLAGS --out RESULTS`: runs what is missing, reuses what is stored.
-
-    Returns the parsed arguments and the stored record of every run that invocation plans (the
-    same specs the command ran), in its planned order.
-    """
-    from benchmarks.__main__ import EXPERIMENTS, build_parser
-    from benchmarks.__main__ import main as benchmarks_main
-    from benchmarks.harness.runs import ResultStore
-
-    argv = [name, *flags, "--out", str(RESULTS)]
-    _call(benchmarks_main, argv, echo=echo)
-    args = build_parser().parse_args(argv)
-    store = ResultStore(RESULTS)
-    runs = EXPERIMENTS[name][0].planned_runs(args)
-    records = [store.load(run) for run in runs]
-    missing = [run.run_id for run, record in zip(runs, records) if record is None]
-    if missing:
-        raise CommandFailed(f"{name}: {len(missing)} planned runs have no stored result after the command (first: {missing[0]})")
-    return args, records
+        print(result.report)
+    planned = module.planned_runs(config)
+    if len(result.records) != len(planned):
+        raise CommandFailed(f"{len(planned) - len(result.records)} of {len(planned)} planned runs have no stored result after the run")
+    return result
 
 
 def inspect_folder(config: InspectConfig) -> Path:

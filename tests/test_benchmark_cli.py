@@ -109,3 +109,32 @@ def test_a_data_folder_without_the_files_names_the_missing_file(tmp_path, capsys
         assert main([name, "--quick", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
         error = capsys.readouterr().err
         assert str(tmp_path / "empty") in error and ("expected" in error or "was expected" in error)
+
+
+@pytest.mark.parametrize("name", ["toy", "multimnist", "nyuv2", "cityscapes", "qm9", "random_weighting", "pareto_multimnist"])
+def test_every_experiment_config_has_its_flags_defaults_and_round_trips(name) -> None:
+    """`Config.from_args` of the bare command is the config's defaults (so the typed API and the
+    command line run the same thing), and `argv()` gives back the flags of a changed config."""
+    from benchmarks.__main__ import EXPERIMENTS, build_parser
+
+    module = EXPERIMENTS[name][0]
+    parsed = module.Config.from_args(build_parser().parse_args([name]))
+    positional = (name,) if "experiment" in {f.name for f in dataclasses.fields(module.Config)} else ()
+    default = module.Config(*positional)
+    assert parsed == default
+    changed = default.replace(quick=True, seeds="3,4", fresh=True)
+    flags = changed.argv(skip=("experiment",))
+    assert flags[:1] == ["--quick"] and "--fresh" in flags and flags[flags.index("--seeds") + 1] == "3,4"
+    assert module.Config.from_args(build_parser().parse_args([name, *flags])) == changed
+
+
+def test_the_typed_api_returns_the_records_and_the_report(tmp_path) -> None:
+    """`run(Config(...))` of the random-weighting test: every planned run's record, in order, and the
+    table the command prints, with nothing printed."""
+    from benchmarks.experiments import random_weighting
+
+    config = random_weighting.Config(quick=True, datasets="autompg", variants="ew,rlw_uniform", seeds="0", epochs=1, out=tmp_path, device="cpu")
+    result = random_weighting.run(config)
+    assert [(r["spec"]["method"], r["spec"]["experiment"]) for r in result.records] == [
+        (spec.method, spec.experiment) for spec in random_weighting.planned_runs(config)]
+    assert "rlw_uniform" in result.report and result.files == [tmp_path / "random_weighting" / "quick" / "summary.md"]

@@ -16,14 +16,14 @@ from core.errors import InvalidHyperparameterError
 from core.metrics import hypervolume, non_dominated_mask
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str]) -> experiment.Config:
     parser = argparse.ArgumentParser()
     experiment.add_arguments(parser)
-    return parser.parse_args(argv)
+    return experiment.Config.from_args(parser.parse_args(argv))
 
 
-def quick_args(out: Path) -> argparse.Namespace:
-    return parse(["--quick", "--out", str(out), "--device", "cpu", "--no-progress"])
+def quick_args(out: Path) -> experiment.Config:
+    return experiment.Config(quick=True, out=out, device="cpu", progress=False)
 
 
 def stored_files(out: Path) -> dict[str, int]:
@@ -38,7 +38,9 @@ def read_report(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("pareto_multimnist")
-    assert experiment.main(quick_args(out)) == 0
+    result = experiment.run(quick_args(out))
+    assert result.details["report"] == read_report(out)
+    assert len(result.records) == experiment.QUICK.num_starts * 3 and "hypervolume" in result.report.lower()
     return out, read_report(out)
 
 
@@ -90,7 +92,7 @@ def test_rerun_reuses_every_start_and_walk(quick_run, monkeypatch) -> None:
 
     monkeypatch.setattr(experiment, "train_run", must_not_run)
     monkeypatch.setattr(experiment, "tangent_walk", must_not_run)
-    assert experiment.main(quick_args(out)) == 0
+    assert len(experiment.run(quick_args(out)).records) == experiment.QUICK.num_starts * 3
     assert stored_files(out) == before
     again = read_report(out)
     assert again["seeds"]["0"]["points"] == report["seeds"]["0"]["points"]
@@ -152,7 +154,7 @@ def test_a_start_without_valid_weights_is_retrained(quick_run, tmp_path, monkeyp
 
     monkeypatch.setattr(experiment, "train_run", stop)
     with pytest.raises(Retrained):
-        experiment.main(quick_args(out))
+        experiment.run(quick_args(out))
     assert trained == [start["run_id"]]
     assert not (out / experiment.EXPERIMENT / "runs" / f"{start['run_id']}.json").exists()
     others = {name for name in stored_files(source) if start["run_id"] not in name}
@@ -163,12 +165,14 @@ def test_preferences_follow_the_reference_and_flags_are_checked() -> None:
     reference = [(1 / 6, 5 / 6), (2 / 6, 4 / 6), (3 / 6, 3 / 6), (4 / 6, 2 / 6), (5 / 6, 1 / 6)]  # evenly_dist(5)
     for ours, theirs in zip(experiment.preferences(5), reference, strict=True):
         assert ours == pytest.approx(theirs) and sum(ours) == pytest.approx(1)
+    assert parse([]) == experiment.Config(device=parse([]).device)  # the flags' defaults are the config's
+    assert parse(["--quick", "--no-progress"]).argv() == ["--quick", "--no-progress"]
     assert experiment.settings_from(parse([])) == experiment.Settings()
     custom = experiment.settings_from(parse(["--quick", "--steps", "3", "--hvp-batch", "128"]))
     assert custom.walk.num_steps == 3 and custom.walk.hvp_batch == 128 and custom.num_starts == experiment.QUICK.num_starts
     with pytest.raises(InvalidHyperparameterError, match="weighted-sum"):
-        experiment.main(parse(["--methods", "mgda"]))
+        experiment.run(parse(["--methods", "mgda"]))
     with pytest.raises(InvalidHyperparameterError, match="none"):
-        experiment.main(parse(["--transforms", "left:exp"]))
+        experiment.run(parse(["--transforms", "left:exp"]))
     with pytest.raises(InvalidHyperparameterError):
         experiment.settings_from(parse(["--steps", "0"]))

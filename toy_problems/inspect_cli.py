@@ -25,7 +25,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from toy_problems import (
     TwoTaskToy,
     ZDT2Variant,
 )
+from toy_problems.command_config import CommandConfig
 from toy_problems.measures import distance_to_front, stationarity_residuals
 from toy_problems.runner import OPTIMIZERS, Track, Trajectory, make_optimizer, run_tracks
 from toy_problems.store import unwritable_reason
@@ -192,7 +193,7 @@ def transformed_objectives(problem: Problem, transforms: dict[int, MonotoneTrans
 
 
 @dataclass(frozen=True)
-class InspectConfig:
+class InspectConfig(CommandConfig):
     """What `inspect` runs: one field per flag of `python -m toy_problems inspect`, with the same
     names, meanings and defaults (`--n-var` is `n_var`, repeated flags are tuples)."""
 
@@ -211,12 +212,6 @@ class InspectConfig:
     n_obj: int | None = None
     problem_seed: int | None = None
     quiet: bool = True
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, /) -> InspectConfig:
-        """The config of parsed `inspect` flags."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls)}
-        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
 
 
 @dataclass

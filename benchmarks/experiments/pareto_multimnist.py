@@ -37,7 +37,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,12 @@ from tqdm import tqdm
 
 from benchmarks.harness.cli import (
     add_common_arguments,
+    default_device,
     parse_methods,
     parse_seeds,
     parse_transforms,
 )
+from benchmarks.harness.experiment import ExperimentResult
 from benchmarks.harness.runs import Checkpoint, ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import Suite, TrainingProtocol
 from benchmarks.harness.training import train_run
@@ -58,6 +60,7 @@ from benchmarks.suites.multimnist import MULTIMNIST
 from core.errors import InvalidHyperparameterError
 from core.metrics import hypervolume, non_dominated_mask
 from core.pareto import merge_fronts, tangent_walk
+from toy_problems.command_config import CommandConfig
 from toy_problems.store import (
     environment,
     save_figure_formats,
@@ -568,6 +571,30 @@ def report_folder(out: str | Path, *, quick: bool) -> Path:
 # ----------------------------------------------------------------------------- command line
 
 
+@dataclass(frozen=True)
+class Config(CommandConfig):
+    """The settings of `python -m benchmarks pareto_multimnist`: one field per flag, with its name
+    and default (None: the full or quick preset's value)."""
+
+    quick: bool = False
+    methods: str = "ls"
+    seeds: str = "0"
+    transforms: str = "none"
+    device: str = field(default_factory=default_device)
+    out: Path = Path("results")
+    fresh: bool = False
+    data_root: str | None = None
+    starts: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    step_size: float | None = None
+    maxiter: int | None = None
+    hvp_batch: int | None = None
+    hv_margin: float | None = None
+    threads: int | None = None
+    progress: bool = True
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, methods="ls", seeds="0", transforms="none")
     parser.add_argument("--data-root", default=None, help="folder with the MNIST IDX files (train-images-idx3-ubyte[.gz], ...) for paper-scale "
@@ -587,17 +614,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "(about 30 s on 2 idle cores); its report goes to OUT/pareto_multimnist/quick.")
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
+def settings_from(config: Config) -> Settings:
     """Full defaults, or the quick preset, with every explicitly given flag on top."""
-    base = QUICK if args.quick else Settings()
+    base = QUICK if config.quick else Settings()
     walk = base.walk
-    overrides = {"num_steps": args.steps, "lr": args.step_size, "maxiter": args.maxiter, "hvp_batch": args.hvp_batch}
+    overrides = {"num_steps": config.steps, "lr": config.step_size, "maxiter": config.maxiter, "hvp_batch": config.hvp_batch}
     walk = WalkSettings(**{**asdict(walk), **{k: v for k, v in overrides.items() if v is not None}})
     settings = Settings(
-        num_starts=base.num_starts if args.starts is None else args.starts,
-        epochs=base.epochs if args.epochs is None else args.epochs,
+        num_starts=base.num_starts if config.starts is None else config.starts,
+        epochs=base.epochs if config.epochs is None else config.epochs,
         max_batches=base.max_batches, walk=walk,
-        hv_margin=base.hv_margin if args.hv_margin is None else args.hv_margin,
+        hv_margin=base.hv_margin if config.hv_margin is None else config.hv_margin,
     )
     if settings.num_starts < 1 or settings.epochs < 1 or walk.num_steps < 1 or walk.maxiter < 1 or walk.hvp_batch < 1 or not walk.lr > 0:
         raise InvalidHyperparameterError("--starts, --epochs, --steps, --maxiter and --hvp-batch must be at least 1 and --step-size positive")
@@ -606,49 +633,52 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
-    """The runs `main(args)` makes, starts first (the notebooks load their records with it)."""
-    starts, walks = plan_runs(settings_from(args), parse_seeds(args.seeds), args.data_root)
+def planned_runs(config: Config) -> list[RunSpec]:
+    """The runs `run(config)` makes, starts first."""
+    starts, walks = plan_runs(settings_from(config), parse_seeds(config.seeds), config.data_root)
     return starts + walks
 
 
-def main(args: argparse.Namespace) -> int:
-    if parse_methods(args.methods) != ["ls"]:
-        raise InvalidHyperparameterError(f"pareto_multimnist starts from weighted-sum models only: --methods must be 'ls', got {args.methods!r}")
-    if parse_transforms(args.transforms) != ["none"]:
-        raise InvalidHyperparameterError(f"pareto_multimnist uses the nominal losses: --transforms must be 'none', got {args.transforms!r}")
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise InvalidHyperparameterError(f"--data-root {args.data_root} is not a folder with the MNIST IDX files")
-    seeds = parse_seeds(args.seeds)
-    settings = settings_from(args)
-    if args.threads is not None and args.threads < 1:
-        raise InvalidHyperparameterError(f"--threads must be at least 1, got {args.threads}")
+def run(config: Config, /) -> ExperimentResult:
+    """Train the weighted-sum starts and walk from them (what is not stored yet), then write and
+    return the report (table, JSON, figure); `details["report"]` is the JSON's content."""
+    if parse_methods(config.methods) != ["ls"]:
+        raise InvalidHyperparameterError(f"pareto_multimnist starts from weighted-sum models only: --methods must be 'ls', got {config.methods!r}")
+    if parse_transforms(config.transforms) != ["none"]:
+        raise InvalidHyperparameterError(f"pareto_multimnist uses the nominal losses: --transforms must be 'none', got {config.transforms!r}")
+    if config.data_root is not None and not Path(config.data_root).is_dir():
+        raise InvalidHyperparameterError(f"--data-root {config.data_root} is not a folder with the MNIST IDX files")
+    seeds = parse_seeds(config.seeds)
+    settings = settings_from(config)
+    if config.threads is not None and config.threads < 1:
+        raise InvalidHyperparameterError(f"--threads must be at least 1, got {config.threads}")
     threads_before = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
         began = time.perf_counter()
-        report = run_experiment(settings, seeds=seeds, out=args.out, data_root=args.data_root, device=torch.device(args.device),
-                                fresh=args.fresh, show_progress=args.progress)
+        report = run_experiment(settings, seeds=seeds, out=config.out, data_root=config.data_root, device=torch.device(config.device),
+                                fresh=config.fresh, show_progress=config.progress)
         wall = time.perf_counter() - began
     finally:
         torch.set_num_threads(threads_before)
-    folder = report_folder(args.out, quick=args.quick)
+    folder = report_folder(config.out, quick=config.quick)
     report["wall_seconds"] = wall
     write_json_atomic(folder / "pareto_multimnist.json", report)
     figures = save_figure_formats(draw_figure(report), folder / "front")
     table = format_report(report)
     walk = settings.walk
     provenance = (
-        f"`python -m benchmarks pareto_multimnist{' --quick' if args.quick else ''}` ({settings.num_starts} weighted-sum starts x "
+        f"`python -m benchmarks pareto_multimnist{' --quick' if config.quick else ''}` ({settings.num_starts} weighted-sum starts x "
         f"{settings.epochs} epochs, SGD lr {PROTOCOL.lr:g} momentum 0.9 cosine, batch {PROTOCOL.batch_size}; walk along e1 and e2, "
         f"{walk.num_steps} steps of {walk.lr:g}, MINRES maxiter {walk.maxiter}, damping {walk.damping:g}, Jacobian from a "
         f"{walk.jacobian_fraction:g} pass of batch {walk.jacobian_batch} with EMA {walk.momentum:g}, HVP batch {walk.hvp_batch}; "
-        f"data {_data_tag(args.data_root)}; seeds {','.join(map(str, seeds))}; device {args.device}); machine: {environment()}; "
+        f"data {_data_tag(config.data_root)}; seeds {','.join(map(str, seeds))}; device {config.device}); machine: {environment()}; "
         f"wall time of this invocation {wall:.0f} s (finished runs are reused; costs come from the stored runs)"
     )
     write_markdown_table(folder / "summary.md", "pareto_multimnist: continuous Pareto exploration on MultiMNIST", provenance, table)
-    print(table)
-    print(f"\nwrote {folder / 'summary.md'}, {folder / 'pareto_multimnist.json'}, {', '.join(str(p) for p in figures)}; "
-          f"one JSON per run in {Path(args.out) / EXPERIMENT / 'runs'}, start weights in {Path(args.out) / EXPERIMENT / 'models'}")
-    return 0
+    text = (f"{table}\n\nwrote {folder / 'summary.md'}, {folder / 'pareto_multimnist.json'}, {', '.join(str(p) for p in figures)}; "
+            f"one JSON per run in {Path(config.out) / EXPERIMENT / 'runs'}, start weights in {Path(config.out) / EXPERIMENT / 'models'}")
+    store = ResultStore(config.out, read_only=True)
+    records = [record for record in map(store.load, planned_runs(config)) if record is not None]
+    return ExperimentResult(records, text, [folder / "summary.md", folder / "pareto_multimnist.json", *figures], {"report": report})

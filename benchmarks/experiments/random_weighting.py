@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from benchmarks.harness.cli import default_device, parse_seeds
+from benchmarks.harness.experiment import ExperimentResult
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import TrainingProtocol
 from benchmarks.harness.summary import markdown_table, summarize
 from benchmarks.harness.training import train_run
 from core.errors import InvalidHyperparameterError
+from toy_problems.command_config import CommandConfig
 from toy_problems.store import environment, write_markdown_table
 
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -54,6 +57,23 @@ def _suite(dataset: str):
     return getattr(importlib.import_module(module), attribute)
 
 
+@dataclass(frozen=True)
+class Config(CommandConfig):
+    """The settings of `python -m benchmarks random_weighting`: one field per flag, with its name and default."""
+
+    quick: bool = False
+    variants: str = ",".join(VARIANTS)
+    datasets: str = ",".join(DATASETS)
+    seeds: str = "0,1,2,3,4"
+    data_root: str | None = None
+    device: str = field(default_factory=default_device)
+    out: Path = Path("results")
+    epochs: int | None = None
+    max_batches: int | None = None
+    fresh: bool = False
+    summary_only: bool = False
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="2 seeds and 2 epochs per dataset (about a minute), stored apart from full runs")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated runs, from: %(default)s")
@@ -78,45 +98,48 @@ def _parse_list(text: str, allowed, flag: str) -> list[str]:
     return names
 
 
-def plan_runs(args: argparse.Namespace) -> dict[str, tuple[list[RunSpec], TrainingProtocol, str | None]]:
+def plan_runs(config: Config) -> dict[str, tuple[list[RunSpec], TrainingProtocol, str | None]]:
     """Per dataset: its runs, the protocol they use and the data root (validated before any training)."""
-    variants = _parse_list(args.variants, VARIANTS, "--variants")
-    datasets = _parse_list(args.datasets, DATASETS, "--datasets")
-    seeds = parse_seeds("0,1" if args.quick and args.seeds == "0,1,2,3,4" else args.seeds)
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise InvalidHyperparameterError(f"--data-root {args.data_root} is not a folder of MNIST IDX files")
-    for flag, value in (("--epochs", args.epochs), ("--max-batches", args.max_batches)):
+    variants = _parse_list(config.variants, VARIANTS, "--variants")
+    datasets = _parse_list(config.datasets, DATASETS, "--datasets")
+    seeds = parse_seeds("0,1" if config.quick and config.seeds == "0,1,2,3,4" else config.seeds)
+    if config.data_root is not None and not Path(config.data_root).is_dir():
+        raise InvalidHyperparameterError(f"--data-root {config.data_root} is not a folder of MNIST IDX files")
+    for flag, value in (("--epochs", config.epochs), ("--max-batches", config.max_batches)):
         if value is not None and value < 1:
             raise InvalidHyperparameterError(f"{flag} must be at least 1, got {value}")
     plans = {}
     for dataset in datasets:
         protocol = _suite(dataset).protocol
-        epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else None)
+        epochs = config.epochs if config.epochs is not None else (QUICK_EPOCHS if config.quick else None)
         if epochs is not None:
             protocol = dataclasses.replace(protocol, epochs=epochs)
-        data_root = args.data_root if dataset == "multimnist" else None
-        config = {"protocol": dataclasses.asdict(protocol), "data_root": data_root}
-        if args.max_batches is not None:  # only then, so that the run ids of earlier sweeps stay valid
-            config["max_batches"] = args.max_batches
-        runs = [RunSpec(f"random_weighting/{dataset}", variant, seed, "none", {**config, "hyperparameters": VARIANTS[variant][1]})
+        data_root = config.data_root if dataset == "multimnist" else None
+        settings = {"protocol": dataclasses.asdict(protocol), "data_root": data_root}
+        if config.max_batches is not None:  # only then, so that the run ids of earlier sweeps stay valid
+            settings["max_batches"] = config.max_batches
+        runs = [RunSpec(f"random_weighting/{dataset}", variant, seed, "none", {**settings, "hyperparameters": VARIANTS[variant][1]})
                 for variant in variants for seed in seeds]
         plans[dataset] = (runs, protocol, data_root)
     return plans
 
 
-def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
-    """The runs `main(args)` makes, dataset by dataset (the notebooks load their records with it)."""
-    return [run for runs, _, _ in plan_runs(args).values() for run in runs]
+def planned_runs(config: Config) -> list[RunSpec]:
+    """The runs `run(config)` makes, dataset by dataset."""
+    return [run for runs, _, _ in plan_runs(config).values() for run in runs]
 
 
-def main(args: argparse.Namespace) -> int:
-    plans = plan_runs(args)
-    store, device = ResultStore(args.out), torch.device(args.device)
+def run(config: Config, /) -> ExperimentResult:
+    """Train the runs of `config` that are not stored yet (or, with `summary_only`, none), then
+    write and return the Delta_p tables per dataset."""
+    plans = plan_runs(config)
+    every_record = []
+    store, device = ResultStore(config.out), torch.device(config.device)
     sections = []
     compute_s = 0.0
     for dataset, (runs, protocol, data_root) in plans.items():
         suite = _suite(dataset)
-        if args.fresh:
+        if config.fresh:
             for run in runs:
                 store.discard(run)
 
@@ -125,22 +148,21 @@ def main(args: argparse.Namespace) -> int:
             return train_run(suite, run, checkpoint, protocol=protocol, data_root=data_root, device=device, method_name=method,
                              method_hyperparameters=hyperparameters, max_batches=run.config.get("max_batches"))
 
-        if args.summary_only:
+        if config.summary_only:
             records = [record for record in map(store.load, runs) if record is not None]
         else:
             records = run_sweep(runs, run_one, store)
+        every_record += records
         compute_s += sum(record["elapsed_s"] for record in records)
         rows, _, _ = summarize(records, suite.metrics, reference_method="ew")
         sections.append(f"## {dataset}\n\n" + markdown_table(rows, suite.metrics, reference_method="ew"))
     text = "\n\n".join(sections)
     seeds = sorted({run.seed for runs, _, _ in plans.values() for run in runs})
     provenance = (
-        f"`python -m benchmarks random_weighting` ({'quick' if args.quick else 'full'}; seeds {seeds}); EW = sum of losses, "
+        f"`python -m benchmarks random_weighting` ({'quick' if config.quick else 'full'}; seeds {seeds}); EW = sum of losses, "
         f"RLW/RGW weights sum to 1 (Adam); Δp task-balanced vs EW, positive = better; machine: {environment()}; "
         f"the runs' own time adds up to {compute_s / 60:.1f} min"
     )
-    folder = Path(args.out) / "random_weighting" / ("quick" if args.quick else "")  # a quick look never overwrites the full report
+    folder = Path(config.out) / "random_weighting" / ("quick" if config.quick else "")  # a quick look never overwrites the full report
     path = write_markdown_table(folder / "summary.md", "Random weighting litmus test", provenance, text)
-    print(text)
-    print(f"\nwrote {path}")
-    return 0
+    return ExperimentResult(every_record, f"{text}\n\nwrote {path}", [path])

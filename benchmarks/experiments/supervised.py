@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import importlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,16 +22,19 @@ import torch
 from benchmarks.harness import parallel
 from benchmarks.harness.cli import (
     add_common_arguments,
+    default_device,
     parse_methods,
     parse_seeds,
     parse_transforms,
 )
+from benchmarks.harness.experiment import ExperimentResult
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import Suite, TrainingProtocol
 from benchmarks.harness.summary import delta_m_figure, delta_m_pivot, markdown_table, summarize
 from benchmarks.harness.training import LossTransform, train_run
-from core.errors import InvalidHyperparameterError
+from core.errors import InvalidHyperparameterError, MTLInputError
 from core.registry import canonical_spec
+from toy_problems.command_config import CommandConfig
 from toy_problems.store import environment, save_figure_formats, write_markdown_table
 
 logger = logging.getLogger(__name__)
@@ -103,13 +106,39 @@ EXPERIMENTS = {
 }
 
 
-def _experiment_of(args: argparse.Namespace) -> ExperimentSpec:
-    return EXPERIMENTS[args.experiment]
+@dataclass(frozen=True)
+class Config(CommandConfig):
+    """The settings of `python -m benchmarks EXPERIMENT` for a supervised experiment: one field per
+    flag, with its name and default; `methods`, `seeds` and `transforms` left None take the
+    experiment's defaults (in quick mode, its quick methods and seed 0)."""
+
+    experiment: str
+    quick: bool = False
+    methods: str | None = None
+    seeds: str | None = None
+    transforms: str | None = None
+    device: str = field(default_factory=default_device)
+    out: Path = Path("results")
+    fresh: bool = False
+    data_root: str | None = None
+    epochs: int | None = None
+    max_batches: int | None = None
+    no_single_task: bool = False
+    representation: bool = False
+    progress: bool = False
+    summary_only: bool = False
+    nproc: int = 1
+
+
+def _experiment_of(config: Config) -> ExperimentSpec:
+    if config.experiment not in EXPERIMENTS:
+        raise InvalidHyperparameterError(f"unknown supervised experiment {config.experiment!r}; choose one of: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[config.experiment]
 
 
 def make_add_arguments(spec: ExperimentSpec):
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        add_common_arguments(parser, methods=spec.methods, seeds=spec.seeds, transforms=spec.transforms)
+        add_common_arguments(parser, methods=spec.methods, seeds=spec.seeds, transforms=spec.transforms, unset=True)
         parser.add_argument("--data-root", default=None, help=spec.data_help + (" (required)" if spec.needs_data_root else ""))
         parser.add_argument("--epochs", type=int, default=None, help="override the protocol's number of epochs")
         parser.add_argument("--max-batches", type=int, default=None, help="cap the training batches per epoch (a quick look at a large dataset)")
@@ -122,111 +151,105 @@ def make_add_arguments(spec: ExperimentSpec):
     return add_arguments
 
 
-def plan_runs(spec: ExperimentSpec, suite: Suite, args: argparse.Namespace) -> tuple[list[RunSpec], TrainingProtocol, int | None]:
+def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[RunSpec], TrainingProtocol, int | None]:
     """The runs of this invocation (validated before any training) and the protocol they use."""
-    methods = parse_methods(spec.quick_methods if args.quick and args.methods == spec.methods else args.methods)
+    methods = parse_methods(config.methods if config.methods is not None else (spec.quick_methods if config.quick else spec.methods))
     for method in methods:  # every hyperparameter value checked before any training (FAMO's min_losses need K)
         canonical_spec(method, num_tasks=len(suite.task_names))
-    seeds = parse_seeds("0" if args.quick and args.seeds == spec.seeds else args.seeds)
-    transforms = parse_transforms(args.transforms)
+    seeds = parse_seeds(config.seeds if config.seeds is not None else ("0" if config.quick else spec.seeds))
+    transforms = parse_transforms(config.transforms if config.transforms is not None else spec.transforms)
     for transform in transforms:
         LossTransform.parse(transform, suite.task_names)
     protocol = suite.protocol
-    if args.quick:
+    if config.quick:
         protocol = dataclasses.replace(protocol, epochs=spec.quick_epochs)
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise InvalidHyperparameterError(f"--epochs must be at least 1, got {args.epochs}")
-        protocol = dataclasses.replace(protocol, epochs=args.epochs)
-    max_batches = spec.quick_batches if args.quick else None
-    if args.max_batches is not None:
-        if args.max_batches < 1:
-            raise InvalidHyperparameterError(f"--max-batches must be at least 1, got {args.max_batches}")
-        max_batches = args.max_batches
-    config = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": args.representation, "data_root": args.data_root}
-    if args.nproc > 1:  # data-parallel runs are stored apart: equal to single-process ones only up to rounding
-        config["nproc"] = args.nproc
-        config["transform_of"] = "whole batch"  # earlier --nproc runs transformed each rank's loss: new ids
+    if config.epochs is not None:
+        if config.epochs < 1:
+            raise InvalidHyperparameterError(f"--epochs must be at least 1, got {config.epochs}")
+        protocol = dataclasses.replace(protocol, epochs=config.epochs)
+    max_batches = spec.quick_batches if config.quick else None
+    if config.max_batches is not None:
+        if config.max_batches < 1:
+            raise InvalidHyperparameterError(f"--max-batches must be at least 1, got {config.max_batches}")
+        max_batches = config.max_batches
+    settings = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": config.representation,
+                "data_root": config.data_root}
+    if config.nproc > 1:  # data-parallel runs are stored apart: equal to single-process ones only up to rounding
+        settings["nproc"] = config.nproc
+        settings["transform_of"] = "whole batch"  # earlier --nproc runs transformed each rank's loss: new ids
     runs = []
-    if not args.no_single_task:  # first, so that a partial sweep already has its Δm base
-        stl_config = {**config, "representation": False}
-        runs += [RunSpec(spec.name, f"stl:{task}", seed, "none", stl_config) for task in suite.task_names for seed in seeds]
-    runs += [RunSpec(spec.name, method, seed, transform, config) for transform in transforms for method in methods for seed in seeds]
+    if not config.no_single_task:  # first, so that a partial sweep already has its Δm base
+        stl_settings = {**settings, "representation": False}
+        runs += [RunSpec(spec.name, f"stl:{task}", seed, "none", stl_settings) for task in suite.task_names for seed in seeds]
+    runs += [RunSpec(spec.name, method, seed, transform, settings) for transform in transforms for method in methods for seed in seeds]
     return runs, protocol, max_batches
 
 
-def main(args: argparse.Namespace) -> int:
-    spec = _experiment_of(args)
+def run(config: Config, /) -> ExperimentResult:
+    """Train the runs of `config` that are not stored yet (with `nproc > 1`, each over that many
+    data-parallel processes), then write and return the summary table; with `summary_only`, only
+    summarise the finished runs."""
+    spec = _experiment_of(config)
     if parallel.inside_torchrun():  # a rank (started by --nproc, or by torchrun directly)
-        args.nproc = parallel.world_size()
-    elif args.nproc > 1:  # start the ranks: each runs this command again
-        planned_runs(args)  # bad options fail here, before any process starts
-        return parallel.relaunch(_rank_argv(spec, args), args.nproc)
-    if spec.needs_data_root and args.data_root is None:
+        config = config.replace(nproc=parallel.world_size())
+    elif config.nproc > 1:  # start the ranks: each runs this command again
+        runs = planned_runs(config)  # bad options fail here, before any process starts
+        status = parallel.relaunch([spec.name, *config.argv(skip=("experiment", "nproc"))], config.nproc)
+        if status != 0:
+            raise MTLInputError(f"the {config.nproc} data-parallel processes of {spec.name} exited with status {status}")
+        store = ResultStore(config.out, read_only=True)
+        return ExperimentResult([record for record in map(store.load, runs) if record is not None],
+                                f"{spec.name}: {len(runs)} runs trained over {config.nproc} processes (their summary is above)")
+    if spec.needs_data_root and config.data_root is None:
         raise InvalidHyperparameterError(f"{spec.name} needs --data-root: {spec.data_help}. Without the data, `--help` lists the options")
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise InvalidHyperparameterError(f"--data-root {args.data_root} is not a folder: {spec.data_help}")
+    if config.data_root is not None and not Path(config.data_root).is_dir():
+        raise InvalidHyperparameterError(f"--data-root {config.data_root} is not a folder: {spec.data_help}")
     suite = spec.load_suite()
-    runs, protocol, max_batches = plan_runs(spec, suite, args)
-    store = ResultStore(args.out)
-    if args.fresh:
-        for run in runs:
-            store.discard(run)
-    device = parallel.device_for(torch.device(args.device))
-    data_parallel = parallel.from_environment(device) if args.nproc > 1 else None
+    runs, protocol, max_batches = plan_runs(spec, suite, config)
+    store = ResultStore(config.out)
+    if config.fresh:
+        for spec_run in runs:
+            store.discard(spec_run)
+    device = parallel.device_for(torch.device(config.device))
+    data_parallel = parallel.from_environment(device) if config.nproc > 1 else None
 
-    def run_one(run: RunSpec, checkpoint):
+    def run_one(run_spec: RunSpec, checkpoint):
         return train_run(
-            suite, run, checkpoint, protocol=protocol, data_root=args.data_root, device=device,
-            max_batches=max_batches, representation=run.config["representation"], show_progress=args.progress,
+            suite, run_spec, checkpoint, protocol=protocol, data_root=config.data_root, device=device,
+            max_batches=max_batches, representation=run_spec.config["representation"], show_progress=config.progress,
             data_parallel=data_parallel,
         )
 
-    if args.summary_only:
+    if config.summary_only:
         records = [record for record in map(store.load, runs) if record is not None]
     else:
         records = run_sweep(runs, run_one, store, data_parallel=data_parallel, show_progress=data_parallel is None or data_parallel.leader)
     if data_parallel is not None and not data_parallel.leader:
-        return 0  # rank 0 writes the summary
+        return ExperimentResult(list(records), "")  # rank 0 writes the summary
     rows, base, origin = summarize(records, suite.metrics, published_base=suite.base_values)
     table = markdown_table(rows, suite.metrics)
     if base is not None and len({row.transform for row in rows}) > 1:
         table += "\n\nΔm% ↓ (vs the base above) by loss transform:\n\n" + delta_m_pivot(rows)
     base_text = ", ".join(f"{name} {value:.4g}" for name, value in base.items()) if base else "none"
     provenance = (
-        f"`python -m benchmarks {spec.name}` ({'quick' if args.quick else 'full'}; epochs {protocol.epochs}; "
+        f"`python -m benchmarks {spec.name}` ({'quick' if config.quick else 'full'}; epochs {protocol.epochs}; "
         f"{len({r.seed for r in runs})} seed(s)); Δm% base: {origin}: {base_text}; machine: {environment()}; "
         f"the runs' own time adds up to {sum(r['elapsed_s'] for r in records) / 60:.1f} min"
     )
-    folder = Path(args.out) / spec.name / ("quick" if args.quick else "")  # a quick look never overwrites the full report
-    write_markdown_table(folder / "summary.md", f"{spec.name}: summary", provenance, table)
+    folder = Path(config.out) / spec.name / ("quick" if config.quick else "")  # a quick look never overwrites the full report
+    files = [write_markdown_table(folder / "summary.md", f"{spec.name}: summary", provenance, table)]
     if any(row.delta_m is not None for row in rows):
-        save_figure_formats(delta_m_figure(rows, f"{spec.name}: Δm% per method and loss transform"), folder / "delta_m")
-    print(table)
-    print(f"\nΔm% base: {origin}\nwrote {folder / 'summary.md'}")
-    return 0
+        files += save_figure_formats(delta_m_figure(rows, f"{spec.name}: Δm% per method and loss transform"), folder / "delta_m")
+    return ExperimentResult(list(records), f"{table}\n\nΔm% base: {origin}\nwrote {files[0]}", files)
 
 
-def _rank_argv(spec: ExperimentSpec, args: argparse.Namespace) -> list[str]:
-    """The command line each rank runs: this invocation's settings, spelled out."""
-    argv = [spec.name, "--methods", args.methods, "--seeds", args.seeds, "--transforms", args.transforms, "--device", args.device,
-            "--out", str(args.out)]  # the ranks read their number from torchrun's WORLD_SIZE
-    for flag, value in (("--data-root", args.data_root), ("--epochs", args.epochs), ("--max-batches", args.max_batches)):
-        if value is not None:
-            argv += [flag, str(value)]
-    for flag, value in (("--quick", args.quick), ("--fresh", args.fresh), ("--no-single-task", args.no_single_task),
-                        ("--representation", args.representation), ("--progress", args.progress), ("--summary-only", args.summary_only)):
-        if value:
-            argv.append(flag)
-    return argv
-
-
-def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
-    """The runs `main(args)` makes, single-task baselines first (the notebooks load their records with it)."""
-    spec = _experiment_of(args)
-    return plan_runs(spec, spec.load_suite(), args)[0]
+def planned_runs(config: Config) -> list[RunSpec]:
+    """The runs `run(config)` makes, single-task baselines first."""
+    spec = _experiment_of(config)
+    return plan_runs(spec, spec.load_suite(), config)[0]
 
 
 def command(name: str, /) -> SimpleNamespace:
-    """`add_arguments`, `main` and `planned_runs` of experiment `name`, in the shape `python -m benchmarks` registers."""
-    return SimpleNamespace(add_arguments=make_add_arguments(EXPERIMENTS[name]), main=main, planned_runs=planned_runs)
+    """`add_arguments`, `Config`, `run` and `planned_runs` of experiment `name`, in the shape
+    `python -m benchmarks` registers (its config is `Config(name, ...)`)."""
+    return SimpleNamespace(add_arguments=make_add_arguments(EXPERIMENTS[name]), Config=Config, run=run, planned_runs=planned_runs)

@@ -23,6 +23,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,17 @@ from tqdm import tqdm
 
 from benchmarks.harness.cli import (
     add_common_arguments,
+    default_device,
     parse_methods,
     parse_seeds,
     parse_transforms,
 )
+from benchmarks.harness.experiment import ExperimentResult
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep_batched
 from core.errors import InvalidHyperparameterError, MTLInputError
 from core.registry import available_methods
 from toy_problems import TwoTaskToy
+from toy_problems.command_config import CommandConfig
 from toy_problems.measures import distance_to_front, stationarity_residuals
 from toy_problems.runner import Track, Trajectory, forked_starmap, run_tracks, single_thread
 from toy_problems.store import environment, save_figure_atomic, write_markdown_table
@@ -228,45 +232,66 @@ def default_record_every(steps: int) -> int:
 # ----------------------------------------------------------------------------- the sweep
 
 
-def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str], list[int], list[str]]:
+@dataclass(frozen=True)
+class Config(CommandConfig):
+    """The settings of `python -m benchmarks toy`: one field per flag, with its name and default."""
+
+    quick: bool = False
+    methods: str = field(default_factory=lambda: ",".join(default_methods()))
+    seeds: str = "0"
+    transforms: str = "none,0:power:4"
+    device: str = field(default_factory=default_device)
+    out: Path = Path("results")
+    fresh: bool = False
+    steps: int | None = None
+    lr: float = DEFAULT_LR
+    dtype: str = "float64"
+    record_every: int | None = None
+    quiet: bool = False
+    summary: bool = False
+
+
+def plan_runs(config: Config) -> tuple[list[RunSpec], list[str], list[int], list[str]]:
     """The runs of this invocation, validated before any of them starts."""
-    methods = parse_methods(args.methods)
+    methods = parse_methods(config.methods)
     if len(set(methods)) != len(methods):
-        raise InvalidHyperparameterError(f"--methods lists a method twice: {args.methods!r}")
-    seeds = parse_seeds(args.seeds)
-    transforms = parse_transforms(args.transforms)
+        raise InvalidHyperparameterError(f"--methods lists a method twice: {config.methods!r}")
+    seeds = parse_seeds(config.seeds)
+    transforms = parse_transforms(config.transforms)
     if len(set(transforms)) != len(transforms):
-        raise InvalidHyperparameterError(f"--transforms lists a transform twice: {args.transforms!r}")
+        raise InvalidHyperparameterError(f"--transforms lists a transform twice: {config.transforms!r}")
     parsed = [parse_toy_transform(text) for text in transforms]
-    steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEFAULT_STEPS)
+    steps = config.steps if config.steps is not None else (QUICK_STEPS if config.quick else DEFAULT_STEPS)
     if steps < 1:
         raise InvalidHyperparameterError(f"--steps must be at least 1, got {steps}")
-    record_every = default_record_every(steps) if args.record_every is None else args.record_every
+    record_every = default_record_every(steps) if config.record_every is None else config.record_every
     if record_every < 1:
         raise InvalidHyperparameterError(f"--record-every must be at least 1, got {record_every}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise InvalidHyperparameterError(f"--lr must be a finite positive number, got {args.lr}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise InvalidHyperparameterError(f"--lr must be a finite positive number, got {config.lr}")
+    if config.dtype not in ("float32", "float64"):
+        raise InvalidHyperparameterError(f"--dtype must be float32 or float64, got {config.dtype!r}")
     try:
-        torch.zeros(1, device=args.device)
+        torch.zeros(1, device=config.device)
     except (RuntimeError, AssertionError) as error:
-        raise InvalidHyperparameterError(f"--device {args.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
-    _check_starts(methods, parsed, dtype=getattr(torch, args.dtype), device=args.device)
-    config = {
+        raise InvalidHyperparameterError(f"--device {config.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
+    _check_starts(methods, parsed, dtype=getattr(torch, config.dtype), device=config.device)
+    settings = {
         "steps": steps,
-        "lr": args.lr,
-        "dtype": args.dtype,
+        "lr": config.lr,
+        "dtype": config.dtype,
         "record_every": record_every,
         "optimizer": "adam",
         "starts": [list(start) for start in TwoTaskToy().default_starts(dtype=torch.float64).tolist()],
         "loss_lower_bound": TwoTaskToy.lower_bound,
     }
-    runs = [RunSpec(EXPERIMENT, method, seed, transform, config) for method in methods for seed in seeds for transform in transforms]
+    runs = [RunSpec(EXPERIMENT, method, seed, transform, settings) for method in methods for seed in seeds for transform in transforms]
     return runs, methods, seeds, transforms
 
 
-def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
-    """The runs `main(args)` sweeps, in order (the notebooks load their records with it)."""
-    return plan_runs(args)[0]
+def planned_runs(config: Config) -> list[RunSpec]:
+    """The runs `run(config)` sweeps, in order."""
+    return plan_runs(config)[0]
 
 
 def _check_starts(methods: list[str], transforms: list[TaskTransform | None], *, dtype: torch.dtype, device: str) -> None:
@@ -286,26 +311,28 @@ def report_folder(out: str | Path, *, quick: bool) -> Path:
     return folder / "quick" if quick else folder
 
 
-def main(args: argparse.Namespace) -> int:
-    runs, methods, seeds, transforms = plan_runs(args)
-    if getattr(args, "summary", False):
-        return print_summary(runs, methods, seeds, transforms, ResultStore(args.out, read_only=True))
-    store = ResultStore(args.out)
-    if args.fresh:
-        for run in runs:
-            store.discard(run)
-    dtype = getattr(torch, args.dtype)
-    show_progress = not args.quiet
-
+def run(config: Config, /) -> ExperimentResult:
+    """Sweep the runs of `config` that are not stored yet (every unfinished run as one batched
+    computation), then write the summary and the figures; with `config.summary`, only read the
+    finished runs (nothing is computed or written). The result's `details["results"]` holds every
+    run's result keyed by (method, seed, transform)."""
+    runs, methods, seeds, transforms = plan_runs(config)
+    if config.summary:
+        return _stored_summary(runs, methods, seeds, transforms, ResultStore(config.out, read_only=True))
+    store = ResultStore(config.out)
+    if config.fresh:
+        for spec in runs:
+            store.discard(spec)
+    dtype = getattr(torch, config.dtype)
     workers = int(os.environ.get("MTL_WORKERS", "1"))  # set by `--workers N` for its worker processes
+    processes = 1 if workers > 1 else min(2, os.cpu_count() or 1)  # the two cores of the project's machines
 
     def run_many(specs: list[RunSpec]) -> list[Mapping[str, Any]]:
         # every unfinished run in one batched computation (minutes): it restarts rather than checkpoints
-        config = specs[0].config
+        settings = specs[0].config
         return run_toy_experiments(
-            [(spec.method, spec.transform, spec.seed) for spec in specs], steps=config["steps"], lr=config["lr"], dtype=dtype,
-            record_every=config["record_every"], device=args.device, show_progress=show_progress,
-            processes=1 if workers > 1 else min(2, os.cpu_count() or 1),  # the two cores of the project's machines
+            [(spec.method, spec.transform, spec.seed) for spec in specs], steps=settings["steps"], lr=settings["lr"], dtype=dtype,
+            record_every=settings["record_every"], device=config.device, show_progress=not config.quiet, processes=processes,
         )
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's one-off import of the optimiser machinery
@@ -316,40 +343,42 @@ def main(args: argparse.Namespace) -> int:
         records = run_sweep_batched(runs, run_many, store, batch_size=math.ceil(len(runs) / workers) if workers > 1 else None)
     wall = time.perf_counter() - began
     results = results_by_run(records)
-    config = runs[0].config
-    folder = report_folder(args.out, quick=args.quick)
+    settings = runs[0].config
+    folder = report_folder(config.out, quick=config.quick)
     table = format_tables(results, methods, seeds, transforms)
     provenance = (
-        f"`python -m benchmarks toy{' --quick' if args.quick else ''}` (steps {config['steps']}, Adam lr {config['lr']:g}, "
-        f"{config['dtype']}, record every {config['record_every']} steps, seeds {','.join(map(str, seeds))}, "
-        f"transforms {','.join(transforms)}; device {args.device}, one intra-op thread); machine: {environment()}; "
+        f"`python -m benchmarks toy{' --quick' if config.quick else ''}` (steps {settings['steps']}, Adam lr {settings['lr']:g}, "
+        f"{settings['dtype']}, record every {settings['record_every']} steps, seeds {','.join(map(str, seeds))}, "
+        f"transforms {','.join(transforms)}; device {config.device}, one intra-op thread); machine: {environment()}; "
         f"sweep wall time {wall:.0f} s (finished runs are reused; run times are in the per-method table)"
     )
-    if config["steps"] < DEFAULT_STEPS:
-        provenance += f". {short_run_note(config['steps'])}"
-    write_markdown_table(folder / "summary.md", "The DiBS-MTL toy: endpoints, distance to the front, invariance gap", provenance, table)
-    formats = ("png",) if args.quick else ("png", "pdf")  # the quick look: no PDF (half the drawing time)
-    figures = draw_figures(results, methods, seeds[0], transforms, folder, steps=config["steps"], formats=formats,
-                           processes=1 if workers > 1 else min(2, os.cpu_count() or 1))
-    print_per_method(table, config["steps"])  # the per-start table is in the file
-    print(f"\nwrote {folder / 'summary.md'} (with the table per start), {len(figures)} figures ({', '.join(sorted({p.stem for p in figures}))}) in {folder}, "
-          f"and one JSON per run in {Path(args.out) / EXPERIMENT / 'runs'}")
-    return 0
+    if settings["steps"] < DEFAULT_STEPS:
+        provenance += f". {short_run_note(settings['steps'])}"
+    summary = write_markdown_table(folder / "summary.md", "The DiBS-MTL toy: endpoints, distance to the front, invariance gap", provenance, table)
+    formats = ("png",) if config.quick else ("png", "pdf")  # the quick look: no PDF (half the drawing time)
+    figures = draw_figures(results, methods, seeds[0], transforms, folder, steps=settings["steps"], formats=formats, processes=processes)
+    report = per_method_report(table, settings["steps"]) + (  # the per-start table is in the file
+        f"\n\nwrote {summary} (with the table per start), {len(figures)} figures ({', '.join(sorted({p.stem for p in figures}))}) "
+        f"in {folder}, and one JSON per run in {Path(config.out) / EXPERIMENT / 'runs'}"
+    )
+    return ExperimentResult(list(records), report, [summary, *figures], {"results": results})
 
 
-def print_summary(runs: list[RunSpec], methods: list[str], seeds: list[int], transforms: list[str], store: ResultStore) -> int:
+def _stored_summary(runs: list[RunSpec], methods: list[str], seeds: list[int], transforms: list[str], store: ResultStore) -> ExperimentResult:
     """`--summary`: the per-method table of the finished runs, read from `store` (nothing is written)."""
-    records = {run.run_id: store.load(run) for run in runs}
-    missing = [run for run in runs if records[run.run_id] is None]
+    records = {spec.run_id: store.load(spec) for spec in runs}
+    missing = [spec for spec in runs if records[spec.run_id] is None]
     if missing:
-        listed = ", ".join(f"{run.method} ({run.transform}, seed {run.seed})" for run in missing[:5])
+        listed = ", ".join(f"{spec.method} ({spec.transform}, seed {spec.seed})" for spec in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise MTLInputError(
             f"{len(missing)} of {len(runs)} runs with these settings are not finished in {store.root}: {listed}{more}; "
             "run the same command without --summary to compute them"
         )
-    print_per_method(format_tables(results_by_run(records.values()), methods, seeds, transforms), runs[0].config["steps"])
-    return 0
+    stored = [records[spec.run_id] for spec in runs]
+    results = results_by_run(stored)
+    return ExperimentResult(stored, per_method_report(format_tables(results, methods, seeds, transforms), runs[0].config["steps"]),
+                            details={"results": results})
 
 
 def results_by_run(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int, str], Mapping[str, Any]]:
@@ -357,11 +386,10 @@ def results_by_run(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int,
     return {(r["spec"]["method"], r["spec"]["seed"], r["spec"]["transform"]): r["result"] for r in records}
 
 
-def print_per_method(table: str, steps: int) -> None:
+def per_method_report(table: str, steps: int) -> str:
     """The per-method part of `format_tables`' text, and what a short run cannot show."""
-    print(table[table.index(f"\n{PER_METHOD_HEADING}\n") + 1 :])
-    if steps < DEFAULT_STEPS:
-        print(f"\n{short_run_note(steps)}")
+    text = table[table.index(f"\n{PER_METHOD_HEADING}\n") + 1 :]
+    return text + (f"\n\n{short_run_note(steps)}" if steps < DEFAULT_STEPS else "")
 
 
 def short_run_note(steps: int) -> str:

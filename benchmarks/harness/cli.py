@@ -15,21 +15,25 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, methods: str, seeds: str, transforms: str) -> None:
-    """--quick, --methods, --seeds, --transforms, --device, --out, --fresh."""
+def add_common_arguments(parser: argparse.ArgumentParser, *, methods: str, seeds: str, transforms: str, unset: bool = False) -> None:
+    """--quick, --methods, --seeds, --transforms, --device, --out, --fresh. With `unset`, the
+    parsed default of --methods, --seeds and --transforms is None (the experiment then chooses,
+    e.g. fewer methods in quick mode) and the help names `methods`, `seeds`, `transforms` as the
+    full run's defaults."""
     parser.add_argument("--quick", action="store_true", help="a few minutes' version of the experiment (fewer steps/epochs/seeds), stored apart from full runs")
+    full_run = " (full run)" if unset else ""
     parser.add_argument(
         "--methods",
-        default=methods,
+        default=None if unset else methods,
         help="comma-separated method specs, each a name or name:key=value:... (e.g. dibsmtl:steps=5,cagrad:c=0.5; "
-        f"default: %(default)s); names: {', '.join(available_methods())}",
+        f"default{full_run}: {methods}); names: {', '.join(available_methods())}",
     )
-    parser.add_argument("--seeds", default=seeds, help="comma-separated integer seeds (default: %(default)s)")
+    parser.add_argument("--seeds", default=None if unset else seeds, help=f"comma-separated integer seeds (default{full_run}: {seeds})")
     parser.add_argument(
         "--transforms",
-        default=transforms,
+        default=None if unset else transforms,
         help="comma-separated loss transforms, each 'none' or 'TASK:SPEC' with SPEC as core.transforms.parse_transform reads it "
-        "('exp', 'log', 'power:P', 'affine:A:B', joined by '|') (default: %(default)s)",
+        f"('exp', 'log', 'power:P', 'affine:A:B', joined by '|') (default{full_run}: {transforms})",
     )
     parser.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder; results go to OUT/<experiment>/ (default: %(default)s)")

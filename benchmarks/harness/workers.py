@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from core.errors import InvalidHyperparameterError
@@ -48,8 +48,8 @@ def worker_argv(argv: Sequence[str], /) -> list[str]:
     return [*out, "--workers", "1"]
 
 
-def launch(argv: Sequence[str], args: argparse.Namespace, planned_runs: Callable[[argparse.Namespace], list]) -> list[int]:
-    """Delete the runs of `--fresh` once, start `args.workers` workers, wait; return their exit codes."""
+def launch(argv: Sequence[str], args: argparse.Namespace, runs: list) -> list[int]:
+    """Delete the planned `runs` once under `--fresh`, start `args.workers` workers, wait; return their exit codes."""
     from benchmarks.harness.runs import ResultStore, file_locks_available
 
     if args.workers < 1:
@@ -59,7 +59,6 @@ def launch(argv: Sequence[str], args: argparse.Namespace, planned_runs: Callable
             f"--workers {args.workers} needs POSIX file locks (fcntl.flock), which this platform lacks; "
             "run with --workers 1, or on Linux/macOS"
         )
-    runs = planned_runs(args)  # also validates the options before any process starts
     if args.fresh:
         store = ResultStore(args.out)
         for run in runs:
