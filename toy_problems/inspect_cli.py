@@ -23,7 +23,6 @@ import shutil
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
 from core.registry import (
@@ -55,7 +53,7 @@ from toy_problems import (
     ZDT2Variant,
 )
 from toy_problems.command_config import CommandConfig
-from toy_problems.measures import distance_to_front, stationarity_residuals
+from toy_problems.measured import run_measured
 from toy_problems.runner import OPTIMIZERS, Track, Trajectory, make_optimizer, run_tracks
 from toy_problems.store import unwritable_reason
 from toy_problems.task_transforms import TaskTransform, combine, parse_task_transform
@@ -331,7 +329,6 @@ def run(config: InspectConfig, /) -> InspectResult:
         raise UsageError(f"--device {config.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
     starts = parse_starts(config, problem, dtype=dtype, device=config.device)
     _check_starts(problem, transforms, starts, names, config)
-    project = getattr(problem, "project", None)
 
     front = None
     if problem.has_pareto_set:
@@ -341,26 +338,22 @@ def run(config: InspectConfig, /) -> InspectResult:
 
     make_optimizer([torch.zeros(1, requires_grad=True)], config.optimizer, config.lr)  # torch's one-off import of the
     # optimiser machinery (seconds) happens here, not inside the first method's timing
-    runs: list[MethodRun] = []
     task_transforms = tuple(TaskTransform(task, transform) for task, transform in sorted(transforms.items()))
-    tracks = [Track(name, task_transforms, config.seed) for name in names]
-    began = time.perf_counter()
-    with tqdm(total=config.steps, desc=f"{config.problem}: {len(names)} methods", unit="step", disable=config.quiet, leave=False) as bar:
-        try:  # every method from every start, as one batch
-            trajectories = run_tracks(
-                problem, starts, tracks, num_steps=config.steps, lr=config.lr, optimizer=config.optimizer,
-                record_every=record_every, progress=lambda _: bar.update(), project=project,
-            )
-        except MTLInputError as error:
-            hint = " (a loss left the domain of its --transform)" if isinstance(error, LossDomainError) and transforms else ""
-            raise UsageError(f"a method failed during the run: {error}{hint}") from None
-    seconds = (time.perf_counter() - began) / len(names)  # the batch's time, shared
-    for name, trajectory in zip(names, trajectories):
-        raw, residuals = stationarity_residuals(problem, trajectory.points.to(torch.float64).cpu())
-        stored = stored_indices(trajectory.steps.shape[0])
-        distances = distance_to_front(raw[stored], front) if front is not None else None
-        runs.append(MethodRun(name, seconds, trajectory, raw, residuals, residuals.cummin(dim=0).values, distances, stored))
-    logger.info("%d methods: %d steps from %d starts in %.1f s", len(names), config.steps, starts.shape[0], seconds * len(names))
+    stored = stored_indices(math.ceil(config.steps / record_every) + 1)  # the records kept in the JSON and the figures
+    try:  # every method from every start, as one batch
+        measured = run_measured(
+            problem, starts, [Track(name, task_transforms, config.seed) for name in names], num_steps=config.steps,
+            lr=config.lr, optimizer=config.optimizer, record_every=record_every, front=front, distance_records=stored,
+            progress=None if config.quiet else f"{config.problem}: {len(names)} methods",
+        )
+    except MTLInputError as error:
+        hint = " (a loss left the domain of its --transform)" if isinstance(error, LossDomainError) and transforms else ""
+        raise UsageError(f"a method failed during the run: {error}{hint}") from None
+    runs = [
+        MethodRun(name, run.seconds, run.trajectory, run.losses, run.residuals, run.residuals.cummin(dim=0).values, run.distances, stored)
+        for name, run in zip(names, measured)
+    ]
+    logger.info("%d methods: %d steps from %d starts in %.1f s", len(names), config.steps, starts.shape[0], runs[0].seconds * len(names))
 
     if front is not None:
         ideal, nadir = front.amin(dim=0), front.amax(dim=0)

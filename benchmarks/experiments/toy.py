@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from benchmarks.harness.cli import (
     add_common_arguments,
@@ -44,8 +43,8 @@ from core.errors import InvalidHyperparameterError, MTLInputError
 from core.registry import available_methods
 from toy_problems import TwoTaskToy
 from toy_problems.command_config import CommandConfig
-from toy_problems.measures import distance_to_front, stationarity_residuals
-from toy_problems.runner import Track, Trajectory, forked_starmap, run_tracks, single_thread
+from toy_problems.measured import MeasuredRun, run_measured
+from toy_problems.runner import Track, forked_starmap, run_tracks, single_thread
 from toy_problems.store import environment, save_figure_atomic, write_markdown_table
 from toy_problems.task_transforms import TaskTransform, parse_task_transform
 
@@ -131,11 +130,6 @@ def _finite_or_none(values: Any) -> Any:
     return values if math.isfinite(values) else None
 
 
-def stationarity_residual(problem: TwoTaskToy, points: Tensor) -> Tensor:
-    """`min_{a in simplex} ||sum_i a_i grad f_i(x)||` of the untransformed losses at `points` `[..., 2]`."""
-    return stationarity_residuals(problem, points.to(torch.float64).cpu())[1]
-
-
 def run_toy_experiments(
     runs: Sequence[tuple[str, str, int]],
     /,
@@ -149,50 +143,20 @@ def run_toy_experiments(
     processes: int = 1,
 ) -> list[dict[str, Any]]:
     """Runs `(method spec, transform, seed)` from the five DiBS-MTL starts on the toy, all as one
-    batched computation (`toy_problems.runner.run_tracks`); returns each run's JSON-ready result
-    (endpoints, untransformed end losses, distance to the front, final stationarity residual, its
-    share of the batch's seconds, and the trajectories every `record_every` steps in x and in the
-    untransformed loss space). A run's result does not depend on the other runs of the batch, so
-    with `processes > 1` (CPU, where processes can fork) the methods are split between that many
-    processes, one thread each, each running its part as one batch."""
+    batched computation (`toy_problems.measured.run_measured`, the function under `inspect` too,
+    split by method over `processes` forked processes on the CPU); returns each run's JSON-ready
+    result (endpoints, untransformed end losses, distance to the front, final stationarity
+    residual, its share of the batch's seconds, and the trajectories every `record_every` steps in
+    x and in the untransformed loss space)."""
     record_every = default_record_every(steps) if record_every is None else record_every
-    parts = _split_by_method(runs, processes) if torch.device(device).type == "cpu" else [list(runs)]
-    if len(parts) > 1:
-        options = {"steps": steps, "lr": lr, "dtype": dtype, "record_every": record_every, "device": device}
-        # the first part's bar stands for all (they advance alike)
-        work = [(part, {**options, "show_progress": show_progress and index == 0}) for index, part in enumerate(parts)]
-        finished = forked_starmap(_run_part, work, processes=len(parts))
-        by_run = {(r["method"], r["transform"], r["seed"]): r for results in finished for r in results}
-        return [by_run[run] for run in runs]
     problem = TwoTaskToy()
-    tracks = [toy_track(method, transform, seed) for method, transform, seed in runs]
     starts = problem.default_starts(dtype=dtype, device=device)
-    began = time.perf_counter()
-    with tqdm(total=steps, desc=f"{len(runs)} runs", unit="step", disable=not show_progress, leave=False) as bar:
-        trajectories = run_tracks(problem, starts, tracks, num_steps=steps, lr=lr, record_every=record_every, progress=lambda _: bar.update())
-    seconds = time.perf_counter() - began
-    front = problem.pareto_front(FRONT_POINTS)
-    return [
-        _run_result(problem, front, starts, trajectory, method, transform, seed, str(device), seconds / len(runs))
-        for trajectory, (method, transform, seed) in zip(trajectories, runs)
-    ]
-
-
-def _run_part(part: list[tuple[str, str, int]], options: dict[str, Any]) -> list[dict[str, Any]]:
-    """One process's share of `run_toy_experiments` (module level: it runs in a forked process)."""
-    return run_toy_experiments(part, **options)
-
-
-def _split_by_method(runs: Sequence[tuple[str, str, int]], processes: int) -> list[list[tuple[str, str, int]]]:
-    """The runs in at most `processes` parts, every run of one method in one part (its tracks share
-    one method instance), methods dealt out in turn by their number of runs (largest first)."""
-    by_method: dict[str, list[tuple[str, str, int]]] = {}
-    for run in runs:
-        by_method.setdefault(run[0], []).append(run)
-    parts: list[list[tuple[str, str, int]]] = [[] for _ in range(max(1, min(processes, len(by_method))))]
-    for group in sorted(by_method.values(), key=len, reverse=True):
-        min(parts, key=len).extend(group)
-    return [part for part in parts if part]
+    measured = run_measured(
+        problem, starts, [toy_track(method, transform, seed) for method, transform, seed in runs], num_steps=steps, lr=lr,
+        record_every=record_every, front=problem.pareto_front(FRONT_POINTS), processes=processes,
+        progress=f"{len(runs)} runs" if show_progress else None,
+    )
+    return [_run_result(starts, run, method, transform, seed, str(device)) for run, (method, transform, seed) in zip(measured, runs)]
 
 
 def run_toy_experiment(method: str, transform: str = "none", /, *, seed: int = 0, **options: Any) -> dict[str, Any]:
@@ -200,27 +164,25 @@ def run_toy_experiment(method: str, transform: str = "none", /, *, seed: int = 0
     return run_toy_experiments([(method, transform, seed)], **options)[0]
 
 
-def _run_result(problem: TwoTaskToy, front: Tensor, starts: Tensor, trajectory: Trajectory, method: str, transform: str, seed: int,
-                device: str, seconds: float) -> dict[str, Any]:
-    points = trajectory.points.to(torch.float64).cpu()  # [R, 5, 2]
-    losses = problem(points)  # untransformed, [R, 5, 2]
-    ends = points[-1]
+def _run_result(starts: Tensor, run: MeasuredRun, method: str, transform: str, seed: int, device: str) -> dict[str, Any]:
+    points = run.trajectory.points.to(torch.float64).cpu()  # [R, 5, 2]
+    assert run.distances is not None  # the toy has its front
     return {
         "method": method,
         "transform": transform,
         "seed": seed,
         "device": device,
-        "seconds": seconds,
+        "seconds": run.seconds,
         "starts": _json_numbers(starts),
-        "endpoints": _json_numbers(ends),
-        "end_losses": _json_numbers(losses[-1]),
-        "end_losses_seen": _json_numbers(trajectory.losses[-1]),
-        "distance_to_front": _json_numbers(distance_to_front(losses[-1], front)),
-        "final_residual": _json_numbers(stationarity_residual(problem, ends)),
+        "endpoints": _json_numbers(points[-1]),
+        "end_losses": _json_numbers(run.losses[-1]),
+        "end_losses_seen": _json_numbers(run.trajectory.losses[-1]),
+        "distance_to_front": _json_numbers(run.distances[-1]),
+        "final_residual": _json_numbers(run.residuals[-1]),
         "trajectory": {
-            "steps": trajectory.steps.tolist(),
+            "steps": run.trajectory.steps.tolist(),
             "x": _json_numbers(points),
-            "losses": _json_numbers(losses),
+            "losses": _json_numbers(run.losses),
         },
     }
 
