@@ -14,7 +14,7 @@ from core.errors import MTLInputError
 from toy_problems.store import unwritable_reason
 
 EXPERIMENTS = {
-    "toy": (toy, "the DiBS-MTL toy: every method from the 5 starts, nominal and with task 1's loss transformed; endpoints table and trajectory figures"),
+    "toy": (toy, "the DiBS-MTL toy: every method from the 5 starts, nominal and with task 0's loss transformed; endpoints table and trajectory figures"),
     "multimnist": (command("multimnist"), "LeNet on MultiMNIST (embedded digits or --data-root): every method x 3 seeds x 5 transforms of the left-digit loss, single-task baselines, Δm%, Δp, MR"),
     "random_weighting": (random_weighting, "the litmus test: RLW (5 distributions) and RGW vs equal weighting, 5 seeds, on MultiMNIST and Auto MPG; Δp vs EW"),
     "pareto_multimnist": (pareto_multimnist, "continuous Pareto exploration: 5 weighted-sum LeNets, tangent walks along e1 and e2, explored front, hypervolume, Pareto points per minute vs weighted-sum training"),

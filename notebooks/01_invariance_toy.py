@@ -3,7 +3,7 @@
 #
 # The two-task toy of CAGrad, Nash-MTL and DiBS-MTL (DiBS-MTL Figs. 2-3): every registered method
 # runs from the paper's five starts with Adam (lr 1e-3, 35,000 steps, float64), once on the nominal
-# losses and once with task 1's loss replaced by `h(f1) = sign(f1) f1^4`, a strictly increasing,
+# losses and once with task 0's loss replaced by `h(f0) = sign(f0) f0^4`, a strictly increasing,
 # nonaffine transform. A method that only uses the directions of the task gradients (DiBS-MTL)
 # ends where it ended on the nominal losses; methods that use their magnitudes let the transformed
 # task pull them to its end of the front, or stall.
@@ -52,7 +52,7 @@ keep(report / "toy_nominal.png", "toy_nominal")
 keep(report / "toy_transformed.png", "toy_transformed")
 
 # %% [markdown]
-# The same runs in the loss space the methods saw, `(h(L1), L2)`:
+# The same runs in the loss space the methods saw, `(h(f0), f1)`:
 
 # %%
 keep(report / "toy_transformed_scaled.png", "toy_transformed_scaled")

@@ -45,7 +45,7 @@ print(f"measured: {claim.measured}\nbound:    {claim.bound}")
 # ## Tangents vs gradients
 #
 # From a Pareto-stationary point, step a length `s` along the unit tangent (random `beta`) and
-# along task 1's normalised gradient, and measure how far the step leaves the Pareto set.
+# along task 0's normalised gradient, and measure how far the step leaves the Pareto set.
 #
 # - Left, the ZDT2 variant, from the claim's regular Pareto points (`regular_pareto_point`, away
 #   from the ends of the front): the distance to the Pareto cylinder, `|sqrt(x2^2 + x3^2) - sqrt(pi)|`.
@@ -70,7 +70,7 @@ quadratic_curves = [tangent_accuracy.residual_curves(q, q.pareto_point(equal), s
 
 # %%
 FLOOR = 1e-17  # exact zeros drawn here, below the float64 rounding band
-STYLE = {"tangent": ("tab:blue", "o", "tangent (H v = G^T beta)"), "gradient": ("tab:red", "s", "task 1's gradient")}
+STYLE = {"tangent": ("tab:blue", "o", "tangent (H v = G^T beta)"), "gradient": ("tab:red", "s", "task 0's gradient")}
 
 
 def cylinder_distance(points: torch.Tensor) -> np.ndarray:
@@ -138,10 +138,10 @@ for ax, predictor in zip(figure.subplots(1, 2, sharey=True), ("tangent", "weight
     ax.scatter([], [], marker="*", s=120, color="white", edgecolor="black", label="start (one colour per start)")
     ax.scatter([], [], s=18, color="grey", label=f"explored: {int(jacobians)} corrector Jacobians, max |f2 - (1 - f1^2)| {worst:.1g}")
     ax.set_title(f"{predictor} predictor, {len(expansions)} starts", fontsize=10)
-    ax.set_xlabel("f1")
+    ax.set_xlabel("f0")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-figure.axes[0].set_ylabel("f2")
+figure.axes[0].set_ylabel("f1")
 save(figure, "zdt2_front")
 
 # %% [markdown]
@@ -226,13 +226,13 @@ for ax, key in ((errors_ax, "test_error"), (loss_ax, "train_loss")):
     ax.set_axisbelow(True)
 for p in starts:
     loss_ax.scatter([], [], marker="*", s=120, color=colours[p["start"]], edgecolor="black", label=f"start w = ({p['weights'][0]:.2f}, {p['weights'][1]:.2f})")
-loss_ax.plot([], [], marker="o", markersize=4, color="grey", label="walk along e1 (favours task 1)")
-loss_ax.plot([], [], marker="s", markersize=4, color="grey", linestyle="--", label="walk along e2 (favours task 2)")
+loss_ax.plot([], [], marker="o", markersize=4, color="grey", label="walk along e1 (favours left)")
+loss_ax.plot([], [], marker="s", markersize=4, color="grey", linestyle="--", label="walk along e2 (favours right)")
 errors_ax.scatter([], [], s=22, color="white", edgecolor="black", label=f"non-dominated ({int(data['front']['non_dominated_points'])} of {len(points)})")
-errors_ax.set(xlabel="task 1 (upper-left digit) test error (%)", ylabel="task 2 (lower-right digit) test error (%)",
+errors_ax.set(xlabel="left (upper-left digit) test error (%)", ylabel="right (lower-right digit) test error (%)",
               xlim=(errors[:, 0].min() - 0.5, hv["reference"][0]), ylim=(errors[:, 1].min() - 0.5, hv["reference"][1]))
 errors_ax.set_title(f"test top-1 error, seed {seed}: hypervolume {hv['starts']:.1f} -> {hv['starts_and_walk']:.1f} ({hv['gain_percent']:+.0f}%)", fontsize=10)
-loss_ax.set(xlabel="task 1 training loss", ylabel="task 2 training loss")
+loss_ax.set(xlabel="left training loss", ylabel="right training loss")
 loss_ax.set_title("training loss (full pass)", fontsize=10)
 errors_ax.legend(fontsize=8, loc="upper right")
 loss_ax.legend(fontsize=8, loc="upper right")

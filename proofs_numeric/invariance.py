@@ -33,7 +33,7 @@ Protocol. Every problem is run in float64 from several starts, on the nominal lo
 and each transformed version, as one batch (rows never interact):
 
 - the two-task toy of CAGrad/Nash-MTL/DiBS-MTL (`TwoTaskToy`) from the five published starts, with
-  the reference transform `f1 -> f1^3 |f1|` on task 1 (spec dibs.md §5) and one random transform
+  the reference transform `f0 -> f0^3 |f0|` on task 0 (spec dibs.md §5) and one random transform
   per task;
 - `RandomNonconvex` problems with 3 tasks in 4 variables from random starts, random transforms per
   task and version;
@@ -135,7 +135,7 @@ MIN_NONLINEARITY = 5.0
 
 STATEMENT = (
     "In float64, under random strictly increasing nonaffine per-task loss transforms (compositions of "
-    "exp/log/signed powers/softplus/arcsinh, and the toy's f1 -> f1^3|f1|), whole trajectories of 1-step and "
+    "exp/log/signed powers/softplus/arcsinh, and the toy's f0 -> f0^3|f0|), whole trajectories of 1-step and "
     "5-step DiBS-MTL (Adam) and of DiBS coincide with the untransformed ones: the median run to "
     f"<= {INVARIANCE_TOLERANCE:.0e} step scales, the farthest no more than {ROUNDING_FACTOR:g}x as far as a constant "
     "rescaling of the losses (a pure rounding perturbation) moves any run. Nash-MTL's coincide as far as rounding and its "
@@ -444,7 +444,7 @@ def box(problem: Any) -> tuple[Tensor, Tensor]:
 
 
 def toy_case(*, quick: bool, seed: int) -> Case:
-    """The two-task toy from the five published starts: nominal, control, `f1 -> f1^3|f1|` (task 1), one random draw."""
+    """The two-task toy from the five published starts: nominal, control, `f0 -> f0^3|f0|` (task 0), one random draw."""
     generator = torch.Generator().manual_seed(seed)
     toy = TwoTaskToy()
     ranges = loss_ranges([toy], *box(toy), generator=generator)
@@ -710,7 +710,7 @@ def _figure(toy: dict[str, dict[str, Any]], invariant: dict[str, dict[str, Any]]
         axis.plot(pareto[:, 0], pareto[:, 1], color="k", lw=0.6)
         axis.set(title=f"toy: {name}", xlabel="x1", ylabel="x2", xlim=(-10, 10), ylim=(-10, 10))
     axes[0].plot([], [], color="tab:blue", label="nominal")
-    axes[0].plot([], [], color="tab:red", ls="--", label="f1 -> f1^3|f1|")
+    axes[0].plot([], [], color="tab:red", ls="--", label="f0 -> f0^3|f0|")
     axes[0].legend(fontsize=7, loc="upper right")
     names = list(invariant) + list(divergent)
     medians = [max(invariant[n]["median_ratio"] if n in invariant else divergent[n]["median_ratio"], 1e-18) for n in names]

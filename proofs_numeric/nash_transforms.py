@@ -639,7 +639,7 @@ def _cvxpy_check(family: TransformedFamily, starts: Tensor, *, num_steps: int, l
 
 
 def _toy_runs(*, quick: bool) -> dict[str, Tensor]:
-    """Nash-MTL, LS and 1-step DiBS-MTL on the toy: nominal, control, `f1 -> f1^3|f1|` (the figure).
+    """Nash-MTL, LS and 1-step DiBS-MTL on the toy: nominal, control, `f0 -> f0^3|f0|` (the figure).
 
     One batched run of the toy runner (every method in every version from every start; all three
     accept any loss, so it shifts none); per method the iterates `[T + 1, 1, V, S, 2]`."""
@@ -669,9 +669,9 @@ def _figure(runs: dict[str, Tensor], variants: dict[str, dict[str, Any]]):
             axis.plot(losses[:, NOMINAL, s, 0], losses[:, NOMINAL, s, 1], color="tab:blue", lw=1.8, alpha=0.6)
             axis.plot(losses[:, 2, s, 0], losses[:, 2, s, 1], color="tab:red", lw=0.9, ls="--")
         axis.plot(front[:, 0], front[:, 1], color="k", lw=0.6)
-        axis.set(title=f"toy: {name}", xlabel="L1 (nominal)", ylabel="L2 (nominal)")
+        axis.set(title=f"toy: {name}", xlabel="f0 (nominal)", ylabel="f1 (nominal)")
     axes[0].plot([], [], color="tab:blue", label="nominal")
-    axes[0].plot([], [], color="tab:red", ls="--", label="L1 -> L1^3|L1|")
+    axes[0].plot([], [], color="tab:red", ls="--", label="f0 -> f0^3|f0|")
     axes[0].legend(fontsize=7)
     names = list(variants)
     values = [max(variants[n]["max_rounding"], 1e-3) for n in names]

@@ -59,7 +59,7 @@ def _residuals(problem, points: torch.Tensor) -> torch.Tensor:
 
 def residual_curves(problem, x_star: torch.Tensor, steps: torch.Tensor, beta: torch.Tensor, /) -> dict[str, torch.Tensor]:
     """Steps of every length in `steps` `[S]` from a Pareto-stationary `x_star` `[n]` along the unit
-    tangent (`H v = G^T beta`, `beta` `[K]`, MINRES to 1e-12) and along task 1's normalised gradient:
+    tangent (`H v = G^T beta`, `beta` `[K]`, MINRES to 1e-12) and along task 0's normalised gradient:
     the points (`tangent_points`, `gradient_points`, `[S, n]`) and their stationarity residuals
     (`tangent`, `gradient`, `[S]`), the curves whose log-log slopes `quadratic_slopes` fits."""
     x = x_star.clone().requires_grad_(True)
@@ -168,8 +168,8 @@ def _figure(slopes: list[dict[str, float]], expansion: dict[str, float]):
     for predictor, marker in (("weights", "x"), ("tangent", "o")):
         points = torch.tensor(expansion[f"{predictor}_points"])
         right.scatter(points[:, 0], points[:, 1], marker=marker, label=f"{predictor} predictor ({int(expansion[f'{predictor}_corrector_jacobians'])} corrector Jacobians)")
-    right.set_xlabel("f1")
-    right.set_ylabel("f2")
+    right.set_xlabel("f0")
+    right.set_ylabel("f1")
     right.set_title("ZDT2 variant, 11 explored points")
     right.legend(fontsize=8)
     figure.tight_layout()

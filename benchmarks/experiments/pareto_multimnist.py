@@ -548,8 +548,8 @@ def draw_figure(report: Mapping[str, Any], /):
             ax.plot(xs[1:], ys[1:], color="grey", linestyle=":", linewidth=1.2, zorder=1)
         hv = data["hypervolume"]
         ax.set_title(f"seed {seed}: HV starts {hv['starts']:.1f}, + walk {hv['starts_and_walk']:.1f}")
-        ax.set_xlabel("task 1 (upper-left digit) top-1 test error (%)")
-        ax.set_ylabel("task 2 (lower-right digit) top-1 test error (%)")
+        ax.set_xlabel("left (upper-left digit) top-1 test error (%)")
+        ax.set_ylabel("right (lower-right digit) top-1 test error (%)")
         ax.grid(True, alpha=0.4)
         ax.set_axisbelow(True)
         handles = [Line2D([], [], marker="*", linestyle="", markersize=12, color=colours(i), markeredgecolor="black",

@@ -1,8 +1,8 @@
 """The DiBS-MTL illustrative example (spec dibs.md §5; paper Figs. 2-3): `python -m benchmarks toy`.
 
 Every method runs from the five starting points of the DiBS-MTL toy trainer with Adam (lr 1e-3)
-for 35,000 steps, once on the nominal two-task toy and once with task 1's loss replaced by the
-strictly increasing `h(f1) = sign(f1) f1^4` (`--transforms none,0:power:4`). One run is one
+for 35,000 steps, once on the nominal two-task toy and once with task 0's loss replaced by the
+strictly increasing `h(f0) = sign(f0) f0^4` (`--transforms none,0:power:4`). One run is one
 (method, seed, transform) with its five starts, stored as one JSON by the shared harness
 (`benchmarks.harness.runs`), so a rerun reuses finished runs and a killed sweep loses at most the
 run in progress. Every method runs its five starts as one batch (`toy_problems.runner.run_toy`;
@@ -427,7 +427,7 @@ def format_tables(results: Mapping[tuple[str, int, str], Mapping[str, Any]], met
             f"{seconds:.0f}",
         ]))
     notes = (
-        "dist: Euclidean distance of the endpoint's untransformed losses (f1, f2) to the Pareto front (2,000 points of "
+        "dist: Euclidean distance of the endpoint's untransformed losses (f0, f1) to the Pareto front (2,000 points of "
         "x2 = -8.3552, x1 in [-7, 7]); gap: |x_nominal - x_transformed| between the endpoints of the nominal and the "
         "transformed run from the same start (0 for a transformation-invariant method); residual: the final "
         "Pareto-stationarity residual min_a ||sum_i a_i grad f_i|| of the untransformed losses; seconds: the method's "
@@ -528,7 +528,7 @@ def _slug(text: str) -> str:
 
 
 def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: TaskTransform | None, *, steps: int, title: str):
-    """One panel per method: trajectories in (L1, L2) (or with the transformed task's axis in the
+    """One panel per method: trajectories in (f0, f1) (tasks numbered from 0 as in the flags; or with the transformed task's axis in the
     transformed space), coloured by iteration (magma_r), over the Pareto front, starts marked."""
     import numpy as np
     from matplotlib.colors import Normalize
@@ -563,8 +563,8 @@ def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: TaskTr
         ax.scatter(losses[0, :, 0], losses[0, :, 1], marker="o", s=28, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3, label="start")
         ax.scatter(losses[-1, :, 0], losses[-1, :, 1], marker="*", s=40, color="black", zorder=4, label="end")
         ax.set_title(DISPLAY_NAMES.get(method, method), fontsize=10)
-        x_task = "h(L1)" if scaled is not None and scaled.task == 0 else "L1"
-        y_task = "h(L2)" if scaled is not None and scaled.task == 1 else "L2"
+        x_task = "h(f0)" if scaled is not None and scaled.task == 0 else "f0"
+        y_task = "h(f1)" if scaled is not None and scaled.task == 1 else "f1"
         ax.set_xlabel(x_task, fontsize=8)
         ax.set_ylabel(y_task, fontsize=8)
         ax.tick_params(labelsize=7)
