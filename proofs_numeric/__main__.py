@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from proofs_numeric import (
@@ -26,6 +27,7 @@ from proofs_numeric import (
     tangent_accuracy,
 )
 from proofs_numeric.claim import run_claim
+from toy_problems.command_config import CommandConfig
 from toy_problems.runner import forked_starmap
 
 DEFAULT_OUT = Path("results/proofs_numeric")
@@ -70,6 +72,45 @@ def run_claims(names: list[str], *, quick: bool, out: Path, processes: int = 1) 
     return [by_name[name] for name in names]
 
 
+@dataclass(frozen=True)
+class Config(CommandConfig):
+    """The settings of `python -m proofs_numeric`: one field per flag, with its name and default
+    (`claim`: the claims to run, None for all; `out` None: the default folder of the mode)."""
+
+    quick: bool = False
+    claim: tuple[str, ...] | None = None
+    out: Path | None = None
+    processes: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+
+
+@dataclass
+class ClaimsResult:
+    """What `run(config)` gives: a table row (name, verdict, measured, bound) per claim, the table
+    the command prints, the folder the results went to, and whether every claim passed."""
+
+    rows: list[tuple[str, str, str, str]]
+    report: str
+    out: Path
+    passed: bool
+
+
+def run(config: Config, /) -> ClaimsResult:
+    """Run and save the claims of `config`; unknown claim names raise ValueError."""
+    unknown = sorted(set(config.claim or ()) - set(CLAIMS))
+    if unknown:
+        raise ValueError(f"unknown claims {unknown}; choose from {', '.join(sorted(CLAIMS))}")
+    if config.processes < 1:
+        raise ValueError(f"processes must be at least 1, got {config.processes}")
+    out = config.out if config.out is not None else (DEFAULT_OUT / "quick" if config.quick else DEFAULT_OUT)  # quick never overwrites full
+    names = list(dict.fromkeys(config.claim or CLAIMS))
+    rows = run_claims(names, quick=config.quick, out=out, processes=config.processes)
+    width = max(len(row[0]) for row in rows)
+    lines = [f"{'claim':<{width}}  verdict  measured | bound"]
+    lines += [f"{name:<{width}}  {verdict:<7}  {measured} | {bound}" for name, verdict, measured, bound in rows]
+    lines.append(f"\nresults in {out}")
+    return ClaimsResult(rows, "\n".join(lines), Path(out), all(row[1] == "PASS" for row in rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -77,16 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, module in CLAIMS.items():
             print(f"{name}: {module.STATEMENT}")
         return 0
-    if args.out is None:  # quick results never overwrite full ones
-        args.out = DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT
-    names = list(dict.fromkeys(args.claim or CLAIMS))
-    rows = run_claims(names, quick=args.quick, out=args.out, processes=args.processes)
-    width = max(len(row[0]) for row in rows)
-    print(f"{'claim':<{width}}  verdict  measured | bound")
-    for name, verdict, measured, bound in rows:
-        print(f"{name:<{width}}  {verdict:<7}  {measured} | {bound}")
-    print(f"\nresults in {args.out}")
-    return 0 if all(row[1] == "PASS" for row in rows) else 1
+    config = Config.from_args(args)
+    try:
+        result = run(config)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the claims that finished are saved; run the same command again "
+              "(--claim NAME runs only the ones you name)", file=sys.stderr)
+        return 130
+    print(result.report)
+    return 0 if result.passed else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 from types import SimpleNamespace
 
 from matplotlib.figure import Figure
@@ -88,3 +90,27 @@ def test_a_stored_claim_is_read_not_rerun_when_its_setting_matches(tmp_path) -> 
     stored_or_run(module, quick=False, out=tmp_path)
     assert calls == [True, False, False]
     assert ClaimResult.load(tmp_path / "missing.json") is None
+
+
+def test_the_typed_api_matches_the_command_line(tmp_path) -> None:
+    """`run(Config(...))` is what `python -m proofs_numeric` runs: the bare command's config is
+    `Config()`, and a run returns the rows it saved."""
+    from proofs_numeric.__main__ import Config, build_parser, run
+
+    assert Config.from_args(build_parser().parse_args([])) == Config()
+    result = run(Config(quick=True, claim=("dibs_fairness",), out=tmp_path, processes=1))
+    assert [row[0] for row in result.rows] == ["dibs_fairness"] and result.passed and result.out == tmp_path
+    assert (tmp_path / "dibs_fairness.json").is_file() and "dibs_fairness  PASS" in result.report
+    with pytest.raises(ValueError, match="unknown claims"):
+        run(Config(claim=("no_such_claim",)))
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch) -> None:
+    import proofs_numeric.__main__ as command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "run_claims", interrupted)
+    assert command.main(["--quick", "--out", str(tmp_path)]) == 130
+    assert "run the same command again" in capsys.readouterr().err

@@ -230,3 +230,14 @@ def test_inspect_runs_on_cuda(tmp_path, capsys) -> None:
     arguments = ["--problem", "two_task_toy", "--methods", "dibsmtl,ls,uw", "--transform", "0:exp", "--steps", "5", "--device", "cuda"]
     assert _inspect(tmp_path, *arguments) == 0
     assert json.loads((tmp_path / "inspect.json").read_text())["config"]["device"] == "cuda"
+
+
+def test_ctrl_c_says_nothing_was_written(tmp_path, capsys, monkeypatch) -> None:
+    from toy_problems import inspect_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inspect_cli, "run_measured", interrupted)
+    assert inspect_cli.main(["inspect", "--problem", "two_task_toy", "--methods", "ls", "--steps", "5", "--out", str(tmp_path / "out")]) == 130
+    assert "run the same command again" in capsys.readouterr().err and not (tmp_path / "out").exists()

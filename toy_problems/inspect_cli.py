@@ -755,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
         if reason is not None:
             raise UsageError(f"--out {reason}")
         result = run(config)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was written (inspect writes its folder at the end); run the same command again", file=sys.stderr)
+        return 130
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
