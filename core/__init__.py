@@ -6,6 +6,13 @@ Public API (everything is importable from `core` directly):
   `RandomGradientWeighting`;
 - loss weightings `LinearScalarization`, `ScaleInvariantLS`, `RandomLossWeighting`,
   `UncertaintyWeighting`, `DynamicWeightAverage`, `FAMO`;
+- preference-based methods: gradient weightings `ParetoMTL`, `EPOSearch`; scalarisations
+  (loss weightings) `Tchebycheff`, `PenaltyBoundaryIntersection`, `SmoothTchebycheff`,
+  `GeometricLossStrategy`;
+- dual-cone and gradient-alignment weightings `UPGrad`, `DualProj`, `AlignedMTL`, `ConFIG`,
+  `GradVac`, `FairGrad`;
+- Jacobian aggregations (an update from the per-task gradient vectors) `GradDrop`, `MoCo`,
+  `DBMTL`, `ExcessMTL`;
 - `core.dibs` (the DiBS bargaining iteration), `core.transforms`, `core.pareto`, `core.errors`;
 - `make_method` / `available_methods` / `describe_method`: one vocabulary of `name:key=value`
   specs for every command line; `CLAIMS` the vocabulary of claims methods declare.
@@ -30,25 +37,45 @@ from core.jacobian import (
 )
 from core.methods import (
     CLAIMS,
+    DBMTL,
     FAMO,
+    IMTL,
     IMTLG,
+    IMTLL,
     MGDA,
+    AggregationResult,
     CAGrad,
     DiBSMTL,
     DynamicWeightAverage,
+    ExcessMTL,
+    GradDrop,
     GradientWeighting,
+    GradNorm,
     HeadGradient,
+    JacobianAggregation,
     LinearScalarization,
     LossWeighting,
     Method,
+    MoCo,
+    MoDo,
     NashMTL,
     NormalizedSum,
     PCGrad,
     RandomGradientWeighting,
     RandomLossWeighting,
     ScaleInvariantLS,
+    SDMGrad,
     UncertaintyWeighting,
     WeightsResult,
+)
+from core.methods.dual_cone import DualProj, UPGrad
+from core.methods.gradient_alignment import AlignedMTL, ConFIG, FairGrad, GradVac
+from core.methods.preference import EPOSearch, ParetoMTL
+from core.methods.scalarization import (
+    GeometricLossStrategy,
+    PenaltyBoundaryIntersection,
+    SmoothTchebycheff,
+    Tchebycheff,
 )
 from core.pareto import MinNormSolution, min_norm_point, stationarity
 from core.registry import (
@@ -71,6 +98,18 @@ from core.transforms import (
 )
 
 __all__ = [
+    "UPGrad",
+    "DualProj",
+    "AlignedMTL",
+    "ConFIG",
+    "GradVac",
+    "FairGrad",
+    "AggregationResult",
+    "JacobianAggregation",
+    "GradDrop",
+    "MoCo",
+    "DBMTL",
+    "ExcessMTL",
     "CLAIMS",
     "WeightsResult",
     "canonical_spec",
@@ -83,6 +122,17 @@ __all__ = [
     "MGDA",
     "DynamicWeightAverage",
     "UncertaintyWeighting",
+    "GradNorm",
+    "IMTLL",
+    "IMTL",
+    "MoDo",
+    "SDMGrad",
+    "ParetoMTL",
+    "EPOSearch",
+    "Tchebycheff",
+    "PenaltyBoundaryIntersection",
+    "SmoothTchebycheff",
+    "GeometricLossStrategy",
     "Affine",
     "Arcsinh",
     "Compose",

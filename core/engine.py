@@ -37,7 +37,13 @@ from core.jacobian import (
     tasks_reaching,
     unreached_inputs,
 )
-from core.methods.base import GradientWeighting, HeadGradient, LossWeighting, WeightsResult
+from core.methods.base import (
+    GradientWeighting,
+    HeadGradient,
+    JacobianAggregation,
+    LossWeighting,
+    WeightsResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +57,10 @@ class StepInfo:
     """What one `mtl_backward` call computed, detached, for logging.
 
     `gramian` and `grad_norms` are None for loss weightings, which never form per-task
-    gradients (that is what makes them cost one backward pass). `diagnostics` holds what the
-    method reports about its own solve (e.g. MGDA's KKT residual).
+    gradients (that is what makes them cost one backward pass). For Jacobian aggregations
+    `weights` holds the heads' weights (`AggregationResult.head_weights`) and `gramian` is None
+    (they never need it, and it would cost K times their own O(K n) work); `grad_norms` is set.
+    `diagnostics` holds what the method reports about its own solve (e.g. MGDA's KKT residual).
 
     `skipped` is True when `on_nonfinite="skip"` dropped the step because a loss or a gradient was
     not finite: then no `.grad` was written, `losses` holds the (whole batch's) loss values that
@@ -71,7 +79,7 @@ class StepInfo:
 def mtl_backward(
     losses: Sequence[Tensor] | Tensor,
     shared_params: Iterable[Tensor],
-    method: GradientWeighting | LossWeighting,
+    method: GradientWeighting | LossWeighting | JacobianAggregation,
     /,
     *,
     task_params: Sequence[Iterable[Tensor]] | None = None,
@@ -95,6 +103,16 @@ def mtl_backward(
     - Loss weightings: one backward pass of `sum_i w_i l_i (+ method.penalty())` into the shared
       parameters, the task parameters and the method's own `parameters()`. `representation` changes
       nothing for them (the gradient is the same).
+    - Jacobian aggregations (`JacobianAggregation`: GradDrop, MoCo, DB-MTL, ExcessMTL): in full
+      mode the per-task gradient blocks on the shared parameters are concatenated once into
+      `J [K, n]` (n the number of shared parameter entries), the method maps `J` and the losses to
+      the update `d [n]`, which is split back into the shared parameters' `.grad`. Memory: K n
+      numbers for `J`, and for a moment twice that while the `[K, n_j]` blocks are concatenated,
+      plus what the method keeps (MoCo, DB-MTL and ExcessMTL keep another K n); a gradient
+      weighting never concatenates (it sums the blocks' Gramians). In representation mode `J` is
+      the `[K, numel]` gradient on the features and `d`, reshaped like them, is backpropagated once
+      through the encoder. The heads get one vector-Jacobian product of `sum_i c_i l_i`, `c_i` the
+      method's `head_weights` (WEIGHTED) or 1 (RAW). `StepInfo.weights` is the `head_weights`.
 
     `task_params[i]` (task i's own head parameters) must be reached by task i's loss only: the
     heads receive the gradient of `sum_i c_i l_i`, so another task j whose loss also reaches them
@@ -115,19 +133,21 @@ def mtl_backward(
     `representation` is given).
 
     `on_nonfinite`: "raise" (default) raises `NonFiniteLossError` or `NonFiniteGradientError` for a
-    non-finite loss, per-task gradient, Gramian or written gradient; "skip" then leaves every
+    non-finite loss, per-task gradient, Gramian or written gradient (Jacobian aggregations: the
+    rows of `J` are checked, before the method runs); "skip" then leaves every
     `.grad` untouched and returns a `StepInfo` with `skipped=True` instead. A step skipped for a
     non-finite written gradient (found after the solve: the heads' gradients, or a loss weighting's
     weighted gradient) has already advanced a stateful method's state; the other checks run before
-    the method. A method returning non-finite weights for finite input is a defect and always raises.
+    the method. A method returning non-finite weights (or a non-finite update) for finite input is
+    a defect and always raises.
 
     `loss_scale`: the factor `s` by which the given losses were multiplied (mixed precision's loss
-    scaling). The method then sees the unscaled losses `l / s` and Gramian `G / s^2` (so its
-    weights are those of the unscaled problem), while `.grad` receives `s` times the update, which
-    the scaler divides by `s` again; `StepInfo` holds unscaled values. Without it, a method whose
-    update does not grow with a common factor on every loss (DiBS-MTL, Nash-MTL, the normalised
-    sum) would have its update divided by `s`. With `torch.amp.GradScaler`, whose scaled losses
-    overflow now and then:
+    scaling). The method then sees the unscaled losses `l / s` and Gramian `G / s^2` (a Jacobian
+    aggregation: `J / s`), so its weights (its update) are those of the unscaled problem, while
+    `.grad` receives `s` times the update, which the scaler divides by `s` again; `StepInfo`
+    holds unscaled values. Without it, a method whose update does not grow with a common factor
+    on every loss (DiBS-MTL, Nash-MTL, the normalised sum) would have its update divided by `s`.
+    With `torch.amp.GradScaler`, whose scaled losses overflow now and then:
 
         scaled = [scaler.scale(loss) for loss in losses]
         info = core.mtl_backward(scaled, shared, method, task_params=heads,
@@ -143,13 +163,26 @@ def mtl_backward(
     all-reduces the losses and the per-task gradients (or, in representation mode, the Gramian)
     before the method runs, so every rank computes the same weights and writes the same `.grad`
     as one process would on the whole batch (`core.distributed` explains what travels). Every
-    value check runs on reduced numbers, so all ranks raise, or skip, together.
+    value check runs on reduced numbers, so all ranks raise, or skip, together. Jacobian
+    aggregations: in full mode `J` is reduced as for gradient weightings and every rank runs the
+    method on the whole batch's `J` (a random method, GradDrop, must then be given a generator
+    seeded alike on every rank, so that every rank draws the same masks); in representation mode
+    with a process group they are refused (`MTLInputError`): each rank holds only its own samples'
+    columns of `J`, and a nonlinear map of the whole batch's `J` cannot be formed from the local
+    ones without gathering every rank's columns.
 
     Speed: the K x K weight solves are tiny and latency-bound. On a shared or busy machine, call
     `torch.set_num_threads(1)` for small models: a small Nash-MTL engine call measured 40 ms with
     2 threads on a busy 2-core machine and 1.3 ms with 1 thread (thread hand-offs, not arithmetic).
     """
     call = _validated_call(losses, shared_params, method, task_params, representation, jacobian_strategy, on_nonfinite)
+    if isinstance(method, JacobianAggregation) and representation is not None and process_group is not None:
+        raise MTLInputError(
+            f"{type(method).__name__} aggregates the per-task gradients themselves, and in representation mode each "
+            "rank holds only its own samples' columns of them, which do not combine into the whole batch's "
+            "aggregation; use full mode (representation=None: the per-task gradients on the shared parameters are "
+            "all-reduced) or process_group=None"
+        )
     if not isinstance(retain_graph, bool):
         raise MTLInputError(f"retain_graph must be True or False, got {retain_graph!r}")
     context = StepContext(reduction_for(process_group), on_nonfinite, check_loss_scale(loss_scale), retain_graph)
@@ -161,6 +194,8 @@ def mtl_backward(
             grads, info = _loss_weighting_step(call, detached, method, context)
         elif call.representation is None:
             grads, info = _full_mode_step(call, detached, method, context)
+        elif isinstance(method, JacobianAggregation):
+            grads, info = _representation_aggregation_step(call, detached, method, context)
         else:
             grads, info = _representation_mode_step(call, detached, method, context)
     except SkipStep as skip:
@@ -245,7 +280,8 @@ def _validated_call(
     check_devices_and_dtypes(loss_vector, tensors)
     check_method(method, "full" if representation is None else "representation")
     call = Call(loss_vector, shared, heads, representation, jacobian_strategy)
-    check_reachability(call, roots, representation_mode=representation is not None and isinstance(method, GradientWeighting))
+    per_task = isinstance(method, (GradientWeighting, JacobianAggregation))  # differentiated per task
+    check_reachability(call, roots, representation_mode=representation is not None and per_task)
     return call
 
 
@@ -356,9 +392,10 @@ def check_devices_and_dtypes(losses: Tensor, tensors: list[Tensor]) -> None:
 
 def check_method(method: Any, mode: str) -> None:
     """A core method that supports the engine mode `mode`."""
-    if not isinstance(method, (LossWeighting, GradientWeighting)):
+    if not isinstance(method, (LossWeighting, GradientWeighting, JacobianAggregation)):
         raise MTLInputError(
-            f"method must be a core GradientWeighting or LossWeighting instance, got {type(method).__name__}"
+            "method must be a core method instance: a GradientWeighting or LossWeighting (weights from the Gramian "
+            f"or the losses) or a JacobianAggregation (an update from the per-task gradients), got {type(method).__name__}"
         )
     if mode not in method.engine_modes:
         other = "pass representation=None" if mode == "representation" else "pass representation=features"
@@ -444,16 +481,34 @@ def check_gramian(gramian: Tensor, jacobian: Sequence[Tensor], reduction: Reduct
     every rank, so every rank comes here or none does)."""
     if bool(torch.isfinite(gramian).all()):
         return
-    finite_rows = torch.stack([torch.isfinite(block).all(dim=1) for block in jacobian]).all(dim=0)
-    infinite_rows = torch.stack([torch.isinf(block).any(dim=1) for block in jacobian]).any(dim=0)
-    flags = reduction.flags(torch.stack([~finite_rows, infinite_rows]).to(gramian.dtype))
-    nonfinite_rows, infinite_rows = flags[0] > 0, flags[1] > 0
+    nonfinite_rows, infinite_rows = _nonfinite_rows(jacobian, reduction)
     if not bool(nonfinite_rows.any()):
         norms = torch.stack([torch.linalg.vector_norm(block.double(), dim=1) for block in jacobian]).norm(dim=0)
         refuse(NonFiniteGradientError(
             f"the per-task gradients are finite but their inner products overflow {gramian.dtype} "
             f"(gradient norms {norms.tolist()}); use float64 or rescale the losses"
         ), on_nonfinite)
+    _refuse_nonfinite_rows(nonfinite_rows, infinite_rows, on_nonfinite)
+
+
+def check_finite_jacobian(jacobian: Sequence[Tensor], reduction: Reduction, on_nonfinite: OnNonfinite) -> None:
+    """Jacobian aggregations form no Gramian, so the `[K, n_j]` blocks themselves are checked
+    (one synchronisation); on failure the tasks are named as `check_gramian` names them."""
+    if bool(torch.stack([torch.isfinite(block).all() for block in jacobian]).all()):
+        return
+    _refuse_nonfinite_rows(*_nonfinite_rows(jacobian, reduction), on_nonfinite)
+
+
+def _nonfinite_rows(jacobian: Sequence[Tensor], reduction: Reduction) -> tuple[Tensor, Tensor]:
+    """Per task: whether its row of `J` has a non-finite entry, and whether it has an infinity
+    (flags agreed over ranks)."""
+    finite_rows = torch.stack([torch.isfinite(block).all(dim=1) for block in jacobian]).all(dim=0)
+    infinite_rows = torch.stack([torch.isinf(block).any(dim=1) for block in jacobian]).any(dim=0)
+    flags = reduction.flags(torch.stack([~finite_rows, infinite_rows]).to(jacobian[0].dtype))
+    return flags[0] > 0, flags[1] > 0
+
+
+def _refuse_nonfinite_rows(nonfinite_rows: Tensor, infinite_rows: Tensor, on_nonfinite: OnNonfinite) -> None:
     # An infinite derivative in task i's graph turns into 0 * inf = NaN in the other rows (autograd
     # sends them zero gradients through the same nodes), so rows with an infinity name the culprit.
     culprits = infinite_rows if bool(infinite_rows.any()) else nonfinite_rows
@@ -495,7 +550,7 @@ _HEADS_NONFINITE = (
 
 
 def _full_mode_step(
-    call: Call, losses: Tensor, method: GradientWeighting, context: StepContext
+    call: Call, losses: Tensor, method: GradientWeighting | JacobianAggregation, context: StepContext
 ) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
     last = not call.head_params  # the per-task pass is the step's last one without heads
     per_param = task_jacobians(call.losses, call.shared, strategy=call.strategy, retain_graph=context.retain_graph or not last)
@@ -513,7 +568,7 @@ def _full_mode_step(
 
 
 def combine_full(
-    method: GradientWeighting,
+    method: GradientWeighting | JacobianAggregation,
     jacobian: list[Tensor],
     losses: Tensor,
     shared: list[Tensor],
@@ -523,7 +578,10 @@ def combine_full(
     """From the whole batch's per-task gradients on the shared parameters (`jacobian[j]`: the
     `[K, n_j]` block of parameter j, so `J` is never concatenated, which would double its memory)
     and its (unscaled) losses: the Gramian `sum_j J_j J_j^T`, the weights, `sum_i w_i g_i` on the
-    shared parameters and `heads(weights)`'s gradients."""
+    shared parameters and `heads(weights)`'s gradients. A Jacobian aggregation goes to
+    `combine_aggregation` (so `core.accumulation` serves it too)."""
+    if isinstance(method, JacobianAggregation):
+        return combine_aggregation(method, jacobian, losses, shared, heads, context)
     gramian = sum_gramians(jacobian)
     check_gramian(gramian, jacobian, context.reduction, context.on_nonfinite)
     unscaled = context.unscaled(gramian, power=2)
@@ -581,6 +639,74 @@ def _representation_mode_step(
     return pairs, info
 
 
+def combine_aggregation(
+    method: JacobianAggregation,
+    jacobian: list[Tensor],
+    losses: Tensor,
+    shared: list[Tensor],
+    heads: Callable[[Tensor], list[tuple[Tensor, Tensor]]],
+    context: StepContext,
+) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
+    """`combine_full` for a Jacobian aggregation: the whole batch's `[K, n_j]` blocks are checked,
+    concatenated once into `J [K, n]` (the method needs the vectors; see `mtl_backward` for the
+    memory), unscaled, aggregated; the update is split back into the shared parameters' layout and
+    `heads(head_weights)` gives the heads' gradients."""
+    check_finite_jacobian(jacobian, context.reduction, context.on_nonfinite)
+    matrix = torch.cat(jacobian, dim=1) if len(jacobian) > 1 else jacobian[0].clone()
+    update, head_weights, diagnostics, norms = aggregate(method, matrix, losses, context)
+    pieces = update.split([block.shape[1] for block in jacobian])
+    pairs = [(param, piece.view_as(param)) for param, piece in zip(shared, pieces)] + heads(head_weights)
+    check_finite_grads(pairs, _HEADS_NONFINITE, context.on_nonfinite)
+    info = StepInfo(weights=head_weights.detach(), losses=losses, grad_norms=norms, diagnostics=diagnostics)
+    return pairs, info
+
+
+def aggregate(
+    method: JacobianAggregation, matrix: Tensor, losses: Tensor, context: StepContext
+) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
+    """The method on the unscaled `J` (`matrix`, `[K, n]`, which this divides in place) and
+    losses: the update to write (times the loss scale), the heads' weights, the diagnostics and
+    the unscaled per-task gradient norms. A non-finite update or head weight from finite input
+    is a defect of the method and always raises."""
+    if context.loss_scale != 1.0:
+        matrix.div_(context.loss_scale)
+    result = method.aggregate(matrix, losses)
+    update, head_weights = result.update.detach(), result.head_weights.detach()
+    if not bool(torch.isfinite(update).all() and torch.isfinite(head_weights).all()):
+        raise NonFiniteGradientError(
+            f"{type(method).__name__} returned a non-finite update or head weights {head_weights.tolist()} for finite "
+            "per-task gradients; this is a defect of the method on this input, please report it"
+        )
+    update = update.to(matrix.dtype)
+    if context.loss_scale != 1.0:
+        update = update * context.loss_scale
+    norms = torch.linalg.vector_norm(matrix.detach(), dim=1, dtype=torch.float64).to(matrix.dtype)  # no overflow of the squares
+    return update, head_weights.to(losses.dtype), result.diagnostics, norms
+
+
+def _representation_aggregation_step(
+    call: Call, losses: Tensor, method: JacobianAggregation, context: StepContext
+) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
+    """Representation mode for a Jacobian aggregation (one process: see `mtl_backward`): `J` on
+    the features `[K, numel]`, the update reshaped like them and backpropagated once through the
+    encoder, the heads first (keeping the decoder's graph), the encoder last."""
+    features = call.representation
+    assert features is not None
+    (per_task,) = task_jacobians(call.losses, [features], strategy=call.strategy)
+    raise_unreached([per_task], "representation")
+    matrix = per_task.reshape(call.num_tasks, -1)
+    check_finite_jacobian([matrix], context.reduction, context.on_nonfinite)
+    update, head_weights, diagnostics, norms = aggregate(method, matrix, losses, context)
+    heads = call.head_params
+    coefficients = head_coefficients(head_weights, method, call.losses.dtype)
+    head_grads = vjp(call.losses, heads, coefficients, retain_graph=True) if heads else []
+    grads = vjp(features, call.shared, update.view_as(features), retain_graph=context.retain_graph) + head_grads
+    pairs = list(zip(call.shared + heads, context.reduction.gradients(grads)))
+    check_finite_grads(pairs, _HEADS_NONFINITE, context.on_nonfinite)
+    info = StepInfo(weights=head_weights.detach(), losses=losses, grad_norms=norms, diagnostics=diagnostics)
+    return pairs, info
+
+
 def _loss_weighting_step(
     call: Call, losses: Tensor, method: LossWeighting, context: StepContext
 ) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
@@ -600,8 +726,11 @@ def _loss_weighting_step(
     return pairs, info
 
 
-def head_coefficients(weights: Tensor, method: GradientWeighting | LossWeighting, dtype: torch.dtype) -> Tensor:
-    """`c_i` of the heads' gradient `sum_i c_i grad l_i`: `w_i` (WEIGHTED) or 1 (RAW)."""
+def head_coefficients(
+    weights: Tensor, method: GradientWeighting | LossWeighting | JacobianAggregation, dtype: torch.dtype
+) -> Tensor:
+    """`c_i` of the heads' gradient `sum_i c_i grad l_i`: `w_i` (WEIGHTED) or 1 (RAW); for a
+    Jacobian aggregation `w` is its `head_weights`."""
     coefficients = weights.detach().to(dtype)
     return coefficients if method.head_gradient is HeadGradient.WEIGHTED else torch.ones_like(coefficients)
 

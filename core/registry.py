@@ -8,8 +8,9 @@ Values are read as None (`none`), booleans (`true`/`false`), integers, floats, b
 or, failing those, strings; an integer given for a float hyperparameter becomes a float.
 
 Old names stay readable for one release: `dibsmtl_multi_step` (now `dibsmtl:steps=5`) and
-`nsum` (now `normalized_sum`) build the same method with a `DeprecationWarning`. `imtl`, which
-named IMTL-G, is refused with the new name: it is reserved for the full IMTL.
+`nsum` (now `normalized_sum`) build the same method with a `DeprecationWarning`. `imtl` named
+IMTL-G until issue 16 (now `imtl_g`) and names the full IMTL (IMTL-L + IMTL-G) since issue 18;
+results stored under `imtl` before that are IMTL-G's (`REUSED_NAMES`, `NAMING_GENERATION`).
 """
 
 from __future__ import annotations
@@ -26,22 +27,40 @@ import torch
 
 from core.errors import InvalidHyperparameterError, UnknownMethodError
 from core.methods import (
+    DBMTL,
     FAMO,
+    IMTL,
     IMTLG,
+    IMTLL,
     MGDA,
     CAGrad,
     DiBSMTL,
     DynamicWeightAverage,
+    ExcessMTL,
+    GradDrop,
+    GradNorm,
     LinearScalarization,
+    MoCo,
+    MoDo,
     NashMTL,
     NormalizedSum,
     PCGrad,
     RandomGradientWeighting,
     RandomLossWeighting,
     ScaleInvariantLS,
+    SDMGrad,
     UncertaintyWeighting,
 )
-from core.methods.base import GradientWeighting, Method
+from core.methods.base import GradientWeighting, JacobianAggregation, Method
+from core.methods.dual_cone import DualProj, UPGrad
+from core.methods.gradient_alignment import AlignedMTL, ConFIG, FairGrad, GradVac
+from core.methods.preference import EPOSearch, ParetoMTL
+from core.methods.scalarization import (
+    GeometricLossStrategy,
+    PenaltyBoundaryIntersection,
+    SmoothTchebycheff,
+    Tchebycheff,
+)
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
@@ -60,6 +79,27 @@ METHODS: dict[str, type[Method]] = {
         UncertaintyWeighting,
         DynamicWeightAverage,
         FAMO,
+        GradDrop,
+        MoCo,
+        DBMTL,
+        ExcessMTL,
+        GradNorm,
+        IMTLL,
+        IMTL,
+        MoDo,
+        SDMGrad,
+        ParetoMTL,
+        EPOSearch,
+        Tchebycheff,
+        PenaltyBoundaryIntersection,
+        SmoothTchebycheff,
+        GeometricLossStrategy,
+        UPGrad,
+        DualProj,
+        AlignedMTL,
+        ConFIG,
+        GradVac,
+        FairGrad,
     )
 }
 """Canonical name -> method class; each class carries its own name (`Method.name`)."""
@@ -67,9 +107,16 @@ METHODS: dict[str, type[Method]] = {
 DEPRECATED_ALIASES: dict[str, str] = {"dibsmtl_multi_step": "dibsmtl:steps=5", "nsum": "normalized_sum"}
 """Old names and the specs they now stand for (kept for one release, with a DeprecationWarning)."""
 
-REMOVED_NAMES: dict[str, str] = {
-    "imtl": "'imtl' named IMTL-G, which is now 'imtl_g'; 'imtl' is reserved for the full IMTL (IMTL-L + IMTL-G)",
-}
+REMOVED_NAMES: dict[str, str] = {}
+"""Names refused with an explanation (none at present)."""
+
+NAMING_GENERATION = 2
+"""The generation of the registry's names that stored results record (`naming`): 1 before issue
+18, when `imtl` still meant IMTL-G in stored results, 2 since."""
+
+REUSED_NAMES: dict[str, int] = {"imtl": 2}
+"""Names that meant another method in stored results made before the given naming generation:
+such a result belongs to the method in `RENAMED` (IMTL-G), never to today's method of that name."""
 RENAMED: dict[str, str] = {**DEPRECATED_ALIASES, "imtl": "imtl_g"}
 """Every old name and what it meant, for reading results stored under old names (`legacy_specs`)."""
 
@@ -108,7 +155,7 @@ class MethodDescription:
     def line(self) -> str:
         """One line for listings: name, family, paper and key hyperparameters."""
         defaults = ", ".join(f"{key}={_format_value(value)}" for key, value in self.hyperparameters.items())
-        return f"{self.name:16s} {self.kind:18s} {self.paper}" + (f"  [{defaults}]" if defaults else "")
+        return f"{self.name:16s} {self.kind:20s} {self.paper}" + (f"  [{defaults}]" if defaults else "")
 
 
 def available_methods() -> list[str]:
@@ -124,7 +171,7 @@ def describe_method(name: str, /) -> MethodDescription:
         name=cls.name,
         cls=cls,
         paper=cls.paper,
-        kind="gradient weighting" if issubclass(cls, GradientWeighting) else "loss weighting",
+        kind=_kind(cls),
         hyperparameters={key: param.default for key, param in _hyperparameters(cls).items()},
         claims=frozenset(cls.claims),
         loss_domain=cls.loss_domain,
@@ -134,6 +181,13 @@ def describe_method(name: str, /) -> MethodDescription:
         engine_modes=frozenset(cls.engine_modes),
         summary=doc.split("\n", 1)[0],
     )
+
+
+def _kind(cls: type[Method]) -> str:
+    """The method's kind, as `describe_method` names it."""
+    if issubclass(cls, GradientWeighting):
+        return "gradient weighting"
+    return "jacobian aggregation" if issubclass(cls, JacobianAggregation) else "loss weighting"
 
 
 def parse_method_spec(text: str, /) -> MethodSpec:

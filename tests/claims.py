@@ -10,7 +10,11 @@ sequences: the transformed or permuted trajectory is run on a fresh instance).
 
 A step carries the per-task gradients `J [..., K, D]` (rows `g_i`) and the losses `[..., K]`.
 Gradient weightings get the Gramian `G = J J^T` and the losses, loss weightings the losses; for
-both the shared update is `d = sum_i w_i g_i` (`w @ J`).
+both the shared update is `d = sum_i w_i g_i` (`w @ J`). Jacobian aggregations get `J` and the
+losses and return d themselves (`StepResult.update`); their "weights" are the heads' weights.
+For them the claims are checked on d (and on the heads' weights where they enter the step), with
+`S` the sum of the norms of d's terms (`"contribution_norms"` where the method reports them, else
+`sum_j ||g_j||`).
 
 Precision (the same rules for every method; `S = sum_j |w_j| ||g_j||` is the size of the terms
 that make up d):
@@ -36,18 +40,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from core.jacobian import gramian as gramian_of
-from core.methods.base import GradientWeighting, Method, WeightsResult
+from core.methods.base import GradientWeighting, HeadGradient, JacobianAggregation, Method
 from core.transforms import Affine, MonotoneTransform
 
 MethodFactory = Callable[[], Method]
 """A zero-argument callable that returns a fresh method instance (the same seed every time)."""
 
-Allowance = Callable[[Method, "Step", WeightsResult], Tensor]
+
+class StepResult(NamedTuple):
+    """One weighted call: the weights (a Jacobian aggregation's head weights), the diagnostics
+    and, for a Jacobian aggregation, the update d it returned (None: d is `weights @ J`)."""
+
+    weights: Tensor
+    diagnostics: dict[str, Tensor]
+    update: Tensor | None = None
+
+
+Allowance = Callable[[Method, "Step", StepResult], Tensor]
 """`(method, step, result) -> [...]`: a bound on the distance from the returned update to an
 exact one (the method's certified solver accuracy), in the units of the gradients."""
 
@@ -93,15 +108,21 @@ class ClaimInputs:
     """A permutation of the tasks (permutation_equivariant)."""
 
 
-def run_steps(method: Method, steps: Sequence[Step]) -> list[WeightsResult]:
+def run_steps(method: Method, steps: Sequence[Step]) -> list[StepResult]:
     """The result of each weighted call of `steps`, calling the lifecycle hooks they ask for."""
     results = []
     for step in steps:
-        if isinstance(method, GradientWeighting):
-            result = method.weights(step.gramian, step.losses)
+        if isinstance(method, JacobianAggregation):
+            aggregated = method.aggregate(step.jacobian, step.losses)
+            results.append(StepResult(
+                aggregated.head_weights.detach().clone(), aggregated.diagnostics, aggregated.update.detach().clone()
+            ))
         else:
-            result = method.weights(step.losses)
-        results.append(WeightsResult(result.weights.detach().clone(), result.diagnostics))
+            if isinstance(method, GradientWeighting):
+                result = method.weights(step.gramian, step.losses)
+            else:
+                result = method.weights(step.losses)
+            results.append(StepResult(result.weights.detach().clone(), result.diagnostics))
         if step.new_losses is not None:
             method.after_step(step.new_losses)
         if step.end_epoch:
@@ -129,6 +150,63 @@ def rounding_floor(weights: Tensor, norms: Tensor) -> Tensor:
     )
 
 
+def shared_update(result: StepResult, jacobian: Tensor) -> Tensor:
+    """The update d of a result: the one a Jacobian aggregation returned, else `w @ J`."""
+    return update(result.weights, jacobian) if result.update is None else result.update
+
+
+def update_term_size(result: StepResult, jacobian: Tensor) -> Tensor:
+    """`S` of d (`[...]`): `sum_j |w_j| ||g_j||`, or for a Jacobian aggregation the sum of its
+    `"contribution_norms"` (else `sum_j ||g_j||`)."""
+    norms = jacobian.norm(dim=-1)
+    if result.update is None:
+        return term_size(result.weights, norms)
+    contributions = result.diagnostics.get("contribution_norms")
+    return (norms if contributions is None else contributions.to(norms)).sum(dim=-1)
+
+
+def update_rounding(result: StepResult, jacobian: Tensor) -> Tensor:
+    """`ROUNDING_FACTOR K eps S`, the float error of forming d from its terms (`[...]`)."""
+    return ROUNDING_FACTOR * jacobian.shape[-2] * torch.finfo(jacobian.dtype).eps * update_term_size(result, jacobian)
+
+
+def _assert_same_aggregation(
+    actual: StepResult,
+    expected: StepResult,
+    actual_heads: Tensor | None,
+    *,
+    actual_jacobian: Tensor,
+    expected_jacobian: Tensor,
+    allowance: Tensor,
+    rtol: float,
+    context: Callable[[], str],
+) -> None:
+    """Two Jacobian aggregations' updates agree to `rtol S` plus the allowance and rounding, and,
+    if `actual_heads` is given (expressed per task of the expected run), their heads' weights to
+    `rtol` times the largest."""
+    assert actual.update is not None and expected.update is not None
+    allowed = (
+        rtol * torch.maximum(update_term_size(actual, actual_jacobian), update_term_size(expected, expected_jacobian))
+        + allowance
+        + update_rounding(actual, actual_jacobian)
+        + update_rounding(expected, expected_jacobian)
+    )
+    distance = (actual.update - expected.update).norm(dim=-1)
+    if not bool(torch.isfinite(distance).all()) or bool((distance > allowed).any()):
+        raise AssertionError(
+            f"the updates differ: ||d' - d|| = {distance.tolist()} > {allowed.tolist()}\n  got      "
+            f"{actual.update.tolist()}\n  expected {expected.update.tolist()}\n{context()}"
+        )
+    if actual_heads is None:
+        return
+    scale = torch.maximum(actual_heads.abs(), expected.weights.abs()).amax(dim=-1, keepdim=True)
+    if bool(((actual_heads - expected.weights).abs() > rtol * scale).any()):
+        raise AssertionError(
+            f"the heads' weights differ beyond rtol {rtol:g}:\n  got      {actual_heads.tolist()}\n  expected "
+            f"{expected.weights.tolist()}\n{context()}"
+        )
+
+
 def cosine_eigenvalue(step: Step) -> Tensor:
     """The smallest eigenvalue of the cosine Gramian `U = N^-1 G N^-1` (0 with a zero gradient)."""
     norms = step.norms
@@ -143,7 +221,7 @@ def ill_determined(step: Step) -> Tensor:
     return cosine_eigenvalue(step) < SINGULAR_COSINE_EIGENVALUE
 
 
-def _no_allowance(method: Method, step: Step, result: WeightsResult) -> Tensor:
+def _no_allowance(method: Method, step: Step, result: StepResult) -> Tensor:
     return torch.zeros(step.losses.shape[:-1], dtype=step.jacobian.dtype)
 
 
@@ -291,6 +369,22 @@ def _assert_transform_invariant(
     for index, (step, (transformed, derivatives), expected, got) in enumerate(
         zip(steps, pairs, original, transformed_results)
     ):
+        if got.update is not None:  # a Jacobian aggregation: d itself, and D w' where heads use w'
+            weighted = original_method.head_gradient is HeadGradient.WEIGHTED
+            _assert_same_aggregation(
+                got,
+                expected,
+                derivatives * got.weights if weighted else None,
+                actual_jacobian=transformed.jacobian,
+                expected_jacobian=step.jacobian,
+                allowance=allowance(original_method, step, expected) + allowance(transformed_method, transformed, got),
+                rtol=rtol,
+                context=lambda derivatives=derivatives, index=index, step=step: (
+                    f"{claim}: d(h) != d with h = {list(transforms)}, D = h'(l) = {derivatives.tolist()}\n"
+                    f"{_describe(original_method, index, step)}"
+                ),
+            )
+            continue
         _assert_same_weights(
             derivatives * got.weights,
             expected.weights,
@@ -369,6 +463,20 @@ def assert_permutation_equivariant(
     for step_index, (step, permuted_step, expected, got) in enumerate(
         zip(steps, permuted_steps, original, permuted)
     ):
+        if got.update is not None:  # a Jacobian aggregation: the same d, the heads' weights relabelled
+            _assert_same_aggregation(
+                got,
+                StepResult(expected.weights[..., index], expected.diagnostics, expected.update),
+                got.weights,
+                actual_jacobian=permuted_step.jacobian,
+                expected_jacobian=step.jacobian,
+                allowance=allowance(original_method, step, expected) + allowance(permuted_method, permuted_step, got),
+                rtol=rtol,
+                context=lambda step_index=step_index, step=step: (
+                    f"permutation_equivariant: order {list(order)}\n{_describe(original_method, step_index, step)}"
+                ),
+            )
+            continue
         _assert_same_weights(
             got.weights,
             expected.weights[..., index],
@@ -400,11 +508,11 @@ def assert_non_conflicting(
     method = factory()
     for step_index, (step, result) in enumerate(zip(steps, run_steps(method, steps))):
         weights = result.weights
-        d = update(weights, step.jacobian)
+        d = shared_update(result, step.jacobian)
         products = (step.jacobian @ d.unsqueeze(-1)).squeeze(-1)
         norms = step.norms
-        size = torch.where(ill_determined(step), term_size(weights, norms), d.norm(dim=-1))
-        slack = tol * size + allowance(method, step, result) + rounding_floor(weights, norms)
+        size = torch.where(ill_determined(step), update_term_size(result, step.jacobian), d.norm(dim=-1))
+        slack = tol * size + allowance(method, step, result) + update_rounding(result, step.jacobian)
         allowed = -norms * slack[..., None]
         bad = products < allowed
         if bool(bad.any()):
@@ -450,13 +558,13 @@ def assert_equal_projections(
         norms = step.norms
         nonzero = norms > 0
         units = step.jacobian / torch.where(nonzero, norms, 1.0)[..., None]
-        projections = (units @ update(weights, step.jacobian).unsqueeze(-1)).squeeze(-1)
+        projections = (units @ shared_update(result, step.jacobian).unsqueeze(-1)).squeeze(-1)
         high = torch.where(nonzero, projections, -torch.inf).amax(dim=-1)
         low = torch.where(nonzero, projections, torch.inf).amin(dim=-1)
         spread = torch.where(nonzero.any(dim=-1), high - low, 0.0)
         largest = torch.where(nonzero, projections.abs(), 0.0).amax(dim=-1)
         allowed = (
-            rtol * largest + 2 * allowance(method, step, result) + rounding_floor(weights, norms)
+            rtol * largest + 2 * allowance(method, step, result) + update_rounding(result, step.jacobian)
         )
         if bool((spread > allowed).any()):
             raise AssertionError(

@@ -71,9 +71,70 @@ GOLDEN = {
     "dwa": (core.DynamicWeightAverage(2), [1.0, 1.0]),
     # FAMO with z uniform: w_t proportional to 1 / l_t, normalised: (1, 1/2) / (3/2)
     "famo": (core.FAMO(2, eps=0.0), [2 / 3, 1 / 3]),
+    # GradNorm: the first step uses the initial weights w(0) = 1 (the update gives w(1))
+    "gradnorm": (core.GradNorm(), [1.0, 1.0]),
+    # IMTL-L at s = 0: w = e^0; at s = -log l (its optimum): w = 1 / l
+    "imtl_l": (core.IMTLL(2), [1.0, 1.0]),
+    "imtl_l_at_optimum": (core.IMTLL(2).to(dtype=torch.float64), [1.0, 0.5]),
+    # IMTL at s = 0 is IMTL-G: w proportional to (||g_2||, ||g_1||), summing to 1
+    "imtl": (core.IMTL(), [N2 / (N1 + N2), N1 / (N1 + N2)]),
+    # MoDo: lambda = (1/2, 1/2) - 0.1 ((G + 0.1 I) lambda) = (1/2, 1/2) - 0.1 (-1.95, 8.05) = (0.695, -0.305),
+    # whose projection onto the simplex is the vertex (1, 0)
+    "modo": (core.MoDo(), [1.0, 0.0]),
+    # SDMGrad: A = G / s^2, s = (N1 + N2) / 2; every inner step overshoots the edge (lr |v_1 - v_2| / 2 > 1),
+    # so w alternates e_1, e_2, ... and is e_2 after 20 steps: weights (0 + 0.15, 1 + 0.15) / 1.3
+    "sdmgrad": (core.SDMGrad(), [3 / 26, 23 / 26]),
+    # -- preference methods (issue 18). PMTL, K = 2: u_k = (1, 1)/sqrt 2 and 5 reference vectors at
+    # 0, 22.5, ..., 90 deg; l / ||l|| is at 63.4 deg, so only u_3 (67.5 deg) is closer: one active
+    # constraint, w = u_3 - u_k. Stage 1 (a fresh instance): beta = 1, weights w ("mean": / K)
+    "pmtl": (core.ParetoMTL(), [(math.cos(3 * math.pi / 8) - 0.5**0.5) / 2, (math.cos(math.pi / 8) - 0.5**0.5) / 2]),
+    # stage 2: the min-norm point of {g_1, g_2, v = w^T J} lies on the edge g_1-v,
+    # lambda_1 = (v - g_1).v / ||v - g_1||^2; weights lambda_1 e_1 + (1 - lambda_1) w, / sum |.|;
+    # Xi-L/ParetoMTL's get_d_paretomtl gives (1.1328526694639023, 0.8671473305360978) x 2/sum|w| ("sum")
+    "pmtl_stage2": (core.ParetoMTL(init_epochs=0), [0.5664263347319513, 0.4335736652680488]),
+    # EPO, r = (1, 1)/sqrt 2: mu > 1e-4, a balance step with J = J* = {2}: maximise alpha . C a subject to
+    # (C alpha)_2 >= 0 and (C alpha)_1 >= (C a)_1; with alpha = (t, 1 - t) the optimum is the lower bound
+    # t = (22 + (C a)_1) / 40, a = r (log(2 l_hat) - mu), l_hat = (1, 2)/3, mu = sum l_hat log(2 l_hat)
+    "epo": (core.EPOSearch(), [0.31310428199510126, 0.6868957180048988]),
+    # r = (1, 1): the same with a sqrt 2 times larger (EPO depends on the scale of r); dbmptr/EPOSearch's EPO_LP (cvxpy + GLPK)
+    # gives [0.21497886272935965, 0.7850211372706402] and, for r = (1/2, 1/2), [0.3824894313646799, 0.6175105686353202]
+    "epo_r11": (core.EPOSearch(preference=[1.0, 1.0]), [0.21497886272935984, 0.7850211372706402]),
+    # Tchebycheff, p = (1/2, 1/2): max(l_1, l_2) / 2 is attained by task 2
+    "tchebycheff": (core.Tchebycheff(), [0.0, 0.5]),
+    # STCH, mu = 0.1: w = p softmax(p l / mu) = (1/2) (1, e^5) / (1 + e^5)
+    "stch": (core.SmoothTchebycheff(), [0.5 / (1 + math.exp(5)), 0.5 / (1 + math.exp(-5))]),
+    # PBI, theta = 5: u = (1, 1)/sqrt 2, v = l - (l . u) u = (-1/2, 1/2), w = u + 5 v / ||v|| = (-2, 3) sqrt 2
+    "pbi": (core.PenaltyBoundaryIntersection(), [-2 * math.sqrt(2), 3 * math.sqrt(2)]),
+    # GLS: S = sqrt(l_1 l_2) = sqrt 2, w_i = S / (2 l_i)
+    "gls": (core.GeometricLossStrategy(), [math.sqrt(2) / 2, math.sqrt(2) / 4]),
+    # -- dual-cone and gradient-alignment weightings (issue 18; tests/test_dual_cone.py,
+    # tests/test_gradient_alignment.py derive them). UPGrad: g_i / 2 projected onto the other's
+    # normal plane, summed: (1/2)(1 + 22/18, 22/38 + 1); DualProj: g_0 = (1, 1, 1) conflicts with g_1
+    # (g_1 . g_0 = -2), so d = g_0 + (2/18) g_1
+    "upgrad": (core.UPGrad(), [10 / 9, 15 / 19]),
+    "dualproj": (core.DualProj(), [11 / 18, 1 / 2]),
+    # Aligned-MTL: w = sqrt(lambda_min) G^(-1/2) 1, lambda_min = 28 - sqrt(584), with the 2 x 2 root
+    # G^(-1/2) = sqrt(56 + 2 sqrt(det)) (G + sqrt(det) I)^(-1), det = 200: rows sums (60 + r, 40 + r) / det_r,
+    # r = sqrt(200), det_r = (18 + r)(38 + r) - 484; TorchJD's mean is half of it
+    "aligned_mtl": (
+        core.AlignedMTL(),
+        [
+            math.sqrt(28 - math.sqrt(584)) * math.sqrt(56 + 2 * math.sqrt(200)) * (60 + math.sqrt(200)) / ((18 + math.sqrt(200)) * (38 + math.sqrt(200)) - 484),
+            math.sqrt(28 - math.sqrt(584)) * math.sqrt(56 + 2 * math.sqrt(200)) * (40 + math.sqrt(200)) / ((18 + math.sqrt(200)) * (38 + math.sqrt(200)) - 484),
+        ],
+    ),
+    # ConFIG: (U U^T)^-1 1 = 1 / (1 + c): g_u along u_1 + u_2, length sum_i g_i . g_u_hat: w = (N1 + N2) / 2 (1/N1, 1/N2)
+    "config": (core.ConFIG(), [(N1 + N2) / (2 * N1), (N1 + N2) / (2 * N2)]),
+    # GradVac, first call: the targets are 0, so each correction is PCGrad's projection (20/9, 30/19)
+    "gradvac": (core.GradVac(generator=torch.Generator().manual_seed(0)), [20 / 9, 30 / 19]),
+    # FairGrad, alpha = 1: Nash-MTL's G w = 1/w (same ridge); alpha = 2: (G + 1e-10 diag G) w = w^(-1/2)
+    # solved by mpmath.findroot at 40 digits
+    "fairgrad": (core.FairGrad(), [(1 + 1e-10 + COSINE) ** -0.5 / N1, (1 + 1e-10 + COSINE) ** -0.5 / N2]),
+    "fairgrad_alpha_2": (core.FairGrad(alpha=2.0), [0.471362922127597028, 0.319454228049985735]),
 }
 with torch.no_grad():
     GOLDEN["uw_at_optimum"][0].log_variances.copy_(torch.log(LOSSES))
+    GOLDEN["imtl_l_at_optimum"][0].log_scales.copy_(-torch.log(LOSSES))
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))

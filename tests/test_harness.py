@@ -117,18 +117,48 @@ class InterruptingCheckpoint(Checkpoint):
             raise Interrupt
 
 
+def _save_as_before_issue_18(store, run, result):
+    """A record as the store wrote it before names carried their generation (`naming` absent)."""
+    import hashlib
+
+    from benchmarks.harness.runs import _canonical
+
+    record = store.save(run, result, elapsed_s=1.0)
+    del record["naming"], record["sha256"]
+    record["sha256"] = hashlib.sha256(_canonical(record).encode()).hexdigest()
+    store.result_path(run).write_text(json.dumps(record))
+
+
 def test_results_stored_under_old_method_names_are_migrated(tmp_path):
-    """Runs stored as `dibsmtl_multi_step`, `nsum` or `imtl` are found under their canonical specs,
-    rewritten under the new run id (`migrated_from` names the old one); the old file stays."""
+    """Runs stored as `dibsmtl_multi_step`, `nsum` or (before issue 18) `imtl` are found under
+    their canonical specs, rewritten under the new run id (`migrated_from` names the old one); the
+    old file stays."""
     store = ResultStore(tmp_path)
     for old, new in (("dibsmtl_multi_step", "dibsmtl:steps=5"), ("nsum", "normalized_sum"), ("imtl", "imtl_g")):
         old_run, new_run = spec(method=old), spec(method=new)
-        store.save(old_run, {"value": 2.0}, elapsed_s=1.0)
+        _save_as_before_issue_18(store, old_run, {"value": 2.0})
         migrated = store.load(new_run)
         assert migrated["result"] == {"value": 2.0} and migrated["migrated_from"] == old_run.run_id
         assert migrated["spec"] == new_run.as_dict() and store.result_path(old_run).exists()
         assert store.load(new_run) == migrated  # now stored under the new id, checksum valid
     assert store.load(spec(method="ls")) is None
+
+
+def test_a_reused_name_never_mixes_the_two_methods(tmp_path):
+    """`imtl` meant IMTL-G in results stored before issue 18 and means the full IMTL since: an old
+    `imtl` result is not the full IMTL's (it moves to `imtl_g` before the new run can overwrite
+    it), and a new `imtl` result is never migrated to `imtl_g`."""
+    store = ResultStore(tmp_path)
+    imtl, imtl_g = spec(method="imtl"), spec(method="imtl_g")
+    _save_as_before_issue_18(store, imtl, {"value": 1.0})
+    assert store.load(imtl) is None  # the full IMTL has not run
+    assert store.load(imtl_g)["result"] == {"value": 1.0}  # IMTL-G's result, kept under its name
+    store.save(imtl, {"value": 3.0}, elapsed_s=1.0)  # the full IMTL runs, overwriting the old file
+    assert store.load(imtl)["result"] == {"value": 3.0} and store.load(imtl_g)["result"] == {"value": 1.0}
+    other = tmp_path / "other"
+    fresh = ResultStore(other)
+    fresh.save(imtl, {"value": 3.0}, elapsed_s=1.0)
+    assert fresh.load(imtl_g) is None  # a full-IMTL result is not IMTL-G's
 
 
 def test_batched_sweep_runs_unfinished_runs_together_in_batches(tmp_path):

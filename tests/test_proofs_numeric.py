@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-
-import pytest
 from types import SimpleNamespace
 
+import pytest
 from matplotlib.figure import Figure
 
 from proofs_numeric import dibs_fairness

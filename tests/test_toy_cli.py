@@ -154,7 +154,7 @@ def test_list_shows_every_problem_and_method(capsys) -> None:
     ("arguments", "expected"),
     [
         (["--problem", "nope"], "two_task_toy"),
-        (["--problem", "two_task_toy", "--methods", "ls,foo"], "choose one of: cagrad"),
+        (["--problem", "two_task_toy", "--methods", "ls,foo"], "choose one of: aligned_mtl, cagrad"),
         (["--problem", "two_task_toy", "--methods", "cagrad:c=inf"], "c (the radius"),
         (["--problem", "two_task_toy", "--methods", "dibsmtl:step=5"], "no hyperparameter 'step'"),
         (["--problem", "two_task_toy", "--transform", "0:cube"], "valid forms"),

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from core.jacobian import gramian, values_and_jacobian
-from core.methods.base import GradientWeighting, LossWeighting, Method
+from core.methods.base import GradientWeighting, JacobianAggregation, LossWeighting, Method
 from core.registry import make_method
 from toy_problems.task_transforms import TaskTransform
 
@@ -84,8 +84,12 @@ def make_optimizer(params: Iterable[Tensor], optimizer: str, lr: float) -> torch
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
 
 
-def _weighted(method: GradientWeighting | LossWeighting, losses: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
-    """`sum_i w_i g_i` per row and the weights `w`."""
+def _weighted(method: Method, losses: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+    """The shared update per row and the weights: `sum_i w_i g_i` and `w` for gradient and loss
+    weightings; a Jacobian aggregation's own update and its head weights."""
+    if isinstance(method, JacobianAggregation):
+        update, head_weights, _ = method.aggregate(jacobian, losses)
+        return update.to(jacobian.dtype), head_weights
     if isinstance(method, GradientWeighting):
         weights = method(gramian(jacobian), losses)
     else:
@@ -267,7 +271,7 @@ def _step_direction(group: _Group, values: Tensor, jacobian: Tensor) -> tuple[Te
     """`sum_i w_i g_i` per row and the weights; a learnable loss weighting's parameters get the
     gradient of the weighted loss plus its penalty, as the engine gives them."""
     method = group.method
-    if isinstance(method, GradientWeighting) or not group.own:
+    if not isinstance(method, LossWeighting) or not group.own:
         return _weighted(method, values, jacobian)
     with torch.enable_grad():
         weights = method(values)

@@ -30,7 +30,14 @@ import torch
 from tqdm import tqdm
 
 from core.errors import MTLInputError
-from core.registry import legacy_specs
+from core.registry import (
+    NAMING_GENERATION,
+    RENAMED,
+    REUSED_NAMES,
+    MethodSpec,
+    legacy_specs,
+    parse_method_spec,
+)
 from toy_problems.store import environment, write_atomic, write_json_atomic
 
 try:  # POSIX file locks; elsewhere (Windows) one process per store, and --workers is refused
@@ -86,6 +93,19 @@ def legacy_method_names(method: str, /) -> list[str]:
         return []
 
 
+def _names_another_method(record: Mapping[str, Any], old_name: str | None = None, /) -> bool:
+    """Whether a stored record's method name meant another method when it was stored
+    (`core.registry.REUSED_NAMES`: `imtl` was IMTL-G's name in results of naming generation 1).
+    With `old_name` (a migration from that old name): whether the record is of the old meaning;
+    a name that is only an alias (`nsum`) always is."""
+    try:
+        name = parse_method_spec(record["spec"]["method"]).name
+    except (MTLInputError, KeyError, TypeError):
+        return False
+    old_meaning = name in REUSED_NAMES and record.get("naming", 1) < REUSED_NAMES[name]
+    return old_meaning or (old_name is not None and name not in REUSED_NAMES)
+
+
 def file_locks_available() -> bool:
     """Whether runs can be claimed across processes (POSIX `flock`), i.e. whether `--workers` works."""
     return fcntl is not None
@@ -119,6 +139,7 @@ class ResultStore:
         self._check_writable("save a run")
         record = {
             "format": FORMAT_VERSION,
+            "naming": NAMING_GENERATION,
             "spec": spec.as_dict(),
             "run_id": spec.run_id,
             "result": json.loads(_canonical(dict(result))),
@@ -147,6 +168,9 @@ class ResultStore:
             problem = "was written for another run"
         else:
             problem = "is truncated or corrupt (its checksum does not match)"
+        if record is not None and _names_another_method(record):  # stored before its name changed meaning
+            self._rehome(spec, record)
+            return None
         if record is None and self.read_only:
             logger.warning("result file %s %s; left as it is (read-only store)", path, problem)
         elif record is None:
@@ -172,7 +196,7 @@ class ResultStore:
             old = RunSpec(spec.experiment, old_name, spec.seed, spec.transform, spec.config)
             old_path = self.result_path(old)
             record = self._read_valid(old_path) if old_path.exists() else None
-            if record is None or record["spec"] != old.as_dict():
+            if record is None or record["spec"] != old.as_dict() or not _names_another_method(record, old_name):
                 continue
             record.update(spec=spec.as_dict(), run_id=spec.run_id, migrated_from=old.run_id)
             if self.read_only:
@@ -181,6 +205,21 @@ class ResultStore:
             logger.info("run %s was stored as %s (method %r); migrated to the current name", spec.run_id, old.run_id, old_name)
             return record
         return None
+
+    def _rehome(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        """A record found under `spec`'s run id whose method name meant another method when it was
+        stored (`imtl`, IMTL-G's old name): written under the run id of that method's current name
+        (unless one is there), so that running `spec` now, which overwrites the file, loses nothing."""
+        if self.read_only:
+            return
+        name = parse_method_spec(spec.method)
+        current = str(MethodSpec(RENAMED[name.name], name.hyperparameters))
+        target = RunSpec(spec.experiment, current, spec.seed, spec.transform, spec.config)
+        if not self.result_path(target).exists():
+            moved = {**record, "spec": target.as_dict(), "run_id": target.run_id, "migrated_from": spec.run_id}
+            moved.pop("sha256", None)
+            write_json_atomic(self.result_path(target), {**moved, "sha256": hashlib.sha256(_canonical(moved).encode()).hexdigest()})
+            logger.info("run %s was IMTL-G's under its old name %r; migrated to %s", spec.run_id, name.name, target.run_id)
 
     def records(self, experiment: str, /) -> list[dict[str, Any]]:
         """Every valid finished record of `experiment` (corrupt files are skipped with a warning)."""

@@ -1,6 +1,7 @@
-"""The method contract: gradient weightings (on the Gramian) and loss weightings (on losses).
+"""The method contract: gradient weightings (on the Gramian), loss weightings (on losses) and
+Jacobian aggregations (on the per-task gradient vectors themselves).
 
-Both are pure callables on tensors; neither ever calls `.backward()`. The engine
+All three are pure callables on tensors; none ever calls `.backward()`. The engine
 (`core.engine.mtl_backward`) computes what a method needs, calls it, and writes `.grad`.
 
 Facts about a method live on its class (`name`, `paper`, `claims`, `loss_domain`, `stateful`,
@@ -11,13 +12,16 @@ start); the class values describe the defaults.
 
 One lifecycle for every method:
 - `weights(...)` returns a `WeightsResult`: the weights and the method's diagnostics of that call
-  (calling the method, `method(...)`, returns the weights alone);
+  (calling the method, `method(...)`, returns the weights alone); a Jacobian aggregation has
+  `aggregate(jacobian, losses)` instead, returning an `AggregationResult` (the update, the heads'
+  weights, the diagnostics; calling it returns the update);
 - `after_step(new_losses)` after the optimiser step (FAMO's logit update; the losses recomputed on
   the same batch), and `end_epoch()` after each epoch (DWA), are no-ops by default, so a training
   loop may call them for every method;
 - `reset(batch_shape=())` forgets all state; stateful methods keep their state with shape
-  `[*batch_shape, K]`, so B independent runs are one call on losses `[B, K]` (or Gramians
-  `[B, K, K]`) and give what B separate instances give;
+  `[*batch_shape, K]` (Jacobian aggregations that keep vectors: `[*batch_shape, K, n]`), so B
+  independent runs are one call on losses `[B, K]` (or Gramians `[B, K, K]`, Jacobians
+  `[B, K, n]`) and give what B separate instances give;
 - `state_dict()` / `load_state_dict()` hold tensors and plain values only (checkpoints load with
   `torch.load(..., weights_only=True)`); learnable methods expose `parameters()`.
 """
@@ -71,6 +75,21 @@ class WeightsResult(NamedTuple):
     tensors, batch-shaped where they are per problem, e.g. MGDA's KKT gap)."""
 
     weights: Tensor
+    diagnostics: dict[str, Tensor]
+
+
+class AggregationResult(NamedTuple):
+    """What one call of a Jacobian aggregation gives (`JacobianAggregation.aggregate`).
+
+    `update` `[..., n]`: the shared update d (the engine writes it, in the parameters' layout, into
+    the shared parameters' `.grad`); `head_weights` `[..., K]`: the `c_i` of the heads' gradient
+    `c_i grad l_i` where the method's `head_gradient` is WEIGHTED (reported either way; it is
+    `StepInfo.weights`); `diagnostics`: detached tensors, batch-shaped where per problem. By
+    convention a method whose update is a sum of one term per task reports the terms' norms as
+    `"contribution_norms"` `[..., K]` (the tests size their rounding tolerances with it)."""
+
+    update: Tensor
+    head_weights: Tensor
     diagnostics: dict[str, Tensor]
 
 
@@ -231,6 +250,80 @@ class LossWeighting(Method):
         return None
 
 
+class JacobianAggregation(Method):
+    """A method that maps the per-task gradient vectors themselves, `J [..., K, n]` (rows `g_i`),
+    and the losses `[..., K]` to the shared update `d [..., n]`.
+
+    For methods that cannot be written as K weights on the Gramian: elementwise operations on the
+    gradients (GradDrop's sign masks), or state kept per coordinate (MoCo's and DB-MTL's tracked
+    gradients, ExcessMTL's accumulated squared gradients). The price is the model size: such a
+    method costs at least O(K n) per step, and the engine forms `J` as one `[K, n]` tensor (see
+    `core.engine.mtl_backward`), where a gradient weighting needs only the K x K Gramian after the
+    per-task gradients.
+
+    `aggregate(jacobian, losses)` returns an `AggregationResult`: the update, the heads' weights
+    (heads receive `head_weights_i * grad l_i` or the plain `grad l_i`, as `head_gradient`
+    declares) and the diagnostics; calling the method returns the update alone. There is no
+    `weights(...)`: the update need not lie in the span of the current gradients.
+
+    Facts are as for the other kinds (`claims` are about the update d, and `simplex_weights` about
+    `head_weights`). Batched: `J [..., K, n]` and losses `[..., K]` give updates `[..., n]`, each
+    batch element computed independently. State kept per task is `[*batch_shape, K]`; state kept
+    per coordinate is `[*batch_shape, K, n]`, and once used it holds for that n (the number of
+    shared parameters, or the representation's size): a call with another n raises, as one with
+    another batch shape does (`reset()` starts anew). Per-coordinate state is why such methods
+    usually declare only the "full" engine mode: in representation mode a coordinate is one
+    sample's feature, another sample at every step, and n changes with the batch size.
+    Subclasses implement `_aggregate`.
+    """
+
+    _width: int | None = None
+
+    def __call__(self, jacobian: Tensor, losses: Tensor, /) -> Tensor:
+        return self.aggregate(jacobian, losses).update
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor, /) -> AggregationResult:
+        """The update `[..., n]`, the heads' weights `[..., K]` and the diagnostics, from the
+        per-task gradients `[..., K, n]` and the losses `[..., K]`."""
+        _check_jacobian(jacobian, losses)
+        _check_loss_domain(self, losses)
+        result = self._aggregate(jacobian, losses)
+        expected = (*jacobian.shape[:-2], jacobian.shape[-1])
+        if tuple(result.update.shape) != expected or result.head_weights.shape != losses.shape:
+            raise MTLInputError(  # a defect of the method, named as such
+                f"{type(self).__name__} returned an update of shape {tuple(result.update.shape)} and head weights of "
+                f"shape {tuple(result.head_weights.shape)}, expected {expected} and {tuple(losses.shape)}"
+            )
+        return result
+
+    @abstractmethod
+    def _aggregate(self, jacobian: Tensor, losses: Tensor, /) -> AggregationResult:
+        """The method itself, on checked inputs."""
+
+    def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
+        super().reset(batch_shape)
+        self._width = None
+
+    @property
+    def width(self) -> int | None:
+        """The n the per-coordinate state is held for (None while it is unused)."""
+        return self._width
+
+    def _match_jacobian(self, jacobian: Tensor, /) -> None:
+        """Stateful methods: a fresh state adopts the call's batch shape and width n; a used one
+        must match both."""
+        self._match_batch_shape(tuple(jacobian.shape[:-2]))
+        width = jacobian.shape[-1]
+        if self._width is None or self._pristine:
+            self._width = width
+        elif width != self._width:
+            raise MTLInputError(
+                f"{type(self).__name__} holds per-coordinate state for n = {self._width} gradient entries, got a "
+                f"Jacobian with n = {width}; the shared parameters (or, in representation mode, the features) must "
+                "have the same size at every step; call reset() to start a new run"
+            )
+
+
 def _as_result(output: Tensor | WeightsResult) -> WeightsResult:
     return output if isinstance(output, WeightsResult) else WeightsResult(output, {})
 
@@ -261,6 +354,18 @@ def _check_gramian(gramian: Tensor, losses: Tensor) -> None:
         raise MTLInputError(
             f"losses of shape {tuple(losses.shape)} do not match the Gramian of shape "
             f"{tuple(gramian.shape)}: expected losses of shape {tuple(gramian.shape[:-1])}"
+        )
+
+
+def _check_jacobian(jacobian: Tensor, losses: Tensor) -> None:
+    if jacobian.ndim < 2:
+        raise MTLInputError(f"the Jacobian must have shape [..., K, n], got {tuple(jacobian.shape)}")
+    if jacobian.shape[-2] == 0:
+        raise MTLInputError("the Jacobian is empty: K must be at least 1")
+    if losses.shape != jacobian.shape[:-1]:
+        raise MTLInputError(
+            f"losses of shape {tuple(losses.shape)} do not match the Jacobian of shape "
+            f"{tuple(jacobian.shape)}: expected losses of shape {tuple(jacobian.shape[:-1])}"
         )
 
 

@@ -134,7 +134,7 @@ class DiBSMTL(GradientWeighting):
 
 
 class NormalizedSum(GradientWeighting):
-    """The plain sum of unit task gradients: `w_i = 1 / ||g_i||` (DiBS paper, eq. 2).
+    """Normalised sum, the plain sum of unit task gradients: `w_i = 1 / ||g_i||` (DiBS paper, eq. 2).
 
     The naive normalised-gradient update, which 1-step DiBS-MTL equals up to its scale epsilon.
     Its fixed points are Pareto stationary, it is symmetric and invariant to strictly increasing

@@ -57,7 +57,7 @@ class LinearScalarization(LossWeighting):
 
 
 class ScaleInvariantLS(LossWeighting):
-    """The scale-invariant log-loss sum `L = sum_i log l_i` (Navon et al. 2022, §6, "SI").
+    """Scale-invariant LS, the log-loss sum `L = sum_i log l_i` (Navon et al. 2022, §6, "SI").
 
     Its gradient is `sum_i grad l_i / l_i`, i.e. detached loss weights `w_i = 1 / l_i`, invariant
     to positive rescaling `l_i -> a_i l_i` (not to shifts or nonaffine transforms). Losses must

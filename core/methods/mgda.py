@@ -25,7 +25,7 @@ _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
 class MGDA(GradientWeighting):
-    """The min-norm point of the convex hull of the (normalised) task gradients.
+    """MGDA, the min-norm point of the convex hull of the (normalised) task gradients.
 
     Solves `a* = argmin_{a in simplex} ||sum_i a_i g_i / s_i||^2` (Sener & Koltun 2018, eq. 3)
     with the shared solver `core.pareto.min_norm_point`: the closed form of their Alg. 1 for

@@ -52,7 +52,7 @@ _STALL_LIMIT = 2
 
 
 class NashMTL(GradientWeighting):
-    """Nash-MTL weights: the `alpha > 0` with `G alpha = 1/alpha` (Navon et al. 2022, arXiv:2202.01017).
+    """Nash-MTL, the weights `alpha > 0` with `G alpha = 1/alpha` (Navon et al. 2022, arXiv:2202.01017).
 
     The shared update is `d = sum_i alpha_i g_i`; heads receive `alpha_i grad l_i` (the reference
     backpropagates the weighted loss `sum_i alpha_i l_i` through the whole network). The losses are
