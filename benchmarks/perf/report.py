@@ -21,6 +21,8 @@ that run the `nash` and the `tangent` section):
   min-norm point (MGDA) and CAGrad's dual, K = 2 to 40, float64, float32 and ill-conditioned
   (row norms 1e-6..1e6) Gramians, with the KKT gap and CAGrad's dual objective each reaches
   (`solvers`; needs torchjd, and cvxpy for TorchJD's CAGrad).
+- `methods`: every registered method alone, one call on one K = 10 problem and on the 1,000 toy
+  rows a step of the toy runner hands it, against LS on the same inputs (`methods`).
 
 Every reported number is a time or a ratio of times measured in this run, interleaved round by
 round with the medians taken (`benchmarks.perf.timing`), so machine load affects both sides
@@ -52,10 +54,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from benchmarks.perf import engine_step, nash_solver, solvers, tangent_solver
+from benchmarks.perf import engine_step, methods, nash_solver, solvers, tangent_solver
 from toy_problems.store import environment, save_figure_atomic, write_json_atomic, write_text_atomic
 
-SECTIONS = ("engine", "representation", "torchjd", "nash", "tangent", "scaling", "solvers")
+SECTIONS = ("engine", "representation", "torchjd", "nash", "tangent", "scaling", "solvers", "methods")
 COMMANDS = {"perf": SECTIONS, "perf-nash": ("nash",), "perf-tangent": ("tangent",)}
 """The CLI names of the report and the sections each runs by default."""
 SKIPPED = "skipped: pip install -r requirements-bench.txt"
@@ -337,12 +339,30 @@ class Measurements:
         return Section("solvers", title, text, payload, summary)
 
 
+    def methods(self) -> Section:
+        s = self.settings
+        self._describe("methods: every registered method")
+        results = methods.measure(rounds=s.rounds, repeats=s.repeats, seed=s.seed)
+        self.progress.update()
+        failed = results.pop("failed", {})
+        text = (
+            "Every registered method alone (its weights from the Gramian or the losses, or its update from the Jacobian), "
+            f"median over {s.rounds} interleaved rounds x {s.repeats} calls, on the CPU, against linear scalarisation (LS) on the "
+            "same inputs: one problem of the size of a training step's Gramian, and the batch of rows the toy runner hands "
+            "a method each step.\n\n" + methods.table(results)
+            + ("\n\nFailed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()) if failed else "")
+        )
+        slowest = {case: max(r, key=r.get) for case, r in results.items()}
+        summary = [(f"slowest method call, {case}", f"{slowest[case]} {1e3 * results[case][slowest[case]]:.2f} ms", f"{len(results[case])} methods") for case in results]
+        return Section("methods", "Every method's own cost", text, {"seconds": results, "failed": failed}, summary)
+
+
 def run_sections(names: Sequence[str], settings: Settings, *, quiet: bool = False) -> list[Section]:
     """Measure the named sections, in report order."""
     units = {
         "engine": len(MODELS), "representation": 0 if "engine" in names else len(MODELS), "torchjd": len(MODELS),
         "nash": len(settings.nash_tasks),
-        "tangent": 2, "scaling": len(settings.scaling_tasks), "solvers": len(settings.solver_tasks),
+        "tangent": 2, "scaling": len(settings.scaling_tasks), "solvers": len(settings.solver_tasks), "methods": 1,
     }
     with tqdm(total=sum(units[n] for n in names), unit="part", disable=quiet, leave=False) as progress:
         measurements = Measurements(settings, progress)
