@@ -22,6 +22,7 @@ from proofs_numeric import (
     dibs_mtl_convergence,
     dibs_theorems,
     invariance,
+    method_invariance,
     nash_transforms,
     rlw_theorem,
     tangent_accuracy,
@@ -33,9 +34,9 @@ from toy_problems.runner import forked_starmap
 DEFAULT_OUT = Path("results/proofs_numeric")
 CLAIMS = {
     module.NAME: module
-    for module in (dibs_mtl_convergence, invariance, dibs_theorems, dibs_fairness, rlw_theorem, nash_transforms, tangent_accuracy)
+    for module in (dibs_mtl_convergence, invariance, method_invariance, dibs_theorems, dibs_fairness, rlw_theorem, nash_transforms, tangent_accuracy)
 }
-LONGEST_FIRST = ("invariance", "dibs_mtl_convergence", "nash_transforms", "rlw_theorem", "dibs_theorems", "tangent_accuracy", "dibs_fairness")
+LONGEST_FIRST = ("invariance", "dibs_mtl_convergence", "method_invariance", "nash_transforms", "rlw_theorem", "dibs_theorems", "tangent_accuracy", "dibs_fairness")
 """The claims by their full run's time (measured), the order in which processes take them."""
 
 

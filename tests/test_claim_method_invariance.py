@@ -1,0 +1,54 @@
+"""The measured invariance of every registered method (proofs_numeric/method_invariance.py): known
+answers, a false or a missing declaration fails the claim, and the README's table is current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import core
+from proofs_numeric import method_invariance as claim
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_known_methods_measure_as_their_papers_say() -> None:
+    results = claim.measure(quick=True, methods=["dibsmtl", "ls", "scaleinvls"])
+    assert results["dibsmtl"]["measured"] == {"rescaling_invariant": True, "monotone_invariant": True}
+    assert results["ls"]["measured"] == {"rescaling_invariant": False, "monotone_invariant": False}
+    assert results["scaleinvls"]["measured"] == {"rescaling_invariant": True, "monotone_invariant": False}
+    assert claim.evaluate(results).passed
+
+
+@pytest.mark.parametrize(
+    ("cls", "claims", "spec"),
+    [
+        (core.LinearScalarization, frozenset({"monotone_invariant", "rescaling_invariant"}), "ls"),  # declares what is false
+        (core.DiBSMTL, frozenset(), "dibsmtl"),  # does not declare what holds
+    ],
+)
+def test_a_declaration_that_the_measurement_contradicts_fails(monkeypatch, cls, claims, spec) -> None:
+    monkeypatch.setattr(cls, "claims", claims)
+    result = claim.evaluate(claim.measure(quick=True, methods=[spec]))
+    assert not result.passed and f"disagreeing with their declarations: {spec}" in result.measured
+
+
+def test_the_verdict_follows_the_rounding_control() -> None:
+    """A transform moving the update 5x the rounding control is invariance; 20x is not; below the floor always is."""
+    rounding = 1e-8
+    deviations = torch.tensor([0.0, 5 * rounding, 20 * rounding, rounding])[:, None, None]
+    verdict = claim.verdicts(deviations)
+    assert verdict["rescaling_invariant"] and not verdict["monotone_invariant"]
+    assert claim.verdicts(torch.tensor([0.0, 0.5, 0.5, 0.0])[:, None, None] * claim.FLOOR)["monotone_invariant"]
+
+
+def test_the_readme_method_table_is_current() -> None:
+    """The README's table is the registry's facts and the quick measurement of every method; run
+    `python -m proofs_numeric.method_invariance --write-readme` after adding or changing a method."""
+    results = claim.measure(quick=True)
+    text = README.read_text()
+    stored = text[text.index(claim.TABLE_BEGIN) + len(claim.TABLE_BEGIN) : text.index(claim.TABLE_END)].strip()
+    assert stored == claim.method_table(results), "the README's method table is out of date: python -m proofs_numeric.method_invariance --write-readme"
+    assert claim.evaluate(results).passed, claim.evaluate(results).measured
