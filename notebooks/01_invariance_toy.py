@@ -14,6 +14,7 @@
 
 # %%
 import numpy as np
+from IPython.display import display
 
 from benchmarks.experiments import toy
 from notebooks.support import QUICK, RESULTS, experiment, keep, markdown, pick, report_body, save
@@ -45,11 +46,22 @@ markdown(report_body(report / "summary.md"))
 keep(report / "toy_nominal.png", "toy_nominal")
 
 # %% [markdown]
+# With more methods than fit one figure (15 panels), the others follow, grouped by family:
+
+# %%
+for part in range(2, len(toy.panel_groups(methods)) + 1):
+    display(keep(report / f"toy_nominal_{part}.png", f"toy_nominal_{part}"))
+
+# %% [markdown]
 # The transformed runs, drawn in the *untransformed* losses, so that the two figures compare
 # directly. DiBS-MTL's panels are the same in both; the others move.
 
 # %%
 keep(report / "toy_transformed.png", "toy_transformed")
+
+# %%
+for part in range(2, len(toy.panel_groups(methods)) + 1):
+    display(keep(report / f"toy_transformed_{part}.png", f"toy_transformed_{part}"))
 
 # %% [markdown]
 # The same runs in the loss space the methods saw, `(h(f0), f1)`:

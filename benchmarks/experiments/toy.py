@@ -462,24 +462,44 @@ def draw_figures(
     that many at a time (drawing is most of a quick run's time)."""
     jobs: list[tuple[str, tuple, list[Path]]] = []  # (kind, arguments, paths to save)
     transformed = [t for t in transforms if t != "none"]
+    parts = panel_groups(methods)
     for transform in transforms:
-        runs = [(method, results[(method, seed, transform)]) for method in methods]
         if transform == "none":
             names = {"toy_nominal": None}
             title = "Nominal losses"
         else:
             stem = "toy_transformed" if len(transformed) == 1 else f"toy_transformed_{_slug(transform)}"
             names = {stem: None, f"{stem}_scaled": parse_toy_transform(transform)}
-            title = f"Task {int(transform.split(':')[0]) + 1}'s loss transformed ({transform})"
+            title = f"Task {int(transform.split(':')[0])}'s loss transformed ({transform})"
         for name, scaled in names.items():
             suffix = "" if scaled is None else ", in the transformed loss space"
-            arguments = (runs, scaled, steps, f"{title}{suffix}: trajectories from the 5 starts (seed {seed})")
-            jobs.append(("trajectories", arguments, [folder / f"{name}.{extension}" for extension in formats]))
+            for index, part in enumerate(parts):
+                runs = [(method, results[(method, seed, transform)]) for method in part]
+                numbered = name if index == 0 else f"{name}_{index + 1}"
+                of = f" (part {index + 1} of {len(parts)})" if len(parts) > 1 else ""
+                arguments = (runs, scaled, steps, f"{title}{suffix}: trajectories from the 5 starts (seed {seed}){of}")
+                jobs.append(("trajectories", arguments, [folder / f"{numbered}.{extension}" for extension in formats]))
         if transform != "none" and "none" in transforms:
             gaps = {method: endpoint_gaps(results[(method, seed, "none")], results[(method, seed, transform)]) for method in methods}
             gap_name = "toy_invariance_gap" if len(transformed) == 1 else f"toy_invariance_gap_{_slug(transform)}"
             jobs.append(("gaps", (gaps, transform, steps), [folder / f"{gap_name}.{extension}" for extension in formats]))
     return [path for paths in forked_starmap(_draw_and_save, jobs, processes=processes) for path in paths]
+
+
+PANELS_PER_FIGURE = 15
+"""At most this many method panels per trajectory figure; more methods go to `<figure>_2`, ..."""
+
+
+def panel_groups(methods: Sequence[str], /) -> list[list[str]]:
+    """The methods in figures of at most `PANELS_PER_FIGURE` panels: the paper's methods first, in
+    its order; the others grouped by family (the module of `core.methods` that defines them)."""
+    from core.registry import describe_method, parse_method_spec
+
+    paper = [m for m in methods if m in PAPER_ORDER]
+    family = {m: describe_method(parse_method_spec(m).name).cls.__module__ for m in methods}
+    others = sorted((m for m in methods if m not in PAPER_ORDER), key=lambda m: (family[m], methods.index(m)))
+    ordered = paper + others
+    return [ordered[i : i + PANELS_PER_FIGURE] for i in range(0, len(ordered), PANELS_PER_FIGURE)] or [[]]
 
 
 def _draw_and_save(kind: str, arguments: tuple, paths: list[Path]) -> list[Path]:
