@@ -152,6 +152,11 @@ class MethodDescription:
     engine_modes: frozenset[str]
     summary: str
 
+    @property
+    def title(self) -> str:
+        """The method's name as its docstring's first words give it ("CAGrad", "Pareto MTL")."""
+        return re.split(r",| \(|:| `", self.summary, maxsplit=1)[0].strip()
+
     def line(self) -> str:
         """One line for listings: name, family, paper and key hyperparameters."""
         defaults = ", ".join(f"{key}={_format_value(value)}" for key, value in self.hyperparameters.items())

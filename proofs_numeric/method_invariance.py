@@ -308,19 +308,12 @@ def method_table(results: dict[str, dict[str, Any]], /) -> str:
             measured = f"disagrees ({', '.join(wrong)})"
         hyperparameters = ", ".join(f"{key}={value}" for key, value in about.hyperparameters.items()) or "none"
         cells = [
-            short_name(about.summary), about.paper.replace("|", "/"), f"`{spec}`", hyperparameters.replace("|", "/"),
+            about.title, about.paper.replace("|", "/"), f"`{spec}`", hyperparameters.replace("|", "/"),
             _mark(about.stateful), _mark(about.random), {"any": "no", "nonnegative": ">= 0", "positive": "> 0"}[about.loss_domain],
             _mark("rescaling_invariant" in about.claims), _mark("monotone_invariant" in about.claims), measured,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def short_name(summary: str, /) -> str:
-    """A method's name from the first line of its docstring ("CAGrad, conflict-averse ..." -> "CAGrad")."""
-    import re
-
-    return re.split(r",| \(|:| `", summary, maxsplit=1)[0].strip()
 
 
 def _mark(flag: bool) -> str:

@@ -89,6 +89,18 @@ PAPER_ORDER = ("dibsmtl", "dibsmtl:steps=5", "nashmtl", "famo", "mgda", "pcgrad"
 """The method specs in the order of the paper's panels; the default runs them first, then the other registered ones."""
 
 
+def display_name(spec: str, /) -> str:
+    """A panel title: the paper's name where it has the method, else the method's own title
+    (with the spec's hyperparameters, if any)."""
+    from core.registry import describe_method, parse_method_spec
+
+    if spec in DISPLAY_NAMES:
+        return DISPLAY_NAMES[spec]
+    parsed = parse_method_spec(spec)
+    settings = ", ".join(f"{key}={value}" for key, value in parsed.hyperparameters)
+    return describe_method(parsed.name).title + (f" ({settings})" if settings else "")
+
+
 def default_methods() -> list[str]:
     """The paper's method specs (in its panel order), then every other registered method alphabetically."""
     return [*PAPER_ORDER, *(m for m in available_methods() if m not in PAPER_ORDER)]
@@ -535,7 +547,7 @@ def invariance_gap_figure(gaps: Mapping[str, list[float]], transform: str, *, st
         ax.scatter(values, np.full(values.shape, row), s=22, color="tab:red" if far else "tab:blue", zorder=3)
     ax.axvspan(1e-16, 1e-8, color="tab:blue", alpha=0.08, label="rounding / solver tolerance")
     ax.set_xscale("log")
-    ax.set_yticks(range(len(order)), [DISPLAY_NAMES.get(m, m) for m in order], fontsize=8)
+    ax.set_yticks(range(len(order)), [display_name(m) for m in order], fontsize=8)
     ax.set_xlabel("|x_nominal - x_transformed| at the end (one dot per start)")
     ax.set_title(f"Endpoint gap under {transform} ({steps:,} steps)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
@@ -582,7 +594,7 @@ def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: TaskTr
                               linewidths=0, zorder=2, rasterized=True)  # rasterized: a light, fast PDF
         ax.scatter(losses[0, :, 0], losses[0, :, 1], marker="o", s=28, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3, label="start")
         ax.scatter(losses[-1, :, 0], losses[-1, :, 1], marker="*", s=40, color="black", zorder=4, label="end")
-        ax.set_title(DISPLAY_NAMES.get(method, method), fontsize=10)
+        ax.set_title(display_name(method), fontsize=10)
         x_task = "h(f0)" if scaled is not None and scaled.task == 0 else "f0"
         y_task = "h(f1)" if scaled is not None and scaled.task == 1 else "f1"
         ax.set_xlabel(x_task, fontsize=8)
