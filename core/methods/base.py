@@ -482,6 +482,33 @@ def state_tensor(state: Mapping[str, Any], key: str, shape: tuple[int, ...], met
     return value
 
 
+class DrawsFromGenerator:
+    """What every random method shares: its `generator` (checked, None for the global RNG), kept
+    as its whole state (`state_dict` / `load_state_dict`), and uniform draws on the generator's
+    device (a CPU generator draws on the CPU and the numbers move to `device`)."""
+
+    random = True
+    _generator: torch.Generator | None = None
+
+    def _use_generator(self, generator: torch.Generator | None, /) -> None:
+        check_generator(generator)
+        self._generator = generator
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        return self._generator
+
+    def _uniform(self, shape: tuple[int, ...], *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+        draw_device = self._generator.device if self._generator is not None else device
+        return torch.rand(shape, generator=self._generator, dtype=dtype, device=draw_device).to(device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return generator_state(self._generator)
+
+    def load_state_dict(self, state: Mapping[str, Any], /) -> None:
+        load_generator_state(self._generator, state, type(self).__name__)
+
+
 def generator_state(generator: torch.Generator | None, /) -> dict[str, Any]:
     """A random method's state: its generator's state (nothing when it draws from the global RNG)."""
     return {} if generator is None else {"generator": generator.get_state()}

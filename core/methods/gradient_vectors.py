@@ -28,15 +28,13 @@ from torch import Tensor
 from core.errors import InvalidHyperparameterError, MTLInputError
 from core.methods.base import (
     AggregationResult,
+    DrawsFromGenerator,
     HeadGradient,
     JacobianAggregation,
-    check_generator,
     check_integer,
     check_num_tasks,
     check_number,
     check_task_count,
-    generator_state,
-    load_generator_state,
     safe_reciprocal,
     state_tensor,
 )
@@ -78,7 +76,7 @@ def _optional_state(state: Mapping[str, Any], key: str, shape: tuple[int, ...], 
 # --------------------------------------------------------------------------------------------
 
 
-class GradDrop(JacobianAggregation):
+class GradDrop(DrawsFromGenerator, JacobianAggregation):
     """GradDrop, gradient sign dropout (Chen, Ngiam, Huang, Luong, Kretzschmar, Chai, Anguelov,
     NeurIPS 2020, Algorithm 1 lines 10-15).
 
@@ -126,24 +124,12 @@ class GradDrop(JacobianAggregation):
     head_gradient = HeadGradient.RAW
 
     def __init__(self, *, leak: float = 0.0, generator: torch.Generator | None = None) -> None:
-        check_generator(generator)
+        self._use_generator(generator)
         self.leak = check_number("leak (how much of each gradient always passes, in [0, 1])", leak, minimum=0.0, maximum=1.0)
-        self._generator = generator
-
-    @property
-    def generator(self) -> torch.Generator | None:
-        return self._generator
-
-    def state_dict(self) -> dict[str, Any]:
-        return generator_state(self._generator)
-
-    def load_state_dict(self, state: Mapping[str, Any], /) -> None:
-        load_generator_state(self._generator, state, "GradDrop")
 
     def uniforms(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """The draw `U` of one call: `shape` uniforms in [0, 1) from the generator."""
-        draw_device = self._generator.device if self._generator is not None else device
-        return torch.rand(shape, generator=self._generator, dtype=dtype, device=draw_device).to(device)
+        return self._uniform(shape, dtype=dtype, device=device)
 
     def _aggregate(self, jacobian: Tensor, losses: Tensor, /) -> AggregationResult:
         positive = jacobian.clamp_min(0).sum(dim=-2)

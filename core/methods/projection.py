@@ -17,8 +17,7 @@ K = 2 has a closed form for each of the three.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,17 +25,15 @@ from torch import Tensor
 
 from core.errors import InvalidHyperparameterError
 from core.methods.base import (
+    DrawsFromGenerator,
     GradientWeighting,
     HeadGradient,
     Reduction,
     WeightsResult,
-    check_generator,
     check_integer,
     check_number,
     check_reduction,
-    generator_state,
     gramian_norms,
-    load_generator_state,
     safe_reciprocal,
     unit_gramian,
     weights_in_dtype,
@@ -78,7 +75,7 @@ def pcgrad_coefficients(gramian: Tensor, orders: Tensor, /) -> Tensor:
     return coefficients
 
 
-class PCGrad(GradientWeighting):
+class PCGrad(DrawsFromGenerator, GradientWeighting):
     """PCGrad, "gradient surgery" (Yu, Kumar, Gupta, Levine, Hausman, Finn, NeurIPS 2020, Alg. 1).
 
     For each task i, `g_i^PC <- g_i`; then for each other task j in a uniformly random order, if
@@ -113,20 +110,9 @@ class PCGrad(GradientWeighting):
     head_gradient = HeadGradient.RAW
 
     def __init__(self, *, generator: torch.Generator | None = None, reduction: Reduction = "sum") -> None:
-        check_generator(generator)
+        self._use_generator(generator)
         check_reduction(reduction)
-        self._generator = generator
         self.reduction = reduction
-
-    @property
-    def generator(self) -> torch.Generator | None:
-        return self._generator
-
-    def state_dict(self) -> dict[str, Any]:
-        return generator_state(self._generator)
-
-    def load_state_dict(self, state: Mapping[str, Any], /) -> None:
-        load_generator_state(self._generator, state, "PCGrad")
 
     def projection_orders(self, batch_shape: tuple[int, ...], num_tasks: int, device: torch.device | None = None) -> Tensor:
         """Random projection orders `[*batch_shape, K, K-1]` (int64) drawn from the generator.
@@ -135,7 +121,7 @@ class PCGrad(GradientWeighting):
         `prod(batch_shape) * K * K` float64 uniforms from the generator.
         """
         draw_device = self._generator.device if self._generator is not None else device
-        keys = torch.rand((*batch_shape, num_tasks, num_tasks), generator=self._generator, dtype=torch.float64, device=draw_device)
+        keys = self._uniform((*batch_shape, num_tasks, num_tasks), device=draw_device)
         keys = keys + 2.0 * torch.eye(num_tasks, dtype=torch.float64, device=keys.device)  # j = i sorts last
         return keys.argsort(dim=-1)[..., : num_tasks - 1].to(device)
 
