@@ -176,3 +176,75 @@ def test_preferences_follow_the_reference_and_flags_are_checked() -> None:
         experiment.run(parse(["--transforms", "left:exp"]))
     with pytest.raises(InvalidHyperparameterError):
         experiment.settings_from(parse(["--steps", "0"]))
+
+
+# Run ids of the default invocations, computed before `--baselines` existed: the published runs
+# must stay reusable.
+DEFAULT_RUN_IDS = [
+    "ls__none__seed0__37c5daa8a2", "ls__none__seed0__c96d2dd62d", "ls__none__seed0__6f7f82951f", "ls__none__seed0__4b9d276252",
+    "ls__none__seed0__41a654c843", "tangent-walk__none__seed0__b2f005ee97", "tangent-walk__none__seed0__1436d10f4f",
+    "tangent-walk__none__seed0__55915a43ac", "tangent-walk__none__seed0__f1875dc282", "tangent-walk__none__seed0__1f5a934fc4",
+    "tangent-walk__none__seed0__b76389dc8c", "tangent-walk__none__seed0__49552d1964", "tangent-walk__none__seed0__c06f3e4cb3",
+    "tangent-walk__none__seed0__5a8295a6a0", "tangent-walk__none__seed0__c14a1452bc",
+]
+QUICK_RUN_IDS = [
+    "ls__none__seed0__8a469ed9d7", "ls__none__seed0__fef67277c0", "tangent-walk__none__seed0__be7893d858",
+    "tangent-walk__none__seed0__6356ccb582", "tangent-walk__none__seed0__57dbd5ce9b", "tangent-walk__none__seed0__ce9695d6e9",
+]
+
+
+def test_default_runs_are_unchanged_and_baselines_add_their_starts() -> None:
+    assert [spec.run_id for spec in experiment.planned_runs(experiment.Config(device="cpu"))] == DEFAULT_RUN_IDS
+    assert [spec.run_id for spec in experiment.planned_runs(experiment.Config(quick=True, device="cpu"))] == QUICK_RUN_IDS
+    paper = experiment.planned_runs(experiment.Config(device="cpu", baselines="gradnorm,uw,mgda,pmtl,ls"))
+    starts = [spec for spec in paper if spec.config["role"] == "start"]
+    assert [spec.method for spec in starts] == ["ls"] * 5 + [f"pmtl:preference={k}" for k in range(5)] + ["mgda", "uw", "gradnorm"]
+    assert [experiment.start_baseline(spec.as_dict()) for spec in starts] == ["ls"] * 5 + ["pmtl"] * 5 + ["mgda", "uw", "gradnorm"]
+    assert len(paper) == 13 * 3  # every start walks along e1 and e2
+    assert {spec.run_id for spec in paper} >= set(DEFAULT_RUN_IDS)  # the weighted-sum starts and their walks are the default's
+    assert {spec.config["start"] for spec in paper if spec.config["role"] == "walk"} == {spec.run_id for spec in starts}
+    quick = experiment.planned_runs(experiment.Config(quick=True, device="cpu", baselines="ls,pmtl"))
+    assert [spec.method for spec in quick if spec.config["role"] == "start"][2:] == [f"pmtl:num_preferences=2:preference={k}" for k in range(2)]
+
+
+def test_baselines_flag() -> None:
+    assert parse(["--baselines", "ls,mgda"]).argv() == ["--baselines", "ls,mgda"]
+    assert experiment.settings_from(parse([])).baselines == ("ls",)
+    assert experiment.settings_from(parse(["--baselines", "gradnorm, ls,uw"])).baselines == ("ls", "uw", "gradnorm")
+    for bad in ("ls,nash_mtl", "", ","):
+        with pytest.raises(InvalidHyperparameterError, match="--baselines"):
+            experiment.settings_from(parse(["--baselines", bad]))
+    with pytest.raises(InvalidHyperparameterError, match="Pareto MTL"):
+        experiment.planned_runs(parse(["--baselines", "pmtl", "--starts", "1"]))
+
+
+def test_baselines_add_starts_walks_and_hypervolumes(tmp_path) -> None:
+    """`--baselines ls,mgda` at the smallest scale (1 weighted-sum start and MGDA's, 1 epoch of
+    20 batches, 1 step per direction): each start is trained and walked, and each baseline gets its
+    hypervolumes with and without its walks (same reference point as the whole set)."""
+    config = experiment.Config(quick=True, epochs=1, starts=1, steps=1, threads=1, out=tmp_path, device="cpu", progress=False, baselines="ls,mgda")
+    result = experiment.run(config)
+    assert len(result.records) == 2 * 3
+    assert sorted(record["spec"]["method"] for record in result.records) == ["ls", "mgda", "tangent_walk", "tangent_walk", "tangent_walk", "tangent_walk"]
+    assert len(list((tmp_path / experiment.EXPERIMENT).glob("models/*.pt"))) == 2
+    data = read_report(tmp_path)["seeds"]["0"]
+    points, hv = data["points"], data["hypervolume"]
+    assert [(p["baseline"], p["method"]) for p in points if p["step"] == 0] == [("ls", "ls"), ("mgda", "mgda")]
+    assert len(points) == 2 * (1 + 2)
+    errors = torch.tensor([p["test_error"] for p in points], dtype=torch.float64)
+    is_start = torch.tensor([p["step"] == 0 for p in points])
+    reference = torch.tensor(hv["reference"], dtype=torch.float64)
+    assert hv["reference"] == pytest.approx((errors.max(dim=0).values + hv["margin"]).tolist())
+    assert list(hv["baselines"]) == ["ls", "mgda"]
+    for baseline, entry in hv["baselines"].items():
+        mine = torch.tensor([p["baseline"] == baseline for p in points])
+        assert entry["starts"] == 1 and entry["points"] == 3
+        assert entry["hypervolume_starts"] == pytest.approx(hypervolume(errors[mine & is_start], reference), rel=1e-12)
+        assert entry["hypervolume_starts_and_walk"] == pytest.approx(hypervolume(errors[mine], reference), rel=1e-12)
+        assert entry["hypervolume_starts_and_walk"] >= entry["hypervolume_starts"] > 0  # adding points never shrinks a hypervolume
+        assert hv["starts_and_walk"] >= entry["hypervolume_starts_and_walk"] and hv["starts"] >= entry["hypervolume_starts"]
+    assert data["cost"]["models_priced"] == ["ls"] and data["cost"]["weighted_sum_models"] == 1
+    folder = experiment.report_folder(tmp_path, quick=True)
+    summary = (folder / "summary.md").read_text()
+    assert "| MGDA (`mgda`) | 1 |" in summary and "| weighted sum (`ls`) | 1 |" in summary and "--baselines ls,mgda" in summary
+    assert (folder / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

