@@ -306,3 +306,28 @@ def test_torchjd_live_comparison() -> None:
             expected = theirs()(gram)
             got = ours(norm_eps=1e-4, reg_eps=1e-4)(gram, ones)
             torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 4])
+@pytest.mark.parametrize("factory", [UPGrad, DualProj])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_host_path_gives_the_bits_of_project_to_dual_cone(factory, num_tasks: int, weighted: bool) -> None:
+    """The methods call the solver on numpy arrays directly (no checks, cached targets): the
+    weights and residual are those of `project_to_dual_cone(G, targets)`, bit for bit, batched and
+    alone, on random and degenerate Gramians (zero, parallel, anti-parallel, tiny, huge), and
+    every call after the first (the cached targets) gives the same."""
+    generator = torch.Generator().manual_seed(num_tasks)
+    jac = torch.randn(10, num_tasks, 5, generator=generator, dtype=F64)
+    jac[0] = 0.0
+    jac[1] = jac[1, :1]
+    jac[2, -1] = -2.0 * jac[2, 0]
+    jac[3, 0] *= 1e-9
+    jac[4] *= 1e9
+    gram = gramian(jac)
+    method = factory(pref_vector=[float(i + 1) for i in range(num_tasks)] if weighted else None)
+    for batch in (slice(None), 0, 1, 2, 3, 4, slice(2, 8), slice(None)):
+        result = method.weights(gram[batch], torch.ones(gram[batch].shape[:-1], dtype=F64))
+        expected = project_to_dual_cone(gram[batch], method._targets(num_tasks))
+        assert torch.equal(result.weights, expected.weights.sum(dim=-2))
+        assert torch.equal(result.diagnostics["kkt_residual"], expected.kkt_residual)
+        assert int(result.diagnostics["iterations"]) == expected.iterations

@@ -602,3 +602,115 @@ def test_toy_sized_batches(name: str) -> None:
     weights = make_method(name, generator=torch.Generator().manual_seed(0))(gramian(jacobian), ones(64, 2))
     assert weights.shape == (64, 2) and weights.dtype == F64 and bool(torch.isfinite(weights).all())
     assert float(np.abs(weights.numpy()).max()) < 1e6
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 4])
+@pytest.mark.parametrize("eps", [0.0, 1e-8])
+def test_gradvac_host_coefficients_match_the_torch_ones(num_tasks: int, eps: float) -> None:
+    """`GradVac` runs `gradvac_coefficients` on numpy arrays (`_gradvac_coefficients_np`): the
+    same coefficients, targets and corrections to rounding, batched and alone, on random and
+    degenerate Gramians (zero, parallel, anti-parallel gradients, norms decades apart) and
+    targets (including +-1, where no correction is finite)."""
+    from core.methods.gradient_alignment import _gradvac_coefficients_np, _gradvac_two_tasks_np
+
+    generator = torch.Generator().manual_seed(10 * num_tasks + int(eps > 0))
+    jac = torch.randn(12, num_tasks, 5, generator=generator, dtype=F64)
+    jac[0] = 0.0
+    jac[1, -1] = 0.0
+    jac[2, -1] = 2.0 * jac[2, 0]
+    jac[3, -1] = -jac[3, 0]
+    jac[4, 0] *= 1e-7
+    jac[5] *= 1e9
+    gram = gramian(jac)
+    targets = torch.rand(12, num_tasks, num_tasks, generator=generator, dtype=F64) * 2 - 1
+    targets[6] = 1.0
+    targets[7] = -1.0
+    targets[8] = 0.0
+    keys = torch.rand(12, num_tasks, num_tasks, generator=generator, dtype=F64) + 2.0 * num_tasks * torch.eye(num_tasks, dtype=F64)
+    orders = keys.argsort(dim=-1)[..., : num_tasks - 1]
+    for batch in (slice(None), 0, 3, 5, 6, slice(2, 9)):
+        expected = gradvac_coefficients(gram[batch], targets[batch], orders[batch], beta=0.3, eps=eps)
+        got = _gradvac_coefficients_np(gram[batch].numpy(), targets[batch].numpy(), orders[batch].numpy(), 0.3, eps)
+        for have, want in zip(got, expected, strict=True):
+            torch.testing.assert_close(torch.from_numpy(np.asarray(have)), want, rtol=1e-10, atol=1e-12)
+        if num_tasks == 2:  # the written-out K = 2 step (no orders: each task meets the other)
+            weights, new_targets, corrections = _gradvac_two_tasks_np(gram[batch].numpy(), targets[batch].numpy(), 0.3, eps)
+            torch.testing.assert_close(torch.from_numpy(np.asarray(weights)), expected[0].sum(dim=-2), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(torch.from_numpy(new_targets), expected[1], rtol=1e-10, atol=1e-12)
+            assert torch.equal(torch.from_numpy(np.asarray(corrections)), expected[2])
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 4])
+@pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
+def test_aligned_mtl_host_path_matches_the_balance_transformation(num_tasks: int, scale_mode: str) -> None:
+    """`AlignedMTL` runs on numpy arrays (`_balance_np`, ordered sums): its weights are
+    `balance_transformation(G) p` (the torch path) to rounding, and its rank the same, batched
+    and alone, on random and degenerate Gramians (zero, rank one, norms decades apart)."""
+    generator = torch.Generator().manual_seed(num_tasks)
+    jac = torch.randn(10, num_tasks, 5, generator=generator, dtype=F64)
+    jac[0] = 0.0
+    jac[1] = jac[1, :1]
+    jac[2, -1] = 3.0 * jac[2, 0]
+    jac[3, 0] *= 1e-6
+    jac[4] *= 1e8
+    gram = gramian(jac)
+    for pref_vector in (None, [float(i + 1) for i in range(num_tasks)]):
+        method = AlignedMTL(scale_mode=scale_mode, pref_vector=pref_vector)
+        preference = torch.ones(num_tasks, dtype=F64) if pref_vector is None else torch.tensor(pref_vector, dtype=F64)
+        for batch in (slice(None), 0, 1, 4, 5, slice(2, 7)):
+            result = method.weights(gram[batch], ones(*gram[batch].shape[:-1]))
+            balance, rank = method.balance_transformation(gram[batch])
+            expected = (balance @ preference[:, None])[..., 0]
+            size = torch.linalg.matrix_norm(balance, ord=2).clamp_min(1)[..., None] * preference.abs().max()
+            torch.testing.assert_close(result.weights, expected, rtol=0, atol=1e-12 * float(size.max()))
+            assert torch.equal(result.diagnostics["rank"], rank)
+
+
+def _config_torch_reference(gram: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
+    """ConFIG's weights by the module's torch helpers and `torch.linalg.eigh` (the general
+    torch formulation of what `ConFIG._weights` computes on numpy arrays)."""
+    from core.methods.gradient_alignment import _cosines, _reorder, _restore
+
+    gram = 0.5 * (gram + gram.transpose(-1, -2))
+    order = canonical_order(gram)
+    gram = _reorder(gram, order)
+    preference = preference[order]
+    cosine, norms, nonzero = _cosines(gram)
+    eigenvalues, vectors = torch.linalg.eigh(cosine)
+    kept = eigenvalues > 1e-10 * eigenvalues[..., -1:].clamp_min(0)
+    inverse = torch.where(kept, 1.0 / torch.where(kept, eigenvalues, torch.ones_like(eigenvalues)), torch.zeros_like(eigenvalues))
+    coordinates = vectors.transpose(-1, -2) @ preference[..., None]
+    beta = (vectors @ (inverse[..., None] * coordinates))[..., 0]
+    squared = (coordinates[..., 0] ** 2 * inverse).sum(dim=-1)
+    projected = (vectors @ (kept[..., None] * coordinates))[..., 0]
+    coefficients = torch.where(nonzero, beta / torch.where(nonzero, norms, torch.ones_like(norms)), torch.zeros_like(beta))
+    length = (norms * projected).sum(dim=-1)
+    usable = squared > 0
+    factor = torch.where(usable, length / torch.where(usable, squared, torch.ones_like(squared)), torch.zeros_like(squared))
+    return _restore(coefficients * factor[..., None], order)
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 4])
+def test_config_host_path_matches_the_torch_formulation(num_tasks: int) -> None:
+    """`ConFIG` runs on numpy arrays (`np.linalg.eigh`, ordered sums): the torch formulation's
+    weights to rounding, batched and alone, on random and degenerate Gramians (zero, parallel,
+    anti-parallel gradients, norms decades apart)."""
+    from core.methods.gradient_alignment import ConFIG
+
+    generator = torch.Generator().manual_seed(num_tasks)
+    jac = torch.randn(10, num_tasks, 5, generator=generator, dtype=F64)
+    jac[0] = 0.0
+    jac[1] = jac[1, :1]
+    jac[2, -1] = -3.0 * jac[2, 0]
+    jac[3, 0] *= 1e-6
+    jac[4] *= 1e8
+    gram = gramian(jac)
+    for pref_vector in (None, [float(i + 1) for i in range(num_tasks)]):
+        preference = torch.ones(num_tasks, dtype=F64) if pref_vector is None else torch.tensor(pref_vector, dtype=F64)
+        for batch in (slice(None), 0, 1, 2, 4, slice(2, 7)):
+            got = ConFIG(pref_vector=pref_vector)(gram[batch], ones(*gram[batch].shape[:-1]))
+            expected = _config_torch_reference(gram[batch], preference)
+            norms = torch.diagonal(gram[batch], dim1=-2, dim2=-1).sqrt()
+            # compare the updates' contributions w_i ||g_i||, to rounding of the largest
+            scale = (norms.sum(dim=-1, keepdim=True) * (expected * norms).abs().amax(dim=-1, keepdim=True)).sqrt().clamp_min(1e-300)
+            torch.testing.assert_close(got * norms, expected * norms, rtol=1e-9, atol=float((1e-9 * scale).max()))

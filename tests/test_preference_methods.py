@@ -531,3 +531,95 @@ def test_epo_batched_and_defaults() -> None:
             EPOSearch(**arguments)
     with pytest.raises(LossDomainError):
         EPOSearch()(gramian(JACOBIAN), torch.tensor([1.0, 0.0], dtype=F64))
+
+
+def _two_task_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gramians `[N, 2, 2]` and losses `[N, 2]`: random ones, and degenerate ones (a zero
+    gradient, parallel and anti-parallel gradients, nearly parallel ones, norms decades apart)."""
+    generator = torch.Generator().manual_seed(seed)
+    jac = torch.randn(40, 2, 3, dtype=F64, generator=generator)
+    jac[0] = 0.0
+    jac[1, 1] = 0.0
+    jac[2, 1] = 3.0 * jac[2, 0]
+    jac[3, 1] = -0.5 * jac[3, 0]
+    jac[4, 1] = jac[4, 0] + 1e-5 * jac[4, 1]
+    jac[5, 0] *= 1e-6
+    jac[6] *= 1e8
+    jac[9, 1] = -0.7 * jac[9, 0] + 1e-5 * jac[9, 1]  # nearly anti-parallel: det ~ 1e-10 G_11 G_22
+    jac[10, 1] = -2.0 * jac[10, 0] + 1e-3 * jac[10, 1]
+    losses = torch.rand(40, 2, dtype=F64, generator=generator) * torch.rand(40, 1, dtype=F64, generator=generator) * 4
+    losses[7] = torch.tensor([1.0, 1.0], dtype=F64)
+    losses[8] = 0.0
+    return gramian(jac), losses
+
+
+@pytest.mark.parametrize("options", [{}, {"init_epochs": 0}, {"preference": 0}, {"preference": 3, "reduction": "sum"}, {"preference": [0.2, 1.0]}, {"init_epochs": None, "num_preferences": 9}])
+def test_pmtl_two_task_closed_form_matches_the_general_solver(options, monkeypatch) -> None:
+    """K = 2 takes a closed form (`_two_task_min_norm`) where the Gramian is well conditioned; it
+    gives the general path's weights to rounding, batched and one element at a time, in both
+    stages, and it does serve the well-conditioned elements."""
+    import core.methods.preference as preference
+
+    gram, losses = _two_task_batch(len(str(options)))
+    served = preference._two_task_min_norm
+    calls = []
+
+    def spy(*args):
+        handled, parts = served(*args)
+        calls.append(int(handled.sum()))
+        return handled, parts
+
+    monkeypatch.setattr(preference, "_two_task_min_norm", spy)
+    for batch in (slice(None), 3, 12, 20):
+        fast = ParetoMTL(**options).weights(gram[batch], losses[batch])
+        with monkeypatch.context() as general:
+            general.setattr(preference, "_CONDITION_FLOOR", math.inf)
+            slow = ParetoMTL(**options).weights(gram[batch], losses[batch])
+        # the updates agree to rounding everywhere; the weights where G is non-singular (on a
+        # singular one they are not unique, and the general solver's choice depends on the batch)
+        diff, g = fast.weights - slow.weights, gram[batch]
+        distance = torch.einsum("...i,...ij,...j->...", diff, g, diff).clamp_min(0).sqrt()
+        largest = torch.diagonal(g, dim1=-2, dim2=-1).amax(dim=-1).sqrt()
+        assert bool((distance <= 1e-9 * largest + 1e-300).all()), distance / largest
+        g11, g22, g12 = g[..., 0, 0], g[..., 1, 1], g[..., 0, 1]
+        regular = g11 * g22 - g12 * g12 > 1e-6 * g11 * g22
+        torch.testing.assert_close(fast.weights[regular], slow.weights[regular], rtol=1e-9, atol=1e-12)
+        assert torch.equal(fast.diagnostics["stage"], slow.diagnostics["stage"])
+        assert bool((fast.diagnostics["kkt_gap"] <= 1e-10).all())
+        # both bounds are at the rounding level of the largest gradient norm (here up to ~1e8 x 3)
+        assert bool((fast.diagnostics["update_bound"] <= slow.diagnostics["update_bound"] + 1e-7 * (1 + largest)).all())
+    assert calls[0] > 25  # most of the batch took the closed form
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 4, 5])
+def test_epo_host_programme_matches_the_torch_one(num_tasks: int) -> None:
+    """`_epo_on_host` (EPO's per-step path: numpy, the torch LAPACK calls) against
+    `epo_linear_programme` + `simplex_linear_programme`: random, batched, unbatched and degenerate
+    inputs (zero, parallel and duplicated gradients, losses on the ray, norms decades apart),
+    in both steps, with the uniform and a non-uniform preference."""
+    from core.methods.preference import _epo_on_host, epo_linear_programme, simplex_linear_programme
+
+    generator = torch.Generator().manual_seed(num_tasks)
+    jac = torch.randn(30, num_tasks, 4, dtype=F64, generator=generator)
+    jac[0] = 0.0
+    jac[1, -1] = 0.0
+    jac[2, -1] = 2.0 * jac[2, 0]
+    jac[3] = jac[3, :1]
+    jac[4] *= 1e6
+    jac[5, 0] *= 1e-6
+    losses = torch.rand(30, num_tasks, dtype=F64, generator=generator) + 0.01
+    losses[6:12] = 1.0
+    losses[12, 0] = 1e-20
+    gram = gramian(jac)
+    for preference in (torch.full((num_tasks,), num_tasks ** -0.5, dtype=F64), torch.linspace(0.5, 2.0, num_tasks, dtype=F64)):
+        for batch in (slice(None), 0, 2, 7, 12, slice(3, 9)):
+            programme, solution = _epo_on_host(gram[batch], losses[batch], preference, 1e-4)
+            expected = epo_linear_programme(gram[batch], losses[batch], preference)
+            reference = simplex_linear_programme(expected.objective, expected.rows, expected.bounds)
+            assert torch.equal(programme.balance, expected.balance)
+            for got, want in zip(programme, expected, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * float(gram[batch].abs().max().clamp_min(1)))
+            assert torch.equal(solution.feasible, reference.feasible)
+            torch.testing.assert_close(solution.weights, reference.weights, rtol=1e-9, atol=1e-12, equal_nan=True)
+            torch.testing.assert_close(solution.value, reference.value, rtol=1e-9, atol=1e-9, equal_nan=True)
+            torch.testing.assert_close(solution.error, reference.error, rtol=1e-6, atol=1e-15, equal_nan=True)

@@ -423,3 +423,62 @@ def test_ordered_matvec_is_matmul() -> None:
     matrix, vector = torch.randn(2, 4, 4, generator=generator, dtype=F64), torch.randn(2, 4, generator=generator, dtype=F64)
     torch.testing.assert_close(ordered_matvec(matrix, vector), (matrix @ vector[..., None])[..., 0], rtol=1e-13, atol=1e-14)
     assert float(projected_gradient_residual(tensor(1.0, 0.0), tensor(-1.0, 5.0))) == 0.0
+
+
+def _torch_reference_step(method, gram: torch.Tensor, current: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One call of MoDo / SDMGrad written with the public torch helpers (the general path the
+    numpy iteration mirrors): the new kept weights, the returned weights and the residual."""
+    num_tasks = gram.shape[-1]
+    if current is None:
+        current = torch.full(gram.shape[:-1], 1.0 / num_tasks, dtype=F64)
+    gram = 0.5 * (gram + gram.transpose(-1, -2))
+    if isinstance(method, MoDo):
+        updated = simplex_projection(current - method.gamma * method.objective_gradient(gram, current))
+        return updated, updated, projected_gradient_residual(updated, method.objective_gradient(gram, updated))
+    normalized = method.normalized_gramian(gram)
+    weights, velocity = current, torch.zeros_like(current)
+    for _ in range(method.iterations):
+        velocity = method.momentum * velocity + method.inner_gradient(normalized, weights)
+        weights = simplex_projection(weights - method.lr * velocity)
+    residual = projected_gradient_residual(weights, method.inner_gradient(normalized, weights))
+    return weights, method.direction_weights(weights), residual
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 4])
+@pytest.mark.parametrize("factory", [MoDo, SDMGrad, lambda: SDMGrad(lr=0.3, momentum=0.0, reduction="sum"), lambda: MoDo(gamma=50.0)])
+def test_host_iteration_gives_the_bits_of_the_torch_helpers(factory, num_tasks: int) -> None:
+    """The numpy iteration of `_weights` (and its K = 2 projection) against the same steps on
+    the torch helpers: batched, unbatched and degenerate Gramians (zero, rank one, duplicated
+    and hugely scaled gradients), over several calls, bit for bit."""
+    generator = torch.Generator().manual_seed(num_tasks)
+    jac = torch.randn(6, num_tasks, 3, dtype=F64, generator=generator)
+    jac[1] = 0.0
+    jac[2] = jac[2, :1]  # every task the same gradient
+    jac[3, -1] = 0.0
+    jac[4] *= 1e12
+    jac[5, 0] *= 1e-9
+    for batch in (jac, jac[0]):
+        method, kept = factory(), None
+        for call in range(4):
+            step = batch * (1.0 + call)
+            gram = step @ step.transpose(-1, -2)
+            result = method.weights(gram, torch.ones(gram.shape[:-1], dtype=F64))
+            kept, expected, residual = _torch_reference_step(method, gram, kept)
+            assert torch.equal(method.simplex_weights, kept)
+            assert torch.equal(result.weights, expected)
+            torch.testing.assert_close(result.diagnostics["kkt_residual"], residual, rtol=1e-12, atol=1e-15)
+
+
+def test_ordered_sum_of_two_terms_skips_the_sort_bit_for_bit() -> None:
+    """K = 2 adds the two terms without sorting them (addition commutes exactly): the bits of the
+    sorted sum, signed zeros, infinities and NaN included."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(200, 2, generator=generator, dtype=F64) * 10 ** torch.randint(-20, 20, (200, 2), generator=generator)
+    special = torch.tensor([[0.0, -0.0], [-0.0, -0.0], [math.inf, 1.0], [math.inf, -math.inf], [math.nan, 1.0], [1e308, 1e308]], dtype=F64)
+    for batch in (torch.cat([values, special]), values[0]):
+        ordered, _ = torch.sort(batch, dim=-1)
+        expected = ordered[..., 0] + ordered[..., 1]
+        got = ordered_sum(batch)
+        assert torch.equal(torch.isnan(got), torch.isnan(expected))
+        finite = ~torch.isnan(expected)
+        assert torch.equal(got[finite], expected[finite]) and torch.equal(torch.signbit(got[finite]), torch.signbit(expected[finite]))

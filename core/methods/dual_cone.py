@@ -302,11 +302,30 @@ class _DualConeWeighting(GradientWeighting):
         gram = torch.where(small, torch.zeros_like(gram), gram / torch.where(small, torch.ones_like(trace), trace))
         return gram + self.reg_eps * torch.eye(gram.shape[-1], dtype=gram.dtype)
 
+    def _goal(self, num_tasks: int) -> np.ndarray:
+        """`_targets(K)` as a read-only numpy array, built once per K."""
+        cache = self.__dict__.setdefault("_goal_cache", {})
+        if num_tasks not in cache:
+            goal = self._targets(num_tasks).to(torch.float64).reshape(-1, num_tasks).numpy().copy()
+            goal.setflags(write=False)
+            cache[num_tasks] = goal
+        return cache[num_tasks]
+
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
-        if not bool(torch.isfinite(gramian).all()):
-            raise NonFiniteGradientError(f"{type(self).__name__}: the Gramian contains NaN or infinite entries")
-        targets = self._targets(gramian.shape[-1])
-        projection = project_to_dual_cone(self._prepared(gramian), targets)
+        if self.norm_eps == 0 and self.reg_eps == 0:
+            # `project_to_dual_cone(G, targets)` without its checks (targets valid by construction)
+            # and its torch round trips: the per-step path on a few K x K entries
+            host = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+            if not np.isfinite(host).all():
+                raise NonFiniteGradientError(f"{type(self).__name__}: the Gramian contains NaN or infinite entries")
+            gram = 0.5 * (host + np.swapaxes(host, -1, -2))
+            goal = self._goal(gram.shape[-1])
+            solved, residual, iterations = _project(gram, np.broadcast_to(goal, (*gram.shape[:-2], *goal.shape)))
+            projection = DualConeProjection(torch.from_numpy(solved), torch.from_numpy(np.asarray(residual)), iterations)
+        else:
+            if not bool(torch.isfinite(gramian).all()):
+                raise NonFiniteGradientError(f"{type(self).__name__}: the Gramian contains NaN or infinite entries")
+            projection = project_to_dual_cone(self._prepared(gramian), self._targets(gramian.shape[-1]))
         weights = projection.weights.sum(dim=-2).to(gramian.device)
         diagnostics = {"kkt_residual": projection.kkt_residual, "iterations": torch.tensor(projection.iterations)}
         return WeightsResult(weights_in_dtype(weights, gramian.dtype, type(self).__name__), diagnostics)

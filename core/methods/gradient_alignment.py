@@ -100,7 +100,12 @@ def jacobi_eigh(matrix: Tensor, /) -> tuple[Tensor, Tensor]:
     error about `eps cond(U)`, not `eps lambda_max / lambda`), which is what a Gramian of task
     gradients of very different norms is; `torch.linalg.eigh` resolves small eigenvalues only to
     `eps lambda_max`. Stops when no pair needs a rotation or after 40 sweeps."""
-    values = matrix.detach().to(device="cpu", dtype=torch.float64).numpy()
+    eigenvalues, v = _jacobi_eigh_np(matrix.detach().to(device="cpu", dtype=torch.float64).numpy())
+    return torch.from_numpy(eigenvalues), torch.from_numpy(v)
+
+
+def _jacobi_eigh_np(values: np.ndarray, /) -> tuple[np.ndarray, np.ndarray]:
+    """`jacobi_eigh` on a numpy array `[..., K, K]` (fresh arrays back)."""
     shape, size = values.shape, values.shape[-1]
     a = values.reshape(-1, size, size).copy()
     v = np.broadcast_to(np.eye(size), a.shape).copy()
@@ -136,7 +141,74 @@ def jacobi_eigh(matrix: Tensor, /) -> tuple[Tensor, Tensor]:
     order = np.argsort(eigenvalues, axis=-1, kind="stable")
     eigenvalues = np.take_along_axis(eigenvalues, order, axis=-1)
     v = np.take_along_axis(v, order[:, None, :], axis=-1)
-    return torch.from_numpy(eigenvalues.reshape(shape[:-1]).copy()), torch.from_numpy(v.reshape(shape).copy())
+    return eigenvalues.reshape(shape[:-1]).copy(), v.reshape(shape).copy()
+
+
+def _host_float64_np(gramian: Tensor, method: str) -> np.ndarray:
+    """`_host_float64` as a numpy array."""
+    gram = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if not np.isfinite(gram).all():
+        raise NonFiniteGradientError(f"{method}: the Gramian contains NaN or infinite entries")
+    return 0.5 * (gram + np.swapaxes(gram, -1, -2))
+
+
+def _canonical_order_np(gram: np.ndarray, /) -> np.ndarray:
+    """`canonical_order` on a numpy array (the same keys, sums of the sorted row)."""
+    rows = np.sort(gram, axis=-1)
+    keys = ((rows * rows).sum(axis=-1), rows.sum(axis=-1), np.diagonal(gram, axis1=-2, axis2=-1))
+    order = np.broadcast_to(np.arange(gram.shape[-1]), gram.shape[:-1])
+    for key in keys:  # least significant first: successive stable sorts
+        order = np.take_along_axis(order, np.argsort(np.take_along_axis(key, order, axis=-1), axis=-1, kind="stable"), axis=-1)
+    return order
+
+
+def _cosines_np(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_cosines` on a numpy array (the norms by torch's square root, as `_cosines`: it can
+    differ from numpy's in the last bit)."""
+    norms = torch.diagonal(torch.from_numpy(gram), dim1=-2, dim2=-1).clamp_min(0).sqrt().numpy()
+    nonzero = norms > 0
+    safe = np.where(nonzero, norms, 1.0)
+    cosine = gram / safe[..., :, None] / safe[..., None, :]
+    cosine = np.clip(0.5 * (cosine + np.swapaxes(cosine, -1, -2)), -1.0, 1.0)
+    both = nonzero[..., :, None] & nonzero[..., None, :]
+    cosine = np.where(both, cosine, 0.0)
+    return np.where(np.eye(gram.shape[-1], dtype=bool) & both, 1.0, cosine), norms, nonzero
+
+
+def _ordered_total_np(values: np.ndarray) -> np.ndarray:
+    """The sum over the last dimension in index order."""
+    total = values[..., 0]
+    for index in range(1, values.shape[-1]):
+        total = total + values[..., index]
+    return total
+
+
+def _reorder_np(gram: np.ndarray, order: np.ndarray) -> np.ndarray:
+    rows = np.take_along_axis(gram, order[..., :, None], axis=-2)
+    return np.take_along_axis(rows, order[..., None, :], axis=-1)
+
+
+def _restore_np(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    restored = np.empty_like(values)
+    np.put_along_axis(restored, order, values, axis=-1)
+    return restored
+
+
+def _ordered_product_np(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """`left @ right` for `[..., K, K]`, each entry summed over the inner index in index order
+    (elementwise operations: the same bits batched or alone)."""
+    total = left[..., :, 0, None] * right[..., None, 0, :]
+    for index in range(1, left.shape[-1]):
+        total = total + left[..., :, index, None] * right[..., None, index, :]
+    return total
+
+
+def _matvec_np(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """`matrix @ vector` for `[..., K, K]` and `[..., K]`, summed in index order."""
+    total = matrix[..., 0] * vector[..., 0, None]
+    for index in range(1, matrix.shape[-1]):
+        total = total + matrix[..., index] * vector[..., index, None]
+    return total
 
 
 def _reorder(gram: Tensor, order: Tensor) -> Tensor:
@@ -246,12 +318,41 @@ class AlignedMTL(GradientWeighting):
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
         num_tasks = gramian.shape[-1]
-        gram = _host_float64(gramian, "AlignedMTL")
-        order = canonical_order(gram)  # relabelled tasks give relabelled weights, bitwise
-        balance, rank = self._balance(_reorder(gram, order), gramian.dtype)
-        preference = preference_weights(self.pref_vector, num_tasks, 1.0, "AlignedMTL")[order]
-        weights = _restore((balance @ preference[..., None])[..., 0], order)
-        return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "AlignedMTL"), {"rank": rank})
+        gram = _host_float64_np(gramian, "AlignedMTL")
+        order = _canonical_order_np(gram)  # relabelled tasks give relabelled weights, bitwise
+        balance, rank = self._balance_np(_reorder_np(gram, order), gramian.dtype)
+        preference = preference_weights(self.pref_vector, num_tasks, 1.0, "AlignedMTL").numpy()[order]
+        weights = _restore_np(_matvec_np(balance, preference), order)
+        weights = torch.from_numpy(weights)
+        return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "AlignedMTL"), {"rank": torch.from_numpy(np.asarray(rank))})
+
+    def _balance_np(self, gram: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """`_balance` on numpy arrays (the per-step path; the same steps, up to the rounding of
+        the square roots and of the small products, which are written as ordered sums)."""
+        num_tasks = gram.shape[-1]
+        eigenvalues, vectors = _jacobi_eigh_np(gram)
+        tolerance = eigenvalues[..., -1:] * num_tasks * torch.finfo(dtype).eps
+        kept = eigenvalues > tolerance
+        rank = kept.sum(axis=-1)
+        safe = np.where(kept, eigenvalues, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inverse_roots = np.where(kept, 1.0 / np.sqrt(safe), 0.0)
+        first_kept = np.minimum(num_tasks - rank, num_tasks - 1)
+        if self.scale_mode == "min":
+            position = first_kept
+        elif self.scale_mode == "median":
+            position = first_kept + np.maximum(rank - 1, 0) // 2
+        else:
+            position = None
+        if position is None:
+            scale = np.where(kept, eigenvalues, 0.0).sum(axis=-1) / np.maximum(rank, 1)
+        else:
+            scale = np.take_along_axis(eigenvalues, np.asarray(position)[..., None], axis=-1)[..., 0]
+        scaled = vectors * inverse_roots[..., None, :]
+        product = _ordered_product_np(scaled, np.swapaxes(vectors, -1, -2))
+        balance = np.sqrt(np.maximum(scale, 0.0))[..., None, None] * product
+        balance = np.where((rank == 0)[..., None, None], np.eye(num_tasks), balance)
+        return balance, rank
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,27 +417,31 @@ class ConFIG(GradientWeighting):
             self.claims = frozenset()
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
-        gram = _host_float64(gramian, "ConFIG")
+        # on numpy arrays (a torch call costs more than the arithmetic on [..., K, K]); products
+        # are ordered sums, so a batch row gives the bits it gives alone
+        gram = _host_float64_np(gramian, "ConFIG")
         num_tasks = gram.shape[-1]
-        order = canonical_order(gram)  # relabelled tasks give relabelled weights, bitwise
-        gram = _reorder(gram, order)
-        preference = preference_weights(self.pref_vector, num_tasks, 1.0, "ConFIG")[order]
-        cosine, norms, nonzero = _cosines(gram)
-        eigenvalues, vectors = torch.linalg.eigh(cosine)
-        kept = eigenvalues > _CONFIG_RTOL * eigenvalues[..., -1:].clamp_min(0)
-        inverse = torch.where(kept, 1.0 / torch.where(kept, eigenvalues, torch.ones_like(eigenvalues)), torch.zeros_like(eigenvalues))
-        coordinates = vectors.transpose(-1, -2) @ preference[..., None]  # V^T p
-        beta = (vectors @ (inverse[..., None] * coordinates))[..., 0]  # C^+ p
-        squared = (coordinates[..., 0] ** 2 * inverse).sum(dim=-1)  # ||g_u||^2 = p^T C^+ p
-        projected = (vectors @ (kept[..., None] * coordinates))[..., 0]  # C C^+ p = U g_u
-        safe_norms = torch.where(nonzero, norms, torch.ones_like(norms))
-        coefficients = torch.where(nonzero, beta / safe_norms, torch.zeros_like(beta))
-        length_times_norm = (norms * projected).sum(dim=-1)  # sum_i g_i . g_u = 1^T G a
-        usable = squared > 0
-        factor = torch.where(usable, length_times_norm / torch.where(usable, squared, torch.ones_like(squared)), torch.zeros_like(squared))
-        weights = _restore(coefficients * factor[..., None], order)
+        order = _canonical_order_np(gram)  # relabelled tasks give relabelled weights, bitwise
+        gram = _reorder_np(gram, order)
+        preference = preference_weights(self.pref_vector, num_tasks, 1.0, "ConFIG").numpy()[order]
+        cosine, norms, nonzero = _cosines_np(gram)
+        eigenvalues, vectors = np.linalg.eigh(cosine)
+        kept = eigenvalues > _CONFIG_RTOL * np.maximum(eigenvalues[..., -1:], 0.0)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            inverse = np.where(kept, 1.0 / np.where(kept, eigenvalues, 1.0), 0.0)
+            coordinates = _matvec_np(np.swapaxes(vectors, -1, -2), preference)  # V^T p
+            beta = _matvec_np(vectors, inverse * coordinates)  # C^+ p
+            squared = _ordered_total_np(coordinates * coordinates * inverse)  # ||g_u||^2 = p^T C^+ p
+            projected = _matvec_np(vectors, kept * coordinates)  # C C^+ p = U g_u
+            safe_norms = np.where(nonzero, norms, 1.0)
+            coefficients = np.where(nonzero, beta / safe_norms, 0.0)
+            length_times_norm = _ordered_total_np(norms * projected)  # sum_i g_i . g_u = 1^T G a
+            usable = squared > 0
+            factor = np.where(usable, length_times_norm / np.where(usable, squared, 1.0), 0.0)
+        weights = torch.from_numpy(_restore_np(coefficients * factor[..., None], order))
         # the length carries the rounding of C times every gradient's norm (see Conditioning above)
-        bound = _CONFIG_ROUNDING * num_tasks * torch.finfo(torch.float64).eps * norms.sum(dim=-1)
+        bound = torch.from_numpy(np.asarray(_CONFIG_ROUNDING * num_tasks * _EPS * _ordered_total_np(norms)))
+        kept = torch.from_numpy(kept)
         diagnostics = {"rank": kept.sum(dim=-1), "update_bound": bound}
         return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "ConFIG"), diagnostics)
 
@@ -394,6 +499,66 @@ def gradvac_coefficients(
         targets = targets.scatter(-1, other[..., None], updated[..., None])
         corrections = corrections + correct.sum(dim=-1)
     return coefficients, targets, corrections
+
+
+def _gradvac_coefficients_np(
+    gram: np.ndarray, targets: np.ndarray, orders: np.ndarray, beta: float, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`gradvac_coefficients` on numpy arrays (what `GradVac` calls at every step: a torch call
+    costs more than the arithmetic on `[..., K, K]`): the same operations in the same order, up
+    to the rounding of the square roots and of the small matrix products."""
+    num_tasks = gram.shape[-1]
+    coefficients = np.broadcast_to(np.eye(num_tasks), gram.shape).copy()
+    norms = np.sqrt(np.maximum(np.diagonal(gram, axis1=-2, axis2=-1), 0.0))
+    targets = targets.copy()
+    corrections = np.zeros(gram.shape[:-2], dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for step in range(num_tasks - 1):
+            other = orders[..., step, None]  # [..., K, 1]: the j each row i meets now
+            products = coefficients @ gram  # [..., i, k]: g_i' . g_k
+            dot = np.take_along_axis(products, other, axis=-1)[..., 0]
+            norm_i = np.sqrt(np.maximum((products * coefficients).sum(axis=-1), 0.0))
+            norm_j = np.take_along_axis(norms, other[..., 0], axis=-1)
+            measured = (norm_i > 0) & (norm_j > 0)
+            denominator = norm_i * norm_j + eps
+            cosine = np.clip(np.where(measured, dot / np.where(measured, denominator, 1.0), 0.0), -1.0, 1.0)
+            target = np.take_along_axis(targets, other, axis=-1)[..., 0]
+            sine = np.sqrt(np.maximum(1 - cosine * cosine, 0.0))
+            target_sine = np.sqrt(np.maximum(1 - target * target, 0.0))
+            scale = norm_j * target_sine + eps
+            correct = measured & (cosine < target) & (scale > 0)
+            amount = norm_i * (target * sine - cosine * target_sine) / np.where(correct, scale, 1.0)
+            amount = np.where(correct, amount, 0.0)
+            np.put_along_axis(coefficients, other, np.take_along_axis(coefficients, other, axis=-1) + amount[..., None], axis=-1)
+            updated = np.where(measured, (1 - beta) * target + beta * cosine, target)
+            np.put_along_axis(targets, other, updated[..., None], axis=-1)
+            corrections = corrections + correct.sum(axis=-1)
+    return coefficients, targets, corrections
+
+
+def _gradvac_two_tasks_np(gram: np.ndarray, targets: np.ndarray, beta: float, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_gradvac_coefficients_np` for K = 2, written out: each task meets the other once, with
+    `C = I` (so `g_i' . g_j = G_12` and `||g_i'|| = ||g_i||`); returns the weights (the column sums
+    `1 + C_ji`) instead of C, the targets and the corrections."""
+    norm_i = np.sqrt(np.maximum(np.diagonal(gram, axis1=-2, axis2=-1), 0.0))  # [..., 2]
+    norm_j = norm_i[..., ::-1]
+    dot = gram[..., 0, 1, None]  # the symmetric part: G_12 == G_21
+    target = np.stack([targets[..., 0, 1], targets[..., 1, 0]], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        measured = (norm_i > 0) & (norm_j > 0)
+        denominator = norm_i * norm_j + eps
+        cosine = np.clip(np.where(measured, dot / np.where(measured, denominator, 1.0), 0.0), -1.0, 1.0)
+        sine = np.sqrt(np.maximum(1 - cosine * cosine, 0.0))
+        target_sine = np.sqrt(np.maximum(1 - target * target, 0.0))
+        scale = norm_j * target_sine + eps
+        correct = measured & (cosine < target) & (scale > 0)
+        amount = norm_i * (target * sine - cosine * target_sine) / np.where(correct, scale, 1.0)
+        amount = np.where(correct, amount, 0.0)  # C_12 (row 0) and C_21 (row 1)
+    updated = np.where(measured, (1 - beta) * target + beta * cosine, target)
+    targets = targets.copy()
+    targets[..., 0, 1], targets[..., 1, 0] = updated[..., 0], updated[..., 1]
+    weights = 1.0 + amount[..., ::-1]  # w_0 = C_00 + C_10, w_1 = C_01 + C_11
+    return weights, targets, correct.sum(axis=-1)
 
 
 class GradVac(GradientWeighting):
@@ -516,13 +681,17 @@ class GradVac(GradientWeighting):
             raise MTLInputError(
                 f"GradVac holds targets for {self._targets.shape[-1]} tasks, got a Gramian of {num_tasks}; call reset()"
             )
-        targets = self._targets if self._targets is not None else torch.zeros(gram.shape, dtype=torch.float64)
-        orders = self.visiting_orders(batch_shape, num_tasks)
-        coefficients, targets, corrections = gradvac_coefficients(gram, targets, orders, beta=self.beta, eps=self.eps)
-        self._targets = targets
+        targets = self._targets.numpy() if self._targets is not None else np.zeros(gram.shape)
+        if num_tasks == 2:  # one order, nothing drawn
+            weights, targets, corrections = _gradvac_two_tasks_np(gram.numpy(), targets, self.beta, self.eps)
+        else:
+            orders = self.visiting_orders(batch_shape, num_tasks)
+            coefficients, targets, corrections = _gradvac_coefficients_np(gram.numpy(), targets, orders.numpy(), self.beta, self.eps)
+            weights = coefficients.sum(axis=-2)
+        self._targets = torch.from_numpy(targets)
         self._used()
-        weights = coefficients.sum(dim=-2)
-        return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "GradVac"), {"corrections": corrections})
+        weights = torch.from_numpy(np.asarray(weights))
+        return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "GradVac"), {"corrections": torch.from_numpy(np.asarray(corrections))})
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,11 +796,8 @@ class FairGrad(GradientWeighting):
     def solve(self, gramian: Tensor, /) -> tuple[Tensor, Tensor, int]:
         """Weights `[..., K]` (float64, host; 0 for zero gradients), the un-regularised relative
         residual `[...]` and the Newton iterations used, for a Gramian `[..., K, K]`."""
-        gram = _host_float64(gramian, "FairGrad")
-        cosine, norms, nonzero = _cosines(gram)
-        weights, residual, iterations = _fairgrad_newton(
-            cosine.numpy(), norms.numpy(), nonzero.numpy(), self.alpha, self.ridge, self.tolerance, self.max_iterations
-        )
+        cosine, norms, nonzero = _cosines_np(_host_float64_np(gramian, "FairGrad"))
+        weights, residual, iterations = _fairgrad_newton(cosine, norms, nonzero, self.alpha, self.ridge, self.tolerance, self.max_iterations)
         return torch.from_numpy(weights), torch.from_numpy(residual), iterations
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:

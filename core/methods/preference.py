@@ -175,7 +175,9 @@ class ParetoMTL(GradientWeighting):
     Every min-norm problem is the shared solver (`core.pareto.min_norm_point`, exact up to
     rounding) on the Gramian `B G B^T` of the coefficient rows `B = [I_K; w_j, j in I]` (stage
     2) or `B = [w_j, j in I]` (stage 1), in float64 on the host; batch elements with the same
-    active set are solved together.
+    active set are solved together. For K = 2 the problems are solved in closed form where the
+    Gramian is non-singular (`_two_task_min_norm`: the best of the 2-point closed form over every
+    pair of the points, the same minimiser to rounding), vectorised over the whole batch.
 
     **Stage switch** (state, per batch element): a run starts in stage 1 and moves to stage 2
     for good at the first call where no constraint is active (the reference multiMNIST code's
@@ -323,18 +325,26 @@ class ParetoMTL(GradientWeighting):
         second = (self.stage_two().reshape(-1) if self.stateful else torch.ones(values.shape[0], dtype=torch.bool)).clone()
         feasible_now = ~active.any(dim=-1)
         second |= feasible_now
+        stage_two = second.clone()
         weights = torch.zeros_like(values)
         gaps = torch.zeros(values.shape[0], dtype=_F64)
         bounds = torch.zeros(values.shape[0], dtype=_F64)
+        first = ~second
+        if num_tasks == 2:  # the closed form where the Gramian is well conditioned; the rest below
+            handled, fast = _two_task_min_norm(gram.numpy(), rows.numpy(), active.numpy(), second.numpy())
+            if handled.any():
+                done = torch.from_numpy(handled)
+                weights[done], gaps[done], bounds[done] = (torch.from_numpy(part[handled]) for part in fast)
+                second, first = second & ~done, first & ~done
         eye = torch.eye(num_tasks, dtype=_F64)
         for group in _group_by_pattern(active[second]):
             members = torch.nonzero(second).flatten()[group.indices]
             coefficients = torch.cat([eye, rows[group.active]])
             weights[members], gaps[members], bounds[members] = _min_norm_combination(gram[members], coefficients)
-        first = ~second
         for group in _group_by_pattern(active[first]):
             members = torch.nonzero(first).flatten()[group.indices]
             weights[members], gaps[members], bounds[members] = _min_norm_combination(gram[members], rows[group.active])
+        second = stage_two
         scale = torch.where(second, self._scale(weights), 1.0 / num_tasks if self.reduction == "mean" else 1.0)
         weights = weights * scale[:, None]
         if self.stateful:
@@ -353,6 +363,71 @@ class ParetoMTL(GradientWeighting):
         """Stage 2's factor: `1 / sum_i |w_i|` ("mean") or `K / sum_i |w_i|` ("sum"); 1 for zero weights."""
         total = weights.abs().sum(dim=-1)
         return (weights.shape[-1] if self.reduction == "sum" else 1.0) / torch.where(total > 0, total, 1.0)
+
+
+_CONDITION_FLOOR = 1e-12
+"""The K = 2 closed form of PMTL serves Gramians with `det G > 1e-12 G_11 G_22` (task gradients
+at least ~6e-5 degrees from parallel or anti-parallel, as near a Pareto-stationary point); the
+others take the general solver. Close to that floor the update is still resolved to rounding
+(the mapped points stay far apart on a near-line), but the weights themselves are not (many
+coefficient vectors give nearly the same update), for the general solver as much as here."""
+
+
+_FAST_GAP = 1e-10
+"""The largest KKT gap the K = 2 closed form may leave; an element above it takes the general path."""
+
+
+@functools.lru_cache(maxsize=8)
+def _pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
+    first, second = np.triu_indices(count)
+    return first, second
+
+
+def _two_task_min_norm(
+    gram: np.ndarray, rows: np.ndarray, active: np.ndarray, second: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """PMTL's min-norm problems for K = 2 in closed form, vectorised over the batch.
+
+    Every vector is `c^T J` for a coefficient row c of `[e_1; e_2; w_j]`, so the update lies in
+    the plane of g_1, g_2; where G is positive definite the map c -> c^T J is injective and the
+    min-norm point of the hull is unique in c. For the uniform or any quarter-circle preference the
+    hull of the rows of a stage (`[e_1, e_2, w_j active]`, or `[w_j active]`) does not contain
+    0 (the active w_j share one sign pattern (+, -) or (-, +)), so the min-norm point lies on a
+    segment between two of the points: the best of Sener and Koltun's closed form over every pair
+    (a pair (r, r) is the vertex r) is it. Returns which elements were served (G well
+    conditioned: `det G > 1e-12 G_11 G_22`, and no point of the hull at the origin), and their
+    task weights, KKT gap (as `min_norm_point` reports it, relative to the largest squared norm
+    of the points) and update bound; the other elements take the general path."""
+    num = gram.shape[0]
+    points = np.concatenate([np.eye(2), rows])  # [P, 2]
+    available = np.concatenate([np.repeat(second[:, None], 2, axis=1), active], axis=1)  # [N, P]
+    g11, g22, g12 = gram[:, 0, 0], gram[:, 1, 1], gram[:, 0, 1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        conditioned = (g11 > 0) & (g22 > 0) & (g11 * g22 - g12 * g12 > _CONDITION_FLOOR * (g11 * g22)) & np.isfinite(g11 * g22)
+    mapped = points @ gram  # [N, P, 2]: rows c_r^T G
+    extended = mapped @ points.T  # [N, P, P]
+    left, right = _pairs(points.shape[0])
+    g_rr, g_ss, g_rs = extended[:, left, left], extended[:, right, right], extended[:, left, right]
+    denominator = g_rr + g_ss - 2 * g_rs
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        degenerate = denominator <= np.finfo(np.float64).eps * (g_rr + g_ss)
+        share = np.where(degenerate, 0.5, ((g_ss - g_rs) / np.where(degenerate, 1.0, denominator)).clip(0, 1))
+        combined = share[..., None] * points[left] + (1 - share[..., None]) * points[right]  # [N, pairs, 2]
+        value = np.einsum("npk,nkl,npl->np", combined, gram, combined)
+    usable = available[:, left] & available[:, right]
+    value = np.where(usable, value, np.inf)
+    best = value.argmin(axis=-1)
+    coefficients = combined[np.arange(num), best]  # [N, 2]
+    products = np.einsum("nrk,nk->nr", mapped, coefficients)  # (c_r^T J) . d
+    squared = np.einsum("nk,nk->n", coefficients, np.einsum("nkl,nl->nk", gram, coefficients))
+    largest = np.where(available, np.diagonal(extended, axis1=-2, axis2=-1), -np.inf).max(axis=-1).clip(min=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lowest = np.where(available, products, np.inf).min(axis=-1)
+        gap = ((squared - lowest) / np.where(largest > 0, largest, 1.0)).clip(min=0)
+    bound = np.sqrt(2 * gap * largest)
+    # a guard: the KKT test passes at the min-norm point (it would not if 0 were inside the hull)
+    handled = conditioned & (squared > 0) & available.any(axis=-1) & (gap <= _FAST_GAP)
+    return handled, (coefficients, gap, bound)
 
 
 def _min_norm_combination(gram: Tensor, coefficients: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -750,8 +825,12 @@ class EPOSearch(GradientWeighting):
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
         num_tasks = gramian.shape[-1]
         preference = self.preference_vector(num_tasks)
-        programme = epo_linear_programme(gramian, losses, preference, threshold=self.balance_threshold)
-        solution = simplex_linear_programme(programme.objective, programme.rows, programme.bounds)
+        host = _epo_on_host(gramian, losses, preference, self.balance_threshold)
+        if host is not None:
+            programme, solution = host
+        else:
+            programme = epo_linear_programme(gramian, losses, preference, threshold=self.balance_threshold)
+            solution = simplex_linear_programme(programme.objective, programme.rows, programme.bounds)
         fallback = ~solution.feasible
         weights = torch.where(fallback[..., None], preference / preference.sum(), solution.weights)
         scale = num_tasks if self.reduction == "sum" else 1.0
@@ -766,3 +845,111 @@ class EPOSearch(GradientWeighting):
             "update_bound": torch.where(fallback, 0.0, solution.error) * scale * norms.sum(dim=-1),
         }
         return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "EPOSearch"), diagnostics)
+
+
+# --------------------------------------------------------------------------------------------
+# EPO's programme and its enumeration on numpy arrays
+# --------------------------------------------------------------------------------------------
+# EPO solves a K-variable LP on `[N, K]` arrays of a few entries per step, where every torch call
+# costs more than its arithmetic. `_epo_on_host` is `epo_linear_programme` followed by
+# `simplex_linear_programme` (no column scales, the enumeration for K <= 5) written on numpy
+# arrays operation for operation; the two LAPACK calls (the bases' solves and singular values)
+# stay the torch ones, so bases, tolerances and ties are decided on the same numbers up to the
+# rounding of the elementwise logarithm and of the small sums.
+
+
+def _epo_on_host(gramian: Tensor, losses: Tensor, preference: Tensor, threshold: float) -> tuple[EPOProgramme, LinearProgrammeSolution] | None:
+    """EPO's programme and its solution as `epo_linear_programme` and `simplex_linear_programme`
+    give them, or None where those take another path (K > 5, a batch beyond one chunk)."""
+    num_tasks = gramian.shape[-1]
+    batch_shape = tuple(gramian.shape[:-2])
+    count = math.prod(batch_shape)
+    if num_tasks > _ENUMERATION_TASKS or count * _bases(num_tasks, num_tasks + 1).shape[0] > _ENUMERATION_CHUNK:
+        return None
+    gram = _symmetric(gramian).numpy().reshape(count, num_tasks, num_tasks)
+    values = _host_float64(losses).numpy().reshape(count, num_tasks)
+    r = _host_float64(preference).numpy()
+    rl = r * values
+    l_hat = rl / rl.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_ratio = np.log(l_hat * num_tasks)
+        counted = l_hat > np.finfo(np.float64).eps
+        non_uniformity = np.where(counted, l_hat * log_ratio, 0.0).sum(axis=-1)
+        adjustments = r * (log_ratio - non_uniformity[..., None])
+        products = np.einsum("nij,nj->ni", gram, adjustments)  # C a
+    balance = non_uniformity > threshold
+    increasing = products > 0
+    top = rl == rl.max(axis=-1, keepdims=True)
+    balance_bounds = np.where(increasing, -np.inf, products)
+    balance_bounds = np.where(top, 0.0, balance_bounds)
+    balance_bounds = np.where(increasing.any(axis=-1, keepdims=True), balance_bounds, 0.0)
+    restriction = np.minimum(products.max(axis=-1, keepdims=True), 0.0)
+    zeros = np.zeros_like(products)
+    dominance_rows = np.concatenate([gram, products[:, None, :]], axis=-2)
+    dominance_bounds = np.concatenate([zeros, restriction], axis=-1)
+    balance_rows = np.concatenate([gram, zeros[:, None, :]], axis=-2)
+    balance_bounds = np.concatenate([balance_bounds, np.full_like(restriction, -np.inf)], axis=-1)
+    rows = np.where(balance[:, None, None], balance_rows, dominance_rows)
+    bounds = np.where(balance[:, None], balance_bounds, dominance_bounds)
+    objective = np.where(balance[:, None], products, gram.sum(axis=-2))
+    solution = _simplex_programme_np(objective, rows, bounds)
+
+    def back(array: np.ndarray, *shape: int) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).reshape((*batch_shape, *shape))
+
+    programme = EPOProgramme(
+        back(objective, num_tasks), back(rows, num_tasks + 1, num_tasks), back(bounds, num_tasks + 1),
+        back(balance), back(non_uniformity), back(adjustments, num_tasks),
+    )
+    weights, value, feasible, error = solution
+    return programme, LinearProgrammeSolution(back(weights, num_tasks), back(value), back(feasible), back(error))
+
+
+def _simplex_programme_np(objective: np.ndarray, rows: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`simplex_linear_programme(objective, rows, bounds)` for `[N, K]`, `[N, m, K]`, `[N, m]`
+    with K <= 5 and no column scales (then the equality row is `1 . x = 1` as it is)."""
+    count, num_tasks = objective.shape
+    num_rows = rows.shape[-2]
+    on = np.isfinite(bounds)
+    b = np.where(on, bounds, 0.0)
+    size = np.abs(rows).max(axis=-1)
+    never = on & (size == 0) & (b > 0)
+    on = on & (size > 0)
+    scale = np.maximum(size, np.abs(b))
+    safe = np.where(scale > 0, scale, 1.0)
+    a, b = rows / safe[..., None], b / safe
+    largest = np.abs(objective).max(axis=-1, keepdims=True)
+    c = objective / np.where(largest > 0, largest, 1.0)
+    # _enumerate_basic_solutions with total = 1 and level = 1
+    inequalities = np.concatenate([np.broadcast_to(np.eye(num_tasks), (count, num_tasks, num_tasks)), a], axis=-2)
+    lower = np.concatenate([np.zeros((count, num_tasks)), b], axis=-1)
+    usable = np.concatenate([np.ones((count, num_tasks), dtype=bool), on], axis=-1)
+    bases = _bases(num_tasks, num_rows).numpy()
+    num_bases = bases.shape[0]
+    tight = inequalities[:, bases]  # [N, S, K-1, K]
+    system = np.concatenate([tight, np.ones((count, num_bases, 1, num_tasks))], axis=-2)
+    rhs = np.concatenate([lower[:, bases], np.ones((count, num_bases, 1))], axis=-1)
+    solved, info = torch.linalg.solve_ex(torch.from_numpy(system), torch.from_numpy(rhs))
+    columns = np.abs(system).max(axis=-2, keepdims=True)
+    singular_values = torch.linalg.svdvals(torch.from_numpy(system / np.where(columns > 0, columns, 1.0))).numpy()
+    solution = solved.numpy()
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        condition = singular_values[..., 0] / singular_values[..., -1]
+        error = _ROUNDING * num_tasks * np.finfo(np.float64).eps * condition  # [N, S]
+        valid = (info.numpy() == 0) & (condition <= _MAX_CONDITION) & usable[:, bases].all(axis=-1) & np.isfinite(solution).all(axis=-1)
+        solution = np.nan_to_num(solution)
+        slack = np.einsum("nrk,nsk->nsr", inequalities, solution) - lower[:, None, :]
+        valid &= (np.where(usable[:, None, :], slack, 0.0) >= -error[..., None]).all(axis=-1)
+        value_all = np.where(valid, np.einsum("nk,nsk->ns", c, solution), -np.inf)
+        best_index = value_all.argmax(axis=-1)[:, None]
+        best = np.take_along_axis(value_all, best_index, axis=-1)[:, 0]
+        chosen = valid & (value_all >= best[:, None] - error - np.take_along_axis(error, best_index, axis=-1))
+        count_chosen = chosen.sum(axis=-1, keepdims=True)
+        beta = np.where(chosen[..., None], solution, 0.0).sum(axis=-2) / np.maximum(count_chosen, 1)
+        errors = np.where(chosen, error, 0.0).max(axis=-1)
+    feasible = np.isfinite(best) & ~never.any(axis=-1)
+    weights = np.maximum(np.nan_to_num(beta), 0.0)
+    weights = weights / np.maximum(weights.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
+    weights = np.where(feasible[:, None], weights, np.nan)
+    value = np.where(feasible, (objective * weights).sum(axis=-1), np.nan)
+    return weights, value, feasible, np.where(feasible, errors, np.nan)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,6 +49,8 @@ def ordered_sum(values: Tensor, /) -> Tensor:
     around them), so permuting the tasks, or running one row of a batch alone, gives the same
     bits. K is small: the loop over it costs nothing next to the Gramian.
     """
+    if values.shape[-1] == 2:  # a + b == b + a bit for bit: the sort changes nothing
+        return values[..., 0] + values[..., 1]
     ordered, _ = torch.sort(values, dim=-1)
     total = ordered[..., 0]
     for index in range(1, ordered.shape[-1]):
@@ -74,6 +77,55 @@ def projected_gradient_residual(weights: Tensor, gradient: Tensor, /) -> Tensor:
     """`||w - Proj(w - grad)||`, zero exactly at the KKT points of `min_{w in simplex} f` with
     `grad = grad f(w)` (for every step size; batch-shaped)."""
     return (weights - simplex_projection(weights - gradient)).norm(dim=-1)
+
+
+# -- the same arithmetic on numpy arrays --------------------------------------------------------
+# The iterations below run on the host in float64 on `[..., K]` arrays of a few entries, where a
+# torch call costs several times the arithmetic. These mirror `ordered_sum`, `ordered_matvec`,
+# `simplex_projection` and `projected_gradient_residual` operation for operation (elementwise
+# IEEE operations, a sort, a sequential cumulative sum), so they give the same bits.
+
+
+def _ordered_sum_np(values: np.ndarray, /) -> np.ndarray:
+    if values.shape[-1] == 2:  # a + b == b + a bit for bit: no sort needed
+        return values[..., 0] + values[..., 1]
+    ordered = np.sort(values, axis=-1)
+    total = ordered[..., 0]
+    for index in range(1, ordered.shape[-1]):
+        total = total + ordered[..., index]
+    return total
+
+
+def _ordered_matvec_np(matrix: np.ndarray, vector: np.ndarray, /) -> np.ndarray:
+    return _ordered_sum_np(matrix * vector[..., None, :])
+
+
+def _simplex_projection_np(values: np.ndarray, /) -> np.ndarray:
+    shifted = values - values.max(axis=-1, keepdims=True)
+    num_tasks = shifted.shape[-1]
+    if num_tasks == 2:
+        # the sorted shifted row is (0, e), its cumulative sums minus 1 are (-1, e - 1): the
+        # support is 2 where e - (e - 1) / 2 > 0, and the threshold (e - 1) / 2 there, else -1
+        lowest = shifted.min(axis=-1, keepdims=True)
+        half = (lowest - 1) / 2.0
+        return np.maximum(shifted - np.where(lowest - half > 0, half, -1.0), 0.0)
+    sorted_desc = -np.sort(-shifted, axis=-1)
+    cumulative = np.cumsum(sorted_desc, axis=-1) - 1
+    index = np.arange(1, num_tasks + 1, dtype=shifted.dtype)
+    support = np.maximum((sorted_desc - cumulative / index > 0).sum(axis=-1, keepdims=True), 1)
+    threshold = np.take_along_axis(cumulative, support - 1, axis=-1) / support.astype(shifted.dtype)
+    return np.maximum(shifted - threshold, 0.0)
+
+
+def _residual_np(weights: np.ndarray, gradient: np.ndarray, /) -> Tensor:
+    return torch.from_numpy(weights - _simplex_projection_np(weights - gradient)).norm(dim=-1)
+
+
+def _host_gramian_np(gramian: Tensor, method: str) -> np.ndarray:
+    gram = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if not np.isfinite(gram).all():
+        raise NonFiniteGradientError(f"{method}: the Gramian contains NaN or infinite entries")
+    return 0.5 * (gram + np.swapaxes(gram, -1, -2))
 
 
 def _host_gramian(gramian: Tensor, method: str) -> Tensor:
@@ -183,13 +235,15 @@ class MoDo(_SimplexState):
         return ordered_matvec(gramian, weights) + self.rho * weights
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
-        gram = _host_gramian(gramian, "MoDo")
-        current = self._current(gram)
-        updated = simplex_projection(current - self.gamma * self.objective_gradient(gram, current))
-        self._lambda = updated
+        gram = _host_gramian_np(gramian, "MoDo")
+        current = self._current(gram).numpy()
+        rho = self.rho
+        # objective_gradient and simplex_projection on numpy arrays (the same bits)
+        updated = _simplex_projection_np(current - self.gamma * (_ordered_matvec_np(gram, current) + rho * current))
+        self._lambda = torch.from_numpy(updated)
         self._calls += 1
-        residual = projected_gradient_residual(updated, self.objective_gradient(gram, updated))
-        weights = weights_in_dtype(updated, gramian.dtype, "MoDo").to(gramian.device)
+        residual = _residual_np(updated, _ordered_matvec_np(gram, updated) + rho * updated)
+        weights = weights_in_dtype(self._lambda, gramian.dtype, "MoDo").to(gramian.device)
         return WeightsResult(weights, {"kkt_residual": residual})
 
 
@@ -289,15 +343,23 @@ class SDMGrad(_SimplexState):
         return combined * num_tasks if self.reduction == "sum" else combined
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
-        gram = _host_gramian(gramian, "SDMGrad")
-        weights = self._current(gram)
-        normalized = self.normalized_gramian(gram)
-        velocity = torch.zeros_like(weights)
+        # normalized_gramian, inner_gradient and simplex_projection on numpy arrays (the same bits)
+        gram = _host_gramian_np(gramian, "SDMGrad")
+        weights = self._current(gram).numpy()
+        num_tasks = gram.shape[-1]
+        # the norms by torch's sqrt, as `normalized_gramian` (it can differ from numpy's in the last bit)
+        norms = torch.diagonal(torch.from_numpy(gram), dim1=-2, dim2=-1).clamp_min(0).sqrt().numpy()
+        scale = _ordered_sum_np(norms) / num_tasks
+        square = (scale * scale)[..., None, None]
+        normalized = gram / np.where(square > 0, square, 1.0)
+        pull = self.lambda_ / num_tasks
+        momentum, lr = self.momentum, self.lr
+        velocity = np.zeros_like(weights)
         for _ in range(self.iterations):
-            velocity = self.momentum * velocity + self.inner_gradient(normalized, weights)
-            weights = simplex_projection(weights - self.lr * velocity)
-        self._lambda = weights
+            velocity = momentum * velocity + _ordered_matvec_np(normalized, weights + pull)
+            weights = _simplex_projection_np(weights - lr * velocity)
+        self._lambda = torch.from_numpy(weights)
         self._calls += 1
-        residual = projected_gradient_residual(weights, self.inner_gradient(normalized, weights))
-        output = weights_in_dtype(self.direction_weights(weights), gramian.dtype, "SDMGrad").to(gramian.device)
+        residual = _residual_np(weights, _ordered_matvec_np(normalized, weights + pull))
+        output = weights_in_dtype(self.direction_weights(self._lambda), gramian.dtype, "SDMGrad").to(gramian.device)
         return WeightsResult(output, {"kkt_residual": residual})
