@@ -42,6 +42,8 @@ def test_the_verdict_follows_the_rounding_control() -> None:
     verdict = claim.verdicts(deviations)
     assert verdict["rescaling_invariant"] and not verdict["monotone_invariant"]
     assert claim.verdicts(torch.tensor([0.0, 0.5, 0.5, 0.0])[:, None, None] * claim.FLOOR)["monotone_invariant"]
+    # a method that amplifies rounding to O(1) cannot be measured invariant (the ceiling)
+    assert not claim.verdicts(torch.tensor([0.0, 1.0, 1.0, 0.5])[:, None, None])["rescaling_invariant"]
 
 
 def test_the_readme_method_table_is_current() -> None:
