@@ -48,12 +48,12 @@ from torch import Tensor
 
 import core
 from core.errors import MTLInputError
-from core.methods.base import GradientWeighting, JacobianAggregation, LossWeighting, Method
+from core.methods.base import JacobianAggregation, Method
 from core.registry import available_methods, make_method
 from proofs_numeric.claim import ClaimResult, single_thread
 from proofs_numeric.invariance import TOY_LOWER_BOUND, box, draw_versions, loss_ranges
 from toy_problems import RandomNonconvex, TwoTaskToy
-from toy_problems.runner import Track, run_tracks
+from toy_problems.runner import Track, run_tracks, step_direction
 
 NAME = "method_invariance"
 
@@ -181,27 +181,17 @@ def _forced(method: Method, values: Tensor, jacobian: Tensor, *, lr: float) -> t
 
 
 def _one_update(method: Method, values: Tensor, jacobian: Tensor, optimizer: torch.optim.Optimizer | None, own: list[Tensor]) -> tuple[Tensor, Tensor]:
-    norms = torch.linalg.vector_norm(jacobian, dim=-1)
+    """The runner's step (`toy_problems.runner.step_direction`) and the size of its terms,
+    `sum_i |w_i| ||g_i||` (a Jacobian aggregation's head weights, or `||d||` if larger)."""
+    if optimizer is not None:
+        optimizer.zero_grad()
+    update, weights = step_direction(method, values, jacobian, own=own)
+    if optimizer is not None:
+        optimizer.step()
+    size = (weights.to(jacobian.dtype).abs() * torch.linalg.vector_norm(jacobian, dim=-1)).sum(dim=-1)
     if isinstance(method, JacobianAggregation):
-        update, head_weights, _ = method.aggregate(jacobian, values)
-        return update, torch.maximum((head_weights.abs() * norms).sum(dim=-1), torch.linalg.vector_norm(update, dim=-1))
-    if isinstance(method, GradientWeighting):
-        weights = method(core.gramian(jacobian), values)
-    else:
-        assert isinstance(method, LossWeighting)
-        with torch.enable_grad():
-            weights = method(values)
-            if optimizer is not None:  # the engine's gradient for a learnable weighting: the weighted loss and its penalty
-                objective = (weights * values).sum()
-                penalty = method.penalty()
-                objective = objective if penalty is None else objective + penalty
-                optimizer.zero_grad()
-                for param, grad in zip(own, torch.autograd.grad(objective, own)):
-                    param.grad = grad
-                optimizer.step()
-        weights = weights.detach()
-    weights = weights.to(jacobian.dtype)
-    return (weights[..., None] * jacobian).sum(dim=-2), (weights.abs() * norms).sum(dim=-1)
+        size = torch.maximum(size, torch.linalg.vector_norm(update, dim=-1))
+    return update, size
 
 
 # ---------------------------------------------------------------------------------------------

@@ -268,10 +268,15 @@ def _state_view(values: Tensor, batch_shape: tuple[int, ...] | None, *, trailing
 
 
 def _step_direction(group: _Group, values: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
-    """`sum_i w_i g_i` per row and the weights; a learnable loss weighting's parameters get the
-    gradient of the weighted loss plus its penalty, as the engine gives them."""
-    method = group.method
-    if not isinstance(method, LossWeighting) or not group.own:
+    return step_direction(group.method, values, jacobian, own=group.own)
+
+
+def step_direction(method: Method, values: Tensor, jacobian: Tensor, /, *, own: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor]:
+    """One step of `method` on rows of losses `[..., K]` and per-task gradients `[..., K, n]`: the
+    shared update `[..., n]` and the weights (a Jacobian aggregation's head weights). A learnable
+    loss weighting's parameters `own` get the gradient of the weighted loss plus its penalty, as
+    the engine gives them (the caller's optimiser steps them)."""
+    if not isinstance(method, LossWeighting) or not own:
         return _weighted(method, values, jacobian)
     with torch.enable_grad():
         weights = method(values)
@@ -279,7 +284,7 @@ def _step_direction(group: _Group, values: Tensor, jacobian: Tensor) -> tuple[Te
         penalty = method.penalty()
         if penalty is not None:
             objective = objective + penalty
-        for param, grad in zip(group.own, torch.autograd.grad(objective, group.own)):
+        for param, grad in zip(own, torch.autograd.grad(objective, list(own))):
             param.grad = grad
     return (weights.detach().to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2), weights.detach()
 
