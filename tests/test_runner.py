@@ -102,3 +102,45 @@ def test_forked_starmap_keeps_the_order_of_the_jobs() -> None:
 
     jobs = [(7, 2), (9, 4), (5, 5), (1, 3)]
     assert forked_starmap(divmod, jobs, processes=2) == forked_starmap(divmod, jobs, processes=1) == [divmod(*job) for job in jobs]
+
+
+def test_split_by_method_balances_the_measured_costs() -> None:
+    """Every track of a method lands in one part; with costs, the most expensive method is dealt
+    first and the others fill the lighter part (6 | 3 + 3, where counting tracks gives 6 + 3 | 3)."""
+    from toy_problems.measured import split_by_method
+
+    tracks = [Track("mgda"), Track("mgda", (POWER,)), Track("ls"), Track("ls", (POWER,)), Track("rlw"), Track("rlw", (POWER,))]
+    parts = split_by_method(tracks, 2, costs={"mgda": 6.0, "ls": 3.0, "rlw": 3.0})
+    assert sorted(parts) == [[0, 1], [2, 3, 4, 5]]
+    assert split_by_method(tracks, 2) == [[0, 1, 4, 5], [2, 3]]  # by number of tracks, ties to the first part
+
+
+def test_method_seconds_per_step_measures_without_touching_the_runs() -> None:
+    """The calibration builds its own instances: a stateful method's run afterwards is the run
+    without it, and the measured cost is positive."""
+    from toy_problems.runner import method_seconds_per_step
+
+    problem = TwoTaskToy()
+    starts = problem.default_starts(dtype=torch.float64)
+    tracks = [Track("famo"), Track("famo", (POWER,))]
+    before = run_tracks(problem, starts, tracks, num_steps=20, lr=0.05)
+    assert method_seconds_per_step(problem, starts, tracks, steps=3) > 0
+    after = run_tracks(problem, starts, tracks, num_steps=20, lr=0.05)
+    for a, b in zip(before, after):
+        assert torch.equal(a.points, b.points)
+
+
+def test_a_representation_only_method_is_refused_with_the_reason(monkeypatch) -> None:
+    """The runner gives methods the gradients of the parameters themselves (engine mode "full");
+    a method that needs a model's representation is refused, naming why."""
+    import core.registry as registry
+    from core.methods.linear import LinearScalarization
+
+    class RepresentationOnly(LinearScalarization):
+        name = "representation_only"
+        engine_modes = frozenset({"representation"})
+
+    monkeypatch.setitem(registry.METHODS, "representation_only", RepresentationOnly)
+    problem = TwoTaskToy()
+    with pytest.raises(ValueError, match="representation_only runs only on a model's shared representation"):
+        run_tracks(problem, problem.default_starts(dtype=torch.float64), [Track("representation_only")], num_steps=1)

@@ -11,7 +11,7 @@ a front sample, the distance to it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +66,10 @@ def run_measured(
     but the time. `progress`: the description of a progress bar over the steps (shown by the first
     process only), None for none.
     """
-    parts = split_by_method(tracks, processes) if starts.device.type == "cpu" else [list(range(len(tracks)))]
+    if starts.device.type != "cpu" or processes <= 1:
+        parts = [list(range(len(tracks)))]
+    else:
+        parts = split_by_method(tracks, processes, costs=method_step_costs(problem, starts, tracks))
     options = {"num_steps": num_steps, "lr": lr, "optimizer": optimizer, "record_every": record_every, "front": front,
                "distance_records": distance_records}
     if len(parts) == 1:
@@ -97,13 +100,30 @@ def _measure_part(problem: Problem, starts: Tensor, tracks: list[Track], options
     return runs
 
 
-def split_by_method(tracks: Sequence[Track], processes: int) -> list[list[int]]:
-    """The track indices in at most `processes` parts, every track of one method in one part,
-    methods dealt out in turn by their number of tracks (largest first)."""
+def split_by_method(tracks: Sequence[Track], processes: int, /, *, costs: Mapping[str, float] | None = None) -> list[list[int]]:
+    """The track indices in at most `processes` parts, every track of one method in one part:
+    methods dealt out, most expensive first, each to the part with the least cost so far (a
+    method's cost is `costs[method]` per step for all its tracks, or its number of tracks)."""
     by_method: dict[str, list[int]] = {}
     for index, track in enumerate(tracks):
         by_method.setdefault(track.method, []).append(index)
+    cost = {method: (costs[method] if costs is not None else len(members)) for method, members in by_method.items()}
     parts: list[list[int]] = [[] for _ in range(max(1, min(processes, len(by_method))))]
-    for group in sorted(by_method.values(), key=len, reverse=True):
-        min(parts, key=len).extend(group)
+    loads = [0.0] * len(parts)
+    for method in sorted(by_method, key=lambda m: cost[m], reverse=True):
+        lightest = loads.index(min(loads))
+        parts[lightest].extend(by_method[method])
+        loads[lightest] += cost[method]
     return [sorted(part) for part in parts if part]
+
+
+def method_step_costs(problem: Problem, starts: Tensor, tracks: Sequence[Track], /, *, steps: int = 20) -> dict[str, float]:
+    """Seconds per step of each method's tracks (the methods' own calls, measured on fresh
+    instances at the starts over `steps` calls after one warm-up call): what `split_by_method`
+    balances. The measurement changes no run (the runs build their own instances)."""
+    from toy_problems.runner import method_seconds_per_step
+
+    by_method: dict[str, list[Track]] = {}
+    for track in tracks:
+        by_method.setdefault(track.method, []).append(track)
+    return {method: method_seconds_per_step(problem, starts, members, steps=steps) for method, members in by_method.items()}

@@ -21,6 +21,8 @@ the transformed run) draw the same weights, as separate runs from that seed do.
 from __future__ import annotations
 
 import multiprocessing
+import statistics
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +75,8 @@ class _Group:
     method: Method
     rows: slice
     own: list[Tensor]
+    update: Tensor | None = None
+    """A Jacobian aggregation's update of its rows at the current step."""
 
 
 def make_optimizer(params: Iterable[Tensor], optimizer: str, lr: float) -> torch.optim.Optimizer:
@@ -222,6 +226,11 @@ def _advance(
     opt = make_optimizer([x, *(p for g in groups for p in g.own)], optimizer, lr)
     steps, points, losses = [], [], []
     last_weights: Tensor | None = None
+    needs_gramian = any(isinstance(g.method, GradientWeighting) for g in groups)
+    post_step = [g for g in groups if g.method.needs_post_step_losses]
+    epoch_end = [g for g in groups if type(g.method).end_epoch is not Method.end_epoch]
+    aggregations = [g for g in groups if isinstance(g.method, JacobianAggregation)]
+    sizes = [g.rows.stop - g.rows.start for g in groups]
     for step in range(num_steps + 1):
         with torch.no_grad():
             values, jacobian = values_and_jacobian(problem, x.detach())
@@ -230,9 +239,9 @@ def _advance(
             if offsets is not None:
                 values = values - offsets
         if step > 0:  # the lifecycle hooks of the last step, with the losses at the new iterates
-            for group in groups:
-                if group.method.needs_post_step_losses:
-                    group.method.after_step(_state_view(values[group.rows], batch_shape))
+            for group in post_step:
+                group.method.after_step(_state_view(values[group.rows], batch_shape))
+            for group in epoch_end:
                 group.method.end_epoch()
         if step % record_every == 0 or step == num_steps:
             steps.append(step)
@@ -241,15 +250,20 @@ def _advance(
         if step == num_steps:
             break
         opt.zero_grad(set_to_none=True)
-        direction = torch.empty_like(x)
-        last_weights = torch.empty_like(values)
-        for group in groups:
-            rows_values, rows_jacobian = values[group.rows], jacobian[group.rows]
-            group_direction, group_weights = _step_direction(
-                group, _state_view(rows_values, batch_shape), _state_view(rows_jacobian, batch_shape, trailing=2)
-            )
-            direction[group.rows] = group_direction.reshape(rows_jacobian.shape[:-2] + rows_jacobian.shape[-1:])
-            last_weights[group.rows] = group_weights.detach().to(values.dtype).reshape(rows_values.shape)
+        # one Gramian, one weighted sum and one weights tensor for all rows; the methods each
+        # run once on their slice (rows never interact, so this is their per-group arithmetic)
+        value_parts = values.split(sizes)
+        gramian_parts = gramian(jacobian).split(sizes) if needs_gramian else [None] * len(groups)
+        jacobian_parts = jacobian.split(sizes)
+        weights = torch.cat([
+            _group_weights(group, part_values, part_gramian, part_jacobian, batch_shape)
+            for group, part_values, part_gramian, part_jacobian in zip(groups, value_parts, gramian_parts, jacobian_parts)
+        ])
+        with torch.no_grad():
+            direction = (weights[..., None] * jacobian).sum(dim=-2)
+        for group in aggregations:
+            direction[group.rows] = group.update
+        last_weights = weights
         x.grad = direction
         opt.step()
         if project is not None:
@@ -260,6 +274,25 @@ def _advance(
     return Trajectory(torch.tensor(steps), torch.stack(points), torch.stack(losses), last_weights)
 
 
+def _group_weights(group: _Group, values: Tensor, gramians: Tensor | None, jacobian: Tensor,
+                   batch_shape: tuple[int, ...] | None) -> Tensor:
+    """The weights `[rows, S, K]` of one group from its rows' values, Gramians and Jacobians (a
+    Jacobian aggregation's head weights; its update is left in `group.update`). Learnable loss
+    weightings get their parameters' gradients."""
+    method, seen = group.method, _state_view(values, batch_shape)
+    if isinstance(method, GradientWeighting):
+        weights = method(_state_view(gramians, batch_shape, trailing=2), seen)
+    elif isinstance(method, JacobianAggregation):
+        update, weights, _ = method.aggregate(_state_view(jacobian, batch_shape, trailing=2), seen)
+        group.update = update.to(jacobian.dtype).reshape(jacobian.shape[:-2] + jacobian.shape[-1:])
+    else:
+        weights = _loss_weights(method, seen, group.own)
+    weights = weights.detach()
+    if weights.dtype != values.dtype:
+        weights = weights.to(values.dtype)
+    return weights if batch_shape is None else weights.reshape(values.shape)
+
+
 def _state_view(values: Tensor, batch_shape: tuple[int, ...] | None, *, trailing: int = 1) -> Tensor:
     """The rows as the method's state holds them (`[rows, S, ...]`, or the caller's batch shape)."""
     if batch_shape is None:
@@ -267,17 +300,23 @@ def _state_view(values: Tensor, batch_shape: tuple[int, ...] | None, *, trailing
     return values.reshape(*batch_shape, *values.shape[values.ndim - trailing :])
 
 
-def _step_direction(group: _Group, values: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
-    return step_direction(group.method, values, jacobian, own=group.own)
-
-
 def step_direction(method: Method, values: Tensor, jacobian: Tensor, /, *, own: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor]:
     """One step of `method` on rows of losses `[..., K]` and per-task gradients `[..., K, n]`: the
     shared update `[..., n]` and the weights (a Jacobian aggregation's head weights). A learnable
     loss weighting's parameters `own` get the gradient of the weighted loss plus its penalty, as
-    the engine gives them (the caller's optimiser steps them)."""
+    the engine gives them (the caller's optimiser steps them). The runner's loop takes the same
+    step for many groups at once."""
     if not isinstance(method, LossWeighting) or not own:
         return _weighted(method, values, jacobian)
+    weights = _loss_weights(method, values, own)
+    return (weights.to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2), weights
+
+
+def _loss_weights(method: Method, values: Tensor, own: Sequence[Tensor]) -> Tensor:
+    """A loss weighting's (detached) weights; with learnable parameters `own`, their gradients of
+    the weighted loss plus the penalty are set, as the engine sets them."""
+    if not own:
+        return method(values).detach()
     with torch.enable_grad():
         weights = method(values)
         objective = (weights * values).sum()
@@ -286,10 +325,45 @@ def step_direction(method: Method, values: Tensor, jacobian: Tensor, /, *, own: 
             objective = objective + penalty
         for param, grad in zip(own, torch.autograd.grad(objective, list(own))):
             param.grad = grad
-    return (weights.detach().to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2), weights.detach()
+    return weights.detach()
+
+
+def method_seconds_per_step(problem: Callable[[Tensor], Tensor], starts: Tensor, tracks: Sequence[Track], /, *, steps: int = 20) -> float:
+    """The seconds one step of the methods of `tracks` costs (their calls on fresh instances at
+    `starts` `[S, n]`, the median of `steps` calls after a warm-up call); the problem's own
+    evaluation, shared by every track of a batch, is not counted."""
+    num_tasks = int(getattr(problem, "n_obj", 0)) or values_and_jacobian(problem, starts[:1])[0].shape[-1]
+    order, groups = _plan_groups(tracks, starts[None], num_tasks)
+    ordered = [tracks[i] for i in order]
+    x = torch.stack([starts] * len(ordered))
+    with torch.no_grad():
+        values, jacobian = values_and_jacobian(problem, x)
+        seen_of = _seen_losses(ordered)
+        if seen_of is not None:
+            values, jacobian = seen_of(values, jacobian)
+        offsets = _offsets([problem], ordered, groups, num_tasks, starts[None])
+        if offsets is not None:
+            values = values - offsets
+    gramians = gramian(jacobian)
+    times = []
+    for call in range(steps + 1):
+        began = time.perf_counter()
+        for group in groups:
+            _group_weights(group, values[group.rows], gramians[group.rows], jacobian[group.rows], None)
+        if call > 0:
+            times.append(time.perf_counter() - began)
+    return statistics.median(times)
 
 
 # -- planning: groups, transforms, shifts -------------------------------------------------------------
+
+
+def runs_on_parameters(spec: str, /) -> bool:
+    """Whether a method spec runs on per-task gradients of the parameters themselves (engine mode
+    "full"), which is what the runner gives it; a representation-only method needs a model."""
+    from core.registry import describe_method, parse_method_spec
+
+    return "full" in describe_method(parse_method_spec(spec).name).cls.engine_modes
 
 
 def _plan_groups(tracks: Sequence[Track], starts: Tensor, num_tasks: int) -> tuple[list[int], list[_Group]]:
@@ -298,6 +372,11 @@ def _plan_groups(tracks: Sequence[Track], starts: Tensor, num_tasks: int) -> tup
     probes: dict[str, Method] = {}
     for index, track in enumerate(tracks):
         probe = probes.setdefault(track.method, make_method(track.method, num_tasks=num_tasks))
+        if "full" not in probe.engine_modes:
+            raise ValueError(
+                f"{track.method} runs only on a model's shared representation (engine modes {sorted(probe.engine_modes)}); "
+                "the toy runner gives methods the gradients of the parameters themselves (engine mode 'full')"
+            )
         key = (track.method, index) if probe.random else (track.method,)
         keys.setdefault(key, []).append(index)
     order: list[int] = []

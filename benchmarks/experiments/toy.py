@@ -102,8 +102,12 @@ def display_name(spec: str, /) -> str:
 
 
 def default_methods() -> list[str]:
-    """The paper's method specs (in its panel order), then every other registered method alphabetically."""
-    return [*PAPER_ORDER, *(m for m in available_methods() if m not in PAPER_ORDER)]
+    """The paper's method specs (in its panel order), then every other registered method that runs
+    on a model's parameters (engine mode "full"; the toy has no representation and no heads),
+    alphabetically."""
+    from toy_problems.runner import runs_on_parameters
+
+    return [*PAPER_ORDER, *(m for m in available_methods() if m not in PAPER_ORDER and runs_on_parameters(m))]
 
 
 # ----------------------------------------------------------------------------- transforms and methods
@@ -523,7 +527,7 @@ def _draw_and_save(kind: str, arguments: tuple, paths: list[Path]) -> list[Path]
         gaps, transform, steps = arguments
         figure = invariance_gap_figure(gaps, transform, steps=steps)
     # not a pyplot figure, so save_figure_atomic's plt.close leaves it usable for the next format
-    return [save_figure_atomic(figure, path) for path in paths]
+    return [save_figure_atomic(figure, path, tight=kind != "trajectories") for path in paths]
 
 
 def endpoint_gaps(nominal: Mapping[str, Any], transformed: Mapping[str, Any]) -> list[float]:
@@ -580,8 +584,13 @@ def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: TaskTr
     front = space(TwoTaskToy().pareto_front(FRONT_POINTS).numpy())
     columns = min(5, len(runs))
     rows = math.ceil(len(runs) / columns)
-    figure = Figure(figsize=(3.2 * columns, 3.0 * rows), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False)
+    width, height = 3.2 * columns + 1.4, 3.0 * rows + 1.15
+    # fixed margins in inches (a layout engine measures every tick label: most of the drawing time)
+    figure = Figure(figsize=(width, height))
+    axes = figure.subplots(rows, columns, squeeze=False, gridspec_kw={
+        "left": 0.55 / width, "right": 1 - 1.4 / width, "bottom": 0.85 / height, "top": 1 - 0.75 / height,
+        "wspace": 0.3, "hspace": 0.45,
+    })
     norm = Normalize(vmin=0, vmax=steps)
     mappable = None
     for ax, (method, run) in zip(axes.flat, runs):
@@ -603,9 +612,10 @@ def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: TaskTr
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+    figure.legend(handles, labels, loc="lower center", ncols=3, fontsize=8, frameon=False)
     if mappable is not None:
-        figure.colorbar(mappable, ax=axes, shrink=0.8, label="iteration")
+        colorbar_axes = figure.add_axes((1 - 1.15 / width, 0.85 / height + 0.1 * (1 - 1.35 / height), 0.15 / width, 0.8 * (1 - 1.35 / height)))
+        figure.colorbar(mappable, cax=colorbar_axes, label="iteration")
     figure.suptitle(title, fontsize=11)
     return figure
 
