@@ -154,3 +154,31 @@ def test_batched_equals_one_by_one() -> None:
         batched = method(grams, losses)
         for index in [(0, 0), (1, 2), (3, 1)]:
             torch.testing.assert_close(batched[index], method(grams[index], losses[index]))
+
+
+def _two_task_gramians(seed: int) -> torch.Tensor:
+    """Ten 2 x 2 Gramians [10, 2, 2] (float64): random, a zero gradient, parallel, opposite,
+    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(10, 2, 3, generator=generator, dtype=torch.float64)
+    jacobian[1, 0] = 0.0
+    jacobian[2, 1] = 3.0 * jacobian[2, 0]
+    jacobian[3, 1] = -0.5 * jacobian[3, 0]
+    jacobian[4, 1] = jacobian[4, 0]
+    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
+    jacobian[6] *= 1e-150
+    jacobian[7] *= 1e140
+    jacobian[8, 1] *= 1e8
+    jacobian[9] = 0.0
+    return gramian(jacobian)
+
+
+@pytest.mark.parametrize("options", [{"steps": 5}, {"steps": 20, "radius": 0.1, "reduction": "mean"}, {"steps": 3, "inner_step": 0.5, "radius": 1.0}])
+def test_two_task_scalar_path_equals_the_batched_loop(options) -> None:
+    # a batch of 10 takes the K = 2 loop on Python floats, one of 100 the batched torch loop
+    method = DiBSMTL(**options)
+    for seed in range(5):
+        gram = _two_task_gramians(seed)
+        small = method(gram, torch.ones(10, 2, dtype=torch.float64))
+        large = method(gram.repeat(10, 1, 1), torch.ones(100, 2, dtype=torch.float64))[:10]
+        torch.testing.assert_close(small, large, rtol=1e-12, atol=0.0)

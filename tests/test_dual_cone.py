@@ -331,3 +331,31 @@ def test_host_path_gives_the_bits_of_project_to_dual_cone(factory, num_tasks: in
         assert torch.equal(result.weights, expected.weights.sum(dim=-2))
         assert torch.equal(result.diagnostics["kkt_residual"], expected.kkt_residual)
         assert int(result.diagnostics["iterations"]) == expected.iterations
+
+
+def _two_task_gramians(seed: int) -> torch.Tensor:
+    """Ten 2 x 2 Gramians [10, 2, 2] (float64): random, a zero gradient, parallel, opposite,
+    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(10, 2, 3, generator=generator, dtype=torch.float64)
+    jacobian[1, 0] = 0.0
+    jacobian[2, 1] = 3.0 * jacobian[2, 0]
+    jacobian[3, 1] = -0.5 * jacobian[3, 0]
+    jacobian[4, 1] = jacobian[4, 0]
+    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
+    jacobian[6] *= 1e-150
+    jacobian[7] *= 1e140
+    jacobian[8, 1] *= 1e8
+    jacobian[9] = 0.0
+    return gramian(jacobian)
+
+
+@pytest.mark.parametrize("method", [UPGrad(), UPGrad(pref_vector=[0.3, 2.0]), DualProj(), DualProj(pref_vector=[1.0, 0.0])])
+def test_two_task_scalar_path_equals_the_numpy_path(method) -> None:
+    # 10 rows take the K = 2 projection on Python floats, 100 rows the numpy arrays: the same bits
+    for seed in range(5):
+        gram = _two_task_gramians(seed)
+        got = method.weights(gram, torch.ones(10, 2, dtype=torch.float64))
+        want = method.weights(gram.repeat(10, 1, 1), torch.ones(100, 2, dtype=torch.float64))
+        assert torch.equal(got.weights, want.weights[:10])
+        assert torch.equal(got.diagnostics["kkt_residual"], want.diagnostics["kkt_residual"][:10])

@@ -620,3 +620,34 @@ def test_declarations_and_diagnostics() -> None:
 def test_invalid_hyperparameters(factory, message) -> None:
     with pytest.raises(InvalidHyperparameterError, match=message):
         factory()
+
+
+def _two_task_gramians(seed: int) -> torch.Tensor:
+    """Ten 2 x 2 Gramians [10, 2, 2] (float64): random, a zero gradient, parallel, opposite,
+    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(10, 2, 3, generator=generator, dtype=torch.float64)
+    jacobian[1, 0] = 0.0
+    jacobian[2, 1] = 3.0 * jacobian[2, 0]
+    jacobian[3, 1] = -0.5 * jacobian[3, 0]
+    jacobian[4, 1] = jacobian[4, 0]
+    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
+    jacobian[6] *= 1e-150
+    jacobian[7] *= 1e140
+    jacobian[8, 1] *= 1e8
+    jacobian[9] = 0.0
+    return gramian(jacobian)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pcgrad_two_task_scalar_path_equals_the_tensor_path(reduction, dtype) -> None:
+    # 10 rows take the closed form on Python floats, 100 rows the torch one: the same bits
+    method = PCGrad(reduction=reduction)
+    for seed in range(5):
+        gram = _two_task_gramians(seed)[:6].to(dtype)  # float32 cannot hold the rows scaled by 1e140
+        got = method.weights(gram, torch.ones(6, 2, dtype=dtype))
+        want = method.weights(gram.repeat(20, 1, 1), torch.ones(120, 2, dtype=dtype))
+        assert got.weights.dtype == want.weights.dtype == dtype
+        assert torch.equal(got.weights, want.weights[:6])
+        assert torch.equal(got.diagnostics["projections"], want.diagnostics["projections"][:6])

@@ -482,3 +482,33 @@ def test_ordered_sum_of_two_terms_skips_the_sort_bit_for_bit() -> None:
         assert torch.equal(torch.isnan(got), torch.isnan(expected))
         finite = ~torch.isnan(expected)
         assert torch.equal(got[finite], expected[finite]) and torch.equal(torch.signbit(got[finite]), torch.signbit(expected[finite]))
+
+
+def _two_task_gramians(seed: int) -> torch.Tensor:
+    """Ten 2 x 2 Gramians [10, 2, 2] (float64): random, a zero gradient, parallel, opposite,
+    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(10, 2, 3, generator=generator, dtype=torch.float64)
+    jacobian[1, 0] = 0.0
+    jacobian[2, 1] = 3.0 * jacobian[2, 0]
+    jacobian[3, 1] = -0.5 * jacobian[3, 0]
+    jacobian[4, 1] = jacobian[4, 0]
+    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
+    jacobian[6] *= 1e-150
+    jacobian[7] *= 1e140
+    jacobian[8, 1] *= 1e8
+    jacobian[9] = 0.0
+    return gramian(jacobian)
+
+
+@pytest.mark.parametrize("options", [{}, {"lr": 0.5, "reduction": "sum"}, {"iterations": 3, "momentum": 0.0, "lambda_": 0.0}])
+def test_sdmgrad_two_task_scalar_path_equals_the_numpy_path(options) -> None:
+    # 10 rows take the loop on Python floats, 100 rows the numpy arrays: the same bits, call after call
+    small, large = SDMGrad(**options), SDMGrad(**options)
+    for seed in range(4):
+        gram = _two_task_gramians(seed)
+        got = small.weights(gram, torch.ones(10, 2, dtype=torch.float64))
+        want = large.weights(gram.repeat(10, 1, 1), torch.ones(100, 2, dtype=torch.float64))
+        assert torch.equal(got.weights, want.weights[:10])
+        assert torch.equal(got.diagnostics["kkt_residual"], want.diagnostics["kkt_residual"][:10])
+        assert torch.equal(small.simplex_weights, large.simplex_weights[:10])

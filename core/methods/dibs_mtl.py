@@ -17,6 +17,7 @@ to strictly increasing transforms of the losses (`g_i -> h_i'(l_i) g_i`).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -106,11 +107,46 @@ class DiBSMTL(GradientWeighting):
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
         if self.steps == 1:  # the inner loop's one step from 0 moves by eta * r along every u_i
             weights = self.epsilon * safe_reciprocal(gramian_norms(gramian))
+        elif _scalar_path(gramian):
+            weights = self._two_task_weights(gramian)
         else:
             unit, norms = unit_gramian(gramian)
             scale = self.epsilon / (self.inner_step * self.radius)
             weights = scale * self.inner_coefficients(unit) * safe_reciprocal(norms)
         return weights / gramian.shape[-1] if self.reduction == "mean" else weights
+
+    def _two_task_weights(self, gramian: Tensor, /) -> Tensor:
+        """The T-step weights for K = 2 on Python floats, row by row: `unit_gramian` and
+        `inner_coefficients` written out for 2 x 2 (every torch call would cost more than its
+        arithmetic; the matrix products differ from torch's by rounding only)."""
+        scale = self.epsilon / (self.inner_step * self.radius)
+        # the norms by torch's sqrt, as `unit_gramian` takes them (math.sqrt can differ in the last bit)
+        norms = gramian_norms(gramian).reshape(-1, 2).tolist()
+        entries = gramian.reshape(-1, 4).tolist()
+        rows = [self._two_task_row(scale, *norm, *entry) for norm, entry in zip(norms, entries)]
+        return torch.tensor(rows, dtype=gramian.dtype).reshape(gramian.shape[:-1])
+
+    def _two_task_row(
+        self, scale: float, norm0: float, norm1: float, g00: float, g01: float, g10: float, g11: float
+    ) -> tuple[float, float]:
+        """The weights `scale c_i / ||g_i||` of one 2 x 2 Gramian (see `_two_task_weights`)."""
+        inverse0 = 1.0 / norm0 if norm0 > 0 else 0.0
+        inverse1 = 1.0 / norm1 if norm1 > 0 else 0.0
+        u00, u01 = g00 * inverse0 * inverse0, g01 * inverse0 * inverse1
+        u10, u11 = g10 * inverse1 * inverse0, g11 * inverse1 * inverse1
+        radius, step, radius_sq = self.radius, self.inner_step, self.radius**2
+        c0 = c1 = 0.0
+        for _ in range(self.steps):
+            # row i of the differences is c - r e_i (see inner_coefficients)
+            d0, d1 = c0 - radius, c1
+            first = (d0 * u00 + d1 * u10) * d0 + (d0 * u01 + d1 * u11) * d1
+            d0, d1 = c0, c1 - radius
+            second = (d0 * u00 + d1 * u10) * d0 + (d0 * u01 + d1 * u11) * d1
+            c0 = c0 + step * math.sqrt(max(first, 0.0))
+            c1 = c1 + step * math.sqrt(max(second, 0.0))
+            if not c0 * (u00 * c0 + u01 * c1) + c1 * (u10 * c0 + u11 * c1) <= radius_sq:
+                break  # the rejected step stays counted
+        return scale * c0 * inverse0, scale * c1 * inverse1
 
     def inner_coefficients(self, unit: Tensor, /) -> Tensor:
         """Coefficients `c` of the final displacement `-sum_i c_i u_i` from the unit Gramian."""
@@ -131,6 +167,19 @@ class DiBSMTL(GradientWeighting):
             if not bool(active.any()):
                 break
         return coefficients
+
+
+_SCALAR_ROWS = 64
+"""Up to this many 2 x 2 Gramians (float64, on the CPU) the T-step loop runs on Python floats."""
+
+
+def _scalar_path(gramian: Tensor) -> bool:
+    """Whether `DiBSMTL._two_task_weights` serves this Gramian: K = 2, float64 on the CPU, a small
+    batch, no autograd graph."""
+    return (
+        gramian.shape[-1] == 2 and gramian.dtype == torch.float64 and gramian.device.type == "cpu"
+        and not gramian.requires_grad and gramian.numel() <= 4 * _SCALAR_ROWS
+    )
 
 
 class NormalizedSum(GradientWeighting):

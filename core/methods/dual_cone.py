@@ -36,6 +36,7 @@ then the K = 2 closed form above is exhaustive.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -148,6 +149,50 @@ def _two_tasks(cosine: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     y_1 = np.where(product_1 < 0, -cos * second, first)
     y_2 = np.where((product_1 >= 0) & (product_2 < 0), -cos * first, second)
     return np.stack([y_1, y_2], axis=-1)
+
+
+_SCALAR_ROWS = 64
+"""Up to this many 2 x 2 Gramians `_project_two_tasks` runs on Python floats, row by row."""
+
+
+def _project_two_tasks(entries: list[list[float]], goal: np.ndarray) -> tuple[list[list[list[float]]], list[float]]:
+    """`_project` for K = 2 on Python floats: `entries` the rows `[G_11, G_12, G_21, G_22]` of
+    finite symmetric Gramians, `goal` `[M, 2]`. The same IEEE operations in the same order as the
+    numpy path (the same bits) without a numpy call per operation: weights `[N][M][2]` and KKT
+    residuals `[N]`."""
+    targets = goal.tolist()
+    weights, residuals = [], []
+    for g11, g12, g21, g22 in entries:
+        norm1, norm2 = math.sqrt(0.0 if g11 <= 0.0 else g11), math.sqrt(0.0 if g22 <= 0.0 else g22)
+        inverse1 = 1.0 / norm1 if norm1 > 0 else 0.0
+        inverse2 = 1.0 / norm2 if norm2 > 0 else 0.0
+        cos = 0.5 * (g12 * inverse1 * inverse2 + g21 * inverse2 * inverse1)
+        cos = -1.0 if cos < -1.0 else 1.0 if cos > 1.0 else cos
+        row, residual = [], 0.0
+        for u1, u2 in targets:
+            first, second = u1 * norm1, u2 * norm2
+            product_1 = first + cos * second
+            y1 = -cos * second if product_1 < 0 else first
+            y2 = -cos * first if product_1 >= 0 and cos * first + second < 0 else second
+            row.append([y1 * inverse1 if norm1 > 0 else u1, y2 * inverse2 if norm2 > 0 else u2])
+            residual = max(residual, _kkt_violation_pair(cos, (first, second), (y1, y2), (norm1 > 0, norm2 > 0)))
+        weights.append(row)
+        residuals.append(residual)
+    return weights, residuals
+
+
+def _kkt_violation_pair(cos: float, bounds: tuple[float, float], scaled: tuple[float, float], nonzero: tuple[bool, bool]) -> float:
+    """`_kkt_residual` of one target of a K = 2 problem on Python floats (the same operations)."""
+    p1, p2 = (scaled[0] if nonzero[0] else 0.0), (scaled[1] if nonzero[1] else 0.0)
+    size = abs(p1) + abs(p2)
+    divisor = size if size > 0 else 1.0
+    worst = 0.0
+    for index, (product, gap) in enumerate(((1.0 * p1 + cos * p2, p1 - bounds[0]), (cos * p1 + 1.0 * p2, p2 - bounds[1]))):
+        if not nonzero[index]:
+            continue
+        violation = max(max(max(-product, -gap), min(product, gap)), 0.0)
+        worst = max(worst, violation / divisor)
+    return worst
 
 
 def _active_set(cosine: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, int]:
@@ -320,8 +365,14 @@ class _DualConeWeighting(GradientWeighting):
                 raise NonFiniteGradientError(f"{type(self).__name__}: the Gramian contains NaN or infinite entries")
             gram = 0.5 * (host + np.swapaxes(host, -1, -2))
             goal = self._goal(gram.shape[-1])
-            solved, residual, iterations = _project(gram, np.broadcast_to(goal, (*gram.shape[:-2], *goal.shape)))
-            projection = DualConeProjection(torch.from_numpy(solved), torch.from_numpy(np.asarray(residual)), iterations)
+            batch_shape = gram.shape[:-2]
+            if gram.shape[-1] == 2 and gram.size <= 4 * _SCALAR_ROWS and np.isfinite(gram).all():
+                solved, residual = _project_two_tasks(gram.reshape(-1, 4).tolist(), goal)
+                weights = torch.tensor(solved, dtype=torch.float64).reshape(*batch_shape, *goal.shape)
+                projection = DualConeProjection(weights, torch.tensor(residual, dtype=torch.float64).reshape(batch_shape), 0)
+            else:
+                solved, residual, iterations = _project(gram, np.broadcast_to(goal, (*batch_shape, *goal.shape)))
+                projection = DualConeProjection(torch.from_numpy(solved), torch.from_numpy(np.asarray(residual)), iterations)
         else:
             if not bool(torch.isfinite(gramian).all()):
                 raise NonFiniteGradientError(f"{type(self).__name__}: the Gramian contains NaN or infinite entries")

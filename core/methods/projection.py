@@ -131,6 +131,8 @@ class PCGrad(DrawsFromGenerator, GradientWeighting):
         if num_tasks == 1:
             coefficients = torch.ones_like(gram)
             projections = torch.zeros(gram.shape[:-2], dtype=torch.int64, device=gram.device)
+        elif num_tasks == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS:
+            return self._two_task_scalars(gramian)
         elif num_tasks == 2:
             return self._two_task_weights(gram, gramian.dtype)
         else:
@@ -156,6 +158,27 @@ class PCGrad(DrawsFromGenerator, GradientWeighting):
         if self.reduction == "mean":
             weights = weights / 2
         return WeightsResult(weights_in_dtype(weights, dtype, "PCGrad"), {"projections": 2 * conflict.to(torch.int64)})
+
+
+    def _two_task_scalars(self, gramian: Tensor) -> WeightsResult:
+        """`_two_task_weights` on Python floats, row by row, for a few CPU Gramians: the same
+        IEEE operations (symmetrised entries, the two quotients), without a torch call each."""
+        weights, projections = [], []
+        halve = self.reduction == "mean"
+        for g11, g12, g21, g22 in gramian.detach().to(torch.float64).reshape(-1, 4).tolist():
+            g11, g22, g12 = 0.5 * (g11 + g11), 0.5 * (g22 + g22), 0.5 * (g12 + g21)
+            conflict = g12 < 0 and g11 > 0 and g22 > 0
+            pair = (1 - g12 / g11, 1 - g12 / g22) if conflict else (1.0, 1.0)
+            weights.append((pair[0] / 2, pair[1] / 2) if halve else pair)
+            projections.append(2 if conflict else 0)
+        batch_shape = gramian.shape[:-2]
+        result = torch.tensor(weights, dtype=torch.float64).reshape(*batch_shape, 2)
+        diagnostics = {"projections": torch.tensor(projections, dtype=torch.int64).reshape(batch_shape)}
+        return WeightsResult(weights_in_dtype(result, gramian.dtype, "PCGrad"), diagnostics)
+
+
+_SCALAR_ROWS = 64
+"""Up to this many 2 x 2 Gramians (on the CPU) the K = 2 closed forms run on Python floats."""
 
 
 # --------------------------------------------------------------------------------------------

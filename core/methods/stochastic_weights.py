@@ -20,6 +20,7 @@ what makes those two properties hold beyond rounding noise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,6 +116,21 @@ def _simplex_projection_np(values: np.ndarray, /) -> np.ndarray:
     support = np.maximum((sorted_desc - cumulative / index > 0).sum(axis=-1, keepdims=True), 1)
     threshold = np.take_along_axis(cumulative, support - 1, axis=-1) / support.astype(shifted.dtype)
     return np.maximum(shifted - threshold, 0.0)
+
+
+def _simplex_projection_pair(y0: float, y1: float, /) -> tuple[float, float]:
+    """`_simplex_projection_np` of one row of 2 on Python floats (the same operations)."""
+    top = y0 if y0 >= y1 else y1
+    s0, s1 = y0 - top, y1 - top
+    lowest = s0 if s0 <= s1 else s1
+    half = (lowest - 1) / 2.0
+    threshold = half if lowest - half > 0 else -1.0
+    d0, d1 = s0 - threshold, s1 - threshold
+    return (0.0 if d0 <= 0.0 else d0), (0.0 if d1 <= 0.0 else d1)  # NaN stays, as with np.maximum
+
+
+_SCALAR_ROWS = 64
+"""Up to this many 2 x 2 Gramians SDMGrad's inner loop runs on Python floats, row by row."""
 
 
 def _residual_np(weights: np.ndarray, gradient: np.ndarray, /) -> Tensor:
@@ -343,6 +359,8 @@ class SDMGrad(_SimplexState):
         return combined * num_tasks if self.reduction == "sum" else combined
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
+        if gramian.shape[-1] == 2 and math.prod(gramian.shape[:-2]) <= _SCALAR_ROWS:
+            return self._two_task_weights(gramian)
         # normalized_gramian, inner_gradient and simplex_projection on numpy arrays (the same bits)
         gram = _host_gramian_np(gramian, "SDMGrad")
         weights = self._current(gram).numpy()
@@ -363,3 +381,40 @@ class SDMGrad(_SimplexState):
         residual = _residual_np(weights, _ordered_matvec_np(normalized, weights + pull))
         output = weights_in_dtype(self.direction_weights(self._lambda), gramian.dtype, "SDMGrad").to(gramian.device)
         return WeightsResult(output, {"kkt_residual": residual})
+
+    def _two_task_weights(self, gramian: Tensor, /) -> WeightsResult:
+        """`_weights` for K = 2 and a few rows, on Python floats row by row: the same IEEE
+        operations in the same order as the numpy path (the same bits), without a numpy call per
+        operation and iteration."""
+        gram = _host_gramian(gramian, "SDMGrad")
+        weights = self._current(gram)
+        # the norms by torch's sqrt on the same [N, 2] layout, as the numpy path takes them
+        norms = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(0).sqrt().reshape(-1, 2).tolist()
+        rows = zip(gram.reshape(-1, 4).tolist(), norms, weights.reshape(-1, 2).tolist())
+        solved = [self._two_task_row(entries, *norm, *kept) for entries, norm, kept in rows]
+        self._lambda = torch.tensor([row[:2] for row in solved], dtype=torch.float64).reshape(weights.shape)
+        self._calls += 1
+        residual = torch.tensor([row[2:] for row in solved], dtype=torch.float64).reshape(weights.shape).norm(dim=-1)
+        output = weights_in_dtype(self.direction_weights(self._lambda), gramian.dtype, "SDMGrad").to(gramian.device)
+        return WeightsResult(output, {"kkt_residual": residual})
+
+    def _two_task_row(
+        self, entries: list[float], norm0: float, norm1: float, w0: float, w1: float
+    ) -> tuple[float, float, float, float]:
+        """One row of `_two_task_weights`: the new weights and the residual vector
+        `w - Proj(w - A (w + lambda u))`."""
+        scale = (norm0 + norm1) / 2
+        square = scale * scale
+        divisor = square if square > 0 else 1.0
+        a00, a01, a10, a11 = (entry / divisor for entry in entries)
+        pull = self.lambda_ / 2
+        momentum, lr = self.momentum, self.lr
+        v0 = v1 = 0.0
+        for _ in range(self.iterations):
+            x0, x1 = w0 + pull, w1 + pull
+            v0 = momentum * v0 + (a00 * x0 + a01 * x1)
+            v1 = momentum * v1 + (a10 * x0 + a11 * x1)
+            w0, w1 = _simplex_projection_pair(w0 - lr * v0, w1 - lr * v1)
+        x0, x1 = w0 + pull, w1 + pull
+        p0, p1 = _simplex_projection_pair(w0 - (a00 * x0 + a01 * x1), w1 - (a10 * x0 + a11 * x1))
+        return w0, w1, w0 - p0, w1 - p1
