@@ -66,9 +66,10 @@ smaller values (and exact zeros) mean "at the floating-point floor".
 
 Problems: `RandomNonconvex(n, K, seed)` for (n, K) in `CONFIGS`, `num_seeds` seeds each and
 `num_starts` uniform starts in [-3, 3]^n per problem (the same starts for every setting). All
-problems of one (n, K) and all settings run as one batch, the gradients from a stacked closed
-form of the family that is checked against `core.batched_task_gradients` on every problem; the
-(n, K) advance in lockstep, their DiBS-MTL weights from one batch of Gramians (`simulate`).
+problems and settings of one (n, K) run as one batch of the toy runner
+(`toy_problems.runner.run_tracks`: plain steps of each setting's schedule, its gradient noise from
+one generator, the measures at the evaluated steps), the gradients from the family's stacked closed
+form (`RandomNonconvex.stack_rows`), checked against `core.batched_task_gradients` on every problem.
 `run` computes with one intra-op thread (restored afterwards): the tensors are tiny, and extra
 threads only add overhead and contention.
 """
@@ -84,6 +85,8 @@ from torch import Tensor
 import core
 from proofs_numeric.claim import ClaimResult, single_thread
 from toy_problems import RandomNonconvex
+from toy_problems.families import StackedNonconvex
+from toy_problems.runner import Track, run_tracks
 
 NAME = "dibs_mtl_convergence"
 STATEMENT = (
@@ -170,64 +173,6 @@ def step_sizes(schedule: str, num_steps: int, /) -> Tensor:
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-class StackedNonconvex:
-    """Several `RandomNonconvex` problems of one (n, K), evaluated together on `x [P, A, B, n]` (row p
-    of the leading dimension belongs to problem p; `batch_shape` is (A, B)), with closed-form gradients
-
-        grad f_i(x) = a_i (x - c_i) + sum_j b_ij cos(omega_ij . x + phi_ij) omega_ij.
-
-    The sums over the coordinates (in `omega_ij . x`) and over the waves are products of small
-    matrices, one per point, with the frequencies expanded over A x B once rather than copied by
-    broadcasting at every call: the products and sums of the problems' own closed form, in the
-    same order (bit for bit its values).
-    """
-
-    def __init__(self, problems: list[RandomNonconvex], batch_shape: tuple[int, int]) -> None:
-        self.problems = problems
-
-        def stack(name: str) -> Tensor:  # [P, 1, 1, ...]: against the batch dimensions A and B of x
-            return torch.stack([getattr(problem, name) for problem in problems])[:, None, None]
-
-        self.centers = stack("centers")  # [P, 1, 1, K, n]
-        self.curvature = stack("curvature")  # [P, 1, 1, K]
-        self.amplitudes = stack("amplitudes")  # [P, 1, 1, K, M]
-        self.phases = stack("phases")  # [P, 1, 1, K, M]
-        frequencies = stack("frequencies")
-        self.shape = (len(problems), *batch_shape, *frequencies.shape[-3:])  # [P, A, B, K, M, n]
-        expanded = frequencies.expand(self.shape)
-        self.by_coordinate = expanded.flatten(0, 2).flatten(1, 2).transpose(-1, -2).contiguous()  # [P A B, n, K M]
-        self.by_wave = expanded.flatten(0, 3).contiguous()  # [P A B K, M, n]
-
-    def _offsets_and_angles(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        offsets = x[..., None, :] - self.centers  # [P, A, B, K, n]
-        angles = (x.reshape(-1, 1, x.shape[-1]) @ self.by_coordinate).reshape(self.shape[:-1]) + self.phases  # [P, A, B, K, M]
-        return offsets, angles
-
-    def _jacobian(self, offsets: Tensor, angles: Tensor) -> Tensor:
-        weights = (self.amplitudes * torch.cos(angles)).reshape(-1, 1, self.shape[-2])
-        waves = (weights @ self.by_wave).reshape(offsets.shape)
-        return self.curvature[..., None] * offsets + waves
-
-    def jacobian(self, x: Tensor) -> Tensor:
-        """Per-task gradients `[P, A, B, K, n]` at `x [P, A, B, n]` (those of `values_and_jacobian`)."""
-        return self._jacobian(*self._offsets_and_angles(x))
-
-    def values_and_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Losses `[P, A, B, K]` and per-task gradients `[P, A, B, K, n]` at `x [P, A, B, n]`."""
-        offsets, angles = self._offsets_and_angles(x)
-        values = 0.5 * self.curvature * offsets.pow(2).sum(dim=-1) + (self.amplitudes * (1 + torch.sin(angles))).sum(dim=-1)
-        return values, self._jacobian(offsets, angles)
-
-    def autograd_gap(self, x: Tensor) -> float:
-        """Largest difference between the closed form and `core.batched_task_gradients` on every problem."""
-        values, jacobian = self.values_and_jacobian(x)
-        gap = 0.0
-        for p, problem in enumerate(self.problems):
-            reference_values, reference_jacobian = core.batched_task_gradients(problem, x[p])
-            gap = max(gap, float((values[p] - reference_values).abs().max()), float((jacobian[p] - reference_jacobian).abs().max()))
-        return gap
-
-
 def methods() -> dict[str, core.DiBSMTL]:
     """The two DiBS-MTL variants, by name (library defaults r = 1e-3; T-step with eta = 0.1)."""
     return {METHODS[0]: core.DiBSMTL(steps=1), METHODS[1]: core.DiBSMTL(steps=MULTI_STEPS, inner_step=MULTI_INNER_STEP)}
@@ -241,10 +186,8 @@ def method_columns() -> dict[str, slice]:
 
 def weights_of_settings(variants: dict[str, core.DiBSMTL], gramian: Tensor, /) -> Tensor:
     """Every setting's DiBS-MTL weights `[..., settings, S, K]` from the Gramians
-    `[..., settings, S, K, K]`, each method on its columns. DiBS-MTL reads only the Gramian (its
-    losses argument gets zeros), so Gramians padded with zero rows and columns (tasks with a zero
-    gradient) give those tasks weight 0 and the others the weights of the unpadded Gramian, bit for
-    bit (the sums over tasks only gain exact zero terms)."""
+    `[..., settings, S, K, K]`, each method on its columns (DiBS-MTL reads only the Gramian: its
+    losses argument gets zeros)."""
     losses = gramian.new_zeros(gramian.shape[:-1])
     return torch.cat([variants[name](gramian[..., columns, :, :, :], losses[..., columns, :, :])
                       for name, columns in method_columns().items()], dim=-3)
@@ -270,77 +213,70 @@ class ConfigRun:
     coefficient_spread: float
 
 
-class ConfigSimulation:
-    """Every setting on `num_seeds` problems x `num_starts` starts of one (n, K): the iterates
-    `x [P, settings, S, n]`, their noise stream, and what the evaluated steps record."""
+METHOD_SPECS = {METHODS[0]: "dibsmtl", METHODS[1]: f"dibsmtl:steps={MULTI_STEPS}:inner_step={MULTI_INNER_STEP}"}
+"""The registry specs of `methods()`, which the runner builds."""
 
-    def __init__(self, n_var: int, n_obj: int, /, *, num_seeds: int, num_starts: int, seed: int) -> None:
-        self.n_var, self.n_obj = n_var, n_obj
-        problems = [RandomNonconvex(n_var, n_obj, seed=1000 * n_var + 100 * n_obj + s) for s in range(num_seeds)]
-        self.stacked = StackedNonconvex(problems, (len(SETTINGS), num_starts))
-        start_generator = torch.Generator().manual_seed(seed)
-        starts = torch.stack([problem.starts(num_starts, generator=start_generator, dtype=torch.float64) for problem in problems])
-        self.x = starts[:, None].expand(-1, len(SETTINGS), -1, -1).clone()
-        self.gradient_gap = self.stacked.autograd_gap(self.x)
-        self.noise_generator = torch.Generator().manual_seed(seed + 1)
+
+def setting_tracks(num_seeds: int, num_steps: int, /) -> list[Track]:
+    """The runner's tracks of one (n, K): every setting on every problem (problem-major): the
+    setting's method, its steps `a_k / (T eta r)` (the 1-step scale normalises the update to
+    `a_k sum_i c_i u_i`) and its gradient noise."""
+    scales = direction_scales(methods())
+    return [
+        Track(METHOD_SPECS[setting.method], problem=p, step_sizes=step_sizes(setting.schedule, num_steps) / scales[j],
+              gradient_noise=NOISE_STD if setting.noise == "noisy" else 0.0)
+        for p in range(num_seeds) for j, setting in enumerate(SETTINGS)
+    ]
+
+
+class _Evaluation:
+    """What the evaluated steps record for one (n, K), from the runner's exact Jacobians
+    `[P settings, S, K, n]`: the relative residuals, the iterate norms and the T-step coefficients."""
+
+    def __init__(self, num_seeds: int, num_starts: int) -> None:
+        self.shape = (num_seeds, len(SETTINGS), num_starts)
+        self.variants, self.scales = methods(), direction_scales(methods())[:, None, None]
         self.initial_scale: Tensor | None = None
         self.residuals: list[Tensor] = []
+        self.final_norms: Tensor | None = None
         self.max_iterate_norm, self.coefficient_spread = 0.0, 0.0
 
-    def noisy(self, jacobian: Tensor, noise: Tensor, /) -> Tensor:
-        """`jacobian` plus Gaussian draws scaled by `noise [settings]` (drawn for the exact settings too, times 0)."""
-        draws = torch.randn(jacobian.shape, generator=self.noise_generator, dtype=jacobian.dtype)
-        return jacobian + noise[None, :, None, None, None] * draws
-
-    def evaluate(self, jacobian: Tensor, /) -> None:
-        """Record the relative stationarity residual and the iterate norm at the exact `jacobian`."""
-        _, residual = core.stationarity(core.gramian(jacobian))
+    def __call__(self, step: int, points: Tensor, values: Tensor, jacobian: Tensor) -> None:
+        jacobian = jacobian.reshape(*self.shape, *jacobian.shape[-2:])
+        gramian = core.gramian(jacobian)
+        _, residual = core.stationarity(gramian)
+        norms = torch.linalg.vector_norm(jacobian, dim=-1)
         if self.initial_scale is None:
-            self.initial_scale = torch.linalg.vector_norm(jacobian, dim=-1).amax(dim=-1)
+            self.initial_scale = norms.amax(dim=-1)
         self.residuals.append(residual / self.initial_scale)
-        self.max_iterate_norm = max(self.max_iterate_norm, float(torch.linalg.vector_norm(self.x, dim=-1).max()))
+        self.final_norms = norms
+        self.max_iterate_norm = max(self.max_iterate_norm, float(torch.linalg.vector_norm(points, dim=-1).max()))
+        # c_i = w_i ||g_i|| / (T eta r) at the exact gradients: all 1 for 1-step
+        coefficients = weights_of_settings(self.variants, gramian) * norms / self.scales
+        self.coefficient_spread = max(self.coefficient_spread, float((coefficients - 1).abs().max()))
 
-    def result(self, evaluated: list[int], final_jacobian: Tensor, /) -> ConfigRun:
-        return ConfigRun(self.n_var, self.n_obj, torch.tensor(evaluated), torch.stack(self.residuals),
-                         torch.linalg.vector_norm(final_jacobian, dim=-1), self.gradient_gap, self.max_iterate_norm,
-                         self.coefficient_spread)
+
+def simulate_config(n_var: int, n_obj: int, /, *, num_seeds: int, num_starts: int, num_steps: int, eval_every: int,
+                    seed: int = 0) -> ConfigRun:
+    """Every setting on `num_seeds` problems x `num_starts` starts of one (n, K), as one batch of
+    the toy runner (`toy_problems.runner.run_tracks`: plain steps of each setting's schedule, its
+    gradient noise, the problems' stacked closed form), measured every `eval_every` steps."""
+    problems = [RandomNonconvex(n_var, n_obj, seed=1000 * n_var + 100 * n_obj + s) for s in range(num_seeds)]
+    start_generator = torch.Generator().manual_seed(seed)
+    starts = torch.stack([problem.starts(num_starts, generator=start_generator, dtype=torch.float64) for problem in problems])
+    gradient_gap = StackedNonconvex(problems, (1, num_starts)).autograd_gap(starts[:, None])
+    evaluation = _Evaluation(num_seeds, num_starts)
+    trajectories = run_tracks(problems, starts, setting_tracks(num_seeds, num_steps), num_steps=num_steps, optimizer="sgd",
+                              record_every=eval_every, noise_seed=seed + 1, measure=evaluation)
+    return ConfigRun(n_var, n_obj, trajectories[0].steps, torch.stack(evaluation.residuals), evaluation.final_norms, gradient_gap,
+                     evaluation.max_iterate_norm, evaluation.coefficient_spread)
 
 
 def simulate(configs: tuple[tuple[int, int], ...], /, *, num_seeds: int, num_starts: int, num_steps: int, eval_every: int,
              seed: int = 0) -> list[ConfigRun]:
-    """Run every setting on `num_seeds` problems x `num_starts` starts of each (n, K) of `configs`.
-
-    The problems and settings of one (n, K) are one batch; the configs advance in lockstep so that
-    their weights come from one batch of Gramians padded to the largest K (`weights_of_settings`):
-    the weights take dozens of operations on tiny tensors, which cost per call more than per element."""
-    runs = [ConfigSimulation(n, K, num_seeds=num_seeds, num_starts=num_starts, seed=seed) for n, K in configs]
-    steps = torch.stack([step_sizes(setting.schedule, num_steps) for setting in SETTINGS], dim=1)  # [N, settings]
-    noise = torch.tensor([NOISE_STD if s.noise == "noisy" else 0.0 for s in SETTINGS], dtype=torch.float64)
-    variants = methods()
-    scales = direction_scales(variants)[:, None, None]  # against [P, settings, S, n] and [P, settings, S, K]
-    num_tasks = max(K for _, K in configs)
-    gramians = torch.zeros(len(configs), num_seeds, len(SETTINGS), num_starts, num_tasks, num_tasks, dtype=torch.float64)
-    evaluated = []
-    for k in range(num_steps + 1):
-        jacobians = [run.stacked.jacobian(run.x) for run in runs]
-        if k % eval_every == 0 or k == num_steps:
-            evaluated.append(k)
-            for run, jacobian in zip(runs, jacobians):
-                run.evaluate(jacobian)
-        if k == num_steps:
-            break
-        noisy = [run.noisy(jacobian, noise) for run, jacobian in zip(runs, jacobians)]
-        for c, (run, jacobian) in enumerate(zip(runs, noisy)):
-            gramians[c, ..., : run.n_obj, : run.n_obj] = core.gramian(jacobian)
-        weights = weights_of_settings(variants, gramians)
-        for c, (run, jacobian) in enumerate(zip(runs, noisy)):
-            own = weights[c, ..., : run.n_obj]
-            if k % eval_every == 0:  # c_i = w_i ||g_i|| / (T eta r): all 1 for 1-step
-                coefficients = own * torch.linalg.vector_norm(jacobian, dim=-1) / scales
-                run.coefficient_spread = max(run.coefficient_spread, float((coefficients - 1).abs().max()))
-            direction = (own[..., None] * jacobian).sum(dim=-2) / scales  # sum_i c_i u_i
-            run.x = run.x - steps[k][None, :, None, None] * direction
-    return [run.result(evaluated, jacobian) for run, jacobian in zip(runs, jacobians)]
+    """`simulate_config` for every (n, K) of `configs`."""
+    return [simulate_config(n, K, num_seeds=num_seeds, num_starts=num_starts, num_steps=num_steps, eval_every=eval_every, seed=seed)
+            for n, K in configs]
 
 
 def _quantiles(values: Tensor) -> dict[str, float]:

@@ -12,6 +12,7 @@ import core
 from core.methods.base import safe_reciprocal
 from proofs_numeric import dibs_mtl_convergence as claim
 from toy_problems import RandomNonconvex
+from toy_problems.families import StackedNonconvex
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_robbins_monro_steps_diverge_in_sum_and_converge_in_squares() -> None:
 
 def test_stacked_closed_form_is_each_problem_s_own_bit_for_bit() -> None:
     problems = [RandomNonconvex(4, 3, seed=seed) for seed in range(3)]
-    stacked = claim.StackedNonconvex(problems, (2, 5))
+    stacked = StackedNonconvex(problems, (2, 5))
     x = 3 * torch.randn(3, 2, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert stacked.autograd_gap(x) < 1e-12
     values, jacobian = stacked.values_and_jacobian(x)
@@ -74,22 +75,20 @@ def test_stacked_closed_form_is_each_problem_s_own_bit_for_bit() -> None:
         assert torch.equal(values[p], own_values) and torch.equal(jacobian[p], own_jacobian)
 
 
-def test_padded_gramians_give_every_setting_its_method_s_weights_bit_for_bit() -> None:
+def test_every_setting_gets_its_method_s_weights_bit_for_bit() -> None:
     variants = claim.methods()
     jacobian = torch.randn(2, len(claim.SETTINGS), 3, 2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    jacobian[0, :, 0, 1] = 0  # a zero gradient: weight 0, like the padding
+    jacobian[0, :, 0, 1] = 0  # a zero gradient: weight 0
     gramian = core.gramian(jacobian)
-    padded = torch.zeros(*gramian.shape[:-2], 4, 4, dtype=torch.float64)
-    padded[..., :2, :2] = gramian
-    weights = claim.weights_of_settings(variants, padded)
-    assert torch.equal(weights[..., 2:], torch.zeros_like(weights[..., 2:]))
+    weights = claim.weights_of_settings(variants, gramian)
+    assert torch.equal(weights[0, :, 0, 1], torch.zeros_like(weights[0, :, 0, 1]))
     for name, columns in claim.method_columns().items():
         assert {setting.method for setting in claim.SETTINGS[columns]} == {name}
         expected = variants[name](gramian[:, columns], torch.zeros(gramian[:, columns].shape[:-1], dtype=torch.float64))
-        assert torch.equal(weights[:, columns, ..., :2], expected)
+        assert torch.equal(weights[:, columns], expected)
     # 1-step DiBS-MTL moves along the sum of unit gradients
     one_step = claim.method_columns()["1-step"]
-    direction = (weights[:, one_step, ..., :2, None] * jacobian[:, one_step]).sum(dim=-2) / claim.direction_scales(variants)[one_step, None, None]
+    direction = (weights[:, one_step, ..., None] * jacobian[:, one_step]).sum(dim=-2) / claim.direction_scales(variants)[one_step, None, None]
     units = jacobian[:, one_step] * safe_reciprocal(torch.linalg.vector_norm(jacobian[:, one_step], dim=-1, keepdim=True))
     torch.testing.assert_close(direction, units.sum(dim=-2))
 

@@ -144,3 +144,59 @@ def test_a_representation_only_method_is_refused_with_the_reason(monkeypatch) ->
     problem = TwoTaskToy()
     with pytest.raises(ValueError, match="representation_only runs only on a model's shared representation"):
         run_tracks(problem, problem.default_starts(dtype=torch.float64), [Track("representation_only")], num_steps=1)
+
+
+def test_step_size_schedules_and_gradient_noise_are_plain_noisy_gradient_steps() -> None:
+    """A track with its own step sizes takes `x -= a_k sum_i w_i (g_i + s xi_i)`, the noise drawn
+    from the runner's generator in the Jacobian's shape at every step (every row draws, rows
+    without noise scale it by 0): written out by hand, to the bit."""
+    problem = TwoTaskToy()
+    starts = problem.default_starts(dtype=torch.float64)
+    sizes = 0.05 / (1 + torch.arange(30, dtype=torch.float64) / 10) ** 0.75
+    tracks = [Track("ls", step_sizes=sizes, gradient_noise=0.3), Track("ls"), Track("ls", step_sizes=sizes)]
+    runs = run_tracks(problem, starts, tracks, num_steps=30, lr=0.01, optimizer="sgd", noise_seed=4)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.stack([starts] * 3)
+    scale = torch.tensor([0.3, 0.0, 0.0], dtype=torch.float64)[:, None, None, None]
+    steps = torch.stack([sizes, torch.full((30,), 0.01, dtype=torch.float64), sizes], dim=1)[..., None, None]
+    for k in range(30):
+        _, jacobian = problem.values_and_jacobian(x)
+        jacobian = jacobian + scale * torch.randn(jacobian.shape, generator=generator, dtype=torch.float64)
+        x = x - steps[k] * jacobian.sum(dim=-2)
+    for row, run in enumerate(runs):
+        assert torch.equal(run.points[-1], x[row])
+    assert not torch.equal(runs[0].points[-1], runs[2].points[-1])  # the noise moved the noisy track
+    with pytest.raises(ValueError, match="optimizer='sgd'"):
+        run_tracks(problem, starts, tracks, num_steps=30, optimizer="adam")
+    with pytest.raises(ValueError, match=r"step_sizes must have shape \[num_steps\] = \[5\]"):
+        run_tracks(problem, starts, tracks, num_steps=5, optimizer="sgd")
+
+
+def test_measure_sees_every_recorded_step_in_track_order_with_exact_gradients() -> None:
+    problem = TwoTaskToy()
+    starts = problem.default_starts(dtype=torch.float64)
+    tracks = [Track("mgda", gradient_noise=0.5), Track("ls", (POWER,))]  # two groups: rows reordered inside
+    seen = []
+    runs = run_tracks(problem, starts, tracks, num_steps=10, lr=0.05, optimizer="sgd", record_every=5,
+                      measure=lambda step, points, values, jacobian: seen.append((step, points, values, jacobian)))
+    assert [step for step, *_ in seen] == [0, 5, 10]
+    for index, (_step, points, values, jacobian) in enumerate(seen):
+        for row, run in enumerate(runs):
+            assert torch.equal(points[row], run.points[index]) and torch.equal(values[row], run.losses[index])
+        exact_values, exact_jacobian = problem.values_and_jacobian(points[0])
+        assert torch.equal(jacobian[0], exact_jacobian) and torch.equal(values[0], exact_values)  # noise-free
+
+
+def test_random_nonconvex_rows_are_one_stacked_closed_form_bit_for_bit() -> None:
+    """A list of `RandomNonconvex` problems is evaluated as one stacked closed form
+    (`RandomNonconvex.stack_rows`), bit for bit each problem's own: the runs equal the problems'
+    runs alone."""
+    from toy_problems import RandomNonconvex
+
+    problems = [RandomNonconvex(3, 2, seed=seed) for seed in range(3)]
+    starts = torch.stack([p.starts(4, generator=torch.Generator().manual_seed(p.seed), dtype=torch.float64) for p in problems])
+    tracks = [Track("mgda", problem=p) for p in range(3)]
+    together = run_tracks(problems, starts, tracks, num_steps=40, lr=0.02)
+    for p, problem in enumerate(problems):
+        alone = run_tracks(problem, starts[p], [Track("mgda")], num_steps=40, lr=0.02)[0]
+        assert torch.equal(together[p].points, alone.points)

@@ -180,3 +180,87 @@ class RandomNonconvex(Problem):
 
     def __repr__(self) -> str:
         return f"RandomNonconvex(n_var={self.n_var}, n_obj={self.n_obj}, seed={self.seed})"
+
+    @staticmethod
+    def stack_rows(problems: list[RandomNonconvex], num_starts: int, /) -> NonconvexRows:
+        """The runner's evaluator of rows `[T, S, n]`, row t of `problems[t]`: one stacked closed
+        form, bit for bit each problem's own."""
+        if len({(problem.n_var, problem.n_obj, tuple(problem.frequencies.shape)) for problem in problems}) != 1:
+            raise ValueError("stacked RandomNonconvex rows need problems of one (n_var, n_obj, num_waves)")
+        return NonconvexRows(problems, num_starts)
+
+
+class StackedNonconvex:
+    """Several `RandomNonconvex` problems of one (n, K), evaluated together on `x [P, A, B, n]` (row p
+    of the leading dimension belongs to problem p; `batch_shape` is (A, B)), with closed-form gradients
+
+        grad f_i(x) = a_i (x - c_i) + sum_j b_ij cos(omega_ij . x + phi_ij) omega_ij.
+
+    The sums over the coordinates (in `omega_ij . x`) and over the waves are products of small
+    matrices, one per point, with the frequencies expanded over A x B once rather than copied by
+    broadcasting at every call: the products and sums of the problems' own closed form, in the
+    same order (bit for bit its values).
+    """
+
+    def __init__(self, problems: list[RandomNonconvex], batch_shape: tuple[int, int]) -> None:
+        self.problems = problems
+
+        def stack(name: str) -> Tensor:  # [P, 1, 1, ...]: against the batch dimensions A and B of x
+            return torch.stack([getattr(problem, name) for problem in problems])[:, None, None]
+
+        self.centers = stack("centers")  # [P, 1, 1, K, n]
+        self.curvature = stack("curvature")  # [P, 1, 1, K]
+        self.amplitudes = stack("amplitudes")  # [P, 1, 1, K, M]
+        self.phases = stack("phases")  # [P, 1, 1, K, M]
+        frequencies = stack("frequencies")
+        self.shape = (len(problems), *batch_shape, *frequencies.shape[-3:])  # [P, A, B, K, M, n]
+        expanded = frequencies.expand(self.shape)
+        self.by_coordinate = expanded.flatten(0, 2).flatten(1, 2).transpose(-1, -2).contiguous()  # [P A B, n, K M]
+        self.by_wave = expanded.flatten(0, 3).contiguous()  # [P A B K, M, n]
+
+    def _offsets_and_angles(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        offsets = x[..., None, :] - self.centers  # [P, A, B, K, n]
+        angles = (x.reshape(-1, 1, x.shape[-1]) @ self.by_coordinate).reshape(self.shape[:-1]) + self.phases  # [P, A, B, K, M]
+        return offsets, angles
+
+    def _jacobian(self, offsets: Tensor, angles: Tensor) -> Tensor:
+        weights = (self.amplitudes * torch.cos(angles)).reshape(-1, 1, self.shape[-2])
+        waves = (weights @ self.by_wave).reshape(offsets.shape)
+        return self.curvature[..., None] * offsets + waves
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        """Per-task gradients `[P, A, B, K, n]` at `x [P, A, B, n]` (those of `values_and_jacobian`)."""
+        return self._jacobian(*self._offsets_and_angles(x))
+
+    def values_and_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Losses `[P, A, B, K]` and per-task gradients `[P, A, B, K, n]` at `x [P, A, B, n]`."""
+        offsets, angles = self._offsets_and_angles(x)
+        values = 0.5 * self.curvature * offsets.pow(2).sum(dim=-1) + (self.amplitudes * (1 + torch.sin(angles))).sum(dim=-1)
+        return values, self._jacobian(offsets, angles)
+
+    def autograd_gap(self, x: Tensor) -> float:
+        """Largest difference between the closed form and autograd's (`core.batched_task_gradients`) on every problem."""
+        from core import batched_task_gradients
+
+        values, jacobian = self.values_and_jacobian(x)
+        gap = 0.0
+        for p, problem in enumerate(self.problems):
+            reference_values, reference_jacobian = batched_task_gradients(problem, x[p])
+            gap = max(gap, float((values[p] - reference_values).abs().max()), float((jacobian[p] - reference_jacobian).abs().max()))
+        return gap
+
+
+class NonconvexRows:
+    """Rows `[T, S, n]` of `RandomNonconvex` problems, row t of problem `problems[t]`, evaluated as
+    one `StackedNonconvex` (the runner's evaluator for a list of such problems)."""
+
+    def __init__(self, problems: list[RandomNonconvex], num_starts: int) -> None:
+        self.stacked = StackedNonconvex(problems, (1, num_starts))
+
+    def values_and_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dtype != self.stacked.centers.dtype or x.device != self.stacked.centers.device:  # each problem's own, converted
+            pairs = [problem.values_and_jacobian(row) for problem, row in zip(self.stacked.problems, x)]
+            return torch.stack([v for v, _ in pairs]), torch.stack([j for _, j in pairs])
+        values, jacobian = self.stacked.values_and_jacobian(x[:, None])
+        return values[:, 0], jacobian[:, 0]
+

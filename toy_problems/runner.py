@@ -25,7 +25,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
@@ -60,12 +60,18 @@ class Trajectory:
 class Track:
     """One run: a method spec (`core.make_method`), the task transforms of the losses it sees, the
     seed of its random draws, and which of the runner's problems it runs on (an index; 0 when the
-    runner has one problem)."""
+    runner has one problem); optionally its own step-size schedule and gradient noise."""
 
     method: str
     transforms: tuple[TaskTransform, ...] = ()
     seed: int = 0
     problem: int = 0
+    step_sizes: Tensor | None = field(default=None, compare=False)
+    """Plain gradient steps `x -= a_k d_k` with these sizes `[num_steps]` (a schedule, e.g.
+    Robbins-Monro) instead of the runner's optimiser and `lr`; needs `optimizer="sgd"`."""
+    gradient_noise: float = 0.0
+    """Standard deviation of Gaussian noise added to every entry of every task gradient the
+    method sees (the recorded losses and `measure` stay exact)."""
 
 
 @dataclass
@@ -114,6 +120,8 @@ def run_tracks(
     shift_losses: bool = True,
     project: Callable[[Tensor], Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
+    noise_seed: int = 0,
+    measure: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
 ) -> list[Trajectory]:
     """Run every track from every row of `starts` `[S, n]` for `num_steps` steps, all together.
 
@@ -126,6 +134,13 @@ def run_tracks(
     problem's (transformed) `lower_bound`, where it has one. `project` maps the iterates back
     onto the feasible set after every step (it must act row by row). `progress(step)` is called
     once per step.
+
+    Tracks with `gradient_noise` draw it from one generator seeded `noise_seed`, one draw of the
+    whole Jacobian's shape per step (every row draws; rows without noise scale it by 0). Tracks
+    with `step_sizes` take plain steps of those sizes (the others `lr`); all need `optimizer="sgd"`.
+    `measure(step, points, values, jacobian)` is called at every recorded step with the iterates
+    `[len(tracks), S, n]`, the losses seen and the exact (noise-free) gradients seen, rows in the
+    order of `tracks`: for measures of the whole trajectory that the caller accumulates.
     """
     problems, starts = _problems_and_starts(problem, starts, tracks)
     num_tasks = int(getattr(problems[0], "n_obj", 0)) or values_and_jacobian(problems[0], starts[0, :1])[0].shape[-1]
@@ -134,10 +149,14 @@ def run_tracks(
     x0 = torch.stack([starts[track.problem] for track in ordered]).detach().clone()
     offsets = _offsets(problems, ordered, groups, num_tasks, starts) if shift_losses else None
     seen_of = _seen_losses(ordered)
-    evaluate = problems[0] if len(problems) == 1 else _ProblemRows(problems, [track.problem for track in ordered])
-    trajectory = _advance(evaluate, x0, groups, seen_of, offsets, num_steps=num_steps, lr=lr, optimizer=optimizer,
-                          record_every=record_every, project=project, progress=progress)
+    evaluate = problems[0] if len(problems) == 1 else _problem_rows(problems, [track.problem for track in ordered], starts.shape[-2])
     position = {track_index: row for row, track_index in enumerate(order)}
+    schedule = _schedule(ordered, num_steps, lr, optimizer, x0)
+    noise = _noise(ordered, noise_seed, x0)
+    in_track_order = torch.tensor([position[i] for i in range(len(tracks))], device=x0.device)
+    trajectory = _advance(evaluate, x0, groups, seen_of, offsets, num_steps=num_steps, lr=lr, optimizer=optimizer,
+                          record_every=record_every, project=project, progress=progress, schedule=schedule, noise=noise,
+                          measure=None if measure is None else _in_track_order(measure, in_track_order))
     weights = trajectory.last_weights
     return [
         Trajectory(
@@ -164,6 +183,47 @@ def _problems_and_starts(
     if wrong:
         raise ValueError(f"tracks name problems {wrong}, but the runner has {len(problems)} (indices 0..{len(problems) - 1})")
     return problems, starts
+
+
+def _schedule(tracks: Sequence[Track], num_steps: int, lr: float, optimizer: str, x0: Tensor) -> Tensor | None:
+    """Per step and row, the step size `[num_steps, T, 1, 1]` when some track has its own
+    schedule (the others `lr`); None when none has."""
+    if all(track.step_sizes is None for track in tracks):
+        return None
+    if optimizer != "sgd":
+        raise ValueError(f"tracks with their own step sizes take plain gradient steps: use optimizer='sgd', got {optimizer!r}")
+    columns = []
+    for track in tracks:
+        sizes = torch.full((num_steps,), float(lr), dtype=x0.dtype) if track.step_sizes is None else torch.as_tensor(track.step_sizes)
+        if sizes.shape != (num_steps,):
+            raise ValueError(f"a track's step_sizes must have shape [num_steps] = [{num_steps}], got {tuple(sizes.shape)}")
+        columns.append(sizes.to(dtype=x0.dtype, device=x0.device))
+    return torch.stack(columns, dim=1)[..., None, None]
+
+
+@dataclass
+class _Noise:
+    """Gradient noise: its generator and each row's standard deviation `[T, 1, 1, 1]`."""
+
+    generator: torch.Generator
+    scale: Tensor
+
+    def add(self, jacobian: Tensor) -> Tensor:
+        draws = torch.randn(jacobian.shape, generator=self.generator, dtype=jacobian.dtype, device=jacobian.device)
+        return jacobian + self.scale * draws
+
+
+def _noise(tracks: Sequence[Track], seed: int, x0: Tensor) -> _Noise | None:
+    if all(track.gradient_noise == 0 for track in tracks):
+        return None
+    if any(not (track.gradient_noise >= 0) for track in tracks):
+        raise ValueError(f"gradient_noise must be >= 0, got {sorted({t.gradient_noise for t in tracks})}")
+    scale = torch.tensor([track.gradient_noise for track in tracks], dtype=x0.dtype, device=x0.device)[:, None, None, None]
+    return _Noise(torch.Generator(device=x0.device).manual_seed(seed), scale)
+
+
+def _in_track_order(measure: Callable[[int, Tensor, Tensor, Tensor], None], rows: Tensor) -> Callable[[int, Tensor, Tensor, Tensor], None]:
+    return lambda step, points, values, jacobian: measure(step, points[rows], values[rows], jacobian[rows])
 
 
 def run_toy(
@@ -216,6 +276,9 @@ def _advance(
     project: Callable[[Tensor], Tensor] | None,
     progress: Callable[[int], None] | None,
     batch_shape: tuple[int, ...] | None = None,
+    schedule: Tensor | None = None,
+    noise: _Noise | None = None,
+    measure: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
 ) -> Trajectory:
     """The one loop: rows `x0` `[T, S, n]`; per step the problem once, the methods once each on
     their rows, one optimiser step, the projection, the lifecycle hooks, the recorder.
@@ -247,8 +310,12 @@ def _advance(
             steps.append(step)
             points.append(x.detach().clone())
             losses.append(values)
+            if measure is not None:
+                measure(step, points[-1], values, jacobian)
         if step == num_steps:
             break
+        if noise is not None:
+            jacobian = noise.add(jacobian)
         opt.zero_grad(set_to_none=True)
         # one Gramian, one weighted sum and one weights tensor for all rows; the methods each
         # run once on their slice (rows never interact, so this is their per-group arithmetic)
@@ -264,8 +331,14 @@ def _advance(
         for group in aggregations:
             direction[group.rows] = group.update
         last_weights = weights
-        x.grad = direction
-        opt.step()
+        if schedule is None:
+            x.grad = direction
+            opt.step()
+        else:  # plain steps of each row's size; the methods' own parameters (if any) by the optimiser
+            with torch.no_grad():
+                x.sub_(schedule[step] * direction)
+            if any(g.own for g in groups):
+                opt.step()
         if project is not None:
             with torch.no_grad():
                 x.copy_(project(x))
@@ -435,6 +508,17 @@ def _seen_losses(tracks: Sequence[Track]) -> Callable[[Tensor, Tensor], tuple[Te
         return values, jacobian
 
     return apply
+
+
+def _problem_rows(problems: Sequence[Callable[[Tensor], Tensor]], row_problems: Sequence[int], num_starts: int) -> Callable[[Tensor], Tensor]:
+    """The rows' evaluator: the problems' own stacked closed form where their class has one
+    (`stack_rows(row_problems, num_starts)`, every row in one computation), else each problem on
+    its rows."""
+    kind = type(problems[0])
+    stack = getattr(kind, "stack_rows", None)
+    if stack is not None and all(type(problem) is kind for problem in problems):
+        return stack([problems[p] for p in row_problems], num_starts)
+    return _ProblemRows(problems, row_problems)
 
 
 class _ProblemRows:
