@@ -12,7 +12,8 @@ Public API (everything is importable from `core` directly):
 - dual-cone and gradient-alignment weightings `UPGrad`, `DualProj`, `AlignedMTL`, `ConFIG`,
   `GradVac`, `FairGrad`;
 - Jacobian aggregations (an update from the per-task gradient vectors) `GradDrop`, `MoCo`,
-  `DBMTL`, `ExcessMTL`;
+  `DBMTL`, `ExcessMTL`, and `RotoGrad` (representation mode, with per-task rotations the model
+  applies through `RotoGrad.rotate`);
 - `core.dibs` (the DiBS bargaining iteration), `core.transforms`, `core.pareto`, `core.errors`;
 - `make_method` / `available_methods` / `describe_method`: one vocabulary of `name:key=value`
   specs for every command line; `CLAIMS` the vocabulary of claims methods declare.
@@ -71,6 +72,7 @@ from core.methods import (
 from core.methods.dual_cone import DualProj, UPGrad
 from core.methods.gradient_alignment import AlignedMTL, ConFIG, FairGrad, GradVac
 from core.methods.preference import EPOSearch, ParetoMTL
+from core.methods.rotograd import RotoGrad
 from core.methods.scalarization import (
     GeometricLossStrategy,
     PenaltyBoundaryIntersection,
@@ -110,6 +112,7 @@ __all__ = [
     "MoCo",
     "DBMTL",
     "ExcessMTL",
+    "RotoGrad",
     "CLAIMS",
     "WeightsResult",
     "canonical_spec",

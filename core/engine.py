@@ -113,6 +113,10 @@ def mtl_backward(
       the `[K, numel]` gradient on the features and `d`, reshaped like them, is backpropagated once
       through the encoder. The heads get one vector-Jacobian product of `sum_i c_i l_i`, `c_i` the
       method's `head_weights` (WEIGHTED) or 1 (RAW). `StepInfo.weights` is the `head_weights`.
+      A method with learnable parameters of its own may return an `auxiliary_loss(J, losses)`
+      (RotoGrad's alignment of its rotations, a graph to those parameters only): the engine
+      backpropagates it into `method.parameters()` alone, times `loss_scale`, as it does a loss
+      weighting's `penalty()`, and reports its value as `StepInfo.diagnostics["auxiliary_loss"]`.
 
     `task_params[i]` (task i's own head parameters) must be reached by task i's loss only: the
     heads receive the gradient of `sum_i c_i l_i`, so another task j whose loss also reaches them
@@ -656,6 +660,7 @@ def combine_aggregation(
     update, head_weights, diagnostics, norms = aggregate(method, matrix, losses, context)
     pieces = update.split([block.shape[1] for block in jacobian])
     pairs = [(param, piece.view_as(param)) for param, piece in zip(shared, pieces)] + heads(head_weights)
+    pairs += auxiliary_gradients(method, matrix, losses, context, diagnostics)
     check_finite_grads(pairs, _HEADS_NONFINITE, context.on_nonfinite)
     info = StepInfo(weights=head_weights.detach(), losses=losses, grad_norms=norms, diagnostics=diagnostics)
     return pairs, info
@@ -684,6 +689,30 @@ def aggregate(
     return update, head_weights.to(losses.dtype), result.diagnostics, norms
 
 
+def auxiliary_gradients(
+    method: JacobianAggregation, jacobian: Tensor, losses: Tensor, context: StepContext, diagnostics: dict[str, Tensor]
+) -> list[tuple[Tensor, Tensor]]:
+    """The gradient of the method's `auxiliary_loss` (on the unscaled `J`, in the layout it was
+    taken in) on its own `parameters()`, times the loss scale as a loss weighting's `penalty()` is,
+    so that every gradient of the step carries the scale; none for a method without one. Its value
+    goes into the diagnostics as `"auxiliary_loss"`. Data parallelism needs no reduction: every
+    rank forms it from the same whole-batch `J`."""
+    own = list(method.parameters())
+    if not own:
+        return []
+    auxiliary = method.auxiliary_loss(jacobian, losses)
+    if auxiliary is None:
+        return []
+    if not isinstance(auxiliary, Tensor) or auxiliary.ndim != 0 or not auxiliary.requires_grad:
+        raise MTLInputError(  # a defect of the method, named as such
+            f"{type(method).__name__}.auxiliary_loss must return None or a scalar tensor with a graph to the method's "
+            f"parameters, got {auxiliary!r}"
+        )
+    grads = torch.autograd.grad(context.loss_scale * auxiliary, own, allow_unused=True)
+    diagnostics["auxiliary_loss"] = auxiliary.detach()
+    return [(param, grad) for param, grad in zip(own, grads) if grad is not None]
+
+
 def _representation_aggregation_step(
     call: Call, losses: Tensor, method: JacobianAggregation, context: StepContext
 ) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
@@ -702,6 +731,7 @@ def _representation_aggregation_step(
     head_grads = vjp(call.losses, heads, coefficients, retain_graph=True) if heads else []
     grads = vjp(features, call.shared, update.view_as(features), retain_graph=context.retain_graph) + head_grads
     pairs = list(zip(call.shared + heads, context.reduction.gradients(grads)))
+    pairs += auxiliary_gradients(method, matrix.view(per_task.shape), losses, context, diagnostics)
     check_finite_grads(pairs, _HEADS_NONFINITE, context.on_nonfinite)
     info = StepInfo(weights=head_weights.detach(), losses=losses, grad_norms=norms, diagnostics=diagnostics)
     return pairs, info

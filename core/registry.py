@@ -55,6 +55,7 @@ from core.methods.base import GradientWeighting, JacobianAggregation, Method
 from core.methods.dual_cone import DualProj, UPGrad
 from core.methods.gradient_alignment import AlignedMTL, ConFIG, FairGrad, GradVac
 from core.methods.preference import EPOSearch, ParetoMTL
+from core.methods.rotograd import RotoGrad
 from core.methods.scalarization import (
     GeometricLossStrategy,
     PenaltyBoundaryIntersection,
@@ -100,6 +101,7 @@ METHODS: dict[str, type[Method]] = {
         ConFIG,
         GradVac,
         FairGrad,
+        RotoGrad,
     )
 }
 """Canonical name -> method class; each class carries its own name (`Method.name`)."""

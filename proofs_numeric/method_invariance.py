@@ -8,7 +8,9 @@ when each loss `l_i` is replaced by `h_i(l_i)`, `h_i` strictly increasing: the m
 `h_i(l_i)` and the gradient `h_i'(l_i) g_i`).
 
 Protocol (float64). For each method, its own nominal trajectory is run with Adam (the toy
-runner, as every toy experiment) on two cases: the two-task DiBS-MTL toy from its five published
+runner, as every toy experiment; a method of the engine's representation mode only, RotoGrad, runs
+through `core.mtl_backward` on the model whose identity encoder's features are the problem's
+variables, which gives it the same per-task gradients) on two cases: the two-task DiBS-MTL toy from its five published
 starts, and seeded `RandomNonconvex` problems (3 tasks, 4 variables) from random starts. Along
 that trajectory, step by step, the method is fed the inputs of every *version* of the problem at
 the same iterate (teacher forcing: the versions share the points, so what differs is the
@@ -53,7 +55,7 @@ from core.registry import available_methods, make_method
 from proofs_numeric.claim import ClaimResult, single_thread
 from proofs_numeric.invariance import TOY_LOWER_BOUND, box, draw_versions, loss_ranges
 from toy_problems import RandomNonconvex, TwoTaskToy
-from toy_problems.runner import Track, run_tracks, step_direction
+from toy_problems.runner import Track, make_optimizer, run_tracks, step_direction
 
 NAME = "method_invariance"
 
@@ -199,10 +201,45 @@ def _one_update(method: Method, values: Tensor, jacobian: Tensor, optimizer: tor
 
 
 def nominal_points(case: Case, spec: str, *, seed: int) -> Tensor:
-    """The method's nominal Adam trajectory on every problem and start, `[T, P, S, n]` (T = steps + 1)."""
+    """The method's nominal Adam trajectory on every problem and start, `[T, P, S, n]` (T = steps + 1):
+    the toy runner's, or the engine's for a method of the representation mode only (`engine_points`)."""
+    if "full" not in make_method(spec, num_tasks=case.lower_bounds.shape[-1]).engine_modes:
+        return engine_points(case, spec, seed=seed)
     tracks = [Track(spec, (), seed, p) for p in range(len(case.problems))]
     runs = run_tracks(case.problems, case.starts, tracks, num_steps=case.num_steps, lr=case.lr, record_every=1)
     return torch.stack([run.points for run in runs], dim=1)
+
+
+def engine_points(case: Case, spec: str, *, seed: int) -> Tensor:
+    """`nominal_points` of a method the toy runner cannot run (engine modes without "full":
+    RotoGrad): row by row through `core.mtl_backward` in representation mode, on the model whose
+    encoder is the identity, its parameters the problem's variables x and its features `z = x`
+    (so `J` on z is the runner's `J` on x, and x's `.grad` is the update), with the runner's Adam
+    on x and on the method's own parameters (trained by its auxiliary loss, if any), its lower-bound
+    shift for a method whose loss domain is not "any", and the lifecycle hooks at each new iterate."""
+    num_tasks = case.lower_bounds.shape[-1]
+    points = torch.empty(case.num_steps + 1, *case.starts.shape, dtype=case.starts.dtype)
+    for p, problem in enumerate(case.problems):
+        for s in range(case.starts.shape[1]):
+            method = make_method(spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed))
+            x = case.starts[p, s].detach().clone().requires_grad_(True)
+            optimizer = make_optimizer([x, *method.to(dtype=x.dtype).parameters()], "adam", case.lr)
+            for step in range(case.num_steps + 1):
+                points[step, p, s] = x.detach()
+                if step == case.num_steps:
+                    break
+                features = x.clone()
+                losses = problem(features)
+                if method.loss_domain != "any":
+                    losses = losses - case.lower_bounds[p]
+                if step > 0:
+                    if method.needs_post_step_losses:
+                        method.after_step(losses.detach())
+                    method.end_epoch()
+                optimizer.zero_grad()
+                core.mtl_backward(losses, [x], method, representation=features)
+                optimizer.step()
+    return points
 
 
 def case_deviations(case: Case, spec: str, *, seed: int) -> Tensor:

@@ -54,3 +54,17 @@ def test_the_readme_method_table_is_current() -> None:
     stored = text[text.index(claim.TABLE_BEGIN) + len(claim.TABLE_BEGIN) : text.index(claim.TABLE_END)].strip()
     assert stored == claim.method_table(results), "the README's method table is out of date: python -m proofs_numeric.method_invariance --write-readme"
     assert claim.evaluate(results).passed, claim.evaluate(results).measured
+
+
+def test_representation_only_methods_are_measured_on_the_engine() -> None:
+    """A method the toy runner cannot run (RotoGrad: representation mode only) follows its nominal
+    trajectory through the engine, on the identity encoder whose features are the problem's
+    variables; for methods both can run that path is the runner's trajectory (stateful, learnable
+    and post-step methods included), and RotoGrad measures as it declares (neither invariance: its
+    common norm C follows the losses' scales)."""
+    case = claim.toy_case(quick=True, seed=0)
+    for spec in ("mgda", "uw", "famo"):
+        torch.testing.assert_close(claim.engine_points(case, spec, seed=0), claim.nominal_points(case, spec, seed=0), rtol=0, atol=1e-12)
+    results = claim.measure(quick=True, methods=["rotograd"])
+    assert results["rotograd"]["measured"] == {"rescaling_invariant": False, "monotone_invariant": False}
+    assert results["rotograd"]["agrees"]

@@ -90,6 +90,7 @@ FACTORIES = {
     "db_mtl": lambda: core.DBMTL(3),
     "moco": lambda: core.MoCo(3),
     "excess_mtl": lambda: core.ExcessMTL(3),
+    "rotograd": lambda: core.RotoGrad(3),  # representation only; without rotations the model is unchanged
 }
 
 
@@ -100,7 +101,7 @@ def test_engine_equals_the_hand_computation(name: str, representation: bool) -> 
     (split back into their layout, or backpropagated from the features), the heads
     `head_weights_i grad l_i` (WEIGHTED) or `grad l_i` (RAW); `StepInfo.weights` is the head weights."""
     probe = FACTORIES[name]()
-    if representation and "representation" not in probe.engine_modes:
+    if ("representation" if representation else "full") not in probe.engine_modes:
         with pytest.raises(errors.UnsupportedEngineModeError):
             engine_step(TwoLayerMultiTask(3), probe, representation)
         return
@@ -161,6 +162,66 @@ def test_loss_scale_is_divided_out_of_j(representation: bool) -> None:
         model.zero_grad_all()
         unscaled_info = core.mtl_backward([scale * loss for loss in model.losses()], model.shared_params(), build(), task_params=model.task_params())
         assert not torch.allclose(unscaled_info.weights, plain_info.weights)
+
+
+class SelfTrained(SignedMax):
+    """SignedMax with a parameter of its own trained by an auxiliary loss: `theta [K]` pulled
+    towards the row sums of J, `sum_i (theta_i - sum_j J_ij)^2` (a test double of RotoGrad's
+    contract: a graph to the method's parameters only)."""
+
+    def __init__(self, num_tasks: int, *, shape_seen: list | None = None) -> None:
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(num_tasks, dtype=torch.float64))
+        self.shape_seen = shape_seen
+
+    def parameters(self):
+        return iter((self.theta,))
+
+    def auxiliary_loss(self, jacobian: torch.Tensor, losses: torch.Tensor, /) -> torch.Tensor:
+        if self.shape_seen is not None:
+            self.shape_seen.append(tuple(jacobian.shape))
+        return (self.theta - jacobian.reshape(jacobian.shape[0], -1).sum(-1)).square().sum()
+
+
+@pytest.mark.parametrize("representation", [False, True], ids=["full", "representation"])
+@pytest.mark.parametrize("scale", [None, 64.0])
+def test_auxiliary_loss_trains_the_method_parameters_only(representation: bool, scale: float | None) -> None:
+    """The engine writes the gradient of `auxiliary_loss` (on the unscaled J, in the layout it was
+    taken in) into the method's parameters, times the loss scale, and nothing else changes: the
+    model's gradients equal those of the same method without one; the value is in the diagnostics."""
+    model = TwoLayerMultiTask(3)
+    plain, _ = engine_step(model, SignedMax(), representation)
+    shapes: list = []
+    method = SelfTrained(3, shape_seen=shapes)
+    model.zero_grad_all()
+    z = model.representation()
+    factor = 1.0 if scale is None else scale
+    info = core.mtl_backward(
+        [factor * loss for loss in model.losses_from(z)], model.shared_params(), method, task_params=model.task_params(),
+        representation=z if representation else None, loss_scale=scale,
+    )
+    params = model.shared_params() + [p for group in model.task_params() for p in group]
+    for param, want in zip(params, plain):
+        torch.testing.assert_close(param.grad, factor * want, rtol=1e-12, atol=1e-12)
+    z = model.representation()
+    losses = model.losses_from(z)
+    jacobian = per_task_gradients(losses, [z] if representation else model.shared_params())
+    expected = -2 * jacobian.sum(-1)  # d/dtheta at theta = 0
+    torch.testing.assert_close(method.theta.grad, factor * expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(info.diagnostics["auxiliary_loss"], expected.square().sum() / 4, rtol=1e-12, atol=1e-12)
+    assert shapes == [(3, *z.shape)] if representation else shapes == [(3, jacobian.shape[1])]
+
+
+def test_an_auxiliary_loss_without_a_graph_is_a_defect() -> None:
+    class Detached(SelfTrained):
+        def auxiliary_loss(self, jacobian: torch.Tensor, losses: torch.Tensor, /) -> torch.Tensor:
+            return super().auxiliary_loss(jacobian, losses).detach()
+
+    model = TwoLayerMultiTask(2)
+    sentinel = with_sentinel_grads(model)
+    with pytest.raises(errors.MTLInputError, match="auxiliary_loss must return"):
+        core.mtl_backward(model.losses(), model.shared_params(), Detached(2), task_params=model.task_params())
+    assert_untouched(model, sentinel)
 
 
 # -- errors and skipped steps ----------------------------------------------------------------------

@@ -63,6 +63,7 @@ VARIANTS = [
     "fairgrad:alpha=2",  # alpha != 1: rescaling and monotone invariance narrowed away
     "upgrad:norm_eps=0.0001:reg_eps=0.0001",  # TorchJD's regularised QP: non_conflicting narrowed away
     "aligned_mtl:scale_mode=median",
+    "rotograd:burn_in_period=2",  # the baseline replaced within the state tests' trajectories
 ]
 SPECS = available_methods() + VARIANTS
 
@@ -86,13 +87,14 @@ UNDECLARED_BECAUSE_FALSE = {
     },
     # Jacobian aggregations, same counterexample: GradDrop keeps both coordinates whole, d = a J;
     # MoCo's first lambda moves with Y Y^T = diag(1, 1/4) (d = (0.48, 0.26), not (1/4, 1/4));
-    # ExcessMTL's first weights are uniform whatever the scale, d = J / 2
+    # ExcessMTL's first weights are uniform whatever the scale, d = J / 2; RotoGrad's common norm
+    # C = sum_k alpha_k ||g_k|| follows the scales: d = (1, 1) becomes (3/2, 3/2)
     **{
         (spec, "rescaling_invariant"): (
             Step(torch.eye(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)),
             [2.0, 1.0],
         )
-        for spec in ("graddrop", "moco", "excess_mtl")
+        for spec in ("graddrop", "moco", "excess_mtl", "rotograd")
     },
     # GLS: the update (S / K) sum_i g_i / l_i keeps its direction but scales by (prod_i a_i)^(1/K):
     # J = I, l = (1, 1), a = (2, 1) gives a * w(a l) = (1/sqrt 2, 1/sqrt 2), not (1/2, 1/2)
@@ -129,6 +131,8 @@ STATEFUL_SPECS += ["moco", "db_mtl", "excess_mtl", "moco:normalize_gradients=tru
 STATEFUL_SPECS += ["pmtl:preference=1"]
 # GradVac's EMA targets; the default draws its orders from the global RNG here (no generator)
 STATEFUL_SPECS += ["gradvac:shuffle=false"]
+# RotoGrad's baseline norms (its rotations are model parameters: tests/test_rotograd.py)
+STATEFUL_SPECS += ["rotograd", "rotograd:burn_in_period=2"]
 
 WITHOUT_CLAIMS = {
     # PCGrad projects in a random order: permutation equivariant only in distribution, and its

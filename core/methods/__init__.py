@@ -22,6 +22,7 @@ from core.methods.nash_mtl import NashMTL
 from core.methods.preference import EPOSearch, ParetoMTL
 from core.methods.projection import IMTLG, CAGrad, PCGrad
 from core.methods.random_weighting import RandomGradientWeighting, RandomLossWeighting
+from core.methods.rotograd import RotoGrad
 from core.methods.scalarization import (
     GeometricLossStrategy,
     PenaltyBoundaryIntersection,
@@ -43,6 +44,7 @@ __all__ = [
     "MoCo",
     "DBMTL",
     "ExcessMTL",
+    "RotoGrad",
     "CLAIMS",
     "WeightsResult",
     "IMTLG",

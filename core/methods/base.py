@@ -14,7 +14,8 @@ One lifecycle for every method:
 - `weights(...)` returns a `WeightsResult`: the weights and the method's diagnostics of that call
   (calling the method, `method(...)`, returns the weights alone); a Jacobian aggregation has
   `aggregate(jacobian, losses)` instead, returning an `AggregationResult` (the update, the heads'
-  weights, the diagnostics; calling it returns the update);
+  weights, the diagnostics; calling it returns the update), and may train its own parameters with
+  `auxiliary_loss(jacobian, losses)` (RotoGrad's rotations);
 - `after_step(new_losses)` after the optimiser step (FAMO's logit update; the losses recomputed on
   the same batch), and `end_epoch()` after each epoch (DWA), are no-ops by default, so a training
   loop may call them for every method;
@@ -299,6 +300,18 @@ class JacobianAggregation(Method):
     @abstractmethod
     def _aggregate(self, jacobian: Tensor, losses: Tensor, /) -> AggregationResult:
         """The method itself, on checked inputs."""
+
+    def auxiliary_loss(self, jacobian: Tensor, losses: Tensor, /) -> Tensor | None:
+        """An extra scalar loss that trains the method's own `parameters()` (RotoGrad's alignment of
+        its rotations), or None (the default: nothing to train).
+
+        The engine calls it after `aggregate`, on the same unscaled per-task gradients in the layout
+        they were taken in (`[K, *representation.shape]` in representation mode, `[K, n]` in full
+        mode) and the same losses, and writes the loss's gradient into `parameters()` only (times
+        the loss scale, as a loss weighting's `penalty()`), with the step's other gradients. Its
+        graph must reach nothing but the method's own parameters: the model's parameters get nothing
+        from it, and the update d does not depend on it."""
+        return None
 
     def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
         super().reset(batch_shape)
