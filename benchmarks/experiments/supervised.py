@@ -1,10 +1,11 @@
 """Supervised benchmark experiments: every method x seeds x loss transforms on one suite.
 
 `python -m benchmarks multimnist|nyuv2|cityscapes|qm9 [--quick] [--methods ...] [--seeds ...]
-[--transforms ...] [--data-root PATH]` trains each (method, seed, transform) run with the shared
-loop (`benchmarks.harness.training`), stores one JSON per run (`benchmarks.harness.runs`),
-trains the single-task baselines ("stl:TASK", nominal losses) unless `--no-single-task`, and
-prints and writes the summary table (`benchmarks.harness.summary`) and a Delta_m% figure.
+[--transforms ...] [--data-root PATH] [--data-source NAME]` (qm9: `--data-source qm9pack`) trains
+each (method, seed, transform) run with the shared loop (`benchmarks.harness.training`), stores
+one JSON per run (`benchmarks.harness.runs`), trains the single-task baselines ("stl:TASK",
+nominal losses) unless `--no-single-task`, and prints and writes the summary table
+(`benchmarks.harness.summary`) and a Delta_m% figure.
 """
 
 from __future__ import annotations
@@ -44,6 +45,23 @@ PAPER_METHODS = "ls,scaleinvls,rlw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo
 
 
 @dataclass(frozen=True)
+class DataSource:
+    """An alternative to an experiment's own data (`--data-source NAME`): its suite, what
+    `--data-root` means with it, and a check of `--data-root` ("module:function", called with it)
+    that runs before any training."""
+
+    name: str
+    suite: str
+    help: str
+    check: str | None = None
+
+    def validate(self, data_root: str | None) -> None:
+        if self.check is not None:
+            module, function = self.check.split(":")
+            getattr(importlib.import_module(module), function)(data_root)
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     """How an experiment uses its suite: defaults, quick mode, whether data must be given."""
 
@@ -57,9 +75,21 @@ class ExperimentSpec:
     quick_epochs: int = 1
     quick_batches: int | None = 4
     quick_methods: str = "ls,dibsmtl"
+    data_sources: tuple[DataSource, ...] = ()
 
-    def load_suite(self) -> Suite:
-        module, attribute = self.suite.split(":")
+    def source(self, name: str | None) -> DataSource | None:
+        """The data source `name` (None: the experiment's own data); a clear error if unknown."""
+        if name is None:
+            return None
+        for source in self.data_sources:
+            if source.name == name:
+                return source
+        choices = ", ".join(source.name for source in self.data_sources) or "none: it reads only " + self.data_help
+        raise InvalidHyperparameterError(f"{self.name} has no --data-source {name!r}; choose one of: {choices} (or leave it out for --data-root)")
+
+    def load_suite(self, source: str | None = None) -> Suite:
+        chosen = self.source(source)
+        module, attribute = (self.suite if chosen is None else chosen.suite).split(":")
         return getattr(importlib.import_module(module), attribute)
 
 
@@ -101,7 +131,15 @@ EXPERIMENTS = {
         seeds="0,1,2",
         transforms="none",
         needs_data_root=True,
-        data_help="PyTorch Geometric's QM9 root folder (holding processed/qm9_v3.pt)",
+        data_help="PyTorch Geometric's QM9 root folder (holding processed/data_v3.pt or raw/qm9_v3.pt), or --data-source qm9pack for the QM9 of the package qm9pack",
+        data_sources=(
+            DataSource("qm9pack", "benchmarks.suites.qm9:QM9PACK",
+                       "the QM9 of the package qm9pack (pip install -e .[qm9data]), converted once with RDKit bonds into PyG's layout and features; --data-root names its cache folder (default ~/.cache/mtl-bargaining/qm9pack)",
+                       check="benchmarks.data.qm9pack:check_source"),
+            DataSource("qm9pack-sanitised", "benchmarks.suites.qm9:QM9PACK_SANITISED",
+                       "as qm9pack, with RDKit's aromatic and sp/sp2/sp3 node features and aromatic bonds (PyG's are all zero)",
+                       check="benchmarks.data.qm9pack:check_source"),
+        ),
     ),
 }
 
@@ -121,6 +159,7 @@ class Config(CommandConfig):
     out: Path = Path("results")
     fresh: bool = False
     data_root: str | None = None
+    data_source: str | None = None
     epochs: int | None = None
     max_batches: int | None = None
     no_single_task: bool = False
@@ -139,7 +178,10 @@ def _experiment_of(config: Config) -> ExperimentSpec:
 def make_add_arguments(spec: ExperimentSpec):
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_common_arguments(parser, methods=spec.methods, seeds=spec.seeds, transforms=spec.transforms, unset=True)
-        parser.add_argument("--data-root", default=None, help=spec.data_help + (" (required)" if spec.needs_data_root else ""))
+        parser.add_argument("--data-root", default=None, help=spec.data_help + ((" (required without --data-source)" if spec.data_sources else " (required)") if spec.needs_data_root else ""))
+        if spec.data_sources:
+            parser.add_argument("--data-source", default=None, choices=[source.name for source in spec.data_sources],
+                                help="where the data comes from, instead of --data-root's files: " + "; ".join(f"{source.name}: {source.help}" for source in spec.data_sources))
         parser.add_argument("--epochs", type=int, default=None, help="override the protocol's number of epochs")
         parser.add_argument("--max-batches", type=int, default=None, help="cap the training batches per epoch (a quick look at a large dataset)")
         parser.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines (Delta_m then uses the published base, if any)")
@@ -174,6 +216,8 @@ def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[
         max_batches = config.max_batches
     settings = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": config.representation,
                 "data_root": config.data_root}
+    if config.data_source is not None:  # runs on the experiment's own data keep their ids
+        settings["data_source"] = config.data_source
     if config.nproc > 1:  # data-parallel runs are stored apart: equal to single-process ones only up to rounding
         settings["nproc"] = config.nproc
         settings["transform_of"] = "whole batch"  # earlier --nproc runs transformed each rank's loss: new ids
@@ -200,11 +244,14 @@ def run(config: Config, /) -> ExperimentResult:
         store = ResultStore(config.out, read_only=True)
         return ExperimentResult([record for record in map(store.load, runs) if record is not None],
                                 f"{spec.name}: {len(runs)} runs trained over {config.nproc} processes (their summary is above)")
-    if spec.needs_data_root and config.data_root is None:
+    source = spec.source(config.data_source)
+    if source is not None:
+        source.validate(config.data_root)
+    elif spec.needs_data_root and config.data_root is None:
         raise InvalidHyperparameterError(f"{spec.name} needs --data-root: {spec.data_help}. Without the data, `--help` lists the options")
-    if config.data_root is not None and not Path(config.data_root).is_dir():
+    elif config.data_root is not None and not Path(config.data_root).is_dir():
         raise InvalidHyperparameterError(f"--data-root {config.data_root} is not a folder: {spec.data_help}")
-    suite = spec.load_suite()
+    suite = spec.load_suite(config.data_source)
     runs, protocol, max_batches = plan_runs(spec, suite, config)
     store = ResultStore(config.out)
     if config.fresh:
@@ -246,7 +293,7 @@ def run(config: Config, /) -> ExperimentResult:
 def planned_runs(config: Config) -> list[RunSpec]:
     """The runs `run(config)` makes, single-task baselines first."""
     spec = _experiment_of(config)
-    return plan_runs(spec, spec.load_suite(), config)[0]
+    return plan_runs(spec, spec.load_suite(config.data_source), config)[0]
 
 
 def command(name: str, /) -> SimpleNamespace:

@@ -2,7 +2,9 @@
 random_weighting_baselines_metrics.md §4, §5.1, §5.3-§5.5, §6.6).
 
 Data: PyTorch Geometric's QM9 under the user's root (`benchmarks.data.qm9`: `processed/data_v3.pt`
-read without torch_geometric; no embedded default, nothing is downloaded). Targets
+read without torch_geometric; no embedded default, nothing is downloaded), or (`source="qm9pack"`,
+`QM9PACK`, `QM9PACK_SANITISED`) the QM9 that the package qm9pack installs, converted once to the
+same layout and cached (`benchmarks.data.qm9pack`; the root is then the cache folder). Targets
 [0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11] = mu, alpha, HOMO, LUMO, <R^2>, ZPVE, U0, U, H, G
 (atomisation versions, PyG targets 12-15) and c_v; a seeded shuffle gives test (first 10k),
 validation (next 10k) and train (the rest); targets are standardised with the training split's
@@ -45,6 +47,7 @@ from benchmarks.data.qm9 import (
     load_qm9,
     qm9_splits,
 )
+from benchmarks.data.qm9pack import FEATURE_LAYOUTS, FeatureLayout, load_qm9pack
 from benchmarks.harness.suite import MetricSpec, Suite, TrainingProtocol
 from benchmarks.models.mpnn import MPNN
 from core.errors import MTLInputError
@@ -122,17 +125,29 @@ def task_losses(predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor]
     return {name: F.mse_loss(predictions[name].reshape(-1), targets[name].reshape(-1).to(predictions[name].dtype)) for name in TASKS}
 
 
+QM9Source = Literal["pyg", "qm9pack"]
+SOURCES = ("pyg", "qm9pack")
+"""Where the molecules come from: PyG's files under the root, or qm9pack (root: cache folder)."""
+
+
 class QM9Data:
     """Reads and splits QM9 for the suite and keeps the statistics of the last read, which the
-    MAE accumulator needs (module docstring)."""
+    MAE accumulator needs (module docstring). `source` "qm9pack" reads `load_qm9pack(root,
+    layout=layout, limit=limit)` instead of PyG's files."""
 
-    def __init__(self, *, split_seed: int = SPLIT_SEED, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE, normalisation: Literal["train", "all"] = "train") -> None:
+    def __init__(self, *, split_seed: int = SPLIT_SEED, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE, normalisation: Literal["train", "all"] = "train",
+                 source: QM9Source = "pyg", layout: FeatureLayout = "pyg", limit: int | None = None) -> None:
+        if source not in SOURCES:
+            raise MTLInputError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+        if layout not in FEATURE_LAYOUTS or (source == "pyg" and (layout != "pyg" or limit is not None)):
+            raise MTLInputError(f"layout ({', '.join(FEATURE_LAYOUTS)}) and limit are options of source='qm9pack'; got source={source!r}, layout={layout!r}, limit={limit!r}")
         self.split_seed, self.test_size, self.val_size, self.normalisation = split_seed, test_size, val_size, normalisation
+        self.source, self.layout, self.limit = source, layout, limit
         self.last: QM9Splits | None = None
 
     def splits(self, root: str | Path | None, /) -> QM9Splits:
         """The three splits of the QM9 under `root` (read once per file version, split once)."""
-        molecules = load_qm9(root)
+        molecules = load_qm9(root) if self.source == "pyg" else load_qm9pack(root, layout=self.layout, limit=self.limit)
         if self.last is None or self.last.train.molecules is not molecules:
             self.last = qm9_splits(molecules, task_names=TASKS, seed=self.split_seed, test_size=self.test_size, val_size=self.val_size, normalisation=self.normalisation, target_columns=TARGET_COLUMNS)
         return self.last
@@ -153,10 +168,14 @@ def make_model() -> MPNN:
     return MPNN(TASKS)
 
 
-def make_qm9_suite(*, split_seed: int = SPLIT_SEED, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE, normalisation: Literal["train", "all"] = "train") -> Suite:
+def make_qm9_suite(*, split_seed: int = SPLIT_SEED, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE, normalisation: Literal["train", "all"] = "train",
+                   source: QM9Source = "pyg", layout: FeatureLayout = "pyg", limit: int | None = None) -> Suite:
     """The QM9 suite; the keywords change the split (seed, test/validation sizes) and the
-    normalisation statistics ("train", or "all" as the reference code effectively uses)."""
-    data = QM9Data(split_seed=split_seed, test_size=test_size, val_size=val_size, normalisation=normalisation)
+    normalisation statistics ("train", or "all" as the reference code effectively uses), and
+    where the molecules come from (`source`; with "qm9pack", the feature `layout` and a `limit`
+    to the first molecules, see `benchmarks.data.qm9pack`)."""
+    data = QM9Data(split_seed=split_seed, test_size=test_size, val_size=val_size, normalisation=normalisation, source=source, layout=layout, limit=limit)
+    notes = NOTES if source == "pyg" else {**NOTES, "data": f"QM9 of the package qm9pack 1.0.3 converted to PyG's layout with RDKit bonds, feature layout {layout!r}{'' if limit is None else f', first {limit} molecules'} (benchmarks.data.qm9pack)"}
     return Suite(
         name="qm9",
         task_names=TASKS,
@@ -169,8 +188,12 @@ def make_qm9_suite(*, split_seed: int = SPLIT_SEED, test_size: int = TEST_SIZE, 
         collate=collate,
         base_values=BASE_VALUES,
         base_source=BASE_SOURCE,
-        notes=NOTES,
+        notes=notes,
     )
 
 
 QM9 = make_qm9_suite()
+QM9PACK = make_qm9_suite(source="qm9pack")
+"""QM9 from qm9pack with PyG's features (aromatic and hybridisation columns zero, Kekule bonds)."""
+QM9PACK_SANITISED = make_qm9_suite(source="qm9pack", layout="sanitised")
+"""QM9 from qm9pack with RDKit's aromaticity and hybridisation (see `benchmarks.data.qm9pack`)."""
