@@ -486,3 +486,55 @@ def test_moco_differs_from_libmtl_only_by_its_softmax(monkeypatch) -> None:
     assert abs(float(shift[0] - shift[1])) < 1e-15  # both positive: one common threshold
     libmtl_shift = target - torch.tensor(LIBMTL["moco_weights"][0], dtype=torch.float64)
     assert abs(float(libmtl_shift[0] - libmtl_shift[1])) > 1e-2  # the softmax is not the projection
+
+
+def _two_task_jacobians(seed: int, width: int) -> torch.Tensor:
+    """Ten 2 x n Jacobians [10, 2, n] (float64): random, a zero gradient, parallel, opposite,
+    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(10, 2, width, generator=generator, dtype=torch.float64)
+    jacobian[1, 0] = 0.0
+    jacobian[2, 1] = 3.0 * jacobian[2, 0]
+    jacobian[3, 1] = -0.5 * jacobian[3, 0]
+    jacobian[4, 1] = jacobian[4, 0]
+    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
+    jacobian[6] *= 1e-150
+    jacobian[7] *= 1e140
+    jacobian[8, 1] *= 1e8
+    jacobian[9] = 0.0
+    return jacobian
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: core.GradDrop(generator=torch.Generator().manual_seed(3)),
+        lambda: core.GradDrop(leak=0.3, generator=torch.Generator().manual_seed(3)),
+        lambda: core.MoCo(num_tasks=2),
+        lambda: core.MoCo(num_tasks=2, rho=0.3, gamma=5.0, beta=1.0, beta_sigma=0.0),
+    ],
+)
+@pytest.mark.parametrize(("rows", "width"), [(10, 2), (10, 3), (3, 5), (None, 2)])
+def test_two_task_scalar_paths_equal_the_general_path(factory, rows, width, monkeypatch) -> None:
+    # call after call on Python floats and, with the row limit at 0, on the torch path: the same
+    # bits, the same state and the same draws from the generator
+    def run() -> list:
+        method, results = factory(), []
+        for call in range(4):
+            jacobian = _two_task_jacobians(call, width)
+            jacobian = jacobian[call] if rows is None else jacobian[:rows]
+            losses = torch.ones(jacobian.shape[:-1], dtype=torch.float64)
+            result = method.aggregate(jacobian, losses)
+            drawn = torch.rand(3, generator=method.generator) if hasattr(method, "generator") and method.generator is not None else None
+            results.append((result, method.state_dict(), drawn))
+        return results
+
+    fast = run()
+    monkeypatch.setattr(gradient_vectors, "_SCALAR_ROWS", 0)
+    for (got, state, drawn), (want, want_state, want_drawn) in zip(fast, run()):
+        assert torch.equal(got.update, want.update) and torch.equal(got.head_weights, want.head_weights)
+        assert set(got.diagnostics) == set(want.diagnostics)
+        assert all(torch.equal(got.diagnostics[key], want.diagnostics[key]) for key in want.diagnostics)
+        for key, value in want_state.items():
+            assert torch.equal(state[key], value) if isinstance(value, torch.Tensor) else state[key] == value
+        assert (drawn is None and want_drawn is None) or torch.equal(drawn, want_drawn)

@@ -22,6 +22,7 @@ from core.errors import (
     NonFiniteGradientError,
 )
 from core.jacobian import gramian
+from core.methods import learned_weights
 from core.methods.base import HeadGradient
 from core.methods.learned_weights import (
     IMTL,
@@ -423,3 +424,45 @@ def test_declarations() -> None:
         assert cls.head_gradient is HeadGradient.WEIGHTED
     assert core.describe_method("gradnorm").hyperparameters == {"alpha": 1.5, "lr": 1e-3}
     assert core.describe_method("imtl_l").hyperparameters == {"initial_scale": 0.0}
+
+
+def _two_task_gramians(seed: int) -> torch.Tensor:
+    """Ten 2 x 2 Gramians [10, 2, 2] (float64): random, a zero gradient, parallel, opposite,
+    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(10, 2, 3, generator=generator, dtype=torch.float64)
+    jacobian[1, 0] = 0.0
+    jacobian[2, 1] = 3.0 * jacobian[2, 0]
+    jacobian[3, 1] = -0.5 * jacobian[3, 0]
+    jacobian[4, 1] = jacobian[4, 0]
+    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
+    jacobian[6] *= 1e-150
+    jacobian[7] *= 1e140
+    jacobian[8, 1] *= 1e8
+    jacobian[9] = 0.0
+    return gramian(jacobian)
+
+
+@pytest.mark.parametrize(
+    "factory", [GradNorm, lambda: GradNorm(alpha=0.0, lr=0.5), IMTL, lambda: IMTL(lr=2.0, initial_scale=3.0)]
+)
+@pytest.mark.parametrize("rows", [10, 3, None])
+def test_two_task_scalar_paths_equal_the_general_path(factory, rows, monkeypatch) -> None:
+    # call after call on Python floats and, with the row limit at 0, on the torch path: the same bits and state
+    def run() -> list:
+        method, results = factory(), []
+        for call in range(4):
+            gram = _two_task_gramians(call)
+            gram = gram[call] if rows is None else gram[:rows]
+            losses = torch.linspace(0.5, 3.0, 2 * gram[..., 0, 0].numel(), dtype=torch.float64).reshape(gram.shape[:-1]) * (1 + call)
+            result = method.weights(gram, losses)
+            results.append((result.weights, result.diagnostics, method.state_dict()))
+        return results
+
+    fast = run()
+    monkeypatch.setattr(learned_weights, "_SCALAR_ROWS", 0)
+    for (weights, diagnostics, state), (want, want_diagnostics, want_state) in zip(fast, run()):
+        assert torch.equal(weights, want)
+        assert set(diagnostics) == set(want_diagnostics) and all(torch.equal(diagnostics[k], want_diagnostics[k]) for k in want_diagnostics)
+        for key, value in want_state.items():
+            assert torch.equal(state[key], value) if isinstance(value, torch.Tensor) else state[key] == value

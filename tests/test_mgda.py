@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from core import MGDA, min_norm_point
 from core.errors import InvalidHyperparameterError, LossDomainError
 from core.jacobian import gramian
+from core.methods import mgda
 from core.pareto import project_to_simplex
 from tests.jacobian_strategies import jacobians, positive_losses
 
@@ -179,3 +180,38 @@ def test_solver_limits_are_validated() -> None:
         min_norm_point(gram, max_iterations=-1)
     with pytest.raises(Invalid, match="max_iterations"):
         MGDA(max_iterations=0)
+
+
+def _two_task_gramians(seed: int) -> torch.Tensor:
+    """Ten 2 x 2 Gramians [10, 2, 2] (float64): random, a zero gradient, parallel, opposite,
+    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(10, 2, 3, generator=generator, dtype=torch.float64)
+    jacobian[1, 0] = 0.0
+    jacobian[2, 1] = 3.0 * jacobian[2, 0]
+    jacobian[3, 1] = -0.5 * jacobian[3, 0]
+    jacobian[4, 1] = jacobian[4, 0]
+    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
+    jacobian[6] *= 1e-150
+    jacobian[7] *= 1e140
+    jacobian[8, 1] *= 1e8
+    jacobian[9] = 0.0
+    return gramian(jacobian)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_two_task_scalar_path_equals_min_norm_point(dtype, monkeypatch) -> None:
+    # on Python floats and, with the row limit at 0, through min_norm_point: the same bits
+    rows = 10 if dtype == torch.float64 else 6  # float32 cannot hold the rows scaled by 1e140
+    cases = []
+    for seed in range(5):
+        gram = _two_task_gramians(seed)[:rows].to(dtype)
+        cases += [gram, gram[seed % rows], gram[:3]]
+    fast = [MGDA().weights(gram, torch.ones(gram.shape[:-1], dtype=dtype)) for gram in cases]
+    monkeypatch.setattr(mgda, "_SCALAR_ROWS", 0)
+    for gram, got in zip(cases, fast):
+        want = MGDA().weights(gram, torch.ones(gram.shape[:-1], dtype=dtype))
+        assert got.weights.dtype == want.weights.dtype == dtype
+        assert torch.equal(got.weights, want.weights)
+        assert set(got.diagnostics) == set(want.diagnostics)
+        assert all(torch.equal(got.diagnostics[key], want.diagnostics[key]) for key in want.diagnostics)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from core.errors import InvalidHyperparameterError
 from core.jacobian import gramian
+from core.methods import projection
 from core.methods.base import HeadGradient
 from core.methods.projection import (
     IMTLG,
@@ -651,3 +652,29 @@ def test_pcgrad_two_task_scalar_path_equals_the_tensor_path(reduction, dtype) ->
         assert got.weights.dtype == want.weights.dtype == dtype
         assert torch.equal(got.weights, want.weights[:6])
         assert torch.equal(got.diagnostics["projections"], want.diagnostics["projections"][:6])
+
+
+def _same_weights(got, want) -> bool:
+    return torch.equal(got.weights, want.weights) and set(got.diagnostics) == set(want.diagnostics) and all(
+        torch.equal(got.diagnostics[key], want.diagnostics[key]) for key in want.diagnostics
+    )
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [CAGrad, lambda: CAGrad(c=0.9, rescale=2, reduction="sum"), lambda: CAGrad(c=5.0, rescale=0), lambda: CAGrad(c=0.0), IMTLG],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cagrad_and_imtlg_two_task_scalar_paths_equal_the_general_path(factory, dtype, monkeypatch) -> None:
+    # the same Gramians on Python floats and, with the row limit at 0, on the numpy/torch path: the same bits
+    rows = 10 if dtype == torch.float64 else 6  # float32 cannot hold the rows scaled by 1e140
+    cases = []
+    for seed in range(5):
+        gram = _two_task_gramians(seed)[:rows].to(dtype)
+        cases += [gram, gram[seed % rows], gram[:3]]
+    fast = [factory().weights(gram, torch.ones(gram.shape[:-1], dtype=dtype)) for gram in cases]
+    monkeypatch.setattr(projection, "_SCALAR_ROWS", 0)
+    general = [factory().weights(gram, torch.ones(gram.shape[:-1], dtype=dtype)) for gram in cases]
+    for got, want in zip(fast, general):
+        assert got.weights.dtype == want.weights.dtype == dtype
+        assert _same_weights(got, want)

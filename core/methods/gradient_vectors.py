@@ -38,6 +38,7 @@ from core.methods.base import (
     safe_reciprocal,
     state_tensor,
 )
+from core.methods.projection import _SCALAR_ROWS
 from core.pareto.stationarity import project_to_simplex
 
 _FULL_MODE = frozenset({"full"})
@@ -53,6 +54,18 @@ def _combine(coefficients: Tensor, vectors: Tensor) -> Tensor:
         return (cast.unsqueeze(-2) @ vectors).squeeze(-2)
     wide = coefficients.to(dtype=torch.float64, device=vectors.device)
     return (wide.unsqueeze(-2) @ vectors.to(torch.float64)).squeeze(-2).to(vectors.dtype)
+
+
+def _few_two_task_float64_rows(jacobian: Tensor) -> bool:
+    """Whether the K = 2 Python-float paths apply: float64 CPU Jacobians `[..., 2, n]` with at
+    most `2 * _SCALAR_ROWS` rows x coordinates (float32 arithmetic is not Python's)."""
+    return (
+        jacobian.shape[-2] == 2
+        and jacobian.dtype == torch.float64
+        and jacobian.device.type == "cpu"
+        and jacobian.numel() <= 4 * _SCALAR_ROWS
+        and not jacobian.requires_grad
+    )
 
 
 def _row_norms(vectors: Tensor) -> Tensor:
@@ -132,6 +145,10 @@ class GradDrop(DrawsFromGenerator, JacobianAggregation):
         return self._uniform(shape, dtype=dtype, device=device)
 
     def _aggregate(self, jacobian: Tensor, losses: Tensor, /) -> AggregationResult:
+        if _few_two_task_float64_rows(jacobian):
+            fast = self._two_task_scalars(jacobian, losses)
+            if fast is not None:
+                return fast
         positive = jacobian.clamp_min(0).sum(dim=-2)
         negative = jacobian.clamp_max(0).sum(dim=-2)
         magnitude = positive - negative
@@ -142,6 +159,33 @@ class GradDrop(DrawsFromGenerator, JacobianAggregation):
         kept = torch.where(purity > uniform, positive, zero) + torch.where(purity < uniform, negative, zero)
         update = kept if self.leak == 0.0 else self.leak * (positive + negative) + (1 - self.leak) * kept
         conflict = ((positive > 0) & (negative < 0)).to(torch.float64).mean(dim=-1).cpu()
+        return AggregationResult(update, torch.ones_like(losses), {"conflict_fraction": conflict})
+
+    def _two_task_scalars(self, jacobian: Tensor, losses: Tensor) -> AggregationResult | None:
+        """`_aggregate` for a few float64 CPU Jacobians `[..., 2, n]` on Python floats: the same
+        IEEE operations and the same draw from the generator. None (the general path, before
+        anything is drawn) where an entry is not finite."""
+        width = jacobian.shape[-1]
+        rows = jacobian.detach().reshape(-1, 2 * width).tolist()
+        if not all(math.isfinite(value) for row in rows for value in row):
+            return None
+        uniforms = self.uniforms((*jacobian.shape[:-2], width), jacobian.dtype, jacobian.device).reshape(-1, width).tolist()
+        leak, updates, conflicts = self.leak, [], []
+        for row, draws in zip(rows, uniforms):
+            update, conflicting = [], 0
+            for first, second, uniform in zip(row[:width], row[width:], draws):
+                positive = (first if first > 0 else 0.0) + (second if second > 0 else 0.0)
+                negative = (first if first < 0 else 0.0) + (second if second < 0 else 0.0)
+                magnitude = positive - negative
+                purity = 0.5 * (1 + (positive + negative) / magnitude) if magnitude > 0 else 0.5
+                kept = (positive if purity > uniform else 0.0) + (negative if purity < uniform else 0.0)
+                update.append(kept if leak == 0.0 else leak * (positive + negative) + (1 - leak) * kept)
+                conflicting += positive > 0 and negative < 0
+            updates.append(update)
+            conflicts.append(conflicting / width)
+        batch_shape = jacobian.shape[:-2]
+        update = torch.tensor(updates, dtype=torch.float64).reshape(*batch_shape, width)
+        conflict = torch.tensor(conflicts, dtype=torch.float64).reshape(batch_shape)
         return AggregationResult(update, torch.ones_like(losses), {"conflict_fraction": conflict})
 
 
@@ -254,6 +298,10 @@ class MoCo(JacobianAggregation):
     def _aggregate(self, jacobian: Tensor, losses: Tensor, /) -> AggregationResult:
         check_task_count(self, losses, self.num_tasks)
         self._match_jacobian(jacobian)
+        if not self.normalize_gradients and _few_two_task_float64_rows(jacobian):
+            fast = self._two_task_scalars(jacobian, losses)
+            if fast is not None:
+                return fast
         gradients = jacobian
         if self.normalize_gradients:
             norms = torch.linalg.vector_norm(jacobian, dim=-1, keepdim=True)
@@ -276,6 +324,62 @@ class MoCo(JacobianAggregation):
         self._used()
         diagnostics = {"contribution_norms": lambdas * tracked_norms, "tracked_norms": tracked_norms}
         return AggregationResult(update, lambdas.to(dtype=losses.dtype, device=losses.device), diagnostics)
+
+    def _two_task_scalars(self, jacobian: Tensor, losses: Tensor) -> AggregationResult | None:
+        """`_aggregate` without gradient normalisation for a few float64 CPU Jacobians
+        `[..., 2, n]` on Python floats: the same IEEE operations (`Y Y^T` and `sum_i lambda_i y_i`
+        added term by term, as torch's matmul does on such small matrices; the simplex projection
+        for K = 2), with torch's norms of the tracked gradients. None (the general path, before any
+        state changes) where an entry of J or of `Y Y^T` is not finite."""
+        width = jacobian.shape[-1]
+        rows = jacobian.reshape(-1, 2, width).tolist()
+        if not all(math.isfinite(value) for row in rows for vector in row for value in vector):
+            return None
+        steps = self._steps + 1
+        beta_t = self.beta / steps**self.beta_sigma
+        gamma_t = self.gamma / steps**self.gamma_sigma
+        old = [[[0.0] * width] * 2] * len(rows) if self._tracked is None else self._tracked.reshape(-1, 2, width).tolist()
+        tracked, targets = [], []
+        for (first, second), (old_first, old_second), (lambda1, lambda2) in zip(rows, old, self._lambdas.reshape(-1, 2).tolist()):
+            y1 = [y - beta_t * (y - g) for y, g in zip(old_first, first)]
+            y2 = [y - beta_t * (y - g) for y, g in zip(old_second, second)]
+            g11, g12, g22 = _dot(y1, y1), _dot(y1, y2), _dot(y2, y2)
+            if not (math.isfinite(g11) and math.isfinite(g12) and math.isfinite(g22)):
+                return None
+            g11, g22, g12 = g11 + self.rho, g22 + self.rho, g12 + 0.0
+            target1 = lambda1 - gamma_t * (g11 * lambda1 + g12 * lambda2)
+            target2 = lambda2 - gamma_t * (g12 * lambda1 + g22 * lambda2)
+            largest = target1 if target1 > target2 else target2
+            targets.append(_simplex_projection_of_two(target1 - largest, target2 - largest))
+            tracked.append((y1, y2))
+        updates = [[lambda1 * a + lambda2 * b for a, b in zip(y1, y2)] for (y1, y2), (lambda1, lambda2) in zip(tracked, targets)]
+        batch_shape = jacobian.shape[:-2]
+        tracked_tensor = torch.tensor(tracked, dtype=torch.float64).reshape(jacobian.shape)
+        lambdas = torch.tensor(targets, dtype=torch.float64).reshape(*batch_shape, 2)
+        tracked_norms = _row_norms(tracked_tensor)
+        self._tracked, self._lambdas, self._steps = tracked_tensor, lambdas, steps
+        self._used()
+        diagnostics = {"contribution_norms": lambdas * tracked_norms, "tracked_norms": tracked_norms}
+        update = torch.tensor(updates, dtype=torch.float64).reshape(*batch_shape, width)
+        return AggregationResult(update, lambdas.to(dtype=losses.dtype), diagnostics)
+
+
+def _dot(left: list[float], right: list[float]) -> float:
+    """`sum_k left_k right_k`, added one term at a time from 0."""
+    total = 0.0
+    for a, b in zip(left, right):
+        total += a * b
+    return total
+
+
+def _simplex_projection_of_two(first: float, second: float) -> tuple[float, float]:
+    """`project_to_simplex` of one pair of finite floats, operation for operation."""
+    high, low = (first, second) if first >= second else (second, first)
+    cumulative_high, cumulative_low = high - 1, (high + low) - 1
+    support = (high - cumulative_high / 1 > 0) + (low - cumulative_low / 2 > 0)
+    threshold = cumulative_low / 2 if support == 2 else cumulative_high / 1
+    first, second = first - threshold, second - threshold
+    return (first if first > 0 else 0.0), (second if second > 0 else 0.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ host) and update them themselves, with their own step sizes (docs/DECISIONS.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -34,7 +35,7 @@ from core.methods.base import (
     state_tensor,
     weights_in_dtype,
 )
-from core.methods.projection import IMTLG
+from core.methods.projection import _SCALAR_ROWS, IMTLG, imtlg_two_task_scalars, two_task_norms
 from core.methods.stochastic_weights import ordered_sum
 
 
@@ -47,6 +48,22 @@ def _host_inputs(gramian: Tensor, losses: Tensor, method: str) -> tuple[Tensor, 
     if not bool(torch.isfinite(gram).all()):
         raise NonFiniteGradientError(f"{method}: the Gramian contains NaN or infinite entries")
     return 0.5 * (gram + gram.transpose(-1, -2)), values
+
+
+def _few_two_task_rows(gramian: Tensor) -> bool:
+    """Whether the K = 2 Python-float paths apply: at most `_SCALAR_ROWS` CPU Gramians 2 x 2."""
+    return gramian.shape[-1] == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS
+
+
+def _finite_rows(gramian: Tensor, losses: Tensor) -> tuple[Tensor, list[list[float]], list[list[float]]] | None:
+    """For the Python-float paths: the float64 Gramian, its entries `[g11, g12, g21, g22]` and the
+    losses per row, or None where any is not finite (the general path raises the error)."""
+    gram = gramian.detach().to(torch.float64)
+    entries = gram.reshape(-1, 4).tolist()
+    values = losses.detach().to(torch.float64).reshape(-1, 2).tolist()
+    if all(map(math.isfinite, (x for row in entries for x in row))) and all(map(math.isfinite, (x for row in values for x in row))):
+        return gram, entries, values
+    return None
 
 
 def _check_tasks(method: GradientWeighting, state: Tensor | None, num_tasks: int) -> None:
@@ -191,6 +208,9 @@ class GradNorm(GradientWeighting):
         self._pristine = self._calls == 0
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
+        rows = _finite_rows(gramian, losses) if _few_two_task_rows(gramian) else None
+        if rows is not None:
+            return self._two_task_scalars(gramian, losses, *rows)
         gram, values = _host_inputs(gramian, losses, "GradNorm")
         self._match_batch_shape(tuple(gram.shape[:-2]))
         _check_tasks(self, self._task_weights, gram.shape[-1])
@@ -207,6 +227,44 @@ class GradNorm(GradientWeighting):
         self._calls += 1
         output = weights_in_dtype(weights, gramian.dtype, "GradNorm").to(gramian.device)
         return WeightsResult(output, {"gradnorm_loss": loss})
+
+    def _two_task_scalars(self, gramian: Tensor, losses: Tensor, gram: Tensor, entries: list[list[float]], values: list[list[float]]) -> WeightsResult:
+        """`_weights` for a few CPU 2 x 2 Gramians on Python floats: the same IEEE operations, with
+        torch's `sqrt` and `pow` on tensors of the general path's shapes (see `two_task_norms`)."""
+        batch_shape = tuple(gramian.shape[:-2])
+        self._match_batch_shape(batch_shape)
+        _check_tasks(self, self._task_weights, 2)
+        self._used()
+        if self._task_weights is None:
+            self._task_weights = torch.ones(losses.shape, dtype=torch.float64)
+            self._initial_losses = losses.detach().to(torch.float64).clone()
+        weights = self._task_weights
+        norms = two_task_norms(torch.diagonal(gram, dim1=-2, dim2=-1))
+        relative = []
+        for (first, second), (initial_first, initial_second) in zip(values, self._initial_losses.reshape(-1, 2).tolist()):
+            first, second = first / initial_first, second / initial_second
+            mean = (first + second) / 2
+            relative.append((first / mean, second / mean))
+        powers = (torch.tensor(relative, dtype=torch.float64).reshape(losses.shape) ** self.alpha).reshape(-1, 2).tolist()
+        stepped, loss, lr = [], [], self.lr
+        for (w1, w2), (n1, n2), (p1, p2) in zip(weights.reshape(-1, 2).tolist(), norms, powers):
+            mean_norm = (w1 * n1 + w2 * n2) / 2
+            excess1, excess2 = w1 * n1 - mean_norm * p1, w2 * n2 - mean_norm * p2
+            loss.append(abs(excess1) + abs(excess2))
+            w1 = w1 - lr * (_sign(excess1) * n1)
+            w2 = w2 - lr * (_sign(excess2) * n2)
+            w1, w2 = (w1 if w1 > 0 else 0.0), (w2 if w2 > 0 else 0.0)
+            total = w1 + w2
+            stepped.append((2 * w1 / total, 2 * w2 / total) if total > 0 else (1.0, 1.0))
+        self._task_weights = torch.tensor(stepped, dtype=torch.float64).reshape(losses.shape)
+        self._calls += 1
+        output = weights_in_dtype(weights, gramian.dtype, "GradNorm")
+        return WeightsResult(output, {"gradnorm_loss": torch.tensor(loss, dtype=torch.float64).reshape(batch_shape)})
+
+
+def _sign(value: float) -> float:
+    """`torch.sign` of a finite float."""
+    return 1.0 if value > 0 else (-1.0 if value < 0 else 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,6 +427,9 @@ class IMTL(GradientWeighting):
         return gramian * scales[..., :, None] * scales[..., None, :]
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
+        rows = _finite_rows(gramian, losses) if _few_two_task_rows(gramian) else None
+        if rows is not None:
+            return self._two_task_scalars(gramian, losses, rows[1], rows[2])
         gram, values = _host_inputs(gramian, losses, "IMTL")
         self._match_batch_shape(tuple(gram.shape[:-2]))
         _check_tasks(self, self._log_scales, gram.shape[-1])
@@ -383,3 +444,34 @@ class IMTL(GradientWeighting):
         diagnostics = {"floored": balance.diagnostics["floored"], "log_scales": scales.clone()}
         return WeightsResult(weights_in_dtype(weights, gramian.dtype, "IMTL").to(gramian.device), diagnostics)
 
+
+    def _two_task_scalars(self, gramian: Tensor, losses: Tensor, entries: list[list[float]], values: list[list[float]]) -> WeightsResult:
+        """`_weights` for a few CPU 2 x 2 Gramians on Python floats: the same IEEE operations
+        (including IMTL-G's K = 2 closed form on the scaled Gramian), with torch's `exp` and
+        `sqrt` on tensors of the general path's shapes (see `two_task_norms`)."""
+        batch_shape = tuple(gramian.shape[:-2])
+        self._match_batch_shape(batch_shape)
+        _check_tasks(self, self._log_scales, 2)
+        self._used()
+        if self._log_scales is None:
+            self._log_scales = torch.full(losses.shape, self.initial_scale, dtype=torch.float64)
+        scales = self._log_scales
+        listed = scales.reshape(-1, 2).tolist()
+        shifted = [(s1 - (s1 if s1 > s2 else s2), s2 - (s1 if s1 > s2 else s2)) for s1, s2 in listed]
+        relative = torch.exp(torch.tensor(shifted, dtype=torch.float64).reshape(losses.shape)).reshape(-1, 2).tolist()
+        exponentials = torch.exp(scales).reshape(-1, 2).tolist()
+        diagonal = []
+        for (g11, _, _, g22), (e1, e2) in zip(entries, relative):
+            g11, g22 = 0.5 * (g11 + g11), 0.5 * (g22 + g22)  # `_host_inputs`
+            diagonal.append((g11 * e1 * e1, g22 * e2 * e2))  # `scaled_gramian`
+        norms = two_task_norms(torch.tensor(diagonal, dtype=torch.float64).reshape(losses.shape))
+        weights, stepped, lr = [], [], self.lr
+        for (n1, n2), (e1, e2), (s1, s2), (v1, v2) in zip(norms, exponentials, listed, values):
+            alpha1, alpha2 = imtlg_two_task_scalars(n1, n2)
+            weights.append((alpha1 * e1, alpha2 * e2))
+            stepped.append((s1 - lr * (e1 * v1 - 1), s2 - lr * (e2 * v2 - 1)))
+        self._log_scales = torch.tensor(stepped, dtype=torch.float64).reshape(losses.shape)
+        self._calls += 1
+        diagnostics = {"floored": torch.zeros(batch_shape, dtype=torch.bool), "log_scales": scales}
+        result = torch.tensor(weights, dtype=torch.float64).reshape(losses.shape)
+        return WeightsResult(weights_in_dtype(result, gramian.dtype, "IMTL"), diagnostics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -18,6 +19,7 @@ from core.methods.base import (
     safe_reciprocal,
     weights_in_dtype,
 )
+from core.methods.projection import _SCALAR_ROWS
 from core.pareto.stationarity import min_norm_point
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
@@ -94,6 +96,10 @@ class MGDA(GradientWeighting):
             self.loss_domain = "positive"
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
+        if self.normalization == "none" and gramian.shape[-1] == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS:
+            fast = _two_task_scalars(gramian)
+            if fast is not None:
+                return fast
         if self.normalization == "none":
             solution = min_norm_point(gramian, tolerance=self.tolerance, max_iterations=self.max_iterations)
             return WeightsResult(solution.weights, {"kkt_gap": solution.kkt_gap.detach(), "min_norm": solution.residual.detach()})
@@ -147,3 +153,45 @@ def _normalized_gramian(gramian: Tensor, inverse_scales: Tensor) -> tuple[Tensor
     largest = normalized_norms.amax(dim=-1)
     relative = normalized_norms * safe_reciprocal(largest)[..., None]
     return (cosines * relative[..., :, None] * relative[..., None, :]).to(gramian.dtype), largest
+
+
+_EPS = 2.220446049250313e-16
+"""float64's machine epsilon, as `min_norm_point`'s K = 2 degeneracy test uses it."""
+
+
+def _two_task_scalars(gramian: Tensor) -> WeightsResult | None:
+    """MGDA without normalisation for a few CPU 2 x 2 Gramians on Python floats: the same IEEE
+    operations as `min_norm_point`'s K = 2 closed form (symmetrised float64 Gramian divided by its
+    largest diagonal entry, Sener & Koltun's Alg. 1, the KKT gap and `a^T G a`), without a numpy
+    call each; the residual's `sqrt` is torch's, on a tensor of the general path's shape. None (the
+    general path) where an entry is not finite or a diagonal entry is negative."""
+    weights, squares, gaps = [], [], []
+    for g11, g12, g21, g22 in gramian.detach().to(torch.float64).reshape(-1, 4).tolist():
+        g11, g22, g12, g21 = 0.5 * (g11 + g11), 0.5 * (g22 + g22), 0.5 * (g12 + g21), 0.5 * (g21 + g12)
+        if not (math.isfinite(g11) and math.isfinite(g22) and math.isfinite(g12) and math.isfinite(g21) and g11 >= 0 and g22 >= 0):
+            return None
+        scale = g11 if g11 > g22 else g22
+        positive = scale > 0
+        if positive:
+            g11, g22, g12, g21 = g11 / scale, g22 / scale, g12 / scale, g21 / scale
+            denominator = g11 + g22 - 2 * g12
+            if denominator <= _EPS * (g11 + g22):
+                first = 0.5
+            else:
+                first = (g22 - g12) / denominator
+                first = 0.0 if first < 0 else (1.0 if first > 1 else first)
+            second = 1 - first
+        else:
+            first = second = 1.0 / 2
+        product1, product2 = g11 * first + g12 * second, g21 * first + g22 * second
+        squared = first * product1 + second * product2
+        gap = squared - (product1 if product1 < product2 else product2)
+        weights.append((first, second))
+        squares.append(squared * (scale if positive else 0.0))
+        gaps.append(gap if gap > 0 else 0.0)
+    batch_shape, dtype = gramian.shape[:-2], gramian.dtype
+    result = torch.tensor(weights, dtype=torch.float64).reshape(*batch_shape, 2).to(dtype)
+    batch_shape = batch_shape or (1,)  # an unbatched Gramian's diagnostics have shape [1] on the general path too
+    squared_norm = torch.tensor(squares, dtype=torch.float64).reshape(batch_shape).to(dtype)
+    diagnostics = {"kkt_gap": torch.tensor(gaps, dtype=torch.float64).reshape(batch_shape).to(dtype), "min_norm": squared_norm.clamp_min(0).sqrt()}
+    return WeightsResult(result, diagnostics)

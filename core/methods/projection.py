@@ -17,6 +17,7 @@ K = 2 has a closed form for each of the three.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -191,6 +192,7 @@ _STALL_LIMIT = 8
 reached the rounding floor of the Gramian)."""
 _NOISE = 4 * float(np.finfo(np.float64).eps)
 """Times K: the relative rounding error of `w^T G w` against `(sum_i |w_i| ||g_i||)^2`."""
+_EPS = float(np.finfo(np.float64).eps)
 
 
 class CAGrad(GradientWeighting):
@@ -301,6 +303,10 @@ class CAGrad(GradientWeighting):
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
         num_tasks = gramian.shape[-1]
+        if num_tasks == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS:
+            fast = self._two_task_scalars(gramian)
+            if fast is not None:
+                return fast
         gram = _symmetric_float64(gramian)
         direction, dual_weights, gap, iterations = self.solve(gram)
         weights = direction * self.output_scale
@@ -308,6 +314,40 @@ class CAGrad(GradientWeighting):
             weights = weights * num_tasks
         diagnostics = {"dual_gap": gap, "dual_weights": dual_weights, "iterations": torch.tensor(iterations)}
         return WeightsResult(weights_in_dtype(weights, gramian.dtype, "CAGrad"), diagnostics)
+
+    def _two_task_scalars(self, gramian: Tensor) -> WeightsResult | None:
+        """`_weights` for a few CPU 2 x 2 Gramians on Python floats: the same IEEE operations as
+        `solve` and `_cagrad_two_tasks` (both symmetrisations, the unit scaling, the closed form
+        and its certificate), without a numpy call each. None (the general path) where an entry
+        is not finite or a diagonal entry is negative."""
+        rows = []
+        for entries in gramian.detach().to(torch.float64).reshape(-1, 4).tolist():
+            if not all(map(math.isfinite, entries)):
+                return None
+            g11, g12, g21, g22 = entries
+            g11, g22, g12 = 0.5 * (g11 + g11), 0.5 * (g22 + g22), 0.5 * (g12 + g21)  # as `_weights`
+            g11, g22, g12 = 0.5 * (g11 + g11), 0.5 * (g22 + g22), 0.5 * (g12 + g12)  # as `solve`
+            if not (g11 >= 0 and g22 >= 0 and math.isfinite(g11 + g22)):
+                return None
+            scale = g11 if g11 > g22 else g22
+            if scale > 0:
+                rows.append(_cagrad_two_task_scalars(g11 / scale, g22 / scale, g12 / scale, self.c))
+            else:
+                rows.append((0.5, 0.5, 0.5, 0.5, 0.0))
+        factor, total = self.output_scale, self.reduction == "sum"
+        weights = []
+        for first, second, *_ in rows:
+            first, second = first * factor, second * factor
+            weights.append((first * 2, second * 2) if total else (first, second))
+        batch_shape = gramian.shape[:-2]
+        result = torch.tensor(weights, dtype=torch.float64).reshape(*batch_shape, 2)
+        diagnostics = {
+            # an unbatched Gramian's gap has shape [1] on the general path too
+            "dual_gap": torch.tensor([row[4] for row in rows], dtype=torch.float64).reshape(batch_shape or (1,)),
+            "dual_weights": torch.tensor([row[2:4] for row in rows], dtype=torch.float64).reshape(*batch_shape, 2),
+            "iterations": torch.tensor(0),
+        }
+        return WeightsResult(weights_in_dtype(result, gramian.dtype, "CAGrad"), diagnostics)
 
     def solve(self, gramian: Tensor, /) -> tuple[Tensor, Tensor, Tensor, int]:
         """Weights of `d*` (before rescaling), dual weights, the relative duality gap, root steps used.
@@ -538,6 +578,65 @@ def _cagrad_two_tasks(gram: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarra
     return direction, dual_weights, np.where(trivial, 0.0, gap)
 
 
+def _cagrad_two_task_scalars(g11: float, g22: float, g12: float, c: float) -> tuple[float, float, float, float, float]:
+    """`_cagrad_two_tasks` on one unit-scaled finite Gramian as Python floats, operation for
+    operation: the direction's weights, the dual weights and the gap."""
+    mean_first, mean_second = (g11 + g12) / 2, (g12 + g22) / 2
+    mean_sq = (mean_first + mean_second) / 2
+    radius = c * math.sqrt(mean_sq if mean_sq > 0 else 0.0)
+    if not radius > 0:
+        return 0.5, 0.5, 0.5, 0.5, 0.0
+    spread = g11 + g22 - 2 * g12
+    identical = not spread > _EPS * (g11 + g22)
+    safe_spread = 1.0 if identical else spread
+    delta = mean_first - mean_second
+    if identical:
+        t = 0.5
+    else:
+        slope = -delta / radius
+        if slope * slope < spread:  # numpy's `x**2` is `x * x`
+            distance_sq = (g11 * g22 - g12 * g12) / safe_spread
+            stationary = slope * math.sqrt((distance_sq if distance_sq > 0 else 0.0) * spread / (spread - slope * slope))
+            t = (stationary - (g12 - g22)) / safe_spread
+            t = 0.0 if t < 0 else (1.0 if t > 1 else t)
+        else:
+            t = 0.0 if delta > 0 else 1.0
+    s = 1 - t
+    norm_first, norm_second = math.sqrt(g11), math.sqrt(g22)
+
+    def norm_and_resolution(a: float, b: float) -> tuple[float, bool]:  # as `_norms_and_resolution`
+        squared = a * g11 * a + a * g12 * b + b * g12 * a + b * g22 * b
+        squared = squared if squared > 0 else 0.0
+        spread_ab = abs(a) * norm_first + abs(b) * norm_second
+        noise = _NOISE * 2 * (spread_ab * spread_ab)
+        return math.sqrt(squared + noise), squared > noise
+
+    def lower_value(a: float, b: float) -> float:  # as `lower_value` in `_cagrad_two_tasks`
+        spread_ab = abs(a) * norm_first + abs(b) * norm_second
+        first = g11 * a + g12 * b - _NOISE * 2 * norm_first * spread_ab
+        second = g12 * a + g22 * b - _NOISE * 2 * norm_second * spread_ab
+        return first if first < second else second
+
+    norm, resolved = norm_and_resolution(t, s)
+    direction, primal = (0.5, 0.5), lower_value(0.5, 0.5)
+    if resolved:
+        kappa = radius / (norm if norm > 0 else 1.0)
+        candidate = (0.5 + kappa * t, 0.5 + kappa * s)
+        value = lower_value(*candidate)
+        if value > primal:
+            direction, primal = candidate, value
+    if not identical and 0 < t < 1:
+        z = (-delta / safe_spread, delta / safe_spread)
+        if norm_and_resolution(*z)[0] <= radius:
+            candidate = (0.5 + z[0], 0.5 + z[1])
+            value = lower_value(*candidate)
+            if value > primal:
+                direction, primal = candidate, value
+    dual = mean_first * t + mean_second * s + radius * norm
+    gap = dual - primal
+    return direction[0], direction[1], t, s, gap if gap > 0 else 0.0
+
+
 # --------------------------------------------------------------------------------------------
 # IMTL-G
 # --------------------------------------------------------------------------------------------
@@ -591,6 +690,11 @@ class IMTLG(GradientWeighting):
     head_gradient = HeadGradient.WEIGHTED
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
+        if gramian.shape[-1] == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS:
+            diagonal = torch.diagonal(gramian.detach().to(torch.float64), dim1=-2, dim2=-1)
+            weights = [imtlg_two_task_scalars(*pair) for pair in two_task_norms(diagonal)]
+            alpha = torch.tensor(weights, dtype=torch.float64).reshape(gramian.shape[:-1]).to(gramian.dtype)
+            return WeightsResult(alpha, {"floored": torch.zeros(gramian.shape[:-2], dtype=torch.bool)})
         gram = _symmetric_float64(gramian)
         if gram.shape[-1] == 2:
             return _imtlg_two_tasks(gram, gramian.dtype)
@@ -630,3 +734,22 @@ def _imtlg_two_tasks(gram: Tensor, dtype: torch.dtype) -> WeightsResult:
     total = inverse.sum(dim=-1, keepdim=True)
     alpha = torch.where(total > 0, inverse / torch.where(total > 0, total, torch.ones_like(total)), torch.full_like(inverse, 0.5))
     return WeightsResult(alpha.to(dtype), {"floored": torch.zeros(gram.shape[:-2], dtype=torch.bool, device=gram.device)})
+
+
+
+def two_task_norms(diagonal: Tensor, /) -> list[list[float]]:
+    """`gramian_norms` of the symmetrised float64 Gramians, as Python floats, from their diagonals
+    `[..., 2]`: torch's `sqrt` (not always correctly rounded, and its result can depend on an
+    entry's position in the tensor) on a tensor of the same shape as the general path's."""
+    norms = (0.5 * (diagonal + diagonal)).clamp_min(0).sqrt()
+    return norms.reshape(-1, 2).tolist()
+
+
+def imtlg_two_task_scalars(norm_first: float, norm_second: float, /) -> tuple[float, float]:
+    """`_imtlg_two_tasks` on one pair of gradient norms as Python floats, the same IEEE
+    operations: `(1/||g_1||, 1/||g_2||) / (1/||g_1|| + 1/||g_2||)`, 0 for a zero gradient, 1/2
+    each when both are zero."""
+    first = 1.0 / norm_first if norm_first > 0 else 0.0
+    second = 1.0 / norm_second if norm_second > 0 else 0.0
+    total = first + second
+    return (first / total, second / total) if total > 0 else (0.5, 0.5)
