@@ -152,18 +152,24 @@ def version_inputs(case: Case, points: Tensor, method: Method, *, generator: tor
 # the method's answers, teacher-forced
 
 
-def forced_updates(spec: str, values: Tensor, jacobian: Tensor, *, lr: float, seed: int) -> tuple[Tensor, Tensor]:
+def forced_updates(spec: str, values: Tensor, jacobian: Tensor, *, lr: float, seed: int, versions: int = 1) -> tuple[Tensor, Tensor]:
     """The updates `[T, B, n]` and the sizes of their terms `[T, B]` of `spec` fed the sequences
     of losses `values` `[T, B, K]` and gradients `jacobian` `[T, B, K, n]` (B independent rows:
-    one instance with batch shape `[B]`, or one per row for random methods, all from `seed`)."""
-    probe = make_method(spec, num_tasks=values.shape[-1])
-    if not probe.random:
-        return _forced(make_method(spec, num_tasks=values.shape[-1]), values, jacobian, lr=lr)
-    rows = [
-        _forced(make_method(spec, num_tasks=values.shape[-1], generator=torch.Generator().manual_seed(seed)), values[:, b : b + 1], jacobian[:, b : b + 1], lr=lr)
-        for b in range(values.shape[1])
+    one instance with batch shape `[B]`). A random method gets one instance per version (the rows
+    in `versions` equal contiguous blocks), each from `seed`: its draws depend only on the batch
+    shape, so row r of every version draws the same numbers, as the nominal row does."""
+    num_tasks = values.shape[-1]
+    if not make_method(spec, num_tasks=num_tasks).random:
+        return _forced(make_method(spec, num_tasks=num_tasks), values, jacobian, lr=lr)
+    if values.shape[1] % versions:
+        raise ValueError(f"{values.shape[1]} rows do not split into {versions} versions")
+    block = values.shape[1] // versions
+    parts = [
+        _forced(make_method(spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed)),
+                values[:, v * block : (v + 1) * block], jacobian[:, v * block : (v + 1) * block], lr=lr)
+        for v in range(versions)
     ]
-    return torch.cat([u for u, _ in rows], dim=1), torch.cat([s for _, s in rows], dim=1)
+    return torch.cat([u for u, _ in parts], dim=1), torch.cat([s for _, s in parts], dim=1)
 
 
 def _forced(method: Method, values: Tensor, jacobian: Tensor, *, lr: float) -> tuple[Tensor, Tensor]:
@@ -251,7 +257,7 @@ def case_deviations(case: Case, spec: str, *, seed: int) -> Tensor:
     steps, versions, problems, starts = values.shape[:4]
     flat_values = values.reshape(steps, versions * problems * starts, -1)
     flat_jacobian = jacobian.reshape(steps, versions * problems * starts, *jacobian.shape[-2:])
-    updates, sizes = forced_updates(spec, flat_values, flat_jacobian, lr=case.lr, seed=seed)
+    updates, sizes = forced_updates(spec, flat_values, flat_jacobian, lr=case.lr, seed=seed, versions=versions)
     updates = updates.reshape(steps, versions, problems, starts, -1)
     sizes = sizes.reshape(steps, versions, problems, starts)
     gaps = torch.linalg.vector_norm(updates - updates[:, :1], dim=-1).amax(dim=0)  # [V + 1, P, S]

@@ -68,3 +68,19 @@ def test_representation_only_methods_are_measured_on_the_engine() -> None:
     results = claim.measure(quick=True, methods=["rotograd"])
     assert results["rotograd"]["measured"] == {"rescaling_invariant": False, "monotone_invariant": False}
     assert results["rotograd"]["agrees"]
+
+
+def test_a_random_method_draws_alike_in_every_version() -> None:
+    """Teacher-forced, a random method gets one instance per version from one seed: identical
+    inputs in two versions give identical updates (the rows within a version draw differently)."""
+    from proofs_numeric.method_invariance import forced_updates
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(6, 4, 2, generator=generator, dtype=torch.float64) + 0.5
+    jacobian = torch.randn(6, 4, 2, 3, generator=generator, dtype=torch.float64)
+    both_values, both_jacobian = torch.cat([values, values], dim=1), torch.cat([jacobian, jacobian], dim=1)
+    for spec in ("rlw", "pcgrad", "graddrop"):
+        updates, _ = forced_updates(spec, both_values, both_jacobian, lr=1e-2, seed=3, versions=2)
+        assert torch.equal(updates[:, :4], updates[:, 4:])
+    updates, _ = forced_updates("rlw", both_values, both_jacobian, lr=1e-2, seed=3, versions=2)
+    assert not torch.equal(updates[:, 0], updates[:, 1] * (jacobian[:, 0].sum(-2).norm() / jacobian[:, 1].sum(-2).norm()))
