@@ -126,6 +126,8 @@ def test_every_experiment_config_has_its_flags_defaults_and_round_trips(name) ->
     flags = changed.argv(skip=("experiment",))
     assert flags[:1] == ["--quick"] and "--fresh" in flags and flags[flags.index("--seeds") + 1] == "3,4"
     assert module.Config.from_args(build_parser().parse_args([name, *flags])) == changed
+    with pytest.raises(TypeError, match="takes parsed flags"):  # an argv list would otherwise give the defaults
+        module.Config.from_args(["--quick"])
 
 
 def test_the_typed_api_returns_the_records_and_the_report(tmp_path) -> None:

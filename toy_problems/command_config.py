@@ -26,6 +26,9 @@ class CommandConfig:
     def from_args(cls: type[Config], args: argparse.Namespace, /) -> Config:
         """The config of parsed flags (a repeated flag's list becomes a tuple; flags the config has
         no field for, such as `--workers`, are the command line's own)."""
+        if not isinstance(args, argparse.Namespace):  # e.g. an argv list, which would silently give the defaults
+            raise TypeError(f"{cls.__name__}.from_args takes parsed flags (an argparse.Namespace), got {type(args).__name__}; "
+                            f"build the config with {cls.__name__}(field=value, ...) instead")
         values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if hasattr(args, field.name)}
         return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
 
