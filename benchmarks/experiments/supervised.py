@@ -1,7 +1,8 @@
 """Supervised benchmark experiments: every method x seeds x loss transforms on one suite.
 
 `python -m benchmarks multimnist|nyuv2|cityscapes|qm9 [--quick] [--methods ...] [--seeds ...]
-[--transforms ...] [--data-root PATH] [--data-source NAME]` (qm9: `--data-source qm9pack`) trains
+[--transforms ...] [--data-root PATH] [--data-source NAME] [--preset NAME]` (qm9: `--data-source
+qm9pack`, `--preset cpu`: a smaller protocol with its own defaults, `ExperimentPreset`) trains
 each (method, seed, transform) run with the shared loop (`benchmarks.harness.training`), stores
 one JSON per run (`benchmarks.harness.runs`), trains the single-task baselines ("stl:TASK",
 nominal losses) unless `--no-single-task`, and prints and writes the summary table
@@ -17,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -62,6 +64,22 @@ class DataSource:
 
 
 @dataclass(frozen=True)
+class ExperimentPreset:
+    """A smaller protocol of an experiment (`--preset NAME`): `definition` names ("module:ATTRIBUTE",
+    imported on use) an object with the defaults `methods`, `seeds`, `transforms` and
+    `representation`, and `suite(data_source)` giving its suite for a `--data-source` name (None:
+    the experiment's own data)."""
+
+    name: str
+    definition: str
+    help: str
+
+    def load(self) -> Any:
+        module, attribute = self.definition.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     """How an experiment uses its suite: defaults, quick mode, whether data must be given."""
 
@@ -76,6 +94,17 @@ class ExperimentSpec:
     quick_batches: int | None = 4
     quick_methods: str = "ls,dibsmtl"
     data_sources: tuple[DataSource, ...] = ()
+    presets: tuple[ExperimentPreset, ...] = ()
+
+    def preset(self, name: str | None) -> Any:
+        """The definition of preset `name` (None: no preset); a clear error if unknown."""
+        if name is None:
+            return None
+        for preset in self.presets:
+            if preset.name == name:
+                return preset.load()
+        choices = ", ".join(preset.name for preset in self.presets) or "none"
+        raise InvalidHyperparameterError(f"{self.name} has no --preset {name!r}; choose one of: {choices}")
 
     def source(self, name: str | None) -> DataSource | None:
         """The data source `name` (None: the experiment's own data); a clear error if unknown."""
@@ -87,8 +116,10 @@ class ExperimentSpec:
         choices = ", ".join(source.name for source in self.data_sources) or "none: it reads only " + self.data_help
         raise InvalidHyperparameterError(f"{self.name} has no --data-source {name!r}; choose one of: {choices} (or leave it out for --data-root)")
 
-    def load_suite(self, source: str | None = None) -> Suite:
+    def load_suite(self, source: str | None = None, preset: str | None = None) -> Suite:
         chosen = self.source(source)
+        if preset is not None:
+            return self.preset(preset).suite(None if chosen is None else chosen.name)
         module, attribute = (self.suite if chosen is None else chosen.suite).split(":")
         return getattr(importlib.import_module(module), attribute)
 
@@ -140,6 +171,12 @@ EXPERIMENTS = {
                        "as qm9pack, with RDKit's aromatic and sp/sp2/sp3 node features and aromatic bonds (PyG's are all zero)",
                        check="benchmarks.data.qm9pack:check_source"),
         ),
+        presets=(
+            ExperimentPreset("cpu", "benchmarks.suites.qm9:CPU_PRESET",
+                             "QM9 at CPU scale, still all 11 tasks of real QM9: 6,000 / 1,000 / 1,000 molecules of the train / val / test splits, "
+                             "MPNN width 16, 10 epochs, gradient weightings on the shared features (MTL-R); by default 12 methods x seeds 0,1,2 x "
+                             "{none, mu:power:2} + single-task runs, about 3 hours on 2 cores with --workers 2 (docs/DECISIONS.md)"),
+        ),
     ),
 }
 
@@ -160,6 +197,7 @@ class Config(CommandConfig):
     fresh: bool = False
     data_root: str | None = None
     data_source: str | None = None
+    preset: str | None = None
     epochs: int | None = None
     max_batches: int | None = None
     no_single_task: bool = False
@@ -182,6 +220,9 @@ def make_add_arguments(spec: ExperimentSpec):
         if spec.data_sources:
             parser.add_argument("--data-source", default=None, choices=[source.name for source in spec.data_sources],
                                 help="where the data comes from, instead of --data-root's files: " + "; ".join(f"{source.name}: {source.help}" for source in spec.data_sources))
+        if spec.presets:
+            parser.add_argument("--preset", default=None, choices=[preset.name for preset in spec.presets],
+                                help="a smaller protocol with its own defaults (--methods, --seeds, --transforms still override them): " + "; ".join(f"{preset.name}: {preset.help}" for preset in spec.presets))
         parser.add_argument("--epochs", type=int, default=None, help="override the protocol's number of epochs")
         parser.add_argument("--max-batches", type=int, default=None, help="cap the training batches per epoch (a quick look at a large dataset)")
         parser.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines (Delta_m then uses the published base, if any)")
@@ -195,11 +236,13 @@ def make_add_arguments(spec: ExperimentSpec):
 
 def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[RunSpec], TrainingProtocol, int | None]:
     """The runs of this invocation (validated before any training) and the protocol they use."""
-    methods = parse_methods(config.methods if config.methods is not None else (spec.quick_methods if config.quick else spec.methods))
+    preset = spec.preset(config.preset)
+    defaults = spec if preset is None else preset  # a preset's methods, seeds and transforms
+    methods = parse_methods(config.methods if config.methods is not None else (spec.quick_methods if config.quick else defaults.methods))
     for method in methods:  # every hyperparameter value checked before any training (FAMO's min_losses need K)
         canonical_spec(method, num_tasks=len(suite.task_names))
-    seeds = parse_seeds(config.seeds if config.seeds is not None else ("0" if config.quick else spec.seeds))
-    transforms = parse_transforms(config.transforms if config.transforms is not None else spec.transforms)
+    seeds = parse_seeds(config.seeds if config.seeds is not None else ("0" if config.quick else defaults.seeds))
+    transforms = parse_transforms(config.transforms if config.transforms is not None else defaults.transforms)
     for transform in transforms:
         LossTransform.parse(transform, suite.task_names)
     protocol = suite.protocol
@@ -214,10 +257,13 @@ def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[
         if config.max_batches < 1:
             raise InvalidHyperparameterError(f"--max-batches must be at least 1, got {config.max_batches}")
         max_batches = config.max_batches
-    settings = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": config.representation,
+    representation = config.representation or (preset is not None and preset.representation)
+    settings = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": representation,
                 "data_root": config.data_root}
     if config.data_source is not None:  # runs on the experiment's own data keep their ids
         settings["data_source"] = config.data_source
+    if preset is not None:  # its subsets and width are not in the protocol: runs of another scale get other ids
+        settings["preset"] = config.preset
     if config.nproc > 1:  # data-parallel runs are stored apart: equal to single-process ones only up to rounding
         settings["nproc"] = config.nproc
         settings["transform_of"] = "whole batch"  # earlier --nproc runs transformed each rank's loss: new ids
@@ -251,7 +297,7 @@ def run(config: Config, /) -> ExperimentResult:
         raise InvalidHyperparameterError(f"{spec.name} needs --data-root: {spec.data_help}. Without the data, `--help` lists the options")
     elif config.data_root is not None and not Path(config.data_root).is_dir():
         raise InvalidHyperparameterError(f"--data-root {config.data_root} is not a folder: {spec.data_help}")
-    suite = spec.load_suite(config.data_source)
+    suite = spec.load_suite(config.data_source, config.preset)
     runs, protocol, max_batches = plan_runs(spec, suite, config)
     store = ResultStore(config.out)
     if config.fresh:
@@ -279,11 +325,11 @@ def run(config: Config, /) -> ExperimentResult:
         table += "\n\nΔm% ↓ (vs the base above) by loss transform:\n\n" + delta_m_pivot(rows)
     base_text = ", ".join(f"{name} {value:.4g}" for name, value in base.items()) if base else "none"
     provenance = (
-        f"`python -m benchmarks {spec.name}` ({'quick' if config.quick else 'full'}; epochs {protocol.epochs}; "
+        f"`python -m benchmarks {spec.name}{'' if config.preset is None else f' --preset {config.preset}'}` ({'quick' if config.quick else 'full'}; epochs {protocol.epochs}; "
         f"{len({r.seed for r in runs})} seed(s)); Δm% base: {origin}: {base_text}; machine: {environment()}; "
         f"the runs' own time adds up to {sum(r['elapsed_s'] for r in records) / 60:.1f} min"
     )
-    folder = Path(config.out) / spec.name / ("quick" if config.quick else "")  # a quick look never overwrites the full report
+    folder = Path(config.out) / spec.name / (config.preset or "") / ("quick" if config.quick else "")  # a quick look (or a preset) never overwrites the full report
     files = [write_markdown_table(folder / "summary.md", f"{spec.name}: summary", provenance, table)]
     if any(row.delta_m is not None for row in rows):
         files += save_figure_formats(delta_m_figure(rows, f"{spec.name}: Δm% per method and loss transform"), folder / "delta_m")
@@ -293,7 +339,7 @@ def run(config: Config, /) -> ExperimentResult:
 def planned_runs(config: Config) -> list[RunSpec]:
     """The runs `run(config)` makes, single-task baselines first."""
     spec = _experiment_of(config)
-    return plan_runs(spec, spec.load_suite(config.data_source), config)[0]
+    return plan_runs(spec, spec.load_suite(config.data_source, config.preset), config)[0]
 
 
 def command(name: str, /) -> SimpleNamespace:

@@ -25,11 +25,27 @@ epoch with the best validation Delta_m; learnable weighting parameters lr 0.025.
 The MAE needs the training split's std, which is only known once the data is read: the suite's
 `make_accumulator()` uses the statistics of the last `datasets(root, split)` call (the training
 loop reads the datasets first), and raises a clear error before any.
+
+CPU scale (`CPU_PRESET`, `python -m benchmarks qm9 --data-source qm9pack --preset cpu`): still all
+11 tasks of real QM9 with the same split, losses, metrics, optimiser and selection rule, but a
+subset of molecules (the first 6,000 of the training split's shuffled order, the first 1,000 of
+the validation and of the test split, so every preset molecule sits in the split the full
+protocol gives it; targets standardised with the training subset's statistics), an MPNN of
+hidden width 16 instead of 64 (edge network 5 -> 128 -> 16 x 16; 39,803 parameters instead of
+617,675), 10 epochs instead of 300, and per-task gradients on the shared features (MTL-R) for the
+gradient weightings. Sized by measured step times to train LS, SI-LS, RLW, UW, FAMO, MGDA, PCGrad,
+CAGrad, IMTL-G, Nash-MTL and DiBS-MTL (1 and 5 steps) x 3 seeds x {nominal, mu's loss squared}
+plus the 33 single-task runs in about 3 hours on 2 cores with `--workers 2` (docs/DECISIONS.md,
+"QM9 at CPU scale"). Its numbers are not comparable with the published tables (an 18x smaller
+training set, a 4x narrower network, 30x fewer epochs, MTL-R gradients).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +62,8 @@ from benchmarks.data.qm9 import (
     collate,
     load_qm9,
     qm9_splits,
+    split_indices,
+    target_statistics,
 )
 from benchmarks.data.qm9pack import FEATURE_LAYOUTS, FeatureLayout, load_qm9pack
 from benchmarks.harness.suite import MetricSpec, Suite, TrainingProtocol
@@ -136,21 +154,40 @@ class QM9Data:
     layout=layout, limit=limit)` instead of PyG's files."""
 
     def __init__(self, *, split_seed: int = SPLIT_SEED, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE, normalisation: Literal["train", "all"] = "train",
-                 source: QM9Source = "pyg", layout: FeatureLayout = "pyg", limit: int | None = None) -> None:
+                 source: QM9Source = "pyg", layout: FeatureLayout = "pyg", limit: int | None = None, subset: tuple[int, int, int] | None = None) -> None:
+        if subset is not None and (len(subset) != 3 or min(subset) < 1 or subset[1] > val_size or subset[2] > test_size):
+            raise MTLInputError(f"subset must be (train, val, test) sizes of at least 1, val at most {val_size} and test at most {test_size}, got {subset!r}")
         if source not in SOURCES:
             raise MTLInputError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
         if layout not in FEATURE_LAYOUTS or (source == "pyg" and (layout != "pyg" or limit is not None)):
             raise MTLInputError(f"layout ({', '.join(FEATURE_LAYOUTS)}) and limit are options of source='qm9pack'; got source={source!r}, layout={layout!r}, limit={limit!r}")
         self.split_seed, self.test_size, self.val_size, self.normalisation = split_seed, test_size, val_size, normalisation
-        self.source, self.layout, self.limit = source, layout, limit
+        self.source, self.layout, self.limit, self.subset = source, layout, limit, subset
         self.last: QM9Splits | None = None
 
     def splits(self, root: str | Path | None, /) -> QM9Splits:
         """The three splits of the QM9 under `root` (read once per file version, split once)."""
         molecules = load_qm9(root) if self.source == "pyg" else load_qm9pack(root, layout=self.layout, limit=self.limit)
         if self.last is None or self.last.train.molecules is not molecules:
-            self.last = qm9_splits(molecules, task_names=TASKS, seed=self.split_seed, test_size=self.test_size, val_size=self.val_size, normalisation=self.normalisation, target_columns=TARGET_COLUMNS)
+            if self.subset is None:
+                self.last = qm9_splits(molecules, task_names=TASKS, seed=self.split_seed, test_size=self.test_size, val_size=self.val_size, normalisation=self.normalisation, target_columns=TARGET_COLUMNS)
+            else:
+                self.last = self._subset_splits(molecules)
         return self.last
+
+    def _subset_splits(self, molecules) -> QM9Splits:
+        """The first `subset` = (train, val, test) molecules of each split of the full protocol's
+        shuffle (`split_indices`), standardised with the training subset's statistics (or all
+        molecules', `normalisation="all"`)."""
+        train_size, val_size, test_size = self.subset
+        parts = split_indices(len(molecules), seed=self.split_seed, test_size=self.test_size, val_size=self.val_size)
+        if train_size > parts["train"].numel():
+            raise MTLInputError(f"a training subset of {train_size} molecules, but the training split has {parts['train'].numel()}")
+        parts = {"train": parts["train"][:train_size], "val": parts["val"][:val_size], "test": parts["test"][:test_size]}
+        columns = list(TARGET_COLUMNS)
+        mean, std = target_statistics(molecules.y[:, columns] if self.normalisation == "all" else molecules.y[parts["train"]][:, columns])
+        made = {name: QM9Split(molecules, indices, task_names=TASKS, mean=mean, std=std, target_columns=columns) for name, indices in parts.items()}
+        return QM9Splits(train=made["train"], val=made["val"], test=made["test"], mean=mean, std=std)
 
     def datasets(self, root: str | Path | None, split: str, /) -> QM9Split:
         """QM9 `split` ("train", "val" or "test") under `root`."""
@@ -163,28 +200,81 @@ class QM9Data:
         return QM9MeanAbsoluteError(self.last.std)
 
 
-def make_model() -> MPNN:
-    """The QM9 MPNN with one head per task of `TASKS`."""
-    return MPNN(TASKS)
+def make_model(*, hidden: int = 64) -> MPNN:
+    """The QM9 MPNN with one head per task of `TASKS` (hidden width 64 as published)."""
+    return MPNN(TASKS, hidden=hidden)
+
+
+@dataclass(frozen=True)
+class QM9Preset:
+    """A smaller QM9 protocol on the same data and tasks (module docstring): subset sizes of the
+    three splits, the MPNN's hidden width, the epochs, and the sweep's defaults (methods, seeds,
+    loss transforms, representation mode for the gradient weightings). `suite(data_source)`
+    gives its suite for `--data-source` None (PyG's files), "qm9pack" or "qm9pack-sanitised"."""
+
+    name: str
+    train_size: int
+    val_size: int
+    test_size: int
+    hidden: int
+    epochs: int
+    methods: str
+    seeds: str
+    transforms: str
+    representation: bool
+
+    def suite(self, data_source: str | None = None, /) -> Suite:
+        return _preset_suite(self, data_source)
+
+
+@functools.cache
+def _preset_suite(preset: QM9Preset, data_source: str | None) -> Suite:  # one suite (and one cached split) per preset and source
+    if data_source not in DATA_SOURCES:
+        raise MTLInputError(f"QM9 has no data source {data_source!r}; choose one of: {', '.join(str(name) for name in DATA_SOURCES)}")
+    source, layout = DATA_SOURCES[data_source]
+    return make_qm9_suite(source=source, layout=layout, preset=preset)
+
+
+DATA_SOURCES: dict[str | None, tuple[QM9Source, FeatureLayout]] = {None: ("pyg", "pyg"), "qm9pack": ("qm9pack", "pyg"), "qm9pack-sanitised": ("qm9pack", "sanitised")}
+"""`--data-source` name (None: `--data-root`'s PyG files) -> (source, feature layout)."""
+
+CPU_METHODS = "ls,scaleinvls,rlw,uw,famo,mgda,pcgrad,cagrad,imtl_g,nashmtl,dibsmtl,dibsmtl:steps=5"
+"""The published QM9 baselines the registry has (without DWA) and DiBS-MTL with 1 and 5 steps."""
+CPU_PRESET = QM9Preset(
+    name="cpu", train_size=6_000, val_size=1_000, test_size=1_000, hidden=16, epochs=10,
+    methods=CPU_METHODS, seeds="0,1,2", transforms="none,mu:power:2", representation=True,
+)
+"""QM9 at CPU scale (module docstring; sized in docs/DECISIONS.md, "QM9 at CPU scale")."""
+PRESETS = {preset.name: preset for preset in (CPU_PRESET,)}
 
 
 def make_qm9_suite(*, split_seed: int = SPLIT_SEED, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE, normalisation: Literal["train", "all"] = "train",
-                   source: QM9Source = "pyg", layout: FeatureLayout = "pyg", limit: int | None = None) -> Suite:
+                   source: QM9Source = "pyg", layout: FeatureLayout = "pyg", limit: int | None = None, preset: QM9Preset | None = None) -> Suite:
     """The QM9 suite; the keywords change the split (seed, test/validation sizes) and the
     normalisation statistics ("train", or "all" as the reference code effectively uses), and
     where the molecules come from (`source`; with "qm9pack", the feature `layout` and a `limit`
-    to the first molecules, see `benchmarks.data.qm9pack`)."""
-    data = QM9Data(split_seed=split_seed, test_size=test_size, val_size=val_size, normalisation=normalisation, source=source, layout=layout, limit=limit)
+    to the first molecules, see `benchmarks.data.qm9pack`). A `preset` trains on its subsets of
+    those splits, with its width and epochs (`QM9Preset`)."""
+    subset = None if preset is None else (preset.train_size, preset.val_size, preset.test_size)
+    data = QM9Data(split_seed=split_seed, test_size=test_size, val_size=val_size, normalisation=normalisation, source=source, layout=layout, limit=limit, subset=subset)
     notes = NOTES if source == "pyg" else {**NOTES, "data": f"QM9 of the package qm9pack 1.0.3 converted to PyG's layout with RDKit bonds, feature layout {layout!r}{'' if limit is None else f', first {limit} molecules'} (benchmarks.data.qm9pack)"}
+    protocol, model = PROTOCOL, make_model
+    if preset is not None:
+        protocol = dataclasses.replace(PROTOCOL, epochs=preset.epochs)
+        model = functools.partial(make_model, hidden=preset.hidden)
+        notes = {**notes,
+                 "split": f"{notes['split']}; preset {preset.name!r}: the first {preset.train_size} / {preset.val_size} / {preset.test_size} molecules of the train / val / test splits, standardised with the training subset's statistics",
+                 "model": f"the Gilmer MPNN at hidden width {preset.hidden} (preset {preset.name!r}; published: 64), edge network 5 -> 128 -> {preset.hidden}x{preset.hidden}",
+                 "scale": f"preset {preset.name!r}: {preset.epochs} epochs (published 300); gradient weightings {'on the shared features (MTL-R)' if preset.representation else 'on the shared parameters'}"}
     return Suite(
         name="qm9",
         task_names=TASKS,
         metrics=METRICS,
-        make_model=make_model,
+        make_model=model,
         task_losses=task_losses,
         make_accumulator=data.make_accumulator,
         datasets=data.datasets,
-        protocol=PROTOCOL,
+        protocol=protocol,
         collate=collate,
         base_values=BASE_VALUES,
         base_source=BASE_SOURCE,
