@@ -714,3 +714,21 @@ def test_config_host_path_matches_the_torch_formulation(num_tasks: int) -> None:
             # compare the updates' contributions w_i ||g_i||, to rounding of the largest
             scale = (norms.sum(dim=-1, keepdim=True) * (expected * norms).abs().amax(dim=-1, keepdim=True)).sqrt().clamp_min(1e-300)
             torch.testing.assert_close(got * norms, expected * norms, rtol=1e-9, atol=float((1e-9 * scale).max()))
+
+
+def test_fairgrad_two_tasks_at_alpha_one_is_the_closed_form_without_iterations() -> None:
+    """K = 2, alpha = 1: `G_r w = 1/w` has the solution `w_i = 1 / (n_i sqrt(1 + ridge + cos))`, the
+    solver's start; it is returned without Newton iterations, also next to Pareto stationarity
+    (cos = -1 + 1e-9), where the residual cannot reach the tolerance in float64."""
+    from core.methods.gradient_alignment import FairGrad
+
+    method = FairGrad()
+    for cos in (0.3, -0.9, -1 + 1e-9):
+        norms = torch.tensor([2.0, 0.5], dtype=torch.float64)
+        gramian = torch.tensor([[4.0, cos], [cos, 0.25]], dtype=torch.float64)
+        weights, _, iterations = method.solve(gramian)
+        expected = 1 / (norms * math.sqrt(1 + method.ridge + cos))
+        assert iterations == 0
+        torch.testing.assert_close(weights, expected, rtol=1e-5, atol=0)
+    three = torch.tensor([[1.0, -0.5, 0.2], [-0.5, 2.0, 0.1], [0.2, 0.1, 0.5]], dtype=torch.float64)
+    assert method.solve(three)[2] > 0  # K = 3 still solves by Newton

@@ -748,7 +748,8 @@ class FairGrad(GradientWeighting):
     solution for orthogonal gradients, `w_i = G_ii^(-alpha/(1+alpha))`, moved to the minimiser of F
     on its ray. It stops when `max_i |r_i| <= tolerance`, at the rounding floor (no acceptable
     step, or three steps that change no weight by 1e-4 and do not improve the residual), or after
-    `max_iterations`. Typical: 0-8 iterations (K = 2 with alpha = 1: the start is the solution).
+    `max_iterations`. Typical: 0-8 iterations (K = 2 with alpha = 1: the start is the solution, taken
+    as it is: near Pareto stationarity Newton would spend 10-20 iterations moving it within its rounding floor).
 
     Regularisation and degenerate input (as `NashMTL`): a relative ridge `ridge * G_ii` on the
     diagonal makes F coercive where the equation has no solution (0 in the convex hull of the
@@ -828,7 +829,11 @@ def _fairgrad_newton(
         weights = weights * ((utility / quadratic) ** (1.0 / (1.0 + problem.inverse_alpha)))[:, None]
         residual = problem.residual(weights, unit, scale)
         best = np.abs(residual).max(axis=-1)
-        active = best > tolerance
+        # K = 2, alpha = 1: the start is the regularised problem's exact minimiser,
+        # w_i = 1 / (n_i sqrt(1 + ridge + cos)); near Pareto stationarity (cos -> -1) its residual
+        # cannot reach the tolerance in float64, and Newton would only move it within that
+        # rounding floor (1e-6 relative) for 10-20 iterations
+        active = best > tolerance if not (num_tasks == 2 and alpha == 1.0) else np.zeros(best.shape, dtype=bool)
         stalls = np.zeros(best.shape, dtype=np.int64)
         iterations = 0
         while active.any() and iterations < max_iterations:
