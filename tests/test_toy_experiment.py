@@ -130,8 +130,8 @@ def test_random_methods_draw_from_the_seed(tmp_path, no_figures) -> None:
 def test_quick_mode_is_stored_and_reported_apart(tmp_path, capsys) -> None:
     assert main(["toy", "--quick", "--methods", "dibsmtl", "--transforms", "none", "--out", str(tmp_path), "--quiet"]) == 0
     (record,) = ResultStore(tmp_path).records("toy")
-    assert record["spec"]["config"]["steps"] == toy.QUICK_STEPS == 3000
-    assert record["spec"]["config"]["record_every"] == 6 and len(record["result"]["trajectory"]["steps"]) == 501
+    assert record["spec"]["config"]["steps"] == toy.QUICK_STEPS == 2000
+    assert record["spec"]["config"]["record_every"] == 4 and len(record["result"]["trajectory"]["steps"]) == 501
     assert (tmp_path / "toy" / "quick" / "summary.md").exists() and (tmp_path / "toy" / "quick" / "toy_nominal.png").exists()
     assert "have not reached the front" in capsys.readouterr().out  # says what a short run cannot show
     assert "have not reached the front" in (tmp_path / "toy" / "quick" / "summary.md").read_text()

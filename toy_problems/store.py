@@ -74,9 +74,11 @@ def copy_file_atomic(source: str | Path, target: str | Path, /) -> Path:
         return write_atomic(target, lambda out: shutil.copyfileobj(stream, out))
 
 
-def write_json_atomic(path: str | Path, payload: Any, /) -> Path:
-    """Write `payload` as indented JSON to `path`, atomically (see `write_text_atomic`)."""
-    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+def write_json_atomic(path: str | Path, payload: Any, /, *, indent: int | None = 2) -> Path:
+    """Write `payload` as JSON (sorted keys; indented, or on one line with `indent=None`) to
+    `path`, atomically (see `write_text_atomic`). One line is for large records: Python's
+    encoder writes indented JSON in pure Python, about ten times slower than its C encoder."""
+    return write_text_atomic(path, json.dumps(payload, indent=indent, sort_keys=True))
 
 
 def write_markdown_table(path: str | Path, title: str, provenance: str, table: str, /) -> Path:

@@ -11,7 +11,7 @@ stateful methods keep their state per start).
 After the sweep it prints and writes `OUT/toy/summary.md` (each run's endpoint, the distance of
 its untransformed losses to the Pareto front, and the gap |x_nominal - x_transformed|, zero for a
 transformation-invariant method) and draws the paper's trajectory figures (`toy_nominal`,
-`toy_transformed`, `toy_transformed_scaled`, PNG and PDF). `--quick` (3,000 steps) writes its
+`toy_transformed`, `toy_transformed_scaled`, PNG and PDF). `--quick` (2,000 steps) writes its
 summary and figures to `OUT/toy/quick/`.
 """
 
@@ -53,8 +53,8 @@ logger = logging.getLogger(__name__)
 EXPERIMENT = "toy"
 DEFAULT_STEPS = 35_000
 """Adam steps per run, as the DiBS-MTL toy trainer."""
-QUICK_STEPS = 3_000
-FULL_RUN_MINUTES = 2
+QUICK_STEPS = 2_000
+FULL_RUN_MINUTES = 3
 """The full default sweep's wall time on the project's 2-core machine, rounded (docs/DECISIONS.md)."""
 DEFAULT_LR = 1e-3
 RECORDS_PER_TRAJECTORY = 500
@@ -137,7 +137,9 @@ def toy_track(method: str, transform: str, seed: int) -> Track:
 
 def _json_numbers(tensor: Tensor) -> Any:
     """Nested lists of floats (float64), with None for NaN and infinities (strict JSON)."""
-    return _finite_or_none(tensor.detach().to(torch.float64).cpu().tolist())
+    tensor = tensor.detach().to(torch.float64).cpu()
+    values = tensor.tolist()
+    return values if bool(torch.isfinite(tensor).all()) else _finite_or_none(values)  # walk the lists only if needed
 
 
 def _finite_or_none(values: Any) -> Any:

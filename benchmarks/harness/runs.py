@@ -148,7 +148,7 @@ class ResultStore:
             "environment": environment(),
         }
         record["sha256"] = hashlib.sha256(_canonical(record).encode()).hexdigest()
-        write_json_atomic(self.result_path(spec), record)
+        write_json_atomic(self.result_path(spec), record, indent=None)  # trajectories: thousands of numbers
         self.checkpoint_path(spec).unlink(missing_ok=True)
         return record
 
@@ -201,7 +201,7 @@ class ResultStore:
             record.update(spec=spec.as_dict(), run_id=spec.run_id, migrated_from=old.run_id)
             if self.read_only:
                 return record
-            write_json_atomic(self.result_path(spec), {**record, "sha256": hashlib.sha256(_canonical(record).encode()).hexdigest()})
+            write_json_atomic(self.result_path(spec), {**record, "sha256": hashlib.sha256(_canonical(record).encode()).hexdigest()}, indent=None)
             logger.info("run %s was stored as %s (method %r); migrated to the current name", spec.run_id, old.run_id, old_name)
             return record
         return None
