@@ -338,3 +338,15 @@ def test_against_torchjd_scalarizers() -> None:
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
         expected = autograd_weights(scalarization.GeometricMean(), losses)
         torch.testing.assert_close(GeometricLossStrategy()(losses), expected, rtol=1e-12, atol=0)
+
+
+def test_gls_weights_beyond_the_losses_dtype_are_refused_with_the_reason() -> None:
+    """GLS weighs task i by `(prod_j l_j)^(1/K) / (K l_i)`: finite in float64 for float32 losses
+    [1e-30, 1e30, 1e30], but 3e19 times beyond float32's range; the call says so instead of
+    returning infinite weights (the fuzz found it)."""
+    from core.errors import MTLInputError
+    from core.registry import make_method
+
+    with pytest.raises(MTLInputError, match="beyond the range of torch.float32"):
+        make_method("gls")(torch.tensor([1e-30, 1e30, 1e30]))
+    assert torch.isfinite(make_method("gls")(torch.tensor([1e-30, 1e30, 1e30], dtype=torch.float64))).all()

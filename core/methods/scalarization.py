@@ -241,4 +241,10 @@ class GeometricLossStrategy(LossWeighting):
         logs = torch.log(losses.detach().to(_F64))
         mean = logs.mean(dim=-1, keepdim=True)
         weights = torch.exp(mean - logs) / losses.shape[-1]
-        return WeightsResult(weights.to(losses.dtype), {"value": torch.exp(mean[..., 0])})
+        cast = weights.to(losses.dtype)
+        if not bool(torch.isfinite(cast).all()):  # finite in float64, beyond the losses' dtype
+            raise MTLInputError(
+                f"GLS weights reach {float(weights.max()):.3g}, beyond the range of {losses.dtype}: the losses differ by a "
+                f"factor of {float(torch.exp(logs.max() - logs.min())):.3g}; use float64 losses or rescale them"
+            )
+        return WeightsResult(cast, {"value": torch.exp(mean[..., 0])})
