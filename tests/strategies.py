@@ -167,3 +167,21 @@ def positive_domain_transforms(
         allow_log=True,
     )
     return _combine(layers)
+
+
+def awkward_two_task_jacobians(seed: int, width: int = 3) -> torch.Tensor:
+    """Ten 2 x n Jacobians `[10, 2, width]` (float64) for the K = 2 fast paths' tests: random, a
+    zero gradient, parallel, opposite, identical, nearly parallel, scaled by 1e-150 and 1e140, a
+    1e8 norm ratio, all zero."""
+    generator = torch.Generator().manual_seed(seed)
+    jacobian = torch.randn(10, 2, width, generator=generator, dtype=torch.float64)
+    jacobian[1, 0] = 0.0
+    jacobian[2, 1] = 3.0 * jacobian[2, 0]
+    jacobian[3, 1] = -0.5 * jacobian[3, 0]
+    jacobian[4, 1] = jacobian[4, 0]
+    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
+    jacobian[6] *= 1e-150
+    jacobian[7] *= 1e140
+    jacobian[8, 1] *= 1e8
+    jacobian[9] = 0.0
+    return jacobian

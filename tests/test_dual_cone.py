@@ -25,6 +25,7 @@ from core.methods.base import HeadGradient
 from core.methods.dual_cone import DualProj, UPGrad, _active_set, _two_tasks, project_to_dual_cone
 from core.registry import make_method
 from tests.jacobian_strategies import jacobians
+from tests.strategies import awkward_two_task_jacobians
 
 F64 = torch.float64
 EPS = float(torch.finfo(F64).eps)
@@ -334,20 +335,8 @@ def test_host_path_gives_the_bits_of_project_to_dual_cone(factory, num_tasks: in
 
 
 def _two_task_gramians(seed: int) -> torch.Tensor:
-    """Ten 2 x 2 Gramians [10, 2, 2] (float64): random, a zero gradient, parallel, opposite,
-    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
-    generator = torch.Generator().manual_seed(seed)
-    jacobian = torch.randn(10, 2, 3, generator=generator, dtype=torch.float64)
-    jacobian[1, 0] = 0.0
-    jacobian[2, 1] = 3.0 * jacobian[2, 0]
-    jacobian[3, 1] = -0.5 * jacobian[3, 0]
-    jacobian[4, 1] = jacobian[4, 0]
-    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
-    jacobian[6] *= 1e-150
-    jacobian[7] *= 1e140
-    jacobian[8, 1] *= 1e8
-    jacobian[9] = 0.0
-    return gramian(jacobian)
+    """The Gramians `[10, 2, 2]` of `tests.strategies.awkward_two_task_jacobians`."""
+    return gramian(awkward_two_task_jacobians(seed))
 
 
 @pytest.mark.parametrize("method", [UPGrad(), UPGrad(pref_vector=[0.3, 2.0]), DualProj(), DualProj(pref_vector=[1.0, 0.0])])

@@ -20,6 +20,7 @@ import core
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
 from core.methods import gradient_vectors
 from tests.jacobian_strategies import jacobians, positive_losses
+from tests.strategies import awkward_two_task_jacobians
 
 JACOBIAN = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
 LOSSES = torch.tensor([1.0, 2.0], dtype=torch.float64)
@@ -489,20 +490,7 @@ def test_moco_differs_from_libmtl_only_by_its_softmax(monkeypatch) -> None:
 
 
 def _two_task_jacobians(seed: int, width: int) -> torch.Tensor:
-    """Ten 2 x n Jacobians [10, 2, n] (float64): random, a zero gradient, parallel, opposite,
-    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
-    generator = torch.Generator().manual_seed(seed)
-    jacobian = torch.randn(10, 2, width, generator=generator, dtype=torch.float64)
-    jacobian[1, 0] = 0.0
-    jacobian[2, 1] = 3.0 * jacobian[2, 0]
-    jacobian[3, 1] = -0.5 * jacobian[3, 0]
-    jacobian[4, 1] = jacobian[4, 0]
-    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
-    jacobian[6] *= 1e-150
-    jacobian[7] *= 1e140
-    jacobian[8, 1] *= 1e8
-    jacobian[9] = 0.0
-    return jacobian
+    return awkward_two_task_jacobians(seed, width)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from core.jacobian import gramian
 from core.methods import mgda
 from core.pareto import project_to_simplex
 from tests.jacobian_strategies import jacobians, positive_losses
+from tests.strategies import awkward_two_task_jacobians
 
 
 def brute_force_min_norm(gram: torch.Tensor) -> float:
@@ -183,20 +184,8 @@ def test_solver_limits_are_validated() -> None:
 
 
 def _two_task_gramians(seed: int) -> torch.Tensor:
-    """Ten 2 x 2 Gramians [10, 2, 2] (float64): random, a zero gradient, parallel, opposite,
-    identical, nearly parallel and scaled by 1e-150 and 1e140, the K = 2 fast paths' cases."""
-    generator = torch.Generator().manual_seed(seed)
-    jacobian = torch.randn(10, 2, 3, generator=generator, dtype=torch.float64)
-    jacobian[1, 0] = 0.0
-    jacobian[2, 1] = 3.0 * jacobian[2, 0]
-    jacobian[3, 1] = -0.5 * jacobian[3, 0]
-    jacobian[4, 1] = jacobian[4, 0]
-    jacobian[5, 1] = jacobian[5, 0] + 1e-9 * jacobian[5, 1]
-    jacobian[6] *= 1e-150
-    jacobian[7] *= 1e140
-    jacobian[8, 1] *= 1e8
-    jacobian[9] = 0.0
-    return gramian(jacobian)
+    """The Gramians `[10, 2, 2]` of `tests.strategies.awkward_two_task_jacobians`."""
+    return gramian(awkward_two_task_jacobians(seed))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
