@@ -140,3 +140,18 @@ def test_the_typed_api_returns_the_records_and_the_report(tmp_path) -> None:
     assert [(r["spec"]["method"], r["spec"]["experiment"]) for r in result.records] == [
         (spec.method, spec.experiment) for spec in random_weighting.planned_runs(config)]
     assert "rlw_uniform" in result.report and result.files == [tmp_path / "random_weighting" / "quick" / "summary.md"]
+
+
+def test_methods_the_benchmark_models_cannot_host_are_refused() -> None:
+    """RotoGrad works on the shared features only (needs --representation), and its rotations
+    would train without effect in the suites' models (their heads see the unrotated features):
+    both refused at planning, with the way out; its scaling alone plans."""
+    from benchmarks.experiments import supervised
+    from core.errors import InvalidHyperparameterError
+
+    with pytest.raises(InvalidHyperparameterError, match="add --representation"):
+        supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="rotograd"))
+    with pytest.raises(InvalidHyperparameterError, match="do not apply RotoGrad's rotations"):
+        supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="rotograd:rotation_size=8", representation=True))
+    runs = supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="rotograd", representation=True))
+    assert "rotograd" in {run.method for run in runs}

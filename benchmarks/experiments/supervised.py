@@ -36,7 +36,7 @@ from benchmarks.harness.suite import Suite, TrainingProtocol
 from benchmarks.harness.summary import delta_m_figure, delta_m_pivot, markdown_table, summarize
 from benchmarks.harness.training import LossTransform, train_run
 from core.errors import InvalidHyperparameterError, MTLInputError
-from core.registry import canonical_spec
+from core.registry import canonical_spec, make_method
 from toy_problems.command_config import CommandConfig
 from toy_problems.store import environment, save_figure_formats, write_markdown_table
 
@@ -234,6 +234,22 @@ def make_add_arguments(spec: ExperimentSpec):
     return add_arguments
 
 
+
+def _check_hosted(method: str, /, *, num_tasks: int, representation: bool) -> None:
+    """Refuse, before any training, a method the benchmark models cannot host: one of the
+    representation mode only without `--representation`, and RotoGrad with rotations (the suites'
+    models feed their heads the unrotated features: the rotations would train and change nothing)."""
+    instance = make_method(method, num_tasks=num_tasks)
+    if "full" not in instance.engine_modes and not representation:
+        raise InvalidHyperparameterError(f"{method} works on the shared features only: add --representation")
+    if getattr(instance, "rotation_size", None):
+        raise InvalidHyperparameterError(
+            f"{method}: the benchmark models do not apply RotoGrad's rotations (their heads see the unrotated features), "
+            "so they would train without effect; run rotograd without rotation_size (its gradient scaling), or use a "
+            "model that feeds head k `method.rotate(z, k)`"
+        )
+
+
 def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[RunSpec], TrainingProtocol, int | None]:
     """The runs of this invocation (validated before any training) and the protocol they use."""
     preset = spec.preset(config.preset)
@@ -258,6 +274,8 @@ def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[
             raise InvalidHyperparameterError(f"--max-batches must be at least 1, got {config.max_batches}")
         max_batches = config.max_batches
     representation = config.representation or (preset is not None and preset.representation)
+    for method in methods:
+        _check_hosted(method, num_tasks=len(suite.task_names), representation=representation)
     settings = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": representation,
                 "data_root": config.data_root}
     if config.data_source is not None:  # runs on the experiment's own data keep their ids
