@@ -216,6 +216,22 @@ def nominal_points(case: Case, spec: str, *, seed: int) -> Tensor:
     return torch.stack([run.points for run in runs], dim=1)
 
 
+def batched_nominal_points(case: Case, specs: Sequence[str], *, seed: int) -> dict[str, Tensor]:
+    """`nominal_points` of every spec the toy runner can run, as one `run_tracks` batch (one
+    problem evaluation and one Adam step a step for all of them; each method's rows are its own,
+    so every trajectory is the one it has alone, bit for bit); empty if a method fails in the
+    batch (each is then run alone, which names the one that fails)."""
+    num_tasks = case.lower_bounds.shape[-1]
+    runnable = [spec for spec in specs if "full" in make_method(spec, num_tasks=num_tasks).engine_modes]
+    tracks = [Track(spec, (), seed, p) for spec in runnable for p in range(len(case.problems))]
+    try:
+        runs = run_tracks(case.problems, case.starts, tracks, num_steps=case.num_steps, lr=case.lr, record_every=1)
+    except (MTLInputError, RuntimeError, ValueError):
+        return {}
+    per_spec = len(case.problems)
+    return {spec: torch.stack([run.points for run in runs[i * per_spec : (i + 1) * per_spec]], dim=1) for i, spec in enumerate(runnable)}
+
+
 def engine_points(case: Case, spec: str, *, seed: int) -> Tensor:
     """`nominal_points` of a method the toy runner cannot run (engine modes without "full":
     RotoGrad): row by row through `core.mtl_backward` in representation mode, on the model whose
@@ -248,11 +264,11 @@ def engine_points(case: Case, spec: str, *, seed: int) -> Tensor:
     return points
 
 
-def case_deviations(case: Case, spec: str, *, seed: int) -> Tensor:
+def case_deviations(case: Case, spec: str, *, seed: int, points: Tensor | None = None) -> Tensor:
     """Per version (nominal first, rounding last) the largest deviation of the update from the
     nominal one over the trajectory, per row, relative to the nominal terms' size: `[V + 1, P, S]`."""
     method = make_method(spec, num_tasks=case.lower_bounds.shape[-1])
-    points = nominal_points(case, spec, seed=seed)
+    points = nominal_points(case, spec, seed=seed) if points is None else points
     values, jacobian = version_inputs(case, points, method, generator=torch.Generator().manual_seed(seed + 1))
     steps, versions, problems, starts = values.shape[:4]
     flat_values = values.reshape(steps, versions * problems * starts, -1)
@@ -276,13 +292,16 @@ def verdicts(deviations: Tensor, /) -> dict[str, Any]:
             "rescaling_invariant": control <= threshold, "monotone_invariant": control <= threshold and transformed <= threshold}
 
 
-def measure_method(spec: str, cases: Sequence[Case], *, seed: int) -> dict[str, Any]:
-    """The measured invariances of `spec` on every case (both must hold in every case), or the error it raised."""
+def measure_method(spec: str, cases: Sequence[Case], *, seed: int, nominal: dict[str, dict[str, Tensor]] | None = None) -> dict[str, Any]:
+    """The measured invariances of `spec` on every case (both must hold in every case), or the
+    error it raised. `nominal`: per case name, nominal trajectories already run
+    (`batched_nominal_points`); the others are run here."""
     began = time.perf_counter()
     per_case = {}
     try:
         for case in cases:
-            per_case[case.name] = verdicts(case_deviations(case, spec, seed=seed))
+            points = (nominal or {}).get(case.name, {}).get(spec)
+            per_case[case.name] = verdicts(case_deviations(case, spec, seed=seed, points=points))
     except (MTLInputError, RuntimeError, ValueError) as error:
         return {"error": f"{type(error).__name__}: {error}", "seconds": time.perf_counter() - began}
     measured = {claim: all(case[claim] for case in per_case.values()) for claim in DECLARED}
@@ -294,8 +313,10 @@ def measure_method(spec: str, cases: Sequence[Case], *, seed: int) -> dict[str, 
 def measure(*, quick: bool, seed: int = 0, methods: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """Every registered method (or `methods`), measured on the toy and the nonconvex case."""
     cases = [toy_case(quick=quick, seed=seed), nonconvex_case(quick=quick, seed=seed)]
+    specs = list(methods or available_methods())
     with single_thread():
-        return {spec: measure_method(spec, cases, seed=seed) for spec in (methods or available_methods())}
+        nominal = {case.name: batched_nominal_points(case, specs, seed=seed) for case in cases}
+        return {spec: measure_method(spec, cases, seed=seed, nominal=nominal) for spec in specs}
 
 
 def run(*, quick: bool) -> ClaimResult:

@@ -84,3 +84,18 @@ def test_a_random_method_draws_alike_in_every_version() -> None:
         assert torch.equal(updates[:, :4], updates[:, 4:])
     updates, _ = forced_updates("rlw", both_values, both_jacobian, lr=1e-2, seed=3, versions=2)
     assert not torch.equal(updates[:, 0], updates[:, 1] * (jacobian[:, 0].sum(-2).norm() / jacobian[:, 1].sum(-2).norm()))
+
+
+def test_the_nominal_trajectories_run_together_equal_each_method_alone() -> None:
+    """`batched_nominal_points` runs every method's nominal trajectory in one runner batch: each is
+    bit for bit the method's run alone (stateful, random and learnable methods included), and a
+    representation-only method is left to the engine."""
+    from proofs_numeric.claim import single_thread
+
+    case = claim.nonconvex_case(quick=True, seed=0)
+    specs = ["mgda", "famo", "rlw", "uw", "graddrop", "rotograd"]
+    with single_thread():
+        together = claim.batched_nominal_points(case, specs, seed=0)
+        assert "rotograd" not in together
+        for spec in specs[:-1]:
+            assert torch.equal(together[spec], claim.nominal_points(case, spec, seed=0))
