@@ -235,7 +235,8 @@ class _Evaluation:
 
     def __init__(self, num_seeds: int, num_starts: int) -> None:
         self.shape = (num_seeds, len(SETTINGS), num_starts)
-        self.variants, self.scales = methods(), direction_scales(methods())[:, None, None]
+        self.variants = methods()
+        self.scales = direction_scales(self.variants)[:, None, None]
         self.initial_scale: Tensor | None = None
         self.residuals: list[Tensor] = []
         self.final_norms: Tensor | None = None

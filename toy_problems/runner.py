@@ -94,17 +94,16 @@ def make_optimizer(params: Iterable[Tensor], optimizer: str, lr: float) -> torch
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
 
 
-def _weighted(method: Method, losses: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
-    """The shared update per row and the weights: `sum_i w_i g_i` and `w` for gradient and loss
-    weightings; a Jacobian aggregation's own update and its head weights."""
-    if isinstance(method, JacobianAggregation):
-        update, head_weights, _ = method.aggregate(jacobian, losses)
-        return update.to(jacobian.dtype), head_weights
+def _answer(method: Method, values: Tensor, gramians: Tensor | None, jacobian: Tensor, own: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+    """A method's answer on rows of losses, Gramians (gradient weightings only) and Jacobians: its
+    weights (a Jacobian aggregation's head weights) and, for a Jacobian aggregation, its own update.
+    A learnable loss weighting's parameters `own` get their gradients (`_loss_weights`)."""
     if isinstance(method, GradientWeighting):
-        weights = method(gramian(jacobian), losses)
-    else:
-        weights = method(losses).detach()
-    return (weights.to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2), weights
+        return method(gramians, values), None
+    if isinstance(method, JacobianAggregation):
+        update, head_weights, _ = method.aggregate(jacobian, values)
+        return head_weights, update.to(jacobian.dtype)
+    return _loss_weights(method, values, own), None
 
 
 def run_tracks(
@@ -353,13 +352,10 @@ def _group_weights(group: _Group, values: Tensor, gramians: Tensor | None, jacob
     Jacobian aggregation's head weights; its update is left in `group.update`). Learnable loss
     weightings get their parameters' gradients."""
     method, seen = group.method, _state_view(values, batch_shape)
-    if isinstance(method, GradientWeighting):
-        weights = method(_state_view(gramians, batch_shape, trailing=2), seen)
-    elif isinstance(method, JacobianAggregation):
-        update, weights, _ = method.aggregate(_state_view(jacobian, batch_shape, trailing=2), seen)
-        group.update = update.to(jacobian.dtype).reshape(jacobian.shape[:-2] + jacobian.shape[-1:])
-    else:
-        weights = _loss_weights(method, seen, group.own)
+    rows_gramians = None if gramians is None else _state_view(gramians, batch_shape, trailing=2)
+    weights, update = _answer(method, seen, rows_gramians, _state_view(jacobian, batch_shape, trailing=2), group.own)
+    if update is not None:
+        group.update = update.reshape(jacobian.shape[:-2] + jacobian.shape[-1:])
     weights = weights.detach()
     if weights.dtype != values.dtype:
         weights = weights.to(values.dtype)
@@ -379,10 +375,11 @@ def step_direction(method: Method, values: Tensor, jacobian: Tensor, /, *, own: 
     loss weighting's parameters `own` get the gradient of the weighted loss plus its penalty, as
     the engine gives them (the caller's optimiser steps them). The runner's loop takes the same
     step for many groups at once."""
-    if not isinstance(method, LossWeighting) or not own:
-        return _weighted(method, values, jacobian)
-    weights = _loss_weights(method, values, own)
-    return (weights.to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2), weights
+    gramians = gramian(jacobian) if isinstance(method, GradientWeighting) else None
+    weights, update = _answer(method, values, gramians, jacobian, own)
+    if update is None:
+        update = (weights.detach().to(jacobian.dtype)[..., None] * jacobian).sum(dim=-2)
+    return update, weights.detach()
 
 
 def _loss_weights(method: Method, values: Tensor, own: Sequence[Tensor]) -> Tensor:
