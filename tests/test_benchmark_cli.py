@@ -155,3 +155,22 @@ def test_methods_the_benchmark_models_cannot_host_are_refused() -> None:
         supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="rotograd:rotation_size=8", representation=True))
     runs = supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="rotograd", representation=True))
     assert "rotograd" in {run.method for run in runs}
+
+
+def test_optimizer_and_lr_override_the_protocol_and_get_their_own_runs() -> None:
+    """`--optimizer sgd --lr 0.05` trains every run (single-task ones included) with SGD at 0.05,
+    stored under other ids than the protocol's Adam runs; a bad value is refused at planning."""
+    from benchmarks.experiments import supervised
+    from core.errors import InvalidHyperparameterError
+
+    def plan(**flags):
+        return supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="ls", **flags))
+
+    adam, sgd = plan(), plan(optimizer="sgd", lr=0.05)
+    assert {run.config["protocol"]["optimizer"] for run in adam} == {"adam"}
+    assert {(run.config["protocol"]["optimizer"], run.config["protocol"]["lr"]) for run in sgd} == {("sgd", 0.05)}
+    assert not {run.run_id for run in adam} & {run.run_id for run in sgd}
+    with pytest.raises(InvalidHyperparameterError, match="--lr must be a positive"):
+        plan(lr=0.0)
+    with pytest.raises(InvalidHyperparameterError, match="--optimizer must be one of"):
+        plan(optimizer="rmsprop")

@@ -42,6 +42,9 @@ from toy_problems.store import environment, save_figure_formats, write_markdown_
 
 logger = logging.getLogger(__name__)
 
+OPTIMIZERS = ("adam", "sgd")
+"""The optimisers `--optimizer` offers (the harness's `_make_optimizer`)."""
+
 PAPER_METHODS = "ls,scaleinvls,rlw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo,dibsmtl,dibsmtl:steps=5"
 """The baselines of the Nash-MTL / FAMO / DiBS-MTL tables that the registry has, and DiBS-MTL."""
 
@@ -199,6 +202,8 @@ class Config(CommandConfig):
     data_source: str | None = None
     preset: str | None = None
     epochs: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
     max_batches: int | None = None
     no_single_task: bool = False
     representation: bool = False
@@ -224,6 +229,9 @@ def make_add_arguments(spec: ExperimentSpec):
             parser.add_argument("--preset", default=None, choices=[preset.name for preset in spec.presets],
                                 help="a smaller protocol with its own defaults (--methods, --seeds, --transforms still override them): " + "; ".join(f"{preset.name}: {preset.help}" for preset in spec.presets))
         parser.add_argument("--epochs", type=int, default=None, help="override the protocol's number of epochs")
+        parser.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
+                            help="override the protocol's optimiser (sgd: momentum 0.9); the runs, single-task ones included, get other ids")
+        parser.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
         parser.add_argument("--max-batches", type=int, default=None, help="cap the training batches per epoch (a quick look at a large dataset)")
         parser.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines (Delta_m then uses the published base, if any)")
         parser.add_argument("--representation", action="store_true", help="per-task gradients w.r.t. the shared features (MTL-R mode) for gradient weightings")
@@ -250,6 +258,19 @@ def _check_hosted(method: str, /, *, num_tasks: int, representation: bool) -> No
         )
 
 
+def _with_optimizer(protocol: TrainingProtocol, optimizer: str | None, lr: float | None) -> TrainingProtocol:
+    """`protocol` with `--optimizer` and `--lr` applied (None: the protocol's own)."""
+    if optimizer is not None:
+        if optimizer not in OPTIMIZERS:
+            raise InvalidHyperparameterError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        protocol = dataclasses.replace(protocol, optimizer=optimizer)
+    if lr is not None:
+        if not lr > 0 or lr == float("inf"):
+            raise InvalidHyperparameterError(f"--lr must be a positive finite number, got {lr}")
+        protocol = dataclasses.replace(protocol, lr=lr)
+    return protocol
+
+
 def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[RunSpec], TrainingProtocol, int | None]:
     """The runs of this invocation (validated before any training) and the protocol they use."""
     preset = spec.preset(config.preset)
@@ -268,6 +289,7 @@ def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[
         if config.epochs < 1:
             raise InvalidHyperparameterError(f"--epochs must be at least 1, got {config.epochs}")
         protocol = dataclasses.replace(protocol, epochs=config.epochs)
+    protocol = _with_optimizer(protocol, config.optimizer, config.lr)
     max_batches = spec.quick_batches if config.quick else None
     if config.max_batches is not None:
         if config.max_batches < 1:
