@@ -36,7 +36,7 @@ from benchmarks.harness.suite import Suite, TrainingProtocol
 from benchmarks.harness.summary import delta_m_figure, delta_m_pivot, markdown_table, summarize
 from benchmarks.harness.training import LossTransform, train_run
 from core.errors import InvalidHyperparameterError, MTLInputError
-from core.registry import canonical_spec, make_method
+from core.registry import available_methods, canonical_spec, make_method
 from toy_problems.command_config import CommandConfig
 from toy_problems.store import environment, save_figure_formats, write_markdown_table
 
@@ -47,6 +47,18 @@ OPTIMIZERS = ("adam", "sgd")
 
 PAPER_METHODS = "ls,scaleinvls,rlw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo,dibsmtl,dibsmtl:steps=5"
 """The baselines of the Nash-MTL / FAMO / DiBS-MTL tables that the registry has, and DiBS-MTL."""
+
+MULTIMNIST_FIRST = "ls,scaleinvls,rlw,rgw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo,normalized_sum,dibsmtl,dibsmtl:steps=5"
+"""The multimnist table's first rows (its methods before the method zoo of issue 18), in their order."""
+
+
+def every_parameter_method(first: str, /) -> str:
+    """`first`, then every other registered method that works on the parameters themselves (engine
+    mode "full"), alphabetically: a representation-only method (RotoGrad) needs `--representation`."""
+    from toy_problems.runner import runs_on_parameters
+
+    listed = first.split(",")
+    return ",".join([*listed, *(name for name in available_methods() if name not in listed and runs_on_parameters(name))])
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,7 @@ EXPERIMENTS = {
     "multimnist": ExperimentSpec(
         name="multimnist",
         suite="benchmarks.suites.multimnist:MULTIMNIST",
-        methods="ls,scaleinvls,rlw,rgw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo,normalized_sum,dibsmtl,dibsmtl:steps=5",
+        methods=every_parameter_method(MULTIMNIST_FIRST),
         seeds="0,1,2",
         transforms="none,left:affine:100:0,left:exp,left:power:4,left:affine:1:1|log",
         needs_data_root=False,
