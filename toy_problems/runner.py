@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -570,7 +570,26 @@ def forked_starmap(function: Callable[..., T], jobs: Sequence[tuple], /, *, proc
     child runs torch on one thread: a forked child must not start an OpenMP team (libgomp hangs
     after a fork when the parent used one), and the children already share the cores. `function`
     must be defined at module level."""
-    if processes <= 1 or len(jobs) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if not _forks(processes, jobs):
         return [function(*job) for job in jobs]
-    with multiprocessing.get_context("fork").Pool(min(processes, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with _one_thread_pool(processes, jobs) as pool:
         return pool.starmap(function, jobs, chunksize=1)
+
+
+def forked_imap_unordered(function: Callable[[Any], T], jobs: Sequence[Any], /, *, processes: int) -> Iterator[T]:
+    """`function(job)` of every job, each yielded as soon as it finishes (in the order they
+    finish), from forked processes as in `forked_starmap`; in job order in this process with one
+    process, one job or no `fork`."""
+    if not _forks(processes, jobs):
+        yield from (function(job) for job in jobs)
+        return
+    with _one_thread_pool(processes, jobs) as pool:
+        yield from pool.imap_unordered(function, jobs, chunksize=1)
+
+
+def _forks(processes: int, jobs: Sequence[Any]) -> bool:
+    return processes > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _one_thread_pool(processes: int, jobs: Sequence[Any]):
+    return multiprocessing.get_context("fork").Pool(min(processes, len(jobs)), initializer=torch.set_num_threads, initargs=(1,))
