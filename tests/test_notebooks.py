@@ -134,7 +134,7 @@ def test_claim_reads_the_store_of_python_m_proofs_numeric(tmp_path, monkeypatch,
 
     assert proofs_main(["--quick", "--claim", "dibs_fairness", "--out", str(tmp_path)]) == 0
     monkeypatch.setattr(support, "QUICK", True)
-    monkeypatch.setattr(support, "CLAIMS", tmp_path)
+    monkeypatch.setattr(support, "CLAIMS", tmp_path / "proofs_numeric" / "quick")  # --out is the store's root
     monkeypatch.setattr(dibs_fairness, "run", lambda **_: pytest.fail("the stored result should have been read"))
     result = support.claim(dibs_fairness)
     assert result.passed and result.quick is True and result.data["checks"]
