@@ -1,16 +1,24 @@
-"""`python -m benchmarks <experiment> [options]`; `python -m benchmarks --list` lists experiments."""
+"""`python -m benchmarks <experiment> [options]`; `python -m benchmarks --list` lists the experiments, then the methods.
+
+Every sweep prints one line on stderr when it starts: the runs left to do, the runs already
+stored and, where the time per run was measured, the expected duration (docs/cli.md).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from typing import Any
 
 from benchmarks.experiments import pareto_multimnist, random_weighting, toy
 from benchmarks.experiments.supervised import command
-from benchmarks.harness import workers
+from benchmarks.harness import parallel, workers
+from benchmarks.harness.runs import ResultStore
 from benchmarks.perf import report
 from core.errors import MTLInputError
+from toy_problems.command_config import escape_help, expected_duration_line, method_listing
 from toy_problems.store import unwritable_reason
 
 EXPERIMENTS = {
@@ -29,14 +37,34 @@ EXPERIMENTS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--list", action="store_true", help="list the experiments, then every method (name, kind, family, paper, hyperparameters), and exit")
     commands = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     for name, (module, summary) in EXPERIMENTS.items():
-        subparser = commands.add_parser(name, help=summary, description=summary)
+        subparser = commands.add_parser(name, help=escape_help(summary), description=summary)  # argparse %-formats help ("Δm%"), not descriptions
         module.add_arguments(subparser)
         if hasattr(module, "Config"):  # sweeps of stored runs can share their runs among workers
             workers.add_arguments(subparser)
     return parser
+
+
+def listing() -> str:
+    """The text of `--list`: the experiments, then the methods (as `python -m toy_problems --list`)."""
+    lines = [f"{len(EXPERIMENTS)} experiments (python -m benchmarks EXPERIMENT --help):"]
+    lines += [f"  {name:<18} {summary}" for name, (_, summary) in EXPERIMENTS.items()]
+    return "\n".join([*lines, "", *method_listing()])
+
+
+def announce_runs(module: Any, config: Any, runs: list, *, workers: int) -> None:
+    """The expected-duration line of a sweep about to start, on stderr (nothing when no run is left
+    or it is short; a worker or data-parallel rank leaves it to the process that started it)."""
+    if os.environ.get("MTL_WORKER") is not None or parallel.inside_torchrun():
+        return
+    store = ResultStore(config.out, read_only=True)
+    todo = [run for run in runs if config.fresh or not store.result_path(run).exists()]  # a file check: nothing is read
+    seconds, basis = module.expected_seconds(config, todo, workers=workers)
+    line = expected_duration_line(len(todo), len(runs) - len(todo), seconds, basis=basis)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list or args.experiment is None:
-        for name, (_, summary) in EXPERIMENTS.items():
-            print(f"{name:<18} {summary}")
+        print(listing())
         return 0
     module = EXPERIMENTS[args.experiment][0]
     try:
@@ -57,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             reason = unwritable_reason(config.out)
             if reason is not None:
                 raise MTLInputError(f"--out {reason}")
+        if not reads_only:
+            runs = module.planned_runs(config)  # bad options fail here, before anything starts
+            if not getattr(config, "summary_only", False):
+                announce_runs(module, config, runs, workers=args.workers)
         if args.workers != 1 and not reads_only:
-            workers.launch(sys.argv[1:] if argv is None else argv, args, module.planned_runs(config))
+            workers.launch(sys.argv[1:] if argv is None else argv, args, runs)
             config = config.replace(fresh=False)  # the summary run: reuses what the workers stored, runs what is missing
         result = module.run(config)
         if result.report:

@@ -160,9 +160,18 @@ class MethodDescription:
         return re.split(r",| \(|:| `", self.summary, maxsplit=1)[0].strip()
 
     def line(self) -> str:
-        """One line for listings: name, family, paper and key hyperparameters."""
+        """One line for listings: name, kind, family (the module of `core.methods`), the paper (its
+        author list cut to "First et al." or "First & Second") and every hyperparameter with its
+        default (each can be set in a spec)."""
+        parts = self.paper.split(", ")
+        authors = 0  # the leading surnames ("Liu", "Fridovich-Keil"); a title has spaces or capitals inside
+        while authors < len(parts) - 1 and re.fullmatch(r"[A-Z][a-z']+(?:-[A-Z][a-z']+)?", parts[authors]):
+            authors += 1
+        first = f"{parts[0]} & {parts[1]}" if authors == 2 else f"{parts[0]} et al."
+        paper = ", ".join([first, *parts[authors:]]) if authors >= 2 else self.paper
         defaults = ", ".join(f"{key}={_format_value(value)}" for key, value in self.hyperparameters.items())
-        return f"{self.name:16s} {self.kind:20s} {self.paper}" + (f"  [{defaults}]" if defaults else "")
+        family = self.cls.__module__.rsplit(".", 1)[-1].replace("_", " ")  # the module of core.methods, as the figures group methods
+        return f"{self.name:<15} {self.kind:<21} {family:<19} {paper}" + (f"  [{defaults}]" if defaults else "")
 
 
 def available_methods() -> list[str]:
@@ -347,7 +356,9 @@ def _same_value(value: Any, default: Any) -> bool:
 
 
 def _split_outside_brackets(text: str, separator: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []  # the characters of the part being read
+    depth = 0
     for char in text:
         if char == "[":
             depth += 1

@@ -1,8 +1,9 @@
-"""`python -m notebooks [--quick] [--only NAMES] [--results DIR] [--out DIR] [--publish]`.
+"""`python -m notebooks [--quick] [--only NAMES] [--out DIR] [--publish]`.
 
 Executes every notebook (or the named ones) in a fresh kernel, writes the executed notebooks and
-all their figures under one folder, prints one line per notebook, and exits 1 if any failed
-(2 on bad arguments). Finished experiment runs in the result store are read, not recomputed.
+all their figures under OUT/notebooks (OUT/notebooks/quick with --quick), prints one line per
+notebook, and exits 1 if any failed (2 on bad arguments). `--out` is the result store (default
+`results`), as for every command: finished experiment runs there are read, not recomputed.
 """
 
 from __future__ import annotations
@@ -18,12 +19,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m notebooks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="quick mode (MTL_NOTEBOOK_QUICK=1): each notebook in about a minute on 2 cores")
     parser.add_argument("--only", default=None, help="comma-separated notebooks to run, by name or number (e.g. 01,03); default: all")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="the result store the experiments read and write (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the executed notebooks and figures/ (default: results/notebooks, or results/notebooks/quick)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="root of the result store: the experiments read and write it, the executed notebooks and figures/ go to "
+                             "OUT/notebooks (OUT/notebooks/quick with --quick) (default: results)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="deprecated: the result store, now --out; with --out as well, the old meanings (--results the store, "
+                             "--out the notebooks' folder) still hold")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one cell may run before the notebook fails (default: %(default)g)")
     parser.add_argument("--publish", action="store_true", help=f"after a full run, copy the README's figures ({', '.join(PUBLISHED)}) into {PUBLISHED_FOLDER.relative_to(PUBLISHED_FOLDER.parents[1])}/")
     parser.add_argument("--list", action="store_true", help="list the notebooks and the figures they write, then exit")
     return parser
+
+
+def store_and_folder(args: argparse.Namespace, /) -> tuple[Path, Path]:
+    """The result store and the notebooks' folder: `--out` and OUT/notebooks[/quick]; the
+    deprecated `--results` alone stands for `--out`, and with `--out` keeps its old meaning."""
+    folder = Path("notebooks") / ("quick" if args.quick else "")
+    if args.results is None:
+        root = args.out if args.out is not None else Path("results")
+        return root, root / folder
+    print("note: --results is deprecated; write --out DIR (the result store; the notebooks go to DIR/notebooks)", file=sys.stderr)
+    return args.results, args.out if args.out is not None else args.results / folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.timeout > 0:
         print(f"error: --timeout must be positive, got {args.timeout}", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else Path("results") / "notebooks" / ("quick" if args.quick else "")
+    results, out = store_and_folder(args)
     failures = 0
     for notebook in chosen:
         print(f"{notebook.name} ...", flush=True)
-        run = execute(notebook, quick=args.quick, results=args.results, out=out, timeout=args.timeout)
+        run = execute(notebook, quick=args.quick, results=results, out=out, timeout=args.timeout)
         verdict = "ok" if run.ok else f"FAILED: {run.error}"
         print(f"{notebook.name}: {verdict} ({run.seconds:.0f} s) -> {run.executed}", flush=True)
         failures += not run.ok

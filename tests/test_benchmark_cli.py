@@ -39,6 +39,9 @@ def test_multimnist_runs_summarises_and_resumes(tmp_path, capsys, monkeypatch):
     assert len(_runs(folder)) == 2 * 2 + 2  # methods x transforms + one single-task run per task
     summary = (folder / "summary.md").read_text()
     assert "left:exp" in summary and "single-task runs" in summary and "Δm%" in summary
+    assert "| none | single-task (stl) |" in summary  # the reference of Δm%, as the first row
+    assert "(n=1)" in summary and " ± " not in summary  # one seed: no spread to show
+    assert "6 runs to do (0 stored)" in capsys.readouterr().err  # no time measured with --max-batches: the count only
     assert (folder / "delta_m.png").stat().st_size > 0 and (folder / "delta_m.pdf").stat().st_size > 0
     record = json.loads(next(folder.glob("runs/dibsmtl__left-exp*.json")).read_text())
     assert record["result"]["status"] == "finished" and record["spec"]["transform"] == "left:exp"
@@ -51,7 +54,8 @@ def test_multimnist_runs_summarises_and_resumes(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("benchmarks.experiments.supervised.train_run", no_training)
     capsys.readouterr()
     assert main(args) == 0  # everything is reused
-    assert "dibsmtl" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "dibsmtl" in printed.out and "to do" not in printed.err
 
 
 @pytest.mark.parametrize("name", ["nyuv2", "cityscapes"])

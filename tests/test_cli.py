@@ -1,37 +1,10 @@
-"""The README's promises: its code example runs, and the commands it names work end to end."""
+"""The benchmark command line: clear errors, summaries, resuming (the docs' code blocks: tests/test_docs.py)."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
-import torch
 
 from benchmarks.__main__ import main
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def test_readme_python_example_runs() -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    assert blocks, "the README lost its usage example"
-    namespaces = []
-    for block in blocks:
-        namespaces.append({})
-        exec(compile(block, str(README), "exec"), namespaces[-1])
-    training_loop, pareto = namespaces  # the two examples, in README order
-    info = training_loop["info"]
-    assert float(info.weights.sum()) > 0 and info.gramian.shape == (2, 2)
-    # the Pareto example's comments: the cylinder's axis, first-order predictions, 10 corrector Jacobians
-    torch.testing.assert_close(pareto["tangents"].directions.abs(), torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=torch.float64), rtol=0, atol=1e-8)
-    assert pareto["local"].regular and pareto["explored"].counts.jacobians["correct"] == 10
-
-
-def test_readme_commands_exist() -> None:
-    text = README.read_text()
-    for command in ("pip install -r requirements.txt", "python -m pytest", "python -m benchmarks toy"):
-        assert command in text
 
 
 def test_unknown_method_is_a_clear_error(tmp_path, capsys) -> None:

@@ -6,13 +6,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
 
 from benchmarks.harness.runs import Checkpoint, ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import MetricSpec, TrainingProtocol
-from benchmarks.harness.summary import markdown_table, mean_rank_figure, single_task_base, summarize
+from benchmarks.harness.summary import (
+    delta_m_figure,
+    delta_m_pivot,
+    family_groups,
+    markdown_table,
+    mean_rank_figure,
+    method_family,
+    single_task_base,
+    single_task_reference,
+    spread,
+    summarize,
+)
 from benchmarks.harness.training import LossTransform, select_metrics, train_run
 from benchmarks.suites.autompg import AUTOMPG
 from core.errors import InvalidHyperparameterError
@@ -332,7 +344,112 @@ def test_mean_rank_figure_puts_each_rank_at_its_method_under_its_transform():
     for transform, line in series.items():
         drawn = {methods[round(x)]: y for x, y in zip(line.get_xdata(), line.get_ydata())}
         assert drawn == {method: rank for (t, method), rank in expected.items() if t == transform}
-    assert axis.get_legend() is not None and "lower is better" in axis.get_ylabel()
+    assert "lower is better" in axis.get_ylabel()
+    legend = axis.figure.legends[0]  # one legend for every panel
+    assert [text.get_text() for text in legend.get_texts()] == ["none", "a:exp"]
+
+
+def test_one_seed_prints_n_1_never_plus_minus_0():
+    """Over one seed a value has no spread: `value (n=1)` in the tables and the pivot, not `± 0`;
+    over several, `mean ± std`."""
+    records = [_record("stl:a", 0, "none", 90.0, 9.0), _record("stl:b", 0, "none", 10.0, 1.0),
+               _record("ls", 0, "none", 80.0, 2.0), _record("mgda", 0, "none", 88.0, 1.5),
+               _record("ls", 0, "a:exp", 70.0, 3.0), _record("mgda", 0, "a:exp", 86.0, 1.7), _record("mgda", 1, "a:exp", 84.0, 1.9),
+               _record("ls", 1, "a:exp", 72.0, 2.9)]
+    rows, _, _ = summarize(records, TWO_METRICS)
+    table, pivot = markdown_table(rows, TWO_METRICS), delta_m_pivot(rows)
+    assert not re.search(r"± 0(\.0*)?(?![\d.])", table + pivot)  # no "± 0" nor "± 0.00"
+    one_seed = next(line for line in table.splitlines() if line.startswith("| none | mgda "))
+    assert one_seed.count("(n=1)") == 3 and "(1/1)" in one_seed  # two metrics, Δm%; the paired Δp says 1/1
+    two_seeds = next(line for line in table.splitlines() if line.startswith("| a:exp | mgda "))
+    assert "(n=1)" not in two_seeds and two_seeds.count(" ± ") == 4
+    assert spread(1.5, 0.0, 1) == "1.50 (n=1)" and spread(1.5, 0.25, 3, digits="+.2f") == "+1.50 ± 0.25"
+
+
+def test_the_table_starts_with_the_single_task_reference():
+    records = [_record("stl:a", 0, "none", 90.0, 9.0), _record("stl:a", 1, "none", 92.0, 9.0), _record("stl:b", 0, "none", 10.0, 1.0),
+               _record("stl:b", 1, "none", 10.0, 1.2), _record("ls", 0, "none", 80.0, 2.0)]
+    rows, base, _ = summarize(records, TWO_METRICS)
+    reference = single_task_reference(records, TWO_METRICS)
+    assert reference.mean == base == {"acc": 91.0, "err": 1.1} and reference.seeds == (0, 1)
+    lines = markdown_table(rows, TWO_METRICS, single_task=reference).splitlines()
+    assert lines[2].startswith("| none | single-task (stl) | 91 ± 1.4 | 1.1 ± 0.14 | 0 (reference) |") and lines[3].startswith("| none | ls |")
+    published = single_task_reference(records[4:], TWO_METRICS, published_base={"acc": 50.0, "err": 4.0})
+    assert published.method == "single-task (published)" and "| 50 | 4 | 0 (reference) |" in markdown_table(rows, TWO_METRICS, single_task=published)
+    assert single_task_reference(records[4:], TWO_METRICS) is None
+
+
+def _many_methods_rows(seeds=(0,)):
+    """Rows of the multimnist default (36 specs) under two transforms, with made-up scores."""
+    from benchmarks.experiments.supervised import EXPERIMENTS
+
+    methods = EXPERIMENTS["multimnist"].methods.split(",")
+    records = [_record(f"stl:{task}", seed, "none", 90.0, 1.0) for task in ("a", "b") for seed in seeds]
+    records += [_record(method, seed, transform, 80.0 + index % 7 + seed, 2.0 + index % 5)
+                for transform in ("none", "a:exp") for index, method in enumerate(methods) for seed in seeds]
+    rows, base, origin = summarize(records, TWO_METRICS)
+    return methods, rows, base, origin
+
+
+def test_figures_of_36_methods_have_a_panel_per_group():
+    """The published table's methods in the first panel, in their order; then one panel per family
+    of `core.methods`; every method once; the panels share the y axis; the figure fits the README."""
+    from benchmarks.experiments.supervised import MULTIMNIST_FIRST
+
+    methods, rows, base, origin = _many_methods_rows()
+    first = MULTIMNIST_FIRST.split(",")
+    groups = family_groups(methods, first=first)
+    assert groups[0] == ("published table", first) and len(groups) == 8
+    assert [label for label, _ in groups[1:]] == sorted(label for label, _ in groups[1:])  # families alphabetically
+    assert all(len({method_family(m) for m in members}) == 1 for _, members in groups[1:])
+    for figure in (delta_m_figure(rows, "Δm%", first=first, base=base, base_origin=origin), mean_rank_figure(rows, "ranks", first=first)):
+        axes = figure.axes
+        assert [axis.get_title() for axis in axes] == [label for label, _ in groups]
+        assert [[label.get_text() for label in axis.get_xticklabels()] for axis in axes] == [members for _, members in groups]
+        assert all(axis.get_shared_y_axes().joined(axes[0], axis) for axis in axes)
+        width, height = figure.get_size_inches()
+        assert width <= 13 and height <= 11
+    figure = delta_m_figure(rows, "Δm%", first=first, base=base, base_origin=origin)
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend == ["none", "a:exp", "single-task\nreference (Δm% = 0)"]
+    assert "acc 90" in figure.get_supxlabel() and "err 1" in figure.get_supxlabel()  # what Δm% = 0 stands for
+
+
+def test_error_bars_only_over_several_seeds():
+    def error_bars(rows):
+        figure = delta_m_figure(rows, "Δm%")
+        return sum(len(container.lines[2][0].get_segments()) for axis in figure.axes for container in axis.containers
+                   if container.__class__.__name__ == "ErrorbarContainer")
+
+    one = [_record("stl:a", 0, "none", 90.0, 1.0), _record("stl:b", 0, "none", 90.0, 1.0), _record("ls", 0, "none", 80.0, 2.0),
+           _record("mgda", 0, "none", 85.0, 2.0)]
+    assert error_bars(summarize(one, TWO_METRICS)[0]) == 0
+    two = [*one, _record("ls", 1, "none", 82.0, 2.0)]  # ls over two seeds, mgda over one
+    assert error_bars(summarize(two, TWO_METRICS)[0]) == 1
+
+
+def test_the_pivot_groups_many_methods_and_keeps_few_as_they_were():
+    from benchmarks.experiments.supervised import MULTIMNIST_FIRST
+
+    methods, rows, _, _ = _many_methods_rows()
+    first = MULTIMNIST_FIRST.split(",")
+    lines = delta_m_pivot(rows, first=first).splitlines()
+    assert lines[0] == "| group | method | none | a:exp |"
+    labelled = [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]]
+    assert labelled[0] == "published table" and labelled[1] == "" and labelled.count("published table") == 1
+    assert [line.split(" | ")[1] for line in lines[2:]] == [m for _, members in family_groups(methods, first=first) for m in members]
+    few = delta_m_pivot([row for row in rows if row.method in ("ls", "mgda")], first=first).splitlines()
+    assert few[0] == "| method | none | a:exp |" and len(few) == 4
+
+
+def test_the_toy_figures_group_methods_as_the_summary_does():
+    from benchmarks.experiments.toy import PAPER_ORDER, default_methods, panel_groups
+
+    methods = default_methods()
+    parts = panel_groups(methods)
+    assert parts[0][: len(PAPER_ORDER)] == list(PAPER_ORDER) and all(len(part) <= 15 for part in parts)
+    others = [m for part in parts for m in part][len(PAPER_ORDER) :]
+    assert others == sorted(others, key=lambda m: (method_family(m), methods.index(m)))
 
 
 def test_protocol_dataclass_is_frozen():

@@ -1,4 +1,4 @@
-"""`python -m toy_problems inspect --problem NAME ...`; `python -m toy_problems --list` lists the problems."""
+"""`python -m toy_problems inspect --problem NAME ...`; `python -m toy_problems --list` lists the problems, then the methods."""
 
 import sys
 

@@ -5,6 +5,10 @@ A command's `Config` subclasses `CommandConfig`: its fields have the names argpa
 whole translation from a parsed command line, and `config.argv()` is the way back (the flags that
 differ from the defaults), for commands that start copies of themselves (data-parallel ranks).
 The Python API of a command is then `run(config) -> Result`; argparse only builds the config.
+
+Beside it, what every command line shares and the layers above import from here: `escape_help`
+(argparse %-formats help strings), `method_listing` (the methods' part of `--list`) and
+`expected_duration_line` (the one line a long command prints when it starts; docs/cli.md).
 """
 
 from __future__ import annotations
@@ -63,3 +67,50 @@ def _default(field: dataclasses.Field) -> Any:
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
     return dataclasses.MISSING
+
+
+# -- the expected duration a long command prints when it starts
+
+MACHINE = "the project's 2-core CPU machine"
+"""Where the seconds per run that commands quote were measured."""
+LONG_COMMAND_SECONDS = 30.0
+"""Commands expected to take less than this print no duration line."""
+
+
+def duration_text(seconds: float, /) -> str:
+    """'about 40 s', 'about 6 min', 'about 2.9 hours'."""
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} hours"
+
+
+def expected_duration_line(todo: int, stored: int, seconds: float | None, /, *, basis: str = "") -> str | None:
+    """The one line a long command prints (to stderr) when it starts: the runs left, the runs
+    already stored and, where measured, the expected time (`basis`: the measurement it scales);
+    None when no run is left or they are expected to take under `LONG_COMMAND_SECONDS`."""
+    if todo == 0 or (seconds is not None and seconds < LONG_COMMAND_SECONDS):
+        return None
+    runs = f"{todo} run{'s' if todo != 1 else ''} to do ({stored} stored)"
+    if seconds is None:
+        return f"{runs}; no measured time per run for these settings"
+    return f"{runs}, expected {duration_text(seconds)} on {MACHINE}" + (f" ({basis})" if basis else "")
+
+
+# -- help and listings shared by the command lines
+
+
+def escape_help(text: str, /) -> str:
+    """`text` for an argparse help string, which is %-formatted: a literal '%' (as in 'Δm%') becomes '%%'."""
+    return text.replace("%", "%%")
+
+
+def method_listing() -> list[str]:
+    """What `--list` prints for the methods: a heading, then one line per registered method
+    (`MethodDescription.line`: name, kind, paper, hyperparameters with their defaults)."""
+    from core.registry import available_methods, describe_method
+
+    return [f"{len(available_methods())} methods: name, kind, family (module of core.methods), paper, [hyperparameters with their defaults]; "
+            "--methods takes 'name' or 'name:key=value:...' specs, e.g. dibsmtl:steps=5",
+            *("  " + describe_method(name).line() for name in available_methods())]

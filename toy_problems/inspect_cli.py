@@ -3,11 +3,12 @@
 Every method runs from every starting point as one batched computation per method
 (`toy_problems.runner.run_toy`; stateful methods keep their state per start). Methods are
 `name:key=value` specs (`--methods dibsmtl:steps=5,cagrad:c=0.5`). Optional strictly increasing
-transforms of single task losses (`--transform TASK:KIND[:PARAM]`) change what the methods see;
-everything is also reported on the untransformed losses. The command prints a table of the
-endpoints and writes, into one folder, a JSON result and PNG figures (see `--help`).
+transforms of single task losses (`--transforms TASK:KIND[:PARAM],...`) change what the methods
+see; everything is also reported on the untransformed losses. The command prints a table of the
+endpoints and writes, into one folder of the result store `--out` (OUT/toy_inspect/PROBLEM/<settings>),
+a JSON result and PNG figures (see `--help`).
 
-`python -m toy_problems --list` lists the problems and the methods.
+`python -m toy_problems --list` lists the problems, then the methods.
 """
 
 from __future__ import annotations
@@ -32,13 +33,7 @@ import torch
 from torch import Tensor
 
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
-from core.registry import (
-    available_methods,
-    canonical_spec,
-    describe_method,
-    make_method,
-    parse_method_specs,
-)
+from core.registry import available_methods, canonical_spec, make_method, parse_method_specs
 from core.transforms import TRANSFORM_SPEC_FORMS, MonotoneTransform
 from toy_problems import (
     ZDT1,
@@ -52,7 +47,14 @@ from toy_problems import (
     TwoTaskToy,
     ZDT2Variant,
 )
-from toy_problems.command_config import CommandConfig
+from toy_problems.command_config import (
+    LONG_COMMAND_SECONDS,
+    MACHINE,
+    CommandConfig,
+    duration_text,
+    escape_help,
+    method_listing,
+)
 from toy_problems.measured import run_measured
 from toy_problems.runner import OPTIMIZERS, Track, Trajectory, make_optimizer, run_tracks
 from toy_problems.store import unwritable_reason
@@ -160,9 +162,7 @@ def listing() -> str:
         sizes = ", ".join(f"--{_FLAG_OF[key]} {value}" for key, value in entry.defaults.items())
         description = entry.summary + (f" (defaults: {sizes})" if sizes else "")
         lines.append(f"{name:<16} {problem.n_var:>5} {problem.n_obj:>5}  {'yes' if problem.has_pareto_set else 'no':<18} {description}")
-    lines += ["", "methods (--methods takes name or name:key=value specs, e.g. dibsmtl:steps=5):"]
-    lines += ["  " + describe_method(name).line() for name in available_methods()]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *method_listing()])
 
 
 # ----------------------------------------------------------------------------- argument parsing
@@ -174,7 +174,7 @@ def parse_transforms(specs: list[str], num_tasks: int) -> dict[int, MonotoneTran
     try:
         parsed = combine([t for t in (parse_task_transform(spec, num_tasks) for spec in specs) if t is not None])
     except InvalidHyperparameterError as error:
-        raise UsageError(f"--transform: {error}") from None
+        raise UsageError(f"--transforms: {error}") from None
     return {t.task: t.transform for t in parsed}
 
 
@@ -303,10 +303,26 @@ class MethodRun:
 # ----------------------------------------------------------------------------- the command
 
 
-def run(config: InspectConfig, /) -> InspectResult:
+SECONDS_PER_METHOD_STEP = 177 * 2 / (72 * 35_000)
+"""CPU seconds of one method's step from 5 starts on the two-task toy: the toy sweep's 72 runs of
+35,000 steps took 175-179 s on two processes (docs/DECISIONS.md); other problems and more starts
+cost somewhat more (an estimate for the duration line, not a bound)."""
+
+
+def expected_duration(config: InspectConfig, methods: int, /) -> str | None:
+    """The line `inspect` prints when it starts a run expected to take over half a minute, else None."""
+    seconds = methods * config.steps * SECONDS_PER_METHOD_STEP
+    if seconds < LONG_COMMAND_SECONDS:
+        return None
+    return (f"{methods} methods x {config.steps:,} steps, expected {duration_text(seconds)} on {MACHINE} "
+            f"(the toy sweep's {SECONDS_PER_METHOD_STEP * 1e3:.2f} ms per method and step)")
+
+
+def run(config: InspectConfig, /, *, on_start: Callable[[str], None] | None = None) -> InspectResult:
     """Validate, run every method from every start as one batch, measure: the payload, the figures
     and the table of `python -m toy_problems inspect` (nothing is written; `write_outputs` does).
-    Invalid settings raise `UsageError` naming the flag."""
+    Invalid settings raise `UsageError` naming the flag; once they are checked, `on_start` (the
+    command line's stderr) gets the expected duration of a long run."""
     problem = build_problem(config.problem, n_var=config.n_var, n_obj=config.n_obj, seed=config.problem_seed)
     num_tasks = problem.n_obj
     if config.steps < 1:
@@ -329,6 +345,9 @@ def run(config: InspectConfig, /) -> InspectResult:
         raise UsageError(f"--device {config.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
     starts = parse_starts(config, problem, dtype=dtype, device=config.device)
     _check_starts(problem, transforms, starts, names, config)
+    line = expected_duration(config, len(names))
+    if on_start is not None and line is not None:
+        on_start(line)
 
     front = None
     if problem.has_pareto_set:
@@ -347,7 +366,7 @@ def run(config: InspectConfig, /) -> InspectResult:
             progress=None if config.quiet else f"{config.problem}: {len(names)} methods",
         )
     except MTLInputError as error:
-        hint = " (a loss left the domain of its --transform)" if isinstance(error, LossDomainError) and transforms else ""
+        hint = " (a loss left the domain of its --transforms entry)" if isinstance(error, LossDomainError) and transforms else ""
         raise UsageError(f"a method failed during the run: {error}{hint}") from None
     runs = [
         MethodRun(name, run.seconds, run.trajectory, run.losses, run.residuals, run.residuals.cummin(dim=0).values, run.distances, stored)
@@ -378,7 +397,7 @@ def _check_starts(problem, transforms, starts, names, config) -> None:
         except LossDomainError as error:
             values = ", ".join(f"{v:.4g}" for v in raw[..., task].tolist())
             raise UsageError(
-                f"--transform {task}:{transform.to_spec()}: {error} (task {task}'s losses at the starts: {values}); "
+                f"--transforms {task}:{transform.to_spec()}: {error} (task {task}'s losses at the starts: {values}); "
                 f"choose a transform defined there, e.g. exp, arcsinh, power:P or affine:A:B"
             ) from None
     task_transforms = tuple(TaskTransform(task, transform) for task, transform in sorted(transforms.items()))
@@ -393,7 +412,7 @@ def _check_starts(problem, transforms, starts, names, config) -> None:
 def _domain_hint(method) -> str:
     if method.loss_domain != "any":
         kind = "non-negative" if method.loss_domain == "nonnegative" else method.loss_domain
-        return f" ({method.name} needs {kind} losses: make them so with a transform, e.g. --transform TASK:exp)"
+        return f" ({method.name} needs {kind} losses: make them so with a transform, e.g. --transforms TASK:exp)"
     return ""
 
 
@@ -644,13 +663,18 @@ def write_outputs(out: Path, payload: dict, figures: dict[str, Any]) -> list[Pat
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def default_out(config: InspectConfig, /) -> Path:
-    """`results/toy_inspect/PROBLEM/<settings>`: one folder per set of settings (steps, optimiser,
-    learning rate, seed, then a hash of every flag that changes the numbers), so that an inspection
-    never replaces one made with other settings."""
+def inspect_folder(root: str | Path, config: InspectConfig, /) -> Path:
+    """`ROOT/toy_inspect/PROBLEM/<settings>` in the result store `root` (`--out`): one folder per
+    set of settings (steps, optimiser, learning rate, seed, then a hash of every flag that changes
+    the numbers), so that an inspection never replaces one made with other settings."""
     settings = {key: getattr(config, key) for key in NUMERIC_FLAGS}  # tuples and lists hash alike
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return Path("results") / "toy_inspect" / config.problem / f"{config.steps}steps-{config.optimizer}-lr{config.lr:g}-seed{config.seed}-{digest}"
+    return Path(root) / "toy_inspect" / config.problem / f"{config.steps}steps-{config.optimizer}-lr{config.lr:g}-seed{config.seed}-{digest}"
+
+
+def default_out(config: InspectConfig, /) -> Path:
+    """`inspect_folder` in the default result store, `results`."""
+    return inspect_folder(Path("results"), config)
 
 
 NUMERIC_FLAGS = ("problem", "methods", "transform", "starts", "start", "seed", "steps", "optimizer", "lr", "dtype", "n_var", "n_obj", "problem_seed")
@@ -664,15 +688,15 @@ def _wrap(text: str) -> str:
 
 
 EPILOG = f"""
-what it writes into --out (default results/toy_inspect/PROBLEM/<steps>steps-<optimizer>-lr<lr>-seed<seed>-<hash of
-the other settings>, one folder per set of settings):
+what it writes into OUT/toy_inspect/PROBLEM/<steps>steps-<optimizer>-lr<lr>-seed<seed>-<hash of the other
+settings>, one folder per set of settings in the result store --out (default results):
   inspect.json                    config, per method and start: start, end point, end losses (untransformed,
                                   and as seen with transforms), final and smallest residual, distance to the
                                   front, normalised position and favoured task; trajectories (at most
                                   {MAX_STORED_RECORDS} records per start): losses, residual, running min, distance
   trajectories.png                the runs in loss space over the analytic Pareto front (as the methods see
                                   the losses; K > 2: the first three pairs of tasks)
-  trajectories_untransformed.png  with --transform: the same runs on the untransformed losses
+  trajectories_untransformed.png  with --transforms: the same runs on the untransformed losses
   convergence.png                 stationarity residual and its running minimum against iterations (log
                                   scale), and the distance to the front where it is known
 Files are written to a temporary folder inside it first and moved in only after the run succeeded.
@@ -697,7 +721,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m toy_problems", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--list", action="store_true", help="list the problems (n_var, n_obj, analytic Pareto set/front) and the methods, then exit")
+    parser.add_argument("--list", action="store_true",
+                        help="list the problems (n_var, n_obj, analytic Pareto set/front), then every method (name, kind, family, paper, hyperparameters), and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     inspect_parser = commands.add_parser(
         "inspect", help="run methods from several starts on one problem; print a table, write JSON and figures",
@@ -708,16 +733,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TransformList(argparse.Action):
+    """`--transforms a,b`: the comma-separated entries join the list of transforms (`InspectConfig.transform`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        entries = [part.strip() for part in str(values).split(",") if part.strip()]
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), *entries])
+
+
+class _DeprecatedTransform(argparse.Action):
+    """`--transform a` (repeatable), the spelling before `--transforms`: still accepted, with a note on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: --transform is deprecated; write --transforms {values} (one comma-separated list, as every command line takes it)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), str(values)])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `inspect`."""
     parser.add_argument("--problem", required=True, choices=list(PROBLEMS), metavar="NAME",
                         help=f"the toy problem, one of: {', '.join(PROBLEMS)} (see --list)")
     parser.add_argument("--methods", default="dibsmtl,ls,mgda",
                         help=f"comma-separated method specs, name or name:key=value:... (default dibsmtl,ls,mgda; e.g. "
-                             f"dibsmtl:steps=5,cagrad:c=0.5); names: {', '.join(available_methods())}")
-    parser.add_argument("--transform", action="append", default=[], metavar="TASK:KIND[:PARAM]",
-                        help=f"apply a strictly increasing transform to task TASK's loss (0-based) before the methods see "
-                             f"it; repeatable, one per task. KIND: {TRANSFORM_SPEC_FORMS}. Example: 0:exp, 1:power:4")
+                             f"dibsmtl:steps=5,cagrad:c=0.5); `python -m toy_problems --list` lists all {len(available_methods())} methods")
+    parser.add_argument("--transforms", action=_TransformList, dest="transform", default=[], metavar="TASK:KIND[:PARAM],...",
+                        help=escape_help(f"comma-separated strictly increasing transforms of single task losses (task TASK, 0-based), "
+                                         f"applied before the methods see them; at most one per task, 'none' for no transform. "
+                                         f"KIND: {TRANSFORM_SPEC_FORMS}. Example: 0:exp,1:power:4"))
+    parser.add_argument("--transform", action=_DeprecatedTransform, dest="transform", metavar="TASK:KIND[:PARAM]",
+                        help="deprecated spelling of --transforms, one transform per flag (repeatable); still accepted")
     parser.add_argument("--starts", default="default", metavar="default|N",
                         help="'default': the problem's default starting points (the published ones where they exist, else "
                              "5 seeded draws); N: N points drawn uniformly from the problem's bounds with --seed")
@@ -733,8 +778,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-var", type=int, default=None, help="number of variables, for zdt1-3, fonseca_fleming, quadratic, nonconvex (defaults in --list)")
     parser.add_argument("--n-obj", type=int, default=None, help="number of tasks, for quadratic and nonconvex (default 3)")
     parser.add_argument("--problem-seed", type=int, default=None, help="the seed that draws quadratic and nonconvex (default 0)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default results/toy_inspect/PROBLEM/<settings>, named after the settings)")
+    parser.add_argument("--out", type=Path, default=Path("results"),
+                        help="root of the result store: the files go to OUT/toy_inspect/PROBLEM/<settings>, one folder per set "
+                             "of settings (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -750,11 +796,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             raise UsageError("choose a command: inspect (python -m toy_problems inspect --help), or --list")
         config = InspectConfig.from_args(args)
-        out = args.out if args.out is not None else default_out(config)
+        out = inspect_folder(args.out, config)
         reason = unwritable_reason(out)  # before any compute
         if reason is not None:
             raise UsageError(f"--out {reason}")
-        result = run(config)
+        result = run(config, on_start=lambda line: print(line, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was written (inspect writes its folder at the end); run the same command again", file=sys.stderr)
         return 130
@@ -763,6 +809,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
+    if (args.out / "inspect.json").exists():  # an inspection written when --out named the folder itself
+        print(f"note: --out is the root of the result store (docs/cli.md): this inspection goes to {out}; "
+              f"{args.out / 'inspect.json'} is an earlier one, left as it is", file=sys.stderr)
     written = write_outputs(out, result.payload, result.figures)
     print(result.table)
     print(f"\nwrote {', '.join(str(path) for path in written)}")

@@ -764,6 +764,27 @@ def planned_runs(config: Config) -> list[RunSpec]:
     return starts + walks
 
 
+START_SECONDS = 13.0
+"""Wall seconds of one start (30 epochs, embedded data), undisturbed, on the project's 2-core machine (docs/DECISIONS.md)."""
+WALK_STEP_SECONDS = 19.6
+"""Wall seconds of one walk step at MINRES 50 iterations on 2,048 HVP samples, same run."""
+
+
+def expected_seconds(config: Config, todo: list[RunSpec], /, *, workers: int = 1) -> tuple[float | None, str]:
+    """The approximate wall time of the runs `todo`: starts scaled by epochs, walk steps by MINRES
+    iterations and HVP samples (the HVP graph and MINRES are 99% of a step); None for another data root."""
+    if config.data_root is not None:
+        return None, ""
+    seconds = 0.0
+    for run in todo:
+        if run.config["role"] == "start":
+            seconds += START_SECONDS * run.config["protocol"]["epochs"] / 30
+        else:
+            walk = run.config["walk"]
+            seconds += WALK_STEP_SECONDS * walk["num_steps"] * walk["maxiter"] / 50 * walk["hvp_batch"] / 2048
+    return seconds / max(1, min(workers, 2)), "a start 13 s, a walk step 19.6 s at MINRES 50 on 2,048 samples, docs/DECISIONS.md"
+
+
 def run(config: Config, /) -> ExperimentResult:
     """Train the starts of every baseline and walk from them (what is not stored yet), then write and
     return the report (table, JSON, figure); `details["report"]` is the JSON's content."""

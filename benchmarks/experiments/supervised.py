@@ -24,8 +24,10 @@ import torch
 
 from benchmarks.harness import parallel
 from benchmarks.harness.cli import (
+    RunTiming,
     add_common_arguments,
     default_device,
+    methods_in_words,
     parse_methods,
     parse_seeds,
     parse_transforms,
@@ -33,11 +35,17 @@ from benchmarks.harness.cli import (
 from benchmarks.harness.experiment import ExperimentResult
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
 from benchmarks.harness.suite import Suite, TrainingProtocol
-from benchmarks.harness.summary import delta_m_figure, delta_m_pivot, markdown_table, summarize
+from benchmarks.harness.summary import (
+    delta_m_figure,
+    delta_m_pivot,
+    markdown_table,
+    single_task_reference,
+    summarize,
+)
 from benchmarks.harness.training import LossTransform, train_run
 from core.errors import InvalidHyperparameterError, MTLInputError
 from core.registry import available_methods, canonical_spec, make_method
-from toy_problems.command_config import CommandConfig
+from toy_problems.command_config import CommandConfig, escape_help
 from toy_problems.store import environment, save_figure_formats, write_markdown_table
 
 logger = logging.getLogger(__name__)
@@ -88,6 +96,7 @@ class ExperimentPreset:
     name: str
     definition: str
     help: str
+    timing: RunTiming | None = None
 
     def load(self) -> Any:
         module, attribute = self.definition.split(":")
@@ -110,6 +119,12 @@ class ExperimentSpec:
     quick_methods: str = "ls,dibsmtl"
     data_sources: tuple[DataSource, ...] = ()
     presets: tuple[ExperimentPreset, ...] = ()
+    table_methods: str = PAPER_METHODS
+    """The methods of the published table the experiment reproduces: the first group of its figures."""
+    methods_text: str | None = None
+    """`methods` in words, for a default list too long for `--help`."""
+    timing: RunTiming | None = None
+    """Measured seconds per run of the default protocol on its own data (None: not measured on a CPU)."""
 
     def preset(self, name: str | None) -> Any:
         """The definition of preset `name` (None: no preset); a clear error if unknown."""
@@ -144,6 +159,9 @@ EXPERIMENTS = {
         name="multimnist",
         suite="benchmarks.suites.multimnist:MULTIMNIST",
         methods=every_parameter_method(MULTIMNIST_FIRST),
+        table_methods=MULTIMNIST_FIRST,
+        methods_text=methods_in_words(len(MULTIMNIST_FIRST.split(",")), "the published table", len(every_parameter_method(MULTIMNIST_FIRST).split(","))),
+        timing=RunTiming(7.0, 12.0, 20, "one thread per run: about 7 s a single-task run, 10-15 s a method run of 20 epochs"),
         seeds="0,1,2",
         transforms="none,left:affine:100:0,left:exp,left:power:4,left:affine:1:1|log",
         needs_data_root=False,
@@ -190,7 +208,9 @@ EXPERIMENTS = {
             ExperimentPreset("cpu", "benchmarks.suites.qm9:CPU_PRESET",
                              "QM9 at CPU scale, still all 11 tasks of real QM9: 6,000 / 1,000 / 1,000 molecules of the train / val / test splits, "
                              "MPNN width 16, 10 epochs, gradient weightings on the shared features (MTL-R); by default 12 methods x seeds 0,1,2 x "
-                             "{none, mu:power:2} + single-task runs, about 3 hours on 2 cores with --workers 2 (docs/DECISIONS.md)"),
+                             "{none, mu:power:2} + single-task runs, about 3 hours on 2 cores with --workers 2 (docs/DECISIONS.md)",
+                             timing=RunTiming(190.0, 209.0, 10, "docs/DECISIONS.md, QM9 at CPU scale: 6,290 s for the 33 single-task runs, "
+                                                               "15,040 s for the 72 method runs")),
         ),
     ),
 }
@@ -232,14 +252,15 @@ def _experiment_of(config: Config) -> ExperimentSpec:
 
 def make_add_arguments(spec: ExperimentSpec):
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        add_common_arguments(parser, methods=spec.methods, seeds=spec.seeds, transforms=spec.transforms, unset=True)
-        parser.add_argument("--data-root", default=None, help=spec.data_help + ((" (required without --data-source)" if spec.data_sources else " (required)") if spec.needs_data_root else ""))
+        add_common_arguments(parser, methods=spec.methods, seeds=spec.seeds, transforms=spec.transforms, unset=True,
+                             methods_text=f"{spec.methods_text or spec.methods}; quick: {spec.quick_methods}")
+        parser.add_argument("--data-root", default=None, help=escape_help(spec.data_help + ((" (required without --data-source)" if spec.data_sources else " (required)") if spec.needs_data_root else "")))
         if spec.data_sources:
             parser.add_argument("--data-source", default=None, choices=[source.name for source in spec.data_sources],
-                                help="where the data comes from, instead of --data-root's files: " + "; ".join(f"{source.name}: {source.help}" for source in spec.data_sources))
+                                help=escape_help("where the data comes from, instead of --data-root's files: " + "; ".join(f"{source.name}: {source.help}" for source in spec.data_sources)))
         if spec.presets:
             parser.add_argument("--preset", default=None, choices=[preset.name for preset in spec.presets],
-                                help="a smaller protocol with its own defaults (--methods, --seeds, --transforms still override them): " + "; ".join(f"{preset.name}: {preset.help}" for preset in spec.presets))
+                                help=escape_help("a smaller protocol with its own defaults (--methods, --seeds, --transforms still override them): " + "; ".join(f"{preset.name}: {preset.help}" for preset in spec.presets)))
         parser.add_argument("--epochs", type=int, default=None, help="override the protocol's number of epochs")
         parser.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
                             help="override the protocol's optimiser (sgd: momentum 0.9); the runs, single-task ones included, get other ids")
@@ -342,13 +363,7 @@ def run(config: Config, /) -> ExperimentResult:
         store = ResultStore(config.out, read_only=True)
         return ExperimentResult([record for record in map(store.load, runs) if record is not None],
                                 f"{spec.name}: {len(runs)} runs trained over {config.nproc} processes (their summary is above)")
-    source = spec.source(config.data_source)
-    if source is not None:
-        source.validate(config.data_root)
-    elif spec.needs_data_root and config.data_root is None:
-        raise InvalidHyperparameterError(f"{spec.name} needs --data-root: {spec.data_help}. Without the data, `--help` lists the options")
-    elif config.data_root is not None and not Path(config.data_root).is_dir():
-        raise InvalidHyperparameterError(f"--data-root {config.data_root} is not a folder: {spec.data_help}")
+    _check_data(spec, config)
     suite = spec.load_suite(config.data_source, config.preset)
     runs, protocol, max_batches = plan_runs(spec, suite, config)
     store = ResultStore(config.out)
@@ -372,9 +387,10 @@ def run(config: Config, /) -> ExperimentResult:
     if data_parallel is not None and not data_parallel.leader:
         return ExperimentResult(list(records), "")  # rank 0 writes the summary
     rows, base, origin = summarize(records, suite.metrics, published_base=suite.base_values)
-    table = markdown_table(rows, suite.metrics)
+    first = parse_methods(spec.table_methods)  # the published table's methods lead the figures and the pivot
+    table = markdown_table(rows, suite.metrics, single_task=single_task_reference(records, suite.metrics, published_base=suite.base_values))
     if base is not None and len({row.transform for row in rows}) > 1:
-        table += "\n\nΔm% ↓ (vs the base above) by loss transform:\n\n" + delta_m_pivot(rows)
+        table += "\n\nΔm% ↓ (vs the base above) by loss transform:\n\n" + delta_m_pivot(rows, first=first)
     base_text = ", ".join(f"{name} {value:.4g}" for name, value in base.items()) if base else "none"
     provenance = (
         f"`python -m benchmarks {spec.name}{'' if config.preset is None else f' --preset {config.preset}'}` ({'quick' if config.quick else 'full'}; epochs {protocol.epochs}; "
@@ -384,8 +400,20 @@ def run(config: Config, /) -> ExperimentResult:
     folder = Path(config.out) / spec.name / (config.preset or "") / ("quick" if config.quick else "")  # a quick look (or a preset) never overwrites the full report
     files = [write_markdown_table(folder / "summary.md", f"{spec.name}: summary", provenance, table)]
     if any(row.delta_m is not None for row in rows):
-        files += save_figure_formats(delta_m_figure(rows, f"{spec.name}: Δm% per method and loss transform"), folder / "delta_m")
+        figure = delta_m_figure(rows, f"{spec.name}: Δm% per method and loss transform", first=first, base=base, base_origin=origin)
+        files += save_figure_formats(figure, folder / "delta_m")
     return ExperimentResult(list(records), f"{table}\n\nΔm% base: {origin}\nwrote {files[0]}", files)
+
+
+def _check_data(spec: ExperimentSpec, config: Config) -> None:
+    """Refuse, before any run, a missing or unusable data source."""
+    source = spec.source(config.data_source)
+    if source is not None:
+        source.validate(config.data_root)
+    elif spec.needs_data_root and config.data_root is None:
+        raise InvalidHyperparameterError(f"{spec.name} needs --data-root: {spec.data_help}. Without the data, `--help` lists the options")
+    elif config.data_root is not None and not Path(config.data_root).is_dir():
+        raise InvalidHyperparameterError(f"--data-root {config.data_root} is not a folder: {spec.data_help}")
 
 
 def planned_runs(config: Config) -> list[RunSpec]:
@@ -394,7 +422,26 @@ def planned_runs(config: Config) -> list[RunSpec]:
     return plan_runs(spec, spec.load_suite(config.data_source, config.preset), config)[0]
 
 
+def checked_planned_runs(config: Config) -> list[RunSpec]:
+    """`planned_runs` after `run`'s data checks: what the command line plans (and announces) first."""
+    _check_data(_experiment_of(config), config)
+    return planned_runs(config)
+
+
+def expected_seconds(config: Config, todo: list[RunSpec], /, *, workers: int = 1) -> tuple[float | None, str]:
+    """The approximate wall time of the runs `todo` and what it scales (`RunTiming`), or None where
+    no time per run was measured on a CPU: another data root or batch cap than the measured
+    protocol's, a GPU-scale protocol (NYUv2, Cityscapes, full QM9)."""
+    spec = _experiment_of(config)
+    timing = next((preset.timing for preset in spec.presets if preset.name == config.preset), None) if config.preset else spec.timing
+    batch_cap = config.max_batches if config.max_batches is not None else spec.quick_batches if config.quick else None
+    if timing is None or batch_cap is not None or (config.preset is None and config.data_root is not None):
+        return None, ""
+    return timing.seconds(todo, workers=workers), timing.basis
+
+
 def command(name: str, /) -> SimpleNamespace:
-    """`add_arguments`, `Config`, `run` and `planned_runs` of experiment `name`, in the shape
-    `python -m benchmarks` registers (its config is `Config(name, ...)`)."""
-    return SimpleNamespace(add_arguments=make_add_arguments(EXPERIMENTS[name]), Config=Config, run=run, planned_runs=planned_runs)
+    """`add_arguments`, `Config`, `run`, `planned_runs` and `expected_seconds` of experiment `name`,
+    in the shape `python -m benchmarks` registers (its config is `Config(name, ...)`)."""
+    return SimpleNamespace(add_arguments=make_add_arguments(EXPERIMENTS[name]), Config=Config, run=run, planned_runs=checked_planned_runs,
+                           expected_seconds=expected_seconds)

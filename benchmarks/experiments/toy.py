@@ -33,6 +33,7 @@ from torch import Tensor
 from benchmarks.harness.cli import (
     add_common_arguments,
     default_device,
+    methods_in_words,
     parse_methods,
     parse_seeds,
     parse_transforms,
@@ -56,6 +57,9 @@ DEFAULT_STEPS = 35_000
 QUICK_STEPS = 2_000
 FULL_RUN_MINUTES = 3
 """The full default sweep's wall time on the project's 2-core machine, rounded (docs/DECISIONS.md)."""
+FULL_RUN_SECONDS_PER_RUN = 177 / 72
+"""Wall seconds per run of 35,000 steps: the full default sweep, 72 runs, took 175-179 s with two
+processes on the project's 2-core machine, figures included (docs/DECISIONS.md)."""
 DEFAULT_LR = 1e-3
 RECORDS_PER_TRAJECTORY = 500
 """`--record-every` defaults to `max(1, steps // 500)`: about 500 recorded points per trajectory."""
@@ -272,6 +276,13 @@ def plan_runs(config: Config) -> tuple[list[RunSpec], list[str], list[int], list
 def planned_runs(config: Config) -> list[RunSpec]:
     """The runs `run(config)` sweeps, in order."""
     return plan_runs(config)[0]
+
+
+def expected_seconds(config: Config, todo: Sequence[RunSpec], /, *, workers: int = 1) -> tuple[float, str]:
+    """The approximate wall time of the runs `todo`: the full sweep's seconds per run, scaled by
+    steps (`--workers 2` runs one process each where the sweep alone forks two: the same cores)."""
+    seconds = sum(FULL_RUN_SECONDS_PER_RUN * run.config["steps"] / DEFAULT_STEPS for run in todo)
+    return seconds, "the full sweep's 72 runs of 35,000 steps took 175-179 s with 2 processes"
 
 
 def _check_starts(methods: list[str], transforms: list[TaskTransform | None], *, dtype: torch.dtype, device: str) -> None:
@@ -509,14 +520,12 @@ PANELS_PER_FIGURE = 15
 
 
 def panel_groups(methods: Sequence[str], /) -> list[list[str]]:
-    """The methods in figures of at most `PANELS_PER_FIGURE` panels: the paper's methods first, in
-    its order; the others grouped by family (the module of `core.methods` that defines them)."""
-    from core.registry import describe_method, parse_method_spec
+    """The methods in figures of at most `PANELS_PER_FIGURE` panels: the paper's methods first (in
+    the order of `methods`), then the others grouped by family (`summary.family_groups`, as the
+    supervised experiments' figures)."""
+    from benchmarks.harness.summary import family_groups
 
-    paper = [m for m in methods if m in PAPER_ORDER]
-    family = {m: describe_method(parse_method_spec(m).name).cls.__module__ for m in methods}
-    others = sorted((m for m in methods if m not in PAPER_ORDER), key=lambda m: (family[m], methods.index(m)))
-    ordered = paper + others
+    ordered = [method for _, group in family_groups(methods, first=PAPER_ORDER) for method in group]
     return [ordered[i : i + PANELS_PER_FIGURE] for i in range(0, len(ordered), PANELS_PER_FIGURE)] or [[]]
 
 
@@ -626,7 +635,8 @@ def _trajectory_figure(runs: list[tuple[str, Mapping[str, Any]]], scaled: TaskTr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, methods=",".join(default_methods()), seeds="0", transforms="none,0:power:4")
+    add_common_arguments(parser, methods=",".join(default_methods()), seeds="0", transforms="none,0:power:4",
+                         methods_text=methods_in_words(len(PAPER_ORDER), "the paper's figures, in its panel order", len(default_methods())))
     parser.add_argument("--steps", type=int, default=None, help=f"Adam steps per run (default: {DEFAULT_STEPS:,}, the paper's; {QUICK_STEPS:,} with --quick)")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate on x (default: %(default)g, the paper's)")
     parser.add_argument(
