@@ -55,7 +55,7 @@ from core.engine import (
     check_strategy,
     combine_full,
     head_coefficients,
-    raise_unreached,
+    require_reached,
     shared_param_list,
     skipped_info,
     stack_losses,
@@ -121,8 +121,7 @@ class TaskGradientAccumulator:
         check_devices_and_dtypes(loss_vector, self._shared + [p for group in heads for p in group])
         call = Call(loss_vector, self._shared, heads, None, self._strategy)
         check_reachability(call, roots, representation_mode=False)
-        per_param = task_jacobians(loss_vector, self._shared, strategy=self._strategy)
-        raise_unreached(per_param, "shared_params")
+        per_param = require_reached(task_jacobians(loss_vector, self._shared, strategy=self._strategy), "shared_params")
         blocks = [jac.reshape(num_tasks, -1) for jac in per_param]
         head_params = call.head_params
         # under the heads' contract, the gradient of sum_i l_i on task i's head is grad l_i

@@ -90,7 +90,7 @@ class Reducer:
         buffer = tensor.detach().clone()
         self._all_reduce(buffer, op)
         tensor.copy_(buffer)
-        buffer.set_()
+        buffer.set_()  # type: ignore[call-overload]  # torch's stubs lack set_()'s no-argument form (empty the storage)
         return tensor
 
     def sum_(self, tensor: Tensor, /) -> Tensor:
@@ -108,7 +108,7 @@ class Reducer:
     def mean_list(self, tensors: list[Tensor], /) -> list[Tensor]:
         """The means over ranks of several tensors: one collective per dtype and device (each group
         flattened together), every result in its tensor's own dtype, shape and device."""
-        results: list[Tensor | None] = [None] * len(tensors)
+        results = list(tensors)  # every entry is replaced: each index is in one group
         groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
         for index, tensor in enumerate(tensors):
             groups.setdefault((tensor.dtype, tensor.device), []).append(index)
@@ -118,8 +118,8 @@ class Reducer:
             flat.div_(self.size)
             for i, piece in zip(indices, flat.split([tensors[i].numel() for i in indices])):
                 results[i] = piece.view_as(tensors[i])
-            flat.set_()  # the views above keep the storage
-        return results  # type: ignore[return-value]
+            flat.set_()  # type: ignore[call-overload]  # as above; the views keep the storage
+        return results
 
 
 class LocalReduction:

@@ -14,6 +14,7 @@ from typing import Any, Literal, NoReturn
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import Node
 
 from core.distributed import Reduction, reduction_for
 from core.errors import (
@@ -289,7 +290,7 @@ def _validated_call(
     return call
 
 
-def stack_losses(losses: Sequence[Tensor] | Tensor) -> tuple[Tensor, list]:
+def stack_losses(losses: Sequence[Tensor] | Tensor) -> tuple[Tensor, list[Node | None]]:
     """The losses as one vector [K] with its graph, and each task's autograd root (`task_roots`)."""
     if isinstance(losses, Tensor):
         if losses.ndim != 1:
@@ -326,7 +327,7 @@ def stack_losses(losses: Sequence[Tensor] | Tensor) -> tuple[Tensor, list]:
     return stacked, task_roots(losses if isinstance(losses, Tensor) else items)
 
 
-def _check_uniform(values: list, error: type[MTLInputError], what: str) -> None:
+def _check_uniform(values: Sequence[object], error: type[MTLInputError], what: str) -> None:
     distinct = sorted({str(v) for v in values})
     if len(distinct) > 1:
         raise error(f"{what} mix {', '.join(distinct)}; move everything to one device and dtype")
@@ -409,12 +410,13 @@ def check_method(method: Any, mode: str) -> None:
         )
 
 
-def check_reachability(call: Call, roots: list, *, representation_mode: bool) -> None:
+def check_reachability(call: Call, roots: Sequence[Node | None], *, representation_mode: bool) -> None:
     """Refuse, from the graph's structure, a task that reaches no shared parameter (or not the
     representation), a shared parameter the representation does not reach, and a head parameter
     that no loss reaches: all before any method runs (a method may keep state)."""
-    targets = [call.representation] if representation_mode else call.shared
-    what = "the representation" if representation_mode else "any of shared_params"
+    features = call.representation if representation_mode else None  # set whenever representation_mode is
+    targets = call.shared if features is None else [features]
+    what = "any of shared_params" if features is None else "the representation"
     reached = tasks_reaching(roots, targets)
     if not all(reached):
         tasks = ", ".join(str(i) for i, ok in enumerate(reached) if not ok)
@@ -422,8 +424,8 @@ def check_reachability(call: Call, roots: list, *, representation_mode: bool) ->
             f"the loss of task {tasks} does not reach {what}, so its gradient would be zero and it would silently "
             "drop out of the step; check that it is computed from this forward pass's shared features (and is not detached)"
         )
-    if representation_mode:
-        representation_root = task_roots([call.representation])
+    if features is not None:
+        representation_root = task_roots([features])
         raise_unreached_indices(
             unreached_inputs(representation_root, call.shared), "shared_params",
             "is not reached from the representation (in representation mode the shared parameters receive their "
@@ -445,6 +447,12 @@ def raise_unreached_indices(indices: Sequence[int], name: str, what: str = "is r
 
 def raise_unreached(grads: Sequence[Tensor | None], name: str) -> None:
     raise_unreached_indices([j for j, grad in enumerate(grads) if grad is None], name)
+
+
+def require_reached(grads: Sequence[Tensor | None], name: str) -> list[Tensor]:
+    """`grads` once `raise_unreached` has refused a None among them (typed without None)."""
+    raise_unreached(grads, name)
+    return [grad for grad in grads if grad is not None]
 
 
 # ---- value checks: raise, or skip the step -------------------------------------------------
@@ -557,8 +565,9 @@ def _full_mode_step(
     call: Call, losses: Tensor, method: GradientWeighting | JacobianAggregation, context: StepContext
 ) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
     last = not call.head_params  # the per-task pass is the step's last one without heads
-    per_param = task_jacobians(call.losses, call.shared, strategy=call.strategy, retain_graph=context.retain_graph or not last)
-    raise_unreached(per_param, "shared_params")
+    per_param = require_reached(
+        task_jacobians(call.losses, call.shared, strategy=call.strategy, retain_graph=context.retain_graph or not last), "shared_params"
+    )
     jacobian = context.reduction.jacobian([jac.reshape(call.num_tasks, -1) for jac in per_param])  # the whole batch's
 
     def heads(weights: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -615,8 +624,7 @@ def _representation_mode_step(
 ) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
     features = call.representation
     assert features is not None
-    (per_task,) = task_jacobians(call.losses, [features], strategy=call.strategy)
-    raise_unreached([per_task], "representation")
+    (per_task,) = require_reached(task_jacobians(call.losses, [features], strategy=call.strategy), "representation")
     jacobian = per_task.reshape(call.num_tasks, -1)
     gramian, norms = context.reduction.representation_gramian(jacobian)  # the whole batch's
     check_gramian(gramian, [jacobian], context.reduction, context.on_nonfinite)
@@ -721,8 +729,7 @@ def _representation_aggregation_step(
     encoder, the heads first (keeping the decoder's graph), the encoder last."""
     features = call.representation
     assert features is not None
-    (per_task,) = task_jacobians(call.losses, [features], strategy=call.strategy)
-    raise_unreached([per_task], "representation")
+    (per_task,) = require_reached(task_jacobians(call.losses, [features], strategy=call.strategy), "representation")
     matrix = per_task.reshape(call.num_tasks, -1)
     check_finite_jacobian([matrix], context.reduction, context.on_nonfinite)
     update, head_weights, diagnostics, norms = aggregate(method, matrix, losses, context)

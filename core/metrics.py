@@ -9,10 +9,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 import torch
 from torch import Tensor
 
 from core.errors import MTLInputError
+
+_Numbers = Sequence[float] | Tensor  # one value per metric
+_Flags = Sequence[bool] | Tensor  # per metric: whether higher is better
 
 
 def _as_front(points: Tensor, name: str) -> Tensor:
@@ -104,7 +109,7 @@ def stationarity_residual(gramian: Tensor, /) -> Tensor:
     return min_norm_point(gramian).residual
 
 
-def _relative_changes(values, base, higher_is_better) -> Tensor:
+def _relative_changes(values: _Numbers, base: _Numbers, higher_is_better: _Flags) -> Tensor:
     """`(-1)^{delta_k} (M_k - B_k) / B_k` per metric: positive means worse than the base."""
     values_t = torch.as_tensor(values, dtype=torch.float64)
     base_t = torch.as_tensor(base, dtype=torch.float64)
@@ -124,13 +129,13 @@ def _relative_changes(values, base, higher_is_better) -> Tensor:
     return sign * (values_t - base_t) / base_t
 
 
-def delta_m(values, base, higher_is_better, /) -> float:
+def delta_m(values: _Numbers, base: _Numbers, higher_is_better: _Flags, /) -> float:
     """Delta_m% = (100 / K) sum_k (-1)^{delta_k} (M_k - B_k) / B_k over all K metrics, with
     delta_k = 1 where higher is better (Nash-MTL §6, FAMO §5.2). Lower is better; 0 = the base."""
     return float(100.0 * _relative_changes(values, base, higher_is_better).mean())
 
 
-def delta_p(values, base, higher_is_better, tasks, /) -> float:
+def delta_p(values: _Numbers, base: _Numbers, higher_is_better: _Flags, tasks: Sequence[Hashable], /) -> float:
     """Delta_p = 100 (1/T) sum_t (1/M_t) sum_m (-1)^{w_tm} (B_tm - N_tm) / B_tm: the metrics are
     averaged within each task first, then over the T tasks (LibMTL `count_improvement`, with the
     sign of LibMTL and DB-MTL, not the Random Weighting paper's typo). Higher is better.
@@ -140,13 +145,13 @@ def delta_p(values, base, higher_is_better, tasks, /) -> float:
     changes = -_relative_changes(values, base, higher_is_better)
     if len(tasks) != changes.numel():
         raise MTLInputError(f"tasks must name the task of each of the {changes.numel()} metrics, got {len(tasks)}")
-    per_task = {}
+    per_task: dict[Hashable, list[float]] = {}
     for change, task in zip(changes.tolist(), tasks):
         per_task.setdefault(task, []).append(change)
     return 100.0 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
 
 
-def mean_rank(table, higher_is_better, /) -> Tensor:
+def mean_rank(table: Sequence[Sequence[float]] | Tensor, higher_is_better: _Flags, /) -> Tensor:
     """The mean over metrics of each method's rank among the compared methods: `table [M, K]`
     holds method m's value of metric k; rank 1 is the best; ties share their mean rank. Lower is
     better; 1 means first on every metric. Depends on the set of methods compared."""

@@ -168,7 +168,7 @@ class MonotoneTransform(ABC):
     def _inverse(self, y: Tensor) -> Tensor: ...
 
     @abstractmethod
-    def _params(self) -> tuple: ...
+    def _params(self) -> tuple[object, ...]: ...
 
     @abstractmethod
     def to_spec(self) -> str:
@@ -202,7 +202,7 @@ class Affine(MonotoneTransform):
     def _inverse(self, y: Tensor) -> Tensor:
         return (y - self.shift) / self.scale
 
-    def _params(self) -> tuple:
+    def _params(self) -> tuple[object, ...]:
         return (self.scale, self.shift)
 
     def to_spec(self) -> str:
@@ -226,7 +226,7 @@ class Exp(MonotoneTransform):
     def _inverse(self, y: Tensor) -> Tensor:
         return torch.log(y)
 
-    def _params(self) -> tuple:
+    def _params(self) -> tuple[object, ...]:
         return ()
 
     def to_spec(self) -> str:
@@ -250,7 +250,7 @@ class Log(MonotoneTransform):
     def _inverse(self, y: Tensor) -> Tensor:
         return torch.exp(y)
 
-    def _params(self) -> tuple:
+    def _params(self) -> tuple[object, ...]:
         return ()
 
     def to_spec(self) -> str:
@@ -286,7 +286,7 @@ class SignedPower(MonotoneTransform):
             return y.clone()
         return torch.sign(y) * torch.abs(y).pow(1.0 / self.power)
 
-    def _params(self) -> tuple:
+    def _params(self) -> tuple[object, ...]:
         return (self.power,)
 
     def to_spec(self) -> str:
@@ -320,7 +320,7 @@ class Softplus(MonotoneTransform):
     def _inverse(self, y: Tensor) -> Tensor:
         return y + torch.log(-torch.expm1(-self.beta * y)) / self.beta
 
-    def _params(self) -> tuple:
+    def _params(self) -> tuple[object, ...]:
         return (self.beta,)
 
     def to_spec(self) -> str:
@@ -342,7 +342,7 @@ class Arcsinh(MonotoneTransform):
     def _inverse(self, y: Tensor) -> Tensor:
         return torch.sinh(y)
 
-    def _params(self) -> tuple:
+    def _params(self) -> tuple[object, ...]:
         return ()
 
     def to_spec(self) -> str:
@@ -440,7 +440,7 @@ class Compose(MonotoneTransform):
     def _inverse(self, y: Tensor) -> Tensor:
         return self._inverse_chain(y, check=False)
 
-    def _params(self) -> tuple:
+    def _params(self) -> tuple[object, ...]:
         return self.transforms
 
     def to_spec(self) -> str:

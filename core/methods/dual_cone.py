@@ -88,9 +88,9 @@ def project_to_dual_cone(gramian: Tensor, targets: Tensor, /) -> DualConeProject
     if bool((goal < 0).any()) or not bool(torch.isfinite(goal).all()):
         raise MTLInputError("the targets of a dual-cone projection must be finite and non-negative")
     batch = torch.broadcast_shapes(gram.shape[:-2], goal.shape[:-2])
-    gram = gram.expand(*batch, num_tasks, num_tasks).numpy()
-    goal = goal.expand(*batch, goal.shape[-2], num_tasks).numpy()
-    weights, residual, iterations = _project(gram, goal)
+    host_gram = gram.expand(*batch, num_tasks, num_tasks).numpy()
+    host_goal = goal.expand(*batch, goal.shape[-2], num_tasks).numpy()
+    weights, residual, iterations = _project(host_gram, host_goal)
     return DualConeProjection(torch.from_numpy(weights), torch.from_numpy(residual), iterations)
 
 
@@ -367,9 +367,9 @@ class _DualConeWeighting(GradientWeighting):
             goal = self._goal(gram.shape[-1])
             batch_shape = gram.shape[:-2]
             if gram.shape[-1] == 2 and gram.size <= 4 * _SCALAR_ROWS and np.isfinite(gram).all():
-                solved, residual = _project_two_tasks(gram.reshape(-1, 4).tolist(), goal)
-                weights = torch.tensor(solved, dtype=torch.float64).reshape(*batch_shape, *goal.shape)
-                projection = DualConeProjection(weights, torch.tensor(residual, dtype=torch.float64).reshape(batch_shape), 0)
+                rows, row_residuals = _project_two_tasks(gram.reshape(-1, 4).tolist(), goal)
+                weights = torch.tensor(rows, dtype=torch.float64).reshape(*batch_shape, *goal.shape)
+                projection = DualConeProjection(weights, torch.tensor(row_residuals, dtype=torch.float64).reshape(batch_shape), 0)
             else:
                 solved, residual, iterations = _project(gram, np.broadcast_to(goal, (*batch_shape, *goal.shape)))
                 projection = DualConeProjection(torch.from_numpy(solved), torch.from_numpy(np.asarray(residual)), iterations)

@@ -322,8 +322,7 @@ class AlignedMTL(GradientWeighting):
         order = _canonical_order_np(gram)  # relabelled tasks give relabelled weights, bitwise
         balance, rank = self._balance_np(_reorder_np(gram, order), gramian.dtype)
         preference = preference_weights(self.pref_vector, num_tasks, 1.0, "AlignedMTL").numpy()[order]
-        weights = _restore_np(_matvec_np(balance, preference), order)
-        weights = torch.from_numpy(weights)
+        weights = torch.from_numpy(_restore_np(_matvec_np(balance, preference), order))
         return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "AlignedMTL"), {"rank": torch.from_numpy(np.asarray(rank))})
 
     def _balance_np(self, gram: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -690,8 +689,8 @@ class GradVac(GradientWeighting):
             weights = coefficients.sum(axis=-2)
         self._targets = torch.from_numpy(targets)
         self._used()
-        weights = torch.from_numpy(np.asarray(weights))
-        return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "GradVac"), {"corrections": torch.from_numpy(np.asarray(corrections))})
+        output = torch.from_numpy(np.asarray(weights))
+        return WeightsResult(weights_in_dtype(output.to(gramian.device), gramian.dtype, "GradVac"), {"corrections": torch.from_numpy(np.asarray(corrections))})
 
 
 # --------------------------------------------------------------------------------------------

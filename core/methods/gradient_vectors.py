@@ -184,9 +184,9 @@ class GradDrop(DrawsFromGenerator, JacobianAggregation):
             updates.append(update)
             conflicts.append(conflicting / width)
         batch_shape = jacobian.shape[:-2]
-        update = torch.tensor(updates, dtype=torch.float64).reshape(*batch_shape, width)
+        combined = torch.tensor(updates, dtype=torch.float64).reshape(*batch_shape, width)
         conflict = torch.tensor(conflicts, dtype=torch.float64).reshape(batch_shape)
-        return AggregationResult(update, torch.ones_like(losses), {"conflict_fraction": conflict})
+        return AggregationResult(combined, torch.ones_like(losses), {"conflict_fraction": conflict})
 
 
 # --------------------------------------------------------------------------------------------

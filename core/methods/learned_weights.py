@@ -218,9 +218,10 @@ class GradNorm(GradientWeighting):
         if self._task_weights is None:
             self._task_weights = torch.ones_like(values)
             self._initial_losses = values.clone()
-        weights = self._task_weights
+        weights, initial = self._task_weights, self._initial_losses
+        assert initial is not None  # set with the task weights
         norms = gramian_norms(gram)
-        targets = gradnorm_targets(weights, norms, values / self._initial_losses, self.alpha)
+        targets = gradnorm_targets(weights, norms, values / initial, self.alpha)
         loss = gradnorm_loss(weights, norms, targets)
         stepped = (weights - self.lr * gradnorm_subgradient(weights, norms, targets)).clamp_min(0)
         self._task_weights = renormalize(stepped)
@@ -238,10 +239,11 @@ class GradNorm(GradientWeighting):
         if self._task_weights is None:
             self._task_weights = torch.ones(losses.shape, dtype=torch.float64)
             self._initial_losses = losses.detach().to(torch.float64).clone()
-        weights = self._task_weights
+        weights, initial = self._task_weights, self._initial_losses
+        assert initial is not None  # set with the task weights
         norms = two_task_norms(torch.diagonal(gram, dim1=-2, dim2=-1))
         relative = []
-        for (first, second), (initial_first, initial_second) in zip(values, self._initial_losses.reshape(-1, 2).tolist()):
+        for (first, second), (initial_first, initial_second) in zip(values, initial.reshape(-1, 2).tolist()):
             first, second = first / initial_first, second / initial_second
             mean = (first + second) / 2
             relative.append((first / mean, second / mean))

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from core.errors import InvalidHyperparameterError, LossDomainError, MTLInputError
 from core.methods.base import (
+    LossDomain,
     LossWeighting,
     check_integer,
     check_num_tasks,
@@ -171,6 +172,7 @@ class DynamicWeightAverage(LossWeighting):
             state["running_sum"] = None if self._running_sum is None else self._running_sum.clone()
             state["running_count"] = self._running_count
         else:
+            assert self._buffer is not None  # the window form keeps one
             state["buffer"] = self._buffer.clone()
         return state
 
@@ -199,6 +201,7 @@ class DynamicWeightAverage(LossWeighting):
             return
         if self._running_count == 0:
             raise MTLInputError("end_epoch() was called for an epoch without any step; call the method (mtl_backward) first")
+        assert self._running_sum is not None  # every step of the epoch added to it
         self._epoch_means.append(self._running_sum / self._running_count)
         self._epoch_means = self._epoch_means[-2:]
         self._running_sum, self._running_count = None, 0
@@ -231,6 +234,7 @@ class DynamicWeightAverage(LossWeighting):
             self._running_sum = step_losses.clone() if self._running_sum is None else self._running_sum + step_losses
             self._running_count += 1
         else:
+            assert self._buffer is not None  # the window form keeps one
             self._buffer = torch.cat([self._buffer[1:], step_losses[None]])
             if self._calls > self.window:
                 newest, older = self._buffer[self.window :].mean(dim=0), self._buffer[: self.window].mean(dim=0)
@@ -275,7 +279,7 @@ class FAMO(LossWeighting):
     name = "famo"
     paper = "Liu, Feng, Stone, Liu, FAMO: Fast Adaptive Multitask Optimization (NeurIPS 2023)"
     claims = frozenset({"permutation_equivariant"})
-    loss_domain = "nonnegative"
+    loss_domain: LossDomain = "nonnegative"  # an instance may widen it to "any"
     loss_domain_advice = "FAMO takes log(l - min_losses + eps): lower min_losses (e.g. to -1) or shift the losses"
     stateful = True
     requires_num_tasks = True

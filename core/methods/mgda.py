@@ -191,7 +191,7 @@ def _two_task_scalars(gramian: Tensor) -> WeightsResult | None:
         gaps.append(gap if gap > 0 else 0.0)
     batch_shape, dtype = gramian.shape[:-2], gramian.dtype
     result = torch.tensor(weights, dtype=torch.float64).reshape(*batch_shape, 2).to(dtype)
-    batch_shape = batch_shape or (1,)  # an unbatched Gramian's diagnostics have shape [1] on the general path too
-    squared_norm = torch.tensor(squares, dtype=torch.float64).reshape(batch_shape).to(dtype)
-    diagnostics = {"kkt_gap": torch.tensor(gaps, dtype=torch.float64).reshape(batch_shape).to(dtype), "min_norm": squared_norm.clamp_min(0).sqrt()}
+    diagnostics_shape = batch_shape or (1,)  # an unbatched Gramian's diagnostics have shape [1] on the general path too
+    squared_norm = torch.tensor(squares, dtype=torch.float64).reshape(diagnostics_shape).to(dtype)
+    diagnostics = {"kkt_gap": torch.tensor(gaps, dtype=torch.float64).reshape(diagnostics_shape).to(dtype), "min_norm": squared_norm.clamp_min(0).sqrt()}
     return WeightsResult(result, diagnostics)

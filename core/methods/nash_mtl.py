@@ -213,7 +213,7 @@ class NashMTL(GradientWeighting):
             )
         reuse = previous is not None and self._calls % self.update_weights_every != 0
         self._calls += 1
-        if reuse:
+        if reuse and previous is not None:  # reuse implies a previous alpha
             alpha, iterations, residual = previous, 0, _relative_residual(gram, previous)
         else:
             alpha, iterations, residual = self._solve(gram, previous if self.warm_start else None)
@@ -242,7 +242,7 @@ class NashMTL(GradientWeighting):
         num_tasks = gram.shape[-1]
         norms_sq = np.diagonal(gram, axis1=-2, axis2=-1)
         all_valid = bool(norms_sq.min() > 0)
-        valid = True if all_valid else norms_sq > 0
+        valid = norms_sq > 0
         norms = np.sqrt(norms_sq if all_valid else np.where(valid, norms_sq, 1.0))
         # U_ij = G_ij / (n_i n_j), divided one factor at a time so that n_i n_j cannot underflow
         unit = gram / norms[..., :, None] / norms[..., None, :]
@@ -276,8 +276,8 @@ def nash_residual(gramian: Tensor, alpha: Tensor, /) -> Tensor:
     Taken over tasks with positive weight (tasks given weight 0, i.e. zero gradients, are left
     out); 0 if there are none. Invariant to `g_i -> c_i g_i, alpha_i -> alpha_i / c_i`.
     """
-    host = {"device": "cpu", "dtype": torch.float64}
-    residual = _relative_residual(gramian.detach().to(**host).numpy(), alpha.detach().to(**host).numpy())
+    host_gram = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
+    residual = _relative_residual(host_gram, alpha.detach().to(device="cpu", dtype=torch.float64).numpy())
     return torch.as_tensor(residual, dtype=torch.float64).to(gramian.device)
 
 

@@ -439,8 +439,8 @@ class _Certificates:
         if not (bool(np.isfinite(weights).all()) and weights.min() >= 0):
             return
         weights = weights / weights.sum()
-        norm, resolved = _norms_and_resolution(self.gram, weights)
-        norm = float(norm)
+        norms, resolved = _norms_and_resolution(self.gram, weights)
+        norm = float(norms)
         value = float(self.mean_products @ weights) + self.radius * norm
         if value < self.dual:
             self.dual, self.dual_weights, self.dual_norm = value, weights, norm
@@ -455,7 +455,7 @@ class _Certificates:
         direction `g_0 + g_z`, the limit of `g_0 + g_w / mu` as mu -> 0 when `g_y = 0`) and
         returns the root (None if this face has none)."""
         point, direction = face_minimiser(self.gram, support, self.mean_products)
-        if point is None:
+        if point is None or direction is None:  # with `linear`, both are None or neither
             return None
         product = self.gram @ direction
         constant = float(point @ self.gram @ point)

@@ -57,7 +57,7 @@ def _as_tensor(values: tuple[float, ...] | float | None, default: float | None, 
 
 def _uniform(preference: tuple[float, ...] | float | None, ideal: tuple[float, ...] | float | None) -> bool:
     """Whether relabelling the tasks leaves the preference and the ideal point unchanged."""
-    equal_preference = preference is None or len(set(preference)) == 1  # type: ignore[arg-type]
+    equal_preference = preference is None or isinstance(preference, float) or len(set(preference)) == 1
     equal_ideal = ideal is None or isinstance(ideal, float) or len(set(ideal)) == 1
     return equal_preference and equal_ideal
 

@@ -183,7 +183,7 @@ class _SimplexState(GradientWeighting):
         self._calls = int(state["calls"])
         self._pristine = self._calls == 0
 
-    def _current(self, gram: Tensor) -> Tensor:
+    def _current(self, gram: Tensor | np.ndarray) -> Tensor:
         """The kept weights for this call's Gramian (created as 1/K at the first call)."""
         self._match_batch_shape(tuple(gram.shape[:-2]))
         self._used()

@@ -9,7 +9,7 @@ pareto_exploration.md §4.1). Parameters that the losses do not reach contribute
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -74,7 +74,7 @@ class FunctionalHessianVectorProduct:
     first-order graph) and costs more per call (`python -m benchmarks perf-tangent` measures it).
     """
 
-    def __init__(self, objective, point: Tensor, /, *, weights: Tensor | None = None, damping: float = 0.0) -> None:
+    def __init__(self, objective: Callable[[Tensor], Tensor], point: Tensor, /, *, weights: Tensor | None = None, damping: float = 0.0) -> None:
         if not damping >= 0:
             raise InvalidHyperparameterError(f"damping must be >= 0, got {damping!r}")
         self.point = point.detach()
@@ -90,5 +90,5 @@ class FunctionalHessianVectorProduct:
     def __call__(self, vector: Tensor, /) -> Tensor:
         if vector.shape != self.point.shape:
             raise MTLInputError(f"expected a vector of shape {tuple(self.point.shape)}, got {tuple(vector.shape)}")
-        _, product = torch.func.jvp(self._gradient_function, (self.point,), (vector.to(self.point),))
+        product: Tensor = torch.func.jvp(self._gradient_function, (self.point,), (vector.to(self.point),))[1]  # (gradient, product)
         return product + self.damping * vector.to(product) if self.damping else product

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,9 +153,9 @@ def min_norm_point(gramian: Tensor, /, *, tolerance: float | None = None, max_it
     return MinNormSolution(back(weights), back(squared * scale), back(gap), iterations)
 
 
-def stationarity(gramian: Tensor, /, **solver_options) -> tuple[Tensor, Tensor]:
+def stationarity(gramian: Tensor, /, **solver_options: Any) -> tuple[Tensor, Tensor]:
     """Pareto-stationarity weights and residual `min_{a in simplex} ||sum_i a_i g_i||` of a Gramian."""
-    solution = min_norm_point(gramian, **solver_options)
+    solution = min_norm_point(gramian, **solver_options)  # `tolerance`, `max_iterations`
     return solution.weights, solution.residual
 
 
@@ -229,11 +230,10 @@ def face_minimiser(gramian: np.ndarray, support: np.ndarray, linear: np.ndarray 
     """
     num_tasks = gramian.shape[0]
     point = np.zeros(num_tasks)
-    direction = None if linear is None else np.zeros(num_tasks)
     size = len(support)
     if size == 1:
         point[support[0]] = 1.0
-        return point, direction
+        return point, None if linear is None else np.zeros(num_tasks)
     position = int(np.argmin(gramian[support, support]))
     reference = support[position]
     others = np.concatenate([support[:position], support[position + 1 :]])
@@ -246,9 +246,11 @@ def face_minimiser(gramian: np.ndarray, support: np.ndarray, linear: np.ndarray 
             return None, None
         step = (corner - column[0]) / squared_scale
         point[other], point[reference] = step, 1.0 - step
-        if linear is not None:
-            slope = -(linear[other] - linear[reference]) / squared_scale
-            direction[other], direction[reference] = slope, -slope
+        if linear is None:
+            return point, None
+        slope = -(linear[other] - linear[reference]) / squared_scale
+        direction = np.zeros(num_tasks)
+        direction[other], direction[reference] = slope, -slope
         return point, direction
     reduced = gramian[others][:, others] - column[:, None] - column[None, :] + corner
     squared_scales = np.diagonal(reduced)
@@ -270,6 +272,7 @@ def face_minimiser(gramian: np.ndarray, support: np.ndarray, linear: np.ndarray 
     steps = steps / scales[:, None]
     point[others] = steps[:, 0]
     point[reference] = 1.0 - steps[:, 0].sum()
+    direction = np.zeros(num_tasks)
     direction[others] = steps[:, 1]
     direction[reference] = -steps[:, 1].sum()
     return point, direction
@@ -309,9 +312,10 @@ def _minor_cycles(
         target, direction = face_minimiser(gramian, support, linear)
         solves += 1
         if target is None:  # affinely dependent: move along the dependency (the point stays) until a task leaves
-            weights, support = _reduce_dependent_face(gramian, weights, support)
-            if weights is None:
+            reduced, support = _reduce_dependent_face(gramian, weights, support)
+            if reduced is None:
                 return None, support, solves
+            weights = reduced
             continue
         if direction is not None:
             target = target + shift * direction
@@ -364,14 +368,13 @@ def _reduce_dependent_face(gramian: np.ndarray, weights: np.ndarray, support: np
         steps = vector / scales
         dependency[others], dependency[reference] = steps, -steps.sum()
     current, along = weights[support], dependency[support]
-    best = None
+    candidates = []
     for sign in (1.0, -1.0):
         decreasing = np.flatnonzero(sign * along < 0)
         ratios = current[decreasing] / (-sign * along[decreasing])
         first = int(np.argmin(ratios))
-        if best is None or ratios[first] > best[0]:
-            best = (float(ratios[first]), sign, decreasing[first])
-    theta, sign, blocking = best
+        candidates.append((float(ratios[first]), sign, int(decreasing[first])))
+    theta, sign, blocking = max(candidates, key=lambda candidate: candidate[0])  # the first of equals, as before
     if not theta > 0:
         return None, support
     moved = current + theta * sign * along

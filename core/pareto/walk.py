@@ -35,7 +35,7 @@ class WalkStep:
     residual: float
 
 
-def _mean_jacobian(task_losses: Callable[[object], Tensor], params: Sequence[Tensor], batches: Iterable) -> Tensor:
+def _mean_jacobian(task_losses: Callable[[object], Tensor], params: Sequence[Tensor], batches: Iterable[object]) -> Tensor:
     total, count = None, 0
     for batch in batches:
         jacobian = loss_jacobian(task_losses(batch), params).detach()
@@ -60,7 +60,7 @@ def tangent_walk(
     beta: Tensor,
     /,
     *,
-    jacobian_batches: Callable[[], Iterable],
+    jacobian_batches: Callable[[], Iterable[object]],
     hvp_batch: Callable[[], object],
     num_steps: int = 10,
     lr: float = 0.1,
