@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
-from benchmarks.harness.workers import worker_argv
+from benchmarks.harness.workers import worker_argv, worker_environment
 
 SWEEP = ["toy", "--methods", "dibsmtl,ls,normalized_sum", "--transforms", "none,0:power:4", "--steps", "1200", "--quiet"]
 TIMING = {"seconds"}  # the only result fields that differ between identical runs
@@ -165,3 +165,14 @@ def test_without_file_locks_one_process_sweeps_and_workers_are_refused(tmp_path,
     assert not (tmp_path / "toy" / "workers").exists()  # refused before any worker started
     assert main(small) == 0
     assert list((tmp_path / "toy" / "runs").glob("*.json")) and not (tmp_path / "toy" / "locks").exists()
+
+
+def test_workers_share_the_cores_unless_the_caller_set_the_threads():
+    """Each of N workers gets cores // N torch threads (at least 1), so that N workers do not run
+    N x cores threads; a thread count the caller exported is kept."""
+    two_of_two = worker_environment(1, 2, {"PATH": "/bin"}, cores=2)
+    assert two_of_two["OMP_NUM_THREADS"] == two_of_two["MKL_NUM_THREADS"] == "1"
+    assert two_of_two["MTL_WORKER"] == "1" and two_of_two["MTL_WORKERS"] == "2" and two_of_two["PATH"] == "/bin"
+    assert worker_environment(0, 2, {}, cores=16)["OMP_NUM_THREADS"] == "8"
+    assert worker_environment(0, 4, {}, cores=2)["OMP_NUM_THREADS"] == "1"
+    assert worker_environment(0, 2, {"OMP_NUM_THREADS": "3"}, cores=2)["OMP_NUM_THREADS"] == "3"

@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from core.errors import InvalidHyperparameterError
@@ -48,6 +48,22 @@ def worker_argv(argv: Sequence[str], /) -> list[str]:
     return [*out, "--workers", "1"]
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""What torch's CPU thread pools read when a process starts."""
+
+
+def worker_environment(index: int, workers: int, environ: Mapping[str, str], /, *, cores: int) -> dict[str, str]:
+    """Worker `index`'s environment: its number, and `cores // workers` threads (at least 1) unless
+    the caller set the thread count. Each worker left at torch's default (all cores) made the
+    workers and anything beside them fight over the cores: MultiMNIST runs took 30-360 s instead
+    of 7-12 s beside other jobs on the 2-core machine (docs/DECISIONS.md)."""
+    environment = {**environ, "MTL_WORKER": str(index), "MTL_WORKERS": str(workers)}
+    threads = str(max(1, cores // workers))
+    for variable in THREAD_VARIABLES:
+        environment.setdefault(variable, threads)
+    return environment
+
+
 def launch(argv: Sequence[str], args: argparse.Namespace, runs: list) -> list[int]:
     """Delete the planned `runs` once under `--fresh`, start `args.workers` workers, wait; return their exit codes."""
     from benchmarks.harness.runs import ResultStore, file_locks_available
@@ -71,7 +87,8 @@ def launch(argv: Sequence[str], args: argparse.Namespace, runs: list) -> list[in
         for index in range(args.workers):
             log = (folder / f"worker-{index}.log").open("w")
             logs.append(log)
-            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MTL_WORKER": str(index), "MTL_WORKERS": str(args.workers)}))
+            environment = worker_environment(index, args.workers, os.environ, cores=os.cpu_count() or 1)
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment))
         write_json_atomic(folder / "workers.json", {"command": command, "pids": [p.pid for p in processes]})
         print(f"{args.workers} workers sweeping {len(runs)} runs; logs in {folder}", flush=True)
         codes = [process.wait() for process in processes]
