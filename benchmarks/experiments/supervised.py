@@ -364,7 +364,32 @@ def run(config: Config, /) -> ExperimentResult:
         return ExperimentResult([record for record in map(store.load, runs) if record is not None],
                                 f"{spec.name}: {len(runs)} runs trained over {config.nproc} processes (their summary is above)")
     _check_data(spec, config)
-    suite = spec.load_suite(config.data_source, config.preset)
+    return _sweep(spec, spec.load_suite(config.data_source, config.preset), config)
+
+
+def run_suite(suite: Suite, config: Config, /) -> ExperimentResult:
+    """The sweep of `config` on a suite of yours, as `python -m benchmarks` runs a built-in one:
+    `config.methods`, `seeds` and `transforms` (defaults: ls and dibsmtl, seeds 0,1,2, nominal
+    losses), the single-task runs unless `no_single_task`, `epochs`, `optimizer`, `lr`,
+    `representation`, `fresh`, `summary_only`; runs, checkpoints, `summary.md` and the Δm% figure go
+    to `OUT/<config.experiment>/`, and a rerun reuses every finished run. In this process only
+    (`nproc` 1): several processes calling it on the same `out` share the runs by file locks.
+    docs/own_dataset.md shows it end to end."""
+    if config.experiment in EXPERIMENTS:
+        raise InvalidHyperparameterError(
+            f"{config.experiment!r} is a built-in experiment: name your sweep after your data (Config('{suite.name}', ...)) so that "
+            "its runs never mix with the built-in one's"
+        )
+    if config.nproc != 1 or config.data_source is not None or config.preset is not None:
+        raise InvalidHyperparameterError("run_suite takes no nproc, data_source or preset: those belong to the built-in experiments")
+    spec = ExperimentSpec(name=config.experiment, suite="", methods="ls,dibsmtl", seeds="0,1,2", transforms="none",
+                          needs_data_root=False, data_help="the suite's own data", table_methods="ls,dibsmtl")
+    return _sweep(spec, suite, config)
+
+
+def _sweep(spec: ExperimentSpec, suite: Suite, config: Config) -> ExperimentResult:
+    """Train the planned runs of `config` on `suite` that are not stored yet, then write and return
+    the summary (`run`'s and `run_suite`'s common part)."""
     runs, protocol, max_batches = plan_runs(spec, suite, config)
     store = ResultStore(config.out)
     if config.fresh:
@@ -393,7 +418,7 @@ def run(config: Config, /) -> ExperimentResult:
         table += "\n\nΔm% ↓ (vs the base above) by loss transform:\n\n" + delta_m_pivot(rows, first=first)
     base_text = ", ".join(f"{name} {value:.4g}" for name, value in base.items()) if base else "none"
     provenance = (
-        f"`python -m benchmarks {spec.name}{'' if config.preset is None else f' --preset {config.preset}'}` ({'quick' if config.quick else 'full'}; epochs {protocol.epochs}; "
+        f"{_command_text(spec, suite, config)} ({'quick' if config.quick else 'full'}; epochs {protocol.epochs}; "
         f"{len({r.seed for r in runs})} seed(s)); Δm% base: {origin}: {base_text}; machine: {environment()}; "
         f"the runs' own time adds up to {sum(r['elapsed_s'] for r in records) / 60:.1f} min"
     )
@@ -403,6 +428,13 @@ def run(config: Config, /) -> ExperimentResult:
         figure = delta_m_figure(rows, f"{spec.name}: Δm% per method and loss transform", first=first, base=base, base_origin=origin)
         files += save_figure_formats(figure, folder / "delta_m")
     return ExperimentResult(list(records), f"{table}\n\nΔm% base: {origin}\nwrote {files[0]}", files)
+
+
+def _command_text(spec: ExperimentSpec, suite: Suite, config: Config) -> str:
+    """What made the summary: the command line of a built-in experiment, or `run_suite`."""
+    if not spec.suite:
+        return f"`run_suite({suite.name})`"
+    return f"`python -m benchmarks {spec.name}{'' if config.preset is None else f' --preset {config.preset}'}`"
 
 
 def _check_data(spec: ExperimentSpec, config: Config) -> None:
