@@ -28,7 +28,7 @@ all-reduces above), chosen once per call by `reduction_for(process_group)`.
 
 `torch.distributed` must be initialised (any backend: gloo on CPU, nccl on GPU). The engine writes
 `.grad` itself with `torch.autograd.grad`, so DistributedDataParallel's own gradient hooks never
-fire: run the forward pass of a DDP-wrapped model inside `model.no_sync()` (see the README).
+fire: run the forward pass of a DDP-wrapped model inside `model.no_sync()` (see docs/distributed.md).
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ for ax, dataset in zip(axes, datasets, strict=True):
         seeds = list(row.paired_delta_p_per_seed.values())
         ax.scatter(seeds, [y] * len(seeds), s=14, color="grey", alpha=0.6, zorder=2)
         mean, std, wins, pairs = row.paired_delta_p
-        ax.errorbar(mean, y, xerr=std, fmt="none", ecolor="tab:blue", capsize=3, zorder=3)
+        if pairs > 1:  # one seed pair has no spread to draw
+            ax.errorbar(mean, y, xerr=std, fmt="none", ecolor="tab:blue", capsize=3, zorder=3)
         ax.scatter([row.delta_p], [y], marker="D", s=30, color="tab:blue", zorder=4)
         ax.annotate(f"{wins}/{pairs}", (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.axvline(0.0, color="black", linewidth=0.8)

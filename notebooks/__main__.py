@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deprecated: the result store, now --out; with --out as well, the old meanings (--results the store, "
                              "--out the notebooks' folder) still hold")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one cell may run before the notebook fails (default: %(default)g)")
-    parser.add_argument("--publish", action="store_true", help=f"after a full run, copy the README's figures ({', '.join(PUBLISHED)}) into {PUBLISHED_FOLDER.relative_to(PUBLISHED_FOLDER.parents[1])}/")
+    parser.add_argument("--publish", action="store_true", help=f"after a full run, copy the published figures ({', '.join(PUBLISHED)}) into {PUBLISHED_FOLDER.relative_to(PUBLISHED_FOLDER.parents[1])}/")
     parser.add_argument("--list", action="store_true", help="list the notebooks and the figures they write, then exit")
     return parser
 

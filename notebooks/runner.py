@@ -71,7 +71,7 @@ PUBLISHED: tuple[str, ...] = (
     "toy_nominal", "toy_transformed", "toy_invariance_gap", "convergence_nonconvex", "dibs_fairness", "zdt2_front",
     "pareto_multimnist_front", "random_weighting_delta_p", "multimnist_delta_m", "multimnist_mean_rank",
 )
-"""The figures the README shows: `--publish` copies them into docs/figures/ after a full run."""
+"""The published figures (docs/figures.md, README): `--publish` copies them into docs/figures/ after a full run."""
 
 
 @dataclass
@@ -171,7 +171,7 @@ def select(names: Sequence[str] | None, /) -> list[Notebook]:
 
 
 def publish(figures: Path, /, names: Sequence[str] = PUBLISHED, target: Path = PUBLISHED_FOLDER) -> list[Path]:
-    """Copy the README's figures from a full run's figure folder into docs/figures/ (atomically)."""
+    """Copy the published figures from a full run's figure folder into docs/figures/ (atomically)."""
     from toy_problems.store import copy_file_atomic
 
     missing = [name for name in names if not (figures / f"{name}.png").is_file()]
