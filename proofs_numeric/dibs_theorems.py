@@ -123,7 +123,7 @@ class StackedQuadratics:
     `values_and_jacobian` gives the gradients `(x - c_i)^T A_i` in closed form, bit for bit autograd's:
     autograd adds `(A_i^T (x - c_i)) / 2` and `((x - c_i)^T A_i) / 2`, which are equal (A_i is exactly
     symmetric, and these tiny matrix products sum their n terms in one order), so their sum is exact
-    (tests/test_claim_dibs_theorems.py checks every size of the claim)."""
+    (tests/proofs_numeric/test_claim_dibs_theorems.py checks every size of the claim)."""
 
     def __init__(self, problems: list[ConvexQuadratic], /) -> None:
         self.centers = torch.stack([p.centers for p in problems])

@@ -594,4 +594,4 @@ ASSERTIONS: dict[str, Callable[..., None]] = {
     ),
 }
 """Claim of `core.CLAIMS` -> `check(factory, inputs: ClaimInputs, allowance=None)` with the
-default tolerances (tests/test_method_contract.py checks that every claim has one)."""
+default tolerances (tests/core/methods/test_method_contract.py checks that every claim has one)."""

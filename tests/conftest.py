@@ -18,8 +18,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Print how many inputs the fuzz suite (tests/test_fuzz.py) tried, and the engine's outcomes."""
-    fuzz = sys.modules.get("tests.test_fuzz")
+    """Print how many inputs the fuzz suite (tests/core/test_fuzz.py) tried, and the engine's outcomes."""
+    fuzz = sys.modules.get("tests.core.test_fuzz")
     counts = getattr(fuzz, "INPUTS_TRIED", None)
     if counts:
         per_test = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))

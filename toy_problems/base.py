@@ -10,7 +10,7 @@ in closed form (no autograd graph) in every problem that has one. The closed for
 autograd's arithmetic, so they equal `batched_task_gradients` (bitwise where the same operations
 are done in the same order, to rounding otherwise), and at the kinks they take torch's
 conventions (`clamp_min` passes the gradient at the boundary, `abs` has derivative 0 at 0, ...),
-each stated in the problem's docstring; tests/test_problem_jacobians.py checks both.
+each stated in the problem's docstring; tests/toy_problems/test_problem_jacobians.py checks both.
 """
 
 from __future__ import annotations

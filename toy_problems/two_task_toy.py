@@ -16,7 +16,7 @@ differ by less than 1e-3, but the drawn segment's ends are far from stationary i
 
 `TwoTaskToy.values_and_jacobian` computes the values and both gradients in closed form, in one
 pass, repeating the arithmetic autograd does on `__call__` (bitwise equal to it, kinks included;
-tests/test_problem_jacobians.py). It is what the batched runner calls every step.
+tests/toy_problems/test_problem_jacobians.py). It is what the batched runner calls every step.
 """
 
 from __future__ import annotations

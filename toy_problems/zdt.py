@@ -16,7 +16,7 @@ The ZDT2 variant remaps R^3 onto the unit cube with sines and cosines, so it is 
 smooth everywhere and its Pareto set (a cylinder) consists of true stationary points.
 
 Every problem here has a closed-form `values_and_jacobian` that repeats autograd's arithmetic on
-`__call__` (bitwise equal to it; tests/test_problem_jacobians.py), with autograd's conventions
+`__call__` (bitwise equal to it; tests/toy_problems/test_problem_jacobians.py), with autograd's conventions
 at the square root's kink x1 <= 0 described above.
 """
 
@@ -44,7 +44,7 @@ nondominated iff F(t) < F(s) for every s < t: the strict running minimum of F. E
 at a local minimum of F (F'(t) = 0) and the next one starts where F comes back down to that
 minimum's value (a point with the same f2 and a larger f1 is weakly dominated, hence the open
 left ends). Computed once with mpmath at 40 digits (root finding on F' and on F - F(previous
-right end)); tests/test_toy_problems.py recomputes them from a dense grid. They agree with the
+right end)); tests/toy_problems/test_toy_problems.py recomputes them from a dense grid. They agree with the
 regions tabulated by pymoo to about 5e-8 (pymoo gives 0.182228780 for the second left end).
 """
 
@@ -224,7 +224,7 @@ class ZDT2Variant(Problem):
     optimal) and even k gives g = 10 (dominated). On a Pareto cylinder every x1 is Pareto
     optimal; `pareto_set` uses the reference sampler's chart of the first sheet,
     x1 in [-3 pi/2, -pi/2] (where u1 sweeps [0, 1] once) and the angle theta in [-pi, pi):
-    (x2, x3) = sqrt(pi) (cos theta, sin theta). tests/test_symbolic_pareto_sets.py derives this
+    (x2, x3) = sqrt(pi) (cos theta, sin theta). tests/toy_problems/test_symbolic_pareto_sets.py derives this
     with sympy.
 
     Bounds (only for drawing starts; the paper gives none): x1 in [-2 pi, 0] (a period of the

@@ -18,7 +18,7 @@ lifecycle (core/methods/base.py), which costs nothing where a method does not us
 Each step appends the task losses and the method's weights to OUT/log.jsonl; each epoch appends
 the test accuracies, then replaces OUT/checkpoint.pt atomically (model, optimiser, method state,
 RNG states, epoch). `--resume` continues from it and ends where an uninterrupted run ends, bit
-for bit on the same machine and thread count (tests/test_examples.py checks it).
+for bit on the same machine and thread count (tests/docs/test_examples.py checks it).
 
 Your own model: any module whose forward gives one output per task. `core.mtl_backward` needs
 the parameters every task shares (here `model.encoder`) and each task's own parameters

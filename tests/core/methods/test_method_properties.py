@@ -28,7 +28,7 @@ NONNEGATIVE_GRADIENT_WEIGHTINGS = DETERMINISTIC_GRADIENT_WEIGHTINGS | {
     "cagrad_sum_c09": lambda: core.CAGrad(c=0.9, rescale=2, reduction="sum"),
 }
 """Gradient weightings whose papers give non-negative weights (IMTL-G's and RGW's can be negative;
-PCGrad's are checked with their random orders in tests/test_projection_methods.py)."""
+PCGrad's are checked with their random orders in tests/core/methods/test_projection_methods.py)."""
 
 
 @pytest.mark.parametrize("name", sorted(DETERMINISTIC_GRADIENT_WEIGHTINGS))

@@ -17,7 +17,7 @@ from proofs_numeric.__main__ import build_parser as proofs_parser
 from toy_problems.command_config import duration_text, expected_duration_line
 from toy_problems.inspect_cli import build_parser as toy_parser
 
-CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+CLI_DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 PARSERS = {
     "benchmarks": benchmarks_parser,
     "toy_problems": toy_parser,

@@ -245,7 +245,7 @@ def test_the_readme_torchrun_example_runs_on_two_ranks(tmp_path):
     import sys
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "distributed.md").read_text()
     [script] = re.findall(r"```python torchrun\n(.*?)```", readme, flags=re.DOTALL)
     (tmp_path / "train.py").write_text(script)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(tmp_path / "train.py")]

@@ -22,7 +22,7 @@ from benchmarks.suites import qm9 as qm9_suite
 from benchmarks.suites.qm9 import CPU_PRESET, PROTOCOL, TASKS, make_qm9_suite
 from core.errors import InvalidHyperparameterError, MTLInputError
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 CPU_SWEEP_RUNS = 12 * 3 * 2 + 11 * 3  # methods x seeds x {none, mu:power:2} + single-task runs
 
 

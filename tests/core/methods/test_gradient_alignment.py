@@ -228,7 +228,7 @@ def test_config_matches_the_reference_implementations() -> None:
 
 CONFIG_PINNED = {
     # torchjd 0.18.0 `ConFIG()(J)` on these Jacobians (the same numbers from conflictfree 0.1.8's
-    # `ConFIG_update(J)`); the same inputs as tests/test_dual_cone.py's TorchJD comparison
+    # `ConFIG_update(J)`); the same inputs as tests/core/methods/test_dual_cone.py's TorchJD comparison
     "golden": ([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], [0.15880897580793962, 2.0706067580626217, 2.0706067580626213]),
     "three": ([[1.0, 0.0, 0.0], [-0.8, 0.6, 0.0], [-0.3, -0.9, 0.3]], [0.01598754889910018, 0.04796264669730057, 0.21290019000677668]),
 }

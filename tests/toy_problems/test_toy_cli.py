@@ -18,7 +18,7 @@ from toy_problems.inspect_cli import PROBLEMS, build_problem, main
 from toy_problems.runner import run_toy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-README = Path(__file__).resolve().parents[1] / "docs" / "toy_inspect.md"  # the inspect example
+README = Path(__file__).resolve().parents[2] / "docs" / "toy_inspect.md"  # the inspect example
 
 
 def _inspect(tmp_path, *arguments: str) -> int:
@@ -156,7 +156,7 @@ def test_list_shows_every_problem_and_method(capsys) -> None:
     printed = capsys.readouterr().out
     for name in PROBLEMS:
         assert name in printed
-    assert all(f"\n  {name} " in printed for name in available_methods())  # one line per method (tests/test_command_lines.py)
+    assert all(f"\n  {name} " in printed for name in available_methods())  # one line per method (tests/docs/test_command_lines.py)
     assert "zdt2_variant         3     2  yes" in printed and "nonconvex" in printed
 
 

@@ -2,7 +2,7 @@
 
 G = [[18, -22], [-22, 38]], ||g_1|| = sqrt(18), ||g_2|| = sqrt(38). The expected numbers are
 derived by hand in the comments (or, for the T-step loop, pinned after checking against the
-parameter-space loop of tests/test_dibs_mtl.py), so a silent numeric change fails here.
+parameter-space loop of tests/core/methods/test_dibs_mtl.py), so a silent numeric change fails here.
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ GOLDEN = {
     "pbi": (core.PenaltyBoundaryIntersection(), [-2 * math.sqrt(2), 3 * math.sqrt(2)]),
     # GLS: S = sqrt(l_1 l_2) = sqrt 2, w_i = S / (2 l_i)
     "gls": (core.GeometricLossStrategy(), [math.sqrt(2) / 2, math.sqrt(2) / 4]),
-    # -- dual-cone and gradient-alignment weightings (issue 18; tests/test_dual_cone.py,
-    # tests/test_gradient_alignment.py derive them). UPGrad: g_i / 2 projected onto the other's
+    # -- dual-cone and gradient-alignment weightings (issue 18; tests/core/methods/test_dual_cone.py,
+    # tests/core/methods/test_gradient_alignment.py derive them). UPGrad: g_i / 2 projected onto the other's
     # normal plane, summed: (1/2)(1 + 22/18, 22/38 + 1); DualProj: g_0 = (1, 1, 1) conflicts with g_1
     # (g_1 . g_0 = -2), so d = g_0 + (2/18) g_1
     "upgrad": (core.UPGrad(), [10 / 9, 15 / 19]),

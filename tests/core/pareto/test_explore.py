@@ -9,7 +9,7 @@ import torch
 
 from core.errors import InvalidHyperparameterError
 from core.pareto.explore import expand, mgda_correct
-from tests.test_tangent import zdt2_variant
+from tests.core.pareto.test_tangent import zdt2_variant
 
 F64 = torch.float64
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "examples" / "train.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "examples" / "train.py"
 QUICK = ["--epochs", "2", "--max-steps", "2", "--batch-size", "32"]
 
 

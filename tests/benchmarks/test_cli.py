@@ -1,4 +1,4 @@
-"""The benchmark command line: clear errors, summaries, resuming (the docs' code blocks: tests/test_docs.py)."""
+"""The benchmark command line: clear errors, summaries, resuming (the docs' code blocks: tests/docs/test_docs.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_bad_transform_and_step_count_are_clear_errors(tmp_path, capsys) -> None
 def test_stateful_methods_run_in_the_toy_experiment(tmp_path, capsys, monkeypatch) -> None:
     from benchmarks.experiments import toy
 
-    monkeypatch.setattr(toy, "draw_figures", lambda *args, **kwargs: [])  # tests/test_toy_experiment.py draws them
+    monkeypatch.setattr(toy, "draw_figures", lambda *args, **kwargs: [])  # tests/benchmarks/test_toy_experiment.py draws them
     assert main(["toy", "--steps", "5", "--methods", "uw,famo", "--out", str(tmp_path), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert printed.index("## Per method") < printed.index("| uw |") and "| famo |" in printed  # the per-method table, printed

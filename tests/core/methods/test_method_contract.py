@@ -127,11 +127,11 @@ STATEFUL_SPECS = ["uw", "dwa", "dwa:window=3", "famo", "famo:optimizer=sgd", "na
 STATEFUL_SPECS += [spec for spec in ("gradnorm", "imtl_l", "imtl", "modo", "sdmgrad") if spec in available_methods()]
 STATEFUL_SPECS += ["moco", "db_mtl", "excess_mtl", "moco:normalize_gradients=true", "db_mtl:beta_sigma=0.5", "excess_mtl:n_warmup_steps=2"]
 # PMTL with an index: on the state tests' trajectories the default's runs are feasible (in stage 2)
-# at every step checked, where a fresh instance agrees; tests/test_preference_methods.py checks the default
+# at every step checked, where a fresh instance agrees; tests/core/methods/test_preference_methods.py checks the default
 STATEFUL_SPECS += ["pmtl:preference=1"]
 # GradVac's EMA targets; the default draws its orders from the global RNG here (no generator)
 STATEFUL_SPECS += ["gradvac:shuffle=false"]
-# RotoGrad's baseline norms (its rotations are model parameters: tests/test_rotograd.py)
+# RotoGrad's baseline norms (its rotations are model parameters: tests/core/methods/test_rotograd.py)
 STATEFUL_SPECS += ["rotograd", "rotograd:burn_in_period=2"]
 
 WITHOUT_CLAIMS = {

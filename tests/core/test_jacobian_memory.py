@@ -174,7 +174,7 @@ PROBE = textwrap.dedent("""
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
 def test_the_estimate_bounds_the_measured_peak_of_a_vmapped_pass() -> None:
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=120)
     if done.returncode != 0 and "clear_refs" in done.stderr:
         pytest.skip("the peak RSS cannot be reset here")
     assert done.returncode == 0, done.stderr

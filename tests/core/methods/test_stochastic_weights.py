@@ -180,7 +180,7 @@ def test_modo_matches_torchjd(gamma: float) -> None:
 
 
 def test_sdmgrad_direction_weights_by_hand() -> None:
-    """`(w + lambda / K) / (1 + lambda)`: w = e_2 (see tests/test_golden.py) gives (3, 23) / 26;
+    """`(w + lambda / K) / (1 + lambda)`: w = e_2 (see tests/core/methods/test_golden.py) gives (3, 23) / 26;
     "sum" multiplies by K; lambda = 0 returns w itself."""
     assert torch.equal(SDMGrad().direction_weights(tensor(0.0, 1.0)), tensor(0.15, 1.15) / 1.3)
     assert torch.equal(SDMGrad(reduction="sum").direction_weights(tensor(0.0, 1.0)), 2 * tensor(0.15, 1.15) / 1.3)

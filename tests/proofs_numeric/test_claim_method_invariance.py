@@ -11,7 +11,7 @@ import torch
 import core
 from proofs_numeric import method_invariance as claim
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_known_methods_measure_as_their_papers_say() -> None:
