@@ -22,25 +22,61 @@ from toy_problems.command_config import escape_help, expected_duration_line, met
 from toy_problems.store import unwritable_reason
 
 EXPERIMENTS = {
-    "toy": (toy, "the DiBS-MTL toy: every method from the 5 starts, nominal and with task 0's loss transformed; endpoints table and trajectory figures"),
-    "multimnist": (command("multimnist"), "LeNet on MultiMNIST (embedded digits or --data-root): every method x 3 seeds x 5 transforms of the left-digit loss, single-task baselines, Δm%, Δp, MR"),
-    "random_weighting": (random_weighting, "the litmus test: RLW (5 distributions) and RGW vs equal weighting, 5 seeds, on MultiMNIST and Auto MPG; Δp vs EW"),
-    "pareto_multimnist": (pareto_multimnist, "continuous Pareto exploration: 5 weighted-sum LeNets, tangent walks along e1 and e2, explored front, hypervolume, Pareto points per minute vs weighted-sum training"),
-    "nyuv2": (command("nyuv2"), "NYUv2 (3 tasks, SegNet-MTAN, the Nash-MTL protocol) on your preprocessed .npy data (--data-root)"),
-    "cityscapes": (command("cityscapes"), "Cityscapes (2 tasks, SegNet-MTAN, the Nash-MTL protocol) on your preprocessed .npy data (--data-root)"),
-    "qm9": (command("qm9"), "QM9 (11 targets, MPNN, the Nash-MTL protocol) on PyTorch Geometric's processed QM9 (--data-root)"),
-    "perf": (report.command("perf"), "the performance report, every ratio side by side in one run: DiBS-MTL/MGDA/Nash-MTL step vs LS, weight-solve share, batched vs looped gradients, MTL-R vs full, Nash-MTL vs reference solver, torch vs SciPy MINRES, tangent cost vs n, scaling with K; writes benchmarks/PERFORMANCE.md"),
-    "perf-nash": (report.command("perf-nash"), "alias of `perf --sections nash`: Nash-MTL weight solve, our Newton solver vs a reference-style CCP with cvxpy (optional), at equal residual"),
-    "perf-tangent": (report.command("perf-tangent"), "alias of `perf --sections tangent`: torch MINRES vs SciPy MINRES on the same HVP, and the cost of one tangent direction as n grows to 1e6"),
+    "toy": (
+        toy,
+        "the DiBS-MTL toy: every method from the 5 starts, nominal and with task 0's loss transformed; endpoints table and trajectory figures",
+    ),
+    "multimnist": (
+        command("multimnist"),
+        "LeNet on MultiMNIST (embedded digits or --data-root): every method x 3 seeds x 5 transforms of the left-digit loss, single-task baselines, Δm%, Δp, MR",
+    ),
+    "random_weighting": (
+        random_weighting,
+        "the litmus test: RLW (5 distributions) and RGW vs equal weighting, 5 seeds, on MultiMNIST and Auto MPG; Δp vs EW",
+    ),
+    "pareto_multimnist": (
+        pareto_multimnist,
+        "continuous Pareto exploration: 5 weighted-sum LeNets, tangent walks along e1 and e2, explored front, hypervolume, Pareto points per minute vs weighted-sum training",
+    ),
+    "nyuv2": (
+        command("nyuv2"),
+        "NYUv2 (3 tasks, SegNet-MTAN, the Nash-MTL protocol) on your preprocessed .npy data (--data-root)",
+    ),
+    "cityscapes": (
+        command("cityscapes"),
+        "Cityscapes (2 tasks, SegNet-MTAN, the Nash-MTL protocol) on your preprocessed .npy data (--data-root)",
+    ),
+    "qm9": (
+        command("qm9"),
+        "QM9 (11 targets, MPNN, the Nash-MTL protocol) on PyTorch Geometric's processed QM9 (--data-root)",
+    ),
+    "perf": (
+        report.command("perf"),
+        "the performance report, every ratio side by side in one run: DiBS-MTL/MGDA/Nash-MTL step vs LS, weight-solve share, batched vs looped gradients, MTL-R vs full, Nash-MTL vs reference solver, torch vs SciPy MINRES, tangent cost vs n, scaling with K; writes benchmarks/PERFORMANCE.md",
+    ),
+    "perf-nash": (
+        report.command("perf-nash"),
+        "alias of `perf --sections nash`: Nash-MTL weight solve, our Newton solver vs a reference-style CCP with cvxpy (optional), at equal residual",
+    ),
+    "perf-tangent": (
+        report.command("perf-tangent"),
+        "alias of `perf --sections tangent`: torch MINRES vs SciPy MINRES on the same HVP, and the cost of one tangent direction as n grows to 1e6",
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--list", action="store_true", help="list the experiments, then every method (name, kind, family, paper, hyperparameters), and exit")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the experiments, then every method (name, kind, family, paper, hyperparameters), and exit",
+    )
     commands = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     for name, (module, summary) in EXPERIMENTS.items():
-        subparser = commands.add_parser(name, help=escape_help(summary), description=summary)  # argparse %-formats help ("Δm%"), not descriptions
+        subparser = commands.add_parser(
+            name, help=escape_help(summary), description=summary
+        )  # argparse %-formats help ("Δm%"), not descriptions
         module.add_arguments(subparser)
         if hasattr(module, "Config"):  # sweeps of stored runs can share their runs among workers
             workers.add_arguments(subparser)
@@ -60,7 +96,9 @@ def announce_runs(module: Any, config: Any, runs: list, *, workers: int) -> None
     if os.environ.get("MTL_WORKER") is not None or parallel.inside_torchrun():
         return
     store = ResultStore(config.out, read_only=True)
-    todo = [run for run in runs if config.fresh or not store.result_path(run).exists()]  # a file check: nothing is read
+    todo = [
+        run for run in runs if config.fresh or not store.result_path(run).exists()
+    ]  # a file check: nothing is read
     seconds, basis = module.expected_seconds(config, todo, workers=workers)
     line = expected_duration_line(len(todo), len(runs) - len(todo), seconds, basis=basis)
     if line is not None:
@@ -90,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 announce_runs(module, config, runs, workers=args.workers)
         if args.workers != 1 and not reads_only:
             workers.launch(sys.argv[1:] if argv is None else argv, args, runs)
-            config = config.replace(fresh=False)  # the summary run: reuses what the workers stored, runs what is missing
+            config = config.replace(
+                fresh=False
+            )  # the summary run: reuses what the workers stored, runs what is missing
         result = module.run(config)
         if result.report:
             print(result.report)
@@ -100,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         where = f" in {args.out}" if getattr(args, "out", None) is not None else ""
-        print(f"\ninterrupted: the finished runs are stored{where}; run the same command again to resume "
-              "(finished runs are reused, interrupted ones restart from their last checkpoint)", file=sys.stderr)
+        print(
+            f"\ninterrupted: the finished runs are stored{where}; run the same command again to resume "
+            "(finished runs are reused, interrupted ones restart from their last checkpoint)",
+            file=sys.stderr,
+        )
         return 130
 
 

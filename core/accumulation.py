@@ -89,7 +89,11 @@ class TaskGradientAccumulator:
         jacobian_strategy: JacobianStrategy = "auto",
     ) -> None:
         self._shared = shared_param_list(shared_params)
-        self._task_params = None if task_params is None else [as_param_list(g, f"task_params[{i}]") for i, g in enumerate(task_params)]
+        self._task_params = (
+            None
+            if task_params is None
+            else [as_param_list(g, f"task_params[{i}]") for i, g in enumerate(task_params)]
+        )
         check_disjoint(self._shared, self._task_params or [])
         check_strategy(jacobian_strategy)
         self._strategy: JacobianStrategy = jacobian_strategy
@@ -116,16 +120,22 @@ class TaskGradientAccumulator:
         loss_vector, roots = stack_losses(losses)
         num_tasks = loss_vector.shape[0]
         if self._losses is not None and self._losses.shape[0] != num_tasks:
-            raise MTLInputError(f"this micro-batch has {num_tasks} losses, the earlier ones {self._losses.shape[0]}")
+            raise MTLInputError(
+                f"this micro-batch has {num_tasks} losses, the earlier ones {self._losses.shape[0]}"
+            )
         heads = task_param_lists(self._task_params, num_tasks)
         check_devices_and_dtypes(loss_vector, self._shared + [p for group in heads for p in group])
         call = Call(loss_vector, self._shared, heads, None, self._strategy)
         check_reachability(call, roots, representation_mode=False)
-        per_param = require_reached(task_jacobians(loss_vector, self._shared, strategy=self._strategy), "shared_params")
+        per_param = require_reached(
+            task_jacobians(loss_vector, self._shared, strategy=self._strategy), "shared_params"
+        )
         blocks = [jac.reshape(num_tasks, -1) for jac in per_param]
         head_params = call.head_params
         # under the heads' contract, the gradient of sum_i l_i on task i's head is grad l_i
-        head_grads = vjp(loss_vector, head_params, torch.ones_like(loss_vector)) if head_params else []
+        head_grads = (
+            vjp(loss_vector, head_params, torch.ones_like(loss_vector)) if head_params else []
+        )
         values = loss_vector.detach()
         if self._losses is None:  # everything computed: only now change the state
             self._losses = values * weight
@@ -157,10 +167,14 @@ class TaskGradientAccumulator:
         whole batch (for a loss weighting without `gramian` and `grad_norms`, as the engine's).
         """
         if self._losses is None:
-            raise MTLInputError("nothing was accumulated: call add(losses) for each micro-batch before backward(method)")
+            raise MTLInputError(
+                "nothing was accumulated: call add(losses) for each micro-batch before backward(method)"
+            )
         check_method(method, "full")
         check_on_nonfinite(on_nonfinite)
-        context = StepContext(reduction_for(process_group), on_nonfinite, check_loss_scale(loss_scale))
+        context = StepContext(
+            reduction_for(process_group), on_nonfinite, check_loss_scale(loss_scale)
+        )
         scaled = context.reduction.losses(self._losses)
         try:
             check_finite_losses(scaled, on_nonfinite)
@@ -170,8 +184,13 @@ class TaskGradientAccumulator:
             else:
                 heads = self._head_pairs(context.reduction)
                 pairs, info = combine_full(
-                    method, context.reduction.jacobian(self._jacobian), losses, self._shared,
-                    lambda weights: [(p, c * g) for c, (p, g) in zip(self._head_scale(weights, method), heads)],
+                    method,
+                    context.reduction.jacobian(self._jacobian),
+                    losses,
+                    self._shared,
+                    lambda weights: [
+                        (p, c * g) for c, (p, g) in zip(self._head_scale(weights, method), heads)
+                    ],
                     context,
                 )
         except SkipStep:
@@ -189,7 +208,9 @@ class TaskGradientAccumulator:
         assert self._losses is not None
         return task_param_lists(self._task_params, self._losses.shape[0])
 
-    def _head_scale(self, weights: Tensor, method: GradientWeighting | LossWeighting) -> list[Tensor]:
+    def _head_scale(
+        self, weights: Tensor, method: GradientWeighting | LossWeighting
+    ) -> list[Tensor]:
         """Task i's coefficient `c_i`, once per head parameter."""
         assert self._losses is not None
         coefficients = head_coefficients(weights, method, self._losses.dtype)
@@ -201,8 +222,16 @@ class TaskGradientAccumulator:
         weights, diagnostics = method.weights(losses)
         coefficients = weights.detach().to(losses.dtype)
         jacobian = context.reduction.jacobian(self._jacobian)
-        pairs = [(param, (coefficients @ block).view_as(param)) for param, block in zip(self._shared, jacobian)]
-        pairs += [(p, c * g) for c, (p, g) in zip(self._head_scale(weights, method), self._head_pairs(context.reduction))]
+        pairs = [
+            (param, (coefficients @ block).view_as(param))
+            for param, block in zip(self._shared, jacobian)
+        ]
+        pairs += [
+            (p, c * g)
+            for c, (p, g) in zip(
+                self._head_scale(weights, method), self._head_pairs(context.reduction)
+            )
+        ]
         # the method's own parameters, as in the engine: d/dtheta of s (w . L + penalty)
         objective = context.loss_scale * (weights.to(losses.dtype) * losses).sum()
         penalty = method.penalty()
@@ -212,5 +241,7 @@ class TaskGradientAccumulator:
         if own and objective.requires_grad:
             grads = torch.autograd.grad(objective, own, allow_unused=True)
             pairs += [(p, g) for p, g in zip(own, grads) if g is not None]
-        check_finite_grads(pairs, "the weighted loss has a non-finite gradient", context.on_nonfinite)
+        check_finite_grads(
+            pairs, "the weighted loss has a non-finite gradient", context.on_nonfinite
+        )
         return pairs, StepInfo(weights=weights.detach(), losses=losses, diagnostics=diagnostics)

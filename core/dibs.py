@@ -52,7 +52,14 @@ def unit_directions(objectives: Objectives, x: Tensor, /) -> tuple[Tensor, Tenso
     return values, gradients * safe_reciprocal(norms)
 
 
-def dibs_direction(objectives: Objectives, x: Tensor, preferred_states: Tensor, /, *, distance_weighted: bool | Tensor = True) -> Tensor:
+def dibs_direction(
+    objectives: Objectives,
+    x: Tensor,
+    preferred_states: Tensor,
+    /,
+    *,
+    distance_weighted: bool | Tensor = True,
+) -> Tensor:
     """The DiBS descent direction `sum_i ||x - x*_i|| u_i(x)` (or `sum_i u_i(x)` unweighted).
 
     `distance_weighted` may be a boolean tensor over the rows `x.shape[:-1]`: its False rows take
@@ -93,7 +100,9 @@ def dibs(
     x = start.detach().clone()
     trajectory = [x]
     for k in range(num_steps):
-        direction = dibs_direction(objectives, x, preferred_states, distance_weighted=distance_weighted)
+        direction = dibs_direction(
+            objectives, x, preferred_states, distance_weighted=distance_weighted
+        )
         x = x - schedule(k) * direction
         if bounds is not None:
             x = x.clamp(*bounds)

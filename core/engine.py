@@ -180,8 +180,14 @@ def mtl_backward(
     `torch.set_num_threads(1)` for small models: a small Nash-MTL engine call measured 40 ms with
     2 threads on a busy 2-core machine and 1.3 ms with 1 thread (thread hand-offs, not arithmetic).
     """
-    call = _validated_call(losses, shared_params, method, task_params, representation, jacobian_strategy, on_nonfinite)
-    if isinstance(method, JacobianAggregation) and representation is not None and process_group is not None:
+    call = _validated_call(
+        losses, shared_params, method, task_params, representation, jacobian_strategy, on_nonfinite
+    )
+    if (
+        isinstance(method, JacobianAggregation)
+        and representation is not None
+        and process_group is not None
+    ):
         raise MTLInputError(
             f"{type(method).__name__} aggregates the per-task gradients themselves, and in representation mode each "
             "rank holds only its own samples' columns of them, which do not combine into the whole batch's "
@@ -190,8 +196,12 @@ def mtl_backward(
         )
     if not isinstance(retain_graph, bool):
         raise MTLInputError(f"retain_graph must be True or False, got {retain_graph!r}")
-    context = StepContext(reduction_for(process_group), on_nonfinite, check_loss_scale(loss_scale), retain_graph)
-    scaled = context.reduction.losses(call.losses.detach().clone())  # the whole batch's losses, every rank alike
+    context = StepContext(
+        reduction_for(process_group), on_nonfinite, check_loss_scale(loss_scale), retain_graph
+    )
+    scaled = context.reduction.losses(
+        call.losses.detach().clone()
+    )  # the whole batch's losses, every rank alike
     try:
         check_finite_losses(scaled, on_nonfinite)
         detached = context.unscaled(scaled)
@@ -234,8 +244,14 @@ def check_loss_scale(loss_scale: Any) -> float:
         return 1.0
     if isinstance(loss_scale, Tensor) and loss_scale.numel() == 1:
         loss_scale = float(loss_scale)
-    if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not 0 < loss_scale < float("inf"):
-        raise MTLInputError(f"loss_scale must be a positive finite number (e.g. scaler.get_scale()) or None, got {loss_scale!r}")
+    if (
+        isinstance(loss_scale, bool)
+        or not isinstance(loss_scale, (int, float))
+        or not 0 < loss_scale < float("inf")
+    ):
+        raise MTLInputError(
+            f"loss_scale must be a positive finite number (e.g. scaler.get_scale()) or None, got {loss_scale!r}"
+        )
     return float(loss_scale)
 
 
@@ -274,18 +290,26 @@ def _validated_call(
     shared = shared_param_list(shared_params)
     heads = task_param_lists(task_params, loss_vector.shape[0])
     check_disjoint(shared, heads)
-    if representation is not None and (not isinstance(representation, Tensor) or not representation.requires_grad):
+    if representation is not None and (
+        not isinstance(representation, Tensor) or not representation.requires_grad
+    ):
         raise MTLInputError(
             "representation must be the shared features the task losses were computed from (a tensor that "
             "requires grad); pass representation=None to differentiate with respect to shared_params"
         )
     check_strategy(jacobian_strategy)
     check_on_nonfinite(on_nonfinite)
-    tensors = shared + [p for group in heads for p in group] + ([representation] if representation is not None else [])
+    tensors = (
+        shared
+        + [p for group in heads for p in group]
+        + ([representation] if representation is not None else [])
+    )
     check_devices_and_dtypes(loss_vector, tensors)
     check_method(method, "full" if representation is None else "representation")
     call = Call(loss_vector, shared, heads, representation, jacobian_strategy)
-    per_task = isinstance(method, (GradientWeighting, JacobianAggregation))  # differentiated per task
+    per_task = isinstance(
+        method, (GradientWeighting, JacobianAggregation)
+    )  # differentiated per task
     check_reachability(call, roots, representation_mode=representation is not None and per_task)
     return call
 
@@ -357,13 +381,17 @@ def shared_param_list(params: Iterable[Tensor]) -> list[Tensor]:
     return shared
 
 
-def task_param_lists(task_params: Sequence[Iterable[Tensor]] | None, num_tasks: int) -> list[list[Tensor]]:
+def task_param_lists(
+    task_params: Sequence[Iterable[Tensor]] | None, num_tasks: int
+) -> list[list[Tensor]]:
     """The K groups of task (head) parameters (K empty groups for None)."""
     if task_params is None:
         return [[] for _ in range(num_tasks)]
     groups = [as_param_list(group, f"task_params[{i}]") for i, group in enumerate(task_params)]
     if len(groups) != num_tasks:
-        raise MTLInputError(f"task_params has {len(groups)} groups but there are {num_tasks} losses")
+        raise MTLInputError(
+            f"task_params has {len(groups)} groups but there are {num_tasks} losses"
+        )
     return groups
 
 
@@ -382,7 +410,9 @@ def check_disjoint(shared: list[Tensor], heads: list[list[Tensor]]) -> None:
 
 def check_strategy(strategy: Any) -> None:
     if strategy not in ("auto", "loop", "batched"):
-        raise MTLInputError(f"jacobian_strategy must be 'auto', 'loop' or 'batched', got {strategy!r}")
+        raise MTLInputError(
+            f"jacobian_strategy must be 'auto', 'loop' or 'batched', got {strategy!r}"
+        )
 
 
 def check_on_nonfinite(on_nonfinite: Any) -> None:
@@ -391,8 +421,12 @@ def check_on_nonfinite(on_nonfinite: Any) -> None:
 
 
 def check_devices_and_dtypes(losses: Tensor, tensors: list[Tensor]) -> None:
-    _check_uniform([losses.device] + [t.device for t in tensors], DeviceMismatchError, "losses and parameters")
-    _check_uniform([losses.dtype] + [t.dtype for t in tensors], DtypeMismatchError, "losses and parameters")
+    _check_uniform(
+        [losses.device] + [t.device for t in tensors], DeviceMismatchError, "losses and parameters"
+    )
+    _check_uniform(
+        [losses.dtype] + [t.dtype for t in tensors], DtypeMismatchError, "losses and parameters"
+    )
 
 
 def check_method(method: Any, mode: str) -> None:
@@ -403,18 +437,26 @@ def check_method(method: Any, mode: str) -> None:
             f"or the losses) or a JacobianAggregation (an update from the per-task gradients), got {type(method).__name__}"
         )
     if mode not in method.engine_modes:
-        other = "pass representation=None" if mode == "representation" else "pass representation=features"
+        other = (
+            "pass representation=None"
+            if mode == "representation"
+            else "pass representation=features"
+        )
         raise UnsupportedEngineModeError(
             f"{type(method).__name__} supports the engine modes {sorted(method.engine_modes)}, not {mode!r}; {other} "
             "or choose another method"
         )
 
 
-def check_reachability(call: Call, roots: Sequence[Node | None], *, representation_mode: bool) -> None:
+def check_reachability(
+    call: Call, roots: Sequence[Node | None], *, representation_mode: bool
+) -> None:
     """Refuse, from the graph's structure, a task that reaches no shared parameter (or not the
     representation), a shared parameter the representation does not reach, and a head parameter
     that no loss reaches: all before any method runs (a method may keep state)."""
-    features = call.representation if representation_mode else None  # set whenever representation_mode is
+    features = (
+        call.representation if representation_mode else None
+    )  # set whenever representation_mode is
     targets = call.shared if features is None else [features]
     what = "any of shared_params" if features is None else "the representation"
     reached = tasks_reaching(roots, targets)
@@ -427,7 +469,8 @@ def check_reachability(call: Call, roots: Sequence[Node | None], *, representati
     if features is not None:
         representation_root = task_roots([features])
         raise_unreached_indices(
-            unreached_inputs(representation_root, call.shared), "shared_params",
+            unreached_inputs(representation_root, call.shared),
+            "shared_params",
             "is not reached from the representation (in representation mode the shared parameters receive their "
             "gradient through it)",
         )
@@ -436,13 +479,19 @@ def check_reachability(call: Call, roots: Sequence[Node | None], *, representati
         missing = set(unreached_inputs(roots, heads))
         position = 0
         for i, group in enumerate(call.heads):
-            raise_unreached_indices([j for j in range(len(group)) if position + j in missing], f"task_params[{i}]")
+            raise_unreached_indices(
+                [j for j in range(len(group)) if position + j in missing], f"task_params[{i}]"
+            )
             position += len(group)
 
 
-def raise_unreached_indices(indices: Sequence[int], name: str, what: str = "is reached by no task loss") -> None:
+def raise_unreached_indices(
+    indices: Sequence[int], name: str, what: str = "is reached by no task loss"
+) -> None:
     if indices:
-        raise UnreachedParameterError(f"{name}[{indices[0]}] {what}; remove it from {name} or check the model's forward")
+        raise UnreachedParameterError(
+            f"{name}[{indices[0]}] {what}; remove it from {name} or check the model's forward"
+        )
 
 
 def raise_unreached(grads: Sequence[Tensor | None], name: str) -> None:
@@ -480,13 +529,18 @@ def check_finite_losses(values: Tensor, on_nonfinite: OnNonfinite) -> None:
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         task = int((~finite).nonzero()[0, 0])
-        refuse(NonFiniteLossError(
-            f"the loss of task {task} is {float(values[task]):g}; every task loss must be finite "
-            "(check the data, the learning rate, or a log of a non-positive value; with a process_group: on some rank)"
-        ), on_nonfinite)
+        refuse(
+            NonFiniteLossError(
+                f"the loss of task {task} is {float(values[task]):g}; every task loss must be finite "
+                "(check the data, the learning rate, or a log of a non-positive value; with a process_group: on some rank)"
+            ),
+            on_nonfinite,
+        )
 
 
-def check_gramian(gramian: Tensor, jacobian: Sequence[Tensor], reduction: Reduction, on_nonfinite: OnNonfinite) -> None:
+def check_gramian(
+    gramian: Tensor, jacobian: Sequence[Tensor], reduction: Reduction, on_nonfinite: OnNonfinite
+) -> None:
     """A finite Gramian means finite per-task gradients (a NaN or infinity in row i makes G_ii
     non-finite), so one check of K^2 numbers replaces one of K x D; only on failure are the rows of
     the `[K, n_j]` blocks inspected, with the flags agreed over ranks (the Gramian is the same on
@@ -495,15 +549,22 @@ def check_gramian(gramian: Tensor, jacobian: Sequence[Tensor], reduction: Reduct
         return
     nonfinite_rows, infinite_rows = _nonfinite_rows(jacobian, reduction)
     if not bool(nonfinite_rows.any()):
-        norms = torch.stack([torch.linalg.vector_norm(block.double(), dim=1) for block in jacobian]).norm(dim=0)
-        refuse(NonFiniteGradientError(
-            f"the per-task gradients are finite but their inner products overflow {gramian.dtype} "
-            f"(gradient norms {norms.tolist()}); use float64 or rescale the losses"
-        ), on_nonfinite)
+        norms = torch.stack(
+            [torch.linalg.vector_norm(block.double(), dim=1) for block in jacobian]
+        ).norm(dim=0)
+        refuse(
+            NonFiniteGradientError(
+                f"the per-task gradients are finite but their inner products overflow {gramian.dtype} "
+                f"(gradient norms {norms.tolist()}); use float64 or rescale the losses"
+            ),
+            on_nonfinite,
+        )
     _refuse_nonfinite_rows(nonfinite_rows, infinite_rows, on_nonfinite)
 
 
-def check_finite_jacobian(jacobian: Sequence[Tensor], reduction: Reduction, on_nonfinite: OnNonfinite) -> None:
+def check_finite_jacobian(
+    jacobian: Sequence[Tensor], reduction: Reduction, on_nonfinite: OnNonfinite
+) -> None:
     """Jacobian aggregations form no Gramian, so the `[K, n_j]` blocks themselves are checked
     (one synchronisation); on failure the tasks are named as `check_gramian` names them."""
     if bool(torch.stack([torch.isfinite(block).all() for block in jacobian]).all()):
@@ -520,19 +581,26 @@ def _nonfinite_rows(jacobian: Sequence[Tensor], reduction: Reduction) -> tuple[T
     return flags[0] > 0, flags[1] > 0
 
 
-def _refuse_nonfinite_rows(nonfinite_rows: Tensor, infinite_rows: Tensor, on_nonfinite: OnNonfinite) -> None:
+def _refuse_nonfinite_rows(
+    nonfinite_rows: Tensor, infinite_rows: Tensor, on_nonfinite: OnNonfinite
+) -> None:
     # An infinite derivative in task i's graph turns into 0 * inf = NaN in the other rows (autograd
     # sends them zero gradients through the same nodes), so rows with an infinity name the culprit.
     culprits = infinite_rows if bool(infinite_rows.any()) else nonfinite_rows
     tasks = ", ".join(str(int(i)) for i in culprits.nonzero()[:, 0])
     kind = "infinity" if bool(infinite_rows.any()) else "NaN"
-    refuse(NonFiniteGradientError(
-        f"the gradient of task {tasks} contains {kind} although the losses are finite; check for "
-        "overflow or a non-differentiable point (e.g. sqrt or log at 0) in that task's loss"
-    ), on_nonfinite)
+    refuse(
+        NonFiniteGradientError(
+            f"the gradient of task {tasks} contains {kind} although the losses are finite; check for "
+            "overflow or a non-differentiable point (e.g. sqrt or log at 0) in that task's loss"
+        ),
+        on_nonfinite,
+    )
 
 
-def check_finite_grads(pairs: list[tuple[Tensor, Tensor]], message: str, on_nonfinite: OnNonfinite) -> None:
+def check_finite_grads(
+    pairs: list[tuple[Tensor, Tensor]], message: str, on_nonfinite: OnNonfinite
+) -> None:
     """One synchronisation for all gradients (their sums are finite iff every entry is, unless the
     sum of finite entries overflows: then the entries are checked); the parameter is named only on
     the error path."""
@@ -562,19 +630,35 @@ _HEADS_NONFINITE = (
 
 
 def _full_mode_step(
-    call: Call, losses: Tensor, method: GradientWeighting | JacobianAggregation, context: StepContext
+    call: Call,
+    losses: Tensor,
+    method: GradientWeighting | JacobianAggregation,
+    context: StepContext,
 ) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
     last = not call.head_params  # the per-task pass is the step's last one without heads
     per_param = require_reached(
-        task_jacobians(call.losses, call.shared, strategy=call.strategy, retain_graph=context.retain_graph or not last), "shared_params"
+        task_jacobians(
+            call.losses,
+            call.shared,
+            strategy=call.strategy,
+            retain_graph=context.retain_graph or not last,
+        ),
+        "shared_params",
     )
-    jacobian = context.reduction.jacobian([jac.reshape(call.num_tasks, -1) for jac in per_param])  # the whole batch's
+    jacobian = context.reduction.jacobian(
+        [jac.reshape(call.num_tasks, -1) for jac in per_param]
+    )  # the whole batch's
 
     def heads(weights: Tensor) -> list[tuple[Tensor, Tensor]]:
         params = call.head_params
         if not params:
             return []
-        grads = vjp(call.losses, params, head_coefficients(weights, method, call.losses.dtype), retain_graph=context.retain_graph)
+        grads = vjp(
+            call.losses,
+            params,
+            head_coefficients(weights, method, call.losses.dtype),
+            retain_graph=context.retain_graph,
+        )
         return list(zip(params, context.reduction.gradients(grads)))
 
     return combine_full(method, jacobian, losses, call.shared, heads, context)
@@ -601,11 +685,18 @@ def combine_full(
     weights, diagnostics = solve_weights(method, unscaled, losses)
     check_weights(weights, unscaled, method)
     coefficients = weights.to(gramian.dtype)
-    pairs = [(param, (coefficients @ block).view_as(param)) for param, block in zip(shared, jacobian)] + heads(weights)
+    pairs = [
+        (param, (coefficients @ block).view_as(param)) for param, block in zip(shared, jacobian)
+    ] + heads(weights)
     check_finite_grads(pairs, _HEADS_NONFINITE, context.on_nonfinite)
-    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(block, dim=1) for block in jacobian]), dim=0)
+    norms = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(block, dim=1) for block in jacobian]), dim=0
+    )
     info = StepInfo(
-        weights=weights.detach(), losses=losses, gramian=unscaled.detach(), grad_norms=context.unscaled(norms).detach(),
+        weights=weights.detach(),
+        losses=losses,
+        gramian=unscaled.detach(),
+        grad_norms=context.unscaled(norms).detach(),
         diagnostics=diagnostics,
     )
     return pairs, info
@@ -624,7 +715,9 @@ def _representation_mode_step(
 ) -> tuple[list[tuple[Tensor, Tensor]], StepInfo]:
     features = call.representation
     assert features is not None
-    (per_task,) = require_reached(task_jacobians(call.losses, [features], strategy=call.strategy), "representation")
+    (per_task,) = require_reached(
+        task_jacobians(call.losses, [features], strategy=call.strategy), "representation"
+    )
     jacobian = per_task.reshape(call.num_tasks, -1)
     gramian, norms = context.reduction.representation_gramian(jacobian)  # the whole batch's
     check_gramian(gramian, [jacobian], context.reduction, context.on_nonfinite)
@@ -634,18 +727,29 @@ def _representation_mode_step(
     coefficients = weights.to(jacobian.dtype)
     heads = call.head_params
     retain = context.retain_graph
-    if heads and method.head_gradient is HeadGradient.WEIGHTED:  # one backward of sum_i w_i l_i serves both
+    if (
+        heads and method.head_gradient is HeadGradient.WEIGHTED
+    ):  # one backward of sum_i w_i l_i serves both
         grads = vjp(call.losses, call.shared + heads, coefficients, retain_graph=retain)
     else:
         # the heads first (through the decoder, keeping it), the encoder last: its activations,
         # usually the larger part, are then freed by this call
-        head_grads = vjp(call.losses, heads, torch.ones_like(coefficients), retain_graph=True) if heads else []
+        head_grads = (
+            vjp(call.losses, heads, torch.ones_like(coefficients), retain_graph=True)
+            if heads
+            else []
+        )
         combined = (coefficients @ jacobian).view_as(features)
         grads = vjp(features, call.shared, combined, retain_graph=retain) + head_grads
-    pairs = list(zip(call.shared + heads, context.reduction.gradients(grads)))  # the whole batch's: mean over ranks
+    pairs = list(
+        zip(call.shared + heads, context.reduction.gradients(grads))
+    )  # the whole batch's: mean over ranks
     check_finite_grads(pairs, _HEADS_NONFINITE, context.on_nonfinite)
     info = StepInfo(
-        weights=weights.detach(), losses=losses, gramian=unscaled.detach(), grad_norms=context.unscaled(norms).detach(),
+        weights=weights.detach(),
+        losses=losses,
+        gramian=unscaled.detach(),
+        grad_norms=context.unscaled(norms).detach(),
         diagnostics=diagnostics,
     )
     return pairs, info
@@ -667,10 +771,14 @@ def combine_aggregation(
     matrix = torch.cat(jacobian, dim=1) if len(jacobian) > 1 else jacobian[0].clone()
     update, head_weights, diagnostics, norms = aggregate(method, matrix, losses, context)
     pieces = update.split([block.shape[1] for block in jacobian])
-    pairs = [(param, piece.view_as(param)) for param, piece in zip(shared, pieces)] + heads(head_weights)
+    pairs = [(param, piece.view_as(param)) for param, piece in zip(shared, pieces)] + heads(
+        head_weights
+    )
     pairs += auxiliary_gradients(method, matrix, losses, context, diagnostics)
     check_finite_grads(pairs, _HEADS_NONFINITE, context.on_nonfinite)
-    info = StepInfo(weights=head_weights.detach(), losses=losses, grad_norms=norms, diagnostics=diagnostics)
+    info = StepInfo(
+        weights=head_weights.detach(), losses=losses, grad_norms=norms, diagnostics=diagnostics
+    )
     return pairs, info
 
 
@@ -693,12 +801,18 @@ def aggregate(
     update = update.to(matrix.dtype)
     if context.loss_scale != 1.0:
         update = update * context.loss_scale
-    norms = torch.linalg.vector_norm(matrix.detach(), dim=1, dtype=torch.float64).to(matrix.dtype)  # no overflow of the squares
+    norms = torch.linalg.vector_norm(matrix.detach(), dim=1, dtype=torch.float64).to(
+        matrix.dtype
+    )  # no overflow of the squares
     return update, head_weights.to(losses.dtype), result.diagnostics, norms
 
 
 def auxiliary_gradients(
-    method: JacobianAggregation, jacobian: Tensor, losses: Tensor, context: StepContext, diagnostics: dict[str, Tensor]
+    method: JacobianAggregation,
+    jacobian: Tensor,
+    losses: Tensor,
+    context: StepContext,
+    diagnostics: dict[str, Tensor],
 ) -> list[tuple[Tensor, Tensor]]:
     """The gradient of the method's `auxiliary_loss` (on the unscaled `J`, in the layout it was
     taken in) on its own `parameters()`, times the loss scale as a loss weighting's `penalty()` is,
@@ -729,18 +843,25 @@ def _representation_aggregation_step(
     encoder, the heads first (keeping the decoder's graph), the encoder last."""
     features = call.representation
     assert features is not None
-    (per_task,) = require_reached(task_jacobians(call.losses, [features], strategy=call.strategy), "representation")
+    (per_task,) = require_reached(
+        task_jacobians(call.losses, [features], strategy=call.strategy), "representation"
+    )
     matrix = per_task.reshape(call.num_tasks, -1)
     check_finite_jacobian([matrix], context.reduction, context.on_nonfinite)
     update, head_weights, diagnostics, norms = aggregate(method, matrix, losses, context)
     heads = call.head_params
     coefficients = head_coefficients(head_weights, method, call.losses.dtype)
     head_grads = vjp(call.losses, heads, coefficients, retain_graph=True) if heads else []
-    grads = vjp(features, call.shared, update.view_as(features), retain_graph=context.retain_graph) + head_grads
+    grads = (
+        vjp(features, call.shared, update.view_as(features), retain_graph=context.retain_graph)
+        + head_grads
+    )
     pairs = list(zip(call.shared + heads, context.reduction.gradients(grads)))
     pairs += auxiliary_gradients(method, matrix.view(per_task.shape), losses, context, diagnostics)
     check_finite_grads(pairs, _HEADS_NONFINITE, context.on_nonfinite)
-    info = StepInfo(weights=head_weights.detach(), losses=losses, grad_norms=norms, diagnostics=diagnostics)
+    info = StepInfo(
+        weights=head_weights.detach(), losses=losses, grad_norms=norms, diagnostics=diagnostics
+    )
     return pairs, info
 
 
@@ -754,27 +875,41 @@ def _loss_weighting_step(
         objective = objective + context.loss_scale * penalty
     own = list(method.parameters())
     targets = call.shared + call.head_params + own
-    grads = torch.autograd.grad(objective, targets, retain_graph=context.retain_graph, allow_unused=True)
+    grads = torch.autograd.grad(
+        objective, targets, retain_graph=context.retain_graph, allow_unused=True
+    )
     raise_unreached(grads[: len(call.shared)], "shared_params")
     pairs = [(p, g) for p, g in zip(targets, grads) if g is not None]
-    pairs = list(zip([p for p, _ in pairs], context.reduction.gradients([g for _, g in pairs])))  # the whole batch's gradient
+    pairs = list(
+        zip([p for p, _ in pairs], context.reduction.gradients([g for _, g in pairs]))
+    )  # the whole batch's gradient
     check_finite_grads(pairs, "the weighted loss has a non-finite gradient", context.on_nonfinite)
     info = StepInfo(weights=weights.detach(), losses=losses, diagnostics=diagnostics)
     return pairs, info
 
 
 def head_coefficients(
-    weights: Tensor, method: GradientWeighting | LossWeighting | JacobianAggregation, dtype: torch.dtype
+    weights: Tensor,
+    method: GradientWeighting | LossWeighting | JacobianAggregation,
+    dtype: torch.dtype,
 ) -> Tensor:
     """`c_i` of the heads' gradient `sum_i c_i grad l_i`: `w_i` (WEIGHTED) or 1 (RAW); for a
     Jacobian aggregation `w` is its `head_weights`."""
     coefficients = weights.detach().to(dtype)
-    return coefficients if method.head_gradient is HeadGradient.WEIGHTED else torch.ones_like(coefficients)
+    return (
+        coefficients
+        if method.head_gradient is HeadGradient.WEIGHTED
+        else torch.ones_like(coefficients)
+    )
 
 
-def vjp(outputs: Tensor, inputs: list[Tensor], grad_outputs: Tensor, *, retain_graph: bool = True) -> list[Tensor]:
+def vjp(
+    outputs: Tensor, inputs: list[Tensor], grad_outputs: Tensor, *, retain_graph: bool = True
+) -> list[Tensor]:
     """`grad_outputs . d outputs / d inputs`; zeros for an input it does not reach."""
-    grads = torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, retain_graph=retain_graph, allow_unused=True)
+    grads = torch.autograd.grad(
+        outputs, inputs, grad_outputs=grad_outputs, retain_graph=retain_graph, allow_unused=True
+    )
     return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
 
 

@@ -139,7 +139,9 @@ class StrategyChoice:
     budget: int | None = None
 
 
-def choose_strategy(losses: Tensor, inputs: Sequence[Tensor], /, *, memory_limit: int | None = None) -> StrategyChoice:
+def choose_strategy(
+    losses: Tensor, inputs: Sequence[Tensor], /, *, memory_limit: int | None = None
+) -> StrategyChoice:
     """The strategy "auto" takes for these losses and inputs (module docstring): the loop for one
     task, and on the CPU for inputs of more than 2 dimensions (speed); else the batched pass where
     its estimated peak (`batched_memory_estimate`) fits the budget (`memory_budget`), the loop
@@ -148,20 +150,28 @@ def choose_strategy(losses: Tensor, inputs: Sequence[Tensor], /, *, memory_limit
     if num_tasks <= 1:
         return StrategyChoice("loop", "single task", "one task: nothing to batch")
     if losses.device.type == "cpu" and not all(t.ndim <= 2 for t in inputs):
-        return StrategyChoice("loop", "convolution on cpu", "an input has more than 2 dimensions: on the CPU the loop is faster through convolutions")
+        return StrategyChoice(
+            "loop",
+            "convolution on cpu",
+            "an input has more than 2 dimensions: on the CPU the loop is faster through convolutions",
+        )
     estimate = batched_memory_estimate(losses, inputs)
     budget, source = memory_budget(losses.device, memory_limit)
     if estimate > budget:
         return StrategyChoice(
-            "loop", "memory",
+            "loop",
+            "memory",
             f"the batched pass over {num_tasks} tasks would need about {_size(estimate)} (estimate), more than the "
             f"{_size(budget)} allowed ({source}); the loop holds one task's gradients at a time",
-            estimate, budget,
+            estimate,
+            budget,
         )
     return StrategyChoice(
-        "batched", "fits",
+        "batched",
+        "fits",
         f"the batched pass over {num_tasks} tasks needs about {_size(estimate)} (estimate), within the {_size(budget)} allowed ({source})",
-        estimate, budget,
+        estimate,
+        budget,
     )
 
 
@@ -190,7 +200,9 @@ def batched_memory_estimate(losses: Tensor, inputs: Sequence[Tensor], /) -> int:
 
 def _output_bytes(node: Node) -> int:
     try:
-        metadata = node._input_metadata  # one entry per forward output: the gradients this node receives
+        metadata = (
+            node._input_metadata
+        )  # one entry per forward output: the gradients this node receives
     except (AttributeError, RuntimeError):  # a node kind without it counts nothing
         return 0
     total = 0
@@ -209,8 +221,12 @@ def memory_budget(device: torch.device, memory_limit: int | None = None, /) -> t
     """The bytes the batched pass may take on `device`, and where that figure comes from: the
     `memory_limit` (else `MTL_JACOBIAN_MEMORY_LIMIT`) capped by the available memory, else
     `AVAILABLE_SHARE` of the available memory, else `UNKNOWN_BUDGET` (module docstring)."""
-    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0):
-        raise ValueError(f"memory_limit must be a number of bytes (an int >= 0) or None, got {memory_limit!r}")
+    if memory_limit is not None and (
+        isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0
+    ):
+        raise ValueError(
+            f"memory_limit must be a number of bytes (an int >= 0) or None, got {memory_limit!r}"
+        )
     source = "memory_limit"
     if memory_limit is None:
         memory_limit = parse_memory_size(os.environ.get(MEMORY_LIMIT_VARIABLE))
@@ -218,11 +234,16 @@ def memory_budget(device: torch.device, memory_limit: int | None = None, /) -> t
     available, origin = available_memory(torch.device(device))
     if memory_limit is not None:
         if available is not None and available < memory_limit:
-            return available, f"{source} {_size(memory_limit)}, capped by the {_size(available)} available ({origin})"
+            return (
+                available,
+                f"{source} {_size(memory_limit)}, capped by the {_size(available)} available ({origin})",
+            )
         return memory_limit, source
     if available is None:
         return UNKNOWN_BUDGET, "no figure of the memory available on this device: the default"
-    return int(AVAILABLE_SHARE * available), f"{AVAILABLE_SHARE:.0%} of the {_size(available)} available ({origin})"
+    return int(
+        AVAILABLE_SHARE * available
+    ), f"{AVAILABLE_SHARE:.0%} of the {_size(available)} available ({origin})"
 
 
 def available_memory(device: torch.device, /) -> tuple[int | None, str]:
@@ -259,7 +280,9 @@ def parse_memory_size(text: str | None, /) -> int | None:
         return None
     found = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:([KMGT])I?)?B?\s*", text.upper())
     if found is None:
-        raise ValueError(f"{MEMORY_LIMIT_VARIABLE}={text!r} is not a memory size: give bytes, or a number with K, M, G or T (e.g. 8G)")
+        raise ValueError(
+            f"{MEMORY_LIMIT_VARIABLE}={text!r} is not a memory size: give bytes, or a number with K, M, G or T (e.g. 8G)"
+        )
     return int(float(found.group(1)) * _UNITS[found.group(2) or ""])
 
 
@@ -280,25 +303,38 @@ def _report(choice: StrategyChoice) -> None:
         _warned_memory = True
 
 
-def _jacobians_loop(losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> list[Tensor | None]:
+def _jacobians_loop(
+    losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool
+) -> list[Tensor | None]:
     per_task = []
     for i in range(losses.shape[0]):
         keep = retain_graph or i < losses.shape[0] - 1
-        per_task.append(torch.autograd.grad(losses[i], inputs, retain_graph=keep, allow_unused=True))
+        per_task.append(
+            torch.autograd.grad(losses[i], inputs, retain_graph=keep, allow_unused=True)
+        )
     result: list[Tensor | None] = []
     for j, tensor in enumerate(inputs):
         rows = [grads[j] for grads in per_task]
         if all(row is None for row in rows):
             result.append(None)
             continue
-        result.append(torch.stack([torch.zeros_like(tensor) if row is None else row for row in rows]))
+        result.append(
+            torch.stack([torch.zeros_like(tensor) if row is None else row for row in rows])
+        )
     return result
 
 
-def _jacobians_batched(losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> list[Tensor | None]:
+def _jacobians_batched(
+    losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool
+) -> list[Tensor | None]:
     eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
     grads = torch.autograd.grad(
-        losses, inputs, grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph, allow_unused=True
+        losses,
+        inputs,
+        grad_outputs=eye,
+        is_grads_batched=True,
+        retain_graph=retain_graph,
+        allow_unused=True,
     )
     return list(grads)
 
@@ -314,7 +350,11 @@ def task_roots(losses: Sequence[Tensor] | Tensor, /) -> list[Node | None]:
     if isinstance(losses, Tensor):
         node = _node(losses)
         count = losses.shape[0]
-        if node is not None and node.name() == "StackBackward0" and len(node.next_functions) == count:
+        if (
+            node is not None
+            and node.name() == "StackBackward0"
+            and len(node.next_functions) == count
+        ):
             return [edge[0] for edge in node.next_functions]
         return [node] * count
     return [_node(loss) for loss in losses]
@@ -389,14 +429,19 @@ def batched_task_gradients(
         num_tasks = values.shape[-1]
         rows = [
             torch.autograd.grad(
-                values[..., i].sum(), x, retain_graph=create_graph or i < num_tasks - 1, create_graph=create_graph
+                values[..., i].sum(),
+                x,
+                retain_graph=create_graph or i < num_tasks - 1,
+                create_graph=create_graph,
             )[0]
             for i in range(num_tasks)
         ]
     return (values if create_graph else values.detach()), torch.stack(rows, dim=-2)
 
 
-def values_and_jacobian(objectives: Callable[[Tensor], Tensor], x: Tensor, /) -> tuple[Tensor, Tensor]:
+def values_and_jacobian(
+    objectives: Callable[[Tensor], Tensor], x: Tensor, /
+) -> tuple[Tensor, Tensor]:
     """Values `[..., K]` and per-task gradients `[..., K, n]` at `x` `[..., n]`: the objective's own
     `values_and_jacobian(x)` where it has one (the toy problems' closed forms, a transformed family's
     chain rule), else `batched_task_gradients` (one autograd pass per task)."""

@@ -50,7 +50,9 @@ def hypervolume(points: Tensor, reference: Tensor, /) -> float:
     points = _as_front(points, "points")
     reference = torch.as_tensor(reference, dtype=torch.float64).reshape(-1)
     if reference.numel() != points.shape[1]:
-        raise MTLInputError(f"the reference point has {reference.numel()} objectives but the points have {points.shape[1]}")
+        raise MTLInputError(
+            f"the reference point has {reference.numel()} objectives but the points have {points.shape[1]}"
+        )
     points = points[(points < reference).all(dim=1)]
     if points.shape[0] == 0:
         return 0.0
@@ -61,7 +63,9 @@ def hypervolume(points: Tensor, reference: Tensor, /) -> float:
         return _hypervolume_2d(points, reference)
     if num_objectives == 3:
         return _hypervolume_3d(points, reference)
-    raise MTLInputError(f"exact hypervolume is implemented for up to 3 objectives, got {num_objectives}")
+    raise MTLInputError(
+        f"exact hypervolume is implemented for up to 3 objectives, got {num_objectives}"
+    )
 
 
 def _hypervolume_2d(points: Tensor, reference: Tensor) -> float:
@@ -89,14 +93,20 @@ def _hypervolume_3d(points: Tensor, reference: Tensor) -> float:
 def igd(front: Tensor, reference_front: Tensor, /) -> float:
     """Inverted generational distance: the mean over reference points of the Euclidean distance
     to the nearest point of `front`."""
-    front, reference_front = _as_front(front, "front"), _as_front(reference_front, "reference_front")
+    front, reference_front = (
+        _as_front(front, "front"),
+        _as_front(reference_front, "reference_front"),
+    )
     return float(torch.cdist(reference_front, front).min(dim=1).values.mean())
 
 
 def igd_plus(front: Tensor, reference_front: Tensor, /) -> float:
     """IGD+ (Ishibuchi et al. 2015): as IGD with the distance `||max(a - z, 0)||`, which counts only
     how much `a` is worse than the reference point `z` (weakly Pareto compliant)."""
-    front, reference_front = _as_front(front, "front"), _as_front(reference_front, "reference_front")
+    front, reference_front = (
+        _as_front(front, "front"),
+        _as_front(reference_front, "reference_front"),
+    )
     gaps = (front[None, :, :] - reference_front[:, None, :]).clamp_min(0)
     return float(gaps.norm(dim=-1).min(dim=1).values.mean())
 
@@ -122,7 +132,9 @@ def _relative_changes(values: _Numbers, base: _Numbers, higher_is_better: _Flags
     if values_t.numel() == 0:
         raise MTLInputError("at least one metric is needed")
     if not bool(torch.isfinite(values_t).all()) or not bool(torch.isfinite(base_t).all()):
-        raise MTLInputError(f"metrics must be finite, got values {values_t.tolist()} and base {base_t.tolist()}")
+        raise MTLInputError(
+            f"metrics must be finite, got values {values_t.tolist()} and base {base_t.tolist()}"
+        )
     if bool((base_t == 0).any()):
         raise MTLInputError(f"base values must be non-zero (they divide), got {base_t.tolist()}")
     sign = torch.where(higher, -1.0, 1.0).to(torch.float64)
@@ -135,7 +147,9 @@ def delta_m(values: _Numbers, base: _Numbers, higher_is_better: _Flags, /) -> fl
     return float(100.0 * _relative_changes(values, base, higher_is_better).mean())
 
 
-def delta_p(values: _Numbers, base: _Numbers, higher_is_better: _Flags, tasks: Sequence[Hashable], /) -> float:
+def delta_p(
+    values: _Numbers, base: _Numbers, higher_is_better: _Flags, tasks: Sequence[Hashable], /
+) -> float:
     """Delta_p = 100 (1/T) sum_t (1/M_t) sum_m (-1)^{w_tm} (B_tm - N_tm) / B_tm: the metrics are
     averaged within each task first, then over the T tasks (LibMTL `count_improvement`, with the
     sign of LibMTL and DB-MTL, not the Random Weighting paper's typo). Higher is better.
@@ -144,7 +158,9 @@ def delta_p(values: _Numbers, base: _Numbers, higher_is_better: _Flags, tasks: S
     """
     changes = -_relative_changes(values, base, higher_is_better)
     if len(tasks) != changes.numel():
-        raise MTLInputError(f"tasks must name the task of each of the {changes.numel()} metrics, got {len(tasks)}")
+        raise MTLInputError(
+            f"tasks must name the task of each of the {changes.numel()} metrics, got {len(tasks)}"
+        )
     per_task: dict[Hashable, list[float]] = {}
     for change, task in zip(changes.tolist(), tasks):
         per_task.setdefault(task, []).append(change)
@@ -158,11 +174,15 @@ def mean_rank(table: Sequence[Sequence[float]] | Tensor, higher_is_better: _Flag
     values = torch.as_tensor(table, dtype=torch.float64)
     higher = torch.as_tensor(higher_is_better, dtype=torch.bool)
     if values.ndim != 2 or values.shape[1] != higher.numel() or values.shape[0] == 0:
-        raise MTLInputError(f"table must be [methods, metrics] with {higher.numel()} metrics, got shape {tuple(values.shape)}")
+        raise MTLInputError(
+            f"table must be [methods, metrics] with {higher.numel()} metrics, got shape {tuple(values.shape)}"
+        )
     if not bool(torch.isfinite(values).all()):
         raise MTLInputError("mean_rank needs finite metric values")
     oriented = torch.where(higher, -values, values)  # smaller is better in every column
-    better = (oriented.unsqueeze(0) < oriented.unsqueeze(1)).sum(dim=1)  # [M, K]: methods strictly better
+    better = (oriented.unsqueeze(0) < oriented.unsqueeze(1)).sum(
+        dim=1
+    )  # [M, K]: methods strictly better
     ties = (oriented.unsqueeze(1) == oriented.unsqueeze(0)).sum(dim=1)  # including itself
     ranks = better.to(torch.float64) + (ties.to(torch.float64) + 1) / 2.0
     return ranks.mean(dim=1)

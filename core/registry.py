@@ -106,7 +106,10 @@ METHODS: dict[str, type[Method]] = {
 }
 """Canonical name -> method class; each class carries its own name (`Method.name`)."""
 
-DEPRECATED_ALIASES: dict[str, str] = {"dibsmtl_multi_step": "dibsmtl:steps=5", "nsum": "normalized_sum"}
+DEPRECATED_ALIASES: dict[str, str] = {
+    "dibsmtl_multi_step": "dibsmtl:steps=5",
+    "nsum": "normalized_sum",
+}
 """Old names and the specs they now stand for (kept for one release, with a DeprecationWarning)."""
 
 REMOVED_NAMES: dict[str, str] = {}
@@ -134,7 +137,9 @@ class MethodSpec:
     hyperparameters: tuple[tuple[str, Any], ...] = ()
 
     def __str__(self) -> str:
-        return ":".join([self.name, *(f"{key}={_format_value(value)}" for key, value in self.hyperparameters)])
+        return ":".join(
+            [self.name, *(f"{key}={_format_value(value)}" for key, value in self.hyperparameters)]
+        )
 
 
 @dataclass(frozen=True)
@@ -165,13 +170,21 @@ class MethodDescription:
         default (each can be set in a spec)."""
         parts = self.paper.split(", ")
         authors = 0  # the leading surnames ("Liu", "Fridovich-Keil"); a title has spaces or capitals inside
-        while authors < len(parts) - 1 and re.fullmatch(r"[A-Z][a-z']+(?:-[A-Z][a-z']+)?", parts[authors]):
+        while authors < len(parts) - 1 and re.fullmatch(
+            r"[A-Z][a-z']+(?:-[A-Z][a-z']+)?", parts[authors]
+        ):
             authors += 1
         first = f"{parts[0]} & {parts[1]}" if authors == 2 else f"{parts[0]} et al."
         paper = ", ".join([first, *parts[authors:]]) if authors >= 2 else self.paper
-        defaults = ", ".join(f"{key}={_format_value(value)}" for key, value in self.hyperparameters.items())
-        family = self.cls.__module__.rsplit(".", 1)[-1].replace("_", " ")  # the module of core.methods, as the figures group methods
-        return f"{self.name:<15} {self.kind:<21} {family:<19} {paper}" + (f"  [{defaults}]" if defaults else "")
+        defaults = ", ".join(
+            f"{key}={_format_value(value)}" for key, value in self.hyperparameters.items()
+        )
+        family = self.cls.__module__.rsplit(".", 1)[-1].replace(
+            "_", " "
+        )  # the module of core.methods, as the figures group methods
+        return f"{self.name:<15} {self.kind:<21} {family:<19} {paper}" + (
+            f"  [{defaults}]" if defaults else ""
+        )
 
 
 def available_methods() -> list[str]:
@@ -209,7 +222,9 @@ def _kind(cls: type[Method]) -> str:
 def parse_method_spec(text: str, /) -> MethodSpec:
     """`"name:key=value:key=value"` -> `MethodSpec` (values parsed, not yet checked by the class)."""
     if not isinstance(text, str) or not text.strip():
-        raise InvalidHyperparameterError(f"a method spec is 'name' or 'name:key=value:...', got {text!r}")
+        raise InvalidHyperparameterError(
+            f"a method spec is 'name' or 'name:key=value:...', got {text!r}"
+        )
     name, *assignments = [part.strip() for part in _split_outside_brackets(text.strip(), ":")]
     hyperparameters: dict[str, Any] = {}
     for assignment in assignments:
@@ -229,7 +244,9 @@ def parse_method_specs(text: str, /) -> list[MethodSpec]:
     """A comma-separated list of specs (commas inside brackets belong to list values)."""
     parts = [part.strip() for part in _split_outside_brackets(text, ",")]
     if not any(parts):
-        raise InvalidHyperparameterError(f"no method given in {text!r}; choose from: {', '.join(available_methods())}")
+        raise InvalidHyperparameterError(
+            f"no method given in {text!r}; choose from: {', '.join(available_methods())}"
+        )
     return [parse_method_spec(part) for part in parts if part]
 
 
@@ -263,7 +280,11 @@ def legacy_specs(spec: str, /) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         canonical = canonical_spec(spec)
-        return [old for old, new in RENAMED.items() if canonical_spec(new) == canonical and old != canonical]
+        return [
+            old
+            for old, new in RENAMED.items()
+            if canonical_spec(new) == canonical and old != canonical
+        ]
 
 
 def make_method(
@@ -287,7 +308,9 @@ def make_method(
     given = {**dict(resolved.hyperparameters), **hyperparameters}
     for key in _CONTEXT:
         if key in given:
-            raise InvalidHyperparameterError(f"{key} is not a hyperparameter of a spec; pass make_method(..., {key}=...)")
+            raise InvalidHyperparameterError(
+                f"{key} is not a hyperparameter of a spec; pass make_method(..., {key}=...)"
+            )
     _check_keys(cls, given, accepted)
     arguments = {key: _coerce(value, accepted[key]) for key, value in given.items()}
     if cls.requires_num_tasks:
@@ -307,12 +330,16 @@ def _resolve(spec: MethodSpec) -> MethodSpec:
     if spec.name in DEPRECATED_ALIASES:
         target = parse_method_spec(DEPRECATED_ALIASES[spec.name])
         warnings.warn(
-            f"method name {spec.name!r} is deprecated; write {DEPRECATED_ALIASES[spec.name]!r}", DeprecationWarning, stacklevel=3
+            f"method name {spec.name!r} is deprecated; write {DEPRECATED_ALIASES[spec.name]!r}",
+            DeprecationWarning,
+            stacklevel=3,
         )
         merged = {**dict(target.hyperparameters), **dict(spec.hyperparameters)}
         return MethodSpec(target.name, tuple(sorted(merged.items())))
     if spec.name not in METHODS:
-        raise UnknownMethodError(f"unknown method {spec.name!r}; choose one of: {', '.join(available_methods())}")
+        raise UnknownMethodError(
+            f"unknown method {spec.name!r}; choose one of: {', '.join(available_methods())}"
+        )
     return spec
 
 
@@ -321,22 +348,29 @@ def _hyperparameters(cls: type[Method]) -> dict[str, inspect.Parameter]:
     return {
         key: param
         for key, param in parameters.items()
-        if key not in ("self", *_CONTEXT) and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        if key not in ("self", *_CONTEXT)
+        and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
     }
 
 
-def _check_keys(cls: type[Method], given: Mapping[str, Any], accepted: Mapping[str, inspect.Parameter]) -> None:
+def _check_keys(
+    cls: type[Method], given: Mapping[str, Any], accepted: Mapping[str, inspect.Parameter]
+) -> None:
     unknown = sorted(set(given) - set(accepted))
     if unknown:
         choices = ", ".join(accepted) or "none"
-        raise InvalidHyperparameterError(f"{cls.name} has no hyperparameter {unknown[0]!r}; its hyperparameters: {choices}")
+        raise InvalidHyperparameterError(
+            f"{cls.name} has no hyperparameter {unknown[0]!r}; its hyperparameters: {choices}"
+        )
 
 
 def _coerce(value: Any, parameter: inspect.Parameter) -> Any:
     """An int given where the default or annotation is a float becomes a float (`radius=1`), in a
     list too (`ls:weights=[1,3]` is `[1.0, 3.0]`)."""
     annotation = str(parameter.annotation)
-    wants_float = isinstance(parameter.default, float) or re.search(r"\bfloat\b", annotation) is not None
+    wants_float = (
+        isinstance(parameter.default, float) or re.search(r"\bfloat\b", annotation) is not None
+    )
     wants_int = isinstance(parameter.default, int) and not isinstance(parameter.default, bool)
     if isinstance(value, list):
         return [_coerce(item, parameter) for item in value]
@@ -350,7 +384,12 @@ def _same_value(value: Any, default: Any) -> bool:
     if default is inspect.Parameter.empty:
         return False
     numbers = (int, float)
-    if isinstance(value, numbers) and isinstance(default, numbers) and not isinstance(value, bool) and not isinstance(default, bool):
+    if (
+        isinstance(value, numbers)
+        and isinstance(default, numbers)
+        and not isinstance(value, bool)
+        and not isinstance(default, bool)
+    ):
         return value == default or (math.isnan(value) and math.isnan(default))
     return type(value) is type(default) and value == default
 
@@ -385,7 +424,11 @@ def _parse_value(text: str) -> Any:
         return lowered == "true"
     if text.startswith("[") and text.endswith("]"):
         inner = text[1:-1].strip()
-        return [_parse_value(item.strip()) for item in _split_outside_brackets(inner, ",")] if inner else []
+        return (
+            [_parse_value(item.strip()) for item in _split_outside_brackets(inner, ",")]
+            if inner
+            else []
+        )
     for kind in (int, float):
         try:
             return kind(text)
@@ -404,4 +447,3 @@ def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
-

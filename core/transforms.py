@@ -98,9 +98,13 @@ def _positive_finite(owner: str, name: str, value: float, why: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError) as err:
-        raise InvalidHyperparameterError(f"{owner} {name} must be a real number, got {value!r}") from err
+        raise InvalidHyperparameterError(
+            f"{owner} {name} must be a real number, got {value!r}"
+        ) from err
     if not (math.isfinite(number) and number > 0):
-        raise InvalidHyperparameterError(f"{owner} {name} must be a finite number > 0 ({why}), got {value!r}")
+        raise InvalidHyperparameterError(
+            f"{owner} {name} must be a finite number > 0 ({why}), got {value!r}"
+        )
     return number
 
 
@@ -108,7 +112,9 @@ def _finite(owner: str, name: str, value: float) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError) as err:
-        raise InvalidHyperparameterError(f"{owner} {name} must be a real number, got {value!r}") from err
+        raise InvalidHyperparameterError(
+            f"{owner} {name} must be a real number, got {value!r}"
+        ) from err
     if not math.isfinite(number):
         raise InvalidHyperparameterError(f"{owner} {name} must be finite, got {value!r}")
     return number
@@ -190,7 +196,9 @@ class Affine(MonotoneTransform):
     """The increasing affine map h(t) = scale * t + shift, scale > 0; h' = scale, h^{-1}(y) = (y - shift) / scale."""
 
     def __init__(self, *, scale: float, shift: float = 0.0) -> None:
-        self.scale = _positive_finite("Affine", "scale", scale, "a strictly increasing affine map needs a positive slope")
+        self.scale = _positive_finite(
+            "Affine", "scale", scale, "a strictly increasing affine map needs a positive slope"
+        )
         self.shift = _finite("Affine", "shift", shift)
 
     def _forward(self, t: Tensor) -> Tensor:
@@ -271,7 +279,9 @@ class SignedPower(MonotoneTransform):
     """
 
     def __init__(self, power: float) -> None:
-        self.power = _positive_finite("SignedPower", "power", power, "sign(t)|t|^p is strictly increasing only for p > 0")
+        self.power = _positive_finite(
+            "SignedPower", "power", power, "sign(t)|t|^p is strictly increasing only for p > 0"
+        )
 
     def _forward(self, t: Tensor) -> Tensor:
         if self.power == 1.0:  # the identity; the general form would give autograd h'(0) = 0
@@ -309,7 +319,9 @@ class Softplus(MonotoneTransform):
     image = _POSITIVE
 
     def __init__(self, *, beta: float = 1.0) -> None:
-        self.beta = _positive_finite("Softplus", "beta", beta, "log(1 + exp(beta t)) / beta is increasing only for beta > 0")
+        self.beta = _positive_finite(
+            "Softplus", "beta", beta, "log(1 + exp(beta t)) / beta is increasing only for beta > 0"
+        )
 
     def _forward(self, t: Tensor) -> Tensor:
         return torch.logaddexp(t * self.beta, torch.zeros_like(t)) / self.beta
@@ -370,7 +382,9 @@ class Compose(MonotoneTransform):
         flat: list[MonotoneTransform] = []
         for transform in transforms:
             if not isinstance(transform, MonotoneTransform):
-                raise InvalidHyperparameterError(f"Compose takes MonotoneTransform instances, got {transform!r}")
+                raise InvalidHyperparameterError(
+                    f"Compose takes MonotoneTransform instances, got {transform!r}"
+                )
             flat.extend(transform.transforms if isinstance(transform, Compose) else (transform,))
         self.transforms: tuple[MonotoneTransform, ...] = tuple(flat)
         self.domain = self.transforms[0].domain
@@ -390,7 +404,9 @@ class Compose(MonotoneTransform):
             check(value)
         except LossDomainError as err:
             previous = self.transforms[k - 1] if k > 0 else None
-            source = f"the output of step {k} ({previous!r})" if previous is not None else "the input"
+            source = (
+                f"the output of step {k} ({previous!r})" if previous is not None else "the input"
+            )
             raise LossDomainError(
                 f"{self!r}: step {k + 1} of {len(self.transforms)} receives {source} outside its domain: {err}"
             ) from err
@@ -418,7 +434,9 @@ class Compose(MonotoneTransform):
             self.transforms[k].check_image(value)
         except LossDomainError as err:
             n = len(self.transforms)
-            raise LossDomainError(f"{self!r}: the inverse of step {k + 1} of {n} receives a value outside its image: {err}") from err
+            raise LossDomainError(
+                f"{self!r}: the inverse of step {k + 1} of {n} receives a value outside its image: {err}"
+            ) from err
 
     def _inverse_chain(self, y: Tensor, *, check: bool) -> Tensor:
         for k in range(len(self.transforms) - 1, -1, -1):
@@ -468,9 +486,18 @@ def _parse_number(text: str, part: str, spec: str) -> float:
 def _parse_one(part: str, spec: str) -> MonotoneTransform:
     name, *args = (field.strip() for field in part.split(":"))
     name = name.lower()
-    arity = {"exp": (0,), "log": (0,), "arcsinh": (0,), "affine": (2,), "power": (1,), "softplus": (0, 1)}
+    arity = {
+        "exp": (0,),
+        "log": (0,),
+        "arcsinh": (0,),
+        "affine": (2,),
+        "power": (1,),
+        "softplus": (0, 1),
+    }
     if name not in arity or len(args) not in arity[name]:
-        raise InvalidHyperparameterError(f"transform spec {spec!r}: cannot parse {part!r}; valid forms: {TRANSFORM_SPEC_FORMS}")
+        raise InvalidHyperparameterError(
+            f"transform spec {spec!r}: cannot parse {part!r}; valid forms: {TRANSFORM_SPEC_FORMS}"
+        )
     numbers = [_parse_number(arg, part, spec) for arg in args]
     try:
         if name == "exp":
@@ -497,6 +524,8 @@ def parse_transform(spec: str) -> MonotoneTransform:
     transform comes back as that transform). Anything else raises `InvalidHyperparameterError`.
     """
     if not isinstance(spec, str):
-        raise InvalidHyperparameterError(f"a transform spec must be a string, got {spec!r}; valid forms: {TRANSFORM_SPEC_FORMS}")
+        raise InvalidHyperparameterError(
+            f"a transform spec must be a string, got {spec!r}; valid forms: {TRANSFORM_SPEC_FORMS}"
+        )
     parts = [_parse_one(part, spec) for part in spec.split("|")]
     return parts[0] if len(parts) == 1 else Compose(*parts)

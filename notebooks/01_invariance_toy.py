@@ -20,12 +20,18 @@ from benchmarks.experiments import toy
 from notebooks.support import QUICK, RESULTS, experiment, keep, markdown, pick, report_body, save
 
 TRANSFORMED = "0:power:4"
-config = toy.Config(**pick(quick={"quick": True, "steps": 300, "lr": 0.02}, full={}), transforms=f"none,{TRANSFORMED}", quiet=True)
+config = toy.Config(
+    **pick(quick={"quick": True, "steps": 300, "lr": 0.02}, full={}),
+    transforms=f"none,{TRANSFORMED}",
+    quiet=True,
+)
 records = experiment(toy, config).records
 results = {(r["spec"]["method"], r["spec"]["transform"]): r["result"] for r in records}
 methods = list(dict.fromkeys(method for method, _ in results))
 report = toy.report_folder(RESULTS, quick=config.quick)
-print(f"{len(records)} runs ({'quick' if QUICK else 'full'} mode), {len(methods)} methods; report in {report}")
+print(
+    f"{len(records)} runs ({'quick' if QUICK else 'full'} mode), {len(methods)} methods; report in {report}"
+)
 
 # %% [markdown]
 # ## Where every run ends
@@ -77,8 +83,15 @@ keep(report / "toy_transformed_scaled.png", "toy_transformed_scaled")
 
 
 # %%
-gaps = {method: toy.endpoint_gaps(results[(method, "none")], results[(method, TRANSFORMED)]) for method in methods}
-figure = toy.invariance_gap_figure(gaps, TRANSFORMED, steps=config.steps or (toy.QUICK_STEPS if config.quick else toy.DEFAULT_STEPS))
+gaps = {
+    method: toy.endpoint_gaps(results[(method, "none")], results[(method, TRANSFORMED)])
+    for method in methods
+}
+figure = toy.invariance_gap_figure(
+    gaps,
+    TRANSFORMED,
+    steps=config.steps or (toy.QUICK_STEPS if config.quick else toy.DEFAULT_STEPS),
+)
 save(figure, "toy_invariance_gap")
 
 # %% [markdown]

@@ -28,10 +28,22 @@ from proofs_numeric import dibs_fairness, dibs_mtl_convergence
 from toy_problems.inspect_cli import InspectConfig
 
 METHODS = ["dibsmtl", "dibsmtl:steps=5", "normalized_sum", "ls", "mgda"]
-LABELS = {"dibsmtl": "DiBS-MTL, 1 step", "dibsmtl:steps=5": "DiBS-MTL, 5 steps", "normalized_sum": "normalised sum", "ls": "linear scalarisation", "mgda": "MGDA"}
-PROBLEMS = {"nonconvex": "random nonconvex, 4 variables, 3 tasks", "two_task_toy": "the two-task toy"}
+LABELS = {
+    "dibsmtl": "DiBS-MTL, 1 step",
+    "dibsmtl:steps=5": "DiBS-MTL, 5 steps",
+    "normalized_sum": "normalised sum",
+    "ls": "linear scalarisation",
+    "mgda": "MGDA",
+}
+PROBLEMS = {
+    "nonconvex": "random nonconvex, 4 variables, 3 tasks",
+    "two_task_toy": "the two-task toy",
+}
 # (Adam steps, lr): the toy gets the paper's 35,000 steps, the random problem converges in fewer
-SETTINGS = {"nonconvex": pick(quick=(300, 0.01), full=(5000, 1e-3)), "two_task_toy": pick(quick=(300, 0.01), full=(35000, 1e-3))}
+SETTINGS = {
+    "nonconvex": pick(quick=(300, 0.01), full=(5000, 1e-3)),
+    "two_task_toy": pick(quick=(300, 0.01), full=(35000, 1e-3)),
+}
 payloads = {
     problem: inspect_toy(InspectConfig(problem, methods=",".join(METHODS), steps=steps, lr=lr))
     for problem, (steps, lr) in SETTINGS.items()
@@ -53,7 +65,10 @@ def residual_panels(payloads):
     figure = Figure(figsize=(11, 3.4 * len(payloads)), layout="constrained")
     axes = figure.subplots(len(payloads), 2, squeeze=False)
     colours = dict(zip(METHODS, ["tab:blue", "tab:cyan", "tab:gray", "tab:red", "tab:green"]))
-    styles = {"dibsmtl": "--", "dibsmtl:steps=5": ":"}  # they overlap the normalised sum: drawn last, broken lines
+    styles = {
+        "dibsmtl": "--",
+        "dibsmtl:steps=5": ":",
+    }  # they overlap the normalised sum: drawn last, broken lines
     for row, (problem, payload) in zip(axes, payloads.items()):
         for column, key in enumerate(("residual", "running_min_residual")):
             ax = row[column]
@@ -62,9 +77,19 @@ def residual_panels(payloads):
                 iterations = np.array(trajectory["steps"], dtype=float)
                 values = np.array(trajectory[key], dtype=float)  # [records, starts]
                 ax.plot(iterations, values, color=colours[method], lw=0.5, alpha=0.35)
-                ax.plot(iterations, np.median(values, axis=1), color=colours[method], lw=2, ls=styles.get(method, "-"), label=LABELS[method])
-            ax.set(yscale="log", xlabel="iteration",
-                   title=f"{PROBLEMS[problem]}: {'residual' if column == 0 else 'running minimum of the residual'}")
+                ax.plot(
+                    iterations,
+                    np.median(values, axis=1),
+                    color=colours[method],
+                    lw=2,
+                    ls=styles.get(method, "-"),
+                    label=LABELS[method],
+                )
+            ax.set(
+                yscale="log",
+                xlabel="iteration",
+                title=f"{PROBLEMS[problem]}: {'residual' if column == 0 else 'running minimum of the residual'}",
+            )
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     return figure

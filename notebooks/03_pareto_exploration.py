@@ -38,7 +38,9 @@ from toy_problems.zdt import ZDT2Variant
 
 F64 = torch.float64
 claim = stored_claim(tangent_accuracy)
-print(f"{'quick' if QUICK else 'full'} mode; claim {claim.name}: {'passed' if claim.passed else 'FAILED'}")
+print(
+    f"{'quick' if QUICK else 'full'} mode; claim {claim.name}: {'passed' if claim.passed else 'FAILED'}"
+)
 print(f"measured: {claim.measured}\nbound:    {claim.bound}")
 
 # %% [markdown]
@@ -54,7 +56,9 @@ print(f"measured: {claim.measured}\nbound:    {claim.bound}")
 #   log-log slopes the claim fits (tangent >= 1.8, gradient <= 1.3).
 
 # %%
-steps = torch.logspace(-3, -0.5, 11, dtype=F64)  # below 1e-3 the min-norm solver's precision (~1e-8) shows
+steps = torch.logspace(
+    -3, -0.5, 11, dtype=F64
+)  # below 1e-3 the min-norm solver's precision (~1e-8) shows
 seeds = range(pick(quick=3, full=10))
 
 
@@ -63,14 +67,25 @@ def beta(seed: int, num_tasks: int) -> torch.Tensor:
 
 
 zdt2 = ZDT2Variant()
-zdt2_curves = [tangent_accuracy.residual_curves(zdt2, tangent_accuracy.regular_pareto_point(s), steps, beta(s, 2)) for s in seeds]
+zdt2_curves = [
+    tangent_accuracy.residual_curves(
+        zdt2, tangent_accuracy.regular_pareto_point(s), steps, beta(s, 2)
+    )
+    for s in seeds
+]
 quadratics = [ConvexQuadratic.random(6, 3, seed=s, condition=5.0) for s in seeds]
 equal = torch.full((3,), 1 / 3, dtype=F64)
-quadratic_curves = [tangent_accuracy.residual_curves(q, q.pareto_point(equal), steps, beta(s, 3)) for s, q in zip(seeds, quadratics, strict=True)]
+quadratic_curves = [
+    tangent_accuracy.residual_curves(q, q.pareto_point(equal), steps, beta(s, 3))
+    for s, q in zip(seeds, quadratics, strict=True)
+]
 
 # %%
 FLOOR = 1e-17  # exact zeros drawn here, below the float64 rounding band
-STYLE = {"tangent": ("tab:blue", "o", "tangent (H v = G^T beta)"), "gradient": ("tab:red", "s", "task 0's gradient")}
+STYLE = {
+    "tangent": ("tab:blue", "o", "tangent (H v = G^T beta)"),
+    "gradient": ("tab:red", "s", "task 0's gradient"),
+}
 
 
 def cylinder_distance(points: torch.Tensor) -> np.ndarray:
@@ -78,26 +93,55 @@ def cylinder_distance(points: torch.Tensor) -> np.ndarray:
 
 
 panels = {
-    "ZDT2 variant: distance to the Pareto set": {d: [cylinder_distance(c[f"{d}_points"]) for c in zdt2_curves] for d in STYLE},
-    "convex quadratics (K = 3, n = 6): stationarity residual": {d: [c[d].numpy() for c in quadratic_curves] for d in STYLE},
+    "ZDT2 variant: distance to the Pareto set": {
+        d: [cylinder_distance(c[f"{d}_points"]) for c in zdt2_curves] for d in STYLE
+    },
+    "convex quadratics (K = 3, n = 6): stationarity residual": {
+        d: [c[d].numpy() for c in quadratic_curves] for d in STYLE
+    },
 }
 figure = Figure(figsize=(11, 4.3), layout="constrained")
 for ax, (title, curves) in zip(figure.subplots(1, 2), panels.items(), strict=True):
     for direction, values in curves.items():
         colour, marker, label = STYLE[direction]
         above = [v for v in values if (v > 1e-14).all()]
-        slope = np.median([np.polyfit(np.log10(steps.numpy()), np.log10(v), 1)[0] for v in above]) if above else None
-        label += f": slope {slope:.2f}" if slope is not None else f": on the set (max {max(v.max() for v in values):.0e})"
+        slope = (
+            np.median([np.polyfit(np.log10(steps.numpy()), np.log10(v), 1)[0] for v in above])
+            if above
+            else None
+        )
+        label += (
+            f": slope {slope:.2f}"
+            if slope is not None
+            else f": on the set (max {max(v.max() for v in values):.0e})"
+        )
         for index, value in enumerate(values):
-            ax.loglog(steps.numpy(), np.clip(value, FLOOR, None), color=colour, marker=marker, markersize=3, linewidth=1, alpha=0.6,
-                      label=label if index == 0 else None)
+            ax.loglog(
+                steps.numpy(),
+                np.clip(value, FLOOR, None),
+                color=colour,
+                marker=marker,
+                markersize=3,
+                linewidth=1,
+                alpha=0.6,
+                label=label if index == 0 else None,
+            )
     if min(v.min() for values in curves.values() for v in values) < 1e-14:
-        ax.axhspan(FLOOR / 3, 1e-15, color="grey", alpha=0.12, label="float64 rounding (zeros at the bottom)")
+        ax.axhspan(
+            FLOOR / 3,
+            1e-15,
+            color="grey",
+            alpha=0.12,
+            label="float64 rounding (zeros at the bottom)",
+        )
     ax.set_xlabel("step length s")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-figure.suptitle(f"A step along a tangent vs along a gradient, {len(seeds)} Pareto points each (median fitted slopes)", fontsize=10)
+figure.suptitle(
+    f"A step along a tangent vs along a gradient, {len(seeds)} Pareto points each (median fitted slopes)",
+    fontsize=10,
+)
 save(figure, "zdt2_tangents")
 
 # %% [markdown]
@@ -111,7 +155,9 @@ save(figure, "zdt2_tangents")
 # %%
 for key in ("tangent", "values", "gradient"):
     values = [s[key] for s in claim.data["slopes"]]
-    print(f"{key:>8}: slopes {min(values):.2f} .. {max(values):.2f} over {len(values)} random quadratics")
+    print(
+        f"{key:>8}: slopes {min(values):.2f} .. {max(values):.2f} over {len(values)} random quadratics"
+    )
 
 # %% [markdown]
 # ## The explored front on the ZDT2 variant
@@ -127,7 +173,14 @@ expansions = claim.data["expansions"]
 front = np.linspace(0, 1, 200)
 figure = Figure(figsize=(11, 4.5), layout="constrained")
 for ax, predictor in zip(figure.subplots(1, 2, sharey=True), ("tangent", "weights"), strict=True):
-    ax.plot(front, 1 - front**2, color="black", linewidth=1, label="analytic front f2 = 1 - f1^2", zorder=1)
+    ax.plot(
+        front,
+        1 - front**2,
+        color="black",
+        linewidth=1,
+        label="analytic front f2 = 1 - f1^2",
+        zorder=1,
+    )
     for index, expansion in enumerate(expansions):
         values = np.array(expansion[f"{predictor}_points"])
         colour = f"C{index % 10}"
@@ -135,8 +188,22 @@ for ax, predictor in zip(figure.subplots(1, 2, sharey=True), ("tangent", "weight
         ax.scatter(*values[0], marker="*", s=180, color=colour, edgecolor="black", zorder=3)
     jacobians = sum(e[f"{predictor}_corrector_jacobians"] for e in expansions)
     worst = max(e[f"{predictor}_front_error"] for e in expansions)
-    ax.scatter([], [], marker="*", s=120, color="white", edgecolor="black", label="start (one colour per start)")
-    ax.scatter([], [], s=18, color="grey", label=f"explored: {int(jacobians)} corrector Jacobians, max |f2 - (1 - f1^2)| {worst:.1g}")
+    ax.scatter(
+        [],
+        [],
+        marker="*",
+        s=120,
+        color="white",
+        edgecolor="black",
+        label="start (one colour per start)",
+    )
+    ax.scatter(
+        [],
+        [],
+        s=18,
+        color="grey",
+        label=f"explored: {int(jacobians)} corrector Jacobians, max |f2 - (1 - f1^2)| {worst:.1g}",
+    )
     ax.set_title(f"{predictor} predictor, {len(expansions)} starts", fontsize=10)
     ax.set_xlabel("f0")
     ax.grid(True, alpha=0.3)
@@ -155,8 +222,10 @@ save(figure, "zdt2_front")
 # %%
 for index, e in enumerate(expansions):
     ratio = e["weights_corrector_jacobians"] / e["tangent_corrector_jacobians"]
-    print(f"start {index}: corrector Jacobians tangent {e['tangent_corrector_jacobians']:.0f}, weights {e['weights_corrector_jacobians']:.0f} "
-          f"({ratio:.1f}x); front error tangent {e['tangent_front_error']:.0e}, weights {e['weights_front_error']:.2g}")
+    print(
+        f"start {index}: corrector Jacobians tangent {e['tangent_corrector_jacobians']:.0f}, weights {e['weights_corrector_jacobians']:.0f} "
+        f"({ratio:.1f}x); front error tangent {e['tangent_front_error']:.0e}, weights {e['weights_front_error']:.2g}"
+    )
 print(f"median saving {claim.data['corrector_saving_median']:.1f}x")
 
 # %% [markdown]
@@ -169,12 +238,17 @@ print(f"median saving {claim.data['corrector_saving_median']:.1f}x")
 # not the paper's front.
 
 # %%
-config = pareto_multimnist.Config(**pick(quick={"quick": True, "epochs": 1, "starts": 2, "steps": 2, "threads": 1}, full={}), progress=False)
+config = pareto_multimnist.Config(
+    **pick(quick={"quick": True, "epochs": 1, "starts": 2, "steps": 2, "threads": 1}, full={}),
+    progress=False,
+)
 records = experiment(pareto_multimnist, config).records
 folder = pareto_multimnist.report_folder(RESULTS, quick=config.quick)
 report = json.loads((folder / "pareto_multimnist.json").read_text())
 seed, data = next(iter(report["seeds"].items()))
-print(f"{len(records)} runs ({sum(r['spec']['method'] == 'ls' for r in records)} starts); report in {folder}")
+print(
+    f"{len(records)} runs ({sum(r['spec']['method'] == 'ls' for r in records)} starts); report in {folder}"
+)
 
 # %% [markdown]
 # The report's hypervolume and cost tables (`summary.md` in the report folder also lists every
@@ -210,28 +284,89 @@ figure = Figure(figsize=(12, 5), layout="constrained")
 errors_ax, loss_ax = figure.subplots(1, 2)
 errors = np.array([p["test_error"] for p in points])
 is_start = np.array([p["step"] == 0 for p in points])
-dominated(errors_ax, errors, hv["reference"], color="#b7dfb7", label=f"starts + walks: HV {hv['starts_and_walk']:.1f}")
-dominated(errors_ax, errors[is_start], hv["reference"], color="#d4d4d4", label=f"starts alone: HV {hv['starts']:.1f}")
+dominated(
+    errors_ax,
+    errors,
+    hv["reference"],
+    color="#b7dfb7",
+    label=f"starts + walks: HV {hv['starts_and_walk']:.1f}",
+)
+dominated(
+    errors_ax,
+    errors[is_start],
+    hv["reference"],
+    color="#d4d4d4",
+    label=f"starts alone: HV {hv['starts']:.1f}",
+)
 starts = [p for p in points if p["step"] == 0]
-paths = {(s["start"], d): [s] + [p for p in points if p["start"] == s["start"] and p["direction"] == d and p["step"] > 0] for s in starts for d in (1, 2)}
+paths = {
+    (s["start"], d): [s]
+    + [p for p in points if p["start"] == s["start"] and p["direction"] == d and p["step"] > 0]
+    for s in starts
+    for d in (1, 2)
+}
 for ax, key in ((errors_ax, "test_error"), (loss_ax, "train_loss")):
     for (start, direction), path in paths.items():
-        ax.plot(*np.array([p[key] for p in path]).T, color=colours[start], linewidth=0.8, alpha=0.6, linestyle="-" if direction == 1 else "--", zorder=1)
+        ax.plot(
+            *np.array([p[key] for p in path]).T,
+            color=colours[start],
+            linewidth=0.8,
+            alpha=0.6,
+            linestyle="-" if direction == 1 else "--",
+            zorder=1,
+        )
     for p in points:
         at_start = p["step"] == 0
         marker = "*" if at_start else "o" if p["direction"] == 1 else "s"
-        ax.scatter(*p[key], marker=marker, s=200 if at_start else 22, color=colours[p["start"]], edgecolor="black" if at_start or p["non_dominated"] else "none",
-                   linewidth=1 if at_start else 0.6, zorder=3 if at_start else 2)
+        ax.scatter(
+            *p[key],
+            marker=marker,
+            s=200 if at_start else 22,
+            color=colours[p["start"]],
+            edgecolor="black" if at_start or p["non_dominated"] else "none",
+            linewidth=1 if at_start else 0.6,
+            zorder=3 if at_start else 2,
+        )
     ax.grid(True, alpha=0.3)
     ax.set_axisbelow(True)
 for p in starts:
-    loss_ax.scatter([], [], marker="*", s=120, color=colours[p["start"]], edgecolor="black", label=f"start w = ({p['weights'][0]:.2f}, {p['weights'][1]:.2f})")
+    loss_ax.scatter(
+        [],
+        [],
+        marker="*",
+        s=120,
+        color=colours[p["start"]],
+        edgecolor="black",
+        label=f"start w = ({p['weights'][0]:.2f}, {p['weights'][1]:.2f})",
+    )
 loss_ax.plot([], [], marker="o", markersize=4, color="grey", label="walk along e1 (favours left)")
-loss_ax.plot([], [], marker="s", markersize=4, color="grey", linestyle="--", label="walk along e2 (favours right)")
-errors_ax.scatter([], [], s=22, color="white", edgecolor="black", label=f"non-dominated ({int(data['front']['non_dominated_points'])} of {len(points)})")
-errors_ax.set(xlabel="left (upper-left digit) test error (%)", ylabel="right (lower-right digit) test error (%)",
-              xlim=(errors[:, 0].min() - 0.5, hv["reference"][0]), ylim=(errors[:, 1].min() - 0.5, hv["reference"][1]))
-errors_ax.set_title(f"test top-1 error, seed {seed}: hypervolume {hv['starts']:.1f} -> {hv['starts_and_walk']:.1f} ({hv['gain_percent']:+.0f}%)", fontsize=10)
+loss_ax.plot(
+    [],
+    [],
+    marker="s",
+    markersize=4,
+    color="grey",
+    linestyle="--",
+    label="walk along e2 (favours right)",
+)
+errors_ax.scatter(
+    [],
+    [],
+    s=22,
+    color="white",
+    edgecolor="black",
+    label=f"non-dominated ({int(data['front']['non_dominated_points'])} of {len(points)})",
+)
+errors_ax.set(
+    xlabel="left (upper-left digit) test error (%)",
+    ylabel="right (lower-right digit) test error (%)",
+    xlim=(errors[:, 0].min() - 0.5, hv["reference"][0]),
+    ylim=(errors[:, 1].min() - 0.5, hv["reference"][1]),
+)
+errors_ax.set_title(
+    f"test top-1 error, seed {seed}: hypervolume {hv['starts']:.1f} -> {hv['starts_and_walk']:.1f} ({hv['gain_percent']:+.0f}%)",
+    fontsize=10,
+)
 loss_ax.set(xlabel="left training loss", ylabel="right training loss")
 loss_ax.set_title("training loss (full pass)", fontsize=10)
 errors_ax.legend(fontsize=8, loc="upper right")
@@ -249,7 +384,13 @@ save(figure, "pareto_multimnist_front")
 
 # %%
 cost = data["cost"]
-print(f"hypervolume: starts {hv['starts']:.2f}, starts + walks {hv['starts_and_walk']:.2f} ({hv['gain_percent']:+.1f}%), reference {hv['reference']}")
-print(f"points: {len(points)}, non-dominated {data['front']['non_dominated_points']}, of them starts {sum(p['non_dominated'] for p in points if p['step'] == 0)}")
-print(f"cost: walk {cost['walk_points_per_minute']:.2f} points/min vs weighted sum {cost['weighted_sum_points_per_minute']:.2f} models/min: "
-      f"{cost['ratio_walk_to_weighted_sum']:.2f}x (least-disturbed runs {cost['ratio_fastest']:.2f}x)")
+print(
+    f"hypervolume: starts {hv['starts']:.2f}, starts + walks {hv['starts_and_walk']:.2f} ({hv['gain_percent']:+.1f}%), reference {hv['reference']}"
+)
+print(
+    f"points: {len(points)}, non-dominated {data['front']['non_dominated_points']}, of them starts {sum(p['non_dominated'] for p in points if p['step'] == 0)}"
+)
+print(
+    f"cost: walk {cost['walk_points_per_minute']:.2f} points/min vs weighted sum {cost['weighted_sum_points_per_minute']:.2f} models/min: "
+    f"{cost['ratio_walk_to_weighted_sum']:.2f}x (least-disturbed runs {cost['ratio_fastest']:.2f}x)"
+)

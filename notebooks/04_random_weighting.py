@@ -26,15 +26,32 @@ from benchmarks.suites.autompg import AUTOMPG
 from benchmarks.suites.multimnist import MULTIMNIST
 from notebooks.support import QUICK, RESULTS, experiment, markdown, pick, report_body, save
 
-config = random_weighting.Config(**pick(
-    quick={"quick": True, "epochs": 1, "max_batches": 3, "variants": "ew,rlw_uniform,rlw_dirichlet,rgw_normal"}, full={}))
+config = random_weighting.Config(
+    **pick(
+        quick={
+            "quick": True,
+            "epochs": 1,
+            "max_batches": 3,
+            "variants": "ew,rlw_uniform,rlw_dirichlet,rgw_normal",
+        },
+        full={},
+    )
+)
 records = experiment(random_weighting, config).records
 SUITES = {"multimnist": MULTIMNIST, "autompg": AUTOMPG}
 datasets = config.datasets.split(",")
-rows = {dataset: summarize([r for r in records if r["spec"]["experiment"] == f"random_weighting/{dataset}"],
-                           SUITES[dataset].metrics, reference_method="ew")[0] for dataset in datasets}
+rows = {
+    dataset: summarize(
+        [r for r in records if r["spec"]["experiment"] == f"random_weighting/{dataset}"],
+        SUITES[dataset].metrics,
+        reference_method="ew",
+    )[0]
+    for dataset in datasets
+}
 report = RESULTS / "random_weighting" / ("quick" if config.quick else "")
-print(f"{len(records)} runs ({'quick' if QUICK else 'full'} mode) on {', '.join(datasets)}; report in {report}")
+print(
+    f"{len(records)} runs ({'quick' if QUICK else 'full'} mode) on {', '.join(datasets)}; report in {report}"
+)
 
 # %% [markdown]
 # ## The summary tables
@@ -57,8 +74,12 @@ markdown(report_body(report / "summary.md"))
 
 # %%
 LABELS = {
-    "rlw_uniform": "RLW uniform", "rlw_normal": "RLW normal", "rlw_dirichlet": "RLW Dirichlet",
-    "rlw_bernoulli": "RLW Bernoulli", "rlw_constrained_bernoulli": "RLW constr. Bernoulli", "rgw_normal": "RGW normal",
+    "rlw_uniform": "RLW uniform",
+    "rlw_normal": "RLW normal",
+    "rlw_dirichlet": "RLW Dirichlet",
+    "rlw_bernoulli": "RLW Bernoulli",
+    "rlw_constrained_bernoulli": "RLW constr. Bernoulli",
+    "rgw_normal": "RGW normal",
 }
 variants = [v for v in config.variants.split(",") if v != "ew"]
 figure = Figure(figsize=(4.6 * len(datasets), 0.5 * len(variants) + 1.6), layout="constrained")
@@ -73,14 +94,23 @@ for ax, dataset in zip(axes, datasets, strict=True):
         if pairs > 1:  # one seed pair has no spread to draw
             ax.errorbar(mean, y, xerr=std, fmt="none", ecolor="tab:blue", capsize=3, zorder=3)
         ax.scatter([row.delta_p], [y], marker="D", s=30, color="tab:blue", zorder=4)
-        ax.annotate(f"{wins}/{pairs}", (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        ax.annotate(
+            f"{wins}/{pairs}",
+            (1.01, y),
+            xycoords=("axes fraction", "data"),
+            va="center",
+            fontsize=8,
+        )
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_title(dataset, fontsize=10)
     ax.set_xlabel("Δp vs EW (%, higher is better)")
     ax.grid(axis="x", alpha=0.3)
 axes[0].set_yticks(range(len(variants)), [LABELS[v] for v in variants], fontsize=8)
 axes[0].invert_yaxis()
-figure.suptitle(f"Random weighting vs equal weighting ({len(rows[datasets[0]][0].seeds)} seeds; right: seeds beating EW)", fontsize=10)
+figure.suptitle(
+    f"Random weighting vs equal weighting ({len(rows[datasets[0]][0].seeds)} seeds; right: seeds beating EW)",
+    fontsize=10,
+)
 save(figure, "random_weighting_delta_p")
 
 # %% [markdown]
@@ -97,4 +127,13 @@ save(figure, "random_weighting_delta_p")
 # quick mode the numbers are noise.
 
 # %%
-print({dataset: {row.method: round(row.paired_delta_p[0], 2) for row in rows[dataset] if row.method != "ew"} for dataset in datasets})
+print(
+    {
+        dataset: {
+            row.method: round(row.paired_delta_p[0], 2)
+            for row in rows[dataset]
+            if row.method != "ew"
+        }
+        for dataset in datasets
+    }
+)

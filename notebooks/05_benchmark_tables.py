@@ -33,14 +33,23 @@ from benchmarks.harness.summary import (
 from benchmarks.suites.multimnist import MULTIMNIST
 from notebooks.support import QUICK, RESULTS, experiment, markdown, pick, save
 
-config = supervised.Config("multimnist", **pick(quick={"quick": True, "epochs": 1, "max_batches": 3, "transforms": "none,left:exp"}, full={}))
+config = supervised.Config(
+    "multimnist",
+    **pick(
+        quick={"quick": True, "epochs": 1, "max_batches": 3, "transforms": "none,left:exp"}, full={}
+    ),
+)
 records = experiment(supervised, config).records
 rows, base, origin = summarize(records, MULTIMNIST.metrics, published_base=MULTIMNIST.base_values)
 methods = list(dict.fromkeys(row.method for row in rows))
 transforms = list(dict.fromkeys(row.transform for row in rows))
-print(f"{len(records)} runs ({'quick' if QUICK else 'full'} mode): {len(methods)} methods x {len(transforms)} transforms + single-task")
+print(
+    f"{len(records)} runs ({'quick' if QUICK else 'full'} mode): {len(methods)} methods x {len(transforms)} transforms + single-task"
+)
 print(f"Δm% base ({origin}): {base}")
-first = parse_methods(supervised.MULTIMNIST_FIRST)  # the published table's 15 methods lead; the others follow by family
+first = parse_methods(
+    supervised.MULTIMNIST_FIRST
+)  # the published table's 15 methods lead; the others follow by family
 
 # %% [markdown]
 # ## The full table
@@ -50,7 +59,15 @@ first = parse_methods(supervised.MULTIMNIST_FIRST)  # the published table's 15 m
 # means, and paired seed by seed with the number of seeds that beat LS), and the Mean Rank.
 
 # %%
-markdown(markdown_table(rows, MULTIMNIST.metrics, single_task=single_task_reference(records, MULTIMNIST.metrics, published_base=MULTIMNIST.base_values)))
+markdown(
+    markdown_table(
+        rows,
+        MULTIMNIST.metrics,
+        single_task=single_task_reference(
+            records, MULTIMNIST.metrics, published_base=MULTIMNIST.base_values
+        ),
+    )
+)
 
 # %% [markdown]
 # ## Δm% by loss transform
@@ -62,7 +79,16 @@ markdown(markdown_table(rows, MULTIMNIST.metrics, single_task=single_task_refere
 markdown(delta_m_pivot(rows, first=first))
 
 # %%
-save(delta_m_figure(rows, "MultiMNIST: Δm% per method and loss transform", first=first, base=base, base_origin=origin), "multimnist_delta_m")
+save(
+    delta_m_figure(
+        rows,
+        "MultiMNIST: Δm% per method and loss transform",
+        first=first,
+        base=base,
+        base_origin=origin,
+    ),
+    "multimnist_delta_m",
+)
 
 # %% [markdown]
 # ## Mean Rank
@@ -71,7 +97,14 @@ save(delta_m_figure(rows, "MultiMNIST: Δm% per method and loss transform", firs
 # vertically ranks differently depending on how the left-digit loss is written.
 
 # %%
-save(mean_rank_figure(rows, f"MultiMNIST: Mean Rank among the {len(methods)} methods, per loss transform", first=first), "multimnist_mean_rank")
+save(
+    mean_rank_figure(
+        rows,
+        f"MultiMNIST: Mean Rank among the {len(methods)} methods, per loss transform",
+        first=first,
+    ),
+    "multimnist_mean_rank",
+)
 
 # %% [markdown]
 # What to look for, in the full run (`benchmarks/RESULTS.md`, section 2): linear scalarisation,
@@ -88,7 +121,12 @@ save(mean_rank_figure(rows, f"MultiMNIST: Mean Rank among the {len(methods)} met
 # numbers are noise.
 
 # %%
-print({transform: {row.method: row.mean_rank for row in rows if row.transform == transform} for transform in transforms})
+print(
+    {
+        transform: {row.method: row.mean_rank for row in rows if row.transform == transform}
+        for transform in transforms
+    }
+)
 
 # %% [markdown]
 # ## The dense benchmarks: NYUv2, Cityscapes, QM9
@@ -102,11 +140,21 @@ store = ResultStore(RESULTS)
 for name in ("nyuv2", "cityscapes", "qm9"):
     stored = store.records(name)
     if not stored:
-        print(f"{name}: no runs in {RESULTS / name / 'runs'}; make them with `python -m benchmarks {name} --data-root PATH --out {RESULTS}`")
+        print(
+            f"{name}: no runs in {RESULTS / name / 'runs'}; make them with `python -m benchmarks {name} --data-root PATH --out {RESULTS}`"
+        )
         continue
-    planned = supervised.planned_runs(supervised.Config(name, quick=QUICK, data_root=stored[0]["spec"]["config"]["data_root"], out=RESULTS))
+    planned = supervised.planned_runs(
+        supervised.Config(
+            name, quick=QUICK, data_root=stored[0]["spec"]["config"]["data_root"], out=RESULTS
+        )
+    )
     found = [record for record in map(store.load, planned) if record is not None]
     suite = supervised.EXPERIMENTS[name].load_suite()
     dense_rows, _, dense_origin = summarize(found, suite.metrics, published_base=suite.base_values)
-    display(markdown(f"**{name}**: {len(found)} of the {len(planned)} planned runs finished; Δm% base: {dense_origin}\n\n"
-                     + markdown_table(dense_rows, suite.metrics)))
+    display(
+        markdown(
+            f"**{name}**: {len(found)} of the {len(planned)} planned runs finished; Δm% base: {dense_origin}\n\n"
+            + markdown_table(dense_rows, suite.metrics)
+        )
+    )

@@ -16,18 +16,51 @@ from notebooks.runner import NOTEBOOKS, PUBLISHED, PUBLISHED_FOLDER, execute, pu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m notebooks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="quick mode (MTL_NOTEBOOK_QUICK=1): each notebook in about a minute on 2 cores")
-    parser.add_argument("--only", default=None, help="comma-separated notebooks to run, by name or number (e.g. 01,03); default: all")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="root of the result store: the experiments read and write it, the executed notebooks and figures/ go to "
-                             "OUT/notebooks (OUT/notebooks/quick with --quick) (default: results)")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="deprecated: the result store, now --out; with --out as well, the old meanings (--results the store, "
-                             "--out the notebooks' folder) still hold")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds one cell may run before the notebook fails (default: %(default)g)")
-    parser.add_argument("--publish", action="store_true", help=f"after a full run, copy the published figures ({', '.join(PUBLISHED)}) into {PUBLISHED_FOLDER.relative_to(PUBLISHED_FOLDER.parents[1])}/")
-    parser.add_argument("--list", action="store_true", help="list the notebooks and the figures they write, then exit")
+    parser = argparse.ArgumentParser(
+        prog="python -m notebooks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="quick mode (MTL_NOTEBOOK_QUICK=1): each notebook in about a minute on 2 cores",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated notebooks to run, by name or number (e.g. 01,03); default: all",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="root of the result store: the experiments read and write it, the executed notebooks and figures/ go to "
+        "OUT/notebooks (OUT/notebooks/quick with --quick) (default: results)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="deprecated: the result store, now --out; with --out as well, the old meanings (--results the store, "
+        "--out the notebooks' folder) still hold",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600,
+        help="seconds one cell may run before the notebook fails (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"after a full run, copy the published figures ({', '.join(PUBLISHED)}) into {PUBLISHED_FOLDER.relative_to(PUBLISHED_FOLDER.parents[1])}/",
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the notebooks and the figures they write, then exit",
+    )
     return parser
 
 
@@ -38,7 +71,10 @@ def store_and_folder(args: argparse.Namespace, /) -> tuple[Path, Path]:
     if args.results is None:
         root = args.out if args.out is not None else Path("results")
         return root, root / folder
-    print("note: --results is deprecated; write --out DIR (the result store; the notebooks go to DIR/notebooks)", file=sys.stderr)
+    print(
+        "note: --results is deprecated; write --out DIR (the result store; the notebooks go to DIR/notebooks)",
+        file=sys.stderr,
+    )
     return args.results, args.out if args.out is not None else args.results / folder
 
 
@@ -46,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
         for notebook in NOTEBOOKS:
-            print(f"{notebook.name:<24} {notebook.summary}\n{'':<24} figures: {', '.join(notebook.figures)}")
+            print(
+                f"{notebook.name:<24} {notebook.summary}\n{'':<24} figures: {', '.join(notebook.figures)}"
+            )
         return 0
     try:
         chosen = select(args.only.split(",") if args.only else None)
@@ -54,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.publish and args.quick:
-        print("error: --publish copies full-run figures into the repository; drop --quick", file=sys.stderr)
+        print(
+            "error: --publish copies full-run figures into the repository; drop --quick",
+            file=sys.stderr,
+        )
         return 2
     if not args.timeout > 0:
         print(f"error: --timeout must be positive, got {args.timeout}", file=sys.stderr)

@@ -68,8 +68,16 @@ NOTEBOOKS: tuple[Notebook, ...] = (
 """Every notebook, in the order they run (a test checks that each source file is listed)."""
 
 PUBLISHED: tuple[str, ...] = (
-    "toy_nominal", "toy_transformed", "toy_invariance_gap", "convergence_nonconvex", "dibs_fairness", "zdt2_front",
-    "pareto_multimnist_front", "random_weighting_delta_p", "multimnist_delta_m", "multimnist_mean_rank",
+    "toy_nominal",
+    "toy_transformed",
+    "toy_invariance_gap",
+    "convergence_nonconvex",
+    "dibs_fairness",
+    "zdt2_front",
+    "pareto_multimnist_front",
+    "random_weighting_delta_p",
+    "multimnist_delta_m",
+    "multimnist_mean_rank",
 )
 """The published figures (docs/figures.md, README): `--publish` copies them into docs/figures/ after a full run."""
 
@@ -113,7 +121,9 @@ def _first_error(notebook) -> str | None:
     return None
 
 
-def execute(notebook: Notebook, /, *, quick: bool, results: Path, out: Path, timeout: float = 900) -> Execution:
+def execute(
+    notebook: Notebook, /, *, quick: bool, results: Path, out: Path, timeout: float = 900
+) -> Execution:
     """Run `notebook` in a fresh kernel; write `out/<name>.ipynb` (also when a cell fails, to show
     where) and the figures into `out/figures/`."""
     import jupytext
@@ -127,7 +137,11 @@ def execute(notebook: Notebook, /, *, quick: bool, results: Path, out: Path, tim
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     node = jupytext.read(notebook.source, fmt="py:percent")
-    node.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    node.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     variables = {
         QUICK_VARIABLE: "1" if quick else "0",
         RESULTS_VARIABLE: str(Path(results).resolve()),
@@ -138,9 +152,13 @@ def execute(notebook: Notebook, /, *, quick: bool, results: Path, out: Path, tim
     error = None
     with _environment(variables), tempfile.TemporaryDirectory(prefix="mtl-kernel-") as sockets:
         # local IPC sockets in a private folder where the OS has them: no TCP ports, and no warning about unencrypted TCP
-        ipc = {"transport": "ipc", "ip": str(Path(sockets) / "kernel")} if os.name == "posix" else {}
+        ipc = (
+            {"transport": "ipc", "ip": str(Path(sockets) / "kernel")} if os.name == "posix" else {}
+        )
         kernel = KernelManager(kernel_name="python3", **ipc)
-        client = NotebookClient(node, km=kernel, timeout=timeout, resources={"metadata": {"path": str(REPOSITORY)}})
+        client = NotebookClient(
+            node, km=kernel, timeout=timeout, resources={"metadata": {"path": str(REPOSITORY)}}
+        )
         try:
             client.execute()
         except CellTimeoutError as failure:
@@ -150,7 +168,9 @@ def execute(notebook: Notebook, /, *, quick: bool, results: Path, out: Path, tim
     seconds = time.time() - began
     executed = write_text_atomic(out / f"{notebook.name}.ipynb", nbformat.writes(node))
     written = [figures / f"{name}.png" for name in notebook.figures]
-    stale = [path.name for path in written if not path.is_file() or path.stat().st_mtime < began - 1]
+    stale = [
+        path.name for path in written if not path.is_file() or path.stat().st_mtime < began - 1
+    ]
     if error is None and stale:
         error = f"the notebook ran but did not write {', '.join(stale)} into {figures}"
     return Execution(notebook, executed, seconds, written, error)
@@ -170,11 +190,15 @@ def select(names: Sequence[str] | None, /) -> list[Notebook]:
     return chosen
 
 
-def publish(figures: Path, /, names: Sequence[str] = PUBLISHED, target: Path = PUBLISHED_FOLDER) -> list[Path]:
+def publish(
+    figures: Path, /, names: Sequence[str] = PUBLISHED, target: Path = PUBLISHED_FOLDER
+) -> list[Path]:
     """Copy the published figures from a full run's figure folder into docs/figures/ (atomically)."""
     from toy_problems.store import copy_file_atomic
 
     missing = [name for name in names if not (figures / f"{name}.png").is_file()]
     if missing:
-        raise FileNotFoundError(f"{', '.join(missing)} not in {figures}: run the notebooks that make them first")
+        raise FileNotFoundError(
+            f"{', '.join(missing)} not in {figures}: run the notebooks that make them first"
+        )
     return [copy_file_atomic(figures / f"{name}.png", target / f"{name}.png") for name in names]

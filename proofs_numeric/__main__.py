@@ -51,20 +51,43 @@ from toy_problems.runner import forked_imap_unordered
 DEFAULT_OUT = Path("results/proofs_numeric")
 CLAIMS = {
     module.NAME: module
-    for module in (dibs_mtl_convergence, invariance, method_invariance, dibs_theorems, dibs_fairness, rlw_theorem, nash_transforms, tangent_accuracy)
+    for module in (
+        dibs_mtl_convergence,
+        invariance,
+        method_invariance,
+        dibs_theorems,
+        dibs_fairness,
+        rlw_theorem,
+        nash_transforms,
+        tangent_accuracy,
+    )
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m proofs_numeric", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer starts and iterations: every claim in seconds")
-    parser.add_argument("--claim", action="append", choices=sorted(CLAIMS), help="run only this claim (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("results"),
-                        help="root of the result store: JSON and figures go to OUT/proofs_numeric (OUT/proofs_numeric/quick with "
-                             "--quick) (default: %(default)s)")
-    parser.add_argument("--list", action="store_true", help="list the claims with their statements and exit")
-    parser.add_argument("--processes", type=_positive_int, default=min(2, os.cpu_count() or 1),
-                        help="claims run in this many forked processes at once (default: %(default)s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer starts and iterations: every claim in seconds"
+    )
+    parser.add_argument(
+        "--claim", action="append", choices=sorted(CLAIMS), help="run only this claim (repeatable)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results"),
+        help="root of the result store: JSON and figures go to OUT/proofs_numeric (OUT/proofs_numeric/quick with "
+        "--quick) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the claims with their statements and exit"
+    )
+    parser.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=min(2, os.cpu_count() or 1),
+        help="claims run in this many forked processes at once (default: %(default)s)",
+    )
     return parser
 
 
@@ -87,8 +110,14 @@ def _run_job(job: tuple[str, bool, Path]) -> ClaimRow:
     return _run_and_save(*job)
 
 
-def run_claims(names: list[str], *, quick: bool, out: Path, processes: int = 1,
-               on_row: Callable[[ClaimRow], None] | None = None) -> list[ClaimRow]:
+def run_claims(
+    names: list[str],
+    *,
+    quick: bool,
+    out: Path,
+    processes: int = 1,
+    on_row: Callable[[ClaimRow], None] | None = None,
+) -> list[ClaimRow]:
     """Every claim in `names` run and saved under `out`, longest first; `on_row` sees each row as
     its claim finishes (in the order they finish); the rows come back in the order of `names`."""
     jobs = [(name, quick, out) for name in longest_first(names, quick=quick)]
@@ -136,8 +165,12 @@ def run(config: Config, /, *, on_row: Callable[[ClaimRow], None] | None = None) 
         raise ValueError(f"unknown claims {unknown}; choose from {', '.join(sorted(CLAIMS))}")
     if config.processes < 1:
         raise ValueError(f"processes must be at least 1, got {config.processes}")
-    out = Path(config.out) / "proofs_numeric" / ("quick" if config.quick else "")  # quick never overwrites full
-    rows = run_claims(config.names(), quick=config.quick, out=out, processes=config.processes, on_row=on_row)
+    out = (
+        Path(config.out) / "proofs_numeric" / ("quick" if config.quick else "")
+    )  # quick never overwrites full
+    rows = run_claims(
+        config.names(), quick=config.quick, out=out, processes=config.processes, on_row=on_row
+    )
     return ClaimsResult(rows, report(rows, out), out, all(row.verdict == "PASS" for row in rows))
 
 
@@ -153,13 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     width = name_width(names)
     # rows print in the order the claims finish, not table order: the claims run longest first,
     # so the table's first claim may finish last and would hold back every row above it
-    print(expected_duration_line(names, quick=config.quick, processes=min(config.processes, len(names))), file=sys.stderr, flush=True)
+    print(
+        expected_duration_line(
+            names, quick=config.quick, processes=min(config.processes, len(names))
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
     print(table_header(width), flush=True)
     try:
         result = run(config, on_row=lambda row: print(table_line(row, width), flush=True))
     except KeyboardInterrupt:
-        print("\ninterrupted: the claims that finished are saved; run the same command again "
-              "(--claim NAME runs only the ones you name)", file=sys.stderr)
+        print(
+            "\ninterrupted: the claims that finished are saved; run the same command again "
+            "(--claim NAME runs only the ones you name)",
+            file=sys.stderr,
+        )
         return 130
     print("\n".join([*detail_lines(result.rows), "", footer(result.rows, result.out)]), flush=True)
     return 0 if result.passed else 1

@@ -50,7 +50,10 @@ class ClaimResult:
         when the file is missing or is not such a result."""
         try:
             payload = json.loads(Path(path).read_text())
-            fields = {key: payload[key] for key in ("name", "statement", "passed", "measured", "bound", "data")}
+            fields = {
+                key: payload[key]
+                for key in ("name", "statement", "passed", "measured", "bound", "data")
+            }
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return cls(**fields, quick=payload.get("quick"))
@@ -68,7 +71,13 @@ def stored_or_run(module: Any, /, *, quick: bool, out: Path) -> ClaimResult:
     `quick` setting, else a fresh run, saved there. The figure is `out/<name>.png` either way."""
     out = Path(out)
     stored = ClaimResult.load(out / f"{module.NAME}.json")
-    if stored is not None and stored.name == module.NAME and isinstance(stored.quick, bool) and stored.quick == bool(quick) and (out / f"{module.NAME}.png").exists():
+    if (
+        stored is not None
+        and stored.name == module.NAME
+        and isinstance(stored.quick, bool)
+        and stored.quick == bool(quick)
+        and (out / f"{module.NAME}.png").exists()
+    ):
         return stored
     result = run_claim(module, quick=quick)
     result.save(out)

@@ -52,22 +52,36 @@ class LossPairs:
         x = x.detach()
         offsets = x - 1
         first = torch.stack([x[game] ** power for game, power in enumerate(self.powers)])
-        slopes = torch.stack([power * x[game].pow(power - 1) for game, power in enumerate(self.powers)])
-        return torch.cat([first, offsets**2], dim=-1), torch.cat([slopes, 2 * offsets], dim=-1)[..., None]
+        slopes = torch.stack(
+            [power * x[game].pow(power - 1) for game, power in enumerate(self.powers)]
+        )
+        return torch.cat([first, offsets**2], dim=-1), torch.cat([slopes, 2 * offsets], dim=-1)[
+            ..., None
+        ]
 
 
-def trajectories(starts: Tensor, preferred: Tensor, schedule: StepSchedule, num_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+def trajectories(
+    starts: Tensor, preferred: Tensor, schedule: StepSchedule, num_steps: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """The iterates `[num_steps + 1, S, 1]` of DiBS and of the naive sum on the example, and of DiBS on
     its x^4 variant, from `starts [S, 1]`: three games of one batch."""
     games = LossPairs((2, 2, 4))
-    runs = core.dibs(games, starts.expand(3, -1, -1), preferred, num_steps=num_steps, step_size=schedule,
-                           distance_weighted=torch.tensor([[True], [False], [True]]))
+    runs = core.dibs(
+        games,
+        starts.expand(3, -1, -1),
+        preferred,
+        num_steps=num_steps,
+        step_size=schedule,
+        distance_weighted=torch.tensor([[True], [False], [True]]),
+    )
     return runs.unbind(dim=1)
 
 
 def predicted_errors(starts: torch.Tensor, schedule, num_steps: int) -> torch.Tensor:
     """`|x_0 - 1/2| prod_{j<k} |1 - 2 alpha_j|` for k = 0..num_steps, shape `[num_steps + 1, starts]`."""
-    factors = torch.tensor([abs(1 - 2 * schedule(j)) for j in range(num_steps)], dtype=torch.float64)
+    factors = torch.tensor(
+        [abs(1 - 2 * schedule(j)) for j in range(num_steps)], dtype=torch.float64
+    )
     products = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(factors, dim=0)])
     return products[:, None] * (starts[:, 0] - 0.5).abs()[None, :]
 
@@ -115,7 +129,9 @@ def run(*, quick: bool) -> ClaimResult:
             "num_starts": num_starts,
             "num_steps": num_steps,
             "schedule": "alpha_k = 0.2 / (k + 1)^0.75",
-            "checks": {key: {"value": value, "bound": bound} for key, (value, bound) in checks.items()},
+            "checks": {
+                key: {"value": value, "bound": bound} for key, (value, bound) in checks.items()
+            },
             "iterations": shown.tolist(),
             "dibs_iterates": dibs[shown, :, 0].T.tolist(),
             "naive_iterates": naive[shown, :, 0].T.tolist(),
@@ -132,9 +148,22 @@ def _figure(shown: torch.Tensor, dibs: torch.Tensor, naive: torch.Tensor, predic
     (left, right) = figure.subplots(1, 2)
     left.plot(iterations, dibs.numpy(), color="tab:blue", lw=0.8)
     left.plot(iterations, naive.numpy(), color="tab:gray", lw=0.8, ls="--")
-    left.set(xlabel="iteration k + 1", ylabel="x_k", title="DiBS (solid) vs normalised sum (dashed)", xscale="log")
-    right.loglog(iterations, (dibs - 0.5).abs().max(dim=1).values.numpy(), label="DiBS, worst start")
-    right.loglog(iterations, predicted.max(dim=1).values.numpy(), ls=":", color="k", label="|x0 - 1/2| prod |1 - 2 alpha_j|")
+    left.set(
+        xlabel="iteration k + 1",
+        ylabel="x_k",
+        title="DiBS (solid) vs normalised sum (dashed)",
+        xscale="log",
+    )
+    right.loglog(
+        iterations, (dibs - 0.5).abs().max(dim=1).values.numpy(), label="DiBS, worst start"
+    )
+    right.loglog(
+        iterations,
+        predicted.max(dim=1).values.numpy(),
+        ls=":",
+        color="k",
+        label="|x0 - 1/2| prod |1 - 2 alpha_j|",
+    )
     right.set(xlabel="iteration k + 1", ylabel="|x_k - 1/2|", title="distance to the fair point")
     right.legend(fontsize=8)
     figure.tight_layout()

@@ -152,12 +152,20 @@ class Setting:
 SETTINGS = tuple(Setting(m, s, z) for m in METHODS for s in SCHEDULES for z in NOISES)
 
 
-def robbins_monro_steps(num_steps: int, /, *, initial: float = RM_INITIAL_STEP, half_life: float = RM_HALF_LIFE,
-                        power: float = RM_POWER) -> Tensor:
+def robbins_monro_steps(
+    num_steps: int,
+    /,
+    *,
+    initial: float = RM_INITIAL_STEP,
+    half_life: float = RM_HALF_LIFE,
+    power: float = RM_POWER,
+) -> Tensor:
     """`a_k = initial / (1 + k / half_life)^power` for k < num_steps (float64); with
     1/2 < power <= 1 the sum diverges and the sum of squares converges."""
     if not (initial > 0 and half_life > 0 and 0.5 < power <= 1):
-        raise ValueError(f"need initial > 0, half_life > 0 and 1/2 < power <= 1, got {initial}, {half_life}, {power}")
+        raise ValueError(
+            f"need initial > 0, half_life > 0 and 1/2 < power <= 1, got {initial}, {half_life}, {power}"
+        )
     k = torch.arange(num_steps, dtype=torch.float64)
     return initial / (1 + k / half_life) ** power
 
@@ -175,7 +183,10 @@ def step_sizes(schedule: str, num_steps: int, /) -> Tensor:
 
 def methods() -> dict[str, core.DiBSMTL]:
     """The two DiBS-MTL variants, by name (library defaults r = 1e-3; T-step with eta = 0.1)."""
-    return {METHODS[0]: core.DiBSMTL(steps=1), METHODS[1]: core.DiBSMTL(steps=MULTI_STEPS, inner_step=MULTI_INNER_STEP)}
+    return {
+        METHODS[0]: core.DiBSMTL(steps=1),
+        METHODS[1]: core.DiBSMTL(steps=MULTI_STEPS, inner_step=MULTI_INNER_STEP),
+    }
 
 
 def method_columns() -> dict[str, slice]:
@@ -189,14 +200,22 @@ def weights_of_settings(variants: dict[str, core.DiBSMTL], gramian: Tensor, /) -
     `[..., settings, S, K, K]`, each method on its columns (DiBS-MTL reads only the Gramian: its
     losses argument gets zeros)."""
     losses = gramian.new_zeros(gramian.shape[:-1])
-    return torch.cat([variants[name](gramian[..., columns, :, :, :], losses[..., columns, :, :])
-                      for name, columns in method_columns().items()], dim=-3)
+    return torch.cat(
+        [
+            variants[name](gramian[..., columns, :, :, :], losses[..., columns, :, :])
+            for name, columns in method_columns().items()
+        ],
+        dim=-3,
+    )
 
 
 def direction_scales(variants: dict[str, core.DiBSMTL], /) -> Tensor:
     """Per setting, the 1-step scale `T eta r` `[settings]` that normalises its method's update."""
     of_setting = [variants[setting.method] for setting in SETTINGS]
-    return torch.tensor([method.steps * method.inner_step * method.radius for method in of_setting], dtype=torch.float64)
+    return torch.tensor(
+        [method.steps * method.inner_step * method.radius for method in of_setting],
+        dtype=torch.float64,
+    )
 
 
 @dataclass
@@ -213,7 +232,10 @@ class ConfigRun:
     coefficient_spread: float
 
 
-METHOD_SPECS = {METHODS[0]: "dibsmtl", METHODS[1]: f"dibsmtl:steps={MULTI_STEPS}:inner_step={MULTI_INNER_STEP}"}
+METHOD_SPECS = {
+    METHODS[0]: "dibsmtl",
+    METHODS[1]: f"dibsmtl:steps={MULTI_STEPS}:inner_step={MULTI_INNER_STEP}",
+}
 """The registry specs of `methods()`, which the runner builds."""
 
 
@@ -223,9 +245,14 @@ def setting_tracks(num_seeds: int, num_steps: int, /) -> list[Track]:
     `a_k sum_i c_i u_i`) and its gradient noise."""
     scales = direction_scales(methods())
     return [
-        Track(METHOD_SPECS[setting.method], problem=p, step_sizes=step_sizes(setting.schedule, num_steps) / scales[j],
-              gradient_noise=NOISE_STD if setting.noise == "noisy" else 0.0)
-        for p in range(num_seeds) for j, setting in enumerate(SETTINGS)
+        Track(
+            METHOD_SPECS[setting.method],
+            problem=p,
+            step_sizes=step_sizes(setting.schedule, num_steps) / scales[j],
+            gradient_noise=NOISE_STD if setting.noise == "noisy" else 0.0,
+        )
+        for p in range(num_seeds)
+        for j, setting in enumerate(SETTINGS)
     ]
 
 
@@ -251,38 +278,96 @@ class _Evaluation:
             self.initial_scale = norms.amax(dim=-1)
         self.residuals.append(residual / self.initial_scale)
         self.final_norms = norms
-        self.max_iterate_norm = max(self.max_iterate_norm, float(torch.linalg.vector_norm(points, dim=-1).max()))
+        self.max_iterate_norm = max(
+            self.max_iterate_norm, float(torch.linalg.vector_norm(points, dim=-1).max())
+        )
         # c_i = w_i ||g_i|| / (T eta r) at the exact gradients: all 1 for 1-step
         coefficients = weights_of_settings(self.variants, gramian) * norms / self.scales
-        self.coefficient_spread = max(self.coefficient_spread, float((coefficients - 1).abs().max()))
+        self.coefficient_spread = max(
+            self.coefficient_spread, float((coefficients - 1).abs().max())
+        )
 
 
-def simulate_config(n_var: int, n_obj: int, /, *, num_seeds: int, num_starts: int, num_steps: int, eval_every: int,
-                    seed: int = 0) -> ConfigRun:
+def simulate_config(
+    n_var: int,
+    n_obj: int,
+    /,
+    *,
+    num_seeds: int,
+    num_starts: int,
+    num_steps: int,
+    eval_every: int,
+    seed: int = 0,
+) -> ConfigRun:
     """Every setting on `num_seeds` problems x `num_starts` starts of one (n, K), as one batch of
     the toy runner (`toy_problems.runner.run_tracks`: plain steps of each setting's schedule, its
     gradient noise, the problems' stacked closed form), measured every `eval_every` steps."""
-    problems = [RandomNonconvex(n_var, n_obj, seed=1000 * n_var + 100 * n_obj + s) for s in range(num_seeds)]
+    problems = [
+        RandomNonconvex(n_var, n_obj, seed=1000 * n_var + 100 * n_obj + s) for s in range(num_seeds)
+    ]
     start_generator = torch.Generator().manual_seed(seed)
-    starts = torch.stack([problem.starts(num_starts, generator=start_generator, dtype=torch.float64) for problem in problems])
+    starts = torch.stack(
+        [
+            problem.starts(num_starts, generator=start_generator, dtype=torch.float64)
+            for problem in problems
+        ]
+    )
     gradient_gap = StackedNonconvex(problems, (1, num_starts)).autograd_gap(starts[:, None])
     evaluation = _Evaluation(num_seeds, num_starts)
-    trajectories = run_tracks(problems, starts, setting_tracks(num_seeds, num_steps), num_steps=num_steps, optimizer="sgd",
-                              record_every=eval_every, noise_seed=seed + 1, measure=evaluation)
-    return ConfigRun(n_var, n_obj, trajectories[0].steps, torch.stack(evaluation.residuals), evaluation.final_norms, gradient_gap,
-                     evaluation.max_iterate_norm, evaluation.coefficient_spread)
+    trajectories = run_tracks(
+        problems,
+        starts,
+        setting_tracks(num_seeds, num_steps),
+        num_steps=num_steps,
+        optimizer="sgd",
+        record_every=eval_every,
+        noise_seed=seed + 1,
+        measure=evaluation,
+    )
+    return ConfigRun(
+        n_var,
+        n_obj,
+        trajectories[0].steps,
+        torch.stack(evaluation.residuals),
+        evaluation.final_norms,
+        gradient_gap,
+        evaluation.max_iterate_norm,
+        evaluation.coefficient_spread,
+    )
 
 
-def simulate(configs: tuple[tuple[int, int], ...], /, *, num_seeds: int, num_starts: int, num_steps: int, eval_every: int,
-             seed: int = 0) -> list[ConfigRun]:
+def simulate(
+    configs: tuple[tuple[int, int], ...],
+    /,
+    *,
+    num_seeds: int,
+    num_starts: int,
+    num_steps: int,
+    eval_every: int,
+    seed: int = 0,
+) -> list[ConfigRun]:
     """`simulate_config` for every (n, K) of `configs`."""
-    return [simulate_config(n, K, num_seeds=num_seeds, num_starts=num_starts, num_steps=num_steps, eval_every=eval_every, seed=seed)
-            for n, K in configs]
+    return [
+        simulate_config(
+            n,
+            K,
+            num_seeds=num_seeds,
+            num_starts=num_starts,
+            num_steps=num_steps,
+            eval_every=eval_every,
+            seed=seed,
+        )
+        for n, K in configs
+    ]
 
 
 def _quantiles(values: Tensor) -> dict[str, float]:
     flat = values.reshape(-1)
-    return {"median": float(flat.quantile(0.5)), "q90": float(flat.quantile(0.9)), "max": float(flat.max())}
+    return {
+        "median": float(flat.quantile(0.5)),
+        "q90": float(flat.quantile(0.9)),
+        "max": float(flat.max()),
+    }
 
 
 def neighbourhood_exponent(tail_large: Tensor, tail_small: Tensor, step_ratio: float, /) -> float:
@@ -293,15 +378,30 @@ def neighbourhood_exponent(tail_large: Tensor, tail_small: Tensor, step_ratio: f
 def run(*, quick: bool) -> ClaimResult:
     num_seeds, num_starts, num_steps, eval_every = (4, 5, 2000, 10) if quick else (10, 6, 20000, 20)
     with single_thread():
-        runs = simulate(CONFIGS, num_seeds=num_seeds, num_starts=num_starts, num_steps=num_steps, eval_every=eval_every)
+        runs = simulate(
+            CONFIGS,
+            num_seeds=num_seeds,
+            num_starts=num_starts,
+            num_steps=num_steps,
+            eval_every=eval_every,
+        )
     evaluated = runs[0].evaluated
     # every config's runs side by side: [E, settings, runs]
     relative = torch.cat([r.relative_residuals.permute(0, 2, 1, 3).flatten(2) for r in runs], dim=2)
     running = relative.cummin(dim=0).values
     # min_i ||g_i|| / max_i ||g_i|| at the last iterate: [settings, runs]
-    norm_ratio = torch.cat([(r.final_gradient_norms.amin(dim=-1) / r.final_gradient_norms.amax(dim=-1)).transpose(0, 1).flatten(1)
-                            for r in runs], dim=1)
-    tail = relative[len(evaluated) // 2:].mean(dim=0)  # residual averaged over the second half: [settings, runs]
+    norm_ratio = torch.cat(
+        [
+            (r.final_gradient_norms.amin(dim=-1) / r.final_gradient_norms.amax(dim=-1))
+            .transpose(0, 1)
+            .flatten(1)
+            for r in runs
+        ],
+        dim=1,
+    )
+    tail = relative[len(evaluated) // 2 :].mean(
+        dim=0
+    )  # residual averaged over the second half: [settings, runs]
     checkpoints = [int((evaluated <= num_steps // d).nonzero().max()) for d in (100, 10, 1)]
 
     per_setting: dict[str, dict] = {}
@@ -314,7 +414,9 @@ def run(*, quick: bool) -> ClaimResult:
             "final_residual": _quantiles(relative[-1, j]),
             "tail_mean_residual": _quantiles(tail[j]),
             # None where both are at the floor (0): no ratio to report
-            "q90_decrease_last_decade": float(final.quantile(0.9) / tenth.quantile(0.9)) if tenth.quantile(0.9) > 0 else None,
+            "q90_decrease_last_decade": float(final.quantile(0.9) / tenth.quantile(0.9))
+            if tenth.quantile(0.9) > 0
+            else None,
         }
         per_setting[setting.label] = entry
         if setting.noise == "exact":
@@ -328,7 +430,10 @@ def run(*, quick: bool) -> ClaimResult:
         elif setting.schedule == "robbins_monro":
             checks[f"{setting.label}: max final"] = (float(final.max()), NOISY_RM_TOLERANCE)
             decrease = entry["q90_decrease_last_decade"]
-            checks[f"{setting.label}: q90 decrease"] = (math.inf if decrease is None else decrease, RM_DECREASE)
+            checks[f"{setting.label}: q90 decrease"] = (
+                math.inf if decrease is None else decrease,
+                RM_DECREASE,
+            )
         elif setting.schedule == "constant_small":
             large = SETTINGS.index(Setting(setting.method, "constant", setting.noise))
             exponent = neighbourhood_exponent(tail[large], tail[j], SMALL_STEP_RATIO)
@@ -339,21 +444,35 @@ def run(*, quick: bool) -> ClaimResult:
     passed = all(math.isfinite(value) and value <= bound for value, bound in checks.values())
 
     def worst(noise: str, schedules: tuple[str, ...], q: float = 1.0) -> float:
-        return max(float(running[-1, j].quantile(q)) for j, s in enumerate(SETTINGS) if s.noise == noise and s.schedule in schedules)
+        return max(
+            float(running[-1, j].quantile(q))
+            for j, s in enumerate(SETTINGS)
+            if s.noise == noise and s.schedule in schedules
+        )
 
-    worst_decrease = max(v["q90_decrease_last_decade"] for k, v in per_setting.items() if k.endswith("robbins_monro/noisy"))
-    smallest_exponent = min(v["neighbourhood_exponent"] for v in per_setting.values() if "neighbourhood_exponent" in v)
+    worst_decrease = max(
+        v["q90_decrease_last_decade"]
+        for k, v in per_setting.items()
+        if k.endswith("robbins_monro/noisy")
+    )
+    smallest_exponent = min(
+        v["neighbourhood_exponent"] for v in per_setting.values() if "neighbourhood_exponent" in v
+    )
     shown = torch.unique(torch.logspace(0, math.log10(len(evaluated)), 150).long() - 1)
     return ClaimResult(
         name=NAME,
         statement=STATEMENT,
         passed=passed,
-        measured=(f"exact RM max {worst('exact', ('robbins_monro',)):.1e}, const q90 "
-                  f"{worst('exact', ('constant', 'constant_small'), 0.9):.1e}; noisy RM max "
-                  f"{worst('noisy', ('robbins_monro',)):.1e}, q90 x{worst_decrease:.2f}/decade; noisy const exponent "
-                  f"{smallest_exponent:.2f}"),
-        bound=(f"<= {EXACT_TOLERANCE:.0e}, <= {EXACT_TOLERANCE:.0e}; <= {NOISY_RM_TOLERANCE:.0e}, <= x{RM_DECREASE}; "
-               f">= {NEIGHBOURHOOD_EXPONENT}"),
+        measured=(
+            f"exact RM max {worst('exact', ('robbins_monro',)):.1e}, const q90 "
+            f"{worst('exact', ('constant', 'constant_small'), 0.9):.1e}; noisy RM max "
+            f"{worst('noisy', ('robbins_monro',)):.1e}, q90 x{worst_decrease:.2f}/decade; noisy const exponent "
+            f"{smallest_exponent:.2f}"
+        ),
+        bound=(
+            f"<= {EXACT_TOLERANCE:.0e}, <= {EXACT_TOLERANCE:.0e}; <= {NOISY_RM_TOLERANCE:.0e}, <= x{RM_DECREASE}; "
+            f">= {NEIGHBOURHOOD_EXPONENT}"
+        ),
         data={
             "configs": [list(c) for c in CONFIGS],
             "num_seeds_per_config": num_seeds,
@@ -369,15 +488,19 @@ def run(*, quick: bool) -> ClaimResult:
             "methods": {name: repr(method) for name, method in methods().items()},
             "noise": f"g_i + {NOISE_STD} N(0, I_n), independent per task, step and run",
             "measure": "running min over evaluated steps of min_{a in simplex} ||sum a_i g_i(x_k)|| / max_i ||g_i(x_0)||",
-            "checks": {key: {"value": value, "bound": bound} for key, (value, bound) in checks.items()},
+            "checks": {
+                key: {"value": value, "bound": bound} for key, (value, bound) in checks.items()
+            },
             "settings": per_setting,
             "max_iterate_norm": max(r.max_iterate_norm for r in runs),
             "multi_step_coefficient_spread": max(r.coefficient_spread for r in runs),
             "iterations": evaluated[shown].tolist(),
             "running_min_quantiles": {
                 SETTINGS[j].label: {
-                    name: running[shown, j].quantile(q, dim=-1).tolist() for name, q in (("q10", 0.1), ("median", 0.5), ("q90", 0.9))
-                } | {"max": running[shown, j].amax(dim=-1).tolist()}
+                    name: running[shown, j].quantile(q, dim=-1).tolist()
+                    for name, q in (("q10", 0.1), ("median", 0.5), ("q90", 0.9))
+                }
+                | {"max": running[shown, j].amax(dim=-1).tolist()}
                 for j in range(len(SETTINGS))
             },
         },
@@ -401,13 +524,21 @@ def _figure(iterations: Tensor, running: Tensor):
         axis.fill_between(steps, low, high, color=colour, alpha=0.25, lw=0)
         axis.plot(steps, mid, color=colour, label=f"{setting.schedule}: median, 10-90%")
         axis.plot(steps, values.amax(dim=-1).numpy(), color=colour, lw=0.7, ls=":")
-        axis.set(xscale="log", yscale="log", title=f"{setting.method} DiBS-MTL, {setting.noise} gradients")
+        axis.set(
+            xscale="log",
+            yscale="log",
+            title=f"{setting.method} DiBS-MTL, {setting.noise} gradients",
+        )
     for axis in axes.flat:
-        axis.axhline(RESIDUAL_FLOOR, color="grey", lw=0.7, ls="--")  # below: float64 round-off of the Gramian residual
+        axis.axhline(
+            RESIDUAL_FLOOR, color="grey", lw=0.7, ls="--"
+        )  # below: float64 round-off of the Gramian residual
     for axis in axes[-1]:
         axis.set_xlabel("iteration k + 1")
     for axis in axes[:, 0]:
         axis.set_ylabel("running min r(x_k) / max_i ||g_i(x_0)||")
-    axes[0, 0].legend(fontsize=8, title="dotted: max over runs; dashed: float64 floor", title_fontsize=8)
+    axes[0, 0].legend(
+        fontsize=8, title="dotted: max over runs; dashed: float64 floor", title_fontsize=8
+    )
     figure.tight_layout()
     return figure

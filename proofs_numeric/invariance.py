@@ -162,8 +162,6 @@ NOMINAL, CONTROL = 0, 1
 """Version indices: the nominal losses and the rounding control; versions 2, 3, ... are transformed."""
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # random strictly increasing transforms
 
@@ -176,7 +174,9 @@ def _choice(generator: torch.Generator, options: Sequence[str]) -> str:
     return options[int(torch.randint(len(options), (), generator=generator))]
 
 
-def nonlinearity(transform: MonotoneTransform, loss_range: tuple[float, float], /, *, points: int = 201) -> float:
+def nonlinearity(
+    transform: MonotoneTransform, loss_range: tuple[float, float], /, *, points: int = 201
+) -> float:
     """`max h' / min h'` of the analytic derivative on a grid over `loss_range` (1 for affine maps)."""
     grid = torch.linspace(*loss_range, points, dtype=torch.float64)
     derivative = transform.derivative(grid)
@@ -188,7 +188,10 @@ def _layer(generator: torch.Generator, kind: str) -> tuple[MonotoneTransform, tu
     if kind == "exp":
         return Exp(), (_uniform(generator, -2.0, 0.0), _uniform(generator, 1.0, 4.0))
     if kind == "softplus":
-        return Softplus(beta=_uniform(generator, 0.5, 2.0)), (_uniform(generator, -3.0, 0.0), _uniform(generator, 2.0, 5.0))
+        return Softplus(beta=_uniform(generator, 0.5, 2.0)), (
+            _uniform(generator, -3.0, 0.0),
+            _uniform(generator, 2.0, 5.0),
+        )
     if kind == "arcsinh":
         return Arcsinh(), (_uniform(generator, -4.0, 0.0), _uniform(generator, 2.0, 8.0))
     # signed power on a positive interval: p in [1.3, 3.5] or its reciprocal (never close to 1)
@@ -199,7 +202,10 @@ def _layer(generator: torch.Generator, kind: str) -> tuple[MonotoneTransform, tu
 
 
 def _draw_composition(
-    generator: torch.Generator, loss_range: tuple[float, float], lower_bound: float, depth: tuple[int, int]
+    generator: torch.Generator,
+    loss_range: tuple[float, float],
+    lower_bound: float,
+    depth: tuple[int, int],
 ) -> MonotoneTransform:
     low, high = loss_range
     bound = lower_bound
@@ -218,7 +224,11 @@ def _draw_composition(
             pre = Affine(scale=scale, shift=start - scale * low)
         step = Compose(pre, layer)
         low, high = step(torch.tensor([low, high], dtype=torch.float64)).tolist()
-        bound = float(step(torch.tensor(bound, dtype=torch.float64))) if math.isfinite(bound) else layer.image.lower
+        bound = (
+            float(step(torch.tensor(bound, dtype=torch.float64)))
+            if math.isfinite(bound)
+            else layer.image.lower
+        )
         layers += [pre, layer]
     layers.append(Affine(scale=10.0 ** _uniform(generator, -1.5, 1.5)))
     return Compose(*layers)
@@ -262,7 +272,11 @@ class TransformedFamily:
     `[P, V, ..., n]` and returns `[P, V, ..., K]`, row `[p, v]` being version v of problem p.
     """
 
-    def __init__(self, problems: Sequence[Callable[[Tensor], Tensor]], transforms: Sequence[Sequence[Sequence[MonotoneTransform | None]]]) -> None:
+    def __init__(
+        self,
+        problems: Sequence[Callable[[Tensor], Tensor]],
+        transforms: Sequence[Sequence[Sequence[MonotoneTransform | None]]],
+    ) -> None:
         self.problems = list(problems)
         self.transforms = [[list(version) for version in versions] for versions in transforms]
         self.num_versions = len(self.transforms[0])
@@ -272,7 +286,9 @@ class TransformedFamily:
         rows = []
         for problem, versions in zip(self.problems, self.transforms):
             values = problem(x[len(rows)])
-            rows.append(torch.stack([self._apply(version, values[v]) for v, version in enumerate(versions)]))
+            rows.append(
+                torch.stack([self._apply(version, values[v]) for v, version in enumerate(versions)])
+            )
         return torch.stack(rows)
 
     def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
@@ -282,13 +298,18 @@ class TransformedFamily:
         values_rows, jacobian_rows = [], []
         for problem, versions, rows in zip(self.problems, self.transforms, x):
             values, jacobian = core.values_and_jacobian(problem, rows)
-            pairs = [self._apply_with_jacobian(version, values[v], jacobian[v]) for v, version in enumerate(versions)]
+            pairs = [
+                self._apply_with_jacobian(version, values[v], jacobian[v])
+                for v, version in enumerate(versions)
+            ]
             values_rows.append(torch.stack([value for value, _ in pairs]))
             jacobian_rows.append(torch.stack([gradient for _, gradient in pairs]))
         return torch.stack(values_rows), torch.stack(jacobian_rows)
 
     @staticmethod
-    def _apply_with_jacobian(version: Sequence[MonotoneTransform | None], values: Tensor, jacobian: Tensor) -> tuple[Tensor, Tensor]:
+    def _apply_with_jacobian(
+        version: Sequence[MonotoneTransform | None], values: Tensor, jacobian: Tensor
+    ) -> tuple[Tensor, Tensor]:
         if all(h is None for h in version):
             return values, jacobian
         values, jacobian = values.clone(), jacobian.clone()
@@ -302,7 +323,10 @@ class TransformedFamily:
     def _apply(version: Sequence[MonotoneTransform | None], values: Tensor) -> Tensor:
         if all(h is None for h in version):
             return values
-        return torch.stack([values[..., i] if h is None else h(values[..., i]) for i, h in enumerate(version)], dim=-1)
+        return torch.stack(
+            [values[..., i] if h is None else h(values[..., i]) for i, h in enumerate(version)],
+            dim=-1,
+        )
 
     def nominal(self, x: Tensor, /) -> Tensor:
         """The untransformed losses of every row, `[P, V, ..., K]`."""
@@ -323,7 +347,13 @@ class TransformedFamily:
 # the weights of one step
 
 
-def method_weights(method: GradientWeighting | LossWeighting, values: Tensor, jacobian: Tensor, *, shared_dim: int | None = None) -> Tensor:
+def method_weights(
+    method: GradientWeighting | LossWeighting,
+    values: Tensor,
+    jacobian: Tensor,
+    *,
+    shared_dim: int | None = None,
+) -> Tensor:
     """The method's weights from the losses `[..., K]` and the Jacobian `[..., K, n]` (Gramian on
     the first `shared_dim` variables, all if None)."""
     if isinstance(method, GradientWeighting):
@@ -343,11 +373,19 @@ def deviations(points: Tensor, /) -> dict[str, Tensor]:
     scale `max_t ||x_{t+1} - x_t||` of the nominal run; `endpoint` `[P, V - 2, S]`: `||x'_T - x_T||`.
     """
     nominal = points[:, :, :1]
-    ratio = (points - nominal).norm(dim=-1).amax(dim=0) / (nominal[1:] - nominal[:-1]).norm(dim=-1).amax(dim=0)
-    return {"transform": ratio[:, 2:], "control": ratio[:, CONTROL], "endpoint": (points[-1, :, 2:] - points[-1, :, :1]).norm(dim=-1)}
+    ratio = (points - nominal).norm(dim=-1).amax(dim=0) / (nominal[1:] - nominal[:-1]).norm(
+        dim=-1
+    ).amax(dim=0)
+    return {
+        "transform": ratio[:, 2:],
+        "control": ratio[:, CONTROL],
+        "endpoint": (points[-1, :, 2:] - points[-1, :, :1]).norm(dim=-1),
+    }
 
 
-def dominance(family: TransformedFamily, points: Tensor, final_weights: Tensor, loss_ranges: Tensor) -> dict[str, Tensor]:
+def dominance(
+    family: TransformedFamily, points: Tensor, final_weights: Tensor, loss_ranges: Tensor
+) -> dict[str, Tensor]:
     """Which task the transformed runs favour, from iterates `[T + 1, P, V, S, n]`.
 
     `gain` `[P, V - 2, S, K]`: the change (transformed minus nominal run) of each task's nominal-loss
@@ -366,7 +404,9 @@ def dominance(family: TransformedFamily, points: Tensor, final_weights: Tensor, 
     }
 
 
-def control_test(transform: Tensor, control: Tensor, /, *, floor: float = INVARIANCE_TOLERANCE) -> dict[str, float | int]:
+def control_test(
+    transform: Tensor, control: Tensor, /, *, floor: float = INVARIANCE_TOLERANCE
+) -> dict[str, float | int]:
     """The control test of one case: transformed ratios `[P, V - 2, S]` against the control's `[P, S]`.
 
     `excess`: the largest transformed deviation over `ROUNDING_FACTOR x` the largest control deviation
@@ -386,35 +426,66 @@ def control_test(transform: Tensor, control: Tensor, /, *, floor: float = INVARI
 # the cases
 
 
-def loss_ranges(problems: Sequence[Callable[[Tensor], Tensor]], lows: Tensor, highs: Tensor, *, generator: torch.Generator, samples: int = 4096) -> Tensor:
+def loss_ranges(
+    problems: Sequence[Callable[[Tensor], Tensor]],
+    lows: Tensor,
+    highs: Tensor,
+    *,
+    generator: torch.Generator,
+    samples: int = 4096,
+) -> Tensor:
     """Per problem and task, the (min, max) of the loss over `samples` uniform points of the box
     `[lows, highs]` enlarged by a quarter on each side, `[P, K, 2]`."""
     out = []
     for problem in problems:
         width = highs - lows
-        x = lows - 0.25 * width + 1.5 * width * torch.rand(samples, lows.numel(), generator=generator, dtype=torch.float64)
+        x = (
+            lows
+            - 0.25 * width
+            + 1.5
+            * width
+            * torch.rand(samples, lows.numel(), generator=generator, dtype=torch.float64)
+        )
         values = problem(x)
         out.append(torch.stack([values.amin(dim=0), values.amax(dim=0)], dim=-1))
     return torch.stack(out)
 
 
-def draw_versions(generator: torch.Generator, ranges: Tensor, lower_bounds: Tensor, num_random: int) -> list[list[list[MonotoneTransform | None]]]:
+def draw_versions(
+    generator: torch.Generator, ranges: Tensor, lower_bounds: Tensor, num_random: int
+) -> list[list[list[MonotoneTransform | None]]]:
     """Per problem: the nominal version (no transforms), the control (`Affine(scale=10^U(-1, 1))` per
     task) and `num_random` versions with a random transform per task."""
     per_problem = []
     num_tasks = ranges.shape[1]
     for p in range(ranges.shape[0]):
-        control: list[MonotoneTransform | None] = [Affine(scale=10.0 ** _uniform(generator, -1.0, 1.0)) for _ in range(num_tasks)]
+        control: list[MonotoneTransform | None] = [
+            Affine(scale=10.0 ** _uniform(generator, -1.0, 1.0)) for _ in range(num_tasks)
+        ]
         versions: list[list[MonotoneTransform | None]] = [[None] * num_tasks, control]
         for _ in range(num_random):
-            versions.append([random_transform(generator, tuple(ranges[p, i].tolist()), lower_bound=float(lower_bounds[p, i])) for i in range(num_tasks)])
+            versions.append(
+                [
+                    random_transform(
+                        generator,
+                        tuple(ranges[p, i].tolist()),
+                        lower_bound=float(lower_bounds[p, i]),
+                    )
+                    for i in range(num_tasks)
+                ]
+            )
         per_problem.append(versions)
     return per_problem
 
 
-def describe(transforms: Sequence[Sequence[Sequence[MonotoneTransform | None]]]) -> list[list[list[str]]]:
+def describe(
+    transforms: Sequence[Sequence[Sequence[MonotoneTransform | None]]],
+) -> list[list[list[str]]]:
     """The `to_spec()` strings of every transform ("identity" for the nominal losses)."""
-    return [[["identity" if h is None else h.to_spec() for h in version] for version in versions] for versions in transforms]
+    return [
+        [["identity" if h is None else h.to_spec() for h in version] for version in versions]
+        for versions in transforms
+    ]
 
 
 @dataclass
@@ -430,16 +501,22 @@ class Case:
     lr: float
 
 
-def random_starts(problems: Sequence[Any], num_versions: int, num_starts: int, generator: torch.Generator) -> Tensor:
+def random_starts(
+    problems: Sequence[Any], num_versions: int, num_starts: int, generator: torch.Generator
+) -> Tensor:
     """`num_starts` uniform points of the first problem's box per problem, the same in every version, `[P, V, S, n]`."""
     lows, highs = box(problems[0])
-    unit = torch.rand(len(problems), 1, num_starts, problems[0].n_var, generator=generator, dtype=torch.float64)
+    unit = torch.rand(
+        len(problems), 1, num_starts, problems[0].n_var, generator=generator, dtype=torch.float64
+    )
     return (lows + (highs - lows) * unit).expand(-1, num_versions, -1, -1).clone()
 
 
 def box(problem: Any) -> tuple[Tensor, Tensor]:
     """A problem's `bounds` as two float64 `[n_var]` tensors."""
-    lows, highs = (torch.as_tensor(b, dtype=torch.float64).expand(problem.n_var) for b in problem.bounds)
+    lows, highs = (
+        torch.as_tensor(b, dtype=torch.float64).expand(problem.n_var) for b in problem.bounds
+    )
     return lows, highs
 
 
@@ -450,8 +527,12 @@ def toy_case(*, quick: bool, seed: int) -> Case:
     ranges = loss_ranges([toy], *box(toy), generator=generator)
     lower = torch.full((1, 2), TOY_LOWER_BOUND, dtype=torch.float64)
     transforms = draw_versions(generator, ranges, lower, 1)
-    transforms[0].insert(2, [SignedPower(4.0), None])  # the reference toy's transform (spec dibs.md §5)
-    starts = torch.tensor(TOY_STARTS, dtype=torch.float64).expand(1, len(transforms[0]), -1, -1).clone()
+    transforms[0].insert(
+        2, [SignedPower(4.0), None]
+    )  # the reference toy's transform (spec dibs.md §5)
+    starts = (
+        torch.tensor(TOY_STARTS, dtype=torch.float64).expand(1, len(transforms[0]), -1, -1).clone()
+    )
     num_steps, lr = (400, 2.5e-2) if quick else (35000, 1e-3)
     return Case("toy", TransformedFamily([toy], transforms), starts, lower, ranges, num_steps, lr)
 
@@ -466,14 +547,21 @@ def nonconvex_case(*, quick: bool, seed: int) -> Case:
     transforms = draw_versions(generator, ranges, lower, num_random)
     starts = random_starts(problems, num_random + 2, num_starts, generator)
     num_steps, lr = (300, 2e-2) if quick else (5000, 1e-2)
-    return Case("nonconvex", TransformedFamily(problems, transforms), starts, lower, ranges, num_steps, lr)
+    return Case(
+        "nonconvex", TransformedFamily(problems, transforms), starts, lower, ranges, num_steps, lr
+    )
 
 
 def version_tracks(case: Case, problem_index: int, spec: str, *, seed: int) -> list[Track]:
     """One runner track per version of problem `problem_index`: the method `spec` on the version's
     per-task transforms, all from `seed` (random methods then draw alike in every version)."""
     return [
-        Track(spec, tuple(TaskTransform(task, h) for task, h in enumerate(version) if h is not None), seed, problem_index)
+        Track(
+            spec,
+            tuple(TaskTransform(task, h) for task, h in enumerate(version) if h is not None),
+            seed,
+            problem_index,
+        )
         for version in case.family.transforms[problem_index]
     ]
 
@@ -486,16 +574,36 @@ def run_case(case: Case, *, seed: int) -> dict[str, dict[str, Any]]:
     losses see them shifted by the version's transformed lower bound (the runner's rule)."""
     began = time.perf_counter()
     num_problems, num_versions = case.starts.shape[:2]
-    tracks = [track for name in ADAM_METHODS for p in range(num_problems) for track in version_tracks(case, p, name, seed=seed)]
-    runs = iter(run_tracks(case.family.problems, case.starts[:, 0], tracks, num_steps=case.num_steps, lr=case.lr, record_every=1))
+    tracks = [
+        track
+        for name in ADAM_METHODS
+        for p in range(num_problems)
+        for track in version_tracks(case, p, name, seed=seed)
+    ]
+    runs = iter(
+        run_tracks(
+            case.family.problems,
+            case.starts[:, 0],
+            tracks,
+            num_steps=case.num_steps,
+            lr=case.lr,
+            record_every=1,
+        )
+    )
     seconds = (time.perf_counter() - began) / len(ADAM_METHODS)  # one batch: the time shared
     results: dict[str, dict[str, Any]] = {}
     for name in ADAM_METHODS:
         mine = [[next(runs) for _ in range(num_versions)] for _ in range(num_problems)]
-        stacked = torch.stack([torch.stack([run.points for run in versions], dim=1) for versions in mine], dim=1)  # [T + 1, P, V, S, n]
-        weights = torch.stack([torch.stack([run.last_weights for run in versions]) for versions in mine])  # [P, V, S, K]
+        stacked = torch.stack(
+            [torch.stack([run.points for run in versions], dim=1) for versions in mine], dim=1
+        )  # [T + 1, P, V, S, n]
+        weights = torch.stack(
+            [torch.stack([run.last_weights for run in versions]) for versions in mine]
+        )  # [P, V, S, K]
         measures: dict[str, Any] = dict(deviations(stacked))
-        measures.update(dominance(case.family, stacked, weights, case.ranges[..., 1] - case.ranges[..., 0]))
+        measures.update(
+            dominance(case.family, stacked, weights, case.ranges[..., 1] - case.ranges[..., 0])
+        )
         measures["seconds"] = seconds
         measures["points"] = stacked
         results[name] = measures
@@ -523,12 +631,20 @@ def dibs_case(*, quick: bool, seed: int) -> dict[str, Any]:
         transforms = draw_versions(generator, ranges, lower, num_random)
         starts = random_starts(problems, num_random + 2, num_starts, generator)
         began = time.perf_counter()
-        own = core.preferred_states_by_normalized_descent(TransformedFamily(problems, transforms), starts, num_steps=preferred_steps)
+        own = core.preferred_states_by_normalized_descent(
+            TransformedFamily(problems, transforms), starts, num_steps=preferred_steps
+        )
         # one batch for both DiBS runs: versions 0..V-1 with the nominal preferred states (shared),
         # then the transformed versions again with their own
         doubled = TransformedFamily(problems, [versions + versions[1:] for versions in transforms])
         preferred = torch.cat([own[:, :1].expand_as(own), own[:, 1:]], dim=1)
-        both = core.dibs(doubled, torch.cat([starts, starts[:, 1:]], dim=1), preferred, num_steps=num_steps, step_size=schedule)
+        both = core.dibs(
+            doubled,
+            torch.cat([starts, starts[:, 1:]], dim=1),
+            preferred,
+            num_steps=num_steps,
+            step_size=schedule,
+        )
         num_versions = starts.shape[1]
         trajectory = both[:, :, :num_versions]
         own_trajectory = torch.cat([both[:, :, :1], both[:, :, num_versions:]], dim=2)
@@ -602,13 +718,20 @@ def run(*, quick: bool) -> ClaimResult:
 def evaluate(measurements: Measurements, /) -> ClaimResult:
     """The verdict, measured/bound strings, data and figure from `measure`'s results (module constants
     are read here, not in `measure`)."""
-    quick, cases, per_case, dibs_results = measurements.quick, measurements.cases, measurements.per_case, measurements.dibs_results
+    quick, cases, per_case, dibs_results = (
+        measurements.quick,
+        measurements.cases,
+        measurements.per_case,
+        measurements.dibs_results,
+    )
 
     invariant: dict[str, dict[str, Any]] = {}
     for name in INVARIANT:
         sources = dibs_results if name == "dibs" else {c: per_case[c][name] for c in per_case}
         floor = NASH_TOLERANCE_FLOOR if name == "nashmtl" else INVARIANCE_TOLERANCE
-        tests = {c: control_test(m["transform"], m["control"], floor=floor) for c, m in sources.items()}
+        tests = {
+            c: control_test(m["transform"], m["control"], floor=floor) for c, m in sources.items()
+        }
         median = float(torch.cat([m["transform"].flatten() for m in sources.values()]).median())
         excess = max(t["excess"] for t in tests.values())
         invariant[name] = {
@@ -619,7 +742,11 @@ def evaluate(measurements: Measurements, /) -> ClaimResult:
             "rounding_sensitive_runs": sum(t["rounding_sensitive_runs"] for t in tests.values()),
             "runs": sum(t["runs"] for t in tests.values()),
             "per_case": tests,
-            "passed": bool(math.isfinite(excess) and excess <= 1.0 and (name not in EXACT or median <= INVARIANCE_TOLERANCE)),
+            "passed": bool(
+                math.isfinite(excess)
+                and excess <= 1.0
+                and (name not in EXACT or median <= INVARIANCE_TOLERANCE)
+            ),
         }
     divergent: dict[str, dict[str, Any]] = {}
     for name in NON_INVARIANT:
@@ -628,12 +755,21 @@ def evaluate(measurements: Measurements, /) -> ClaimResult:
             "median_ratio": float(transform.median()),  # NaN (a failed run) fails the test below
             "min_ratio": float(transform.min()),
             "max_ratio": float(transform.max()),
-            "max_endpoint_distance": max(float(per_case[c][name]["endpoint"].max()) for c in per_case),
-            "mean_share_total_variation": float(torch.cat([per_case[c][name]["share_tv"].flatten() for c in per_case]).mean()),
-            "control_excess": max(control_test(per_case[c][name]["transform"], per_case[c][name]["control"])["excess"] for c in per_case),
+            "max_endpoint_distance": max(
+                float(per_case[c][name]["endpoint"].max()) for c in per_case
+            ),
+            "mean_share_total_variation": float(
+                torch.cat([per_case[c][name]["share_tv"].flatten() for c in per_case]).mean()
+            ),
+            "control_excess": max(
+                control_test(per_case[c][name]["transform"], per_case[c][name]["control"])["excess"]
+                for c in per_case
+            ),
         }
         divergent[name]["passed"] = bool(divergent[name]["median_ratio"] >= DIVERGENCE_MIN)
-    passed = all(v["passed"] for v in invariant.values()) and all(v["passed"] for v in divergent.values())
+    passed = all(v["passed"] for v in invariant.values()) and all(
+        v["passed"] for v in divergent.values()
+    )
 
     own = {
         c: {
@@ -666,14 +802,24 @@ def evaluate(measurements: Measurements, /) -> ClaimResult:
                 "versions": "nominal, control (constant per-task scales), transformed...",
                 "transforms": describe(case.family.transforms),
                 "nonlinearity": [
-                    [[None if h is None else nonlinearity(h, tuple(case.ranges[p, i].tolist())) for i, h in enumerate(version)] for version in versions[2:]]
+                    [
+                        [
+                            None
+                            if h is None
+                            else nonlinearity(h, tuple(case.ranges[p, i].tolist()))
+                            for i, h in enumerate(version)
+                        ]
+                        for version in versions[2:]
+                    ]
                     for p, versions in enumerate(case.family.transforms)
                 ],
                 "methods": {name: _summary(per_case[case.name][name]) for name in ADAM_METHODS},
             }
             for case in cases
         },
-        "dibs_cases": {c: {**_summary(m), "transforms": m["transforms"]} for c, m in dibs_results.items()},
+        "dibs_cases": {
+            c: {**_summary(m), "transforms": m["transforms"]} for c, m in dibs_results.items()
+        },
         "toy_reference_transform": {
             name: {
                 "nominal_loss_decrease_nominal_run": _decrease(toy[name]["points"], NOMINAL),
@@ -684,17 +830,27 @@ def evaluate(measurements: Measurements, /) -> ClaimResult:
             for name in ADAM_METHODS
         },
     }
-    measured = ", ".join(f"{k} {v['median_ratio']:.0e}/{v['control_excess']:.1g}" for k, v in invariant.items()) + "; " + ", ".join(
-        f"{k} {v['median_ratio']:.0f}" for k, v in divergent.items()
+    measured = (
+        ", ".join(
+            f"{k} {v['median_ratio']:.0e}/{v['control_excess']:.1g}" for k, v in invariant.items()
+        )
+        + "; "
+        + ", ".join(f"{k} {v['median_ratio']:.0f}" for k, v in divergent.items())
     )
     bound = (
         f"invariant: median <= {INVARIANCE_TOLERANCE:.0e} (not Nash-MTL) / control excess <= 1; "
         f"others: median >= {DIVERGENCE_MIN:g} (step scales)"
     )
-    return ClaimResult(NAME, STATEMENT, passed, measured, bound, data, _figure(toy, invariant, divergent))
+    return ClaimResult(
+        NAME, STATEMENT, passed, measured, bound, data, _figure(toy, invariant, divergent)
+    )
 
 
-def _figure(toy: dict[str, dict[str, Any]], invariant: dict[str, dict[str, Any]], divergent: dict[str, dict[str, Any]]):
+def _figure(
+    toy: dict[str, dict[str, Any]],
+    invariant: dict[str, dict[str, Any]],
+    divergent: dict[str, dict[str, Any]],
+):
     from matplotlib.figure import Figure
 
     shown = ("dibsmtl", "nashmtl", "ls", "mgda")
@@ -705,17 +861,40 @@ def _figure(toy: dict[str, dict[str, Any]], invariant: dict[str, dict[str, Any]]
         points = toy[name]["points"]  # [T + 1, 1, V, S, 2]
         stride = max(1, points.shape[0] // 400)
         for s in range(points.shape[3]):
-            axis.plot(points[::stride, 0, NOMINAL, s, 0], points[::stride, 0, NOMINAL, s, 1], color="tab:blue", lw=1.8, alpha=0.6)
-            axis.plot(points[::stride, 0, 2, s, 0], points[::stride, 0, 2, s, 1], color="tab:red", lw=0.9, ls="--")
+            axis.plot(
+                points[::stride, 0, NOMINAL, s, 0],
+                points[::stride, 0, NOMINAL, s, 1],
+                color="tab:blue",
+                lw=1.8,
+                alpha=0.6,
+            )
+            axis.plot(
+                points[::stride, 0, 2, s, 0],
+                points[::stride, 0, 2, s, 1],
+                color="tab:red",
+                lw=0.9,
+                ls="--",
+            )
         axis.plot(pareto[:, 0], pareto[:, 1], color="k", lw=0.6)
         axis.set(title=f"toy: {name}", xlabel="x1", ylabel="x2", xlim=(-10, 10), ylim=(-10, 10))
     axes[0].plot([], [], color="tab:blue", label="nominal")
     axes[0].plot([], [], color="tab:red", ls="--", label="f0 -> f0^3|f0|")
     axes[0].legend(fontsize=7, loc="upper right")
     names = list(invariant) + list(divergent)
-    medians = [max(invariant[n]["median_ratio"] if n in invariant else divergent[n]["median_ratio"], 1e-18) for n in names]
+    medians = [
+        max(invariant[n]["median_ratio"] if n in invariant else divergent[n]["median_ratio"], 1e-18)
+        for n in names
+    ]
     colors = ["tab:green" if n in invariant else "tab:orange" for n in names]
-    maxima = [max(invariant[n]["max_ratio"] if n in invariant else divergent[n].get("max_ratio", float("nan")), 1e-18) for n in names]
+    maxima = [
+        max(
+            invariant[n]["max_ratio"]
+            if n in invariant
+            else divergent[n].get("max_ratio", float("nan")),
+            1e-18,
+        )
+        for n in names
+    ]
     axes[-1].bar(range(len(names)), medians, color=colors)
     axes[-1].scatter(range(len(names)), maxima, color="k", marker="_", s=80, label="max over runs")
     axes[-1].axhline(INVARIANCE_TOLERANCE, color="k", ls=":", lw=0.8)

@@ -103,7 +103,15 @@ def toy_case(*, quick: bool, seed: int) -> Case:
     ranges = loss_ranges([toy], *box(toy), generator=generator)
     lower = torch.full((1, 2), TOY_LOWER_BOUND, dtype=torch.float64)
     transforms = draw_versions(generator, ranges, lower, 1 if quick else 2)
-    return Case("toy", [toy], toy.default_starts(dtype=torch.float64)[None], lower, transforms, 150 if quick else 1500, 1e-2)
+    return Case(
+        "toy",
+        [toy],
+        toy.default_starts(dtype=torch.float64)[None],
+        lower,
+        transforms,
+        150 if quick else 1500,
+        1e-2,
+    )
 
 
 def nonconvex_case(*, quick: bool, seed: int) -> Case:
@@ -115,7 +123,9 @@ def nonconvex_case(*, quick: bool, seed: int) -> Case:
     lower = torch.zeros(num_problems, 3, dtype=torch.float64)  # every RandomNonconvex loss is >= 0
     transforms = draw_versions(generator, ranges, lower, 1 if quick else 2)
     lows, highs = box(problems[0])
-    starts = lows + (highs - lows) * torch.rand(num_problems, num_starts, 4, generator=generator, dtype=torch.float64)
+    starts = lows + (highs - lows) * torch.rand(
+        num_problems, num_starts, 4, generator=generator, dtype=torch.float64
+    )
     return Case("nonconvex", problems, starts, lower, transforms, 100 if quick else 1000, 2e-2)
 
 
@@ -123,12 +133,16 @@ def nonconvex_case(*, quick: bool, seed: int) -> Case:
 # the inputs of every version along a nominal trajectory
 
 
-def version_inputs(case: Case, points: Tensor, method: Method, *, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def version_inputs(
+    case: Case, points: Tensor, method: Method, *, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """What the method sees at the iterates `points` `[T, P, S, n]` in every version, the rounding
     version last: losses `[T, V + 1, P, S, K]` and per-task gradients `[T, V + 1, P, S, K, n]`."""
     values_per_problem, jacobians_per_problem = [], []
     for p, problem in enumerate(case.problems):
-        nominal, gradients = core.values_and_jacobian(problem, points[:, p])  # [T, S, K], [T, S, K, n]
+        nominal, gradients = core.values_and_jacobian(
+            problem, points[:, p]
+        )  # [T, S, K], [T, S, K, n]
         versions_values, versions_jacobians = [], []
         for version in case.transforms[p]:
             values, jacobian = nominal.clone(), gradients.clone()
@@ -136,23 +150,38 @@ def version_inputs(case: Case, points: Tensor, method: Method, *, generator: tor
                 if h is not None:
                     jacobian[..., task, :] *= h.derivative(nominal[..., task])[..., None]
                     values[..., task] = h(nominal[..., task])
-            if method.loss_domain != "any":  # the runner's rule: minus the version's transformed lower bound
+            if (
+                method.loss_domain != "any"
+            ):  # the runner's rule: minus the version's transformed lower bound
                 bound = case.lower_bounds[p]
-                values = values - torch.stack([bound[t] if h is None else h(bound[t]) for t, h in enumerate(version)])
+                values = values - torch.stack(
+                    [bound[t] if h is None else h(bound[t]) for t, h in enumerate(version)]
+                )
             versions_values.append(values)
             versions_jacobians.append(jacobian)
         values_per_problem.append(torch.stack(versions_values, dim=1))  # [T, V, S, K]
         jacobians_per_problem.append(torch.stack(versions_jacobians, dim=1))
-    values, jacobian = torch.stack(values_per_problem, dim=2), torch.stack(jacobians_per_problem, dim=2)
-    wobble = lambda x: x[:, :1] * (1 + ROUNDING_PERTURBATION * (2 * torch.rand(x[:, :1].shape, generator=generator, dtype=x.dtype) - 1))  # noqa: E731
-    return torch.cat([values, wobble(values)], dim=1), torch.cat([jacobian, wobble(jacobian)], dim=1)
+    values, jacobian = (
+        torch.stack(values_per_problem, dim=2),
+        torch.stack(jacobians_per_problem, dim=2),
+    )
+
+    def wobble(x: torch.Tensor) -> torch.Tensor:
+        noise = 2 * torch.rand(x[:, :1].shape, generator=generator, dtype=x.dtype) - 1
+        return x[:, :1] * (1 + ROUNDING_PERTURBATION * noise)
+
+    return torch.cat([values, wobble(values)], dim=1), torch.cat(
+        [jacobian, wobble(jacobian)], dim=1
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # the method's answers, teacher-forced
 
 
-def forced_updates(spec: str, values: Tensor, jacobian: Tensor, *, lr: float, seed: int, versions: int = 1) -> tuple[Tensor, Tensor]:
+def forced_updates(
+    spec: str, values: Tensor, jacobian: Tensor, *, lr: float, seed: int, versions: int = 1
+) -> tuple[Tensor, Tensor]:
     """The updates `[T, B, n]` and the sizes of their terms `[T, B]` of `spec` fed the sequences
     of losses `values` `[T, B, K]` and gradients `jacobian` `[T, B, K, n]` (B independent rows:
     one instance with batch shape `[B]`). A random method gets one instance per version (the rows
@@ -165,17 +194,25 @@ def forced_updates(spec: str, values: Tensor, jacobian: Tensor, *, lr: float, se
         raise ValueError(f"{values.shape[1]} rows do not split into {versions} versions")
     block = values.shape[1] // versions
     parts = [
-        _forced(make_method(spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed)),
-                values[:, v * block : (v + 1) * block], jacobian[:, v * block : (v + 1) * block], lr=lr)
+        _forced(
+            make_method(spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed)),
+            values[:, v * block : (v + 1) * block],
+            jacobian[:, v * block : (v + 1) * block],
+            lr=lr,
+        )
         for v in range(versions)
     ]
     return torch.cat([u for u, _ in parts], dim=1), torch.cat([s for _, s in parts], dim=1)
 
 
-def _forced(method: Method, values: Tensor, jacobian: Tensor, *, lr: float) -> tuple[Tensor, Tensor]:
+def _forced(
+    method: Method, values: Tensor, jacobian: Tensor, *, lr: float
+) -> tuple[Tensor, Tensor]:
     method.reset((values.shape[1],))
     own = list(method.to(dtype=values.dtype).parameters())
-    optimizer = torch.optim.Adam(own, lr=lr) if own else None  # the method's own parameters, as the runner steps them
+    optimizer = (
+        torch.optim.Adam(own, lr=lr) if own else None
+    )  # the method's own parameters, as the runner steps them
     updates, sizes = [], []
     for t in range(values.shape[0]):
         if t > 0:
@@ -188,7 +225,13 @@ def _forced(method: Method, values: Tensor, jacobian: Tensor, *, lr: float) -> t
     return torch.stack(updates), torch.stack(sizes)
 
 
-def _one_update(method: Method, values: Tensor, jacobian: Tensor, optimizer: torch.optim.Optimizer | None, own: list[Tensor]) -> tuple[Tensor, Tensor]:
+def _one_update(
+    method: Method,
+    values: Tensor,
+    jacobian: Tensor,
+    optimizer: torch.optim.Optimizer | None,
+    own: list[Tensor],
+) -> tuple[Tensor, Tensor]:
     """The runner's step (`toy_problems.runner.step_direction`) and the size of its terms,
     `sum_i |w_i| ||g_i||` (a Jacobian aggregation's head weights, or `||d||` if larger)."""
     if optimizer is not None:
@@ -196,7 +239,9 @@ def _one_update(method: Method, values: Tensor, jacobian: Tensor, optimizer: tor
     update, weights = step_direction(method, values, jacobian, own=own)
     if optimizer is not None:
         optimizer.step()
-    size = (weights.to(jacobian.dtype).abs() * torch.linalg.vector_norm(jacobian, dim=-1)).sum(dim=-1)
+    size = (weights.to(jacobian.dtype).abs() * torch.linalg.vector_norm(jacobian, dim=-1)).sum(
+        dim=-1
+    )
     if isinstance(method, JacobianAggregation):
         size = torch.maximum(size, torch.linalg.vector_norm(update, dim=-1))
     return update, size
@@ -212,7 +257,9 @@ def nominal_points(case: Case, spec: str, *, seed: int) -> Tensor:
     if "full" not in make_method(spec, num_tasks=case.lower_bounds.shape[-1]).engine_modes:
         return engine_points(case, spec, seed=seed)
     tracks = [Track(spec, (), seed, p) for p in range(len(case.problems))]
-    runs = run_tracks(case.problems, case.starts, tracks, num_steps=case.num_steps, lr=case.lr, record_every=1)
+    runs = run_tracks(
+        case.problems, case.starts, tracks, num_steps=case.num_steps, lr=case.lr, record_every=1
+    )
     return torch.stack([run.points for run in runs], dim=1)
 
 
@@ -222,14 +269,21 @@ def batched_nominal_points(case: Case, specs: Sequence[str], *, seed: int) -> di
     so every trajectory is the one it has alone, bit for bit); empty if a method fails in the
     batch (each is then run alone, which names the one that fails)."""
     num_tasks = case.lower_bounds.shape[-1]
-    runnable = [spec for spec in specs if "full" in make_method(spec, num_tasks=num_tasks).engine_modes]
+    runnable = [
+        spec for spec in specs if "full" in make_method(spec, num_tasks=num_tasks).engine_modes
+    ]
     tracks = [Track(spec, (), seed, p) for spec in runnable for p in range(len(case.problems))]
     try:
-        runs = run_tracks(case.problems, case.starts, tracks, num_steps=case.num_steps, lr=case.lr, record_every=1)
+        runs = run_tracks(
+            case.problems, case.starts, tracks, num_steps=case.num_steps, lr=case.lr, record_every=1
+        )
     except (MTLInputError, RuntimeError, ValueError):
         return {}
     per_spec = len(case.problems)
-    return {spec: torch.stack([run.points for run in runs[i * per_spec : (i + 1) * per_spec]], dim=1) for i, spec in enumerate(runnable)}
+    return {
+        spec: torch.stack([run.points for run in runs[i * per_spec : (i + 1) * per_spec]], dim=1)
+        for i, spec in enumerate(runnable)
+    }
 
 
 def engine_points(case: Case, spec: str, *, seed: int) -> Tensor:
@@ -243,7 +297,9 @@ def engine_points(case: Case, spec: str, *, seed: int) -> Tensor:
     points = torch.empty(case.num_steps + 1, *case.starts.shape, dtype=case.starts.dtype)
     for p, problem in enumerate(case.problems):
         for s in range(case.starts.shape[1]):
-            method = make_method(spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed))
+            method = make_method(
+                spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed)
+            )
             x = case.starts[p, s].detach().clone().requires_grad_(True)
             optimizer = make_optimizer([x, *method.to(dtype=x.dtype).parameters()], "adam", case.lr)
             for step in range(case.num_steps + 1):
@@ -269,11 +325,15 @@ def case_deviations(case: Case, spec: str, *, seed: int, points: Tensor | None =
     nominal one over the trajectory, per row, relative to the nominal terms' size: `[V + 1, P, S]`."""
     method = make_method(spec, num_tasks=case.lower_bounds.shape[-1])
     points = nominal_points(case, spec, seed=seed) if points is None else points
-    values, jacobian = version_inputs(case, points, method, generator=torch.Generator().manual_seed(seed + 1))
+    values, jacobian = version_inputs(
+        case, points, method, generator=torch.Generator().manual_seed(seed + 1)
+    )
     steps, versions, problems, starts = values.shape[:4]
     flat_values = values.reshape(steps, versions * problems * starts, -1)
     flat_jacobian = jacobian.reshape(steps, versions * problems * starts, *jacobian.shape[-2:])
-    updates, sizes = forced_updates(spec, flat_values, flat_jacobian, lr=case.lr, seed=seed, versions=versions)
+    updates, sizes = forced_updates(
+        spec, flat_values, flat_jacobian, lr=case.lr, seed=seed, versions=versions
+    )
     updates = updates.reshape(steps, versions, problems, starts, -1)
     sizes = sizes.reshape(steps, versions, problems, starts)
     gaps = torch.linalg.vector_norm(updates - updates[:, :1], dim=-1).amax(dim=0)  # [V + 1, P, S]
@@ -288,11 +348,23 @@ def verdicts(deviations: Tensor, /) -> dict[str, Any]:
     threshold = min(max(ROUNDING_FACTOR * rounding, FLOOR), CEILING)
     control = float(deviations[1].max())
     transformed = float(deviations[2:-1].max())
-    return {"rounding": rounding, "threshold": threshold, "control": control, "transformed": transformed,
-            "rescaling_invariant": control <= threshold, "monotone_invariant": control <= threshold and transformed <= threshold}
+    return {
+        "rounding": rounding,
+        "threshold": threshold,
+        "control": control,
+        "transformed": transformed,
+        "rescaling_invariant": control <= threshold,
+        "monotone_invariant": control <= threshold and transformed <= threshold,
+    }
 
 
-def measure_method(spec: str, cases: Sequence[Case], *, seed: int, nominal: dict[str, dict[str, Tensor]] | None = None) -> dict[str, Any]:
+def measure_method(
+    spec: str,
+    cases: Sequence[Case],
+    *,
+    seed: int,
+    nominal: dict[str, dict[str, Tensor]] | None = None,
+) -> dict[str, Any]:
     """The measured invariances of `spec` on every case (both must hold in every case), or the
     error it raised. `nominal`: per case name, nominal trajectories already run
     (`batched_nominal_points`); the others are run here."""
@@ -306,11 +378,18 @@ def measure_method(spec: str, cases: Sequence[Case], *, seed: int, nominal: dict
         return {"error": f"{type(error).__name__}: {error}", "seconds": time.perf_counter() - began}
     measured = {claim: all(case[claim] for case in per_case.values()) for claim in DECLARED}
     declared = {claim: claim in make_method(spec, num_tasks=3).claims for claim in DECLARED}
-    return {"cases": per_case, "measured": measured, "declared": declared, "agrees": measured == declared,
-            "seconds": time.perf_counter() - began}
+    return {
+        "cases": per_case,
+        "measured": measured,
+        "declared": declared,
+        "agrees": measured == declared,
+        "seconds": time.perf_counter() - began,
+    }
 
 
-def measure(*, quick: bool, seed: int = 0, methods: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+def measure(
+    *, quick: bool, seed: int = 0, methods: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Every registered method (or `methods`), measured on the toy and the nonconvex case."""
     cases = [toy_case(quick=quick, seed=seed), nonconvex_case(quick=quick, seed=seed)]
     specs = list(methods or available_methods())
@@ -326,14 +405,29 @@ def run(*, quick: bool) -> ClaimResult:
 def evaluate(results: dict[str, dict[str, Any]], /) -> ClaimResult:
     """Pass iff every method was measured and its measured invariances equal its declared ones."""
     failed = sorted(spec for spec, result in results.items() if "error" in result)
-    disagree = sorted(spec for spec, result in results.items() if "error" not in result and not result["agrees"])
-    invariant = [spec for spec, r in results.items() if "error" not in r and r["measured"]["monotone_invariant"]]
-    rescaling = [spec for spec, r in results.items() if "error" not in r and r["measured"]["rescaling_invariant"] and spec not in invariant]
-    measured = (f"{len(results)} methods; monotone-invariant: {', '.join(invariant) or 'none'}; rescaling only: "
-                f"{', '.join(rescaling) or 'none'}; disagreeing with their declarations: {', '.join(disagree) or 'none'}"
-                + (f"; failed to run: {', '.join(failed)}" if failed else ""))
+    disagree = sorted(
+        spec for spec, result in results.items() if "error" not in result and not result["agrees"]
+    )
+    invariant = [
+        spec
+        for spec, r in results.items()
+        if "error" not in r and r["measured"]["monotone_invariant"]
+    ]
+    rescaling = [
+        spec
+        for spec, r in results.items()
+        if "error" not in r and r["measured"]["rescaling_invariant"] and spec not in invariant
+    ]
+    measured = (
+        f"{len(results)} methods; monotone-invariant: {', '.join(invariant) or 'none'}; rescaling only: "
+        f"{', '.join(rescaling) or 'none'}; disagreeing with their declarations: {', '.join(disagree) or 'none'}"
+        + (f"; failed to run: {', '.join(failed)}" if failed else "")
+    )
     return ClaimResult(
-        name=NAME, statement=STATEMENT, passed=not failed and not disagree, measured=measured,
+        name=NAME,
+        statement=STATEMENT,
+        passed=not failed and not disagree,
+        measured=measured,
         bound=f"measured = declared for every method (invariant: deviation <= {ROUNDING_FACTOR:g}x rounding control or {FLOOR:.0e}, at most {CEILING:.0e})",
         data={"methods": results},
     )
@@ -342,7 +436,9 @@ def evaluate(results: dict[str, dict[str, Any]], /) -> ClaimResult:
 # ---------------------------------------------------------------------------------------------
 # the README's method table
 
-TABLE_BEGIN = "<!-- method-table:begin (python -m proofs_numeric.method_invariance --write-readme) -->"
+TABLE_BEGIN = (
+    "<!-- method-table:begin (python -m proofs_numeric.method_invariance --write-readme) -->"
+)
 TABLE_END = "<!-- method-table:end -->"
 
 
@@ -352,8 +448,18 @@ def method_table(results: dict[str, dict[str, Any]], /) -> str:
     measurement (`results` of `measure`) agrees with them."""
     from core.registry import describe_method
 
-    header = ["method", "paper", "registry name", "hyperparameters (defaults)", "stateful", "random", "needs positive losses",
-              "rescaling-invariant", "monotone-invariant", "measured"]
+    header = [
+        "method",
+        "paper",
+        "registry name",
+        "hyperparameters (defaults)",
+        "stateful",
+        "random",
+        "needs positive losses",
+        "rescaling-invariant",
+        "monotone-invariant",
+        "measured",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for spec in sorted(results):
         about = describe_method(spec)
@@ -363,13 +469,26 @@ def method_table(results: dict[str, dict[str, Any]], /) -> str:
         elif result["agrees"]:
             measured = "agrees"
         else:
-            wrong = [claim.split("_")[0] for claim in DECLARED if result["measured"][claim] != result["declared"][claim]]
+            wrong = [
+                claim.split("_")[0]
+                for claim in DECLARED
+                if result["measured"][claim] != result["declared"][claim]
+            ]
             measured = f"disagrees ({', '.join(wrong)})"
-        hyperparameters = ", ".join(f"{key}={value}" for key, value in about.hyperparameters.items()) or "none"
+        hyperparameters = (
+            ", ".join(f"{key}={value}" for key, value in about.hyperparameters.items()) or "none"
+        )
         cells = [
-            about.title, about.paper.replace("|", "/"), f"`{spec}`", hyperparameters.replace("|", "/"),
-            _mark(about.stateful), _mark(about.random), {"any": "no", "nonnegative": ">= 0", "positive": "> 0"}[about.loss_domain],
-            _mark("rescaling_invariant" in about.claims), _mark("monotone_invariant" in about.claims), measured,
+            about.title,
+            about.paper.replace("|", "/"),
+            f"`{spec}`",
+            hyperparameters.replace("|", "/"),
+            _mark(about.stateful),
+            _mark(about.random),
+            {"any": "no", "nonnegative": ">= 0", "positive": "> 0"}[about.loss_domain],
+            _mark("rescaling_invariant" in about.claims),
+            _mark("monotone_invariant" in about.claims),
+            measured,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -391,8 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(prog="python -m proofs_numeric.method_invariance", description=main.__doc__)
-    parser.add_argument("--write-readme", action="store_true", help="replace the table in README.md (between its markers)")
+    parser = argparse.ArgumentParser(
+        prog="python -m proofs_numeric.method_invariance", description=main.__doc__
+    )
+    parser.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="replace the table in README.md (between its markers)",
+    )
     args = parser.parse_args(argv)
     table = method_table(measure(quick=True))
     if not args.write_readme:

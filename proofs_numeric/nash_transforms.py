@@ -146,8 +146,13 @@ def random_jacobians(num_tasks: int, count: int, *, generator: torch.Generator) 
     row scales `10^U(-2, 2)`."""
     dim = 3 * num_tasks
     shared = torch.randn(count, 1, dim, generator=generator, dtype=torch.float64)
-    rows = 0.5 * shared + torch.randn(count, num_tasks, dim, generator=generator, dtype=torch.float64)
-    return 10.0 ** (4 * torch.rand(count, num_tasks, 1, generator=generator, dtype=torch.float64) - 2) * rows
+    rows = 0.5 * shared + torch.randn(
+        count, num_tasks, dim, generator=generator, dtype=torch.float64
+    )
+    return (
+        10.0 ** (4 * torch.rand(count, num_tasks, 1, generator=generator, dtype=torch.float64) - 2)
+        * rows
+    )
 
 
 def check_rescaling(*, quick: bool, seed: int) -> dict[str, Any]:
@@ -159,7 +164,9 @@ def check_rescaling(*, quick: bool, seed: int) -> dict[str, Any]:
     for num_tasks in (2, 3, 5, 8):
         jacobian = random_jacobians(num_tasks, count, generator=generator)
         gramian = core.gramian(jacobian)
-        scales = 10.0 ** (6 * torch.rand(count, num_tasks, generator=generator, dtype=torch.float64) - 3)
+        scales = 10.0 ** (
+            6 * torch.rand(count, num_tasks, generator=generator, dtype=torch.float64) - 3
+        )
         alpha, alpha_c = rescaled_solutions(gramian, scales)
         well_posed = nash_residual(gramian, alpha) <= 1e-8
         update = (alpha[..., None] * jacobian).sum(dim=-2)
@@ -199,7 +206,9 @@ class ReferenceStyleSolve(GradientWeighting):
     stateful = True
     head_gradient = HeadGradient.WEIGHTED
 
-    def __init__(self, *, residual: float = 1e-3, change: float = 1e-6, iterations: int = 20) -> None:
+    def __init__(
+        self, *, residual: float = 1e-3, change: float = 1e-6, iterations: int = 20
+    ) -> None:
         self.residual, self.change, self.iterations = residual, change, iterations
         self.reset()
 
@@ -208,11 +217,22 @@ class ReferenceStyleSolve(GradientWeighting):
         self._previous: np.ndarray | None = None
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
-        grams = gramian.detach().to(device="cpu", dtype=torch.float64).numpy().reshape(-1, *gramian.shape[-2:])
-        previous = self._previous if self._previous is not None and self._previous.shape == grams.shape[:-1] else np.ones(grams.shape[:-1])
+        grams = (
+            gramian.detach()
+            .to(device="cpu", dtype=torch.float64)
+            .numpy()
+            .reshape(-1, *gramian.shape[-2:])
+        )
+        previous = (
+            self._previous
+            if self._previous is not None and self._previous.shape == grams.shape[:-1]
+            else np.ones(grams.shape[:-1])
+        )
         solved = self._solve(grams, previous.copy())
         self._previous = solved
-        return torch.from_numpy(solved.reshape(gramian.shape[:-1])).to(device=gramian.device, dtype=gramian.dtype)
+        return torch.from_numpy(solved.reshape(gramian.shape[:-1])).to(
+            device=gramian.device, dtype=gramian.dtype
+        )
 
     def _solve(self, grams: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         """Every row's own iteration from `alpha` `[B, K]` (updated in place), the rows still
@@ -223,10 +243,17 @@ class ReferenceStyleSolve(GradientWeighting):
             gram, current = grams[rows], alpha[rows]
             gradient = _matvec(gram, current) - 1.0 / current
             going = ~(_norm(gradient) < self.residual)
-            rows, gram, current, gradient = rows[going], gram[going], current[going], gradient[going]
+            rows, gram, current, gradient = (
+                rows[going],
+                gram[going],
+                current[going],
+                gradient[going],
+            )
             if rows.size == 0:
                 break
-            step = np.linalg.solve(gram + np.eye(gram.shape[-1]) * (1.0 / current**2)[:, None, :], gradient[..., None])[..., 0]
+            step = np.linalg.solve(
+                gram + np.eye(gram.shape[-1]) * (1.0 / current**2)[:, None, :], gradient[..., None]
+            )[..., 0]
             decrement = np.sqrt(np.maximum(_dot(gradient, step), 0.0))
             new = current - step * np.where(decrement < 0.25, 1.0, 1.0 / (1.0 + decrement))[:, None]
             alpha[rows] = new
@@ -267,11 +294,18 @@ class CvxpyReferenceCCP(GradientWeighting):
         self._previous: np.ndarray | None = None
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> Tensor:
-        grams = gramian.detach().to(device="cpu", dtype=torch.float64).numpy().reshape(-1, *gramian.shape[-2:])
+        grams = (
+            gramian.detach()
+            .to(device="cpu", dtype=torch.float64)
+            .numpy()
+            .reshape(-1, *gramian.shape[-2:])
+        )
         previous = self._previous if self._previous is not None else [None] * len(grams)
         solved = np.stack([self.solver.solve(gram, start) for gram, start in zip(grams, previous)])
         self._previous = solved
-        return torch.from_numpy(solved.reshape(gramian.shape[:-1])).to(device=gramian.device, dtype=gramian.dtype)
+        return torch.from_numpy(solved.reshape(gramian.shape[:-1])).to(
+            device=gramian.device, dtype=gramian.dtype
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,8 +340,12 @@ class HeadedNonconvex:
         x = x.detach()
         shared = x[..., None, : self.shared_dim].expand(*x.shape[:-1], self.n_obj, self.shared_dim)
         heads = x[..., self.shared_dim :].unflatten(-1, (self.n_obj, self.head_dim))
-        values, gradients = self.inner.values_and_jacobian(torch.cat([shared, heads], dim=-1))  # [..., K points, K tasks(, d)]
-        own = gradients.diagonal(dim1=-3, dim2=-2).movedim(-1, -2)  # [..., K, d]: task i at its point (s, t_i)
+        values, gradients = self.inner.values_and_jacobian(
+            torch.cat([shared, heads], dim=-1)
+        )  # [..., K points, K tasks(, d)]
+        own = gradients.diagonal(dim1=-3, dim2=-2).movedim(
+            -1, -2
+        )  # [..., K, d]: task i at its point (s, t_i)
         jacobian = x.new_zeros(*x.shape[:-1], self.n_obj, self.n_var)
         jacobian[..., : self.shared_dim] = own[..., : self.shared_dim]
         for i in range(self.n_obj):
@@ -350,7 +388,9 @@ def adam_runs(
         served.setdefault(id(method), (method, []))[1].append(block)
     for method, blocks in served.values():
         method.reset((*x.shape[:2], len(blocks), x.shape[3]))
-    raw = torch.tensor(raw_heads)[:, None, None] if raw_heads is not None and any(raw_heads) else None  # [M, 1, 1]
+    raw = (
+        torch.tensor(raw_heads)[:, None, None] if raw_heads is not None and any(raw_heads) else None
+    )  # [M, 1, 1]
     optimizer = torch.optim.Adam([x], lr=lr)
     points = [x.detach().clone()]
     for _ in range(num_steps):
@@ -360,7 +400,11 @@ def adam_runs(
         for method, blocks in served.values():
             weights[:, :, blocks] = method(gramian[:, :, blocks], values[:, :, blocks])
         weighted = (weights[..., None] * jacobian).sum(dim=-2)
-        x.grad = weighted if raw is None else torch.where(raw, _raw_heads(weighted, jacobian, shared_dim), weighted)
+        x.grad = (
+            weighted
+            if raw is None
+            else torch.where(raw, _raw_heads(weighted, jacobian, shared_dim), weighted)
+        )
         optimizer.step()
         points.append(x.detach().clone())
     return list(torch.stack(points).unbind(dim=3))
@@ -397,13 +441,19 @@ def forced_deviations(
     `kappa = max(1, max_i b_i^2)` from the nominal version's solution; and the largest
     `max_i b_i^2` `[P, S]`.
     """
-    weights, jacobian, direction = _updates(family, iterates, method, shared_dim=shared_dim, raw_heads=raw_heads)
+    weights, jacobian, direction = _updates(
+        family, iterates, method, shared_dim=shared_dim, raw_heads=raw_heads
+    )
     nominal = direction[:, :, :1]
-    deviation = (direction[:, :, 1:] - nominal).norm(dim=-1) / nominal.norm(dim=-1)  # [T, P, V - 1, S]
+    deviation = (direction[:, :, 1:] - nominal).norm(dim=-1) / nominal.norm(
+        dim=-1
+    )  # [T, P, V - 1, S]
     shared = jacobian if shared_dim is None else jacobian[..., :shared_dim]
     b_squared = (weights[:, :, 0] * shared[:, :, 0].norm(dim=-1)).square().amax(dim=-1)  # [T, P, S]
     kappa = b_squared.clamp_min(1.0)[:, :, None]
-    within = deviation / (ROUNDING_CONSTANT * EPS * kappa + 2 * family.num_tasks * tolerance * kappa.sqrt())
+    within = deviation / (
+        ROUNDING_CONSTANT * EPS * kappa + 2 * family.num_tasks * tolerance * kappa.sqrt()
+    )
     return {
         "relative": deviation.amax(dim=0),
         "rounding": (deviation / (EPS * kappa)).amax(dim=0),
@@ -412,7 +462,14 @@ def forced_deviations(
     }
 
 
-def _updates(family: TransformedFamily, iterates: Tensor, method: GradientWeighting, *, shared_dim: int | None, raw_heads: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _updates(
+    family: TransformedFamily,
+    iterates: Tensor,
+    method: GradientWeighting,
+    *,
+    shared_dim: int | None,
+    raw_heads: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """The weights `[T, P, V, S, K]`, Jacobians and updates of every version at the iterates `[T, P, 1, S, n]`.
 
     The family is evaluated at every step at once (the transforms cost per call, not per value);
@@ -421,22 +478,38 @@ def _updates(family: TransformedFamily, iterates: Tensor, method: GradientWeight
     teacher's own run saw, so they repeat its updates.
     """
     rows = iterates.movedim(0, 2).expand(-1, family.num_versions, -1, -1, -1)  # [P, V, T, S, n]
-    values, jacobian = (tensor.movedim(2, 0) for tensor in family.values_and_jacobian(rows))  # [T, P, V, S, ...]
+    values, jacobian = (
+        tensor.movedim(2, 0) for tensor in family.values_and_jacobian(rows)
+    )  # [T, P, V, S, ...]
     method.reset(tuple(values.shape[1:-1]))
     if method.stateful:
-        weights = torch.stack([method_weights(method, step_values, step_jacobian, shared_dim=shared_dim)
-                               for step_values, step_jacobian in zip(values, jacobian)])
+        weights = torch.stack(
+            [
+                method_weights(method, step_values, step_jacobian, shared_dim=shared_dim)
+                for step_values, step_jacobian in zip(values, jacobian)
+            ]
+        )
     else:
         weights = method_weights(method, values, jacobian, shared_dim=shared_dim)
     direction = (weights[..., None] * jacobian).sum(dim=-2)
-    return weights, jacobian, _raw_heads(direction, jacobian, shared_dim) if raw_heads else direction
+    return (
+        weights,
+        jacobian,
+        _raw_heads(direction, jacobian, shared_dim) if raw_heads else direction,
+    )
 
 
-def _versions_case(problems: list[Any], *, num_random: int, num_starts: int, generator: torch.Generator) -> tuple[TransformedFamily, Tensor]:
+def _versions_case(
+    problems: list[Any], *, num_random: int, num_starts: int, generator: torch.Generator
+) -> tuple[TransformedFamily, Tensor]:
     ranges = loss_ranges(problems, *box(problems[0]), generator=generator)
-    lower = torch.zeros(len(problems), problems[0].n_obj, dtype=torch.float64)  # RandomNonconvex losses are >= 0
+    lower = torch.zeros(
+        len(problems), problems[0].n_obj, dtype=torch.float64
+    )  # RandomNonconvex losses are >= 0
     transforms = draw_versions(generator, ranges, lower, num_random)
-    return TransformedFamily(problems, transforms), random_starts(problems, num_random + 2, num_starts, generator)
+    return TransformedFamily(problems, transforms), random_starts(
+        problems, num_random + 2, num_starts, generator
+    )
 
 
 def _summarise(result: dict[str, Tensor]) -> dict[str, float]:
@@ -462,25 +535,35 @@ class Setting:
     raw_heads: bool = False
 
 
-def _settings(family: TransformedFamily, starts: Tensor, head_family: TransformedFamily, head_starts: Tensor) -> dict[str, Setting]:
+def _settings(
+    family: TransformedFamily, starts: Tensor, head_family: TransformedFamily, head_starts: Tensor
+) -> dict[str, Setting]:
     """The per-step checks of (b) and (c), by variant name."""
 
-    def cold() -> GradientWeighting:  # one factory: the two head checks share a solver in their teacher loop
+    def cold() -> (
+        GradientWeighting
+    ):  # one factory: the two head checks share a solver in their teacher loop
         return core.NashMTL(warm_start=False)
 
     return {
         "exact_cold": Setting(family, starts, cold),
-        "loose_cold": Setting(family, starts, lambda: core.NashMTL(tolerance=1e-3, warm_start=False)),
+        "loose_cold": Setting(
+            family, starts, lambda: core.NashMTL(tolerance=1e-3, warm_start=False)
+        ),
         "weighted_heads": Setting(head_family, head_starts, cold, shared_dim=3),
         "exact": Setting(family, starts, lambda: core.NashMTL(), 1e-10),
         "loose_warm": Setting(family, starts, lambda: core.NashMTL(tolerance=1e-3), 1e-3),
-        "update_every_5": Setting(family, starts, lambda: core.NashMTL(update_weights_every=5), 1e-10),
+        "update_every_5": Setting(
+            family, starts, lambda: core.NashMTL(update_weights_every=5), 1e-10
+        ),
         "raw_heads": Setting(head_family, head_starts, cold, shared_dim=3, raw_heads=True),
         "reference_style": Setting(family, starts, lambda: ReferenceStyleSolve()),
     }
 
 
-def _teachers(settings: dict[str, Setting], *, num_steps: int, lr: float) -> dict[str, tuple[Tensor, float]]:
+def _teachers(
+    settings: dict[str, Setting], *, num_steps: int, lr: float
+) -> dict[str, tuple[Tensor, float]]:
     """Per setting, the nominal iterates `[T, P, 1, S, n]` of its own Adam run and the seconds it took.
 
     Settings with the same problems, starts and head split run in one loop (`adam_runs`, the time
@@ -493,39 +576,78 @@ def _teachers(settings: dict[str, Setting], *, num_steps: int, lr: float) -> dic
         instances = {make: make() for make in {settings[name].make for name in names}}
         methods = [instances[settings[name].make] for name in names]
         clock = time.perf_counter()
-        runs = adam_runs(_nominal_family(family), starts[:, :1], methods, num_steps=num_steps, lr=lr, shared_dim=shared_dim,
-                         raw_heads=[settings[name].raw_heads for name in names])
+        runs = adam_runs(
+            _nominal_family(family),
+            starts[:, :1],
+            methods,
+            num_steps=num_steps,
+            lr=lr,
+            shared_dim=shared_dim,
+            raw_heads=[settings[name].raw_heads for name in names],
+        )
         seconds = (time.perf_counter() - clock) / len(names)
         teachers.update({name: (points[:-1], seconds) for name, points in zip(names, runs)})
     return teachers
 
 
-def _whole_trajectories(settings: dict[str, Setting], *, num_steps: int, lr: float) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
+def _whole_trajectories(
+    settings: dict[str, Setting], *, num_steps: int, lr: float
+) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
     """Free runs of every version under the `FREE_RUNS` settings (one loop, the time shared), the
     iterates `[T + 1, P, V, S, n]` per name, and their control tests (`proofs_numeric.invariance`)."""
     first = settings[next(iter(FREE_RUNS))]  # the free-run settings share their problems and starts
     clock = time.perf_counter()
-    runs = adam_runs(first.family, first.starts, [settings[name].make() for name in FREE_RUNS], num_steps=num_steps, lr=lr)
+    runs = adam_runs(
+        first.family,
+        first.starts,
+        [settings[name].make() for name in FREE_RUNS],
+        num_steps=num_steps,
+        lr=lr,
+    )
     seconds = round((time.perf_counter() - clock) / len(FREE_RUNS), 2)
     free = dict(zip(FREE_RUNS, runs))
     results: dict[str, dict[str, Any]] = {}
     for name, points in free.items():
         measures = deviations(points)
-        results[name] = {**control_test(measures["transform"], measures["control"], floor=FREE_RUNS[name]), "floor": FREE_RUNS[name], "seconds": seconds}
+        results[name] = {
+            **control_test(measures["transform"], measures["control"], floor=FREE_RUNS[name]),
+            "floor": FREE_RUNS[name],
+            "seconds": seconds,
+        }
     return free, results
 
 
-def _per_step_checks(settings: dict[str, Setting], free: dict[str, Tensor], *, num_steps: int, lr: float) -> dict[str, dict[str, Any]]:
+def _per_step_checks(
+    settings: dict[str, Setting], free: dict[str, Tensor], *, num_steps: int, lr: float
+) -> dict[str, dict[str, Any]]:
     """(b), (c): every setting's per-step deviations (`_summarise`d), teacher-forced by its nominal
     run: the nominal rows of its free run where it has one (rows never interact), else its own."""
-    teachers = {name: (points[:-1, :, :1], 0.0) for name, points in free.items()}  # timed with the free runs
-    teachers.update(_teachers({name: setting for name, setting in settings.items() if name not in free}, num_steps=num_steps, lr=lr))
+    teachers = {
+        name: (points[:-1, :, :1], 0.0) for name, points in free.items()
+    }  # timed with the free runs
+    teachers.update(
+        _teachers(
+            {name: setting for name, setting in settings.items() if name not in free},
+            num_steps=num_steps,
+            lr=lr,
+        )
+    )
     variants: dict[str, dict[str, Any]] = {}
     for name, setting in settings.items():
         clock = time.perf_counter()
         iterates, teacher_seconds = teachers[name]
-        result = forced_deviations(setting.family, iterates, setting.make(), tolerance=setting.tolerance, shared_dim=setting.shared_dim, raw_heads=setting.raw_heads)
-        variants[name] = {**_summarise(result), "seconds": round(teacher_seconds + time.perf_counter() - clock, 2)}
+        result = forced_deviations(
+            setting.family,
+            iterates,
+            setting.make(),
+            tolerance=setting.tolerance,
+            shared_dim=setting.shared_dim,
+            raw_heads=setting.raw_heads,
+        )
+        variants[name] = {
+            **_summarise(result),
+            "seconds": round(teacher_seconds + time.perf_counter() - clock, 2),
+        }
     return variants
 
 
@@ -552,14 +674,22 @@ def measure(*, quick: bool, seed: int = 0) -> Measurements:
         num_problems, num_starts, num_random = (2, 3, 1) if quick else (3, 6, 2)
         num_steps, lr = (200, 1e-2) if quick else (2000, 1e-2)
         problems = [RandomNonconvex(4, 3, seed=seed + 10 + p) for p in range(num_problems)]
-        family, starts = _versions_case(problems, num_random=num_random, num_starts=num_starts, generator=generator)
+        family, starts = _versions_case(
+            problems, num_random=num_random, num_starts=num_starts, generator=generator
+        )
         headed = [HeadedNonconvex(3, 2, 3, seed=seed + 20 + p) for p in range(num_problems)]
-        head_family, head_starts = _versions_case(headed, num_random=num_random, num_starts=num_starts, generator=generator)
+        head_family, head_starts = _versions_case(
+            headed, num_random=num_random, num_starts=num_starts, generator=generator
+        )
 
         settings = _settings(family, starts, head_family, head_starts)
         free, trajectories = _whole_trajectories(settings, num_steps=num_steps, lr=lr)
         variants = _per_step_checks(settings, free, num_steps=num_steps, lr=lr)
-        cvxpy_result = _cvxpy_check(family, starts, num_steps=min(num_steps, 100), lr=lr) if not quick else {"run": False, "why": "quick mode"}
+        cvxpy_result = (
+            _cvxpy_check(family, starts, num_steps=min(num_steps, 100), lr=lr)
+            if not quick
+            else {"run": False, "why": "quick mode"}
+        )
         figure_runs = _toy_runs(quick=quick)
     setup = {
         "problems": num_problems,
@@ -570,7 +700,16 @@ def measure(*, quick: bool, seed: int = 0) -> Measurements:
         "transforms": describe(family.transforms),
         "head_transforms": describe(head_family.transforms),
     }
-    return Measurements(quick, rescaling, variants, trajectories, cvxpy_result, figure_runs, setup, time.perf_counter() - began)
+    return Measurements(
+        quick,
+        rescaling,
+        variants,
+        trajectories,
+        cvxpy_result,
+        figure_runs,
+        setup,
+        time.perf_counter() - began,
+    )
 
 
 def run(*, quick: bool) -> ClaimResult:
@@ -580,22 +719,57 @@ def run(*, quick: bool) -> ClaimResult:
 def evaluate(measurements: Measurements, /) -> ClaimResult:
     """The verdict, measured/bound strings, data and figure from `measure`'s results (module constants
     are read here, not in `measure`)."""
-    rescaling, variants, trajectories = measurements.rescaling, measurements.variants, measurements.trajectories
+    rescaling, variants, trajectories = (
+        measurements.rescaling,
+        measurements.variants,
+        measurements.trajectories,
+    )
     limit = BREAK_FACTOR * ROUNDING_CONSTANT
     checks: dict[str, tuple[float, float, str]] = {
         "rescaling_weights": (rescaling["max_weight_deviation"], RESCALING_TOLERANCE, "<="),
         "rescaling_update": (rescaling["max_update_deviation"], RESCALING_TOLERANCE, "<="),
     }
-    checks.update({f"{name}_rounding": (variants[name]["max_rounding"], ROUNDING_CONSTANT, "<=") for name in INVARIANT_VARIANTS})
-    checks.update({f"{name}_tolerance": (variants[name]["max_tolerance"], 1.0, "<=") for name in TOLERANCE_VARIANTS})
-    checks.update({f"{name}_rounding": (variants[name]["max_rounding"], limit, ">=") for name in BREAK_VARIANTS})
+    checks.update(
+        {
+            f"{name}_rounding": (variants[name]["max_rounding"], ROUNDING_CONSTANT, "<=")
+            for name in INVARIANT_VARIANTS
+        }
+    )
+    checks.update(
+        {
+            f"{name}_tolerance": (variants[name]["max_tolerance"], 1.0, "<=")
+            for name in TOLERANCE_VARIANTS
+        }
+    )
+    checks.update(
+        {
+            f"{name}_rounding": (variants[name]["max_rounding"], limit, ">=")
+            for name in BREAK_VARIANTS
+        }
+    )
     for name in variants:
         if name in CONTROL_BREAKS:
-            checks[f"{name}_control_rounding"] = (variants[name]["control_max_rounding"], limit, ">=")
+            checks[f"{name}_control_rounding"] = (
+                variants[name]["control_max_rounding"],
+                limit,
+                ">=",
+            )
         else:
-            checks[f"{name}_control_rounding"] = (variants[name]["control_max_rounding"], ROUNDING_CONSTANT, "<=")
-    checks.update({f"{name}_trajectory_excess": (result["excess"], 1.0, "<=") for name, result in trajectories.items()})
-    passed = all(math.isfinite(value) and (value <= bound if sense == "<=" else value >= bound) for value, bound, sense in checks.values())
+            checks[f"{name}_control_rounding"] = (
+                variants[name]["control_max_rounding"],
+                ROUNDING_CONSTANT,
+                "<=",
+            )
+    checks.update(
+        {
+            f"{name}_trajectory_excess": (result["excess"], 1.0, "<=")
+            for name, result in trajectories.items()
+        }
+    )
+    passed = all(
+        math.isfinite(value) and (value <= bound if sense == "<=" else value >= bound)
+        for value, bound, sense in checks.values()
+    )
 
     holds = max(variants[name]["max_rounding"] for name in INVARIANT_VARIANTS)
     breaks = min(variants[name]["max_rounding"] for name in BREAK_VARIANTS)
@@ -608,21 +782,31 @@ def evaluate(measurements: Measurements, /) -> ClaimResult:
     data = {
         "quick": measurements.quick,
         "seconds": round(measurements.seconds, 2),
-        "checks": {key: {"value": value, "bound": bound_, "sense": sense} for key, (value, bound_, sense) in checks.items()},
+        "checks": {
+            key: {"value": value, "bound": bound_, "sense": sense}
+            for key, (value, bound_, sense) in checks.items()
+        },
         "rescaling": rescaling,
         "trajectory_setup": measurements.setup,
         "variants": variants,
         "whole_trajectories": trajectories,
         "cvxpy_reference_ccp": measurements.cvxpy_result,
         "toy_figure_runs": {
-            name: {"nominal_endpoints": points[-1, 0, NOMINAL].tolist(), "transformed_endpoints": points[-1, 0, 2].tolist()}
+            name: {
+                "nominal_endpoints": points[-1, 0, NOMINAL].tolist(),
+                "transformed_endpoints": points[-1, 0, 2].tolist(),
+            }
             for name, points in measurements.figure_runs.items()
         },
     }
-    return ClaimResult(NAME, STATEMENT, passed, measured, bound, data, _figure(measurements.figure_runs, variants))
+    return ClaimResult(
+        NAME, STATEMENT, passed, measured, bound, data, _figure(measurements.figure_runs, variants)
+    )
 
 
-def _cvxpy_check(family: TransformedFamily, starts: Tensor, *, num_steps: int, lr: float) -> dict[str, Any]:
+def _cvxpy_check(
+    family: TransformedFamily, starts: Tensor, *, num_steps: int, lr: float
+) -> dict[str, Any]:
     """The cvxpy reference-style CCP on the first problem and two starts (full mode, cvxpy installed)."""
     from benchmarks.perf.nash_solver import reference_solver
 
@@ -632,10 +816,18 @@ def _cvxpy_check(family: TransformedFamily, starts: Tensor, *, num_steps: int, l
     sub = TransformedFamily(family.problems[:1], family.transforms[:1])
     clock = time.perf_counter()
     method = CvxpyReferenceCCP(family.num_tasks, solver)
-    (teacher,) = adam_runs(_nominal_family(sub), starts[:1, :1, :2], [method], num_steps=num_steps, lr=lr)
+    (teacher,) = adam_runs(
+        _nominal_family(sub), starts[:1, :1, :2], [method], num_steps=num_steps, lr=lr
+    )
     result = _summarise(forced_deviations(sub, teacher[:-1], method))
     result["breaks"] = result["max_rounding"] >= BREAK_FACTOR * ROUNDING_CONSTANT
-    return {"run": True, "solver": solver, "num_steps": num_steps, "seconds": round(time.perf_counter() - clock, 2), **result}
+    return {
+        "run": True,
+        "solver": solver,
+        "num_steps": num_steps,
+        "seconds": round(time.perf_counter() - clock, 2),
+        **result,
+    }
 
 
 def _toy_runs(*, quick: bool) -> dict[str, Tensor]:
@@ -651,7 +843,9 @@ def _toy_runs(*, quick: bool) -> dict[str, Tensor]:
     starts = torch.tensor(TOY_STARTS, dtype=torch.float64)
     num_steps, lr = (400, 2.5e-2) if quick else (35000, 1e-3)
     runs = run_tracks(TwoTaskToy(), starts, tracks, num_steps=num_steps, lr=lr)
-    points = torch.stack([run.points for run in runs], dim=1).unflatten(1, (len(TOY_METHODS), len(versions)))  # [T + 1, M, V, S, 2]
+    points = torch.stack([run.points for run in runs], dim=1).unflatten(
+        1, (len(TOY_METHODS), len(versions))
+    )  # [T + 1, M, V, S, 2]
     return {name: points[:, m, None] for m, name in enumerate(TOY_METHODS)}
 
 
@@ -664,9 +858,17 @@ def _figure(runs: dict[str, Tensor], variants: dict[str, dict[str, Any]]):
     axes = figure.subplots(1, len(runs) + 1)
     for axis, (name, points) in zip(axes, runs.items()):
         stride = max(1, points.shape[0] // 400)
-        losses = toy(points[::stride, 0])  # [T', V, S, 2]: nominal losses of each version's iterates
+        losses = toy(
+            points[::stride, 0]
+        )  # [T', V, S, 2]: nominal losses of each version's iterates
         for s in range(points.shape[3]):
-            axis.plot(losses[:, NOMINAL, s, 0], losses[:, NOMINAL, s, 1], color="tab:blue", lw=1.8, alpha=0.6)
+            axis.plot(
+                losses[:, NOMINAL, s, 0],
+                losses[:, NOMINAL, s, 1],
+                color="tab:blue",
+                lw=1.8,
+                alpha=0.6,
+            )
             axis.plot(losses[:, 2, s, 0], losses[:, 2, s, 1], color="tab:red", lw=0.9, ls="--")
         axis.plot(front[:, 0], front[:, 1], color="k", lw=0.6)
         axis.set(title=f"toy: {name}", xlabel="f0 (nominal)", ylabel="f1 (nominal)")
@@ -675,7 +877,10 @@ def _figure(runs: dict[str, Tensor], variants: dict[str, dict[str, Any]]):
     axes[0].legend(fontsize=7)
     names = list(variants)
     values = [max(variants[n]["max_rounding"], 1e-3) for n in names]
-    colors = ["tab:green" if n in INVARIANT_VARIANTS else "tab:olive" if n == "exact" else "tab:orange" for n in names]
+    colors = [
+        "tab:green" if n in INVARIANT_VARIANTS else "tab:olive" if n == "exact" else "tab:orange"
+        for n in names
+    ]
     axes[-1].bar(range(len(names)), values, color=colors)
     axes[-1].axhline(ROUNDING_CONSTANT, color="k", ls=":", lw=0.8)
     axes[-1].axhline(BREAK_FACTOR * ROUNDING_CONSTANT, color="k", ls="--", lw=0.8)

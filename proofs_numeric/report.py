@@ -27,7 +27,9 @@ CELL_WIDTH = 100
 # --------------------------------------------------------------------------------------------
 # expected duration
 
-MACHINE = "the project's 2-core CPU machine"  # as toy_problems.command_config words it for benchmarks
+MACHINE = (
+    "the project's 2-core CPU machine"  # as toy_problems.command_config words it for benchmarks
+)
 EXPECTED_SECONDS: dict[str, tuple[float, float]] = {
     "invariance": (260.0, 3.5),
     "method_invariance": (205.0, 9.1),
@@ -75,8 +77,10 @@ def expected_duration_line(names: Sequence[str], /, *, quick: bool, processes: i
     seconds = expected_seconds(names, quick=quick, processes=processes)
     other_seconds = expected_seconds(names, quick=not quick, processes=processes)
     claims = f"{len(names)} claim{'s' if len(names) != 1 else ''}"
-    return (f"{claims}, {mode} mode, {processes} process{'es' if processes != 1 else ''}: expected "
-            f"{duration(seconds)} on {MACHINE} (approximate; {other}: {duration(other_seconds)})")
+    return (
+        f"{claims}, {mode} mode, {processes} process{'es' if processes != 1 else ''}: expected "
+        f"{duration(seconds)} on {MACHINE} (approximate; {other}: {duration(other_seconds)})"
+    )
 
 
 def duration(seconds: float, /) -> str:
@@ -119,7 +123,9 @@ class ClaimRow(NamedTuple):
 def claim_row(result: ClaimResult, /, *, seconds: float) -> ClaimRow:
     """The row and sub-tables of a finished claim."""
     verdict = "PASS" if result.passed else "FAIL"
-    return ClaimRow(result.name, verdict, result.measured, result.bound, seconds, detail_tables(result))
+    return ClaimRow(
+        result.name, verdict, result.measured, result.bound, seconds, detail_tables(result)
+    )
 
 
 def detail_tables(result: ClaimResult, /) -> tuple[Table, ...]:
@@ -132,7 +138,13 @@ def detail_tables(result: ClaimResult, /) -> tuple[Table, ...]:
             table = build(result.data)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
             # a claim whose data changed shape must not lose its row: fall back to its cell
-            logger.warning("%s: no sub-table from %s (%s: %s)", result.name, build.__name__, type(error).__name__, error)
+            logger.warning(
+                "%s: no sub-table from %s (%s: %s)",
+                result.name,
+                build.__name__,
+                type(error).__name__,
+                error,
+            )
             continue
         if table is not None:
             tables.append(table)
@@ -150,11 +162,19 @@ def _checks_table(data: dict[str, Any], /) -> Table | None:
     rows, failing = [], []
     for name, check in checks.items():
         relation = check.get("relation") or check.get("sense") or "<="
-        holds = check["passed"] if "passed" in check else _holds(check["value"], relation, check["bound"])
-        rows.append((name, number(check["value"]), f"{relation} {number(check['bound'])}", _verdict(holds)))
+        holds = (
+            check["passed"]
+            if "passed" in check
+            else _holds(check["value"], relation, check["bound"])
+        )
+        rows.append(
+            (name, number(check["value"]), f"{relation} {number(check['bound'])}", _verdict(holds))
+        )
         if not holds:
             failing.append(name)
-    return Table("checks", "checks", ("check", "measured", "bound", "verdict"), tuple(rows), tuple(failing))
+    return Table(
+        "checks", "checks", ("check", "measured", "bound", "verdict"), tuple(rows), tuple(failing)
+    )
 
 
 def _holds(value: float, relation: str, bound: float) -> bool:
@@ -169,14 +189,31 @@ def _invariance_table(data: dict[str, Any], /) -> Table:
     rows, failing = [], []
     for kind, methods in (("invariant", data["invariant"]), ("diverges", data["non_invariant"])):
         for method, measures in methods.items():
-            rows.append((method, kind, number(measures["median_ratio"]), number(measures["max_ratio"]),
-                         number(measures["control_excess"]), _verdict(measures["passed"])))
+            rows.append(
+                (
+                    method,
+                    kind,
+                    number(measures["median_ratio"]),
+                    number(measures["max_ratio"]),
+                    number(measures["control_excess"]),
+                    _verdict(measures["passed"]),
+                )
+            )
             if not measures["passed"]:
                 failing.append(method)
-    note = (f"verdict ok: invariant with median <= {number(data['invariance_tolerance'])} (Nash-MTL: any median) and control "
-            f"excess <= 1; diverges with median >= {number(data['divergence_min'])}")
+    note = (
+        f"verdict ok: invariant with median <= {number(data['invariance_tolerance'])} (Nash-MTL: any median) and control "
+        f"excess <= 1; diverges with median >= {number(data['divergence_min'])}"
+    )
     columns = ("method", "expected", "median", "largest", "control excess", "verdict")
-    return Table("per method, deviation of transformed runs in step scales", "methods", columns, tuple(rows), tuple(failing), note)
+    return Table(
+        "per method, deviation of transformed runs in step scales",
+        "methods",
+        columns,
+        tuple(rows),
+        tuple(failing),
+        note,
+    )
 
 
 def _method_invariance_table(data: dict[str, Any], /) -> Table:
@@ -187,11 +224,25 @@ def _method_invariance_table(data: dict[str, Any], /) -> Table:
             rows.append((method, "", f"error: {result['error']}", _verdict(False)))
             failing.append(method)
             continue
-        rows.append((method, _invariance_kind(result["declared"]), _invariance_kind(result["measured"]), _verdict(result["agrees"])))
+        rows.append(
+            (
+                method,
+                _invariance_kind(result["declared"]),
+                _invariance_kind(result["measured"]),
+                _verdict(result["agrees"]),
+            )
+        )
         if not result["agrees"]:
             failing.append(method)
     columns = ("method", "declared", "measured", "verdict")
-    return Table("per method, declared and measured invariance", "methods", columns, tuple(rows), tuple(failing), "verdict ok: they agree")
+    return Table(
+        "per method, declared and measured invariance",
+        "methods",
+        columns,
+        tuple(rows),
+        tuple(failing),
+        "verdict ok: they agree",
+    )
 
 
 def _invariance_kind(flags: dict[str, bool], /) -> str:
@@ -209,11 +260,26 @@ def _rlw_settings_table(data: dict[str, Any], /) -> Table:
     for curve in data["curves"]:
         final = curve["final"]
         holds = _holds(curve["max_upper_over_bound"], "<=", limit)
-        rows.append((curve["problem"], curve["setting"], f"{number(final['mean'])} [{number(final['low'])}, {number(final['high'])}]",
-                     number(final["bound"]), number(curve["max_upper_over_bound"]), _verdict(holds)))
+        rows.append(
+            (
+                curve["problem"],
+                curve["setting"],
+                f"{number(final['mean'])} [{number(final['low'])}, {number(final['high'])}]",
+                number(final["bound"]),
+                number(curve["max_upper_over_bound"]),
+                _verdict(holds),
+            )
+        )
         if not holds:
             failing.append(f"{curve['problem']}, {curve['setting']}")
-    columns = ("problem", "setting", "final E|theta - theta*|^2 [CI]", "final bound", "max upper CI / bound", "verdict")
+    columns = (
+        "problem",
+        "setting",
+        "final E|theta - theta*|^2 [CI]",
+        "final bound",
+        "max upper CI / bound",
+        "verdict",
+    )
     note = f"verdict ok: the upper end of the simultaneous {100 * (1 - data['alpha']):g}% CI <= {number(limit)} x the bound at every k"
     return Table("per problem and setting", "settings", columns, tuple(rows), tuple(failing), note)
 
@@ -238,7 +304,12 @@ def _cell_parts_table(measured: str, bound: str, /) -> Table:
         measured_parts, bound_parts = measured.split(", "), bound.split(", ")
     if len(bound_parts) != len(measured_parts):
         bound_parts = [bound] + [""] * (len(measured_parts) - 1)
-    return Table("measured | bound, part by part", "measurements", ("measured", "bound"), tuple(zip(measured_parts, bound_parts)))
+    return Table(
+        "measured | bound, part by part",
+        "measurements",
+        ("measured", "bound"),
+        tuple(zip(measured_parts, bound_parts)),
+    )
 
 
 def number(value: Any, /) -> str:
@@ -291,7 +362,13 @@ def table_header(width: int, /) -> str:
 
 def table_line(row: ClaimRow, width: int, /) -> str:
     """One line of the main table."""
-    seconds = "" if math.isnan(row.seconds) else f"{row.seconds:.0f} s" if row.seconds >= 10 else f"{row.seconds:.1f} s"
+    seconds = (
+        ""
+        if math.isnan(row.seconds)
+        else f"{row.seconds:.0f} s"
+        if row.seconds >= 10
+        else f"{row.seconds:.1f} s"
+    )
     return f"{row.name:<{width}}  {row.verdict:<7}  {seconds:>5}  {main_cell(row)}"
 
 
@@ -300,7 +377,9 @@ def render_table(claim: str, table: Table, /) -> list[str]:
     widths = [max(len(cell) for cell in column) for column in zip(table.columns, *table.rows)]
     lines = [f"{claim}: {table.title}"] + ([f"  {table.note}"] if table.note else [])
     for cells in (table.columns, *table.rows):
-        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
+        lines.append(
+            "  " + "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+        )
     return lines
 
 
@@ -330,5 +409,11 @@ def name_width(names: Iterable[str], /) -> int:
 def report(rows: Sequence[ClaimRow], out: Path, /) -> str:
     """The whole report: the main table, the sub-tables under it, the footer."""
     width = name_width(row.name for row in rows)
-    lines = [table_header(width), *(table_line(row, width) for row in rows), *detail_lines(rows), "", footer(rows, out)]
+    lines = [
+        table_header(width),
+        *(table_line(row, width) for row in rows),
+        *detail_lines(rows),
+        "",
+        footer(rows, out),
+    ]
     return "\n".join(lines)

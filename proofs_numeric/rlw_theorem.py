@@ -76,7 +76,11 @@ STATEMENT = (
     "and E[lambda] = 1/K."
 )
 
-PROBLEMS: tuple[tuple[int, int, int, float], ...] = ((2, 2, 0, 5.0), (5, 3, 1, 10.0), (10, 5, 2, 20.0))
+PROBLEMS: tuple[tuple[int, int, int, float], ...] = (
+    (2, 2, 0, 5.0),
+    (5, 3, 1, 10.0),
+    (10, 5, 2, 20.0),
+)
 """(n_var, n_obj, seed, condition) of the ConvexQuadratic.random problems."""
 STEP_FRACTIONS = (1.0, 0.2)
 """eta = fraction * min(1 / L_max, 1 / (2c))."""
@@ -102,7 +106,9 @@ class Setting:
         return f"eta x{self.step_fraction:g}, {'noisy' if self.noise else 'full'} gradients"
 
 
-SETTINGS = tuple(Setting(fraction, noise) for fraction in STEP_FRACTIONS for noise in (0.0, GRADIENT_NOISE))
+SETTINGS = tuple(
+    Setting(fraction, noise) for fraction in STEP_FRACTIONS for noise in (0.0, GRADIENT_NOISE)
+)
 
 
 def mean_loss_minimiser(problem: ConvexQuadratic, /) -> Tensor:
@@ -112,7 +118,9 @@ def mean_loss_minimiser(problem: ConvexQuadratic, /) -> Tensor:
     return torch.linalg.solve(curvature, rhs)[:, 0]
 
 
-def rlw_bound(k: Tensor, /, *, eta: float, c: float, kappa: float, initial_sq_distance: float) -> Tensor:
+def rlw_bound(
+    k: Tensor, /, *, eta: float, c: float, kappa: float, initial_sq_distance: float
+) -> Tensor:
     """`(1 - 2 eta c)^k ||theta_0 - theta*||^2 + eta kappa / (2c)` at the steps `k` (Theorem 1)."""
     if not (c > 0 and 0 < eta <= 1 / (2 * c)):
         raise ValueError(f"Theorem 1 needs c > 0 and 0 < eta <= 1/(2c); got eta = {eta}, c = {c}")
@@ -121,7 +129,11 @@ def rlw_bound(k: Tensor, /, *, eta: float, c: float, kappa: float, initial_sq_di
 
 def normal_quantile(alpha: float, comparisons: int, /) -> float:
     """The two-sided z of a Bonferroni-simultaneous (1 - alpha) interval over `comparisons` means."""
-    return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - alpha / (2 * comparisons), dtype=torch.float64)))
+    return float(
+        torch.distributions.Normal(0.0, 1.0).icdf(
+            torch.tensor(1 - alpha / (2 * comparisons), dtype=torch.float64)
+        )
+    )
 
 
 def mean_interval(samples: Tensor, z: float, /, dim: int = -1) -> tuple[Tensor, Tensor, Tensor]:
@@ -154,7 +166,9 @@ class TaskGradients:
 
     def raise_sq_norm_max(self, running: Tensor, /) -> None:
         """Raise `running` `[K]` to the largest `||grad l_t||^2` over the runs of the last call's gradients."""
-        torch.sum(torch.mul(self.gradients, self.gradients, out=self.scratch), dim=1, out=self.sq_norms)
+        torch.sum(
+            torch.mul(self.gradients, self.gradients, out=self.scratch), dim=1, out=self.sq_norms
+        )
         torch.maximum(running, self.sq_norms.amax(dim=-1), out=running)
 
     def weighted_sum_into(self, out: Tensor, weights: Tensor, /) -> None:
@@ -199,9 +213,13 @@ class WeightDraws:
     """RLW's weights for every run of every setting, one `StepWeights` per call, from
     `core.RandomLossWeighting` on one seeded generator."""
 
-    def __init__(self, problem: ConvexQuadratic, /, *, num_runs: int, noisy: Tensor, seed: int) -> None:
+    def __init__(
+        self, problem: ConvexQuadratic, /, *, num_runs: int, noisy: Tensor, seed: int
+    ) -> None:
         self.method = core.RandomLossWeighting(generator=torch.Generator().manual_seed(seed))
-        self.losses = torch.zeros(len(SETTINGS), num_runs, problem.n_obj, dtype=torch.float64)  # RLW uses only their shape
+        self.losses = torch.zeros(
+            len(SETTINGS), num_runs, problem.n_obj, dtype=torch.float64
+        )  # RLW uses only their shape
         self.noisy = noisy
 
     def __call__(self) -> StepWeights:
@@ -214,12 +232,16 @@ class WeightDraws:
         )
 
 
-def squared_distances_into(out: Tensor, theta: Tensor, target: Tensor, /, *, scratch: Tensor) -> None:
+def squared_distances_into(
+    out: Tensor, theta: Tensor, target: Tensor, /, *, scratch: Tensor
+) -> None:
     """`||theta - target||^2` `[settings, runs]` of the iterates `theta` `[settings, n, runs]`, into `out`."""
     torch.sum(torch.sub(theta, target[:, None], out=scratch).pow_(2), dim=1, out=out)
 
 
-def simulate(problem: ConvexQuadratic, /, *, num_runs: int, num_steps: int, seed: int) -> ProblemRun:
+def simulate(
+    problem: ConvexQuadratic, /, *, num_runs: int, num_steps: int, seed: int
+) -> ProblemRun:
     """All settings of one problem, one independent RLW run per column of the iterates
     `[settings, n, runs]` (coordinate-major, see `TaskGradients`); the loop reuses its buffers of
     the gradients' size."""
@@ -251,7 +273,9 @@ def simulate(problem: ConvexQuadratic, /, *, num_runs: int, num_steps: int, seed
             gradients_at.weighted_sum_into(direction[j], weights.by_setting[j])
         weight_sq_sum += weights.mean_sq
         # sum_t lambda_t s xi_t with independent xi_t ~ N(0, I) is s ||lambda|| xi, xi ~ N(0, I): one draw per run
-        xi = torch.randn(len(noisy), num_runs, problem.n_var, generator=noise_generator, dtype=torch.float64)
+        xi = torch.randn(
+            len(noisy), num_runs, problem.n_var, generator=noise_generator, dtype=torch.float64
+        )
         direction.index_add_(0, noisy, xi.mul_(noise_levels * weights.noisy_norms).transpose(1, 2))
         theta.sub_(direction.mul_(etas[:, None, None]))
         squared_distances_into(squared[k], theta, target, scratch=scratch)
@@ -286,19 +310,34 @@ def weight_mean_check(num_tasks: int, /, *, num_draws: int, seed: int, z: float)
         "high": high.tolist(),
         "contains_1_over_K": bool(((low <= target) & (target <= high)).all()),
         "max_abs_error": float((mean - target).abs().max()),
-        "on_simplex": bool((weights >= 0).all() and torch.allclose(weights.sum(dim=-1), torch.ones(num_draws, dtype=torch.float64))),
+        "on_simplex": bool(
+            (weights >= 0).all()
+            and torch.allclose(weights.sum(dim=-1), torch.ones(num_draws, dtype=torch.float64))
+        ),
         "mean_sum_of_squares": float(weights.pow(2).sum(dim=-1).mean()),
     }
 
 
 def run(*, quick: bool) -> ClaimResult:
-    num_runs, num_steps, num_draws = (1000, 400, NUM_WEIGHT_DRAWS // 4) if quick else (10000, 2000, NUM_WEIGHT_DRAWS)
-    problems = [ConvexQuadratic.random(n, K, seed=seed, condition=condition) for n, K, seed, condition in PROBLEMS]
+    num_runs, num_steps, num_draws = (
+        (1000, 400, NUM_WEIGHT_DRAWS // 4) if quick else (10000, 2000, NUM_WEIGHT_DRAWS)
+    )
+    problems = [
+        ConvexQuadratic.random(n, K, seed=seed, condition=condition)
+        for n, K, seed, condition in PROBLEMS
+    ]
     with single_thread():
-        runs = [simulate(problem, num_runs=num_runs, num_steps=num_steps, seed=seed)
-                for problem, (_, _, seed, _) in zip(problems, PROBLEMS)]
-    closed_form_gap = max(gradient_gap(problem, problem.starts(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
-                          for problem in problems)
+        runs = [
+            simulate(problem, num_runs=num_runs, num_steps=num_steps, seed=seed)
+            for problem, (_, _, seed, _) in zip(problems, PROBLEMS)
+        ]
+    closed_form_gap = max(
+        gradient_gap(
+            problem,
+            problem.starts(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+        )
+        for problem in problems
+    )
     steps = torch.arange(num_steps + 1)
     z = normal_quantile(ALPHA, num_steps + 1)
 
@@ -306,35 +345,64 @@ def run(*, quick: bool) -> ClaimResult:
     for run_ in runs:
         for j, setting in enumerate(SETTINGS):
             mean, low, high = mean_interval(run_.squared_distances[:, j], z)
-            bound = rlw_bound(steps, eta=run_.etas[j], c=run_.c, kappa=run_.kappas[j], initial_sq_distance=run_.initial_sq_distance)
+            bound = rlw_bound(
+                steps,
+                eta=run_.etas[j],
+                c=run_.c,
+                kappa=run_.kappas[j],
+                initial_sq_distance=run_.initial_sq_distance,
+            )
             noise_ball = run_.etas[j] * run_.kappas[j] / (2 * run_.c)
             contraction = bound - noise_ball
-            curves.append({
-                "problem": run_.label,
-                "setting": setting.label,
-                "eta": run_.etas[j],
-                "c": run_.c,
-                "kappa": run_.kappas[j],
-                "kappa_tight": run_.tight_kappas[j],
-                "initial_sq_distance": run_.initial_sq_distance,
-                "noise_ball": noise_ball,
-                "max_upper_over_bound": float((high / bound).max()),
-                "max_estimate_over_bound": float((mean / bound).max()),
-                "final_low_over_contraction_term": float(low[-1] / contraction[-1]) if contraction[-1] > 0 else math.inf,
-                "final": {"mean": float(mean[-1]), "low": float(low[-1]), "high": float(high[-1]), "bound": float(bound[-1]),
-                          "contraction_term": float(contraction[-1])},
-                "_series": (mean, low, high, bound),
-            })
+            curves.append(
+                {
+                    "problem": run_.label,
+                    "setting": setting.label,
+                    "eta": run_.etas[j],
+                    "c": run_.c,
+                    "kappa": run_.kappas[j],
+                    "kappa_tight": run_.tight_kappas[j],
+                    "initial_sq_distance": run_.initial_sq_distance,
+                    "noise_ball": noise_ball,
+                    "max_upper_over_bound": float((high / bound).max()),
+                    "max_estimate_over_bound": float((mean / bound).max()),
+                    "final_low_over_contraction_term": float(low[-1] / contraction[-1])
+                    if contraction[-1] > 0
+                    else math.inf,
+                    "final": {
+                        "mean": float(mean[-1]),
+                        "low": float(low[-1]),
+                        "high": float(high[-1]),
+                        "bound": float(bound[-1]),
+                        "contraction_term": float(contraction[-1]),
+                    },
+                    "_series": (mean, low, high, bound),
+                }
+            )
 
     z_weights = normal_quantile(ALPHA, sum(K for _, K, _, _ in PROBLEMS))
-    weight_checks = [weight_mean_check(K, num_draws=num_draws, seed=100 + K, z=z_weights) for _, K, _, _ in PROBLEMS]
+    weight_checks = [
+        weight_mean_check(K, num_draws=num_draws, seed=100 + K, z=z_weights)
+        for _, K, _, _ in PROBLEMS
+    ]
     worst = max(curve["max_upper_over_bound"] for curve in curves)
     checks = {
         "upper CI / bound, max over k and settings": (worst, BOUND_SLACK),
         "settings where 1/K is outside a CI of E[lambda] or weights leave the simplex": (
-            float(sum(not (check["contains_1_over_K"] and check["on_simplex"]) for check in weight_checks)), 0.0),
+            float(
+                sum(
+                    not (check["contains_1_over_K"] and check["on_simplex"])
+                    for check in weight_checks
+                )
+            ),
+            0.0,
+        ),
         "settings whose final lower CI end is below the contraction term": (
-            float(sum(curve["final"]["low"] <= curve["final"]["contraction_term"] for curve in curves)), 0.0),
+            float(
+                sum(curve["final"]["low"] <= curve["final"]["contraction_term"] for curve in curves)
+            ),
+            0.0,
+        ),
         "closed-form gradient vs autograd": (closed_form_gap, GRADIENT_CHECK),
     }
     passed = all(math.isfinite(value) and value <= limit for value, limit in checks.values())
@@ -343,18 +411,28 @@ def run(*, quick: bool) -> ClaimResult:
     figure = _figure(shown, curves, runs)
     for curve in curves:
         mean, low, high, bound = curve.pop("_series")
-        curve["series"] = {"k": shown.tolist(), "mean": mean[shown].tolist(), "low": low[shown].tolist(),
-                           "high": high[shown].tolist(), "bound": bound[shown].tolist()}
+        curve["series"] = {
+            "k": shown.tolist(),
+            "mean": mean[shown].tolist(),
+            "low": low[shown].tolist(),
+            "high": high[shown].tolist(),
+            "bound": bound[shown].tolist(),
+        }
     tightest = max(curve["max_estimate_over_bound"] for curve in curves)
     max_weight_error = max(check["max_abs_error"] for check in weight_checks)
-    weights_ok = checks["settings where 1/K is outside a CI of E[lambda] or weights leave the simplex"][0] == 0
+    weights_ok = (
+        checks["settings where 1/K is outside a CI of E[lambda] or weights leave the simplex"][0]
+        == 0
+    )
     ball_seen = checks["settings whose final lower CI end is below the contraction term"][0] == 0
     return ClaimResult(
         name=NAME,
         statement=STATEMENT,
         passed=passed,
-        measured=(f"max upper CI/bound {worst:.3f} (estimate {tightest:.3f}); |E[lambda] - 1/K| {max_weight_error:.1e}, "
-                  f"1/K in CIs {weights_ok}; noise floor resolved {ball_seen}"),
+        measured=(
+            f"max upper CI/bound {worst:.3f} (estimate {tightest:.3f}); |E[lambda] - 1/K| {max_weight_error:.1e}, "
+            f"1/K in CIs {weights_ok}; noise floor resolved {ball_seen}"
+        ),
         bound=f"<= {BOUND_SLACK:g}; {100 * (1 - ALPHA):g}% simultaneous CIs; True",
         data={
             "num_runs": num_runs,
@@ -365,7 +443,9 @@ def run(*, quick: bool) -> ClaimResult:
             "sigma": "sigma_t^2 = max over runs and steps of ||grad l_t(theta_k)||^2 (+ n s^2 with noise)",
             "gradient_noise": GRADIENT_NOISE,
             "problems": [list(p) for p in PROBLEMS],
-            "checks": {key: {"value": value, "bound": limit} for key, (value, limit) in checks.items()},
+            "checks": {
+                key: {"value": value, "bound": limit} for key, (value, limit) in checks.items()
+            },
             "curves": curves,
             "weight_mean_checks": weight_checks,
         },

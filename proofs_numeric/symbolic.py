@@ -70,7 +70,9 @@ def simplified(expressions: Sequence[sp.Expr] | sp.Matrix) -> list[sp.Expr]:
             results.append(sp.Integer(0))
             continue
         witness = nonzero_witness(expression)
-        results.append(witness if witness is not None else sp.simplify(sp.radsimp(sp.together(expression))))
+        results.append(
+            witness if witness is not None else sp.simplify(sp.radsimp(sp.together(expression)))
+        )
     return results
 
 
@@ -78,7 +80,9 @@ def all_zero(expressions: Sequence[sp.Expr]) -> bool:
     return all(e == 0 for e in expressions)
 
 
-def reduce_with_norms(expressions: Sequence[sp.Expr] | sp.Matrix, vectors: Sequence[Vector]) -> list[sp.Expr]:
+def reduce_with_norms(
+    expressions: Sequence[sp.Expr] | sp.Matrix, vectors: Sequence[Vector]
+) -> list[sp.Expr]:
     """Exact zero test for expressions in the components of `vectors` and their norms.
 
     Each `sqrt(g_i . g_i)` becomes a positive symbol `n_i`; the expression is brought to one
@@ -97,7 +101,13 @@ def reduce_with_norms(expressions: Sequence[sp.Expr] | sp.Matrix, vectors: Seque
         if numerator == 0:
             remainders.append(sp.Integer(0))
             continue
-        _, remainder = sp.reduced(numerator, [n**2 - square for n, square in zip(norms, squares)], *norms, *components, order="lex")
+        _, remainder = sp.reduced(
+            numerator,
+            [n**2 - square for n, square in zip(norms, squares)],
+            *norms,
+            *components,
+            order="lex",
+        )
         remainders.append(sp.expand(remainder))
     return remainders
 
@@ -119,7 +129,11 @@ def unit_gradient_invariance(*, derivative_sign: str = "positive") -> list[sp.Ex
     derivative = sp.Derivative(transform(loss), loss)
     if not all(g.has(derivative) for g in composite_gradient):
         raise AssertionError(f"sympy's chain rule did not produce h'(l): {composite_gradient}")
-    assumptions = {"positive": {"positive": True}, "real": {"real": True, "nonzero": True}, "negative": {"negative": True}}
+    assumptions = {
+        "positive": {"positive": True},
+        "real": {"real": True, "nonzero": True},
+        "negative": {"negative": True},
+    }
     slope = sp.Symbol("hprime", **assumptions[derivative_sign])
     # the partial derivatives of l become real symbols (they are real numbers at any point)
     a, b = sp.symbols("a b", real=True)
@@ -143,7 +157,11 @@ def unit_gradient_invariance_concrete() -> list[sp.Expr]:
     for transform in (sp.exp(t), t + t**3, sp.log(1 + sp.exp(t))):
         slope = sp.diff(transform, t)
         for v in (x1, x2):
-            results.append(sp.simplify(sp.diff(transform.subs(t, loss), v) - slope.subs(t, loss) * sp.diff(loss, v)))
+            results.append(
+                sp.simplify(
+                    sp.diff(transform.subs(t, loss), v) - slope.subs(t, loss) * sp.diff(loss, v)
+                )
+            )
         results.append(sp.Integer(0) if slope.is_positive is True else sp.Integer(1))
     return results
 
@@ -153,7 +171,9 @@ def unit_gradient_invariance_concrete() -> list[sp.Expr]:
 
 def symbolic_gradients(num_tasks: int = 2, dimension: int = 3) -> list[Vector]:
     """K real symbolic gradient vectors `g_i = (g_i0, ..., g_i{n-1})`."""
-    return [sp.Matrix(sp.symbols(f"g{i}_0:{dimension}", real=True)) for i in range(1, num_tasks + 1)]
+    return [
+        sp.Matrix(sp.symbols(f"g{i}_0:{dimension}", real=True)) for i in range(1, num_tasks + 1)
+    ]
 
 
 def gramian_of(vectors: Sequence[Vector]) -> sp.Matrix:
@@ -170,7 +190,9 @@ def combine(weights: Sequence[sp.Expr], vectors: Sequence[Vector]) -> Vector:
     return sum((w * v for w, v in zip(weights, vectors)), sp.zeros(vectors[0].rows, 1))
 
 
-def random_integer_vectors(num_tasks: int, dimension: int, *, seed: int, low: int = -9, high: int = 9) -> list[Vector]:
+def random_integer_vectors(
+    num_tasks: int, dimension: int, *, seed: int, low: int = -9, high: int = 9
+) -> list[Vector]:
     """Seeded random integer gradients (exact Gramian, irrational norms); none is zero."""
     generator = random.Random(seed)
     vectors = []
@@ -189,13 +211,17 @@ def torch_gramian(vectors: Sequence[Vector]) -> torch.Tensor:
 def relative_gap(computed: torch.Tensor, expected: Sequence[sp.Expr]) -> float:
     """`max_i |computed_i - expected_i| / max_i |expected_i|`, the expected values evaluated to 30 digits."""
     exact = torch.tensor([float(sp.N(e, 30)) for e in expected], dtype=torch.float64)
-    return float((computed.to(torch.float64) - exact).abs().max() / exact.abs().max().clamp_min(1e-300))
+    return float(
+        (computed.to(torch.float64) - exact).abs().max() / exact.abs().max().clamp_min(1e-300)
+    )
 
 
 # ---- (ii) DiBS-MTL inner loop -----------------------------------------------------------------
 
 
-def dibs_mtl_one_step(num_tasks: int = 2, dimension: int = 3, *, code_weights: GramianFormula | None = None) -> list[sp.Expr]:
+def dibs_mtl_one_step(
+    num_tasks: int = 2, dimension: int = 3, *, code_weights: GramianFormula | None = None
+) -> list[sp.Expr]:
     """One inner step from `delta_0 = 0`: `[d_i^0 - r for each i] + [entries of delta_1 + sum_i w_i g_i]`,
     simplified, with `w_i = eta r / sqrt(G_ii)` (the code's 1-step weights) unless `code_weights`."""
     vectors = symbolic_gradients(num_tasks, dimension)
@@ -206,11 +232,17 @@ def dibs_mtl_one_step(num_tasks: int = 2, dimension: int = 3, *, code_weights: G
     distances = [norm(delta - p) for p in preferred]
     moved = delta - step * combine(distances, units)
     gram = gramian_of(vectors)
-    weights = code_weights(gram) if code_weights else [step * radius / sp.sqrt(gram[i, i]) for i in range(num_tasks)]
+    weights = (
+        code_weights(gram)
+        if code_weights
+        else [step * radius / sp.sqrt(gram[i, i]) for i in range(num_tasks)]
+    )
     return simplified([d - radius for d in distances] + list(moved + combine(weights, vectors)))
 
 
-def gramian_distance_identity(num_tasks: int = 3, dimension: int = 3, *, code_shift_sign: int = -1) -> list[sp.Expr]:
+def gramian_distance_identity(
+    num_tasks: int = 3, dimension: int = 3, *, code_shift_sign: int = -1
+) -> list[sp.Expr]:
     """`||delta - p_i||^2 - (c - r e_i)^T U (c - r e_i)` for `delta = -sum_j c_j u_j`, `p_i = -r u_i`,
     `U_jk = u_j . u_k` written with the Gramian (`G_jk / sqrt(G_jj G_kk)`), simplified, per task i:
     the identity `DiBSMTL.inner_coefficients` evaluates the distances with (`c - r e_i`: its
@@ -220,18 +252,33 @@ def gramian_distance_identity(num_tasks: int = 3, dimension: int = 3, *, code_sh
     coefficients = sp.symbols(f"c0:{num_tasks}", real=True)
     units = [v / norm(v) for v in vectors]
     gram = gramian_of(vectors)
-    unit_gram = sp.Matrix(num_tasks, num_tasks, lambda j, k: gram[j, k] / sp.sqrt(gram[j, j] * gram[k, k]))
+    unit_gram = sp.Matrix(
+        num_tasks, num_tasks, lambda j, k: gram[j, k] / sp.sqrt(gram[j, j] * gram[k, k])
+    )
     delta = -combine(coefficients, units)
     results = []
     for i in range(num_tasks):
         difference = delta + radius * units[i]
-        shifted = sp.Matrix([coefficients[j] + (code_shift_sign * radius if j == i else 0) for j in range(num_tasks)])
-        results.append(sp.expand(difference.dot(difference) - (shifted.T * unit_gram * shifted)[0, 0]))
+        shifted = sp.Matrix(
+            [
+                coefficients[j] + (code_shift_sign * radius if j == i else 0)
+                for j in range(num_tasks)
+            ]
+        )
+        results.append(
+            sp.expand(difference.dot(difference) - (shifted.T * unit_gram * shifted)[0, 0])
+        )
     return simplified(results)
 
 
 def inner_loop_weights(
-    vectors: Sequence[Vector], *, radius: sp.Expr, step: sp.Expr, steps: int, digits: int = 50, count_rejected: bool = True
+    vectors: Sequence[Vector],
+    *,
+    radius: sp.Expr,
+    step: sp.Expr,
+    steps: int,
+    digits: int = 50,
+    count_rejected: bool = True,
 ) -> tuple[list[sp.Float], int, Vector]:
     """The spec's vector-form inner loop (dibs.md §3.2 step 4-5), in `digits`-digit arithmetic.
 
@@ -260,16 +307,31 @@ def inner_loop_weights(
 
 
 def dibs_mtl_weights_numeric(
-    *, seed: int, num_tasks: int, dimension: int, steps: int, radius: str, step: str | None, count_rejected: bool = True
+    *,
+    seed: int,
+    num_tasks: int,
+    dimension: int,
+    steps: int,
+    radius: str,
+    step: str | None,
+    count_rejected: bool = True,
 ) -> dict[str, float]:
     """`core.DiBSMTL(steps, radius, inner_step).weights(G)` against `inner_loop_weights` on random
     integer gradients: the relative gap, T' (the steps the loop counted) and the closed-form gap
     `||delta_last + sum_i w_i g_i|| / ||delta_last||` (0 when the loop is the linear scalarisation)."""
     vectors = random_integer_vectors(num_tasks, dimension, seed=seed)
     radius_value = sp.Rational(radius)
-    method = core.DiBSMTL(steps=steps, radius=float(radius_value), inner_step=None if step is None else float(sp.Rational(step)))
-    step_value = sp.Rational(step) if step is not None else sp.nsimplify(method.inner_step, rational=True)
-    expected, counted, displacement = inner_loop_weights(vectors, radius=radius_value, step=step_value, steps=steps, count_rejected=count_rejected)
+    method = core.DiBSMTL(
+        steps=steps,
+        radius=float(radius_value),
+        inner_step=None if step is None else float(sp.Rational(step)),
+    )
+    step_value = (
+        sp.Rational(step) if step is not None else sp.nsimplify(method.inner_step, rational=True)
+    )
+    expected, counted, displacement = inner_loop_weights(
+        vectors, radius=radius_value, step=step_value, steps=steps, count_rejected=count_rejected
+    )
     closed_form = displacement + combine(expected, vectors)
     gram = torch_gramian(vectors)
     computed = method(gram, torch.ones(num_tasks, dtype=torch.float64))
@@ -304,14 +366,18 @@ def mgda_two_task(code_weights: GramianFormula = mgda_code_weight) -> list[sp.Ex
     paper = (g2 - g1).dot(g2) / (g1 - g2).dot(g1 - g2)
     code = code_weights(gram)
     update_difference = combine([paper, 1 - paper], [g1, g2]) - combine(code, [g1, g2])
-    return reduce_with_norms([stationary - paper, paper - code[0]] + list(update_difference), [g1, g2])
+    return reduce_with_norms(
+        [stationary - paper, paper - code[0]] + list(update_difference), [g1, g2]
+    )
 
 
 def normalized_sum_two_task(code_weights: GramianFormula | None = None) -> list[sp.Expr]:
     """`sum_i g_i/||g_i||` minus `sum_i w_i g_i` with `w_i = 1/sqrt(G_ii)` (NormalizedSum), simplified."""
     g1, g2, gram = _two_tasks()
     weights = code_weights(gram) if code_weights else [1 / sp.sqrt(gram[i, i]) for i in range(2)]
-    return reduce_with_norms(list(g1 / norm(g1) + g2 / norm(g2) - combine(weights, [g1, g2])), [g1, g2])
+    return reduce_with_norms(
+        list(g1 / norm(g1) + g2 / norm(g2) - combine(weights, [g1, g2])), [g1, g2]
+    )
 
 
 def nash_closed_form(gram: sp.Matrix) -> list[sp.Expr]:
@@ -334,14 +400,18 @@ def nash_mtl_two_task(code_weights: GramianFormula = nash_closed_form) -> list[s
     gram = sp.Matrix([[n1**2, cosine * n1 * n2], [cosine * n1 * n2, n2**2]])
     alpha = sp.Matrix(code_weights(gram))
     products = gram * alpha
-    nash = [sp.simplify(alpha[i] * products[i] - 1) for i in range(2)] + [sp.simplify((alpha.T * gram * alpha)[0, 0] - 2)]
+    nash = [sp.simplify(alpha[i] * products[i] - 1) for i in range(2)] + [
+        sp.simplify((alpha.T * gram * alpha)[0, 0] - 2)
+    ]
     g1, g2 = symbolic_gradients(2, 3)
     a1, a2 = sp.symbols("alpha1 alpha2", real=True)
     direction = a1 * g1 + a2 * g2
     vector_gram = gramian_of([g1, g2])
     free_products = vector_gram * sp.Matrix([a1, a2])
     links = [sp.expand(direction.dot(g) - free_products[i]) for i, g in enumerate((g1, g2))]
-    links.append(sp.expand(direction.dot(direction) - (sp.Matrix([[a1, a2]]) * free_products)[0, 0]))
+    links.append(
+        sp.expand(direction.dot(direction) - (sp.Matrix([[a1, a2]]) * free_products)[0, 0])
+    )
     return nash + links
 
 
@@ -349,7 +419,9 @@ def imtlg_code_weights(gram: sp.Matrix) -> list[sp.Expr]:
     """The code's Gramian form: beta solves `[[U, 1], [1^T, 0]] [beta; nu] = [0; 1]` with the unit
     Gramian U, then `alpha_i = (beta_i/||g_i||) / sum_j beta_j/||g_j||`."""
     norms = [sp.sqrt(gram[i, i]) for i in range(2)]
-    unit = sp.Matrix(2, 2, lambda i, j: 1 if i == j else gram[i, j] / (norms[i] * norms[j]))  # exact unit diagonal, as the code
+    unit = sp.Matrix(
+        2, 2, lambda i, j: 1 if i == j else gram[i, j] / (norms[i] * norms[j])
+    )  # exact unit diagonal, as the code
     bordered = unit.row_join(sp.ones(2, 1)).col_join(sp.Matrix([[1, 1, 0]]))
     solution = bordered.LUsolve(sp.Matrix([0, 0, 1]))  # [beta_1, beta_2, nu]
     scaled = [solution[0] / norms[0], solution[1] / norms[1]]
@@ -365,7 +437,9 @@ def imtlg_two_task(code_weights: GramianFormula = imtlg_code_weights) -> list[sp
     paper = [1 - second, second]
     code = code_weights(gram)
     update = combine(code, [g1, g2])
-    return reduce_with_norms([paper[0] - code[0], paper[1] - code[1], update.dot(u1) - update.dot(u2)], [g1, g2])
+    return reduce_with_norms(
+        [paper[0] - code[0], paper[1] - code[1], update.dot(u1) - update.dot(u2)], [g1, g2]
+    )
 
 
 def pcgrad_code_weights(gram: sp.Matrix) -> list[sp.Expr]:
@@ -379,7 +453,9 @@ def pcgrad_two_task(code_weights: GramianFormula = pcgrad_code_weights) -> list[
     g1, g2, gram = _two_tasks()
     projected_1 = g1 - g1.dot(g2) / g2.dot(g2) * g2
     projected_2 = g2 - g2.dot(g1) / g1.dot(g1) * g1
-    return reduce_with_norms(list(projected_1 + projected_2 - combine(code_weights(gram), [g1, g2])), [g1, g2])
+    return reduce_with_norms(
+        list(projected_1 + projected_2 - combine(code_weights(gram), [g1, g2])), [g1, g2]
+    )
 
 
 def cagrad_two_task_c0(code_weights: GramianFormula | None = None) -> list[sp.Expr]:
@@ -438,7 +514,9 @@ def two_task_numeric(*, seed: int, conflicting: bool | None = None) -> dict[str,
     return gaps
 
 
-def cagrad_two_task_numeric(*, seed: int, c: float = 0.4, reference_c: float | None = None, digits: int = 50) -> float:
+def cagrad_two_task_numeric(
+    *, seed: int, c: float = 0.4, reference_c: float | None = None, digits: int = 50
+) -> float:
     """CAGrad (c > 0, rescale 1, mean) on two random integer gradients against a `digits`-digit
     minimisation of the dual `F(a) = g_a . g0 + c ||g0|| ||g_a||` over `a in [0, 1]`
     (`g_a = a g1 + (1-a) g2`), with `d* = g0 + c ||g0|| g_a*/||g_a*||` divided by `1 + c^2`.
@@ -471,6 +549,9 @@ def cagrad_two_task_numeric(*, seed: int, c: float = 0.4, reference_c: float | N
         a = (low + high) / 2
         _, length = weighted(a)
         kappa = radius / length
-        weights = [(mpmath.mpf(1) / 2 + kappa * a) / (1 + ratio**2), (mpmath.mpf(1) / 2 + kappa * (1 - a)) / (1 + ratio**2)]
+        weights = [
+            (mpmath.mpf(1) / 2 + kappa * a) / (1 + ratio**2),
+            (mpmath.mpf(1) / 2 + kappa * (1 - a)) / (1 + ratio**2),
+        ]
     computed = core.CAGrad(c=c)(torch_gramian(vectors), torch.ones(2, dtype=torch.float64))
     return relative_gap(computed, [sp.Float(str(w), 30) for w in weights])

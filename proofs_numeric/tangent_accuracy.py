@@ -49,7 +49,9 @@ F64 = torch.float64
 
 def _slope(steps: torch.Tensor, errors: torch.Tensor) -> float:
     design = torch.stack([torch.log(steps), torch.ones_like(steps)], dim=1)
-    return float(torch.linalg.lstsq(design, torch.log(errors.clamp_min(1e-300))[:, None]).solution[0, 0])
+    return float(
+        torch.linalg.lstsq(design, torch.log(errors.clamp_min(1e-300))[:, None]).solution[0, 0]
+    )
 
 
 def _residuals(problem, points: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,9 @@ def _residuals(problem, points: torch.Tensor) -> torch.Tensor:
     return stationarity(gramian(jacobian))[1]
 
 
-def residual_curves(problem, x_star: torch.Tensor, steps: torch.Tensor, beta: torch.Tensor, /) -> dict[str, torch.Tensor]:
+def residual_curves(
+    problem, x_star: torch.Tensor, steps: torch.Tensor, beta: torch.Tensor, /
+) -> dict[str, torch.Tensor]:
     """Steps of every length in `steps` `[S]` from a Pareto-stationary `x_star` `[n]` along the unit
     tangent (`H v = G^T beta`, `beta` `[K]`, MINRES to 1e-12) and along task 0's normalised gradient:
     the points (`tangent_points`, `gradient_points`, `[S, n]`) and their stationarity residuals
@@ -66,8 +70,14 @@ def residual_curves(problem, x_star: torch.Tensor, steps: torch.Tensor, beta: to
     tangent = tangent_directions(problem(x), [x], beta[None], maxiter=100, rtol=1e-12).directions[0]
     _, jacobian = batched_task_gradients(problem, x_star)
     gradient = jacobian[0] / jacobian[0].norm()
-    points = {"tangent": x_star + steps[:, None] * tangent, "gradient": x_star + steps[:, None] * gradient}
-    return {**{f"{name}_points": value for name, value in points.items()}, **{name: _residuals(problem, value) for name, value in points.items()}}
+    points = {
+        "tangent": x_star + steps[:, None] * tangent,
+        "gradient": x_star + steps[:, None] * gradient,
+    }
+    return {
+        **{f"{name}_points": value for name, value in points.items()},
+        **{name: _residuals(problem, value) for name, value in points.items()},
+    }
 
 
 def quadratic_slopes(seed: int, steps: torch.Tensor) -> dict[str, float]:
@@ -83,7 +93,9 @@ def quadratic_slopes(seed: int, steps: torch.Tensor) -> dict[str, float]:
     local = LocalParetoSet(problem(x), [x])
     coordinates = torch.randn(local.dimension, generator=generator, dtype=F64)
     coordinates = steps[:, None] * coordinates / coordinates.norm()
-    value_errors = (problem(local.point(coordinates)) - local.predicted_values(coordinates)).norm(dim=1)
+    value_errors = (problem(local.point(coordinates)) - local.predicted_values(coordinates)).norm(
+        dim=1
+    )
     return {
         "tangent": _slope(steps, curves["tangent"]),
         "gradient": _slope(steps, curves["gradient"]),
@@ -114,7 +126,9 @@ def zdt2_expansion(seed: int) -> dict[str, float]:
     start = regular_pareto_point(seed)
     result = {}
     for predictor in ("tangent", "weights"):
-        expansion = expand(problem, start, predictor=predictor, generator=torch.Generator().manual_seed(seed))
+        expansion = expand(
+            problem, start, predictor=predictor, generator=torch.Generator().manual_seed(seed)
+        )
         front_error = (expansion.values[:, 1] - (1 - expansion.values[:, 0] ** 2)).abs().max()
         result[f"{predictor}_corrector_jacobians"] = float(expansion.counts.jacobians["correct"])
         result[f"{predictor}_corrector_values"] = float(expansion.counts.values["correct"])
@@ -133,7 +147,9 @@ def run(*, quick: bool) -> ClaimResult:
     tangent_slopes = [s["tangent"] for s in slopes]
     value_slopes = [s["values"] for s in slopes]
     gradient_slopes = [s["gradient"] for s in slopes]
-    saving = statistics.median(e["weights_corrector_jacobians"] / e["tangent_corrector_jacobians"] for e in expansions)
+    saving = statistics.median(
+        e["weights_corrector_jacobians"] / e["tangent_corrector_jacobians"] for e in expansions
+    )
     front_error = max(e["tangent_front_error"] for e in expansions)
     passed = (
         min(tangent_slopes) >= MIN_TANGENT_SLOPE
@@ -147,8 +163,16 @@ def run(*, quick: bool) -> ClaimResult:
         f"{max(gradient_slopes):.2f}; corrector Jacobians baseline/tangent {saving:.0f}x; front error {front_error:.0e}"
     )
     bound = f"slopes >= {MIN_TANGENT_SLOPE} (gradient <= {MAX_GRADIENT_SLOPE}); saving >= {MIN_CORRECTOR_SAVING:.0f}x; error <= {MAX_FRONT_ERROR:.0e}"
-    data = {"steps": steps.tolist(), "slopes": slopes, "expansions": expansions, "corrector_saving_median": saving, "tangent_front_error_max": front_error}
-    return ClaimResult(NAME, STATEMENT, passed, measured, bound, data, _figure(slopes, expansions[0]))
+    data = {
+        "steps": steps.tolist(),
+        "slopes": slopes,
+        "expansions": expansions,
+        "corrector_saving_median": saving,
+        "tangent_front_error_max": front_error,
+    }
+    return ClaimResult(
+        NAME, STATEMENT, passed, measured, bound, data, _figure(slopes, expansions[0])
+    )
 
 
 def _figure(slopes: list[dict[str, float]], expansion: dict[str, float]):
@@ -157,7 +181,9 @@ def _figure(slopes: list[dict[str, float]], expansion: dict[str, float]):
     figure = Figure(figsize=(10, 4))
     (left, right) = figure.subplots(1, 2)
     left.hist([s["tangent"] for s in slopes], bins=10, alpha=0.7, label="tangent: residual")
-    left.hist([s["values"] for s in slopes], bins=10, alpha=0.7, label="LocalParetoSet: value error")
+    left.hist(
+        [s["values"] for s in slopes], bins=10, alpha=0.7, label="LocalParetoSet: value error"
+    )
     left.hist([s["gradient"] for s in slopes], bins=10, alpha=0.7, label="gradient step: residual")
     left.axvline(2.0, color="k", linestyle=":")
     left.set_xlabel("fitted slope of log(error) vs log(s)")
@@ -167,7 +193,12 @@ def _figure(slopes: list[dict[str, float]], expansion: dict[str, float]):
     right.plot(f1, 1 - f1**2, color="k", linewidth=1, label="analytic front")
     for predictor, marker in (("weights", "x"), ("tangent", "o")):
         points = torch.tensor(expansion[f"{predictor}_points"])
-        right.scatter(points[:, 0], points[:, 1], marker=marker, label=f"{predictor} predictor ({int(expansion[f'{predictor}_corrector_jacobians'])} corrector Jacobians)")
+        right.scatter(
+            points[:, 0],
+            points[:, 1],
+            marker=marker,
+            label=f"{predictor} predictor ({int(expansion[f'{predictor}_corrector_jacobians'])} corrector Jacobians)",
+        )
     right.set_xlabel("f0")
     right.set_ylabel("f1")
     right.set_title("ZDT2 variant, 11 explored points")

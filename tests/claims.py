@@ -114,9 +114,13 @@ def run_steps(method: Method, steps: Sequence[Step]) -> list[StepResult]:
     for step in steps:
         if isinstance(method, JacobianAggregation):
             aggregated = method.aggregate(step.jacobian, step.losses)
-            results.append(StepResult(
-                aggregated.head_weights.detach().clone(), aggregated.diagnostics, aggregated.update.detach().clone()
-            ))
+            results.append(
+                StepResult(
+                    aggregated.head_weights.detach().clone(),
+                    aggregated.diagnostics,
+                    aggregated.update.detach().clone(),
+                )
+            )
         else:
             if isinstance(method, GradientWeighting):
                 result = method.weights(step.gramian, step.losses)
@@ -167,7 +171,12 @@ def update_term_size(result: StepResult, jacobian: Tensor) -> Tensor:
 
 def update_rounding(result: StepResult, jacobian: Tensor) -> Tensor:
     """`ROUNDING_FACTOR K eps S`, the float error of forming d from its terms (`[...]`)."""
-    return ROUNDING_FACTOR * jacobian.shape[-2] * torch.finfo(jacobian.dtype).eps * update_term_size(result, jacobian)
+    return (
+        ROUNDING_FACTOR
+        * jacobian.shape[-2]
+        * torch.finfo(jacobian.dtype).eps
+        * update_term_size(result, jacobian)
+    )
 
 
 def _assert_same_aggregation(
@@ -186,7 +195,10 @@ def _assert_same_aggregation(
     `rtol` times the largest."""
     assert actual.update is not None and expected.update is not None
     allowed = (
-        rtol * torch.maximum(update_term_size(actual, actual_jacobian), update_term_size(expected, expected_jacobian))
+        rtol
+        * torch.maximum(
+            update_term_size(actual, actual_jacobian), update_term_size(expected, expected_jacobian)
+        )
         + allowance
         + update_rounding(actual, actual_jacobian)
         + update_rounding(expected, expected_jacobian)
@@ -377,7 +389,8 @@ def _assert_transform_invariant(
                 derivatives * got.weights if weighted else None,
                 actual_jacobian=transformed.jacobian,
                 expected_jacobian=step.jacobian,
-                allowance=allowance(original_method, step, expected) + allowance(transformed_method, transformed, got),
+                allowance=allowance(original_method, step, expected)
+                + allowance(transformed_method, transformed, got),
                 rtol=rtol,
                 context=lambda derivatives=derivatives, index=index, step=step: (
                     f"{claim}: d(h) != d with h = {list(transforms)}, D = h'(l) = {derivatives.tolist()}\n"
@@ -463,14 +476,17 @@ def assert_permutation_equivariant(
     for step_index, (step, permuted_step, expected, got) in enumerate(
         zip(steps, permuted_steps, original, permuted)
     ):
-        if got.update is not None:  # a Jacobian aggregation: the same d, the heads' weights relabelled
+        if (
+            got.update is not None
+        ):  # a Jacobian aggregation: the same d, the heads' weights relabelled
             _assert_same_aggregation(
                 got,
                 StepResult(expected.weights[..., index], expected.diagnostics, expected.update),
                 got.weights,
                 actual_jacobian=permuted_step.jacobian,
                 expected_jacobian=step.jacobian,
-                allowance=allowance(original_method, step, expected) + allowance(permuted_method, permuted_step, got),
+                allowance=allowance(original_method, step, expected)
+                + allowance(permuted_method, permuted_step, got),
                 rtol=rtol,
                 context=lambda step_index=step_index, step=step: (
                     f"permutation_equivariant: order {list(order)}\n{_describe(original_method, step_index, step)}"
@@ -511,8 +527,12 @@ def assert_non_conflicting(
         d = shared_update(result, step.jacobian)
         products = (step.jacobian @ d.unsqueeze(-1)).squeeze(-1)
         norms = step.norms
-        size = torch.where(ill_determined(step), update_term_size(result, step.jacobian), d.norm(dim=-1))
-        slack = tol * size + allowance(method, step, result) + update_rounding(result, step.jacobian)
+        size = torch.where(
+            ill_determined(step), update_term_size(result, step.jacobian), d.norm(dim=-1)
+        )
+        slack = (
+            tol * size + allowance(method, step, result) + update_rounding(result, step.jacobian)
+        )
         allowed = -norms * slack[..., None]
         bad = products < allowed
         if bool(bad.any()):
@@ -564,7 +584,9 @@ def assert_equal_projections(
         spread = torch.where(nonzero.any(dim=-1), high - low, 0.0)
         largest = torch.where(nonzero, projections.abs(), 0.0).amax(dim=-1)
         allowed = (
-            rtol * largest + 2 * allowance(method, step, result) + update_rounding(result, step.jacobian)
+            rtol * largest
+            + 2 * allowance(method, step, result)
+            + update_rounding(result, step.jacobian)
         )
         if bool((spread > allowed).any()):
             raise AssertionError(

@@ -10,7 +10,10 @@ import sys
 
 from hypothesis import HealthCheck, settings
 
-_common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+_common = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
 settings.register_profile("ci", max_examples=40, derandomize=True, print_blob=True, **_common)
 settings.register_profile("dev", max_examples=100, **_common)
 settings.register_profile("thorough", max_examples=1000, **_common)

@@ -34,7 +34,9 @@ def jacobians(
     if num_tasks >= 2 and draw(st.booleans()):
         i, j = draw(st.permutations(range(num_tasks)))[:2]
         rows[i] = -draw(st.floats(0.1, 10.0)) * rows[j] if draw(st.booleans()) else rows[j]
-    exponents = draw(st.lists(st.floats(min_exponent, max_exponent), min_size=num_tasks, max_size=num_tasks))
+    exponents = draw(
+        st.lists(st.floats(min_exponent, max_exponent), min_size=num_tasks, max_size=num_tasks)
+    )
     rows = rows * torch.tensor([10.0**e for e in exponents], dtype=torch.float64)[:, None]
     if allow_zero_rows and num_tasks >= 2 and draw(st.booleans()):
         rows[draw(st.integers(0, num_tasks - 1))] = 0.0

@@ -9,7 +9,15 @@ from torch import Tensor, nn
 class TwoLayerMultiTask(nn.Module):
     """A shared tanh encoder and K linear heads; task i's loss is the MSE of head i."""
 
-    def __init__(self, num_tasks: int, *, in_dim: int = 4, hidden: int = 5, seed: int = 0, dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        in_dim: int = 4,
+        hidden: int = 5,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.encoder = nn.Linear(in_dim, hidden).to(dtype)
@@ -24,7 +32,10 @@ class TwoLayerMultiTask(nn.Module):
         return torch.tanh(self.encoder(self.inputs))
 
     def losses_from(self, representation: Tensor) -> list[Tensor]:
-        return [((head(representation)[:, 0] - self.targets[:, i]) ** 2).mean() for i, head in enumerate(self.heads)]
+        return [
+            ((head(representation)[:, 0] - self.targets[:, i]) ** 2).mean()
+            for i, head in enumerate(self.heads)
+        ]
 
     def losses(self) -> list[Tensor]:
         return self.losses_from(self.representation())

@@ -52,7 +52,9 @@ def _image_of(transform: MonotoneTransform, interval: tuple[float, float]) -> tu
     return ends[0], ends[1]
 
 
-def _moderate(transform: MonotoneTransform, interval: tuple[float, float], max_magnitude: float) -> bool:
+def _moderate(
+    transform: MonotoneTransform, interval: tuple[float, float], max_magnitude: float
+) -> bool:
     """Whether `interval`, the image of the current values under `transform`, keeps them moderate."""
     low, high = interval
     if not (math.isfinite(low) and math.isfinite(high)) or max(abs(low), abs(high)) > max_magnitude:
@@ -132,7 +134,12 @@ def monotone_transforms(
     +-`max_magnitude` (see the module docstring). A single layer comes back bare, more as `Compose`.
     """
     layers = _draw_layers(
-        draw, interval=input_range, min_depth=1, max_depth=max_depth, max_magnitude=max_magnitude, allow_log=False
+        draw,
+        interval=input_range,
+        min_depth=1,
+        max_depth=max_depth,
+        max_magnitude=max_magnitude,
+        allow_log=False,
     )
     return _combine(layers)
 

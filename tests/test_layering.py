@@ -27,7 +27,9 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:  # relative ones stay in their package
+        elif (
+            isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+        ):  # relative ones stay in their package
             found.add(node.module)
     return found
 
@@ -39,12 +41,19 @@ def test_a_package_imports_only_the_layers_below_it(package):
         where = path.relative_to(ROOT).as_posix()
         for module in _imports(path):
             top = module.split(".")[0]
-            if top in PACKAGES and top != package and top not in ALLOWED[package] and (where, module) not in EXCEPTIONS:
+            if (
+                top in PACKAGES
+                and top != package
+                and top not in ALLOWED[package]
+                and (where, module) not in EXCEPTIONS
+            ):
                 wrong.append(f"{where} imports {module}")
     assert not wrong, "imports against the dependency direction:\n" + "\n".join(wrong)
 
 
 def test_the_check_sees_function_level_imports(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("def f():\n    from benchmarks.harness import runs\n    import notebooks.support\n")
+    source.write_text(
+        "def f():\n    from benchmarks.harness import runs\n    import notebooks.support\n"
+    )
     assert _imports(source) == {"benchmarks.harness", "notebooks.support"}

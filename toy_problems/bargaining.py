@@ -43,7 +43,9 @@ class Bargaining1D(Problem):
 
     def __init__(self, *, first_power: int = 2) -> None:
         if not isinstance(first_power, int) or first_power < 2 or first_power % 2:
-            raise InvalidHyperparameterError(f"first_power must be an even integer >= 2, got {first_power!r}")
+            raise InvalidHyperparameterError(
+                f"first_power must be an even integer >= 2, got {first_power!r}"
+            )
         self.first_power = first_power
 
     def __call__(self, x: Tensor, /) -> Tensor:
@@ -57,14 +59,25 @@ class Bargaining1D(Problem):
         x = x.detach()[..., 0]
         below = x - 1
         values = torch.stack([x**self.first_power, below**2], dim=-1)
-        derivatives = torch.stack([self.first_power * x.pow(float(self.first_power - 1)), 2 * below], dim=-1)
+        derivatives = torch.stack(
+            [self.first_power * x.pow(float(self.first_power - 1)), 2 * below], dim=-1
+        )
         return values, derivatives[..., None]
 
-    def preferred_states(self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+    def preferred_states(
+        self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> Tensor:
         """Each agent's minimiser on [0, 1], `[2, 1]`: x*_1 = 0 and x*_2 = 1 (the DiBS anchors)."""
         return torch.tensor([[0.0], [1.0]], dtype=dtype, device=device)
 
-    def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+    def pareto_set(
+        self,
+        num_points: int = 1000,
+        /,
+        *,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Points of [0, 1], `[num_points, 1]`: evenly spaced, or uniform with a `generator`."""
         return unit_samples(num_points, generator)[:, None].to(dtype)
 

@@ -70,9 +70,13 @@ class Problem:
         """
         return batched_task_gradients(self, x)
 
-    def lower_upper(self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    def lower_upper(
+        self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The bounds as two `[n_var]` tensors."""
-        lower, upper = (torch.as_tensor(b, dtype=dtype, device=device).expand(self.n_var) for b in self.bounds)
+        lower, upper = (
+            torch.as_tensor(b, dtype=dtype, device=device).expand(self.n_var) for b in self.bounds
+        )
         return lower, upper
 
     def starts(
@@ -87,21 +91,41 @@ class Problem:
         """`num_starts` points drawn uniformly from the bounds, `[num_starts, n_var]` (seeded by
         `generator`; problems with published starting points override `default_starts`)."""
         if not isinstance(num_starts, int) or num_starts < 1:
-            raise InvalidHyperparameterError(f"num_starts must be a positive integer, got {num_starts!r}")
+            raise InvalidHyperparameterError(
+                f"num_starts must be a positive integer, got {num_starts!r}"
+            )
         lower, upper = self.lower_upper(dtype=dtype, device=device)
         unit = torch.rand(num_starts, self.n_var, generator=generator, dtype=dtype).to(device)
         return lower + (upper - lower) * unit
 
-    def default_starts(self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    def default_starts(
+        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> Tensor:
         """The problem's default starting points `[S, n_var]`: 5 seeded uniform draws unless the
         literature fixes them."""
-        return self.starts(5, generator=torch.Generator().manual_seed(0), dtype=dtype, device=device)
+        return self.starts(
+            5, generator=torch.Generator().manual_seed(0), dtype=dtype, device=device
+        )
 
-    def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+    def pareto_set(
+        self,
+        num_points: int = 1000,
+        /,
+        *,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Points of the analytic Pareto set `[num_points, n_var]`; NotImplementedError where it is unknown."""
         raise NotImplementedError(f"{type(self).__name__} has no analytic Pareto set")
 
-    def pareto_front(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+    def pareto_front(
+        self,
+        num_points: int = 1000,
+        /,
+        *,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """The image of `pareto_set` in objective space, `[num_points, n_obj]`."""
         return self(self.pareto_set(num_points, dtype=dtype, generator=generator))
 

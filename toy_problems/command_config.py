@@ -30,11 +30,24 @@ class CommandConfig:
     def from_args(cls: type[Config], args: argparse.Namespace, /) -> Config:
         """The config of parsed flags (a repeated flag's list becomes a tuple; flags the config has
         no field for, such as `--workers`, are the command line's own)."""
-        if not isinstance(args, argparse.Namespace):  # e.g. an argv list, which would silently give the defaults
-            raise TypeError(f"{cls.__name__}.from_args takes parsed flags (an argparse.Namespace), got {type(args).__name__}; "
-                            f"build the config with {cls.__name__}(field=value, ...) instead")
-        values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if hasattr(args, field.name)}
-        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
+        if not isinstance(
+            args, argparse.Namespace
+        ):  # e.g. an argv list, which would silently give the defaults
+            raise TypeError(
+                f"{cls.__name__}.from_args takes parsed flags (an argparse.Namespace), got {type(args).__name__}; "
+                f"build the config with {cls.__name__}(field=value, ...) instead"
+            )
+        values = {
+            field.name: getattr(args, field.name)
+            for field in dataclasses.fields(cls)
+            if hasattr(args, field.name)
+        }
+        return cls(
+            **{
+                name: tuple(value) if isinstance(value, list) else value
+                for name, value in values.items()
+            }
+        )
 
     def replace(self: Config, **changes: Any) -> Config:
         """A copy with `changes` (`dataclasses.replace`)."""
@@ -86,7 +99,9 @@ def duration_text(seconds: float, /) -> str:
     return f"about {seconds / 3600:.1f} hours"
 
 
-def expected_duration_line(todo: int, stored: int, seconds: float | None, /, *, basis: str = "") -> str | None:
+def expected_duration_line(
+    todo: int, stored: int, seconds: float | None, /, *, basis: str = ""
+) -> str | None:
     """The one line a long command prints (to stderr) when it starts: the runs left, the runs
     already stored and, where measured, the expected time (`basis`: the measurement it scales);
     None when no run is left or they are expected to take under `LONG_COMMAND_SECONDS`."""
@@ -95,7 +110,9 @@ def expected_duration_line(todo: int, stored: int, seconds: float | None, /, *, 
     runs = f"{todo} run{'s' if todo != 1 else ''} to do ({stored} stored)"
     if seconds is None:
         return f"{runs}; no measured time per run for these settings"
-    return f"{runs}, expected {duration_text(seconds)} on {MACHINE}" + (f" ({basis})" if basis else "")
+    return f"{runs}, expected {duration_text(seconds)} on {MACHINE}" + (
+        f" ({basis})" if basis else ""
+    )
 
 
 # -- help and listings shared by the command lines
@@ -111,6 +128,8 @@ def method_listing() -> list[str]:
     (`MethodDescription.line`: name, kind, paper, hyperparameters with their defaults)."""
     from core.registry import available_methods, describe_method
 
-    return [f"{len(available_methods())} methods: name, kind, family (module of core.methods), paper, [hyperparameters with their defaults]; "
-            "--methods takes 'name' or 'name:key=value:...' specs, e.g. dibsmtl:steps=5",
-            *("  " + describe_method(name).line() for name in available_methods())]
+    return [
+        f"{len(available_methods())} methods: name, kind, family (module of core.methods), paper, [hyperparameters with their defaults]; "
+        "--methods takes 'name' or 'name:key=value:...' specs, e.g. dibsmtl:steps=5",
+        *("  " + describe_method(name).line() for name in available_methods()),
+    ]

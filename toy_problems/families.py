@@ -13,7 +13,9 @@ from toy_problems.base import Problem
 
 def _check_sizes(n_var: int, n_obj: int) -> None:
     if not isinstance(n_var, int) or n_var < 1 or not isinstance(n_obj, int) or n_obj < 1:
-        raise InvalidHyperparameterError(f"n_var and n_obj must be positive integers, got {n_var!r} and {n_obj!r}")
+        raise InvalidHyperparameterError(
+            f"n_var and n_obj must be positive integers, got {n_var!r} and {n_obj!r}"
+        )
 
 
 class ConvexQuadratic(Problem):
@@ -39,20 +41,28 @@ class ConvexQuadratic(Problem):
     def __init__(self, centers: Tensor, curvatures: Tensor | None = None) -> None:
         centers = torch.as_tensor(centers, dtype=torch.float64)
         if centers.ndim != 2:
-            raise InvalidHyperparameterError(f"centers must have shape [K, n], got {tuple(centers.shape)}")
+            raise InvalidHyperparameterError(
+                f"centers must have shape [K, n], got {tuple(centers.shape)}"
+            )
         self.n_obj, self.n_var = centers.shape
         if curvatures is None:
-            curvatures = torch.eye(self.n_var, dtype=torch.float64).expand(self.n_obj, -1, -1).clone()
+            curvatures = (
+                torch.eye(self.n_var, dtype=torch.float64).expand(self.n_obj, -1, -1).clone()
+            )
         curvatures = torch.as_tensor(curvatures, dtype=torch.float64)
         if curvatures.shape != (self.n_obj, self.n_var, self.n_var):
-            raise InvalidHyperparameterError(f"curvatures must have shape {(self.n_obj, self.n_var, self.n_var)}, got {tuple(curvatures.shape)}")
+            raise InvalidHyperparameterError(
+                f"curvatures must have shape {(self.n_obj, self.n_var, self.n_var)}, got {tuple(curvatures.shape)}"
+            )
         if not torch.allclose(curvatures, curvatures.transpose(-1, -2)):
             raise InvalidHyperparameterError("curvatures must be symmetric")
         curvatures = 0.5 * (curvatures + curvatures.transpose(-1, -2))
         eigenvalues = torch.linalg.eigvalsh(curvatures)
         if not bool((eigenvalues[..., 0] > 0).all()):
-            raise InvalidHyperparameterError("curvatures must be positive definite (smallest eigenvalues: "
-                                             f"{eigenvalues[..., 0].tolist()})")
+            raise InvalidHyperparameterError(
+                "curvatures must be positive definite (smallest eigenvalues: "
+                f"{eigenvalues[..., 0].tolist()})"
+            )
         self.centers, self.curvatures = centers, curvatures
         self.strong_convexity = eigenvalues[..., 0]  # mu_i
         self.smoothness = eigenvalues[..., -1]  # L_i
@@ -60,7 +70,9 @@ class ConvexQuadratic(Problem):
         self.bounds = (-2.0 * spread, 2.0 * spread)
 
     @classmethod
-    def random(cls, n_var: int, n_obj: int, /, *, seed: int, condition: float = 10.0) -> ConvexQuadratic:
+    def random(
+        cls, n_var: int, n_obj: int, /, *, seed: int, condition: float = 10.0
+    ) -> ConvexQuadratic:
         """Centres uniform in [-1, 1]^n and `A_i = Q_i diag(lambda) Q_i^T` with random rotations and
         eigenvalues log-uniform in [1, condition]."""
         _check_sizes(n_var, n_obj)
@@ -68,14 +80,18 @@ class ConvexQuadratic(Problem):
             raise InvalidHyperparameterError(f"condition must be >= 1, got {condition!r}")
         generator = torch.Generator().manual_seed(seed)
         centers = 2 * torch.rand(n_obj, n_var, generator=generator, dtype=torch.float64) - 1
-        rotations, _ = torch.linalg.qr(torch.randn(n_obj, n_var, n_var, generator=generator, dtype=torch.float64))
+        rotations, _ = torch.linalg.qr(
+            torch.randn(n_obj, n_var, n_var, generator=generator, dtype=torch.float64)
+        )
         spectrum = condition ** torch.rand(n_obj, n_var, generator=generator, dtype=torch.float64)
         curvatures = rotations @ torch.diag_embed(spectrum) @ rotations.transpose(-1, -2)
         return cls(centers, 0.5 * (curvatures + curvatures.transpose(-1, -2)))
 
     def __call__(self, x: Tensor, /) -> Tensor:
         offsets = x[..., None, :] - self.centers.to(x)  # [..., K, n]
-        return 0.5 * (offsets[..., None, :] @ self.curvatures.to(x) @ offsets[..., :, None])[..., 0, 0]
+        return (
+            0.5 * (offsets[..., None, :] @ self.curvatures.to(x) @ offsets[..., :, None])[..., 0, 0]
+        )
 
     def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
         """Values `[..., K]` and gradients `[..., K, n]` in closed form, without an autograd graph:
@@ -92,14 +108,27 @@ class ConvexQuadratic(Problem):
         """`x(w) = (sum_i w_i A_i)^{-1} sum_i w_i A_i c_i` for simplex weights `[..., K]`."""
         weights = weights.to(torch.float64)
         combined = (weights[..., :, None, None] * self.curvatures).sum(dim=-3)
-        rhs = (weights[..., :, None] * (self.curvatures @ self.centers[..., None])[..., 0]).sum(dim=-2)
+        rhs = (weights[..., :, None] * (self.curvatures @ self.centers[..., None])[..., 0]).sum(
+            dim=-2
+        )
         return torch.linalg.solve(combined, rhs[..., None])[..., 0]
 
-    def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+    def pareto_set(
+        self,
+        num_points: int = 1000,
+        /,
+        *,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """`x(w)` for `w` uniform on the simplex (flat Dirichlet); without a generator the draws use
         a fixed seed (deterministic, like the other problems' samplers)."""
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        exponential = -torch.log(torch.rand(num_points, self.n_obj, generator=generator, dtype=torch.float64).clamp_min(1e-300))
+        exponential = -torch.log(
+            torch.rand(num_points, self.n_obj, generator=generator, dtype=torch.float64).clamp_min(
+                1e-300
+            )
+        )
         weights = exponential / exponential.sum(dim=-1, keepdim=True)
         return self.pareto_point(weights).to(dtype)
 
@@ -143,7 +172,9 @@ class RandomNonconvex(Problem):
     ) -> None:
         _check_sizes(n_var, n_obj)
         if not (num_waves >= 1 and amplitude >= 0 and frequency > 0 and curvature > 0):
-            raise InvalidHyperparameterError("need num_waves >= 1, amplitude >= 0, frequency > 0 and curvature > 0")
+            raise InvalidHyperparameterError(
+                "need num_waves >= 1, amplitude >= 0, frequency > 0 and curvature > 0"
+            )
         self.n_var, self.n_obj, self.seed = n_var, n_obj, seed
         self.bounds = (-3.0, 3.0)
         generator = torch.Generator().manual_seed(seed)
@@ -152,14 +183,22 @@ class RandomNonconvex(Problem):
         self.curvature = torch.full((n_obj,), float(curvature), dtype=f64)
         shares = torch.rand(n_obj, num_waves, generator=generator, dtype=f64) + 0.1
         self.amplitudes = amplitude * shares / shares.sum(dim=-1, keepdim=True)
-        self.frequencies = frequency * torch.randn(n_obj, num_waves, n_var, generator=generator, dtype=f64) / n_var**0.5
+        self.frequencies = (
+            frequency
+            * torch.randn(n_obj, num_waves, n_var, generator=generator, dtype=f64)
+            / n_var**0.5
+        )
         self.phases = 2 * torch.pi * torch.rand(n_obj, num_waves, generator=generator, dtype=f64)
-        self.smoothness = self.curvature + (self.amplitudes * self.frequencies.pow(2).sum(dim=-1)).sum(dim=-1)
+        self.smoothness = self.curvature + (
+            self.amplitudes * self.frequencies.pow(2).sum(dim=-1)
+        ).sum(dim=-1)
 
     def __call__(self, x: Tensor, /) -> Tensor:
         offsets = x[..., None, :] - self.centers.to(x)  # [..., K, n]
         quadratic = 0.5 * self.curvature.to(x) * offsets.pow(2).sum(dim=-1)
-        angles = (self.frequencies.to(x) @ x[..., None, :, None])[..., 0] + self.phases.to(x)  # [..., K, M]
+        angles = (self.frequencies.to(x) @ x[..., None, :, None])[..., 0] + self.phases.to(
+            x
+        )  # [..., K, M]
         return quadratic + (self.amplitudes.to(x) * (1 + torch.sin(angles))).sum(dim=-1)
 
     def values_and_jacobian(self, x: Tensor, /) -> tuple[Tensor, Tensor]:
@@ -174,8 +213,12 @@ class RandomNonconvex(Problem):
         offsets = x[..., None, :] - self.centers.to(x)  # [..., K, n]
         half_curvature = 0.5 * self.curvature.to(x)  # [K]
         angles = (frequencies @ x[..., None, :, None])[..., 0] + self.phases.to(x)  # [..., K, M]
-        values = half_curvature * offsets.pow(2).sum(dim=-1) + (amplitudes * (1 + torch.sin(angles))).sum(dim=-1)
-        waves = (frequencies.transpose(-1, -2) @ (amplitudes * torch.cos(angles))[..., None])[..., 0]  # [..., K, n]
+        values = half_curvature * offsets.pow(2).sum(dim=-1) + (
+            amplitudes * (1 + torch.sin(angles))
+        ).sum(dim=-1)
+        waves = (frequencies.transpose(-1, -2) @ (amplitudes * torch.cos(angles))[..., None])[
+            ..., 0
+        ]  # [..., K, n]
         return values, half_curvature[:, None] * (2 * offsets) + waves
 
     def __repr__(self) -> str:
@@ -185,8 +228,18 @@ class RandomNonconvex(Problem):
     def stack_rows(problems: list[RandomNonconvex], num_starts: int, /) -> NonconvexRows:
         """The runner's evaluator of rows `[T, S, n]`, row t of `problems[t]`: one stacked closed
         form, bit for bit each problem's own."""
-        if len({(problem.n_var, problem.n_obj, tuple(problem.frequencies.shape)) for problem in problems}) != 1:
-            raise ValueError("stacked RandomNonconvex rows need problems of one (n_var, n_obj, num_waves)")
+        if (
+            len(
+                {
+                    (problem.n_var, problem.n_obj, tuple(problem.frequencies.shape))
+                    for problem in problems
+                }
+            )
+            != 1
+        ):
+            raise ValueError(
+                "stacked RandomNonconvex rows need problems of one (n_var, n_obj, num_waves)"
+            )
         return NonconvexRows(problems, num_starts)
 
 
@@ -215,12 +268,16 @@ class StackedNonconvex:
         frequencies = stack("frequencies")
         self.shape = (len(problems), *batch_shape, *frequencies.shape[-3:])  # [P, A, B, K, M, n]
         expanded = frequencies.expand(self.shape)
-        self.by_coordinate = expanded.flatten(0, 2).flatten(1, 2).transpose(-1, -2).contiguous()  # [P A B, n, K M]
+        self.by_coordinate = (
+            expanded.flatten(0, 2).flatten(1, 2).transpose(-1, -2).contiguous()
+        )  # [P A B, n, K M]
         self.by_wave = expanded.flatten(0, 3).contiguous()  # [P A B K, M, n]
 
     def _offsets_and_angles(self, x: Tensor) -> tuple[Tensor, Tensor]:
         offsets = x[..., None, :] - self.centers  # [P, A, B, K, n]
-        angles = (x.reshape(-1, 1, x.shape[-1]) @ self.by_coordinate).reshape(self.shape[:-1]) + self.phases  # [P, A, B, K, M]
+        angles = (x.reshape(-1, 1, x.shape[-1]) @ self.by_coordinate).reshape(
+            self.shape[:-1]
+        ) + self.phases  # [P, A, B, K, M]
         return offsets, angles
 
     def _jacobian(self, offsets: Tensor, angles: Tensor) -> Tensor:
@@ -235,7 +292,9 @@ class StackedNonconvex:
     def values_and_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Losses `[P, A, B, K]` and per-task gradients `[P, A, B, K, n]` at `x [P, A, B, n]`."""
         offsets, angles = self._offsets_and_angles(x)
-        values = 0.5 * self.curvature * offsets.pow(2).sum(dim=-1) + (self.amplitudes * (1 + torch.sin(angles))).sum(dim=-1)
+        values = 0.5 * self.curvature * offsets.pow(2).sum(dim=-1) + (
+            self.amplitudes * (1 + torch.sin(angles))
+        ).sum(dim=-1)
         return values, self._jacobian(offsets, angles)
 
     def autograd_gap(self, x: Tensor) -> float:
@@ -246,7 +305,11 @@ class StackedNonconvex:
         gap = 0.0
         for p, problem in enumerate(self.problems):
             reference_values, reference_jacobian = batched_task_gradients(problem, x[p])
-            gap = max(gap, float((values[p] - reference_values).abs().max()), float((jacobian[p] - reference_jacobian).abs().max()))
+            gap = max(
+                gap,
+                float((values[p] - reference_values).abs().max()),
+                float((jacobian[p] - reference_jacobian).abs().max()),
+            )
         return gap
 
 
@@ -258,9 +321,12 @@ class NonconvexRows:
         self.stacked = StackedNonconvex(problems, (1, num_starts))
 
     def values_and_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if x.dtype != self.stacked.centers.dtype or x.device != self.stacked.centers.device:  # each problem's own, converted
-            pairs = [problem.values_and_jacobian(row) for problem, row in zip(self.stacked.problems, x)]
+        if (
+            x.dtype != self.stacked.centers.dtype or x.device != self.stacked.centers.device
+        ):  # each problem's own, converted
+            pairs = [
+                problem.values_and_jacobian(row) for problem, row in zip(self.stacked.problems, x)
+            ]
             return torch.stack([v for v, _ in pairs]), torch.stack([j for _, j in pairs])
         values, jacobian = self.stacked.values_and_jacobian(x[:, None])
         return values[:, 0], jacobian[:, 0]
-

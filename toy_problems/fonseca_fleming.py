@@ -60,11 +60,21 @@ class FonsecaFleming(Problem):
         (the exponentials are shared with the values)."""
         x = x.detach()
         offset = 1.0 / math.sqrt(self.n_var)
-        shifted = x[..., None, :] + torch.tensor((-offset, offset), dtype=x.dtype, device=x.device)[:, None]  # x -+ p
+        shifted = (
+            x[..., None, :]
+            + torch.tensor((-offset, offset), dtype=x.dtype, device=x.device)[:, None]
+        )  # x -+ p
         exponentials = torch.exp(-shifted.pow(2).sum(dim=-1))  # [..., 2]
         return 1 - exponentials, exponentials[..., None] * (2 * shifted)
 
-    def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+    def pareto_set(
+        self,
+        num_points: int = 1000,
+        /,
+        *,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """`t (1, ..., 1)` for t in [-1/sqrt(n), 1/sqrt(n)], `[num_points, n]`: evenly spaced, or
         uniform with a `generator`."""
         unit = unit_samples(num_points, generator)

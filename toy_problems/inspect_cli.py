@@ -110,8 +110,12 @@ class ProblemEntry:
         fixed = [key for key in given if key not in self.defaults]
         if fixed:
             flags = ", ".join(f"--{_FLAG_OF[key]}" for key in fixed)
-            can = {key: sorted(n for n, e in PROBLEMS.items() if key in e.defaults) for key in fixed}
-            where = "; ".join(f"--{_FLAG_OF[key]} applies to: {', '.join(names)}" for key, names in can.items())
+            can = {
+                key: sorted(n for n, e in PROBLEMS.items() if key in e.defaults) for key in fixed
+            }
+            where = "; ".join(
+                f"--{_FLAG_OF[key]} applies to: {', '.join(names)}" for key, names in can.items()
+            )
             raise UsageError(f"problem {name!r} does not take {flags} ({where})")
         try:
             return self.factory(**(self.defaults | given))
@@ -122,14 +126,26 @@ class ProblemEntry:
 _FLAG_OF = {"n_var": "n-var", "n_obj": "n-obj", "seed": "problem-seed"}
 
 PROBLEMS: dict[str, ProblemEntry] = {
-    "two_task_toy": ProblemEntry("the CAGrad / Nash-MTL / DiBS-MTL two-task toy, its 5 published starts", TwoTaskToy),
-    "bargaining": ProblemEntry("DiBS Example 2: x^2 vs (x - 1)^2 on [0, 1]", lambda: Bargaining1D(first_power=2)),
-    "bargaining_x4": ProblemEntry("DiBS Example 1 variant: x^4 vs (x - 1)^2 on [0, 1]", lambda: Bargaining1D(first_power=4)),
+    "two_task_toy": ProblemEntry(
+        "the CAGrad / Nash-MTL / DiBS-MTL two-task toy, its 5 published starts", TwoTaskToy
+    ),
+    "bargaining": ProblemEntry(
+        "DiBS Example 2: x^2 vs (x - 1)^2 on [0, 1]", lambda: Bargaining1D(first_power=2)
+    ),
+    "bargaining_x4": ProblemEntry(
+        "DiBS Example 1 variant: x^4 vs (x - 1)^2 on [0, 1]", lambda: Bargaining1D(first_power=4)
+    ),
     "zdt1": ProblemEntry("ZDT1 on [0, 1]^n, convex front (projected steps)", ZDT1, {"n_var": 30}),
     "zdt2": ProblemEntry("ZDT2 on [0, 1]^n, concave front (projected steps)", ZDT2, {"n_var": 30}),
-    "zdt3": ProblemEntry("ZDT3 on [0, 1]^n, disconnected front (projected steps)", ZDT3, {"n_var": 30}),
-    "zdt2_variant": ProblemEntry("the unconstrained ZDT2 variant of Ma et al. (2020) on R^3", ZDT2Variant),
-    "fonseca_fleming": ProblemEntry("Fonseca-Fleming on R^n, concave front", FonsecaFleming, {"n_var": 2}),
+    "zdt3": ProblemEntry(
+        "ZDT3 on [0, 1]^n, disconnected front (projected steps)", ZDT3, {"n_var": 30}
+    ),
+    "zdt2_variant": ProblemEntry(
+        "the unconstrained ZDT2 variant of Ma et al. (2020) on R^3", ZDT2Variant
+    ),
+    "fonseca_fleming": ProblemEntry(
+        "Fonseca-Fleming on R^n, concave front", FonsecaFleming, {"n_var": 2}
+    ),
     "quadratic": ProblemEntry(
         "seeded random strongly convex quadratics (ConvexQuadratic.random, condition 10)",
         lambda n_var, n_obj, seed: ConvexQuadratic.random(n_var, n_obj, seed=seed),
@@ -144,24 +160,33 @@ PROBLEMS: dict[str, ProblemEntry] = {
 """The problems of `toy_problems`, by command-line name."""
 
 
-def build_problem(name: str, *, n_var: int | None = None, n_obj: int | None = None, seed: int | None = None) -> Problem:
+def build_problem(
+    name: str, *, n_var: int | None = None, n_obj: int | None = None, seed: int | None = None
+) -> Problem:
     """The problem registered as `name`, with optional size and seed overrides (UsageError if unknown)."""
     if name not in PROBLEMS:
         raise UsageError(f"unknown problem {name!r}; choose one of: {', '.join(PROBLEMS)}")
     problem = PROBLEMS[name].build(name, {"n_var": n_var, "n_obj": n_obj, "seed": seed})
     if problem.n_obj < 2:
-        raise UsageError(f"problem {name!r} with {problem.n_obj} task: --n-obj must be at least 2 for a multi-task problem")
+        raise UsageError(
+            f"problem {name!r} with {problem.n_obj} task: --n-obj must be at least 2 for a multi-task problem"
+        )
     return problem
 
 
 def listing() -> str:
     """The text of `--list`: every problem with its sizes and analytic sets, then every method."""
-    lines = [f"{'problem':<16} {'n_var':>5} {'n_obj':>5}  {'analytic set/front':<18} description", "-" * 100]
+    lines = [
+        f"{'problem':<16} {'n_var':>5} {'n_obj':>5}  {'analytic set/front':<18} description",
+        "-" * 100,
+    ]
     for name, entry in PROBLEMS.items():
         problem = entry.factory(**entry.defaults)
         sizes = ", ".join(f"--{_FLAG_OF[key]} {value}" for key, value in entry.defaults.items())
         description = entry.summary + (f" (defaults: {sizes})" if sizes else "")
-        lines.append(f"{name:<16} {problem.n_var:>5} {problem.n_obj:>5}  {'yes' if problem.has_pareto_set else 'no':<18} {description}")
+        lines.append(
+            f"{name:<16} {problem.n_var:>5} {problem.n_obj:>5}  {'yes' if problem.has_pareto_set else 'no':<18} {description}"
+        )
     return "\n".join([*lines, "", *method_listing()])
 
 
@@ -172,20 +197,30 @@ def parse_transforms(specs: list[str], num_tasks: int) -> dict[int, MonotoneTran
     """`TASK:SPEC` strings (`toy_problems.task_transforms`) -> {task index: transform}; UsageError
     on anything invalid, or on two transforms of one task."""
     try:
-        parsed = combine([t for t in (parse_task_transform(spec, num_tasks) for spec in specs) if t is not None])
+        parsed = combine(
+            [t for t in (parse_task_transform(spec, num_tasks) for spec in specs) if t is not None]
+        )
     except InvalidHyperparameterError as error:
         raise UsageError(f"--transforms: {error}") from None
     return {t.task: t.transform for t in parsed}
 
 
-def transformed_objectives(problem: Problem, transforms: dict[int, MonotoneTransform]) -> Callable[[Tensor], Tensor]:
+def transformed_objectives(
+    problem: Problem, transforms: dict[int, MonotoneTransform]
+) -> Callable[[Tensor], Tensor]:
     """The losses the methods see: `h_i(f_i(x))` for transformed tasks, `f_i(x)` for the others."""
     if not transforms:
         return problem
 
     def objectives(x: Tensor) -> Tensor:
         values = problem(x)
-        return torch.stack([transforms[i](values[..., i]) if i in transforms else values[..., i] for i in range(values.shape[-1])], dim=-1)
+        return torch.stack(
+            [
+                transforms[i](values[..., i]) if i in transforms else values[..., i]
+                for i in range(values.shape[-1])
+            ],
+            dim=-1,
+        )
 
     return objectives
 
@@ -221,7 +256,9 @@ class InspectResult:
     table: str
 
 
-def parse_starts(config: InspectConfig, problem: Problem, *, dtype: torch.dtype, device: str) -> Tensor:
+def parse_starts(
+    config: InspectConfig, problem: Problem, *, dtype: torch.dtype, device: str
+) -> Tensor:
     """The starting points `[S, n_var]`: explicit `--start`s (inside the bounds), the problem's
     defaults, or N seeded uniform draws from its bounds."""
     if config.start:
@@ -232,14 +269,18 @@ def parse_starts(config: InspectConfig, problem: Problem, *, dtype: torch.dtype,
             except ValueError:
                 point = []
             if len(point) != problem.n_var or not all(math.isfinite(v) for v in point):
-                raise UsageError(f"--start {text!r}: expected {problem.n_var} comma-separated finite numbers")
+                raise UsageError(
+                    f"--start {text!r}: expected {problem.n_var} comma-separated finite numbers"
+                )
             points.append(point)
         starts = torch.tensor(points, dtype=torch.float64)
         lower, upper = problem.lower_upper()
         outside = ((starts < lower) | (starts > upper)).any(dim=-1)
         if bool(outside.any()):
             bad = config.start[int(outside.nonzero()[0, 0])]
-            raise UsageError(f"--start {bad!r} lies outside the problem's bounds [{_fmt_vec(lower)}, {_fmt_vec(upper)}]")
+            raise UsageError(
+                f"--start {bad!r} lies outside the problem's bounds [{_fmt_vec(lower)}, {_fmt_vec(upper)}]"
+            )
         return starts.to(dtype=dtype, device=device)
     if config.starts == "default":
         return problem.default_starts(dtype=dtype, device=device)
@@ -249,14 +290,18 @@ def parse_starts(config: InspectConfig, problem: Problem, *, dtype: torch.dtype,
         count = 0
     if count < 1:
         raise UsageError(f"--starts {config.starts!r}: expected 'default' or a positive integer")
-    return problem.starts(count, generator=torch.Generator().manual_seed(config.seed), dtype=dtype, device=device)
+    return problem.starts(
+        count, generator=torch.Generator().manual_seed(config.seed), dtype=dtype, device=device
+    )
 
 
 def build_method(spec: str, num_tasks: int, *, seed: int, device: str):
     """A fresh method from a spec for the toy runs; random methods draw from a generator seeded
     with `seed` (the runner treats every step as an epoch: DWA's ratios are those of consecutive
     steps)."""
-    return make_method(spec, num_tasks=num_tasks, generator=torch.Generator(device=device).manual_seed(seed))
+    return make_method(
+        spec, num_tasks=num_tasks, generator=torch.Generator(device=device).manual_seed(seed)
+    )
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -314,16 +359,22 @@ def expected_duration(config: InspectConfig, methods: int, /) -> str | None:
     seconds = methods * config.steps * SECONDS_PER_METHOD_STEP
     if seconds < LONG_COMMAND_SECONDS:
         return None
-    return (f"{methods} methods x {config.steps:,} steps, expected {duration_text(seconds)} on {MACHINE} "
-            f"(the toy sweep's {SECONDS_PER_METHOD_STEP * 1e3:.2f} ms per method and step)")
+    return (
+        f"{methods} methods x {config.steps:,} steps, expected {duration_text(seconds)} on {MACHINE} "
+        f"(the toy sweep's {SECONDS_PER_METHOD_STEP * 1e3:.2f} ms per method and step)"
+    )
 
 
-def run(config: InspectConfig, /, *, on_start: Callable[[str], None] | None = None) -> InspectResult:
+def run(
+    config: InspectConfig, /, *, on_start: Callable[[str], None] | None = None
+) -> InspectResult:
     """Validate, run every method from every start as one batch, measure: the payload, the figures
     and the table of `python -m toy_problems inspect` (nothing is written; `write_outputs` does).
     Invalid settings raise `UsageError` naming the flag; once they are checked, `on_start` (the
     command line's stderr) gets the expected duration of a long run."""
-    problem = build_problem(config.problem, n_var=config.n_var, n_obj=config.n_obj, seed=config.problem_seed)
+    problem = build_problem(
+        config.problem, n_var=config.n_var, n_obj=config.n_obj, seed=config.problem_seed
+    )
     num_tasks = problem.n_obj
     if config.steps < 1:
         raise UsageError(f"--steps must be a positive integer, got {config.steps}")
@@ -342,7 +393,9 @@ def run(config: InspectConfig, /, *, on_start: Callable[[str], None] | None = No
     try:
         torch.zeros(1, device=config.device)
     except (RuntimeError, AssertionError) as error:
-        raise UsageError(f"--device {config.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda") from None
+        raise UsageError(
+            f"--device {config.device!r} is not usable here ({str(error).splitlines()[0]}); e.g. cpu or cuda"
+        ) from None
     starts = parse_starts(config, problem, dtype=dtype, device=config.device)
     _check_starts(problem, transforms, starts, names, config)
     line = expected_duration(config, len(names))
@@ -351,28 +404,64 @@ def run(config: InspectConfig, /, *, on_start: Callable[[str], None] | None = No
 
     front = None
     if problem.has_pareto_set:
-        front = problem.pareto_front(FRONT_SAMPLES.get(num_tasks, FRONT_SAMPLES_MANY)).to(torch.float64).cpu()
+        front = (
+            problem.pareto_front(FRONT_SAMPLES.get(num_tasks, FRONT_SAMPLES_MANY))
+            .to(torch.float64)
+            .cpu()
+        )
     numbers = (config.steps + 1) * starts.shape[0] * (problem.n_var + num_tasks)
     record_every = max(1, math.ceil(numbers / MAX_RECORDED_NUMBERS))
 
-    make_optimizer([torch.zeros(1, requires_grad=True)], config.optimizer, config.lr)  # torch's one-off import of the
+    make_optimizer(
+        [torch.zeros(1, requires_grad=True)], config.optimizer, config.lr
+    )  # torch's one-off import of the
     # optimiser machinery (seconds) happens here, not inside the first method's timing
-    task_transforms = tuple(TaskTransform(task, transform) for task, transform in sorted(transforms.items()))
-    stored = stored_indices(math.ceil(config.steps / record_every) + 1)  # the records kept in the JSON and the figures
+    task_transforms = tuple(
+        TaskTransform(task, transform) for task, transform in sorted(transforms.items())
+    )
+    stored = stored_indices(
+        math.ceil(config.steps / record_every) + 1
+    )  # the records kept in the JSON and the figures
     try:  # every method from every start, as one batch
         measured = run_measured(
-            problem, starts, [Track(name, task_transforms, config.seed) for name in names], num_steps=config.steps,
-            lr=config.lr, optimizer=config.optimizer, record_every=record_every, front=front, distance_records=stored,
+            problem,
+            starts,
+            [Track(name, task_transforms, config.seed) for name in names],
+            num_steps=config.steps,
+            lr=config.lr,
+            optimizer=config.optimizer,
+            record_every=record_every,
+            front=front,
+            distance_records=stored,
             progress=None if config.quiet else f"{config.problem}: {len(names)} methods",
         )
     except MTLInputError as error:
-        hint = " (a loss left the domain of its --transforms entry)" if isinstance(error, LossDomainError) and transforms else ""
+        hint = (
+            " (a loss left the domain of its --transforms entry)"
+            if isinstance(error, LossDomainError) and transforms
+            else ""
+        )
         raise UsageError(f"a method failed during the run: {error}{hint}") from None
     runs = [
-        MethodRun(name, run.seconds, run.trajectory, run.losses, run.residuals, run.residuals.cummin(dim=0).values, run.distances, stored)
+        MethodRun(
+            name,
+            run.seconds,
+            run.trajectory,
+            run.losses,
+            run.residuals,
+            run.residuals.cummin(dim=0).values,
+            run.distances,
+            stored,
+        )
         for name, run in zip(names, measured)
     ]
-    logger.info("%d methods: %d steps from %d starts in %.1f s", len(names), config.steps, starts.shape[0], runs[0].seconds * len(names))
+    logger.info(
+        "%d methods: %d steps from %d starts in %.1f s",
+        len(names),
+        config.steps,
+        starts.shape[0],
+        runs[0].seconds * len(names),
+    )
 
     if front is not None:
         ideal, nadir = front.amin(dim=0), front.amax(dim=0)
@@ -380,9 +469,15 @@ def run(config: InspectConfig, /, *, on_start: Callable[[str], None] | None = No
     else:
         ends = torch.cat([run.raw_losses[-1] for run in runs])
         finite = ends[torch.isfinite(ends).all(dim=-1)]
-        ideal, nadir = (finite.amin(dim=0), finite.amax(dim=0)) if finite.numel() else (torch.zeros(num_tasks),) * 2
+        ideal, nadir = (
+            (finite.amin(dim=0), finite.amax(dim=0))
+            if finite.numel()
+            else (torch.zeros(num_tasks),) * 2
+        )
         reference = "endpoints of every run of this invocation"
-    payload = _payload(config, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference)
+    payload = _payload(
+        config, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference
+    )
     figures = _figures(config, problem, transforms, front, runs)
     return InspectResult(payload, figures, format_table(payload))
 
@@ -400,13 +495,24 @@ def _check_starts(problem, transforms, starts, names, config) -> None:
                 f"--transforms {task}:{transform.to_spec()}: {error} (task {task}'s losses at the starts: {values}); "
                 f"choose a transform defined there, e.g. exp, arcsinh, power:P or affine:A:B"
             ) from None
-    task_transforms = tuple(TaskTransform(task, transform) for task, transform in sorted(transforms.items()))
+    task_transforms = tuple(
+        TaskTransform(task, transform) for task, transform in sorted(transforms.items())
+    )
     for name in names:
         try:
-            run_tracks(problem, starts, [Track(name, task_transforms, config.seed)], num_steps=1, lr=config.lr, optimizer=config.optimizer)
+            run_tracks(
+                problem,
+                starts,
+                [Track(name, task_transforms, config.seed)],
+                num_steps=1,
+                lr=config.lr,
+                optimizer=config.optimizer,
+            )
         except MTLInputError as error:
             method = build_method(name, problem.n_obj, seed=config.seed, device="cpu")
-            raise UsageError(f"method {name!r} rejects the losses at the starts {_fmt_rows(raw)}: {error}{_domain_hint(method)}") from None
+            raise UsageError(
+                f"method {name!r} rejects the losses at the starts {_fmt_rows(raw)}: {error}{_domain_hint(method)}"
+            ) from None
 
 
 def _domain_hint(method) -> str:
@@ -430,7 +536,9 @@ def _replace_nan(values: Any) -> Any:
     return values if isinstance(values, float) and math.isfinite(values) else None
 
 
-def _payload(config, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference) -> dict:
+def _payload(
+    config, problem, transforms, starts, names, runs, record_every, ideal, nadir, reference
+) -> dict:
     from toy_problems.store import environment
 
     results = {}
@@ -445,7 +553,9 @@ def _payload(config, problem, transforms, starts, names, runs, record_every, ide
                 "end_losses": _json_numbers(ends[j]),
                 "final_residual": _json_numbers(run.residuals[-1, j]),
                 "min_residual": _json_numbers(run.running_min[-1, j]),
-                "distance_to_front": None if run.distances is None else _json_numbers(run.distances[-1, j]),
+                "distance_to_front": None
+                if run.distances is None
+                else _json_numbers(run.distances[-1, j]),
                 "normalised_position": _json_numbers(positions[j]),
                 "favoured_task": favoured_task(positions[j]),
             }
@@ -490,7 +600,11 @@ def _payload(config, problem, transforms, starts, names, runs, record_every, ide
             "favoured_task": DOMINANCE_DEFINITION,
             "losses": "untransformed task losses f_i(x); losses_transformed: what the methods saw",
         },
-        "dominance_reference": {"source": reference, "ideal": _json_numbers(ideal), "nadir": _json_numbers(nadir)},
+        "dominance_reference": {
+            "source": reference,
+            "ideal": _json_numbers(ideal),
+            "nadir": _json_numbers(nadir),
+        },
         "environment": environment(),
         "results": results,
     }
@@ -499,18 +613,34 @@ def _payload(config, problem, transforms, starts, names, runs, record_every, ide
 def format_table(payload: dict) -> str:
     """One row per method and start: endpoint, untransformed end losses, residuals, distance, favoured task."""
     config = payload["config"]
-    header = ["method", "start", "end x", "end losses", "residual", "min res", "dist", "position u", "favours"]
+    header = [
+        "method",
+        "start",
+        "end x",
+        "end losses",
+        "residual",
+        "min res",
+        "dist",
+        "position u",
+        "favours",
+    ]
     rows = []
     for name in config["methods"]:
         for run in payload["results"][name]["runs"]:
             distance, favoured = run["distance_to_front"], run["favoured_task"]
-            rows.append([
-                name, _fmt_list(run["start"]), _fmt_list(run["end"]), _fmt_list(run["end_losses"]),
-                _fmt_number(run["final_residual"]), _fmt_number(run["min_residual"]),
-                "n/a" if distance is None else _fmt_number(distance),
-                "/".join(_fmt_short(u) for u in run["normalised_position"]),
-                favoured if isinstance(favoured, str) else f"task {favoured}",
-            ])
+            rows.append(
+                [
+                    name,
+                    _fmt_list(run["start"]),
+                    _fmt_list(run["end"]),
+                    _fmt_list(run["end_losses"]),
+                    _fmt_number(run["final_residual"]),
+                    _fmt_number(run["min_residual"]),
+                    "n/a" if distance is None else _fmt_number(distance),
+                    "/".join(_fmt_short(u) for u in run["normalised_position"]),
+                    favoured if isinstance(favoured, str) else f"task {favoured}",
+                ]
+            )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     separators = {1, 2, 3, 4, 6, 7}  # a bar before these columns
 
@@ -524,8 +654,15 @@ def format_table(payload: dict) -> str:
     transforms = config["transforms"]
     lines.append(
         f"{config['problem']}: {config['steps']} {config['optimizer']} steps (lr {config['lr']:g}, {config['dtype']})"
-        + (f", transforms {', '.join(f'{k}:{v}' for k, v in transforms.items())} (losses shown untransformed)" if transforms else "")
-        + "; " + ", ".join(f"{name} {payload['results'][name]['seconds']:.1f} s" for name in config["methods"])
+        + (
+            f", transforms {', '.join(f'{k}:{v}' for k, v in transforms.items())} (losses shown untransformed)"
+            if transforms
+            else ""
+        )
+        + "; "
+        + ", ".join(
+            f"{name} {payload['results'][name]['seconds']:.1f} s" for name in config["methods"]
+        )
     )
     lines.append(
         "residual: Pareto-stationarity residual at the end (min res: smallest along the run); dist: distance to the "
@@ -560,7 +697,9 @@ def _figures(config, problem, transforms, front, runs: list[MethodRun]) -> dict[
     """The figures by file name: trajectories (seen losses), untransformed trajectories (with transforms), convergence."""
     figures = {"trajectories.png": _trajectory_figure(problem, transforms, front, runs, seen=True)}
     if transforms:
-        figures["trajectories_untransformed.png"] = _trajectory_figure(problem, {}, front, runs, seen=False)
+        figures["trajectories_untransformed.png"] = _trajectory_figure(
+            problem, {}, front, runs, seen=False
+        )
     figures["convergence.png"] = _convergence_figure(config, runs, front is not None)
     return figures
 
@@ -578,16 +717,29 @@ def _trajectory_figure(problem, transforms, front, runs, *, seen: bool):
     front_seen = None
     if front is not None:
         try:
-            front_seen = transformed_objectives(lambda f: f, transforms)(front) if transforms else front
+            front_seen = (
+                transformed_objectives(lambda f: f, transforms)(front) if transforms else front
+            )
         except LossDomainError:
-            logger.info("the front lies partly outside a transform's domain; not drawn in the transformed view")
+            logger.info(
+                "the front lies partly outside a transform's domain; not drawn in the transformed view"
+            )
     colours = [f"C{j % 10}" for j in range(runs[0].trajectory.points.shape[1])]
     for column, run in enumerate(runs):
-        losses = (run.trajectory.losses if seen else run.raw_losses)[run.stored].to(torch.float64).cpu()
+        losses = (
+            (run.trajectory.losses if seen else run.raw_losses)[run.stored].to(torch.float64).cpu()
+        )
         for row, (a, b) in enumerate(pairs):
             ax = axes[row][column]
             if front_seen is not None:
-                ax.scatter(front_seen[:, a], front_seen[:, b], s=1, color="0.6", label="Pareto front", rasterized=True)
+                ax.scatter(
+                    front_seen[:, a],
+                    front_seen[:, b],
+                    s=1,
+                    color="0.6",
+                    label="Pareto front",
+                    rasterized=True,
+                )
             for j, colour in enumerate(colours):
                 ax.plot(losses[:, j, a], losses[:, j, b], color=colour, linewidth=1)
                 ax.plot(losses[0, j, a], losses[0, j, b], "o", color=colour, markersize=4)
@@ -596,7 +748,11 @@ def _trajectory_figure(problem, transforms, front, runs, *, seen: bool):
             ax.set_ylabel(_loss_label(b, transforms))
             if row == 0:
                 ax.set_title(run.name)
-    view = "losses as the methods see them" if transforms else ("untransformed losses" if not seen else "losses")
+    view = (
+        "losses as the methods see them"
+        if transforms
+        else ("untransformed losses" if not seen else "losses")
+    )
     figure.suptitle(f"{problem!r}: {view} (o start, * end)")
     return figure
 
@@ -668,8 +824,15 @@ def inspect_folder(root: str | Path, config: InspectConfig, /) -> Path:
     set of settings (steps, optimiser, learning rate, seed, then a hash of every flag that changes
     the numbers), so that an inspection never replaces one made with other settings."""
     settings = {key: getattr(config, key) for key in NUMERIC_FLAGS}  # tuples and lists hash alike
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return Path(root) / "toy_inspect" / config.problem / f"{config.steps}steps-{config.optimizer}-lr{config.lr:g}-seed{config.seed}-{digest}"
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
+        :8
+    ]
+    return (
+        Path(root)
+        / "toy_inspect"
+        / config.problem
+        / f"{config.steps}steps-{config.optimizer}-lr{config.lr:g}-seed{config.seed}-{digest}"
+    )
 
 
 def default_out(config: InspectConfig, /) -> Path:
@@ -677,11 +840,26 @@ def default_out(config: InspectConfig, /) -> Path:
     return inspect_folder(Path("results"), config)
 
 
-NUMERIC_FLAGS = ("problem", "methods", "transform", "starts", "start", "seed", "steps", "optimizer", "lr", "dtype", "n_var", "n_obj", "problem_seed")
+NUMERIC_FLAGS = (
+    "problem",
+    "methods",
+    "transform",
+    "starts",
+    "start",
+    "seed",
+    "steps",
+    "optimizer",
+    "lr",
+    "dtype",
+    "n_var",
+    "n_obj",
+    "problem_seed",
+)
 """The flags whose values change what `inspect` computes (not --out, --quiet or --device)."""
 
 
 # ----------------------------------------------------------------------------- the parser and main
+
 
 def _wrap(text: str) -> str:
     return textwrap.fill(text, width=104, initial_indent="  ", subsequent_indent="    ")
@@ -720,14 +898,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m toy_problems", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--list", action="store_true",
-                        help="list the problems (n_var, n_obj, analytic Pareto set/front), then every method (name, kind, family, paper, hyperparameters), and exit")
+    parser = _Parser(
+        prog="python -m toy_problems",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the problems (n_var, n_obj, analytic Pareto set/front), then every method (name, kind, family, paper, hyperparameters), and exit",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     inspect_parser = commands.add_parser(
-        "inspect", help="run methods from several starts on one problem; print a table, write JSON and figures",
+        "inspect",
+        help="run methods from several starts on one problem; print a table, write JSON and figures",
         description="Run task-balancing methods on a toy problem and inspect their convergence.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(inspect_parser)
     return parser
@@ -745,42 +932,118 @@ class _DeprecatedTransform(argparse.Action):
     """`--transform a` (repeatable), the spelling before `--transforms`: still accepted, with a note on stderr."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"note: --transform is deprecated; write --transforms {values} (one comma-separated list, as every command line takes it)",
-              file=sys.stderr)
+        print(
+            f"note: --transform is deprecated; write --transforms {values} (one comma-separated list, as every command line takes it)",
+            file=sys.stderr,
+        )
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), str(values)])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `inspect`."""
-    parser.add_argument("--problem", required=True, choices=list(PROBLEMS), metavar="NAME",
-                        help=f"the toy problem, one of: {', '.join(PROBLEMS)} (see --list)")
-    parser.add_argument("--methods", default="dibsmtl,ls,mgda",
-                        help=f"comma-separated method specs, name or name:key=value:... (default dibsmtl,ls,mgda; e.g. "
-                             f"dibsmtl:steps=5,cagrad:c=0.5); `python -m toy_problems --list` lists all {len(available_methods())} methods")
-    parser.add_argument("--transforms", action=_TransformList, dest="transform", default=[], metavar="TASK:KIND[:PARAM],...",
-                        help=escape_help(f"comma-separated strictly increasing transforms of single task losses (task TASK, 0-based), "
-                                         f"applied before the methods see them; at most one per task, 'none' for no transform. "
-                                         f"KIND: {TRANSFORM_SPEC_FORMS}. Example: 0:exp,1:power:4"))
-    parser.add_argument("--transform", action=_DeprecatedTransform, dest="transform", metavar="TASK:KIND[:PARAM]",
-                        help="deprecated spelling of --transforms, one transform per flag (repeatable); still accepted")
-    parser.add_argument("--starts", default="default", metavar="default|N",
-                        help="'default': the problem's default starting points (the published ones where they exist, else "
-                             "5 seeded draws); N: N points drawn uniformly from the problem's bounds with --seed")
-    parser.add_argument("--start", action="append", default=[], metavar="X1,X2,...",
-                        help="an explicit starting point inside the problem's bounds (repeatable; replaces --starts)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the drawn starts and of random methods (rlw, rgw, pcgrad); default 0")
-    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps per run (default 2000; the DiBS-MTL toy uses 35,000)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="adam (torch defaults, as the DiBS-MTL toy) or sgd; default adam")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3, the DiBS-MTL toy's)")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float64",
-                        help="floating dtype of the runs (default float64: residuals below float32 resolution stay visible)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")
-    parser.add_argument("--n-var", type=int, default=None, help="number of variables, for zdt1-3, fonseca_fleming, quadratic, nonconvex (defaults in --list)")
-    parser.add_argument("--n-obj", type=int, default=None, help="number of tasks, for quadratic and nonconvex (default 3)")
-    parser.add_argument("--problem-seed", type=int, default=None, help="the seed that draws quadratic and nonconvex (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("results"),
-                        help="root of the result store: the files go to OUT/toy_inspect/PROBLEM/<settings>, one folder per set "
-                             "of settings (default: %(default)s)")
+    parser.add_argument(
+        "--problem",
+        required=True,
+        choices=list(PROBLEMS),
+        metavar="NAME",
+        help=f"the toy problem, one of: {', '.join(PROBLEMS)} (see --list)",
+    )
+    parser.add_argument(
+        "--methods",
+        default="dibsmtl,ls,mgda",
+        help=f"comma-separated method specs, name or name:key=value:... (default dibsmtl,ls,mgda; e.g. "
+        f"dibsmtl:steps=5,cagrad:c=0.5); `python -m toy_problems --list` lists all {len(available_methods())} methods",
+    )
+    parser.add_argument(
+        "--transforms",
+        action=_TransformList,
+        dest="transform",
+        default=[],
+        metavar="TASK:KIND[:PARAM],...",
+        help=escape_help(
+            f"comma-separated strictly increasing transforms of single task losses (task TASK, 0-based), "
+            f"applied before the methods see them; at most one per task, 'none' for no transform. "
+            f"KIND: {TRANSFORM_SPEC_FORMS}. Example: 0:exp,1:power:4"
+        ),
+    )
+    parser.add_argument(
+        "--transform",
+        action=_DeprecatedTransform,
+        dest="transform",
+        metavar="TASK:KIND[:PARAM]",
+        help="deprecated spelling of --transforms, one transform per flag (repeatable); still accepted",
+    )
+    parser.add_argument(
+        "--starts",
+        default="default",
+        metavar="default|N",
+        help="'default': the problem's default starting points (the published ones where they exist, else "
+        "5 seeded draws); N: N points drawn uniformly from the problem's bounds with --seed",
+    )
+    parser.add_argument(
+        "--start",
+        action="append",
+        default=[],
+        metavar="X1,X2,...",
+        help="an explicit starting point inside the problem's bounds (repeatable; replaces --starts)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the drawn starts and of random methods (rlw, rgw, pcgrad); default 0",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=2000,
+        help="optimiser steps per run (default 2000; the DiBS-MTL toy uses 35,000)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="adam",
+        help="adam (torch defaults, as the DiBS-MTL toy) or sgd; default adam",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="learning rate (default 1e-3, the DiBS-MTL toy's)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float64",
+        help="floating dtype of the runs (default float64: residuals below float32 resolution stay visible)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available)",
+    )
+    parser.add_argument(
+        "--n-var",
+        type=int,
+        default=None,
+        help="number of variables, for zdt1-3, fonseca_fleming, quadratic, nonconvex (defaults in --list)",
+    )
+    parser.add_argument(
+        "--n-obj",
+        type=int,
+        default=None,
+        help="number of tasks, for quadratic and nonconvex (default 3)",
+    )
+    parser.add_argument(
+        "--problem-seed",
+        type=int,
+        default=None,
+        help="the seed that draws quadratic and nonconvex (default 0)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results"),
+        help="root of the result store: the files go to OUT/toy_inspect/PROBLEM/<settings>, one folder per set "
+        "of settings (default: %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -794,7 +1057,9 @@ def main(argv: list[str] | None = None) -> int:
             print(listing())
             return 0
         if args.command is None:
-            raise UsageError("choose a command: inspect (python -m toy_problems inspect --help), or --list")
+            raise UsageError(
+                "choose a command: inspect (python -m toy_problems inspect --help), or --list"
+            )
         config = InspectConfig.from_args(args)
         out = inspect_folder(args.out, config)
         reason = unwritable_reason(out)  # before any compute
@@ -802,16 +1067,24 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--out {reason}")
         result = run(config, on_start=lambda line: print(line, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
-        print("\ninterrupted: nothing was written (inspect writes its folder at the end); run the same command again", file=sys.stderr)
+        print(
+            "\ninterrupted: nothing was written (inspect writes its folder at the end); run the same command again",
+            file=sys.stderr,
+        )
         return 130
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
-    if (args.out / "inspect.json").exists():  # an inspection written when --out named the folder itself
-        print(f"note: --out is the root of the result store (docs/cli.md): this inspection goes to {out}; "
-              f"{args.out / 'inspect.json'} is an earlier one, left as it is", file=sys.stderr)
+    if (
+        args.out / "inspect.json"
+    ).exists():  # an inspection written when --out named the folder itself
+        print(
+            f"note: --out is the root of the result store (docs/cli.md): this inspection goes to {out}; "
+            f"{args.out / 'inspect.json'} is an earlier one, left as it is",
+            file=sys.stderr,
+        )
     written = write_outputs(out, result.payload, result.figures)
     print(result.table)
     print(f"\nwrote {', '.join(str(path) for path in written)}")

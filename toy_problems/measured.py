@@ -70,29 +70,55 @@ def run_measured(
         parts = [list(range(len(tracks)))]
     else:
         parts = split_by_method(tracks, processes, costs=method_step_costs(problem, starts, tracks))
-    options = {"num_steps": num_steps, "lr": lr, "optimizer": optimizer, "record_every": record_every, "front": front,
-               "distance_records": distance_records}
+    options = {
+        "num_steps": num_steps,
+        "lr": lr,
+        "optimizer": optimizer,
+        "record_every": record_every,
+        "front": front,
+        "distance_records": distance_records,
+    }
     if len(parts) == 1:
         return _measure_part(problem, starts, list(tracks), options, progress)
-    jobs = [(problem, starts, [tracks[i] for i in part], options, progress if index == 0 else None) for index, part in enumerate(parts)]
+    jobs = [
+        (problem, starts, [tracks[i] for i in part], options, progress if index == 0 else None)
+        for index, part in enumerate(parts)
+    ]
     finished = forked_starmap(_measure_part, jobs, processes=len(parts))
     by_index = {i: run for part, runs in zip(parts, finished) for i, run in zip(part, runs)}
     return [by_index[i] for i in range(len(tracks))]
 
 
-def _measure_part(problem: Problem, starts: Tensor, tracks: list[Track], options: dict, progress: str | None) -> list[MeasuredRun]:
+def _measure_part(
+    problem: Problem, starts: Tensor, tracks: list[Track], options: dict, progress: str | None
+) -> list[MeasuredRun]:
     """One batch of `run_measured` (module level: it may run in a forked process)."""
     began = time.perf_counter()
-    with tqdm(total=options["num_steps"], desc=progress, unit="step", disable=progress is None, leave=False) as bar:
+    with tqdm(
+        total=options["num_steps"],
+        desc=progress,
+        unit="step",
+        disable=progress is None,
+        leave=False,
+    ) as bar:
         trajectories = run_tracks(
-            problem, starts, tracks, num_steps=options["num_steps"], lr=options["lr"], optimizer=options["optimizer"],
-            record_every=options["record_every"], project=getattr(problem, "project", None), progress=lambda _: bar.update(),
+            problem,
+            starts,
+            tracks,
+            num_steps=options["num_steps"],
+            lr=options["lr"],
+            optimizer=options["optimizer"],
+            record_every=options["record_every"],
+            project=getattr(problem, "project", None),
+            progress=lambda _: bar.update(),
         )
     seconds = (time.perf_counter() - began) / max(1, len(tracks))
     front = options["front"]
     runs = []
     for track, trajectory in zip(tracks, trajectories):
-        losses, residuals = stationarity_residuals(problem, trajectory.points.to(torch.float64).cpu())
+        losses, residuals = stationarity_residuals(
+            problem, trajectory.points.to(torch.float64).cpu()
+        )
         records = options["distance_records"]
         records = torch.tensor([losses.shape[0] - 1]) if records is None else records
         distances = None if front is None else distance_to_front(losses[records], front)
@@ -100,14 +126,19 @@ def _measure_part(problem: Problem, starts: Tensor, tracks: list[Track], options
     return runs
 
 
-def split_by_method(tracks: Sequence[Track], processes: int, /, *, costs: Mapping[str, float] | None = None) -> list[list[int]]:
+def split_by_method(
+    tracks: Sequence[Track], processes: int, /, *, costs: Mapping[str, float] | None = None
+) -> list[list[int]]:
     """The track indices in at most `processes` parts, every track of one method in one part:
     methods dealt out, most expensive first, each to the part with the least cost so far (a
     method's cost is `costs[method]` per step for all its tracks, or its number of tracks)."""
     by_method: dict[str, list[int]] = {}
     for index, track in enumerate(tracks):
         by_method.setdefault(track.method, []).append(index)
-    cost = {method: (costs[method] if costs is not None else len(members)) for method, members in by_method.items()}
+    cost = {
+        method: (costs[method] if costs is not None else len(members))
+        for method, members in by_method.items()
+    }
     parts: list[list[int]] = [[] for _ in range(max(1, min(processes, len(by_method))))]
     loads = [0.0] * len(parts)
     for method in sorted(by_method, key=lambda m: cost[m], reverse=True):
@@ -117,7 +148,9 @@ def split_by_method(tracks: Sequence[Track], processes: int, /, *, costs: Mappin
     return [sorted(part) for part in parts if part]
 
 
-def method_step_costs(problem: Problem, starts: Tensor, tracks: Sequence[Track], /, *, steps: int = 20) -> dict[str, float]:
+def method_step_costs(
+    problem: Problem, starts: Tensor, tracks: Sequence[Track], /, *, steps: int = 20
+) -> dict[str, float]:
     """Seconds per step of each method's tracks (the methods' own calls, measured on fresh
     instances at the starts over `steps` calls after one warm-up call): what `split_by_method`
     balances. The measurement changes no run (the runs build their own instances)."""
@@ -126,4 +159,7 @@ def method_step_costs(problem: Problem, starts: Tensor, tracks: Sequence[Track],
     by_method: dict[str, list[Track]] = {}
     for track in tracks:
         by_method.setdefault(track.method, []).append(track)
-    return {method: method_seconds_per_step(problem, starts, members, steps=steps) for method, members in by_method.items()}
+    return {
+        method: method_seconds_per_step(problem, starts, members, steps=steps)
+        for method, members in by_method.items()
+    }

@@ -11,7 +11,9 @@ from core.pareto.stationarity import stationarity
 from toy_problems.base import Problem
 
 
-def stationarity_residuals(problem: Problem, points: Tensor, *, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+def stationarity_residuals(
+    problem: Problem, points: Tensor, *, chunk: int = 4096
+) -> tuple[Tensor, Tensor]:
     """Untransformed losses `[..., K]` and stationarity residuals `min_{a in simplex} ||sum_i a_i
     grad f_i(x)||` `[...]` at points `[..., n]` (float64 on the CPU is what the callers pass).
 
@@ -20,13 +22,19 @@ def stationarity_residuals(problem: Problem, points: Tensor, *, chunk: int = 409
     projected iteration cannot move, and the point is stationary for the constrained problem.
     """
     flat = points.reshape(-1, points.shape[-1])
-    box = problem.lower_upper(dtype=flat.dtype, device=flat.device) if hasattr(problem, "project") else None
+    box = (
+        problem.lower_upper(dtype=flat.dtype, device=flat.device)
+        if hasattr(problem, "project")
+        else None
+    )
     losses, residuals = [], []
     for part in flat.split(chunk):
         values, jacobian = problem.values_and_jacobian(part)
         if box is not None:
             lower, upper = box
-            blocked = ((part <= lower) & (jacobian >= 0).all(dim=-2)) | ((part >= upper) & (jacobian <= 0).all(dim=-2))
+            blocked = ((part <= lower) & (jacobian >= 0).all(dim=-2)) | (
+                (part >= upper) & (jacobian <= 0).all(dim=-2)
+            )
             jacobian = jacobian.masked_fill(blocked[..., None, :], 0.0)
         losses.append(values)
         residuals.append(stationarity(gramian(jacobian))[1])

@@ -94,7 +94,9 @@ def make_optimizer(params: Iterable[Tensor], optimizer: str, lr: float) -> torch
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
 
 
-def _answer(method: Method, values: Tensor, gramians: Tensor | None, jacobian: Tensor, own: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+def _answer(
+    method: Method, values: Tensor, gramians: Tensor | None, jacobian: Tensor, own: Sequence[Tensor]
+) -> tuple[Tensor, Tensor | None]:
     """A method's answer on rows of losses, Gramians (gradient weightings only) and Jacobians: its
     weights (a Jacobian aggregation's head weights) and, for a Jacobian aggregation, its own update.
     A learnable loss weighting's parameters `own` get their gradients (`_loss_weights`)."""
@@ -142,24 +144,46 @@ def run_tracks(
     order of `tracks`: for measures of the whole trajectory that the caller accumulates.
     """
     problems, starts = _problems_and_starts(problem, starts, tracks)
-    num_tasks = int(getattr(problems[0], "n_obj", 0)) or values_and_jacobian(problems[0], starts[0, :1])[0].shape[-1]
+    num_tasks = (
+        int(getattr(problems[0], "n_obj", 0))
+        or values_and_jacobian(problems[0], starts[0, :1])[0].shape[-1]
+    )
     order, groups = _plan_groups(tracks, starts, num_tasks)
     ordered = [tracks[i] for i in order]
     x0 = torch.stack([starts[track.problem] for track in ordered]).detach().clone()
     offsets = _offsets(problems, ordered, groups, num_tasks, starts) if shift_losses else None
     seen_of = _seen_losses(ordered)
-    evaluate = problems[0] if len(problems) == 1 else _problem_rows(problems, [track.problem for track in ordered], starts.shape[-2])
+    evaluate = (
+        problems[0]
+        if len(problems) == 1
+        else _problem_rows(problems, [track.problem for track in ordered], starts.shape[-2])
+    )
     position = {track_index: row for row, track_index in enumerate(order)}
     schedule = _schedule(ordered, num_steps, lr, optimizer, x0)
     noise = _noise(ordered, noise_seed, x0)
     in_track_order = torch.tensor([position[i] for i in range(len(tracks))], device=x0.device)
-    trajectory = _advance(evaluate, x0, groups, seen_of, offsets, num_steps=num_steps, lr=lr, optimizer=optimizer,
-                          record_every=record_every, project=project, progress=progress, schedule=schedule, noise=noise,
-                          measure=None if measure is None else _in_track_order(measure, in_track_order))
+    trajectory = _advance(
+        evaluate,
+        x0,
+        groups,
+        seen_of,
+        offsets,
+        num_steps=num_steps,
+        lr=lr,
+        optimizer=optimizer,
+        record_every=record_every,
+        project=project,
+        progress=progress,
+        schedule=schedule,
+        noise=noise,
+        measure=None if measure is None else _in_track_order(measure, in_track_order),
+    )
     weights = trajectory.last_weights
     return [
         Trajectory(
-            trajectory.steps, trajectory.points[:, position[i]], trajectory.losses[:, position[i]],
+            trajectory.steps,
+            trajectory.points[:, position[i]],
+            trajectory.losses[:, position[i]],
             None if weights is None else weights[position[i]],
         )
         for i in range(len(tracks))
@@ -167,35 +191,51 @@ def run_tracks(
 
 
 def _problems_and_starts(
-    problem: Callable[[Tensor], Tensor] | Sequence[Callable[[Tensor], Tensor]], starts: Tensor, tracks: Sequence[Track]
+    problem: Callable[[Tensor], Tensor] | Sequence[Callable[[Tensor], Tensor]],
+    starts: Tensor,
+    tracks: Sequence[Track],
 ) -> tuple[list[Callable[[Tensor], Tensor]], Tensor]:
     """The problems as a list and the starts as `[P, S, n]`, checked against the tracks' indices."""
     problems = list(problem) if isinstance(problem, Sequence) else [problem]
     if isinstance(problem, Sequence):
         if starts.ndim != 3 or starts.shape[0] != len(problems):
-            raise ValueError(f"with {len(problems)} problems, starts must have shape [{len(problems)}, S, n], got {tuple(starts.shape)}")
+            raise ValueError(
+                f"with {len(problems)} problems, starts must have shape [{len(problems)}, S, n], got {tuple(starts.shape)}"
+            )
     elif starts.ndim != 2:
         raise ValueError(f"starts must have shape [S, n], got {tuple(starts.shape)}")
     else:
         starts = starts[None]
     wrong = sorted({track.problem for track in tracks} - set(range(len(problems))))
     if wrong:
-        raise ValueError(f"tracks name problems {wrong}, but the runner has {len(problems)} (indices 0..{len(problems) - 1})")
+        raise ValueError(
+            f"tracks name problems {wrong}, but the runner has {len(problems)} (indices 0..{len(problems) - 1})"
+        )
     return problems, starts
 
 
-def _schedule(tracks: Sequence[Track], num_steps: int, lr: float, optimizer: str, x0: Tensor) -> Tensor | None:
+def _schedule(
+    tracks: Sequence[Track], num_steps: int, lr: float, optimizer: str, x0: Tensor
+) -> Tensor | None:
     """Per step and row, the step size `[num_steps, T, 1, 1]` when some track has its own
     schedule (the others `lr`); None when none has."""
     if all(track.step_sizes is None for track in tracks):
         return None
     if optimizer != "sgd":
-        raise ValueError(f"tracks with their own step sizes take plain gradient steps: use optimizer='sgd', got {optimizer!r}")
+        raise ValueError(
+            f"tracks with their own step sizes take plain gradient steps: use optimizer='sgd', got {optimizer!r}"
+        )
     columns = []
     for track in tracks:
-        sizes = torch.full((num_steps,), float(lr), dtype=x0.dtype) if track.step_sizes is None else torch.as_tensor(track.step_sizes)
+        sizes = (
+            torch.full((num_steps,), float(lr), dtype=x0.dtype)
+            if track.step_sizes is None
+            else torch.as_tensor(track.step_sizes)
+        )
         if sizes.shape != (num_steps,):
-            raise ValueError(f"a track's step_sizes must have shape [num_steps] = [{num_steps}], got {tuple(sizes.shape)}")
+            raise ValueError(
+                f"a track's step_sizes must have shape [num_steps] = [{num_steps}], got {tuple(sizes.shape)}"
+            )
         columns.append(sizes.to(dtype=x0.dtype, device=x0.device))
     return torch.stack(columns, dim=1)[..., None, None]
 
@@ -208,7 +248,9 @@ class _Noise:
     scale: Tensor
 
     def add(self, jacobian: Tensor) -> Tensor:
-        draws = torch.randn(jacobian.shape, generator=self.generator, dtype=jacobian.dtype, device=jacobian.device)
+        draws = torch.randn(
+            jacobian.shape, generator=self.generator, dtype=jacobian.dtype, device=jacobian.device
+        )
         return jacobian + self.scale * draws
 
 
@@ -216,13 +258,21 @@ def _noise(tracks: Sequence[Track], seed: int, x0: Tensor) -> _Noise | None:
     if all(track.gradient_noise == 0 for track in tracks):
         return None
     if any(not (track.gradient_noise >= 0) for track in tracks):
-        raise ValueError(f"gradient_noise must be >= 0, got {sorted({t.gradient_noise for t in tracks})}")
-    scale = torch.tensor([track.gradient_noise for track in tracks], dtype=x0.dtype, device=x0.device)[:, None, None, None]
+        raise ValueError(
+            f"gradient_noise must be >= 0, got {sorted({t.gradient_noise for t in tracks})}"
+        )
+    scale = torch.tensor(
+        [track.gradient_noise for track in tracks], dtype=x0.dtype, device=x0.device
+    )[:, None, None, None]
     return _Noise(torch.Generator(device=x0.device).manual_seed(seed), scale)
 
 
-def _in_track_order(measure: Callable[[int, Tensor, Tensor, Tensor], None], rows: Tensor) -> Callable[[int, Tensor, Tensor, Tensor], None]:
-    return lambda step, points, values, jacobian: measure(step, points[rows], values[rows], jacobian[rows])
+def _in_track_order(
+    measure: Callable[[int, Tensor, Tensor, Tensor], None], rows: Tensor
+) -> Callable[[int, Tensor, Tensor, Tensor], None]:
+    return lambda step, points, values, jacobian: measure(
+        step, points[rows], values[rows], jacobian[rows]
+    )
 
 
 def run_toy(
@@ -246,8 +296,20 @@ def run_toy(
     x0 = starts.detach().reshape(1, -1, starts.shape[-1]).clone()
     group = _Group(method, slice(0, 1), own)
     reshaped = _Reshaped(objectives, batch_shape)
-    trajectory = _advance(reshaped, x0, [group], None, None, num_steps=num_steps, lr=lr, optimizer=optimizer,
-                          record_every=record_every, project=project, progress=progress, batch_shape=batch_shape)
+    trajectory = _advance(
+        reshaped,
+        x0,
+        [group],
+        None,
+        None,
+        num_steps=num_steps,
+        lr=lr,
+        optimizer=optimizer,
+        record_every=record_every,
+        project=project,
+        progress=progress,
+        batch_shape=batch_shape,
+    )
     records = trajectory.points.shape[0]
     weights = trajectory.last_weights
     return Trajectory(
@@ -321,10 +383,14 @@ def _advance(
         value_parts = values.split(sizes)
         gramian_parts = gramian(jacobian).split(sizes) if needs_gramian else [None] * len(groups)
         jacobian_parts = jacobian.split(sizes)
-        weights = torch.cat([
-            _group_weights(group, part_values, part_gramian, part_jacobian, batch_shape)
-            for group, part_values, part_gramian, part_jacobian in zip(groups, value_parts, gramian_parts, jacobian_parts)
-        ])
+        weights = torch.cat(
+            [
+                _group_weights(group, part_values, part_gramian, part_jacobian, batch_shape)
+                for group, part_values, part_gramian, part_jacobian in zip(
+                    groups, value_parts, gramian_parts, jacobian_parts
+                )
+            ]
+        )
         with torch.no_grad():
             direction = (weights[..., None] * jacobian).sum(dim=-2)
         for group in aggregations:
@@ -346,14 +412,21 @@ def _advance(
     return Trajectory(torch.tensor(steps), torch.stack(points), torch.stack(losses), last_weights)
 
 
-def _group_weights(group: _Group, values: Tensor, gramians: Tensor | None, jacobian: Tensor,
-                   batch_shape: tuple[int, ...] | None) -> Tensor:
+def _group_weights(
+    group: _Group,
+    values: Tensor,
+    gramians: Tensor | None,
+    jacobian: Tensor,
+    batch_shape: tuple[int, ...] | None,
+) -> Tensor:
     """The weights `[rows, S, K]` of one group from its rows' values, Gramians and Jacobians (a
     Jacobian aggregation's head weights; its update is left in `group.update`). Learnable loss
     weightings get their parameters' gradients."""
     method, seen = group.method, _state_view(values, batch_shape)
     rows_gramians = None if gramians is None else _state_view(gramians, batch_shape, trailing=2)
-    weights, update = _answer(method, seen, rows_gramians, _state_view(jacobian, batch_shape, trailing=2), group.own)
+    weights, update = _answer(
+        method, seen, rows_gramians, _state_view(jacobian, batch_shape, trailing=2), group.own
+    )
     if update is not None:
         group.update = update.reshape(jacobian.shape[:-2] + jacobian.shape[-1:])
     weights = weights.detach()
@@ -362,14 +435,18 @@ def _group_weights(group: _Group, values: Tensor, gramians: Tensor | None, jacob
     return weights if batch_shape is None else weights.reshape(values.shape)
 
 
-def _state_view(values: Tensor, batch_shape: tuple[int, ...] | None, *, trailing: int = 1) -> Tensor:
+def _state_view(
+    values: Tensor, batch_shape: tuple[int, ...] | None, *, trailing: int = 1
+) -> Tensor:
     """The rows as the method's state holds them (`[rows, S, ...]`, or the caller's batch shape)."""
     if batch_shape is None:
         return values
     return values.reshape(*batch_shape, *values.shape[values.ndim - trailing :])
 
 
-def step_direction(method: Method, values: Tensor, jacobian: Tensor, /, *, own: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor]:
+def step_direction(
+    method: Method, values: Tensor, jacobian: Tensor, /, *, own: Sequence[Tensor] = ()
+) -> tuple[Tensor, Tensor]:
     """One step of `method` on rows of losses `[..., K]` and per-task gradients `[..., K, n]`: the
     shared update `[..., n]` and the weights (a Jacobian aggregation's head weights). A learnable
     loss weighting's parameters `own` get the gradient of the weighted loss plus its penalty, as
@@ -398,11 +475,20 @@ def _loss_weights(method: Method, values: Tensor, own: Sequence[Tensor]) -> Tens
     return weights.detach()
 
 
-def method_seconds_per_step(problem: Callable[[Tensor], Tensor], starts: Tensor, tracks: Sequence[Track], /, *, steps: int = 20) -> float:
+def method_seconds_per_step(
+    problem: Callable[[Tensor], Tensor],
+    starts: Tensor,
+    tracks: Sequence[Track],
+    /,
+    *,
+    steps: int = 20,
+) -> float:
     """The seconds one step of the methods of `tracks` costs (their calls on fresh instances at
     `starts` `[S, n]`, the median of `steps` calls after a warm-up call); the problem's own
     evaluation, shared by every track of a batch, is not counted."""
-    num_tasks = int(getattr(problem, "n_obj", 0)) or values_and_jacobian(problem, starts[:1])[0].shape[-1]
+    num_tasks = (
+        int(getattr(problem, "n_obj", 0)) or values_and_jacobian(problem, starts[:1])[0].shape[-1]
+    )
     order, groups = _plan_groups(tracks, starts[None], num_tasks)
     ordered = [tracks[i] for i in order]
     x = torch.stack([starts] * len(ordered))
@@ -419,7 +505,9 @@ def method_seconds_per_step(problem: Callable[[Tensor], Tensor], starts: Tensor,
     for call in range(steps + 1):
         began = time.perf_counter()
         for group in groups:
-            _group_weights(group, values[group.rows], gramians[group.rows], jacobian[group.rows], None)
+            _group_weights(
+                group, values[group.rows], gramians[group.rows], jacobian[group.rows], None
+            )
         if call > 0:
             times.append(time.perf_counter() - began)
     return statistics.median(times)
@@ -436,7 +524,9 @@ def runs_on_parameters(spec: str, /) -> bool:
     return "full" in describe_method(parse_method_spec(spec).name).cls.engine_modes
 
 
-def _plan_groups(tracks: Sequence[Track], starts: Tensor, num_tasks: int) -> tuple[list[int], list[_Group]]:
+def _plan_groups(
+    tracks: Sequence[Track], starts: Tensor, num_tasks: int
+) -> tuple[list[int], list[_Group]]:
     """Tracks ordered so that each method instance's rows are contiguous, and the instances."""
     keys: dict[tuple, list[int]] = {}
     probes: dict[str, Method] = {}
@@ -462,15 +552,25 @@ def _plan_groups(tracks: Sequence[Track], starts: Tensor, num_tasks: int) -> tup
     return order, groups
 
 
-def _offsets(problems: Sequence[Callable[[Tensor], Tensor]], tracks: Sequence[Track], groups: list[_Group], num_tasks: int, starts: Tensor) -> Tensor | None:
+def _offsets(
+    problems: Sequence[Callable[[Tensor], Tensor]],
+    tracks: Sequence[Track],
+    groups: list[_Group],
+    num_tasks: int,
+    starts: Tensor,
+) -> Tensor | None:
     """Per row, the (transformed) lower bounds of its problem subtracted from the losses of methods
     that need non-negative or positive losses, `[T, 1, K]`; None if no method needs it or no bound is known."""
     needs = [False] * len(tracks)
     for group in groups:
         for row in range(group.rows.start, group.rows.stop):
             needs[row] = group.method.loss_domain != "any"
-    lowers = [getattr(problem, "lower_bound", None) for problem in problems]  # a toy Problem's fact; None for plain callables
-    if not any(needs[row] and lowers[track.problem] is not None for row, track in enumerate(tracks)):
+    lowers = [
+        getattr(problem, "lower_bound", None) for problem in problems
+    ]  # a toy Problem's fact; None for plain callables
+    if not any(
+        needs[row] and lowers[track.problem] is not None for row, track in enumerate(tracks)
+    ):
         return None
     offsets = torch.zeros(len(tracks), 1, num_tasks, dtype=starts.dtype, device=starts.device)
     for row, (track, shifted) in enumerate(zip(tracks, needs)):
@@ -483,7 +583,9 @@ def _offsets(problems: Sequence[Callable[[Tensor], Tensor]], tracks: Sequence[Tr
     return offsets
 
 
-def _seen_losses(tracks: Sequence[Track]) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+def _seen_losses(
+    tracks: Sequence[Track],
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
     """The function applying each row's transforms to the values `[T, S, K]` and gradients
     `[T, S, K, n]` (rows of one set of transforms share one call); None if no track has any."""
     classes: dict[tuple[str, ...], list[int]] = {}
@@ -500,14 +602,18 @@ def _seen_losses(tracks: Sequence[Track]) -> Callable[[Tensor, Tensor], tuple[Te
             rows = rows.to(values.device)
             nominal_values, nominal_jacobian = values[rows], jacobian[rows]
             for transform in transforms:
-                nominal_values, nominal_jacobian = transform.values_and_jacobian(nominal_values, nominal_jacobian)
+                nominal_values, nominal_jacobian = transform.values_and_jacobian(
+                    nominal_values, nominal_jacobian
+                )
             values[rows], jacobian[rows] = nominal_values, nominal_jacobian
         return values, jacobian
 
     return apply
 
 
-def _problem_rows(problems: Sequence[Callable[[Tensor], Tensor]], row_problems: Sequence[int], num_starts: int) -> Callable[[Tensor], Tensor]:
+def _problem_rows(
+    problems: Sequence[Callable[[Tensor], Tensor]], row_problems: Sequence[int], num_starts: int
+) -> Callable[[Tensor], Tensor]:
     """The rows' evaluator: the problems' own stacked closed form where their class has one
     (`stack_rows(row_problems, num_starts)`, every row in one computation), else each problem on
     its rows."""
@@ -521,9 +627,14 @@ def _problem_rows(problems: Sequence[Callable[[Tensor], Tensor]], row_problems: 
 class _ProblemRows:
     """Several problems as one: row t of `x` `[T, S, n]` is evaluated by problem `row_problems[t]`."""
 
-    def __init__(self, problems: Sequence[Callable[[Tensor], Tensor]], row_problems: Sequence[int]) -> None:
+    def __init__(
+        self, problems: Sequence[Callable[[Tensor], Tensor]], row_problems: Sequence[int]
+    ) -> None:
         self.problems = list(problems)
-        self.rows = [torch.tensor([t for t, p in enumerate(row_problems) if p == index], dtype=torch.long) for index in range(len(problems))]
+        self.rows = [
+            torch.tensor([t for t, p in enumerate(row_problems) if p == index], dtype=torch.long)
+            for index in range(len(problems))
+        ]
 
     def values_and_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         values = jacobian = None
@@ -542,13 +653,17 @@ class _ProblemRows:
 class _Reshaped:
     """`objectives` on rows `[1, prod(batch_shape), n]` for a caller's batch shape."""
 
-    def __init__(self, objectives: Callable[[Tensor], Tensor], batch_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, objectives: Callable[[Tensor], Tensor], batch_shape: tuple[int, ...]
+    ) -> None:
         self.objectives, self.batch_shape = objectives, batch_shape
 
     def values_and_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shaped = x.reshape(*self.batch_shape, x.shape[-1])
         values, jacobian = values_and_jacobian(self.objectives, shaped)
-        return values.reshape(*x.shape[:-1], values.shape[-1]), jacobian.reshape(*x.shape[:-1], *jacobian.shape[-2:])
+        return values.reshape(*x.shape[:-1], values.shape[-1]), jacobian.reshape(
+            *x.shape[:-1], *jacobian.shape[-2:]
+        )
 
 
 @contextmanager
@@ -564,7 +679,9 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def forked_starmap(function: Callable[..., T], jobs: Sequence[tuple], /, *, processes: int) -> list[T]:
+def forked_starmap(
+    function: Callable[..., T], jobs: Sequence[tuple], /, *, processes: int
+) -> list[T]:
     """`[function(*job) for job in jobs]`, in up to `processes` forked processes taking the jobs in
     order (one at a time each), or in this process with one process, one job or no `fork`. Each
     child runs torch on one thread: a forked child must not start an OpenMP team (libgomp hangs
@@ -576,7 +693,9 @@ def forked_starmap(function: Callable[..., T], jobs: Sequence[tuple], /, *, proc
         return pool.starmap(function, jobs, chunksize=1)
 
 
-def forked_imap_unordered(function: Callable[[Any], T], jobs: Sequence[Any], /, *, processes: int) -> Iterator[T]:
+def forked_imap_unordered(
+    function: Callable[[Any], T], jobs: Sequence[Any], /, *, processes: int
+) -> Iterator[T]:
     """`function(job)` of every job, each yielded as soon as it finishes (in the order they
     finish), from forked processes as in `forked_starmap`; in job order in this process with one
     process, one job or no `fork`."""
@@ -592,4 +711,6 @@ def _forks(processes: int, jobs: Sequence[Any]) -> bool:
 
 
 def _one_thread_pool(processes: int, jobs: Sequence[Any]):
-    return multiprocessing.get_context("fork").Pool(min(processes, len(jobs)), initializer=torch.set_num_threads, initargs=(1,))
+    return multiprocessing.get_context("fork").Pool(
+        min(processes, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)
+    )

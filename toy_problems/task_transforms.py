@@ -41,7 +41,10 @@ class TaskTransform:
         gradients `[..., K, n]`."""
         values = self.values(losses)
         scaled = jacobian.clone()
-        scaled[..., self.task, :] = jacobian[..., self.task, :] * self.transform.derivative(losses[..., self.task])[..., None]
+        scaled[..., self.task, :] = (
+            jacobian[..., self.task, :]
+            * self.transform.derivative(losses[..., self.task])[..., None]
+        )
         return values, scaled
 
     def check_domain(self, lower_bound: float | None, /) -> None:
@@ -85,7 +88,9 @@ def parse_task_transform(text: str, /, tasks: int | Sequence[str]) -> TaskTransf
     elif task_text.isdigit() and int(task_text) < count:
         task = int(task_text)
     else:
-        raise InvalidHyperparameterError(f"transform {text!r}: unknown task {task_text!r}; tasks are {choices}0..{count - 1}")
+        raise InvalidHyperparameterError(
+            f"transform {text!r}: unknown task {task_text!r}; tasks are {choices}0..{count - 1}"
+        )
     try:
         return TaskTransform(task, parse_transform(spec))
     except InvalidHyperparameterError as error:

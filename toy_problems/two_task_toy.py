@@ -111,12 +111,19 @@ class TwoTaskToy(Problem):
         gate_tanhs, shared_tanh = tanhs[..., :2], tanhs[..., 2:]
         gates = gate_tanhs.clamp_min(0)
         c1, c2 = gates[..., :1], gates[..., 1:]
-        inner = (k.half * (minus_x1 + k.log_shifts) + shared_tanh * k.signs) + k.log_offsets  # (d1, d2)
+        inner = (
+            k.half * (minus_x1 + k.log_shifts) + shared_tanh * k.signs
+        ) + k.log_offsets  # (d1, d2)
         absolute = inner.abs()
         clamped = absolute.clamp_min(LOWER)
         logs = torch.log(clamped) + k.six  # (a1, a2)
-        square_base, x2_base = minus_x1 + k.square_shifts, minus_x2 - k.eight  # (-x1 + 7, -x1 - 7), -x2 - 8
-        quadratics = (square_base * square_base + k.tenth * (x2_base * x2_base)) / k.ten - k.twenty  # (s1, s2)
+        square_base, x2_base = (
+            minus_x1 + k.square_shifts,
+            minus_x2 - k.eight,
+        )  # (-x1 + 7, -x1 - 7), -x2 - 8
+        quadratics = (
+            square_base * square_base + k.tenth * (x2_base * x2_base)
+        ) / k.ten - k.twenty  # (s1, s2)
         if self.scale != 1.0:  # k_i multiplies first in autograd's chain rule
             values = (logs * c1 + quadratics * c2) * k.task_scales
             logs, quadratics = logs * k.task_scales, quadratics * k.task_scales
@@ -125,7 +132,9 @@ class TwoTaskToy(Problem):
             values = logs * c1 + quadratics * c2
         # [t >= 0] (1 - t^2) (1/2, -1/2) for the gates; heaviside(t, 1) is the mask [t >= 0], -0 included
         gate_slopes = _tanh_backward(torch.heaviside(gate_tanhs, k.one), gate_tanhs) * k.gate_scales
-        passes = torch.heaviside(absolute - k.lower, k.one)  # [|d| >= 5e-6]: |d| - 5e-6 is exact in sign
+        passes = torch.heaviside(
+            absolute - k.lower, k.one
+        )  # [|d| >= 5e-6]: |d| - 5e-6 is exact in sign
         log_grads = (c1 / clamped) * (torch.sign(inner) * passes)  # k_i c1 G_i
         quadratic_grads = c2 / k.ten
         d_x1 = -(log_grads * k.half) - quadratic_grads * (k.two * square_base)
@@ -134,18 +143,34 @@ class TwoTaskToy(Problem):
         d_x2 = d_x2 - (quadratic_grads * k.tenth) * (k.two * x2_base)
         return values, torch.stack([d_x1, d_x2], dim=-1)
 
-    def default_starts(self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    def default_starts(
+        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> Tensor:
         """The five starting points of the DiBS-MTL toy trainer, `[5, 2]`."""
         return torch.tensor(DIBS_MTL_STARTS, dtype=dtype, device=device)
 
-    def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+    def pareto_set(
+        self,
+        num_points: int = 1000,
+        /,
+        *,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """The Pareto set as drawn by the reference code, `[num_points, 2]`: x2 = -8.3552 and x1
         evenly spaced in [-7, 7] (uniform draws when a `generator` is given). Approximate; see
         `stationary_set` for the exact curve."""
         x1 = _segment(num_points, generator) * 14 - 7
         return torch.stack([x1, torch.full_like(x1, PARETO_X2)], dim=-1).to(dtype)
 
-    def stationary_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+    def stationary_set(
+        self,
+        num_points: int = 1000,
+        /,
+        *,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """The exact Pareto-stationary curve `(x1, x2*(x1))`, x1 in [-7, 7], `[num_points, 2]`.
 
         Derivation: for x2 < 0, c1 = 0 and c2 = tanh(-x2/2), so f_i = s_i c2 (up to the positive
@@ -204,8 +229,14 @@ def _toy_constants(dtype: torch.dtype, device: torch.device, scale: float) -> _T
         return torch.tensor(value, dtype=dtype, device=device)
 
     return _ToyConstants(
-        make((-0.5, 0.5, 1.0)), make((-7.0, 3.0)), make((-1.0, 1.0)), make((1.0, -1.0)), make((0.0, 2.0)),
-        make((7.0, -7.0)), make((float(scale), 1.0)), make((0.5, -0.5)),
+        make((-0.5, 0.5, 1.0)),
+        make((-7.0, 3.0)),
+        make((-1.0, 1.0)),
+        make((1.0, -1.0)),
+        make((0.0, 2.0)),
+        make((7.0, -7.0)),
+        make((float(scale), 1.0)),
+        make((0.5, -0.5)),
         *(make(value) for value in (0.5, 1.0, 2.0, 6.0, 8.0, 10.0, 20.0, 0.1, LOWER)),
     )
 

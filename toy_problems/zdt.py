@@ -96,7 +96,9 @@ class ZDT(Problem):
         """`f2 = g h(f1, g)` from `f1` and `g` (each subclass's formula)."""
         raise NotImplementedError
 
-    def second_objective_and_partials(self, first: Tensor, g: Tensor, /) -> tuple[Tensor, Tensor, Tensor]:
+    def second_objective_and_partials(
+        self, first: Tensor, g: Tensor, /
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """`f2` (exactly as `second_objective` computes it) and its partial derivatives
         `d f2 / d f1` and `d f2 / d g`, rounded as autograd rounds them."""
         raise NotImplementedError
@@ -130,7 +132,14 @@ class ZDT(Problem):
         """x1 of the Pareto set (float64): evenly spaced over [0, 1], or uniform with a generator."""
         return unit_samples(num_points, generator)
 
-    def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+    def pareto_set(
+        self,
+        num_points: int = 1000,
+        /,
+        *,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """`(x1, 0, ..., 0)` for x1 in the Pareto range, `[num_points, n_var]`."""
         x1 = self.pareto_x1(num_points, generator)
         points = torch.zeros(num_points, self.n_var, dtype=torch.float64)
@@ -149,13 +158,19 @@ class ZDT1(ZDT):
     def second_objective(self, first: Tensor, g: Tensor, /) -> Tensor:
         return g - _root(first) * g.sqrt()
 
-    def second_objective_and_partials(self, first: Tensor, g: Tensor, /) -> tuple[Tensor, Tensor, Tensor]:
+    def second_objective_and_partials(
+        self, first: Tensor, g: Tensor, /
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """`d f2 / d f1 = -sqrt(g) / (2 sqrt(f1))` for f1 > 0 and 0 for f1 <= 0 (the square root's
         convention), `d f2 / d g = 1 - sqrt(f1) / (2 sqrt(g))`."""
         positive, root_of_safe, root = _root_parts(first)
         root_g = g.sqrt()
         second = g - root * root_g
-        return second, torch.where(positive, -root_g / (2 * root_of_safe), 0.0), 1 - root / (2 * root_g)
+        return (
+            second,
+            torch.where(positive, -root_g / (2 * root_of_safe), 0.0),
+            1 - root / (2 * root_g),
+        )
 
 
 class ZDT2(ZDT):
@@ -165,7 +180,9 @@ class ZDT2(ZDT):
     def second_objective(self, first: Tensor, g: Tensor, /) -> Tensor:
         return g - first**2 / g
 
-    def second_objective_and_partials(self, first: Tensor, g: Tensor, /) -> tuple[Tensor, Tensor, Tensor]:
+    def second_objective_and_partials(
+        self, first: Tensor, g: Tensor, /
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """`d f2 / d f1 = -2 f1 / g` (rounded as `(-1/g) (2 f1)`), `d f2 / d g = 1 + (f1^2/g)/g`;
         no kinks."""
         ratio = first**2 / g
@@ -178,12 +195,16 @@ class ZDT3(ZDT):
     docstring). Disconnected front `f2 = 1 - sqrt(f1) - f1 sin(10 pi f1)` for f1 in the five
     `ZDT3_PARETO_INTERVALS`; Pareto set x1 in those intervals, x_2..n = 0 (see `ZDT`)."""
 
-    lower_bound = -1.0  # f2 >= min_t (1 - sqrt(t) - t sin(10 pi t)) = -0.7734 on the box (see `ZDT`)
+    lower_bound = (
+        -1.0
+    )  # f2 >= min_t (1 - sqrt(t) - t sin(10 pi t)) = -0.7734 on the box (see `ZDT`)
 
     def second_objective(self, first: Tensor, g: Tensor, /) -> Tensor:
         return g - _root(first) * g.sqrt() - first * torch.sin(10 * math.pi * first)
 
-    def second_objective_and_partials(self, first: Tensor, g: Tensor, /) -> tuple[Tensor, Tensor, Tensor]:
+    def second_objective_and_partials(
+        self, first: Tensor, g: Tensor, /
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """`d f2 / d f1 = -sin(10 pi f1) - 10 pi f1 cos(10 pi f1) - sqrt(g) / (2 sqrt(f1))` (the
         last term 0 for f1 <= 0, the square root's convention; the three summed in autograd's
         order), `d f2 / d g = 1 - sqrt(f1) / (2 sqrt(g))`."""
@@ -200,10 +221,14 @@ class ZDT3(ZDT):
         """x1 spread over the intervals in proportion to their lengths (evenly spaced along their
         concatenation, or uniform with a generator); left ends other than 0 are excluded."""
         lefts = torch.tensor([left for left, _ in ZDT3_PARETO_INTERVALS], dtype=torch.float64)
-        lengths = torch.tensor([right - left for left, right in ZDT3_PARETO_INTERVALS], dtype=torch.float64)
+        lengths = torch.tensor(
+            [right - left for left, right in ZDT3_PARETO_INTERVALS], dtype=torch.float64
+        )
         ends = lengths.cumsum(dim=0)
         position = unit_samples(num_points, generator) * ends[-1]
-        interval = torch.searchsorted(ends, position).clamp(max=len(lengths) - 1)  # position <= ends[k]
+        interval = torch.searchsorted(ends, position).clamp(
+            max=len(lengths) - 1
+        )  # position <= ends[k]
         return lefts[interval] + position - (ends[interval] - lengths[interval])
 
 
@@ -269,13 +294,23 @@ class ZDT2Variant(Problem):
         first_slope = (-1.0 / g) * (2 * u1) * 0.5 * cosine  # d f2 / d angle, in autograd's rounding
         s_slope = first_slope + ((1 + ratio / g) * 4.5) * -torch.sin(s)  # d f2 / d s
         twice = 2 * x[..., 1:]  # d s / d (x2, x3)
-        jacobian = torch.stack([
-            torch.cat([half_cosine[..., None], half_cosine[..., None] * twice], dim=-1),
-            torch.cat([first_slope[..., None], s_slope[..., None] * twice], dim=-1),
-        ], dim=-2)
+        jacobian = torch.stack(
+            [
+                torch.cat([half_cosine[..., None], half_cosine[..., None] * twice], dim=-1),
+                torch.cat([first_slope[..., None], s_slope[..., None] * twice], dim=-1),
+            ],
+            dim=-2,
+        )
         return torch.stack([u1, g - ratio], dim=-1), jacobian
 
-    def pareto_set(self, num_points: int = 1000, /, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None) -> Tensor:
+    def pareto_set(
+        self,
+        num_points: int = 1000,
+        /,
+        *,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Points of the first Pareto sheet `[num_points, 3]`.
 
         With a `generator`: the reference sampler, `x1 = U(-pi/2, pi/2) - pi`,
@@ -284,15 +319,25 @@ class ZDT2Variant(Problem):
         golden angle (a Fibonacci lattice on the cylinder).
         """
         if generator is None:
-            x1 = torch.linspace(-0.5 * math.pi, 0.5 * math.pi, num_points, dtype=torch.float64) - math.pi
+            x1 = (
+                torch.linspace(-0.5 * math.pi, 0.5 * math.pi, num_points, dtype=torch.float64)
+                - math.pi
+            )
             golden_angle = math.pi * (3 - math.sqrt(5))
-            theta = torch.remainder(golden_angle * torch.arange(num_points, dtype=torch.float64), 2 * math.pi) - math.pi
+            theta = (
+                torch.remainder(
+                    golden_angle * torch.arange(num_points, dtype=torch.float64), 2 * math.pi
+                )
+                - math.pi
+            )
         else:
             draws = torch.rand(num_points, 2, generator=generator, dtype=torch.float64)
             x1 = (draws[:, 0] - 0.5) * math.pi - math.pi
             theta = (2 * draws[:, 1] - 1) * math.pi
         radius = math.sqrt(math.pi)
-        return torch.stack([x1, radius * torch.cos(theta), radius * torch.sin(theta)], dim=-1).to(dtype)
+        return torch.stack([x1, radius * torch.cos(theta), radius * torch.sin(theta)], dim=-1).to(
+            dtype
+        )
 
 
 def _root(values: Tensor) -> Tensor:

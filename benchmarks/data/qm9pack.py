@@ -88,7 +88,9 @@ from core.errors import MTLInputError
 
 try:
     import fcntl
-except ImportError:  # no OS file locks (Windows): one converting process at a time is the user's care
+except (
+    ImportError
+):  # no OS file locks (Windows): one converting process at a time is the user's care
     fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
@@ -120,7 +122,12 @@ ATOM_REFERENCE_HARTREE = {
 ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 """The one-hot order of PyG's node types (H, C, N, O, F)."""
 
-ENERGY_COLUMNS = ("InternalEnergy_0K_au", "InternalEnergy_298K_au", "Enthalphy_298K_au", "GibbsFreeEnergy_298K_au")
+ENERGY_COLUMNS = (
+    "InternalEnergy_0K_au",
+    "InternalEnergy_298K_au",
+    "Enthalphy_298K_au",
+    "GibbsFreeEnergy_298K_au",
+)
 """U0, U, H, G in Hartree (qm9pack spells enthalpy `Enthalphy`)."""
 _TARGET_SOURCES: tuple[tuple[str, float], ...] = (
     ("Dipole_debye", 1.0),
@@ -136,7 +143,14 @@ _TARGET_SOURCES: tuple[tuple[str, float], ...] = (
 """PyG's targets 0-11 from qm9pack's columns, with their factor to PyG's units."""
 ROTATION_COLUMNS = ("RotA_GHz", "RotB_GHz", "RotC_GHz")
 """PyG's targets 16-18 (GHz)."""
-REQUIRED_COLUMNS = ("Index", "SMILES", "Elements", "XYZ_Ang", *(c for c, _ in _TARGET_SOURCES), *ROTATION_COLUMNS)
+REQUIRED_COLUMNS = (
+    "Index",
+    "SMILES",
+    "Elements",
+    "XYZ_Ang",
+    *(c for c, _ in _TARGET_SOURCES),
+    *ROTATION_COLUMNS,
+)
 
 BOND_TYPES = ("single", "double", "triple", "aromatic")
 """The bond one-hot order (PyG's `bonds`); stored as indices 0-3."""
@@ -147,7 +161,19 @@ METHODS = ("vdw", "hueckel", "failed", "unchecked")
 the Hueckel fallback, neither (single bonds), or not checked (the SMILES does not parse)."""
 
 _HASH_SPAN = 64 * 1024
-_TENSOR_KEYS = ("index", "y", "z", "pos", "node_ptr", "edge_local", "edge_ptr", "bond_kekule", "bond_sanitised", "aromatic", "hybridisation")
+_TENSOR_KEYS = (
+    "index",
+    "y",
+    "z",
+    "pos",
+    "node_ptr",
+    "edge_local",
+    "edge_ptr",
+    "bond_kekule",
+    "bond_sanitised",
+    "aromatic",
+    "hybridisation",
+)
 
 
 # --------------------------------------------------------------------------- locating the CSV files
@@ -159,12 +185,16 @@ def qm9pack_data_dir() -> Path:
     spec = importlib.util.find_spec("qm9pack")
     locations = list(spec.submodule_search_locations or ()) if spec is not None else []
     if not locations:
-        raise DatasetError(f"QM9 from qm9pack needs the optional extra: {INSTALL_HINT} (installs qm9pack=={QM9PACK_VERSION}, rdkit and pandas); or use PyG's QM9 with --data-root")
+        raise DatasetError(
+            f"QM9 from qm9pack needs the optional extra: {INSTALL_HINT} (installs qm9pack=={QM9PACK_VERSION}, rdkit and pandas); or use PyG's QM9 with --data-root"
+        )
     for location in locations:
         folder = Path(location) / "data"
         if all((folder / name).is_file() for name in CSV_FILES):
             return folder
-    raise DatasetError(f"the installed qm9pack ({', '.join(locations)}) has no data/{'/'.join(CSV_FILES)}: reinstall it with {INSTALL_HINT}")
+    raise DatasetError(
+        f"the installed qm9pack ({', '.join(locations)}) has no data/{'/'.join(CSV_FILES)}: reinstall it with {INSTALL_HINT}"
+    )
 
 
 def installed_version() -> str | None:
@@ -180,7 +210,9 @@ def csv_paths(csv_dir: str | Path | None = None, /) -> list[Path]:
     folder = qm9pack_data_dir() if csv_dir is None else Path(csv_dir)
     missing = [name for name in CSV_FILES if not (folder / name).is_file()]
     if missing:
-        raise DatasetError(f"{folder} lacks {', '.join(missing)}: expected qm9pack's {', '.join(CSV_FILES)}")
+        raise DatasetError(
+            f"{folder} lacks {', '.join(missing)}: expected qm9pack's {', '.join(CSV_FILES)}"
+        )
     return [folder / name for name in CSV_FILES]
 
 
@@ -215,21 +247,31 @@ class RawMolecule:
         return f"gdb_{self.index}"
 
 
-def atomisation_energies_kcal(elements: Sequence[str], energies_hartree: Sequence[float], /) -> list[float]:
+def atomisation_energies_kcal(
+    elements: Sequence[str], energies_hartree: Sequence[float], /
+) -> list[float]:
     """U0_atom, U_atom, H_atom, G_atom in kcal/mol: `(E - sum of the atoms' references) * 627.509`
     for the energies U0, U, H, G (Hartree), as MoleculeNet's `gdb9.sdf.csv` has them."""
     totals = [0.0, 0.0, 0.0, 0.0]
     for element in elements:
         for k, reference in enumerate(ATOM_REFERENCE_HARTREE[element]):
             totals[k] += reference
-    return [(energy - total) * HARTREE_TO_KCALMOL for energy, total in zip(energies_hartree, totals)]
+    return [
+        (energy - total) * HARTREE_TO_KCALMOL for energy, total in zip(energies_hartree, totals)
+    ]
 
 
 def pyg_targets(row: dict[str, str], elements: Sequence[str], /) -> list[float]:
     """The 19 targets of PyG's QM9 from one qm9pack row (see the module)."""
     values = [float(row[column]) * factor for column, factor in _TARGET_SOURCES]
-    atomisation = atomisation_energies_kcal(elements, [float(row[column]) for column in ENERGY_COLUMNS])
-    return values + [value * KCALMOL_TO_EV for value in atomisation] + [float(row[column]) for column in ROTATION_COLUMNS]
+    atomisation = atomisation_energies_kcal(
+        elements, [float(row[column]) for column in ENERGY_COLUMNS]
+    )
+    return (
+        values
+        + [value * KCALMOL_TO_EV for value in atomisation]
+        + [float(row[column]) for column in ROTATION_COLUMNS]
+    )
 
 
 _ELEMENT = re.compile(r"[A-Za-z]+")
@@ -238,7 +280,9 @@ _ELEMENT = re.compile(r"[A-Za-z]+")
 def _parse_row(row: dict[str, str], path: Path, line: int) -> RawMolecule:
     try:
         elements = _ELEMENT.findall(row["Elements"])
-        positions = tuple(float(v) for v in row["XYZ_Ang"].replace("[", " ").replace("]", " ").split(","))
+        positions = tuple(
+            float(v) for v in row["XYZ_Ang"].replace("[", " ").replace("]", " ").split(",")
+        )
         if not elements or len(positions) != 3 * len(elements):
             raise ValueError(f"{len(elements)} elements but {len(positions)} coordinates")
         unknown = sorted(set(elements) - set(ATOMIC_NUMBERS))
@@ -247,7 +291,9 @@ def _parse_row(row: dict[str, str], path: Path, line: int) -> RawMolecule:
         y = pyg_targets(row, elements)
         return RawMolecule(int(row["Index"]), row["SMILES"], "".join(elements), positions, tuple(y))
     except (ValueError, TypeError, KeyError) as error:
-        raise DatasetError(f"{path} line {line}: not a qm9pack QM9 row ({error}); reinstall qm9pack ({INSTALL_HINT})") from error
+        raise DatasetError(
+            f"{path} line {line}: not a qm9pack QM9 row ({error}); reinstall qm9pack ({INSTALL_HINT})"
+        ) from error
 
 
 def read_rows(paths: Sequence[Path], /, *, limit: int | None = None) -> list[RawMolecule]:
@@ -259,9 +305,13 @@ def read_rows(paths: Sequence[Path], /, *, limit: int | None = None) -> list[Raw
     for path in paths:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
-            missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or ())]
+            missing = [
+                column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or ())
+            ]
             if missing:
-                raise DatasetError(f"{path} lacks the columns {', '.join(missing)}: not one of qm9pack {QM9PACK_VERSION}'s CSV files")
+                raise DatasetError(
+                    f"{path} lacks the columns {', '.join(missing)}: not one of qm9pack {QM9PACK_VERSION}'s CSV files"
+                )
             for row in reader:
                 molecules.append(_parse_row(row, path, reader.line_num))
                 if limit is not None and len(molecules) >= limit:
@@ -355,7 +405,9 @@ def rdkit_bonds(elements: str, positions: Sequence[float], smiles: str, /) -> Mo
     conformer = Chem.Conformer(len(elements))
     for k, symbol in enumerate(elements):
         atoms.AddAtom(Chem.Atom(symbol))
-        conformer.SetAtomPosition(k, Point3D(positions[3 * k], positions[3 * k + 1], positions[3 * k + 2]))
+        conformer.SetAtomPosition(
+            k, Point3D(positions[3 * k], positions[3 * k + 1], positions[3 * k + 2])
+        )
     atoms.AddConformer(conformer, assignId=True)
     atoms = atoms.GetMol()
     reference = Chem.MolFromSmiles(smiles)
@@ -369,25 +421,62 @@ def rdkit_bonds(elements: str, positions: Sequence[float], smiles: str, /) -> Mo
             method, mol = "hueckel", _connectivity(atoms, hueckel=True)
             if _skeleton(mol) != target:
                 method, mol = "failed", vdw
-    singles = tuple(sorted((min(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), max(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), 0, 0) for b in vdw.GetBonds()))
+    singles = tuple(
+        sorted(
+            (
+                min(b.GetBeginAtomIdx(), b.GetEndAtomIdx()),
+                max(b.GetBeginAtomIdx(), b.GetEndAtomIdx()),
+                0,
+                0,
+            )
+            for b in vdw.GetBonds()
+        )
+    )
     zeros = (0,) * len(elements)
     if method == "failed":
-        return MoleculeBonds("failed", singles, zeros, zeros, "no coordinate graph is the SMILES graph")
+        return MoleculeBonds(
+            "failed", singles, zeros, zeros, "no coordinate graph is the SMILES graph"
+        )
     try:
         determine.DetermineBondOrders(mol, charge=0, allowChargedFragments=True, embedChiral=False)
     except Exception as error:  # RDKit raises several kinds when no bond orders fit
-        return MoleculeBonds("failed", singles, zeros, zeros, f"bond orders: {type(error).__name__}")
-    codes = {Chem.BondType.SINGLE: 0, Chem.BondType.DOUBLE: 1, Chem.BondType.TRIPLE: 2, Chem.BondType.AROMATIC: 3}
-    kekule = {(min(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), max(b.GetBeginAtomIdx(), b.GetEndAtomIdx())): codes.get(b.GetBondType(), 0) for b in mol.GetBonds()}
+        return MoleculeBonds(
+            "failed", singles, zeros, zeros, f"bond orders: {type(error).__name__}"
+        )
+    codes = {
+        Chem.BondType.SINGLE: 0,
+        Chem.BondType.DOUBLE: 1,
+        Chem.BondType.TRIPLE: 2,
+        Chem.BondType.AROMATIC: 3,
+    }
+    kekule = {
+        (
+            min(b.GetBeginAtomIdx(), b.GetEndAtomIdx()),
+            max(b.GetBeginAtomIdx(), b.GetEndAtomIdx()),
+        ): codes.get(b.GetBondType(), 0)
+        for b in mol.GetBonds()
+    }
     note = ""
     sanitised = Chem.Mol(mol)
     try:
         Chem.SanitizeMol(sanitised)
     except Exception as error:  # keep the Kekule bonds; no aromatic or hybridisation flags
-        return MoleculeBonds(method, tuple((i, j, t, t) for (i, j), t in sorted(kekule.items())), zeros, zeros, f"sanitisation: {type(error).__name__}")
-    if reference is not None and Chem.MolToSmiles(Chem.RemoveHs(sanitised), isomericSmiles=False) != Chem.MolToSmiles(reference, isomericSmiles=False):
+        return MoleculeBonds(
+            method,
+            tuple((i, j, t, t) for (i, j), t in sorted(kekule.items())),
+            zeros,
+            zeros,
+            f"sanitisation: {type(error).__name__}",
+        )
+    if reference is not None and Chem.MolToSmiles(
+        Chem.RemoveHs(sanitised), isomericSmiles=False
+    ) != Chem.MolToSmiles(reference, isomericSmiles=False):
         note = "bond orders or charges differ from the SMILES"
-    hybrid = {Chem.HybridizationType.SP: 1, Chem.HybridizationType.SP2: 2, Chem.HybridizationType.SP3: 3}
+    hybrid = {
+        Chem.HybridizationType.SP: 1,
+        Chem.HybridizationType.SP2: 2,
+        Chem.HybridizationType.SP3: 3,
+    }
     bonds = []
     for bond in sanitised.GetBonds():
         i, j = sorted((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
@@ -402,24 +491,42 @@ def _bonds_of(task: tuple[BondFinder, str, tuple[float, ...], str]) -> MoleculeB
     return finder(elements, positions, smiles)
 
 
-def find_bonds(molecules: Sequence[RawMolecule], /, *, finder: BondFinder = rdkit_bonds, workers: int | None = None, progress: bool = True) -> list[MoleculeBonds]:
+def find_bonds(
+    molecules: Sequence[RawMolecule],
+    /,
+    *,
+    finder: BondFinder = rdkit_bonds,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[MoleculeBonds]:
     """`finder` on every molecule, over `workers` processes (default: every core this process may
     use; 1 runs here), in order, with a tqdm progress bar."""
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise MTLInputError(f"workers must be at least 1, got {workers}")
     tasks = ((finder, m.elements, m.positions, m.smiles) for m in molecules)
-    bar = functools.partial(tqdm, total=len(molecules), desc="QM9 from qm9pack: bonds (RDKit)", unit="mol", disable=not progress, mininterval=1.0)
+    bar = functools.partial(
+        tqdm,
+        total=len(molecules),
+        desc="QM9 from qm9pack: bonds (RDKit)",
+        unit="mol",
+        disable=not progress,
+        mininterval=1.0,
+    )
     if workers == 1 or len(molecules) < 2 * workers:
         return [_bonds_of(task) for task in bar(tasks)]
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+    context = multiprocessing.get_context(
+        "spawn"
+    )  # no fork of a process that holds torch's threads
     with context.Pool(workers) as pool:
         return list(bar(pool.imap(_bonds_of, tasks, chunksize=256)))
 
 
 def default_workers() -> int:
     """The cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 # --------------------------------------------------------------------------- compact tensors
@@ -432,16 +539,29 @@ def _pack(molecules: Sequence[RawMolecule], bonds: Sequence[MoleculeBonds]) -> d
     for molecule, found in zip(molecules, bonds):
         n = len(molecule.elements)
         if len(found.aromatic) != n or len(found.hybridisation) != n:
-            raise DatasetError(f"{molecule.name}: the bond finder returned flags for {len(found.aromatic)} atoms, the molecule has {n}")
+            raise DatasetError(
+                f"{molecule.name}: the bond finder returned flags for {len(found.aromatic)} atoms, the molecule has {n}"
+            )
         z += [ATOMIC_NUMBERS[symbol] for symbol in molecule.elements]
         pos += molecule.positions
         aromatic += found.aromatic
         hybridisation += found.hybridisation
         node_counts.append(n)
-        directed = sorted([(i, j, k, s) for i, j, k, s in found.bonds] + [(j, i, k, s) for i, j, k, s in found.bonds])
+        directed = sorted(
+            [(i, j, k, s) for i, j, k, s in found.bonds]
+            + [(j, i, k, s) for i, j, k, s in found.bonds]
+        )
         for i, j, k, s in directed:
-            if not (0 <= i < n and 0 <= j < n and i != j and 0 <= k < BOND_FEATURES and 0 <= s < BOND_FEATURES):
-                raise DatasetError(f"{molecule.name}: bond ({i}, {j}, types {k}, {s}) is not a bond of its {n} atoms")
+            if not (
+                0 <= i < n
+                and 0 <= j < n
+                and i != j
+                and 0 <= k < BOND_FEATURES
+                and 0 <= s < BOND_FEATURES
+            ):
+                raise DatasetError(
+                    f"{molecule.name}: bond ({i}, {j}, types {k}, {s}) is not a bond of its {n} atoms"
+                )
             rows.append(i)
             cols.append(j)
             kekule.append(k)
@@ -473,7 +593,9 @@ def checksum(tensors: dict[str, Tensor], /) -> str:
     return digest.hexdigest()
 
 
-def molecules_from_tensors(tensors: dict[str, Tensor], /, *, layout: FeatureLayout = "pyg", source: Path) -> QM9Molecules:
+def molecules_from_tensors(
+    tensors: dict[str, Tensor], /, *, layout: FeatureLayout = "pyg", source: Path
+) -> QM9Molecules:
     """PyG's collated layout (`QM9Molecules`) of the cache's tensors, in feature `layout`."""
     if layout not in FEATURE_LAYOUTS:
         raise MTLInputError(f"layout must be one of {', '.join(FEATURE_LAYOUTS)}, got {layout!r}")
@@ -486,21 +608,48 @@ def molecules_from_tensors(tensors: dict[str, Tensor], /, *, layout: FeatureLayo
     hydrogens = (z == 1).to(torch.float32)
     num_hs = torch.zeros(z.numel()).index_add_(0, global_index[1], hydrogens[global_index[0]])
     if layout == "sanitised":
-        flags = torch.cat([tensors["aromatic"].float()[:, None], torch.nn.functional.one_hot(tensors["hybridisation"].long(), len(HYBRIDISATIONS))[:, 1:].float()], dim=1)
+        flags = torch.cat(
+            [
+                tensors["aromatic"].float()[:, None],
+                torch.nn.functional.one_hot(tensors["hybridisation"].long(), len(HYBRIDISATIONS))[
+                    :, 1:
+                ].float(),
+            ],
+            dim=1,
+        )
         bond_type = tensors["bond_sanitised"].long()
     else:
         flags = torch.zeros(z.numel(), 4)
         bond_type = tensors["bond_kekule"].long()
-    x = torch.cat([torch.nn.functional.one_hot(node_type[z], len(ATOMIC_NUMBERS)).float(), z.float()[:, None], flags, num_hs[:, None]], dim=1)
+    x = torch.cat(
+        [
+            torch.nn.functional.one_hot(node_type[z], len(ATOMIC_NUMBERS)).float(),
+            z.float()[:, None],
+            flags,
+            num_hs[:, None],
+        ],
+        dim=1,
+    )
     edge_attr = torch.nn.functional.one_hot(bond_type, BOND_FEATURES).float()
-    return QM9Molecules(x=x, edge_index=edge_index, edge_attr=edge_attr, y=tensors["y"].float(), pos=tensors["pos"].float(), z=z,
-                        node_ptr=node_ptr, edge_ptr=edge_ptr, source=source)
+    return QM9Molecules(
+        x=x,
+        edge_index=edge_index,
+        edge_attr=edge_attr,
+        y=tensors["y"].float(),
+        pos=tensors["pos"].float(),
+        z=z,
+        node_ptr=node_ptr,
+        edge_ptr=edge_ptr,
+        source=source,
+    )
 
 
 # --------------------------------------------------------------------------- the cache
 
 
-def source_key(paths: Sequence[Path], /, *, limit: int | None, finder: BondFinder = rdkit_bonds) -> dict[str, Any]:
+def source_key(
+    paths: Sequence[Path], /, *, limit: int | None, finder: BondFinder = rdkit_bonds
+) -> dict[str, Any]:
     """What a cache was built from: converter version, bond finder, qm9pack's version, limit, and
     per CSV file its name, size and a SHA-256 of its first and last 64 KiB."""
     files = []
@@ -512,7 +661,13 @@ def source_key(paths: Sequence[Path], /, *, limit: int | None, finder: BondFinde
             handle.seek(max(0, size - _HASH_SPAN))
             digest.update(handle.read(_HASH_SPAN))
         files.append([path.name, size, digest.hexdigest()])
-    return {"converter": CONVERTER_VERSION, "finder": _name_of(finder), "qm9pack": installed_version(), "limit": limit, "files": files}
+    return {
+        "converter": CONVERTER_VERSION,
+        "finder": _name_of(finder),
+        "qm9pack": installed_version(),
+        "limit": limit,
+        "files": files,
+    }
 
 
 def _name_of(function: Callable[..., Any]) -> str:
@@ -526,12 +681,18 @@ def _read_cache(path: Path) -> tuple[dict[str, Any] | None, str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _read_cache_version(path: str, modified_ns: int, size: int) -> tuple[dict[str, Any] | None, str]:
+def _read_cache_version(
+    path: str, modified_ns: int, size: int
+) -> tuple[dict[str, Any] | None, str]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or damaged file raises many kinds
         return None, f"it cannot be read ({type(error).__name__}: {error})"
-    if not isinstance(content, dict) or content.get("format") != CACHE_FORMAT or not isinstance(content.get("tensors"), dict):
+    if (
+        not isinstance(content, dict)
+        or content.get("format") != CACHE_FORMAT
+        or not isinstance(content.get("tensors"), dict)
+    ):
         return None, "it is not a qm9pack cache of this project"
     tensors = content["tensors"]
     if any(not isinstance(tensors.get(key), Tensor) for key in _TENSOR_KEYS):
@@ -544,7 +705,9 @@ def _read_cache_version(path: str, modified_ns: int, size: int) -> tuple[dict[st
 def _differences(old: Any, new: dict[str, Any]) -> str:
     if not isinstance(old, dict):
         return "it records no source"
-    changed = [f"{name} {old.get(name)!r} -> {new[name]!r}" for name in new if old.get(name) != new[name]]
+    changed = [
+        f"{name} {old.get(name)!r} -> {new[name]!r}" for name in new if old.get(name) != new[name]
+    ]
     return "; ".join(changed) if changed else "its source differs"
 
 
@@ -561,7 +724,16 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_cache(path: Path, paths: Sequence[Path], /, *, limit: int | None = None, finder: BondFinder = rdkit_bonds, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+def build_cache(
+    path: Path,
+    paths: Sequence[Path],
+    /,
+    *,
+    limit: int | None = None,
+    finder: BondFinder = rdkit_bonds,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Convert the CSV files and write the cache file at `path` atomically; returns its content."""
     started = time.perf_counter()
     molecules = read_rows(paths, limit=limit)
@@ -569,7 +741,10 @@ def build_cache(path: Path, paths: Sequence[Path], /, *, limit: int | None = Non
     workers = default_workers() if workers is None else workers
     bonds = find_bonds(molecules, finder=finder, workers=workers, progress=progress)
     tensors = _pack(molecules, bonds)
-    by_method = {method: [m.name for m, b in zip(molecules, bonds) if b.method == method] for method in METHODS}
+    by_method = {
+        method: [m.name for m, b in zip(molecules, bonds) if b.method == method]
+        for method in METHODS
+    }
     notes: dict[str, list[str]] = {}
     for molecule, found in zip(molecules, bonds):
         if found.note:
@@ -582,19 +757,33 @@ def build_cache(path: Path, paths: Sequence[Path], /, *, limit: int | None = Non
         "failed_names": by_method["failed"],
         "hueckel_names": by_method["hueckel"],
         "unchecked_names": by_method["unchecked"],
-        "notes": {note: {"count": len(names), "first": names[:20]} for note, names in notes.items()},
+        "notes": {
+            note: {"count": len(names), "first": names[:20]} for note, names in notes.items()
+        },
         "workers": workers,
         "read_s": round(read_s, 2),
         "seconds": round(time.perf_counter() - started, 2),
         "rdkit": _version_of("rdkit"),
     }
-    content = {"format": CACHE_FORMAT, "source": source_key(paths, limit=limit, finder=finder), "stats": stats, "tensors": tensors, "checksum": checksum(tensors)}
+    content = {
+        "format": CACHE_FORMAT,
+        "source": source_key(paths, limit=limit, finder=finder),
+        "stats": stats,
+        "tensors": tensors,
+        "checksum": checksum(tensors),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     torch.save(content, temporary)
     os.replace(temporary, path)
-    logger.info("QM9 from qm9pack: %d molecules converted in %.0f s (%d Hueckel fallbacks, %d with single bonds only); cached in %s",
-                stats["molecules"], stats["seconds"], stats["hueckel_molecules"], stats["failed_molecules"], path)
+    logger.info(
+        "QM9 from qm9pack: %d molecules converted in %.0f s (%d Hueckel fallbacks, %d with single bonds only); cached in %s",
+        stats["molecules"],
+        stats["seconds"],
+        stats["hueckel_molecules"],
+        stats["failed_molecules"],
+        path,
+    )
     return content
 
 
@@ -605,26 +794,47 @@ def _version_of(package: str) -> str | None:
         return None
 
 
-def prepare_cache(cache_dir: str | Path | None = None, /, *, limit: int | None = None, csv_dir: str | Path | None = None, rebuild: bool = False,
-                  finder: BondFinder = rdkit_bonds, workers: int | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+def prepare_cache(
+    cache_dir: str | Path | None = None,
+    /,
+    *,
+    limit: int | None = None,
+    csv_dir: str | Path | None = None,
+    rebuild: bool = False,
+    finder: BondFinder = rdkit_bonds,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
     """The valid cache file of `cache_dir` for `limit` and its content: read if valid and built
     from the current CSV files, else (re)built with a warning that says why (see the module)."""
     path = cache_path(cache_dir, limit=limit)
     if path.parent.exists() and not path.parent.is_dir():
-        raise DatasetError(f"the qm9pack cache folder {path.parent} is a file: pass a folder (or nothing, for {default_cache_dir()})")
+        raise DatasetError(
+            f"the qm9pack cache folder {path.parent} is a file: pass a folder (or nothing, for {default_cache_dir()})"
+        )
     if limit is not None and limit < 1:
         raise MTLInputError(f"limit must be a positive number of molecules, got {limit}")
     try:
         paths = csv_paths(csv_dir)
     except DatasetError:
-        if csv_dir is None and not rebuild and path.is_file():  # a cache made elsewhere, used without its source
+        if (
+            csv_dir is None and not rebuild and path.is_file()
+        ):  # a cache made elsewhere, used without its source
             content, reason = _read_cache(path)
             if content is not None:
-                logger.info("qm9pack is not installed: using the cache %s without checking it against qm9pack's CSV files", path)
+                logger.info(
+                    "qm9pack is not installed: using the cache %s without checking it against qm9pack's CSV files",
+                    path,
+                )
                 return path, content
         raise
     if csv_dir is None and installed_version() not in (QM9PACK_VERSION, None):
-        logger.warning("qm9pack %s is installed; this converter was checked on %s (%s)", installed_version(), QM9PACK_VERSION, INSTALL_HINT)
+        logger.warning(
+            "qm9pack %s is installed; this converter was checked on %s (%s)",
+            installed_version(),
+            QM9PACK_VERSION,
+            INSTALL_HINT,
+        )
     key = source_key(paths, limit=limit, finder=finder)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
@@ -636,21 +846,38 @@ def prepare_cache(cache_dir: str | Path | None = None, /, *, limit: int | None =
                 reason = f"it is stale ({_differences(content.get('source'), key)})"
             logger.warning("the QM9 cache %s is rebuilt: %s", path, reason)
         elif not path.is_file():
-            logger.warning("converting QM9 from qm9pack once into %s (bonds with RDKit: about 2.5 CPU-minutes for all 130,831 molecules, over %d processes)",
-                           path, default_workers() if workers is None else workers)
-        return path, build_cache(path, paths, limit=limit, finder=finder, workers=workers, progress=progress)
+            logger.warning(
+                "converting QM9 from qm9pack once into %s (bonds with RDKit: about 2.5 CPU-minutes for all 130,831 molecules, over %d processes)",
+                path,
+                default_workers() if workers is None else workers,
+            )
+        return path, build_cache(
+            path, paths, limit=limit, finder=finder, workers=workers, progress=progress
+        )
 
 
 @functools.lru_cache(maxsize=2)
 def _molecules_cached(path: str, modified_ns: int, size: int, layout: str) -> QM9Molecules:
     content, reason = _read_cache(Path(path))
     if content is None:
-        raise DatasetError(f"the QM9 cache {path} changed while it was read ({reason}); run again to rebuild it")
+        raise DatasetError(
+            f"the QM9 cache {path} changed while it was read ({reason}); run again to rebuild it"
+        )
     return molecules_from_tensors(content["tensors"], layout=layout, source=Path(path))  # type: ignore[arg-type]
 
 
-def load_qm9pack(cache_dir: str | Path | None = None, /, *, layout: FeatureLayout = "pyg", limit: int | None = None, csv_dir: str | Path | None = None,
-                 rebuild: bool = False, finder: BondFinder = rdkit_bonds, workers: int | None = None, progress: bool = True) -> QM9Molecules:
+def load_qm9pack(
+    cache_dir: str | Path | None = None,
+    /,
+    *,
+    layout: FeatureLayout = "pyg",
+    limit: int | None = None,
+    csv_dir: str | Path | None = None,
+    rebuild: bool = False,
+    finder: BondFinder = rdkit_bonds,
+    workers: int | None = None,
+    progress: bool = True,
+) -> QM9Molecules:
     """QM9 from qm9pack in PyG's layout (`QM9Molecules`, feature `layout` "pyg" or "sanitised"):
     from the cache in `cache_dir` (default `default_cache_dir()`), converted first where there is
     no valid cache. `limit` takes the first molecules only (a cache of its own); `csv_dir` reads
@@ -658,7 +885,15 @@ def load_qm9pack(cache_dir: str | Path | None = None, /, *, layout: FeatureLayou
     one object."""
     if layout not in FEATURE_LAYOUTS:
         raise MTLInputError(f"layout must be one of {', '.join(FEATURE_LAYOUTS)}, got {layout!r}")
-    path, _ = prepare_cache(cache_dir, limit=limit, csv_dir=csv_dir, rebuild=rebuild, finder=finder, workers=workers, progress=progress)
+    path, _ = prepare_cache(
+        cache_dir,
+        limit=limit,
+        csv_dir=csv_dir,
+        rebuild=rebuild,
+        finder=finder,
+        workers=workers,
+        progress=progress,
+    )
     stat = path.stat()
     return _molecules_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, layout)
 
@@ -669,31 +904,56 @@ def check_source(cache_dir: str | Path | None, /) -> None:
     without qm9pack, unchecked against its CSV files)."""
     path = cache_path(cache_dir)
     if path.parent.exists() and not path.parent.is_dir():
-        raise DatasetError(f"--data-root {path.parent} is a file; with --data-source qm9pack it names the cache folder (default {default_cache_dir()})")
+        raise DatasetError(
+            f"--data-root {path.parent} is a file; with --data-source qm9pack it names the cache folder (default {default_cache_dir()})"
+        )
     if not path.is_file():
         qm9pack_data_dir()
 
 
-def cache_info(cache_dir: str | Path | None = None, /, *, limit: int | None = None) -> dict[str, Any]:
+def cache_info(
+    cache_dir: str | Path | None = None, /, *, limit: int | None = None
+) -> dict[str, Any]:
     """The source key and conversion numbers of an existing valid cache."""
     path = cache_path(cache_dir, limit=limit)
     content, reason = _read_cache(path) if path.is_file() else (None, "it does not exist")
     if content is None:
         raise DatasetError(f"no valid QM9 cache at {path}: {reason}")
-    return {"path": str(path), "bytes": path.stat().st_size, "source": content["source"], "stats": content["stats"]}
+    return {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "source": content["source"],
+        "stats": content["stats"],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m benchmarks.data.qm9pack`: convert (or check) the cache and print its numbers."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.data.qm9pack", description="Convert QM9 from qm9pack once into PyG's layout and cache it.")
-    parser.add_argument("--cache-dir", default=None, help=f"cache folder (default {default_cache_dir()})")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N molecules (a cache of its own)")
-    parser.add_argument("--workers", type=int, default=None, help=f"conversion processes (default {default_workers()})")
-    parser.add_argument("--rebuild", action="store_true", help="convert again even if a valid cache exists")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.data.qm9pack",
+        description="Convert QM9 from qm9pack once into PyG's layout and cache it.",
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help=f"cache folder (default {default_cache_dir()})"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="only the first N molecules (a cache of its own)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"conversion processes (default {default_workers()})",
+    )
+    parser.add_argument(
+        "--rebuild", action="store_true", help="convert again even if a valid cache exists"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        path, _ = prepare_cache(args.cache_dir, limit=args.limit, rebuild=args.rebuild, workers=args.workers)
+        path, _ = prepare_cache(
+            args.cache_dir, limit=args.limit, rebuild=args.rebuild, workers=args.workers
+        )
         info = cache_info(args.cache_dir, limit=args.limit)
     except MTLInputError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -704,7 +964,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # run as the package's module, so that worker processes find its functions
+if (
+    __name__ == "__main__"
+):  # run as the package's module, so that worker processes find its functions
     from benchmarks.data.qm9pack import main as package_main
 
     sys.exit(package_main())

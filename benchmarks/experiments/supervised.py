@@ -53,7 +53,9 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "sgd")
 """The optimisers `--optimizer` offers (the harness's `_make_optimizer`)."""
 
-PAPER_METHODS = "ls,scaleinvls,rlw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo,dibsmtl,dibsmtl:steps=5"
+PAPER_METHODS = (
+    "ls,scaleinvls,rlw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo,dibsmtl,dibsmtl:steps=5"
+)
 """The baselines of the Nash-MTL / FAMO / DiBS-MTL tables that the registry has, and DiBS-MTL."""
 
 MULTIMNIST_FIRST = "ls,scaleinvls,rlw,rgw,dwa,uw,mgda,pcgrad,cagrad,imtl_g,nashmtl,famo,normalized_sum,dibsmtl,dibsmtl:steps=5"
@@ -66,7 +68,16 @@ def every_parameter_method(first: str, /) -> str:
     from toy_problems.runner import runs_on_parameters
 
     listed = first.split(",")
-    return ",".join([*listed, *(name for name in available_methods() if name not in listed and runs_on_parameters(name))])
+    return ",".join(
+        [
+            *listed,
+            *(
+                name
+                for name in available_methods()
+                if name not in listed and runs_on_parameters(name)
+            ),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -134,7 +145,9 @@ class ExperimentSpec:
             if preset.name == name:
                 return preset.load()
         choices = ", ".join(preset.name for preset in self.presets) or "none"
-        raise InvalidHyperparameterError(f"{self.name} has no --preset {name!r}; choose one of: {choices}")
+        raise InvalidHyperparameterError(
+            f"{self.name} has no --preset {name!r}; choose one of: {choices}"
+        )
 
     def source(self, name: str | None) -> DataSource | None:
         """The data source `name` (None: the experiment's own data); a clear error if unknown."""
@@ -143,8 +156,13 @@ class ExperimentSpec:
         for source in self.data_sources:
             if source.name == name:
                 return source
-        choices = ", ".join(source.name for source in self.data_sources) or "none: it reads only " + self.data_help
-        raise InvalidHyperparameterError(f"{self.name} has no --data-source {name!r}; choose one of: {choices} (or leave it out for --data-root)")
+        choices = (
+            ", ".join(source.name for source in self.data_sources)
+            or "none: it reads only " + self.data_help
+        )
+        raise InvalidHyperparameterError(
+            f"{self.name} has no --data-source {name!r}; choose one of: {choices} (or leave it out for --data-root)"
+        )
 
     def load_suite(self, source: str | None = None, preset: str | None = None) -> Suite:
         chosen = self.source(source)
@@ -160,8 +178,17 @@ EXPERIMENTS = {
         suite="benchmarks.suites.multimnist:MULTIMNIST",
         methods=every_parameter_method(MULTIMNIST_FIRST),
         table_methods=MULTIMNIST_FIRST,
-        methods_text=methods_in_words(len(MULTIMNIST_FIRST.split(",")), "the published table", len(every_parameter_method(MULTIMNIST_FIRST).split(","))),
-        timing=RunTiming(7.0, 12.0, 20, "one thread per run: about 7 s a single-task run, 10-15 s a method run of 20 epochs"),
+        methods_text=methods_in_words(
+            len(MULTIMNIST_FIRST.split(",")),
+            "the published table",
+            len(every_parameter_method(MULTIMNIST_FIRST).split(",")),
+        ),
+        timing=RunTiming(
+            7.0,
+            12.0,
+            20,
+            "one thread per run: about 7 s a single-task run, 10-15 s a method run of 20 epochs",
+        ),
         seeds="0,1,2",
         transforms="none,left:affine:100:0,left:exp,left:power:4,left:affine:1:1|log",
         needs_data_root=False,
@@ -197,20 +224,34 @@ EXPERIMENTS = {
         needs_data_root=True,
         data_help="PyTorch Geometric's QM9 root folder (holding processed/data_v3.pt or raw/qm9_v3.pt), or --data-source qm9pack for the QM9 of the package qm9pack",
         data_sources=(
-            DataSource("qm9pack", "benchmarks.suites.qm9:QM9PACK",
-                       "the QM9 of the package qm9pack (pip install -e .[qm9data]), converted once with RDKit bonds into PyG's layout and features; --data-root names its cache folder (default ~/.cache/mtl-bargaining/qm9pack)",
-                       check="benchmarks.data.qm9pack:check_source"),
-            DataSource("qm9pack-sanitised", "benchmarks.suites.qm9:QM9PACK_SANITISED",
-                       "as qm9pack, with RDKit's aromatic and sp/sp2/sp3 node features and aromatic bonds (PyG's are all zero)",
-                       check="benchmarks.data.qm9pack:check_source"),
+            DataSource(
+                "qm9pack",
+                "benchmarks.suites.qm9:QM9PACK",
+                "the QM9 of the package qm9pack (pip install -e .[qm9data]), converted once with RDKit bonds into PyG's layout and features; --data-root names its cache folder (default ~/.cache/mtl-bargaining/qm9pack)",
+                check="benchmarks.data.qm9pack:check_source",
+            ),
+            DataSource(
+                "qm9pack-sanitised",
+                "benchmarks.suites.qm9:QM9PACK_SANITISED",
+                "as qm9pack, with RDKit's aromatic and sp/sp2/sp3 node features and aromatic bonds (PyG's are all zero)",
+                check="benchmarks.data.qm9pack:check_source",
+            ),
         ),
         presets=(
-            ExperimentPreset("cpu", "benchmarks.suites.qm9:CPU_PRESET",
-                             "QM9 at CPU scale, still all 11 tasks of real QM9: 6,000 / 1,000 / 1,000 molecules of the train / val / test splits, "
-                             "MPNN width 16, 10 epochs, gradient weightings on the shared features (MTL-R); by default 12 methods x seeds 0,1,2 x "
-                             "{none, mu:power:2} + single-task runs, about 3 hours on 2 cores with --workers 2 (docs/DECISIONS.md)",
-                             timing=RunTiming(190.0, 209.0, 10, "docs/DECISIONS.md, QM9 at CPU scale: 6,290 s for the 33 single-task runs, "
-                                                               "15,040 s for the 72 method runs")),
+            ExperimentPreset(
+                "cpu",
+                "benchmarks.suites.qm9:CPU_PRESET",
+                "QM9 at CPU scale, still all 11 tasks of real QM9: 6,000 / 1,000 / 1,000 molecules of the train / val / test splits, "
+                "MPNN width 16, 10 epochs, gradient weightings on the shared features (MTL-R); by default 12 methods x seeds 0,1,2 x "
+                "{none, mu:power:2} + single-task runs, about 3 hours on 2 cores with --workers 2 (docs/DECISIONS.md)",
+                timing=RunTiming(
+                    190.0,
+                    209.0,
+                    10,
+                    "docs/DECISIONS.md, QM9 at CPU scale: 6,290 s for the 33 single-task runs, "
+                    "15,040 s for the 72 method runs",
+                ),
+            ),
         ),
     ),
 }
@@ -246,34 +287,93 @@ class Config(CommandConfig):
 
 def _experiment_of(config: Config) -> ExperimentSpec:
     if config.experiment not in EXPERIMENTS:
-        raise InvalidHyperparameterError(f"unknown supervised experiment {config.experiment!r}; choose one of: {', '.join(EXPERIMENTS)}")
+        raise InvalidHyperparameterError(
+            f"unknown supervised experiment {config.experiment!r}; choose one of: {', '.join(EXPERIMENTS)}"
+        )
     return EXPERIMENTS[config.experiment]
 
 
 def make_add_arguments(spec: ExperimentSpec):
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        add_common_arguments(parser, methods=spec.methods, seeds=spec.seeds, transforms=spec.transforms, unset=True,
-                             methods_text=f"{spec.methods_text or spec.methods}; quick: {spec.quick_methods}")
-        parser.add_argument("--data-root", default=None, help=escape_help(spec.data_help + ((" (required without --data-source)" if spec.data_sources else " (required)") if spec.needs_data_root else "")))
+        add_common_arguments(
+            parser,
+            methods=spec.methods,
+            seeds=spec.seeds,
+            transforms=spec.transforms,
+            unset=True,
+            methods_text=f"{spec.methods_text or spec.methods}; quick: {spec.quick_methods}",
+        )
+        parser.add_argument(
+            "--data-root",
+            default=None,
+            help=escape_help(
+                spec.data_help
+                + (
+                    (" (required without --data-source)" if spec.data_sources else " (required)")
+                    if spec.needs_data_root
+                    else ""
+                )
+            ),
+        )
         if spec.data_sources:
-            parser.add_argument("--data-source", default=None, choices=[source.name for source in spec.data_sources],
-                                help=escape_help("where the data comes from, instead of --data-root's files: " + "; ".join(f"{source.name}: {source.help}" for source in spec.data_sources)))
+            parser.add_argument(
+                "--data-source",
+                default=None,
+                choices=[source.name for source in spec.data_sources],
+                help=escape_help(
+                    "where the data comes from, instead of --data-root's files: "
+                    + "; ".join(f"{source.name}: {source.help}" for source in spec.data_sources)
+                ),
+            )
         if spec.presets:
-            parser.add_argument("--preset", default=None, choices=[preset.name for preset in spec.presets],
-                                help=escape_help("a smaller protocol with its own defaults (--methods, --seeds, --transforms still override them): " + "; ".join(f"{preset.name}: {preset.help}" for preset in spec.presets)))
-        parser.add_argument("--epochs", type=int, default=None, help="override the protocol's number of epochs")
-        parser.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
-                            help="override the protocol's optimiser (sgd: momentum 0.9); the runs, single-task ones included, get other ids")
-        parser.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
-        parser.add_argument("--max-batches", type=int, default=None, help="cap the training batches per epoch (a quick look at a large dataset)")
-        parser.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines (Delta_m then uses the published base, if any)")
-        parser.add_argument("--representation", action="store_true", help="per-task gradients w.r.t. the shared features (MTL-R mode) for gradient weightings")
-        parser.add_argument("--progress", action="store_true", help="also show a progress bar per epoch")
-        parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the runs of these settings that are finished")
+            parser.add_argument(
+                "--preset",
+                default=None,
+                choices=[preset.name for preset in spec.presets],
+                help=escape_help(
+                    "a smaller protocol with its own defaults (--methods, --seeds, --transforms still override them): "
+                    + "; ".join(f"{preset.name}: {preset.help}" for preset in spec.presets)
+                ),
+            )
+        parser.add_argument(
+            "--epochs", type=int, default=None, help="override the protocol's number of epochs"
+        )
+        parser.add_argument(
+            "--optimizer",
+            default=None,
+            choices=OPTIMIZERS,
+            help="override the protocol's optimiser (sgd: momentum 0.9); the runs, single-task ones included, get other ids",
+        )
+        parser.add_argument(
+            "--lr", type=float, default=None, help="override the protocol's learning rate"
+        )
+        parser.add_argument(
+            "--max-batches",
+            type=int,
+            default=None,
+            help="cap the training batches per epoch (a quick look at a large dataset)",
+        )
+        parser.add_argument(
+            "--no-single-task",
+            action="store_true",
+            help="skip the single-task baselines (Delta_m then uses the published base, if any)",
+        )
+        parser.add_argument(
+            "--representation",
+            action="store_true",
+            help="per-task gradients w.r.t. the shared features (MTL-R mode) for gradient weightings",
+        )
+        parser.add_argument(
+            "--progress", action="store_true", help="also show a progress bar per epoch"
+        )
+        parser.add_argument(
+            "--summary-only",
+            action="store_true",
+            help="train nothing: summarise the runs of these settings that are finished",
+        )
         parallel.add_arguments(parser)
 
     return add_arguments
-
 
 
 def _check_hosted(method: str, /, *, num_tasks: int, representation: bool) -> None:
@@ -282,7 +382,9 @@ def _check_hosted(method: str, /, *, num_tasks: int, representation: bool) -> No
     models feed their heads the unrotated features: the rotations would train and change nothing)."""
     instance = make_method(method, num_tasks=num_tasks)
     if "full" not in instance.engine_modes and not representation:
-        raise InvalidHyperparameterError(f"{method} works on the shared features only: add --representation")
+        raise InvalidHyperparameterError(
+            f"{method} works on the shared features only: add --representation"
+        )
     if getattr(instance, "rotation_size", None):
         raise InvalidHyperparameterError(
             f"{method}: the benchmark models do not apply RotoGrad's rotations (their heads see the unrotated features), "
@@ -291,11 +393,15 @@ def _check_hosted(method: str, /, *, num_tasks: int, representation: bool) -> No
         )
 
 
-def _with_optimizer(protocol: TrainingProtocol, optimizer: str | None, lr: float | None) -> TrainingProtocol:
+def _with_optimizer(
+    protocol: TrainingProtocol, optimizer: str | None, lr: float | None
+) -> TrainingProtocol:
     """`protocol` with `--optimizer` and `--lr` applied (None: the protocol's own)."""
     if optimizer is not None:
         if optimizer not in OPTIMIZERS:
-            raise InvalidHyperparameterError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+            raise InvalidHyperparameterError(
+                f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}"
+            )
         protocol = dataclasses.replace(protocol, optimizer=optimizer)
     if lr is not None:
         if not lr > 0 or lr == float("inf"):
@@ -304,15 +410,27 @@ def _with_optimizer(protocol: TrainingProtocol, optimizer: str | None, lr: float
     return protocol
 
 
-def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[RunSpec], TrainingProtocol, int | None]:
+def plan_runs(
+    spec: ExperimentSpec, suite: Suite, config: Config
+) -> tuple[list[RunSpec], TrainingProtocol, int | None]:
     """The runs of this invocation (validated before any training) and the protocol they use."""
     preset = spec.preset(config.preset)
     defaults = spec if preset is None else preset  # a preset's methods, seeds and transforms
-    methods = parse_methods(config.methods if config.methods is not None else (spec.quick_methods if config.quick else defaults.methods))
-    for method in methods:  # every hyperparameter value checked before any training (FAMO's min_losses need K)
+    methods = parse_methods(
+        config.methods
+        if config.methods is not None
+        else (spec.quick_methods if config.quick else defaults.methods)
+    )
+    for method in (
+        methods
+    ):  # every hyperparameter value checked before any training (FAMO's min_losses need K)
         canonical_spec(method, num_tasks=len(suite.task_names))
-    seeds = parse_seeds(config.seeds if config.seeds is not None else ("0" if config.quick else defaults.seeds))
-    transforms = parse_transforms(config.transforms if config.transforms is not None else defaults.transforms)
+    seeds = parse_seeds(
+        config.seeds if config.seeds is not None else ("0" if config.quick else defaults.seeds)
+    )
+    transforms = parse_transforms(
+        config.transforms if config.transforms is not None else defaults.transforms
+    )
     for transform in transforms:
         LossTransform.parse(transform, suite.task_names)
     protocol = suite.protocol
@@ -326,25 +444,46 @@ def plan_runs(spec: ExperimentSpec, suite: Suite, config: Config) -> tuple[list[
     max_batches = spec.quick_batches if config.quick else None
     if config.max_batches is not None:
         if config.max_batches < 1:
-            raise InvalidHyperparameterError(f"--max-batches must be at least 1, got {config.max_batches}")
+            raise InvalidHyperparameterError(
+                f"--max-batches must be at least 1, got {config.max_batches}"
+            )
         max_batches = config.max_batches
     representation = config.representation or (preset is not None and preset.representation)
     for method in methods:
         _check_hosted(method, num_tasks=len(suite.task_names), representation=representation)
-    settings = {"protocol": dataclasses.asdict(protocol), "max_batches": max_batches, "representation": representation,
-                "data_root": config.data_root}
+    settings = {
+        "protocol": dataclasses.asdict(protocol),
+        "max_batches": max_batches,
+        "representation": representation,
+        "data_root": config.data_root,
+    }
     if config.data_source is not None:  # runs on the experiment's own data keep their ids
         settings["data_source"] = config.data_source
-    if preset is not None:  # its subsets and width are not in the protocol: runs of another scale get other ids
+    if (
+        preset is not None
+    ):  # its subsets and width are not in the protocol: runs of another scale get other ids
         settings["preset"] = config.preset
-    if config.nproc > 1:  # data-parallel runs are stored apart: equal to single-process ones only up to rounding
+    if (
+        config.nproc > 1
+    ):  # data-parallel runs are stored apart: equal to single-process ones only up to rounding
         settings["nproc"] = config.nproc
-        settings["transform_of"] = "whole batch"  # earlier --nproc runs transformed each rank's loss: new ids
+        settings["transform_of"] = (
+            "whole batch"  # earlier --nproc runs transformed each rank's loss: new ids
+        )
     runs = []
     if not config.no_single_task:  # first, so that a partial sweep already has its Δm base
         stl_settings = {**settings, "representation": False}
-        runs += [RunSpec(spec.name, f"stl:{task}", seed, "none", stl_settings) for task in suite.task_names for seed in seeds]
-    runs += [RunSpec(spec.name, method, seed, transform, settings) for transform in transforms for method in methods for seed in seeds]
+        runs += [
+            RunSpec(spec.name, f"stl:{task}", seed, "none", stl_settings)
+            for task in suite.task_names
+            for seed in seeds
+        ]
+    runs += [
+        RunSpec(spec.name, method, seed, transform, settings)
+        for transform in transforms
+        for method in methods
+        for seed in seeds
+    ]
     return runs, protocol, max_batches
 
 
@@ -357,12 +496,18 @@ def run(config: Config, /) -> ExperimentResult:
         config = config.replace(nproc=parallel.world_size())
     elif config.nproc > 1:  # start the ranks: each runs this command again
         runs = planned_runs(config)  # bad options fail here, before any process starts
-        status = parallel.relaunch([spec.name, *config.argv(skip=("experiment", "nproc"))], config.nproc)
+        status = parallel.relaunch(
+            [spec.name, *config.argv(skip=("experiment", "nproc"))], config.nproc
+        )
         if status != 0:
-            raise MTLInputError(f"the {config.nproc} data-parallel processes of {spec.name} exited with status {status}")
+            raise MTLInputError(
+                f"the {config.nproc} data-parallel processes of {spec.name} exited with status {status}"
+            )
         store = ResultStore(config.out, read_only=True)
-        return ExperimentResult([record for record in map(store.load, runs) if record is not None],
-                                f"{spec.name}: {len(runs)} runs trained over {config.nproc} processes (their summary is above)")
+        return ExperimentResult(
+            [record for record in map(store.load, runs) if record is not None],
+            f"{spec.name}: {len(runs)} runs trained over {config.nproc} processes (their summary is above)",
+        )
     _check_data(spec, config)
     return _sweep(spec, spec.load_suite(config.data_source, config.preset), config)
 
@@ -381,9 +526,19 @@ def run_suite(suite: Suite, config: Config, /) -> ExperimentResult:
             "its runs never mix with the built-in one's"
         )
     if config.nproc != 1 or config.data_source is not None or config.preset is not None:
-        raise InvalidHyperparameterError("run_suite takes no nproc, data_source or preset: those belong to the built-in experiments")
-    spec = ExperimentSpec(name=config.experiment, suite="", methods="ls,dibsmtl", seeds="0,1,2", transforms="none",
-                          needs_data_root=False, data_help="the suite's own data", table_methods="ls,dibsmtl")
+        raise InvalidHyperparameterError(
+            "run_suite takes no nproc, data_source or preset: those belong to the built-in experiments"
+        )
+    spec = ExperimentSpec(
+        name=config.experiment,
+        suite="",
+        methods="ls,dibsmtl",
+        seeds="0,1,2",
+        transforms="none",
+        needs_data_root=False,
+        data_help="the suite's own data",
+        table_methods="ls,dibsmtl",
+    )
     return _sweep(spec, suite, config)
 
 
@@ -400,34 +555,67 @@ def _sweep(spec: ExperimentSpec, suite: Suite, config: Config) -> ExperimentResu
 
     def run_one(run_spec: RunSpec, checkpoint):
         return train_run(
-            suite, run_spec, checkpoint, protocol=protocol, data_root=config.data_root, device=device,
-            max_batches=max_batches, representation=run_spec.config["representation"], show_progress=config.progress,
+            suite,
+            run_spec,
+            checkpoint,
+            protocol=protocol,
+            data_root=config.data_root,
+            device=device,
+            max_batches=max_batches,
+            representation=run_spec.config["representation"],
+            show_progress=config.progress,
             data_parallel=data_parallel,
         )
 
     if config.summary_only:
         records = [record for record in map(store.load, runs) if record is not None]
     else:
-        records = run_sweep(runs, run_one, store, data_parallel=data_parallel, show_progress=data_parallel is None or data_parallel.leader)
+        records = run_sweep(
+            runs,
+            run_one,
+            store,
+            data_parallel=data_parallel,
+            show_progress=data_parallel is None or data_parallel.leader,
+        )
     if data_parallel is not None and not data_parallel.leader:
         return ExperimentResult(list(records), "")  # rank 0 writes the summary
     rows, base, origin = summarize(records, suite.metrics, published_base=suite.base_values)
-    first = parse_methods(spec.table_methods)  # the published table's methods lead the figures and the pivot
-    table = markdown_table(rows, suite.metrics, single_task=single_task_reference(records, suite.metrics, published_base=suite.base_values))
+    first = parse_methods(
+        spec.table_methods
+    )  # the published table's methods lead the figures and the pivot
+    table = markdown_table(
+        rows,
+        suite.metrics,
+        single_task=single_task_reference(records, suite.metrics, published_base=suite.base_values),
+    )
     if base is not None and len({row.transform for row in rows}) > 1:
-        table += "\n\nΔm% ↓ (vs the base above) by loss transform:\n\n" + delta_m_pivot(rows, first=first)
+        table += "\n\nΔm% ↓ (vs the base above) by loss transform:\n\n" + delta_m_pivot(
+            rows, first=first
+        )
     base_text = ", ".join(f"{name} {value:.4g}" for name, value in base.items()) if base else "none"
     provenance = (
         f"{_command_text(spec, suite, config)} ({'quick' if config.quick else 'full'}; epochs {protocol.epochs}; "
         f"{len({r.seed for r in runs})} seed(s)); Δm% base: {origin}: {base_text}; machine: {environment()}; "
         f"the runs' own time adds up to {sum(r['elapsed_s'] for r in records) / 60:.1f} min"
     )
-    folder = Path(config.out) / spec.name / (config.preset or "") / ("quick" if config.quick else "")  # a quick look (or a preset) never overwrites the full report
-    files = [write_markdown_table(folder / "summary.md", f"{spec.name}: summary", provenance, table)]
+    folder = (
+        Path(config.out) / spec.name / (config.preset or "") / ("quick" if config.quick else "")
+    )  # a quick look (or a preset) never overwrites the full report
+    files = [
+        write_markdown_table(folder / "summary.md", f"{spec.name}: summary", provenance, table)
+    ]
     if any(row.delta_m is not None for row in rows):
-        figure = delta_m_figure(rows, f"{spec.name}: Δm% per method and loss transform", first=first, base=base, base_origin=origin)
+        figure = delta_m_figure(
+            rows,
+            f"{spec.name}: Δm% per method and loss transform",
+            first=first,
+            base=base,
+            base_origin=origin,
+        )
         files += save_figure_formats(figure, folder / "delta_m")
-    return ExperimentResult(list(records), f"{table}\n\nΔm% base: {origin}\nwrote {files[0]}", files)
+    return ExperimentResult(
+        list(records), f"{table}\n\nΔm% base: {origin}\nwrote {files[0]}", files
+    )
 
 
 def _command_text(spec: ExperimentSpec, suite: Suite, config: Config) -> str:
@@ -443,9 +631,13 @@ def _check_data(spec: ExperimentSpec, config: Config) -> None:
     if source is not None:
         source.validate(config.data_root)
     elif spec.needs_data_root and config.data_root is None:
-        raise InvalidHyperparameterError(f"{spec.name} needs --data-root: {spec.data_help}. Without the data, `--help` lists the options")
+        raise InvalidHyperparameterError(
+            f"{spec.name} needs --data-root: {spec.data_help}. Without the data, `--help` lists the options"
+        )
     elif config.data_root is not None and not Path(config.data_root).is_dir():
-        raise InvalidHyperparameterError(f"--data-root {config.data_root} is not a folder: {spec.data_help}")
+        raise InvalidHyperparameterError(
+            f"--data-root {config.data_root} is not a folder: {spec.data_help}"
+        )
 
 
 def planned_runs(config: Config) -> list[RunSpec]:
@@ -460,14 +652,30 @@ def checked_planned_runs(config: Config) -> list[RunSpec]:
     return planned_runs(config)
 
 
-def expected_seconds(config: Config, todo: list[RunSpec], /, *, workers: int = 1) -> tuple[float | None, str]:
+def expected_seconds(
+    config: Config, todo: list[RunSpec], /, *, workers: int = 1
+) -> tuple[float | None, str]:
     """The approximate wall time of the runs `todo` and what it scales (`RunTiming`), or None where
     no time per run was measured on a CPU: another data root or batch cap than the measured
     protocol's, a GPU-scale protocol (NYUv2, Cityscapes, full QM9)."""
     spec = _experiment_of(config)
-    timing = next((preset.timing for preset in spec.presets if preset.name == config.preset), None) if config.preset else spec.timing
-    batch_cap = config.max_batches if config.max_batches is not None else spec.quick_batches if config.quick else None
-    if timing is None or batch_cap is not None or (config.preset is None and config.data_root is not None):
+    timing = (
+        next((preset.timing for preset in spec.presets if preset.name == config.preset), None)
+        if config.preset
+        else spec.timing
+    )
+    batch_cap = (
+        config.max_batches
+        if config.max_batches is not None
+        else spec.quick_batches
+        if config.quick
+        else None
+    )
+    if (
+        timing is None
+        or batch_cap is not None
+        or (config.preset is None and config.data_root is not None)
+    ):
         return None, ""
     return timing.seconds(todo, workers=workers), timing.basis
 
@@ -475,5 +683,10 @@ def expected_seconds(config: Config, todo: list[RunSpec], /, *, workers: int = 1
 def command(name: str, /) -> SimpleNamespace:
     """`add_arguments`, `Config`, `run`, `planned_runs` and `expected_seconds` of experiment `name`,
     in the shape `python -m benchmarks` registers (its config is `Config(name, ...)`)."""
-    return SimpleNamespace(add_arguments=make_add_arguments(EXPERIMENTS[name]), Config=Config, run=run, planned_runs=checked_planned_runs,
-                           expected_seconds=expected_seconds)
+    return SimpleNamespace(
+        add_arguments=make_add_arguments(EXPERIMENTS[name]),
+        Config=Config,
+        run=run,
+        planned_runs=checked_planned_runs,
+        expected_seconds=expected_seconds,
+    )

@@ -26,9 +26,13 @@ from core.errors import InvalidHyperparameterError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nproc", type=int, default=1,
-                        help="train each run data-parallel over N processes with torch.distributed (torchrun; gloo on CPU, "
-                             "nccl on CUDA); the runs are stored apart from single-process ones (default: %(default)s)")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train each run data-parallel over N processes with torch.distributed (torchrun; gloo on CPU, "
+        "nccl on CUDA); the runs are stored apart from single-process ones (default: %(default)s)",
+    )
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,9 @@ class DataParallel:
         slices' mean losses the whole batch's mean loss, also for uneven slices."""
         size = _batch_size(batch)
         if size < self.world:
-            raise InvalidHyperparameterError(f"a batch of {size} samples cannot be split over {self.world} processes")
+            raise InvalidHyperparameterError(
+                f"a batch of {size} samples cannot be split over {self.world} processes"
+            )
         bounds = [size * r // self.world for r in range(self.world + 1)]
         start, stop = bounds[self.rank], bounds[self.rank + 1]
         return _slice(batch, start, stop), (stop - start) * self.world / size
@@ -67,7 +73,9 @@ class DataParallel:
         from core.distributed import Reducer
 
         with_grad = [p for p in parameters if p.grad is not None]
-        for param, mean in zip(with_grad, Reducer(self.group).mean_list([p.grad for p in with_grad])):
+        for param, mean in zip(
+            with_grad, Reducer(self.group).mean_list([p.grad for p in with_grad])
+        ):
             param.grad.copy_(mean)
 
 
@@ -93,8 +101,19 @@ def relaunch(argv: Sequence[str], nproc: int, /) -> int:
     """Run `python -m benchmarks ARGV` under torchrun with `nproc` processes; its exit status."""
     if nproc < 1:
         raise InvalidHyperparameterError(f"--nproc must be at least 1, got {nproc}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "benchmarks", *argv]
-    return subprocess.call(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "benchmarks",
+        *argv,
+    ]
+    return subprocess.call(
+        command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    )
 
 
 def inside_torchrun() -> bool:

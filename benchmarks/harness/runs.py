@@ -134,7 +134,9 @@ class ResultStore:
 
     # -- results ---------------------------------------------------------------------------------
 
-    def save(self, spec: RunSpec, result: Mapping[str, Any], /, *, elapsed_s: float) -> dict[str, Any]:
+    def save(
+        self, spec: RunSpec, result: Mapping[str, Any], /, *, elapsed_s: float
+    ) -> dict[str, Any]:
         """Write the finished run atomically and drop its checkpoint; returns the stored record."""
         self._check_writable("save a run")
         record = {
@@ -148,7 +150,9 @@ class ResultStore:
             "environment": environment(),
         }
         record["sha256"] = hashlib.sha256(_canonical(record).encode()).hexdigest()
-        write_json_atomic(self.result_path(spec), record, indent=None)  # trajectories: thousands of numbers
+        write_json_atomic(
+            self.result_path(spec), record, indent=None
+        )  # trajectories: thousands of numbers
         self.checkpoint_path(spec).unlink(missing_ok=True)
         return record
 
@@ -168,7 +172,9 @@ class ResultStore:
             problem = "was written for another run"
         else:
             problem = "is truncated or corrupt (its checksum does not match)"
-        if record is not None and _names_another_method(record):  # stored before its name changed meaning
+        if record is not None and _names_another_method(
+            record
+        ):  # stored before its name changed meaning
             self._rehome(spec, record)
             return None
         if record is None and self.read_only:
@@ -179,7 +185,9 @@ class ResultStore:
                 os.replace(path, aside)
             except FileNotFoundError:  # another worker set it aside first
                 return None
-            logger.warning("result file %s %s; moved it to %s and the run will be redone", path, problem, aside)
+            logger.warning(
+                "result file %s %s; moved it to %s and the run will be redone", path, problem, aside
+            )
         return record
 
     def discard(self, spec: RunSpec, /) -> None:
@@ -189,20 +197,35 @@ class ResultStore:
         self.result_path(spec).unlink(missing_ok=True)
         self.checkpoint_path(spec).unlink(missing_ok=True)
         for old_name in legacy_method_names(spec.method):
-            self.result_path(RunSpec(spec.experiment, old_name, spec.seed, spec.transform, spec.config)).unlink(missing_ok=True)
+            self.result_path(
+                RunSpec(spec.experiment, old_name, spec.seed, spec.transform, spec.config)
+            ).unlink(missing_ok=True)
 
     def _migrate(self, spec: RunSpec) -> dict[str, Any] | None:
         for old_name in legacy_method_names(spec.method):
             old = RunSpec(spec.experiment, old_name, spec.seed, spec.transform, spec.config)
             old_path = self.result_path(old)
             record = self._read_valid(old_path) if old_path.exists() else None
-            if record is None or record["spec"] != old.as_dict() or not _names_another_method(record, old_name):
+            if (
+                record is None
+                or record["spec"] != old.as_dict()
+                or not _names_another_method(record, old_name)
+            ):
                 continue
             record.update(spec=spec.as_dict(), run_id=spec.run_id, migrated_from=old.run_id)
             if self.read_only:
                 return record
-            write_json_atomic(self.result_path(spec), {**record, "sha256": hashlib.sha256(_canonical(record).encode()).hexdigest()}, indent=None)
-            logger.info("run %s was stored as %s (method %r); migrated to the current name", spec.run_id, old.run_id, old_name)
+            write_json_atomic(
+                self.result_path(spec),
+                {**record, "sha256": hashlib.sha256(_canonical(record).encode()).hexdigest()},
+                indent=None,
+            )
+            logger.info(
+                "run %s was stored as %s (method %r); migrated to the current name",
+                spec.run_id,
+                old.run_id,
+                old_name,
+            )
             return record
         return None
 
@@ -216,10 +239,23 @@ class ResultStore:
         current = str(MethodSpec(RENAMED[name.name], name.hyperparameters))
         target = RunSpec(spec.experiment, current, spec.seed, spec.transform, spec.config)
         if not self.result_path(target).exists():
-            moved = {**record, "spec": target.as_dict(), "run_id": target.run_id, "migrated_from": spec.run_id}
+            moved = {
+                **record,
+                "spec": target.as_dict(),
+                "run_id": target.run_id,
+                "migrated_from": spec.run_id,
+            }
             moved.pop("sha256", None)
-            write_json_atomic(self.result_path(target), {**moved, "sha256": hashlib.sha256(_canonical(moved).encode()).hexdigest()})
-            logger.info("run %s was IMTL-G's under its old name %r; migrated to %s", spec.run_id, name.name, target.run_id)
+            write_json_atomic(
+                self.result_path(target),
+                {**moved, "sha256": hashlib.sha256(_canonical(moved).encode()).hexdigest()},
+            )
+            logger.info(
+                "run %s was IMTL-G's under its old name %r; migrated to %s",
+                spec.run_id,
+                name.name,
+                target.run_id,
+            )
 
     def records(self, experiment: str, /) -> list[dict[str, Any]]:
         """Every valid finished record of `experiment` (corrupt files are skipped with a warning)."""
@@ -228,7 +264,9 @@ class ResultStore:
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             record = self._read_valid(path)
             if record is None:
-                logger.warning("skipping corrupt result file %s (rerun the experiment to redo it)", path)
+                logger.warning(
+                    "skipping corrupt result file %s (rerun the experiment to redo it)", path
+                )
             else:
                 found.append(record)
         return found
@@ -278,7 +316,12 @@ class ResultStore:
         finished each run (one short line per write, appended atomically by the OS)."""
         path = self.journal_path(spec.experiment)
         path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"event": event, "run_id": spec.run_id, "pid": os.getpid(), "time": time.time()}) + "\n"
+        line = (
+            json.dumps(
+                {"event": event, "run_id": spec.run_id, "pid": os.getpid(), "time": time.time()}
+            )
+            + "\n"
+        )
         with path.open("a") as handle:
             handle.write(line)
 
@@ -297,7 +340,9 @@ class ResultStore:
             # tensors and plain values only (model, optimiser, scheduler and method state_dicts)
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means: start over
-            logger.warning("checkpoint %s is unreadable (%s); the run starts from scratch", path, error)
+            logger.warning(
+                "checkpoint %s is unreadable (%s); the run starts from scratch", path, error
+            )
             return None
 
 
@@ -366,7 +411,9 @@ def run_sweep(
                 skipped += 1
             records[spec.run_id] = record
             bar.update()
-        for spec in held_elsewhere:  # another worker holds it: wait for its lock, then read or resume
+        for (
+            spec
+        ) in held_elsewhere:  # another worker holds it: wait for its lock, then read or resume
             with store.claim(spec, wait=True):
                 records[spec.run_id] = _run_claimed(spec, run_one, store, announce)
             bar.update()
@@ -381,7 +428,12 @@ BatchFunction = Callable[[list[RunSpec]], list[Mapping[str, Any]]]
 
 
 def run_sweep_batched(
-    specs: Iterable[RunSpec], run_many: BatchFunction, store: ResultStore, /, *, batch_size: int | None = None
+    specs: Iterable[RunSpec],
+    run_many: BatchFunction,
+    store: ResultStore,
+    /,
+    *,
+    batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """`run_sweep` for runs that are computed together: the unfinished runs this process can claim
     go to `run_many(claimed)` calls (each returns its runs' results in order) of at most
@@ -401,13 +453,19 @@ def run_sweep_batched(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     records, pending = _finished_and_pending(specs, store)
     if len(pending) < len(specs):
-        logger.info("%d of %d runs were already finished and were not rerun", len(specs) - len(pending), len(specs))
+        logger.info(
+            "%d of %d runs were already finished and were not rerun",
+            len(specs) - len(pending),
+            len(specs),
+        )
     held_elsewhere = []
     while pending:
         with contextlib.ExitStack() as claims:
             mine, rest = [], []
             for spec in pending:
-                if (batch_size is None or len(mine) < batch_size) and claims.enter_context(store.claim(spec, wait=False)):
+                if (batch_size is None or len(mine) < batch_size) and claims.enter_context(
+                    store.claim(spec, wait=False)
+                ):
                     mine.append(spec)
                 else:
                     rest.append(spec)
@@ -422,7 +480,9 @@ def run_sweep_batched(
     return [records[run_id] for run_id in ids]
 
 
-def _finished_and_pending(specs: list[RunSpec], store: ResultStore) -> tuple[dict[str, dict[str, Any]], list[RunSpec]]:
+def _finished_and_pending(
+    specs: list[RunSpec], store: ResultStore
+) -> tuple[dict[str, dict[str, Any]], list[RunSpec]]:
     """The stored records of the finished specs (by run id) and the specs still to run, in order."""
     records, pending = {}, []
     for spec in specs:
@@ -434,7 +494,9 @@ def _finished_and_pending(specs: list[RunSpec], store: ResultStore) -> tuple[dic
     return records, pending
 
 
-def _run_batch(specs: list[RunSpec], run_many: BatchFunction, store: ResultStore) -> dict[str, dict[str, Any]]:
+def _run_batch(
+    specs: list[RunSpec], run_many: BatchFunction, store: ResultStore
+) -> dict[str, dict[str, Any]]:
     """Run the claimed `specs` together (those another worker finished meanwhile are read)."""
     records, todo = _finished_and_pending(specs, store)
     if not todo:
@@ -454,7 +516,12 @@ def _run_batch(specs: list[RunSpec], run_many: BatchFunction, store: ResultStore
     return records
 
 
-def _run_claimed(spec: RunSpec, run_one: RunFunction, store: ResultStore, announce: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+def _run_claimed(
+    spec: RunSpec,
+    run_one: RunFunction,
+    store: ResultStore,
+    announce: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
     """Run `spec` (its lock held by the caller) unless another worker finished it meanwhile."""
     record = store.load(spec)
     if record is not None:
@@ -470,7 +537,9 @@ def _run_claimed(spec: RunSpec, run_one: RunFunction, store: ResultStore, announ
     return record
 
 
-def _follow(specs: list[RunSpec], run_one: RunFunction, store: ResultStore, data_parallel: Any) -> list[dict[str, Any]]:
+def _follow(
+    specs: list[RunSpec], run_one: RunFunction, store: ResultStore, data_parallel: Any
+) -> list[dict[str, Any]]:
     """A non-zero rank of a data-parallel sweep: run what rank 0 announces, write nothing."""
     by_id = {spec.run_id: spec for spec in specs}
     while (run_id := data_parallel.broadcast(None)) is not None:
@@ -481,7 +550,9 @@ def _follow(specs: list[RunSpec], run_one: RunFunction, store: ResultStore, data
 def _check_json_ready(result: Mapping[str, Any], spec: RunSpec) -> None:
     def walk(value: Any) -> None:
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"run {spec.run_id} returned a non-finite number; store it as None or a string")
+            raise ValueError(
+                f"run {spec.run_id} returned a non-finite number; store it as None or a string"
+            )
         if isinstance(value, Mapping):
             for item in value.values():
                 walk(item)

@@ -28,7 +28,9 @@ class MetricAccumulator(Protocol):
     """Accumulates predictions over an evaluation pass; `compute()` returns every metric of the
     suite by name (in the suite's `metrics` order), as plain floats in reporting units."""
 
-    def update(self, predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /) -> None: ...
+    def update(
+        self, predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /
+    ) -> None: ...
 
     def compute(self) -> dict[str, float]: ...
 
@@ -108,4 +110,6 @@ class Suite:
         if unknown:
             raise ValueError(f"suite {self.name!r}: metrics name unknown tasks {sorted(unknown)}")
         if self.base_values is not None and set(self.base_values) != set(names):
-            raise ValueError(f"suite {self.name!r}: base_values must name exactly the metrics {names}")
+            raise ValueError(
+                f"suite {self.name!r}: base_values must name exactly the metrics {names}"
+            )

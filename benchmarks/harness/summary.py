@@ -43,16 +43,24 @@ class Row:
     delta_p: float | None
     mean_rank: float | None
     diverged: int
-    per_seed: dict[int, list[float]] = field(default_factory=dict)  # seed -> metric values in suite order
-    paired_delta_p: tuple[float, float, int, int] | None = None  # mean, std, wins, pairs against the reference, seed by seed
-    paired_delta_p_per_seed: dict[int, float] = field(default_factory=dict)  # seed -> Δp against the reference's run of that seed
+    per_seed: dict[int, list[float]] = field(
+        default_factory=dict
+    )  # seed -> metric values in suite order
+    paired_delta_p: tuple[float, float, int, int] | None = (
+        None  # mean, std, wins, pairs against the reference, seed by seed
+    )
+    paired_delta_p_per_seed: dict[int, float] = field(
+        default_factory=dict
+    )  # seed -> Δp against the reference's run of that seed
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def spread(mean: float, std: float, count: int, /, *, digits: str = ".2f", std_digits: str | None = None) -> str:
+def spread(
+    mean: float, std: float, count: int, /, *, digits: str = ".2f", std_digits: str | None = None
+) -> str:
     """`mean ± std` over `count` values, or `mean (n=1)` for one value (its std of 0 is no spread)."""
     if count == 1:
         return f"{mean:{digits}} (n=1)"
@@ -62,7 +70,9 @@ def spread(mean: float, std: float, count: int, /, *, digits: str = ".2f", std_d
 # -- scores ------------------------------------------------------------------------------------------
 
 
-def single_task_base(records: Sequence[Mapping[str, Any]], metrics: Sequence[MetricSpec]) -> dict[str, float] | None:
+def single_task_base(
+    records: Sequence[Mapping[str, Any]], metrics: Sequence[MetricSpec]
+) -> dict[str, float] | None:
     """Each metric's value in its own task's single-task runs (mean over seeds), if all exist."""
     values = _single_task_values(records, metrics)
     if any(metric.name not in values for metric in metrics):
@@ -70,7 +80,9 @@ def single_task_base(records: Sequence[Mapping[str, Any]], metrics: Sequence[Met
     return {name: statistics.fmean(found) for name, found in values.items()}
 
 
-def _single_task_values(records: Sequence[Mapping[str, Any]], metrics: Sequence[MetricSpec]) -> dict[str, list[float]]:
+def _single_task_values(
+    records: Sequence[Mapping[str, Any]], metrics: Sequence[MetricSpec]
+) -> dict[str, list[float]]:
     """Each metric's values over its own task's finished single-task runs (one per seed)."""
     values: dict[str, list[float]] = defaultdict(list)
     for record in records:
@@ -84,19 +96,34 @@ def _single_task_values(records: Sequence[Mapping[str, Any]], metrics: Sequence[
 
 
 def single_task_reference(
-    records: Sequence[Mapping[str, Any]], metrics: Sequence[MetricSpec], /, *, published_base: Mapping[str, float] | None = None
+    records: Sequence[Mapping[str, Any]],
+    metrics: Sequence[MetricSpec],
+    /,
+    *,
+    published_base: Mapping[str, float] | None = None,
 ) -> Row | None:
     """The single-task reference as a table row: each metric over its task's single-task runs
     (mean, std and seeds), else the published base values (no seeds), else None. Its Δm% is 0 by
     definition, so the row carries none."""
     values = _single_task_values(records, metrics)
     if all(metric.name in values for metric in metrics):
-        seeds = tuple(sorted({r["spec"]["seed"] for r in records if r["spec"]["method"].startswith("stl:") and r["result"].get("status") == "finished"}))
+        seeds = tuple(
+            sorted(
+                {
+                    r["spec"]["seed"]
+                    for r in records
+                    if r["spec"]["method"].startswith("stl:")
+                    and r["result"].get("status") == "finished"
+                }
+            )
+        )
         mean = {name: _mean_std(found)[0] for name, found in values.items()}
         std = {name: _mean_std(found)[1] for name, found in values.items()}
         return Row("none", SINGLE_TASK, seeds, mean, std, None, None, None, 0)
     if published_base is not None:
-        return Row("none", "single-task (published)", (), dict(published_base), {}, None, None, None, 0)
+        return Row(
+            "none", "single-task (published)", (), dict(published_base), {}, None, None, None, 0
+        )
     return None
 
 
@@ -136,53 +163,114 @@ def summarize(
             mean, std = {}, {}
         dm = None
         if base is not None and finished:
-            seed_scores = [delta_m([r["result"]["selected"]["test"][n] for n in names], [base[n] for n in names], higher) for r in finished]
+            seed_scores = [
+                delta_m(
+                    [r["result"]["selected"]["test"][n] for n in names],
+                    [base[n] for n in names],
+                    higher,
+                )
+                for r in finished
+            ]
             dm = _mean_std(seed_scores)
-        per_seed = {r["spec"]["seed"]: [r["result"]["selected"]["test"][n] for n in names] for r in finished}
-        rows.append(Row(transform, method, seeds, mean, std, dm, None, None, len(members) - len(finished), per_seed))
+        per_seed = {
+            r["spec"]["seed"]: [r["result"]["selected"]["test"][n] for n in names] for r in finished
+        }
+        rows.append(
+            Row(
+                transform,
+                method,
+                seeds,
+                mean,
+                std,
+                dm,
+                None,
+                None,
+                len(members) - len(finished),
+                per_seed,
+            )
+        )
 
     by_transform: dict[str, list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
         if row.mean:
             by_transform[row.transform].append(index)
     for indices in by_transform.values():
-        ranks = mean_rank([[rows[i].mean[n] for n in names] for i in indices], higher) if len(indices) > 1 else None
+        ranks = (
+            mean_rank([[rows[i].mean[n] for n in names] for i in indices], higher)
+            if len(indices) > 1
+            else None
+        )
         reference = next((rows[i] for i in indices if rows[i].method == reference_method), None)
         for position, i in enumerate(indices):
             row = rows[i]
             dp = paired = None
             per_seed: dict[int, float] = {}
             if reference is not None:
-                dp = delta_p([row.mean[n] for n in names], [reference.mean[n] for n in names], higher, tasks)
+                dp = delta_p(
+                    [row.mean[n] for n in names], [reference.mean[n] for n in names], higher, tasks
+                )
                 common = sorted(set(row.per_seed) & set(reference.per_seed))
                 if common:
-                    per_seed = {s: delta_p(row.per_seed[s], reference.per_seed[s], higher, tasks) for s in common}
+                    per_seed = {
+                        s: delta_p(row.per_seed[s], reference.per_seed[s], higher, tasks)
+                        for s in common
+                    }
                     scores = list(per_seed.values())
                     paired = (*_mean_std(scores), sum(score > 0 for score in scores), len(scores))
-            rows[i] = replace(row, delta_p=dp, mean_rank=float(ranks[position]) if ranks is not None else None, paired_delta_p=paired,
-                              paired_delta_p_per_seed=per_seed)
+            rows[i] = replace(
+                row,
+                delta_p=dp,
+                mean_rank=float(ranks[position]) if ranks is not None else None,
+                paired_delta_p=paired,
+                paired_delta_p_per_seed=per_seed,
+            )
     return rows, base, origin
 
 
 # -- tables ------------------------------------------------------------------------------------------
 
 
-def markdown_table(rows: Sequence[Row], metrics: Sequence[MetricSpec], /, *, reference_method: str = "ls", single_task: Row | None = None) -> str:
+def markdown_table(
+    rows: Sequence[Row],
+    metrics: Sequence[MetricSpec],
+    /,
+    *,
+    reference_method: str = "ls",
+    single_task: Row | None = None,
+) -> str:
     """One markdown table: metrics (mean +- std), Delta_m%, Delta_p vs the reference (of the seed
     means, and seed by seed: mean +- std and how many seeds beat the reference), MR, seeds; with
     `single_task` (`single_task_reference`), that reference first, its Δm% 0 by definition."""
     arrows = {m.name: "↑" if m.higher_is_better else "↓" for m in metrics}
-    header = ["transform", "method", *[f"{m.name} {arrows[m.name]}" for m in metrics], "Δm% ↓", f"Δp vs {reference_method} ↑", "paired Δp (wins)", "MR ↓", "seeds"]
+    header = [
+        "transform",
+        "method",
+        *[f"{m.name} {arrows[m.name]}" for m in metrics],
+        "Δm% ↓",
+        f"Δp vs {reference_method} ↑",
+        "paired Δp (wins)",
+        "MR ↓",
+        "seeds",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if single_task is not None:
         lines.append("| " + " | ".join(_single_task_cells(single_task, metrics)) + " |")
     for row in rows:
         count = len(row.seeds)
         cells = [row.transform.replace("|", "\\|"), row.method]  # a transform spec may hold "|"
-        cells += [spread(row.mean[m.name], row.std[m.name], count, digits=".4g", std_digits=".2g") if row.mean else "–" for m in metrics]
+        cells += [
+            spread(row.mean[m.name], row.std[m.name], count, digits=".4g", std_digits=".2g")
+            if row.mean
+            else "–"
+            for m in metrics
+        ]
         cells.append(spread(*row.delta_m, count, digits="+.2f") if row.delta_m else "–")
         cells.append(f"{row.delta_p:+.2f}" if row.delta_p is not None else "–")
-        cells.append(_paired_cell(*row.paired_delta_p) if row.paired_delta_p and row.method != reference_method else "–")
+        cells.append(
+            _paired_cell(*row.paired_delta_p)
+            if row.paired_delta_p and row.method != reference_method
+            else "–"
+        )
         cells.append(f"{row.mean_rank:.2f}" if row.mean_rank is not None else "–")
         cells.append(f"{count}" + (f" ({row.diverged} diverged)" if row.diverged else ""))
         lines.append("| " + " | ".join(cells) + " |")
@@ -199,8 +287,22 @@ def _paired_cell(mean: float, std: float, wins: int, pairs: int) -> str:
 def _single_task_cells(row: Row, metrics: Sequence[MetricSpec]) -> list[str]:
     """The reference row: each metric of its own task's runs; Δm% 0 by definition; no Δp or rank."""
     count = len(row.seeds)
-    values = [spread(row.mean[m.name], row.std[m.name], count, digits=".4g", std_digits=".2g") if count else f"{row.mean[m.name]:.4g}" for m in metrics]
-    return [row.transform, row.method, *values, "0 (reference)", "–", "–", "–", str(count) if count else "published"]
+    values = [
+        spread(row.mean[m.name], row.std[m.name], count, digits=".4g", std_digits=".2g")
+        if count
+        else f"{row.mean[m.name]:.4g}"
+        for m in metrics
+    ]
+    return [
+        row.transform,
+        row.method,
+        *values,
+        "0 (reference)",
+        "–",
+        "–",
+        "–",
+        str(count) if count else "published",
+    ]
 
 
 def delta_m_pivot(rows: Sequence[Row], /, *, first: Sequence[str] = ()) -> str:
@@ -210,14 +312,25 @@ def delta_m_pivot(rows: Sequence[Row], /, *, first: Sequence[str] = ()) -> str:
     groups = method_groups(list(dict.fromkeys(row.method for row in rows)), first=first)
     lookup = {(row.transform, row.method): row for row in rows}
     grouped = len(groups) > 1
-    header = [*(["group"] if grouped else []), "method", *[t.replace("|", "\\|") for t in transforms]]
+    header = [
+        *(["group"] if grouped else []),
+        "method",
+        *[t.replace("|", "\\|") for t in transforms],
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, methods in groups:
         for index, method in enumerate(methods):
-            cells = [*([label if index == 0 else ""] if grouped else []), method]  # the label once, on the group's first row
+            cells = [
+                *([label if index == 0 else ""] if grouped else []),
+                method,
+            ]  # the label once, on the group's first row
             for transform in transforms:
                 row = lookup.get((transform, method))
-                cells.append(spread(*row.delta_m, len(row.seeds), digits="+.2f") if row is not None and row.delta_m else "–")
+                cells.append(
+                    spread(*row.delta_m, len(row.seeds), digits="+.2f")
+                    if row is not None and row.delta_m
+                    else "–"
+                )
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -237,7 +350,9 @@ def method_family(spec: str, /) -> str:
         return "other"
 
 
-def family_groups(methods: Sequence[str], /, *, first: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+def family_groups(
+    methods: Sequence[str], /, *, first: Sequence[str] = ()
+) -> list[tuple[str, list[str]]]:
     """`methods` in labelled groups: those listed in `first` (in the order of `methods`) as one
     group, then one group per family, families alphabetically, each in the order of `methods`."""
     chosen = set(first)
@@ -250,7 +365,9 @@ def family_groups(methods: Sequence[str], /, *, first: Sequence[str] = ()) -> li
     return groups + [(family.replace("_", " "), families[family]) for family in sorted(families)]
 
 
-def method_groups(methods: Sequence[str], /, *, first: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+def method_groups(
+    methods: Sequence[str], /, *, first: Sequence[str] = ()
+) -> list[tuple[str, list[str]]]:
     """The groups the figures and the pivot show: one group of every method, in order, when they
     fit one panel (`PANEL_SLOTS`), else `family_groups`."""
     if len(methods) <= PANEL_SLOTS:
@@ -264,7 +381,10 @@ def _panel_rows(groups: list[tuple[str, list[str]]], /) -> list[list[tuple[str, 
     parts = []
     for label, methods in groups:
         chunks = [methods[i : i + PANEL_SLOTS] for i in range(0, len(methods), PANEL_SLOTS)] or [[]]
-        parts += [(label if len(chunks) == 1 else f"{label} ({k + 1}/{len(chunks)})", chunk) for k, chunk in enumerate(chunks)]
+        parts += [
+            (label if len(chunks) == 1 else f"{label} ({k + 1}/{len(chunks)})", chunk)
+            for k, chunk in enumerate(chunks)
+        ]
     rows: list[list[tuple[str, list[str]]]] = [[]]
     for part in parts:
         if rows[-1] and sum(len(m) for _, m in rows[-1]) + len(part[1]) > PANEL_SLOTS:
@@ -273,7 +393,14 @@ def _panel_rows(groups: list[tuple[str, list[str]]], /) -> list[list[tuple[str, 
     return rows
 
 
-def _method_panels(rows: Sequence[Row], *, first: Sequence[str], slot_width: float, row_height: float, extra_width: float):
+def _method_panels(
+    rows: Sequence[Row],
+    *,
+    first: Sequence[str],
+    slot_width: float,
+    row_height: float,
+    extra_width: float,
+):
     """A figure with one panel per method group (rows of at most `PANEL_SLOTS` slots, every slot
     the same width, the y axis shared) and the panels with their methods."""
     from matplotlib.figure import Figure
@@ -281,13 +408,18 @@ def _method_panels(rows: Sequence[Row], *, first: Sequence[str], slot_width: flo
     methods = list(dict.fromkeys(row.method for row in rows))
     packed = _panel_rows(method_groups(methods, first=first))
     slots = min(max(len(methods), 1), PANEL_SLOTS)
-    figure = Figure(figsize=(max(6.0, slot_width * slots + extra_width), row_height * len(packed) + 0.9), layout="constrained")
+    figure = Figure(
+        figsize=(max(6.0, slot_width * slots + extra_width), row_height * len(packed) + 0.9),
+        layout="constrained",
+    )
     grid = figure.add_gridspec(len(packed), slots)
     panels = []
     for r, row_groups in enumerate(packed):
         start = 0
         for label, group in row_groups:
-            axis = figure.add_subplot(grid[r, start : start + max(len(group), 1)], sharey=panels[0][0] if panels else None)
+            axis = figure.add_subplot(
+                grid[r, start : start + max(len(group), 1)], sharey=panels[0][0] if panels else None
+            )
             if start > 0:
                 axis.tick_params(labelleft=False)
             if label:
@@ -305,7 +437,15 @@ def _slot_offsets(count: int, width: float) -> list[float]:
 # -- figures -----------------------------------------------------------------------------------------
 
 
-def delta_m_figure(rows: Sequence[Row], title: str, /, *, first: Sequence[str] = (), base: Mapping[str, float] | None = None, base_origin: str | None = None):
+def delta_m_figure(
+    rows: Sequence[Row],
+    title: str,
+    /,
+    *,
+    first: Sequence[str] = (),
+    base: Mapping[str, float] | None = None,
+    base_origin: str | None = None,
+):
     """Bars of Delta_m% per method, one bar per transform in a method's slot, with error bars (std
     over seeds) where there are several seeds; more methods than `PANEL_SLOTS` are drawn in panels
     per group (`method_groups`: `first`, e.g. the published table's methods, then the families).
@@ -318,20 +458,41 @@ def delta_m_figure(rows: Sequence[Row], title: str, /, *, first: Sequence[str] =
     from matplotlib.patches import Patch
 
     transforms = list(dict.fromkeys(row.transform for row in rows))
-    figure, panels = _method_panels(rows, first=first, slot_width=0.62, row_height=2.9, extra_width=2.6)
+    figure, panels = _method_panels(
+        rows, first=first, slot_width=0.62, row_height=2.9, extra_width=2.6
+    )
     width = 0.8 / max(len(transforms), 1)
     offsets = _slot_offsets(len(transforms), width)
     lookup = {(row.transform, row.method): row for row in rows}
     colours = {transform: f"C{index % 10}" for index, transform in enumerate(transforms)}
     for axis, methods in panels:
         for offset, transform in zip(offsets, transforms):
-            found = [(m_index, lookup[(transform, m)]) for m_index, m in enumerate(methods) if (transform, m) in lookup and lookup[(transform, m)].delta_m is not None]
+            found = [
+                (m_index, lookup[(transform, m)])
+                for m_index, m in enumerate(methods)
+                if (transform, m) in lookup and lookup[(transform, m)].delta_m is not None
+            ]
             xs = [m_index + offset for m_index, _ in found]
-            axis.bar(xs, [row.delta_m[0] for _, row in found], width=width, color=colours[transform], label=transform)
-            spread_rows = [(x, row) for x, (_, row) in zip(xs, found) if len(row.seeds) > 1]  # one seed: no spread to draw
+            axis.bar(
+                xs,
+                [row.delta_m[0] for _, row in found],
+                width=width,
+                color=colours[transform],
+                label=transform,
+            )
+            spread_rows = [
+                (x, row) for x, (_, row) in zip(xs, found) if len(row.seeds) > 1
+            ]  # one seed: no spread to draw
             if spread_rows:
-                axis.errorbar([x for x, _ in spread_rows], [row.delta_m[0] for _, row in spread_rows], yerr=[row.delta_m[1] for _, row in spread_rows],
-                              fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+                axis.errorbar(
+                    [x for x, _ in spread_rows],
+                    [row.delta_m[0] for _, row in spread_rows],
+                    yerr=[row.delta_m[1] for _, row in spread_rows],
+                    fmt="none",
+                    ecolor="black",
+                    elinewidth=0.8,
+                    capsize=2,
+                )
         axis.axhline(0.0, color="black", linewidth=0.8)
         _method_ticks(axis, methods)
     panels[0][0].set_ylabel("Δm% vs single-task (lower is better)")
@@ -339,9 +500,15 @@ def delta_m_figure(rows: Sequence[Row], title: str, /, *, first: Sequence[str] =
     note = _base_note(base, base_origin)
     if note:
         figure.supxlabel(note, fontsize=8)
-    handles = [Patch(color=colours[t], label=t) for t in transforms]  # every transform, whichever panel has its bars
-    handles.append(Line2D([], [], color="black", linewidth=0.8, label="single-task\nreference (Δm% = 0)"))
-    figure.legend(handles=handles, title="loss transform", fontsize="small", loc="outside right upper")
+    handles = [
+        Patch(color=colours[t], label=t) for t in transforms
+    ]  # every transform, whichever panel has its bars
+    handles.append(
+        Line2D([], [], color="black", linewidth=0.8, label="single-task\nreference (Δm% = 0)")
+    )
+    figure.legend(
+        handles=handles, title="loss transform", fontsize="small", loc="outside right upper"
+    )
     return figure
 
 
@@ -349,14 +516,24 @@ def _base_note(base: Mapping[str, float] | None, origin: str | None) -> str:
     if not base:
         return ""
     values = ", ".join(f"{name} {value:.4g}" for name, value in base.items())
-    return f"Δm% = 0: the single-task reference, {values}" + (f" ({origin.replace(' (', ', ').replace(')', '')})" if origin else "")
+    return f"Δm% = 0: the single-task reference, {values}" + (
+        f" ({origin.replace(' (', ', ').replace(')', '')})" if origin else ""
+    )
 
 
 def _method_ticks(axis, methods: Sequence[str]) -> None:
     axis.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
     axis.set_xlim(-0.6, max(len(methods), 1) - 0.4)
     if len(methods) > 1:  # light lines between the methods' slots
-        axis.vlines([m + 0.5 for m in range(len(methods) - 1)], 0, 1, transform=axis.get_xaxis_transform(), colors="0.9", linewidth=0.8, zorder=0)
+        axis.vlines(
+            [m + 0.5 for m in range(len(methods) - 1)],
+            0,
+            1,
+            transform=axis.get_xaxis_transform(),
+            colors="0.9",
+            linewidth=0.8,
+            zorder=0,
+        )
 
 
 def mean_rank_figure(rows: Sequence[Row], title: str, /, *, first: Sequence[str] = ()):
@@ -371,21 +548,48 @@ def mean_rank_figure(rows: Sequence[Row], title: str, /, *, first: Sequence[str]
 
     transforms = list(dict.fromkeys(row.transform for row in rows))
     lookup = {(row.transform, row.method): row for row in rows}
-    figure, panels = _method_panels(rows, first=first, slot_width=0.45, row_height=2.8, extra_width=2.6)
+    figure, panels = _method_panels(
+        rows, first=first, slot_width=0.45, row_height=2.8, extra_width=2.6
+    )
     markers = "osD^v<>phX*"
-    offsets = _slot_offsets(len(transforms), 0.6 / max(len(transforms), 1))  # side by side in a slot, so equal ranks stay visible
+    offsets = _slot_offsets(
+        len(transforms), 0.6 / max(len(transforms), 1)
+    )  # side by side in a slot, so equal ranks stay visible
     for axis, methods in panels:
         for t_index, (offset, transform) in enumerate(zip(offsets, transforms)):
-            found = [(m_index, lookup[(transform, m)].mean_rank) for m_index, m in enumerate(methods)
-                     if (transform, m) in lookup and lookup[(transform, m)].mean_rank is not None]
-            axis.plot([m_index + offset for m_index, _ in found], [rank for _, rank in found], linestyle="none", color=f"C{t_index % 10}",
-                      marker=markers[t_index % len(markers)], markersize=5, alpha=0.85, label=transform)
+            found = [
+                (m_index, lookup[(transform, m)].mean_rank)
+                for m_index, m in enumerate(methods)
+                if (transform, m) in lookup and lookup[(transform, m)].mean_rank is not None
+            ]
+            axis.plot(
+                [m_index + offset for m_index, _ in found],
+                [rank for _, rank in found],
+                linestyle="none",
+                color=f"C{t_index % 10}",
+                marker=markers[t_index % len(markers)],
+                markersize=5,
+                alpha=0.85,
+                label=transform,
+            )
         _method_ticks(axis, methods)
         axis.grid(axis="y", alpha=0.3)
-    compared = max((sum(row.transform == t and row.mean_rank is not None for row in rows) for t in transforms), default=1)
-    panels[0][0].set_ylim(0.5, max(compared, 2) + 0.5)  # the whole possible range, 1 to the number of methods compared (shared)
+    compared = max(
+        (sum(row.transform == t and row.mean_rank is not None for row in rows) for t in transforms),
+        default=1,
+    )
+    panels[0][0].set_ylim(
+        0.5, max(compared, 2) + 0.5
+    )  # the whole possible range, 1 to the number of methods compared (shared)
     panels[0][0].set_ylabel("Mean Rank (lower is better)")
     figure.suptitle(title, fontsize=10)
-    handles = [Line2D([], [], linestyle="none", color=f"C{i % 10}", marker=markers[i % len(markers)], label=t) for i, t in enumerate(transforms)]
-    figure.legend(handles=handles, title="loss transform", fontsize="small", loc="outside right upper")
+    handles = [
+        Line2D(
+            [], [], linestyle="none", color=f"C{i % 10}", marker=markers[i % len(markers)], label=t
+        )
+        for i, t in enumerate(transforms)
+    ]
+    figure.legend(
+        handles=handles, title="loss transform", fontsize="small", loc="outside right upper"
+    )
     return figure

@@ -57,14 +57,29 @@ class LossTransform:
         if self.transform is None:
             return losses
         if group is None:
-            return [self.transform(loss) if i == self.task_index else loss for i, loss in enumerate(losses)]
-        return [transform_of_mean(self.transform, loss, group) if i == self.task_index else loss for i, loss in enumerate(losses)]
+            return [
+                self.transform(loss) if i == self.task_index else loss
+                for i, loss in enumerate(losses)
+            ]
+        return [
+            transform_of_mean(self.transform, loss, group) if i == self.task_index else loss
+            for i, loss in enumerate(losses)
+        ]
 
 
-def build_method(spec: str, num_tasks: int, *, device: torch.device, generator: torch.Generator, hyperparameters: Mapping[str, Any]) -> Method:
+def build_method(
+    spec: str,
+    num_tasks: int,
+    *,
+    device: torch.device,
+    generator: torch.Generator,
+    hyperparameters: Mapping[str, Any],
+) -> Method:
     """A method from its spec with the run's generator (used by random methods) and its learnable
     parameters on the run's device."""
-    return make_method(spec, num_tasks=num_tasks, generator=generator, **hyperparameters).to(device=device)
+    return make_method(spec, num_tasks=num_tasks, generator=generator, **hyperparameters).to(
+        device=device
+    )
 
 
 def _run_generator(seed: int, *salt: int) -> torch.Generator:
@@ -86,7 +101,9 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def evaluate(suite: Suite, model: torch.nn.Module, loader, device: torch.device) -> dict[str, float]:
+def evaluate(
+    suite: Suite, model: torch.nn.Module, loader, device: torch.device
+) -> dict[str, float]:
     """The suite's metrics of `model` on every batch of `loader`."""
     accumulator = suite.make_accumulator()
     model.eval()
@@ -97,7 +114,9 @@ def evaluate(suite: Suite, model: torch.nn.Module, loader, device: torch.device)
     return {name: float(value) for name, value in accumulator.compute().items()}
 
 
-def _make_optimizer(protocol: TrainingProtocol, model: torch.nn.Module, method: Method) -> torch.optim.Optimizer:
+def _make_optimizer(
+    protocol: TrainingProtocol, model: torch.nn.Module, method: Method
+) -> torch.optim.Optimizer:
     groups = [{"params": list(model.parameters())}]
     own = list(method.parameters())
     if own:
@@ -105,27 +124,45 @@ def _make_optimizer(protocol: TrainingProtocol, model: torch.nn.Module, method: 
     if protocol.optimizer == "adam":
         return torch.optim.Adam(groups, lr=protocol.lr, weight_decay=protocol.weight_decay)
     if protocol.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=protocol.lr, momentum=0.9, weight_decay=protocol.weight_decay)
-    raise InvalidHyperparameterError(f"optimizer must be 'adam' or 'sgd', got {protocol.optimizer!r}")
+        return torch.optim.SGD(
+            groups, lr=protocol.lr, momentum=0.9, weight_decay=protocol.weight_decay
+        )
+    raise InvalidHyperparameterError(
+        f"optimizer must be 'adam' or 'sgd', got {protocol.optimizer!r}"
+    )
 
 
 def _make_scheduler(protocol: TrainingProtocol, optimizer: torch.optim.Optimizer):
     if protocol.scheduler == "none":
         return None
     if protocol.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=protocol.step_size, gamma=protocol.gamma)
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=protocol.step_size, gamma=protocol.gamma
+        )
     if protocol.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=protocol.gamma, patience=protocol.patience, min_lr=protocol.min_lr)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=protocol.gamma,
+            patience=protocol.patience,
+            min_lr=protocol.min_lr,
+        )
     if protocol.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=protocol.epochs)
-    raise InvalidHyperparameterError(f"scheduler must be none, step, plateau or cosine, got {protocol.scheduler!r}")
+    raise InvalidHyperparameterError(
+        f"scheduler must be none, step, plateau or cosine, got {protocol.scheduler!r}"
+    )
 
 
 def _suite_delta_m(suite: Suite, metrics: Mapping[str, float]) -> float | None:
     if suite.base_values is None:
         return None
     names = [m.name for m in suite.metrics]
-    return delta_m([metrics[n] for n in names], [suite.base_values[n] for n in names], [m.higher_is_better for m in suite.metrics])
+    return delta_m(
+        [metrics[n] for n in names],
+        [suite.base_values[n] for n in names],
+        [m.higher_is_better for m in suite.metrics],
+    )
 
 
 def select_metrics(suite: Suite, history: list[dict[str, Any]], selection: str) -> dict[str, Any]:
@@ -137,12 +174,17 @@ def select_metrics(suite: Suite, history: list[dict[str, Any]], selection: str) 
         return {"epoch": history[-1]["epoch"], "test": history[-1]["test"]}
     if selection.startswith("last_mean:"):
         window = history[-int(selection.split(":", 1)[1]) :]
-        return {"epochs": [h["epoch"] for h in window], "test": {n: sum(h["test"][n] for h in window) / len(window) for n in names}}
+        return {
+            "epochs": [h["epoch"] for h in window],
+            "test": {n: sum(h["test"][n] for h in window) / len(window) for n in names},
+        }
     if selection == "best_val":
         scored = [(h["val_score"], i) for i, h in enumerate(history)]
         best = history[min(scored)[1]]
         return {"epoch": best["epoch"], "test": best["test"], "val": best["val"]}
-    raise InvalidHyperparameterError(f"selection must be last, last_mean:N or best_val, got {selection!r}")
+    raise InvalidHyperparameterError(
+        f"selection must be last, last_mean:N or best_val, got {selection!r}"
+    )
 
 
 def _validation_score(suite: Suite, metrics: Mapping[str, float]) -> float:
@@ -188,14 +230,24 @@ def train_run(
     val_set = suite.datasets(data_root, "val") if needs_val else None
     loader_kwargs = {"batch_size": protocol.batch_size, "collate_fn": suite.collate}
     test_loader = torch.utils.data.DataLoader(test_set, shuffle=False, **loader_kwargs)
-    val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, **loader_kwargs) if val_set is not None else None
+    val_loader = (
+        torch.utils.data.DataLoader(val_set, shuffle=False, **loader_kwargs)
+        if val_set is not None
+        else None
+    )
 
     state = checkpoint.load()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = suite.make_model().to(device)
     method_key = "ls" if name.startswith("stl:") else name
-    method = build_method(method_key, len(task_names), device=device, generator=_run_generator(spec.seed, 1), hyperparameters=method_hyperparameters or {})
+    method = build_method(
+        method_key,
+        len(task_names),
+        device=device,
+        generator=_run_generator(spec.seed, 1),
+        hyperparameters=method_hyperparameters or {},
+    )
     history: list[dict[str, Any]] = []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -220,30 +272,73 @@ def train_run(
             break
         began = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.seed * 100_003 + epoch)  # dropout and global-RNG draws, per epoch
+            torch.manual_seed(
+                spec.seed * 100_003 + epoch
+            )  # dropout and global-RNG draws, per epoch
             if hasattr(train_set, "reseed"):  # datasets that augment with their own generator
                 train_set.reseed(spec.seed * 100_003 + epoch)
-            loader = torch.utils.data.DataLoader(train_set, shuffle=True, generator=_run_generator(spec.seed, 2, epoch), **loader_kwargs)
+            loader = torch.utils.data.DataLoader(
+                train_set,
+                shuffle=True,
+                generator=_run_generator(spec.seed, 2, epoch),
+                **loader_kwargs,
+            )
             try:
-                train_log = _train_epoch(model, loader, suite, task_names, method, optimizer, shared, heads, transform, protocol, device, max_batches, representation, show_progress, f"{name} epoch {epoch + 1}", data_parallel)
+                train_log = _train_epoch(
+                    model,
+                    loader,
+                    suite,
+                    task_names,
+                    method,
+                    optimizer,
+                    shared,
+                    heads,
+                    transform,
+                    protocol,
+                    device,
+                    max_batches,
+                    representation,
+                    show_progress,
+                    f"{name} epoch {epoch + 1}",
+                    data_parallel,
+                )
             except (NonFiniteLossError, NonFiniteGradientError) as error:
                 diverged = f"epoch {epoch + 1}: {error}"
                 logger.warning("run %s diverged at %s", spec.run_id, diverged)
                 break
-        record: dict[str, Any] = {"epoch": epoch + 1, **train_log, "lr": optimizer.param_groups[0]["lr"]}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            **train_log,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
         record["test"] = evaluate(suite, model, test_loader, device)
         if val_loader is not None:
             record["val"] = evaluate(suite, model, val_loader, device)
             record["val_score"] = _validation_score(suite, record["val"])
         if scheduler is not None:
-            scheduler.step(record["val_score"]) if protocol.scheduler == "plateau" else scheduler.step()
+            scheduler.step(
+                record["val_score"]
+            ) if protocol.scheduler == "plateau" else scheduler.step()
         method.end_epoch()
         record["seconds"] = time.perf_counter() - began
         history.append(record)
         if data_parallel is None or data_parallel.leader:
-            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None, "method": method.state_dict(), "history": history, "diverged": None})
+            checkpoint.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler else None,
+                    "method": method.state_dict(),
+                    "history": history,
+                    "diverged": None,
+                }
+            )
 
-    result: dict[str, Any] = {"history": history, "protocol": asdict(protocol), "status": "diverged" if diverged else "finished"}
+    result: dict[str, Any] = {
+        "history": history,
+        "protocol": asdict(protocol),
+        "status": "diverged" if diverged else "finished",
+    }
     if diverged:
         result["diverged"] = diverged
     if history and not diverged:
@@ -258,17 +353,38 @@ def _trained_tasks(suite: Suite, method_name: str) -> tuple[str, ...]:
         return suite.task_names
     task = method_name.split(":", 1)[1]
     if task not in suite.task_names:
-        raise InvalidHyperparameterError(f"single-task run {method_name!r}: {suite.name} has tasks {list(suite.task_names)}")
+        raise InvalidHyperparameterError(
+            f"single-task run {method_name!r}: {suite.name} has tasks {list(suite.task_names)}"
+        )
     return (task,)
 
 
-def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, heads, transform, protocol, device, max_batches, representation, show_progress, label, data_parallel=None) -> dict[str, Any]:
+def _train_epoch(
+    model,
+    loader,
+    suite,
+    task_names,
+    method,
+    optimizer,
+    shared,
+    heads,
+    transform,
+    protocol,
+    device,
+    max_batches,
+    representation,
+    show_progress,
+    label,
+    data_parallel=None,
+) -> dict[str, Any]:
     single_task = len(task_names) < len(suite.task_names)
     losses_sum = torch.zeros(len(task_names), dtype=torch.float64)
     weights_sum = torch.zeros(len(task_names), dtype=torch.float64)
     steps = 0
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
-    for inputs, targets in tqdm(loader, total=total, desc=label, leave=False, disable=not show_progress):
+    for inputs, targets in tqdm(
+        loader, total=total, desc=label, leave=False, disable=not show_progress
+    ):
         if steps == total:
             break
         inputs, targets = _to_device(inputs, device), _to_device(targets, device)
@@ -282,20 +398,35 @@ def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, he
         else:
             predictions = model(inputs)
         loss_map = suite.task_losses(predictions, targets)
-        raw = [loss_map[name] * share if share != 1.0 else loss_map[name] for name in task_names]  # mean over ranks = whole batch
+        raw = [
+            loss_map[name] * share if share != 1.0 else loss_map[name] for name in task_names
+        ]  # mean over ranks = whole batch
         optimizer.zero_grad(set_to_none=True)
         group = data_parallel.group if data_parallel is not None else None
         if single_task:  # a plain backward: parts of the shared model the task never uses (other tasks' attention) get no gradient
             loss = transform(raw, group)[0]
-            seen = loss.detach() if data_parallel is None else all_reduce_mean(loss, data_parallel.group)  # every rank agrees
+            seen = (
+                loss.detach()
+                if data_parallel is None
+                else all_reduce_mean(loss, data_parallel.group)
+            )  # every rank agrees
             if not bool(torch.isfinite(seen)):
-                raise NonFiniteLossError(f"task {task_names[0]!r} has a non-finite loss {float(seen)}")
+                raise NonFiniteLossError(
+                    f"task {task_names[0]!r} has a non-finite loss {float(seen)}"
+                )
             loss.backward()
             if data_parallel is not None:
                 data_parallel.mean_grads_(list(model.parameters()))
             weights = torch.ones(1)
         else:
-            weights = mtl_backward(transform(raw, group), shared, method, task_params=heads, representation=features, process_group=group).weights
+            weights = mtl_backward(
+                transform(raw, group),
+                shared,
+                method,
+                task_params=heads,
+                representation=features,
+                process_group=group,
+            ).weights
         if protocol.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(shared, protocol.max_grad_norm)
         optimizer.step()
@@ -312,4 +443,8 @@ def _train_epoch(model, loader, suite, task_names, method, optimizer, shared, he
         losses_sum += batch_losses.double().cpu()
         weights_sum += weights.detach().double().cpu().reshape(-1)
         steps += 1
-    return {"steps": steps, "train_loss": (losses_sum / max(steps, 1)).tolist(), "mean_weights": (weights_sum / max(steps, 1)).tolist()}
+    return {
+        "steps": steps,
+        "train_loss": (losses_sum / max(steps, 1)).tolist(),
+        "mean_weights": (weights_sum / max(steps, 1)).tolist(),
+    }

@@ -26,9 +26,13 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes sweeping the runs together on the same store (default: %(default)s); "
-                             "each run is claimed by a file lock, a killed worker's run is taken up by another")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sweeping the runs together on the same store (default: %(default)s); "
+        "each run is claimed by a file lock, a killed worker's run is taken up by another",
+    )
 
 
 def worker_argv(argv: Sequence[str], /) -> list[str]:
@@ -52,7 +56,9 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """What torch's CPU thread pools read when a process starts."""
 
 
-def worker_environment(index: int, workers: int, environ: Mapping[str, str], /, *, cores: int) -> dict[str, str]:
+def worker_environment(
+    index: int, workers: int, environ: Mapping[str, str], /, *, cores: int
+) -> dict[str, str]:
     """Worker `index`'s environment: its number, and `cores // workers` threads (at least 1) unless
     the caller set the thread count. Each worker left at torch's default (all cores) made the
     workers and anything beside them fight over the cores: MultiMNIST runs took 30-360 s instead
@@ -87,9 +93,15 @@ def launch(argv: Sequence[str], args: argparse.Namespace, runs: list) -> list[in
         for index in range(args.workers):
             log = (folder / f"worker-{index}.log").open("w")
             logs.append(log)
-            environment = worker_environment(index, args.workers, os.environ, cores=os.cpu_count() or 1)
-            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment))
-        write_json_atomic(folder / "workers.json", {"command": command, "pids": [p.pid for p in processes]})
+            environment = worker_environment(
+                index, args.workers, os.environ, cores=os.cpu_count() or 1
+            )
+            processes.append(
+                subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+            )
+        write_json_atomic(
+            folder / "workers.json", {"command": command, "pids": [p.pid for p in processes]}
+        )
         print(f"{args.workers} workers sweeping {len(runs)} runs; logs in {folder}", flush=True)
         codes = [process.wait() for process in processes]
     finally:
@@ -100,6 +112,9 @@ def launch(argv: Sequence[str], args: argparse.Namespace, runs: list) -> list[in
             log.close()
     for index, code in enumerate(codes):
         if code != 0:
-            print(f"worker {index} exited with status {code} (see {folder / f'worker-{index}.log'}); its unfinished run "
-                  "was taken up by another worker or is run now", file=sys.stderr)
+            print(
+                f"worker {index} exited with status {code} (see {folder / f'worker-{index}.log'}); its unfinished run "
+                "was taken up by another worker or is run now",
+                file=sys.stderr,
+            )
     return codes

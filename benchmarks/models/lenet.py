@@ -13,7 +13,9 @@ from torch import Tensor, nn
 class MultiLeNet(nn.Module):
     """LeNet encoder shared by `num_tasks` linear 10-way heads (`task_names` name them)."""
 
-    def __init__(self, task_names: tuple[str, ...] = ("left", "right"), *, num_classes: int = 10) -> None:
+    def __init__(
+        self, task_names: tuple[str, ...] = ("left", "right"), *, num_classes: int = 10
+    ) -> None:
         super().__init__()
         self.task_names = tuple(task_names)
         self.encoder = nn.Sequential(

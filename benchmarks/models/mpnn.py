@@ -78,7 +78,11 @@ class EdgeConditionedConvolution(nn.Module):
         super().__init__()
         if aggregation not in ("mean", "add"):
             raise MTLInputError(f"aggregation must be 'mean' or 'add', got {aggregation!r}")
-        self.in_channels, self.out_channels, self.aggregation = in_channels, out_channels, aggregation
+        self.in_channels, self.out_channels, self.aggregation = (
+            in_channels,
+            out_channels,
+            aggregation,
+        )
         self.edge_network = edge_network
         self.root = nn.Linear(in_channels, out_channels, bias=False) if root_weight else None
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -87,18 +91,30 @@ class EdgeConditionedConvolution(nn.Module):
         """The per-edge matrices `W(e)` [E, in, out]."""
         return self.edge_network(edge_attr).view(-1, self.in_channels, self.out_channels)
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None, /, *, weights: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        /,
+        *,
+        weights: Tensor | None = None,
+    ) -> Tensor:
         """Convolve node features `x` [N, in] over `edge_index` [2, E] (source, target); pass
         either `edge_attr` [E, F] or precomputed `weights` from `edge_weights`."""
         if weights is None:
             if edge_attr is None:
-                raise MTLInputError("EdgeConditionedConvolution needs edge_attr or precomputed weights")
+                raise MTLInputError(
+                    "EdgeConditionedConvolution needs edge_attr or precomputed weights"
+                )
             weights = self.edge_weights(edge_attr)
         source, target = edge_index[0], edge_index[1]
         messages = torch.bmm(x[source].unsqueeze(1), weights).squeeze(1)
         out = x.new_zeros(x.shape[0], self.out_channels).index_add_(0, target, messages)
         if self.aggregation == "mean":
-            counts = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, target, torch.ones_like(target, dtype=x.dtype))
+            counts = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(
+                0, target, torch.ones_like(target, dtype=x.dtype)
+            )
             out = out / counts.clamp(min=1).unsqueeze(-1)
         if self.root is not None:
             out = out + self.root(x)
@@ -110,7 +126,9 @@ class EdgeConditionedConvolution(nn.Module):
 def segment_softmax(scores: Tensor, segments: Tensor, num_segments: int) -> Tensor:
     """Softmax of `scores` [N] within each segment (`segments` [N] in 0..num_segments-1), with
     PyG's stabilisation (the detached per-segment max) and its 1e-16 in the denominator."""
-    maximum = scores.new_full((num_segments,), float("-inf")).scatter_reduce(0, segments, scores.detach(), reduce="amax", include_self=True)
+    maximum = scores.new_full((num_segments,), float("-inf")).scatter_reduce(
+        0, segments, scores.detach(), reduce="amax", include_self=True
+    )
     exponentials = (scores - maximum[segments]).exp()
     totals = scores.new_zeros(num_segments).index_add_(0, segments, exponentials)
     return exponentials / (totals[segments] + 1e-16)
@@ -126,13 +144,18 @@ class Set2Set(nn.Module):
         self.lstm = nn.LSTM(2 * in_channels, in_channels)
 
     def forward(self, x: Tensor, batch: Tensor, num_graphs: int, /) -> Tensor:
-        state = (x.new_zeros(1, num_graphs, self.in_channels), x.new_zeros(1, num_graphs, self.in_channels))
+        state = (
+            x.new_zeros(1, num_graphs, self.in_channels),
+            x.new_zeros(1, num_graphs, self.in_channels),
+        )
         q_star = x.new_zeros(num_graphs, 2 * self.in_channels)
         for _ in range(self.processing_steps):
             query, state = self.lstm(q_star.unsqueeze(0), state)
             query = query.view(num_graphs, self.in_channels)
             attention = segment_softmax((x * query[batch]).sum(dim=-1), batch, num_graphs)
-            readout = x.new_zeros(num_graphs, self.in_channels).index_add_(0, batch, attention.unsqueeze(-1) * x)
+            readout = x.new_zeros(num_graphs, self.in_channels).index_add_(
+                0, batch, attention.unsqueeze(-1) * x
+            )
             q_star = torch.cat([query, readout], dim=-1)
         return q_star
 
@@ -158,11 +181,17 @@ class MPNN(nn.Module):
     ) -> None:
         super().__init__()
         if not task_names or len(set(task_names)) != len(task_names):
-            raise MTLInputError(f"task_names must be distinct and non-empty, got {list(task_names)}")
+            raise MTLInputError(
+                f"task_names must be distinct and non-empty, got {list(task_names)}"
+            )
         self.task_names = tuple(task_names)
         self.message_steps = message_steps
         self.lin0 = nn.Linear(node_features, hidden)
-        edge_network = nn.Sequential(nn.Linear(edge_features, edge_hidden), nn.ReLU(), nn.Linear(edge_hidden, hidden * hidden))
+        edge_network = nn.Sequential(
+            nn.Linear(edge_features, edge_hidden),
+            nn.ReLU(),
+            nn.Linear(edge_hidden, hidden * hidden),
+        )
         self.conv = EdgeConditionedConvolution(hidden, hidden, edge_network, aggregation="mean")
         self.gru = nn.GRU(hidden, hidden)
         self.set2set = Set2Set(hidden, processing_steps=set2set_steps)
@@ -188,7 +217,11 @@ class MPNN(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """lin0, conv, gru, set2set and lin1, as the reference's `shared_parameters()`."""
-        return [p for module in (self.lin0, self.conv, self.gru, self.set2set, self.lin1) for p in module.parameters()]
+        return [
+            p
+            for module in (self.lin0, self.conv, self.gru, self.set2set, self.lin1)
+            for p in module.parameters()
+        ]
 
     def task_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {name: list(head.parameters()) for name, head in self.heads.items()}

@@ -128,13 +128,19 @@ class _SharedSegNet(nn.Module):
     def __init__(self, filters: tuple[int, ...]) -> None:
         super().__init__()
         f = filters
-        self.encoder_block = nn.ModuleList([conv_block(3, f[0])] + [conv_block(f[i - 1], f[i]) for i in range(1, 5)])
-        self.decoder_block = nn.ModuleList([conv_block(f[0], f[0])] + [conv_block(f[i], f[i - 1]) for i in range(1, 5)])
+        self.encoder_block = nn.ModuleList(
+            [conv_block(3, f[0])] + [conv_block(f[i - 1], f[i]) for i in range(1, 5)]
+        )
+        self.decoder_block = nn.ModuleList(
+            [conv_block(f[0], f[0])] + [conv_block(f[i], f[i - 1]) for i in range(1, 5)]
+        )
         enc: list[nn.Module] = [conv_block(f[0], f[0]), conv_block(f[1], f[1])]
         dec: list[nn.Module] = [conv_block(f[0], f[0]), conv_block(f[0], f[0])]
         for i in range(2, 5):
             enc.append(nn.Sequential(conv_block(f[i], f[i]), conv_block(f[i], f[i])))
-            dec.append(nn.Sequential(conv_block(f[i - 1], f[i - 1]), conv_block(f[i - 1], f[i - 1])))
+            dec.append(
+                nn.Sequential(conv_block(f[i - 1], f[i - 1]), conv_block(f[i - 1], f[i - 1]))
+            )
         self.conv_block_enc = nn.ModuleList(enc)
         self.conv_block_dec = nn.ModuleList(dec)
 
@@ -152,7 +158,9 @@ class _SharedSegNet(nn.Module):
         unpooled, decoded = [], []
         for j in range(5):
             k = 4 - j
-            up = F.max_unpool2d(x, indices[k], kernel_size=2, stride=2, output_size=last[k].shape[-2:])
+            up = F.max_unpool2d(
+                x, indices[k], kernel_size=2, stride=2, output_size=last[k].shape[-2:]
+            )
             x = self.conv_block_dec[k](self.decoder_block[k](up))
             unpooled.append(up)
             decoded.append(x)
@@ -163,20 +171,26 @@ def _check_input(x: Tensor) -> None:
     if x.ndim != 4 or x.shape[1] != 3:
         raise MTLInputError(f"SegNet expects images [B, 3, H, W], got {tuple(x.shape)}")
     if x.shape[-2] % DOWNSAMPLING or x.shape[-1] % DOWNSAMPLING:
-        raise MTLInputError(f"SegNet needs H and W divisible by {DOWNSAMPLING} (five 2x2 poolings), got {tuple(x.shape[-2:])}")
+        raise MTLInputError(
+            f"SegNet needs H and W divisible by {DOWNSAMPLING} (five 2x2 poolings), got {tuple(x.shape[-2:])}"
+        )
 
 
 class SegNetMTAN(nn.Module):
     """SegNet-MTAN (Liu et al., CVPR 2019) with one attention branch and one head per task
     (module docstring). `forward(x)` returns `{task: prediction [B, C, H, W]}`."""
 
-    def __init__(self, heads: Mapping[str, TaskHead], /, *, filters: Sequence[int] = SEGNET_FILTERS) -> None:
+    def __init__(
+        self, heads: Mapping[str, TaskHead], /, *, filters: Sequence[int] = SEGNET_FILTERS
+    ) -> None:
         super().__init__()
         self.heads = _check_heads(heads)
         self.filters = f = _check_filters(filters)
         self.segnet = _SharedSegNet(f)
         # shared blocks of the attention branches (encoder: f_i -> f_{i+1}, last f4 -> f4)
-        self.encoder_block_att = nn.ModuleList([conv_block(f[i], f[min(i + 1, 4)]) for i in range(5)])
+        self.encoder_block_att = nn.ModuleList(
+            [conv_block(f[i], f[min(i + 1, 4)]) for i in range(5)]
+        )
         # decoder: f0 -> f0, f_i -> f_{i-1}; the last is f4 -> f3 (reference f4 -> f4 with f3 == f4)
         self.decoder_block_att = nn.ModuleList(
             [conv_block(f[0], f[0])] + [conv_block(f[i], f[i - 1]) for i in range(1, 5)]
@@ -185,13 +199,16 @@ class SegNetMTAN(nn.Module):
         self.decoder_att = nn.ModuleDict()
         for task in self.heads:
             self.encoder_att[task] = nn.ModuleList(
-                [attention_block(f[0], f[0], f[0])] + [attention_block(2 * f[i], f[i], f[i]) for i in range(1, 5)]
+                [attention_block(f[0], f[0], f[0])]
+                + [attention_block(2 * f[i], f[i], f[i]) for i in range(1, 5)]
             )
             self.decoder_att[task] = nn.ModuleList(
                 [attention_block(2 * f[0], f[0], f[0])]
                 + [attention_block(f[i] + f[i - 1], f[i - 1], f[i - 1]) for i in range(1, 5)]
             )
-        self.pred = nn.ModuleDict({task: prediction_head(f[0], head.channels) for task, head in self.heads.items()})
+        self.pred = nn.ModuleDict(
+            {task: prediction_head(f[0], head.channels) for task, head in self.heads.items()}
+        )
         _initialise(self)
 
     def task_features(self, x: Tensor, /) -> dict[str, Tensor]:
@@ -216,7 +233,10 @@ class SegNetMTAN(nn.Module):
 
     def forward(self, x: Tensor, /) -> dict[str, Tensor]:
         features = self.task_features(x)
-        return {task: _finish(self.pred[task](features[task]), head.output) for task, head in self.heads.items()}
+        return {
+            task: _finish(self.pred[task](features[task]), head.output)
+            for task, head in self.heads.items()
+        }
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Everything except the heads, attention modules included (spec dibs.md §6.2)."""
@@ -234,12 +254,16 @@ class SegNetSplit(nn.Module):
     representation ("MTL-R") mode: `encode(x)` is the shared `[B, f0, H, W]` feature map and
     `decode(features)` applies the heads."""
 
-    def __init__(self, heads: Mapping[str, TaskHead], /, *, filters: Sequence[int] = SEGNET_FILTERS) -> None:
+    def __init__(
+        self, heads: Mapping[str, TaskHead], /, *, filters: Sequence[int] = SEGNET_FILTERS
+    ) -> None:
         super().__init__()
         self.heads = _check_heads(heads)
         self.filters = f = _check_filters(filters)
         self.segnet = _SharedSegNet(f)
-        self.pred = nn.ModuleDict({task: prediction_head(f[0], head.channels) for task, head in self.heads.items()})
+        self.pred = nn.ModuleDict(
+            {task: prediction_head(f[0], head.channels) for task, head in self.heads.items()}
+        )
         _initialise(self)
 
     def encode(self, x: Tensor, /) -> Tensor:
@@ -247,7 +271,10 @@ class SegNetSplit(nn.Module):
         return self.segnet(x)[3][-1]
 
     def decode(self, features: Tensor, /) -> dict[str, Tensor]:
-        return {task: _finish(self.pred[task](features), head.output) for task, head in self.heads.items()}
+        return {
+            task: _finish(self.pred[task](features), head.output)
+            for task, head in self.heads.items()
+        }
 
     def forward(self, x: Tensor, /) -> dict[str, Tensor]:
         return self.decode(self.encode(x))
@@ -261,7 +288,13 @@ class SegNetSplit(nn.Module):
         return {task: list(self.pred[task].parameters()) for task in self.heads}
 
 
-def make_segnet(heads: Mapping[str, TaskHead], /, *, architecture: Literal["mtan", "split"] = "mtan", filters: Sequence[int] = SEGNET_FILTERS) -> nn.Module:
+def make_segnet(
+    heads: Mapping[str, TaskHead],
+    /,
+    *,
+    architecture: Literal["mtan", "split"] = "mtan",
+    filters: Sequence[int] = SEGNET_FILTERS,
+) -> nn.Module:
     """SegNet-MTAN ("mtan", as Nash-MTL/FAMO/DiBS-MTL v1) or the split SegNet ("split") with `heads`."""
     if architecture == "mtan":
         return SegNetMTAN(heads, filters=filters)

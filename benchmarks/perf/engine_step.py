@@ -28,7 +28,11 @@ from core.engine import solve_weights
 from core.jacobian import task_jacobians
 from core.methods.nash_mtl import nash_residual
 
-GRADIENT_METHODS = {"dibsmtl": ("DiBS-MTL", DiBSMTL), "mgda": ("MGDA", MGDA), "nashmtl": ("Nash-MTL", NashMTL)}
+GRADIENT_METHODS = {
+    "dibsmtl": ("DiBS-MTL", DiBSMTL),
+    "mgda": ("MGDA", MGDA),
+    "nashmtl": ("Nash-MTL", NashMTL),
+}
 """The gradient weightings timed against linear scalarisation: key -> (display name, class)."""
 
 TASK_COUNTS = (2, 4, 8, 16, 32, 64)
@@ -41,16 +45,30 @@ class LeNetTwoTask(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(10, 20, 5), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Flatten(), nn.Linear(320, 50), nn.ReLU(),
+            nn.Conv2d(1, 10, 5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(10, 20, 5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(320, 50),
+            nn.ReLU(),
         )
-        self.heads = nn.ModuleList(nn.Sequential(nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10)) for _ in range(2))
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10)) for _ in range(2)
+        )
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return torch.randn(size, 1, 28, 28, generator=generator), torch.randint(0, 10, (size, 2), generator=generator)
+        return torch.randn(size, 1, 28, 28, generator=generator), torch.randint(
+            0, 10, (size, 2), generator=generator
+        )
 
     def task_losses(self, features: Tensor, targets: Tensor) -> list[Tensor]:
-        return [nn.functional.cross_entropy(head(features), targets[:, i]) for i, head in enumerate(self.heads)]
+        return [
+            nn.functional.cross_entropy(head(features), targets[:, i])
+            for i, head in enumerate(self.heads)
+        ]
 
 
 class MultiHeadMLP(nn.Module):
@@ -60,14 +78,26 @@ class MultiHeadMLP(nn.Module):
     def __init__(self, *, num_tasks: int = 10, in_dim: int = 64, hidden: int = 256) -> None:
         super().__init__()
         self.in_dim = in_dim
-        self.encoder = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.encoder = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+        )
         self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(num_tasks))
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return torch.randn(size, self.in_dim, generator=generator), torch.randn(size, len(self.heads), generator=generator)
+        return torch.randn(size, self.in_dim, generator=generator), torch.randn(
+            size, len(self.heads), generator=generator
+        )
 
     def task_losses(self, features: Tensor, targets: Tensor) -> list[Tensor]:
-        return [nn.functional.mse_loss(head(features)[:, 0], targets[:, i]) for i, head in enumerate(self.heads)]
+        return [
+            nn.functional.mse_loss(head(features)[:, 0], targets[:, i])
+            for i, head in enumerate(self.heads)
+        ]
 
 
 def seeded(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
@@ -115,7 +145,13 @@ def measure_model(
             optimizer.zero_grad(set_to_none=True)
             features = model.encoder(inputs)
             losses = model.task_losses(features, targets)
-            mtl_backward(losses, shared, method, task_params=heads, representation=features if mtl_r else None)
+            mtl_backward(
+                losses,
+                shared,
+                method,
+                task_params=heads,
+                representation=features if mtl_r else None,
+            )
             optimizer.step()
 
         return run
@@ -129,7 +165,13 @@ def measure_model(
 
     # the weight solve alone, on the Gramian of this model's real per-task gradients
     losses = torch.stack(model.task_losses(model.encoder(inputs), targets))
-    rows = torch.cat([j.reshape(losses.shape[0], -1) for j in task_jacobians(losses, shared, retain_graph=False)], dim=1)
+    rows = torch.cat(
+        [
+            j.reshape(losses.shape[0], -1)
+            for j in task_jacobians(losses, shared, retain_graph=False)
+        ],
+        dim=1,
+    )
     gram, detached = (rows @ rows.T).detach(), losses.detach()
     variants: dict[str, Callable[[], object]] = {"ls_step": step(LinearScalarization())}
     for key, (_, method_class) in GRADIENT_METHODS.items():
@@ -144,8 +186,13 @@ def measure_model(
         variants |= {"jacobian_loop": jacobian("loop"), "jacobian_batched": jacobian("batched")}
     if nash_reference:
         variants |= nash_reference_variants(gram.cpu().to(torch.float64), detached.cpu())
-    timings = interleaved_medians(variants, rounds=rounds, repeats=repeats, device=device, seed=seed)
-    return timings | {"shared_parameters": float(sum(p.numel() for p in shared)), "num_tasks": float(len(heads))}
+    timings = interleaved_medians(
+        variants, rounds=rounds, repeats=repeats, device=device, seed=seed
+    )
+    return timings | {
+        "shared_parameters": float(sum(p.numel() for p in shared)),
+        "num_tasks": float(len(heads)),
+    }
 
 
 def nash_reference_variants(gram: Tensor, losses: Tensor) -> dict[str, Callable[[], object]]:
@@ -160,7 +207,10 @@ def nash_reference_variants(gram: Tensor, losses: Tensor) -> dict[str, Callable[
     if not reached <= 1e-3:
         return {}
     ours = NashMTL(warm_start=False, tolerance=max(reached, 1e-12))
-    return {"nashmtl_ccp_weights": lambda: reference.solve(gram.numpy()), "nashmtl_equal_residual_weights": lambda: ours(gram, losses)}
+    return {
+        "nashmtl_ccp_weights": lambda: reference.solve(gram.numpy()),
+        "nashmtl_equal_residual_weights": lambda: ours(gram, losses),
+    }
 
 
 NASH_REFERENCE_RATIO = "reference CCP / Nash-MTL weight solve, equal residual"
@@ -172,15 +222,23 @@ def ratios(timings: dict[str, float]) -> dict[str, float | None]:
     for key, (name, _) in GRADIENT_METHODS.items():
         result[f"{name} step / LS step"] = timings[f"{key}_step"] / timings["ls_step"]
     for key, (name, _) in GRADIENT_METHODS.items():
-        result[f"{name} weight solve, share of its step"] = timings[f"{key}_weights"] / timings[f"{key}_step"]
+        result[f"{name} weight solve, share of its step"] = (
+            timings[f"{key}_weights"] / timings[f"{key}_step"]
+        )
     result[NASH_REFERENCE_RATIO] = (
-        timings["nashmtl_ccp_weights"] / timings["nashmtl_equal_residual_weights"] if "nashmtl_ccp_weights" in timings else None
+        timings["nashmtl_ccp_weights"] / timings["nashmtl_equal_residual_weights"]
+        if "nashmtl_ccp_weights" in timings
+        else None
     )
-    result["batched / looped per-task gradients"] = timings["jacobian_batched"] / timings["jacobian_loop"]
+    result["batched / looped per-task gradients"] = (
+        timings["jacobian_batched"] / timings["jacobian_loop"]
+    )
     # the engine solves on a CPU copy of the Gramian; this is the cost of solving where it lives
     for key, (name, _) in GRADIENT_METHODS.items():
         if f"{key}_weights_in_place" in timings:
-            result[f"{name} weights on the model's device / on the engine's CPU copy"] = timings[f"{key}_weights_in_place"] / timings[f"{key}_weights"]
+            result[f"{name} weights on the model's device / on the engine's CPU copy"] = (
+                timings[f"{key}_weights_in_place"] / timings[f"{key}_weights"]
+            )
     return result
 
 
@@ -188,9 +246,13 @@ def representation_ratios(timings: dict[str, float]) -> dict[str, float]:
     """The representation section's ratios: MTL-R step / full step and MTL-R step / LS step."""
     result = {}
     for key, (name, _) in GRADIENT_METHODS.items():
-        result[f"{name}: MTL-R step / full step"] = timings[f"{key}_step_representation"] / timings[f"{key}_step"]
+        result[f"{name}: MTL-R step / full step"] = (
+            timings[f"{key}_step_representation"] / timings[f"{key}_step"]
+        )
     for key, (name, _) in GRADIENT_METHODS.items():
-        result[f"{name}: MTL-R step / LS step"] = timings[f"{key}_step_representation"] / timings["ls_step"]
+        result[f"{name}: MTL-R step / LS step"] = (
+            timings[f"{key}_step_representation"] / timings["ls_step"]
+        )
     return result
 
 
@@ -205,13 +267,28 @@ def scaling_ratios(timings: dict[str, float]) -> dict[str, float]:
 
 
 def measure_scaling_point(
-    num_tasks: int, *, batch_size: int, hidden: int, repeats: int, rounds: int, device: str = "cpu", seed: int = 0
+    num_tasks: int,
+    *,
+    batch_size: int,
+    hidden: int,
+    repeats: int,
+    rounds: int,
+    device: str = "cpu",
+    seed: int = 0,
 ) -> dict[str, float]:
     """Steps and weight solves of every method on `MultiHeadMLP(num_tasks=K)`, interleaved."""
     model = seeded(lambda: MultiHeadMLP(num_tasks=num_tasks, hidden=hidden), seed)
     return measure_model(
-        model, batch_size=batch_size, repeats=repeats, rounds=rounds, seed=seed, device=device,
-        representation=False, jacobians=False, device_weights=False, nash_reference=False,
+        model,
+        batch_size=batch_size,
+        repeats=repeats,
+        rounds=rounds,
+        seed=seed,
+        device=device,
+        representation=False,
+        jacobians=False,
+        device_weights=False,
+        nash_reference=False,
     )
 
 
@@ -222,31 +299,51 @@ def engine_table(results: dict[str, dict[str, float]]) -> str:
         ("tasks K", lambda t: f"{int(t['num_tasks'])}"),
         ("LS step (ms)", lambda t: f"{1e3 * t['ls_step']:.2f}"),
     ]
-    rows += [(f"{name} step (ms)", (lambda k: lambda t: f"{1e3 * t[f'{k}_step']:.2f}")(key)) for key, (name, _) in GRADIENT_METHODS.items()]
-    rows += [(label, (lambda k: lambda t: ratio_cell(ratios(t)[k], missing="cvxpy"))(label)) for label in ratios(next(iter(results.values())))]
+    rows += [
+        (f"{name} step (ms)", (lambda k: lambda t: f"{1e3 * t[f'{k}_step']:.2f}")(key))
+        for key, (name, _) in GRADIENT_METHODS.items()
+    ]
+    rows += [
+        (label, (lambda k: lambda t: ratio_cell(ratios(t)[k], missing="cvxpy"))(label))
+        for label in ratios(next(iter(results.values())))
+    ]
     return quantity_table(results, rows)
 
 
 def representation_table(results: dict[str, dict[str, float]]) -> str:
     """Rows: MTL-R step times (ms) and the representation ratios; one column per model."""
     rows: list[tuple[str, Callable[[dict[str, float]], str]]] = [
-        (f"{name} MTL-R step (ms)", (lambda k: lambda t: f"{1e3 * t[f'{k}_step_representation']:.2f}")(key)) for key, (name, _) in GRADIENT_METHODS.items()
+        (
+            f"{name} MTL-R step (ms)",
+            (lambda k: lambda t: f"{1e3 * t[f'{k}_step_representation']:.2f}")(key),
+        )
+        for key, (name, _) in GRADIENT_METHODS.items()
     ]
-    rows += [(label, (lambda k: lambda t: ratio_cell(representation_ratios(t)[k]))(label)) for label in representation_ratios(next(iter(results.values())))]
+    rows += [
+        (label, (lambda k: lambda t: ratio_cell(representation_ratios(t)[k]))(label))
+        for label in representation_ratios(next(iter(results.values())))
+    ]
     return quantity_table(results, rows)
 
 
 def scaling_table(results: dict[int, dict[str, float]]) -> str:
     """One row per K: shared parameters, LS step (ms), each step / LS step, each weight solve / LS step."""
     labels = list(scaling_ratios(next(iter(results.values()))))
-    lines = ["| K | LS step (ms) | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    lines = [
+        "| K | LS step (ms) | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
     for num_tasks, timings in results.items():
         cells = [ratio_cell(value) for value in scaling_ratios(timings).values()]
-        lines.append(f"| {num_tasks} | {1e3 * timings['ls_step']:.2f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {num_tasks} | {1e3 * timings['ls_step']:.2f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
-def quantity_table(results: dict[str, dict[str, float]], rows: list[tuple[str, Callable[[dict[str, float]], str]]]) -> str:
+def quantity_table(
+    results: dict[str, dict[str, float]], rows: list[tuple[str, Callable[[dict[str, float]], str]]]
+) -> str:
     """A markdown table with one row per (label, cell function) and one column per result."""
     names = list(results)
     lines = ["| quantity | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -258,11 +355,18 @@ def quantity_table(results: dict[str, dict[str, float]], rows: list[tuple[str, C
 def ratio_cell(value: float | None, *, missing: str = "") -> str:
     """A ratio to 3 significant decimals, or why it is missing."""
     if value is None:
-        return f"skipped: pip install -r requirements-bench.txt ({missing})" if missing else "not measured"
+        return (
+            f"skipped: pip install -r requirements-bench.txt ({missing})"
+            if missing
+            else "not measured"
+        )
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
-TORCHJD_MODELS: dict[str, Callable[[], nn.Module]] = {"LeNet, 2 tasks": LeNetTwoTask, "MLP, 10 tasks": MultiHeadMLP}
+TORCHJD_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "LeNet, 2 tasks": LeNetTwoTask,
+    "MLP, 10 tasks": MultiHeadMLP,
+}
 """The models of the TorchJD comparison (the engine section's)."""
 
 TORCHJD_OURS = {"dibsmtl": "DiBS-MTL", "mgda": "MGDA"}
@@ -270,7 +374,12 @@ TORCHJD_OURS = {"dibsmtl": "DiBS-MTL", "mgda": "MGDA"}
 
 
 def torchjd_comparison(
-    *, batch_size: int, repeats: int, rounds: int, seed: int = 0, device: str = "cpu",
+    *,
+    batch_size: int,
+    repeats: int,
+    rounds: int,
+    seed: int = 0,
+    device: str = "cpu",
     models: dict[str, Callable[[], nn.Module]] | None = None,
 ) -> dict[str, Any]:
     """Median seconds of one optimiser step (forward, backward, Adam step) per model, interleaved:
@@ -291,15 +400,27 @@ def torchjd_comparison(
     for name, factory in (TORCHJD_MODELS if models is None else models).items():
         model = seeded(factory, seed).to(device)
         torchjd_step = _torchjd_step_factory(torchjd_mtl_backward, jac_to_grad, TorchJDMGDA())
-        results[name] = _measure_against_torchjd(model, torchjd_step, batch_size=batch_size, repeats=repeats, rounds=rounds, seed=seed, device=device)
+        results[name] = _measure_against_torchjd(
+            model,
+            torchjd_step,
+            batch_size=batch_size,
+            repeats=repeats,
+            rounds=rounds,
+            seed=seed,
+            device=device,
+        )
     return results
 
 
-def _torchjd_step_factory(torchjd_mtl_backward: Callable, jac_to_grad: Callable, aggregator: object) -> Callable:
+def _torchjd_step_factory(
+    torchjd_mtl_backward: Callable, jac_to_grad: Callable, aggregator: object
+) -> Callable:
     """TorchJD's MTL backward: per-task gradients through the features onto the shared parameters'
     `.jac`, then aggregated into `.grad` (the heads receive their plain gradients)."""
 
-    def backward(losses: list[Tensor], features: Tensor, shared: list[Tensor], heads: list[list[Tensor]]) -> None:
+    def backward(
+        losses: list[Tensor], features: Tensor, shared: list[Tensor], heads: list[list[Tensor]]
+    ) -> None:
         torchjd_mtl_backward(losses, features=features, tasks_params=heads, shared_params=shared)
         jac_to_grad(shared, aggregator)
 
@@ -307,9 +428,18 @@ def _torchjd_step_factory(torchjd_mtl_backward: Callable, jac_to_grad: Callable,
 
 
 def _measure_against_torchjd(
-    model: nn.Module, torchjd_backward: Callable, *, batch_size: int, repeats: int, rounds: int, seed: int, device: str
+    model: nn.Module,
+    torchjd_backward: Callable,
+    *,
+    batch_size: int,
+    repeats: int,
+    rounds: int,
+    seed: int,
+    device: str,
 ) -> dict[str, float]:
-    inputs, targets = (t.to(device) for t in model.batch(batch_size, torch.Generator().manual_seed(seed)))
+    inputs, targets = (
+        t.to(device) for t in model.batch(batch_size, torch.Generator().manual_seed(seed))
+    )
     shared = list(model.encoder.parameters())
     heads = [list(head.parameters()) for head in model.heads]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -325,10 +455,18 @@ def _measure_against_torchjd(
 
     def ours(method: object, representation: bool) -> Callable[[list[Tensor], Tensor], None]:
         return lambda losses, features: mtl_backward(
-            losses, shared, method, task_params=heads, representation=features if representation else None
+            losses,
+            shared,
+            method,
+            task_params=heads,
+            representation=features if representation else None,
         )
 
-    variants = {"torchjd_mgda_step": step(lambda losses, features: torchjd_backward(losses, features, shared, heads))}
+    variants = {
+        "torchjd_mgda_step": step(
+            lambda losses, features: torchjd_backward(losses, features, shared, heads)
+        )
+    }
     for key in TORCHJD_OURS:
         method_class = GRADIENT_METHODS[key][1]
         variants[f"{key}_step"] = step(ours(method_class(), False))
@@ -342,7 +480,9 @@ def torchjd_ratios(timings: dict[str, float]) -> dict[str, float]:
     result = {}
     for key, name in TORCHJD_OURS.items():
         result[f"{name} step / TorchJD MGDA step"] = timings[f"{key}_step"] / reference
-        result[f"{name} MTL-R step / TorchJD MGDA step"] = timings[f"{key}_step_representation"] / reference
+        result[f"{name} MTL-R step / TorchJD MGDA step"] = (
+            timings[f"{key}_step_representation"] / reference
+        )
     return result
 
 
@@ -352,10 +492,21 @@ def torchjd_table(results: dict[str, Any]) -> str:
         return f"skipped: {results['skipped']}"
     models = {name: timings for name, timings in results.items() if name != "torchjd_version"}
     rows: list[tuple[str, Callable[[dict[str, float]], str]]] = [
-        (f"TorchJD {results['torchjd_version']} MGDA step (ms)", lambda t: f"{1e3 * t['torchjd_mgda_step']:.2f}")
+        (
+            f"TorchJD {results['torchjd_version']} MGDA step (ms)",
+            lambda t: f"{1e3 * t['torchjd_mgda_step']:.2f}",
+        )
     ]
     for key, name in TORCHJD_OURS.items():
         rows.append((f"{name} step (ms)", (lambda k: lambda t: f"{1e3 * t[f'{k}_step']:.2f}")(key)))
-        rows.append((f"{name} MTL-R step (ms)", (lambda k: lambda t: f"{1e3 * t[f'{k}_step_representation']:.2f}")(key)))
-    rows += [(label, (lambda k: lambda t: ratio_cell(torchjd_ratios(t)[k]))(label)) for label in torchjd_ratios(next(iter(models.values())))]
+        rows.append(
+            (
+                f"{name} MTL-R step (ms)",
+                (lambda k: lambda t: f"{1e3 * t[f'{k}_step_representation']:.2f}")(key),
+            )
+        )
+    rows += [
+        (label, (lambda k: lambda t: ratio_cell(torchjd_ratios(t)[k]))(label))
+        for label in torchjd_ratios(next(iter(models.values())))
+    ]
     return quantity_table(models, rows)

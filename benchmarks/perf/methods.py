@@ -20,7 +20,10 @@ from core.jacobian import gramian
 from core.methods.base import GradientWeighting, JacobianAggregation, Method
 from core.registry import available_methods, describe_method, make_method
 
-CASES = {"one problem, K = 10, n = 10,000, float32": (10, 10_000, 1, torch.float32), "1,000 toy rows, K = 2, n = 2, float64": (2, 2, 1000, torch.float64)}
+CASES = {
+    "one problem, K = 10, n = 10,000, float32": (10, 10_000, 1, torch.float32),
+    "1,000 toy rows, K = 2, n = 2, float64": (2, 2, 1000, torch.float64),
+}
 
 VARIANTS = {"rotograd:rotation_size=100": (100, 100)}
 """Variants timed besides the registry's defaults, with the feature shape the one problem's J is
@@ -30,12 +33,20 @@ samples of 100 features; on the toy rows, which hold no samples, it is the scali
 
 
 def call_of(
-    spec: str, num_tasks: int, jacobian: torch.Tensor, losses: torch.Tensor, *, seed: int, features: tuple[int, ...] | None = None
+    spec: str,
+    num_tasks: int,
+    jacobian: torch.Tensor,
+    losses: torch.Tensor,
+    *,
+    seed: int,
+    features: tuple[int, ...] | None = None,
 ) -> Callable[[], object]:
     """One call of the method on these inputs (its state advances call by call, as in training);
     with `features`, a Jacobian aggregation's auxiliary loss on J read as `[K, *features]` and its
     gradient on the method's own parameters too."""
-    method: Method = make_method(spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed))
+    method: Method = make_method(
+        spec, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed)
+    )
     if isinstance(method, JacobianAggregation):
         own = list(method.parameters())
         if own and features is not None and jacobian.ndim == 2:
@@ -44,7 +55,9 @@ def call_of(
             def with_auxiliary() -> object:
                 result = method.aggregate(jacobian, losses)
                 auxiliary = method.auxiliary_loss(shaped, losses)
-                return result if auxiliary is None else (result, torch.autograd.grad(auxiliary, own))
+                return (
+                    result if auxiliary is None else (result, torch.autograd.grad(auxiliary, own))
+                )
 
             return with_auxiliary
         return lambda: method.aggregate(jacobian, losses)
@@ -54,7 +67,9 @@ def call_of(
     return lambda: method.weights(losses)
 
 
-def measure(*, rounds: int, repeats: int, seed: int, methods: list[str] | None = None) -> dict[str, dict[str, float]]:
+def measure(
+    *, rounds: int, repeats: int, seed: int, methods: list[str] | None = None
+) -> dict[str, dict[str, float]]:
     """Seconds per call, per case and method (a method failing on a case is left out of it)."""
     generator = torch.Generator().manual_seed(seed)
     results: dict[str, dict[str, float]] = {}
@@ -64,14 +79,21 @@ def measure(*, rounds: int, repeats: int, seed: int, methods: list[str] | None =
         losses = (torch.rand(shape[:-1], generator=generator, dtype=torch.float64) + 0.5).to(dtype)
         calls = {}
         for spec in methods or [*available_methods(), *VARIANTS]:
-            call = call_of(spec, num_tasks, jacobian, losses, seed=seed, features=VARIANTS.get(spec))
+            call = call_of(
+                spec, num_tasks, jacobian, losses, seed=seed, features=VARIANTS.get(spec)
+            )
             try:
                 call()
-            except (RuntimeError, ValueError) as error:  # a method that cannot take this case is reported as such
+            except (
+                RuntimeError,
+                ValueError,
+            ) as error:  # a method that cannot take this case is reported as such
                 results.setdefault("failed", {})[f"{spec} ({case})"] = str(error)[:200]
                 continue
             calls[spec] = call
-        results[case] = interleaved_medians(calls, rounds=rounds, repeats=repeats, seed=seed, long_call_seconds=0.05)
+        results[case] = interleaved_medians(
+            calls, rounds=rounds, repeats=repeats, seed=seed, long_call_seconds=0.05
+        )
     return results
 
 
@@ -85,6 +107,10 @@ def table(results: dict[str, dict[str, float]]) -> str:
         cells = [f"`{spec}`", describe_method(spec).kind]
         for case in cases:
             seconds = results[case].get(spec)
-            cells.append("failed" if seconds is None else f"{1e6 * seconds:,.0f} ({seconds / results[case]['ls']:.1f})")
+            cells.append(
+                "failed"
+                if seconds is None
+                else f"{1e6 * seconds:,.0f} ({seconds / results[case]['ls']:.1f})"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -48,7 +48,9 @@ def random_gramians(num_tasks: int, count: int, *, seed: int) -> list[torch.Tens
         dim = 3 * num_tasks
         shared = torch.randn(1, dim, generator=generator, dtype=torch.float64)
         rows = 0.5 * shared + torch.randn(num_tasks, dim, generator=generator, dtype=torch.float64)
-        scales = 10.0 ** (2 * torch.rand(num_tasks, 1, generator=generator, dtype=torch.float64) - 1)
+        scales = 10.0 ** (
+            2 * torch.rand(num_tasks, 1, generator=generator, dtype=torch.float64) - 1
+        )
         jacobian = scales * rows
         gramians.append(jacobian @ jacobian.T)
     return gramians
@@ -76,7 +78,9 @@ class ReferenceStyleCCP:
         self.alpha = cp.Variable(num_tasks, nonneg=True)
         combined = self.gram @ self.alpha
         constraints = [cp.log(cp.multiply(self.frobenius, self.alpha)) + cp.log(combined) >= 0]
-        self.problem = cp.Problem(cp.Minimize(cp.sum(combined) + self.linear @ self.alpha), constraints)
+        self.problem = cp.Problem(
+            cp.Minimize(cp.sum(combined) + self.linear @ self.alpha), constraints
+        )
 
     def solve(self, gramian: np.ndarray, initial: np.ndarray | None = None) -> np.ndarray:
         """Alpha from `initial` (the previous step's alpha, as the reference warm-starts) or ones."""
@@ -113,7 +117,9 @@ def _seconds(function: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - began, result
 
 
-def drifting_gramians(num_tasks: int, count: int, *, seed: int, drift: float = 0.02) -> list[torch.Tensor]:
+def drifting_gramians(
+    num_tasks: int, count: int, *, seed: int, drift: float = 0.02
+) -> list[torch.Tensor]:
     """A training-like sequence: `J_{t+1} = J_t + drift * ||J_t||_row * noise`, Gramians of each."""
     generator = torch.Generator().manual_seed(seed)
     dim = 3 * num_tasks
@@ -127,7 +133,9 @@ def drifting_gramians(num_tasks: int, count: int, *, seed: int, drift: float = 0
     return gramians
 
 
-def measure(num_tasks: int, *, problems: int, rounds: int, solver: str, seed: int) -> dict[str, float]:
+def measure(
+    num_tasks: int, *, problems: int, rounds: int, solver: str, seed: int
+) -> dict[str, float]:
     """Median seconds per solve, residuals and success rates of both solvers for one K.
 
     cold: independent Gramians, the CCP from alpha = 1, ours without warm start. Equal-residual
@@ -176,9 +184,13 @@ def measure(num_tasks: int, *, problems: int, rounds: int, solver: str, seed: in
     result: dict[str, float] = {"ccp_cold_solved_fraction": sum(solved) / len(solved)}
     for key in keys:
         result[f"{key}_seconds"] = statistics.median(seconds[key]) if seconds[key] else float("nan")
-        result[f"{key}_residual"] = statistics.median(residuals[key]) if residuals[key] else float("nan")
+        result[f"{key}_residual"] = (
+            statistics.median(residuals[key]) if residuals[key] else float("nan")
+        )
     result["speedup_cold_equal"] = result["ccp_cold_seconds"] / result["ours_cold_equal_seconds"]
-    result["speedup_cold_default"] = result["ccp_cold_seconds"] / result["ours_cold_default_seconds"]
+    result["speedup_cold_default"] = (
+        result["ccp_cold_seconds"] / result["ours_cold_default_seconds"]
+    )
     result["speedup_warm_equal"] = result["ccp_warm_seconds"] / result["ours_warm_equal_seconds"]
     return result
 
@@ -187,11 +199,32 @@ def markdown_table(results: dict[int, dict[str, float]]) -> str:
     columns = [
         ("K", lambda k, r: f"{k}"),
         ("CCP solved (cold)", lambda k, r: f"{100 * r['ccp_cold_solved_fraction']:.0f}%"),
-        ("CCP cold ms (residual)", lambda k, r: f"{1e3 * r['ccp_cold_seconds']:.2f} ({r['ccp_cold_residual']:.0e})"),
-        ("ours cold, equal residual ms (residual)", lambda k, r: f"{1e3 * r['ours_cold_equal_seconds']:.3f} ({r['ours_cold_equal_residual']:.0e})"),
-        ("ours cold, tol 1e-10 ms (residual)", lambda k, r: f"{1e3 * r['ours_cold_default_seconds']:.3f} ({r['ours_cold_default_residual']:.0e})"),
-        ("CCP warm ms (residual)", lambda k, r: f"{1e3 * r['ccp_warm_seconds']:.2f} ({r['ccp_warm_residual']:.0e})"),
-        ("ours warm, equal residual ms (residual)", lambda k, r: f"{1e3 * r['ours_warm_equal_seconds']:.3f} ({r['ours_warm_equal_residual']:.0e})"),
+        (
+            "CCP cold ms (residual)",
+            lambda k, r: f"{1e3 * r['ccp_cold_seconds']:.2f} ({r['ccp_cold_residual']:.0e})",
+        ),
+        (
+            "ours cold, equal residual ms (residual)",
+            lambda k, r: (
+                f"{1e3 * r['ours_cold_equal_seconds']:.3f} ({r['ours_cold_equal_residual']:.0e})"
+            ),
+        ),
+        (
+            "ours cold, tol 1e-10 ms (residual)",
+            lambda k, r: (
+                f"{1e3 * r['ours_cold_default_seconds']:.3f} ({r['ours_cold_default_residual']:.0e})"
+            ),
+        ),
+        (
+            "CCP warm ms (residual)",
+            lambda k, r: f"{1e3 * r['ccp_warm_seconds']:.2f} ({r['ccp_warm_residual']:.0e})",
+        ),
+        (
+            "ours warm, equal residual ms (residual)",
+            lambda k, r: (
+                f"{1e3 * r['ours_warm_equal_seconds']:.3f} ({r['ours_warm_equal_residual']:.0e})"
+            ),
+        ),
         ("speed-up cold equal", lambda k, r: f"{r['speedup_cold_equal']:.1f}x"),
         ("speed-up cold 1e-10", lambda k, r: f"{r['speedup_cold_default']:.1f}x"),
         ("speed-up warm equal", lambda k, r: f"{r['speedup_warm_equal']:.1f}x"),

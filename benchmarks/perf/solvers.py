@@ -61,7 +61,11 @@ def torchjd_cagrad() -> object | None:
         from torchjd.aggregation import CAGradWeighting
 
         return CAGradWeighting(c=CAGRAD_C)
-    except (ImportError, ValueError, AttributeError):  # find_spec of a module blocked in sys.modules
+    except (
+        ImportError,
+        ValueError,
+        AttributeError,
+    ):  # find_spec of a module blocked in sys.modules
         return None
 
 
@@ -80,7 +84,9 @@ def random_gramians(num_tasks: int, case: str, count: int, *, seed: int) -> list
                 exponents[:2, 0] = torch.tensor([-6.0, 6.0], dtype=torch.float64)
             rows = rows * 10.0**exponents
         else:
-            rows = rows * 10.0 ** (2 * torch.rand(num_tasks, 1, generator=generator, dtype=torch.float64) - 1)
+            rows = rows * 10.0 ** (
+                2 * torch.rand(num_tasks, 1, generator=generator, dtype=torch.float64) - 1
+            )
         gram = rows @ rows.T
         gramians.append(gram.float() if case == "float32" else gram)
     return gramians
@@ -95,7 +101,9 @@ def kkt_gap(gram: torch.Tensor, weights: torch.Tensor) -> float:
     return max(float(weights @ product - product.min()), 0.0) / float(gram.diagonal().max())
 
 
-def cagrad_objective(gram: torch.Tensor, weights: torch.Tensor | None, c: float = CAGRAD_C) -> float:
+def cagrad_objective(
+    gram: torch.Tensor, weights: torch.Tensor | None, c: float = CAGRAD_C
+) -> float:
     """CAGrad's dual objective `F(w) = g_w . g_0 + c ||g_0|| ||g_w||` at simplex weights, in
     float64, relative to `max_i G_ii` (NaN for None)."""
     if weights is None:
@@ -106,7 +114,9 @@ def cagrad_objective(gram: torch.Tensor, weights: torch.Tensor | None, c: float 
     weights = weights / weights.sum()
     mean_products = gram.mean(dim=1)
     radius = c * float(mean_products.mean().clamp_min(0).sqrt())
-    return float(weights @ mean_products) + radius * float((weights @ gram @ weights).clamp_min(0).sqrt())
+    return float(weights @ mean_products) + radius * float(
+        (weights @ gram @ weights).clamp_min(0).sqrt()
+    )
 
 
 def torchjd_dual_weights(direction_weights: torch.Tensor) -> torch.Tensor | None:
@@ -119,7 +129,9 @@ def torchjd_dual_weights(direction_weights: torch.Tensor) -> torch.Tensor | None
     return (weights - 1.0 / weights.numel()) / kappa
 
 
-def measure(num_tasks: int, case: str, *, problems: int, rounds: int, repeats: int, seed: int) -> dict[str, float]:
+def measure(
+    num_tasks: int, case: str, *, problems: int, rounds: int, repeats: int, seed: int
+) -> dict[str, float]:
     """Median seconds per solve of each side, the ratios and the quality measures, over
     `problems` Gramians of one (K, case)."""
     from torchjd.aggregation import MGDAWeighting
@@ -136,28 +148,44 @@ def measure(num_tasks: int, case: str, *, problems: int, rounds: int, repeats: i
     if cagrad_reference is not None:
         variants["torchjd_cagrad"] = lambda: [cagrad_reference(gram) for gram in gramians]
     seconds = interleaved_medians(variants, rounds=rounds, repeats=repeats, seed=seed)
-    result: dict[str, float] = {f"{name}_seconds": value / problems for name, value in seconds.items()}
+    result: dict[str, float] = {
+        f"{name}_seconds": value / problems for name, value in seconds.items()
+    }
     result["mgda_ours_over_torchjd"] = seconds["ours_mgda"] / seconds["torchjd_mgda"]
     solutions = [min_norm_point(gram) for gram in gramians]
     result["mgda_ours_solver_gap"] = max(float(s.kkt_gap.max()) for s in solutions)
     result["mgda_ours_gap"] = max(kkt_gap(gram, s.weights) for gram, s in zip(gramians, solutions))
     result["mgda_torchjd_gap"] = max(kkt_gap(gram, mgda_reference(gram)) for gram in gramians)
     ours_solutions = [ours_cagrad.solve(gram) for gram in gramians]
-    ours_objectives = [cagrad_objective(gram, solution[1]) for gram, solution in zip(gramians, ours_solutions)]
+    ours_objectives = [
+        cagrad_objective(gram, solution[1]) for gram, solution in zip(gramians, ours_solutions)
+    ]
     result["cagrad_ours_objective"] = sum(ours_objectives) / problems
     result["cagrad_ours_dual_gap"] = max(float(solution[2].max()) for solution in ours_solutions)
     if cagrad_reference is not None:
-        reference_objectives = [cagrad_objective(gram, torchjd_dual_weights(cagrad_reference(gram))) for gram in gramians]
+        reference_objectives = [
+            cagrad_objective(gram, torchjd_dual_weights(cagrad_reference(gram)))
+            for gram in gramians
+        ]
         result["cagrad_ours_over_torchjd"] = seconds["ours_cagrad"] / seconds["torchjd_cagrad"]
         finite = [value for value in reference_objectives if math.isfinite(value)]
         result["cagrad_torchjd_objective"] = sum(finite) / len(finite) if finite else math.nan
         # F(ours) - F(TorchJD), relative to |F|: <= 0 where ours is as good or better; TorchJD returns
         # no direction (all-zero weights) where ||g_w|| < 1e-4 after dividing G by its trace
-        differences = [(ours - reference) / max(abs(reference), 1e-300) for ours, reference in zip(ours_objectives, reference_objectives) if math.isfinite(reference)]
+        differences = [
+            (ours - reference) / max(abs(reference), 1e-300)
+            for ours, reference in zip(ours_objectives, reference_objectives)
+            if math.isfinite(reference)
+        ]
         result["cagrad_torchjd_no_direction"] = problems - len(differences)
         result["cagrad_objective_difference"] = max(differences) if differences else math.nan
     else:
-        for key in ("cagrad_ours_over_torchjd", "cagrad_torchjd_objective", "cagrad_objective_difference", "cagrad_torchjd_no_direction"):
+        for key in (
+            "cagrad_ours_over_torchjd",
+            "cagrad_torchjd_objective",
+            "cagrad_objective_difference",
+            "cagrad_torchjd_no_direction",
+        ):
             result[key] = math.nan
     return result
 
@@ -181,11 +209,17 @@ def cagrad_table(results: dict[str, dict[int, dict[str, float]]]) -> str:
         ("case", lambda case, k, r: case),
         ("K", lambda case, k, r: f"{k}"),
         ("ours ms", lambda case, k, r: f"{1e3 * r['ours_cagrad_seconds']:.3f}"),
-        ("TorchJD ms", lambda case, k, r: _number(1e3 * r.get("torchjd_cagrad_seconds", math.nan), ".2f")),
+        (
+            "TorchJD ms",
+            lambda case, k, r: _number(1e3 * r.get("torchjd_cagrad_seconds", math.nan), ".2f"),
+        ),
         ("ours / TorchJD", lambda case, k, r: _number(r["cagrad_ours_over_torchjd"], ".2f")),
         ("F ours", lambda case, k, r: f"{r['cagrad_ours_objective']:.12g}"),
         ("F TorchJD", lambda case, k, r: _torchjd_objective(r)),
-        ("(F ours - F TorchJD) / F", lambda case, k, r: _number(r["cagrad_objective_difference"], ".1e")),
+        (
+            "(F ours - F TorchJD) / F",
+            lambda case, k, r: _number(r["cagrad_objective_difference"], ".1e"),
+        ),
         ("duality gap, ours", lambda case, k, r: f"{r['cagrad_ours_dual_gap']:.1e}"),
     ]
     return _table(columns, results)

@@ -27,7 +27,9 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(function: Callable[[], object], repeats: int, device: torch.device | str = "cpu") -> float:
+def median_seconds(
+    function: Callable[[], object], repeats: int, device: torch.device | str = "cpu"
+) -> float:
     """Median wall-clock seconds of `repeats` calls of `function`, each synchronised on `device`."""
     samples = []
     for _ in range(repeats):
@@ -60,7 +62,11 @@ def interleaved_medians(
             function()
     calls = dict.fromkeys(variants, repeats)
     if long_call_seconds is not None:  # one timed probe call each, after the warm-up
-        calls |= {name: 1 for name, function in variants.items() if median_seconds(function, 1, device) > long_call_seconds}
+        calls |= {
+            name: 1
+            for name, function in variants.items()
+            if median_seconds(function, 1, device) > long_call_seconds
+        }
     samples: dict[Name, list[float]] = {name: [] for name in variants}
     order = list(variants)
     shuffler = random.Random(seed)

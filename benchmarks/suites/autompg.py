@@ -36,11 +36,15 @@ def _arrays() -> tuple[Tensor, Tensor, Tensor]:
     try:
         from mlxtend.data import autompg_data
     except ImportError as error:  # pragma: no cover - mlxtend is a requirement
-        raise DatasetError("the Auto MPG data ships with the mlxtend package: pip install -r requirements.txt") from error
+        raise DatasetError(
+            "the Auto MPG data ships with the mlxtend package: pip install -r requirements.txt"
+        ) from error
     features, mpg = autompg_data()
     table = torch.as_tensor(features[:, :7].astype("float64"))
     if table.shape != (392, 7) or not bool(torch.isfinite(table).all()):
-        raise DatasetError(f"mlxtend's Auto MPG table has shape {tuple(table.shape)} or non-finite values; expected 392 complete rows")
+        raise DatasetError(
+            f"mlxtend's Auto MPG table has shape {tuple(table.shape)} or non-finite values; expected 392 complete rows"
+        )
     origin = table[:, 6].long() - 1  # 1 USA, 2 Europe, 3 Japan
     return table[:, :6], torch.as_tensor(mpg, dtype=torch.float64), origin
 
@@ -73,7 +77,9 @@ class AutoMPGNet(nn.Module):
 
     def __init__(self, hidden: int = 64) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(len(FEATURES), hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.encoder = nn.Sequential(
+            nn.Linear(len(FEATURES), hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
         self.heads = nn.ModuleDict({"mpg": nn.Linear(hidden, 1), "origin": nn.Linear(hidden, 3)})
 
     def encode(self, inputs: Tensor) -> Tensor:
@@ -92,7 +98,9 @@ class AutoMPGNet(nn.Module):
         return {name: list(head.parameters()) for name, head in self.heads.items()}
 
 
-def task_losses(predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def task_losses(
+    predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
     return {
         "mpg": nn.functional.mse_loss(predictions["mpg"], targets["mpg"]),
         "origin": nn.functional.cross_entropy(predictions["origin"], targets["origin"]),
@@ -113,7 +121,10 @@ class AutoMPGAccumulator:
         self.count += int(targets["mpg"].shape[0])
 
     def compute(self) -> dict[str, float]:
-        return {"mpg_mae": self.absolute_error / max(self.count, 1), "origin_accuracy": 100.0 * self.correct / max(self.count, 1)}
+        return {
+            "mpg_mae": self.absolute_error / max(self.count, 1),
+            "origin_accuracy": 100.0 * self.correct / max(self.count, 1),
+        }
 
 
 AUTOMPG = Suite(

@@ -75,7 +75,9 @@ NOTES = {
 }
 
 
-def task_losses(predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /) -> dict[str, Tensor]:
+def task_losses(
+    predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /
+) -> dict[str, Tensor]:
     """Cityscapes' two task losses (segmentation NLL ignoring -1, masked L1 depth)."""
     return dense_task_losses(predictions, targets, task_names=TASKS)
 
@@ -87,10 +89,14 @@ def make_accumulator() -> DenseMetricAccumulator:
 
 def datasets(root: str | Path | None, split: str, /) -> DenseDataset:
     """Cityscapes `split` ("train", or "val"/"test", both the release's val/)."""
-    return dense_datasets(root, split, layout=CITYSCAPES_LAYOUT, augment_train=AUGMENT_TRAIN, seed=AUGMENTATION_SEED)
+    return dense_datasets(
+        root, split, layout=CITYSCAPES_LAYOUT, augment_train=AUGMENT_TRAIN, seed=AUGMENTATION_SEED
+    )
 
 
-def make_model(*, architecture: Literal["mtan", "split"] = "mtan", filters: Sequence[int] = SEGNET_FILTERS) -> nn.Module:
+def make_model(
+    *, architecture: Literal["mtan", "split"] = "mtan", filters: Sequence[int] = SEGNET_FILTERS
+) -> nn.Module:
     """SegNet-MTAN (default) or the split SegNet, with Cityscapes' heads."""
     return make_segnet(HEADS, architecture=architecture, filters=filters)
 

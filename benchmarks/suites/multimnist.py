@@ -50,8 +50,13 @@ def datasets(root: str | None, split: str) -> PairDataset:
     return PairDataset(_split(root, split))
 
 
-def task_losses(predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {task: torch.nn.functional.cross_entropy(predictions[task], targets[task]) for task in predictions}
+def task_losses(
+    predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    return {
+        task: torch.nn.functional.cross_entropy(predictions[task], targets[task])
+        for task in predictions
+    }
 
 
 class AccuracyAccumulator:
@@ -68,7 +73,10 @@ class AccuracyAccumulator:
         self.count += int(targets[self.tasks[0]].shape[0])
 
     def compute(self) -> dict[str, float]:
-        return {f"{task}_accuracy": 100.0 * self.correct[task] / max(self.count, 1) for task in self.tasks}
+        return {
+            f"{task}_accuracy": 100.0 * self.correct[task] / max(self.count, 1)
+            for task in self.tasks
+        }
 
 
 MULTIMNIST = Suite(

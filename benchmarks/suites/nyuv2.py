@@ -158,13 +158,19 @@ LOSSES = {SEGMENTATION: segmentation_loss, DEPTH: depth_loss, NORMAL: normal_los
 
 
 def dense_task_losses(
-    predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /, *, task_names: Sequence[str] = TASKS
+    predictions: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    /,
+    *,
+    task_names: Sequence[str] = TASKS,
 ) -> dict[str, Tensor]:
     """`{task: scalar loss}` in `task_names` order."""
     return {task: LOSSES[task](predictions[task], targets[task]) for task in task_names}
 
 
-def task_losses(predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /) -> dict[str, Tensor]:
+def task_losses(
+    predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /
+) -> dict[str, Tensor]:
     """NYUv2's three task losses."""
     return dense_task_losses(predictions, targets, task_names=TASKS)
 
@@ -203,7 +209,11 @@ def depth_errors(prediction: Tensor, target: Tensor, /) -> tuple[Tensor, Tensor,
     error = (prediction - target).abs()
     safe_target = torch.where(mask, target, torch.ones_like(target))
     denominator = count.clamp_min(1).to(error.dtype)
-    return (error * mask).sum() / denominator, (error / safe_target * mask).sum() / denominator, count
+    return (
+        (error * mask).sum() / denominator,
+        (error / safe_target * mask).sum() / denominator,
+        count,
+    )
 
 
 def normal_angles(prediction: Tensor, target: Tensor, /) -> Tensor:
@@ -213,7 +223,9 @@ def normal_angles(prediction: Tensor, target: Tensor, /) -> Tensor:
     return torch.rad2deg(torch.acos(cosine[mask]))
 
 
-def angle_statistics(angles: Tensor, /, *, thresholds: Sequence[float] = ANGLE_THRESHOLDS) -> Tensor:
+def angle_statistics(
+    angles: Tensor, /, *, thresholds: Sequence[float] = ANGLE_THRESHOLDS
+) -> Tensor:
     """`[2 + len(thresholds)]`: mean, median (the midpoint of the two middle values for an even
     count, as `np.median`), and the percent of angles strictly below each threshold."""
     ordered = angles.double().sort().values
@@ -230,12 +242,18 @@ class DenseMetricAccumulator:
     def __init__(self, tasks: Sequence[str], /, *, num_classes: int) -> None:
         unknown = set(tasks) - set(LOSSES)
         if unknown:
-            raise MTLInputError(f"unknown dense tasks {sorted(unknown)}; expected a subset of {list(LOSSES)}")
+            raise MTLInputError(
+                f"unknown dense tasks {sorted(unknown)}; expected a subset of {list(LOSSES)}"
+            )
         self.tasks = tuple(tasks)
         self.num_classes = num_classes
         self.metrics = tuple(
             spec
-            for task, specs in ((SEGMENTATION, SEGMENTATION_METRICS), (DEPTH, DEPTH_METRICS), (NORMAL, NORMAL_METRICS))
+            for task, specs in (
+                (SEGMENTATION, SEGMENTATION_METRICS),
+                (DEPTH, DEPTH_METRICS),
+                (NORMAL, NORMAL_METRICS),
+            )
             if task in self.tasks
             for spec in specs
         )
@@ -248,12 +266,19 @@ class DenseMetricAccumulator:
     def update(self, predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /) -> None:
         with torch.no_grad():
             if SEGMENTATION in self.tasks:
-                batch = confusion_matrix(predictions[SEGMENTATION].argmax(dim=1), targets[SEGMENTATION], num_classes=self.num_classes)
+                batch = confusion_matrix(
+                    predictions[SEGMENTATION].argmax(dim=1),
+                    targets[SEGMENTATION],
+                    num_classes=self.num_classes,
+                )
                 self.confusion = batch if self.confusion is None else self.confusion + batch
             if DEPTH in self.tasks:
                 absolute, relative, count = depth_errors(predictions[DEPTH], targets[DEPTH])
                 seen = (count > 0).double()
-                self.depth_sum = self.depth_sum.to(absolute.device) + torch.stack([absolute, relative]).double() * seen
+                self.depth_sum = (
+                    self.depth_sum.to(absolute.device)
+                    + torch.stack([absolute, relative]).double() * seen
+                )
                 self.depth_batches = self.depth_batches.to(absolute.device) + seen
             if NORMAL in self.tasks:
                 angles = normal_angles(predictions[NORMAL], targets[NORMAL])
@@ -264,14 +289,22 @@ class DenseMetricAccumulator:
     def compute(self) -> dict[str, float]:
         values: dict[str, float] = {}
         if SEGMENTATION in self.tasks:
-            confusion = self.confusion if self.confusion is not None else torch.zeros(self.num_classes, self.num_classes)
+            confusion = (
+                self.confusion
+                if self.confusion is not None
+                else torch.zeros(self.num_classes, self.num_classes)
+            )
             values["mean_iou"], values["pixel_accuracy"] = segmentation_scores(confusion)
         if DEPTH in self.tasks:
             batches = float(self.depth_batches)
             means = (self.depth_sum / batches).tolist() if batches else [float("nan")] * 2
             values["abs_error"], values["rel_error"] = means
         if NORMAL in self.tasks:
-            means = (self.normal_sum / self.normal_batches).tolist() if self.normal_batches else [float("nan")] * 5
+            means = (
+                (self.normal_sum / self.normal_batches).tolist()
+                if self.normal_batches
+                else [float("nan")] * 5
+            )
             for spec, value in zip(NORMAL_METRICS, means):
                 values[spec.name] = value
         return {spec.name: values[spec.name] for spec in self.metrics}
@@ -286,7 +319,13 @@ def make_accumulator() -> DenseMetricAccumulator:
 
 
 def dense_datasets(
-    root: str | Path | None, split: str, /, *, layout: DenseLayout, augment_train: bool, seed: int = AUGMENTATION_SEED
+    root: str | Path | None,
+    split: str,
+    /,
+    *,
+    layout: DenseLayout,
+    augment_train: bool,
+    seed: int = AUGMENTATION_SEED,
 ) -> DenseDataset:
     """`split` of a dense release at `root` (augmented when it is the training split and `augment_train`)."""
     if root is None:
@@ -295,7 +334,9 @@ def dense_datasets(
             f"<root>/train/image/0.npy), or write a tiny one with benchmarks.data.dense.write_fixture"
         )
     augment = augment_train and split == "train"
-    return DenseDataset(root, split, layout=layout, augment=augment, generator=torch.Generator().manual_seed(seed))
+    return DenseDataset(
+        root, split, layout=layout, augment=augment, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def datasets(root: str | Path | None, split: str, /) -> DenseDataset:
@@ -303,7 +344,9 @@ def datasets(root: str | Path | None, split: str, /) -> DenseDataset:
     return dense_datasets(root, split, layout=NYUV2_LAYOUT, augment_train=AUGMENT_TRAIN)
 
 
-def make_model(*, architecture: Literal["mtan", "split"] = "mtan", filters: Sequence[int] = SEGNET_FILTERS) -> nn.Module:
+def make_model(
+    *, architecture: Literal["mtan", "split"] = "mtan", filters: Sequence[int] = SEGNET_FILTERS
+) -> nn.Module:
     """SegNet-MTAN (default, as Nash-MTL/FAMO/DiBS-MTL v1) or the split SegNet, with NYUv2's heads."""
     return make_segnet(HEADS, architecture=architecture, filters=filters)
 

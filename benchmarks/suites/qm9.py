@@ -74,12 +74,19 @@ TASKS = ("mu", "alpha", "homo", "lumo", "r2", "zpve", "u0", "u", "h", "g", "cv")
 """The 11 tasks in the order of `TARGET_COLUMNS` (PyG targets 0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11)."""
 MEV_TASKS = ("homo", "lumo", "zpve", "u0", "u", "h", "g")
 """Targets reported in meV (eV x 1000): positions [2, 3, 5, 6, 7, 8, 9] (spec dibs.md §6.4)."""
-UNITS = {"mu": "D", "alpha": "a0^3", "r2": "a0^2", "cv": "cal/(mol K)"} | {task: "meV" for task in MEV_TASKS}
+UNITS = {"mu": "D", "alpha": "a0^3", "r2": "a0^2", "cv": "cal/(mol K)"} | {
+    task: "meV" for task in MEV_TASKS
+}
 
 METRICS = tuple(MetricSpec(f"{task}_mae", task, higher_is_better=False) for task in TASKS)
 """Per-task MAE in original units (meV for the energies), all lower is better."""
 
-BASE_VALUES = dict(zip((m.name for m in METRICS), (0.0671, 0.1814, 60.576, 53.915, 0.5027, 4.539, 58.838, 64.244, 63.852, 66.223, 0.07212)))
+BASE_VALUES = dict(
+    zip(
+        (m.name for m in METRICS),
+        (0.0671, 0.1814, 60.576, 53.915, 0.5027, 4.539, 58.838, 64.244, 63.852, 66.223, 0.07212),
+    )
+)
 BASE_SOURCE = (
     "single-task (STL) MPNN, `BASE` in AvivNavon/nash-mtl and Cranial-XIX/FAMO "
     "experiments/quantum_chemistry/utils.py (spec random_weighting_baselines_metrics.md §5.5, "
@@ -117,17 +124,36 @@ class QM9MeanAbsoluteError:
     times 1000 for `MEV_TASKS` (Nash-MTL `trainer.py::evaluate`). Predictions and targets are
     standardised `{task: [B]}`; `std` [T] holds the standardisation std per task."""
 
-    def __init__(self, std: Tensor | Sequence[float], /, *, task_names: Sequence[str] = TASKS, mev_tasks: Sequence[str] = MEV_TASKS) -> None:
+    def __init__(
+        self,
+        std: Tensor | Sequence[float],
+        /,
+        *,
+        task_names: Sequence[str] = TASKS,
+        mev_tasks: Sequence[str] = MEV_TASKS,
+    ) -> None:
         std = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
         if std.numel() != len(task_names):
             raise MTLInputError(f"{std.numel()} standard deviations for {len(task_names)} tasks")
         self.task_names = tuple(task_names)
-        self.scale = std * torch.tensor([1000.0 if name in mev_tasks else 1.0 for name in self.task_names], dtype=torch.float64)
+        self.scale = std * torch.tensor(
+            [1000.0 if name in mev_tasks else 1.0 for name in self.task_names], dtype=torch.float64
+        )
         self._sums: Tensor | None = None
         self._count = 0
 
     def update(self, predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /) -> None:
-        errors = torch.stack([(predictions[name].detach().reshape(-1).double() - targets[name].detach().reshape(-1).double()).abs().sum() for name in self.task_names])
+        errors = torch.stack(
+            [
+                (
+                    predictions[name].detach().reshape(-1).double()
+                    - targets[name].detach().reshape(-1).double()
+                )
+                .abs()
+                .sum()
+                for name in self.task_names
+            ]
+        )
         self._sums = errors if self._sums is None else self._sums + errors
         self._count += targets[self.task_names[0]].numel()
 
@@ -138,9 +164,16 @@ class QM9MeanAbsoluteError:
         return {f"{name}_mae": value for name, value in zip(self.task_names, values)}
 
 
-def task_losses(predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /) -> dict[str, Tensor]:
+def task_losses(
+    predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor], /
+) -> dict[str, Tensor]:
     """Per-task MSE (batch mean) on the standardised targets, in `TASKS` order."""
-    return {name: F.mse_loss(predictions[name].reshape(-1), targets[name].reshape(-1).to(predictions[name].dtype)) for name in TASKS}
+    return {
+        name: F.mse_loss(
+            predictions[name].reshape(-1), targets[name].reshape(-1).to(predictions[name].dtype)
+        )
+        for name in TASKS
+    }
 
 
 QM9Source = Literal["pyg", "qm9pack"]
@@ -153,24 +186,59 @@ class QM9Data:
     MAE accumulator needs (module docstring). `source` "qm9pack" reads `load_qm9pack(root,
     layout=layout, limit=limit)` instead of PyG's files."""
 
-    def __init__(self, *, split_seed: int = SPLIT_SEED, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE, normalisation: Literal["train", "all"] = "train",
-                 source: QM9Source = "pyg", layout: FeatureLayout = "pyg", limit: int | None = None, subset: tuple[int, int, int] | None = None) -> None:
-        if subset is not None and (len(subset) != 3 or min(subset) < 1 or subset[1] > val_size or subset[2] > test_size):
-            raise MTLInputError(f"subset must be (train, val, test) sizes of at least 1, val at most {val_size} and test at most {test_size}, got {subset!r}")
+    def __init__(
+        self,
+        *,
+        split_seed: int = SPLIT_SEED,
+        test_size: int = TEST_SIZE,
+        val_size: int = VAL_SIZE,
+        normalisation: Literal["train", "all"] = "train",
+        source: QM9Source = "pyg",
+        layout: FeatureLayout = "pyg",
+        limit: int | None = None,
+        subset: tuple[int, int, int] | None = None,
+    ) -> None:
+        if subset is not None and (
+            len(subset) != 3 or min(subset) < 1 or subset[1] > val_size or subset[2] > test_size
+        ):
+            raise MTLInputError(
+                f"subset must be (train, val, test) sizes of at least 1, val at most {val_size} and test at most {test_size}, got {subset!r}"
+            )
         if source not in SOURCES:
             raise MTLInputError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-        if layout not in FEATURE_LAYOUTS or (source == "pyg" and (layout != "pyg" or limit is not None)):
-            raise MTLInputError(f"layout ({', '.join(FEATURE_LAYOUTS)}) and limit are options of source='qm9pack'; got source={source!r}, layout={layout!r}, limit={limit!r}")
-        self.split_seed, self.test_size, self.val_size, self.normalisation = split_seed, test_size, val_size, normalisation
+        if layout not in FEATURE_LAYOUTS or (
+            source == "pyg" and (layout != "pyg" or limit is not None)
+        ):
+            raise MTLInputError(
+                f"layout ({', '.join(FEATURE_LAYOUTS)}) and limit are options of source='qm9pack'; got source={source!r}, layout={layout!r}, limit={limit!r}"
+            )
+        self.split_seed, self.test_size, self.val_size, self.normalisation = (
+            split_seed,
+            test_size,
+            val_size,
+            normalisation,
+        )
         self.source, self.layout, self.limit, self.subset = source, layout, limit, subset
         self.last: QM9Splits | None = None
 
     def splits(self, root: str | Path | None, /) -> QM9Splits:
         """The three splits of the QM9 under `root` (read once per file version, split once)."""
-        molecules = load_qm9(root) if self.source == "pyg" else load_qm9pack(root, layout=self.layout, limit=self.limit)
+        molecules = (
+            load_qm9(root)
+            if self.source == "pyg"
+            else load_qm9pack(root, layout=self.layout, limit=self.limit)
+        )
         if self.last is None or self.last.train.molecules is not molecules:
             if self.subset is None:
-                self.last = qm9_splits(molecules, task_names=TASKS, seed=self.split_seed, test_size=self.test_size, val_size=self.val_size, normalisation=self.normalisation, target_columns=TARGET_COLUMNS)
+                self.last = qm9_splits(
+                    molecules,
+                    task_names=TASKS,
+                    seed=self.split_seed,
+                    test_size=self.test_size,
+                    val_size=self.val_size,
+                    normalisation=self.normalisation,
+                    target_columns=TARGET_COLUMNS,
+                )
             else:
                 self.last = self._subset_splits(molecules)
         return self.last
@@ -180,14 +248,33 @@ class QM9Data:
         shuffle (`split_indices`), standardised with the training subset's statistics (or all
         molecules', `normalisation="all"`)."""
         train_size, val_size, test_size = self.subset
-        parts = split_indices(len(molecules), seed=self.split_seed, test_size=self.test_size, val_size=self.val_size)
+        parts = split_indices(
+            len(molecules), seed=self.split_seed, test_size=self.test_size, val_size=self.val_size
+        )
         if train_size > parts["train"].numel():
-            raise MTLInputError(f"a training subset of {train_size} molecules, but the training split has {parts['train'].numel()}")
-        parts = {"train": parts["train"][:train_size], "val": parts["val"][:val_size], "test": parts["test"][:test_size]}
+            raise MTLInputError(
+                f"a training subset of {train_size} molecules, but the training split has {parts['train'].numel()}"
+            )
+        parts = {
+            "train": parts["train"][:train_size],
+            "val": parts["val"][:val_size],
+            "test": parts["test"][:test_size],
+        }
         columns = list(TARGET_COLUMNS)
-        mean, std = target_statistics(molecules.y[:, columns] if self.normalisation == "all" else molecules.y[parts["train"]][:, columns])
-        made = {name: QM9Split(molecules, indices, task_names=TASKS, mean=mean, std=std, target_columns=columns) for name, indices in parts.items()}
-        return QM9Splits(train=made["train"], val=made["val"], test=made["test"], mean=mean, std=std)
+        mean, std = target_statistics(
+            molecules.y[:, columns]
+            if self.normalisation == "all"
+            else molecules.y[parts["train"]][:, columns]
+        )
+        made = {
+            name: QM9Split(
+                molecules, indices, task_names=TASKS, mean=mean, std=std, target_columns=columns
+            )
+            for name, indices in parts.items()
+        }
+        return QM9Splits(
+            train=made["train"], val=made["val"], test=made["test"], mean=mean, std=std
+        )
 
     def datasets(self, root: str | Path | None, split: str, /) -> QM9Split:
         """QM9 `split` ("train", "val" or "test") under `root`."""
@@ -196,7 +283,9 @@ class QM9Data:
     def make_accumulator(self) -> QM9MeanAbsoluteError:
         """The MAE accumulator with the statistics of the last `datasets` call."""
         if self.last is None:
-            raise MTLInputError("QM9's MAE is reported in original units, which needs the training split's std: call suite.datasets(root, split) before suite.make_accumulator()")
+            raise MTLInputError(
+                "QM9's MAE is reported in original units, which needs the training split's std: call suite.datasets(root, split) before suite.make_accumulator()"
+            )
         return QM9MeanAbsoluteError(self.last.std)
 
 
@@ -228,44 +317,87 @@ class QM9Preset:
 
 
 @functools.cache
-def _preset_suite(preset: QM9Preset, data_source: str | None) -> Suite:  # one suite (and one cached split) per preset and source
+def _preset_suite(
+    preset: QM9Preset, data_source: str | None
+) -> Suite:  # one suite (and one cached split) per preset and source
     if data_source not in DATA_SOURCES:
-        raise MTLInputError(f"QM9 has no data source {data_source!r}; choose one of: {', '.join(str(name) for name in DATA_SOURCES)}")
+        raise MTLInputError(
+            f"QM9 has no data source {data_source!r}; choose one of: {', '.join(str(name) for name in DATA_SOURCES)}"
+        )
     source, layout = DATA_SOURCES[data_source]
     return make_qm9_suite(source=source, layout=layout, preset=preset)
 
 
-DATA_SOURCES: dict[str | None, tuple[QM9Source, FeatureLayout]] = {None: ("pyg", "pyg"), "qm9pack": ("qm9pack", "pyg"), "qm9pack-sanitised": ("qm9pack", "sanitised")}
+DATA_SOURCES: dict[str | None, tuple[QM9Source, FeatureLayout]] = {
+    None: ("pyg", "pyg"),
+    "qm9pack": ("qm9pack", "pyg"),
+    "qm9pack-sanitised": ("qm9pack", "sanitised"),
+}
 """`--data-source` name (None: `--data-root`'s PyG files) -> (source, feature layout)."""
 
 CPU_METHODS = "ls,scaleinvls,rlw,uw,famo,mgda,pcgrad,cagrad,imtl_g,nashmtl,dibsmtl,dibsmtl:steps=5"
 """The published QM9 baselines the registry has (without DWA) and DiBS-MTL with 1 and 5 steps."""
 CPU_PRESET = QM9Preset(
-    name="cpu", train_size=6_000, val_size=1_000, test_size=1_000, hidden=16, epochs=10,
-    methods=CPU_METHODS, seeds="0,1,2", transforms="none,mu:power:2", representation=True,
+    name="cpu",
+    train_size=6_000,
+    val_size=1_000,
+    test_size=1_000,
+    hidden=16,
+    epochs=10,
+    methods=CPU_METHODS,
+    seeds="0,1,2",
+    transforms="none,mu:power:2",
+    representation=True,
 )
 """QM9 at CPU scale (module docstring; sized in docs/DECISIONS.md, "QM9 at CPU scale")."""
 PRESETS = {preset.name: preset for preset in (CPU_PRESET,)}
 
 
-def make_qm9_suite(*, split_seed: int = SPLIT_SEED, test_size: int = TEST_SIZE, val_size: int = VAL_SIZE, normalisation: Literal["train", "all"] = "train",
-                   source: QM9Source = "pyg", layout: FeatureLayout = "pyg", limit: int | None = None, preset: QM9Preset | None = None) -> Suite:
+def make_qm9_suite(
+    *,
+    split_seed: int = SPLIT_SEED,
+    test_size: int = TEST_SIZE,
+    val_size: int = VAL_SIZE,
+    normalisation: Literal["train", "all"] = "train",
+    source: QM9Source = "pyg",
+    layout: FeatureLayout = "pyg",
+    limit: int | None = None,
+    preset: QM9Preset | None = None,
+) -> Suite:
     """The QM9 suite; the keywords change the split (seed, test/validation sizes) and the
     normalisation statistics ("train", or "all" as the reference code effectively uses), and
     where the molecules come from (`source`; with "qm9pack", the feature `layout` and a `limit`
     to the first molecules, see `benchmarks.data.qm9pack`). A `preset` trains on its subsets of
     those splits, with its width and epochs (`QM9Preset`)."""
     subset = None if preset is None else (preset.train_size, preset.val_size, preset.test_size)
-    data = QM9Data(split_seed=split_seed, test_size=test_size, val_size=val_size, normalisation=normalisation, source=source, layout=layout, limit=limit, subset=subset)
-    notes = NOTES if source == "pyg" else {**NOTES, "data": f"QM9 of the package qm9pack 1.0.3 converted to PyG's layout with RDKit bonds, feature layout {layout!r}{'' if limit is None else f', first {limit} molecules'} (benchmarks.data.qm9pack)"}
+    data = QM9Data(
+        split_seed=split_seed,
+        test_size=test_size,
+        val_size=val_size,
+        normalisation=normalisation,
+        source=source,
+        layout=layout,
+        limit=limit,
+        subset=subset,
+    )
+    notes = (
+        NOTES
+        if source == "pyg"
+        else {
+            **NOTES,
+            "data": f"QM9 of the package qm9pack 1.0.3 converted to PyG's layout with RDKit bonds, feature layout {layout!r}{'' if limit is None else f', first {limit} molecules'} (benchmarks.data.qm9pack)",
+        }
+    )
     protocol, model = PROTOCOL, make_model
     if preset is not None:
         protocol = dataclasses.replace(PROTOCOL, epochs=preset.epochs)
         model = functools.partial(make_model, hidden=preset.hidden)
-        notes = {**notes,
-                 "split": f"{notes['split']}; preset {preset.name!r}: the first {preset.train_size} / {preset.val_size} / {preset.test_size} molecules of the train / val / test splits, standardised with the training subset's statistics",
-                 "model": f"the Gilmer MPNN at hidden width {preset.hidden} (preset {preset.name!r}; published: 64), edge network 5 -> 128 -> {preset.hidden}x{preset.hidden}",
-                 "scale": f"preset {preset.name!r}: {preset.epochs} epochs (published 300); gradient weightings {'on the shared features (MTL-R)' if preset.representation else 'on the shared parameters'}"}
+        notes = {
+            **notes,
+            "split": f"{notes['split']}; preset {preset.name!r}: the first {preset.train_size} / {preset.val_size} / {preset.test_size} molecules of the train / val / test splits, standardised with the training subset's statistics",
+            "model": f"the Gilmer MPNN at hidden width {preset.hidden} (preset {preset.name!r}; published: 64), edge network 5 -> 128 -> {preset.hidden}x{preset.hidden}",
+            "scale": f"preset {preset.name!r}: {preset.epochs} epochs (published 300); gradient weightings {'on the shared features (MTL-R)' if preset.representation else 'on the shared parameters'}",
+        }
     return Suite(
         name="qm9",
         task_names=TASKS,

@@ -106,7 +106,9 @@ class Method(ABC):
     an instance narrows them where its hyperparameters change them)."""
     loss_domain: LossDomain = "any"
     """The losses the method accepts: any real, non-negative (>= 0) or positive (> 0) values."""
-    loss_domain_advice: ClassVar[str] = "shift the losses (e.g. add a constant) or choose a method whose loss_domain is 'any'"
+    loss_domain_advice: ClassVar[str] = (
+        "shift the losses (e.g. add a constant) or choose a method whose loss_domain is 'any'"
+    )
     """What the error for losses outside `loss_domain` advises."""
     stateful: bool = False
     """Whether the weights depend on earlier calls (kept with shape `[*batch_shape, K]`)."""
@@ -147,7 +149,9 @@ class Method(ABC):
         """Learnable parameters of the method itself (none for most methods)."""
         return iter(())
 
-    def to(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Method:
+    def to(
+        self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Method:
         """Move the method's learnable parameters (as `nn.Module.to`); returns the method. No-op
         for methods without `parameters()` (their state lives on the host in float64)."""
         for param in self.parameters():
@@ -161,7 +165,9 @@ class Method(ABC):
     def load_state_dict(self, state: Mapping[str, Any], /) -> None:
         """Restore what `state_dict()` returned."""
         if state:
-            raise MTLInputError(f"{type(self).__name__} keeps no state, got a state with keys {sorted(state)}")
+            raise MTLInputError(
+                f"{type(self).__name__} keeps no state, got a state with keys {sorted(state)}"
+            )
 
     # -- batched state -------------------------------------------------------------------------
 
@@ -182,7 +188,11 @@ class Method(ABC):
         self._pristine = False
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in _INSTANCE_FACTS)
+        fields = ", ".join(
+            f"{k}={v!r}"
+            for k, v in vars(self).items()
+            if not k.startswith("_") and k not in _INSTANCE_FACTS
+        )
         return f"{type(self).__name__}({fields})"
 
 
@@ -194,7 +204,9 @@ def _as_batch_shape(batch_shape: Any) -> tuple[int, ...]:
         batch_shape = (batch_shape,)
     shape = tuple(batch_shape)
     if not all(isinstance(size, int) and size >= 0 for size in shape):
-        raise MTLInputError(f"batch_shape must be a tuple of non-negative integers, got {batch_shape!r}")
+        raise MTLInputError(
+            f"batch_shape must be a tuple of non-negative integers, got {batch_shape!r}"
+        )
     return shape
 
 
@@ -238,7 +250,9 @@ class LossWeighting(Method):
     def weights(self, losses: Tensor, /) -> WeightsResult:
         """Weights `[..., K]` from the (detached) losses `[..., K]`, with diagnostics."""
         if losses.ndim < 1 or losses.shape[-1] == 0:
-            raise MTLInputError(f"losses must have shape [..., K] with K >= 1, got {tuple(losses.shape)}")
+            raise MTLInputError(
+                f"losses must have shape [..., K] with K >= 1, got {tuple(losses.shape)}"
+            )
         _check_loss_domain(self, losses)
         return _as_result(self._weights(losses))
 
@@ -372,7 +386,9 @@ def _check_gramian(gramian: Tensor, losses: Tensor) -> None:
 
 def _check_jacobian(jacobian: Tensor, losses: Tensor) -> None:
     if jacobian.ndim < 2:
-        raise MTLInputError(f"the Jacobian must have shape [..., K, n], got {tuple(jacobian.shape)}")
+        raise MTLInputError(
+            f"the Jacobian must have shape [..., K, n], got {tuple(jacobian.shape)}"
+        )
     if jacobian.shape[-2] == 0:
         raise MTLInputError("the Jacobian is empty: K must be at least 1")
     if losses.shape != jacobian.shape[:-1]:
@@ -447,14 +463,22 @@ def unit_gramian(gramian: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def check_number(
-    name: str, value: Any, /, *, minimum: float | None = None, strict: bool = False, maximum: float | None = None
+    name: str,
+    value: Any,
+    /,
+    *,
+    minimum: float | None = None,
+    strict: bool = False,
+    maximum: float | None = None,
 ) -> float:
     """A finite real hyperparameter, bounded below by `minimum` (excluded if `strict`) and above by
     `maximum`; anything else raises `InvalidHyperparameterError` naming the bound."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidHyperparameterError(f"{name} must be a finite number, got {value!r}")
     if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise InvalidHyperparameterError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+        raise InvalidHyperparameterError(
+            f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}"
+        )
     if maximum is not None and value > maximum:
         raise InvalidHyperparameterError(f"{name} must be <= {maximum:g}, got {value!r}")
     return float(value)
@@ -485,13 +509,19 @@ def check_task_count(method: Method, losses: Tensor, num_tasks: int, /) -> None:
         )
 
 
-def state_tensor(state: Mapping[str, Any], key: str, shape: tuple[int, ...], method: str, /) -> Tensor:
+def state_tensor(
+    state: Mapping[str, Any], key: str, shape: tuple[int, ...], method: str, /
+) -> Tensor:
     """`state[key]` as a tensor of `shape`, or a clear error (a checkpoint of another run shape)."""
     if key not in state:
-        raise MTLInputError(f"{method} state has no {key!r}; pass what {method}.state_dict() returned")
+        raise MTLInputError(
+            f"{method} state has no {key!r}; pass what {method}.state_dict() returned"
+        )
     value = torch.as_tensor(state[key])
     if tuple(value.shape) != shape:
-        raise MTLInputError(f"{method} state {key!r} has shape {tuple(value.shape)}, expected {shape}")
+        raise MTLInputError(
+            f"{method} state {key!r} has shape {tuple(value.shape)}, expected {shape}"
+        )
     return value
 
 
@@ -511,9 +541,17 @@ class DrawsFromGenerator:
     def generator(self) -> torch.Generator | None:
         return self._generator
 
-    def _uniform(self, shape: tuple[int, ...], *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+    def _uniform(
+        self,
+        shape: tuple[int, ...],
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
         draw_device = self._generator.device if self._generator is not None else device
-        return torch.rand(shape, generator=self._generator, dtype=dtype, device=draw_device).to(device)
+        return torch.rand(shape, generator=self._generator, dtype=dtype, device=draw_device).to(
+            device
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return generator_state(self._generator)
@@ -527,12 +565,18 @@ def generator_state(generator: torch.Generator | None, /) -> dict[str, Any]:
     return {} if generator is None else {"generator": generator.get_state()}
 
 
-def load_generator_state(generator: torch.Generator | None, state: Mapping[str, Any], method: str, /) -> None:
+def load_generator_state(
+    generator: torch.Generator | None, state: Mapping[str, Any], method: str, /
+) -> None:
     """Restore what `generator_state` saved into the method's own generator."""
     if generator is None:
         if state:
-            raise MTLInputError(f"{method} draws from the global RNG (generator=None) and keeps no state; got keys {sorted(state)}")
+            raise MTLInputError(
+                f"{method} draws from the global RNG (generator=None) and keeps no state; got keys {sorted(state)}"
+            )
         return
     if "generator" not in state:
-        raise MTLInputError(f"{method} state has no 'generator'; pass what {method}.state_dict() returned")
+        raise MTLInputError(
+            f"{method} state has no 'generator'; pass what {method}.state_dict() returned"
+        )
     generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))

@@ -96,14 +96,20 @@ class DiBSMTL(GradientWeighting):
         self.steps = check_integer("steps", steps)
         self.radius = check_number("radius", radius, minimum=0.0, strict=True)
         if inner_step_rule not in INNER_STEP_RULES:
-            raise InvalidHyperparameterError(f"inner_step_rule must be one of {INNER_STEP_RULES}, got {inner_step_rule!r}")
+            raise InvalidHyperparameterError(
+                f"inner_step_rule must be one of {INNER_STEP_RULES}, got {inner_step_rule!r}"
+            )
         if inner_step is None:
             divisor = steps if inner_step_rule == "radius/steps" else 5
             inner_step = 1e-2 if steps == 1 else radius / divisor
         self.inner_step = check_number("inner_step", inner_step, minimum=0.0, strict=True)
         self.inner_step_rule = inner_step_rule
         published = self.inner_step * self.radius
-        self.epsilon = published if epsilon is None else check_number("epsilon", epsilon, minimum=0.0, strict=True)
+        self.epsilon = (
+            published
+            if epsilon is None
+            else check_number("epsilon", epsilon, minimum=0.0, strict=True)
+        )
         check_reduction(reduction)
         self.reduction = reduction
 
@@ -130,7 +136,14 @@ class DiBSMTL(GradientWeighting):
         return torch.tensor(rows, dtype=gramian.dtype).reshape(gramian.shape[:-1])
 
     def _two_task_row(
-        self, scale: float, norm0: float, norm1: float, g00: float, g01: float, g10: float, g11: float
+        self,
+        scale: float,
+        norm0: float,
+        norm1: float,
+        g00: float,
+        g01: float,
+        g10: float,
+        g11: float,
     ) -> tuple[float, float]:
         """The weights `scale c_i / ||g_i||` of one 2 x 2 Gramian (see `_two_task_weights`)."""
         inverse0 = 1.0 / norm0 if norm0 > 0 else 0.0
@@ -164,7 +177,9 @@ class DiBSMTL(GradientWeighting):
             differences = coefficients[..., None, :] - shift  # row i: c - r e_i
             distances_sq = ((differences @ unit) * differences).sum(dim=-1)
             distances = distances_sq.clamp_min(0).sqrt()
-            coefficients = torch.where(active[..., None], coefficients + self.inner_step * distances, coefficients)
+            coefficients = torch.where(
+                active[..., None], coefficients + self.inner_step * distances, coefficients
+            )
             new_norm_sq = (coefficients * (unit @ coefficients[..., None])[..., 0]).sum(dim=-1)
             active = active & (new_norm_sq <= radius_sq)  # the rejected step stays counted
             if not bool(active.any()):
@@ -180,8 +195,11 @@ def _scalar_path(gramian: Tensor) -> bool:
     """Whether `DiBSMTL._two_task_weights` serves this Gramian: K = 2, float64 on the CPU, a small
     batch, no autograd graph."""
     return (
-        gramian.shape[-1] == 2 and gramian.dtype == torch.float64 and gramian.device.type == "cpu"
-        and not gramian.requires_grad and gramian.numel() <= 4 * _SCALAR_ROWS
+        gramian.shape[-1] == 2
+        and gramian.dtype == torch.float64
+        and gramian.device.type == "cpu"
+        and not gramian.requires_grad
+        and gramian.numel() <= 4 * _SCALAR_ROWS
     )
 
 

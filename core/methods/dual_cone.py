@@ -84,7 +84,9 @@ def project_to_dual_cone(gramian: Tensor, targets: Tensor, /) -> DualConeProject
         goal = goal[None, :]
     num_tasks = gram.shape[-1]
     if goal.shape[-1] != num_tasks:
-        raise MTLInputError(f"targets of shape {tuple(goal.shape)} do not match the Gramian of shape {tuple(gram.shape)}")
+        raise MTLInputError(
+            f"targets of shape {tuple(goal.shape)} do not match the Gramian of shape {tuple(gram.shape)}"
+        )
     if bool((goal < 0).any()) or not bool(torch.isfinite(goal).all()):
         raise MTLInputError("the targets of a dual-cone projection must be finite and non-negative")
     batch = torch.broadcast_shapes(gram.shape[:-2], goal.shape[:-2])
@@ -102,7 +104,9 @@ def _project(gram: np.ndarray, goal: np.ndarray) -> tuple[np.ndarray, np.ndarray
         nonzero = norms > 0
         inverse = np.where(nonzero, 1.0 / np.where(nonzero, norms, 1.0), 0.0)
         cosine = gram * inverse[..., :, None] * inverse[..., None, :]
-        cosine = (0.5 * (cosine + np.swapaxes(cosine, -1, -2))).clip(-1.0, 1.0)  # the products round asymmetrically
+        cosine = (0.5 * (cosine + np.swapaxes(cosine, -1, -2))).clip(
+            -1.0, 1.0
+        )  # the products round asymmetrically
     eye = np.eye(num_tasks, dtype=bool)
     cosine = np.where(eye, 1.0, cosine)
     bounds = goal * norms[..., None, :]  # b = N u, zero for a zero gradient
@@ -155,7 +159,9 @@ _SCALAR_ROWS = 64
 """Up to this many 2 x 2 Gramians `_project_two_tasks` runs on Python floats, row by row."""
 
 
-def _project_two_tasks(entries: list[list[float]], goal: np.ndarray) -> tuple[list[list[list[float]]], list[float]]:
+def _project_two_tasks(
+    entries: list[list[float]], goal: np.ndarray
+) -> tuple[list[list[list[float]]], list[float]]:
     """`_project` for K = 2 on Python floats: `entries` the rows `[G_11, G_12, G_21, G_22]` of
     finite symmetric Gramians, `goal` `[M, 2]`. The same IEEE operations in the same order as the
     numpy path (the same bits) without a numpy call per operation: weights `[N][M][2]` and KKT
@@ -175,19 +181,26 @@ def _project_two_tasks(entries: list[list[float]], goal: np.ndarray) -> tuple[li
             y1 = -cos * second if product_1 < 0 else first
             y2 = -cos * first if product_1 >= 0 and cos * first + second < 0 else second
             row.append([y1 * inverse1 if norm1 > 0 else u1, y2 * inverse2 if norm2 > 0 else u2])
-            residual = max(residual, _kkt_violation_pair(cos, (first, second), (y1, y2), (norm1 > 0, norm2 > 0)))
+            residual = max(
+                residual,
+                _kkt_violation_pair(cos, (first, second), (y1, y2), (norm1 > 0, norm2 > 0)),
+            )
         weights.append(row)
         residuals.append(residual)
     return weights, residuals
 
 
-def _kkt_violation_pair(cos: float, bounds: tuple[float, float], scaled: tuple[float, float], nonzero: tuple[bool, bool]) -> float:
+def _kkt_violation_pair(
+    cos: float, bounds: tuple[float, float], scaled: tuple[float, float], nonzero: tuple[bool, bool]
+) -> float:
     """`_kkt_residual` of one target of a K = 2 problem on Python floats (the same operations)."""
     p1, p2 = (scaled[0] if nonzero[0] else 0.0), (scaled[1] if nonzero[1] else 0.0)
     size = abs(p1) + abs(p2)
     divisor = size if size > 0 else 1.0
     worst = 0.0
-    for index, (product, gap) in enumerate(((1.0 * p1 + cos * p2, p1 - bounds[0]), (cos * p1 + 1.0 * p2, p2 - bounds[1]))):
+    for index, (product, gap) in enumerate(
+        ((1.0 * p1 + cos * p2, p1 - bounds[0]), (cos * p1 + 1.0 * p2, p2 - bounds[1]))
+    ):
         if not nonzero[index]:
             continue
         violation = max(max(max(-product, -gap), min(product, gap)), 0.0)
@@ -254,7 +267,9 @@ def _face(cosine: np.ndarray, bounds: np.ndarray, free: np.ndarray) -> np.ndarra
     return solution
 
 
-def _settle(cosine: np.ndarray, bounds: np.ndarray, free: np.ndarray, step: np.ndarray) -> np.ndarray:
+def _settle(
+    cosine: np.ndarray, bounds: np.ndarray, free: np.ndarray, step: np.ndarray
+) -> np.ndarray:
     """The final point: the free variables re-solved on the final face (so that their products
     are 0 to rounding), kept feasible (`y >= b`)."""
     point = bounds + step.clip(min=0)
@@ -264,7 +279,9 @@ def _settle(cosine: np.ndarray, bounds: np.ndarray, free: np.ndarray, step: np.n
     return point
 
 
-def _kkt_residual(cosine: np.ndarray, bounds: np.ndarray, scaled: np.ndarray, nonzero: np.ndarray) -> np.ndarray:
+def _kkt_residual(
+    cosine: np.ndarray, bounds: np.ndarray, scaled: np.ndarray, nonzero: np.ndarray
+) -> np.ndarray:
     """The largest violation of (2) on the scaled problem, relative to `sum_j |y_j|` (`[...]`)."""
     mask = nonzero[..., None, :]
     point = np.where(mask, scaled, 0.0)
@@ -282,29 +299,47 @@ def _kkt_residual(cosine: np.ndarray, bounds: np.ndarray, scaled: np.ndarray, no
 # --------------------------------------------------------------------------------------------
 
 
-def check_preference_vector(pref_vector: Sequence[float] | Tensor | None, method: str, /) -> tuple[float, ...] | None:
+def check_preference_vector(
+    pref_vector: Sequence[float] | Tensor | None, method: str, /
+) -> tuple[float, ...] | None:
     """A preference vector: None, or K >= 1 finite non-negative numbers, not all zero."""
     if pref_vector is None:
         return None
     if isinstance(pref_vector, bool) or isinstance(pref_vector, str):
-        raise InvalidHyperparameterError(f"{method}: pref_vector must be a list of numbers or None, got {pref_vector!r}")
+        raise InvalidHyperparameterError(
+            f"{method}: pref_vector must be a list of numbers or None, got {pref_vector!r}"
+        )
     try:
         values = torch.as_tensor(pref_vector, dtype=torch.float64).detach()
     except (TypeError, ValueError, RuntimeError) as error:
-        raise InvalidHyperparameterError(f"{method}: pref_vector must be a list of numbers or None, got {pref_vector!r}") from error
+        raise InvalidHyperparameterError(
+            f"{method}: pref_vector must be a list of numbers or None, got {pref_vector!r}"
+        ) from error
     if values.ndim != 1 or values.numel() == 0:
-        raise InvalidHyperparameterError(f"{method}: pref_vector must be a non-empty list of K numbers, got {pref_vector!r}")
-    if not bool(torch.isfinite(values).all()) or bool((values < 0).any()) or not bool((values > 0).any()):
-        raise InvalidHyperparameterError(f"{method}: pref_vector must be finite, non-negative and not all zero, got {values.tolist()}")
+        raise InvalidHyperparameterError(
+            f"{method}: pref_vector must be a non-empty list of K numbers, got {pref_vector!r}"
+        )
+    if (
+        not bool(torch.isfinite(values).all())
+        or bool((values < 0).any())
+        or not bool((values > 0).any())
+    ):
+        raise InvalidHyperparameterError(
+            f"{method}: pref_vector must be finite, non-negative and not all zero, got {values.tolist()}"
+        )
     return tuple(float(value) for value in values)
 
 
-def preference_weights(pref_vector: tuple[float, ...] | None, num_tasks: int, default: float, method: str, /) -> Tensor:
+def preference_weights(
+    pref_vector: tuple[float, ...] | None, num_tasks: int, default: float, method: str, /
+) -> Tensor:
     """The preference vector as a float64 tensor `[K]` (`default` in every entry when None)."""
     if pref_vector is None:
         return torch.full((num_tasks,), default, dtype=torch.float64)
     if len(pref_vector) != num_tasks:
-        raise MTLInputError(f"{method} has a pref_vector of {len(pref_vector)} entries but there are {num_tasks} tasks")
+        raise MTLInputError(
+            f"{method} has a pref_vector of {len(pref_vector)} entries but there are {num_tasks} tasks"
+        )
     return torch.tensor(pref_vector, dtype=torch.float64)
 
 
@@ -319,11 +354,21 @@ class _DualConeWeighting(GradientWeighting):
     claims = frozenset({"permutation_equivariant", "non_conflicting"})
     head_gradient = HeadGradient.RAW
 
-    def __init__(self, *, pref_vector: Sequence[float] | None = None, norm_eps: float = 0.0, reg_eps: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        pref_vector: Sequence[float] | None = None,
+        norm_eps: float = 0.0,
+        reg_eps: float = 0.0,
+    ) -> None:
         label = type(self).__name__
         self.pref_vector = check_preference_vector(pref_vector, label)
-        self.norm_eps = check_number("norm_eps (TorchJD: 1e-4; 0 keeps the exact projection)", norm_eps, minimum=0.0)
-        self.reg_eps = check_number("reg_eps (TorchJD: 1e-4; 0 keeps the exact projection)", reg_eps, minimum=0.0)
+        self.norm_eps = check_number(
+            "norm_eps (TorchJD: 1e-4; 0 keeps the exact projection)", norm_eps, minimum=0.0
+        )
+        self.reg_eps = check_number(
+            "reg_eps (TorchJD: 1e-4; 0 keeps the exact projection)", reg_eps, minimum=0.0
+        )
         claims = set(type(self).claims)
         if not _uniform(self.pref_vector):
             claims.discard("permutation_equivariant")
@@ -344,7 +389,9 @@ class _DualConeWeighting(GradientWeighting):
             return gram
         trace = torch.diagonal(gram, dim1=-2, dim2=-1).sum(dim=-1)[..., None, None]
         small = ~(trace >= self.norm_eps) | (trace <= 0)
-        gram = torch.where(small, torch.zeros_like(gram), gram / torch.where(small, torch.ones_like(trace), trace))
+        gram = torch.where(
+            small, torch.zeros_like(gram), gram / torch.where(small, torch.ones_like(trace), trace)
+        )
         return gram + self.reg_eps * torch.eye(gram.shape[-1], dtype=gram.dtype)
 
     def _goal(self, num_tasks: int) -> np.ndarray:
@@ -362,24 +409,43 @@ class _DualConeWeighting(GradientWeighting):
             # and its torch round trips: the per-step path on a few K x K entries
             host = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
             if not np.isfinite(host).all():
-                raise NonFiniteGradientError(f"{type(self).__name__}: the Gramian contains NaN or infinite entries")
+                raise NonFiniteGradientError(
+                    f"{type(self).__name__}: the Gramian contains NaN or infinite entries"
+                )
             gram = 0.5 * (host + np.swapaxes(host, -1, -2))
             goal = self._goal(gram.shape[-1])
             batch_shape = gram.shape[:-2]
             if gram.shape[-1] == 2 and gram.size <= 4 * _SCALAR_ROWS and np.isfinite(gram).all():
                 rows, row_residuals = _project_two_tasks(gram.reshape(-1, 4).tolist(), goal)
                 weights = torch.tensor(rows, dtype=torch.float64).reshape(*batch_shape, *goal.shape)
-                projection = DualConeProjection(weights, torch.tensor(row_residuals, dtype=torch.float64).reshape(batch_shape), 0)
+                projection = DualConeProjection(
+                    weights,
+                    torch.tensor(row_residuals, dtype=torch.float64).reshape(batch_shape),
+                    0,
+                )
             else:
-                solved, residual, iterations = _project(gram, np.broadcast_to(goal, (*batch_shape, *goal.shape)))
-                projection = DualConeProjection(torch.from_numpy(solved), torch.from_numpy(np.asarray(residual)), iterations)
+                solved, residual, iterations = _project(
+                    gram, np.broadcast_to(goal, (*batch_shape, *goal.shape))
+                )
+                projection = DualConeProjection(
+                    torch.from_numpy(solved), torch.from_numpy(np.asarray(residual)), iterations
+                )
         else:
             if not bool(torch.isfinite(gramian).all()):
-                raise NonFiniteGradientError(f"{type(self).__name__}: the Gramian contains NaN or infinite entries")
-            projection = project_to_dual_cone(self._prepared(gramian), self._targets(gramian.shape[-1]))
+                raise NonFiniteGradientError(
+                    f"{type(self).__name__}: the Gramian contains NaN or infinite entries"
+                )
+            projection = project_to_dual_cone(
+                self._prepared(gramian), self._targets(gramian.shape[-1])
+            )
         weights = projection.weights.sum(dim=-2).to(gramian.device)
-        diagnostics = {"kkt_residual": projection.kkt_residual, "iterations": torch.tensor(projection.iterations)}
-        return WeightsResult(weights_in_dtype(weights, gramian.dtype, type(self).__name__), diagnostics)
+        diagnostics = {
+            "kkt_residual": projection.kkt_residual,
+            "iterations": torch.tensor(projection.iterations),
+        }
+        return WeightsResult(
+            weights_in_dtype(weights, gramian.dtype, type(self).__name__), diagnostics
+        )
 
 
 class UPGrad(_DualConeWeighting):
@@ -419,7 +485,9 @@ class UPGrad(_DualConeWeighting):
     paper = "Quinton, Rey, Jacobian Descent for Multi-Objective Optimization (UPGrad; arXiv:2406.16232, 2024)"
 
     def _targets(self, num_tasks: int) -> Tensor:
-        return torch.diag(preference_weights(self.pref_vector, num_tasks, 1.0 / num_tasks, "UPGrad"))
+        return torch.diag(
+            preference_weights(self.pref_vector, num_tasks, 1.0 / num_tasks, "UPGrad")
+        )
 
 
 class DualProj(_DualConeWeighting):

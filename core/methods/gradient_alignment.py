@@ -61,7 +61,9 @@ def _cosines(gram: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     nonzero = norms > 0
     safe = torch.where(nonzero, norms, torch.ones_like(norms))
     cosine = gram / safe[..., :, None] / safe[..., None, :]
-    cosine = (0.5 * (cosine + cosine.transpose(-1, -2))).clamp(-1.0, 1.0)  # the divisions round asymmetrically
+    cosine = (0.5 * (cosine + cosine.transpose(-1, -2))).clamp(
+        -1.0, 1.0
+    )  # the divisions round asymmetrically
     both = nonzero[..., :, None] & nonzero[..., None, :]
     cosine = torch.where(both, cosine, torch.zeros_like(cosine))
     eye = torch.eye(gram.shape[-1], dtype=torch.bool)
@@ -158,7 +160,11 @@ def _canonical_order_np(gram: np.ndarray, /) -> np.ndarray:
     keys = ((rows * rows).sum(axis=-1), rows.sum(axis=-1), np.diagonal(gram, axis1=-2, axis2=-1))
     order = np.broadcast_to(np.arange(gram.shape[-1]), gram.shape[:-1])
     for key in keys:  # least significant first: successive stable sorts
-        order = np.take_along_axis(order, np.argsort(np.take_along_axis(key, order, axis=-1), axis=-1, kind="stable"), axis=-1)
+        order = np.take_along_axis(
+            order,
+            np.argsort(np.take_along_axis(key, order, axis=-1), axis=-1, kind="stable"),
+            axis=-1,
+        )
     return order
 
 
@@ -272,7 +278,9 @@ class AlignedMTL(GradientWeighting):
     claims = frozenset({"permutation_equivariant"})
     head_gradient = HeadGradient.RAW
 
-    def __init__(self, *, pref_vector: Sequence[float] | None = None, scale_mode: ScaleMode = "min") -> None:
+    def __init__(
+        self, *, pref_vector: Sequence[float] | None = None, scale_mode: ScaleMode = "min"
+    ) -> None:
         self.pref_vector = check_preference_vector(pref_vector, "AlignedMTL")
         if scale_mode not in ("min", "median", "rmse"):
             raise InvalidHyperparameterError(
@@ -308,10 +316,16 @@ class AlignedMTL(GradientWeighting):
         else:
             position = None
         if position is None:
-            scale = torch.where(kept, eigenvalues, torch.zeros_like(eigenvalues)).sum(dim=-1) / rank.clamp_min(1)
+            scale = torch.where(kept, eigenvalues, torch.zeros_like(eigenvalues)).sum(
+                dim=-1
+            ) / rank.clamp_min(1)
         else:
             scale = eigenvalues.gather(-1, position[..., None])[..., 0]
-        balance = scale.clamp_min(0).sqrt()[..., None, None] * (vectors * inverse_roots[..., None, :]) @ vectors.transpose(-1, -2)
+        balance = (
+            scale.clamp_min(0).sqrt()[..., None, None]
+            * (vectors * inverse_roots[..., None, :])
+            @ vectors.transpose(-1, -2)
+        )
         identity = torch.eye(num_tasks, dtype=torch.float64).expand_as(balance)
         balance = torch.where((rank == 0)[..., None, None], identity, balance)
         return balance, rank
@@ -321,9 +335,14 @@ class AlignedMTL(GradientWeighting):
         gram = _host_float64_np(gramian, "AlignedMTL")
         order = _canonical_order_np(gram)  # relabelled tasks give relabelled weights, bitwise
         balance, rank = self._balance_np(_reorder_np(gram, order), gramian.dtype)
-        preference = preference_weights(self.pref_vector, num_tasks, 1.0, "AlignedMTL").numpy()[order]
+        preference = preference_weights(self.pref_vector, num_tasks, 1.0, "AlignedMTL").numpy()[
+            order
+        ]
         weights = torch.from_numpy(_restore_np(_matvec_np(balance, preference), order))
-        return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "AlignedMTL"), {"rank": torch.from_numpy(np.asarray(rank))})
+        return WeightsResult(
+            weights_in_dtype(weights.to(gramian.device), gramian.dtype, "AlignedMTL"),
+            {"rank": torch.from_numpy(np.asarray(rank))},
+        )
 
     def _balance_np(self, gram: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
         """`_balance` on numpy arrays (the per-step path; the same steps, up to the rounding of
@@ -346,7 +365,9 @@ class AlignedMTL(GradientWeighting):
         if position is None:
             scale = np.where(kept, eigenvalues, 0.0).sum(axis=-1) / np.maximum(rank, 1)
         else:
-            scale = np.take_along_axis(eigenvalues, np.asarray(position)[..., None], axis=-1)[..., 0]
+            scale = np.take_along_axis(eigenvalues, np.asarray(position)[..., None], axis=-1)[
+                ..., 0
+            ]
         scaled = vectors * inverse_roots[..., None, :]
         product = _ordered_product_np(scaled, np.swapaxes(vectors, -1, -2))
         balance = np.sqrt(np.maximum(scale, 0.0))[..., None, None] * product
@@ -430,7 +451,9 @@ class ConFIG(GradientWeighting):
             inverse = np.where(kept, 1.0 / np.where(kept, eigenvalues, 1.0), 0.0)
             coordinates = _matvec_np(np.swapaxes(vectors, -1, -2), preference)  # V^T p
             beta = _matvec_np(vectors, inverse * coordinates)  # C^+ p
-            squared = _ordered_total_np(coordinates * coordinates * inverse)  # ||g_u||^2 = p^T C^+ p
+            squared = _ordered_total_np(
+                coordinates * coordinates * inverse
+            )  # ||g_u||^2 = p^T C^+ p
             projected = _matvec_np(vectors, kept * coordinates)  # C C^+ p = U g_u
             safe_norms = np.where(nonzero, norms, 1.0)
             coefficients = np.where(nonzero, beta / safe_norms, 0.0)
@@ -439,10 +462,14 @@ class ConFIG(GradientWeighting):
             factor = np.where(usable, length_times_norm / np.where(usable, squared, 1.0), 0.0)
         weights = torch.from_numpy(_restore_np(coefficients * factor[..., None], order))
         # the length carries the rounding of C times every gradient's norm (see Conditioning above)
-        bound = torch.from_numpy(np.asarray(_CONFIG_ROUNDING * num_tasks * _EPS * _ordered_total_np(norms)))
+        bound = torch.from_numpy(
+            np.asarray(_CONFIG_ROUNDING * num_tasks * _EPS * _ordered_total_np(norms))
+        )
         kept = torch.from_numpy(kept)
         diagnostics = {"rank": kept.sum(dim=-1), "update_bound": bound}
-        return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "ConFIG"), diagnostics)
+        return WeightsResult(
+            weights_in_dtype(weights.to(gramian.device), gramian.dtype, "ConFIG"), diagnostics
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,16 +511,26 @@ def gradvac_coefficients(
         norm_j = norms.gather(-1, other)
         measured = (norm_i > 0) & (norm_j > 0)
         denominator = norm_i * norm_j + eps
-        cosine = torch.where(measured, dot / torch.where(measured, denominator, torch.ones_like(denominator)), torch.zeros_like(dot))
+        cosine = torch.where(
+            measured,
+            dot / torch.where(measured, denominator, torch.ones_like(denominator)),
+            torch.zeros_like(dot),
+        )
         cosine = cosine.clamp(-1.0, 1.0)
         target = targets.gather(-1, other[..., None])[..., 0]
         sine = (1 - cosine**2).clamp_min(0).sqrt()
         target_sine = (1 - target**2).clamp_min(0).sqrt()
         scale = norm_j * target_sine + eps
         correct = measured & (cosine < target) & (scale > 0)
-        amount = norm_i * (target * sine - cosine * target_sine) / torch.where(correct, scale, torch.ones_like(scale))
+        amount = (
+            norm_i
+            * (target * sine - cosine * target_sine)
+            / torch.where(correct, scale, torch.ones_like(scale))
+        )
         amount = torch.where(correct, amount, torch.zeros_like(amount))
-        coefficients = coefficients + amount[..., None] * torch.nn.functional.one_hot(other, num_tasks).to(gramian.dtype)
+        coefficients = coefficients + amount[..., None] * torch.nn.functional.one_hot(
+            other, num_tasks
+        ).to(gramian.dtype)
         updated = torch.where(measured, (1 - beta) * target + beta * cosine, target)
         targets = targets.scatter(-1, other[..., None], updated[..., None])
         corrections = corrections + correct.sum(dim=-1)
@@ -520,7 +557,9 @@ def _gradvac_coefficients_np(
             norm_j = np.take_along_axis(norms, other[..., 0], axis=-1)
             measured = (norm_i > 0) & (norm_j > 0)
             denominator = norm_i * norm_j + eps
-            cosine = np.clip(np.where(measured, dot / np.where(measured, denominator, 1.0), 0.0), -1.0, 1.0)
+            cosine = np.clip(
+                np.where(measured, dot / np.where(measured, denominator, 1.0), 0.0), -1.0, 1.0
+            )
             target = np.take_along_axis(targets, other, axis=-1)[..., 0]
             sine = np.sqrt(np.maximum(1 - cosine * cosine, 0.0))
             target_sine = np.sqrt(np.maximum(1 - target * target, 0.0))
@@ -528,14 +567,21 @@ def _gradvac_coefficients_np(
             correct = measured & (cosine < target) & (scale > 0)
             amount = norm_i * (target * sine - cosine * target_sine) / np.where(correct, scale, 1.0)
             amount = np.where(correct, amount, 0.0)
-            np.put_along_axis(coefficients, other, np.take_along_axis(coefficients, other, axis=-1) + amount[..., None], axis=-1)
+            np.put_along_axis(
+                coefficients,
+                other,
+                np.take_along_axis(coefficients, other, axis=-1) + amount[..., None],
+                axis=-1,
+            )
             updated = np.where(measured, (1 - beta) * target + beta * cosine, target)
             np.put_along_axis(targets, other, updated[..., None], axis=-1)
             corrections = corrections + correct.sum(axis=-1)
     return coefficients, targets, corrections
 
 
-def _gradvac_two_tasks_np(gram: np.ndarray, targets: np.ndarray, beta: float, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _gradvac_two_tasks_np(
+    gram: np.ndarray, targets: np.ndarray, beta: float, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_gradvac_coefficients_np` for K = 2, written out: each task meets the other once, with
     `C = I` (so `g_i' . g_j = G_12` and `||g_i'|| = ||g_i||`); returns the weights (the column sums
     `1 + C_ji`) instead of C, the targets and the corrections."""
@@ -546,7 +592,9 @@ def _gradvac_two_tasks_np(gram: np.ndarray, targets: np.ndarray, beta: float, ep
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         measured = (norm_i > 0) & (norm_j > 0)
         denominator = norm_i * norm_j + eps
-        cosine = np.clip(np.where(measured, dot / np.where(measured, denominator, 1.0), 0.0), -1.0, 1.0)
+        cosine = np.clip(
+            np.where(measured, dot / np.where(measured, denominator, 1.0), 0.0), -1.0, 1.0
+        )
         sine = np.sqrt(np.maximum(1 - cosine * cosine, 0.0))
         target_sine = np.sqrt(np.maximum(1 - target * target, 0.0))
         scale = norm_j * target_sine + eps
@@ -622,7 +670,9 @@ class GradVac(GradientWeighting):
         shuffle: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.beta = check_number("beta (the EMA decay of the target cosines)", beta, minimum=0.0, maximum=1.0)
+        self.beta = check_number(
+            "beta (the EMA decay of the target cosines)", beta, minimum=0.0, maximum=1.0
+        )
         self.eps = check_number("eps", eps, minimum=0.0)
         if not isinstance(shuffle, bool):
             raise InvalidHyperparameterError(f"shuffle must be True or False, got {shuffle!r}")
@@ -646,30 +696,52 @@ class GradVac(GradientWeighting):
 
     def state_dict(self) -> dict[str, Any]:
         targets = None if self._targets is None else self._targets.clone()
-        return {"batch_shape": list(self.batch_shape), "targets": targets, **generator_state(self._generator)}
+        return {
+            "batch_shape": list(self.batch_shape),
+            "targets": targets,
+            **generator_state(self._generator),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any], /) -> None:
         if "batch_shape" not in state or "targets" not in state:
-            raise MTLInputError("GradVac state needs 'batch_shape' and 'targets'; pass what GradVac.state_dict() returned")
+            raise MTLInputError(
+                "GradVac state needs 'batch_shape' and 'targets'; pass what GradVac.state_dict() returned"
+            )
         self.reset(tuple(state["batch_shape"]))
         targets = state["targets"]
         if targets is not None:
             targets = torch.as_tensor(targets, dtype=torch.float64).clone()
-            if tuple(targets.shape[:-2]) != self.batch_shape or targets.shape[-1] != targets.shape[-2]:
-                raise MTLInputError(f"GradVac state 'targets' has shape {tuple(targets.shape)}, expected [*{self.batch_shape}, K, K]")
+            if (
+                tuple(targets.shape[:-2]) != self.batch_shape
+                or targets.shape[-1] != targets.shape[-2]
+            ):
+                raise MTLInputError(
+                    f"GradVac state 'targets' has shape {tuple(targets.shape)}, expected [*{self.batch_shape}, K, K]"
+                )
             self._targets = targets
             self._pristine = False
-        load_generator_state(self._generator, {k: v for k, v in state.items() if k == "generator"}, "GradVac")
+        load_generator_state(
+            self._generator, {k: v for k, v in state.items() if k == "generator"}, "GradVac"
+        )
 
     def visiting_orders(self, batch_shape: tuple[int, ...], num_tasks: int) -> Tensor:
         """Orders `[*batch_shape, K, K-1]` (int64): row i lists the tasks other than i, in random
         order (`shuffle=True`, drawing `prod(batch_shape) K^2` uniforms when K >= 3) or in index order."""
         if not self.shuffle or num_tasks <= 2:
-            keys = torch.arange(num_tasks, dtype=torch.float64).expand(*batch_shape, num_tasks, num_tasks)
+            keys = torch.arange(num_tasks, dtype=torch.float64).expand(
+                *batch_shape, num_tasks, num_tasks
+            )
         else:
             draw_device = self._generator.device if self._generator is not None else None
-            keys = torch.rand((*batch_shape, num_tasks, num_tasks), generator=self._generator, dtype=torch.float64, device=draw_device).cpu()
-        keys = keys + 2.0 * num_tasks * torch.eye(num_tasks, dtype=torch.float64)  # j = i sorts last
+            keys = torch.rand(
+                (*batch_shape, num_tasks, num_tasks),
+                generator=self._generator,
+                dtype=torch.float64,
+                device=draw_device,
+            ).cpu()
+        keys = keys + 2.0 * num_tasks * torch.eye(
+            num_tasks, dtype=torch.float64
+        )  # j = i sorts last
         return keys.argsort(dim=-1)[..., : num_tasks - 1]
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
@@ -682,15 +754,22 @@ class GradVac(GradientWeighting):
             )
         targets = self._targets.numpy() if self._targets is not None else np.zeros(gram.shape)
         if num_tasks == 2:  # one order, nothing drawn
-            weights, targets, corrections = _gradvac_two_tasks_np(gram.numpy(), targets, self.beta, self.eps)
+            weights, targets, corrections = _gradvac_two_tasks_np(
+                gram.numpy(), targets, self.beta, self.eps
+            )
         else:
             orders = self.visiting_orders(batch_shape, num_tasks)
-            coefficients, targets, corrections = _gradvac_coefficients_np(gram.numpy(), targets, orders.numpy(), self.beta, self.eps)
+            coefficients, targets, corrections = _gradvac_coefficients_np(
+                gram.numpy(), targets, orders.numpy(), self.beta, self.eps
+            )
             weights = coefficients.sum(axis=-2)
         self._targets = torch.from_numpy(targets)
         self._used()
         output = torch.from_numpy(np.asarray(weights))
-        return WeightsResult(weights_in_dtype(output.to(gramian.device), gramian.dtype, "GradVac"), {"corrections": torch.from_numpy(np.asarray(corrections))})
+        return WeightsResult(
+            weights_in_dtype(output.to(gramian.device), gramian.dtype, "GradVac"),
+            {"corrections": torch.from_numpy(np.asarray(corrections))},
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -780,11 +859,25 @@ class FairGrad(GradientWeighting):
 
     name = "fairgrad"
     paper = "Ban, Ji, Fair Resource Allocation in Multi-Task Learning (FairGrad; ICML 2024)"
-    claims = frozenset({"monotone_invariant", "rescaling_invariant", "permutation_equivariant", "non_conflicting"})
+    claims = frozenset(
+        {"monotone_invariant", "rescaling_invariant", "permutation_equivariant", "non_conflicting"}
+    )
     head_gradient = HeadGradient.RAW
 
-    def __init__(self, *, alpha: float = 1.0, ridge: float = 1e-10, tolerance: float = 1e-10, max_iterations: int = 100) -> None:
-        self.alpha = check_number("alpha (the fairness parameter; 1 is Nash-MTL's proportional fairness)", alpha, minimum=0.0, strict=True)
+    def __init__(
+        self,
+        *,
+        alpha: float = 1.0,
+        ridge: float = 1e-10,
+        tolerance: float = 1e-10,
+        max_iterations: int = 100,
+    ) -> None:
+        self.alpha = check_number(
+            "alpha (the fairness parameter; 1 is Nash-MTL's proportional fairness)",
+            alpha,
+            minimum=0.0,
+            strict=True,
+        )
         self.ridge = check_number("ridge", ridge, minimum=0.0, strict=True)
         if self.ridge >= 1:
             raise InvalidHyperparameterError(f"ridge must be in (0, 1), got {ridge!r}")
@@ -797,17 +890,27 @@ class FairGrad(GradientWeighting):
         """Weights `[..., K]` (float64, host; 0 for zero gradients), the un-regularised relative
         residual `[...]` and the Newton iterations used, for a Gramian `[..., K, K]`."""
         cosine, norms, nonzero = _cosines_np(_host_float64_np(gramian, "FairGrad"))
-        weights, residual, iterations = _fairgrad_newton(cosine, norms, nonzero, self.alpha, self.ridge, self.tolerance, self.max_iterations)
+        weights, residual, iterations = _fairgrad_newton(
+            cosine, norms, nonzero, self.alpha, self.ridge, self.tolerance, self.max_iterations
+        )
         return torch.from_numpy(weights), torch.from_numpy(residual), iterations
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
         weights, residual, iterations = self.solve(gramian)
         diagnostics = {"residual": residual, "iterations": torch.tensor(iterations)}
-        return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "FairGrad"), diagnostics)
+        return WeightsResult(
+            weights_in_dtype(weights.to(gramian.device), gramian.dtype, "FairGrad"), diagnostics
+        )
 
 
 def _fairgrad_newton(
-    cosine: np.ndarray, norms: np.ndarray, nonzero: np.ndarray, alpha: float, ridge: float, tolerance: float, max_iterations: int
+    cosine: np.ndarray,
+    norms: np.ndarray,
+    nonzero: np.ndarray,
+    alpha: float,
+    ridge: float,
+    tolerance: float,
+    max_iterations: int,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """FairGrad's damped Newton (see `FairGrad`) on cosine Gramians `[..., K, K]`, norms and the
     mask of nonzero gradients `[..., K]`; returns weights, the un-regularised residual, iterations."""
@@ -816,7 +919,9 @@ def _fairgrad_newton(
     mask = nonzero.reshape(-1, num_tasks)
     # zero gradients: decoupled unit tasks (identity row and column), their weight set to 0 at the end
     scale = np.where(mask, norms.reshape(-1, num_tasks), 1.0)
-    unit = np.where(mask[:, :, None] & mask[:, None, :], cosine.reshape(-1, num_tasks, num_tasks), 0.0)
+    unit = np.where(
+        mask[:, :, None] & mask[:, None, :], cosine.reshape(-1, num_tasks, num_tasks), 0.0
+    )
     diagonal = np.arange(num_tasks)
     unit[:, diagonal, diagonal] = 1.0 + ridge  # U + ridge I: G_r = N (U + ridge I) N
     problem = _FairGradProblem(unit, scale, alpha)
@@ -825,14 +930,20 @@ def _fairgrad_newton(
         weights = scale ** (-2.0 * alpha / (1.0 + alpha))
         quadratic = np.einsum("bi,bij,bj->b", scale * weights, unit, scale * weights)
         utility = (weights**problem.power).sum(axis=-1)
-        weights = weights * ((utility / quadratic) ** (1.0 / (1.0 + problem.inverse_alpha)))[:, None]
+        weights = (
+            weights * ((utility / quadratic) ** (1.0 / (1.0 + problem.inverse_alpha)))[:, None]
+        )
         residual = problem.residual(weights, unit, scale)
         best = np.abs(residual).max(axis=-1)
         # K = 2, alpha = 1: the start is the regularised problem's exact minimiser,
         # w_i = 1 / (n_i sqrt(1 + ridge + cos)); near Pareto stationarity (cos -> -1) its residual
         # cannot reach the tolerance in float64, and Newton would only move it within that
         # rounding floor (1e-6 relative) for 10-20 iterations
-        active = best > tolerance if not (num_tasks == 2 and alpha == 1.0) else np.zeros(best.shape, dtype=bool)
+        active = (
+            best > tolerance
+            if not (num_tasks == 2 and alpha == 1.0)
+            else np.zeros(best.shape, dtype=bool)
+        )
         stalls = np.zeros(best.shape, dtype=np.int64)
         iterations = 0
         while active.any() and iterations < max_iterations:
@@ -851,7 +962,9 @@ def _fairgrad_newton(
         weights = np.where(mask, weights, 0.0)
         plain = unit.copy()
         plain[:, diagonal, diagonal] = 1.0
-        plain_residual = np.where(mask, problem.residual(np.where(mask, weights, 1.0), plain, scale), 0.0)
+        plain_residual = np.where(
+            mask, problem.residual(np.where(mask, weights, 1.0), plain, scale), 0.0
+        )
     worst = np.abs(plain_residual).max(axis=-1)
     return weights.reshape(shape), worst.reshape(shape[:-1]), iterations
 
@@ -871,7 +984,9 @@ class _FairGradProblem:
         products = np.einsum("bij,bj->bi", unit, scale * weights) * scale
         return weights**self.inverse_alpha * products - 1.0
 
-    def step(self, index: np.ndarray, w: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def step(
+        self, index: np.ndarray, w: np.ndarray, r: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One damped Newton step for the problems `index` at weights `w` with residuals `r`;
         returns the new weights, their residuals and which problems moved."""
         unit, scale, power, num_tasks = self.unit[index], self.scale[index], self.power, w.shape[-1]
@@ -886,7 +1001,9 @@ class _FairGradProblem:
             z = np.linalg.solve(system, right[..., None])[..., 0]
         t = z / np.sqrt(q)  # the Newton step, relative: (w' - w) / w
         decrement = np.einsum("bi,bi->b", z, right)  # lambda^2 = z . M z (M z = right)
-        floor = ~(np.abs(t).max(axis=-1) > _STEP_FLOOR)  # the step changes no weight beyond rounding
+        floor = ~(
+            np.abs(t).max(axis=-1) > _STEP_FLOOR
+        )  # the step changes no weight beyond rounding
         old_worst = np.abs(r).max(axis=-1)
         tau = np.ones(index.size)
         accepted = np.zeros(index.size, dtype=bool)
@@ -895,7 +1012,9 @@ class _FairGradProblem:
             pending = ~accepted & ~floor
             if not pending.any():
                 break
-            relative, growth = _newton_path(tau[:, None] * t)  # w' = w (1 + relative), log(w'/w) = growth
+            relative, growth = _newton_path(
+                tau[:, None] * t
+            )  # w' = w (1 + relative), log(w'/w) = growth
             candidate = w * (1.0 + relative)
             inside = ((candidate >= _SMALLEST) & (candidate <= 1.0 / _SMALLEST)).all(axis=-1)
             scaled = np.sqrt(q) * relative
@@ -912,7 +1031,13 @@ class _FairGradProblem:
             noise = _NOISE * num_tasks * (np.abs(per_task).sum(axis=-1) + coupled)
             sufficient = change <= -_ARMIJO * tau * decrement
             resolved_better = (change <= noise) & (worst < (1.0 - _ARMIJO) * old_worst)
-            good = pending & inside & np.isfinite(worst) & np.isfinite(change) & (sufficient | resolved_better)
+            good = (
+                pending
+                & inside
+                & np.isfinite(worst)
+                & np.isfinite(change)
+                & (sufficient | resolved_better)
+            )
             new_weights[good], new_residual[good] = candidate[good], candidate_residual[good]
             accepted |= good
             tau = np.where(accepted, tau, 0.5 * tau)
@@ -953,4 +1078,3 @@ def _cholesky_solve(factor: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Solve `L L^T x = b` for batched lower-triangular L `[B, K, K]` and b `[B, K]`."""
     middle = np.linalg.solve(factor, right[..., None])
     return np.linalg.solve(np.swapaxes(factor, -1, -2), middle)[..., 0]
-

@@ -73,14 +73,18 @@ def _row_norms(vectors: Tensor) -> Tensor:
     return torch.linalg.vector_norm(vectors, dim=-1, dtype=torch.float64).cpu()
 
 
-def _optional_state(state: Mapping[str, Any], key: str, shape: tuple[int, ...], method: str) -> Tensor | None:
+def _optional_state(
+    state: Mapping[str, Any], key: str, shape: tuple[int, ...], method: str
+) -> Tensor | None:
     """A per-coordinate state tensor of the leading `shape` (its last dimension n free), or None."""
     value = state.get(key)
     if value is None:
         return None
     value = torch.as_tensor(value)
     if tuple(value.shape[:-1]) != shape:
-        raise MTLInputError(f"{method} state {key!r} has shape {tuple(value.shape)}, expected {(*shape, 'n')}")
+        raise MTLInputError(
+            f"{method} state {key!r} has shape {tuple(value.shape)}, expected {(*shape, 'n')}"
+        )
     return value.clone()
 
 
@@ -138,7 +142,12 @@ class GradDrop(DrawsFromGenerator, JacobianAggregation):
 
     def __init__(self, *, leak: float = 0.0, generator: torch.Generator | None = None) -> None:
         self._use_generator(generator)
-        self.leak = check_number("leak (how much of each gradient always passes, in [0, 1])", leak, minimum=0.0, maximum=1.0)
+        self.leak = check_number(
+            "leak (how much of each gradient always passes, in [0, 1])",
+            leak,
+            minimum=0.0,
+            maximum=1.0,
+        )
 
     def uniforms(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """The draw `U` of one call: `shape` uniforms in [0, 1) from the generator."""
@@ -153,11 +162,17 @@ class GradDrop(DrawsFromGenerator, JacobianAggregation):
         negative = jacobian.clamp_max(0).sum(dim=-2)
         magnitude = positive - negative
         nonzero = magnitude > 0
-        purity = torch.where(nonzero, 0.5 * (1 + (positive + negative) / torch.where(nonzero, magnitude, 1.0)), 0.5)
+        purity = torch.where(
+            nonzero, 0.5 * (1 + (positive + negative) / torch.where(nonzero, magnitude, 1.0)), 0.5
+        )
         uniform = self.uniforms(tuple(purity.shape), jacobian.dtype, jacobian.device)
         zero = torch.zeros((), dtype=jacobian.dtype, device=jacobian.device)
-        kept = torch.where(purity > uniform, positive, zero) + torch.where(purity < uniform, negative, zero)
-        update = kept if self.leak == 0.0 else self.leak * (positive + negative) + (1 - self.leak) * kept
+        kept = torch.where(purity > uniform, positive, zero) + torch.where(
+            purity < uniform, negative, zero
+        )
+        update = (
+            kept if self.leak == 0.0 else self.leak * (positive + negative) + (1 - self.leak) * kept
+        )
         conflict = ((positive > 0) & (negative < 0)).to(torch.float64).mean(dim=-1).cpu()
         return AggregationResult(update, torch.ones_like(losses), {"conflict_fraction": conflict})
 
@@ -169,7 +184,11 @@ class GradDrop(DrawsFromGenerator, JacobianAggregation):
         rows = jacobian.detach().reshape(-1, 2 * width).tolist()
         if not all(math.isfinite(value) for row in rows for value in row):
             return None
-        uniforms = self.uniforms((*jacobian.shape[:-2], width), jacobian.dtype, jacobian.device).reshape(-1, width).tolist()
+        uniforms = (
+            self.uniforms((*jacobian.shape[:-2], width), jacobian.dtype, jacobian.device)
+            .reshape(-1, width)
+            .tolist()
+        )
         leak, updates, conflicts = self.leak, [], []
         for row, draws in zip(rows, uniforms):
             update, conflicting = [], 0
@@ -178,8 +197,12 @@ class GradDrop(DrawsFromGenerator, JacobianAggregation):
                 negative = (first if first < 0 else 0.0) + (second if second < 0 else 0.0)
                 magnitude = positive - negative
                 purity = 0.5 * (1 + (positive + negative) / magnitude) if magnitude > 0 else 0.5
-                kept = (positive if purity > uniform else 0.0) + (negative if purity < uniform else 0.0)
-                update.append(kept if leak == 0.0 else leak * (positive + negative) + (1 - leak) * kept)
+                kept = (positive if purity > uniform else 0.0) + (
+                    negative if purity < uniform else 0.0
+                )
+                update.append(
+                    kept if leak == 0.0 else leak * (positive + negative) + (1 - leak) * kept
+                )
                 conflicting += positive > 0 and negative < 0
             updates.append(update)
             conflicts.append(conflicting / width)
@@ -250,13 +273,21 @@ class MoCo(JacobianAggregation):
         normalize_gradients: bool = False,
     ) -> None:
         self.num_tasks = check_num_tasks(num_tasks, "MoCo")
-        self.beta = check_number("beta (the tracking step, in (0, 1])", beta, minimum=0.0, strict=True, maximum=1.0)
-        self.beta_sigma = check_number("beta_sigma (the decay exponent of beta_t)", beta_sigma, minimum=0.0)
+        self.beta = check_number(
+            "beta (the tracking step, in (0, 1])", beta, minimum=0.0, strict=True, maximum=1.0
+        )
+        self.beta_sigma = check_number(
+            "beta_sigma (the decay exponent of beta_t)", beta_sigma, minimum=0.0
+        )
         self.gamma = check_number("gamma (the step on lambda)", gamma, minimum=0.0, strict=True)
-        self.gamma_sigma = check_number("gamma_sigma (the decay exponent of gamma_t)", gamma_sigma, minimum=0.0)
+        self.gamma_sigma = check_number(
+            "gamma_sigma (the decay exponent of gamma_t)", gamma_sigma, minimum=0.0
+        )
         self.rho = check_number("rho (the ridge on Y Y^T)", rho, minimum=0.0)
         if not isinstance(normalize_gradients, bool):
-            raise InvalidHyperparameterError(f"normalize_gradients must be True or False, got {normalize_gradients!r}")
+            raise InvalidHyperparameterError(
+                f"normalize_gradients must be True or False, got {normalize_gradients!r}"
+            )
         self.normalize_gradients = normalize_gradients
         if normalize_gradients:
             self.loss_domain = "nonnegative"
@@ -266,7 +297,9 @@ class MoCo(JacobianAggregation):
         super().reset(batch_shape)
         self._steps = 0
         self._tracked: Tensor | None = None
-        self._lambdas = torch.full((*self.batch_shape, self.num_tasks), 1.0 / self.num_tasks, dtype=torch.float64)
+        self._lambdas = torch.full(
+            (*self.batch_shape, self.num_tasks), 1.0 / self.num_tasks, dtype=torch.float64
+        )
 
     @property
     def tracked(self) -> Tensor | None:
@@ -306,7 +339,9 @@ class MoCo(JacobianAggregation):
         if self.normalize_gradients:
             norms = torch.linalg.vector_norm(jacobian, dim=-1, keepdim=True)
             gradients = jacobian * (losses.to(jacobian.dtype)[..., None] * safe_reciprocal(norms))
-        tracked = torch.zeros_like(jacobian) if self._tracked is None else self._tracked.to(jacobian)
+        tracked = (
+            torch.zeros_like(jacobian) if self._tracked is None else self._tracked.to(jacobian)
+        )
         steps = self._steps + 1
         beta_t = self.beta / steps**self.beta_sigma
         gamma_t = self.gamma / steps**self.gamma_sigma
@@ -322,8 +357,13 @@ class MoCo(JacobianAggregation):
         tracked_norms = _row_norms(tracked)
         self._tracked, self._lambdas, self._steps = tracked, lambdas, steps
         self._used()
-        diagnostics = {"contribution_norms": lambdas * tracked_norms, "tracked_norms": tracked_norms}
-        return AggregationResult(update, lambdas.to(dtype=losses.dtype, device=losses.device), diagnostics)
+        diagnostics = {
+            "contribution_norms": lambdas * tracked_norms,
+            "tracked_norms": tracked_norms,
+        }
+        return AggregationResult(
+            update, lambdas.to(dtype=losses.dtype, device=losses.device), diagnostics
+        )
 
     def _two_task_scalars(self, jacobian: Tensor, losses: Tensor) -> AggregationResult | None:
         """`_aggregate` without gradient normalisation for a few float64 CPU Jacobians
@@ -338,9 +378,15 @@ class MoCo(JacobianAggregation):
         steps = self._steps + 1
         beta_t = self.beta / steps**self.beta_sigma
         gamma_t = self.gamma / steps**self.gamma_sigma
-        old = [[[0.0] * width] * 2] * len(rows) if self._tracked is None else self._tracked.reshape(-1, 2, width).tolist()
+        old = (
+            [[[0.0] * width] * 2] * len(rows)
+            if self._tracked is None
+            else self._tracked.reshape(-1, 2, width).tolist()
+        )
         tracked, targets = [], []
-        for (first, second), (old_first, old_second), (lambda1, lambda2) in zip(rows, old, self._lambdas.reshape(-1, 2).tolist()):
+        for (first, second), (old_first, old_second), (lambda1, lambda2) in zip(
+            rows, old, self._lambdas.reshape(-1, 2).tolist()
+        ):
             y1 = [y - beta_t * (y - g) for y, g in zip(old_first, first)]
             y2 = [y - beta_t * (y - g) for y, g in zip(old_second, second)]
             g11, g12, g22 = _dot(y1, y1), _dot(y1, y2), _dot(y2, y2)
@@ -352,14 +398,20 @@ class MoCo(JacobianAggregation):
             largest = target1 if target1 > target2 else target2
             targets.append(_simplex_projection_of_two(target1 - largest, target2 - largest))
             tracked.append((y1, y2))
-        updates = [[lambda1 * a + lambda2 * b for a, b in zip(y1, y2)] for (y1, y2), (lambda1, lambda2) in zip(tracked, targets)]
+        updates = [
+            [lambda1 * a + lambda2 * b for a, b in zip(y1, y2)]
+            for (y1, y2), (lambda1, lambda2) in zip(tracked, targets)
+        ]
         batch_shape = jacobian.shape[:-2]
         tracked_tensor = torch.tensor(tracked, dtype=torch.float64).reshape(jacobian.shape)
         lambdas = torch.tensor(targets, dtype=torch.float64).reshape(*batch_shape, 2)
         tracked_norms = _row_norms(tracked_tensor)
         self._tracked, self._lambdas, self._steps = tracked_tensor, lambdas, steps
         self._used()
-        diagnostics = {"contribution_norms": lambdas * tracked_norms, "tracked_norms": tracked_norms}
+        diagnostics = {
+            "contribution_norms": lambdas * tracked_norms,
+            "tracked_norms": tracked_norms,
+        }
         update = torch.tensor(updates, dtype=torch.float64).reshape(*batch_shape, width)
         return AggregationResult(update, lambdas.to(dtype=losses.dtype), diagnostics)
 
@@ -424,17 +476,27 @@ class DBMTL(JacobianAggregation):
     )
     claims = frozenset({"rescaling_invariant", "permutation_equivariant"})
     loss_domain = "positive"
-    loss_domain_advice = "DB-MTL trains on log l_i; shift the losses (e.g. add a constant) or choose another method"
+    loss_domain_advice = (
+        "DB-MTL trains on log l_i; shift the losses (e.g. add a constant) or choose another method"
+    )
     stateful = True
     requires_num_tasks = True
     engine_modes = _FULL_MODE
 
-    def __init__(self, num_tasks: int | None = None, *, beta: float = 0.9, beta_sigma: float = 0.0) -> None:
+    def __init__(
+        self, num_tasks: int | None = None, *, beta: float = 0.9, beta_sigma: float = 0.0
+    ) -> None:
         self.num_tasks = check_num_tasks(num_tasks, "DBMTL")
-        self.beta = check_number("beta (the weight of the old average, in [0, 1))", beta, minimum=0.0)
+        self.beta = check_number(
+            "beta (the weight of the old average, in [0, 1))", beta, minimum=0.0
+        )
         if self.beta >= 1:
-            raise InvalidHyperparameterError(f"beta (the weight of the old average) must be < 1, got {beta!r}")
-        self.beta_sigma = check_number("beta_sigma (the decay exponent of beta_t)", beta_sigma, minimum=0.0)
+            raise InvalidHyperparameterError(
+                f"beta (the weight of the old average) must be < 1, got {beta!r}"
+            )
+        self.beta_sigma = check_number(
+            "beta_sigma (the decay exponent of beta_t)", beta_sigma, minimum=0.0
+        )
         self.reset()
 
     def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
@@ -457,7 +519,9 @@ class DBMTL(JacobianAggregation):
     def load_state_dict(self, state: Mapping[str, Any], /) -> None:
         self.reset(tuple(state["batch_shape"]))
         self._steps = int(state["steps"])
-        self._averages = _optional_state(state, "averages", (*self.batch_shape, self.num_tasks), "DBMTL")
+        self._averages = _optional_state(
+            state, "averages", (*self.batch_shape, self.num_tasks), "DBMTL"
+        )
         self._width = None if self._averages is None else self._averages.shape[-1]
         self._pristine = self._steps == 0
 
@@ -465,7 +529,9 @@ class DBMTL(JacobianAggregation):
         check_task_count(self, losses, self.num_tasks)
         self._match_jacobian(jacobian)
         gradients = jacobian / losses.to(jacobian.dtype)[..., None]  # grad log l_i
-        averages = torch.zeros_like(jacobian) if self._averages is None else self._averages.to(jacobian)
+        averages = (
+            torch.zeros_like(jacobian) if self._averages is None else self._averages.to(jacobian)
+        )
         steps = self._steps + 1
         beta_t = self.beta / steps**self.beta_sigma
         averages = gradients + beta_t * (averages - gradients)
@@ -530,10 +596,19 @@ class ExcessMTL(JacobianAggregation):
     requires_num_tasks = True
     engine_modes = _FULL_MODE
 
-    def __init__(self, num_tasks: int | None = None, *, robust_step_size: float = 1.0, n_warmup_steps: int = 0) -> None:
+    def __init__(
+        self,
+        num_tasks: int | None = None,
+        *,
+        robust_step_size: float = 1.0,
+        n_warmup_steps: int = 0,
+    ) -> None:
         self.num_tasks = check_num_tasks(num_tasks, "ExcessMTL")
         self.robust_step_size = check_number(
-            "robust_step_size (the exponentiated-gradient step eta)", robust_step_size, minimum=0.0, strict=True
+            "robust_step_size (the exponentiated-gradient step eta)",
+            robust_step_size,
+            minimum=0.0,
+            strict=True,
         )
         self.n_warmup_steps = check_integer("n_warmup_steps", n_warmup_steps, minimum=0)
         self.reset()
@@ -572,7 +647,11 @@ class ExcessMTL(JacobianAggregation):
         shape = (*self.batch_shape, self.num_tasks)
         self._steps = int(state["steps"])
         for key in ("log_weights", "baseline", "warmup_sum"):
-            setattr(self, f"_{key}", state_tensor(state, key, shape, "ExcessMTL").to(torch.float64).clone())
+            setattr(
+                self,
+                f"_{key}",
+                state_tensor(state, key, shape, "ExcessMTL").to(torch.float64).clone(),
+            )
         self._squares = _optional_state(state, "squares", shape, "ExcessMTL")
         self._width = None if self._squares is None else self._squares.shape[-1]
         self._pristine = self._steps == 0
@@ -580,7 +659,9 @@ class ExcessMTL(JacobianAggregation):
     def _aggregate(self, jacobian: Tensor, losses: Tensor, /) -> AggregationResult:
         check_task_count(self, losses, self.num_tasks)
         self._match_jacobian(jacobian)
-        squared = jacobian.to(torch.float64).square()  # float64: float32 gradients of 1e20 square beyond float32's range
+        squared = jacobian.to(
+            torch.float64
+        ).square()  # float64: float32 gradients of 1e20 square beyond float32's range
         squares = squared if self._squares is None else self._squares.to(squared) + squared
         excess = (squared / (squares + HESSIAN_EPSILON).sqrt()).sum(dim=-1).cpu()
         steps = self._steps + 1
@@ -599,4 +680,6 @@ class ExcessMTL(JacobianAggregation):
         self._log_weights, self._baseline, self._warmup_sum = log_weights, baseline, warmup_sum
         self._used()
         diagnostics = {"excess_risks": excess, "contribution_norms": weights * _row_norms(jacobian)}
-        return AggregationResult(update, weights.to(dtype=losses.dtype, device=losses.device), diagnostics)
+        return AggregationResult(
+            update, weights.to(dtype=losses.dtype, device=losses.device), diagnostics
+        )

@@ -44,7 +44,9 @@ def _host_inputs(gramian: Tensor, losses: Tensor, method: str) -> tuple[Tensor, 
     gram = gramian.detach().to(device="cpu", dtype=torch.float64)
     values = losses.detach().to(device="cpu", dtype=torch.float64)
     if not bool(torch.isfinite(values).all()):
-        raise NonFiniteLossError(f"{method}: the losses must be finite, got {values.tolist() if values.numel() <= 16 else 'some not'}")
+        raise NonFiniteLossError(
+            f"{method}: the losses must be finite, got {values.tolist() if values.numel() <= 16 else 'some not'}"
+        )
     if not bool(torch.isfinite(gram).all()):
         raise NonFiniteGradientError(f"{method}: the Gramian contains NaN or infinite entries")
     return 0.5 * (gram + gram.transpose(-1, -2)), values
@@ -52,16 +54,24 @@ def _host_inputs(gramian: Tensor, losses: Tensor, method: str) -> tuple[Tensor, 
 
 def _few_two_task_rows(gramian: Tensor) -> bool:
     """Whether the K = 2 Python-float paths apply: at most `_SCALAR_ROWS` CPU Gramians 2 x 2."""
-    return gramian.shape[-1] == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS
+    return (
+        gramian.shape[-1] == 2
+        and gramian.device.type == "cpu"
+        and gramian.numel() <= 4 * _SCALAR_ROWS
+    )
 
 
-def _finite_rows(gramian: Tensor, losses: Tensor) -> tuple[Tensor, list[list[float]], list[list[float]]] | None:
+def _finite_rows(
+    gramian: Tensor, losses: Tensor
+) -> tuple[Tensor, list[list[float]], list[list[float]]] | None:
     """For the Python-float paths: the float64 Gramian, its entries `[g11, g12, g21, g22]` and the
     losses per row, or None where any is not finite (the general path raises the error)."""
     gram = gramian.detach().to(torch.float64)
     entries = gram.reshape(-1, 4).tolist()
     values = losses.detach().to(torch.float64).reshape(-1, 2).tolist()
-    if all(map(math.isfinite, (x for row in entries for x in row))) and all(map(math.isfinite, (x for row in values for x in row))):
+    if all(map(math.isfinite, (x for row in entries for x in row))) and all(
+        map(math.isfinite, (x for row in values for x in row))
+    ):
         return gram, entries, values
     return None
 
@@ -74,7 +84,9 @@ def _check_tasks(method: GradientWeighting, state: Tensor | None, num_tasks: int
         )
 
 
-def _optional(state: Mapping[str, Any], key: str, batch_shape: tuple[int, ...], method: str) -> Tensor | None:
+def _optional(
+    state: Mapping[str, Any], key: str, batch_shape: tuple[int, ...], method: str
+) -> Tensor | None:
     """`state[key]` as a float64 tensor `[*batch_shape, K]`, or None where it was not created yet."""
     value = state.get(key)
     if value is None:
@@ -229,7 +241,14 @@ class GradNorm(GradientWeighting):
         output = weights_in_dtype(weights, gramian.dtype, "GradNorm").to(gramian.device)
         return WeightsResult(output, {"gradnorm_loss": loss})
 
-    def _two_task_scalars(self, gramian: Tensor, losses: Tensor, gram: Tensor, entries: list[list[float]], values: list[list[float]]) -> WeightsResult:
+    def _two_task_scalars(
+        self,
+        gramian: Tensor,
+        losses: Tensor,
+        gram: Tensor,
+        entries: list[list[float]],
+        values: list[list[float]],
+    ) -> WeightsResult:
         """`_weights` for a few CPU 2 x 2 Gramians on Python floats: the same IEEE operations, with
         torch's `sqrt` and `pow` on tensors of the general path's shapes (see `two_task_norms`)."""
         batch_shape = tuple(gramian.shape[:-2])
@@ -243,11 +262,17 @@ class GradNorm(GradientWeighting):
         assert initial is not None  # set with the task weights
         norms = two_task_norms(torch.diagonal(gram, dim1=-2, dim2=-1))
         relative = []
-        for (first, second), (initial_first, initial_second) in zip(values, initial.reshape(-1, 2).tolist()):
+        for (first, second), (initial_first, initial_second) in zip(
+            values, initial.reshape(-1, 2).tolist()
+        ):
             first, second = first / initial_first, second / initial_second
             mean = (first + second) / 2
             relative.append((first / mean, second / mean))
-        powers = (torch.tensor(relative, dtype=torch.float64).reshape(losses.shape) ** self.alpha).reshape(-1, 2).tolist()
+        powers = (
+            (torch.tensor(relative, dtype=torch.float64).reshape(losses.shape) ** self.alpha)
+            .reshape(-1, 2)
+            .tolist()
+        )
         stepped, loss, lr = [], [], self.lr
         for (w1, w2), (n1, n2), (p1, p2) in zip(weights.reshape(-1, 2).tolist(), norms, powers):
             mean_norm = (w1 * n1 + w2 * n2) / 2
@@ -261,7 +286,9 @@ class GradNorm(GradientWeighting):
         self._task_weights = torch.tensor(stepped, dtype=torch.float64).reshape(losses.shape)
         self._calls += 1
         output = weights_in_dtype(weights, gramian.dtype, "GradNorm")
-        return WeightsResult(output, {"gradnorm_loss": torch.tensor(loss, dtype=torch.float64).reshape(batch_shape)})
+        return WeightsResult(
+            output, {"gradnorm_loss": torch.tensor(loss, dtype=torch.float64).reshape(batch_shape)}
+        )
 
 
 def _sign(value: float) -> float:
@@ -325,11 +352,19 @@ class IMTLL(LossWeighting):
     def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
         super().reset(batch_shape)
         like = self._log_scales
-        self._log_scales.data = torch.full((*self.batch_shape, self.num_tasks), self.initial_scale, dtype=like.dtype, device=like.device)
+        self._log_scales.data = torch.full(
+            (*self.batch_shape, self.num_tasks),
+            self.initial_scale,
+            dtype=like.dtype,
+            device=like.device,
+        )
         self._log_scales.grad = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batch_shape": list(self.batch_shape), "log_scales": self._log_scales.detach().clone()}
+        return {
+            "batch_shape": list(self.batch_shape),
+            "log_scales": self._log_scales.detach().clone(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any], /) -> None:
         self.reset(tuple(state["batch_shape"]))
@@ -439,15 +474,20 @@ class IMTL(GradientWeighting):
         if self._log_scales is None:
             self._log_scales = torch.full_like(values, self.initial_scale)
         scales = self._log_scales
-        balance = self._gradient_balance.weights(self.scaled_gramian(gram, scales), torch.exp(scales) * values)
+        balance = self._gradient_balance.weights(
+            self.scaled_gramian(gram, scales), torch.exp(scales) * values
+        )
         weights = balance.weights * torch.exp(scales)
         self._log_scales = scales - self.lr * (torch.exp(scales) * values - 1)
         self._calls += 1
         diagnostics = {"floored": balance.diagnostics["floored"], "log_scales": scales.clone()}
-        return WeightsResult(weights_in_dtype(weights, gramian.dtype, "IMTL").to(gramian.device), diagnostics)
+        return WeightsResult(
+            weights_in_dtype(weights, gramian.dtype, "IMTL").to(gramian.device), diagnostics
+        )
 
-
-    def _two_task_scalars(self, gramian: Tensor, losses: Tensor, entries: list[list[float]], values: list[list[float]]) -> WeightsResult:
+    def _two_task_scalars(
+        self, gramian: Tensor, losses: Tensor, entries: list[list[float]], values: list[list[float]]
+    ) -> WeightsResult:
         """`_weights` for a few CPU 2 x 2 Gramians on Python floats: the same IEEE operations
         (including IMTL-G's K = 2 closed form on the scaled Gramian), with torch's `exp` and
         `sqrt` on tensors of the general path's shapes (see `two_task_norms`)."""
@@ -459,8 +499,14 @@ class IMTL(GradientWeighting):
             self._log_scales = torch.full(losses.shape, self.initial_scale, dtype=torch.float64)
         scales = self._log_scales
         listed = scales.reshape(-1, 2).tolist()
-        shifted = [(s1 - (s1 if s1 > s2 else s2), s2 - (s1 if s1 > s2 else s2)) for s1, s2 in listed]
-        relative = torch.exp(torch.tensor(shifted, dtype=torch.float64).reshape(losses.shape)).reshape(-1, 2).tolist()
+        shifted = [
+            (s1 - (s1 if s1 > s2 else s2), s2 - (s1 if s1 > s2 else s2)) for s1, s2 in listed
+        ]
+        relative = (
+            torch.exp(torch.tensor(shifted, dtype=torch.float64).reshape(losses.shape))
+            .reshape(-1, 2)
+            .tolist()
+        )
         exponentials = torch.exp(scales).reshape(-1, 2).tolist()
         diagonal = []
         for (g11, _, _, g22), (e1, e2) in zip(entries, relative):

@@ -28,19 +28,35 @@ class LinearScalarization(LossWeighting):
     paper = "linear scalarisation (equal weighting), the baseline of every MTL paper"
     claims = frozenset({"permutation_equivariant"})
 
-    def __init__(self, *, weights: Sequence[float] | Tensor | None = None, reduction: Literal["sum", "mean"] = "sum") -> None:
+    def __init__(
+        self,
+        *,
+        weights: Sequence[float] | Tensor | None = None,
+        reduction: Literal["sum", "mean"] = "sum",
+    ) -> None:
         check_reduction(reduction)
         if weights is not None:
             fixed = torch.as_tensor(weights, dtype=torch.float64).detach()
             if fixed.ndim != 1 or fixed.numel() == 0:
-                raise InvalidHyperparameterError(f"weights must be a non-empty vector, got shape {tuple(fixed.shape)}")
-            if not bool(torch.isfinite(fixed).all()) or bool((fixed < 0).any()) or not bool((fixed > 0).any()):
-                raise InvalidHyperparameterError(f"weights must be finite, non-negative and not all zero, got {fixed.tolist()}")
+                raise InvalidHyperparameterError(
+                    f"weights must be a non-empty vector, got shape {tuple(fixed.shape)}"
+                )
+            if (
+                not bool(torch.isfinite(fixed).all())
+                or bool((fixed < 0).any())
+                or not bool((fixed > 0).any())
+            ):
+                raise InvalidHyperparameterError(
+                    f"weights must be finite, non-negative and not all zero, got {fixed.tolist()}"
+                )
             weights = fixed
         self.fixed_weights = weights
         self.reduction = reduction
         if weights is not None:
-            on_simplex = reduction == "mean" and abs(float(fixed.sum()) - float(fixed.numel())) <= 1e-12 * fixed.numel()
+            on_simplex = (
+                reduction == "mean"
+                and abs(float(fixed.sum()) - float(fixed.numel())) <= 1e-12 * fixed.numel()
+            )
             self.claims = frozenset({"simplex_weights"}) if on_simplex else frozenset()
         elif reduction == "mean":
             self.claims = frozenset({"permutation_equivariant", "simplex_weights"})
@@ -50,9 +66,13 @@ class LinearScalarization(LossWeighting):
         if self.fixed_weights is None:
             weights = torch.ones_like(losses)
         elif self.fixed_weights.numel() != num_tasks:
-            raise MTLInputError(f"LinearScalarization has {self.fixed_weights.numel()} weights but there are {num_tasks} losses")
+            raise MTLInputError(
+                f"LinearScalarization has {self.fixed_weights.numel()} weights but there are {num_tasks} losses"
+            )
         else:
-            weights = self.fixed_weights.to(dtype=losses.dtype, device=losses.device).expand_as(losses)
+            weights = self.fixed_weights.to(dtype=losses.dtype, device=losses.device).expand_as(
+                losses
+            )
         return weights / num_tasks if self.reduction == "mean" else weights
 
 

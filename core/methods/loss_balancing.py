@@ -53,7 +53,9 @@ class UncertaintyWeighting(LossWeighting):
     """
 
     name = "uw"
-    paper = "Kendall, Gal, Cipolla, Multi-Task Learning Using Uncertainty to Weigh Losses (CVPR 2018)"
+    paper = (
+        "Kendall, Gal, Cipolla, Multi-Task Learning Using Uncertainty to Weigh Losses (CVPR 2018)"
+    )
     claims = frozenset({"permutation_equivariant"})
     stateful = True
     requires_num_tasks = True
@@ -66,7 +68,9 @@ class UncertaintyWeighting(LossWeighting):
     ) -> None:
         self.num_tasks = check_num_tasks(num_tasks, "UncertaintyWeighting")
         self.initial_log_variance = check_number("initial_log_variance", initial_log_variance)
-        self._log_variances = torch.nn.Parameter(torch.full((self.num_tasks,), self.initial_log_variance))
+        self._log_variances = torch.nn.Parameter(
+            torch.full((self.num_tasks,), self.initial_log_variance)
+        )
         self.reset()
 
     @property
@@ -80,15 +84,25 @@ class UncertaintyWeighting(LossWeighting):
     def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
         super().reset(batch_shape)
         like = self._log_variances
-        self._log_variances.data = torch.full((*self.batch_shape, self.num_tasks), self.initial_log_variance, dtype=like.dtype, device=like.device)
+        self._log_variances.data = torch.full(
+            (*self.batch_shape, self.num_tasks),
+            self.initial_log_variance,
+            dtype=like.dtype,
+            device=like.device,
+        )
         self._log_variances.grad = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batch_shape": list(self.batch_shape), "log_variances": self._log_variances.detach().clone()}
+        return {
+            "batch_shape": list(self.batch_shape),
+            "log_variances": self._log_variances.detach().clone(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any], /) -> None:
         self.reset(tuple(state["batch_shape"]))
-        values = state_tensor(state, "log_variances", (*self.batch_shape, self.num_tasks), "UncertaintyWeighting")
+        values = state_tensor(
+            state, "log_variances", (*self.batch_shape, self.num_tasks), "UncertaintyWeighting"
+        )
         with torch.no_grad():
             self._log_variances.copy_(values)
         self._used()
@@ -163,10 +177,18 @@ class DynamicWeightAverage(LossWeighting):
         self._running_count = 0
         self._calls = 0
         self._current = torch.ones(shape, dtype=torch.float64)
-        self._buffer = None if self.window is None else torch.ones((2 * self.window, *shape), dtype=torch.float64)
+        self._buffer = (
+            None
+            if self.window is None
+            else torch.ones((2 * self.window, *shape), dtype=torch.float64)
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"batch_shape": list(self.batch_shape), "calls": self._calls, "current": self._current.clone()}
+        state: dict[str, Any] = {
+            "batch_shape": list(self.batch_shape),
+            "calls": self._calls,
+            "current": self._current.clone(),
+        }
         if self.window is None:
             state["epoch_means"] = [mean.clone() for mean in self._epoch_means]
             state["running_sum"] = None if self._running_sum is None else self._running_sum.clone()
@@ -180,14 +202,27 @@ class DynamicWeightAverage(LossWeighting):
         self.reset(tuple(state["batch_shape"]))
         shape = (*self.batch_shape, self.num_tasks)
         self._calls = int(state["calls"])
-        self._current = state_tensor(state, "current", shape, "DynamicWeightAverage").to(torch.float64).clone()
+        self._current = (
+            state_tensor(state, "current", shape, "DynamicWeightAverage").to(torch.float64).clone()
+        )
         if self.window is None:
-            self._epoch_means = [torch.as_tensor(mean, dtype=torch.float64).reshape(shape).clone() for mean in state["epoch_means"]]
+            self._epoch_means = [
+                torch.as_tensor(mean, dtype=torch.float64).reshape(shape).clone()
+                for mean in state["epoch_means"]
+            ]
             running = state["running_sum"]
-            self._running_sum = None if running is None else torch.as_tensor(running, dtype=torch.float64).reshape(shape).clone()
+            self._running_sum = (
+                None
+                if running is None
+                else torch.as_tensor(running, dtype=torch.float64).reshape(shape).clone()
+            )
             self._running_count = int(state["running_count"])
         else:
-            self._buffer = state_tensor(state, "buffer", (2 * self.window, *shape), "DynamicWeightAverage").to(torch.float64).clone()
+            self._buffer = (
+                state_tensor(state, "buffer", (2 * self.window, *shape), "DynamicWeightAverage")
+                .to(torch.float64)
+                .clone()
+            )
         self._pristine = self._calls == 0
 
     @property
@@ -200,7 +235,9 @@ class DynamicWeightAverage(LossWeighting):
         if self.window is not None:
             return
         if self._running_count == 0:
-            raise MTLInputError("end_epoch() was called for an epoch without any step; call the method (mtl_backward) first")
+            raise MTLInputError(
+                "end_epoch() was called for an epoch without any step; call the method (mtl_backward) first"
+            )
         assert self._running_sum is not None  # every step of the epoch added to it
         self._epoch_means.append(self._running_sum / self._running_count)
         self._epoch_means = self._epoch_means[-2:]
@@ -218,7 +255,9 @@ class DynamicWeightAverage(LossWeighting):
 
     def _softmax_weights(self, previous: Tensor, before: Tensor) -> Tensor:
         if not bool((before > 0).all()):
-            raise LossDomainError(f"DWA divides by mean losses, which must be positive; got {before.tolist()}")
+            raise LossDomainError(
+                f"DWA divides by mean losses, which must be positive; got {before.tolist()}"
+            )
         # in float64, capped at its largest value: a loss that rose from 1e-24 to 1e14 gives a
         # ratio of 1e38 / T, beyond float32, and the softmax of an infinity is NaN
         scores = (previous / before / self.temperature).clamp_max(torch.finfo(torch.float64).max)
@@ -231,13 +270,20 @@ class DynamicWeightAverage(LossWeighting):
         step_losses = losses.detach().to(device="cpu", dtype=torch.float64)
         if self.window is None:
             weights = self.current_weights(like=losses)
-            self._running_sum = step_losses.clone() if self._running_sum is None else self._running_sum + step_losses
+            self._running_sum = (
+                step_losses.clone()
+                if self._running_sum is None
+                else self._running_sum + step_losses
+            )
             self._running_count += 1
         else:
             assert self._buffer is not None  # the window form keeps one
             self._buffer = torch.cat([self._buffer[1:], step_losses[None]])
             if self._calls > self.window:
-                newest, older = self._buffer[self.window :].mean(dim=0), self._buffer[: self.window].mean(dim=0)
+                newest, older = (
+                    self._buffer[self.window :].mean(dim=0),
+                    self._buffer[: self.window].mean(dim=0),
+                )
                 self._current = self._softmax_weights(newest, older)
             weights = self.current_weights(like=losses)
         self._calls += 1
@@ -280,7 +326,9 @@ class FAMO(LossWeighting):
     paper = "Liu, Feng, Stone, Liu, FAMO: Fast Adaptive Multitask Optimization (NeurIPS 2023)"
     claims = frozenset({"permutation_equivariant"})
     loss_domain: LossDomain = "nonnegative"  # an instance may widen it to "any"
-    loss_domain_advice = "FAMO takes log(l - min_losses + eps): lower min_losses (e.g. to -1) or shift the losses"
+    loss_domain_advice = (
+        "FAMO takes log(l - min_losses + eps): lower min_losses (e.g. to -1) or shift the losses"
+    )
     stateful = True
     requires_num_tasks = True
     needs_post_step_losses = True
@@ -300,7 +348,9 @@ class FAMO(LossWeighting):
         self.weight_decay = check_number("weight_decay", weight_decay, minimum=0.0)
         self.eps = check_number("eps", eps, minimum=0.0)
         if optimizer not in ("adam", "sgd"):
-            raise InvalidHyperparameterError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+            raise InvalidHyperparameterError(
+                f"optimizer must be 'adam' or 'sgd', got {optimizer!r}"
+            )
         self.optimizer = optimizer
         bounds = torch.as_tensor(min_losses, dtype=torch.float64).detach().clone()
         if bounds.ndim == 0:
@@ -349,10 +399,16 @@ class FAMO(LossWeighting):
         shape = (*self.batch_shape, self.num_tasks)
         self._logits = state_tensor(state, "logits", shape, "FAMO").to(torch.float64).clone()
         self._exp_avg = state_tensor(state, "exp_avg", shape, "FAMO").to(torch.float64).clone()
-        self._exp_avg_sq = state_tensor(state, "exp_avg_sq", shape, "FAMO").to(torch.float64).clone()
+        self._exp_avg_sq = (
+            state_tensor(state, "exp_avg_sq", shape, "FAMO").to(torch.float64).clone()
+        )
         self._step = int(state["step"])
         last = state.get("last_losses")
-        self._last_losses = None if last is None else torch.as_tensor(last, dtype=torch.float64).reshape(shape).clone()
+        self._last_losses = (
+            None
+            if last is None
+            else torch.as_tensor(last, dtype=torch.float64).reshape(shape).clone()
+        )
         self._pristine = self._step == 0 and self._last_losses is None
 
     @property
@@ -392,11 +448,15 @@ class FAMO(LossWeighting):
         """One logit step from the losses of the last weighted call and `new_losses` (the same
         batch after the model step; compute them under torch.no_grad())."""
         if self._last_losses is None:
-            raise MTLInputError("FAMO.after_step() needs a preceding weighted step (mtl_backward) to compare with")
+            raise MTLInputError(
+                "FAMO.after_step() needs a preceding weighted step (mtl_backward) to compare with"
+            )
         new = torch.stack(list(new_losses)) if not isinstance(new_losses, Tensor) else new_losses
         new = new.detach().to(device="cpu", dtype=torch.float64)
         if tuple(new.shape) != tuple(self._last_losses.shape):
-            raise MTLInputError(f"FAMO.after_step() got losses of shape {tuple(new.shape)}, expected {tuple(self._last_losses.shape)}")
+            raise MTLInputError(
+                f"FAMO.after_step() got losses of shape {tuple(new.shape)}, expected {tuple(self._last_losses.shape)}"
+            )
         gradient = self.logit_gradient(self._last_losses, new)
         self._step += 1  # logit updates so far (Adam's bias correction counts them)
         if self.optimizer == "sgd":
@@ -416,4 +476,6 @@ class FAMO(LossWeighting):
         bias_correction1 = 1 - beta1**self._step
         bias_correction2_sqrt = math.sqrt(1 - beta2**self._step)
         denominator = (self._exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        self._logits = self._logits.addcdiv(self._exp_avg, denominator, value=-self.lr / bias_correction1)
+        self._logits = self._logits.addcdiv(
+            self._exp_avg, denominator, value=-self.lr / bias_correction1
+        )

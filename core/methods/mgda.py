@@ -84,32 +84,59 @@ class MGDA(GradientWeighting):
         max_iterations: int = 2000,
     ) -> None:
         if normalization not in _NORMALIZATIONS:
-            raise InvalidHyperparameterError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
+            raise InvalidHyperparameterError(
+                f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}"
+            )
         if apply_to not in ("raw", "normalized"):
-            raise InvalidHyperparameterError(f"apply_to must be 'raw' or 'normalized', got {apply_to!r}")
+            raise InvalidHyperparameterError(
+                f"apply_to must be 'raw' or 'normalized', got {apply_to!r}"
+            )
         self.normalization = normalization
         self.apply_to = apply_to
-        self.tolerance = None if tolerance is None else check_number("tolerance", tolerance, minimum=0.0, strict=True)
+        self.tolerance = (
+            None
+            if tolerance is None
+            else check_number("tolerance", tolerance, minimum=0.0, strict=True)
+        )
         self.max_iterations = check_integer("max_iterations", max_iterations)
         self.claims = _mgda_claims(normalization, apply_to)
         if normalization in ("loss", "loss+"):
             self.loss_domain = "positive"
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
-        if self.normalization == "none" and gramian.shape[-1] == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS:
+        if (
+            self.normalization == "none"
+            and gramian.shape[-1] == 2
+            and gramian.device.type == "cpu"
+            and gramian.numel() <= 4 * _SCALAR_ROWS
+        ):
             fast = _two_task_scalars(gramian)
             if fast is not None:
                 return fast
         if self.normalization == "none":
-            solution = min_norm_point(gramian, tolerance=self.tolerance, max_iterations=self.max_iterations)
-            return WeightsResult(solution.weights, {"kkt_gap": solution.kkt_gap.detach(), "min_norm": solution.residual.detach()})
+            solution = min_norm_point(
+                gramian, tolerance=self.tolerance, max_iterations=self.max_iterations
+            )
+            return WeightsResult(
+                solution.weights,
+                {"kkt_gap": solution.kkt_gap.detach(), "min_norm": solution.residual.detach()},
+            )
         inverse_scales = self._inverse_scales(gramian, losses)
         normalized, largest_norm = _normalized_gramian(gramian, inverse_scales)
-        solution = min_norm_point(normalized, tolerance=self.tolerance, max_iterations=self.max_iterations)
-        min_norm = solution.residual.detach().to(torch.float64) * largest_norm  # in the units of g_i / s_i
+        solution = min_norm_point(
+            normalized, tolerance=self.tolerance, max_iterations=self.max_iterations
+        )
+        min_norm = (
+            solution.residual.detach().to(torch.float64) * largest_norm
+        )  # in the units of g_i / s_i
         diagnostics = {"kkt_gap": solution.kkt_gap.detach(), "min_norm": min_norm}
         if self.apply_to == "normalized":
-            return WeightsResult(weights_in_dtype(solution.weights.to(torch.float64) * inverse_scales, gramian.dtype, "MGDA"), diagnostics)
+            return WeightsResult(
+                weights_in_dtype(
+                    solution.weights.to(torch.float64) * inverse_scales, gramian.dtype, "MGDA"
+                ),
+                diagnostics,
+            )
         return WeightsResult(solution.weights, diagnostics)
 
     def _inverse_scales(self, gramian: Tensor, losses: Tensor) -> Tensor:
@@ -148,7 +175,9 @@ def _normalized_gramian(gramian: Tensor, inverse_scales: Tensor) -> tuple[Tensor
     gram = gramian.to(torch.float64)
     norms = gramian_norms(gram)
     inverse_norms = safe_reciprocal(norms)
-    cosines = (gram * inverse_norms[..., :, None]) * inverse_norms[..., None, :]  # |G_ij / n_i| <= n_j: no overflow
+    cosines = (gram * inverse_norms[..., :, None]) * inverse_norms[
+        ..., None, :
+    ]  # |G_ij / n_i| <= n_j: no overflow
     normalized_norms = norms * inverse_scales
     largest = normalized_norms.amax(dim=-1)
     relative = normalized_norms * safe_reciprocal(largest)[..., None]
@@ -167,8 +196,20 @@ def _two_task_scalars(gramian: Tensor) -> WeightsResult | None:
     general path) where an entry is not finite or a diagonal entry is negative."""
     weights, squares, gaps = [], [], []
     for g11, g12, g21, g22 in gramian.detach().to(torch.float64).reshape(-1, 4).tolist():
-        g11, g22, g12, g21 = 0.5 * (g11 + g11), 0.5 * (g22 + g22), 0.5 * (g12 + g21), 0.5 * (g21 + g12)
-        if not (math.isfinite(g11) and math.isfinite(g22) and math.isfinite(g12) and math.isfinite(g21) and g11 >= 0 and g22 >= 0):
+        g11, g22, g12, g21 = (
+            0.5 * (g11 + g11),
+            0.5 * (g22 + g22),
+            0.5 * (g12 + g21),
+            0.5 * (g21 + g12),
+        )
+        if not (
+            math.isfinite(g11)
+            and math.isfinite(g22)
+            and math.isfinite(g12)
+            and math.isfinite(g21)
+            and g11 >= 0
+            and g22 >= 0
+        ):
             return None
         scale = g11 if g11 > g22 else g22
         positive = scale > 0
@@ -191,7 +232,12 @@ def _two_task_scalars(gramian: Tensor) -> WeightsResult | None:
         gaps.append(gap if gap > 0 else 0.0)
     batch_shape, dtype = gramian.shape[:-2], gramian.dtype
     result = torch.tensor(weights, dtype=torch.float64).reshape(*batch_shape, 2).to(dtype)
-    diagnostics_shape = batch_shape or (1,)  # an unbatched Gramian's diagnostics have shape [1] on the general path too
+    diagnostics_shape = batch_shape or (
+        1,
+    )  # an unbatched Gramian's diagnostics have shape [1] on the general path too
     squared_norm = torch.tensor(squares, dtype=torch.float64).reshape(diagnostics_shape).to(dtype)
-    diagnostics = {"kkt_gap": torch.tensor(gaps, dtype=torch.float64).reshape(diagnostics_shape).to(dtype), "min_norm": squared_norm.clamp_min(0).sqrt()}
+    diagnostics = {
+        "kkt_gap": torch.tensor(gaps, dtype=torch.float64).reshape(diagnostics_shape).to(dtype),
+        "min_norm": squared_norm.clamp_min(0).sqrt(),
+    }
     return WeightsResult(result, diagnostics)

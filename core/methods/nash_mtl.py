@@ -151,7 +151,9 @@ class NashMTL(GradientWeighting):
 
     name = "nashmtl"
     paper = "Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya, Multi-Task Learning as a Bargaining Game (ICML 2022)"
-    claims = frozenset({"monotone_invariant", "rescaling_invariant", "permutation_equivariant", "non_conflicting"})
+    claims = frozenset(
+        {"monotone_invariant", "rescaling_invariant", "permutation_equivariant", "non_conflicting"}
+    )
     stateful = True
     head_gradient = HeadGradient.WEIGHTED
 
@@ -166,7 +168,9 @@ class NashMTL(GradientWeighting):
     ) -> None:
         self.update_weights_every = check_integer("update_weights_every", update_weights_every)
         if not isinstance(warm_start, bool):
-            raise InvalidHyperparameterError(f"warm_start must be True or False, got {warm_start!r}")
+            raise InvalidHyperparameterError(
+                f"warm_start must be True or False, got {warm_start!r}"
+            )
         self.warm_start = warm_start
         self.tolerance = check_number("tolerance", tolerance, minimum=0.0, strict=True)
         self.max_iterations = check_integer("max_iterations", max_iterations)
@@ -183,7 +187,9 @@ class NashMTL(GradientWeighting):
     def reset(self, batch_shape: tuple[int, ...] = ()) -> None:
         """Forget the warm start and restart the `update_weights_every` counter."""
         super().reset(batch_shape)
-        self._previous: np.ndarray | None = None  # float64 host alpha of the last solve, [*batch_shape, K]
+        self._previous: np.ndarray | None = (
+            None  # float64 host alpha of the last solve, [*batch_shape, K]
+        )
         self._calls = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -193,7 +199,11 @@ class NashMTL(GradientWeighting):
     def load_state_dict(self, state: Mapping[str, Any], /) -> None:
         self.reset(tuple(state["batch_shape"]))
         previous = state["previous"]
-        self._previous = None if previous is None else torch.as_tensor(previous, dtype=torch.float64).numpy().copy()
+        self._previous = (
+            None
+            if previous is None
+            else torch.as_tensor(previous, dtype=torch.float64).numpy().copy()
+        )
         self._calls = int(state["calls"])
         self._pristine = self._calls == 0
 
@@ -224,7 +234,9 @@ class NashMTL(GradientWeighting):
             "iterations": torch.tensor(iterations),
             "reused": torch.tensor(reuse),
         }
-        return WeightsResult(torch.from_numpy(alpha).to(device=gramian.device, dtype=gramian.dtype), diagnostics)
+        return WeightsResult(
+            torch.from_numpy(alpha).to(device=gramian.device, dtype=gramian.dtype), diagnostics
+        )
 
     def solve(self, gramian: Tensor, /, *, initial: Tensor | None = None) -> tuple[Tensor, int]:
         """Solve `(G + ridge diag(G)) alpha = 1/alpha` for a symmetric Gramian `[..., K, K]`.
@@ -233,11 +245,19 @@ class NashMTL(GradientWeighting):
         and the iterations used; keeps no state. `initial` (a previous alpha, same shape) is used
         where positive.
         """
-        start = None if initial is None else initial.detach().to(device="cpu", dtype=torch.float64).numpy()
-        alpha, iterations, _ = self._solve(gramian.detach().to(device="cpu", dtype=torch.float64).numpy(), start)
+        start = (
+            None
+            if initial is None
+            else initial.detach().to(device="cpu", dtype=torch.float64).numpy()
+        )
+        alpha, iterations, _ = self._solve(
+            gramian.detach().to(device="cpu", dtype=torch.float64).numpy(), start
+        )
         return torch.from_numpy(alpha).to(gramian.device), iterations
 
-    def _solve(self, gram: np.ndarray, initial: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray | float]:
+    def _solve(
+        self, gram: np.ndarray, initial: np.ndarray | None
+    ) -> tuple[np.ndarray, int, np.ndarray | float]:
         """`solve` on a float64 host Gramian, also returning the un-regularised relative residual."""
         num_tasks = gram.shape[-1]
         norms_sq = np.diagonal(gram, axis1=-2, axis2=-1)
@@ -255,11 +275,18 @@ class NashMTL(GradientWeighting):
             # K = 1: b^2 (1 + ridge) = 1. K = 2: the solution is unique and the problem symmetric
             # under swapping the tasks, so b_1 = b_2 = b with b^2 (1 + ridge + U_12) = 1
             coupling = unit[..., 0, -1] if num_tasks == 2 else 0.0
-            scaled = np.broadcast_to(np.asarray(1.0 + self.ridge + coupling)[..., None] ** -0.5, norms.shape)
+            scaled = np.broadcast_to(
+                np.asarray(1.0 + self.ridge + coupling)[..., None] ** -0.5, norms.shape
+            )
             residual, iterations = np.zeros_like(norms), 0
         else:
             unit = _make_positive_definite(unit, self.ridge)
-            start = _balanced_start(unit, np.ones_like(norms) if initial is None else np.where(initial > 0, initial * norms, 1.0))
+            start = _balanced_start(
+                unit,
+                np.ones_like(norms)
+                if initial is None
+                else np.where(initial > 0, initial * norms, 1.0),
+            )
             newton = _damped_newton_single if unit.ndim == 2 else _damped_newton
             scaled, residual, iterations = newton(unit, start, self.tolerance, self.max_iterations)
         # r_i = b_i ((U + ridge I) b)_i - 1, so alpha_i (G alpha)_i - 1 = r_i - ridge b_i^2
@@ -277,7 +304,9 @@ def nash_residual(gramian: Tensor, alpha: Tensor, /) -> Tensor:
     out); 0 if there are none. Invariant to `g_i -> c_i g_i, alpha_i -> alpha_i / c_i`.
     """
     host_gram = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
-    residual = _relative_residual(host_gram, alpha.detach().to(device="cpu", dtype=torch.float64).numpy())
+    residual = _relative_residual(
+        host_gram, alpha.detach().to(device="cpu", dtype=torch.float64).numpy()
+    )
     return torch.as_tensor(residual, dtype=torch.float64).to(gramian.device)
 
 
@@ -298,7 +327,9 @@ def _make_positive_definite(matrix: np.ndarray, ridge: float) -> np.ndarray:
     except np.linalg.LinAlgError:
         pass
     flat = matrix.reshape(-1, *matrix.shape[-2:])
-    failed = np.array([not _is_positive_definite(element) for element in flat]).reshape(matrix.shape[:-2])
+    failed = np.array([not _is_positive_definite(element) for element in flat]).reshape(
+        matrix.shape[:-2]
+    )
     smallest = np.linalg.eigvalsh(matrix)[..., 0]
     shift = np.where(failed, np.maximum(ridge - smallest, 0.0) + ridge, 0.0)
     return matrix + shift[..., None, None] * np.eye(matrix.shape[-1])
@@ -335,7 +366,9 @@ def _best_on_ray(unit: np.ndarray, point: np.ndarray) -> tuple[np.ndarray, np.nd
     """The minimiser `t point` of `f` on the ray (`t^2 = K / point^T U point`, U positive definite)
     and its relative residual `t^2 point * (U point) - 1`, sharing one product with U."""
     products = point * np.einsum("...ij,...j->...i", unit, point)
-    floor = _QUADRATIC_FLOOR * np.einsum("...i,...i->...", point, point)[..., None]  # see _damped_newton_single
+    floor = (
+        _QUADRATIC_FLOOR * np.einsum("...i,...i->...", point, point)[..., None]
+    )  # see _damped_newton_single
     squared_scale = unit.shape[-1] / np.maximum(products.sum(axis=-1, keepdims=True), floor)
     return point * np.sqrt(squared_scale), products * squared_scale - 1.0
 
@@ -351,7 +384,9 @@ def _newton_step(hessian: np.ndarray, residual: np.ndarray) -> np.ndarray:
         return residual / np.diagonal(hessian, axis1=-2, axis2=-1)
 
 
-def _damped_newton(unit: np.ndarray, start: np.ndarray, tolerance: float, max_iterations: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _damped_newton(
+    unit: np.ndarray, start: np.ndarray, tolerance: float, max_iterations: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Minimise `1/2 b^T U b - sum log b` from `start > 0` for a batch `[..., K, K]` (see `NashMTL`).
 
     Each iteration: the Newton step `t` in relative coordinates, `(B U B + I) t = -r`; the step
@@ -386,7 +421,9 @@ def _damped_newton(unit: np.ndarray, start: np.ndarray, tolerance: float, max_it
     return b, residual, iterations
 
 
-def _damped_newton_single(unit: np.ndarray, start: np.ndarray, tolerance: float, max_iterations: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _damped_newton_single(
+    unit: np.ndarray, start: np.ndarray, tolerance: float, max_iterations: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """`_damped_newton` for one problem (`unit` [K, K]), with the step control on Python floats."""
     num_tasks = unit.shape[-1]
     eye = np.eye(num_tasks)
@@ -396,7 +433,9 @@ def _damped_newton_single(unit: np.ndarray, start: np.ndarray, tolerance: float,
         # U is positive definite, so the sum is positive in exact arithmetic; rounding can make it
         # tiny or negative for a point nearly in U's null space (no Nash solution): bound it below
         # relative to |point|^2 (U has a unit diagonal), which keeps |b| below about 1e8 sqrt(K)
-        squared_scale = num_tasks / max(float(products.sum()), _QUADRATIC_FLOOR * float(point @ point))
+        squared_scale = num_tasks / max(
+            float(products.sum()), _QUADRATIC_FLOOR * float(point @ point)
+        )
         residual = products * squared_scale - 1.0
         return point * math.sqrt(squared_scale), residual, float(np.abs(residual).max())
 
@@ -408,7 +447,9 @@ def _damped_newton_single(unit: np.ndarray, start: np.ndarray, tolerance: float,
         negative_step = _newton_step(hessian, residual)
         decrement = math.sqrt(max(float(residual @ negative_step), 0.0))
         full = decrement < _FULL_STEP_DECREMENT
-        b, residual, new_error = on_ray(b - b * negative_step * (1.0 if full else 1.0 / (1.0 + decrement)))
+        b, residual, new_error = on_ray(
+            b - b * negative_step * (1.0 if full else 1.0 / (1.0 + decrement))
+        )
         stalls = stalls + 1 if full and new_error > 0.5 * error else 0
         error = new_error
     return b, residual, iterations

@@ -58,12 +58,20 @@ def _symmetric(gramian: Tensor) -> Tensor:
 def _preference_vector(values: Any, name: str, /, *, strictly_positive: bool) -> tuple[float, ...]:
     """A preference given as K finite numbers, >= 0 (or > 0) and not all zero, as a tuple."""
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, Tensor, np.ndarray)):
-        raise InvalidHyperparameterError(f"{name} must be a list of K numbers (one per task) or None, got {values!r}")
+        raise InvalidHyperparameterError(
+            f"{name} must be a list of K numbers (one per task) or None, got {values!r}"
+        )
     items = values.tolist() if isinstance(values, (Tensor, np.ndarray)) else list(values)
     if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-        raise InvalidHyperparameterError(f"{name} must be a non-empty list of numbers, got {values!r}")
+        raise InvalidHyperparameterError(
+            f"{name} must be a non-empty list of numbers, got {values!r}"
+        )
     numbers = tuple(float(v) for v in items)
-    bound_ok = all(v > 0 for v in numbers) if strictly_positive else all(v >= 0 for v in numbers) and any(v > 0 for v in numbers)
+    bound_ok = (
+        all(v > 0 for v in numbers)
+        if strictly_positive
+        else all(v >= 0 for v in numbers) and any(v > 0 for v in numbers)
+    )
     if not all(math.isfinite(v) for v in numbers) or not bound_ok:
         kind = "positive" if strictly_positive else "non-negative and not all zero"
         raise InvalidHyperparameterError(f"{name} must be finite and {kind}, got {list(values)!r}")
@@ -72,7 +80,9 @@ def _preference_vector(values: Any, name: str, /, *, strictly_positive: bool) ->
 
 def _check_length(preference: tuple[float, ...], num_tasks: int, method: str) -> None:
     if len(preference) != num_tasks:
-        raise MTLInputError(f"{method} has a preference of {len(preference)} entries but there are {num_tasks} losses")
+        raise MTLInputError(
+            f"{method} has a preference of {len(preference)} entries but there are {num_tasks} losses"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +113,10 @@ def _reference_vectors(num_tasks: int, num_preferences: int) -> Tensor:
         angles = [i * (0.5 * math.pi) / (num_preferences - 1) for i in range(num_preferences)]
         # (cos t_i, cos t_{n-1-i}) instead of (cos t_i, sin t_i): equal up to rounding, and
         # exactly symmetric under swapping the tasks (the middle vector exactly uniform)
-        pieces = [[math.cos(angles[i]), math.cos(angles[num_preferences - 1 - i])] for i in range(num_preferences)]
+        pieces = [
+            [math.cos(angles[i]), math.cos(angles[num_preferences - 1 - i])]
+            for i in range(num_preferences)
+        ]
     else:
         divisions = num_preferences - 1
         count = math.comb(divisions + num_tasks - 1, num_tasks - 1)
@@ -147,7 +160,10 @@ def _group_by_pattern(active: Tensor) -> list[_Patterns]:
     if active.shape[1] == 0:
         return [_Patterns(torch.arange(active.shape[0]), active[0])]
     patterns, inverse = torch.unique(active, dim=0, return_inverse=True)
-    return [_Patterns(torch.nonzero(inverse == index).flatten(), patterns[index]) for index in range(patterns.shape[0])]
+    return [
+        _Patterns(torch.nonzero(inverse == index).flatten(), patterns[index])
+        for index in range(patterns.shape[0])
+    ]
 
 
 class ParetoMTL(GradientWeighting):
@@ -225,7 +241,9 @@ class ParetoMTL(GradientWeighting):
     paper = "Lin, Zhen, Li, Zhang, Kwong, Pareto Multi-Task Learning (NeurIPS 2019)"
     claims = frozenset({"permutation_equivariant"})
     loss_domain = "nonnegative"
-    loss_domain_advice = "PMTL's sub-regions are cones of non-negative loss vectors: shift the losses to be >= 0"
+    loss_domain_advice = (
+        "PMTL's sub-regions are cones of non-negative loss vectors: shift the losses to be >= 0"
+    )
     stateful = True
     head_gradient = HeadGradient.WEIGHTED
 
@@ -246,7 +264,9 @@ class ParetoMTL(GradientWeighting):
             self.preference: int | tuple[float, ...] | None = preference
         else:
             self.preference = _preference_vector(preference, "preference", strictly_positive=False)
-        self.init_epochs = None if init_epochs is None else check_integer("init_epochs", init_epochs, minimum=0)
+        self.init_epochs = (
+            None if init_epochs is None else check_integer("init_epochs", init_epochs, minimum=0)
+        )
         check_reduction(reduction)
         self.reduction = reduction
         uniform = self.preference is None or (
@@ -273,14 +293,21 @@ class ParetoMTL(GradientWeighting):
     def state_dict(self) -> dict[str, Any]:
         if not self.stateful:
             return {}
-        return {"batch_shape": list(self.batch_shape), "feasible": self._feasible.clone(), "epochs": self._epochs, "pristine": self._pristine}
+        return {
+            "batch_shape": list(self.batch_shape),
+            "feasible": self._feasible.clone(),
+            "epochs": self._epochs,
+            "pristine": self._pristine,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any], /) -> None:
         if not self.stateful:
             super().load_state_dict(state)
             return
         self.reset(tuple(state["batch_shape"]))
-        self._feasible = state_tensor(state, "feasible", self.batch_shape, "ParetoMTL").to(torch.bool).clone()
+        self._feasible = (
+            state_tensor(state, "feasible", self.batch_shape, "ParetoMTL").to(torch.bool).clone()
+        )
         self._epochs = int(state["epochs"])
         self._pristine = bool(state.get("pristine", False))
 
@@ -310,7 +337,9 @@ class ParetoMTL(GradientWeighting):
     def constraint_rows(self, num_tasks: int, /) -> Tensor:
         """The rows `w_j = u_j - u_k` `[M, K]` of the constraints (reference vectors within 1e-9
         of the preference dropped)."""
-        rows = _reference_vectors(num_tasks, self.num_preferences) - self.preference_vector(num_tasks)
+        rows = _reference_vectors(num_tasks, self.num_preferences) - self.preference_vector(
+            num_tasks
+        )
         return rows[rows.norm(dim=-1) > 1e-9]
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
@@ -322,7 +351,11 @@ class ParetoMTL(GradientWeighting):
         values = _host_float64(losses).reshape(-1, num_tasks)
         rows = self.constraint_rows(num_tasks)
         active = (values @ rows.T) > 0  # [N, M]: G_j(theta) > 0 (the sign of gx in the reference)
-        second = (self.stage_two().reshape(-1) if self.stateful else torch.ones(values.shape[0], dtype=torch.bool)).clone()
+        second = (
+            self.stage_two().reshape(-1)
+            if self.stateful
+            else torch.ones(values.shape[0], dtype=torch.bool)
+        ).clone()
         feasible_now = ~active.any(dim=-1)
         second |= feasible_now
         stage_two = second.clone()
@@ -331,21 +364,31 @@ class ParetoMTL(GradientWeighting):
         bounds = torch.zeros(values.shape[0], dtype=_F64)
         first = ~second
         if num_tasks == 2:  # the closed form where the Gramian is well conditioned; the rest below
-            handled, fast = _two_task_min_norm(gram.numpy(), rows.numpy(), active.numpy(), second.numpy())
+            handled, fast = _two_task_min_norm(
+                gram.numpy(), rows.numpy(), active.numpy(), second.numpy()
+            )
             if handled.any():
                 done = torch.from_numpy(handled)
-                weights[done], gaps[done], bounds[done] = (torch.from_numpy(part[handled]) for part in fast)
+                weights[done], gaps[done], bounds[done] = (
+                    torch.from_numpy(part[handled]) for part in fast
+                )
                 second, first = second & ~done, first & ~done
         eye = torch.eye(num_tasks, dtype=_F64)
         for group in _group_by_pattern(active[second]):
             members = torch.nonzero(second).flatten()[group.indices]
             coefficients = torch.cat([eye, rows[group.active]])
-            weights[members], gaps[members], bounds[members] = _min_norm_combination(gram[members], coefficients)
+            weights[members], gaps[members], bounds[members] = _min_norm_combination(
+                gram[members], coefficients
+            )
         for group in _group_by_pattern(active[first]):
             members = torch.nonzero(first).flatten()[group.indices]
-            weights[members], gaps[members], bounds[members] = _min_norm_combination(gram[members], rows[group.active])
+            weights[members], gaps[members], bounds[members] = _min_norm_combination(
+                gram[members], rows[group.active]
+            )
         second = stage_two
-        scale = torch.where(second, self._scale(weights), 1.0 / num_tasks if self.reduction == "mean" else 1.0)
+        scale = torch.where(
+            second, self._scale(weights), 1.0 / num_tasks if self.reduction == "mean" else 1.0
+        )
         weights = weights * scale[:, None]
         if self.stateful:
             self._feasible = self._feasible | feasible_now.reshape(batch_shape)
@@ -362,7 +405,9 @@ class ParetoMTL(GradientWeighting):
     def _scale(self, weights: Tensor) -> Tensor:
         """Stage 2's factor: `1 / sum_i |w_i|` ("mean") or `K / sum_i |w_i|` ("sum"); 1 for zero weights."""
         total = weights.abs().sum(dim=-1)
-        return (weights.shape[-1] if self.reduction == "sum" else 1.0) / torch.where(total > 0, total, 1.0)
+        return (weights.shape[-1] if self.reduction == "sum" else 1.0) / torch.where(
+            total > 0, total, 1.0
+        )
 
 
 _CONDITION_FLOOR = 1e-12
@@ -403,7 +448,12 @@ def _two_task_min_norm(
     available = np.concatenate([np.repeat(second[:, None], 2, axis=1), active], axis=1)  # [N, P]
     g11, g22, g12 = gram[:, 0, 0], gram[:, 1, 1], gram[:, 0, 1]
     with np.errstate(invalid="ignore", over="ignore"):
-        conditioned = (g11 > 0) & (g22 > 0) & (g11 * g22 - g12 * g12 > _CONDITION_FLOOR * (g11 * g22)) & np.isfinite(g11 * g22)
+        conditioned = (
+            (g11 > 0)
+            & (g22 > 0)
+            & (g11 * g22 - g12 * g12 > _CONDITION_FLOOR * (g11 * g22))
+            & np.isfinite(g11 * g22)
+        )
     mapped = points @ gram  # [N, P, 2]: rows c_r^T G
     extended = mapped @ points.T  # [N, P, P]
     left, right = _pairs(points.shape[0])
@@ -411,8 +461,12 @@ def _two_task_min_norm(
     denominator = g_rr + g_ss - 2 * g_rs
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         degenerate = denominator <= np.finfo(np.float64).eps * (g_rr + g_ss)
-        share = np.where(degenerate, 0.5, ((g_ss - g_rs) / np.where(degenerate, 1.0, denominator)).clip(0, 1))
-        combined = share[..., None] * points[left] + (1 - share[..., None]) * points[right]  # [N, pairs, 2]
+        share = np.where(
+            degenerate, 0.5, ((g_ss - g_rs) / np.where(degenerate, 1.0, denominator)).clip(0, 1)
+        )
+        combined = (
+            share[..., None] * points[left] + (1 - share[..., None]) * points[right]
+        )  # [N, pairs, 2]
         value = np.einsum("npk,nkl,npl->np", combined, gram, combined)
     usable = available[:, left] & available[:, right]
     value = np.where(usable, value, np.inf)
@@ -420,7 +474,11 @@ def _two_task_min_norm(
     coefficients = combined[np.arange(num), best]  # [N, 2]
     products = np.einsum("nrk,nk->nr", mapped, coefficients)  # (c_r^T J) . d
     squared = np.einsum("nk,nk->n", coefficients, np.einsum("nkl,nl->nk", gram, coefficients))
-    largest = np.where(available, np.diagonal(extended, axis1=-2, axis2=-1), -np.inf).max(axis=-1).clip(min=0)
+    largest = (
+        np.where(available, np.diagonal(extended, axis1=-2, axis2=-1), -np.inf)
+        .max(axis=-1)
+        .clip(min=0)
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         lowest = np.where(available, products, np.inf).min(axis=-1)
         gap = ((squared - lowest) / np.where(largest > 0, largest, 1.0)).clip(min=0)
@@ -510,7 +568,12 @@ def simplex_linear_programme(
     if not bool((d > 0).all()):
         raise MTLInputError("column_scales must be positive")
     count = math.prod(batch_shape)
-    c, a, b, d = c.reshape(count, num_tasks), a.reshape(count, a.shape[-2], num_tasks), b.reshape(count, b.shape[-1]), d.reshape(count, num_tasks)
+    c, a, b, d = (
+        c.reshape(count, num_tasks),
+        a.reshape(count, a.shape[-2], num_tasks),
+        b.reshape(count, b.shape[-1]),
+        d.reshape(count, num_tasks),
+    )
     on = torch.isfinite(b)
     d = d / d.amax(dim=-1, keepdim=True)
     a = a / d[:, None, :]
@@ -537,10 +600,15 @@ def simplex_linear_programme(
     weights = (torch.nan_to_num(beta) * total).clamp_min(0)  # a_i = beta_i / d_i
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(_F64).tiny)
     weights = torch.where(feasible[:, None], weights, torch.nan)
-    value = torch.where(feasible, (_host_float64(objective).reshape(-1, num_tasks) * weights).sum(dim=-1), torch.nan)
+    value = torch.where(
+        feasible, (_host_float64(objective).reshape(-1, num_tasks) * weights).sum(dim=-1), torch.nan
+    )
     error = torch.where(feasible, error, torch.nan)
     return LinearProgrammeSolution(
-        weights.reshape(*batch_shape, num_tasks), value.reshape(batch_shape), feasible.reshape(batch_shape), error.reshape(batch_shape)
+        weights.reshape(*batch_shape, num_tasks),
+        value.reshape(batch_shape),
+        feasible.reshape(batch_shape),
+        error.reshape(batch_shape),
     )
 
 
@@ -549,16 +617,22 @@ def _bases(num_tasks: int, num_rows: int) -> Tensor:
     """Every choice of K - 1 tight inequalities among the K sign rows and `num_rows` others, `[S, K-1]`."""
     if num_tasks == 1:
         return torch.zeros((1, 0), dtype=torch.int64)
-    return torch.tensor(list(itertools.combinations(range(num_tasks + num_rows), num_tasks - 1)), dtype=torch.int64)
+    return torch.tensor(
+        list(itertools.combinations(range(num_tasks + num_rows), num_tasks - 1)), dtype=torch.int64
+    )
 
 
-def _enumerate_basic_solutions(c: Tensor, a: Tensor, b: Tensor, on: Tensor, total: Tensor, level: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _enumerate_basic_solutions(
+    c: Tensor, a: Tensor, b: Tensor, on: Tensor, total: Tensor, level: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """`max c . x` subject to `x >= 0`, `total . x = level` and the enabled rows `a x >= b`, by
     every basic solution (see `simplex_linear_programme`); returns x `[N, K]`, feasibility and
     the largest rounding error of the basic solutions averaged."""
     num, num_tasks = c.shape
     num_rows = a.shape[-2]
-    inequalities = torch.cat([torch.eye(num_tasks, dtype=_F64).expand(num, num_tasks, num_tasks), a], dim=-2)
+    inequalities = torch.cat(
+        [torch.eye(num_tasks, dtype=_F64).expand(num, num_tasks, num_tasks), a], dim=-2
+    )
     lower = torch.cat([torch.zeros(num, num_tasks, dtype=_F64), b], dim=-1)
     usable = torch.cat([torch.ones(num, num_tasks, dtype=torch.bool), on], dim=-1)
     bases = _bases(num_tasks, num_rows)
@@ -571,7 +645,9 @@ def _enumerate_basic_solutions(c: Tensor, a: Tensor, b: Tensor, on: Tensor, tota
         rows_all, lower_all, usable_all = inequalities[part], lower[part], usable[part]
         n, count = rows_all.shape[0], bases.shape[0]
         tight = rows_all[:, bases]  # [n, S, K-1, K]
-        system = torch.cat([tight, total[part, None, None, :].expand(n, count, 1, num_tasks)], dim=-2)
+        system = torch.cat(
+            [tight, total[part, None, None, :].expand(n, count, 1, num_tasks)], dim=-2
+        )
         rhs = torch.cat([lower_all[:, bases], level[part, None, None].expand(n, count, 1)], dim=-1)
         solution, info = torch.linalg.solve_ex(system, rhs)
         # each basis's own rounding error, from its condition number with the columns scaled (a
@@ -581,7 +657,12 @@ def _enumerate_basic_solutions(c: Tensor, a: Tensor, b: Tensor, on: Tensor, tota
         singular_values = torch.linalg.svdvals(system / torch.where(columns > 0, columns, 1.0))
         condition = singular_values[..., 0] / singular_values[..., -1]
         error = _ROUNDING * num_tasks * torch.finfo(_F64).eps * condition  # [n, S]
-        valid = (info == 0) & (condition <= _MAX_CONDITION) & usable_all[:, bases].all(dim=-1) & torch.isfinite(solution).all(dim=-1)
+        valid = (
+            (info == 0)
+            & (condition <= _MAX_CONDITION)
+            & usable_all[:, bases].all(dim=-1)
+            & torch.isfinite(solution).all(dim=-1)
+        )
         solution = torch.nan_to_num(solution)
         slack = torch.einsum("nrk,nsk->nsr", rows_all, solution) - lower_all[:, None, :]
         valid &= (torch.where(usable_all[:, None, :], slack, 0.0) >= -error[..., None]).all(dim=-1)
@@ -591,26 +672,38 @@ def _enumerate_basic_solutions(c: Tensor, a: Tensor, b: Tensor, on: Tensor, tota
         # ties: optimal vertices agree in value up to the rounding of both
         chosen = valid & (objective >= best[:, None] - error - error.gather(-1, best_index))
         count_chosen = chosen.sum(dim=-1, keepdim=True)
-        solutions[part] = torch.where(chosen[..., None], solution, 0.0).sum(dim=-2) / count_chosen.clamp_min(1)
+        solutions[part] = torch.where(chosen[..., None], solution, 0.0).sum(
+            dim=-2
+        ) / count_chosen.clamp_min(1)
         value[part] = best
         errors[part] = torch.where(chosen, error, 0.0).amax(dim=-1)
     return solutions, torch.isfinite(value), errors
 
 
-def _simplex_each(c: Tensor, a: Tensor, b: Tensor, on: Tensor, total: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
+def _simplex_each(
+    c: Tensor, a: Tensor, b: Tensor, on: Tensor, total: Tensor, level: Tensor
+) -> tuple[Tensor, Tensor]:
     num, num_tasks = c.shape
     solutions = torch.full((num, num_tasks), torch.nan, dtype=_F64)
     feasible = torch.zeros(num, dtype=torch.bool)
     for index in range(num):
         keep = on[index].numpy()
-        solution = _dense_simplex(c[index].numpy(), a[index].numpy()[keep], b[index].numpy()[keep], total[index].numpy(), float(level[index]))
+        solution = _dense_simplex(
+            c[index].numpy(),
+            a[index].numpy()[keep],
+            b[index].numpy()[keep],
+            total[index].numpy(),
+            float(level[index]),
+        )
         if solution is not None:
             solutions[index] = torch.from_numpy(solution)
             feasible[index] = True
     return solutions, feasible
 
 
-def _dense_simplex(c: np.ndarray, a: np.ndarray, b: np.ndarray, total: np.ndarray, level: float) -> np.ndarray | None:
+def _dense_simplex(
+    c: np.ndarray, a: np.ndarray, b: np.ndarray, total: np.ndarray, level: float
+) -> np.ndarray | None:
     """`max c . x` subject to `x >= 0`, `total . x = level` and `a x >= b`, by the two-phase
     tableau simplex method with Bland's rule (no cycling), or None if infeasible. Standard form:
     (x, s) >= 0 with `total . x = level` and `a x - s = b`, rows negated where the right-hand side
@@ -641,7 +734,9 @@ def _dense_simplex(c: np.ndarray, a: np.ndarray, b: np.ndarray, total: np.ndarra
             candidates = np.flatnonzero(np.abs(tableau[row, :num_vars]) > _LP_TOLERANCE)
             if candidates.size:
                 _pivot(tableau, basis, row, int(candidates[0]))
-    keep = [row for row, variable in enumerate(basis) if variable < num_vars]  # others: redundant rows
+    keep = [
+        row for row, variable in enumerate(basis) if variable < num_vars
+    ]  # others: redundant rows
     phase_two = np.zeros((len(keep) + 1, num_vars + 1))
     phase_two[:-1, :num_vars] = tableau[keep, :num_vars]
     phase_two[:-1, -1] = tableau[keep, -1]
@@ -668,7 +763,9 @@ def _pivot_to_optimum(tableau: np.ndarray, basis: list[int], num_columns: int) -
         positive = tableau[:cost, column] > _LP_TOLERANCE
         if not positive.any():
             return  # unbounded direction: impossible on the simplex, stop rather than loop
-        ratios = np.where(positive, tableau[:cost, -1] / np.where(positive, tableau[:cost, column], 1.0), np.inf)
+        ratios = np.where(
+            positive, tableau[:cost, -1] / np.where(positive, tableau[:cost, column], 1.0), np.inf
+        )
         best = ratios.min()
         ties = np.flatnonzero(ratios <= best + _LP_TOLERANCE * max(1.0, abs(best)))
         row = int(min(ties, key=lambda r: basis[r]))
@@ -703,7 +800,9 @@ class EPOProgramme(NamedTuple):
     """The adjustment vector `a = r * (log(K l_hat) - mu_r(l))`."""
 
 
-def epo_linear_programme(gramian: Tensor, losses: Tensor, preference: Tensor, /, *, threshold: float = 1e-4) -> EPOProgramme:
+def epo_linear_programme(
+    gramian: Tensor, losses: Tensor, preference: Tensor, /, *, threshold: float = 1e-4
+) -> EPOProgramme:
     """EPO's linear programme (Mahapatra & Rajan 2020, §3.3; reference `EPO_LP.get_alpha`).
 
     With `C = G`, `rl = r * l`, `l_hat = rl / sum(rl)`, the non-uniformity
@@ -804,7 +903,11 @@ class EPOSearch(GradientWeighting):
         balance_threshold: float = 1e-4,
         reduction: Reduction = "mean",
     ) -> None:
-        self.preference = None if preference is None else _preference_vector(preference, "preference", strictly_positive=True)
+        self.preference = (
+            None
+            if preference is None
+            else _preference_vector(preference, "preference", strictly_positive=True)
+        )
         self.balance_threshold = check_number("balance_threshold", balance_threshold, minimum=0.0)
         check_reduction(reduction)
         self.reduction = reduction
@@ -829,8 +932,12 @@ class EPOSearch(GradientWeighting):
         if host is not None:
             programme, solution = host
         else:
-            programme = epo_linear_programme(gramian, losses, preference, threshold=self.balance_threshold)
-            solution = simplex_linear_programme(programme.objective, programme.rows, programme.bounds)
+            programme = epo_linear_programme(
+                gramian, losses, preference, threshold=self.balance_threshold
+            )
+            solution = simplex_linear_programme(
+                programme.objective, programme.rows, programme.bounds
+            )
         fallback = ~solution.feasible
         weights = torch.where(fallback[..., None], preference / preference.sum(), solution.weights)
         scale = num_tasks if self.reduction == "sum" else 1.0
@@ -844,7 +951,9 @@ class EPOSearch(GradientWeighting):
             # the update's rounding error: each weight's, times the gradients' norms
             "update_bound": torch.where(fallback, 0.0, solution.error) * scale * norms.sum(dim=-1),
         }
-        return WeightsResult(weights_in_dtype(weights.to(gramian.device), gramian.dtype, "EPOSearch"), diagnostics)
+        return WeightsResult(
+            weights_in_dtype(weights.to(gramian.device), gramian.dtype, "EPOSearch"), diagnostics
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -858,13 +967,18 @@ class EPOSearch(GradientWeighting):
 # rounding of the elementwise logarithm and of the small sums.
 
 
-def _epo_on_host(gramian: Tensor, losses: Tensor, preference: Tensor, threshold: float) -> tuple[EPOProgramme, LinearProgrammeSolution] | None:
+def _epo_on_host(
+    gramian: Tensor, losses: Tensor, preference: Tensor, threshold: float
+) -> tuple[EPOProgramme, LinearProgrammeSolution] | None:
     """EPO's programme and its solution as `epo_linear_programme` and `simplex_linear_programme`
     give them, or None where those take another path (K > 5, a batch beyond one chunk)."""
     num_tasks = gramian.shape[-1]
     batch_shape = tuple(gramian.shape[:-2])
     count = math.prod(batch_shape)
-    if num_tasks > _ENUMERATION_TASKS or count * _bases(num_tasks, num_tasks + 1).shape[0] > _ENUMERATION_CHUNK:
+    if (
+        num_tasks > _ENUMERATION_TASKS
+        or count * _bases(num_tasks, num_tasks + 1).shape[0] > _ENUMERATION_CHUNK
+    ):
         return None
     gram = _symmetric(gramian).numpy().reshape(count, num_tasks, num_tasks)
     values = _host_float64(losses).numpy().reshape(count, num_tasks)
@@ -898,14 +1012,22 @@ def _epo_on_host(gramian: Tensor, losses: Tensor, preference: Tensor, threshold:
         return torch.from_numpy(np.ascontiguousarray(array)).reshape((*batch_shape, *shape))
 
     programme = EPOProgramme(
-        back(objective, num_tasks), back(rows, num_tasks + 1, num_tasks), back(bounds, num_tasks + 1),
-        back(balance), back(non_uniformity), back(adjustments, num_tasks),
+        back(objective, num_tasks),
+        back(rows, num_tasks + 1, num_tasks),
+        back(bounds, num_tasks + 1),
+        back(balance),
+        back(non_uniformity),
+        back(adjustments, num_tasks),
     )
     weights, value, feasible, error = solution
-    return programme, LinearProgrammeSolution(back(weights, num_tasks), back(value), back(feasible), back(error))
+    return programme, LinearProgrammeSolution(
+        back(weights, num_tasks), back(value), back(feasible), back(error)
+    )
 
 
-def _simplex_programme_np(objective: np.ndarray, rows: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, ...]:
+def _simplex_programme_np(
+    objective: np.ndarray, rows: np.ndarray, bounds: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """`simplex_linear_programme(objective, rows, bounds)` for `[N, K]`, `[N, m, K]`, `[N, m]`
     with K <= 5 and no column scales (then the equality row is `1 . x = 1` as it is)."""
     count, num_tasks = objective.shape
@@ -921,7 +1043,9 @@ def _simplex_programme_np(objective: np.ndarray, rows: np.ndarray, bounds: np.nd
     largest = np.abs(objective).max(axis=-1, keepdims=True)
     c = objective / np.where(largest > 0, largest, 1.0)
     # _enumerate_basic_solutions with total = 1 and level = 1
-    inequalities = np.concatenate([np.broadcast_to(np.eye(num_tasks), (count, num_tasks, num_tasks)), a], axis=-2)
+    inequalities = np.concatenate(
+        [np.broadcast_to(np.eye(num_tasks), (count, num_tasks, num_tasks)), a], axis=-2
+    )
     lower = np.concatenate([np.zeros((count, num_tasks)), b], axis=-1)
     usable = np.concatenate([np.ones((count, num_tasks), dtype=bool), on], axis=-1)
     bases = _bases(num_tasks, num_rows).numpy()
@@ -931,19 +1055,28 @@ def _simplex_programme_np(objective: np.ndarray, rows: np.ndarray, bounds: np.nd
     rhs = np.concatenate([lower[:, bases], np.ones((count, num_bases, 1))], axis=-1)
     solved, info = torch.linalg.solve_ex(torch.from_numpy(system), torch.from_numpy(rhs))
     columns = np.abs(system).max(axis=-2, keepdims=True)
-    singular_values = torch.linalg.svdvals(torch.from_numpy(system / np.where(columns > 0, columns, 1.0))).numpy()
+    singular_values = torch.linalg.svdvals(
+        torch.from_numpy(system / np.where(columns > 0, columns, 1.0))
+    ).numpy()
     solution = solved.numpy()
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         condition = singular_values[..., 0] / singular_values[..., -1]
         error = _ROUNDING * num_tasks * np.finfo(np.float64).eps * condition  # [N, S]
-        valid = (info.numpy() == 0) & (condition <= _MAX_CONDITION) & usable[:, bases].all(axis=-1) & np.isfinite(solution).all(axis=-1)
+        valid = (
+            (info.numpy() == 0)
+            & (condition <= _MAX_CONDITION)
+            & usable[:, bases].all(axis=-1)
+            & np.isfinite(solution).all(axis=-1)
+        )
         solution = np.nan_to_num(solution)
         slack = np.einsum("nrk,nsk->nsr", inequalities, solution) - lower[:, None, :]
         valid &= (np.where(usable[:, None, :], slack, 0.0) >= -error[..., None]).all(axis=-1)
         value_all = np.where(valid, np.einsum("nk,nsk->ns", c, solution), -np.inf)
         best_index = value_all.argmax(axis=-1)[:, None]
         best = np.take_along_axis(value_all, best_index, axis=-1)[:, 0]
-        chosen = valid & (value_all >= best[:, None] - error - np.take_along_axis(error, best_index, axis=-1))
+        chosen = valid & (
+            value_all >= best[:, None] - error - np.take_along_axis(error, best_index, axis=-1)
+        )
         count_chosen = chosen.sum(axis=-1, keepdims=True)
         beta = np.where(chosen[..., None], solution, 0.0).sum(axis=-2) / np.maximum(count_chosen, 1)
         errors = np.where(chosen, error, 0.0).max(axis=-1)

@@ -62,7 +62,11 @@ def pcgrad_coefficients(gramian: Tensor, orders: Tensor, /) -> Tensor:
     Computed in the Gramian's dtype; batched over the leading dimensions.
     """
     num_tasks = gramian.shape[-1]
-    coefficients = torch.eye(num_tasks, dtype=gramian.dtype, device=gramian.device).expand(gramian.shape).clone()
+    coefficients = (
+        torch.eye(num_tasks, dtype=gramian.dtype, device=gramian.device)
+        .expand(gramian.shape)
+        .clone()
+    )
     squared_norms = torch.diagonal(gramian, dim1=-2, dim2=-1)
     orders = orders.to(gramian.device)
     for step in range(num_tasks - 1):
@@ -72,7 +76,9 @@ def pcgrad_coefficients(gramian: Tensor, orders: Tensor, /) -> Tensor:
         conflict = (products < 0) & (other_norms > 0)
         safe_norms = torch.where(other_norms > 0, other_norms, torch.ones_like(other_norms))
         amount = torch.where(conflict, products / safe_norms, torch.zeros_like(products))
-        coefficients = coefficients - amount[..., None] * torch.nn.functional.one_hot(other, num_tasks).to(gramian.dtype)
+        coefficients = coefficients - amount[..., None] * torch.nn.functional.one_hot(
+            other, num_tasks
+        ).to(gramian.dtype)
     return coefficients
 
 
@@ -110,12 +116,16 @@ class PCGrad(DrawsFromGenerator, GradientWeighting):
     random = True
     head_gradient = HeadGradient.RAW
 
-    def __init__(self, *, generator: torch.Generator | None = None, reduction: Reduction = "sum") -> None:
+    def __init__(
+        self, *, generator: torch.Generator | None = None, reduction: Reduction = "sum"
+    ) -> None:
         self._use_generator(generator)
         check_reduction(reduction)
         self.reduction = reduction
 
-    def projection_orders(self, batch_shape: tuple[int, ...], num_tasks: int, device: torch.device | None = None) -> Tensor:
+    def projection_orders(
+        self, batch_shape: tuple[int, ...], num_tasks: int, device: torch.device | None = None
+    ) -> Tensor:
         """Random projection orders `[*batch_shape, K, K-1]` (int64) drawn from the generator.
 
         Row i is a uniformly random permutation of the tasks other than i. Consumes
@@ -123,7 +133,9 @@ class PCGrad(DrawsFromGenerator, GradientWeighting):
         """
         draw_device = self._generator.device if self._generator is not None else device
         keys = self._uniform((*batch_shape, num_tasks, num_tasks), device=draw_device)
-        keys = keys + 2.0 * torch.eye(num_tasks, dtype=torch.float64, device=keys.device)  # j = i sorts last
+        keys = keys + 2.0 * torch.eye(
+            num_tasks, dtype=torch.float64, device=keys.device
+        )  # j = i sorts last
         return keys.argsort(dim=-1)[..., : num_tasks - 1].to(device)
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
@@ -132,7 +144,9 @@ class PCGrad(DrawsFromGenerator, GradientWeighting):
         if num_tasks == 1:
             coefficients = torch.ones_like(gram)
             projections = torch.zeros(gram.shape[:-2], dtype=torch.int64, device=gram.device)
-        elif num_tasks == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS:
+        elif (
+            num_tasks == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS
+        ):
             return self._two_task_scalars(gramian)
         elif num_tasks == 2:
             return self._two_task_weights(gram, gramian.dtype)
@@ -144,7 +158,9 @@ class PCGrad(DrawsFromGenerator, GradientWeighting):
         weights = coefficients.sum(dim=-2)
         if self.reduction == "mean":
             weights = weights / num_tasks
-        return WeightsResult(weights_in_dtype(weights, gramian.dtype, "PCGrad"), {"projections": projections})
+        return WeightsResult(
+            weights_in_dtype(weights, gramian.dtype, "PCGrad"), {"projections": projections}
+        )
 
     def _two_task_weights(self, gram: Tensor, dtype: torch.dtype) -> WeightsResult:
         """K = 2 in closed form (one order, no draw from the generator): if `G_12 < 0`,
@@ -153,13 +169,23 @@ class PCGrad(DrawsFromGenerator, GradientWeighting):
         both gradients are nonzero). Halved for "mean"."""
         g11, g22, g12 = gram[..., 0, 0], gram[..., 1, 1], gram[..., 0, 1]
         conflict = (g12 < 0) & (g11 > 0) & (g22 > 0)
-        safe11, safe22 = (torch.where(conflict, value, torch.ones_like(value)) for value in (g11, g22))
+        safe11, safe22 = (
+            torch.where(conflict, value, torch.ones_like(value)) for value in (g11, g22)
+        )
         zero = torch.zeros_like(g12)
-        weights = torch.stack([1 - torch.where(conflict, g12 / safe11, zero), 1 - torch.where(conflict, g12 / safe22, zero)], dim=-1)
+        weights = torch.stack(
+            [
+                1 - torch.where(conflict, g12 / safe11, zero),
+                1 - torch.where(conflict, g12 / safe22, zero),
+            ],
+            dim=-1,
+        )
         if self.reduction == "mean":
             weights = weights / 2
-        return WeightsResult(weights_in_dtype(weights, dtype, "PCGrad"), {"projections": 2 * conflict.to(torch.int64)})
-
+        return WeightsResult(
+            weights_in_dtype(weights, dtype, "PCGrad"),
+            {"projections": 2 * conflict.to(torch.int64)},
+        )
 
     def _two_task_scalars(self, gramian: Tensor) -> WeightsResult:
         """`_two_task_weights` on Python floats, row by row, for a few CPU Gramians: the same
@@ -174,7 +200,9 @@ class PCGrad(DrawsFromGenerator, GradientWeighting):
             projections.append(2 if conflict else 0)
         batch_shape = gramian.shape[:-2]
         result = torch.tensor(weights, dtype=torch.float64).reshape(*batch_shape, 2)
-        diagnostics = {"projections": torch.tensor(projections, dtype=torch.int64).reshape(batch_shape)}
+        diagnostics = {
+            "projections": torch.tensor(projections, dtype=torch.int64).reshape(batch_shape)
+        }
         return WeightsResult(weights_in_dtype(result, gramian.dtype, "PCGrad"), diagnostics)
 
 
@@ -280,7 +308,11 @@ class CAGrad(GradientWeighting):
         tolerance: float = 1e-10,
         max_iterations: int = 100,
     ) -> None:
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (c >= 0 and c < float("inf")):
+        if (
+            isinstance(c, bool)
+            or not isinstance(c, (int, float))
+            or not (c >= 0 and c < float("inf"))
+        ):
             raise InvalidHyperparameterError(
                 f"c (the radius of the ball around the mean gradient, relative to its norm) must be a "
                 f"finite number >= 0, got {c!r}; the paper uses 0.4 (convergence is proven for c < 1)"
@@ -293,7 +325,9 @@ class CAGrad(GradientWeighting):
         self.c = float(c)
         self.rescale = rescale
         self.reduction = reduction
-        self.tolerance = check_number("tolerance (a relative duality gap, e.g. 1e-10)", tolerance, minimum=0.0, strict=True)
+        self.tolerance = check_number(
+            "tolerance (a relative duality gap, e.g. 1e-10)", tolerance, minimum=0.0, strict=True
+        )
         self.max_iterations = check_integer("max_iterations", max_iterations)
 
     @property
@@ -312,7 +346,11 @@ class CAGrad(GradientWeighting):
         weights = direction * self.output_scale
         if self.reduction == "sum":
             weights = weights * num_tasks
-        diagnostics = {"dual_gap": gap, "dual_weights": dual_weights, "iterations": torch.tensor(iterations)}
+        diagnostics = {
+            "dual_gap": gap,
+            "dual_weights": dual_weights,
+            "iterations": torch.tensor(iterations),
+        }
         return WeightsResult(weights_in_dtype(weights, gramian.dtype, "CAGrad"), diagnostics)
 
     def _two_task_scalars(self, gramian: Tensor) -> WeightsResult | None:
@@ -343,8 +381,12 @@ class CAGrad(GradientWeighting):
         result = torch.tensor(weights, dtype=torch.float64).reshape(*batch_shape, 2)
         diagnostics = {
             # an unbatched Gramian's gap has shape [1] on the general path too
-            "dual_gap": torch.tensor([row[4] for row in rows], dtype=torch.float64).reshape(batch_shape or (1,)),
-            "dual_weights": torch.tensor([row[2:4] for row in rows], dtype=torch.float64).reshape(*batch_shape, 2),
+            "dual_gap": torch.tensor([row[4] for row in rows], dtype=torch.float64).reshape(
+                batch_shape or (1,)
+            ),
+            "dual_weights": torch.tensor([row[2:4] for row in rows], dtype=torch.float64).reshape(
+                *batch_shape, 2
+            ),
             "iterations": torch.tensor(0),
         }
         return WeightsResult(weights_in_dtype(result, gramian.dtype, "CAGrad"), diagnostics)
@@ -370,17 +412,28 @@ class CAGrad(GradientWeighting):
             direction, dual_weights, gap = _cagrad_two_tasks(scaled, self.c)
         else:
             flat = scaled.reshape(-1, num_tasks, num_tasks)
-            direction, dual_weights, gap = np.empty(flat.shape[:-1]), np.empty(flat.shape[:-1]), np.empty(flat.shape[0])
+            direction, dual_weights, gap = (
+                np.empty(flat.shape[:-1]),
+                np.empty(flat.shape[:-1]),
+                np.empty(flat.shape[0]),
+            )
             for index, element in enumerate(flat):
                 direction[index], dual_weights[index], gap[index], used = cagrad_dual(
                     element, self.c, tolerance=self.tolerance, max_iterations=self.max_iterations
                 )
                 iterations = max(iterations, used)
             shape = scaled.shape[:-1]
-            direction, dual_weights, gap = direction.reshape(shape), dual_weights.reshape(shape), gap.reshape(shape[:-1])
+            direction, dual_weights, gap = (
+                direction.reshape(shape),
+                dual_weights.reshape(shape),
+                gap.reshape(shape[:-1]),
+            )
         uniform = np.full(direction.shape, 1.0 / num_tasks)
         zero = ~(scale > 0)[..., None]  # g_0 = 0 (all-zero Gramian): d = 0 = g_0
-        direction, dual_weights = np.where(zero, uniform, direction), np.where(zero, uniform, dual_weights)
+        direction, dual_weights = (
+            np.where(zero, uniform, direction),
+            np.where(zero, uniform, dual_weights),
+        )
         gap = np.where(zero[..., 0], 0.0, gap)
 
         def back(values: np.ndarray) -> Tensor:
@@ -429,7 +482,12 @@ class _Certificates:
         `min_i g_i . d` is taken less its rounding error `K eps ||g_i|| sum_j |weights_j| ||g_j||`
         (a lower bound), so that of two directions equal up to rounding the one with the smaller
         weights is kept."""
-        value = float((self.gram @ weights - _NOISE * len(weights) * self.norms * float(np.abs(weights) @ self.norms)).min())
+        value = float(
+            (
+                self.gram @ weights
+                - _NOISE * len(weights) * self.norms * float(np.abs(weights) @ self.norms)
+            ).min()
+        )
         if value > self.primal:
             self.primal, self.direction = value, weights
 
@@ -476,7 +534,9 @@ class _Certificates:
         return root
 
 
-def cagrad_dual(gram: np.ndarray, c: float, /, *, tolerance: float, max_iterations: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+def cagrad_dual(
+    gram: np.ndarray, c: float, /, *, tolerance: float, max_iterations: int
+) -> tuple[np.ndarray, np.ndarray, float, int]:
     """CAGrad's dual on one unit-scaled float64 Gramian (largest diagonal 1; see `CAGrad`).
 
     Returns the direction's weights, the dual weights, the duality gap and the root steps.
@@ -492,13 +552,20 @@ def cagrad_dual(gram: np.ndarray, c: float, /, *, tolerance: float, max_iteratio
         return uniform, uniform, 0.0, 0
     certificates = _Certificates(gram, mean_products, radius)
     norms = np.sqrt(np.diagonal(gram).clip(min=0))
-    lower, upper = 0.0, 1.0 / radius  # ||g_w|| <= 1 = max_i ||g_i||: the residual is <= 0 at 1 / radius
-    vertex = int(np.argmin(mean_products))  # first guess: the root if w* is the vertex that large mu selects
+    lower, upper = (
+        0.0,
+        1.0 / radius,
+    )  # ||g_w|| <= 1 = max_i ||g_i||: the residual is <= 0 at 1 / radius
+    vertex = int(
+        np.argmin(mean_products)
+    )  # first guess: the root if w* is the vertex that large mu selects
     shift = norms[vertex] / radius if 0 < norms[vertex] < 1 else 0.5 * upper
     start, streak, stalled, previous_face, iterations = None, 0, 0, None, 0
     while iterations < max_iterations:
         iterations += 1
-        weights, _, support = min_norm_active_set(gram, linear=mean_products, shift=shift, start=start)
+        weights, _, support = min_norm_active_set(
+            gram, linear=mean_products, shift=shift, start=start
+        )
         start = (weights, support)
         certificates.offer_dual(weights, 1.0 / shift if shift > 0 else np.inf)
         below = float(weights @ gram @ weights) - (radius * shift) ** 2 > 0
@@ -513,7 +580,9 @@ def cagrad_dual(gram: np.ndarray, c: float, /, *, tolerance: float, max_iteratio
             break  # same_face: the root of this face was solved and it stayed optimal: exact
         if upper - lower <= 4 * np.finfo(np.float64).eps * upper:
             break
-        bisect = streak != 0 and abs(streak) % 2 == 0  # while one end keeps moving, every other step halves the bracket
+        bisect = (
+            streak != 0 and abs(streak) % 2 == 0
+        )  # while one end keeps moving, every other step halves the bracket
         if root is not None and lower < root < upper and not bisect:
             shift, previous_face = root, support
         else:
@@ -546,8 +615,14 @@ def _cagrad_two_tasks(gram: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarra
         distance_sq = ((g11 * g22 - g12**2) / safe_spread).clip(min=0)
         slope = -delta / np.where(radius > 0, radius, 1.0)
         interior = slope**2 < spread
-        stationary = slope * np.sqrt(distance_sq * spread / np.where(interior, spread - slope**2, 1.0))
-        t = np.where(interior, ((stationary - offset) / safe_spread).clip(0, 1), np.where(delta > 0, 0.0, 1.0))
+        stationary = slope * np.sqrt(
+            distance_sq * spread / np.where(interior, spread - slope**2, 1.0)
+        )
+        t = np.where(
+            interior,
+            ((stationary - offset) / safe_spread).clip(0, 1),
+            np.where(delta > 0, 0.0, 1.0),
+        )
         t = np.where(identical, 0.5, t)
         dual_weights = np.stack([t, 1 - t], axis=-1)
         uniform = np.full(dual_weights.shape, 0.5)
@@ -555,7 +630,9 @@ def _cagrad_two_tasks(gram: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarra
         norms = np.sqrt(np.diagonal(gram, axis1=-2, axis2=-1).clip(min=0))
 
         def lower_value(weights: np.ndarray) -> np.ndarray:  # as `_Certificates.offer_direction`
-            rounding = _NOISE * 2 * norms * np.einsum("...i,...i->...", np.abs(weights), norms)[..., None]
+            rounding = (
+                _NOISE * 2 * norms * np.einsum("...i,...i->...", np.abs(weights), norms)[..., None]
+            )
             return (np.einsum("...ij,...j->...i", gram, weights) - rounding).min(axis=-1)
 
         direction, primal = uniform, lower_value(uniform)  # d = g_0
@@ -578,7 +655,9 @@ def _cagrad_two_tasks(gram: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarra
     return direction, dual_weights, np.where(trivial, 0.0, gap)
 
 
-def _cagrad_two_task_scalars(g11: float, g22: float, g12: float, c: float) -> tuple[float, float, float, float, float]:
+def _cagrad_two_task_scalars(
+    g11: float, g22: float, g12: float, c: float
+) -> tuple[float, float, float, float, float]:
     """`_cagrad_two_tasks` on one unit-scaled finite Gramian as Python floats, operation for
     operation: the direction's weights, the dual weights and the gap."""
     mean_first, mean_second = (g11 + g12) / 2, (g12 + g22) / 2
@@ -596,7 +675,9 @@ def _cagrad_two_task_scalars(g11: float, g22: float, g12: float, c: float) -> tu
         slope = -delta / radius
         if slope * slope < spread:  # numpy's `x**2` is `x * x`
             distance_sq = (g11 * g22 - g12 * g12) / safe_spread
-            stationary = slope * math.sqrt((distance_sq if distance_sq > 0 else 0.0) * spread / (spread - slope * slope))
+            stationary = slope * math.sqrt(
+                (distance_sq if distance_sq > 0 else 0.0) * spread / (spread - slope * slope)
+            )
             t = (stationary - (g12 - g22)) / safe_spread
             t = 0.0 if t < 0 else (1.0 if t > 1 else t)
         else:
@@ -690,11 +771,21 @@ class IMTLG(GradientWeighting):
     head_gradient = HeadGradient.WEIGHTED
 
     def _weights(self, gramian: Tensor, losses: Tensor, /) -> WeightsResult:
-        if gramian.shape[-1] == 2 and gramian.device.type == "cpu" and gramian.numel() <= 4 * _SCALAR_ROWS:
+        if (
+            gramian.shape[-1] == 2
+            and gramian.device.type == "cpu"
+            and gramian.numel() <= 4 * _SCALAR_ROWS
+        ):
             diagonal = torch.diagonal(gramian.detach().to(torch.float64), dim1=-2, dim2=-1)
             weights = [imtlg_two_task_scalars(*pair) for pair in two_task_norms(diagonal)]
-            alpha = torch.tensor(weights, dtype=torch.float64).reshape(gramian.shape[:-1]).to(gramian.dtype)
-            return WeightsResult(alpha, {"floored": torch.zeros(gramian.shape[:-2], dtype=torch.bool)})
+            alpha = (
+                torch.tensor(weights, dtype=torch.float64)
+                .reshape(gramian.shape[:-1])
+                .to(gramian.dtype)
+            )
+            return WeightsResult(
+                alpha, {"floored": torch.zeros(gramian.shape[:-2], dtype=torch.bool)}
+            )
         gram = _symmetric_float64(gramian)
         if gram.shape[-1] == 2:
             return _imtlg_two_tasks(gram, gramian.dtype)
@@ -732,9 +823,15 @@ def _imtlg_two_tasks(gram: Tensor, dtype: torch.dtype) -> WeightsResult:
     (`s = (1/||g_1|| + 1/||g_2||) / 2 > 0`)."""
     inverse = safe_reciprocal(gramian_norms(gram))
     total = inverse.sum(dim=-1, keepdim=True)
-    alpha = torch.where(total > 0, inverse / torch.where(total > 0, total, torch.ones_like(total)), torch.full_like(inverse, 0.5))
-    return WeightsResult(alpha.to(dtype), {"floored": torch.zeros(gram.shape[:-2], dtype=torch.bool, device=gram.device)})
-
+    alpha = torch.where(
+        total > 0,
+        inverse / torch.where(total > 0, total, torch.ones_like(total)),
+        torch.full_like(inverse, 0.5),
+    )
+    return WeightsResult(
+        alpha.to(dtype),
+        {"floored": torch.zeros(gram.shape[:-2], dtype=torch.bool, device=gram.device)},
+    )
 
 
 def two_task_norms(diagonal: Tensor, /) -> list[list[float]]:

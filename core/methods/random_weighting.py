@@ -66,18 +66,26 @@ class _RandomSimplexSampler:
         return draw(tuple(like.shape), draw_dtype, device).to(device=like.device, dtype=dtype)
 
     def _normal(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-        return torch.softmax(torch.randn(shape, generator=self.generator, dtype=dtype, device=device), dim=-1)
+        return torch.softmax(
+            torch.randn(shape, generator=self.generator, dtype=dtype, device=device), dim=-1
+        )
 
     def _uniform(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-        return torch.softmax(torch.rand(shape, generator=self.generator, dtype=dtype, device=device), dim=-1)
+        return torch.softmax(
+            torch.rand(shape, generator=self.generator, dtype=dtype, device=device), dim=-1
+        )
 
-    def _dirichlet(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    def _dirichlet(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
         # 1 - U lies in (0, 1], so the Exp(1) draws are finite; their normalised sum is Dir(1).
         uniform = torch.rand(shape, generator=self.generator, dtype=dtype, device=device)
         gamma = -torch.log1p(-uniform)
         return gamma / gamma.sum(dim=-1, keepdim=True)
 
-    def _bernoulli(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    def _bernoulli(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
         draws = torch.rand(shape, generator=self.generator, device=device) < 0.5
         while True:  # redraw the all-zero rows (probability 2^-K each): terminates almost surely
             empty = ~draws.any(dim=-1)
@@ -88,7 +96,9 @@ class _RandomSimplexSampler:
         ones = draws.to(dtype)
         return ones / ones.sum(dim=-1, keepdim=True)
 
-    def _constrained_bernoulli(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    def _constrained_bernoulli(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
         chosen = torch.randint(shape[-1], shape[:-1], generator=self.generator, device=device)
         return torch.nn.functional.one_hot(chosen, shape[-1]).to(dtype)
 
@@ -104,7 +114,9 @@ class _RandomWeights:
     paper = "Lin, Ye, Zhang, Tsang, Reasonable Effectiveness of Random Weighting (TMLR 2022)"
     claims = frozenset({"simplex_weights"})
 
-    def __init__(self, *, distribution: str = "normal", generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, *, distribution: str = "normal", generator: torch.Generator | None = None
+    ) -> None:
         self._sampler = _RandomSimplexSampler(distribution, generator)
         self.distribution = distribution
 

@@ -104,15 +104,29 @@ class RotoGrad(JacobianAggregation):
     head_gradient = HeadGradient.RAW
     engine_modes = frozenset({"representation"})
 
-    def __init__(self, num_tasks: int | None = None, *, rotation_size: int | None = None, burn_in_period: int = 20) -> None:
+    def __init__(
+        self,
+        num_tasks: int | None = None,
+        *,
+        rotation_size: int | None = None,
+        burn_in_period: int = 20,
+    ) -> None:
         self.num_tasks = check_num_tasks(num_tasks, "RotoGrad")
         if rotation_size is not None:
-            rotation_size = check_integer("rotation_size (the number of leading feature entries rotated)", rotation_size)
+            rotation_size = check_integer(
+                "rotation_size (the number of leading feature entries rotated)", rotation_size
+            )
         self.rotation_size = rotation_size
-        self.burn_in_period = check_integer("burn_in_period (the call whose norms replace the first baseline)", burn_in_period, minimum=0)
+        self.burn_in_period = check_integer(
+            "burn_in_period (the call whose norms replace the first baseline)",
+            burn_in_period,
+            minimum=0,
+        )
         self._generators: torch.nn.Parameter | None = None
         if rotation_size is not None:
-            self._generators = torch.nn.Parameter(torch.zeros(self.num_tasks, rotation_size, rotation_size))
+            self._generators = torch.nn.Parameter(
+                torch.zeros(self.num_tasks, rotation_size, rotation_size)
+            )
         self._cache: tuple[tuple[Any, ...], Tensor] | None = None
         self.reset()
 
@@ -143,7 +157,11 @@ class RotoGrad(JacobianAggregation):
         return self._baseline.clone()
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"batch_shape": list(self.batch_shape), "steps": self._steps, "baseline": self._baseline.clone()}
+        state: dict[str, Any] = {
+            "batch_shape": list(self.batch_shape),
+            "steps": self._steps,
+            "baseline": self._baseline.clone(),
+        }
         if self._generators is not None:
             state["generators"] = self._generators.detach().clone()
         return state
@@ -151,14 +169,20 @@ class RotoGrad(JacobianAggregation):
     def load_state_dict(self, state: Mapping[str, Any], /) -> None:
         self.reset(tuple(state["batch_shape"]))
         self._steps = int(state["steps"])
-        self._baseline = state_tensor(state, "baseline", (*self.batch_shape, self.num_tasks), "RotoGrad").to(torch.float64).clone()
+        self._baseline = (
+            state_tensor(state, "baseline", (*self.batch_shape, self.num_tasks), "RotoGrad")
+            .to(torch.float64)
+            .clone()
+        )
         if self._generators is not None:
             size = self._generators.shape
             values = state_tensor(state, "generators", tuple(size), "RotoGrad")
             with torch.no_grad():
                 self._generators.copy_(values)
         elif "generators" in state:
-            raise MTLInputError("RotoGrad state holds rotations but this instance has none (rotation_size=None)")
+            raise MTLInputError(
+                "RotoGrad state holds rotations but this instance has none (rotation_size=None)"
+            )
         self._pristine = self._steps == 0
 
     # -- the rotations ---------------------------------------------------------------------------
@@ -167,7 +191,12 @@ class RotoGrad(JacobianAggregation):
         """The current rotations `R` `[K, r, r]`, detached (None without rotations)."""
         if self._generators is None:
             return None
-        key = (self._generators._version, self._generators.data_ptr(), self._generators.dtype, self._generators.device)
+        key = (
+            self._generators._version,
+            self._generators.data_ptr(),
+            self._generators.dtype,
+            self._generators.device,
+        )
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
                 self._cache = (key, _rotation_matrices(self._generators))
@@ -185,7 +214,11 @@ class RotoGrad(JacobianAggregation):
         size = self._check_features(features.shape, "features")
         rotation = rotations[task].to(dtype=features.dtype, device=features.device)
         rotated = features[..., :size] @ rotation.mT
-        return rotated if features.shape[-1] == size else torch.cat([rotated, features[..., size:]], dim=-1)
+        return (
+            rotated
+            if features.shape[-1] == size
+            else torch.cat([rotated, features[..., size:]], dim=-1)
+        )
 
     def _check_features(self, shape: torch.Size | tuple[int, ...], what: str) -> int:
         size = self.rotation_size
@@ -202,12 +235,16 @@ class RotoGrad(JacobianAggregation):
     def _aggregate(self, jacobian: Tensor, losses: Tensor, /) -> AggregationResult:
         check_task_count(self, losses, self.num_tasks)
         self._match_batch_shape(tuple(jacobian.shape[:-2]))
-        norms = torch.linalg.vector_norm(jacobian, dim=-1, dtype=torch.float64)  # [..., K] on J's device
+        norms = torch.linalg.vector_norm(
+            jacobian, dim=-1, dtype=torch.float64
+        )  # [..., K] on J's device
         host_norms = norms.cpu()
         baseline = self._baseline
         if self._steps == 0 or self._steps == self.burn_in_period:
             baseline = host_norms.clone()
-        baseline = torch.where(baseline > 0, baseline, host_norms)  # a zero baseline waits for a nonzero norm
+        baseline = torch.where(
+            baseline > 0, baseline, host_norms
+        )  # a zero baseline waits for a nonzero norm
         ratios = torch.where(host_norms > 0, host_norms * safe_reciprocal(baseline), 0.0)
         alphas = ratios * safe_reciprocal(ratios.sum(dim=-1, keepdim=True))
         common = (alphas * host_norms).sum(dim=-1)  # C
@@ -215,7 +252,11 @@ class RotoGrad(JacobianAggregation):
         self._baseline, self._steps = baseline, self._steps + 1
         self._used()
         contributions = torch.where(host_norms > 0, common[..., None].expand_as(host_norms), 0.0)
-        diagnostics = {"contribution_norms": contributions, "convergence_ratios": ratios, "common_norm": common}
+        diagnostics = {
+            "contribution_norms": contributions,
+            "convergence_ratios": ratios,
+            "common_norm": common,
+        }
         return AggregationResult(update, torch.ones_like(losses), diagnostics)
 
     def auxiliary_loss(self, jacobian: Tensor, losses: Tensor, /) -> Tensor | None:
@@ -225,19 +266,27 @@ class RotoGrad(JacobianAggregation):
         if self._generators is None:
             return None
         if jacobian.ndim < 2 or jacobian.shape[0] != self.num_tasks:
-            raise MTLInputError(f"RotoGrad's alignment loss needs J of shape [K = {self.num_tasks}, *features.shape], got {tuple(jacobian.shape)}")
+            raise MTLInputError(
+                f"RotoGrad's alignment loss needs J of shape [K = {self.num_tasks}, *features.shape], got {tuple(jacobian.shape)}"
+            )
         size = self._check_features(jacobian.shape[1:], "per-task gradients' features")
         gradients = jacobian.detach().reshape(self.num_tasks, -1, jacobian.shape[-1])  # [K, N, d]
         dtype = gradients.dtype
         norms = torch.linalg.vector_norm(gradients, dim=(-2, -1), dtype=torch.float64)
         mean_norm = torch.linalg.vector_norm(gradients.mean(dim=0), dtype=torch.float64)
         units = gradients * safe_reciprocal(norms).to(dtype)[:, None, None]
-        target = (mean_norm.to(dtype) * units.mean(dim=0))  # v [N, d]
-        rotations = _rotation_matrices(self._generators).to(dtype=dtype, device=gradients.device)  # with the graph
-        heads = gradients[..., :size] @ rotations.detach().mT  # h_{n,k} = R_k g_{n,k}, held fixed: [K, N, r]
+        target = mean_norm.to(dtype) * units.mean(dim=0)  # v [N, d]
+        rotations = _rotation_matrices(self._generators).to(
+            dtype=dtype, device=gradients.device
+        )  # with the graph
+        heads = (
+            gradients[..., :size] @ rotations.detach().mT
+        )  # h_{n,k} = R_k g_{n,k}, held fixed: [K, N, r]
         moved = target[..., :size] @ rotations.mT  # R_k v_n, [K, N, r]
         loss = (moved - heads).square().sum()
-        rest = (target[..., size:] - gradients[..., size:]).square().sum()  # no graph: completes the reference's value
+        rest = (
+            (target[..., size:] - gradients[..., size:]).square().sum()
+        )  # no graph: completes the reference's value
         return loss + rest
 
 
@@ -260,4 +309,3 @@ def _scaled_unit_sum(jacobian: Tensor, norms: Tensor, common: Tensor) -> Tensor:
     scale = common.to(dtype=work, device=jacobian.device)
     update = scale[..., None] * units.sum(dim=-2)
     return update.to(dtype)
-

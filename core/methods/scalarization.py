@@ -24,40 +24,66 @@ from core.methods.base import LossWeighting, WeightsResult, check_number
 _F64 = torch.float64
 
 
-def _vector(values: float | Sequence[float] | None, name: str, /, *, nonnegative: bool) -> tuple[float, ...] | float | None:
+def _vector(
+    values: float | Sequence[float] | None, name: str, /, *, nonnegative: bool
+) -> tuple[float, ...] | float | None:
     """None, one finite number (`ideal` only) or a non-empty list of finite numbers."""
     if values is None:
         return None
     if isinstance(values, (int, float)) and not isinstance(values, bool):
         if nonnegative:
-            raise InvalidHyperparameterError(f"{name} must be a list of K numbers (one per task) or None, got {values!r}")
+            raise InvalidHyperparameterError(
+                f"{name} must be a list of K numbers (one per task) or None, got {values!r}"
+            )
         return check_number(name, values)
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, Tensor)):
         raise InvalidHyperparameterError(f"{name} must be a list of K numbers, got {values!r}")
     items = values.tolist() if isinstance(values, Tensor) else list(values)
     if not items:
         raise InvalidHyperparameterError(f"{name} must not be empty")
-    numbers = tuple(check_number(f"{name}[{index}]", item, minimum=0.0 if nonnegative else None) for index, item in enumerate(items))
+    numbers = tuple(
+        check_number(f"{name}[{index}]", item, minimum=0.0 if nonnegative else None)
+        for index, item in enumerate(items)
+    )
     if nonnegative and not any(value > 0 for value in numbers):
-        raise InvalidHyperparameterError(f"{name} must have a positive entry, got {list(numbers)!r}")
+        raise InvalidHyperparameterError(
+            f"{name} must have a positive entry, got {list(numbers)!r}"
+        )
     return numbers
 
 
-def _as_tensor(values: tuple[float, ...] | float | None, default: float | None, like: Tensor, name: str, method: str) -> Tensor:
+def _as_tensor(
+    values: tuple[float, ...] | float | None,
+    default: float | None,
+    like: Tensor,
+    name: str,
+    method: str,
+) -> Tensor:
     """`values` as a float64 tensor broadcastable to `like` `[..., K]` (None: `default`, or 1/K)."""
     num_tasks = like.shape[-1]
     if values is None:
-        return torch.full((num_tasks,), 1.0 / num_tasks if default is None else default, dtype=_F64, device=like.device)
+        return torch.full(
+            (num_tasks,),
+            1.0 / num_tasks if default is None else default,
+            dtype=_F64,
+            device=like.device,
+        )
     if isinstance(values, float):
         return torch.full((num_tasks,), values, dtype=_F64, device=like.device)
     if len(values) != num_tasks:
-        raise MTLInputError(f"{method} has {len(values)} {name} entries but there are {num_tasks} losses")
+        raise MTLInputError(
+            f"{method} has {len(values)} {name} entries but there are {num_tasks} losses"
+        )
     return torch.tensor(values, dtype=_F64, device=like.device)
 
 
-def _uniform(preference: tuple[float, ...] | float | None, ideal: tuple[float, ...] | float | None) -> bool:
+def _uniform(
+    preference: tuple[float, ...] | float | None, ideal: tuple[float, ...] | float | None
+) -> bool:
     """Whether relabelling the tasks leaves the preference and the ideal point unchanged."""
-    equal_preference = preference is None or isinstance(preference, float) or len(set(preference)) == 1
+    equal_preference = (
+        preference is None or isinstance(preference, float) or len(set(preference)) == 1
+    )
     equal_ideal = ideal is None or isinstance(ideal, float) or len(set(ideal)) == 1
     return equal_preference and equal_ideal
 
@@ -88,10 +114,16 @@ class Tchebycheff(LossWeighting):
     paper = "Weighted Tchebycheff scalarisation (Bowman 1976; Miettinen 1999; MOEA/D, Zhang & Li, IEEE TEVC 2007)"
     claims = frozenset({"permutation_equivariant"})
 
-    def __init__(self, *, preference: Sequence[float] | None = None, ideal: float | Sequence[float] = 0.0) -> None:
+    def __init__(
+        self, *, preference: Sequence[float] | None = None, ideal: float | Sequence[float] = 0.0
+    ) -> None:
         self.preference = _vector(preference, "preference", nonnegative=True)
         self.ideal = _vector(ideal, "ideal", nonnegative=False)
-        self.claims = frozenset({"permutation_equivariant"}) if _uniform(self.preference, self.ideal) else frozenset()
+        self.claims = (
+            frozenset({"permutation_equivariant"})
+            if _uniform(self.preference, self.ideal)
+            else frozenset()
+        )
 
     def _weights(self, losses: Tensor, /) -> WeightsResult:
         values = losses.detach().to(_F64)
@@ -145,11 +177,17 @@ class SmoothTchebycheff(LossWeighting):
         self.ideal = _vector(ideal, "ideal", nonnegative=False)
         self.mu = check_number("mu", mu, minimum=0.0, strict=True)
         if not isinstance(log_losses, bool):
-            raise InvalidHyperparameterError(f"log_losses must be true or false, got {log_losses!r}")
+            raise InvalidHyperparameterError(
+                f"log_losses must be true or false, got {log_losses!r}"
+            )
         self.log_losses = log_losses
         if log_losses:
             self.loss_domain = "positive"
-        self.claims = frozenset({"permutation_equivariant"}) if _uniform(self.preference, self.ideal) else frozenset()
+        self.claims = (
+            frozenset({"permutation_equivariant"})
+            if _uniform(self.preference, self.ideal)
+            else frozenset()
+        )
 
     def _weights(self, losses: Tensor, /) -> WeightsResult:
         values = losses.detach().to(_F64)
@@ -191,11 +229,21 @@ class PenaltyBoundaryIntersection(LossWeighting):
     paper = "Zhang, Li, MOEA/D: A Multiobjective Evolutionary Algorithm Based on Decomposition (IEEE TEVC 2007), PBI"
     claims = frozenset({"permutation_equivariant"})
 
-    def __init__(self, *, preference: Sequence[float] | None = None, ideal: float | Sequence[float] = 0.0, theta: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        preference: Sequence[float] | None = None,
+        ideal: float | Sequence[float] = 0.0,
+        theta: float = 5.0,
+    ) -> None:
         self.preference = _vector(preference, "preference", nonnegative=True)
         self.ideal = _vector(ideal, "ideal", nonnegative=False)
         self.theta = check_number("theta", theta, minimum=0.0)
-        self.claims = frozenset({"permutation_equivariant"}) if _uniform(self.preference, self.ideal) else frozenset()
+        self.claims = (
+            frozenset({"permutation_equivariant"})
+            if _uniform(self.preference, self.ideal)
+            else frozenset()
+        )
 
     def _weights(self, losses: Tensor, /) -> WeightsResult:
         values = losses.detach().to(_F64)
@@ -235,7 +283,9 @@ class GeometricLossStrategy(LossWeighting):
     paper = "Chennupati, Sistu, Yogamani, Rawashdeh, MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss Strategy for Multi-Task Learning (CVPRW 2019)"
     claims = frozenset({"permutation_equivariant"})
     loss_domain = "positive"
-    loss_domain_advice = "GLS takes the geometric mean (logs) of the losses: shift them to be positive"
+    loss_domain_advice = (
+        "GLS takes the geometric mean (logs) of the losses: shift them to be positive"
+    )
 
     def _weights(self, losses: Tensor, /) -> WeightsResult:
         logs = torch.log(losses.detach().to(_F64))

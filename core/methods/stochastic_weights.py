@@ -189,7 +189,9 @@ class _SimplexState(GradientWeighting):
         self._used()
         num_tasks = gram.shape[-1]
         if self._lambda is None:
-            self._lambda = torch.full((*self.batch_shape, num_tasks), 1.0 / num_tasks, dtype=torch.float64)
+            self._lambda = torch.full(
+                (*self.batch_shape, num_tasks), 1.0 / num_tasks, dtype=torch.float64
+            )
         elif self._lambda.shape[-1] != num_tasks:
             raise MTLInputError(
                 f"{type(self).__name__} holds weights of {self._lambda.shape[-1]} tasks, got a Gramian of "
@@ -255,7 +257,9 @@ class MoDo(_SimplexState):
         current = self._current(gram).numpy()
         rho = self.rho
         # objective_gradient and simplex_projection on numpy arrays (the same bits)
-        updated = _simplex_projection_np(current - self.gamma * (_ordered_matvec_np(gram, current) + rho * current))
+        updated = _simplex_projection_np(
+            current - self.gamma * (_ordered_matvec_np(gram, current) + rho * current)
+        )
         self._lambda = torch.from_numpy(updated)
         self._calls += 1
         residual = _residual_np(updated, _ordered_matvec_np(gram, updated) + rho * updated)
@@ -331,7 +335,9 @@ class SDMGrad(_SimplexState):
         self.lr = check_number("lr", lr, minimum=0.0, strict=True)
         self.momentum = check_number("momentum", momentum, minimum=0.0)
         if self.momentum >= 1:
-            raise InvalidHyperparameterError(f"momentum must be < 1 (heavy-ball momentum in [0, 1)), got {momentum!r}")
+            raise InvalidHyperparameterError(
+                f"momentum must be < 1 (heavy-ball momentum in [0, 1)), got {momentum!r}"
+            )
         self.iterations = check_integer("iterations", iterations)
         self.lambda_ = check_number("lambda_", lambda_, minimum=0.0)
         check_reduction(reduction)
@@ -379,7 +385,9 @@ class SDMGrad(_SimplexState):
         self._lambda = torch.from_numpy(weights)
         self._calls += 1
         residual = _residual_np(weights, _ordered_matvec_np(normalized, weights + pull))
-        output = weights_in_dtype(self.direction_weights(self._lambda), gramian.dtype, "SDMGrad").to(gramian.device)
+        output = weights_in_dtype(
+            self.direction_weights(self._lambda), gramian.dtype, "SDMGrad"
+        ).to(gramian.device)
         return WeightsResult(output, {"kkt_residual": residual})
 
     def _two_task_weights(self, gramian: Tensor, /) -> WeightsResult:
@@ -392,10 +400,18 @@ class SDMGrad(_SimplexState):
         norms = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(0).sqrt().reshape(-1, 2).tolist()
         rows = zip(gram.reshape(-1, 4).tolist(), norms, weights.reshape(-1, 2).tolist())
         solved = [self._two_task_row(entries, *norm, *kept) for entries, norm, kept in rows]
-        self._lambda = torch.tensor([row[:2] for row in solved], dtype=torch.float64).reshape(weights.shape)
+        self._lambda = torch.tensor([row[:2] for row in solved], dtype=torch.float64).reshape(
+            weights.shape
+        )
         self._calls += 1
-        residual = torch.tensor([row[2:] for row in solved], dtype=torch.float64).reshape(weights.shape).norm(dim=-1)
-        output = weights_in_dtype(self.direction_weights(self._lambda), gramian.dtype, "SDMGrad").to(gramian.device)
+        residual = (
+            torch.tensor([row[2:] for row in solved], dtype=torch.float64)
+            .reshape(weights.shape)
+            .norm(dim=-1)
+        )
+        output = weights_in_dtype(
+            self.direction_weights(self._lambda), gramian.dtype, "SDMGrad"
+        ).to(gramian.device)
         return WeightsResult(output, {"kkt_residual": residual})
 
     def _two_task_row(

@@ -26,4 +26,14 @@ __all__ = [
     "Expansion",
     "expand",
     "mgda_correct",
-   "HessianVectorProduct", "MinNormSolution", "MinresResult", "min_norm_point", "minres", "project_to_simplex", "stationarity", "TangentDirections", "loss_jacobian", "tangent_directions"]
+    "HessianVectorProduct",
+    "MinNormSolution",
+    "MinresResult",
+    "min_norm_point",
+    "minres",
+    "project_to_simplex",
+    "stationarity",
+    "TangentDirections",
+    "loss_jacobian",
+    "tangent_directions",
+]

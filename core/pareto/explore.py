@@ -34,7 +34,11 @@ class EvaluationCounts:
     hvps: dict[str, int] = field(default_factory=lambda: {"predict": 0, "correct": 0})
 
     def as_dict(self) -> dict[str, dict[str, int]]:
-        return {"values": dict(self.values), "jacobians": dict(self.jacobians), "hvps": dict(self.hvps)}
+        return {
+            "values": dict(self.values),
+            "jacobians": dict(self.jacobians),
+            "hvps": dict(self.hvps),
+        }
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,16 @@ class Expansion:
     counts: EvaluationCounts
 
 
-def _values_and_jacobian(objectives: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+def _values_and_jacobian(
+    objectives: Callable[[Tensor], Tensor], x: Tensor
+) -> tuple[Tensor, Tensor]:
     point = x.detach().requires_grad_(True)
     with torch.enable_grad():
         values = objectives(point)
-        rows = [torch.autograd.grad(values[i], point, retain_graph=i < values.numel() - 1)[0] for i in range(values.numel())]
+        rows = [
+            torch.autograd.grad(values[i], point, retain_graph=i < values.numel() - 1)[0]
+            for i in range(values.numel())
+        ]
     return values.detach(), torch.stack(rows)
 
 
@@ -117,16 +126,31 @@ def expand(
     `alpha_p = alpha * U(0.9, 1.1)` renormalised. Each prediction is corrected by `mgda_correct`.
     """
     if predictor not in ("tangent", "weights"):
-        raise InvalidHyperparameterError(f"predictor must be 'tangent' or 'weights', got {predictor!r}")
+        raise InvalidHyperparameterError(
+            f"predictor must be 'tangent' or 'weights', got {predictor!r}"
+        )
     if num_points < 1 or directions_per_point < 1 or not step > 0:
-        raise InvalidHyperparameterError("need num_points >= 1, directions_per_point >= 1 and step > 0")
+        raise InvalidHyperparameterError(
+            "need num_points >= 1, directions_per_point >= 1 and step > 0"
+        )
     counts = EvaluationCounts()
     points, parents = [start.detach().clone()], [-1]
     queue = deque([0])
     while queue and len(points) <= num_points:
         index = queue.popleft()
-        for prediction in _predict(objectives, points[index], predictor, directions_per_point, step, maxiter, generator, counts):
-            points.append(mgda_correct(objectives, prediction, tolerance=corrector_tolerance, counts=counts))
+        for prediction in _predict(
+            objectives,
+            points[index],
+            predictor,
+            directions_per_point,
+            step,
+            maxiter,
+            generator,
+            counts,
+        ):
+            points.append(
+                mgda_correct(objectives, prediction, tolerance=corrector_tolerance, counts=counts)
+            )
             parents.append(index)
             queue.append(len(points) - 1)
     stacked = torch.stack(points)
@@ -165,9 +189,13 @@ def _predict(
     alpha = min_norm_point(gramian(jacobian)).weights
     predictions = []
     for _ in range(count):
-        factors = 0.9 + 0.2 * torch.rand(alpha.shape, generator=generator, dtype=alpha.dtype).to(alpha.device)
+        factors = 0.9 + 0.2 * torch.rand(alpha.shape, generator=generator, dtype=alpha.dtype).to(
+            alpha.device
+        )
         perturbed = alpha * factors
         direction = (perturbed / perturbed.sum()) @ jacobian
         norm = direction.norm()
-        predictions.append((x - step * direction / norm).detach() if float(norm) > 0 else x.detach().clone())
+        predictions.append(
+            (x - step * direction / norm).detach() if float(norm) > 0 else x.detach().clone()
+        )
     return predictions

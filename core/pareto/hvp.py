@@ -31,7 +31,15 @@ class HessianVectorProduct:
     pass. `gradient` is the flattened `w = grad sum_i alpha_i f_i` (detached).
     """
 
-    def __init__(self, losses: Tensor | Sequence[Tensor], params: Sequence[Tensor], /, *, weights: Tensor | None = None, damping: float = 0.0) -> None:
+    def __init__(
+        self,
+        losses: Tensor | Sequence[Tensor],
+        params: Sequence[Tensor],
+        /,
+        *,
+        weights: Tensor | None = None,
+        damping: float = 0.0,
+    ) -> None:
         losses = torch.stack(list(losses)) if not isinstance(losses, Tensor) else losses.reshape(-1)
         self.params = list(params)
         if not self.params or not all(p.requires_grad for p in self.params):
@@ -42,7 +50,9 @@ class HessianVectorProduct:
             weights = torch.ones_like(losses)
         weights = weights.detach().to(losses)
         if weights.shape != losses.shape:
-            raise MTLInputError(f"weights of shape {tuple(weights.shape)} do not match the {losses.numel()} losses")
+            raise MTLInputError(
+                f"weights of shape {tuple(weights.shape)} do not match the {losses.numel()} losses"
+            )
         self.damping = float(damping)
         combined = (weights * losses).sum()
         grads = torch.autograd.grad(combined, self.params, create_graph=True, allow_unused=True)
@@ -53,15 +63,34 @@ class HessianVectorProduct:
 
     def __call__(self, vector: Tensor, /) -> Tensor:
         if vector.shape != (self.dimension,):
-            raise MTLInputError(f"expected a vector of shape ({self.dimension},), got {tuple(vector.shape)}")
+            raise MTLInputError(
+                f"expected a vector of shape ({self.dimension},), got {tuple(vector.shape)}"
+            )
         pieces = list(torch.split(vector.to(self.gradient), [p.numel() for p in self.params]))
         outputs = [g for g, reached in zip(self._grads, self._reached) if reached]
         products: list[Tensor | None] = [None] * len(self.params)
         if outputs:
-            grad_outputs = [piece.reshape(g.shape) for piece, g, reached in zip(pieces, self._grads, self._reached) if reached]
-            second = torch.autograd.grad(outputs, self.params, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True)
+            grad_outputs = [
+                piece.reshape(g.shape)
+                for piece, g, reached in zip(pieces, self._grads, self._reached)
+                if reached
+            ]
+            second = torch.autograd.grad(
+                outputs,
+                self.params,
+                grad_outputs=grad_outputs,
+                retain_graph=True,
+                allow_unused=True,
+            )
             products = list(second)
-        flat = torch.cat([torch.zeros(p.numel(), dtype=self.gradient.dtype, device=self.gradient.device) if h is None else h.reshape(-1) for p, h in zip(self.params, products)])
+        flat = torch.cat(
+            [
+                torch.zeros(p.numel(), dtype=self.gradient.dtype, device=self.gradient.device)
+                if h is None
+                else h.reshape(-1)
+                for p, h in zip(self.params, products)
+            ]
+        )
         return flat + self.damping * vector.to(flat) if self.damping else flat
 
 
@@ -74,14 +103,24 @@ class FunctionalHessianVectorProduct:
     first-order graph) and costs more per call (`python -m benchmarks perf-tangent` measures it).
     """
 
-    def __init__(self, objective: Callable[[Tensor], Tensor], point: Tensor, /, *, weights: Tensor | None = None, damping: float = 0.0) -> None:
+    def __init__(
+        self,
+        objective: Callable[[Tensor], Tensor],
+        point: Tensor,
+        /,
+        *,
+        weights: Tensor | None = None,
+        damping: float = 0.0,
+    ) -> None:
         if not damping >= 0:
             raise InvalidHyperparameterError(f"damping must be >= 0, got {damping!r}")
         self.point = point.detach()
         values = objective(self.point)
         weights = torch.ones_like(values) if weights is None else weights.detach().to(values)
         if weights.shape != values.shape:
-            raise MTLInputError(f"weights of shape {tuple(weights.shape)} do not match the {values.numel()} losses")
+            raise MTLInputError(
+                f"weights of shape {tuple(weights.shape)} do not match the {values.numel()} losses"
+            )
         self.damping = float(damping)
         self.dimension = self.point.numel()
         self._gradient_function = torch.func.grad(lambda x: (weights * objective(x)).sum())
@@ -89,6 +128,10 @@ class FunctionalHessianVectorProduct:
 
     def __call__(self, vector: Tensor, /) -> Tensor:
         if vector.shape != self.point.shape:
-            raise MTLInputError(f"expected a vector of shape {tuple(self.point.shape)}, got {tuple(vector.shape)}")
-        product: Tensor = torch.func.jvp(self._gradient_function, (self.point,), (vector.to(self.point),))[1]  # (gradient, product)
+            raise MTLInputError(
+                f"expected a vector of shape {tuple(self.point.shape)}, got {tuple(vector.shape)}"
+            )
+        product: Tensor = torch.func.jvp(
+            self._gradient_function, (self.point,), (vector.to(self.point),)
+        )[1]  # (gradient, product)
         return product + self.damping * vector.to(product) if self.damping else product

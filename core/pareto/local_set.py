@@ -36,7 +36,9 @@ def simplex_tangent_basis(num_tasks: int, /, *, dtype: torch.dtype = torch.float
     the differences `e_i - e_K`)."""
     if num_tasks < 2:
         raise MTLInputError(f"a local Pareto set needs at least 2 tasks, got {num_tasks}")
-    differences = torch.eye(num_tasks, dtype=dtype)[:, :-1] - torch.eye(num_tasks, dtype=dtype)[:, -1:]
+    differences = (
+        torch.eye(num_tasks, dtype=dtype)[:, :-1] - torch.eye(num_tasks, dtype=dtype)[:, -1:]
+    )
     basis, _ = torch.linalg.qr(differences)
     return basis
 
@@ -67,7 +69,16 @@ class LocalParetoSet:
         self.center = torch.cat([p.detach().reshape(-1) for p in params])
         self.center_values = losses.detach().to(torch.float64)
         basis = simplex_tangent_basis(losses.numel(), dtype=self.center.dtype)
-        solved = tangent_directions(losses, params, basis.T, weights=weights, correct_gradients=correct_gradients, damping=damping, maxiter=maxiter, rtol=rtol)
+        solved = tangent_directions(
+            losses,
+            params,
+            basis.T,
+            weights=weights,
+            correct_gradients=correct_gradients,
+            damping=damping,
+            maxiter=maxiter,
+            rtol=rtol,
+        )
         self.basis = basis
         self.weights = solved.weights
         self.stationarity_residual = solved.residual
@@ -76,7 +87,9 @@ class LocalParetoSet:
         self.solves = solved.solves
         # the manifold argument needs alpha > 0 (a regular point): at a vertex of the front, where a
         # task is at its minimum and alpha sits on the simplex boundary, V is not a tangent
-        self.regular = bool(self.weights.min() > 1e-6) and all(solve.converged for solve in self.solves)
+        self.regular = bool(self.weights.min() > 1e-6) and all(
+            solve.converged for solve in self.solves
+        )
 
     @property
     def dimension(self) -> int:
@@ -86,7 +99,9 @@ class LocalParetoSet:
     def _check(self, coordinates: Tensor) -> Tensor:
         coordinates = torch.as_tensor(coordinates)
         if coordinates.shape[-1:] != (self.dimension,):
-            raise MTLInputError(f"trade-off coordinates must have shape [..., {self.dimension}], got {tuple(coordinates.shape)}")
+            raise MTLInputError(
+                f"trade-off coordinates must have shape [..., {self.dimension}], got {tuple(coordinates.shape)}"
+            )
         return coordinates
 
     def point(self, coordinates: Tensor, /) -> Tensor:
@@ -104,5 +119,7 @@ class LocalParetoSet:
         `delta` `[..., K]` (e.g. `[-0.1, +0.05]`: trade task 2 for task 1)."""
         change = torch.as_tensor(change, dtype=torch.float64)
         if change.shape[-1:] != (self.front_directions.shape[0],):
-            raise MTLInputError(f"the objective change must have shape [..., {self.front_directions.shape[0]}], got {tuple(change.shape)}")
+            raise MTLInputError(
+                f"the objective change must have shape [..., {self.front_directions.shape[0]}], got {tuple(change.shape)}"
+            )
         return change @ torch.linalg.pinv(self.front_directions).T

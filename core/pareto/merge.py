@@ -46,11 +46,17 @@ def merge_fronts(
     if not fronts:
         raise MTLInputError("merge_fronts needs at least one front")
     if not collision_tolerance >= 0:
-        raise InvalidHyperparameterError(f"collision_tolerance must be >= 0, got {collision_tolerance!r}")
+        raise InvalidHyperparameterError(
+            f"collision_tolerance must be >= 0, got {collision_tolerance!r}"
+        )
     values = [torch.as_tensor(front).detach().to(torch.float64) for front in fronts]
     if any(v.ndim != 2 or v.shape[1] != values[0].shape[1] for v in values):
-        raise MTLInputError(f"every front must have shape [N_j, K] with the same K, got {[tuple(v.shape) for v in values]}")
-    if points is not None and (len(points) != len(fronts) or any(len(p) != len(v) for p, v in zip(points, values))):
+        raise MTLInputError(
+            f"every front must have shape [N_j, K] with the same K, got {[tuple(v.shape) for v in values]}"
+        )
+    if points is not None and (
+        len(points) != len(fronts) or any(len(p) != len(v) for p, v in zip(points, values))
+    ):
         raise MTLInputError("points must give one parameter row per objective row of every front")
     union = torch.cat(values)
     sources = torch.cat([torch.full((len(v),), j, dtype=torch.long) for j, v in enumerate(values)])
@@ -67,4 +73,6 @@ def merge_fronts(
     merged_points = None
     if points is not None:
         merged_points = torch.cat([torch.as_tensor(p).detach() for p in points])[chosen]
-    return MergedFront(union[chosen], merged_points, sources[chosen], indices[chosen], dominated, collisions)
+    return MergedFront(
+        union[chosen], merged_points, sources[chosen], indices[chosen], dominated, collisions
+    )

@@ -85,7 +85,9 @@ def minres(
     beta = math.sqrt(_dot(residual, residual))  # beta_1
     norms = [beta]
     if b_norm == 0:
-        return MinresResult(torch.zeros_like(b), 0, torch.tensor(norms, dtype=torch.float64), "zero_rhs")
+        return MinresResult(
+            torch.zeros_like(b), 0, torch.tensor(norms, dtype=torch.float64), "zero_rhs"
+        )
     if beta <= rtol * b_norm:
         return MinresResult(x, 0, torch.tensor(norms, dtype=torch.float64), "converged")
 
@@ -141,4 +143,6 @@ def minres(
         d_before, d_previous = d_previous, d
         c_previous, s_previous = c, s
         delta_first, epsilon_first = delta_next, epsilon_next
-    return MinresResult(x, iterations, torch.tensor(norms, dtype=torch.float64), reason, normal_residual)
+    return MinresResult(
+        x, iterations, torch.tensor(norms, dtype=torch.float64), reason, normal_residual
+    )

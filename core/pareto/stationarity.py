@@ -72,7 +72,9 @@ def default_tolerance(dtype: torch.dtype) -> float:
     return 1e-12 if dtype == torch.float64 else 1e-6
 
 
-def min_norm_point(gramian: Tensor, /, *, tolerance: float | None = None, max_iterations: int = 2000) -> MinNormSolution:
+def min_norm_point(
+    gramian: Tensor, /, *, tolerance: float | None = None, max_iterations: int = 2000
+) -> MinNormSolution:
     """Minimise `a^T G a` over the probability simplex for a Gramian `[..., K, K]`.
 
     K = 1: a = 1. K = 2: the closed form of Sener & Koltun (2018, Alg. 1),
@@ -124,13 +126,28 @@ def min_norm_point(gramian: Tensor, /, *, tolerance: float | None = None, max_it
     with zero gradients. All-zero Gramians give uniform weights. The weights are computed from
     `gramian.detach()` and returned in its dtype and on its device.
     """
-    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 0:
-        raise InvalidHyperparameterError(f"max_iterations must be an integer >= 0, got {max_iterations!r}")
-    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0 or math.isinf(tolerance)):
-        raise InvalidHyperparameterError(f"tolerance must be a finite number >= 0 (or None: to the rounding floor), got {tolerance!r}")
+    if (
+        isinstance(max_iterations, bool)
+        or not isinstance(max_iterations, int)
+        or max_iterations < 0
+    ):
+        raise InvalidHyperparameterError(
+            f"max_iterations must be an integer >= 0, got {max_iterations!r}"
+        )
+    if tolerance is not None and (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not tolerance >= 0
+        or math.isinf(tolerance)
+    ):
+        raise InvalidHyperparameterError(
+            f"tolerance must be a finite number >= 0 (or None: to the rounding floor), got {tolerance!r}"
+        )
     num_tasks = gramian.shape[-1]
     host = gramian.detach().to(device="cpu", dtype=torch.float64).numpy()
-    host = 0.5 * (host + np.swapaxes(host, -1, -2))  # a fresh array: the caller's tensor is never written
+    host = 0.5 * (
+        host + np.swapaxes(host, -1, -2)
+    )  # a fresh array: the caller's tensor is never written
     with np.errstate(invalid="ignore"):
         scale = np.diagonal(host, axis1=-2, axis2=-1).max(axis=-1).clip(min=0)
         positive = scale > 0
@@ -141,14 +158,18 @@ def min_norm_point(gramian: Tensor, /, *, tolerance: float | None = None, max_it
     elif num_tasks == 2:
         weights = _two_task_weights(scaled)
     else:
-        weights, iterations = _solve_batch(scaled, 0.0 if tolerance is None else float(tolerance), max_iterations)
+        weights, iterations = _solve_batch(
+            scaled, 0.0 if tolerance is None else float(tolerance), max_iterations
+        )
     weights = np.where(positive[..., None], weights, 1.0 / num_tasks)
     product = np.einsum("...ij,...j->...i", scaled, weights)
     squared = np.einsum("...i,...i->...", weights, product)
     gap = (squared - product.min(axis=-1)).clip(min=0)
 
     def back(values: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values)).to(dtype=gramian.dtype, device=gramian.device)
+        return torch.from_numpy(np.ascontiguousarray(values)).to(
+            dtype=gramian.dtype, device=gramian.device
+        )
 
     return MinNormSolution(back(weights), back(squared * scale), back(gap), iterations)
 
@@ -165,7 +186,9 @@ def _two_task_weights(gramian: np.ndarray) -> np.ndarray:
     denominator = g11 + g22 - 2 * g12
     with np.errstate(invalid="ignore"):
         degenerate = denominator <= _EPS * (g11 + g22)
-        first = np.where(degenerate, 0.5, ((g22 - g12) / np.where(degenerate, 1.0, denominator)).clip(0, 1))
+        first = np.where(
+            degenerate, 0.5, ((g22 - g12) / np.where(degenerate, 1.0, denominator)).clip(0, 1)
+        )
     return np.stack([first, 1 - first], axis=-1)
 
 
@@ -184,7 +207,9 @@ def project_to_simplex(values: Tensor, /) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _solve_batch(scaled: np.ndarray, tolerance: float, max_iterations: int) -> tuple[np.ndarray, int]:
+def _solve_batch(
+    scaled: np.ndarray, tolerance: float, max_iterations: int
+) -> tuple[np.ndarray, int]:
     """Weights `[..., K]` of unit-scaled float64 Gramians and the most face solves used.
 
     Small batches: element by element (`min_norm_active_set`). From 4 elements on for K <= 4,
@@ -201,11 +226,15 @@ def _solve_batch(scaled: np.ndarray, tolerance: float, max_iterations: int) -> t
         weights[:] = enumerated.numpy()
         pending = np.flatnonzero(~settled.numpy()).tolist()
     elif flat.shape[0] >= _LOCKSTEP_BATCH and num_tasks > _ENUMERATION_TASKS and max_iterations > 0:
-        stepped, settled, iterations = _lockstep_active_set(torch.from_numpy(flat), tolerance, min(max_iterations, 4 * num_tasks))
+        stepped, settled, iterations = _lockstep_active_set(
+            torch.from_numpy(flat), tolerance, min(max_iterations, 4 * num_tasks)
+        )
         weights[:] = stepped.numpy()
         pending = np.flatnonzero(~settled.numpy()).tolist()
     for index in pending:
-        weights[index], used, _ = min_norm_active_set(flat[index], tolerance=tolerance, max_solves=max_iterations)
+        weights[index], used, _ = min_norm_active_set(
+            flat[index], tolerance=tolerance, max_solves=max_iterations
+        )
         iterations = max(iterations, used)
     return weights.reshape(scaled.shape[:-1]), iterations
 
@@ -218,7 +247,9 @@ def _entering_floor(norms: np.ndarray, weights: np.ndarray, tolerance: float) ->
     return np.maximum(_ROUNDING * len(norms) * spread * (spread + norms), tolerance)
 
 
-def face_minimiser(gramian: np.ndarray, support: np.ndarray, linear: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+def face_minimiser(
+    gramian: np.ndarray, support: np.ndarray, linear: np.ndarray | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The minimiser of `a^T G a` over the affine hull of the face `support` (`sum a = 1`, `a = 0`
     off it; entries may be negative), as a length-K array, or (None, None) when the face's
     gradients are not numerically affinely independent (see `min_norm_point`).
@@ -295,11 +326,20 @@ def _positive_definite_solve(matrix: np.ndarray, right: np.ndarray) -> np.ndarra
     lower, info = torch.linalg.cholesky_ex(torch.from_numpy(matrix))
     if int(info) != 0 or not float(lower.diagonal().min()) ** 2 >= _PIVOT_FLOOR:
         return None
-    return torch.cholesky_solve(torch.from_numpy(right).reshape(matrix.shape[0], -1), lower).numpy().reshape(right.shape)
+    return (
+        torch.cholesky_solve(torch.from_numpy(right).reshape(matrix.shape[0], -1), lower)
+        .numpy()
+        .reshape(right.shape)
+    )
 
 
 def _minor_cycles(
-    gramian: np.ndarray, weights: np.ndarray, support: np.ndarray, budget: int, linear: np.ndarray | None, shift: float
+    gramian: np.ndarray,
+    weights: np.ndarray,
+    support: np.ndarray,
+    budget: int,
+    linear: np.ndarray | None,
+    shift: float,
 ) -> tuple[np.ndarray | None, np.ndarray, int]:
     """Wolfe's minor cycles from feasible `weights` (positive on `support` except possibly the
     task just entered, 0 elsewhere): the face minimiser if it is positive on the face, else a
@@ -311,7 +351,9 @@ def _minor_cycles(
     while solves < budget:
         target, direction = face_minimiser(gramian, support, linear)
         solves += 1
-        if target is None:  # affinely dependent: move along the dependency (the point stays) until a task leaves
+        if (
+            target is None
+        ):  # affinely dependent: move along the dependency (the point stays) until a task leaves
             reduced, support = _reduce_dependent_face(gramian, weights, support)
             if reduced is None:
                 return None, support, solves
@@ -340,7 +382,9 @@ def _minor_cycles(
     return None, support, solves
 
 
-def _reduce_dependent_face(gramian: np.ndarray, weights: np.ndarray, support: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+def _reduce_dependent_face(
+    gramian: np.ndarray, weights: np.ndarray, support: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Caratheodory's reduction on a face whose gradients are (numerically) affinely dependent:
     with `v` the dependency (`sum v = 0`, `sum_i v_i g_i ~ 0`: the eigenvector of the face's
     equilibrated reduced system with the smallest eigenvalue), move `weights + theta v`, in the
@@ -351,7 +395,12 @@ def _reduce_dependent_face(gramian: np.ndarray, weights: np.ndarray, support: np
     reference = support[position]
     others = np.concatenate([support[:position], support[position + 1 :]])
     column = gramian[others, reference]
-    reduced = gramian[others][:, others] - column[:, None] - column[None, :] + gramian[reference, reference]
+    reduced = (
+        gramian[others][:, others]
+        - column[:, None]
+        - column[None, :]
+        + gramian[reference, reference]
+    )
     squared_scales = np.diagonal(reduced)
     dependency = np.zeros(gramian.shape[0])
     if len(others) == 0 or not bool(np.isfinite(reduced).all()):
@@ -374,7 +423,9 @@ def _reduce_dependent_face(gramian: np.ndarray, weights: np.ndarray, support: np
         ratios = current[decreasing] / (-sign * along[decreasing])
         first = int(np.argmin(ratios))
         candidates.append((float(ratios[first]), sign, int(decreasing[first])))
-    theta, sign, blocking = max(candidates, key=lambda candidate: candidate[0])  # the first of equals, as before
+    theta, sign, blocking = max(
+        candidates, key=lambda candidate: candidate[0]
+    )  # the first of equals, as before
     if not theta > 0:
         return None, support
     moved = current + theta * sign * along
@@ -444,7 +495,9 @@ def min_norm_active_set(
         return np.full(num_tasks, np.nan), 0, np.arange(num_tasks)
     squared_norms = np.diagonal(gramian) + 2 * bias
     if linear is not None:
-        squared_norms = squared_norms + shift * float(np.mean(bias))  # + mu^2 ||g_0||^2, ||g_0||^2 = mean(b)
+        squared_norms = squared_norms + shift * float(
+            np.mean(bias)
+        )  # + mu^2 ||g_0||^2, ||g_0||^2 = mean(b)
     squared_norms = squared_norms.clip(min=0)
     norms = np.sqrt(squared_norms)
     zero = squared_norms == 0
@@ -457,7 +510,9 @@ def min_norm_active_set(
     if start is None:
         weights, support, solves = _block_start(gramian, max_solves, linear, shift)
     else:
-        weights, support, solves = _minor_cycles(gramian, start[0], np.asarray(start[1]), max_solves, linear, shift)
+        weights, support, solves = _minor_cycles(
+            gramian, start[0], np.asarray(start[1]), max_solves, linear, shift
+        )
         if weights is not None and not objective_of(weights) <= objective_of(start[0]):
             weights = None
     if weights is None:
@@ -474,7 +529,9 @@ def min_norm_active_set(
         if not bool(candidates.any()):
             break
         entering = int(np.argmin(np.where(candidates, product, np.inf)))
-        reached, reached_support, used = _minor_cycles(gramian, weights, np.append(support, entering), max_solves - solves, linear, shift)
+        reached, reached_support, used = _minor_cycles(
+            gramian, weights, np.append(support, entering), max_solves - solves, linear, shift
+        )
         solves += used
         if reached is not None:
             reached_objective = objective_of(reached)
@@ -518,13 +575,20 @@ def _enumerate_faces(gramian: Tensor, tolerance: float) -> tuple[Tensor, Tensor]
     outer = masks[:, :, None] * masks[:, None, :]
     shift = (diagonal[:, None, :] * masks).amax(dim=-1)
     system = (gramian[:, None] + shift[..., None, None]) * outer + torch.diag_embed(1 - masks)
-    scales = torch.diagonal(system, dim1=-2, dim2=-1).clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+    scales = (
+        torch.diagonal(system, dim1=-2, dim2=-1).clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+    )
     system = system / (scales[..., :, None] * scales[..., None, :])
     solution, info = torch.linalg.solve_ex(system, (masks / scales)[..., None])
     solution = solution[..., 0] / scales * masks
     total = solution.sum(dim=-1, keepdim=True)
     candidates = solution / torch.where(total != 0, total, torch.ones_like(total))
-    valid = (info == 0) & (total[..., 0] != 0) & torch.isfinite(candidates).all(dim=-1) & (candidates >= 0).all(dim=-1)
+    valid = (
+        (info == 0)
+        & (total[..., 0] != 0)
+        & torch.isfinite(candidates).all(dim=-1)
+        & (candidates >= 0).all(dim=-1)
+    )
     products = (gramian[:, None] @ candidates[..., None])[..., 0]
     objectives = (candidates * products).sum(dim=-1)
     gaps = torch.where(valid, objectives - products.amin(dim=-1), torch.inf)
@@ -534,7 +598,10 @@ def _enumerate_faces(gramian: Tensor, tolerance: float) -> tuple[Tensor, Tensor]
     has_zero = zero.any(dim=-1, keepdim=True)
     weights = torch.where(has_zero, zero / zero.sum(dim=-1, keepdim=True).clamp_min(1), weights)
     finite = torch.isfinite(gramian).all(dim=-1).all(dim=-1)
-    settled = (_kkt_settled(gramian, weights, tolerance) & torch.isfinite(gaps.gather(-1, best[:, None])[:, 0])) | has_zero[:, 0]
+    settled = (
+        _kkt_settled(gramian, weights, tolerance)
+        & torch.isfinite(gaps.gather(-1, best[:, None])[:, 0])
+    ) | has_zero[:, 0]
     return weights, settled & finite
 
 
@@ -547,7 +614,11 @@ def _kkt_settled(gramian: Tensor, weights: Tensor, tolerance: float) -> Tensor:
     floor = (_ROUNDING * num_tasks * spread * (spread + norms)).clamp_min(tolerance)
     products = (gramian @ weights[..., None])[..., 0]
     slack = (weights * products).sum(dim=-1, keepdim=True) - products
-    feasible = torch.isfinite(weights).all(dim=-1) & (weights >= 0).all(dim=-1) & ((weights.sum(dim=-1) - 1).abs() <= 1e-12)
+    feasible = (
+        torch.isfinite(weights).all(dim=-1)
+        & (weights >= 0).all(dim=-1)
+        & ((weights.sum(dim=-1) - 1).abs() <= 1e-12)
+    )
     return feasible & (slack <= floor).all(dim=-1)
 
 
@@ -564,12 +635,16 @@ def _batched_face_minimisers(gramian: Tensor, support: Tensor) -> tuple[Tensor, 
     corner = gramian[rows, reference, reference]
     others = support & (torch.arange(num_tasks) != reference[:, None])
     mask = others.to(torch.float64)
-    reduced = (gramian - column[:, :, None] - column[:, None, :] + corner[:, None, None]) * (mask[:, :, None] * mask[:, None, :])
+    reduced = (gramian - column[:, :, None] - column[:, None, :] + corner[:, None, None]) * (
+        mask[:, :, None] * mask[:, None, :]
+    )
     reduced = reduced + torch.diag_embed(1 - mask)
     squared_scales = torch.diagonal(reduced, dim1=-2, dim2=-1)
     scales = squared_scales.clamp_min(torch.finfo(torch.float64).tiny).sqrt()
     right = (corner[:, None] - column) / scales * mask
-    steps, info = torch.linalg.solve_ex(reduced / (scales[:, :, None] * scales[:, None, :]), right[..., None])
+    steps, info = torch.linalg.solve_ex(
+        reduced / (scales[:, :, None] * scales[:, None, :]), right[..., None]
+    )
     steps = steps[..., 0] / scales * mask
     target = steps.clone()
     target[rows, reference] = 1.0 - steps.sum(dim=-1)
@@ -577,7 +652,9 @@ def _batched_face_minimisers(gramian: Tensor, support: Tensor) -> tuple[Tensor, 
     return target, solvable
 
 
-def _lockstep_active_set(gramian: Tensor, tolerance: float, max_rounds: int) -> tuple[Tensor, Tensor, int]:
+def _lockstep_active_set(
+    gramian: Tensor, tolerance: float, max_rounds: int
+) -> tuple[Tensor, Tensor, int]:
     """Wolfe's method on every element of a batch of unit-scaled Gramians `[B, K, K]` at once.
 
     From the smallest gradient's vertex, each round solves every element's current face in one
@@ -597,7 +674,9 @@ def _lockstep_active_set(gramian: Tensor, tolerance: float, max_rounds: int) -> 
     objective = diagonal[rows, vertex]
     zero = diagonal == 0  # a zero gradient: the min-norm point is 0, the weight split between them
     has_zero = zero.any(dim=-1)
-    weights = torch.where(has_zero[:, None], zero / zero.sum(dim=-1, keepdim=True).clamp_min(1), weights)
+    weights = torch.where(
+        has_zero[:, None], zero / zero.sum(dim=-1, keepdim=True).clamp_min(1), weights
+    )
     active = ~has_zero
     failed = torch.zeros(batch, dtype=torch.bool)
     entered = torch.zeros(batch, dtype=torch.bool)
@@ -612,9 +691,15 @@ def _lockstep_active_set(gramian: Tensor, tolerance: float, max_rounds: int) -> 
         # minor cycle: step towards the face minimiser, drop the task that blocks
         stepping = active & ~inside
         shrinking = support & (target <= 0)
-        ratios = torch.where(shrinking, weights / torch.where(shrinking, weights - target, torch.ones_like(weights)), torch.inf)
+        ratios = torch.where(
+            shrinking,
+            weights / torch.where(shrinking, weights - target, torch.ones_like(weights)),
+            torch.inf,
+        )
         step, blocking = ratios.min(dim=-1)
-        moved = (weights + torch.where(stepping, step, 0.0)[:, None] * (target - weights)).clamp_min(0)
+        moved = (
+            weights + torch.where(stepping, step, 0.0)[:, None] * (target - weights)
+        ).clamp_min(0)
         moved[rows[stepping], blocking[stepping]] = 0.0
         moved = moved / moved.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
         weights = torch.where(stepping[:, None], moved, weights)
@@ -653,7 +738,9 @@ def _decomposition_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.finfo(dtype).bits < 64 else dtype
 
 
-def affine_min_norm_weights(gramian: Tensor, support: Tensor, /, *, rtol: float | None = None) -> Tensor:
+def affine_min_norm_weights(
+    gramian: Tensor, support: Tensor, /, *, rtol: float | None = None
+) -> Tensor:
     """Minimiser of `a^T G a` subject to `sum a = 1` and `a_i = 0` off `support` (may be < 0):
     the min-norm point of the affine hull of the supported gradients. Solved through a
     pseudo-inverse of the bordered KKT system (`rtol` its cutoff, by default `pinv`'s for the

@@ -50,7 +50,16 @@ def loss_jacobian(losses: Tensor | Sequence[Tensor], params: Sequence[Tensor], /
     rows = []
     for loss in losses:
         grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([torch.zeros(p.numel(), dtype=loss.dtype, device=loss.device) if g is None else g.reshape(-1) for p, g in zip(params, grads)]))
+        rows.append(
+            torch.cat(
+                [
+                    torch.zeros(p.numel(), dtype=loss.dtype, device=loss.device)
+                    if g is None
+                    else g.reshape(-1)
+                    for p, g in zip(params, grads)
+                ]
+            )
+        )
     return torch.stack(rows)
 
 
@@ -82,7 +91,9 @@ def tangent_directions(
     losses = torch.stack(list(losses)) if not isinstance(losses, Tensor) else losses.reshape(-1)
     betas = torch.as_tensor(betas)
     if betas.ndim != 2 or betas.shape[1] != losses.numel():
-        raise MTLInputError(f"betas must have shape [D, {losses.numel()}], got {tuple(betas.shape)}")
+        raise MTLInputError(
+            f"betas must have shape [D, {losses.numel()}], got {tuple(betas.shape)}"
+        )
     jacobian = loss_jacobian(losses, params).detach()
     if weights is None:
         weights = min_norm_point(gramian(jacobian)).weights
@@ -92,8 +103,14 @@ def tangent_directions(
     if correct_gradients:
         jacobian = jacobian - combination
     operator = HessianVectorProduct(losses, params, weights=weights, damping=damping)
-    solves = [minres(operator, beta.to(jacobian) @ jacobian, rtol=rtol, maxiter=maxiter) for beta in betas]
+    solves = [
+        minres(operator, beta.to(jacobian) @ jacobian, rtol=rtol, maxiter=maxiter) for beta in betas
+    ]
     raw = torch.stack([solve.solution for solve in solves])
     norms = raw.norm(dim=1, keepdim=True)
-    directions = torch.where(norms > 0, raw / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(raw))
+    directions = torch.where(
+        norms > 0,
+        raw / torch.where(norms > 0, norms, torch.ones_like(norms)),
+        torch.zeros_like(raw),
+    )
     return TangentDirections(directions, raw, betas, weights, jacobian, residual, solves)

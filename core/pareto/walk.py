@@ -35,7 +35,9 @@ class WalkStep:
     residual: float
 
 
-def _mean_jacobian(task_losses: Callable[[object], Tensor], params: Sequence[Tensor], batches: Iterable[object]) -> Tensor:
+def _mean_jacobian(
+    task_losses: Callable[[object], Tensor], params: Sequence[Tensor], batches: Iterable[object]
+) -> Tensor:
     total, count = None, 0
     for batch in batches:
         jacobian = loss_jacobian(task_losses(batch), params).detach()
@@ -87,7 +89,9 @@ def tangent_walk(
         corrector_steps, corrector_lr: optional MGDA steps after each tangent step (0: none).
     """
     if num_steps < 0 or not lr > 0 or not damping >= 0 or corrector_steps < 0:
-        raise InvalidHyperparameterError("need num_steps >= 0, lr > 0, damping >= 0 and corrector_steps >= 0")
+        raise InvalidHyperparameterError(
+            "need num_steps >= 0, lr > 0, damping >= 0 and corrector_steps >= 0"
+        )
     if momentum is not None and not 0 <= momentum < 1:
         raise InvalidHyperparameterError(f"momentum must be in [0, 1) or None, got {momentum!r}")
     params = list(params)
@@ -103,8 +107,12 @@ def tangent_walk(
             smoothed_jacobian = momentum * smoothed_jacobian + (1 - momentum) * fresh
             smoothed_weights = momentum * smoothed_weights + (1 - momentum) * fresh_weights
         residual = float((fresh_weights @ fresh).norm())
-        operator = HessianVectorProduct(task_losses(hvp_batch()), params, weights=smoothed_weights, damping=damping)
-        solved = minres(operator, beta.to(smoothed_jacobian) @ smoothed_jacobian, rtol=rtol, maxiter=maxiter)
+        operator = HessianVectorProduct(
+            task_losses(hvp_batch()), params, weights=smoothed_weights, damping=damping
+        )
+        solved = minres(
+            operator, beta.to(smoothed_jacobian) @ smoothed_jacobian, rtol=rtol, maxiter=maxiter
+        )
         direction = solved.solution
         flat = torch.cat([p.detach().reshape(-1) for p in params])
         norm = float(direction.norm())
@@ -114,6 +122,16 @@ def tangent_walk(
         for _ in range(corrector_steps):
             jacobian = _mean_jacobian(task_losses, params, jacobian_batches())
             correction = min_norm_point(gramian(jacobian)).weights @ jacobian
-            _set_flat(params, torch.cat([p.detach().reshape(-1) for p in params]) - corrector_lr * correction)
-        steps.append(WalkStep(torch.cat([p.detach().reshape(-1) for p in params]), smoothed_weights.clone(), solved.iterations, residual))
+            _set_flat(
+                params,
+                torch.cat([p.detach().reshape(-1) for p in params]) - corrector_lr * correction,
+            )
+        steps.append(
+            WalkStep(
+                torch.cat([p.detach().reshape(-1) for p in params]),
+                smoothed_weights.clone(),
+                solved.iterations,
+                residual,
+            )
+        )
     return steps

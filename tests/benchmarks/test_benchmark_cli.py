@@ -22,7 +22,9 @@ SMALL_FILTERS = (4, 8, 8, 8, 8)
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions are slower with two threads on a busy 2-core machine
+    torch.set_num_threads(
+        1
+    )  # tiny convolutions are slower with two threads on a busy 2-core machine
     yield
     torch.set_num_threads(threads)
 
@@ -33,7 +35,20 @@ def _runs(folder):
 
 def test_multimnist_runs_summarises_and_resumes(tmp_path, capsys, monkeypatch):
     out = ["--out", str(tmp_path)]
-    args = ["multimnist", "--methods", "ls,dibsmtl", "--seeds", "0", "--transforms", "none,left:exp", "--epochs", "1", "--max-batches", "4", *out]
+    args = [
+        "multimnist",
+        "--methods",
+        "ls,dibsmtl",
+        "--seeds",
+        "0",
+        "--transforms",
+        "none,left:exp",
+        "--epochs",
+        "1",
+        "--max-batches",
+        "4",
+        *out,
+    ]
     assert main(args) == 0
     folder = tmp_path / "multimnist"
     assert len(_runs(folder)) == 2 * 2 + 2  # methods x transforms + one single-task run per task
@@ -41,8 +56,12 @@ def test_multimnist_runs_summarises_and_resumes(tmp_path, capsys, monkeypatch):
     assert "left:exp" in summary and "single-task runs" in summary and "Δm%" in summary
     assert "| none | single-task (stl) |" in summary  # the reference of Δm%, as the first row
     assert "(n=1)" in summary and " ± " not in summary  # one seed: no spread to show
-    assert "6 runs to do (0 stored)" in capsys.readouterr().err  # no time measured with --max-batches: the count only
-    assert (folder / "delta_m.png").stat().st_size > 0 and (folder / "delta_m.pdf").stat().st_size > 0
+    assert (
+        "6 runs to do (0 stored)" in capsys.readouterr().err
+    )  # no time measured with --max-batches: the count only
+    assert (folder / "delta_m.png").stat().st_size > 0 and (
+        folder / "delta_m.pdf"
+    ).stat().st_size > 0
     record = json.loads(next(folder.glob("runs/dibsmtl__left-exp*.json")).read_text())
     assert record["result"]["status"] == "finished" and record["spec"]["transform"] == "left:exp"
     assert set(record["result"]["selected"]["test"]) == {"left_accuracy", "right_accuracy"}
@@ -59,15 +78,27 @@ def test_multimnist_runs_summarises_and_resumes(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["nyuv2", "cityscapes"])
-def test_dense_benchmarks_run_on_fixtures_in_the_release_layout(tmp_path, capsys, monkeypatch, name):
+def test_dense_benchmarks_run_on_fixtures_in_the_release_layout(
+    tmp_path, capsys, monkeypatch, name
+):
     module = {"nyuv2": nyuv2, "cityscapes": cityscapes}[name]
     suite = getattr(module, name.upper())
-    monkeypatch.setattr(module, name.upper(), dataclasses.replace(suite, make_model=lambda: module.make_model(filters=SMALL_FILTERS)))
-    root = dense.write_fixture(tmp_path / "data", dataset=name, count=4, height=32, width=64, seed=0)
+    monkeypatch.setattr(
+        module,
+        name.upper(),
+        dataclasses.replace(suite, make_model=lambda: module.make_model(filters=SMALL_FILTERS)),
+    )
+    root = dense.write_fixture(
+        tmp_path / "data", dataset=name, count=4, height=32, width=64, seed=0
+    )
     assert main([name, "--quick", "--data-root", str(root), "--out", str(tmp_path / "out")]) == 0
     folder = tmp_path / "out" / name
-    assert len(_runs(folder)) == 2 * 2 + len(suite.task_names)  # ls, dibsmtl x none, depth:power:2; one single-task run per task
-    text = (folder / "quick" / "summary.md").read_text()  # a quick look never overwrites the full report
+    assert len(_runs(folder)) == 2 * 2 + len(
+        suite.task_names
+    )  # ls, dibsmtl x none, depth:power:2; one single-task run per task
+    text = (
+        folder / "quick" / "summary.md"
+    ).read_text()  # a quick look never overwrites the full report
     assert "dibsmtl" in text and "mean_iou" in text and not (folder / "summary.md").exists()
 
 
@@ -84,7 +115,18 @@ def test_qm9_runs_on_a_fixture_in_pyg_layout(tmp_path, capsys, monkeypatch):
 
 
 def test_random_weighting_litmus_test_runs(tmp_path, capsys):
-    args = ["random_weighting", "--quick", "--datasets", "autompg", "--variants", "ew,rlw_dirichlet,rgw_normal", "--seeds", "0", "--out", str(tmp_path)]
+    args = [
+        "random_weighting",
+        "--quick",
+        "--datasets",
+        "autompg",
+        "--variants",
+        "ew,rlw_dirichlet,rgw_normal",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     text = (tmp_path / "random_weighting" / "quick" / "summary.md").read_text()
     assert "rlw_dirichlet" in text and "Δp vs ew" in text
@@ -110,12 +152,27 @@ def test_bad_options_are_clear_errors(tmp_path, capsys, args, message):
 def test_a_data_folder_without_the_files_names_the_missing_file(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for name in ("nyuv2", "qm9"):
-        assert main([name, "--quick", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+        assert (
+            main(
+                [
+                    name,
+                    "--quick",
+                    "--data-root",
+                    str(tmp_path / "empty"),
+                    "--out",
+                    str(tmp_path / "out"),
+                ]
+            )
+            == 2
+        )
         error = capsys.readouterr().err
         assert str(tmp_path / "empty") in error and ("expected" in error or "was expected" in error)
 
 
-@pytest.mark.parametrize("name", ["toy", "multimnist", "nyuv2", "cityscapes", "qm9", "random_weighting", "pareto_multimnist"])
+@pytest.mark.parametrize(
+    "name",
+    ["toy", "multimnist", "nyuv2", "cityscapes", "qm9", "random_weighting", "pareto_multimnist"],
+)
 def test_every_experiment_config_has_its_flags_defaults_and_round_trips(name) -> None:
     """`Config.from_args` of the bare command is the config's defaults (so the typed API and the
     command line run the same thing), and `argv()` gives back the flags of a changed config."""
@@ -123,14 +180,22 @@ def test_every_experiment_config_has_its_flags_defaults_and_round_trips(name) ->
 
     module = EXPERIMENTS[name][0]
     parsed = module.Config.from_args(build_parser().parse_args([name]))
-    positional = (name,) if "experiment" in {f.name for f in dataclasses.fields(module.Config)} else ()
+    positional = (
+        (name,) if "experiment" in {f.name for f in dataclasses.fields(module.Config)} else ()
+    )
     default = module.Config(*positional)
     assert parsed == default
     changed = default.replace(quick=True, seeds="3,4", fresh=True)
     flags = changed.argv(skip=("experiment",))
-    assert flags[:1] == ["--quick"] and "--fresh" in flags and flags[flags.index("--seeds") + 1] == "3,4"
+    assert (
+        flags[:1] == ["--quick"]
+        and "--fresh" in flags
+        and flags[flags.index("--seeds") + 1] == "3,4"
+    )
     assert module.Config.from_args(build_parser().parse_args([name, *flags])) == changed
-    with pytest.raises(TypeError, match="takes parsed flags"):  # an argv list would otherwise give the defaults
+    with pytest.raises(
+        TypeError, match="takes parsed flags"
+    ):  # an argv list would otherwise give the defaults
         module.Config.from_args(["--quick"])
 
 
@@ -139,11 +204,22 @@ def test_the_typed_api_returns_the_records_and_the_report(tmp_path) -> None:
     table the command prints, with nothing printed."""
     from benchmarks.experiments import random_weighting
 
-    config = random_weighting.Config(quick=True, datasets="autompg", variants="ew,rlw_uniform", seeds="0", epochs=1, out=tmp_path, device="cpu")
+    config = random_weighting.Config(
+        quick=True,
+        datasets="autompg",
+        variants="ew,rlw_uniform",
+        seeds="0",
+        epochs=1,
+        out=tmp_path,
+        device="cpu",
+    )
     result = random_weighting.run(config)
     assert [(r["spec"]["method"], r["spec"]["experiment"]) for r in result.records] == [
-        (spec.method, spec.experiment) for spec in random_weighting.planned_runs(config)]
-    assert "rlw_uniform" in result.report and result.files == [tmp_path / "random_weighting" / "quick" / "summary.md"]
+        (spec.method, spec.experiment) for spec in random_weighting.planned_runs(config)
+    ]
+    assert "rlw_uniform" in result.report and result.files == [
+        tmp_path / "random_weighting" / "quick" / "summary.md"
+    ]
 
 
 def test_methods_the_benchmark_models_cannot_host_are_refused() -> None:
@@ -156,8 +232,14 @@ def test_methods_the_benchmark_models_cannot_host_are_refused() -> None:
     with pytest.raises(InvalidHyperparameterError, match="add --representation"):
         supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="rotograd"))
     with pytest.raises(InvalidHyperparameterError, match="do not apply RotoGrad's rotations"):
-        supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="rotograd:rotation_size=8", representation=True))
-    runs = supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="rotograd", representation=True))
+        supervised.planned_runs(
+            supervised.Config(
+                "multimnist", quick=True, methods="rotograd:rotation_size=8", representation=True
+            )
+        )
+    runs = supervised.planned_runs(
+        supervised.Config("multimnist", quick=True, methods="rotograd", representation=True)
+    )
     assert "rotograd" in {run.method for run in runs}
 
 
@@ -168,11 +250,15 @@ def test_optimizer_and_lr_override_the_protocol_and_get_their_own_runs() -> None
     from core.errors import InvalidHyperparameterError
 
     def plan(**flags):
-        return supervised.planned_runs(supervised.Config("multimnist", quick=True, methods="ls", **flags))
+        return supervised.planned_runs(
+            supervised.Config("multimnist", quick=True, methods="ls", **flags)
+        )
 
     adam, sgd = plan(), plan(optimizer="sgd", lr=0.05)
     assert {run.config["protocol"]["optimizer"] for run in adam} == {"adam"}
-    assert {(run.config["protocol"]["optimizer"], run.config["protocol"]["lr"]) for run in sgd} == {("sgd", 0.05)}
+    assert {(run.config["protocol"]["optimizer"], run.config["protocol"]["lr"]) for run in sgd} == {
+        ("sgd", 0.05)
+    }
     assert not {run.run_id for run in adam} & {run.run_id for run in sgd}
     with pytest.raises(InvalidHyperparameterError, match="--lr must be a positive"):
         plan(lr=0.0)

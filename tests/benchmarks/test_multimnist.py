@@ -19,7 +19,11 @@ from benchmarks.data.multimnist import (
 
 
 def idx_bytes(tensor: torch.Tensor) -> bytes:
-    return struct.pack(">HBB", 0, 0x08, tensor.ndim) + struct.pack(f">{tensor.ndim}I", *tensor.shape) + bytes(tensor.flatten().tolist())
+    return (
+        struct.pack(">HBB", 0, 0x08, tensor.ndim)
+        + struct.pack(f">{tensor.ndim}I", *tensor.shape)
+        + bytes(tensor.flatten().tolist())
+    )
 
 
 def write_mnist(folder, count: int = 12, *, compressed: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,9 +31,14 @@ def write_mnist(folder, count: int = 12, *, compressed: bool) -> tuple[torch.Ten
     images = torch.randint(0, 256, (count, 28, 28), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, 10, (count,), generator=generator, dtype=torch.uint8)
     for split in ("train", "t10k"):
-        for name, tensor in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", labels)):
+        for name, tensor in (
+            (f"{split}-images-idx3-ubyte", images),
+            (f"{split}-labels-idx1-ubyte", labels),
+        ):
             data = idx_bytes(tensor)
-            (folder / (name + (".gz" if compressed else ""))).write_bytes(gzip.compress(data) if compressed else data)
+            (folder / (name + (".gz" if compressed else ""))).write_bytes(
+                gzip.compress(data) if compressed else data
+            )
     return images, labels
 
 
@@ -46,7 +55,9 @@ def test_missing_and_corrupt_files_say_what_was_expected(tmp_path) -> None:
     with pytest.raises(DatasetError, match="train-images-idx3-ubyte.*expected in"):
         load_mnist_idx(tmp_path, "train")
     write_mnist(tmp_path, compressed=False)
-    (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(torch.zeros(2, 28, 28, dtype=torch.uint8))[:-5])
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(
+        idx_bytes(torch.zeros(2, 28, 28, dtype=torch.uint8))[:-5]
+    )
     with pytest.raises(DatasetError, match="should hold"):
         load_mnist_idx(tmp_path, "train")
     with pytest.raises(DatasetError, match="IDX file"):
@@ -70,9 +81,16 @@ def test_composition_places_both_digits_and_normalises() -> None:
     background = (0 - 0.1307) / 0.3081
     assert float(result.images.min()) == pytest.approx(background)
     # 200 where one digit lies, 255 (clipped 400) where a digit paired with itself overlaps
-    assert min(abs(float(result.images.max()) - (v / 255 - 0.1307) / 0.3081) for v in (200, 255)) < 1e-5
+    assert (
+        min(abs(float(result.images.max()) - (v / 255 - 0.1307) / 0.3081) for v in (200, 255))
+        < 1e-5
+    )
     # overlap clips at 255
-    saturated = compose(torch.full((2, 28, 28), 200, dtype=torch.uint8), torch.tensor([1, 2]), generator=torch.Generator().manual_seed(0))
+    saturated = compose(
+        torch.full((2, 28, 28), 200, dtype=torch.uint8),
+        torch.tensor([1, 2]),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert float(saturated.images.max()) == pytest.approx((1 - 0.1307) / 0.3081, rel=1e-6)
 
 

@@ -79,14 +79,20 @@ def _graphs(root: Path, count: int) -> list[MoleculeGraph]:
 
 def test_reader_round_trips_the_fixture(root, raw_molecules) -> None:
     molecules = load_qm9(root)
-    assert len(molecules) == COUNT and molecules.x.shape[1] == 11 and molecules.y.shape == (COUNT, 19)
+    assert (
+        len(molecules) == COUNT and molecules.x.shape[1] == 11 and molecules.y.shape == (COUNT, 19)
+    )
     for index, expected in enumerate(raw_molecules):
         graph = molecules.graph(index)
         for key in ("x", "edge_index", "edge_attr", "y", "pos", "z"):
             assert torch.equal(getattr(graph, key), expected[key]), key
     from_raw = read_qm9_file(root / RAW_FILE)  # the RDKit-free download layout
-    assert torch.equal(from_raw.x, molecules.x) and torch.equal(from_raw.edge_index, molecules.edge_index)
-    assert torch.equal(from_raw.node_ptr, molecules.node_ptr) and torch.equal(from_raw.y, molecules.y)
+    assert torch.equal(from_raw.x, molecules.x) and torch.equal(
+        from_raw.edge_index, molecules.edge_index
+    )
+    assert torch.equal(from_raw.node_ptr, molecules.node_ptr) and torch.equal(
+        from_raw.y, molecules.y
+    )
 
 
 def test_fixture_has_pygs_processed_layout(root) -> None:
@@ -106,7 +112,9 @@ def test_fixture_has_pygs_processed_layout(root) -> None:
 
 
 def test_reader_and_writer_do_not_import_torch_geometric(tmp_path, monkeypatch) -> None:
-    for name in [n for n in sys.modules if n == "torch_geometric" or n.startswith("torch_geometric.")]:
+    for name in [
+        n for n in sys.modules if n == "torch_geometric" or n.startswith("torch_geometric.")
+    ]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "torch_geometric", None)  # any import of it now fails
     path = write_fixture(tmp_path, count=3, seed=5)
@@ -175,7 +183,9 @@ def test_corrupt_and_foreign_files_raise_dataset_error(tmp_path) -> None:
     with pytest.raises(DatasetError, match="'edge_index' is missing"):
         read_qm9_file(path)
     torch.save((torch.nn.Linear, None), path)  # a global that is no part of a PyG file
-    with pytest.raises(DatasetError, match="refusing to load the global torch.nn.modules.linear.Linear"):
+    with pytest.raises(
+        DatasetError, match="refusing to load the global torch.nn.modules.linear.Linear"
+    ):
         read_qm9_file(path)
 
 
@@ -201,20 +211,34 @@ def test_split_sizes_and_train_only_normalisation(root) -> None:
     train, val, test = (suite.datasets(str(root), split) for split in ("train", "val", "test"))
     assert (len(train), len(val), len(test)) == (COUNT - 14, 6, 8)
     parts = split_indices(COUNT, seed=3, test_size=8, val_size=6)
-    assert torch.equal(torch.tensor(test.indices), parts["test"]) and torch.equal(torch.tensor(train.indices), parts["train"])
+    assert torch.equal(torch.tensor(test.indices), parts["test"]) and torch.equal(
+        torch.tensor(train.indices), parts["train"]
+    )
     assert sorted(train.indices + val.indices + test.indices) == list(range(COUNT))
     y = load_qm9(root).y[:, list(TARGET_COLUMNS)].double()
     mean, std = y[parts["train"]].mean(0), y[parts["train"]].std(0)
     for split, dataset in (("train", train), ("val", val), ("test", test)):
         expected = (y[parts[split]] - mean) / std
         assert torch.allclose(dataset.targets.double(), expected, atol=1e-5), split
-    assert torch.allclose(train.targets.double().mean(0), torch.zeros(11, dtype=torch.float64), atol=1e-5)
-    assert torch.allclose(train.targets.double().std(0), torch.ones(11, dtype=torch.float64), atol=1e-5)
-    assert not torch.allclose(val.targets.double().mean(0), torch.zeros(11, dtype=torch.float64), atol=1e-3)  # not refitted
+    assert torch.allclose(
+        train.targets.double().mean(0), torch.zeros(11, dtype=torch.float64), atol=1e-5
+    )
+    assert torch.allclose(
+        train.targets.double().std(0), torch.ones(11, dtype=torch.float64), atol=1e-5
+    )
+    assert not torch.allclose(
+        val.targets.double().mean(0), torch.zeros(11, dtype=torch.float64), atol=1e-3
+    )  # not refitted
     graph, targets = train[0]
-    assert list(targets) == list(TASKS) and torch.equal(graph.x, load_qm9(root).graph(train.indices[0]).x)
-    whole = make_qm9_suite(test_size=8, val_size=6, split_seed=3, normalisation="all").datasets(str(root), "train")
-    assert torch.allclose(whole.targets.double(), (y[parts["train"]] - y.mean(0)) / y.std(0), atol=1e-5)
+    assert list(targets) == list(TASKS) and torch.equal(
+        graph.x, load_qm9(root).graph(train.indices[0]).x
+    )
+    whole = make_qm9_suite(test_size=8, val_size=6, split_seed=3, normalisation="all").datasets(
+        str(root), "train"
+    )
+    assert torch.allclose(
+        whole.targets.double(), (y[parts["train"]] - y.mean(0)) / y.std(0), atol=1e-5
+    )
 
 
 def test_split_sizes_must_leave_a_training_split() -> None:
@@ -236,9 +260,16 @@ def test_collate_builds_complete_graphs_with_distances(root) -> None:
     graphs = _graphs(root, 6)
     targets = [{name: torch.tensor(float(i)) for name in TASKS} for i in range(6)]
     batch, stacked = collate(list(zip(graphs, targets)))
-    assert isinstance(batch, MoleculeBatch) and batch.num_graphs == 6 and batch.edge_attr.shape[1] == EDGE_FEATURES
+    assert (
+        isinstance(batch, MoleculeBatch)
+        and batch.num_graphs == 6
+        and batch.edge_attr.shape[1] == EDGE_FEATURES
+    )
     assert torch.equal(stacked["mu"], torch.arange(6.0)) and list(stacked) == list(TASKS)
-    assert torch.equal(batch.batch, torch.repeat_interleave(torch.arange(6), torch.tensor([g.num_nodes for g in graphs])))
+    assert torch.equal(
+        batch.batch,
+        torch.repeat_interleave(torch.arange(6), torch.tensor([g.num_nodes for g in graphs])),
+    )
     offset, edge = 0, 0
     for graph in graphs:
         pairs, attributes = _naive_complete(graph)
@@ -261,7 +292,9 @@ def test_edge_features_match_torch_geometric_distance(root) -> None:
     edge = 0
     for graph in graphs:
         pairs, attributes = _naive_complete(graph)
-        expected = Distance(norm=False)(Data(x=graph.x, pos=graph.pos, edge_index=pairs, edge_attr=attributes)).edge_attr
+        expected = Distance(norm=False)(
+            Data(x=graph.x, pos=graph.pos, edge_index=pairs, edge_attr=attributes)
+        ).edge_attr
         assert torch.equal(batch.edge_attr[edge : edge + pairs.shape[1]], expected)
         edge += pairs.shape[1]
 
@@ -278,10 +311,21 @@ def test_mpnn_shapes_and_parameter_partition(root) -> None:
     assert torch.allclose(model.decode(model.encode(batch))["mu"], predictions["mu"])
     shared, heads = model.shared_parameters(), model.task_parameters()
     head_ids = [id(p) for name in TASKS for p in heads[name]]
-    assert len(set(map(id, shared)) | set(head_ids)) == len(shared) + len(head_ids) == len(list(model.parameters()))
-    assert sum(p.numel() for p in shared) == 616_960 and sum(p.numel() for p in model.parameters()) == 617_675
+    assert (
+        len(set(map(id, shared)) | set(head_ids))
+        == len(shared) + len(head_ids)
+        == len(list(model.parameters()))
+    )
+    assert (
+        sum(p.numel() for p in shared) == 616_960
+        and sum(p.numel() for p in model.parameters()) == 617_675
+    )
     assert all(len(heads[name]) == 2 and heads[name][0].shape == (1, 64) for name in TASKS)
-    shared_modules = {id(p) for m in (model.lin0, model.conv, model.gru, model.set2set, model.lin1) for p in m.parameters()}
+    shared_modules = {
+        id(p)
+        for m in (model.lin0, model.conv, model.gru, model.set2set, model.lin1)
+        for p in m.parameters()
+    }
     assert shared_modules == set(map(id, shared))
 
 
@@ -290,7 +334,13 @@ def _relabel(graph: MoleculeGraph, generator: torch.Generator) -> MoleculeGraph:
     new_label = torch.empty_like(order)
     new_label[order] = torch.arange(graph.num_nodes)
     bonds = torch.randperm(graph.edge_index.shape[1], generator=generator)
-    return MoleculeGraph(x=graph.x[order], edge_index=new_label[graph.edge_index[:, bonds]], edge_attr=graph.edge_attr[bonds], y=graph.y, pos=graph.pos[order])
+    return MoleculeGraph(
+        x=graph.x[order],
+        edge_index=new_label[graph.edge_index[:, bonds]],
+        edge_attr=graph.edge_attr[bonds],
+        y=graph.y,
+        pos=graph.pos[order],
+    )
 
 
 def test_predictions_are_invariant_to_node_relabelling_and_batch_company(root) -> None:
@@ -301,12 +351,20 @@ def test_predictions_are_invariant_to_node_relabelling_and_batch_company(root) -
 
     def predict(items: list[MoleculeGraph]) -> torch.Tensor:
         batch = batch_molecules(items)
-        batch = MoleculeBatch(batch.x.double(), batch.edge_index, batch.edge_attr.double(), batch.batch, batch.num_graphs)
+        batch = MoleculeBatch(
+            batch.x.double(),
+            batch.edge_index,
+            batch.edge_attr.double(),
+            batch.batch,
+            batch.num_graphs,
+        )
         with torch.no_grad():
             return torch.stack([model(batch)[name] for name in TASKS], dim=1)
 
     reference = predict(graphs)
-    assert torch.allclose(predict([_relabel(g, generator) for g in graphs]), reference, rtol=0, atol=1e-12)
+    assert torch.allclose(
+        predict([_relabel(g, generator) for g in graphs]), reference, rtol=0, atol=1e-12
+    )
     assert torch.allclose(predict(graphs[3:5]), reference[3:5], rtol=0, atol=1e-12)
 
 
@@ -321,17 +379,36 @@ def test_convolution_and_set2set_match_torch_geometric(root) -> None:
         model.conv.bias.normal_()
     batch = batch_molecules(_graphs(root, 6))
     edge_attr = batch.edge_attr.double()
-    theirs = NNConv(64, 64, model.conv.edge_network, aggr="mean").double()  # shares the edge network
+    theirs = NNConv(
+        64, 64, model.conv.edge_network, aggr="mean"
+    ).double()  # shares the edge network
     with torch.no_grad():
         theirs.lin.weight.copy_(model.conv.root.weight)
         theirs.bias.copy_(model.conv.bias)
     hidden = torch.randn(batch.x.shape[0], 64, dtype=torch.float64)
-    assert torch.allclose(model.conv(hidden, batch.edge_index, edge_attr), theirs(hidden, batch.edge_index, edge_attr), rtol=0, atol=1e-12)
-    some_edges = batch.edge_index[:, ::3]  # nodes with few or no incoming edges: mean over what exists, else 0
-    assert torch.allclose(model.conv(hidden, some_edges, edge_attr[::3]), theirs(hidden, some_edges, edge_attr[::3]), rtol=0, atol=1e-12)
+    assert torch.allclose(
+        model.conv(hidden, batch.edge_index, edge_attr),
+        theirs(hidden, batch.edge_index, edge_attr),
+        rtol=0,
+        atol=1e-12,
+    )
+    some_edges = batch.edge_index[
+        :, ::3
+    ]  # nodes with few or no incoming edges: mean over what exists, else 0
+    assert torch.allclose(
+        model.conv(hidden, some_edges, edge_attr[::3]),
+        theirs(hidden, some_edges, edge_attr[::3]),
+        rtol=0,
+        atol=1e-12,
+    )
     readout = PyGSet2Set(64, processing_steps=3).double()
     readout.lstm.load_state_dict(model.set2set.lstm.state_dict())
-    assert torch.allclose(model.set2set(hidden, batch.batch, batch.num_graphs), readout(hidden, batch.batch), rtol=0, atol=1e-12)
+    assert torch.allclose(
+        model.set2set(hidden, batch.batch, batch.num_graphs),
+        readout(hidden, batch.batch),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 # --------------------------------------------------------------------------- metrics and losses
@@ -343,7 +420,9 @@ def test_mae_accumulator_in_original_units_with_mev() -> None:
     predictions = {name: torch.tensor([0.5, -1.0]) for name in TASKS}
     targets = {name: torch.tensor([0.0, 1.0]) for name in TASKS}
     accumulator.update(predictions, targets)  # |errors| 0.5, 2.0
-    accumulator.update({name: torch.tensor([1.0]) for name in TASKS}, {name: torch.tensor([1.5]) for name in TASKS})  # 0.5
+    accumulator.update(
+        {name: torch.tensor([1.0]) for name in TASKS}, {name: torch.tensor([1.5]) for name in TASKS}
+    )  # 0.5
     values = accumulator.compute()
     assert list(values) == [m.name for m in METRICS]
     mean_error = (0.5 + 2.0 + 0.5) / 3
@@ -357,11 +436,34 @@ def test_suite_losses_metrics_and_protocol(root) -> None:
     predictions = {name: torch.tensor([1.0, 3.0]) for name in TASKS}
     targets = {name: torch.tensor([0.0, 1.0]) for name in TASKS}
     losses = task_losses(predictions, targets)
-    assert list(losses) == list(TASKS) and all(loss.item() == pytest.approx(2.5) for loss in losses.values())
+    assert list(losses) == list(TASKS) and all(
+        loss.item() == pytest.approx(2.5) for loss in losses.values()
+    )
     assert QM9.name == "qm9" and QM9.collate is collate and len(QM9.metrics) == 11
     assert not any(m.higher_is_better for m in QM9.metrics)
-    assert list(BASE_VALUES.values()) == [0.0671, 0.1814, 60.576, 53.915, 0.5027, 4.539, 58.838, 64.244, 63.852, 66.223, 0.07212]
-    assert (PROTOCOL.epochs, PROTOCOL.batch_size, PROTOCOL.lr, PROTOCOL.scheduler, PROTOCOL.gamma, PROTOCOL.patience, PROTOCOL.min_lr, PROTOCOL.selection) == (300, 120, 1e-3, "plateau", 0.7, 5, 1e-5, "best_val")
+    assert list(BASE_VALUES.values()) == [
+        0.0671,
+        0.1814,
+        60.576,
+        53.915,
+        0.5027,
+        4.539,
+        58.838,
+        64.244,
+        63.852,
+        66.223,
+        0.07212,
+    ]
+    assert (
+        PROTOCOL.epochs,
+        PROTOCOL.batch_size,
+        PROTOCOL.lr,
+        PROTOCOL.scheduler,
+        PROTOCOL.gamma,
+        PROTOCOL.patience,
+        PROTOCOL.min_lr,
+        PROTOCOL.selection,
+    ) == (300, 120, 1e-3, "plateau", 0.7, 5, 1e-5, "best_val")
     fresh = make_qm9_suite(test_size=8, val_size=8)
     with pytest.raises(core.errors.MTLInputError, match="call suite.datasets"):
         fresh.make_accumulator()
@@ -383,7 +485,12 @@ def test_one_dibs_mtl_step_changes_every_parameter_without_nan(root) -> None:
     losses = suite.task_losses(model(inputs), targets)
     optimizer.zero_grad()
     heads = model.task_parameters()
-    info = core.mtl_backward([losses[name] for name in TASKS], model.shared_parameters(), core.DiBSMTL(), task_params=[heads[name] for name in TASKS])
+    info = core.mtl_backward(
+        [losses[name] for name in TASKS],
+        model.shared_parameters(),
+        core.DiBSMTL(),
+        task_params=[heads[name] for name in TASKS],
+    )
     optimizer.step()
     assert torch.isfinite(info.weights).all() and info.weights.shape == (11,)
     for old, new in zip(before, model.parameters()):
@@ -420,12 +527,20 @@ def test_shards_of_a_qm9_batch_average_to_the_whole_batch(root) -> None:
     model = suite.make_model().double()
     train = suite.datasets(str(root), "train")
     inputs, targets = suite.collate([train[i] for i in range(12)])
-    inputs = MoleculeBatch(inputs.x.double(), inputs.edge_index, inputs.edge_attr.double(), inputs.batch, inputs.num_graphs)
+    inputs = MoleculeBatch(
+        inputs.x.double(),
+        inputs.edge_index,
+        inputs.edge_attr.double(),
+        inputs.batch,
+        inputs.num_graphs,
+    )
     targets = {name: value.double() for name, value in targets.items()}
 
     def loss_and_grad(batch, share=1.0):
         losses = suite.task_losses(model(batch[0]), batch[1])
-        total = sum(losses[name] * share * (i + 1) for i, name in enumerate(TASKS))  # every task counts
+        total = sum(
+            losses[name] * share * (i + 1) for i, name in enumerate(TASKS)
+        )  # every task counts
         return total.detach(), torch.autograd.grad(total, list(model.parameters()))
 
     whole_loss, whole_grad = loss_and_grad((inputs, targets))
@@ -433,6 +548,10 @@ def test_shards_of_a_qm9_batch_average_to_the_whole_batch(root) -> None:
     shards = [DataParallel(rank, world, None).shard((inputs, targets)) for rank in range(world)]
     assert sum(batch[0].num_graphs for batch, _ in shards) == 12
     parts = [loss_and_grad(batch, share) for batch, share in shards]
-    torch.testing.assert_close(sum(loss for loss, _ in parts) / world, whole_loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        sum(loss for loss, _ in parts) / world, whole_loss, rtol=1e-12, atol=0
+    )
     for index, expected in enumerate(whole_grad):
-        torch.testing.assert_close(sum(grad[index] for _, grad in parts) / world, expected, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            sum(grad[index] for _, grad in parts) / world, expected, rtol=1e-9, atol=1e-12
+        )

@@ -35,9 +35,32 @@ def _one_thread():
 
 
 def test_cpu_preset_is_what_the_docs_say() -> None:
-    assert (CPU_PRESET.train_size, CPU_PRESET.val_size, CPU_PRESET.test_size, CPU_PRESET.hidden, CPU_PRESET.epochs) == (6_000, 1_000, 1_000, 16, 10)
-    assert CPU_PRESET.methods.split(",") == ["ls", "scaleinvls", "rlw", "uw", "famo", "mgda", "pcgrad", "cagrad", "imtl_g", "nashmtl", "dibsmtl", "dibsmtl:steps=5"]
-    assert (CPU_PRESET.seeds, CPU_PRESET.transforms, CPU_PRESET.representation) == ("0,1,2", "none,mu:power:2", True)
+    assert (
+        CPU_PRESET.train_size,
+        CPU_PRESET.val_size,
+        CPU_PRESET.test_size,
+        CPU_PRESET.hidden,
+        CPU_PRESET.epochs,
+    ) == (6_000, 1_000, 1_000, 16, 10)
+    assert CPU_PRESET.methods.split(",") == [
+        "ls",
+        "scaleinvls",
+        "rlw",
+        "uw",
+        "famo",
+        "mgda",
+        "pcgrad",
+        "cagrad",
+        "imtl_g",
+        "nashmtl",
+        "dibsmtl",
+        "dibsmtl:steps=5",
+    ]
+    assert (CPU_PRESET.seeds, CPU_PRESET.transforms, CPU_PRESET.representation) == (
+        "0,1,2",
+        "none,mu:power:2",
+        True,
+    )
     suite = CPU_PRESET.suite("qm9pack")
     assert suite is CPU_PRESET.suite("qm9pack")  # one suite per source: the split is read once
     assert suite.protocol == dataclasses.replace(PROTOCOL, epochs=10)  # only the epochs change
@@ -48,11 +71,21 @@ def test_cpu_preset_is_what_the_docs_say() -> None:
     mtl = [run for run in runs if not run.method.startswith("stl:")]
     assert all(run.config["preset"] == "cpu" and run.config["representation"] for run in mtl)
     assert {run.transform for run in mtl} == {"none", "mu:power:2"}
-    paper = planned_runs(Config("qm9", data_source="qm9pack", methods="ls", seeds="0", no_single_task=True))
+    paper = planned_runs(
+        Config("qm9", data_source="qm9pack", methods="ls", seeds="0", no_single_task=True)
+    )
     assert "preset" not in paper[0].config  # runs without the preset keep their ids
     decisions = (ROOT / "docs" / "DECISIONS.md").read_text()
-    section = decisions[decisions.index("## QM9 at CPU scale"):]
-    for fact in ("6,000 / 1,000 / 1,000", "width 16", "10 epochs", "39,803", "mu:power:2", "--preset cpu", "--workers 2"):
+    section = decisions[decisions.index("## QM9 at CPU scale") :]
+    for fact in (
+        "6,000 / 1,000 / 1,000",
+        "width 16",
+        "10 epochs",
+        "39,803",
+        "mu:power:2",
+        "--preset cpu",
+        "--workers 2",
+    ):
         assert fact in section, fact
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert "python -m benchmarks qm9 --data-source qm9pack --preset cpu --workers 2" in results
@@ -60,9 +93,13 @@ def test_cpu_preset_is_what_the_docs_say() -> None:
 
 
 def test_unknown_preset_and_bad_subsets_say_what_is_expected() -> None:
-    with pytest.raises(InvalidHyperparameterError, match="qm9 has no --preset 'gpu'; choose one of: cpu"):
+    with pytest.raises(
+        InvalidHyperparameterError, match="qm9 has no --preset 'gpu'; choose one of: cpu"
+    ):
         planned_runs(Config("qm9", data_source="qm9pack", preset="gpu"))
-    with pytest.raises(InvalidHyperparameterError, match="multimnist has no --preset 'cpu'; choose one of: none"):
+    with pytest.raises(
+        InvalidHyperparameterError, match="multimnist has no --preset 'cpu'; choose one of: none"
+    ):
         planned_runs(Config("multimnist", preset="cpu"))
     with pytest.raises(MTLInputError, match="subset"):
         make_qm9_suite(preset=dataclasses.replace(CPU_PRESET, test_size=20_000))
@@ -87,32 +124,80 @@ def test_preset_splits_are_prefixes_of_the_full_protocols(root) -> None:
     train = tiny.datasets(root, "train")
     columns = list(qm9.TARGET_COLUMNS)
     mean, std = qm9.target_statistics(train.molecules.y[train.indices][:, columns])
-    assert torch.allclose(train.targets, (train.molecules.y[train.indices][:, columns] - mean) / std)  # the subset's statistics
+    assert torch.allclose(
+        train.targets, (train.molecules.y[train.indices][:, columns] - mean) / std
+    )  # the subset's statistics
 
 
 def test_preset_trains_through_the_command_line(root, tmp_path, monkeypatch) -> None:
-    definition = SimpleNamespace(**dataclasses.asdict(TINY), suite=lambda source: make_qm9_suite(test_size=8, val_size=8, preset=TINY))
+    definition = SimpleNamespace(
+        **dataclasses.asdict(TINY),
+        suite=lambda source: make_qm9_suite(test_size=8, val_size=8, preset=TINY),
+    )
     monkeypatch.setattr(qm9_suite, "CPU_PRESET", definition)  # what `--preset cpu` loads
     out = tmp_path / "out"
-    args = ["qm9", "--preset", "cpu", "--quick", "--methods", "mgda", "--transforms", "mu:power:2", "--no-single-task", "--data-root", str(root), "--out", str(out)]
+    args = [
+        "qm9",
+        "--preset",
+        "cpu",
+        "--quick",
+        "--methods",
+        "mgda",
+        "--transforms",
+        "mu:power:2",
+        "--no-single-task",
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     record = json.loads(next((out / "qm9").glob("runs/mgda*.json")).read_text())
-    assert record["spec"]["config"]["preset"] == "cpu" and record["spec"]["config"]["representation"] is True
+    assert (
+        record["spec"]["config"]["preset"] == "cpu"
+        and record["spec"]["config"]["representation"] is True
+    )
     history = record["result"]["history"]
-    assert record["result"]["status"] == "finished" and len(history) == 1 and history[0]["steps"] == 1  # 12 molecules: one batch of 120
+    assert (
+        record["result"]["status"] == "finished" and len(history) == 1 and history[0]["steps"] == 1
+    )  # 12 molecules: one batch of 120
     assert len(record["result"]["selected"]["test"]) == len(TASKS)
-    assert (out / "qm9" / "cpu" / "quick" / "summary.md").is_file()  # beside, never over, the full protocol's report
+    assert (
+        out / "qm9" / "cpu" / "quick" / "summary.md"
+    ).is_file()  # beside, never over, the full protocol's report
 
 
 HAS_REAL_CACHE = cache_path().is_file() and importlib.util.find_spec("rdkit") is not None
 
 
-@pytest.mark.skipif(not HAS_REAL_CACHE, reason="needs the optional extra (pip install -e .[qm9data]) and the converted cache")
+@pytest.mark.skipif(
+    not HAS_REAL_CACHE,
+    reason="needs the optional extra (pip install -e .[qm9data]) and the converted cache",
+)
 def test_real_cpu_preset_trains_a_step(tmp_path) -> None:
     suite = EXPERIMENTS["qm9"].load_suite("qm9pack", "cpu")
-    assert [len(suite.datasets(None, split)) for split in ("train", "val", "test")] == [6_000, 1_000, 1_000]
-    args = ["qm9", "--data-source", "qm9pack", "--preset", "cpu", "--quick", "--max-batches", "1", "--methods", "dibsmtl", "--transforms", "none",
-            "--no-single-task", "--out", str(tmp_path)]
+    assert [len(suite.datasets(None, split)) for split in ("train", "val", "test")] == [
+        6_000,
+        1_000,
+        1_000,
+    ]
+    args = [
+        "qm9",
+        "--data-source",
+        "qm9pack",
+        "--preset",
+        "cpu",
+        "--quick",
+        "--max-batches",
+        "1",
+        "--methods",
+        "dibsmtl",
+        "--transforms",
+        "none",
+        "--no-single-task",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     record = json.loads(next((tmp_path / "qm9").glob("runs/dibsmtl*.json")).read_text())
     assert record["result"]["status"] == "finished" and record["result"]["history"][0]["steps"] == 1

@@ -41,27 +41,153 @@ from benchmarks.experiments.supervised import EXPERIMENTS, Config, planned_runs
 from benchmarks.suites.qm9 import QM9PACK, make_qm9_suite
 from core.errors import InvalidHyperparameterError, MTLInputError
 
-HEADER = ("XYZ_file", "Index", "SMILES", "InChi", "N_atoms", "Stoichiometry", "Elements", "XYZ_Ang", "Mulliken_pop", "Harmonic_Freq_cmi",
-          "RotA_GHz", "RotB_GHz", "RotC_GHz", "Dipole_debye", "Polarizability_bohr3", "HOMO_au", "LUMO_au", "HOMO_LUMO_gap_au", "R2_bohr2",
-          "ZPVE_au", "InternalEnergy_0K_au", "InternalEnergy_298K_au", "Enthalphy_298K_au", "GibbsFreeEnergy_298K_au", "Heatcapacity_Cv_cal_mol_K")
+HEADER = (
+    "XYZ_file",
+    "Index",
+    "SMILES",
+    "InChi",
+    "N_atoms",
+    "Stoichiometry",
+    "Elements",
+    "XYZ_Ang",
+    "Mulliken_pop",
+    "Harmonic_Freq_cmi",
+    "RotA_GHz",
+    "RotB_GHz",
+    "RotC_GHz",
+    "Dipole_debye",
+    "Polarizability_bohr3",
+    "HOMO_au",
+    "LUMO_au",
+    "HOMO_LUMO_gap_au",
+    "R2_bohr2",
+    "ZPVE_au",
+    "InternalEnergy_0K_au",
+    "InternalEnergy_298K_au",
+    "Enthalphy_298K_au",
+    "GibbsFreeEnergy_298K_au",
+    "Heatcapacity_Cv_cal_mol_K",
+)
 """qm9pack 1.0.3's columns, in its order."""
-PROPERTIES = ("Dipole_debye", "Polarizability_bohr3", "HOMO_au", "LUMO_au", "HOMO_LUMO_gap_au", "R2_bohr2", "ZPVE_au", "InternalEnergy_0K_au",
-              "InternalEnergy_298K_au", "Enthalphy_298K_au", "GibbsFreeEnergy_298K_au", "Heatcapacity_Cv_cal_mol_K", "RotA_GHz", "RotB_GHz", "RotC_GHz")
+PROPERTIES = (
+    "Dipole_debye",
+    "Polarizability_bohr3",
+    "HOMO_au",
+    "LUMO_au",
+    "HOMO_LUMO_gap_au",
+    "R2_bohr2",
+    "ZPVE_au",
+    "InternalEnergy_0K_au",
+    "InternalEnergy_298K_au",
+    "Enthalphy_298K_au",
+    "GibbsFreeEnergy_298K_au",
+    "Heatcapacity_Cv_cal_mol_K",
+    "RotA_GHz",
+    "RotB_GHz",
+    "RotC_GHz",
+)
 MOLECULES = (  # gdb_1 to gdb_4 of QM9: index, SMILES, elements, positions (Angstrom), PROPERTIES
-    (1, "C", "CHHHH", "[[-0.0126981359,1.0858041578,0.0080009958],[0.002150416,-0.0060313176,0.0019761204],[1.0117308433,1.4637511618,0.0002765748],[-0.540815069,1.4475266138,-0.8766437152],[-0.5238136345,1.4379326443,0.9063972942]]",
-     ("0.", "13.21", "-0.3877", "0.1171", "0.5048", "35.3641", "0.044749", "-40.47893", "-40.476062", "-40.475117", "-40.498597", "6.469", "157.7118", "157.70997", "157.70699")),
-    (2, "N", "NHHH", "[[-0.0404260543,1.0241077531,0.0625637998],[0.0172574639,0.0125452063,-0.0273771593],[0.9157893661,1.3587451948,-0.0287577581],[-0.5202777357,1.3435321258,-0.7755426124]]",
-     ("1.6256", "9.46", "-0.257", "0.0829", "0.3399", "26.1563", "0.034358", "-56.525887", "-56.523026", "-56.522082", "-56.544961", "6.316", "293.60975", "293.54111", "191.39397")),
-    (3, "O", "OHH", "[[-0.0343604951,0.9775395708,0.0076015923],[0.0647664923,0.0205721989,0.0015346341],[0.8717903737,1.3007924048,0.0006931336]]",
-     ("1.8511", "6.31", "-0.2928", "0.0687", "0.3615", "19.0002", "0.021375", "-76.404702", "-76.401867", "-76.400922", "-76.422349", "6.002", "799.58812", "437.90386", "282.94545")),
-    (4, "C#C", "CCHH", "[[0.5995394918,0.,1.],[-0.5995394918,0.,1.],[-1.6616385861,0.,1.],[1.6616385861,0.,1.]]",
-     ("0.", "16.28", "-0.2845", "0.0506", "0.3351", "59.5248", "0.026841", "-77.308427", "-77.305527", "-77.304583", "-77.327429", "8.574", "0.", "35.6100361", "35.6100361")),
+    (
+        1,
+        "C",
+        "CHHHH",
+        "[[-0.0126981359,1.0858041578,0.0080009958],[0.002150416,-0.0060313176,0.0019761204],[1.0117308433,1.4637511618,0.0002765748],[-0.540815069,1.4475266138,-0.8766437152],[-0.5238136345,1.4379326443,0.9063972942]]",
+        (
+            "0.",
+            "13.21",
+            "-0.3877",
+            "0.1171",
+            "0.5048",
+            "35.3641",
+            "0.044749",
+            "-40.47893",
+            "-40.476062",
+            "-40.475117",
+            "-40.498597",
+            "6.469",
+            "157.7118",
+            "157.70997",
+            "157.70699",
+        ),
+    ),
+    (
+        2,
+        "N",
+        "NHHH",
+        "[[-0.0404260543,1.0241077531,0.0625637998],[0.0172574639,0.0125452063,-0.0273771593],[0.9157893661,1.3587451948,-0.0287577581],[-0.5202777357,1.3435321258,-0.7755426124]]",
+        (
+            "1.6256",
+            "9.46",
+            "-0.257",
+            "0.0829",
+            "0.3399",
+            "26.1563",
+            "0.034358",
+            "-56.525887",
+            "-56.523026",
+            "-56.522082",
+            "-56.544961",
+            "6.316",
+            "293.60975",
+            "293.54111",
+            "191.39397",
+        ),
+    ),
+    (
+        3,
+        "O",
+        "OHH",
+        "[[-0.0343604951,0.9775395708,0.0076015923],[0.0647664923,0.0205721989,0.0015346341],[0.8717903737,1.3007924048,0.0006931336]]",
+        (
+            "1.8511",
+            "6.31",
+            "-0.2928",
+            "0.0687",
+            "0.3615",
+            "19.0002",
+            "0.021375",
+            "-76.404702",
+            "-76.401867",
+            "-76.400922",
+            "-76.422349",
+            "6.002",
+            "799.58812",
+            "437.90386",
+            "282.94545",
+        ),
+    ),
+    (
+        4,
+        "C#C",
+        "CCHH",
+        "[[0.5995394918,0.,1.],[-0.5995394918,0.,1.],[-1.6616385861,0.,1.],[1.6616385861,0.,1.]]",
+        (
+            "0.",
+            "16.28",
+            "-0.2845",
+            "0.0506",
+            "0.3351",
+            "59.5248",
+            "0.026841",
+            "-77.308427",
+            "-77.305527",
+            "-77.304583",
+            "-77.327429",
+            "8.574",
+            "0.",
+            "35.6100361",
+            "35.6100361",
+        ),
+    ),
 )
 GDB_1_ATOMISATION_KCAL = (-395.999594594, -398.643290011, -401.014646522, -372.471772148)
 """U0_atom, U_atom, H_atom, G_atom of gdb_1 (CH4) in MoleculeNet's gdb9.sdf.csv, kcal/mol."""
 CH4_C = [0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 4]
 CH4_H = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0]
-HAS_EXTRA = importlib.util.find_spec("rdkit") is not None and importlib.util.find_spec("qm9pack") is not None
+HAS_EXTRA = (
+    importlib.util.find_spec("rdkit") is not None
+    and importlib.util.find_spec("qm9pack") is not None
+)
 
 _RADII = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "F": 0.57}
 CALLS = {"count": 0}
@@ -75,9 +201,13 @@ def distance_bonds(elements: str, positions: Sequence[float], smiles: str) -> Mo
     bonds = []
     for i in range(n):
         for j in range(i + 1, n):
-            if math.dist(positions[3 * i : 3 * i + 3], positions[3 * j : 3 * j + 3]) < 1.25 * (_RADII[elements[i]] + _RADII[elements[j]]):
+            if math.dist(positions[3 * i : 3 * i + 3], positions[3 * j : 3 * j + 3]) < 1.25 * (
+                _RADII[elements[i]] + _RADII[elements[j]]
+            ):
                 bonds.append((i, j, 0, 0))
-    return MoleculeBonds("vdw", tuple(bonds), (0,) * n, tuple(0 if e == "H" else 3 for e in elements))
+    return MoleculeBonds(
+        "vdw", tuple(bonds), (0,) * n, tuple(0 if e == "H" else 3 for e in elements)
+    )
 
 
 def write_csv(folder: Path, molecules=MOLECULES) -> Path:
@@ -89,9 +219,18 @@ def write_csv(folder: Path, molecules=MOLECULES) -> Path:
             writer = csv.DictWriter(handle, fieldnames=HEADER, quoting=csv.QUOTE_NONNUMERIC)
             writer.writeheader()
             for index, smiles, elements, xyz, values in part:
-                row = {"XYZ_file": f"dsgdb9nsd_{index:06d}.xyz", "Index": index, "SMILES": smiles, "InChi": "InChI=1S/test", "N_atoms": len(elements),
-                       "Stoichiometry": "[0,0,0,0,0]", "Elements": "[" + ",".join(f"'{e}'" for e in elements) + "]", "XYZ_Ang": xyz,
-                       "Mulliken_pop": "[]", "Harmonic_Freq_cmi": "[]"}
+                row = {
+                    "XYZ_file": f"dsgdb9nsd_{index:06d}.xyz",
+                    "Index": index,
+                    "SMILES": smiles,
+                    "InChi": "InChI=1S/test",
+                    "N_atoms": len(elements),
+                    "Stoichiometry": "[0,0,0,0,0]",
+                    "Elements": "[" + ",".join(f"'{e}'" for e in elements) + "]",
+                    "XYZ_Ang": xyz,
+                    "Mulliken_pop": "[]",
+                    "Harmonic_Freq_cmi": "[]",
+                }
                 row.update(zip(PROPERTIES, values))
                 writer.writerow(row)
     return folder
@@ -111,7 +250,9 @@ def csv_dir(tmp_path) -> Path:
 
 
 def _load(cache: Path, csv_dir: Path, **kwargs):
-    return load_qm9pack(cache, csv_dir=csv_dir, finder=distance_bonds, workers=1, progress=False, **kwargs)
+    return load_qm9pack(
+        cache, csv_dir=csv_dir, finder=distance_bonds, workers=1, progress=False, **kwargs
+    )
 
 
 # --------------------------------------------------------------------------- targets
@@ -119,7 +260,9 @@ def _load(cache: Path, csv_dir: Path, **kwargs):
 
 def test_atomisation_energies_of_gdb_1_match_the_published_values() -> None:
     energies = [float(v) for v in MOLECULES[0][4][7:11]]
-    assert atomisation_energies_kcal("CHHHH", energies) == pytest.approx(GDB_1_ATOMISATION_KCAL, abs=1e-6)
+    assert atomisation_energies_kcal("CHHHH", energies) == pytest.approx(
+        GDB_1_ATOMISATION_KCAL, abs=1e-6
+    )
 
 
 def test_targets_follow_pyg_columns_and_units(csv_dir) -> None:
@@ -130,9 +273,13 @@ def test_targets_follow_pyg_columns_and_units(csv_dir) -> None:
     assert len(y) == 19
     # mu, alpha, HOMO, LUMO, gap (eV), <R^2>, ZPVE, U0, U, H, G (eV), c_v, 4 atomisation energies (eV), A, B, C
     assert y[:2] == (0.0, 13.21)
-    assert y[2:5] == pytest.approx([-0.3877 * 27.211386246, 0.1171 * 27.211386246, 0.5048 * 27.211386246])
+    assert y[2:5] == pytest.approx(
+        [-0.3877 * 27.211386246, 0.1171 * 27.211386246, 0.5048 * 27.211386246]
+    )
     assert y[5] == 35.3641 and y[11] == 6.469
-    assert y[6:11] == pytest.approx([v * 27.211386246 for v in (0.044749, -40.47893, -40.476062, -40.475117, -40.498597)])
+    assert y[6:11] == pytest.approx(
+        [v * 27.211386246 for v in (0.044749, -40.47893, -40.476062, -40.475117, -40.498597)]
+    )
     assert y[12:16] == pytest.approx([v * KCALMOL_TO_EV for v in GDB_1_ATOMISATION_KCAL], rel=1e-9)
     assert y[16:] == (157.7118, 157.70997, 157.70699)
     assert molecules[3].positions[:3] == (0.5995394918, 0.0, 1.0)  # qm9pack writes "0." and "1."
@@ -161,7 +308,10 @@ def test_conversion_gives_pyg_layout(tmp_path, csv_dir) -> None:
     assert len(molecules) == 4
     methane = molecules.graph(0)
     assert methane.x.tolist() == [CH4_C] + [CH4_H] * 4
-    assert methane.edge_index.tolist() == [[0, 0, 0, 0, 1, 2, 3, 4], [1, 2, 3, 4, 0, 0, 0, 0]]  # sorted by (row, col), as PyG sorts
+    assert methane.edge_index.tolist() == [
+        [0, 0, 0, 0, 1, 2, 3, 4],
+        [1, 2, 3, 4, 0, 0, 0, 0],
+    ]  # sorted by (row, col), as PyG sorts
     assert methane.edge_attr.tolist() == [[1.0, 0.0, 0.0, 0.0]] * 8
     assert methane.z.tolist() == [6, 1, 1, 1, 1]
     assert methane.pos[0].tolist() == pytest.approx([-0.0126981359, 1.0858041578, 0.0080009958])
@@ -176,7 +326,10 @@ def test_conversion_gives_pyg_layout(tmp_path, csv_dir) -> None:
 def test_sanitised_layout_fills_the_rdkit_columns(tmp_path, csv_dir) -> None:
     pyg = _load(tmp_path / "cache", csv_dir)
     sanitised = _load(tmp_path / "cache", csv_dir, layout="sanitised")
-    assert sanitised.graph(0).x[0].tolist() == CH4_C[:9] + [1, 4]  # the test finder flags heavy atoms sp3
+    assert sanitised.graph(0).x[0].tolist() == CH4_C[:9] + [
+        1,
+        4,
+    ]  # the test finder flags heavy atoms sp3
     assert torch.equal(sanitised.x[:, [0, 1, 2, 3, 4, 5, 10]], pyg.x[:, [0, 1, 2, 3, 4, 5, 10]])
     assert torch.equal(sanitised.edge_index, pyg.edge_index)
     with pytest.raises(MTLInputError, match="layout"):
@@ -196,8 +349,14 @@ def test_cache_is_written_once_with_a_checksum(tmp_path, csv_dir, caplog) -> Non
     second = _load(cache, csv_dir)
     assert CALLS["count"] == 4 and second is first and caplog.text == ""
     info = cache_info(cache)
-    assert info["path"] == str(cache / "qm9pack.pt") and info["stats"]["molecules"] == 4 and info["stats"]["vdw_molecules"] == 4
-    assert info["stats"]["failed_molecules"] == 0 and info["source"]["finder"].endswith("distance_bonds")
+    assert (
+        info["path"] == str(cache / "qm9pack.pt")
+        and info["stats"]["molecules"] == 4
+        and info["stats"]["vdw_molecules"] == 4
+    )
+    assert info["stats"]["failed_molecules"] == 0 and info["source"]["finder"].endswith(
+        "distance_bonds"
+    )
     content = torch.load(cache / "qm9pack.pt", weights_only=True)
     assert content["checksum"] == checksum(content["tensors"])
 
@@ -237,7 +396,9 @@ def test_stale_cache_is_rebuilt_with_a_message(tmp_path, caplog) -> None:
     assert "is rebuilt: it is stale (files" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="benchmarks.data.qm9pack"):
-        prepare_cache(cache, csv_dir=csv_dir, finder=distance_bonds, workers=1, progress=False, rebuild=True)
+        prepare_cache(
+            cache, csv_dir=csv_dir, finder=distance_bonds, workers=1, progress=False, rebuild=True
+        )
         prepare_cache(cache, csv_dir=csv_dir, finder=distance_bonds, workers=1, progress=False)
     assert caplog.text == ""  # an asked-for rebuild is silent; the rebuilt cache is used
 
@@ -247,7 +408,11 @@ def test_stale_cache_is_rebuilt_with_a_message(tmp_path, caplog) -> None:
 
 def test_missing_extra_names_the_install_command(tmp_path, monkeypatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "qm9pack" else real(name, *args))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "qm9pack" else real(name, *args),
+    )
     with pytest.raises(DatasetError, match=r"pip install -e \.\[qm9data\]"):
         load_qm9pack(tmp_path / "cache", progress=False)
     with pytest.raises(DatasetError, match=r"pip install -e \.\[qm9data\]"):
@@ -258,11 +423,19 @@ def test_missing_extra_names_the_install_command(tmp_path, monkeypatch) -> None:
 def test_a_valid_cache_is_used_without_qm9pack(tmp_path, monkeypatch) -> None:
     csv_dir = write_csv(tmp_path / "csv")
     cache = tmp_path / "cache"
-    built, _ = prepare_cache(cache, csv_dir=csv_dir, finder=distance_bonds, workers=1, progress=False)
+    built, _ = prepare_cache(
+        cache, csv_dir=csv_dir, finder=distance_bonds, workers=1, progress=False
+    )
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "qm9pack" else real(name, *args))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "qm9pack" else real(name, *args),
+    )
     check_source(str(cache))
-    assert len(load_qm9pack(cache, progress=False)) == 4  # no CSV files to compare with: the cache as it is
+    assert (
+        len(load_qm9pack(cache, progress=False)) == 4
+    )  # no CSV files to compare with: the cache as it is
     built.write_bytes(built.read_bytes()[:500])
     with pytest.raises(DatasetError, match=r"pip install -e \.\[qm9data\]"):
         load_qm9pack(cache, progress=False)
@@ -279,9 +452,11 @@ def test_missing_rdkit_names_the_install_command(monkeypatch) -> None:
 
 
 def test_modules_import_without_rdkit_or_qm9pack() -> None:
-    code = ("import sys; sys.modules['rdkit'] = None; sys.modules['qm9pack'] = None; sys.modules['pandas'] = None\n"
-            "import benchmarks.data.qm9, benchmarks.data.qm9pack, benchmarks.suites.qm9, benchmarks.experiments.supervised\n"
-            "print('ok')")
+    code = (
+        "import sys; sys.modules['rdkit'] = None; sys.modules['qm9pack'] = None; sys.modules['pandas'] = None\n"
+        "import benchmarks.data.qm9, benchmarks.data.qm9pack, benchmarks.suites.qm9, benchmarks.experiments.supervised\n"
+        "print('ok')"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
@@ -298,22 +473,34 @@ def test_pyproject_declares_the_extra() -> None:
 def test_data_source_is_part_of_the_run_settings() -> None:
     pyg = planned_runs(Config("qm9", methods="ls", seeds="0", no_single_task=True))
     assert "data_source" not in pyg[0].config  # PyG runs keep their ids
-    pack = planned_runs(Config("qm9", methods="ls", seeds="0", no_single_task=True, data_source="qm9pack"))
+    pack = planned_runs(
+        Config("qm9", methods="ls", seeds="0", no_single_task=True, data_source="qm9pack")
+    )
     assert pack[0].config["data_source"] == "qm9pack" and pack[0].run_id != pyg[0].run_id
     assert EXPERIMENTS["qm9"].load_suite("qm9pack") is QM9PACK
-    assert Config("qm9", data_source="qm9pack-sanitised").argv(skip=("experiment",)) == ["--data-source", "qm9pack-sanitised"]
+    assert Config("qm9", data_source="qm9pack-sanitised").argv(skip=("experiment",)) == [
+        "--data-source",
+        "qm9pack-sanitised",
+    ]
 
 
 def test_bad_data_source_input_says_how_to_fix_it(tmp_path) -> None:
     from benchmarks.experiments.supervised import run
 
-    with pytest.raises(InvalidHyperparameterError, match="multimnist has no --data-source 'qm9pack'"):
+    with pytest.raises(
+        InvalidHyperparameterError, match="multimnist has no --data-source 'qm9pack'"
+    ):
         planned_runs(Config("multimnist", data_source="qm9pack"))
-    with pytest.raises(InvalidHyperparameterError, match="qm9 has no --data-source 'gdb9'; choose one of: qm9pack, qm9pack-sanitised"):
+    with pytest.raises(
+        InvalidHyperparameterError,
+        match="qm9 has no --data-source 'gdb9'; choose one of: qm9pack, qm9pack-sanitised",
+    ):
         planned_runs(Config("qm9", data_source="gdb9"))
     a_file = tmp_path / "file"
     a_file.write_text("")
-    with pytest.raises(DatasetError, match="is a file; with --data-source qm9pack it names the cache folder"):
+    with pytest.raises(
+        DatasetError, match="is a file; with --data-source qm9pack it names the cache folder"
+    ):
         run(Config("qm9", data_source="qm9pack", data_root=str(a_file), out=tmp_path / "out"))
     with pytest.raises(InvalidHyperparameterError, match="or --data-source qm9pack"):
         run(Config("qm9", out=tmp_path / "out"))
@@ -324,13 +511,17 @@ def test_bad_data_source_input_says_how_to_fix_it(tmp_path) -> None:
 # --------------------------------------------------------------------------- the real data (the extra)
 
 
-needs_extra = pytest.mark.skipif(not HAS_EXTRA, reason=f"the optional extra is not installed ({INSTALL_HINT})")
+needs_extra = pytest.mark.skipif(
+    not HAS_EXTRA, reason=f"the optional extra is not installed ({INSTALL_HINT})"
+)
 
 
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory) -> Path:
     pytest.importorskip("rdkit", reason=f"the optional extra is not installed ({INSTALL_HINT})")
-    if importlib.util.find_spec("qm9pack") is None:  # found, never imported (its module needs pkg_resources)
+    if (
+        importlib.util.find_spec("qm9pack") is None
+    ):  # found, never imported (its module needs pkg_resources)
         pytest.skip(f"the optional extra is not installed ({INSTALL_HINT})")
     folder = tmp_path_factory.mktemp("qm9pack_cache")
     prepare_cache(folder, limit=800, workers=1, progress=False)
@@ -342,8 +533,13 @@ def test_real_gdb_1_is_pyg_methane(real_cache) -> None:
     molecules = load_qm9pack(real_cache, limit=800, progress=False)
     methane = molecules.graph(0)
     assert methane.x.tolist() == [CH4_C] + [CH4_H] * 4
-    assert methane.edge_index.shape == (2, 8) and methane.edge_attr.tolist() == [[1.0, 0.0, 0.0, 0.0]] * 8
-    assert (methane.y[0, 12:16].double() / KCALMOL_TO_EV).tolist() == pytest.approx(GDB_1_ATOMISATION_KCAL, rel=1e-6)
+    assert (
+        methane.edge_index.shape == (2, 8)
+        and methane.edge_attr.tolist() == [[1.0, 0.0, 0.0, 0.0]] * 8
+    )
+    assert (methane.y[0, 12:16].double() / KCALMOL_TO_EV).tolist() == pytest.approx(
+        GDB_1_ATOMISATION_KCAL, rel=1e-6
+    )
     assert "qm9pack" not in sys.modules  # the CSV files are read without importing the package
 
 
@@ -351,13 +547,17 @@ def test_real_gdb_1_is_pyg_methane(real_cache) -> None:
 def test_real_bonds_hueckel_fallback_and_aromaticity(real_cache) -> None:
     stats = cache_info(real_cache, limit=800)["stats"]
     assert stats["molecules"] == 800 and stats["failed_molecules"] == 0
-    assert stats["hueckel_names"] == ["gdb_759"]  # NC1=CN=NO1: the van der Waals graph is not the SMILES graph
+    assert stats["hueckel_names"] == [
+        "gdb_759"
+    ]  # NC1=CN=NO1: the van der Waals graph is not the SMILES graph
     pyg = load_qm9pack(real_cache, limit=800, progress=False)
     sanitised = load_qm9pack(real_cache, limit=800, layout="sanitised", progress=False)
     assert not pyg.x[:, 6:10].any() and pyg.edge_attr[:, 3].sum() == 0  # PyG: unsanitised, Kekule
     assert sanitised.x[:, 6].sum() > 0 and sanitised.edge_attr[:, 3].sum() > 0
     heavy = sanitised.z > 1
-    assert bool((sanitised.x[heavy, 7:10].sum(1) == 1).all())  # every heavy atom sp, sp2 or sp3 here
+    assert bool(
+        (sanitised.x[heavy, 7:10].sum(1) == 1).all()
+    )  # every heavy atom sp, sp2 or sp3 here
     assert torch.equal(pyg.edge_attr[:, :3].sum(1), torch.ones(pyg.edge_attr.shape[0]))
 
 

@@ -21,7 +21,16 @@ from benchmarks.__main__ import main
 from benchmarks.harness.runs import ResultStore, RunSpec, run_sweep
 from benchmarks.harness.workers import worker_argv, worker_environment
 
-SWEEP = ["toy", "--methods", "dibsmtl,ls,normalized_sum", "--transforms", "none,0:power:4", "--steps", "1200", "--quiet"]
+SWEEP = [
+    "toy",
+    "--methods",
+    "dibsmtl,ls,normalized_sum",
+    "--transforms",
+    "none,0:power:4",
+    "--steps",
+    "1200",
+    "--quiet",
+]
 TIMING = {"seconds"}  # the only result fields that differ between identical runs
 
 
@@ -36,9 +45,20 @@ def _journal(out: Path) -> list[dict]:
 
 
 def _start(out: Path, workers: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "benchmarks", *SWEEP, "--out", str(out), "--workers", str(workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        *SWEEP,
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
 
 
 def _wait_for(condition, timeout: float = 120.0) -> None:
@@ -82,20 +102,30 @@ def test_kill_9_of_one_worker_mid_run_is_taken_up_by_the_other(tmp_path, referen
         last = [e["run_id"] for e in events if e["event"] == "start"][-1]
         return not (tmp_path / "toy" / "runs" / f"{last}.json").exists()
 
-    while True:  # freeze the victim, then look: a frozen process cannot finish its run under our eyes
+    while (
+        True
+    ):  # freeze the victim, then look: a frozen process cannot finish its run under our eyes
         _wait_for(victim_inside_a_run)
         os.kill(victim, signal.SIGSTOP)
         if victim_inside_a_run():
             os.kill(victim, signal.SIGKILL)  # mid-run
             break
-        os.kill(victim, signal.SIGCONT)  # it finished the run just before the stop: try the next one
+        os.kill(
+            victim, signal.SIGCONT
+        )  # it finished the run just before the stop: try the next one
     output = sweep.communicate(timeout=300)[0].decode()
     assert sweep.returncode == 0, output
     assert "worker 0 exited with status -9" in output
-    started = [e["run_id"] for e in _journal(tmp_path) if e["event"] == "start" and e["pid"] == victim]
-    finished = [e["run_id"] for e in _journal(tmp_path) if e["event"] == "finish" and e["pid"] == victim]
+    started = [
+        e["run_id"] for e in _journal(tmp_path) if e["event"] == "start" and e["pid"] == victim
+    ]
+    finished = [
+        e["run_id"] for e in _journal(tmp_path) if e["event"] == "finish" and e["pid"] == victim
+    ]
     # the toy computes a worker's runs in batches of half the runs: the victim died inside a batch
-    assert 1 <= len(started) - len(finished) <= 3, "the killed worker should have died inside a batch of runs"
+    assert 1 <= len(started) - len(finished) <= 3, (
+        "the killed worker should have died inside a batch of runs"
+    )
     _assert_each_run_finished_once(tmp_path, reference)
 
 
@@ -145,7 +175,12 @@ def test_a_run_held_by_a_live_process_is_waited_for_and_a_dead_holders_run_is_ta
 
 
 def test_worker_argv_drops_workers_and_fresh():
-    assert worker_argv(["toy", "--workers", "3", "--fresh", "--quick"]) == ["toy", "--quick", "--workers", "1"]
+    assert worker_argv(["toy", "--workers", "3", "--fresh", "--quick"]) == [
+        "toy",
+        "--quick",
+        "--workers",
+        "1",
+    ]
     assert worker_argv(["toy", "--workers=2"]) == ["toy", "--workers", "1"]
 
 
@@ -154,17 +189,33 @@ def test_zero_workers_is_a_clear_error(tmp_path, capsys):
     assert "--workers must be at least 1" in capsys.readouterr().err
 
 
-def test_without_file_locks_one_process_sweeps_and_workers_are_refused(tmp_path, capsys, monkeypatch):
+def test_without_file_locks_one_process_sweeps_and_workers_are_refused(
+    tmp_path, capsys, monkeypatch
+):
     """Where `fcntl` is missing (Windows) a sweep still runs in one process; --workers N says why not."""
     from benchmarks.harness import runs
 
     monkeypatch.setattr(runs, "fcntl", None)
-    small = ["toy", "--methods", "ls,dibsmtl", "--transforms", "none", "--steps", "50", "--quiet", "--out", str(tmp_path)]
+    small = [
+        "toy",
+        "--methods",
+        "ls,dibsmtl",
+        "--transforms",
+        "none",
+        "--steps",
+        "50",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    ]
     assert main([*small, "--workers", "2"]) == 2
     assert "needs POSIX file locks" in capsys.readouterr().err
     assert not (tmp_path / "toy" / "workers").exists()  # refused before any worker started
     assert main(small) == 0
-    assert list((tmp_path / "toy" / "runs").glob("*.json")) and not (tmp_path / "toy" / "locks").exists()
+    assert (
+        list((tmp_path / "toy" / "runs").glob("*.json"))
+        and not (tmp_path / "toy" / "locks").exists()
+    )
 
 
 def test_workers_share_the_cores_unless_the_caller_set_the_threads():
@@ -172,7 +223,11 @@ def test_workers_share_the_cores_unless_the_caller_set_the_threads():
     N x cores threads; a thread count the caller exported is kept."""
     two_of_two = worker_environment(1, 2, {"PATH": "/bin"}, cores=2)
     assert two_of_two["OMP_NUM_THREADS"] == two_of_two["MKL_NUM_THREADS"] == "1"
-    assert two_of_two["MTL_WORKER"] == "1" and two_of_two["MTL_WORKERS"] == "2" and two_of_two["PATH"] == "/bin"
+    assert (
+        two_of_two["MTL_WORKER"] == "1"
+        and two_of_two["MTL_WORKERS"] == "2"
+        and two_of_two["PATH"] == "/bin"
+    )
     assert worker_environment(0, 2, {}, cores=16)["OMP_NUM_THREADS"] == "8"
     assert worker_environment(0, 4, {}, cores=2)["OMP_NUM_THREADS"] == "1"
     assert worker_environment(0, 2, {"OMP_NUM_THREADS": "3"}, cores=2)["OMP_NUM_THREADS"] == "3"

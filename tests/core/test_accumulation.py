@@ -18,7 +18,10 @@ SIZES = (3, 1, 4)  # micro-batch sizes: TwoLayerMultiTask has 8 samples
 def losses_of(model: TwoLayerMultiTask, rows: slice) -> list[torch.Tensor]:
     """Task i's mean squared error on the samples `rows` (the model's losses on all 8)."""
     features = torch.tanh(model.encoder(model.inputs[rows]))
-    return [((head(features)[:, 0] - model.targets[rows, i]) ** 2).mean() for i, head in enumerate(model.heads)]
+    return [
+        ((head(features)[:, 0] - model.targets[rows, i]) ** 2).mean()
+        for i, head in enumerate(model.heads)
+    ]
 
 
 def micro_batches() -> list[slice]:
@@ -44,12 +47,16 @@ def make(name: str):
 def test_micro_batches_equal_one_call_on_the_whole_batch(name, explicit_weight) -> None:
     whole = TwoLayerMultiTask(3)
     method = make(name)
-    expected_info = core.mtl_backward(whole.losses(), whole.shared_params(), method, task_params=whole.task_params())
+    expected_info = core.mtl_backward(
+        whole.losses(), whole.shared_params(), method, task_params=whole.task_params()
+    )
     expected = grads(whole, method)
 
     pieces = TwoLayerMultiTask(3)
     method = make(name)
-    accumulator = core.TaskGradientAccumulator(pieces.shared_params(), task_params=pieces.task_params())
+    accumulator = core.TaskGradientAccumulator(
+        pieces.shared_params(), task_params=pieces.task_params()
+    )
     for rows in micro_batches():
         share = (rows.stop - rows.start) / 8
         losses = losses_of(pieces, rows)
@@ -67,7 +74,9 @@ def test_micro_batches_equal_one_call_on_the_whole_batch(name, explicit_weight) 
     torch.testing.assert_close(info.weights, expected_info.weights, rtol=1e-10, atol=1e-12)
     if expected_info.gramian is not None:
         torch.testing.assert_close(info.gramian, expected_info.gramian, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(info.grad_norms, expected_info.grad_norms, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            info.grad_norms, expected_info.grad_norms, rtol=1e-10, atol=1e-12
+        )
 
 
 def test_the_head_rule_of_each_method_kind_is_exercised() -> None:
@@ -78,7 +87,9 @@ def test_the_head_rule_of_each_method_kind_is_exercised() -> None:
 
 def test_backward_accumulates_into_grad_and_the_accumulator_is_reusable() -> None:
     model = TwoLayerMultiTask(2)
-    accumulator = core.TaskGradientAccumulator(model.shared_params(), task_params=model.task_params())
+    accumulator = core.TaskGradientAccumulator(
+        model.shared_params(), task_params=model.task_params()
+    )
     accumulator.add(model.losses())
     accumulator.backward(core.MGDA())
     once = [p.grad.clone() for p in model.parameters()]
@@ -92,7 +103,9 @@ def test_refusals_leave_grad_and_the_accumulated_state_alone() -> None:
     model = TwoLayerMultiTask(2)
     for param in model.parameters():
         param.grad = torch.full_like(param, 7.0)
-    accumulator = core.TaskGradientAccumulator(model.shared_params(), task_params=model.task_params())
+    accumulator = core.TaskGradientAccumulator(
+        model.shared_params(), task_params=model.task_params()
+    )
     with pytest.raises(errors.MTLInputError, match="nothing was accumulated"):
         accumulator.backward(core.MGDA())
     accumulator.add(model.losses(), weight=0.5)
@@ -113,7 +126,12 @@ def test_refusals_leave_grad_and_the_accumulated_state_alone() -> None:
     accumulator.add(model.losses(), weight=0.5)  # the two halves: the whole batch once
     info = accumulator.backward(core.MGDA())
     reference = TwoLayerMultiTask(2)
-    expected = core.mtl_backward(reference.losses(), reference.shared_params(), core.MGDA(), task_params=reference.task_params())
+    expected = core.mtl_backward(
+        reference.losses(),
+        reference.shared_params(),
+        core.MGDA(),
+        task_params=reference.task_params(),
+    )
     torch.testing.assert_close(info.weights, expected.weights)
     for param, want in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(param.grad, 7.0 + want.grad)
@@ -130,7 +148,9 @@ def test_empty_shared_params_are_refused() -> None:
 @pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
 def test_a_nonfinite_micro_batch_raises_or_skips_the_whole_step(on_nonfinite) -> None:
     model = TwoLayerMultiTask(2)
-    accumulator = core.TaskGradientAccumulator(model.shared_params(), task_params=model.task_params())
+    accumulator = core.TaskGradientAccumulator(
+        model.shared_params(), task_params=model.task_params()
+    )
     accumulator.add(model.losses(), weight=0.5)
     losses = model.losses()
     accumulator.add([losses[0] * float("inf"), losses[1]], weight=0.5)

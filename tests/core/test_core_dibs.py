@@ -24,28 +24,53 @@ PREFERRED = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
 
 
 def test_dibs_reaches_the_fair_point_where_the_normalized_sum_stalls() -> None:
-    trajectory = dibs(quadratic_pair, STARTS, PREFERRED, num_steps=3000, step_size=robbins_monro_step(0.5, power=0.75), bounds=(0.0, 1.0))
+    trajectory = dibs(
+        quadratic_pair,
+        STARTS,
+        PREFERRED,
+        num_steps=3000,
+        step_size=robbins_monro_step(0.5, power=0.75),
+        bounds=(0.0, 1.0),
+    )
     torch.testing.assert_close(trajectory[-1], torch.full_like(STARTS, 0.5), atol=1e-3, rtol=0)
-    stalled = dibs(quadratic_pair, STARTS, PREFERRED, num_steps=200, step_size=0.01, distance_weighted=False, bounds=(0.0, 1.0))
-    torch.testing.assert_close(stalled[-1], STARTS, atol=1e-12, rtol=0)  # opposite unit gradients cancel
+    stalled = dibs(
+        quadratic_pair,
+        STARTS,
+        PREFERRED,
+        num_steps=200,
+        step_size=0.01,
+        distance_weighted=False,
+        bounds=(0.0, 1.0),
+    )
+    torch.testing.assert_close(
+        stalled[-1], STARTS, atol=1e-12, rtol=0
+    )  # opposite unit gradients cancel
 
 
 def test_iterates_are_invariant_to_monotone_transforms() -> None:
-    nominal = dibs(quadratic_pair, STARTS, PREFERRED, num_steps=300, step_size=robbins_monro_step(0.3))
+    nominal = dibs(
+        quadratic_pair, STARTS, PREFERRED, num_steps=300, step_size=robbins_monro_step(0.3)
+    )
     transformed = dibs(
-        lambda x: torch.stack([torch.exp(quadratic_pair(x)[..., 0]), quadratic_pair(x)[..., 1] ** 3 + 2], dim=-1),
+        lambda x: torch.stack(
+            [torch.exp(quadratic_pair(x)[..., 0]), quadratic_pair(x)[..., 1] ** 3 + 2], dim=-1
+        ),
         STARTS,
         PREFERRED,
         num_steps=300,
         step_size=robbins_monro_step(0.3),
     )
     torch.testing.assert_close(transformed, nominal, rtol=1e-12, atol=1e-14)
-    quartic = dibs(quartic_pair, STARTS, PREFERRED, num_steps=300, step_size=robbins_monro_step(0.3))
+    quartic = dibs(
+        quartic_pair, STARTS, PREFERRED, num_steps=300, step_size=robbins_monro_step(0.3)
+    )
     torch.testing.assert_close(quartic, nominal, rtol=1e-12, atol=1e-14)
 
 
 def test_preferred_states_from_direction_oracles() -> None:
-    found = preferred_states_by_normalized_descent(quadratic_pair, STARTS, num_steps=4000, bounds=(0.0, 1.0))
+    found = preferred_states_by_normalized_descent(
+        quadratic_pair, STARTS, num_steps=4000, bounds=(0.0, 1.0)
+    )
     assert found.shape == (4, 2, 1)
     torch.testing.assert_close(found, PREFERRED.expand(4, 2, 1), atol=2e-3, rtol=0)
 
@@ -57,7 +82,9 @@ def test_fixed_point_is_pareto_stationary_in_two_dimensions() -> None:
         return ((x[..., None, :] - centres) ** 2).sum(dim=-1)
 
     start = torch.tensor([[3.0, 3.0], [-4.0, 1.0]], dtype=torch.float64)
-    end = dibs(bowls, start, centres, num_steps=4000, step_size=robbins_monro_step(0.2, power=0.7))[-1]
+    end = dibs(bowls, start, centres, num_steps=4000, step_size=robbins_monro_step(0.2, power=0.7))[
+        -1
+    ]
     # Pareto stationary for convex bowls: the point lies in the convex hull of the centres,
     # and the unit gradients weighted by distance sum to ~0 there.
     gradients = 2 * (end[:, None, :] - centres)
@@ -85,5 +112,8 @@ def test_a_row_mask_runs_dibs_and_the_naive_sum_in_one_batch() -> None:
     mask = torch.tensor([True, True, False, False])
     both = dibs(pair, starts, preferred, num_steps=40, step_size=0.05, distance_weighted=mask)
     assert torch.equal(both[:, :2], dibs(pair, starts[:2], preferred, num_steps=40, step_size=0.05))
-    assert torch.equal(both[:, 2:], dibs(pair, starts[2:], preferred, num_steps=40, step_size=0.05, distance_weighted=False))
+    assert torch.equal(
+        both[:, 2:],
+        dibs(pair, starts[2:], preferred, num_steps=40, step_size=0.05, distance_weighted=False),
+    )
     assert not torch.equal(both[-1, :2], both[-1, 2:])  # the naive sum stops elsewhere

@@ -17,7 +17,11 @@ def engine_grads(model: TwoLayerMultiTask, method, representation: bool) -> list
     model.zero_grad_all()
     z = model.representation()
     info = core.mtl_backward(
-        model.losses_from(z), model.shared_params(), method, task_params=model.task_params(), representation=z if representation else None
+        model.losses_from(z),
+        model.shared_params(),
+        method,
+        task_params=model.task_params(),
+        representation=z if representation else None,
     )
     assert info.weights.device == z.device
     return [p.grad.detach().cpu() for p in model.parameters()]
@@ -49,11 +53,19 @@ def test_engine_on_cuda_matches_cpu(name, dtype, representation) -> None:
 def test_random_weights_with_a_cuda_generator(cls) -> None:
     method = cls(generator=torch.Generator("cuda").manual_seed(1))
     losses = torch.ones(1000, 4, device="cuda")
-    weights = method(losses) if cls is core.RandomLossWeighting else method(torch.eye(4, device="cuda").expand(1000, 4, 4), losses)
+    weights = (
+        method(losses)
+        if cls is core.RandomLossWeighting
+        else method(torch.eye(4, device="cuda").expand(1000, 4, 4), losses)
+    )
     assert weights.device.type == "cuda"
     torch.testing.assert_close(weights.sum(-1), torch.ones(1000, device="cuda"))
     again = cls(generator=torch.Generator("cuda").manual_seed(1))
-    repeat = again(losses) if cls is core.RandomLossWeighting else again(torch.eye(4, device="cuda").expand(1000, 4, 4), losses)
+    repeat = (
+        again(losses)
+        if cls is core.RandomLossWeighting
+        else again(torch.eye(4, device="cuda").expand(1000, 4, 4), losses)
+    )
     assert torch.equal(weights, repeat)
 
 
@@ -63,10 +75,27 @@ def test_toy_experiment_on_cuda_matches_cpu() -> None:
     for transform in ("none", "0:power:4"):
         for name in ("dibsmtl", "ls", "uw"):
             kwargs = {"steps": 200, "dtype": torch.float64, "record_every": 50}
-            cpu, gpu = run_toy_experiment(name, transform, device="cpu", **kwargs), run_toy_experiment(name, transform, device="cuda", **kwargs)
+            cpu, gpu = (
+                run_toy_experiment(name, transform, device="cpu", **kwargs),
+                run_toy_experiment(name, transform, device="cuda", **kwargs),
+            )
             assert gpu["device"].startswith("cuda")
             for key in ("endpoints", "end_losses", "distance_to_front"):
-                torch.testing.assert_close(torch.tensor(gpu[key]), torch.tensor(cpu[key]), rtol=1e-8, atol=1e-8)
-            torch.testing.assert_close(torch.tensor(gpu["trajectory"]["x"]), torch.tensor(cpu["trajectory"]["x"]), rtol=1e-8, atol=1e-8)
-    nominal, transformed = (run_toy_experiment("dibsmtl", t, device="cuda", steps=200) for t in ("none", "0:power:4"))
-    torch.testing.assert_close(torch.tensor(transformed["endpoints"]), torch.tensor(nominal["endpoints"]), rtol=0, atol=1e-12)  # invariance on the GPU too
+                torch.testing.assert_close(
+                    torch.tensor(gpu[key]), torch.tensor(cpu[key]), rtol=1e-8, atol=1e-8
+                )
+            torch.testing.assert_close(
+                torch.tensor(gpu["trajectory"]["x"]),
+                torch.tensor(cpu["trajectory"]["x"]),
+                rtol=1e-8,
+                atol=1e-8,
+            )
+    nominal, transformed = (
+        run_toy_experiment("dibsmtl", t, device="cuda", steps=200) for t in ("none", "0:power:4")
+    )
+    torch.testing.assert_close(
+        torch.tensor(transformed["endpoints"]),
+        torch.tensor(nominal["endpoints"]),
+        rtol=0,
+        atol=1e-12,
+    )  # invariance on the GPU too

@@ -33,10 +33,14 @@ LOSS_METHODS = [
 ]
 
 
-def hand_gradients(model: TwoLayerMultiTask, weights: torch.Tensor, *, raw_heads: bool) -> list[torch.Tensor]:
+def hand_gradients(
+    model: TwoLayerMultiTask, weights: torch.Tensor, *, raw_heads: bool
+) -> list[torch.Tensor]:
     """Gradients of sum_i w_i l_i on the shared parameters, then each head's w_i grad l_i (or grad l_i)."""
     losses = model.losses()
-    shared = torch.autograd.grad(sum(w * loss for w, loss in zip(weights, losses)), model.shared_params(), retain_graph=True)
+    shared = torch.autograd.grad(
+        sum(w * loss for w, loss in zip(weights, losses)), model.shared_params(), retain_graph=True
+    )
     heads = []
     for i, loss in enumerate(losses):
         grads = torch.autograd.grad(loss, model.task_params()[i])
@@ -45,15 +49,21 @@ def hand_gradients(model: TwoLayerMultiTask, weights: torch.Tensor, *, raw_heads
 
 
 def engine_gradients(model: TwoLayerMultiTask) -> list[torch.Tensor]:
-    return [p.grad for p in model.shared_params()] + [p.grad for group in model.task_params() for p in group]
+    return [p.grad for p in model.shared_params()] + [
+        p.grad for group in model.task_params() for p in group
+    ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("method", GRADIENT_METHODS + LOSS_METHODS, ids=repr)
 def test_full_mode_grad_equals_weighted_loss_gradient(method, dtype) -> None:
     model = TwoLayerMultiTask(3, dtype=dtype)
-    info = core.mtl_backward(model.losses(), model.shared_params(), method, task_params=model.task_params())
-    expected = hand_gradients(model, info.weights, raw_heads=method.head_gradient is core.HeadGradient.RAW)
+    info = core.mtl_backward(
+        model.losses(), model.shared_params(), method, task_params=model.task_params()
+    )
+    expected = hand_gradients(
+        model, info.weights, raw_heads=method.head_gradient is core.HeadGradient.RAW
+    )
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     for got, want in zip(engine_gradients(model), expected):
         torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
@@ -63,7 +73,15 @@ def test_full_mode_grad_equals_weighted_loss_gradient(method, dtype) -> None:
 def test_gradient_weighting_sees_the_gramian_of_shared_gradients(method) -> None:
     model = TwoLayerMultiTask(3)
     losses = model.losses()
-    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, model.shared_params(), retain_graph=True)]) for loss in losses]
+    rows = [
+        torch.cat(
+            [
+                g.reshape(-1)
+                for g in torch.autograd.grad(loss, model.shared_params(), retain_graph=True)
+            ]
+        )
+        for loss in losses
+    ]
     expected_gramian = gramian(torch.stack(rows))
     info = core.mtl_backward(losses, model.shared_params(), method, task_params=model.task_params())
     torch.testing.assert_close(info.gramian, expected_gramian)
@@ -76,19 +94,36 @@ def test_representation_mode(method) -> None:
     model = TwoLayerMultiTask(3)
     representation = model.representation()
     losses = model.losses_from(representation)
-    rep_rows = torch.stack([torch.autograd.grad(loss, representation, retain_graph=True)[0].reshape(-1) for loss in losses])
-    info = core.mtl_backward(losses, model.shared_params(), method, task_params=model.task_params(), representation=representation)
+    rep_rows = torch.stack(
+        [
+            torch.autograd.grad(loss, representation, retain_graph=True)[0].reshape(-1)
+            for loss in losses
+        ]
+    )
+    info = core.mtl_backward(
+        losses,
+        model.shared_params(),
+        method,
+        task_params=model.task_params(),
+        representation=representation,
+    )
     torch.testing.assert_close(info.gramian, gramian(rep_rows))
-    expected = hand_gradients(model, info.weights, raw_heads=method.head_gradient is core.HeadGradient.RAW)
+    expected = hand_gradients(
+        model, info.weights, raw_heads=method.head_gradient is core.HeadGradient.RAW
+    )
     for got, want in zip(engine_gradients(model), expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_grad_accumulates_like_backward() -> None:
     model = TwoLayerMultiTask(2)
-    core.mtl_backward(model.losses(), model.shared_params(), core.NormalizedSum(), task_params=model.task_params())
+    core.mtl_backward(
+        model.losses(), model.shared_params(), core.NormalizedSum(), task_params=model.task_params()
+    )
     once = [g.clone() for g in engine_gradients(model)]
-    core.mtl_backward(model.losses(), model.shared_params(), core.NormalizedSum(), task_params=model.task_params())
+    core.mtl_backward(
+        model.losses(), model.shared_params(), core.NormalizedSum(), task_params=model.task_params()
+    )
     for got, first in zip(engine_gradients(model), once):
         torch.testing.assert_close(got, 2 * first)
 
@@ -100,10 +135,16 @@ def test_parameters_in_neither_set_get_nothing() -> None:
     assert all(p.grad is not None for p in model.shared_params())
 
 
-@pytest.mark.parametrize("method", [core.DiBSMTL(), core.MGDA(), core.LinearScalarization(), core.RandomLossWeighting()], ids=repr)
+@pytest.mark.parametrize(
+    "method",
+    [core.DiBSMTL(), core.MGDA(), core.LinearScalarization(), core.RandomLossWeighting()],
+    ids=repr,
+)
 def test_single_task(method) -> None:
     model = TwoLayerMultiTask(1)
-    info = core.mtl_backward(model.losses(), model.shared_params(), method, task_params=model.task_params())
+    info = core.mtl_backward(
+        model.losses(), model.shared_params(), method, task_params=model.task_params()
+    )
     assert info.weights.shape == (1,)
     assert torch.isfinite(info.weights).all()
 
@@ -111,11 +152,15 @@ def test_single_task(method) -> None:
 def test_zero_task_gradient_gets_a_finite_weight() -> None:
     model = TwoLayerMultiTask(2)
     losses = model.losses()
-    constant_reaching = losses[0] + 0.0 * sum(p.sum() for p in model.shared_params())  # zero gradient, in the graph
+    constant_reaching = losses[0] + 0.0 * sum(
+        p.sum() for p in model.shared_params()
+    )  # zero gradient, in the graph
     for method in GRADIENT_METHODS:
         method.reset()  # the instances are shared with the 3-task tests above
         model.zero_grad_all()
-        info = core.mtl_backward([constant_reaching, losses[1]], model.shared_params(), method, retain_graph=True)
+        info = core.mtl_backward(
+            [constant_reaching, losses[1]], model.shared_params(), method, retain_graph=True
+        )
         assert torch.isfinite(info.weights).all()
         assert all(torch.isfinite(p.grad).all() for p in model.shared_params())
 
@@ -148,11 +193,27 @@ def with_sentinel_grads(model: TwoLayerMultiTask) -> list[torch.Tensor]:
 @pytest.mark.parametrize(
     "corrupt, error, words",
     [
-        (lambda losses, model: [losses[0], losses[1] * float("nan")], errors.NonFiniteLossError, "task 1"),
-        (lambda losses, model: [losses[0] + float("inf"), losses[1]], errors.NonFiniteLossError, "task 0"),
-        (lambda losses, model: [losses[0], torch.stack([losses[1], losses[1]])], errors.LossShapeError, "task 1"),
+        (
+            lambda losses, model: [losses[0], losses[1] * float("nan")],
+            errors.NonFiniteLossError,
+            "task 1",
+        ),
+        (
+            lambda losses, model: [losses[0] + float("inf"), losses[1]],
+            errors.NonFiniteLossError,
+            "task 0",
+        ),
+        (
+            lambda losses, model: [losses[0], torch.stack([losses[1], losses[1]])],
+            errors.LossShapeError,
+            "task 1",
+        ),
         (lambda losses, model: [], errors.NoTasksError, "K = 0"),
-        (lambda losses, model: [losses[0], losses[1].float()], errors.DtypeMismatchError, "float32"),
+        (
+            lambda losses, model: [losses[0], losses[1].float()],
+            errors.DtypeMismatchError,
+            "float32",
+        ),
         (lambda losses, model: torch.stack(losses)[None], errors.LossShapeError, "shape [K]"),
     ],
 )
@@ -160,7 +221,12 @@ def test_bad_losses_raise_and_leave_grad_untouched(method, corrupt, error, words
     model = TwoLayerMultiTask(2)
     sentinel = with_sentinel_grads(model)
     with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
-        core.mtl_backward(corrupt(model.losses(), model), model.shared_params(), method, task_params=model.task_params())
+        core.mtl_backward(
+            corrupt(model.losses(), model),
+            model.shared_params(),
+            method,
+            task_params=model.task_params(),
+        )
     assert_untouched(model, sentinel)
 
 
@@ -171,7 +237,9 @@ def test_unreached_shared_parameter(method) -> None:
     stray = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     stray.grad = torch.ones(3, dtype=torch.float64)
     with pytest.raises(errors.UnreachedParameterError, match=r"shared_params\[2\]"):
-        core.mtl_backward(model.losses(), model.shared_params() + [stray], method, task_params=model.task_params())
+        core.mtl_backward(
+            model.losses(), model.shared_params() + [stray], method, task_params=model.task_params()
+        )
     assert_untouched(model, sentinel)
     assert torch.equal(stray.grad, torch.ones(3, dtype=torch.float64))
 
@@ -181,9 +249,16 @@ def test_unreached_representation_and_mismatched_groups() -> None:
     sentinel = with_sentinel_grads(model)
     unrelated = torch.zeros(8, 5, dtype=torch.float64, requires_grad=True)
     with pytest.raises(errors.UnreachedParameterError, match="representation"):
-        core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), representation=unrelated)
+        core.mtl_backward(
+            model.losses(), model.shared_params(), core.MGDA(), representation=unrelated
+        )
     with pytest.raises(errors.MTLInputError, match="3 groups but there are 2 losses"):
-        core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), task_params=model.task_params() + [[]])
+        core.mtl_backward(
+            model.losses(),
+            model.shared_params(),
+            core.MGDA(),
+            task_params=model.task_params() + [[]],
+        )
     assert_untouched(model, sentinel)
 
 
@@ -222,8 +297,12 @@ def test_not_a_method() -> None:
 def test_a_parameter_in_two_sets_is_refused() -> None:
     model = TwoLayerMultiTask(2)
     heads = model.task_params()
-    with pytest.raises(errors.MTLInputError, match=r"task_params\[1\]\[0\] is also in shared_params"):
-        core.mtl_backward(model.losses(), model.shared_params() + [heads[1][0]], core.DiBSMTL(), task_params=heads)
+    with pytest.raises(
+        errors.MTLInputError, match=r"task_params\[1\]\[0\] is also in shared_params"
+    ):
+        core.mtl_backward(
+            model.losses(), model.shared_params() + [heads[1][0]], core.DiBSMTL(), task_params=heads
+        )
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -235,7 +314,9 @@ def test_nonfinite_head_gradient_is_refused_on_the_gradient_path() -> None:
         bias.zero_()
     losses[1] = losses[1] + torch.sqrt(bias.abs()).sum()  # d sqrt|b| / db is infinite at 0
     with pytest.raises(errors.NonFiniteGradientError, match="non-finite gradient"):
-        core.mtl_backward(losses, model.shared_params(), core.DiBSMTL(), task_params=model.task_params())
+        core.mtl_backward(
+            losses, model.shared_params(), core.DiBSMTL(), task_params=model.task_params()
+        )
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -250,9 +331,13 @@ def test_float32_gramian_overflow_is_named() -> None:
 def test_representation_and_strategy_are_validated() -> None:
     model = TwoLayerMultiTask(2)
     with pytest.raises(errors.MTLInputError, match="representation must be"):
-        core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), representation=torch.zeros(3))
+        core.mtl_backward(
+            model.losses(), model.shared_params(), core.MGDA(), representation=torch.zeros(3)
+        )
     with pytest.raises(errors.MTLInputError, match="jacobian_strategy"):
-        core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), jacobian_strategy="batch")
+        core.mtl_backward(
+            model.losses(), model.shared_params(), core.MGDA(), jacobian_strategy="batch"
+        )
 
 
 def test_a_refused_call_leaves_the_method_state_alone() -> None:
@@ -262,7 +347,9 @@ def test_a_refused_call_leaves_the_method_state_alone() -> None:
     unreached = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     with pytest.raises(errors.UnreachedParameterError):
         core.mtl_backward(
-            model.losses(), model.shared_params(), core.RandomGradientWeighting(generator=generator),
+            model.losses(),
+            model.shared_params(),
+            core.RandomGradientWeighting(generator=generator),
             task_params=[model.task_params()[0], [unreached]],
         )
     assert torch.equal(generator.get_state(), state)
@@ -272,7 +359,9 @@ def test_a_refused_call_leaves_the_method_state_alone() -> None:
 
 
 @pytest.mark.parametrize("representation", [False, True])
-@pytest.mark.parametrize("method", [core.MGDA(), core.PCGrad(generator=torch.Generator().manual_seed(1))], ids=repr)
+@pytest.mark.parametrize(
+    "method", [core.MGDA(), core.PCGrad(generator=torch.Generator().manual_seed(1))], ids=repr
+)
 def test_a_head_reached_by_two_losses_receives_both_terms(method, representation) -> None:
     """The documented contract: heads get the gradient of sum_i c_i l_i, so a parameter listed as
     task 0's but also reached by task 1's loss adds task 1's term c_1 grad l_1."""
@@ -282,17 +371,29 @@ def test_a_head_reached_by_two_losses_receives_both_terms(method, representation
     extra = model.heads[0].bias
     losses[1] = losses[1] + (extra**2).sum()
     info = core.mtl_backward(
-        losses, model.shared_params(), method, task_params=model.task_params(), representation=z if representation else None, retain_graph=True
+        losses,
+        model.shared_params(),
+        method,
+        task_params=model.task_params(),
+        representation=z if representation else None,
+        retain_graph=True,
     )
     raw = method.head_gradient is core.HeadGradient.RAW
     c = torch.ones(2, dtype=torch.float64) if raw else info.weights
-    expected = sum(c[i] * torch.autograd.grad(losses[i], extra, retain_graph=True)[0] for i in range(2))
+    expected = sum(
+        c[i] * torch.autograd.grad(losses[i], extra, retain_graph=True)[0] for i in range(2)
+    )
     torch.testing.assert_close(extra.grad, expected)
 
 
 def test_losses_given_as_one_stacked_tensor_match_a_list() -> None:
     model = TwoLayerMultiTask(3)
-    info = core.mtl_backward(torch.stack(model.losses()), model.shared_params(), core.DiBSMTL(), task_params=model.task_params())
+    info = core.mtl_backward(
+        torch.stack(model.losses()),
+        model.shared_params(),
+        core.DiBSMTL(),
+        task_params=model.task_params(),
+    )
     expected = hand_gradients(model, info.weights, raw_heads=False)
     for got, want in zip(engine_gradients(model), expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -320,7 +421,9 @@ def test_the_local_reduction_is_the_identity() -> None:
 
 
 @pytest.mark.parametrize("representation", [False, True])
-@pytest.mark.parametrize("method", [core.DiBSMTL(), core.PCGrad(), core.LinearScalarization()], ids=repr)
+@pytest.mark.parametrize(
+    "method", [core.DiBSMTL(), core.PCGrad(), core.LinearScalarization()], ids=repr
+)
 def test_the_graph_is_freed_like_backward_unless_retained(method, representation) -> None:
     """As `loss.backward()`: the call's last backward pass frees the saved activations (memory is
     released before the next forward pass), and `retain_graph=True` keeps them."""
@@ -329,8 +432,12 @@ def test_the_graph_is_freed_like_backward_unless_retained(method, representation
         z = model.representation()
         losses = model.losses_from(z)
         core.mtl_backward(
-            losses, model.shared_params(), method, task_params=model.task_params(),
-            representation=z if representation else None, retain_graph=retain,
+            losses,
+            model.shared_params(),
+            method,
+            task_params=model.task_params(),
+            representation=z if representation else None,
+            retain_graph=retain,
         )
         if retain:
             torch.autograd.grad(losses[0], model.shared_params()[0], retain_graph=True)
@@ -343,7 +450,9 @@ def test_the_graph_is_freed_like_backward_unless_retained(method, representation
 
 
 @pytest.mark.parametrize("representation", [False, True])
-@pytest.mark.parametrize("method", [core.DiBSMTL(), core.MGDA(), core.LinearScalarization()], ids=repr)
+@pytest.mark.parametrize(
+    "method", [core.DiBSMTL(), core.MGDA(), core.LinearScalarization()], ids=repr
+)
 @pytest.mark.parametrize("corrupt", ["nan_loss", "inf_loss", "inf_gradient", "inf_head_gradient"])
 def test_skip_leaves_grad_untouched(method, corrupt, representation) -> None:
     model = TwoLayerMultiTask(2)
@@ -362,8 +471,13 @@ def test_skip_leaves_grad_untouched(method, corrupt, representation) -> None:
             bias.zero_()
         losses[1] = losses[1] + torch.sqrt(bias.abs()).sum()
     call = lambda on_nonfinite: core.mtl_backward(  # noqa: E731
-        losses, model.shared_params(), method, task_params=model.task_params(),
-        representation=z if representation else None, on_nonfinite=on_nonfinite, retain_graph=True,
+        losses,
+        model.shared_params(),
+        method,
+        task_params=model.task_params(),
+        representation=z if representation else None,
+        on_nonfinite=on_nonfinite,
+        retain_graph=True,
     )
     with pytest.raises((errors.NonFiniteLossError, errors.NonFiniteGradientError)):
         call("raise")
@@ -377,7 +491,9 @@ def test_skip_leaves_grad_untouched(method, corrupt, representation) -> None:
 
 def test_a_finite_step_is_not_skipped_and_on_nonfinite_is_validated() -> None:
     model = TwoLayerMultiTask(2)
-    info = core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), on_nonfinite="skip")
+    info = core.mtl_backward(
+        model.losses(), model.shared_params(), core.MGDA(), on_nonfinite="skip"
+    )
     assert not info.skipped and torch.isfinite(info.weights).all()
     with pytest.raises(errors.MTLInputError, match="on_nonfinite"):
         core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), on_nonfinite="ignore")
@@ -386,7 +502,9 @@ def test_a_finite_step_is_not_skipped_and_on_nonfinite_is_validated() -> None:
 # ---- clear errors, before any .grad is written ---------------------------------------------
 
 
-@pytest.mark.parametrize("method", [core.DiBSMTL(), core.MGDA(), core.LinearScalarization()], ids=repr)
+@pytest.mark.parametrize(
+    "method", [core.DiBSMTL(), core.MGDA(), core.LinearScalarization()], ids=repr
+)
 def test_a_detached_task_is_named(method) -> None:
     model = TwoLayerMultiTask(3)
     sentinel = with_sentinel_grads(model)
@@ -394,7 +512,9 @@ def test_a_detached_task_is_named(method) -> None:
     losses[1] = losses[1].detach()
     with pytest.raises(errors.UnreachedTaskError, match="task 1 does not reach") as raised:
         core.mtl_backward(losses, model.shared_params(), method)
-    assert isinstance(raised.value, errors.UnreachedParameterError)  # old except clauses still catch it
+    assert isinstance(
+        raised.value, errors.UnreachedParameterError
+    )  # old except clauses still catch it
     with pytest.raises(errors.UnreachedTaskError, match="task 1 does not reach"):
         core.mtl_backward(torch.stack(losses), model.shared_params(), method)
     assert_untouched(model, sentinel)
@@ -408,7 +528,13 @@ def test_a_task_computed_from_other_features_is_named_in_representation_mode() -
     losses = model.losses_from(z)
     losses[2] = model.losses_from(other)[2]
     with pytest.raises(errors.UnreachedTaskError, match="task 2 does not reach the representation"):
-        core.mtl_backward(losses, model.shared_params(), core.MGDA(), task_params=model.task_params(), representation=z)
+        core.mtl_backward(
+            losses,
+            model.shared_params(),
+            core.MGDA(),
+            task_params=model.task_params(),
+            representation=z,
+        )
     assert_untouched(model, sentinel)
 
 
@@ -417,8 +543,15 @@ def test_a_task_reaching_no_shared_parameter_is_named() -> None:
     sentinel = with_sentinel_grads(model)
     losses = model.losses()
     head_only = (model.heads[1].weight ** 2).sum()
-    with pytest.raises(errors.UnreachedTaskError, match="task 1 does not reach any of shared_params"):
-        core.mtl_backward([losses[0], head_only], model.shared_params(), core.DiBSMTL(), task_params=model.task_params())
+    with pytest.raises(
+        errors.UnreachedTaskError, match="task 1 does not reach any of shared_params"
+    ):
+        core.mtl_backward(
+            [losses[0], head_only],
+            model.shared_params(),
+            core.DiBSMTL(),
+            task_params=model.task_params(),
+        )
     assert_untouched(model, sentinel)
 
 
@@ -444,7 +577,9 @@ def test_the_meta_device_is_refused(method) -> None:
         model.heads = torch.nn.ModuleList(torch.nn.Linear(5, 1) for _ in range(2))
         model.inputs, model.targets = torch.zeros(8, 4), torch.zeros(8, 2)
     with pytest.raises(errors.MetaDeviceError, match="meta device"):
-        core.mtl_backward(model.losses(), model.shared_params(), method, task_params=model.task_params())
+        core.mtl_backward(
+            model.losses(), model.shared_params(), method, task_params=model.task_params()
+        )
     assert all(p.grad is None for p in model.parameters())
 
 

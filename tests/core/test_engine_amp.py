@@ -12,15 +12,27 @@ import core
 from core import errors
 from tests.models import TwoLayerMultiTask
 
-METHODS = {"dibsmtl": core.DiBSMTL, "mgda": core.MGDA, "nashmtl": core.NashMTL, "ls": core.LinearScalarization}
+METHODS = {
+    "dibsmtl": core.DiBSMTL,
+    "mgda": core.MGDA,
+    "nashmtl": core.NashMTL,
+    "ls": core.LinearScalarization,
+}
 
 
-def scaled_step(model: TwoLayerMultiTask, method, scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> core.StepInfo:
+def scaled_step(
+    model: TwoLayerMultiTask, method, scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer
+) -> core.StepInfo:
     """One training step with the README's GradScaler recipe."""
     optimizer.zero_grad(set_to_none=True)
     losses = [scaler.scale(loss) for loss in model.losses()]
     info = core.mtl_backward(
-        losses, model.shared_params(), method, task_params=model.task_params(), on_nonfinite="skip", loss_scale=scaler.get_scale()
+        losses,
+        model.shared_params(),
+        method,
+        task_params=model.task_params(),
+        on_nonfinite="skip",
+        loss_scale=scaler.get_scale(),
     )
     if info.skipped:  # the scaler saw no gradient: back off by hand and do not step
         scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
@@ -40,11 +52,15 @@ def test_an_overflowing_scaled_loss_is_skipped_and_later_steps_train(name) -> No
     model = TwoLayerMultiTask(3, dtype=torch.float32)
     # 2^127 times a loss above 2 overflows float32: the first step's scaled losses are infinite
     assert min(float(loss.detach()) for loss in model.losses()) > 2.0
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, backoff_factor=2.0**-100, growth_interval=1000)
+    scaler = torch.amp.GradScaler(
+        "cpu", init_scale=2.0**127, backoff_factor=2.0**-100, growth_interval=1000
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     method = METHODS[name]()
     with pytest.raises(errors.NonFiniteLossError):  # what happens without skipping
-        core.mtl_backward([scaler.scale(loss) for loss in model.losses()], model.shared_params(), method)
+        core.mtl_backward(
+            [scaler.scale(loss) for loss in model.losses()], model.shared_params(), method
+        )
     before = [p.detach().clone() for p in model.parameters()]
 
     first = scaled_step(model, method, scaler, optimizer)
@@ -61,7 +77,12 @@ def test_an_overflowing_scaled_loss_is_skipped_and_later_steps_train(name) -> No
     method = METHODS[name]()
     for _ in range(3):
         plain.zero_grad(set_to_none=True)
-        core.mtl_backward(reference.losses(), reference.shared_params(), method, task_params=reference.task_params())
+        core.mtl_backward(
+            reference.losses(),
+            reference.shared_params(),
+            method,
+            task_params=reference.task_params(),
+        )
         plain.step()
     assert not torch.equal(model.encoder.weight, before[0])  # trained
     for got, want in zip(model.parameters(), reference.parameters()):
@@ -72,7 +93,9 @@ def test_float16_autocast_with_a_grad_scaler_skips_overflows_and_trains() -> Non
     """The realistic case: float16 activations under autocast, whose scaled gradients overflow
     float16 until the scaler has backed off far enough."""
     model = TwoLayerMultiTask(3, dtype=torch.float32)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, backoff_factor=2.0**-6, growth_interval=1000)
+    scaler = torch.amp.GradScaler(
+        "cpu", init_scale=2.0**40, backoff_factor=2.0**-6, growth_interval=1000
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     method = core.DiBSMTL()
     initial = sum(float(loss.detach()) for loss in model.losses())
@@ -83,10 +106,16 @@ def test_float16_autocast_with_a_grad_scaler_skips_overflows_and_trains() -> Non
         with torch.autocast("cpu", dtype=torch.float16):
             features = model.representation()
             losses = model.losses_from(features)
-        assert features.dtype == torch.float16 and all(loss.dtype == torch.float32 for loss in losses)
+        assert features.dtype == torch.float16 and all(
+            loss.dtype == torch.float32 for loss in losses
+        )
         info = core.mtl_backward(
-            [scaler.scale(loss) for loss in losses], model.shared_params(), method, task_params=model.task_params(),
-            on_nonfinite="skip", loss_scale=scaler.get_scale(),
+            [scaler.scale(loss) for loss in losses],
+            model.shared_params(),
+            method,
+            task_params=model.task_params(),
+            on_nonfinite="skip",
+            loss_scale=scaler.get_scale(),
         )
         if info.skipped:
             assert all(p.grad is None for p in model.parameters())
@@ -114,7 +143,11 @@ def test_loss_scale_gives_the_scaled_update_of_the_unscaled_problem(name, repres
         z = model.representation()
         losses = [factor * loss for loss in model.losses_from(z)]
         info = core.mtl_backward(
-            losses, model.shared_params(), method, task_params=model.task_params(), representation=z if representation else None,
+            losses,
+            model.shared_params(),
+            method,
+            task_params=model.task_params(),
+            representation=z if representation else None,
             loss_scale=loss_scale,
         )
         own = list(method.parameters())
@@ -126,7 +159,9 @@ def test_loss_scale_gives_the_scaled_update_of_the_unscaled_problem(name, repres
         torch.testing.assert_close(g, scale * e, rtol=1e-10, atol=1e-12)
     for field in ("weights", "losses", "gramian", "grad_norms"):
         if getattr(plain, field) is not None:
-            torch.testing.assert_close(getattr(scaled, field), getattr(plain, field), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(
+                getattr(scaled, field), getattr(plain, field), rtol=1e-10, atol=1e-12
+            )
 
 
 def test_loss_scale_is_validated() -> None:

@@ -56,6 +56,7 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 INPUTS_TRIED: Counter[str] = Counter()
 """Inputs tried per test function (summed over its parametrisations); see tests/conftest.py."""
 
@@ -68,8 +69,12 @@ def _examples(factor: float) -> int:
 
 
 METHOD_NAMES = available_methods()
-GRADIENT_WEIGHTINGS = [n for n in METHOD_NAMES if isinstance(make_method(n, num_tasks=2), core.GradientWeighting)]
-LOSS_WEIGHTINGS = [n for n in METHOD_NAMES if isinstance(make_method(n, num_tasks=2), core.LossWeighting)]
+GRADIENT_WEIGHTINGS = [
+    n for n in METHOD_NAMES if isinstance(make_method(n, num_tasks=2), core.GradientWeighting)
+]
+LOSS_WEIGHTINGS = [
+    n for n in METHOD_NAMES if isinstance(make_method(n, num_tasks=2), core.LossWeighting)
+]
 RANDOM_METHODS = frozenset(n for n in METHOD_NAMES if make_method(n, num_tasks=2).random)
 DTYPES = (torch.float32, torch.float64)
 MAX_EXPONENT = 30.0
@@ -83,7 +88,11 @@ TASK_COUNTS = st.one_of(st.integers(1, 4), st.integers(1, 64))
 
 _REDUCTION = st.fixed_dictionaries({"reduction": st.sampled_from(["sum", "mean"])})
 _DISTRIBUTION = st.fixed_dictionaries(
-    {"distribution": st.sampled_from(["normal", "uniform", "dirichlet", "bernoulli", "constrained_bernoulli"])}
+    {
+        "distribution": st.sampled_from(
+            ["normal", "uniform", "dirichlet", "bernoulli", "constrained_bernoulli"]
+        )
+    }
 )
 
 
@@ -141,7 +150,9 @@ def hyperparameters(name: str, num_tasks: int) -> st.SearchStrategy[dict]:
 
 
 def build_method(name: str, num_tasks: int, options: dict, seed: int) -> core.Method:
-    return make_method(name, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed), **options)
+    return make_method(
+        name, num_tasks=num_tasks, generator=torch.Generator().manual_seed(seed), **options
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -155,7 +166,9 @@ _ROW_EDITS = ("zero", "duplicate", "parallel", "antiparallel", "near_duplicate")
 def exponents(draw, num_tasks: int, high: float) -> list[float]:
     """Row-norm exponents in [-30, high]: one common scale, two levels, or one per row."""
     # the edges of the range and of float32 (a squared norm of 1e-45 is its smallest subnormal)
-    exponent = st.one_of(st.floats(-MAX_EXPONENT, high), st.sampled_from([-MAX_EXPONENT, -22.5, -19.0, 0.0, high]))
+    exponent = st.one_of(
+        st.floats(-MAX_EXPONENT, high), st.sampled_from([-MAX_EXPONENT, -22.5, -19.0, 0.0, high])
+    )
     mode = draw(st.sampled_from(["common", "two_levels", "per_row"]))
     if mode == "common":
         return [draw(exponent)] * num_tasks
@@ -166,7 +179,9 @@ def exponents(draw, num_tasks: int, high: float) -> list[float]:
 
 
 @st.composite
-def structured_jacobians(draw, *, dtype: torch.dtype, num_tasks: int, max_dim: int = 80) -> torch.Tensor:
+def structured_jacobians(
+    draw, *, dtype: torch.dtype, num_tasks: int, max_dim: int = 80
+) -> torch.Tensor:
     """A K x D Jacobian (built in float64, returned in `dtype`): unit random directions of a drawn
     rank, row norms 10^e, then edits: zero rows, duplicates, (anti)parallel and nearly duplicate rows."""
     dim = draw(st.integers(1, max_dim))
@@ -177,8 +192,15 @@ def structured_jacobians(draw, *, dtype: torch.dtype, num_tasks: int, max_dim: i
     )
     rows = rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min(1e-300)
     high = MAX_EXPONENT if dtype == torch.float64 else FLOAT32_MAX_ROW_EXPONENT
-    rows = rows * torch.tensor([10.0**e for e in draw(exponents(num_tasks, high))], dtype=torch.float64)[:, None]
-    edit = st.tuples(st.sampled_from(_ROW_EDITS), st.integers(0, num_tasks - 1), st.integers(0, num_tasks - 1))
+    rows = (
+        rows
+        * torch.tensor([10.0**e for e in draw(exponents(num_tasks, high))], dtype=torch.float64)[
+            :, None
+        ]
+    )
+    edit = st.tuples(
+        st.sampled_from(_ROW_EDITS), st.integers(0, num_tasks - 1), st.integers(0, num_tasks - 1)
+    )
     for kind, i, j in draw(st.lists(edit, max_size=min(num_tasks, 6))):
         if kind == "zero":
             rows[i] = 0.0
@@ -230,18 +252,27 @@ def _check_diagnostics(diagnostics: dict[str, torch.Tensor]) -> None:
 
 
 @st.composite
-def gramian_problems(draw, *, name: str) -> tuple[core.Method, list[tuple[torch.Tensor, torch.Tensor]]]:
+def gramian_problems(
+    draw, *, name: str
+) -> tuple[core.Method, list[tuple[torch.Tensor, torch.Tensor]]]:
     """A gradient weighting and 1-3 (Gramian, losses) inputs of one K and dtype (batched sometimes)."""
     dtype = draw(st.sampled_from(DTYPES))
     num_tasks = draw(TASK_COUNTS)
-    method = build_method(name, num_tasks, draw(hyperparameters(name, num_tasks)), draw(st.integers(0, 2**16)))
+    method = build_method(
+        name, num_tasks, draw(hyperparameters(name, num_tasks)), draw(st.integers(0, 2**16))
+    )
     batch = draw(st.sampled_from([(), (), (), (2,)]))
     inputs = []
     for _ in range(draw(st.integers(1, 3))):
-        jacobians = [draw(structured_jacobians(dtype=dtype, num_tasks=num_tasks)) for _ in range(math.prod(batch))]
+        jacobians = [
+            draw(structured_jacobians(dtype=dtype, num_tasks=num_tasks))
+            for _ in range(math.prod(batch))
+        ]
         grams = [jacobian @ jacobian.T for jacobian in jacobians]  # in `dtype`, as the engine does
         gram = torch.stack(grams).reshape(*batch, num_tasks, num_tasks)
-        losses = torch.stack([draw(loss_values(dtype, num_tasks)) for _ in jacobians]).reshape(*batch, num_tasks)
+        losses = torch.stack([draw(loss_values(dtype, num_tasks)) for _ in jacobians]).reshape(
+            *batch, num_tasks
+        )
         inputs.append((gram, losses))
     return method, inputs
 
@@ -251,10 +282,14 @@ def loss_problems(draw, *, name: str) -> tuple[core.Method, list[torch.Tensor]]:
     """A loss weighting and 1-4 loss vectors (sometimes batched) of one K and dtype."""
     dtype = draw(st.sampled_from(DTYPES))
     num_tasks = draw(TASK_COUNTS)
-    method = build_method(name, num_tasks, draw(hyperparameters(name, num_tasks)), draw(st.integers(0, 2**16)))
+    method = build_method(
+        name, num_tasks, draw(hyperparameters(name, num_tasks)), draw(st.integers(0, 2**16))
+    )
     batch = draw(st.sampled_from([(), (), (), (3,)]))
     calls = [
-        torch.stack([draw(loss_values(dtype, num_tasks)) for _ in range(math.prod(batch))]).reshape(*batch, num_tasks)
+        torch.stack([draw(loss_values(dtype, num_tasks)) for _ in range(math.prod(batch))]).reshape(
+            *batch, num_tasks
+        )
         for _ in range(draw(st.integers(1, 4)))
     ]
     return method, calls
@@ -292,7 +327,10 @@ def test_loss_weighting_on_extreme_losses(name: str, data: st.DataObject) -> Non
                 method.after_step(losses)
             except errors.MTLInputError:
                 pass
-            for key, value in method.state_dict().items():  # the state stays finite (FAMO's logits, ...)
+            for (
+                key,
+                value,
+            ) in method.state_dict().items():  # the state stays finite (FAMO's logits, ...)
                 if isinstance(value, torch.Tensor) and value.is_floating_point():
                     assert bool(torch.isfinite(value).all()), (key, value)
         try:
@@ -340,13 +378,21 @@ def engine_cases(draw, *, max_shared: int) -> EngineCase:
     num_tasks = draw(st.integers(1, max(1, min(64, 4_000_000 // size))))
     cut = draw(st.integers(0, size))
     shared_sizes = [s for s in (cut, size - cut) if s > 0]
-    invalid = draw(st.sampled_from([False] * 9 + [True]))  # one case in ten: a NaN, inf or inf-gradient task
+    invalid = draw(
+        st.sampled_from([False] * 9 + [True])
+    )  # one case in ten: a NaN, inf or inf-gradient task
     kinds = draw(st.lists(st.sampled_from(_FINITE_KINDS), min_size=num_tasks, max_size=num_tasks))
     if invalid:
         kinds[draw(st.integers(0, num_tasks - 1))] = draw(st.sampled_from(TASK_KINDS[6:]))
     partners = draw(st.lists(st.integers(0, num_tasks - 1), min_size=num_tasks, max_size=num_tasks))
     magnitude = st.floats(-MAX_EXPONENT, MAX_EXPONENT).map(lambda e: 10.0**e)
-    scales = draw(st.lists(st.one_of(magnitude, magnitude, magnitude.map(lambda v: -v)), min_size=num_tasks, max_size=num_tasks))
+    scales = draw(
+        st.lists(
+            st.one_of(magnitude, magnitude, magnitude.map(lambda v: -v)),
+            min_size=num_tasks,
+            max_size=num_tasks,
+        )
+    )
     return EngineCase(
         dtype=dtype,
         num_tasks=num_tasks,
@@ -362,12 +408,24 @@ def engine_cases(draw, *, max_shared: int) -> EngineCase:
     )
 
 
-def _task_loss(case: EngineCase, i: int, features: torch.Tensor, head: torch.Tensor | None, targets: torch.Tensor, depth: int = 0) -> torch.Tensor:
+def _task_loss(
+    case: EngineCase,
+    i: int,
+    features: torch.Tensor,
+    head: torch.Tensor | None,
+    targets: torch.Tensor,
+    depth: int = 0,
+) -> torch.Tensor:
     """Task i's loss `s_i f_i` on the shared `features` (flat) and its optional `head` (2 numbers)."""
     kind, scale = case.kinds[i], case.scales[i]
     partner = case.partners[i]
     head_term = 0.0 if head is None else 1e-3 * (head**2).sum()
-    if kind in ("duplicate", "antiparallel") and depth < 2 and case.kinds[partner] in _FINITE_KINDS and partner != i:
+    if (
+        kind in ("duplicate", "antiparallel")
+        and depth < 2
+        and case.kinds[partner] in _FINITE_KINDS
+        and partner != i
+    ):
         base = _task_loss(case, partner, features, head, targets, depth + 1)  # same shared gradient
         return base if kind == "duplicate" else 1.0 - 2.0 * base  # (anti)parallel to the partner's
     if kind == "zero":
@@ -383,7 +441,11 @@ def _task_loss(case: EngineCase, i: int, features: torch.Tensor, head: torch.Ten
         return (torch.sqrt(first - first.detach()) + 1.0) * scale + head_term
     if kind == "overflowing_gradient":  # a finite loss whose gradient overflows the dtype
         first = features[0]
-        return ((first - first.detach()) * (torch.finfo(first.dtype).max / 2)) * 4.0 + scale + head_term
+        return (
+            ((first - first.detach()) * (torch.finfo(first.dtype).max / 2)) * 4.0
+            + scale
+            + head_term
+        )
     if kind == "linear":
         return scale * (features * targets[i]).mean() + head_term
     return scale * ((features - targets[i]) ** 2).mean() + head_term  # "quadratic"
@@ -398,21 +460,37 @@ def _assert_untouched(params: list[torch.Tensor], before: list[torch.Tensor | No
         if old is None:
             assert param.grad is None, f"parameter {j} received a .grad although the call raised"
         else:
-            assert param.grad is not None and torch.equal(param.grad, old), f"parameter {j}'s .grad changed"
+            assert param.grad is not None and torch.equal(param.grad, old), (
+                f"parameter {j}'s .grad changed"
+            )
 
 
 def _run_engine(name: str, case: EngineCase, options: dict, *, representation_mode: bool) -> str:
     """Build the model of `case`, run two steps of `mtl_backward` with one method; returns the outcome."""
     generator = torch.Generator().manual_seed(case.seed)
     dtype = case.dtype
-    shared = [torch.randn(s, generator=generator, dtype=dtype).requires_grad_(True) for s in case.shared_sizes]
-    heads = [torch.randn(2, generator=generator, dtype=dtype).requires_grad_(True) for _ in range(case.num_tasks)] if case.heads else None
+    shared = [
+        torch.randn(s, generator=generator, dtype=dtype).requires_grad_(True)
+        for s in case.shared_sizes
+    ]
+    heads = (
+        [
+            torch.randn(2, generator=generator, dtype=dtype).requires_grad_(True)
+            for _ in range(case.num_tasks)
+        ]
+        if case.heads
+        else None
+    )
     bystander = torch.randn(3, generator=generator, dtype=dtype).requires_grad_(True)
     bystander.grad = torch.randn(3, generator=generator, dtype=dtype)
-    if representation_mode:  # a linear encoder: shared = [weight (flat), bias]; features of 4 samples x 3
+    if (
+        representation_mode
+    ):  # a linear encoder: shared = [weight (flat), bias]; features of 4 samples x 3
         inputs = torch.randn(4, case.shared_sizes[0] // 3 or 1, generator=generator, dtype=dtype)
         out_features = 3
-        weight = torch.randn(out_features, inputs.shape[1], generator=generator, dtype=dtype).requires_grad_(True)
+        weight = torch.randn(
+            out_features, inputs.shape[1], generator=generator, dtype=dtype
+        ).requires_grad_(True)
         bias = torch.randn(out_features, generator=generator, dtype=dtype).requires_grad_(True)
         shared = [weight, bias]
     feature_count = 12 if representation_mode else sum(case.shared_sizes)
@@ -431,7 +509,10 @@ def _run_engine(name: str, case: EngineCase, options: dict, *, representation_mo
         else:
             representation = None
             features = torch.cat([p.reshape(-1) for p in shared])
-        losses = [_task_loss(case, i, features * (1 + step), None if heads is None else heads[i], targets) for i in range(case.num_tasks)]
+        losses = [
+            _task_loss(case, i, features * (1 + step), None if heads is None else heads[i], targets)
+            for i in range(case.num_tasks)
+        ]
         before = _snapshot(every)
         try:
             info = core.mtl_backward(
@@ -447,12 +528,20 @@ def _run_engine(name: str, case: EngineCase, options: dict, *, representation_mo
             _assert_untouched(every, before)
             return type(error).__name__
         assert torch.equal(bystander.grad, before[-1])
-        for field in (info.weights, info.losses, info.gramian, info.grad_norms, *info.diagnostics.values()):
+        for field in (
+            info.weights,
+            info.losses,
+            info.gramian,
+            info.grad_norms,
+            *info.diagnostics.values(),
+        ):
             if isinstance(field, torch.Tensor) and field.is_floating_point():
                 assert bool(torch.isfinite(field).all()), f"non-finite StepInfo entry {field}"
         assert info.weights.shape == (case.num_tasks,)
         for j, param in enumerate(every):
-            assert param.grad is None or bool(torch.isfinite(param.grad).all()), f"parameter {j} got a non-finite .grad"
+            assert param.grad is None or bool(torch.isfinite(param.grad).all()), (
+                f"parameter {j} got a non-finite .grad"
+            )
         with torch.no_grad():
             new_losses = torch.stack([loss.detach() * 0.5 for loss in losses])
         try:
@@ -489,7 +578,9 @@ def test_engine_representation_mode(name: str, case: EngineCase, data: st.DataOb
 @pytest.mark.parametrize("name", METHOD_NAMES)
 @pytest.mark.parametrize("kind", TASK_KINDS[6:])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_engine_rejects_nonfinite_losses_and_gradients(name: str, kind: str, dtype: torch.dtype) -> None:
+def test_engine_rejects_nonfinite_losses_and_gradients(
+    name: str, kind: str, dtype: torch.dtype
+) -> None:
     """Every method: a NaN or infinite loss, or an infinite gradient, raises and leaves `.grad` alone.
 
     An infinite gradient of a finite loss (sqrt at 0) reaches the loss weightings through their
@@ -497,7 +588,18 @@ def test_engine_rejects_nonfinite_losses_and_gradients(name: str, kind: str, dty
     gradient `2 max` that overflows only as a per-task gradient is legitimately finite for a loss
     weighting that weighs that task below 1/2 (the weighted gradient `2 w max` is what it forms)."""
     INPUTS_TRIED["test_engine_rejects_nonfinite_losses_and_gradients"] += 1
-    case = EngineCase(dtype, 3, [5], ["quadratic", kind, "quadratic"], [0, 0, 0], [1.0, 2.0, 1e-3], True, 0, "auto", [True, False, True])
+    case = EngineCase(
+        dtype,
+        3,
+        [5],
+        ["quadratic", kind, "quadratic"],
+        [0, 0, 0],
+        [1.0, 2.0, 1e-3],
+        True,
+        0,
+        "auto",
+        [True, False, True],
+    )
     expected = {"NonFiniteGradientError"} if kind.endswith("_gradient") else {"NonFiniteLossError"}
     if kind == "overflowing_gradient" and name in LOSS_WEIGHTINGS:
         expected.add("ok")
@@ -512,8 +614,14 @@ def test_engine_rejects_nonfinite_losses_and_gradients(name: str, kind: str, dty
 FOUND_MGDA_LOSS_SCALED = [
     ([[1.0]], [1e-20]),  # NaN KKT gap: G / l^2 = 1e40 overflowed float32
     ([[1.0, -1.0], [-1.0, 1.0]], [1.0, 1e-20]),  # NaN weights
-    ([[1.0, -1.0, -1.0], [-1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]], [1.0, 1.0, 1e-20]),  # LinAlgError in pinv
-    ([[1e38, -1e38, -1e38], [-1e38, 1e38, 1e38], [-1e38, 1e38, 1e38]], [1.0, 1.0, 0.1]),  # LinAlgError in eigvalsh
+    (
+        [[1.0, -1.0, -1.0], [-1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]],
+        [1.0, 1.0, 1e-20],
+    ),  # LinAlgError in pinv
+    (
+        [[1e38, -1e38, -1e38], [-1e38, 1e38, 1e38], [-1e38, 1e38, 1e38]],
+        [1.0, 1.0, 0.1],
+    ),  # LinAlgError in eigvalsh
 ]
 
 
@@ -527,14 +635,18 @@ def test_found_mgda_loss_normalization_on_float32(gram, losses, normalization) -
     min_norms = {}
     for dtype in DTYPES:
         method = core.MGDA(normalization=normalization)
-        weights, diagnostics = method.weights(torch.tensor(gram, dtype=dtype), torch.tensor(losses, dtype=dtype))
+        weights, diagnostics = method.weights(
+            torch.tensor(gram, dtype=dtype), torch.tensor(losses, dtype=dtype)
+        )
         _check_weights(weights, torch.tensor(losses, dtype=dtype))
         _check_diagnostics(diagnostics)
         assert bool((weights >= 0).all()) and abs(float(weights.sum()) - 1) <= 1e-6
         min_norms[dtype] = float(diagnostics["min_norm"])
     # the min-norm value is unique; the weights are not where 0 is reached on several faces (the
     # last case: v_3 = 10 v_2 = -10 v_1), and there float32 rounding may pick another optimal face
-    assert abs(min_norms[torch.float32] - min_norms[torch.float64]) <= 1e-5 * max(1.0, min_norms[torch.float64])  # float32 rounding
+    assert abs(min_norms[torch.float32] - min_norms[torch.float64]) <= 1e-5 * max(
+        1.0, min_norms[torch.float64]
+    )  # float32 rounding
 
 
 @pytest.mark.parametrize(
@@ -568,7 +680,9 @@ def test_found_float32_weights_beyond_range(name: str, jacobian) -> None:
     ("num_tasks", "exponent", "normalization"),
     [(8, 19.0, "none"), (40, 15.0, "none"), (57, -15.0, "loss")],
 )
-def test_found_float32_eigh_failure_in_min_norm_point(num_tasks: int, exponent: float, normalization: str) -> None:
+def test_found_float32_eigh_failure_in_min_norm_point(
+    num_tasks: int, exponent: float, normalization: str
+) -> None:
     """Collinear float32 gradients, the last one opposite and 10^e times longer (or with loss 10^e):
     the unit-scaled Gramian holds entries whose squares underflow float32 (1e-38 next to 1), and
     float32 `eigh` (the FISTA step size, the active set's pseudo-inverse) failed to converge with a
@@ -597,4 +711,6 @@ def test_found_dwa_ratio_overflow_in_float32() -> None:
     for losses in ([1.0, 1.0], [1e-24, 1.0], [1e14, 1.0]):
         weights = method(torch.tensor(losses))
         _check_weights(weights, torch.tensor(losses))
-    torch.testing.assert_close(weights, torch.tensor([2.0, 0.0]))  # the loss that rose 1e38-fold takes all
+    torch.testing.assert_close(
+        weights, torch.tensor([2.0, 0.0])
+    )  # the loss that rose 1e38-fold takes all

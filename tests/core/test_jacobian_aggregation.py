@@ -42,19 +42,32 @@ def per_task_gradients(losses: list[torch.Tensor], inputs: list[torch.Tensor]) -
     rows = []
     for loss in losses:
         grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(t) if g is None else g).reshape(-1) for t, g in zip(inputs, grads)]))
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(t) if g is None else g).reshape(-1)
+                    for t, g in zip(inputs, grads)
+                ]
+            )
+        )
     return torch.stack(rows)
 
 
-def head_gradients(model: TwoLayerMultiTask, losses: list[torch.Tensor], coefficients: list[float]) -> list[torch.Tensor]:
+def head_gradients(
+    model: TwoLayerMultiTask, losses: list[torch.Tensor], coefficients: list[float]
+) -> list[torch.Tensor]:
     grads = []
     for i, head in enumerate(model.heads):
         for param in head.parameters():
-            grads.append(coefficients[i] * torch.autograd.grad(losses[i], param, retain_graph=True)[0])
+            grads.append(
+                coefficients[i] * torch.autograd.grad(losses[i], param, retain_graph=True)[0]
+            )
     return grads
 
 
-def expected_step(model: TwoLayerMultiTask, method: JacobianAggregation, representation: bool) -> tuple[list[torch.Tensor], AggregationResult]:
+def expected_step(
+    model: TwoLayerMultiTask, method: JacobianAggregation, representation: bool
+) -> tuple[list[torch.Tensor], AggregationResult]:
     """The shared and head gradients a correct engine writes, computed by hand on a fresh graph."""
     z = model.representation()
     losses = model.losses_from(z)
@@ -62,22 +75,33 @@ def expected_step(model: TwoLayerMultiTask, method: JacobianAggregation, represe
     if representation:
         jacobian = per_task_gradients(losses, [z])
         result = method.aggregate(jacobian, torch.stack(losses).detach())
-        shared_grads = list(torch.autograd.grad(z, shared, grad_outputs=result.update.view_as(z), retain_graph=True))
+        shared_grads = list(
+            torch.autograd.grad(z, shared, grad_outputs=result.update.view_as(z), retain_graph=True)
+        )
     else:
         jacobian = per_task_gradients(losses, shared)
         result = method.aggregate(jacobian, torch.stack(losses).detach())
-        shared_grads = [piece.view_as(p) for p, piece in zip(shared, result.update.split([p.numel() for p in shared]))]
+        shared_grads = [
+            piece.view_as(p)
+            for p, piece in zip(shared, result.update.split([p.numel() for p in shared]))
+        ]
     weighted = method.head_gradient is HeadGradient.WEIGHTED
     coefficients = result.head_weights.tolist() if weighted else [1.0] * len(losses)
     return shared_grads + head_gradients(model, losses, coefficients), result
 
 
-def engine_step(model: TwoLayerMultiTask, method, representation: bool, **kwargs) -> tuple[list[torch.Tensor], core.StepInfo]:
+def engine_step(
+    model: TwoLayerMultiTask, method, representation: bool, **kwargs
+) -> tuple[list[torch.Tensor], core.StepInfo]:
     model.zero_grad_all()
     z = model.representation()
     info = core.mtl_backward(
-        model.losses_from(z), model.shared_params(), method, task_params=model.task_params(),
-        representation=z if representation else None, **kwargs,
+        model.losses_from(z),
+        model.shared_params(),
+        method,
+        task_params=model.task_params(),
+        representation=z if representation else None,
+        **kwargs,
     )
     params = model.shared_params() + [p for group in model.task_params() for p in group]
     return [p.grad.detach().clone() for p in params], info
@@ -90,7 +114,9 @@ FACTORIES = {
     "db_mtl": lambda: core.DBMTL(3),
     "moco": lambda: core.MoCo(3),
     "excess_mtl": lambda: core.ExcessMTL(3),
-    "rotograd": lambda: core.RotoGrad(3),  # representation only; without rotations the model is unchanged
+    "rotograd": lambda: core.RotoGrad(
+        3
+    ),  # representation only; without rotations the model is unchanged
 }
 
 
@@ -130,7 +156,9 @@ def test_grad_norms_are_the_per_task_gradient_norms() -> None:
 def test_grad_accumulates_like_backward() -> None:
     model = TwoLayerMultiTask(2)
     first, _ = engine_step(model, SignedMax(), representation=False)
-    core.mtl_backward(model.losses(), model.shared_params(), SignedMax(), task_params=model.task_params())
+    core.mtl_backward(
+        model.losses(), model.shared_params(), SignedMax(), task_params=model.task_params()
+    )
     params = model.shared_params() + [p for group in model.task_params() for p in group]
     for param, once in zip(params, first):
         torch.testing.assert_close(param.grad, 2 * once)
@@ -142,14 +170,22 @@ def test_loss_scale_is_divided_out_of_j(representation: bool) -> None:
     depends on J's scale) and `.grad` receives s times the unscaled step."""
     scale = 1024.0
     method_cls = core.GradDrop if representation else core.MoCo
-    build = (lambda: method_cls(generator=torch.Generator().manual_seed(1))) if representation else (lambda: method_cls(3))
+    build = (
+        (lambda: method_cls(generator=torch.Generator().manual_seed(1)))
+        if representation
+        else (lambda: method_cls(3))
+    )
     model = TwoLayerMultiTask(3)
     plain, plain_info = engine_step(model, build(), representation)
     model.zero_grad_all()
     z = model.representation()
     info = core.mtl_backward(
-        [scale * loss for loss in model.losses_from(z)], model.shared_params(), build(), task_params=model.task_params(),
-        representation=z if representation else None, loss_scale=scale,
+        [scale * loss for loss in model.losses_from(z)],
+        model.shared_params(),
+        build(),
+        task_params=model.task_params(),
+        representation=z if representation else None,
+        loss_scale=scale,
     )
     params = model.shared_params() + [p for group in model.task_params() for p in group]
     for param, want in zip(params, plain):
@@ -160,7 +196,12 @@ def test_loss_scale_is_divided_out_of_j(representation: bool) -> None:
     # without the loss scale MoCo would see s J: another lambda
     if not representation:
         model.zero_grad_all()
-        unscaled_info = core.mtl_backward([scale * loss for loss in model.losses()], model.shared_params(), build(), task_params=model.task_params())
+        unscaled_info = core.mtl_backward(
+            [scale * loss for loss in model.losses()],
+            model.shared_params(),
+            build(),
+            task_params=model.task_params(),
+        )
         assert not torch.allclose(unscaled_info.weights, plain_info.weights)
 
 
@@ -185,7 +226,9 @@ class SelfTrained(SignedMax):
 
 @pytest.mark.parametrize("representation", [False, True], ids=["full", "representation"])
 @pytest.mark.parametrize("scale", [None, 64.0])
-def test_auxiliary_loss_trains_the_method_parameters_only(representation: bool, scale: float | None) -> None:
+def test_auxiliary_loss_trains_the_method_parameters_only(
+    representation: bool, scale: float | None
+) -> None:
     """The engine writes the gradient of `auxiliary_loss` (on the unscaled J, in the layout it was
     taken in) into the method's parameters, times the loss scale, and nothing else changes: the
     model's gradients equal those of the same method without one; the value is in the diagnostics."""
@@ -197,8 +240,12 @@ def test_auxiliary_loss_trains_the_method_parameters_only(representation: bool, 
     z = model.representation()
     factor = 1.0 if scale is None else scale
     info = core.mtl_backward(
-        [factor * loss for loss in model.losses_from(z)], model.shared_params(), method, task_params=model.task_params(),
-        representation=z if representation else None, loss_scale=scale,
+        [factor * loss for loss in model.losses_from(z)],
+        model.shared_params(),
+        method,
+        task_params=model.task_params(),
+        representation=z if representation else None,
+        loss_scale=scale,
     )
     params = model.shared_params() + [p for group in model.task_params() for p in group]
     for param, want in zip(params, plain):
@@ -208,7 +255,9 @@ def test_auxiliary_loss_trains_the_method_parameters_only(representation: bool, 
     jacobian = per_task_gradients(losses, [z] if representation else model.shared_params())
     expected = -2 * jacobian.sum(-1)  # d/dtheta at theta = 0
     torch.testing.assert_close(method.theta.grad, factor * expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(info.diagnostics["auxiliary_loss"], expected.square().sum() / 4, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        info.diagnostics["auxiliary_loss"], expected.square().sum() / 4, rtol=1e-12, atol=1e-12
+    )
     assert shapes == [(3, *z.shape)] if representation else shapes == [(3, jacobian.shape[1])]
 
 
@@ -220,7 +269,9 @@ def test_an_auxiliary_loss_without_a_graph_is_a_defect() -> None:
     model = TwoLayerMultiTask(2)
     sentinel = with_sentinel_grads(model)
     with pytest.raises(errors.MTLInputError, match="auxiliary_loss must return"):
-        core.mtl_backward(model.losses(), model.shared_params(), Detached(2), task_params=model.task_params())
+        core.mtl_backward(
+            model.losses(), model.shared_params(), Detached(2), task_params=model.task_params()
+        )
     assert_untouched(model, sentinel)
 
 
@@ -258,8 +309,13 @@ def test_skip_leaves_grad_and_method_state_untouched(corrupt: str, representatio
 
     def call(on_nonfinite: str) -> core.StepInfo:
         return core.mtl_backward(
-            losses, model.shared_params(), method, task_params=model.task_params(),
-            representation=z if representation else None, on_nonfinite=on_nonfinite, retain_graph=True,
+            losses,
+            model.shared_params(),
+            method,
+            task_params=model.task_params(),
+            representation=z if representation else None,
+            on_nonfinite=on_nonfinite,
+            retain_graph=True,
         )
 
     with pytest.raises((errors.NonFiniteLossError, errors.NonFiniteGradientError)):
@@ -296,7 +352,13 @@ def test_a_defective_aggregation_always_raises_before_writing(defect: str) -> No
     sentinel = with_sentinel_grads(model)
     error = errors.NonFiniteGradientError if defect == "nan" else errors.MTLInputError
     with pytest.raises(error, match="defect|shape"):
-        core.mtl_backward(model.losses(), model.shared_params(), Broken(defect), task_params=model.task_params(), on_nonfinite="skip")
+        core.mtl_backward(
+            model.losses(),
+            model.shared_params(),
+            Broken(defect),
+            task_params=model.task_params(),
+            on_nonfinite="skip",
+        )
     assert_untouched(model, sentinel)
 
 
@@ -306,17 +368,34 @@ def test_structural_errors_are_raised_before_any_grad() -> None:
     unused = torch.zeros(2, dtype=torch.float64, requires_grad=True)
     method = SignedMax()
     with pytest.raises(errors.UnreachedParameterError):
-        core.mtl_backward(model.losses(), [*model.shared_params(), unused], method, task_params=model.task_params())
+        core.mtl_backward(
+            model.losses(),
+            [*model.shared_params(), unused],
+            method,
+            task_params=model.task_params(),
+        )
     with pytest.raises(errors.UnsupportedEngineModeError, match="full"):
         z = model.representation()
-        core.mtl_backward(model.losses_from(z), model.shared_params(), core.MoCo(2), representation=z)
-    with pytest.raises(errors.MTLInputError, match="representation mode"):  # refused before any collective
+        core.mtl_backward(
+            model.losses_from(z), model.shared_params(), core.MoCo(2), representation=z
+        )
+    with pytest.raises(
+        errors.MTLInputError, match="representation mode"
+    ):  # refused before any collective
         z = model.representation()
-        core.mtl_backward(model.losses_from(z), model.shared_params(), method, representation=z, process_group=object())
+        core.mtl_backward(
+            model.losses_from(z),
+            model.shared_params(),
+            method,
+            representation=z,
+            process_group=object(),
+        )
     moco = core.MoCo(2)
     core.mtl_backward(model.losses(), model.shared_params(), moco)
     sentinel = with_sentinel_grads(model)
-    with pytest.raises(errors.MTLInputError, match="n = 25"):  # 5 x 4 weights + 5 biases, then the weight alone
+    with pytest.raises(
+        errors.MTLInputError, match="n = 25"
+    ):  # 5 x 4 weights + 5 biases, then the weight alone
         core.mtl_backward(model.losses(), [model.encoder.weight], moco)
     assert method.calls == 0
     assert_untouched(model, sentinel)
@@ -324,7 +403,9 @@ def test_structural_errors_are_raised_before_any_grad() -> None:
 
 def test_not_a_method_names_the_three_kinds() -> None:
     model = TwoLayerMultiTask(2)
-    with pytest.raises(errors.MTLInputError, match="GradientWeighting or LossWeighting .* JacobianAggregation"):
+    with pytest.raises(
+        errors.MTLInputError, match="GradientWeighting or LossWeighting .* JacobianAggregation"
+    ):
         core.mtl_backward(model.losses(), model.shared_params(), lambda j, l: j)  # type: ignore[arg-type]
 
 
@@ -337,10 +418,14 @@ def test_accumulation_equals_one_engine_call() -> None:
     model = TwoLayerMultiTask(2)
     whole, info = engine_step(model, core.DBMTL(2), representation=False)
     model.zero_grad_all()
-    accumulator = core.TaskGradientAccumulator(model.shared_params(), task_params=model.task_params())
+    accumulator = core.TaskGradientAccumulator(
+        model.shared_params(), task_params=model.task_params()
+    )
     for inputs, targets in zip(model.inputs.chunk(2), model.targets.chunk(2)):
         z = torch.tanh(model.encoder(inputs))
-        losses = [((head(z)[:, 0] - targets[:, i]) ** 2).mean() for i, head in enumerate(model.heads)]
+        losses = [
+            ((head(z)[:, 0] - targets[:, i]) ** 2).mean() for i, head in enumerate(model.heads)
+        ]
         accumulator.add(losses, weight=0.5)
     accumulated = accumulator.backward(core.DBMTL(2))
     params = model.shared_params() + [p for group in model.task_params() for p in group]
@@ -355,12 +440,22 @@ WORLD = 2
 def _train(method_name: str, x: torch.Tensor, y: torch.Tensor, group=None) -> list[torch.Tensor]:
     """Three SGD steps in full mode; with `group`, on this rank's shard only."""
     model = TwoLayerMultiTask(3, seed=2)
-    method = core.GradDrop(generator=torch.Generator().manual_seed(5)) if method_name == "graddrop" else core.make_method(method_name, num_tasks=3)
+    method = (
+        core.GradDrop(generator=torch.Generator().manual_seed(5))
+        if method_name == "graddrop"
+        else core.make_method(method_name, num_tasks=3)
+    )
     for _ in range(3):
         model.zero_grad_all()
         z = torch.tanh(model.encoder(x))
         losses = [((head(z)[:, 0] - y[:, i]) ** 2).mean() for i, head in enumerate(model.heads)]
-        core.mtl_backward(losses, model.shared_params(), method, task_params=model.task_params(), process_group=group)
+        core.mtl_backward(
+            losses,
+            model.shared_params(),
+            method,
+            task_params=model.task_params(),
+            process_group=group,
+        )
         with torch.no_grad():
             for param in model.parameters():
                 param.sub_(0.1 * param.grad)
@@ -369,7 +464,9 @@ def _train(method_name: str, x: torch.Tensor, y: torch.Tensor, group=None) -> li
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(3)
-    return torch.randn(8, 4, generator=generator, dtype=torch.float64), torch.randn(8, 3, generator=generator, dtype=torch.float64)
+    return torch.randn(8, 4, generator=generator, dtype=torch.float64), torch.randn(
+        8, 3, generator=generator, dtype=torch.float64
+    )
 
 
 def _worker(rank: int, store: str, out: str) -> None:
@@ -378,7 +475,10 @@ def _worker(rank: int, store: str, out: str) -> None:
     try:
         x, y = _data()
         shard = slice(rank * 4, (rank + 1) * 4)
-        results = {name: _train(name, x[shard], y[shard], dist.group.WORLD) for name in ("graddrop", "db_mtl", "moco")}
+        results = {
+            name: _train(name, x[shard], y[shard], dist.group.WORLD)
+            for name in ("graddrop", "db_mtl", "moco")
+        }
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

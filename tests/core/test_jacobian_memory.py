@@ -81,7 +81,9 @@ def test_representation_mode_fits_where_the_parameters_do_not(calls) -> None:
 def test_the_estimate_grows_with_the_activations_and_covers_the_result() -> None:
     def estimate(batch: int, tasks: int = 4) -> int:
         torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, tasks))
+        net = torch.nn.Sequential(
+            torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, tasks)
+        )
         losses = (net(torch.randn(batch, 8)) ** 2).mean(0)
         return batched_memory_estimate(losses, list(net.parameters()))
 
@@ -99,14 +101,20 @@ def test_the_engine_reads_the_limit_from_the_environment(calls, monkeypatch, cap
         monkeypatch.setenv(MEMORY_LIMIT_VARIABLE, limit)
         model = TwoLayerMultiTask(3)
         with caplog.at_level(logging.INFO, logger="core.jacobian"):
-            core.mtl_backward(model.losses(), model.shared_params(), core.MGDA(), task_params=model.task_params())
+            core.mtl_backward(
+                model.losses(), model.shared_params(), core.MGDA(), task_params=model.task_params()
+            )
         grads[limit] = [p.grad.clone() for p in model.parameters()]
     assert calls == ["loop", "batched"]
     assert all(torch.equal(a, b) for a, b in zip(grads["1"], grads["1T"], strict=True))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "by the loop" in warnings[0] and MEMORY_LIMIT_VARIABLE in warnings[0]
+    assert (
+        len(warnings) == 1 and "by the loop" in warnings[0] and MEMORY_LIMIT_VARIABLE in warnings[0]
+    )
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert any(m.startswith("per-task gradients: loop (") for m in infos) and any(m.startswith("per-task gradients: batched (") for m in infos)
+    assert any(m.startswith("per-task gradients: loop (") for m in infos) and any(
+        m.startswith("per-task gradients: batched (") for m in infos
+    )
 
 
 def test_budget_sources(monkeypatch) -> None:
@@ -133,7 +141,18 @@ def test_available_memory_on_this_machine() -> None:
     assert available > 0 and origin in ("psutil", "/proc/meminfo")
 
 
-@pytest.mark.parametrize(("text", "expected"), [("8G", 8 << 30), ("512m", 512 << 20), ("1.5GiB", 3 << 29), ("1000000", 10**6), ("10KB", 10240), (" ", None), (None, None)])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8G", 8 << 30),
+        ("512m", 512 << 20),
+        ("1.5GiB", 3 << 29),
+        ("1000000", 10**6),
+        ("10KB", 10240),
+        (" ", None),
+        (None, None),
+    ],
+)
 def test_memory_sizes_parse(text, expected) -> None:
     assert parse_memory_size(text) == expected
 
@@ -145,10 +164,16 @@ def test_a_bad_memory_size_says_what_is_expected() -> None:
 
 def test_single_task_and_convolutions_keep_their_rules() -> None:
     model = TwoLayerMultiTask(1)
-    assert choose_strategy(torch.stack(model.losses()), model.shared_params(), memory_limit=LARGE).rule == "single task"
+    assert (
+        choose_strategy(torch.stack(model.losses()), model.shared_params(), memory_limit=LARGE).rule
+        == "single task"
+    )
     conv = torch.nn.Conv2d(1, 2, 3)
     losses = conv(torch.randn(2, 1, 5, 5)).mean(dim=(0, 2, 3))
-    assert choose_strategy(losses, list(conv.parameters()), memory_limit=LARGE).rule == "convolution on cpu"
+    assert (
+        choose_strategy(losses, list(conv.parameters()), memory_limit=LARGE).rule
+        == "convolution on cpu"
+    )
 
 
 PROBE = textwrap.dedent("""
@@ -172,9 +197,17 @@ PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+@pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS"
+)
 def test_the_estimate_bounds_the_measured_peak_of_a_vmapped_pass() -> None:
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
     if done.returncode != 0 and "clear_refs" in done.stderr:
         pytest.skip("the peak RSS cannot be reset here")
     assert done.returncode == 0, done.stderr

@@ -49,7 +49,9 @@ def layers(transform: MonotoneTransform) -> tuple[MonotoneTransform, ...]:
     return transform.transforms if isinstance(transform, Compose) else (transform,)
 
 
-def chain(transform: MonotoneTransform, t: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def chain(
+    transform: MonotoneTransform, t: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Intermediate values [z_0 = t, ..., z_n] and slopes [dz_0/dt = 1, ..., dz_n/dt], layer by layer."""
     values, slopes = [t], [torch.ones_like(t)]
     for layer in layers(transform):
@@ -58,7 +60,9 @@ def chain(transform: MonotoneTransform, t: torch.Tensor) -> tuple[list[torch.Ten
     return values, slopes
 
 
-def resolution(transform: MonotoneTransform, t: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def resolution(
+    transform: MonotoneTransform, t: torch.Tensor, *, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """r(t) = sum_k (u |z_k| + tiny) / |dz_k/dt| for `dtype`'s unit roundoff u and smallest normal tiny.
 
     The absolute term accounts for underflow (and for float32 values below its normal range); r
@@ -151,7 +155,9 @@ def single_transform_and_points(draw):
     else:
         transform, interval = Arcsinh(), (-1e6, 1e6)
     low, high = interval
-    values = draw(st.lists(st.floats(low, high, exclude_min=kind == "log"), min_size=1, max_size=16))
+    values = draw(
+        st.lists(st.floats(low, high, exclude_min=kind == "log"), min_size=1, max_size=16)
+    )
     return transform, torch.tensor(values, dtype=torch.float64)
 
 
@@ -163,7 +169,9 @@ def single_transform_and_points(draw):
 def test_derivative_of_each_transform_equals_autograd(case) -> None:
     transform, t = case
     keep = ~singular(transform, t)  # SignedPower(p < 1) at 0: h' = inf, autograd NaN (documented)
-    torch.testing.assert_close(transform.derivative(t)[keep], autograd_derivative(transform, t)[keep], rtol=1e-9, atol=0.0)
+    torch.testing.assert_close(
+        transform.derivative(t)[keep], autograd_derivative(transform, t)[keep], rtol=1e-9, atol=0.0
+    )
 
 
 @given(transform_and_points())
@@ -172,7 +180,9 @@ def test_derivative_of_random_compositions_equals_autograd(case) -> None:
     keep = ~singular(transform, t)
     analytic = transform.derivative(t)
     assert torch.isfinite(analytic[keep]).all()
-    torch.testing.assert_close(analytic[keep], autograd_derivative(transform, t)[keep], rtol=1e-9, atol=0.0)
+    torch.testing.assert_close(
+        analytic[keep], autograd_derivative(transform, t)[keep], rtol=1e-9, atol=0.0
+    )
 
 
 def test_derivative_through_a_later_log_equals_autograd() -> None:
@@ -205,7 +215,9 @@ def test_strictly_increasing_where_resolvable(case) -> None:
     tolerance = SAFETY * resolution(transform, t)
     resolvable = (t[1:] - t[:-1]) > tolerance[1:] + tolerance[:-1]
     assert resolvable.sum() >= 1
-    assert (y[1:] > y[:-1])[resolvable].all(), f"{transform!r} decreases at {t[:-1][resolvable & ~(y[1:] > y[:-1])]}"
+    assert (y[1:] > y[:-1])[resolvable].all(), (
+        f"{transform!r} decreases at {t[:-1][resolvable & ~(y[1:] > y[:-1])]}"
+    )
     derivative = transform.derivative(t)
     # a product of layer derivatives can underflow to 0 right next to a singular point (t ~ 1e-172)
     assert ((derivative > 0) | singular(transform, t) | near_singular(transform, t, 1e-100)).all()
@@ -223,7 +235,9 @@ def test_inverse_undoes_the_transform(case) -> None:
     # at (or within 1e-12 of) a SignedPower's singular point, input 0 where h' = inf for p < 1,
     # the first-order bound vanishes; the error there is of second order (the downstream rounding
     # delta z comes back as delta z^(1/p), e.g. (1e-16)^2 for p = 1/2): allow a small absolute one
-    tolerance = torch.where(near_singular(transform, t, 1e-12), tolerance.clamp_min(1e-12), tolerance)
+    tolerance = torch.where(
+        near_singular(transform, t, 1e-12), tolerance.clamp_min(1e-12), tolerance
+    )
     assert ((recovered - t).abs() <= tolerance).all(), f"{transform!r}: {t} -> {recovered}"
 
 
@@ -266,7 +280,9 @@ def test_inverse_outside_the_image_raises() -> None:
     for transform in (Exp(), Softplus(beta=2.0), Compose(Arcsinh(), Exp())):
         with pytest.raises(LossDomainError, match="t > 0"):
             transform.inverse(torch.tensor([0.0]))
-    with pytest.raises(LossDomainError, match=r"inverse of step 1.*Exp\(\).*-5"):  # -10 + 5 is not in exp's image
+    with pytest.raises(
+        LossDomainError, match=r"inverse of step 1.*Exp\(\).*-5"
+    ):  # -10 + 5 is not in exp's image
         Compose(Exp(), Affine(scale=1.0, shift=-5.0)).inverse(torch.tensor([-10.0]))
 
 
@@ -299,8 +315,15 @@ def test_call_checks_the_domain_first() -> None:
 def test_domains_are_described() -> None:
     assert str(Log().domain) == "t > 0" and str(Exp().domain) == "all real t"
     assert str(Domain(lower=1.0, closed=True)) == "t >= 1"
-    assert Domain(lower=1.0, closed=True).outside(torch.tensor([0.5, 1.0, 2.0])).tolist() == [True, False, False]
-    assert Compose(Log(), Exp()).domain == Log().domain and Compose(Arcsinh(), Exp()).image == Exp().image
+    assert Domain(lower=1.0, closed=True).outside(torch.tensor([0.5, 1.0, 2.0])).tolist() == [
+        True,
+        False,
+        False,
+    ]
+    assert (
+        Compose(Log(), Exp()).domain == Log().domain
+        and Compose(Arcsinh(), Exp()).image == Exp().image
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,8 +362,27 @@ def test_invalid_hyperparameter_messages_say_why() -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "foo", "exp:1", "log:2", "affine", "affine:1", "affine:1:2:3", "affine:x:0", "affine:-1:0", "power",
-     "power:", "power:0", "power:abc", "softplus:1:2", "softplus:-1", "exp|", "|exp", "exp||log", "sqrt"],
+    [
+        "",
+        "foo",
+        "exp:1",
+        "log:2",
+        "affine",
+        "affine:1",
+        "affine:1:2:3",
+        "affine:x:0",
+        "affine:-1:0",
+        "power",
+        "power:",
+        "power:0",
+        "power:abc",
+        "softplus:1:2",
+        "softplus:-1",
+        "exp|",
+        "|exp",
+        "exp||log",
+        "sqrt",
+    ],
 )
 def test_parse_rejects_invalid_specs(spec: str) -> None:
     with pytest.raises(InvalidHyperparameterError, match=re.escape(repr(spec))):
@@ -348,7 +390,10 @@ def test_parse_rejects_invalid_specs(spec: str) -> None:
 
 
 def test_parse_unknown_names_list_the_valid_forms() -> None:
-    with pytest.raises(InvalidHyperparameterError, match=r"valid forms.*exp.*log.*affine:A:B.*power:P.*softplus.*\|"):
+    with pytest.raises(
+        InvalidHyperparameterError,
+        match=r"valid forms.*exp.*log.*affine:A:B.*power:P.*softplus.*\|",
+    ):
         parse_transform("cube")
 
 
@@ -356,7 +401,9 @@ def test_parse_examples() -> None:
     assert parse_transform("power:4") == SignedPower(4.0)
     assert parse_transform("softplus") == Softplus(beta=1.0)
     assert parse_transform("softplus:0.5") == Softplus(beta=0.5)
-    assert parse_transform(" Exp | affine: 2 : -1 |arcsinh") == Compose(Exp(), Affine(scale=2.0, shift=-1.0), Arcsinh())
+    assert parse_transform(" Exp | affine: 2 : -1 |arcsinh") == Compose(
+        Exp(), Affine(scale=2.0, shift=-1.0), Arcsinh()
+    )
     assert parse_transform("log|exp") == Compose(Log(), Exp())
     t = torch.tensor([0.5, 2.0], dtype=torch.float64)
     torch.testing.assert_close(parse_transform("affine:2:1|exp")(t), torch.exp(2.0 * t + 1.0))
@@ -373,7 +420,10 @@ def test_parse_round_trips(transform) -> None:
 def test_compose_flattens_and_reprs() -> None:
     nested = Compose(Compose(Exp(), Arcsinh()), Log())
     assert nested == Compose(Exp(), Arcsinh(), Log()) and len(nested.transforms) == 3
-    assert repr(Compose(Affine(scale=2.0, shift=0.5), SignedPower(3.0))) == "Compose(Affine(scale=2.0, shift=0.5), SignedPower(power=3.0))"
+    assert (
+        repr(Compose(Affine(scale=2.0, shift=0.5), SignedPower(3.0)))
+        == "Compose(Affine(scale=2.0, shift=0.5), SignedPower(power=3.0))"
+    )
     assert Exp() != Log() and Affine(scale=1.0) != Affine(scale=1.0, shift=1.0)
 
 
@@ -395,14 +445,31 @@ def test_float32_in_float32_out_and_close_to_float64(case) -> None:
     assert transform.inverse(y32).dtype == torch.float32
     # forward error bound in the output: |dy| <= C h'(t) r(t) with float32's unit roundoff
     keep = ~singular(transform, reference)
-    bound = SAFETY * transform.derivative(reference) * resolution(transform, reference, dtype=torch.float32)
+    bound = (
+        SAFETY
+        * transform.derivative(reference)
+        * resolution(transform, reference, dtype=torch.float32)
+    )
     error = (y32.double() - transform(reference)).abs()
-    assert (error[keep] <= bound[keep] + 1e-300).all(), f"{transform!r}: {error[keep].max()} > bound"
+    assert (error[keep] <= bound[keep] + 1e-300).all(), (
+        f"{transform!r}: {error[keep].max()} > bound"
+    )
 
 
 def test_dtype_and_shape_kept_for_each_transform() -> None:
     t = torch.rand(2, 3, 4, dtype=torch.float32) + 0.5
-    for transform in (Affine(scale=2.0, shift=1.0), Exp(), Log(), SignedPower(3.0), Softplus(beta=0.5), Arcsinh()):
+    for transform in (
+        Affine(scale=2.0, shift=1.0),
+        Exp(),
+        Log(),
+        SignedPower(3.0),
+        Softplus(beta=0.5),
+        Arcsinh(),
+    ):
         for dtype in (torch.float32, torch.float64):
-            for result in (transform(t.to(dtype)), transform.derivative(t.to(dtype)), transform.inverse(transform(t.to(dtype)))):
+            for result in (
+                transform(t.to(dtype)),
+                transform.derivative(t.to(dtype)),
+                transform.inverse(transform(t.to(dtype))),
+            ):
                 assert result.dtype == dtype and result.shape == t.shape, transform

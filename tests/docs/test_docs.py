@@ -27,7 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 MARKDOWN = [  # the pages a user reads and copies commands from
-    README, *sorted((ROOT / "docs").rglob("*.md")), ROOT / "benchmarks" / "RESULTS.md", ROOT / "notebooks" / "README.md",
+    README,
+    *sorted((ROOT / "docs").rglob("*.md")),
+    ROOT / "benchmarks" / "RESULTS.md",
+    ROOT / "notebooks" / "README.md",
 ]
 NO_EXEC = re.compile(r"<!--\s*no-exec:\s*(\S.*?)\s*-->")
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
@@ -66,11 +69,15 @@ def code_blocks(path: Path) -> list[Block]:
         if opening is None:
             index += 1
             continue
-        end = next((j for j in range(index + 1, len(lines)) if lines[j].strip().startswith("```")), None)
+        end = next(
+            (j for j in range(index + 1, len(lines)) if lines[j].strip().startswith("```")), None
+        )
         assert end is not None, f"{relative(path)}:{index + 1}: a code fence is never closed"
         marker = NO_EXEC.search(lines[index - 1]) if index > 0 else None
         code = "\n".join(lines[index + 1 : end])
-        blocks.append(Block(path, index + 1, opening.group(1), code, marker.group(1) if marker else None))
+        blocks.append(
+            Block(path, index + 1, opening.group(1), code, marker.group(1) if marker else None)
+        )
         index = end + 1
     return blocks
 
@@ -100,7 +107,9 @@ CHECKS = {"README.md": check_training_loop, "docs/pareto_exploration.md": check_
 
 @pytest.mark.parametrize("path", MARKDOWN, ids=relative)
 def test_python_blocks_run(path: Path, tmp_path, monkeypatch) -> None:
-    blocks = [block for block in code_blocks(path) if block.language == "python" and block.no_exec is None]
+    blocks = [
+        block for block in code_blocks(path) if block.language == "python" and block.no_exec is None
+    ]
     monkeypatch.chdir(tmp_path)  # a block that writes files writes them here
     namespace: dict = {"__name__": "__main__"}
     for block in blocks:
@@ -111,7 +120,9 @@ def test_python_blocks_run(path: Path, tmp_path, monkeypatch) -> None:
 
 def test_the_checked_examples_are_where_the_checks_look() -> None:
     for name in CHECKS:
-        runnable = [b for b in code_blocks(ROOT / name) if b.language == "python" and b.no_exec is None]
+        runnable = [
+            b for b in code_blocks(ROOT / name) if b.language == "python" and b.no_exec is None
+        ]
         assert runnable, f"{name} lost the python example that test_docs.py checks"
 
 
@@ -129,9 +140,13 @@ def test_blocks_marked_no_exec_compile_and_are_reported(block: Block) -> None:
 def test_every_no_exec_marker_stands_before_a_fence(path: Path) -> None:
     blocks = code_blocks(path)
     marked = {block.line - 1 for block in blocks if block.no_exec is not None}
-    inside = {block.line + i for block in blocks for i in range(block.code.count("\n") + 2)}  # a marker shown as an example
+    inside = {
+        block.line + i for block in blocks for i in range(block.code.count("\n") + 2)
+    }  # a marker shown as an example
     lines = path.read_text().splitlines()
-    stray = [n for n, line in enumerate(lines, 1) if NO_EXEC.search(line) and n not in marked | inside]
+    stray = [
+        n for n, line in enumerate(lines, 1) if NO_EXEC.search(line) and n not in marked | inside
+    ]
     assert not stray, f"{relative(path)}: no-exec markers not right before a fence, lines {stray}"
 
 
@@ -154,14 +169,20 @@ def shell_commands(code: str) -> list[list[str]]:
 
 def check_command(words: list[str], where: str) -> None:
     """Parse one command with its program's own parser, or check the file it runs exists."""
-    python = next((i for i, word in enumerate(words) if re.fullmatch(r"(.*/)?python(3(\.\d+)?)?", word)), None)
+    python = next(
+        (i for i, word in enumerate(words) if re.fullmatch(r"(.*/)?python(3(\.\d+)?)?", word)), None
+    )
     if python is None:
         if words[0] == "bash" and len(words) > 1:
-            assert (ROOT / words[1]).is_file(), f"{where}: `{shlex.join(words)}` runs a file that does not exist"
+            assert (ROOT / words[1]).is_file(), (
+                f"{where}: `{shlex.join(words)}` runs a file that does not exist"
+            )
         return
     arguments = words[python + 1 :]
     if arguments and arguments[0].endswith(".py"):
-        assert (ROOT / arguments[0]).is_file(), f"{where}: `{shlex.join(words)}` runs a file that does not exist"
+        assert (ROOT / arguments[0]).is_file(), (
+            f"{where}: `{shlex.join(words)}` runs a file that does not exist"
+        )
         return
     if len(arguments) < 2 or arguments[0] != "-m" or arguments[1].split(".")[0] not in PACKAGES:
         return  # python -m pytest, pip, venv, ...: not this repository's commands
@@ -170,7 +191,9 @@ def check_command(words: list[str], where: str) -> None:
 
 def parse(module: str, arguments: list[str], what: str) -> None:
     owner = importlib.import_module(PARSER_MODULES.get(module, module))
-    assert hasattr(owner, "build_parser"), f"{what}: {owner.__name__} has no build_parser to check it with"
+    assert hasattr(owner, "build_parser"), (
+        f"{what}: {owner.__name__} has no build_parser to check it with"
+    )
     printed, failure = io.StringIO(), None
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         try:
@@ -195,7 +218,9 @@ def test_the_command_check_catches_a_bad_flag_and_a_missing_file() -> None:
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
         check_command(shlex.split("python -m benchmarks toy --no-such-flag"), "here")
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
-        check_command(shlex.split("python -m toy_problems inspect --problem no_such_problem"), "here")
+        check_command(
+            shlex.split("python -m toy_problems inspect --problem no_such_problem"), "here"
+        )
     with pytest.raises(AssertionError, match="does not exist"):
         check_command(shlex.split("bash ci/no_such_script.sh"), "here")
     [commented] = shell_commands("python -m benchmarks toy --quick  # a comment is no argument")
@@ -231,5 +256,10 @@ def test_relative_links_resolve(path: Path) -> None:
 
 def test_readme_commands_exist() -> None:
     text = README.read_text()
-    for command in ("pip install -r requirements.txt", "python -m pytest", "python -m benchmarks toy", "pip install -e ."):
+    for command in (
+        "pip install -r requirements.txt",
+        "python -m pytest",
+        "python -m benchmarks toy",
+        "pip install -e .",
+    ):
         assert command in text

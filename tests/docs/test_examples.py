@@ -37,7 +37,11 @@ def _rows(out: Path) -> list[dict]:
 def _assert_same(left, right, where: str = "checkpoint") -> None:
     """Nested state dicts equal exactly: tensors bit for bit, plain values by ==."""
     if isinstance(left, torch.Tensor):
-        assert isinstance(right, torch.Tensor) and left.dtype == right.dtype and torch.equal(left, right), where
+        assert (
+            isinstance(right, torch.Tensor)
+            and left.dtype == right.dtype
+            and torch.equal(left, right)
+        ), where
     elif isinstance(left, dict):
         assert isinstance(right, dict) and left.keys() == right.keys(), where
         for key in left:
@@ -74,10 +78,16 @@ def test_quick_run_logs_weights_and_losses(train, tmp_path, method, extra):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and state["settings"]["method"] == train.core.canonical_spec(method)
     assert {"model", "optimizer", "method", "rng"} <= set(state)
-    if method in ("famo", "uw", "rlw:distribution=dirichlet"):  # their weights move from step to step
+    if method in (
+        "famo",
+        "uw",
+        "rlw:distribution=dirichlet",
+    ):  # their weights move from step to step
         assert len({tuple(row["weights"]) for row in steps}) == len(steps)
     if method.startswith("rlw"):
-        assert all(abs(sum(row["weights"]) - 1) < 1e-6 for row in steps)  # Dirichlet draws on the simplex
+        assert all(
+            abs(sum(row["weights"]) - 1) < 1e-6 for row in steps
+        )  # Dirichlet draws on the simplex
 
 
 def test_random_method_is_reproducible_from_its_seed(train, tmp_path):
@@ -85,7 +95,9 @@ def test_random_method_is_reproducible_from_its_seed(train, tmp_path):
         assert train.main([*QUICK, "--method", "rlw", "--out", str(tmp_path / name)]) == 0
     assert (tmp_path / "a" / "log.jsonl").read_text() == (tmp_path / "b" / "log.jsonl").read_text()
     assert train.main([*QUICK, "--method", "rlw", "--seed", "1", "--out", str(tmp_path / "c")]) == 0
-    assert [row.get("weights") for row in _rows(tmp_path / "a")] != [row.get("weights") for row in _rows(tmp_path / "c")]
+    assert [row.get("weights") for row in _rows(tmp_path / "a")] != [
+        row.get("weights") for row in _rows(tmp_path / "c")
+    ]
 
 
 @pytest.mark.parametrize("method", ["dwa", "famo", "rlw", "uw"])
@@ -105,24 +117,62 @@ def test_resume_after_interruption_equals_uninterrupted_run(train, tmp_path, mon
     monkeypatch.setattr(train, "train_step", interrupted_step)
     assert train.main([*argv, "--out", str(tmp_path / "parts")]) == 130
     last = _rows(tmp_path / "parts")[-1]
-    assert (last["event"], last["epoch"], last["step"]) == ("step", 3, 0)  # the log holds part of epoch 3
+    assert (last["event"], last["epoch"], last["step"]) == (
+        "step",
+        3,
+        0,
+    )  # the log holds part of epoch 3
     assert torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)["epoch"] == 2
     monkeypatch.setattr(train, "train_step", step)
     assert train.main([*argv, "--out", str(tmp_path / "parts"), "--resume"]) == 0
 
-    assert (tmp_path / "parts" / "log.jsonl").read_text() == (tmp_path / "whole" / "log.jsonl").read_text()
+    assert (tmp_path / "parts" / "log.jsonl").read_text() == (
+        tmp_path / "whole" / "log.jsonl"
+    ).read_text()
     whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
     parts = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)
     _assert_same(whole, parts)
 
 
-def test_resume_refuses_other_settings_and_a_fresh_run_refuses_to_overwrite(train, tmp_path, capsys):
-    assert train.main(["--epochs", "1", "--max-steps", "1", "--batch-size", "32", "--method", "ls", "--out", str(tmp_path)]) == 0
+def test_resume_refuses_other_settings_and_a_fresh_run_refuses_to_overwrite(
+    train, tmp_path, capsys
+):
+    assert (
+        train.main(
+            [
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "32",
+                "--method",
+                "ls",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--epochs", "2", "--method", "ls", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "pass --resume" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--epochs", "2", "--max-steps", "1", "--batch-size", "32", "--method", "mgda", "--out", str(tmp_path), "--resume"])
+        train.main(
+            [
+                "--epochs",
+                "2",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "32",
+                "--method",
+                "mgda",
+                "--out",
+                str(tmp_path),
+                "--resume",
+            ]
+        )
     assert exit_info.value.code == 2 and "other settings (method)" in capsys.readouterr().err
 
 
@@ -144,8 +194,16 @@ def test_bad_spec_exits_with_a_clear_error(train, tmp_path, capsys, spec, messag
 
 
 def test_script_runs_as_a_file_and_names_the_methods_for_an_unknown_one(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--method", "nosuch", "--out", str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--method", "nosuch", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
-    assert "--method 'nosuch': unknown method 'nosuch'; choose one of:" in done.stderr and "dibsmtl" in done.stderr
+    assert (
+        "--method 'nosuch': unknown method 'nosuch'; choose one of:" in done.stderr
+        and "dibsmtl" in done.stderr
+    )
     assert "Traceback" not in done.stderr

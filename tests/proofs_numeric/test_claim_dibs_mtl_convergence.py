@@ -33,17 +33,23 @@ def test_quick_run_passes_with_sane_json_data(quick_result, tmp_path) -> None:
         medians = [quantiles["median"] for quantiles in entry["running_min"]]
         assert medians == sorted(medians, reverse=True)  # a running minimum never increases
         assert all(0 <= q["median"] <= q["q90"] <= q["max"] <= 1.5 for q in entry["running_min"])
-    assert len(data["iterations"]) == len(data["running_min_quantiles"][claim.SETTINGS[0].label]["median"])
+    assert len(data["iterations"]) == len(
+        data["running_min_quantiles"][claim.SETTINGS[0].label]["median"]
+    )
     paths = result.save(tmp_path)
     assert all(path.stat().st_size > 0 for path in paths)
 
 
 def test_an_impossible_threshold_fails(monkeypatch) -> None:
     monkeypatch.setattr(claim, "CONFIGS", ((2, 2),))
-    monkeypatch.setattr(claim, "NOISY_RM_TOLERANCE", 1e-9)  # gradient noise keeps the residual far above this
+    monkeypatch.setattr(
+        claim, "NOISY_RM_TOLERANCE", 1e-9
+    )  # gradient noise keeps the residual far above this
     result = claim.run(quick=True)
     assert not result.passed
-    failed = [key for key, check in result.data["checks"].items() if check["value"] > check["bound"]]
+    failed = [
+        key for key, check in result.data["checks"].items() if check["value"] > check["bound"]
+    ]
     assert failed and all(key.endswith("robbins_monro/noisy: max final") for key in failed)
 
 
@@ -55,7 +61,9 @@ def test_robbins_monro_steps_diverge_in_sum_and_converge_in_squares() -> None:
     # sum_k a_k grows like N^(1 - p): from 10^4 to 10^6 steps it grows by more than 4x
     assert sums[-1] > 4 * sums[9_999]
     squares = steps.pow(2).cumsum(0)
-    tail_bound = 2 * initial**2 * half_life * (1 + 10_000 / half_life) ** -0.5  # integral of the tail
+    tail_bound = (
+        2 * initial**2 * half_life * (1 + 10_000 / half_life) ** -0.5
+    )  # integral of the tail
     assert squares[-1] - squares[9_999] <= tail_bound
     assert squares[-1] <= initial**2 * (1 + 2 * half_life)
     with pytest.raises(ValueError):
@@ -77,19 +85,33 @@ def test_stacked_closed_form_is_each_problem_s_own_bit_for_bit() -> None:
 
 def test_every_setting_gets_its_method_s_weights_bit_for_bit() -> None:
     variants = claim.methods()
-    jacobian = torch.randn(2, len(claim.SETTINGS), 3, 2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    jacobian = torch.randn(
+        2,
+        len(claim.SETTINGS),
+        3,
+        2,
+        5,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(1),
+    )
     jacobian[0, :, 0, 1] = 0  # a zero gradient: weight 0
     gramian = core.gramian(jacobian)
     weights = claim.weights_of_settings(variants, gramian)
     assert torch.equal(weights[0, :, 0, 1], torch.zeros_like(weights[0, :, 0, 1]))
     for name, columns in claim.method_columns().items():
         assert {setting.method for setting in claim.SETTINGS[columns]} == {name}
-        expected = variants[name](gramian[:, columns], torch.zeros(gramian[:, columns].shape[:-1], dtype=torch.float64))
+        expected = variants[name](
+            gramian[:, columns], torch.zeros(gramian[:, columns].shape[:-1], dtype=torch.float64)
+        )
         assert torch.equal(weights[:, columns], expected)
     # 1-step DiBS-MTL moves along the sum of unit gradients
     one_step = claim.method_columns()["1-step"]
-    direction = (weights[:, one_step, ..., None] * jacobian[:, one_step]).sum(dim=-2) / claim.direction_scales(variants)[one_step, None, None]
-    units = jacobian[:, one_step] * safe_reciprocal(torch.linalg.vector_norm(jacobian[:, one_step], dim=-1, keepdim=True))
+    direction = (weights[:, one_step, ..., None] * jacobian[:, one_step]).sum(
+        dim=-2
+    ) / claim.direction_scales(variants)[one_step, None, None]
+    units = jacobian[:, one_step] * safe_reciprocal(
+        torch.linalg.vector_norm(jacobian[:, one_step], dim=-1, keepdim=True)
+    )
     torch.testing.assert_close(direction, units.sum(dim=-2))
 
 

@@ -38,25 +38,39 @@ def test_quick_run_passes(quick_measurements) -> None:
         assert data["non_invariant"][name]["median_ratio"] >= invariance.DIVERGENCE_MIN
     # the reference toy transform f1 -> f1^3|f1| changes nothing for DiBS-MTL and much for LS
     toy = data["toy_reference_transform"]
-    dibs_gap = torch.tensor(toy["dibsmtl"]["endpoints_nominal_run"]) - torch.tensor(toy["dibsmtl"]["endpoints_transformed_run"])
-    ls_gap = torch.tensor(toy["ls"]["endpoints_nominal_run"]) - torch.tensor(toy["ls"]["endpoints_transformed_run"])
+    dibs_gap = torch.tensor(toy["dibsmtl"]["endpoints_nominal_run"]) - torch.tensor(
+        toy["dibsmtl"]["endpoints_transformed_run"]
+    )
+    ls_gap = torch.tensor(toy["ls"]["endpoints_nominal_run"]) - torch.tensor(
+        toy["ls"]["endpoints_transformed_run"]
+    )
     assert float(dibs_gap.abs().max()) <= 1e-9 and float(ls_gap.abs().max()) >= 1.0
     assert result.measured and result.bound
 
 
-@pytest.mark.parametrize(("constant", "value"), [("DIVERGENCE_MIN", 1e9), ("INVARIANCE_TOLERANCE", 1e-30), ("ROUNDING_FACTOR", 1e-12)])
+@pytest.mark.parametrize(
+    ("constant", "value"),
+    [("DIVERGENCE_MIN", 1e9), ("INVARIANCE_TOLERANCE", 1e-30), ("ROUNDING_FACTOR", 1e-12)],
+)
 def test_a_violated_criterion_fails(quick_measurements, monkeypatch, constant, value) -> None:
     monkeypatch.setattr(invariance, constant, value)
     assert not _evaluate(quick_measurements).passed
 
 
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize(("loss_range", "lower_bound"), [((-19.9, 16.3), -math.inf), ((-19.9, 16.3), -20.0), ((0.7, 27.0), 0.0)])
-def test_random_transforms_are_strictly_increasing_nonaffine_with_correct_derivatives(seed, loss_range, lower_bound) -> None:
+@pytest.mark.parametrize(
+    ("loss_range", "lower_bound"),
+    [((-19.9, 16.3), -math.inf), ((-19.9, 16.3), -20.0), ((0.7, 27.0), 0.0)],
+)
+def test_random_transforms_are_strictly_increasing_nonaffine_with_correct_derivatives(
+    seed, loss_range, lower_bound
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     transform = invariance.random_transform(generator, loss_range, lower_bound=lower_bound)
     low = lower_bound if math.isfinite(lower_bound) else loss_range[0] - 5.0
-    grid = torch.linspace(low, 2 * loss_range[1], 2001, dtype=torch.float64)[1:].requires_grad_(True)  # beyond the range too
+    grid = torch.linspace(low, 2 * loss_range[1], 2001, dtype=torch.float64)[1:].requires_grad_(
+        True
+    )  # beyond the range too
     values = transform(grid)
     (autograd,) = torch.autograd.grad(values.sum(), grid)
     derivative = transform.derivative(grid.detach())
@@ -71,17 +85,27 @@ def test_random_transforms_are_strictly_increasing_nonaffine_with_correct_deriva
 
 
 def test_the_generator_is_deterministic_and_draws_logs_only_with_a_lower_bound() -> None:
-    draws = [invariance.random_transform(torch.Generator().manual_seed(s), (0.5, 20.0), lower_bound=0.0) for s in range(40)]
-    again = [invariance.random_transform(torch.Generator().manual_seed(s), (0.5, 20.0), lower_bound=0.0) for s in range(40)]
+    draws = [
+        invariance.random_transform(torch.Generator().manual_seed(s), (0.5, 20.0), lower_bound=0.0)
+        for s in range(40)
+    ]
+    again = [
+        invariance.random_transform(torch.Generator().manual_seed(s), (0.5, 20.0), lower_bound=0.0)
+        for s in range(40)
+    ]
     assert draws == again
     assert any(isinstance(layer, Log) for draw in draws for layer in draw.transforms)
 
 
-def test_a_family_s_chain_rule_jacobian_matches_autograd_and_versions_apply_their_transforms() -> None:
+def test_a_family_s_chain_rule_jacobian_matches_autograd_and_versions_apply_their_transforms() -> (
+    None
+):
     generator = torch.Generator().manual_seed(3)
     problems = [RandomNonconvex(4, 3, seed=s) for s in (1, 2)]
     ranges = invariance.loss_ranges(problems, *invariance.box(problems[0]), generator=generator)
-    transforms = invariance.draw_versions(generator, ranges, torch.zeros(2, 3, dtype=torch.float64), 1)
+    transforms = invariance.draw_versions(
+        generator, ranges, torch.zeros(2, 3, dtype=torch.float64), 1
+    )
     family = invariance.TransformedFamily(problems, transforms)
     x = invariance.random_starts(problems, 3, 4, generator)
     values, jacobian = family.values_and_jacobian(x)
@@ -90,11 +114,17 @@ def test_a_family_s_chain_rule_jacobian_matches_autograd_and_versions_apply_thei
     torch.testing.assert_close(jacobian, expected_jacobian, rtol=1e-14, atol=1e-14)
     nominal = family.nominal(x)
     torch.testing.assert_close(values[:, 0], nominal[:, 0])
-    torch.testing.assert_close(values[1, 2, :, 1], transforms[1][2][1](nominal[1, 2, :, 1]))  # problem 1, version 2, task 1
+    torch.testing.assert_close(
+        values[1, 2, :, 1], transforms[1][2][1](nominal[1, 2, :, 1])
+    )  # problem 1, version 2, task 1
     # the transformed gradient is h'(l) times the nominal one
-    _, nominal_jacobian = core.batched_task_gradients(lambda y: torch.stack([p(y[i]) for i, p in enumerate(problems)]), x)
+    _, nominal_jacobian = core.batched_task_gradients(
+        lambda y: torch.stack([p(y[i]) for i, p in enumerate(problems)]), x
+    )
     scale = family.derivatives(nominal)
-    torch.testing.assert_close(jacobian, scale[..., None] * nominal_jacobian, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        jacobian, scale[..., None] * nominal_jacobian, rtol=1e-12, atol=1e-14
+    )
 
 
 def test_every_version_of_a_random_method_draws_the_same_weights() -> None:
@@ -104,15 +134,23 @@ def test_every_version_of_a_random_method_draws_the_same_weights() -> None:
     case = dataclasses.replace(case, num_steps=3)
     result = invariance.run_case(case, seed=3)
     shares = result["rlw"]["shares"]  # from the last step's weights, [P, V, S, K]
-    weights = shares / invariance.TransformedFamily.derivatives(case.family, case.family.nominal(result["rlw"]["points"][-1]))
+    weights = shares / invariance.TransformedFamily.derivatives(
+        case.family, case.family.nominal(result["rlw"]["points"][-1])
+    )
     weights = weights / weights.sum(dim=-1, keepdim=True)
     torch.testing.assert_close(weights, weights[:, :1].expand_as(weights), rtol=1e-12, atol=0)
     tracks = invariance.version_tracks(case, 0, "famo", seed=0)
-    assert len(tracks) == case.starts.shape[1] and tracks[0].transforms == () and all(t.seed == 0 for t in tracks)
+    assert (
+        len(tracks) == case.starts.shape[1]
+        and tracks[0].transforms == ()
+        and all(t.seed == 0 for t in tracks)
+    )
 
 
 def test_deviations_are_relative_to_the_nominal_step_scale() -> None:
-    steps = torch.arange(4, dtype=torch.float64)[:, None, None, None, None] * torch.tensor([0.5, 0.0], dtype=torch.float64)
+    steps = torch.arange(4, dtype=torch.float64)[:, None, None, None, None] * torch.tensor(
+        [0.5, 0.0], dtype=torch.float64
+    )
     points = steps.expand(4, 1, 3, 1, 2).clone()  # nominal moves 0.5 per step
     points[2, 0, 1, 0, 1] += 1e-3  # the control is off by 1e-3 once
     points[:, 0, 2, 0, 0] *= 2  # the transformed version twice as fast: off by 1.5 at the end

@@ -28,9 +28,15 @@ def test_quick_run_passes_with_sane_json_data(quick_result, tmp_path) -> None:
         assert 0 < curve["eta"] <= 1 / (2 * curve["c"])
         assert curve["kappa_tight"] <= curve["kappa"]
         series = curve["series"]
-        assert series["k"][0] == 0 and series["mean"][0] == pytest.approx(curve["initial_sq_distance"])
-        assert all(low <= mean <= high <= bound for low, mean, high, bound in
-                   zip(series["low"], series["mean"], series["high"], series["bound"]))
+        assert series["k"][0] == 0 and series["mean"][0] == pytest.approx(
+            curve["initial_sq_distance"]
+        )
+        assert all(
+            low <= mean <= high <= bound
+            for low, mean, high, bound in zip(
+                series["low"], series["mean"], series["high"], series["bound"]
+            )
+        )
     for check in data["weight_mean_checks"]:
         assert check["contains_1_over_K"] and check["on_simplex"]
         assert check["max_abs_error"] < 0.01 and check["mean_sum_of_squares"] <= 1
@@ -40,7 +46,9 @@ def test_quick_run_passes_with_sane_json_data(quick_result, tmp_path) -> None:
 
 def test_an_impossible_slack_fails(monkeypatch) -> None:
     monkeypatch.setattr(claim, "PROBLEMS", ((2, 2, 0, 5.0),))
-    monkeypatch.setattr(claim, "BOUND_SLACK", 1e-3)  # at k = 0 the estimate is ||theta_0 - theta*||^2, most of the bound
+    monkeypatch.setattr(
+        claim, "BOUND_SLACK", 1e-3
+    )  # at k = 0 the estimate is ||theta_0 - theta*||^2, most of the bound
     result = claim.run(quick=True)
     assert not result.passed
     assert result.data["checks"]["upper CI / bound, max over k and settings"]["value"] > 1e-3
@@ -59,7 +67,9 @@ def test_theta_star_minimises_the_mean_loss() -> None:
     target = claim.mean_loss_minimiser(problem)
     _, jacobian = core.batched_task_gradients(problem, target)
     assert float(jacobian.mean(dim=0).abs().max()) < 1e-12
-    torch.testing.assert_close(target, problem.pareto_point(torch.full((3,), 1 / 3, dtype=torch.float64)))
+    torch.testing.assert_close(
+        target, problem.pareto_point(torch.full((3,), 1 / 3, dtype=torch.float64))
+    )
     assert claim.gradient_gap(problem, torch.randn(5, 4, dtype=torch.float64)) < 1e-12
 
 
@@ -82,11 +92,21 @@ def test_simulate_matches_the_direct_loop() -> None:
         _, jacobian = core.batched_task_gradients(problem, theta)  # [settings, runs, K, n]
         weights = method(torch.zeros(theta.shape[:-1] + (problem.n_obj,), dtype=torch.float64))
         direction = (weights[..., None] * jacobian).sum(dim=-2)
-        xi = torch.randn(int((noise > 0).sum()), num_runs, problem.n_var, generator=noise_generator, dtype=torch.float64)
-        direction[noise > 0] += noise[noise > 0, None, None] * weights[noise > 0].norm(dim=-1, keepdim=True) * xi
+        xi = torch.randn(
+            int((noise > 0).sum()),
+            num_runs,
+            problem.n_var,
+            generator=noise_generator,
+            dtype=torch.float64,
+        )
+        direction[noise > 0] += (
+            noise[noise > 0, None, None] * weights[noise > 0].norm(dim=-1, keepdim=True) * xi
+        )
         theta = theta - etas * direction
         squared.append((theta - target).pow(2).sum(dim=-1))
-    torch.testing.assert_close(result.squared_distances, torch.stack(squared), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        result.squared_distances, torch.stack(squared), rtol=1e-12, atol=1e-14
+    )
 
 
 def test_interval_helpers() -> None:
@@ -95,6 +115,9 @@ def test_interval_helpers() -> None:
     samples = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
     mean, low, high = claim.mean_interval(samples, 2.0)
     half = 2.0 * float(samples.std()) / math.sqrt(4)
-    torch.testing.assert_close(torch.stack([mean, low, high]), torch.tensor([[2.5], [2.5 - half], [2.5 + half]], dtype=torch.float64))
+    torch.testing.assert_close(
+        torch.stack([mean, low, high]),
+        torch.tensor([[2.5], [2.5 - half], [2.5 + half]], dtype=torch.float64),
+    )
     check = claim.weight_mean_check(4, num_draws=20_000, seed=0, z=claim.normal_quantile(0.01, 4))
     assert check["contains_1_over_K"] and check["on_simplex"]

@@ -55,7 +55,9 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
     "bargaining_x4": lambda: Bargaining1D(first_power=4),
     "quadratic_K2": lambda: ConvexQuadratic.random(3, 2, seed=0),
     "quadratic_K3": lambda: ConvexQuadratic.random(4, 3, seed=1),
-    "quadratic_identity": lambda: ConvexQuadratic(torch.linspace(-1, 1, 10, dtype=F64).reshape(2, 5)),
+    "quadratic_identity": lambda: ConvexQuadratic(
+        torch.linspace(-1, 1, 10, dtype=F64).reshape(2, 5)
+    ),
     "nonconvex_K2": lambda: RandomNonconvex(3, 2, seed=0),
     "nonconvex_K4": lambda: RandomNonconvex(5, 4, seed=1),
 }
@@ -67,7 +69,9 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def sample_points(problem: Problem, shape: tuple[int, ...], *, seed: int, dtype: torch.dtype) -> Tensor:
+def sample_points(
+    problem: Problem, shape: tuple[int, ...], *, seed: int, dtype: torch.dtype
+) -> Tensor:
     """Uniform points of the problem's domain: the bounds widened 2.5-fold around their centre for
     unconstrained problems (for the toy, |x2| up to 25, where tanh saturates in float32), the box
     itself for box problems (ZDT), with a fifth of the coordinates snapped onto its faces."""
@@ -87,7 +91,10 @@ def assert_matches_autograd(problem: Problem, x: Tensor) -> tuple[Tensor, Tensor
     values, jacobian = problem.values_and_jacobian(x)
     reference_values, reference = batched_task_gradients(problem, x)
     assert values.shape == (*x.shape[:-1], problem.n_obj) and values.dtype == x.dtype
-    assert jacobian.shape == (*x.shape[:-1], problem.n_obj, problem.n_var) and jacobian.dtype == x.dtype
+    assert (
+        jacobian.shape == (*x.shape[:-1], problem.n_obj, problem.n_var)
+        and jacobian.dtype == x.dtype
+    )
     assert torch.equal(values, reference_values) and torch.equal(values, problem(x))
     if isinstance(problem, MATRIX_PRODUCTS):
         rtol = 1e-13 if x.dtype == F64 else 1e-5
@@ -96,7 +103,11 @@ def assert_matches_autograd(problem: Problem, x: Tensor) -> tuple[Tensor, Tensor
         assert bool((error <= rtol * scale).all()), float((error / scale).max())
     else:
         mismatch = (jacobian != reference).any(dim=-1).any(dim=-1)
-        assert not bool(mismatch.any()), (x[mismatch][:3], jacobian[mismatch][:3], reference[mismatch][:3])
+        assert not bool(mismatch.any()), (
+            x[mismatch][:3],
+            jacobian[mismatch][:3],
+            reference[mismatch][:3],
+        )
     return values, jacobian
 
 
@@ -112,9 +123,13 @@ def test_every_problem_has_a_closed_form(name: str) -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_shape", [(), (2000,), (3, 5)])
 @pytest.mark.parametrize("name", PROBLEMS)
-def test_closed_form_equals_autograd_on_random_points(name: str, batch_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+def test_closed_form_equals_autograd_on_random_points(
+    name: str, batch_shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
     problem = PROBLEMS[name]()
-    assert_matches_autograd(problem, sample_points(problem, batch_shape, seed=len(batch_shape), dtype=dtype))
+    assert_matches_autograd(
+        problem, sample_points(problem, batch_shape, seed=len(batch_shape), dtype=dtype)
+    )
 
 
 @pytest.mark.parametrize("name", PROBLEMS)
@@ -181,7 +196,9 @@ def toy_kinks(dtype: torch.dtype) -> dict[str, Tensor]:
     lower = torch.tensor(LOWER, dtype=dtype)  # the clamp's bound, rounded as the clamp rounds it
     x1 = torch.tensor([-9.0, -7.0, 0.0, 3.0, 7.0, 9.5], dtype=F64)
     kinks: dict[str, Tensor] = {}
-    kinks["gates at x2 = +-0"] = points(x1.repeat(2), torch.tensor([0.0, -0.0], dtype=F64).repeat_interleave(6), dtype)
+    kinks["gates at x2 = +-0"] = points(
+        x1.repeat(2), torch.tensor([0.0, -0.0], dtype=F64).repeat_interleave(6), dtype
+    )
     # Subnormal x2: tanh(+-x2/2) is a subnormal of either sign, or rounds to +-0 (the smallest one).
     smallest = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
     subnormals = torch.tensor([smallest, -smallest, 1024 * smallest, -1024 * smallest], dtype=F64)
@@ -202,14 +219,20 @@ def toy_kinks(dtype: torch.dtype) -> dict[str, Tensor]:
         steps = torch.stack([neighbours(value, dtype, 16) for value in root])  # [64, 33]
         candidates = points(steps, x2[:, None].expand_as(steps), dtype)
         kinks[f"d{index + 1} = 0"] = candidates[toy_arguments(candidates)[index] == 0]
-    kinks["d2 = 0"] = torch.cat([kinks["d2 = 0"], points(7.0, 1e-30, dtype)])  # -2 + tanh(-1e-30) rounds to -2
+    kinks["d2 = 0"] = torch.cat(
+        [kinks["d2 = 0"], points(7.0, 1e-30, dtype)]
+    )  # -2 + tanh(-1e-30) rounds to -2
     # The clamp active: 0 < |d| < 5e-6 (x1 within 1e-5 of the roots).
     offsets = torch.linspace(-4 * LOWER, 4 * LOWER, 9, dtype=dtype)
     for index, root in ((0, -7 - 2 * shared), (1, 7 + 2 * shared)):
         candidates = points(root[:, None] + offsets, x2[:, None].expand(-1, 9), dtype)
         argument = toy_arguments(candidates)[index].abs()
         kinks[f"clamp of d{index + 1} active"] = candidates[(argument > 0) & (argument < lower)]
-    kinks["tanh saturated"] = points(torch.tensor([-9.0, 0.0, 7.0]).repeat(4), torch.tensor([40.0, -40.0, 400.0, -400.0]).repeat_interleave(3), dtype)
+    kinks["tanh saturated"] = points(
+        torch.tensor([-9.0, 0.0, 7.0]).repeat(4),
+        torch.tensor([40.0, -40.0, 400.0, -400.0]).repeat_interleave(3),
+        dtype,
+    )
     for name, found in kinks.items():
         assert found.shape[0] >= 1, f"no point found for {name} in {dtype}"
     return kinks
@@ -223,7 +246,9 @@ def toy_parts(problem: TwoTaskToy, x: Tensor) -> dict[str, Tensor]:
         "c1": torch.tanh(0.5 * x2).clamp_min(0),
         "c2": torch.tanh(-0.5 * x2).clamp_min(0),
         "a": torch.stack([torch.log(d.abs().clamp_min(LOWER)) + 6 for d in (d1, d2)], dim=-1),
-        "s": torch.stack([((-x1 + shift) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20 for shift in (7, -7)], dim=-1),
+        "s": torch.stack(
+            [((-x1 + shift) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20 for shift in (7, -7)], dim=-1
+        ),
         "d": torch.stack([d1, d2], dim=-1),
         "k": torch.tensor([problem.scale, 1.0], dtype=x.dtype),
     }
@@ -237,7 +262,9 @@ def test_two_task_toy_is_exact_on_its_kinks(dtype: torch.dtype, scale: float) ->
         _, jacobian = assert_matches_autograd(problem, x)
         parts = toy_parts(problem, x)
         k = parts["k"]
-        if name == "gates at x2 = +-0":  # c1 = c2 = 0: no x1-slope; both gates' slopes, tanh'(0) = 1
+        if (
+            name == "gates at x2 = +-0"
+        ):  # c1 = c2 = 0: no x1-slope; both gates' slopes, tanh'(0) = 1
             assert bool((jacobian[..., 0] == 0).all()), name
             expected = (k * parts["a"]) * 0.5 + (k * parts["s"]) * -0.5
             torch.testing.assert_close(jacobian[..., 1], expected, rtol=0, atol=0)
@@ -250,10 +277,14 @@ def test_two_task_toy_is_exact_on_its_kinks(dtype: torch.dtype, scale: float) ->
             assert bool((jacobian[..., 0, 0] == 0).all()), name
         elif name in ("d2 = 0", "clamp of d2 active"):
             assert bool((jacobian[..., 1, 0] == 0).all()), name
-        elif name == "tanh saturated":  # tanh rounds to +-1: its slope is 0; only the quadratics' x2-slope remains
+        elif (
+            name == "tanh saturated"
+        ):  # tanh rounds to +-1: its slope is 0; only the quadratics' x2-slope remains
             x2 = x[..., 1:]
             quadratic_slope = -((k * parts["c2"][..., None] / 10) * 0.1) * (2 * (-x2 - 8))
-            torch.testing.assert_close(jacobian[..., 1], torch.where(x2 > 0, 0.0, quadratic_slope), rtol=0, atol=0)
+            torch.testing.assert_close(
+                jacobian[..., 1], torch.where(x2 > 0, 0.0, quadratic_slope), rtol=0, atol=0
+            )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -261,11 +292,15 @@ def test_two_task_toy_is_exact_near_its_kinks(dtype: torch.dtype) -> None:
     """Dense sweeps across x2 = 0 and across the log clamps (both sides of each kink)."""
     problem = TwoTaskToy()
     x2 = torch.cat([neighbours(0.0, dtype, 200), torch.linspace(-1e-3, 1e-3, 401, dtype=dtype)])
-    assert_matches_autograd(problem, points(torch.linspace(-10, 10, 21, dtype=dtype)[:, None], x2, dtype))
+    assert_matches_autograd(
+        problem, points(torch.linspace(-10, 10, 21, dtype=dtype)[:, None], x2, dtype)
+    )
     x2 = torch.linspace(0.01, 6.0, 50, dtype=dtype)
     offsets = torch.linspace(-1e-4, 1e-4, 201, dtype=dtype)
     for root in (-7 + 2 * torch.tanh(x2), 7 - 2 * torch.tanh(x2)):
-        assert_matches_autograd(problem, points(root[:, None] + offsets, x2[:, None].expand(-1, 201), dtype))
+        assert_matches_autograd(
+            problem, points(root[:, None] + offsets, x2[:, None].expand(-1, 201), dtype)
+        )
 
 
 # --- ZDT: the square root's kink and the box's faces ----------------------------------------------
@@ -273,7 +308,9 @@ def test_two_task_toy_is_exact_near_its_kinks(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", [ZDT1, ZDT2, ZDT3])
-def test_zdt_is_exact_at_the_square_root_kink_and_on_the_faces(kind: type[ZDT], dtype: torch.dtype) -> None:
+def test_zdt_is_exact_at_the_square_root_kink_and_on_the_faces(
+    kind: type[ZDT], dtype: torch.dtype
+) -> None:
     problem = kind(n_var=4)
     first = torch.tensor([0.0, -0.0, torch.finfo(dtype).tiny, 1e-30, 0.5, 1.0, -0.25], dtype=F64)
     rest = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.5]], dtype=F64)

@@ -51,7 +51,9 @@ def test_unwritable_reason_reports_a_refused_write(tmp_path, monkeypatch) -> Non
     assert "not writable" in reason and "Read-only file system" in reason
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders"
+)
 def test_unwritable_reason_reports_a_folder_without_write_permission(tmp_path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -57,7 +57,7 @@ WITH_PARETO_SET = [name for name, make in PROBLEMS.items() if make().has_pareto_
 
 FRONT_FORMULAS: dict[str, Callable[[Tensor], Tensor]] = {
     "bargaining_x2": lambda f1: (1 - f1.sqrt()) ** 2,
-    "bargaining_x4": lambda f1: (1 - f1 ** 0.25) ** 2,
+    "bargaining_x4": lambda f1: (1 - f1**0.25) ** 2,
     "zdt1": lambda f1: 1 - f1.sqrt(),
     "zdt1_30": lambda f1: 1 - f1.sqrt(),
     "zdt2": lambda f1: 1 - f1**2,
@@ -83,10 +83,19 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def interior_points(problem: Problem, shape: tuple[int, ...], *, seed: int = 0, dtype: torch.dtype = F64, margin: float = 0.05) -> Tensor:
+def interior_points(
+    problem: Problem,
+    shape: tuple[int, ...],
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = F64,
+    margin: float = 0.05,
+) -> Tensor:
     """Uniform points of the bounds shrunk by `margin` of their width on every side."""
     lower, upper = problem.lower_upper(dtype=F64)
-    unit = margin + (1 - 2 * margin) * torch.rand(*shape, problem.n_var, generator=seeded(seed), dtype=F64)
+    unit = margin + (1 - 2 * margin) * torch.rand(
+        *shape, problem.n_var, generator=seeded(seed), dtype=F64
+    )
     return (lower + (upper - lower) * unit).to(dtype)
 
 
@@ -142,7 +151,9 @@ def dominated(front: Tensor, *, tolerance: float = 1e-12) -> Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("batch_shape", [(), (3,), (2, 3)])
 @pytest.mark.parametrize("name", PROBLEMS)
-def test_output_shape_dtype_and_batch_independence(name: str, batch_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+def test_output_shape_dtype_and_batch_independence(
+    name: str, batch_shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
     problem = PROBLEMS[name]()
     x = interior_points(problem, batch_shape, dtype=dtype)
     values = problem(x)
@@ -153,7 +164,9 @@ def test_output_shape_dtype_and_batch_independence(name: str, batch_shape: tuple
     one_by_one = torch.stack([problem(row) for row in rows]).reshape(values.shape)
     torch.testing.assert_close(values, one_by_one)
     _, jacobian = batched_task_gradients(problem, x)
-    assert jacobian.shape == (*batch_shape, problem.n_obj, problem.n_var) and jacobian.dtype == dtype
+    assert (
+        jacobian.shape == (*batch_shape, problem.n_obj, problem.n_var) and jacobian.dtype == dtype
+    )
 
 
 @pytest.mark.parametrize("name", PROBLEMS)
@@ -182,7 +195,9 @@ def test_starts_lie_in_the_bounds_and_are_reproducible(name: str) -> None:
     first = problem.starts(7, generator=seeded(3), dtype=F64)
     assert first.shape == (7, problem.n_var) and first.dtype == F64
     assert bool(((first >= lower) & (first <= upper)).all())
-    torch.testing.assert_close(problem.starts(7, generator=seeded(3), dtype=F64), first, rtol=0, atol=0)
+    torch.testing.assert_close(
+        problem.starts(7, generator=seeded(3), dtype=F64), first, rtol=0, atol=0
+    )
     assert not torch.equal(problem.starts(7, generator=seeded(4), dtype=F64), first)
     assert problem.starts(2, generator=seeded(3)).dtype == torch.float32
     defaults = problem.default_starts(dtype=F64)
@@ -195,7 +210,9 @@ def test_starts_lie_in_the_bounds_and_are_reproducible(name: str) -> None:
 def test_signatures_match_the_base_class(name: str) -> None:
     problem = PROBLEMS[name]()
     for method in ("starts", "default_starts", "pareto_set", "pareto_front"):
-        assert inspect.signature(getattr(problem, method)) == inspect.signature(getattr(Problem(), method)), method
+        assert inspect.signature(getattr(problem, method)) == inspect.signature(
+            getattr(Problem(), method)
+        ), method
 
 
 # --- problems with a known Pareto set ----------------------------------------------------------
@@ -206,8 +223,12 @@ def test_pareto_set_dtype_shape_and_determinism(name: str) -> None:
     problem = PROBLEMS[name]()
     points = problem.pareto_set(11, dtype=torch.float32, generator=seeded(0))
     assert points.shape == (11, problem.n_var) and points.dtype == torch.float32
-    torch.testing.assert_close(problem.pareto_set(11, generator=seeded(0)).float(), points, rtol=0, atol=0)
-    if not isinstance(problem, ConvexQuadratic):  # its set is always drawn (from the global RNG without a generator)
+    torch.testing.assert_close(
+        problem.pareto_set(11, generator=seeded(0)).float(), points, rtol=0, atol=0
+    )
+    if not isinstance(
+        problem, ConvexQuadratic
+    ):  # its set is always drawn (from the global RNG without a generator)
         torch.testing.assert_close(problem.pareto_set(11), problem.pareto_set(11), rtol=0, atol=0)
     front = problem.pareto_front(11, dtype=torch.float32, generator=seeded(0))
     assert front.shape == (11, problem.n_obj) and front.dtype == torch.float32
@@ -224,9 +245,15 @@ def test_pareto_set_points_are_pareto_stationary(name: str) -> None:
 @pytest.mark.parametrize("name", WITH_PARETO_SET)
 def test_points_off_the_set_are_not_stationary(name: str) -> None:
     problem = PROBLEMS[name]()
-    if isinstance(problem, Bargaining1D):  # every point of the box is Pareto optimal: look outside it
-        points = torch.cat([torch.linspace(-1, -0.05, 16, dtype=F64), torch.linspace(1.05, 2, 16, dtype=F64)])[:, None]
-    elif isinstance(problem, TwoTaskToy):  # in x2 > 0 the tanh factors saturate to a nearly flat plateau
+    if isinstance(
+        problem, Bargaining1D
+    ):  # every point of the box is Pareto optimal: look outside it
+        points = torch.cat(
+            [torch.linspace(-1, -0.05, 16, dtype=F64), torch.linspace(1.05, 2, 16, dtype=F64)]
+        )[:, None]
+    elif isinstance(
+        problem, TwoTaskToy
+    ):  # in x2 > 0 the tanh factors saturate to a nearly flat plateau
         points = interior_points(problem, (64,), seed=5)
         points[:, 1] = -points[:, 1].abs()
         stationary_x2 = problem.stationary_set(1, generator=seeded(0))[0, 1]
@@ -242,9 +269,13 @@ def test_points_off_the_set_are_not_stationary(name: str) -> None:
 def test_pareto_front_follows_the_analytic_formula(name: str) -> None:
     problem = PROBLEMS[name]()
     front = problem.pareto_front(401)
-    torch.testing.assert_close(front[:, 1], FRONT_FORMULAS[name](front[:, 0]), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        front[:, 1], FRONT_FORMULAS[name](front[:, 0]), rtol=1e-10, atol=1e-12
+    )
     low, high = FRONT_F1_RANGE[name]
-    assert abs(float(front[:, 0].min()) - low) < 1e-9 and abs(float(front[:, 0].max()) - high) < 1e-9
+    assert (
+        abs(float(front[:, 0].min()) - low) < 1e-9 and abs(float(front[:, 0].max()) - high) < 1e-9
+    )
 
 
 @pytest.mark.parametrize("name", WITH_PARETO_SET)
@@ -270,7 +301,9 @@ def test_box_kkt_check_can_fail() -> None:
     assert float(criticality(problem, lifted).min()) > 0.1
     gaps = on_face.clone()
     gaps[:, 0] = torch.linspace(0.3, 0.9, 8, dtype=F64)
-    assert float(criticality(ZDT3(n_var=4), gaps).max()) > 0.1  # some gap points rise along the curve
+    assert (
+        float(criticality(ZDT3(n_var=4), gaps).max()) > 0.1
+    )  # some gap points rise along the curve
 
 
 # --- the two-task toy ----------------------------------------------------------------------------
@@ -294,7 +327,9 @@ def test_two_task_toy_reference_segment_is_close_to_the_stationary_curve() -> No
     assert 0.075 < float(gaps.max()) < 0.085 and float(gaps.min()) < 2e-4  # as documented
     assert float((problem(segment) - problem(curve)).abs().max()) < 1e-3
     _, jacobian = batched_task_gradients(problem, segment[[0, -1]])
-    assert float(relative_residual(jacobian, relative_to="min").min()) > 0.5  # its ends are not stationary
+    assert (
+        float(relative_residual(jacobian, relative_to="min").min()) > 0.5
+    )  # its ends are not stationary
 
 
 # --- bargaining ----------------------------------------------------------------------------------
@@ -329,17 +364,26 @@ def test_zdt_values_at_a_hand_computed_point() -> None:
         ZDT3: 5.5 * (1 - math.sqrt(0.25 / 5.5) - 0.25 / 5.5 * math.sin(2.5 * math.pi)),
     }
     for kind, second in expected_second.items():
-        torch.testing.assert_close(kind(n_var=2)(x), torch.tensor([0.25, second], dtype=F64), rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(
+            kind(n_var=2)(x), torch.tensor([0.25, second], dtype=F64), rtol=1e-14, atol=1e-14
+        )
 
 
 @pytest.mark.parametrize("kind", [ZDT1, ZDT2, ZDT3])
 def test_zdt_gradients_stay_finite_on_the_whole_box(kind: type[ZDT]) -> None:
     problem = kind(n_var=4)
-    corners = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.5, 0.0], [1.0, 0.0, 1.0, 1.0]], dtype=F64)
+    corners = torch.tensor(
+        [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.5, 0.0], [1.0, 0.0, 1.0, 1.0]], dtype=F64
+    )
     _, jacobian = batched_task_gradients(problem, corners)
     assert bool(torch.isfinite(jacobian).all())
-    torch.testing.assert_close(jacobian[:, 0], torch.eye(4, dtype=F64)[0].expand(3, 4))  # grad f1 = e1
-    torch.testing.assert_close(problem.project(torch.tensor([-0.5, 0.3, 1.5, 1.0], dtype=F64)), torch.tensor([0.0, 0.3, 1.0, 1.0], dtype=F64))
+    torch.testing.assert_close(
+        jacobian[:, 0], torch.eye(4, dtype=F64)[0].expand(3, 4)
+    )  # grad f1 = e1
+    torch.testing.assert_close(
+        problem.project(torch.tensor([-0.5, 0.3, 1.5, 1.0], dtype=F64)),
+        torch.tensor([0.0, 0.3, 1.0, 1.0], dtype=F64),
+    )
 
 
 def test_zdt_rejects_one_variable() -> None:
@@ -369,7 +413,9 @@ def test_zdt3_intervals_are_the_nondominated_part_of_the_curve() -> None:
 
 def test_zdt3_pareto_set_samples_every_interval_and_only_them() -> None:
     x1 = ZDT3(n_var=3).pareto_set(500)[:, 0]
-    membership = torch.stack([(x1 > left) & (x1 <= right) for left, right in ZDT3_PARETO_INTERVALS[1:]])
+    membership = torch.stack(
+        [(x1 > left) & (x1 <= right) for left, right in ZDT3_PARETO_INTERVALS[1:]]
+    )
     membership = torch.cat([((x1 >= 0) & (x1 <= ZDT3_PARETO_INTERVALS[0][1]))[None], membership])
     assert bool((membership.sum(dim=0) == 1).all()) and bool(membership.any(dim=1).all())
 
@@ -381,14 +427,20 @@ def test_zdt2_variant_gradients_are_parallel_to_the_cylinder_normal_at_pareto_po
     problem = ZDT2Variant()
     points = problem.pareto_set(64, generator=seeded(0))
     _, jacobian = batched_task_gradients(problem, points)
-    normal = torch.stack([torch.ones_like(points[:, 0]), 2 * points[:, 1], 2 * points[:, 2]], dim=-1)
+    normal = torch.stack(
+        [torch.ones_like(points[:, 0]), 2 * points[:, 1], 2 * points[:, 2]], dim=-1
+    )
     for task in range(2):
         cross = torch.linalg.cross(jacobian[:, task], normal)
         assert float(cross.norm(dim=-1).max()) < 1e-12
     weights, residual = stationarity(gramian(jacobian))
-    torch.testing.assert_close((weights[..., None] * jacobian).sum(dim=-2), torch.zeros_like(points), rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        (weights[..., None] * jacobian).sum(dim=-2), torch.zeros_like(points), rtol=0, atol=1e-7
+    )
     first = problem(points)[:, 0]
-    torch.testing.assert_close(weights[:, 0], 2 * first / (1 + 2 * first), rtol=1e-6, atol=1e-6)  # w = 2 u1 / (g + 2 u1)
+    torch.testing.assert_close(
+        weights[:, 0], 2 * first / (1 + 2 * first), rtol=1e-6, atol=1e-6
+    )  # w = 2 u1 / (g + 2 u1)
 
 
 def test_zdt2_variant_whole_cylinders_are_pareto_optimal_and_even_sheets_are_dominated() -> None:
@@ -411,8 +463,12 @@ def test_zdt2_variant_whole_cylinders_are_pareto_optimal_and_even_sheets_are_dom
 
 def test_zdt2_variant_reference_sampler_ranges() -> None:
     points = ZDT2Variant().pareto_set(2000, generator=seeded(0))
-    assert float(points[:, 0].min()) >= -1.5 * math.pi and float(points[:, 0].max()) <= -0.5 * math.pi
-    torch.testing.assert_close(points[:, 1] ** 2 + points[:, 2] ** 2, torch.full((2000,), math.pi, dtype=F64))
+    assert (
+        float(points[:, 0].min()) >= -1.5 * math.pi and float(points[:, 0].max()) <= -0.5 * math.pi
+    )
+    torch.testing.assert_close(
+        points[:, 1] ** 2 + points[:, 2] ** 2, torch.full((2000,), math.pi, dtype=F64)
+    )
     lower, upper = ZDT2Variant().lower_upper()
     assert bool(((points >= lower) & (points <= upper)).all())
 
@@ -420,18 +476,29 @@ def test_zdt2_variant_reference_sampler_ranges() -> None:
 # --- Fonseca-Fleming -----------------------------------------------------------------------------
 
 
-@given(n_var=st.integers(1, 6), position=st.floats(-1.0, 1.0), offset=st.lists(st.floats(-2.0, 2.0), min_size=6, max_size=6))
-def test_fonseca_fleming_segment_is_stationary_and_points_off_it_are_not(n_var: int, position: float, offset: list[float]) -> None:
+@given(
+    n_var=st.integers(1, 6),
+    position=st.floats(-1.0, 1.0),
+    offset=st.lists(st.floats(-2.0, 2.0), min_size=6, max_size=6),
+)
+def test_fonseca_fleming_segment_is_stationary_and_points_off_it_are_not(
+    n_var: int, position: float, offset: list[float]
+) -> None:
     problem = FonsecaFleming(n_var=n_var)
     on_segment = torch.full((n_var,), position / math.sqrt(n_var), dtype=F64)
     assert float(criticality(problem, on_segment)) < 1e-6
     beyond = on_segment * (1.5 / max(abs(position), 1e-3))  # outside the segment, on the same line
     if abs(position) > 1e-3:
-        assert float(relative_residual(batched_task_gradients(problem, beyond)[1], relative_to="min")) > 0.5
+        assert (
+            float(relative_residual(batched_task_gradients(problem, beyond)[1], relative_to="min"))
+            > 0.5
+        )
     orthogonal = torch.tensor(offset[:n_var], dtype=F64)
     orthogonal = orthogonal - orthogonal.mean()  # orthogonal to (1, ..., 1)
     if float(orthogonal.norm()) > 1e-2:
-        residual = relative_residual(batched_task_gradients(problem, on_segment + orthogonal)[1], relative_to="min")
+        residual = relative_residual(
+            batched_task_gradients(problem, on_segment + orthogonal)[1], relative_to="min"
+        )
         assert float(residual) > 1e-3
 
 
@@ -460,7 +527,9 @@ LOWER_BOUND_REACHED = {
 """A point where some loss equals the (non-strict) lower bound 0, for each such problem."""
 
 
-def enlarged_box_points(problem: Problem, num_points: int, *, seed: int, factor: float = 3.0) -> Tensor:
+def enlarged_box_points(
+    problem: Problem, num_points: int, *, seed: int, factor: float = 3.0
+) -> Tensor:
     """Uniform points (float64) of the bounds widened `factor`-fold around their centre; for box
     problems (with a `project`, where the facts hold on the box) the box itself, with a fifth of the
     coordinates on its faces."""
@@ -493,27 +562,38 @@ def test_losses_lie_above_the_lower_bound(name: str) -> None:
     for dtype in (F64, torch.float32):
         values = problem(torch.cat(points).to(dtype))
         assert bool(torch.isfinite(values).all())
-        assert bool((values > bound).all()) if name in STRICT_LOWER_BOUND else bool((values >= bound).all()), float(values.min())
+        assert (
+            bool((values > bound).all())
+            if name in STRICT_LOWER_BOUND
+            else bool((values >= bound).all())
+        ), float(values.min())
     if name in LOWER_BOUND_REACHED:  # documented as attained: a shift by exactly the bound gives 0
         assert float(problem(LOWER_BOUND_REACHED[name](problem)).min()) == bound
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.1, 3.0])
-def test_two_task_toy_lower_bound_is_nearly_tight_and_the_log_branch_is_above_minus_6_3(scale: float) -> None:
+def test_two_task_toy_lower_bound_is_nearly_tight_and_the_log_branch_is_above_minus_6_3(
+    scale: float,
+) -> None:
     """Dense grids of [-40, 40] x [-60, 40] and around the quadratic branch's minima, and the log
     branch where its clamp is active: the losses are > lower_bound = -20 max(scale, 1), the least
     is -19.9894 max(scale, 1) (at x1 = +-7, x2 = -8.4345), and on x2 > 0 they are >= -6.206."""
     problem = TwoTaskToy(scale=scale)
     factor = max(scale, 1.0)  # f2 is unscaled, f1 = scale (...)
     axes = (torch.linspace(-40, 40, 801, dtype=F64), torch.linspace(-60, 40, 1001, dtype=F64))
-    near_minima = (torch.linspace(-7.5, 7.5, 1501, dtype=F64), torch.linspace(-9, -8, 1001, dtype=F64))
+    near_minima = (
+        torch.linspace(-7.5, 7.5, 1501, dtype=F64),
+        torch.linspace(-9, -8, 1001, dtype=F64),
+    )
     x2 = torch.linspace(1e-3, 30, 3001, dtype=F64)  # on the log branch, with its clamps active
-    points = torch.cat([
-        torch.cartesian_prod(*axes),
-        torch.cartesian_prod(*near_minima),
-        torch.stack([-7 + 2 * torch.tanh(x2), x2], dim=-1),
-        torch.stack([7 - 2 * torch.tanh(x2), x2], dim=-1),
-    ])
+    points = torch.cat(
+        [
+            torch.cartesian_prod(*axes),
+            torch.cartesian_prod(*near_minima),
+            torch.stack([-7 + 2 * torch.tanh(x2), x2], dim=-1),
+            torch.stack([7 - 2 * torch.tanh(x2), x2], dim=-1),
+        ]
+    )
     for dtype in (F64, torch.float32):
         values = problem(points.to(dtype)).to(F64)
         assert float(values.min()) > problem.lower_bound == -20.0 * factor
@@ -528,16 +608,23 @@ BOX_PROBLEMS = [name for name, make in PROBLEMS.items() if hasattr(make(), "proj
 
 
 def test_the_box_problems_are_the_zdt_problems() -> None:
-    assert BOX_PROBLEMS == [name for name, make in PROBLEMS.items() if isinstance(make(), ZDT)] and BOX_PROBLEMS
+    assert (
+        BOX_PROBLEMS == [name for name, make in PROBLEMS.items() if isinstance(make(), ZDT)]
+        and BOX_PROBLEMS
+    )
 
 
 @pytest.mark.parametrize("name", BOX_PROBLEMS)
 def test_box_problems_document_their_projection_and_it_maps_onto_the_box(name: str) -> None:
     problem = PROBLEMS[name]()
-    assert "project" in (type(problem).__doc__ or "") or any("project" in (base.__doc__ or "") for base in type(problem).__mro__)
+    assert "project" in (type(problem).__doc__ or "") or any(
+        "project" in (base.__doc__ or "") for base in type(problem).__mro__
+    )
     assert "box" in (inspect.getdoc(problem.project) or "")
     lower, upper = problem.lower_upper(dtype=F64)
-    outside = lower + (upper - lower) * (3 * torch.rand(500, problem.n_var, generator=seeded(4), dtype=F64) - 1)
+    outside = lower + (upper - lower) * (
+        3 * torch.rand(500, problem.n_var, generator=seeded(4), dtype=F64) - 1
+    )
     projected = problem.project(outside)
     assert bool(((projected >= lower) & (projected <= upper)).all())
     torch.testing.assert_close(problem.project(projected), projected, rtol=0, atol=0)

@@ -15,7 +15,12 @@ from tests.strategies import awkward_two_task_jacobians
 
 
 def explicit_inner_loop(
-    jacobian: torch.Tensor, *, steps: int, radius: float, inner_step: float, margins: list[float] | None = None
+    jacobian: torch.Tensor,
+    *,
+    steps: int,
+    radius: float,
+    inner_step: float,
+    margins: list[float] | None = None,
 ) -> torch.Tensor:
     """The reference inner loop written in parameter space (spec dibs.md §3.2), returning w_i.
 
@@ -43,22 +48,33 @@ def explicit_inner_loop(
     radius=st.sampled_from([1e-3, 0.1, 1.0]),
     inner_fraction=st.sampled_from([0.01, 0.2, 1.0, 5.0]),
 )
-def test_gramian_weights_equal_the_parameter_space_loop(jacobian, steps, radius, inner_fraction) -> None:
+def test_gramian_weights_equal_the_parameter_space_loop(
+    jacobian, steps, radius, inner_fraction
+) -> None:
     method = DiBSMTL(steps=steps, radius=radius, inner_step=inner_fraction / steps)
     got = method(gramian(jacobian), torch.ones(jacobian.shape[0], dtype=jacobian.dtype))
     margins: list[float] = []
-    want = explicit_inner_loop(jacobian, steps=steps, radius=radius, inner_step=inner_fraction / steps, margins=margins)
+    want = explicit_inner_loop(
+        jacobian, steps=steps, radius=radius, inner_step=inner_fraction / steps, margins=margins
+    )
     # a step landing on the radius itself (up to rounding) may be accepted by one and rejected by
     # the other formulation: a tie of measure zero, which exact 1-D examples hit
     assume(min(margins) > 1e-9)
     # compare the shared updates (what matters) and the weights relative to 1/||g_i||
-    torch.testing.assert_close(got @ jacobian, want @ jacobian, rtol=1e-8, atol=1e-12 * (want.abs() @ jacobian.abs()).max().item())
+    torch.testing.assert_close(
+        got @ jacobian,
+        want @ jacobian,
+        rtol=1e-8,
+        atol=1e-12 * (want.abs() @ jacobian.abs()).max().item(),
+    )
 
 
 @given(jacobian=jacobians(allow_zero_rows=False))
 def test_one_step_is_epsilon_times_sum_of_unit_gradients(jacobian) -> None:
     method = DiBSMTL(radius=2e-3, inner_step=3e-2)
-    update = method(gramian(jacobian), torch.ones(jacobian.shape[0], dtype=jacobian.dtype)) @ jacobian
+    update = (
+        method(gramian(jacobian), torch.ones(jacobian.shape[0], dtype=jacobian.dtype)) @ jacobian
+    )
     units = jacobian / jacobian.norm(dim=1, keepdim=True)
     torch.testing.assert_close(update, method.epsilon * units.sum(dim=0), rtol=1e-9, atol=1e-18)
     assert method.epsilon == pytest.approx(6e-5)
@@ -70,7 +86,10 @@ def test_mean_reduction_divides_by_k(jacobian, steps) -> None:
     total = DiBSMTL(steps=steps)(gramian(jacobian), losses)
     mean = DiBSMTL(steps=steps, reduction="mean")(gramian(jacobian), losses)
     torch.testing.assert_close(mean, total / jacobian.shape[0])
-    torch.testing.assert_close(NormalizedSum(reduction="mean")(gramian(jacobian), losses), NormalizedSum()(gramian(jacobian), losses) / jacobian.shape[0])
+    torch.testing.assert_close(
+        NormalizedSum(reduction="mean")(gramian(jacobian), losses),
+        NormalizedSum()(gramian(jacobian), losses) / jacobian.shape[0],
+    )
 
 
 def test_multi_step_stops_at_the_radius() -> None:
@@ -81,7 +100,9 @@ def test_multi_step_stops_at_the_radius() -> None:
     torch.testing.assert_close(weights, torch.full((2,), 0.7, dtype=torch.float64))
     # Aligned gradients: the first step leaves the ball of radius r and the loop stops there.
     aligned = torch.tensor([[1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
-    weights = DiBSMTL(steps=7, radius=1.0, inner_step=0.6)(gramian(aligned), torch.ones(2, dtype=torch.float64))
+    weights = DiBSMTL(steps=7, radius=1.0, inner_step=0.6)(
+        gramian(aligned), torch.ones(2, dtype=torch.float64)
+    )
     torch.testing.assert_close(weights, torch.tensor([0.6, 0.3], dtype=torch.float64))
 
 
@@ -94,7 +115,9 @@ def test_default_inner_step_follows_the_reference() -> None:
 def test_both_inner_step_rules_against_the_parameter_space_loop(steps) -> None:
     """`radius/steps` (default: eta = r / T) and `radius/5` (the reference trainers at HEAD: r / 5
     whatever T is) each give the weights of the explicit loop with that step; they agree at T = 5."""
-    jacobian = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0], [0.5, -2.0, 3.0]], dtype=torch.float64)
+    jacobian = torch.tensor(
+        [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0], [0.5, -2.0, 3.0]], dtype=torch.float64
+    )
     losses = torch.ones(3, dtype=torch.float64)
     for rule, inner_step in (("radius/steps", 1e-3 / steps), ("radius/5", 1e-3 / 5)):
         method = DiBSMTL(steps=steps, inner_step_rule=rule)
@@ -102,7 +125,9 @@ def test_both_inner_step_rules_against_the_parameter_space_loop(steps) -> None:
         want = explicit_inner_loop(jacobian, steps=steps, radius=1e-3, inner_step=inner_step)
         torch.testing.assert_close(method(gramian(jacobian), losses), want, rtol=1e-10, atol=0)
     if steps == 5:
-        assert DiBSMTL(steps=5, inner_step_rule="radius/5").inner_step == DiBSMTL(steps=5).inner_step
+        assert (
+            DiBSMTL(steps=5, inner_step_rule="radius/5").inner_step == DiBSMTL(steps=5).inner_step
+        )
 
 
 @given(jacobian=jacobians(), steps=st.sampled_from([1, 3]), epsilon=st.floats(1e-3, 1e3))
@@ -113,7 +138,12 @@ def test_epsilon_rescales_the_whole_update(jacobian, steps, epsilon) -> None:
     published = DiBSMTL(steps=steps)
     scaled = DiBSMTL(steps=steps, epsilon=epsilon)
     factor = epsilon / (published.inner_step * published.radius)
-    torch.testing.assert_close(scaled(gramian(jacobian), losses), factor * published(gramian(jacobian), losses), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        scaled(gramian(jacobian), losses),
+        factor * published(gramian(jacobian), losses),
+        rtol=1e-12,
+        atol=0,
+    )
 
 
 def test_epsilon_one_trains_with_plain_sgd() -> None:
@@ -138,8 +168,16 @@ def test_epsilon_one_trains_with_plain_sgd() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"steps": 0}, {"steps": 1.5}, {"radius": 0.0}, {"radius": float("inf")}, {"inner_step": -1.0},
-        {"inner_step": float("nan")}, {"epsilon": 0.0}, {"epsilon": float("inf")}, {"inner_step_rule": "r/3"}, {"reduction": "max"},
+        {"steps": 0},
+        {"steps": 1.5},
+        {"radius": 0.0},
+        {"radius": float("inf")},
+        {"inner_step": -1.0},
+        {"inner_step": float("nan")},
+        {"epsilon": 0.0},
+        {"epsilon": float("inf")},
+        {"inner_step_rule": "r/3"},
+        {"reduction": "max"},
     ],
 )
 def test_invalid_hyperparameters(kwargs) -> None:
@@ -162,7 +200,14 @@ def _two_task_gramians(seed: int) -> torch.Tensor:
     return gramian(awkward_two_task_jacobians(seed))
 
 
-@pytest.mark.parametrize("options", [{"steps": 5}, {"steps": 20, "radius": 0.1, "reduction": "mean"}, {"steps": 3, "inner_step": 0.5, "radius": 1.0}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"steps": 5},
+        {"steps": 20, "radius": 0.1, "reduction": "mean"},
+        {"steps": 3, "inner_step": 0.5, "radius": 1.0},
+    ],
+)
 def test_two_task_scalar_path_equals_the_batched_loop(options) -> None:
     # a batch of 10 takes the K = 2 loop on Python floats, one of 100 the batched torch loop
     method = DiBSMTL(**options)

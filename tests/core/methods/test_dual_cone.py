@@ -36,9 +36,9 @@ GOLDEN_LOSSES = torch.tensor([1.0, 2.0], dtype=F64)
 
 def targets(num_tasks: int):
     """Non-negative targets: exact zeros and values in [1e-3, 2]."""
-    return st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 2.0)), min_size=num_tasks, max_size=num_tasks).map(
-        lambda values: torch.tensor(values, dtype=F64)
-    )
+    return st.lists(
+        st.one_of(st.just(0.0), st.floats(1e-3, 2.0)), min_size=num_tasks, max_size=num_tasks
+    ).map(lambda values: torch.tensor(values, dtype=F64))
 
 
 def term_size(weights: torch.Tensor, jacobian: torch.Tensor) -> float:
@@ -65,7 +65,9 @@ def oracle_projection(jacobian: np.ndarray, target: np.ndarray) -> np.ndarray:
                 multipliers = np.linalg.lstsq(units @ units.T, -units @ x, rcond=None)[0]
                 d = x + units.T @ multipliers
             slack = 1e-9 * norms * (np.linalg.norm(x) + np.linalg.norm(d))
-            if (jacobian @ d >= -slack).all() and np.linalg.norm(d - x) < best_distance - 1e-12 * np.linalg.norm(x):
+            if (jacobian @ d >= -slack).all() and np.linalg.norm(
+                d - x
+            ) < best_distance - 1e-12 * np.linalg.norm(x):
                 best_distance, best = float(np.linalg.norm(d - x)), d
     assert best is not None
     return best * scale
@@ -86,7 +88,10 @@ def test_projection_satisfies_the_kkt_conditions(jacobian, data) -> None:
     size = term_size(weights, jacobian)
     floor = 256 * num_tasks * EPS * size  # the rounding of G and of forming d from its terms
     products = jacobian @ update  # mu_i = g_i . d = (G v)_i
-    assert bool((weights >= target - 1e-12 * target.abs().max().clamp_min(1e-300)).all()), (weights, target)
+    assert bool((weights >= target - 1e-12 * target.abs().max().clamp_min(1e-300)).all()), (
+        weights,
+        target,
+    )
     assert bool((products >= -norms * floor).all()), (products, norms * floor)
     gaps = (weights - target) * norms  # v_i - u_i in the units of the terms of d
     complementarity = torch.minimum(products / torch.where(norms > 0, norms, 1.0), gaps).abs()
@@ -177,7 +182,10 @@ def test_upgrad_is_the_sum_of_the_projected_gradients(jacobian) -> None:
     num_tasks = jacobian.shape[0]
     weights = UPGrad()(gramian(jacobian), torch.ones(num_tasks, dtype=F64))
     projected = [
-        project_to_dual_cone(gramian(jacobian), torch.eye(num_tasks, dtype=F64)[i] / num_tasks).weights[0] for i in range(num_tasks)
+        project_to_dual_cone(
+            gramian(jacobian), torch.eye(num_tasks, dtype=F64)[i] / num_tasks
+        ).weights[0]
+        for i in range(num_tasks)
     ]
     torch.testing.assert_close(weights, torch.stack(projected).sum(dim=0), rtol=1e-12, atol=1e-300)
 
@@ -188,8 +196,18 @@ def test_golden_values_by_hand() -> None:
     (= PCGrad / 2 for K = 2). DualProj: g_0 = (1, 1, 1) conflicts with g_1 (g_1 . g_0 = -2), so
     d = g_0 + (2/18) g_1: (11/18, 1/2)."""
     gram = gramian(GOLDEN_J)
-    torch.testing.assert_close(UPGrad()(gram, GOLDEN_LOSSES), torch.tensor([10 / 9, 15 / 19], dtype=F64), rtol=1e-14, atol=0)
-    torch.testing.assert_close(DualProj()(gram, GOLDEN_LOSSES), torch.tensor([11 / 18, 1 / 2], dtype=F64), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        UPGrad()(gram, GOLDEN_LOSSES),
+        torch.tensor([10 / 9, 15 / 19], dtype=F64),
+        rtol=1e-14,
+        atol=0,
+    )
+    torch.testing.assert_close(
+        DualProj()(gram, GOLDEN_LOSSES),
+        torch.tensor([11 / 18, 1 / 2], dtype=F64),
+        rtol=1e-14,
+        atol=0,
+    )
 
 
 def test_preferences_scale_the_projections() -> None:
@@ -197,7 +215,10 @@ def test_preferences_scale_the_projections() -> None:
     doubled = UPGrad(pref_vector=[1.0, 1.0])(gram, GOLDEN_LOSSES)
     torch.testing.assert_close(doubled, 2 * UPGrad()(gram, GOLDEN_LOSSES), rtol=1e-14, atol=0)
     # pref (1, 0): only g_1 is projected; DualProj of g_1 alone is the same projection
-    torch.testing.assert_close(UPGrad(pref_vector=[1, 0])(gram, GOLDEN_LOSSES), DualProj(pref_vector=[1, 0])(gram, GOLDEN_LOSSES))
+    torch.testing.assert_close(
+        UPGrad(pref_vector=[1, 0])(gram, GOLDEN_LOSSES),
+        DualProj(pref_vector=[1, 0])(gram, GOLDEN_LOSSES),
+    )
     with pytest.raises(MTLInputError, match="2 tasks"):
         UPGrad(pref_vector=[1, 2, 3])(gram, GOLDEN_LOSSES)
 
@@ -210,7 +231,9 @@ def test_batched_gramians_give_the_separate_results(cls) -> None:
         losses = torch.ones(6, num_tasks, dtype=F64)
         batched = cls()(gramian(jacobian), losses)
         for row in range(6):
-            torch.testing.assert_close(batched[row], cls()(gramian(jacobian[row]), losses[row]), rtol=1e-13, atol=1e-15)
+            torch.testing.assert_close(
+                batched[row], cls()(gramian(jacobian[row]), losses[row]), rtol=1e-13, atol=1e-15
+            )
 
 
 def test_float32_gramians_give_float32_weights() -> None:
@@ -224,11 +247,20 @@ def test_facts_and_narrowed_claims() -> None:
     for name in ("upgrad", "dualproj"):
         method = make_method(name)
         assert method.claims == {"permutation_equivariant", "non_conflicting"}
-        assert method.head_gradient is HeadGradient.RAW and not method.stateful and not method.random
-        assert make_method(f"{name}:norm_eps=0.0001:reg_eps=0.0001").claims == {"permutation_equivariant"}
+        assert (
+            method.head_gradient is HeadGradient.RAW and not method.stateful and not method.random
+        )
+        assert make_method(f"{name}:norm_eps=0.0001:reg_eps=0.0001").claims == {
+            "permutation_equivariant"
+        }
         assert make_method(f"{name}:pref_vector=[1,2]").claims == {"non_conflicting"}
-        assert make_method(f"{name}:pref_vector=[2,2]").claims == {"permutation_equivariant", "non_conflicting"}
-    assert isinstance(core.UPGrad(), core.GradientWeighting) and isinstance(core.DualProj(), core.GradientWeighting)
+        assert make_method(f"{name}:pref_vector=[2,2]").claims == {
+            "permutation_equivariant",
+            "non_conflicting",
+        }
+    assert isinstance(core.UPGrad(), core.GradientWeighting) and isinstance(
+        core.DualProj(), core.GradientWeighting
+    )
 
 
 @pytest.mark.parametrize(
@@ -255,7 +287,12 @@ def test_invalid_hyperparameters_are_refused(arguments) -> None:
 TORCHJD_INPUTS = {
     "golden": [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]],
     "three": [[1.0, 0.0, 0.0], [-0.8, 0.6, 0.0], [-0.3, -0.9, 0.3]],
-    "four": [[2.0, 1.0, 0.0, -1.0], [-1.0, 0.5, 1.0, 0.0], [0.0, -2.0, 1.0, 1.0], [1.0, 1.0, -3.0, 0.5]],
+    "four": [
+        [2.0, 1.0, 0.0, -1.0],
+        [-1.0, 0.5, 1.0, 0.0],
+        [0.0, -2.0, 1.0, 1.0],
+        [1.0, 1.0, -3.0, 0.5],
+    ],
 }
 TORCHJD_WEIGHTS = {
     # torchjd 0.18.0 UPGradWeighting() / DualProjWeighting() (quadprog 0.1.14, qpsolvers 4.13.0),
@@ -264,7 +301,12 @@ TORCHJD_WEIGHTS = {
     ("dualproj", "golden"): [0.6109210467854445, 0.5],
     ("upgrad", "three"): [1.1591262935832845, 1.1591262935832845, 0.7331354200196605],
     ("dualproj", "three"): [0.4992536158443126, 0.4992536158443126, 0.3333333333333333],
-    ("upgrad", "four"): [0.6190759224129754, 1.6244254525991366, 0.916229079631535, 0.7609329858574303],
+    ("upgrad", "four"): [
+        0.6190759224129754,
+        1.6244254525991366,
+        0.916229079631535,
+        0.7609329858574303,
+    ],
     ("dualproj", "four"): [0.24999999999999997, 0.5549266386983641, 0.3123672439213334, 0.25],
 }
 
@@ -276,7 +318,9 @@ def test_torchjd_regularisation_reproduces_torchjd(name: str, case: str) -> None
     jacobian = torch.tensor(TORCHJD_INPUTS[case], dtype=F64)
     method = make_method(f"{name}:norm_eps=0.0001:reg_eps=0.0001")
     weights = method(gramian(jacobian), torch.ones(jacobian.shape[0], dtype=F64))
-    torch.testing.assert_close(weights, torch.tensor(TORCHJD_WEIGHTS[(name, case)], dtype=F64), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        weights, torch.tensor(TORCHJD_WEIGHTS[(name, case)], dtype=F64), rtol=1e-12, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("case", sorted(TORCHJD_INPUTS))
@@ -303,7 +347,10 @@ def test_torchjd_live_comparison() -> None:
         jacobian = torch.randn(num_tasks, 6, generator=generator, dtype=F64)
         gram = gramian(jacobian)
         ones = torch.ones(num_tasks, dtype=F64)
-        for ours, theirs in ((UPGrad, aggregation.UPGradWeighting), (DualProj, aggregation.DualProjWeighting)):
+        for ours, theirs in (
+            (UPGrad, aggregation.UPGradWeighting),
+            (DualProj, aggregation.DualProjWeighting),
+        ):
             expected = theirs()(gram)
             got = ours(norm_eps=1e-4, reg_eps=1e-4)(gram, ones)
             torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
@@ -312,7 +359,9 @@ def test_torchjd_live_comparison() -> None:
 @pytest.mark.parametrize("num_tasks", [1, 2, 3, 4])
 @pytest.mark.parametrize("factory", [UPGrad, DualProj])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_host_path_gives_the_bits_of_project_to_dual_cone(factory, num_tasks: int, weighted: bool) -> None:
+def test_host_path_gives_the_bits_of_project_to_dual_cone(
+    factory, num_tasks: int, weighted: bool
+) -> None:
     """The methods call the solver on numpy arrays directly (no checks, cached targets): the
     weights and residual are those of `project_to_dual_cone(G, targets)`, bit for bit, batched and
     alone, on random and degenerate Gramians (zero, parallel, anti-parallel, tiny, huge), and
@@ -339,7 +388,10 @@ def _two_task_gramians(seed: int) -> torch.Tensor:
     return gramian(awkward_two_task_jacobians(seed))
 
 
-@pytest.mark.parametrize("method", [UPGrad(), UPGrad(pref_vector=[0.3, 2.0]), DualProj(), DualProj(pref_vector=[1.0, 0.0])])
+@pytest.mark.parametrize(
+    "method",
+    [UPGrad(), UPGrad(pref_vector=[0.3, 2.0]), DualProj(), DualProj(pref_vector=[1.0, 0.0])],
+)
 def test_two_task_scalar_path_equals_the_numpy_path(method) -> None:
     # 10 rows take the K = 2 projection on Python floats, 100 rows the numpy arrays: the same bits
     for seed in range(5):

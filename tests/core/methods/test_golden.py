@@ -33,17 +33,26 @@ GOLDEN = {
     "dibsmtl_mean": (core.DiBSMTL(reduction="mean"), [0.5e-5 / N1, 0.5e-5 / N2]),
     # 5-step DiBS-MTL, eta = r / 5 (reference HEAD multi-step)
     "dibsmtl_5": (core.DiBSMTL(steps=5), [2.3568729648758136e-07, 1.6221112226300144e-07]),
-    "dibsmtl_10_eta_1e-2": (core.DiBSMTL(steps=10, inner_step=1e-2), [2.341230247258222e-05, 1.6113451660041053e-05]),
+    "dibsmtl_10_eta_1e-2": (
+        core.DiBSMTL(steps=10, inner_step=1e-2),
+        [2.341230247258222e-05, 1.6113451660041053e-05],
+    ),
     "normalized_sum": (core.NormalizedSum(), [1 / N1, 1 / N2]),
     # the overall scale epsilon replaces eta r = 1e-5: w_i = epsilon / ||g_i|| (1-step), and the
     # T-step weights scale by epsilon / (eta r)
     "dibsmtl_epsilon_1": (core.DiBSMTL(epsilon=1.0), [1 / N1, 1 / N2]),
-    "dibsmtl_5_epsilon_1": (core.DiBSMTL(steps=5, epsilon=1.0), [2.3568729648758136e-07 / 2e-7, 1.6221112226300144e-07 / 2e-7]),
+    "dibsmtl_5_epsilon_1": (
+        core.DiBSMTL(steps=5, epsilon=1.0),
+        [2.3568729648758136e-07 / 2e-7, 1.6221112226300144e-07 / 2e-7],
+    ),
     # MGDA: a_1 = ((g2 - g1) . g2) / ||g1 - g2||^2 = 60 / 100
     "mgda": (core.MGDA(), [0.6, 0.4]),
     # l2: the unit gradients have equal norms, so a = (1/2, 1/2)
     "mgda_l2": (core.MGDA(normalization="l2"), [0.5, 0.5]),
-    "mgda_l2_normalized": (core.MGDA(normalization="l2", apply_to="normalized"), [0.5 / N1, 0.5 / N2]),
+    "mgda_l2_normalized": (
+        core.MGDA(normalization="l2", apply_to="normalized"),
+        [0.5 / N1, 0.5 / N2],
+    ),
     # loss: G / (l l^T) = [[18, -11], [-11, 9.5]] -> a_1 = 20.5 / 49.5
     "mgda_loss": (core.MGDA(normalization="loss"), [20.5 / 49.5, 29 / 49.5]),
     # loss+: unit gradients divided by the losses: [[1, c/2], [c/2, 1/4]]
@@ -56,7 +65,10 @@ GOLDEN = {
     # Nash-MTL: G a = 1/a; with a_i = b_i / ||g_i|| and the cosine c = -22 / sqrt(684), b solves
     # b_1 + c b_2 = 1 / b_1 and c b_1 + b_2 = 1 / b_2, so b_1 = b_2 = (1 + c)^(-1/2) (the solver adds
     # a relative ridge of 1e-10 to the cosine Gramian's diagonal)
-    "nashmtl": (core.NashMTL(), [(1 + 1e-10 + COSINE) ** -0.5 / N1, (1 + 1e-10 + COSINE) ** -0.5 / N2]),
+    "nashmtl": (
+        core.NashMTL(),
+        [(1 + 1e-10 + COSINE) ** -0.5 / N1, (1 + 1e-10 + COSINE) ** -0.5 / N2],
+    ),
     # PCGrad (K = 2, one order): g1 - (-22/38) g2 and g2 - (-22/18) g1, summed: (1 + 22/18, 22/38 + 1)
     "pcgrad": (core.PCGrad(generator=torch.Generator().manual_seed(0)), [20 / 9, 30 / 19]),
     # CAGrad, c = 0.4, rescale by 1 + c^2: the dual optimum is w = e_1, so d = g0 + (c ||g0|| / ||g1||) g1
@@ -87,7 +99,10 @@ GOLDEN = {
     # -- preference methods (issue 18). PMTL, K = 2: u_k = (1, 1)/sqrt 2 and 5 reference vectors at
     # 0, 22.5, ..., 90 deg; l / ||l|| is at 63.4 deg, so only u_3 (67.5 deg) is closer: one active
     # constraint, w = u_3 - u_k. Stage 1 (a fresh instance): beta = 1, weights w ("mean": / K)
-    "pmtl": (core.ParetoMTL(), [(math.cos(3 * math.pi / 8) - 0.5**0.5) / 2, (math.cos(math.pi / 8) - 0.5**0.5) / 2]),
+    "pmtl": (
+        core.ParetoMTL(),
+        [(math.cos(3 * math.pi / 8) - 0.5**0.5) / 2, (math.cos(math.pi / 8) - 0.5**0.5) / 2],
+    ),
     # stage 2: the min-norm point of {g_1, g_2, v = w^T J} lies on the edge g_1-v,
     # lambda_1 = (v - g_1).v / ||v - g_1||^2; weights lambda_1 e_1 + (1 - lambda_1) w, / sum |.|;
     # Xi-L/ParetoMTL's get_d_paretomtl gives (1.1328526694639023, 0.8671473305360978) x 2/sum|w| ("sum")
@@ -119,8 +134,14 @@ GOLDEN = {
     "aligned_mtl": (
         core.AlignedMTL(),
         [
-            math.sqrt(28 - math.sqrt(584)) * math.sqrt(56 + 2 * math.sqrt(200)) * (60 + math.sqrt(200)) / ((18 + math.sqrt(200)) * (38 + math.sqrt(200)) - 484),
-            math.sqrt(28 - math.sqrt(584)) * math.sqrt(56 + 2 * math.sqrt(200)) * (40 + math.sqrt(200)) / ((18 + math.sqrt(200)) * (38 + math.sqrt(200)) - 484),
+            math.sqrt(28 - math.sqrt(584))
+            * math.sqrt(56 + 2 * math.sqrt(200))
+            * (60 + math.sqrt(200))
+            / ((18 + math.sqrt(200)) * (38 + math.sqrt(200)) - 484),
+            math.sqrt(28 - math.sqrt(584))
+            * math.sqrt(56 + 2 * math.sqrt(200))
+            * (40 + math.sqrt(200))
+            / ((18 + math.sqrt(200)) * (38 + math.sqrt(200)) - 484),
         ],
     ),
     # ConFIG: (U U^T)^-1 1 = 1 / (1 + c): g_u along u_1 + u_2, length sum_i g_i . g_u_hat: w = (N1 + N2) / 2 (1/N1, 1/N2)
@@ -129,7 +150,10 @@ GOLDEN = {
     "gradvac": (core.GradVac(generator=torch.Generator().manual_seed(0)), [20 / 9, 30 / 19]),
     # FairGrad, alpha = 1: Nash-MTL's G w = 1/w (same ridge); alpha = 2: (G + 1e-10 diag G) w = w^(-1/2)
     # solved by mpmath.findroot at 40 digits
-    "fairgrad": (core.FairGrad(), [(1 + 1e-10 + COSINE) ** -0.5 / N1, (1 + 1e-10 + COSINE) ** -0.5 / N2]),
+    "fairgrad": (
+        core.FairGrad(),
+        [(1 + 1e-10 + COSINE) ** -0.5 / N1, (1 + 1e-10 + COSINE) ** -0.5 / N2],
+    ),
     "fairgrad_alpha_2": (core.FairGrad(alpha=2.0), [0.471362922127597028, 0.319454228049985735]),
 }
 with torch.no_grad():
@@ -144,7 +168,9 @@ def test_golden(name: str) -> None:
         weights = method(gramian(JACOBIAN), LOSSES)
     else:
         weights = method(LOSSES)
-    torch.testing.assert_close(weights, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        weights, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_golden_mgda_update_is_the_min_norm_point() -> None:
@@ -154,8 +180,12 @@ def test_golden_mgda_update_is_the_min_norm_point() -> None:
 
 def test_golden_seeded_random_weightings() -> None:
     """RLW and RGW with a seeded generator reproduce the same draws as torch's own sampler."""
-    expected = torch.softmax(torch.randn(2, generator=torch.Generator().manual_seed(7), dtype=torch.float64), dim=-1)
+    expected = torch.softmax(
+        torch.randn(2, generator=torch.Generator().manual_seed(7), dtype=torch.float64), dim=-1
+    )
     rlw = core.RandomLossWeighting(generator=torch.Generator().manual_seed(7))(LOSSES)
-    rgw = core.RandomGradientWeighting(generator=torch.Generator().manual_seed(7))(gramian(JACOBIAN), LOSSES)
+    rgw = core.RandomGradientWeighting(generator=torch.Generator().manual_seed(7))(
+        gramian(JACOBIAN), LOSSES
+    )
     torch.testing.assert_close(rlw, expected)
     torch.testing.assert_close(rgw, expected)

@@ -52,13 +52,22 @@ def ones(*shape: int) -> torch.Tensor:
 
 
 @st.composite
-def independent_jacobians(draw, *, min_tasks: int = 2, max_tasks: int = 5, max_exponent: float = 3.0) -> torch.Tensor:
+def independent_jacobians(
+    draw, *, min_tasks: int = 2, max_tasks: int = 5, max_exponent: float = 3.0
+) -> torch.Tensor:
     """K x D Jacobians (D >= K) of random directions with row scales 10^e, |e| <= max_exponent,
     whose unit rows are well separated (smallest singular value > 0.05)."""
     num_tasks = draw(st.integers(min_tasks, max_tasks))
     dim = draw(st.integers(num_tasks, num_tasks + 3))
-    rows = torch.randn(num_tasks, dim, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1))), dtype=F64)
-    exponents = draw(st.lists(st.floats(-max_exponent, max_exponent), min_size=num_tasks, max_size=num_tasks))
+    rows = torch.randn(
+        num_tasks,
+        dim,
+        generator=torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1))),
+        dtype=F64,
+    )
+    exponents = draw(
+        st.lists(st.floats(-max_exponent, max_exponent), min_size=num_tasks, max_size=num_tasks)
+    )
     rows = rows * torch.tensor([10.0**e for e in exponents], dtype=F64)[:, None]
     assume(float(torch.linalg.svdvals(rows / rows.norm(dim=1, keepdim=True))[-1]) > 0.05)
     return rows
@@ -90,7 +99,9 @@ def test_aligned_gramian_has_condition_number_one_on_its_range(scale_mode, jacob
     eigenvalues = torch.linalg.svdvals(jacobian).flip(0) ** 2
     kept = eigenvalues[eigenvalues > eigenvalues[-1] * gram.shape[0] * EPS]
     assume(int(rank) == kept.numel() and kept.numel() > 0)  # the same rank decision
-    scale = {"min": kept[0], "median": kept[(kept.numel() - 1) // 2], "rmse": kept.mean()}[scale_mode]
+    scale = {"min": kept[0], "median": kept[(kept.numel() - 1) // 2], "rmse": kept.mean()}[
+        scale_mode
+    ]
     aligned = torch.linalg.svdvals(balance @ jacobian) ** 2  # the aligned Gramian's eigenvalues
     on_range = aligned[: int(rank)]
     torch.testing.assert_close(on_range, torch.full_like(on_range, float(scale)), rtol=1e-8, atol=0)
@@ -116,19 +127,32 @@ def test_aligned_golden_values_by_hand() -> None:
     """G = [[18, -22], [-22, 38]]: eigenvalues 28 -+ sqrt(584); `G^(-1/2)` from the 2 x 2 square
     root `G^(1/2) = (G + sqrt(det) I) / sqrt(tr + 2 sqrt(det))`, det = 200; w = sqrt(lambda_min) G^(-1/2) 1."""
     root_det = math.sqrt(200.0)
-    inverse_root = math.sqrt(56 + 2 * root_det) * torch.linalg.inv(gramian(GOLDEN_J) + root_det * torch.eye(2, dtype=F64))
+    inverse_root = math.sqrt(56 + 2 * root_det) * torch.linalg.inv(
+        gramian(GOLDEN_J) + root_det * torch.eye(2, dtype=F64)
+    )
     expected = math.sqrt(28 - math.sqrt(584)) * inverse_root @ ones(2)
-    torch.testing.assert_close(AlignedMTL()(gramian(GOLDEN_J), ones(2)), expected, rtol=1e-13, atol=0)
+    torch.testing.assert_close(
+        AlignedMTL()(gramian(GOLDEN_J), ones(2)), expected, rtol=1e-13, atol=0
+    )
     # the reference code sums the aligned gradients; TorchJD averages them
-    torch.testing.assert_close(AlignedMTL(pref_vector=[0.5, 0.5])(gramian(GOLDEN_J), ones(2)), expected / 2, rtol=1e-13, atol=0)
+    torch.testing.assert_close(
+        AlignedMTL(pref_vector=[0.5, 0.5])(gramian(GOLDEN_J), ones(2)),
+        expected / 2,
+        rtol=1e-13,
+        atol=0,
+    )
 
 
 def test_aligned_gradients_are_orthogonal_with_equal_norms() -> None:
-    jacobian = torch.randn(4, 7, generator=torch.Generator().manual_seed(0), dtype=F64) * torch.tensor([[1.0], [10.0], [0.1], [3.0]], dtype=F64)
+    jacobian = torch.randn(
+        4, 7, generator=torch.Generator().manual_seed(0), dtype=F64
+    ) * torch.tensor([[1.0], [10.0], [0.1], [3.0]], dtype=F64)
     balance, rank = AlignedMTL().balance_transformation(gramian(jacobian))
     aligned = balance @ jacobian
     smallest = float(torch.linalg.eigvalsh(gramian(jacobian))[0])
-    torch.testing.assert_close(gramian(aligned), smallest * torch.eye(4, dtype=F64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        gramian(aligned), smallest * torch.eye(4, dtype=F64), rtol=0, atol=1e-10
+    )
     assert int(rank) == 4
 
 
@@ -142,8 +166,15 @@ def test_jacobi_eigendecomposition_reconstructs_the_gramian(jacobian) -> None:
     gram = gramian(jacobian)
     eigenvalues, vectors = jacobi_eigh(gram)
     scale = float(gram.diagonal().max())
-    torch.testing.assert_close(vectors @ torch.diag(eigenvalues) @ vectors.T, gram, rtol=0, atol=64 * EPS * max(scale, 1e-300))
-    torch.testing.assert_close(vectors.T @ vectors, torch.eye(gram.shape[0], dtype=F64), rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        vectors @ torch.diag(eigenvalues) @ vectors.T,
+        gram,
+        rtol=0,
+        atol=64 * EPS * max(scale, 1e-300),
+    )
+    torch.testing.assert_close(
+        vectors.T @ vectors, torch.eye(gram.shape[0], dtype=F64), rtol=0, atol=1e-13
+    )
     assert bool((eigenvalues[1:] >= eigenvalues[:-1]).all())
 
 
@@ -151,8 +182,12 @@ def test_jacobi_resolves_small_eigenvalues_of_graded_gramians() -> None:
     """Rows of norms 1 and 2.4e3 with nearly parallel directions: Jacobi resolves the smallest
     nonzero eigenvalue to 1e-11 relative (against mpmath at 60 digits), eigh only to ~4e-9."""
     jacobian = torch.tensor(
-        [[-0.8872731610450508, 0.9179683982506831, 1.5823209388814286], [-1.1265744257846122, -1.8399399428654646, 1.0976732110925291],
-         [0.017664177780619184, 0.8908597530391207, 0.2563433277396397], [-2082.988287455658, 2208.7978098856324, 3787.6927076267575]],
+        [
+            [-0.8872731610450508, 0.9179683982506831, 1.5823209388814286],
+            [-1.1265744257846122, -1.8399399428654646, 1.0976732110925291],
+            [0.017664177780619184, 0.8908597530391207, 0.2563433277396397],
+            [-2082.988287455658, 2208.7978098856324, 3787.6927076267575],
+        ],
         dtype=F64,
     )
     gram = gramian(jacobian)
@@ -167,7 +202,11 @@ def test_jacobi_resolves_small_eigenvalues_of_graded_gramians() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@given(jacobian=jacobians(min_tasks=1, max_tasks=5, min_exponent=-4, max_exponent=4, allow_zero_rows=False))
+@given(
+    jacobian=jacobians(
+        min_tasks=1, max_tasks=5, min_exponent=-4, max_exponent=4, allow_zero_rows=False
+    )
+)
 def test_config_has_equal_cosines_with_every_gradient(jacobian) -> None:
     """Where U has full row rank: `u_i . d` is the same positive number for every task, and
     `d = (sum_i g_i . d_hat) d_hat`."""
@@ -177,7 +216,9 @@ def test_config_has_equal_cosines_with_every_gradient(jacobian) -> None:
     units = jacobian / jacobian.norm(dim=1, keepdim=True)
     projections = units @ update
     assert float(projections.min()) > 0
-    torch.testing.assert_close(projections, projections.mean().expand_as(projections), rtol=1e-8, atol=0)
+    torch.testing.assert_close(
+        projections, projections.mean().expand_as(projections), rtol=1e-8, atol=0
+    )
     direction = update / update.norm()
     torch.testing.assert_close(update.norm(), (jacobian @ direction).sum(), rtol=1e-10, atol=0)
 
@@ -196,7 +237,9 @@ def test_config_opposite_gradients_give_zero_update() -> None:
 
 def test_canonical_order_makes_relabelling_exact() -> None:
     generator = torch.Generator().manual_seed(2)
-    jacobian = torch.randn(5, 3, generator=generator, dtype=F64) * torch.tensor([[1e3], [1.0], [1e-2], [5.0], [1.0]], dtype=F64)
+    jacobian = torch.randn(5, 3, generator=generator, dtype=F64) * torch.tensor(
+        [[1e3], [1.0], [1e-2], [5.0], [1.0]], dtype=F64
+    )
     gram = gramian(jacobian)
     order = torch.tensor([3, 0, 4, 1, 2])
     permuted = gram[order][:, order]
@@ -220,7 +263,9 @@ def test_config_matches_the_reference_implementations() -> None:
             expected_updates.append((authors.ConFIG_update(jacobian.float()).double(), 1e-5))
         update = ConFIG()(gramian(jacobian), ones(num_tasks)) @ jacobian
         for expected, rtol in expected_updates:
-            torch.testing.assert_close(update, expected, rtol=rtol, atol=rtol * float(update.norm()))
+            torch.testing.assert_close(
+                update, expected, rtol=rtol, atol=rtol * float(update.norm())
+            )
             checked += 1
     if not checked:
         pytest.skip("neither torchjd nor conflictfree is installed")
@@ -229,8 +274,14 @@ def test_config_matches_the_reference_implementations() -> None:
 CONFIG_PINNED = {
     # torchjd 0.18.0 `ConFIG()(J)` on these Jacobians (the same numbers from conflictfree 0.1.8's
     # `ConFIG_update(J)`); the same inputs as tests/core/methods/test_dual_cone.py's TorchJD comparison
-    "golden": ([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], [0.15880897580793962, 2.0706067580626217, 2.0706067580626213]),
-    "three": ([[1.0, 0.0, 0.0], [-0.8, 0.6, 0.0], [-0.3, -0.9, 0.3]], [0.01598754889910018, 0.04796264669730057, 0.21290019000677668]),
+    "golden": (
+        [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]],
+        [0.15880897580793962, 2.0706067580626217, 2.0706067580626213],
+    ),
+    "three": (
+        [[1.0, 0.0, 0.0], [-0.8, 0.6, 0.0], [-0.3, -0.9, 0.3]],
+        [0.01598754889910018, 0.04796264669730057, 0.21290019000677668],
+    ),
 }
 
 
@@ -254,7 +305,9 @@ def _optional(module: str):
 # ---------------------------------------------------------------------------------------------
 
 
-def explicit_gradvac(jacobian: torch.Tensor, targets: torch.Tensor, orders: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def explicit_gradvac(
+    jacobian: torch.Tensor, targets: torch.Tensor, orders: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Wang et al. (2021), Alg. 1, on the gradient vectors themselves: the update and the targets."""
     targets = targets.clone()
     corrected = []
@@ -286,15 +339,24 @@ def test_gradvac_matches_the_parameter_space_algorithm(jacobian, seed, beta, dat
     a correction can cancel `g_i'` exactly, and `||g_i'||^2 = c^T G c` is then known only to
     about `sqrt(eps)` of its terms, so its later cosines are rounding noise, here and in TorchJD)."""
     num_tasks = jacobian.shape[0]
-    targets = torch.tensor(data.draw(st.lists(st.floats(-0.99, 0.99), min_size=num_tasks**2, max_size=num_tasks**2)), dtype=F64)
+    targets = torch.tensor(
+        data.draw(st.lists(st.floats(-0.99, 0.99), min_size=num_tasks**2, max_size=num_tasks**2)),
+        dtype=F64,
+    )
     targets = targets.reshape(num_tasks, num_tasks)
     orders = GradVac(generator=torch.Generator().manual_seed(seed)).visiting_orders((), num_tasks)
-    coefficients, new_targets, _ = gradvac_coefficients(gramian(jacobian), targets, orders, beta=beta)
+    coefficients, new_targets, _ = gradvac_coefficients(
+        gramian(jacobian), targets, orders, beta=beta
+    )
     expected_update, expected_targets = explicit_gradvac(jacobian, targets, orders, beta)
     scale = float((coefficients.abs() * jacobian.norm(dim=1)).sum())
-    torch.testing.assert_close(coefficients.sum(dim=0) @ jacobian, expected_update, rtol=0, atol=1e-9 * max(scale, 1e-300))
+    torch.testing.assert_close(
+        coefficients.sum(dim=0) @ jacobian, expected_update, rtol=0, atol=1e-9 * max(scale, 1e-300)
+    )
     off_diagonal = ~torch.eye(num_tasks, dtype=torch.bool)
-    torch.testing.assert_close(new_targets[off_diagonal], expected_targets[off_diagonal], rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        new_targets[off_diagonal], expected_targets[off_diagonal], rtol=0, atol=1e-9
+    )
 
 
 @given(jacobian=independent_jacobians(min_tasks=2, max_tasks=2), target=st.floats(-0.95, 0.95))
@@ -303,7 +365,9 @@ def test_gradvac_correction_reaches_the_target_cosine(jacobian, target) -> None:
     gradients; parallel ones span no plane in which to turn `g_1`)."""
     targets = torch.tensor([[0.0, target], [target, 0.0]], dtype=F64)
     orders = GradVac().visiting_orders((), 2)
-    coefficients, _, corrections = gradvac_coefficients(gramian(jacobian), targets, orders, beta=0.5)
+    coefficients, _, corrections = gradvac_coefficients(
+        gramian(jacobian), targets, orders, beta=0.5
+    )
     corrected = coefficients[0] @ jacobian
     cosine = float(corrected @ jacobian[1] / (corrected.norm() * jacobian[1].norm()))
     before = float(jacobian[0] @ jacobian[1] / (jacobian[0].norm() * jacobian[1].norm()))
@@ -319,10 +383,19 @@ def test_gradvac_golden_values_by_hand() -> None:
     `C_12 = (N1/N2) k`, `C_21 = (N2/N1) k`, `k = (t sqrt(1 - c^2) - c sqrt(1 - t^2)) / sqrt(1 - t^2)`, t = c/2."""
     method = GradVac(generator=torch.Generator().manual_seed(0))
     gram = gramian(GOLDEN_J)
-    torch.testing.assert_close(method(gram, ones(2)), torch.tensor([20 / 9, 30 / 19], dtype=F64), rtol=1e-14, atol=0)
-    torch.testing.assert_close(method.targets, torch.tensor([[0.0, COSINE / 2], [COSINE / 2, 0.0]], dtype=F64), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        method(gram, ones(2)), torch.tensor([20 / 9, 30 / 19], dtype=F64), rtol=1e-14, atol=0
+    )
+    torch.testing.assert_close(
+        method.targets,
+        torch.tensor([[0.0, COSINE / 2], [COSINE / 2, 0.0]], dtype=F64),
+        rtol=1e-14,
+        atol=0,
+    )
     target = COSINE / 2
-    k = (target * math.sqrt(1 - COSINE**2) - COSINE * math.sqrt(1 - target**2)) / math.sqrt(1 - target**2)
+    k = (target * math.sqrt(1 - COSINE**2) - COSINE * math.sqrt(1 - target**2)) / math.sqrt(
+        1 - target**2
+    )
     expected = torch.tensor([1 + (N2 / N1) * k, 1 + (N1 / N2) * k], dtype=F64)
     torch.testing.assert_close(method(gram, ones(2)), expected, rtol=1e-13, atol=0)
 
@@ -336,11 +409,18 @@ def test_gradvac_batched_state_and_checkpoint() -> None:
     for row in range(3):
         single = GradVac(shuffle=False)
         for step, expected in zip(steps, together):
-            torch.testing.assert_close(single(gramian(step[row]), ones(4)), expected[row], rtol=1e-13, atol=1e-15)
+            torch.testing.assert_close(
+                single(gramian(step[row]), ones(4)), expected[row], rtol=1e-13, atol=1e-15
+            )
     state = batched.state_dict()
     restored = GradVac(shuffle=False)
     restored.load_state_dict(state)
-    torch.testing.assert_close(restored(gramian(steps[0]), ones(3, 4)), batched(gramian(steps[0]), ones(3, 4)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        restored(gramian(steps[0]), ones(3, 4)),
+        batched(gramian(steps[0]), ones(3, 4)),
+        rtol=0,
+        atol=0,
+    )
     with pytest.raises(MTLInputError, match="reset"):
         batched(gramian(steps[0][0]), ones(4))
     with pytest.raises(MTLInputError, match="shape"):
@@ -365,7 +445,9 @@ def test_gradvac_state_changes_the_weights() -> None:
     used = GradVac(shuffle=False)
     for _ in range(3):
         used(gramian(jacobian), ones(3))
-    assert not torch.equal(used(gramian(jacobian), ones(3)), GradVac(shuffle=False)(gramian(jacobian), ones(3)))
+    assert not torch.equal(
+        used(gramian(jacobian), ones(3)), GradVac(shuffle=False)(gramian(jacobian), ones(3))
+    )
 
 
 def test_gradvac_zero_gradient_pairs_are_skipped() -> None:
@@ -373,7 +455,9 @@ def test_gradvac_zero_gradient_pairs_are_skipped() -> None:
     method = GradVac(shuffle=False)
     weights = method(gramian(jacobian), ones(3))
     assert bool(torch.isfinite(weights).all())
-    assert float(method.targets[0, 1]) == 0.0 and float(method.targets[1, 0]) == 0.0  # never measured
+    assert (
+        float(method.targets[0, 1]) == 0.0 and float(method.targets[1, 0]) == 0.0
+    )  # never measured
 
 
 def test_gradvac_matches_torchjd() -> None:
@@ -395,16 +479,29 @@ def test_gradvac_matches_torchjd() -> None:
                 for i in range(num_tasks):
                     others = [j for j in range(num_tasks) if j != i]
                     orders.append([others[k] for k in torch.randperm(num_tasks - 1).tolist()])
-            coefficients, targets, _ = gradvac_coefficients(gram, targets, torch.tensor(orders), beta=0.5, eps=1e-8)
+            coefficients, targets, _ = gradvac_coefficients(
+                gram, targets, torch.tensor(orders), beta=0.5, eps=1e-8
+            )
             torch.testing.assert_close(coefficients.sum(dim=0), expected, rtol=1e-12, atol=1e-14)
 
 
 def test_gradvac_hyperparameters() -> None:
-    for arguments in ({"beta": 1.5}, {"beta": -0.1}, {"eps": -1.0}, {"shuffle": 1}, {"generator": 3}):
+    for arguments in (
+        {"beta": 1.5},
+        {"beta": -0.1},
+        {"eps": -1.0},
+        {"shuffle": 1},
+        {"generator": 3},
+    ):
         with pytest.raises(InvalidHyperparameterError):
             GradVac(**arguments)
     method = make_method("gradvac")
-    assert method.stateful and method.random and not method.claims and method.head_gradient is HeadGradient.RAW
+    assert (
+        method.stateful
+        and method.random
+        and not method.claims
+        and method.head_gradient is HeadGradient.RAW
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,12 +509,16 @@ def test_gradvac_hyperparameters() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def fairgrad_residual(gram: torch.Tensor, weights: torch.Tensor, alpha: float, ridge: float) -> torch.Tensor:
+def fairgrad_residual(
+    gram: torch.Tensor, weights: torch.Tensor, alpha: float, ridge: float
+) -> torch.Tensor:
     """`w_i^(1/alpha) ((G + ridge diag G) w)_i - 1` over tasks with nonzero gradients."""
     regularised = gram + ridge * torch.diag(gram.diagonal())
     nonzero = gram.diagonal() > 0
     safe = torch.where(nonzero, weights, torch.ones_like(weights))
-    return torch.where(nonzero, safe ** (1 / alpha) * (regularised @ weights) - 1, torch.zeros_like(weights))
+    return torch.where(
+        nonzero, safe ** (1 / alpha) * (regularised @ weights) - 1, torch.zeros_like(weights)
+    )
 
 
 @given(
@@ -435,11 +536,21 @@ def test_fairgrad_solves_its_equation(jacobian, alpha) -> None:
     assert bool((weights[~nonzero] == 0).all()) and bool((weights[nonzero] > 0).all())
     residual = fairgrad_residual(gram, weights, alpha, method.ridge)
     safe = torch.where(nonzero, weights, torch.ones_like(weights))
-    floor = 1e3 * jacobian.shape[0] * EPS * safe ** (1 / alpha) * ((gram.abs() + method.ridge * torch.diag(gram.diagonal())) @ weights)
+    floor = (
+        1e3
+        * jacobian.shape[0]
+        * EPS
+        * safe ** (1 / alpha)
+        * ((gram.abs() + method.ridge * torch.diag(gram.diagonal())) @ weights)
+    )
     assert bool((residual.abs() <= 1e-9 + floor).all()), (residual, floor)
 
 
-@given(jacobian=jacobians(min_tasks=1, max_tasks=5, min_exponent=-4, max_exponent=4, allow_zero_rows=False))
+@given(
+    jacobian=jacobians(
+        min_tasks=1, max_tasks=5, min_exponent=-4, max_exponent=4, allow_zero_rows=False
+    )
+)
 def test_fairgrad_update_serves_every_task(jacobian) -> None:
     """Where the unit Gramian is positive definite: `g_i . d = w_i^(-1/alpha) - ridge G_ii w_i > 0`."""
     assume(cosine_eigenvalue(jacobian) > 1e-3)
@@ -449,9 +560,15 @@ def test_fairgrad_update_serves_every_task(jacobian) -> None:
         products = jacobian @ (weights @ jacobian)
         expected = weights ** (-1 / alpha) - method.ridge * jacobian.norm(dim=1) ** 2 * weights
         norms = jacobian.norm(dim=1)
-        floor = 64 * jacobian.shape[0] * EPS * norms * float((weights.abs() * norms).sum())  # rounding of g_i . d
+        floor = (
+            64 * jacobian.shape[0] * EPS * norms * float((weights.abs() * norms).sum())
+        )  # rounding of g_i . d
         assert bool((products > -floor).all())
-        assert bool(((products - expected).abs() <= 1e-8 * expected.abs() + floor).all()), (products, expected, floor)
+        assert bool(((products - expected).abs() <= 1e-8 * expected.abs() + floor).all()), (
+            products,
+            expected,
+            floor,
+        )
 
 
 @given(jacobian=jacobians(min_tasks=1, max_tasks=5))
@@ -460,7 +577,9 @@ def test_fairgrad_with_alpha_one_is_nash_mtl(jacobian) -> None:
     ours = FairGrad()(gram, ones(jacobian.shape[0]))
     nash = NashMTL(warm_start=False)(gram, ones(jacobian.shape[0]))
     scale = float((ours.abs() * jacobian.norm(dim=1)).sum())
-    amplification = float((ours * jacobian.norm(dim=1)).max()) ** 2  # b^2: Nash's rounding amplification
+    amplification = (
+        float((ours * jacobian.norm(dim=1)).max()) ** 2
+    )  # b^2: Nash's rounding amplification
     tolerance = (1e-7 + 1e-14 * amplification) * max(scale, 1e-300)
     assert float((ours @ jacobian - nash @ jacobian).norm()) <= tolerance
 
@@ -472,7 +591,9 @@ def test_fairgrad_golden_values() -> None:
     0.31945422818549523899)."""
     gram = gramian(GOLDEN_J)
     b = (1 + 1e-10 + COSINE) ** -0.5
-    torch.testing.assert_close(FairGrad()(gram, ones(2)), torch.tensor([b / N1, b / N2], dtype=F64), rtol=1e-13, atol=0)
+    torch.testing.assert_close(
+        FairGrad()(gram, ones(2)), torch.tensor([b / N1, b / N2], dtype=F64), rtol=1e-13, atol=0
+    )
     expected = torch.tensor([0.471362922127597028, 0.319454228049985735], dtype=F64)
     torch.testing.assert_close(FairGrad(alpha=2.0)(gram, ones(2)), expected, rtol=1e-13, atol=0)
 
@@ -480,7 +601,9 @@ def test_fairgrad_golden_values() -> None:
 def test_fairgrad_single_task_and_zero_gradients() -> None:
     for alpha in (0.5, 1.0, 3.0):
         weights = FairGrad(alpha=alpha)(torch.tensor([[4.0]], dtype=F64), ones(1))
-        assert float(weights) == pytest.approx((4.0 * (1 + 1e-10)) ** (-alpha / (1 + alpha)), rel=1e-14)
+        assert float(weights) == pytest.approx(
+            (4.0 * (1 + 1e-10)) ** (-alpha / (1 + alpha)), rel=1e-14
+        )
     jacobian = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.3, 1.0]], dtype=F64)
     weights = FairGrad(alpha=2.0)(gramian(jacobian), ones(3))
     assert weights[1] == 0 and bool((weights[[0, 2]] > 0).all())
@@ -493,7 +616,12 @@ def test_fairgrad_batched_equals_separate() -> None:
         jacobian = torch.randn(5, num_tasks, 3, generator=generator, dtype=F64)
         batched = FairGrad(alpha=2.0)(gramian(jacobian), ones(5, num_tasks))
         for row in range(5):
-            torch.testing.assert_close(batched[row], FairGrad(alpha=2.0)(gramian(jacobian[row]), ones(num_tasks)), rtol=1e-12, atol=0)
+            torch.testing.assert_close(
+                batched[row],
+                FairGrad(alpha=2.0)(gramian(jacobian[row]), ones(num_tasks)),
+                rtol=1e-12,
+                atol=0,
+            )
 
 
 FAIRGRAD_PINNED = {
@@ -505,7 +633,12 @@ FAIRGRAD_PINNED = {
 }
 FAIRGRAD_INPUTS = {
     "three": [[1.0, 0.0, 0.0], [-0.8, 0.6, 0.0], [-0.3, -0.9, 0.3]],
-    "four": [[2.0, 1.0, 0.0, -1.0], [-1.0, 0.5, 1.0, 0.0], [0.0, -2.0, 1.0, 1.0], [1.0, 1.0, -3.0, 0.5]],
+    "four": [
+        [2.0, 1.0, 0.0, -1.0],
+        [-1.0, 0.5, 1.0, 0.0],
+        [0.0, -2.0, 1.0, 1.0],
+        [1.0, 1.0, -3.0, 0.5],
+    ],
 }
 
 
@@ -535,7 +668,9 @@ def test_fairgrad_against_torchjd_live() -> None:
         gram = gramian(jacobian)
         for alpha in (0.5, 1.0, 2.0):
             expected = aggregation.FairGradWeighting(alpha=alpha)(gram)
-            torch.testing.assert_close(FairGrad(alpha=alpha)(gram, ones(num_tasks)), expected, rtol=1e-6, atol=0)
+            torch.testing.assert_close(
+                FairGrad(alpha=alpha)(gram, ones(num_tasks)), expected, rtol=1e-6, atol=0
+            )
 
 
 def test_aligned_mtl_against_torchjd_live() -> None:
@@ -546,7 +681,9 @@ def test_aligned_mtl_against_torchjd_live() -> None:
         gram = gramian(jacobian)
         for mode in ("min", "median", "rmse"):
             expected = aggregation.AlignedMTLWeighting(scale_mode=mode)(gram)
-            got = AlignedMTL(scale_mode=mode, pref_vector=[1 / num_tasks] * num_tasks)(gram, ones(num_tasks))
+            got = AlignedMTL(scale_mode=mode, pref_vector=[1 / num_tasks] * num_tasks)(
+                gram, ones(num_tasks)
+            )
             torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
 
 
@@ -556,7 +693,12 @@ def test_aligned_mtl_against_torchjd_live() -> None:
 
 
 def test_facts_and_narrowed_claims() -> None:
-    assert make_method("fairgrad").claims == {"monotone_invariant", "rescaling_invariant", "permutation_equivariant", "non_conflicting"}
+    assert make_method("fairgrad").claims == {
+        "monotone_invariant",
+        "rescaling_invariant",
+        "permutation_equivariant",
+        "non_conflicting",
+    }
     assert make_method("fairgrad:alpha=2").claims == {"permutation_equivariant", "non_conflicting"}
     assert make_method("aligned_mtl").claims == {"permutation_equivariant"}
     assert make_method("aligned_mtl:pref_vector=[1,2]").claims == frozenset()
@@ -585,21 +727,27 @@ def test_invalid_hyperparameters_are_refused(cls, arguments) -> None:
         cls(**arguments)
 
 
-@pytest.mark.parametrize("name", ["aligned_mtl", "config", "gradvac", "fairgrad", "upgrad", "dualproj"])
+@pytest.mark.parametrize(
+    "name", ["aligned_mtl", "config", "gradvac", "fairgrad", "upgrad", "dualproj"]
+)
 def test_non_finite_gramians_raise(name: str) -> None:
     gram = torch.tensor([[1.0, math.nan], [math.nan, 1.0]], dtype=F64)
     with pytest.raises(NonFiniteGradientError):
         make_method(name)(gram, ones(2))
 
 
-@pytest.mark.parametrize("name", ["aligned_mtl", "config", "gradvac", "fairgrad", "upgrad", "dualproj"])
+@pytest.mark.parametrize(
+    "name", ["aligned_mtl", "config", "gradvac", "fairgrad", "upgrad", "dualproj"]
+)
 def test_toy_sized_batches(name: str) -> None:
     """The toy experiment's input: float64 Gramians [B, 2, 2], some conflicting, one zero row."""
     generator = torch.Generator().manual_seed(13)
     jacobian = torch.randn(64, 2, 2, generator=generator, dtype=F64)
     jacobian[0, 1] = 0.0
     jacobian[1, 1] = -3.0 * jacobian[1, 0]
-    weights = make_method(name, generator=torch.Generator().manual_seed(0))(gramian(jacobian), ones(64, 2))
+    weights = make_method(name, generator=torch.Generator().manual_seed(0))(
+        gramian(jacobian), ones(64, 2)
+    )
     assert weights.shape == (64, 2) and weights.dtype == F64 and bool(torch.isfinite(weights).all())
     assert float(np.abs(weights.numpy()).max()) < 1e6
 
@@ -626,23 +774,42 @@ def test_gradvac_host_coefficients_match_the_torch_ones(num_tasks: int, eps: flo
     targets[6] = 1.0
     targets[7] = -1.0
     targets[8] = 0.0
-    keys = torch.rand(12, num_tasks, num_tasks, generator=generator, dtype=F64) + 2.0 * num_tasks * torch.eye(num_tasks, dtype=F64)
+    keys = torch.rand(
+        12, num_tasks, num_tasks, generator=generator, dtype=F64
+    ) + 2.0 * num_tasks * torch.eye(num_tasks, dtype=F64)
     orders = keys.argsort(dim=-1)[..., : num_tasks - 1]
     for batch in (slice(None), 0, 3, 5, 6, slice(2, 9)):
-        expected = gradvac_coefficients(gram[batch], targets[batch], orders[batch], beta=0.3, eps=eps)
-        got = _gradvac_coefficients_np(gram[batch].numpy(), targets[batch].numpy(), orders[batch].numpy(), 0.3, eps)
+        expected = gradvac_coefficients(
+            gram[batch], targets[batch], orders[batch], beta=0.3, eps=eps
+        )
+        got = _gradvac_coefficients_np(
+            gram[batch].numpy(), targets[batch].numpy(), orders[batch].numpy(), 0.3, eps
+        )
         for have, want in zip(got, expected, strict=True):
-            torch.testing.assert_close(torch.from_numpy(np.asarray(have)), want, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(
+                torch.from_numpy(np.asarray(have)), want, rtol=1e-10, atol=1e-12
+            )
         if num_tasks == 2:  # the written-out K = 2 step (no orders: each task meets the other)
-            weights, new_targets, corrections = _gradvac_two_tasks_np(gram[batch].numpy(), targets[batch].numpy(), 0.3, eps)
-            torch.testing.assert_close(torch.from_numpy(np.asarray(weights)), expected[0].sum(dim=-2), rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(torch.from_numpy(new_targets), expected[1], rtol=1e-10, atol=1e-12)
+            weights, new_targets, corrections = _gradvac_two_tasks_np(
+                gram[batch].numpy(), targets[batch].numpy(), 0.3, eps
+            )
+            torch.testing.assert_close(
+                torch.from_numpy(np.asarray(weights)),
+                expected[0].sum(dim=-2),
+                rtol=1e-10,
+                atol=1e-12,
+            )
+            torch.testing.assert_close(
+                torch.from_numpy(new_targets), expected[1], rtol=1e-10, atol=1e-12
+            )
             assert torch.equal(torch.from_numpy(np.asarray(corrections)), expected[2])
 
 
 @pytest.mark.parametrize("num_tasks", [1, 2, 3, 4])
 @pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
-def test_aligned_mtl_host_path_matches_the_balance_transformation(num_tasks: int, scale_mode: str) -> None:
+def test_aligned_mtl_host_path_matches_the_balance_transformation(
+    num_tasks: int, scale_mode: str
+) -> None:
     """`AlignedMTL` runs on numpy arrays (`_balance_np`, ordered sums): its weights are
     `balance_transformation(G) p` (the torch path) to rounding, and its rank the same, batched
     and alone, on random and degenerate Gramians (zero, rank one, norms decades apart)."""
@@ -656,13 +823,22 @@ def test_aligned_mtl_host_path_matches_the_balance_transformation(num_tasks: int
     gram = gramian(jac)
     for pref_vector in (None, [float(i + 1) for i in range(num_tasks)]):
         method = AlignedMTL(scale_mode=scale_mode, pref_vector=pref_vector)
-        preference = torch.ones(num_tasks, dtype=F64) if pref_vector is None else torch.tensor(pref_vector, dtype=F64)
+        preference = (
+            torch.ones(num_tasks, dtype=F64)
+            if pref_vector is None
+            else torch.tensor(pref_vector, dtype=F64)
+        )
         for batch in (slice(None), 0, 1, 4, 5, slice(2, 7)):
             result = method.weights(gram[batch], ones(*gram[batch].shape[:-1]))
             balance, rank = method.balance_transformation(gram[batch])
             expected = (balance @ preference[:, None])[..., 0]
-            size = torch.linalg.matrix_norm(balance, ord=2).clamp_min(1)[..., None] * preference.abs().max()
-            torch.testing.assert_close(result.weights, expected, rtol=0, atol=1e-12 * float(size.max()))
+            size = (
+                torch.linalg.matrix_norm(balance, ord=2).clamp_min(1)[..., None]
+                * preference.abs().max()
+            )
+            torch.testing.assert_close(
+                result.weights, expected, rtol=0, atol=1e-12 * float(size.max())
+            )
             assert torch.equal(result.diagnostics["rank"], rank)
 
 
@@ -678,15 +854,25 @@ def _config_torch_reference(gram: torch.Tensor, preference: torch.Tensor) -> tor
     cosine, norms, nonzero = _cosines(gram)
     eigenvalues, vectors = torch.linalg.eigh(cosine)
     kept = eigenvalues > 1e-10 * eigenvalues[..., -1:].clamp_min(0)
-    inverse = torch.where(kept, 1.0 / torch.where(kept, eigenvalues, torch.ones_like(eigenvalues)), torch.zeros_like(eigenvalues))
+    inverse = torch.where(
+        kept,
+        1.0 / torch.where(kept, eigenvalues, torch.ones_like(eigenvalues)),
+        torch.zeros_like(eigenvalues),
+    )
     coordinates = vectors.transpose(-1, -2) @ preference[..., None]
     beta = (vectors @ (inverse[..., None] * coordinates))[..., 0]
     squared = (coordinates[..., 0] ** 2 * inverse).sum(dim=-1)
     projected = (vectors @ (kept[..., None] * coordinates))[..., 0]
-    coefficients = torch.where(nonzero, beta / torch.where(nonzero, norms, torch.ones_like(norms)), torch.zeros_like(beta))
+    coefficients = torch.where(
+        nonzero, beta / torch.where(nonzero, norms, torch.ones_like(norms)), torch.zeros_like(beta)
+    )
     length = (norms * projected).sum(dim=-1)
     usable = squared > 0
-    factor = torch.where(usable, length / torch.where(usable, squared, torch.ones_like(squared)), torch.zeros_like(squared))
+    factor = torch.where(
+        usable,
+        length / torch.where(usable, squared, torch.ones_like(squared)),
+        torch.zeros_like(squared),
+    )
     return _restore(coefficients * factor[..., None], order)
 
 
@@ -706,14 +892,27 @@ def test_config_host_path_matches_the_torch_formulation(num_tasks: int) -> None:
     jac[4] *= 1e8
     gram = gramian(jac)
     for pref_vector in (None, [float(i + 1) for i in range(num_tasks)]):
-        preference = torch.ones(num_tasks, dtype=F64) if pref_vector is None else torch.tensor(pref_vector, dtype=F64)
+        preference = (
+            torch.ones(num_tasks, dtype=F64)
+            if pref_vector is None
+            else torch.tensor(pref_vector, dtype=F64)
+        )
         for batch in (slice(None), 0, 1, 2, 4, slice(2, 7)):
             got = ConFIG(pref_vector=pref_vector)(gram[batch], ones(*gram[batch].shape[:-1]))
             expected = _config_torch_reference(gram[batch], preference)
             norms = torch.diagonal(gram[batch], dim1=-2, dim2=-1).sqrt()
             # compare the updates' contributions w_i ||g_i||, to rounding of the largest
-            scale = (norms.sum(dim=-1, keepdim=True) * (expected * norms).abs().amax(dim=-1, keepdim=True)).sqrt().clamp_min(1e-300)
-            torch.testing.assert_close(got * norms, expected * norms, rtol=1e-9, atol=float((1e-9 * scale).max()))
+            scale = (
+                (
+                    norms.sum(dim=-1, keepdim=True)
+                    * (expected * norms).abs().amax(dim=-1, keepdim=True)
+                )
+                .sqrt()
+                .clamp_min(1e-300)
+            )
+            torch.testing.assert_close(
+                got * norms, expected * norms, rtol=1e-9, atol=float((1e-9 * scale).max())
+            )
 
 
 def test_fairgrad_two_tasks_at_alpha_one_is_the_closed_form_without_iterations() -> None:

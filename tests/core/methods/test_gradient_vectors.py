@@ -30,8 +30,14 @@ EPS = gradient_vectors.HESSIAN_EPSILON
 # three steps of K = 2, n = 3 (the first is the canonical one), shared with the LibMTL comparison
 STEPS = [
     (JACOBIAN, LOSSES),
-    (torch.tensor([[-2.0, 1.0, 0.0], [6.0, 2.0, 1.0]], dtype=torch.float64), torch.tensor([0.5, 1.5], dtype=torch.float64)),
-    (torch.tensor([[1.0, -3.0, 2.0], [0.5, 0.5, -1.0]], dtype=torch.float64), torch.tensor([0.25, 3.0], dtype=torch.float64)),
+    (
+        torch.tensor([[-2.0, 1.0, 0.0], [6.0, 2.0, 1.0]], dtype=torch.float64),
+        torch.tensor([0.5, 1.5], dtype=torch.float64),
+    ),
+    (
+        torch.tensor([[1.0, -3.0, 2.0], [0.5, 0.5, -1.0]], dtype=torch.float64),
+        torch.tensor([0.25, 3.0], dtype=torch.float64),
+    ),
 ]
 
 
@@ -40,7 +46,9 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def _close(actual: torch.Tensor, expected, *, rtol: float = 1e-12, atol: float = 1e-15) -> None:
-    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype), rtol=rtol, atol=atol)
+    torch.testing.assert_close(
+        actual, torch.as_tensor(expected, dtype=actual.dtype), rtol=rtol, atol=atol
+    )
 
 
 # -- golden values ---------------------------------------------------------------------------------
@@ -70,7 +78,9 @@ def test_golden_moco() -> None:
     _close(first.update, [-0.125, 0.5, 0.5])
     # t = 2, same J: y = (1/2 + beta_2 / 2) J, beta_2 = 1/(2 sqrt 2); G lambda = (3, 1/2) at lambda = (0.625, 0.375)
     scale = 0.5 + 0.5 / (2 * math.sqrt(2))
-    shifted = torch.tensor([0.625, 0.375], dtype=torch.float64) - (0.1 / math.sqrt(2)) * scale**2 * torch.tensor([3.0, 0.5], dtype=torch.float64)
+    shifted = torch.tensor([0.625, 0.375], dtype=torch.float64) - (
+        0.1 / math.sqrt(2)
+    ) * scale**2 * torch.tensor([3.0, 0.5], dtype=torch.float64)
     lambdas = shifted + (1 - shifted.sum()) / 2  # both stay positive
     second = method.aggregate(JACOBIAN, LOSSES)
     _close(second.head_weights, lambdas)
@@ -96,18 +106,24 @@ def test_golden_excess_mtl() -> None:
     first = method.aggregate(JACOBIAN, LOSSES)
     _close(first.update, [1.0, 1.0, 1.0])
     _close(first.head_weights, [0.5, 0.5])
-    baseline = torch.tensor([
-        16 / math.sqrt(16 + EPS) + 2 / math.sqrt(1 + EPS),
-        36 / math.sqrt(36 + EPS) + 2 / math.sqrt(1 + EPS),
-    ], dtype=torch.float64)
+    baseline = torch.tensor(
+        [
+            16 / math.sqrt(16 + EPS) + 2 / math.sqrt(1 + EPS),
+            36 / math.sqrt(36 + EPS) + 2 / math.sqrt(1 + EPS),
+        ],
+        dtype=torch.float64,
+    )
     _close(first.diagnostics["excess_risks"], baseline)
     # t = 2 on J' = [[-2, 1, 0], [6, 2, 1]]: S = J^2 + J'^2, E_i = sum_j J'_ij^2 / sqrt(S_ij + eps),
     # alpha proportional to exp(E_i / E_i^0)
     jacobian = STEPS[1][0]
-    excess = torch.tensor([
-        4 / math.sqrt(20 + EPS) + 1 / math.sqrt(2 + EPS),
-        36 / math.sqrt(72 + EPS) + 4 / math.sqrt(5 + EPS) + 1 / math.sqrt(2 + EPS),
-    ], dtype=torch.float64)
+    excess = torch.tensor(
+        [
+            4 / math.sqrt(20 + EPS) + 1 / math.sqrt(2 + EPS),
+            36 / math.sqrt(72 + EPS) + 4 / math.sqrt(5 + EPS) + 1 / math.sqrt(2 + EPS),
+        ],
+        dtype=torch.float64,
+    )
     weights = torch.softmax(excess / baseline, dim=-1)
     second = method.aggregate(jacobian, STEPS[1][1])
     _close(second.head_weights, weights)
@@ -117,13 +133,21 @@ def test_golden_excess_mtl() -> None:
 # -- the defining properties -----------------------------------------------------------------------
 
 
-@given(jacobian=jacobians(min_tasks=1, max_tasks=5), seed=st.integers(0, 2**31 - 1), leak=st.sampled_from([0.0, 0.3, 1.0]))
-def test_graddrop_keeps_each_coordinate_one_sign(jacobian: torch.Tensor, seed: int, leak: float) -> None:
+@given(
+    jacobian=jacobians(min_tasks=1, max_tasks=5),
+    seed=st.integers(0, 2**31 - 1),
+    leak=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_graddrop_keeps_each_coordinate_one_sign(
+    jacobian: torch.Tensor, seed: int, leak: float
+) -> None:
     """Each coordinate of d is the sum of its positive or of its negative entries (leak 0; a leak
     adds `leak` times the plain sum); a coordinate where every task agrees in sign is kept whole."""
     losses = torch.ones(jacobian.shape[0], dtype=torch.float64)
     method = core.GradDrop(leak=leak, generator=_generator(seed))
-    uniform = core.GradDrop(generator=_generator(seed)).uniforms((jacobian.shape[1],), jacobian.dtype, jacobian.device)
+    uniform = core.GradDrop(generator=_generator(seed)).uniforms(
+        (jacobian.shape[1],), jacobian.dtype, jacobian.device
+    )
     update = method(jacobian, losses)
     positive, negative = jacobian.clamp_min(0).sum(0), jacobian.clamp_max(0).sum(0)
     total = positive + negative
@@ -136,13 +160,19 @@ def test_graddrop_keeps_each_coordinate_one_sign(jacobian: torch.Tensor, seed: i
     torch.testing.assert_close(update[kept_whole], total[kept_whole], rtol=1e-12, atol=0)
     if masked is not None:
         size = (positive - negative).clamp_min(1e-300)
-        one_side = ((masked - positive).abs() <= 1e-9 * size) | ((masked - negative).abs() <= 1e-9 * size) | tie
+        one_side = (
+            ((masked - positive).abs() <= 1e-9 * size)
+            | ((masked - negative).abs() <= 1e-9 * size)
+            | tie
+        )
         assert bool(one_side.all()), (update, positive, negative)
 
 
 def test_graddrop_keeps_the_positive_side_with_probability_purity() -> None:
     """Over many draws the positive entries of a coordinate are kept with frequency P."""
-    jacobian = torch.tensor([[3.0, -1.0], [-1.0, -1.0], [1.0, 0.0]], dtype=torch.float64)  # P = (0.8, 0)
+    jacobian = torch.tensor(
+        [[3.0, -1.0], [-1.0, -1.0], [1.0, 0.0]], dtype=torch.float64
+    )  # P = (0.8, 0)
     method = core.GradDrop(generator=_generator(0))
     jacobians_ = jacobian.expand(20000, 3, 2)
     updates = method(jacobians_, torch.ones(20000, 3, dtype=torch.float64))
@@ -151,8 +181,12 @@ def test_graddrop_keeps_the_positive_side_with_probability_purity() -> None:
     assert bool((updates[:, 1] == -2.0).all())
 
 
-@given(jacobian=jacobians(min_tasks=1, max_tasks=5, min_exponent=-3, max_exponent=3), data=st.data())
-def test_moco_lambda_stays_on_the_simplex_and_is_the_projection(jacobian: torch.Tensor, data) -> None:
+@given(
+    jacobian=jacobians(min_tasks=1, max_tasks=5, min_exponent=-3, max_exponent=3), data=st.data()
+)
+def test_moco_lambda_stays_on_the_simplex_and_is_the_projection(
+    jacobian: torch.Tensor, data
+) -> None:
     """lambda is the Euclidean projection of `lambda - gamma_t (Y Y^T + rho I) lambda` onto the
     simplex at every step: on the simplex, and `lambda_i = max(v_i - tau, 0)` for one tau."""
     num_tasks = jacobian.shape[0]
@@ -161,25 +195,35 @@ def test_moco_lambda_stays_on_the_simplex_and_is_the_projection(jacobian: torch.
     generator = _generator(data.draw(st.integers(0, 2**31 - 1)))
     for step in range(1, 5):
         previous = method.lambdas
-        noisy = jacobian + 0.3 * jacobian.norm(dim=-1, keepdim=True) * torch.randn(jacobian.shape, generator=generator, dtype=torch.float64)
+        noisy = jacobian + 0.3 * jacobian.norm(dim=-1, keepdim=True) * torch.randn(
+            jacobian.shape, generator=generator, dtype=torch.float64
+        )
         method.aggregate(noisy, torch.ones(num_tasks, dtype=torch.float64))
         lambdas, tracked = method.lambdas, method.tracked
         assert bool((lambdas >= 0).all()) and abs(float(lambdas.sum()) - 1) < 1e-12
         step_size = 0.1 / step**0.5
-        target = previous - step_size * ((tracked @ tracked.T + rho * torch.eye(num_tasks, dtype=torch.float64)) @ previous)
+        target = previous - step_size * (
+            (tracked @ tracked.T + rho * torch.eye(num_tasks, dtype=torch.float64)) @ previous
+        )
         positive = lambdas > 0
         tau = (target - lambdas)[positive]
         scale = 1 + float(target.abs().max())
         assert float(tau.max() - tau.min()) <= 1e-10 * scale  # one threshold on the support
-        assert bool((target[~positive] <= tau.mean() + 1e-10 * scale).all())  # and below it off the support
+        assert bool(
+            (target[~positive] <= tau.mean() + 1e-10 * scale).all()
+        )  # and below it off the support
 
 
 @given(
-    gradient=st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)), min_size=1, max_size=3),
+    gradient=st.lists(
+        st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)), min_size=1, max_size=3
+    ),
     beta=st.floats(0.05, 1.0),
     beta_sigma=st.sampled_from([0.0, 0.5, 1.0]),
 )
-def test_moco_tracks_a_constant_gradient(gradient: list[tuple[float, float]], beta: float, beta_sigma: float) -> None:
+def test_moco_tracks_a_constant_gradient(
+    gradient: list[tuple[float, float]], beta: float, beta_sigma: float
+) -> None:
     """With a constant gradient g, `y_t - g = prod_{s <= t} (1 - beta_s) (y_0 - g)` and y_0 = 0:
     y_t = (1 - prod_s (1 - beta / s^sigma)) g (exponentially fast for sigma = 0)."""
     g = torch.tensor(gradient, dtype=torch.float64).T  # [2, n]
@@ -188,7 +232,9 @@ def test_moco_tracks_a_constant_gradient(gradient: list[tuple[float, float]], be
     for step in range(1, 8):
         method.aggregate(g, torch.ones(2, dtype=torch.float64))
         remaining *= 1 - beta / step**beta_sigma
-        torch.testing.assert_close(method.tracked, (1 - remaining) * g, rtol=1e-12, atol=1e-12 * float(g.abs().max()))
+        torch.testing.assert_close(
+            method.tracked, (1 - remaining) * g, rtol=1e-12, atol=1e-12 * float(g.abs().max())
+        )
 
 
 def test_moco_normalized_gradients_follow_libmtl() -> None:
@@ -199,28 +245,43 @@ def test_moco_normalized_gradients_follow_libmtl() -> None:
     method.aggregate(jacobian, torch.tensor([2.0, 5.0], dtype=torch.float64))
     _close(method.tracked, 0.5 * torch.tensor([[1.2, 1.6], [0.0, 0.0]], dtype=torch.float64))
     with pytest.raises(LossDomainError):
-        core.MoCo(2, normalize_gradients=True).aggregate(jacobian, torch.tensor([-1.0, 1.0], dtype=torch.float64))
+        core.MoCo(2, normalize_gradients=True).aggregate(
+            jacobian, torch.tensor([-1.0, 1.0], dtype=torch.float64)
+        )
 
 
-def _steps(jacobian: torch.Tensor, losses: torch.Tensor, count: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _steps(
+    jacobian: torch.Tensor, losses: torch.Tensor, count: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = _generator(seed)
     steps = []
     for _ in range(count):
         noise = torch.randn(jacobian.shape, generator=generator, dtype=torch.float64)
-        steps.append((jacobian + 0.3 * jacobian.norm(dim=-1, keepdim=True) * noise, losses * (0.5 + torch.rand(losses.shape, generator=generator, dtype=torch.float64))))
+        steps.append(
+            (
+                jacobian + 0.3 * jacobian.norm(dim=-1, keepdim=True) * noise,
+                losses * (0.5 + torch.rand(losses.shape, generator=generator, dtype=torch.float64)),
+            )
+        )
     return steps
 
 
 @given(jacobian=jacobians(min_tasks=1, max_tasks=5), data=st.data())
-def test_db_mtl_terms_have_equal_norms_and_rescaling_changes_nothing(jacobian: torch.Tensor, data) -> None:
+def test_db_mtl_terms_have_equal_norms_and_rescaling_changes_nothing(
+    jacobian: torch.Tensor, data
+) -> None:
     """Every task's term `(max_j ||m_j|| / ||m_i||) m_i` has the norm `max_j ||m_j||` (0 for a zero
     average), and `l_i -> a_i l_i` (constant a_i > 0) leaves every update and the heads' gradients
     `grad l_i / l_i` unchanged."""
     num_tasks = jacobian.shape[0]
     losses = data.draw(positive_losses(num_tasks))
-    scales = torch.tensor([10.0 ** data.draw(st.floats(-6, 6)) for _ in range(num_tasks)], dtype=torch.float64)
+    scales = torch.tensor(
+        [10.0 ** data.draw(st.floats(-6, 6)) for _ in range(num_tasks)], dtype=torch.float64
+    )
     original, rescaled = core.DBMTL(num_tasks), core.DBMTL(num_tasks)
-    for step_jacobian, step_losses in _steps(jacobian, losses, 4, data.draw(st.integers(0, 2**31 - 1))):
+    for step_jacobian, step_losses in _steps(
+        jacobian, losses, 4, data.draw(st.integers(0, 2**31 - 1))
+    ):
         result = original.aggregate(step_jacobian, step_losses)
         averages = original.averages
         norms = averages.norm(dim=-1)
@@ -232,12 +293,17 @@ def test_db_mtl_terms_have_equal_norms_and_rescaling_changes_nothing(jacobian: t
         torch.testing.assert_close(result.update, terms.sum(0), rtol=0, atol=1e-12 * size + 1e-300)
         other = rescaled.aggregate(scales[:, None] * step_jacobian, scales * step_losses)
         torch.testing.assert_close(other.update, result.update, rtol=0, atol=1e-12 * size + 1e-300)
-        torch.testing.assert_close(scales * other.head_weights, result.head_weights, rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            scales * other.head_weights, result.head_weights, rtol=1e-12, atol=0
+        )
 
 
 def test_db_mtl_is_not_monotone_invariant() -> None:
     """`l_1 -> l_1^2` changes the common term norm (`h'(l) ||g|| / h(l)` doubles): the update moves."""
-    squared = core.DBMTL(2)(torch.stack([2 * LOSSES[0] * JACOBIAN[0], JACOBIAN[1]]), torch.stack([LOSSES[0] ** 2, LOSSES[1]]))
+    squared = core.DBMTL(2)(
+        torch.stack([2 * LOSSES[0] * JACOBIAN[0], JACOBIAN[1]]),
+        torch.stack([LOSSES[0] ** 2, LOSSES[1]]),
+    )
     assert not torch.allclose(squared, core.DBMTL(2)(JACOBIAN, LOSSES))
 
 
@@ -246,20 +312,34 @@ def test_db_mtl_refuses_non_positive_losses() -> None:
         core.DBMTL(2)(JACOBIAN, torch.tensor([0.0, 1.0], dtype=torch.float64))
 
 
-@given(jacobian=jacobians(min_tasks=1, max_tasks=5, allow_zero_rows=False), warmup=st.integers(0, 2), data=st.data())
-def test_excess_mtl_is_an_exponentiated_gradient_step(jacobian: torch.Tensor, warmup: int, data) -> None:
+@given(
+    jacobian=jacobians(min_tasks=1, max_tasks=5, allow_zero_rows=False),
+    warmup=st.integers(0, 2),
+    data=st.data(),
+)
+def test_excess_mtl_is_an_exponentiated_gradient_step(
+    jacobian: torch.Tensor, warmup: int, data
+) -> None:
     """The weights stay uniform through the warm-up and at the baseline call, then
     `log alpha_t - log alpha_{t-1} - eta E_t / E^0` is the same for every task (eq. 9)."""
     num_tasks = jacobian.shape[0]
     eta = data.draw(st.sampled_from([1.0, 0.01]))
     method = core.ExcessMTL(num_tasks, robust_step_size=eta, n_warmup_steps=warmup)
     uniform = torch.full((num_tasks,), 1 / num_tasks, dtype=torch.float64)
-    steps = _steps(jacobian, torch.ones(num_tasks, dtype=torch.float64), warmup + 4, data.draw(st.integers(0, 2**31 - 1)))
+    steps = _steps(
+        jacobian,
+        torch.ones(num_tasks, dtype=torch.float64),
+        warmup + 4,
+        data.draw(st.integers(0, 2**31 - 1)),
+    )
     warmup_risks, previous = [], uniform
     for index, (step_jacobian, step_losses) in enumerate(steps):
         result = method.aggregate(step_jacobian, step_losses)
         excess = result.diagnostics["excess_risks"]
-        assert bool((result.head_weights >= 0).all()) and abs(float(result.head_weights.sum()) - 1) < 1e-12
+        assert (
+            bool((result.head_weights >= 0).all())
+            and abs(float(result.head_weights.sum()) - 1) < 1e-12
+        )
         if index < warmup:
             warmup_risks.append(excess)
             _close(result.head_weights, uniform)
@@ -269,10 +349,19 @@ def test_excess_mtl_is_an_exponentiated_gradient_step(jacobian: torch.Tensor, wa
             _close(method.baseline, baseline, rtol=1e-12, atol=0)
             if not warmup:
                 _close(result.head_weights, uniform)
-        change = torch.log(result.head_weights) - torch.log(previous) - eta * excess / method.baseline
+        change = (
+            torch.log(result.head_weights) - torch.log(previous) - eta * excess / method.baseline
+        )
         if bool((result.head_weights > 1e-300).all() and (previous > 1e-300).all()):
-            assert float(change.max() - change.min()) <= 1e-9 * (1 + float((eta * excess / method.baseline).abs().max()))
-        _close(result.update, result.head_weights @ step_jacobian, rtol=1e-12, atol=1e-12 * float(step_jacobian.norm(dim=-1).max()))
+            assert float(change.max() - change.min()) <= 1e-9 * (
+                1 + float((eta * excess / method.baseline).abs().max())
+            )
+        _close(
+            result.update,
+            result.head_weights @ step_jacobian,
+            rtol=1e-12,
+            atol=1e-12 * float(step_jacobian.norm(dim=-1).max()),
+        )
         previous = result.head_weights
 
 
@@ -290,14 +379,24 @@ def test_excess_mtl_waits_for_a_nonzero_baseline() -> None:
 
 # -- batched state, checkpoints, shapes --------------------------------------------------------------
 
-STATEFUL = [lambda: core.MoCo(3), lambda: core.MoCo(3, normalize_gradients=True), lambda: core.DBMTL(3), lambda: core.ExcessMTL(3, n_warmup_steps=1)]
+STATEFUL = [
+    lambda: core.MoCo(3),
+    lambda: core.MoCo(3, normalize_gradients=True),
+    lambda: core.DBMTL(3),
+    lambda: core.ExcessMTL(3, n_warmup_steps=1),
+]
 
 
-@pytest.mark.parametrize("factory", STATEFUL, ids=["moco", "moco_normalized", "db_mtl", "excess_mtl"])
+@pytest.mark.parametrize(
+    "factory", STATEFUL, ids=["moco", "moco_normalized", "db_mtl", "excess_mtl"]
+)
 def test_batched_state_equals_separate_instances(factory) -> None:
     generator = _generator(11)
     steps = [
-        (torch.randn(2, 2, 3, 5, generator=generator, dtype=torch.float64), torch.rand(2, 2, 3, generator=generator, dtype=torch.float64) + 0.1)
+        (
+            torch.randn(2, 2, 3, 5, generator=generator, dtype=torch.float64),
+            torch.rand(2, 2, 3, generator=generator, dtype=torch.float64) + 0.1,
+        )
         for _ in range(5)
     ]
     batched = factory()
@@ -308,8 +407,12 @@ def test_batched_state_equals_separate_instances(factory) -> None:
             single = factory()
             for (jacobian, losses), result in zip(steps, together):
                 alone = single.aggregate(jacobian[i, j], losses[i, j])
-                torch.testing.assert_close(result.update[i, j], alone.update, rtol=1e-12, atol=1e-14)
-                torch.testing.assert_close(result.head_weights[i, j], alone.head_weights, rtol=1e-12, atol=1e-15)
+                torch.testing.assert_close(
+                    result.update[i, j], alone.update, rtol=1e-12, atol=1e-14
+                )
+                torch.testing.assert_close(
+                    result.head_weights[i, j], alone.head_weights, rtol=1e-12, atol=1e-15
+                )
 
 
 def test_graddrop_batched_rows_are_consecutive_draws() -> None:
@@ -320,12 +423,21 @@ def test_graddrop_batched_rows_are_consecutive_draws() -> None:
     batched = core.GradDrop(generator=_generator(5))(jacobians_, losses)
     single = core.GradDrop(generator=_generator(5))
     for row in range(4):
-        torch.testing.assert_close(batched[row], single(jacobians_[row], losses[row]), rtol=0, atol=0)
+        torch.testing.assert_close(
+            batched[row], single(jacobians_[row], losses[row]), rtol=0, atol=0
+        )
 
 
-@pytest.mark.parametrize("factory", STATEFUL, ids=["moco", "moco_normalized", "db_mtl", "excess_mtl"])
+@pytest.mark.parametrize(
+    "factory", STATEFUL, ids=["moco", "moco_normalized", "db_mtl", "excess_mtl"]
+)
 def test_state_dict_round_trips_with_weights_only(factory) -> None:
-    steps = _steps(torch.randn(3, 4, generator=_generator(3), dtype=torch.float64), torch.ones(3, dtype=torch.float64), 6, seed=4)
+    steps = _steps(
+        torch.randn(3, 4, generator=_generator(3), dtype=torch.float64),
+        torch.ones(3, dtype=torch.float64),
+        6,
+        seed=4,
+    )
     original = factory()
     for jacobian, losses in steps[:3]:
         original.aggregate(jacobian, losses)
@@ -340,11 +452,18 @@ def test_state_dict_round_trips_with_weights_only(factory) -> None:
     with pytest.raises(MTLInputError, match="n = 4"):
         restored(torch.ones(3, 5, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
     restored.reset()
-    assert restored.width is None and restored(torch.ones(3, 5, dtype=torch.float64), torch.ones(3, dtype=torch.float64)).shape == (5,)
+    assert restored.width is None and restored(
+        torch.ones(3, 5, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    ).shape == (5,)
 
 
 def test_float32_jacobians_give_float32_updates() -> None:
-    for method in (core.GradDrop(generator=_generator(0)), core.MoCo(2), core.DBMTL(2), core.ExcessMTL(2)):
+    for method in (
+        core.GradDrop(generator=_generator(0)),
+        core.MoCo(2),
+        core.DBMTL(2),
+        core.ExcessMTL(2),
+    ):
         result = method.aggregate(JACOBIAN.float(), LOSSES.float())
         assert result.update.dtype == torch.float32 and result.head_weights.dtype == torch.float32
 
@@ -383,17 +502,23 @@ def test_graddrop_matches_torchjd(leak: float) -> None:
         num_tasks, dim = 2 + trial % 4, 3 + trial
         jacobian = torch.randn(num_tasks, dim, generator=generator, dtype=torch.float64)
         jacobian[:, ::3] = jacobian[:, ::3].abs()  # some coordinates where every task agrees
-        ours = core.GradDrop(leak=leak, generator=_generator(trial))(jacobian, torch.ones(num_tasks, dtype=torch.float64))
+        ours = core.GradDrop(leak=leak, generator=_generator(trial))(
+            jacobian, torch.ones(num_tasks, dtype=torch.float64)
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(trial)
-            theirs = torchjd.aggregation.GradDrop(leak=torch.full((num_tasks,), leak, dtype=torch.float64))(jacobian)
+            theirs = torchjd.aggregation.GradDrop(
+                leak=torch.full((num_tasks,), leak, dtype=torch.float64)
+            )(jacobian)
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
 def _excess_trajectory(seed: int) -> list[torch.Tensor]:
     generator = _generator(seed)
     base = torch.randn(3, 7, generator=generator, dtype=torch.float64)
-    return [base + 0.5 * torch.randn(3, 7, generator=generator, dtype=torch.float64) for _ in range(6)]
+    return [
+        base + 0.5 * torch.randn(3, 7, generator=generator, dtype=torch.float64) for _ in range(6)
+    ]
 
 
 def test_excess_mtl_matches_torchjd_after_a_warmup() -> None:
@@ -401,9 +526,17 @@ def test_excess_mtl_matches_torchjd_after_a_warmup() -> None:
     weights up to TorchJD's `+ 1e-7` in the ratio."""
     torchjd = pytest.importorskip("torchjd")
     for seed in range(3):
-        ours, theirs = core.ExcessMTL(3, n_warmup_steps=2), torchjd.aggregation.ExcessMTLWeighting(n_warmup_steps=2)
+        ours, theirs = (
+            core.ExcessMTL(3, n_warmup_steps=2),
+            torchjd.aggregation.ExcessMTLWeighting(n_warmup_steps=2),
+        )
         for jacobian in _excess_trajectory(seed):
-            torch.testing.assert_close(ours.aggregate(jacobian, torch.ones(3, dtype=torch.float64)).head_weights, theirs(jacobian), rtol=1e-6, atol=0)
+            torch.testing.assert_close(
+                ours.aggregate(jacobian, torch.ones(3, dtype=torch.float64)).head_weights,
+                theirs(jacobian),
+                rtol=1e-6,
+                atol=0,
+            )
 
 
 def test_excess_mtl_differs_from_torchjd_at_the_baseline_call() -> None:
@@ -444,8 +577,16 @@ LIBMTL = {
         [0.5142701892655893, 0.4857298107344107],
         [0.5199125191032833, 0.48008748089671666],
     ],
-    "excess_mtl": [[2.0, 2.0, 2.0], [6.240142893649176, 3.2800178617061473, 1.280017861706147], [1.530435398943652, -2.7130477926055656, 1.1826123936619135]],
-    "excess_mtl_weights": [[1.0, 1.0], [0.719982138293853, 1.280017861706147], [1.0608707978873044, 0.9391292021126953]],
+    "excess_mtl": [
+        [2.0, 2.0, 2.0],
+        [6.240142893649176, 3.2800178617061473, 1.280017861706147],
+        [1.530435398943652, -2.7130477926055656, 1.1826123936619135],
+    ],
+    "excess_mtl_weights": [
+        [1.0, 1.0],
+        [0.719982138293853, 1.280017861706147],
+        [1.0608707978873044, 0.9391292021126953],
+    ],
 }
 
 
@@ -454,16 +595,30 @@ def test_db_mtl_matches_libmtl() -> None:
     method = core.DBMTL(2)
     for (jacobian, losses), expected in zip(STEPS, LIBMTL["db_mtl"]):
         update = method(jacobian, losses)
-        torch.testing.assert_close(update, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-6 * float(update.norm()))
+        torch.testing.assert_close(
+            update,
+            torch.tensor(expected, dtype=torch.float64),
+            rtol=0,
+            atol=1e-6 * float(update.norm()),
+        )
 
 
 def test_excess_mtl_matches_libmtl_up_to_the_sum_of_weights() -> None:
     """LibMTL's (and the reference's) weights sum to K: K times ours, and so is the update."""
     method = core.ExcessMTL(2)
-    for (jacobian, losses), update, weights in zip(STEPS, LIBMTL["excess_mtl"], LIBMTL["excess_mtl_weights"]):
+    for (jacobian, losses), update, weights in zip(
+        STEPS, LIBMTL["excess_mtl"], LIBMTL["excess_mtl_weights"]
+    ):
         result = method.aggregate(jacobian, losses)
-        torch.testing.assert_close(2 * result.update, torch.tensor(update, dtype=torch.float64), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(2 * result.head_weights, torch.tensor(weights, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            2 * result.update, torch.tensor(update, dtype=torch.float64), rtol=1e-12, atol=1e-12
+        )
+        torch.testing.assert_close(
+            2 * result.head_weights,
+            torch.tensor(weights, dtype=torch.float64),
+            rtol=1e-12,
+            atol=1e-12,
+        )
 
 
 def test_moco_differs_from_libmtl_only_by_its_softmax(monkeypatch) -> None:
@@ -471,12 +626,18 @@ def test_moco_differs_from_libmtl_only_by_its_softmax(monkeypatch) -> None:
     place of the projection, ours (normalize_gradients=True, as LibMTL) gives LibMTL's numbers up
     to its `||g|| + 1e-8`; with the projection, lambda satisfies the projection's optimality
     condition (one threshold) and LibMTL's does not."""
-    monkeypatch.setattr(gradient_vectors, "project_to_simplex", lambda values: torch.softmax(values, dim=-1))
+    monkeypatch.setattr(
+        gradient_vectors, "project_to_simplex", lambda values: torch.softmax(values, dim=-1)
+    )
     softmax = core.MoCo(2, normalize_gradients=True)
     for (jacobian, losses), update, weights in zip(STEPS, LIBMTL["moco"], LIBMTL["moco_weights"]):
         result = softmax.aggregate(jacobian, losses)
-        torch.testing.assert_close(result.update, torch.tensor(update, dtype=torch.float64), rtol=1e-7, atol=1e-8)
-        torch.testing.assert_close(result.head_weights, torch.tensor(weights, dtype=torch.float64), rtol=1e-7, atol=1e-8)
+        torch.testing.assert_close(
+            result.update, torch.tensor(update, dtype=torch.float64), rtol=1e-7, atol=1e-8
+        )
+        torch.testing.assert_close(
+            result.head_weights, torch.tensor(weights, dtype=torch.float64), rtol=1e-7, atol=1e-8
+        )
     monkeypatch.undo()
     projected = core.MoCo(2, normalize_gradients=True)
     jacobian, losses = STEPS[0]
@@ -513,16 +674,28 @@ def test_two_task_scalar_paths_equal_the_general_path(factory, rows, width, monk
             jacobian = jacobian[call] if rows is None else jacobian[:rows]
             losses = torch.ones(jacobian.shape[:-1], dtype=torch.float64)
             result = method.aggregate(jacobian, losses)
-            drawn = torch.rand(3, generator=method.generator) if hasattr(method, "generator") and method.generator is not None else None
+            drawn = (
+                torch.rand(3, generator=method.generator)
+                if hasattr(method, "generator") and method.generator is not None
+                else None
+            )
             results.append((result, method.state_dict(), drawn))
         return results
 
     fast = run()
     monkeypatch.setattr(gradient_vectors, "_SCALAR_ROWS", 0)
     for (got, state, drawn), (want, want_state, want_drawn) in zip(fast, run()):
-        assert torch.equal(got.update, want.update) and torch.equal(got.head_weights, want.head_weights)
+        assert torch.equal(got.update, want.update) and torch.equal(
+            got.head_weights, want.head_weights
+        )
         assert set(got.diagnostics) == set(want.diagnostics)
-        assert all(torch.equal(got.diagnostics[key], want.diagnostics[key]) for key in want.diagnostics)
+        assert all(
+            torch.equal(got.diagnostics[key], want.diagnostics[key]) for key in want.diagnostics
+        )
         for key, value in want_state.items():
-            assert torch.equal(state[key], value) if isinstance(value, torch.Tensor) else state[key] == value
+            assert (
+                torch.equal(state[key], value)
+                if isinstance(value, torch.Tensor)
+                else state[key] == value
+            )
         assert (drawn is None and want_drawn is None) or torch.equal(drawn, want_drawn)

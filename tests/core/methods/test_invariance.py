@@ -20,7 +20,9 @@ from tests.strategies import monotone_transforms
 RTOL = 1e-6
 
 
-def updates(model: TwoLayerMultiTask, method, transforms=None, *, representation: bool = False) -> list[torch.Tensor]:
+def updates(
+    model: TwoLayerMultiTask, method, transforms=None, *, representation: bool = False
+) -> list[torch.Tensor]:
     """The `.grad` that `mtl_backward` writes, shared parameters first, for (transformed) losses."""
     model.zero_grad_all()
     z = model.representation()
@@ -34,7 +36,9 @@ def updates(model: TwoLayerMultiTask, method, transforms=None, *, representation
         task_params=model.task_params(),
         representation=z if representation else None,
     )
-    return [p.grad.clone() for p in model.shared_params()] + [p.grad.clone() for g in model.task_params() for p in g]
+    return [p.grad.clone() for p in model.shared_params()] + [
+        p.grad.clone() for g in model.task_params() for p in g
+    ]
 
 
 @st.composite
@@ -44,12 +48,17 @@ def transformed_models(draw):
     model = TwoLayerMultiTask(num_tasks, seed=draw(st.integers(0, 10_000)), dtype=torch.float64)
     with torch.no_grad():
         losses = [float(loss) for loss in model.losses()]
-    transforms = [draw(monotone_transforms(max_depth=3, input_range=(loss, loss))) for loss in losses]
+    transforms = [
+        draw(monotone_transforms(max_depth=3, input_range=(loss, loss))) for loss in losses
+    ]
     return model, transforms
 
 
 def relative_difference(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
-    got_flat, want_flat = torch.cat([g.reshape(-1) for g in got]), torch.cat([w.reshape(-1) for w in want])
+    got_flat, want_flat = (
+        torch.cat([g.reshape(-1) for g in got]),
+        torch.cat([w.reshape(-1) for w in want]),
+    )
     return float((got_flat - want_flat).norm() / want_flat.norm())
 
 
@@ -82,10 +91,17 @@ def test_counter_example_is_found_for_scale_dependent_methods(name) -> None:
         return relative_difference(updates(model, make(), transforms), updates(model, make())) > 0.1
 
     model, transforms = find(
-        transformed_models(), changes_the_update, settings=settings(max_examples=200, database=None, derandomize=True)
+        transformed_models(),
+        changes_the_update,
+        settings=settings(max_examples=200, database=None, derandomize=True),
     )
     assert changes_the_update((model, transforms))
-    assert relative_difference(updates(model, core.DiBSMTL(), transforms), updates(model, core.DiBSMTL())) < RTOL
+    assert (
+        relative_difference(
+            updates(model, core.DiBSMTL(), transforms), updates(model, core.DiBSMTL())
+        )
+        < RTOL
+    )
 
 
 @given(

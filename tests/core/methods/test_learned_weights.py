@@ -50,7 +50,9 @@ def tensor(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=F64)
 
 
-def trajectory(num_steps: int, *, seed: int, num_tasks: int = 3, batch_shape: tuple[int, ...] = ()) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def trajectory(
+    num_steps: int, *, seed: int, num_tasks: int = 3, batch_shape: tuple[int, ...] = ()
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(Gramian, positive losses) pairs from random Jacobians."""
     generator = torch.Generator().manual_seed(seed)
     steps = []
@@ -61,7 +63,9 @@ def trajectory(num_steps: int, *, seed: int, num_tasks: int = 3, batch_shape: tu
     return steps
 
 
-positive_losses = st.lists(st.floats(1e-3, 1e3), min_size=1, max_size=5).map(lambda values: torch.tensor(values, dtype=F64))
+positive_losses = st.lists(st.floats(1e-3, 1e3), min_size=1, max_size=5).map(
+    lambda values: torch.tensor(values, dtype=F64)
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +82,9 @@ def test_gradnorm_second_step_by_hand() -> None:
     torch.testing.assert_close(first.weights, tensor(1.0, 1.0))
     torch.testing.assert_close(first.diagnostics["gradnorm_loss"], torch.tensor(N2 - N1, dtype=F64))
     stepped = tensor(1 + lr * N1, 1 - lr * N2)
-    torch.testing.assert_close(method(GRAM, LOSSES), 2 * stepped / stepped.sum(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        method(GRAM, LOSSES), 2 * stepped / stepped.sum(), rtol=1e-14, atol=0
+    )
 
 
 def test_gradnorm_targets_follow_the_training_rates() -> None:
@@ -87,7 +93,9 @@ def test_gradnorm_targets_follow_the_training_rates() -> None:
     method = GradNorm(alpha=1.0, lr=0.01)
     gram = torch.eye(2, dtype=F64)
     method(gram, tensor(1.0, 1.0))
-    weights = method(gram, tensor(0.9, 0.3))  # after the first step: unchanged (norms equal the mean)
+    weights = method(
+        gram, tensor(0.9, 0.3)
+    )  # after the first step: unchanged (norms equal the mean)
     torch.testing.assert_close(weights, tensor(1.0, 1.0))
     ratios = tensor(0.9, 0.3)
     targets = gradnorm_targets(tensor(1.0, 1.0), tensor(1.0, 1.0), ratios, 1.0)
@@ -107,17 +115,26 @@ def test_gradnorm_subgradient_step_decreases_its_loss(weights, data, alpha) -> N
     tasks off their kink; the renormalised weights are non-negative and sum to K."""
     num_tasks = len(weights)
     w = torch.tensor(weights, dtype=F64)
-    norms = torch.tensor(data.draw(st.lists(st.floats(0.0, 1e3), min_size=num_tasks, max_size=num_tasks)), dtype=F64)
-    ratios = torch.tensor(data.draw(st.lists(st.floats(1e-3, 1e3), min_size=num_tasks, max_size=num_tasks)), dtype=F64)
+    norms = torch.tensor(
+        data.draw(st.lists(st.floats(0.0, 1e3), min_size=num_tasks, max_size=num_tasks)), dtype=F64
+    )
+    ratios = torch.tensor(
+        data.draw(st.lists(st.floats(1e-3, 1e3), min_size=num_tasks, max_size=num_tasks)), dtype=F64
+    )
     targets = gradnorm_targets(w, norms, ratios, alpha)
     gaps = (w * norms - targets).abs()
     moving = (norms > 0) & (gaps > 0)
     assume(bool(moving.any()))
-    assume(bool((gaps[moving] > 1e-6 * (w * norms + targets)[moving]).all()))  # no term at its kink to rounding
+    assume(
+        bool((gaps[moving] > 1e-6 * (w * norms + targets)[moving]).all())
+    )  # no term at its kink to rounding
     lr = 0.5 * float((gaps[moving] / norms[moving] ** 2).min())
     subgradient = gradnorm_subgradient(w, norms, targets)
     torch.testing.assert_close(subgradient.abs(), torch.where(gaps > 0, norms, 0.0))
-    before, after = gradnorm_loss(w, norms, targets), gradnorm_loss(w - lr * subgradient, norms, targets)
+    before, after = (
+        gradnorm_loss(w, norms, targets),
+        gradnorm_loss(w - lr * subgradient, norms, targets),
+    )
     decrease = lr * float((subgradient**2).sum())
     assert float(after) < float(before)
     assert math.isclose(float(before - after), decrease, rel_tol=1e-6, abs_tol=1e-9 * float(before))
@@ -137,7 +154,9 @@ def test_gradnorm_subgradient_is_autograd_of_the_loss_with_detached_targets() ->
         weighted = w * norms
         targets = (weighted.mean() * (ratios / ratios.mean()) ** 1.5).detach()
         (weighted - targets).abs().sum().backward()
-        expected = gradnorm_subgradient(w.detach(), norms, gradnorm_targets(w.detach(), norms, ratios, 1.5))
+        expected = gradnorm_subgradient(
+            w.detach(), norms, gradnorm_targets(w.detach(), norms, ratios, 1.5)
+        )
         torch.testing.assert_close(w.grad, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -148,7 +167,11 @@ def test_gradnorm_renormalisation_can_raise_the_loss() -> None:
     targets = gradnorm_targets(w, norms, ratios, 1.5)
     stepped = w - 1e-3 * gradnorm_subgradient(w, norms, targets)
     before = float(gradnorm_loss(w, norms, targets))
-    assert float(gradnorm_loss(stepped, norms, targets)) < before < float(gradnorm_loss(renormalize(stepped), norms, targets))
+    assert (
+        float(gradnorm_loss(stepped, norms, targets))
+        < before
+        < float(gradnorm_loss(renormalize(stepped), norms, targets))
+    )
 
 
 def test_gradnorm_keeps_weights_summing_to_k_and_clips_at_zero() -> None:
@@ -166,7 +189,9 @@ def test_loss_domains() -> None:
         GradNorm()(GRAM, tensor(1.0, 0.0))
     for method in (IMTL(), IMTLL(2)):
         with pytest.raises(LossDomainError, match="non-negative"):
-            method(GRAM, tensor(1.0, -1.0)) if isinstance(method, IMTL) else method(tensor(1.0, -1.0))
+            method(GRAM, tensor(1.0, -1.0)) if isinstance(method, IMTL) else method(
+                tensor(1.0, -1.0)
+            )
     method = IMTL()
     for _ in range(3):  # a zero loss: finite weights, its scale rises by lr per step
         assert bool(torch.isfinite(method(GRAM, tensor(0.0, 2.0))).all())
@@ -205,7 +230,9 @@ def test_imtl_l_through_the_engine_trains_its_scales_to_minus_log_loss() -> None
     for _ in range(300):
         optimizer.zero_grad()
         model.zero_grad_all()
-        info = core.mtl_backward(model.losses(), model.shared_params(), method, task_params=model.task_params())
+        info = core.mtl_backward(
+            model.losses(), model.shared_params(), method, task_params=model.task_params()
+        )
         optimizer.step()
     torch.testing.assert_close(method.log_scales.detach(), -torch.log(values), rtol=0, atol=1e-8)
     torch.testing.assert_close(info.weights.double(), 1 / values, rtol=1e-7, atol=0)
@@ -240,13 +267,19 @@ def test_imtl_equal_projections_at_any_scales(jacobian, data) -> None:
     num_tasks = jacobian.shape[0]
     norms = jacobian.norm(dim=1)
     assume(bool((norms > 0).all()))
-    log_scales = torch.tensor(data.draw(st.lists(st.floats(-5, 5), min_size=num_tasks, max_size=num_tasks)), dtype=F64)
+    log_scales = torch.tensor(
+        data.draw(st.lists(st.floats(-5, 5), min_size=num_tasks, max_size=num_tasks)), dtype=F64
+    )
     result = imtl_at(log_scales).weights(gramian(jacobian), torch.ones(num_tasks, dtype=F64))
     scaled = jacobian * torch.exp(log_scales)[:, None]
     alpha = IMTLG().weights(gramian(scaled), torch.ones(num_tasks, dtype=F64))
     assume(not bool(alpha.diagnostics["floored"]))
-    if float(cosine_eigenvalue(Step(jacobian, torch.ones(num_tasks, dtype=F64)))) > 1e-6:  # weights determined
-        torch.testing.assert_close(result.weights / torch.exp(log_scales), alpha.weights, rtol=1e-9, atol=1e-12)
+    if (
+        float(cosine_eigenvalue(Step(jacobian, torch.ones(num_tasks, dtype=F64)))) > 1e-6
+    ):  # weights determined
+        torch.testing.assert_close(
+            result.weights / torch.exp(log_scales), alpha.weights, rtol=1e-9, atol=1e-12
+        )
     torch.testing.assert_close(result.diagnostics["log_scales"], log_scales)
     update = result.weights @ jacobian
     projections = (jacobian / norms[:, None]) @ update
@@ -266,7 +299,12 @@ def test_imtl_matches_the_papers_closed_form_on_scaled_gradients() -> None:
         differences, unit_differences = scaled[:1] - scaled[1:], units[:1] - units[1:]
         tail = scaled[0] @ unit_differences.T @ torch.linalg.inv(differences @ unit_differences.T)
         alpha = torch.cat([1 - tail.sum(0, keepdim=True), tail])
-        torch.testing.assert_close(imtl_at(log_scales)(gramian(jacobian), torch.ones(num_tasks, dtype=F64)), alpha * torch.exp(log_scales), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            imtl_at(log_scales)(gramian(jacobian), torch.ones(num_tasks, dtype=F64)),
+            alpha * torch.exp(log_scales),
+            rtol=1e-9,
+            atol=1e-12,
+        )
 
 
 def test_imtl_scale_update_and_its_fixed_point() -> None:
@@ -300,21 +338,32 @@ def test_imtl_heads_receive_the_weighted_gradient_through_the_engine() -> None:
         representation = model.representation()
         losses = model.losses_from(representation)
         info = core.mtl_backward(
-            losses, model.shared_params(), method, task_params=model.task_params(),
+            losses,
+            model.shared_params(),
+            method,
+            task_params=model.task_params(),
             representation=representation if representation_mode else None,
         )
         for i, head in enumerate(model.heads):
             reference = TwoLayerMultiTask(3)
-            expected = torch.autograd.grad(reference.losses()[i], list(reference.heads[i].parameters()))
+            expected = torch.autograd.grad(
+                reference.losses()[i], list(reference.heads[i].parameters())
+            )
             for param, grad in zip(head.parameters(), expected):
-                torch.testing.assert_close(param.grad, info.weights[i] * grad, rtol=1e-12, atol=1e-14)
+                torch.testing.assert_close(
+                    param.grad, info.weights[i] * grad, rtol=1e-12, atol=1e-14
+                )
 
 
 # ---------------------------------------------------------------------------------------------
 # All three: batched state, checkpoints, permutations, errors
 # ---------------------------------------------------------------------------------------------
 
-GRADIENT_WEIGHTINGS = {"gradnorm": lambda: GradNorm(), "gradnorm_alpha0": lambda: GradNorm(alpha=0.0, lr=0.05), "imtl": lambda: IMTL(lr=0.2)}
+GRADIENT_WEIGHTINGS = {
+    "gradnorm": lambda: GradNorm(),
+    "gradnorm_alpha0": lambda: GradNorm(alpha=0.0, lr=0.05),
+    "imtl": lambda: IMTL(lr=0.2),
+}
 
 
 def run(method, steps):
@@ -391,7 +440,9 @@ def test_refusals_leave_the_state_untouched(factory) -> None:
     with pytest.raises(MTLInputError, match=r"reset\(batch_shape"):
         method(GRAM.expand(2, 2, 2), LOSSES.expand(2, 2))
     after = method.state_dict()
-    assert all(torch.equal(after[key], state[key]) for key in state if isinstance(state[key], torch.Tensor))
+    assert all(
+        torch.equal(after[key], state[key]) for key in state if isinstance(state[key], torch.Tensor)
+    )
 
 
 def test_float32_gramians_give_float32_weights() -> None:
@@ -420,7 +471,10 @@ def test_declarations() -> None:
     assert GradNorm.claims == {"permutation_equivariant"} and GradNorm.stateful
     assert IMTL.claims == {"permutation_equivariant", "equal_projections"}
     assert IMTLL.claims == {"permutation_equivariant"} and IMTLL.requires_num_tasks
-    assert GradNorm.loss_domain == "positive" and IMTL.loss_domain == IMTLL.loss_domain == "nonnegative"
+    assert (
+        GradNorm.loss_domain == "positive"
+        and IMTL.loss_domain == IMTLL.loss_domain == "nonnegative"
+    )
     for cls in (GradNorm, IMTL, IMTLL):
         assert cls.head_gradient is HeadGradient.WEIGHTED
     assert core.describe_method("gradnorm").hyperparameters == {"alpha": 1.5, "lr": 1e-3}
@@ -433,7 +487,8 @@ def _two_task_gramians(seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "factory", [GradNorm, lambda: GradNorm(alpha=0.0, lr=0.5), IMTL, lambda: IMTL(lr=2.0, initial_scale=3.0)]
+    "factory",
+    [GradNorm, lambda: GradNorm(alpha=0.0, lr=0.5), IMTL, lambda: IMTL(lr=2.0, initial_scale=3.0)],
 )
 @pytest.mark.parametrize("rows", [10, 3, None])
 def test_two_task_scalar_paths_equal_the_general_path(factory, rows, monkeypatch) -> None:
@@ -443,7 +498,9 @@ def test_two_task_scalar_paths_equal_the_general_path(factory, rows, monkeypatch
         for call in range(4):
             gram = _two_task_gramians(call)
             gram = gram[call] if rows is None else gram[:rows]
-            losses = torch.linspace(0.5, 3.0, 2 * gram[..., 0, 0].numel(), dtype=torch.float64).reshape(gram.shape[:-1]) * (1 + call)
+            losses = torch.linspace(
+                0.5, 3.0, 2 * gram[..., 0, 0].numel(), dtype=torch.float64
+            ).reshape(gram.shape[:-1]) * (1 + call)
             result = method.weights(gram, losses)
             results.append((result.weights, result.diagnostics, method.state_dict()))
         return results
@@ -452,6 +509,12 @@ def test_two_task_scalar_paths_equal_the_general_path(factory, rows, monkeypatch
     monkeypatch.setattr(learned_weights, "_SCALAR_ROWS", 0)
     for (weights, diagnostics, state), (want, want_diagnostics, want_state) in zip(fast, run()):
         assert torch.equal(weights, want)
-        assert set(diagnostics) == set(want_diagnostics) and all(torch.equal(diagnostics[k], want_diagnostics[k]) for k in want_diagnostics)
+        assert set(diagnostics) == set(want_diagnostics) and all(
+            torch.equal(diagnostics[k], want_diagnostics[k]) for k in want_diagnostics
+        )
         for key, value in want_state.items():
-            assert torch.equal(state[key], value) if isinstance(value, torch.Tensor) else state[key] == value
+            assert (
+                torch.equal(state[key], value)
+                if isinstance(value, torch.Tensor)
+                else state[key] == value
+            )

@@ -52,7 +52,9 @@ def test_dwa_weights_follow_the_epoch_ratios() -> None:
     dwa = core.DynamicWeightAverage(2)
     for epoch_losses in ([[4.0, 2.0], [2.0, 2.0]], [[2.0, 1.0]]):  # epoch means [3, 2], then [2, 1]
         for step in epoch_losses:
-            torch.testing.assert_close(dwa(torch.tensor(step, dtype=torch.float64)), torch.ones(2, dtype=torch.float64))
+            torch.testing.assert_close(
+                dwa(torch.tensor(step, dtype=torch.float64)), torch.ones(2, dtype=torch.float64)
+            )
         dwa.end_epoch()
     ratios = torch.tensor([2 / 3, 1 / 2], dtype=torch.float64)
     expected = 2 * torch.softmax(ratios / 2.0, dim=0)
@@ -70,7 +72,9 @@ def test_dwa_weights_follow_the_epoch_ratios() -> None:
         dwa.end_epoch()
 
 
-def reference_window_dwa(losses: list[list[float]], window: int, temperature: float = 2.0) -> list[list[float]]:
+def reference_window_dwa(
+    losses: list[list[float]], window: int, temperature: float = 2.0
+) -> list[list[float]]:
     """The Nash-MTL reference's DWA (`iteration_window`), transcribed from its description: a FIFO of
     the last 2 * window loss vectors, initially ones; each call appends its losses first, then, once
     more than `window` calls came before it, sets w = K softmax((mean newest window / mean older
@@ -94,7 +98,9 @@ def test_dwa_window_is_the_reference_sliding_window(window) -> None:
     """`window=n` recomputes the weights every call from the last 2n losses (ones while the buffer
     fills), the current call's included, from the (n+2)-th call on; `end_epoch` changes nothing."""
     generator = torch.Generator().manual_seed(window)
-    sequence = (0.2 + torch.rand(3 * window + 6, 3, generator=generator, dtype=torch.float64)).tolist()
+    sequence = (
+        0.2 + torch.rand(3 * window + 6, 3, generator=generator, dtype=torch.float64)
+    ).tolist()
     dwa = core.DynamicWeightAverage(3, window=window)
     got = []
     for loss in sequence:
@@ -102,7 +108,9 @@ def test_dwa_window_is_the_reference_sliding_window(window) -> None:
         dwa.end_epoch()
     expected = torch.tensor(reference_window_dwa(sequence, window), dtype=torch.float64)
     torch.testing.assert_close(torch.stack(got), expected, rtol=1e-12, atol=0)
-    assert torch.equal(got[window], torch.ones(3, dtype=torch.float64))  # the (n+1)-th call: still ones
+    assert torch.equal(
+        got[window], torch.ones(3, dtype=torch.float64)
+    )  # the (n+1)-th call: still ones
     assert not torch.equal(got[window + 1], torch.ones(3, dtype=torch.float64))
 
 
@@ -111,7 +119,9 @@ def test_dwa_window_is_the_reference_sliding_window(window) -> None:
 
 def test_famo_initial_weights_normalise_inverse_losses() -> None:
     famo = core.FAMO(2)
-    torch.testing.assert_close(famo(LOSSES), torch.tensor([2 / 3, 1 / 3], dtype=torch.float64), rtol=1e-7, atol=0)
+    torch.testing.assert_close(
+        famo(LOSSES), torch.tensor([2 / 3, 1 / 3], dtype=torch.float64), rtol=1e-7, atol=0
+    )
 
 
 @given(
@@ -210,7 +220,9 @@ def test_famo_min_losses_must_fit_the_batch_shape() -> None:
 )
 def test_engine_writes_the_weighted_loss_gradient(method) -> None:
     model = TwoLayerMultiTask(3)
-    info = core.mtl_backward(model.losses(), model.shared_params(), method, task_params=model.task_params())
+    info = core.mtl_backward(
+        model.losses(), model.shared_params(), method, task_params=model.task_params()
+    )
     losses = model.losses()
     weighted = sum(w * loss for w, loss in zip(info.weights, losses))
     expected = torch.autograd.grad(weighted, model.shared_params())

@@ -119,13 +119,27 @@ UNDECLARED_BECAUSE_FALSE.update(
     }
 )
 UNDECLARED_BECAUSE_FALSE[("aligned_mtl", "rescaling_invariant")] = (
-    Step(torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64), torch.ones(2, dtype=torch.float64)),
+    Step(
+        torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64),
+        torch.ones(2, dtype=torch.float64),
+    ),
     [2.0, 1.0],
 )
 
 STATEFUL_SPECS = ["uw", "dwa", "dwa:window=3", "famo", "famo:optimizer=sgd", "nashmtl"]
-STATEFUL_SPECS += [spec for spec in ("gradnorm", "imtl_l", "imtl", "modo", "sdmgrad") if spec in available_methods()]
-STATEFUL_SPECS += ["moco", "db_mtl", "excess_mtl", "moco:normalize_gradients=true", "db_mtl:beta_sigma=0.5", "excess_mtl:n_warmup_steps=2"]
+STATEFUL_SPECS += [
+    spec
+    for spec in ("gradnorm", "imtl_l", "imtl", "modo", "sdmgrad")
+    if spec in available_methods()
+]
+STATEFUL_SPECS += [
+    "moco",
+    "db_mtl",
+    "excess_mtl",
+    "moco:normalize_gradients=true",
+    "db_mtl:beta_sigma=0.5",
+    "excess_mtl:n_warmup_steps=2",
+]
 # PMTL with an index: on the state tests' trajectories the default's runs are feasible (in stage 2)
 # at every step checked, where a fresh instance agrees; tests/core/methods/test_preference_methods.py checks the default
 STATEFUL_SPECS += ["pmtl:preference=1"]
@@ -210,7 +224,9 @@ def _reported_allowance(method: Method, step: Step, result: WeightsResult) -> to
     return result.diagnostics["update_bound"].to(torch.float64)
 
 
-ALLOWANCES.update({"pmtl": _reported_allowance, "epo": _reported_allowance, "config": _reported_allowance})
+ALLOWANCES.update(
+    {"pmtl": _reported_allowance, "epo": _reported_allowance, "config": _reported_allowance}
+)
 
 
 # -- every declared claim holds --------------------------------------------------------------------
@@ -389,7 +405,9 @@ def test_unknown_hyperparameters_and_names_list_the_accepted_ones() -> None:
         make_method("cagrad", num_tasks=3, cc=0.5)
     with pytest.raises(UnknownMethodError, match="choose one of: .*dibsmtl.*nashmtl"):
         make_method("dibs-mtl")
-    assert type(make_method("imtl", num_tasks=2)) is core.IMTL  # the full IMTL (until issue 18 refused: it named IMTL-G)
+    assert (
+        type(make_method("imtl", num_tasks=2)) is core.IMTL
+    )  # the full IMTL (until issue 18 refused: it named IMTL-G)
     with pytest.raises(InvalidHyperparameterError, match="num_tasks"):
         make_method("famo")
 
@@ -458,7 +476,11 @@ def _run(method: Method, steps: list[Step]) -> list[torch.Tensor]:
     outputs = []
     for step in steps:
         result = run_steps(method, [step])[0]  # a Jacobian aggregation's update counts too
-        outputs.append(result.weights if result.update is None else torch.cat([result.weights, result.update], dim=-1))
+        outputs.append(
+            result.weights
+            if result.update is None
+            else torch.cat([result.weights, result.update], dim=-1)
+        )
         _train_parameters(method, step)
     return outputs
 
@@ -493,7 +515,10 @@ def test_lifecycle_hooks_and_reset(spec: str) -> None:
     assert method.batch_shape == (2,)
     batched = _trajectory(3, seed=2, batch_shape=(2,))
     weights = _run(method, batched)
-    assert all(w.shape[:-1] == (2,) and w.shape[-1] >= NUM_TASKS and bool(torch.isfinite(w).all()) for w in weights)
+    assert all(
+        w.shape[:-1] == (2,) and w.shape[-1] >= NUM_TASKS and bool(torch.isfinite(w).all())
+        for w in weights
+    )
     method.reset()
     assert method.batch_shape == ()
     assert run_steps(method, [step])[0].weights.shape == (NUM_TASKS,)

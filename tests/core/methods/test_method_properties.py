@@ -51,13 +51,22 @@ def test_permutation_equivariance(name, jacobian, data) -> None:
     value = permuted_diagnostics["min_norm"].item() ** 2
     reference = diagnostics["min_norm"].item() ** 2
     norms = gramian(jacobian).diagonal().sqrt()
-    solved_scale = {"none": torch.ones_like(norms), "l2": norms, "loss": losses, "loss+": losses * norms}[method.normalization]
-    safe_scale = torch.where(solved_scale > 0, solved_scale, 1.0)  # MGDA leaves zero gradients as they are
+    solved_scale = {
+        "none": torch.ones_like(norms),
+        "l2": norms,
+        "loss": losses,
+        "loss+": losses * norms,
+    }[method.normalization]
+    safe_scale = torch.where(
+        solved_scale > 0, solved_scale, 1.0
+    )  # MGDA leaves zero gradients as they are
     solved = gramian(jacobian / safe_scale[:, None])  # the Gramian MGDA actually minimises over
     # the solver's KKT tolerance is 1e-12 relative to the largest diagonal entry of that Gramian
     assert abs(value - reference) <= 1e-10 * max(solved.diagonal().max().item(), 1e-300)
     if torch.linalg.cond(solved).item() < 1e6:
-        torch.testing.assert_close(permuted, weights[order], rtol=0, atol=1e-6 * weights.abs().max().item())
+        torch.testing.assert_close(
+            permuted, weights[order], rtol=0, atol=1e-6 * weights.abs().max().item()
+        )
 
 
 @pytest.mark.parametrize("name", sorted(NONNEGATIVE_GRADIENT_WEIGHTINGS))
@@ -75,7 +84,9 @@ def test_zero_gradient_weights_are_documented_values() -> None:
     losses = torch.ones(2, dtype=torch.float64)
     assert core.DiBSMTL()(gramian(jacobian), losses)[1].item() == 0.0  # zero direction, zero weight
     assert core.NormalizedSum()(gramian(jacobian), losses)[1].item() == 0.0
-    torch.testing.assert_close(core.MGDA()(gramian(jacobian), losses), torch.tensor([0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        core.MGDA()(gramian(jacobian), losses), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    )
 
 
 @given(jacobian=jacobians(min_tasks=2, max_tasks=5, min_exponent=-3, max_exponent=3))
@@ -83,8 +94,12 @@ def test_rgw_ignores_the_gramian(jacobian) -> None:
     """RGW's weights depend only on its generator; with exchangeable draws (tests of RLW) this
     makes it permutation equivariant in distribution."""
     losses = torch.ones(jacobian.shape[0], dtype=jacobian.dtype)
-    first = core.RandomGradientWeighting(generator=torch.Generator().manual_seed(11))(gramian(jacobian), losses)
-    other = core.RandomGradientWeighting(generator=torch.Generator().manual_seed(11))(torch.eye(jacobian.shape[0], dtype=jacobian.dtype), losses)
+    first = core.RandomGradientWeighting(generator=torch.Generator().manual_seed(11))(
+        gramian(jacobian), losses
+    )
+    other = core.RandomGradientWeighting(generator=torch.Generator().manual_seed(11))(
+        torch.eye(jacobian.shape[0], dtype=jacobian.dtype), losses
+    )
     torch.testing.assert_close(first, other)
 
 
@@ -98,7 +113,9 @@ def test_batched_gramians_equal_separate_calls(name) -> None:
     assert batched.shape == (3, 2, 4)
     for i in range(3):
         for j in range(2):
-            torch.testing.assert_close(batched[i, j], method(gramian(batch[i, j]), losses[i, j]), rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(
+                batched[i, j], method(gramian(batch[i, j]), losses[i, j]), rtol=1e-9, atol=1e-12
+            )
 
 
 def test_registry_builds_every_method_and_rejects_unknown_names() -> None:
@@ -121,10 +138,14 @@ def test_every_public_name_is_importable_from_core() -> None:
 def extreme_losses(num_tasks: int):
     """Loss vectors with entries 0 or 10^e, e in [-12, 12]: zeros are outside some methods' domain."""
     entry = st.one_of(st.just(0.0), st.floats(-12, 12).map(lambda e: 10.0**e))
-    return st.lists(entry, min_size=num_tasks, max_size=num_tasks).map(lambda v: torch.tensor(v, dtype=torch.float64))
+    return st.lists(entry, min_size=num_tasks, max_size=num_tasks).map(
+        lambda v: torch.tensor(v, dtype=torch.float64)
+    )
 
 
-def run_method(method: core.Method, jacobian: torch.Tensor, loss_sequence: list[torch.Tensor]) -> list[torch.Tensor]:
+def run_method(
+    method: core.Method, jacobian: torch.Tensor, loss_sequence: list[torch.Tensor]
+) -> list[torch.Tensor]:
     """Weights of a few consecutive steps through the lifecycle: after each step `after_step` with
     the next step's losses (FAMO's logit update) and `end_epoch` (DWA: every step an epoch)."""
     outputs = []
@@ -155,12 +176,19 @@ def test_every_method_gives_finite_weights_or_a_documented_error(name, jacobian,
     try:
         outputs = run_method(method, jacobian, loss_sequence)
     except core.errors.MTLInputError as error:
-        assert isinstance(error, core.errors.LossDomainError), f"{name}: unexpected {type(error).__name__}: {error}"
+        assert isinstance(error, core.errors.LossDomainError), (
+            f"{name}: unexpected {type(error).__name__}: {error}"
+        )
         # only a method that declares a loss domain may refuse losses, and only zero ones here
-        assert method.loss_domain != "any" and bool((torch.stack(loss_sequence) == 0).any()), f"{name}: {error}"
+        assert method.loss_domain != "any" and bool((torch.stack(loss_sequence) == 0).any()), (
+            f"{name}: {error}"
+        )
         return
     for weights in outputs:
-        assert weights.shape == (num_tasks,) and bool(torch.isfinite(weights).all()), (name, weights)
+        assert weights.shape == (num_tasks,) and bool(torch.isfinite(weights).all()), (
+            name,
+            weights,
+        )
 
 
 LOSS_WEIGHTINGS = ["uw", "dwa", "famo", "ls", "scaleinvls"]
@@ -175,6 +203,10 @@ def test_loss_weightings_are_permutation_equivariant(name, num_tasks, data) -> N
     order = torch.tensor(data.draw(st.permutations(range(num_tasks))))
     jacobian = torch.zeros(num_tasks, 1, dtype=torch.float64)  # unused by loss weightings
     original = run_method(make_method(name, num_tasks=num_tasks), jacobian, loss_sequence)
-    relabelled = run_method(make_method(name, num_tasks=num_tasks), jacobian, [losses[order] for losses in loss_sequence])
+    relabelled = run_method(
+        make_method(name, num_tasks=num_tasks),
+        jacobian,
+        [losses[order] for losses in loss_sequence],
+    )
     for weights, permuted in zip(original, relabelled):
         torch.testing.assert_close(permuted, weights[order], rtol=1e-12, atol=0)

@@ -51,7 +51,9 @@ def test_kkt_conditions_and_non_conflict(jacobian) -> None:
     assert bool((product >= objective - 1e-7 * scale).all())
     assert solution.kkt_gap.item() <= 1e-7
     on_support = weights > 1e-6
-    torch.testing.assert_close(product[on_support], objective.expand(int(on_support.sum())), rtol=0, atol=1e-7 * scale)
+    torch.testing.assert_close(
+        product[on_support], objective.expand(int(on_support.sum())), rtol=0, atol=1e-7 * scale
+    )
     # non-conflict: the combined direction d = J^T a has d . g_i >= ||d||^2 >= 0 for every task
     direction = weights @ jacobian
     assert bool((jacobian @ direction >= direction @ direction - 1e-7 * scale).all())
@@ -62,17 +64,25 @@ def test_kkt_conditions_and_non_conflict(jacobian) -> None:
 def test_matches_brute_force(jacobian) -> None:
     gram = gramian(jacobian)
     scale = gram.diagonal().max().item() or 1.0
-    assert min_norm_point(gram).squared_norm.item() == pytest.approx(brute_force_min_norm(gram), abs=1e-10 * scale)
+    assert min_norm_point(gram).squared_norm.item() == pytest.approx(
+        brute_force_min_norm(gram), abs=1e-10 * scale
+    )
 
 
-@given(jacobian=jacobians(min_tasks=3, max_tasks=6, min_exponent=-2, max_exponent=2, allow_zero_rows=False))
+@given(
+    jacobian=jacobians(
+        min_tasks=3, max_tasks=6, min_exponent=-2, max_exponent=2, allow_zero_rows=False
+    )
+)
 @settings(deadline=None, max_examples=40)
 def test_float32_is_close_to_float64(jacobian) -> None:
     gram = gramian(jacobian)
     scale = gram.diagonal().max().item()
     low = min_norm_point(gram.float())
     assert low.weights.dtype == torch.float32
-    assert low.squared_norm.item() == pytest.approx(min_norm_point(gram).squared_norm.item(), abs=1e-5 * scale)
+    assert low.squared_norm.item() == pytest.approx(
+        min_norm_point(gram).squared_norm.item(), abs=1e-5 * scale
+    )
 
 
 def test_two_task_closed_form() -> None:
@@ -81,7 +91,9 @@ def test_two_task_closed_form() -> None:
     torch.testing.assert_close(solution.weights, torch.tensor([0.6, 0.4], dtype=torch.float64))
     assert solution.squared_norm.item() == pytest.approx(2.0)
     identical = torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=torch.float64)
-    torch.testing.assert_close(min_norm_point(gramian(identical)).weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        min_norm_point(gramian(identical)).weights, torch.tensor([0.5, 0.5], dtype=torch.float64)
+    )
 
 
 def test_termination_is_guaranteed() -> None:
@@ -110,21 +122,36 @@ def test_simplex_projection_is_the_closest_point(values) -> None:
 @settings(deadline=None)
 def test_l2_normalization_ignores_gradient_scale(jacobian, data) -> None:
     num_tasks = jacobian.shape[0]
-    factors = torch.tensor(data.draw(st.lists(st.floats(1e-3, 1e3), min_size=num_tasks, max_size=num_tasks)), dtype=torch.float64)
+    factors = torch.tensor(
+        data.draw(st.lists(st.floats(1e-3, 1e3), min_size=num_tasks, max_size=num_tasks)),
+        dtype=torch.float64,
+    )
     losses = torch.ones(num_tasks, dtype=torch.float64)
     method = MGDA(normalization="l2", apply_to="normalized")
     update = method(gramian(jacobian), losses) @ jacobian
     scaled = factors[:, None] * jacobian
     # the update is a convex combination of unit vectors: an absolute tolerance fits
-    torch.testing.assert_close(method(gramian(scaled), losses) @ scaled, update, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(
+        method(gramian(scaled), losses) @ scaled, update, rtol=1e-6, atol=1e-9
+    )
 
 
-@given(jacobian=jacobians(min_tasks=2, max_tasks=4, min_exponent=-2, max_exponent=2, allow_zero_rows=False), data=st.data())
+@given(
+    jacobian=jacobians(
+        min_tasks=2, max_tasks=4, min_exponent=-2, max_exponent=2, allow_zero_rows=False
+    ),
+    data=st.data(),
+)
 @settings(deadline=None)
 def test_normalizations_scale_the_gradients(jacobian, data) -> None:
     losses = data.draw(positive_losses(jacobian.shape[0]))
     norms = jacobian.norm(dim=1)
-    for name, scales in {"none": torch.ones_like(norms), "l2": norms, "loss": losses, "loss+": losses * norms}.items():
+    for name, scales in {
+        "none": torch.ones_like(norms),
+        "l2": norms,
+        "loss": losses,
+        "loss+": losses * norms,
+    }.items():
         scaled = jacobian / scales[:, None]
         weights = MGDA(normalization=name)(gramian(jacobian), losses)
         # the min-norm point of the scaled gradients is unique (its weights need not be, and the
@@ -134,7 +161,9 @@ def test_normalizations_scale_the_gradients(jacobian, data) -> None:
         tolerance = 1e-7 * largest
         torch.testing.assert_close(weights @ scaled, expected, rtol=0, atol=tolerance)
         applied = MGDA(normalization=name, apply_to="normalized")(gramian(jacobian), losses)
-        torch.testing.assert_close(applied @ jacobian, weights @ scaled, rtol=1e-12, atol=1e-12 * largest)
+        torch.testing.assert_close(
+            applied @ jacobian, weights @ scaled, rtol=1e-12, atol=1e-12 * largest
+        )
 
 
 def test_loss_normalization_needs_positive_losses() -> None:
@@ -146,7 +175,13 @@ def test_loss_normalization_needs_positive_losses() -> None:
 
 
 def test_reports_its_kkt_gap() -> None:
-    diagnostics = MGDA().weights(gramian(torch.randn(5, 9, dtype=torch.float64)), torch.ones(5, dtype=torch.float64)).diagnostics
+    diagnostics = (
+        MGDA()
+        .weights(
+            gramian(torch.randn(5, 9, dtype=torch.float64)), torch.ones(5, dtype=torch.float64)
+        )
+        .diagnostics
+    )
     assert set(diagnostics) == {"kkt_gap", "min_norm"}
     assert diagnostics["kkt_gap"].item() <= 1e-12
 
@@ -203,4 +238,6 @@ def test_two_task_scalar_path_equals_min_norm_point(dtype, monkeypatch) -> None:
         assert got.weights.dtype == want.weights.dtype == dtype
         assert torch.equal(got.weights, want.weights)
         assert set(got.diagnostics) == set(want.diagnostics)
-        assert all(torch.equal(got.diagnostics[key], want.diagnostics[key]) for key in want.diagnostics)
+        assert all(
+            torch.equal(got.diagnostics[key], want.diagnostics[key]) for key in want.diagnostics
+        )

@@ -27,7 +27,9 @@ def solve(jacobian: torch.Tensor, method: NashMTL | None = None) -> torch.Tensor
     return solve_with_diagnostics(jacobian, method)[0]
 
 
-def solve_with_diagnostics(jacobian: torch.Tensor, method: NashMTL | None = None) -> tuple[torch.Tensor, dict]:
+def solve_with_diagnostics(
+    jacobian: torch.Tensor, method: NashMTL | None = None
+) -> tuple[torch.Tensor, dict]:
     method = NashMTL() if method is None else method
     return method.weights(gramian(jacobian), torch.ones(jacobian.shape[:-1], dtype=jacobian.dtype))
 
@@ -51,7 +53,9 @@ def test_solves_the_regularised_nash_system(jacobian) -> None:
     regularised = gram + method.ridge * torch.diag_embed(gram.diagonal())
     floor = 1e-15 * amplification(jacobian, weights) * jacobian.shape[0]  # rounding of G, amplified
     assert nash_residual(regularised, weights).item() <= 1e-9 + floor
-    assert diagnostics["residual"].item() == pytest.approx(nash_residual(gram, weights).item(), abs=1e-12 + floor)
+    assert diagnostics["residual"].item() == pytest.approx(
+        nash_residual(gram, weights).item(), abs=1e-12 + floor
+    )
 
 
 @given(jacobian=jacobians(min_tasks=1, max_tasks=5, allow_zero_rows=False))
@@ -68,7 +72,9 @@ def test_nash_optimality_and_non_conflict_on_well_posed_jacobians(jacobian) -> N
     products = jacobian @ direction  # d . g_i
     assert bool((products > 0).all())
     torch.testing.assert_close(products * weights, torch.ones_like(weights), rtol=0, atol=1e-5)
-    assert float(weights @ gramian(jacobian) @ weights) == pytest.approx(jacobian.shape[0], rel=1e-5)
+    assert float(weights @ gramian(jacobian) @ weights) == pytest.approx(
+        jacobian.shape[0], rel=1e-5
+    )
 
 
 @given(jacobian=jacobians(), data=st.data())
@@ -88,7 +94,9 @@ def test_per_task_rescaling_maps_alpha_to_alpha_over_c(jacobian, data) -> None:
     1e-12 relative on well-posed draws and a few 1e-16 * max b^2 near Pareto stationarity.
     """
     num_tasks = jacobian.shape[0]
-    factors = torch.tensor(data.draw(st.lists(st.floats(1e-3, 1e3), min_size=num_tasks, max_size=num_tasks)), dtype=F64)
+    factors = torch.tensor(
+        data.draw(st.lists(st.floats(1e-3, 1e3), min_size=num_tasks, max_size=num_tasks)), dtype=F64
+    )
     weights = solve(jacobian)
     scaled = factors[:, None] * jacobian
     scaled_weights = solve(scaled)
@@ -113,7 +121,9 @@ def test_golden_values() -> None:
     losses = torch.tensor([1.0, 2.0], dtype=F64)
     exact = torch.tensor([0.59146115222936777725, 0.40707148288388537368], dtype=F64)
     alpha_2 = math.sqrt(3 / (114 - 22 * math.sqrt(19)))
-    torch.testing.assert_close(exact, torch.tensor([alpha_2 * math.sqrt(19) / 3, alpha_2], dtype=F64), rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        exact, torch.tensor([alpha_2 * math.sqrt(19) / 3, alpha_2], dtype=F64), rtol=1e-15, atol=0
+    )
     cosine = -22 / math.sqrt(18 * 38)
     b = 1 / math.sqrt(1 + 1e-10 + cosine)
     expected = torch.tensor([b / math.sqrt(18), b / math.sqrt(38)], dtype=F64)
@@ -142,7 +152,12 @@ def test_documented_degenerate_cases() -> None:
     # all gradients zero: no task has a finite Nash weight
     assert bool((NashMTL()(torch.zeros(3, 3, dtype=F64), ones) == 0).all())
     # one task: alpha ||g|| = 1 (up to the ridge)
-    torch.testing.assert_close(NashMTL()(torch.tensor([[4.0]], dtype=F64), ones[:1]), torch.tensor([0.5], dtype=F64), rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        NashMTL()(torch.tensor([[4.0]], dtype=F64), ones[:1]),
+        torch.tensor([0.5], dtype=F64),
+        rtol=1e-9,
+        atol=0,
+    )
     # a zero row is dropped; the others are solved as if it were absent
     jacobian = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]], dtype=F64)
     weights = solve(jacobian)
@@ -152,11 +167,18 @@ def test_documented_degenerate_cases() -> None:
     duplicate = torch.tensor([[1.0, 2.0], [1.0, 2.0], [2.0, -1.0]], dtype=F64)
     weights = solve(duplicate)
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-12, atol=0)
-    torch.testing.assert_close(weights * duplicate.norm(dim=1), torch.tensor([0.5**0.5, 0.5**0.5, 1.0], dtype=F64), rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        weights * duplicate.norm(dim=1),
+        torch.tensor([0.5**0.5, 0.5**0.5, 1.0], dtype=F64),
+        rtol=1e-9,
+        atol=0,
+    )
     # opposite gradients (Pareto stationary): no solution; weights ~ ridge^-1/2 / ||g||, update 0
     opposite = torch.tensor([[1.0, 0.0], [-3.0, 0.0]], dtype=F64)
     weights, diagnostics = solve_with_diagnostics(opposite)
-    torch.testing.assert_close(weights * opposite.norm(dim=1), torch.full((2,), 1e5, dtype=F64), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        weights * opposite.norm(dim=1), torch.full((2,), 1e5, dtype=F64), rtol=1e-6, atol=0
+    )
     assert float((weights @ opposite).norm()) <= 1e-6
     assert diagnostics["residual"].item() == pytest.approx(1.0, abs=1e-6)
     # extreme scales in float32: alpha ~ 1/||g||
@@ -170,15 +192,25 @@ def test_documented_degenerate_cases() -> None:
 def test_bad_input_and_hyperparameters() -> None:
     with pytest.raises(NonFiniteGradientError):
         NashMTL()(torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), torch.ones(2))
-    for options in ({"update_weights_every": 0}, {"tolerance": 0.0}, {"max_iterations": 0}, {"ridge": 0.0}, {"ridge": 1.0}):
+    for options in (
+        {"update_weights_every": 0},
+        {"tolerance": 0.0},
+        {"max_iterations": 0},
+        {"ridge": 0.0},
+        {"ridge": 1.0},
+    ):
         with pytest.raises(InvalidHyperparameterError):
             NashMTL(**options)
     assert NashMTL.head_gradient is HeadGradient.WEIGHTED
 
 
 def test_termination_is_guaranteed() -> None:
-    jacobian = torch.randn(12, 2, generator=torch.Generator().manual_seed(0), dtype=F64)  # 0 in the hull
-    weights, diagnostics = solve_with_diagnostics(jacobian, NashMTL(max_iterations=3, tolerance=1e-15))
+    jacobian = torch.randn(
+        12, 2, generator=torch.Generator().manual_seed(0), dtype=F64
+    )  # 0 in the hull
+    weights, diagnostics = solve_with_diagnostics(
+        jacobian, NashMTL(max_iterations=3, tolerance=1e-15)
+    )
     assert diagnostics["iterations"].item() <= 3
     assert bool(torch.isfinite(weights).all()) and bool((weights > 0).all())
 
@@ -209,7 +241,9 @@ def test_warm_start_reset_and_update_every() -> None:
     last = calls[2][1]
     assert last["reused"].item() and last["iterations"].item() == 0
     # the residual reported for a reused alpha is that on the current Gramian
-    assert last["residual"].item() == pytest.approx(nash_residual(gramian(sequence[2]), outputs[0]).item())
+    assert last["residual"].item() == pytest.approx(
+        nash_residual(gramian(sequence[2]), outputs[0]).item()
+    )
     fourth, diagnostics = solve_with_diagnostics(sequence[3], every)
     assert not diagnostics["reused"].item()
     torch.testing.assert_close(fourth, solve(sequence[3]), rtol=1e-8, atol=0)
@@ -223,7 +257,9 @@ def test_warm_start_reset_and_update_every() -> None:
 
 def test_state_dict_round_trip_continues_the_warm_start() -> None:
     generator = torch.Generator().manual_seed(4)
-    sequence = [torch.randn(2, 4, 9, generator=generator, dtype=F64) for _ in range(3)]  # batch of 2 runs
+    sequence = [
+        torch.randn(2, 4, 9, generator=generator, dtype=F64) for _ in range(3)
+    ]  # batch of 2 runs
     original = NashMTL(update_weights_every=2)
     solve(sequence[0], original)
     copy = NashMTL(update_weights_every=2)
@@ -235,9 +271,14 @@ def test_state_dict_round_trip_continues_the_warm_start() -> None:
 @given(num_tasks=st.integers(1, 5), data=st.data())
 def test_batched_equals_one_by_one(num_tasks, data) -> None:
     batch = data.draw(st.integers(1, 4))
-    drawn = [data.draw(jacobians(min_tasks=num_tasks, max_tasks=num_tasks, max_dim=6)) for _ in range(batch)]
+    drawn = [
+        data.draw(jacobians(min_tasks=num_tasks, max_tasks=num_tasks, max_dim=6))
+        for _ in range(batch)
+    ]
     method = NashMTL()
-    gramians = torch.stack([gramian(j) for j in drawn]).reshape(batch, 1, num_tasks, num_tasks)  # batch shape [B, 1]
+    gramians = torch.stack([gramian(j) for j in drawn]).reshape(
+        batch, 1, num_tasks, num_tasks
+    )  # batch shape [B, 1]
     batched, diagnostics = method.weights(gramians, torch.ones(gramians.shape[:-1], dtype=F64))
     assert batched.shape == (batch, 1, num_tasks) and diagnostics["residual"].shape == (batch, 1)
     for jacobian, weights in zip(drawn, batched[:, 0]):
@@ -254,7 +295,9 @@ def test_engine_copies_the_diagnostics_and_weights_the_heads() -> None:
     heads = [torch.nn.Parameter(torch.randn(4, dtype=F64, generator=generator)) for _ in range(3)]
     losses = [((shared * head).sum() - i) ** 2 for i, head in enumerate(heads)]
     method = NashMTL()
-    info = mtl_backward(losses, [shared], method, task_params=[[head] for head in heads], retain_graph=True)
+    info = mtl_backward(
+        losses, [shared], method, task_params=[[head] for head in heads], retain_graph=True
+    )
     assert set(info.diagnostics) == {"residual", "iterations", "reused"}
     assert info.diagnostics["residual"].item() <= 1e-8
     expected_head = info.weights[1] * torch.autograd.grad(losses[1], heads[1], retain_graph=True)[0]

@@ -41,7 +41,12 @@ def well_posed(draw, *, min_tasks: int = 1, max_tasks: int = 5, max_exponent: fl
     dim = draw(st.integers(1, 6))
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     rows = torch.randn(num_tasks, dim, generator=generator, dtype=F64)
-    exponents = torch.tensor(draw(st.lists(st.floats(-max_exponent, max_exponent), min_size=num_tasks, max_size=num_tasks)), dtype=F64)
+    exponents = torch.tensor(
+        draw(
+            st.lists(st.floats(-max_exponent, max_exponent), min_size=num_tasks, max_size=num_tasks)
+        ),
+        dtype=F64,
+    )
     rows = rows * (10.0**exponents)[:, None]
     losses = 10.0 ** (2 * torch.rand(num_tasks, generator=generator, dtype=F64) - 1)
     return rows, losses
@@ -73,14 +78,20 @@ def test_reference_vectors() -> None:
         pmtl_reference_vectors(2, 1)
 
 
-def _constraint_vectors(jacobian: torch.Tensor, losses: torch.Tensor, preference: torch.Tensor, num_preferences: int = 5) -> torch.Tensor:
+def _constraint_vectors(
+    jacobian: torch.Tensor, losses: torch.Tensor, preference: torch.Tensor, num_preferences: int = 5
+) -> torch.Tensor:
     """The gradients `(u_j - u_k)^T J` of the active constraints `(u_j - u_k) . l > 0`."""
-    rows = pmtl_reference_vectors(jacobian.shape[0], num_preferences) - preference / preference.norm()
+    rows = (
+        pmtl_reference_vectors(jacobian.shape[0], num_preferences) - preference / preference.norm()
+    )
     rows = rows[rows.norm(dim=1) > 1e-9]
     return rows[(rows @ losses) > 0] @ jacobian
 
 
-def assert_min_norm_point(update: torch.Tensor, points: torch.Tensor, *, scale: float | None = None, rtol: float = 1e-9) -> None:
+def assert_min_norm_point(
+    update: torch.Tensor, points: torch.Tensor, *, scale: float | None = None, rtol: float = 1e-9
+) -> None:
     """`update` is a positive multiple c d* of the min-norm point d* of conv(points): with
     `c = ||d||^2 / min_v v . d` (the KKT conditions `v . d* >= ||d*||^2`, with equality on the
     support, fix it), `d / c` lies in the hull (non-negative least squares on the points with a
@@ -94,25 +105,33 @@ def assert_min_norm_point(update: torch.Tensor, points: torch.Tensor, *, scale: 
     else:
         products = points @ update
         smallest = float(products.min())
-        assert smallest > 0, f"the update conflicts with a point of the hull: v . d = {products.tolist()}"
+        assert smallest > 0, (
+            f"the update conflicts with a point of the hull: v . d = {products.tolist()}"
+        )
         factor = norm**2 / smallest
         target = update / factor
         if scale is not None:
             assert math.isclose(factor, scale, rel_tol=1e-8), (factor, scale)
     system = torch.cat([points.T / size, torch.ones(1, points.shape[0], dtype=F64)]).numpy()
     weights, residual = nnls(system, np.concatenate([target.numpy() / size, [1.0]]))
-    assert residual <= rtol * math.sqrt(points.shape[0]), f"d / c is not in the hull (residual {residual:.3g})"
+    assert residual <= rtol * math.sqrt(points.shape[0]), (
+        f"d / c is not in the hull (residual {residual:.3g})"
+    )
 
 
 @given(problem=well_posed(), reduction=st.sampled_from(["mean", "sum"]))
-def test_pmtl_stage_two_is_the_min_norm_point_of_tasks_and_active_constraints(problem, reduction) -> None:
+def test_pmtl_stage_two_is_the_min_norm_point_of_tasks_and_active_constraints(
+    problem, reduction
+) -> None:
     jacobian, losses = problem
     num_tasks = jacobian.shape[0]
     method = ParetoMTL(init_epochs=0, reduction=reduction)
     result = method.weights(gramian(jacobian), losses)
     weights = result.weights
     assert int(result.diagnostics["stage"]) == 2
-    torch.testing.assert_close(weights.abs().sum(), torch.tensor(num_tasks if reduction == "sum" else 1.0, dtype=F64))
+    torch.testing.assert_close(
+        weights.abs().sum(), torch.tensor(num_tasks if reduction == "sum" else 1.0, dtype=F64)
+    )
     uniform = torch.full((num_tasks,), 1.0, dtype=F64)
     points = torch.cat([jacobian, _constraint_vectors(jacobian, losses, uniform)])
     assert int(result.diagnostics["active_constraints"]) == points.shape[0] - num_tasks
@@ -160,7 +179,10 @@ def test_pmtl_stage_switch() -> None:
     """Stage 1 until a call finds no active constraint (then stage 2 for good), or until
     `end_epoch()` has been called `init_epochs` times; `init_epochs=None`: feasibility only."""
     gram = gramian(JACOBIAN)
-    infeasible, feasible = LOSSES, torch.tensor([1.0, 1.0], dtype=F64)  # 63.4 deg: u_3 active; 45 deg: none
+    infeasible, feasible = (
+        LOSSES,
+        torch.tensor([1.0, 1.0], dtype=F64),
+    )  # 63.4 deg: u_3 active; 45 deg: none
     method = ParetoMTL()
     assert int(method.weights(gram, infeasible).diagnostics["stage"]) == 1
     assert int(method.weights(gram, feasible).diagnostics["stage"]) == 2
@@ -192,7 +214,9 @@ def test_pmtl_batched_state_equals_separate_runs_through_both_stages() -> None:
         for step in range(steps):
             alone = single.weights(gramian(jacobians[step, row]), losses[step, row])
             single.end_epoch()
-            torch.testing.assert_close(together[step].weights[row], alone.weights, rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(
+                together[step].weights[row], alone.weights, rtol=1e-12, atol=1e-15
+            )
             assert int(together[step].diagnostics["stage"][row]) == int(alone.diagnostics["stage"])
 
 
@@ -220,8 +244,14 @@ def test_pmtl_index_preference_is_not_permutation_equivariant() -> None:
     weights = ParetoMTL(preference=1)(gramian(JACOBIAN), LOSSES)
     swapped = ParetoMTL(preference=3)(gramian(JACOBIAN[[1, 0]]), LOSSES[[1, 0]])
     torch.testing.assert_close(swapped, weights[[1, 0]], rtol=1e-12, atol=1e-15)
-    assert ParetoMTL(preference=[1.0, 1.0]).claims == ParetoMTL().claims == frozenset({"permutation_equivariant"})
-    assert ParetoMTL(init_epochs=0).claims == frozenset({"permutation_equivariant", "non_conflicting"})
+    assert (
+        ParetoMTL(preference=[1.0, 1.0]).claims
+        == ParetoMTL().claims
+        == frozenset({"permutation_equivariant"})
+    )
+    assert ParetoMTL(init_epochs=0).claims == frozenset(
+        {"permutation_equivariant", "non_conflicting"}
+    )
 
 
 def test_pmtl_against_the_reference_code_pinned() -> None:
@@ -260,8 +290,15 @@ def test_pmtl_against_the_reference_code_pinned() -> None:
 
 
 def test_pmtl_hyperparameters_and_domain() -> None:
-    for arguments in ({"num_preferences": 1}, {"preference": -1}, {"preference": [0.0, 0.0]}, {"preference": math.inf},
-                      {"init_epochs": -1}, {"reduction": "max"}, {"preference": True}):
+    for arguments in (
+        {"num_preferences": 1},
+        {"preference": -1},
+        {"preference": [0.0, 0.0]},
+        {"preference": math.inf},
+        {"init_epochs": -1},
+        {"reduction": "max"},
+        {"preference": True},
+    ):
         with pytest.raises(InvalidHyperparameterError):
             ParetoMTL(**arguments)
     with pytest.raises(InvalidHyperparameterError, match="indexes 5 reference vectors"):
@@ -274,7 +311,10 @@ def test_pmtl_hyperparameters_and_domain() -> None:
     assert ParetoMTL()(torch.ones(1, 1, dtype=F64), torch.ones(1, dtype=F64)).tolist() == [1.0]
     weights = ParetoMTL()(gramian(torch.randn(3, 6, 4, dtype=F64)), torch.rand(3, 6, dtype=F64))
     assert weights.shape == (3, 6) and bool(torch.isfinite(weights).all())
-    assert int(ParetoMTL().weights(gramian(JACOBIAN), torch.zeros(2, dtype=F64)).diagnostics["stage"]) == 2
+    assert (
+        int(ParetoMTL().weights(gramian(JACOBIAN), torch.zeros(2, dtype=F64)).diagnostics["stage"])
+        == 2
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +345,9 @@ def linear_programmes(draw, *, min_tasks: int = 1, max_tasks: int = 7):
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     objective = torch.randn(num_tasks, generator=generator, dtype=F64)
     rows = torch.randn(num_rows, num_tasks, generator=generator, dtype=F64)
-    bounds = torch.randn(num_rows, generator=generator, dtype=F64) * draw(st.sampled_from([0.0, 0.3, 1.0]))
+    bounds = torch.randn(num_rows, generator=generator, dtype=F64) * draw(
+        st.sampled_from([0.0, 0.3, 1.0])
+    )
     off = torch.rand(num_rows, generator=generator) < 0.2
     return objective, rows, torch.where(off, -torch.inf, bounds)
 
@@ -327,7 +369,12 @@ def test_lp_solver_matches_scipy_linprog(programme) -> None:
     on = torch.isfinite(bounds)
     slack = rows[on] @ weights - bounds[on]
     assert bool((slack >= -1e-8 * (1 + rows[on].abs().amax(dim=-1))).all()), slack
-    assert math.isclose(float(solution.value), -reference.fun, rel_tol=1e-8, abs_tol=1e-8 * float(objective.abs().max()))
+    assert math.isclose(
+        float(solution.value),
+        -reference.fun,
+        rel_tol=1e-8,
+        abs_tol=1e-8 * float(objective.abs().max()),
+    )
 
 
 @given(programme=linear_programmes(min_tasks=2, max_tasks=5))
@@ -337,19 +384,36 @@ def test_lp_enumeration_and_dense_simplex_agree(programme) -> None:
     objective, rows, bounds = programme
     enumerated = simplex_linear_programme(objective, rows, bounds)
     on = torch.isfinite(bounds)
-    simplex = module._dense_simplex(objective.numpy(), rows[on].numpy(), bounds[on].numpy(), np.ones(objective.shape[0]), 1.0)
+    simplex = module._dense_simplex(
+        objective.numpy(), rows[on].numpy(), bounds[on].numpy(), np.ones(objective.shape[0]), 1.0
+    )
     assert (simplex is not None) == bool(enumerated.feasible)
     if simplex is not None:
-        assert math.isclose(float(objective @ torch.from_numpy(simplex)), float(enumerated.value), rel_tol=1e-8, abs_tol=1e-9)
+        assert math.isclose(
+            float(objective @ torch.from_numpy(simplex)),
+            float(enumerated.value),
+            rel_tol=1e-8,
+            abs_tol=1e-9,
+        )
 
 
 def test_lp_ties_give_the_mean_of_the_optimal_vertices() -> None:
     """A flat objective over the whole simplex: every vertex is optimal, the mean is uniform."""
-    solution = simplex_linear_programme(torch.ones(3, dtype=F64), torch.zeros(0, 3, dtype=F64), torch.zeros(0, dtype=F64))
+    solution = simplex_linear_programme(
+        torch.ones(3, dtype=F64), torch.zeros(0, 3, dtype=F64), torch.zeros(0, dtype=F64)
+    )
     torch.testing.assert_close(solution.weights, torch.full((3,), 1 / 3, dtype=F64))
-    solution = simplex_linear_programme(torch.tensor([1.0, 1.0, 0.0], dtype=F64), torch.zeros(0, 3, dtype=F64), torch.zeros(0, dtype=F64))
+    solution = simplex_linear_programme(
+        torch.tensor([1.0, 1.0, 0.0], dtype=F64),
+        torch.zeros(0, 3, dtype=F64),
+        torch.zeros(0, dtype=F64),
+    )
     torch.testing.assert_close(solution.weights, torch.tensor([0.5, 0.5, 0.0], dtype=F64))
-    batched = simplex_linear_programme(torch.randn(4, 3, 3, dtype=F64), torch.randn(4, 3, 2, 3, dtype=F64), torch.zeros(4, 3, 2, dtype=F64))
+    batched = simplex_linear_programme(
+        torch.randn(4, 3, 3, dtype=F64),
+        torch.randn(4, 3, 2, 3, dtype=F64),
+        torch.zeros(4, 3, 2, dtype=F64),
+    )
     assert batched.weights.shape == (4, 3, 3) and batched.value.shape == (4, 3)
 
 
@@ -386,15 +450,25 @@ def test_epo_solves_the_reference_lp(problem, near_ray, unequal) -> None:
     where it is infeasible, the weights are r / sum(r)."""
     jacobian, losses = problem
     num_tasks = jacobian.shape[0]
-    r = torch.linspace(1.0, 2.0, num_tasks, dtype=F64) if unequal else torch.ones(num_tasks, dtype=F64)
+    r = (
+        torch.linspace(1.0, 2.0, num_tasks, dtype=F64)
+        if unequal
+        else torch.ones(num_tasks, dtype=F64)
+    )
     if near_ray:  # r l ~ 1: a dominance step
-        losses = (1 + 1e-4 * torch.randn(num_tasks, generator=torch.Generator().manual_seed(0), dtype=F64)) / r
+        losses = (
+            1 + 1e-4 * torch.randn(num_tasks, generator=torch.Generator().manual_seed(0), dtype=F64)
+        ) / r
     gram = gramian(jacobian)
     method = EPOSearch(preference=r.tolist())
     result = method.weights(gram, losses)
-    objective, rows, bounds, balance, _, _ = reference_programme(gram.numpy(), losses.numpy(), r.numpy())
+    objective, rows, bounds, balance, _, _ = reference_programme(
+        gram.numpy(), losses.numpy(), r.numpy()
+    )
     assert bool(result.diagnostics["balance"]) == balance
-    reference = _linprog(torch.from_numpy(objective), torch.from_numpy(np.atleast_2d(rows)), torch.from_numpy(bounds))
+    reference = _linprog(
+        torch.from_numpy(objective), torch.from_numpy(np.atleast_2d(rows)), torch.from_numpy(bounds)
+    )
     assume(reference.status in (0, 2))
     if reference.status == 2:
         assert bool(result.diagnostics["fallback"])
@@ -402,7 +476,9 @@ def test_epo_solves_the_reference_lp(problem, near_ray, unequal) -> None:
         return
     alpha = result.weights.numpy()
     scale = float(np.abs(objective).max())
-    assert math.isclose(float(objective @ alpha), -reference.fun, rel_tol=1e-7, abs_tol=1e-9 * scale)
+    assert math.isclose(
+        float(objective @ alpha), -reference.fun, rel_tol=1e-7, abs_tol=1e-9 * scale
+    )
     on = np.isfinite(bounds)
     assert (rows[on] @ alpha - bounds[on] >= -1e-8 * np.abs(rows[on]).max(axis=1)).all()
 
@@ -451,13 +527,17 @@ def test_epo_on_the_ray_descends_every_task_and_keeps_the_non_uniformity_at_firs
         losses = 0.7 / r
         gram = gramian(jacobian)
         result = EPOSearch(preference=r.tolist()).weights(gram, losses)
-        assert not bool(result.diagnostics["balance"]) and float(result.diagnostics["non_uniformity"]) == pytest.approx(0, abs=1e-15)
+        assert not bool(result.diagnostics["balance"]) and float(
+            result.diagnostics["non_uniformity"]
+        ) == pytest.approx(0, abs=1e-15)
         if bool(result.diagnostics["fallback"]):
             continue
         change = gram @ result.weights  # first-order decrease of each loss along -d
         assert bool((change >= -1e-12 * float(gram.diagonal().max())).all())
         for t in (1e-3, 1e-4):
-            assert _non_uniformity(losses - t * change, r) <= 10 * t**2 * float(change.abs().max() ** 2 / losses.min() ** 2)
+            assert _non_uniformity(losses - t * change, r) <= 10 * t**2 * float(
+                change.abs().max() ** 2 / losses.min() ** 2
+            )
     r = torch.tensor([1.0, 1.0], dtype=F64)
     gram = gramian(JACOBIAN)
     change = gram @ EPOSearch(preference=[1.0, 1.0])(gram, torch.ones(2, dtype=F64))
@@ -474,32 +554,53 @@ def test_epo_against_the_reference_code_pinned() -> None:
         ([1.0, 3.0], [0.0, 0.9999999999999999]),
         ([3.0, 1.0], [0.965814721982028, 0.03418527801797192]),
     ]:
-        torch.testing.assert_close(EPOSearch(preference=r)(gram, LOSSES), torch.tensor(expected, dtype=F64), rtol=1e-10, atol=1e-12)
-    jacobian = torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.5, 1.0, -1.0, 2.0], [-1.0, 0.5, 1.5, -0.5]], dtype=F64)
+        torch.testing.assert_close(
+            EPOSearch(preference=r)(gram, LOSSES),
+            torch.tensor(expected, dtype=F64),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+    jacobian = torch.tensor(
+        [[1.0, -2.0, 0.5, 0.0], [0.5, 1.0, -1.0, 2.0], [-1.0, 0.5, 1.5, -0.5]], dtype=F64
+    )
     gram = gramian(jacobian)
     for losses, r, expected in [
-        ([1.0, 2.0, 0.5], [1.0, 1.0, 1.0], [0.12220875307784462, 0.8777912469221554, 0.0]),  # balance
-        ([0.3, 0.3, 0.3], [1.0, 1.0, 1.0], [0.4230769230769232, 0.26153846153846155, 0.3153846153846154]),  # dominance
+        (
+            [1.0, 2.0, 0.5],
+            [1.0, 1.0, 1.0],
+            [0.12220875307784462, 0.8777912469221554, 0.0],
+        ),  # balance
+        (
+            [0.3, 0.3, 0.3],
+            [1.0, 1.0, 1.0],
+            [0.4230769230769232, 0.26153846153846155, 0.3153846153846154],
+        ),  # dominance
         ([1.0, 2.0, 0.5], [0.5, 1.0, 2.0], [0.0, 1.0, 0.0]),
     ]:
         weights = EPOSearch(preference=r)(gram, torch.tensor(losses, dtype=F64))
-        torch.testing.assert_close(weights, torch.tensor(expected, dtype=F64), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            weights, torch.tensor(expected, dtype=F64), rtol=1e-10, atol=1e-12
+        )
 
 
 def test_epo_falls_back_to_the_preference_where_the_lp_is_infeasible() -> None:
     """A restricted dominance step with no feasible point (the reference's GLPK reports
     "infeasible" on the same input, and its training loop then uses r / sum(r))."""
     jacobian = torch.tensor(
-        [[0.2327888769828129, -0.8201415877606197, -0.6790193170266179],
-         [1.4250833603472224, 1.9647489653080052, 0.7678397866869353],
-         [1.9899093324688415, 0.7182522836815314, -0.4966665173255886]],
+        [
+            [0.2327888769828129, -0.8201415877606197, -0.6790193170266179],
+            [1.4250833603472224, 1.9647489653080052, 0.7678397866869353],
+            [1.9899093324688415, 0.7182522836815314, -0.4966665173255886],
+        ],
         dtype=F64,
     )
     losses = torch.tensor([1.0065501446228702, 1.0019777843207407, 1.0004473970587822], dtype=F64)
     result = EPOSearch().weights(gramian(jacobian), losses)
     assert bool(result.diagnostics["fallback"]) and not bool(result.diagnostics["balance"])
     torch.testing.assert_close(result.weights, torch.full((3,), 1 / 3, dtype=F64))
-    torch.testing.assert_close(EPOSearch(reduction="sum")(gramian(jacobian), losses), torch.ones(3, dtype=F64))
+    torch.testing.assert_close(
+        EPOSearch(reduction="sum")(gramian(jacobian), losses), torch.ones(3, dtype=F64)
+    )
 
 
 def test_epo_preference_is_not_relabelled_with_the_tasks() -> None:
@@ -522,11 +623,20 @@ def test_epo_batched_and_defaults() -> None:
     losses = torch.rand(50, 2, generator=generator, dtype=F64) + 0.1
     batched = EPOSearch()(gramian(jacobians), losses)
     for row in range(0, 50, 7):
-        torch.testing.assert_close(batched[row], EPOSearch()(gramian(jacobians[row]), losses[row]), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(
+            batched[row], EPOSearch()(gramian(jacobians[row]), losses[row]), rtol=1e-12, atol=1e-15
+        )
     assert EPOSearch()(torch.ones(1, 1, dtype=F64), torch.ones(1, dtype=F64)).tolist() == [1.0]
-    weights = EPOSearch()(gramian(torch.randn(7, 9, dtype=F64)), torch.rand(7, dtype=F64) + 0.1)  # dense simplex path
+    weights = EPOSearch()(
+        gramian(torch.randn(7, 9, dtype=F64)), torch.rand(7, dtype=F64) + 0.1
+    )  # dense simplex path
     assert abs(float(weights.sum()) - 1) < 1e-12 and bool((weights >= 0).all())
-    for arguments in ({"preference": [1.0, 0.0]}, {"preference": [1.0, math.nan]}, {"balance_threshold": -1.0}, {"reduction": "x"}):
+    for arguments in (
+        {"preference": [1.0, 0.0]},
+        {"preference": [1.0, math.nan]},
+        {"balance_threshold": -1.0},
+        {"reduction": "x"},
+    ):
         with pytest.raises(InvalidHyperparameterError):
             EPOSearch(**arguments)
     with pytest.raises(LossDomainError):
@@ -547,13 +657,27 @@ def _two_task_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     jac[6] *= 1e8
     jac[9, 1] = -0.7 * jac[9, 0] + 1e-5 * jac[9, 1]  # nearly anti-parallel: det ~ 1e-10 G_11 G_22
     jac[10, 1] = -2.0 * jac[10, 0] + 1e-3 * jac[10, 1]
-    losses = torch.rand(40, 2, dtype=F64, generator=generator) * torch.rand(40, 1, dtype=F64, generator=generator) * 4
+    losses = (
+        torch.rand(40, 2, dtype=F64, generator=generator)
+        * torch.rand(40, 1, dtype=F64, generator=generator)
+        * 4
+    )
     losses[7] = torch.tensor([1.0, 1.0], dtype=F64)
     losses[8] = 0.0
     return gramian(jac), losses
 
 
-@pytest.mark.parametrize("options", [{}, {"init_epochs": 0}, {"preference": 0}, {"preference": 3, "reduction": "sum"}, {"preference": [0.2, 1.0]}, {"init_epochs": None, "num_preferences": 9}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"init_epochs": 0},
+        {"preference": 0},
+        {"preference": 3, "reduction": "sum"},
+        {"preference": [0.2, 1.0]},
+        {"init_epochs": None, "num_preferences": 9},
+    ],
+)
 def test_pmtl_two_task_closed_form_matches_the_general_solver(options, monkeypatch) -> None:
     """K = 2 takes a closed form (`_two_task_min_norm`) where the Gramian is well conditioned; it
     gives the general path's weights to rounding, batched and one element at a time, in both
@@ -583,11 +707,18 @@ def test_pmtl_two_task_closed_form_matches_the_general_solver(options, monkeypat
         assert bool((distance <= 1e-9 * largest + 1e-300).all()), distance / largest
         g11, g22, g12 = g[..., 0, 0], g[..., 1, 1], g[..., 0, 1]
         regular = g11 * g22 - g12 * g12 > 1e-6 * g11 * g22
-        torch.testing.assert_close(fast.weights[regular], slow.weights[regular], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            fast.weights[regular], slow.weights[regular], rtol=1e-9, atol=1e-12
+        )
         assert torch.equal(fast.diagnostics["stage"], slow.diagnostics["stage"])
         assert bool((fast.diagnostics["kkt_gap"] <= 1e-10).all())
         # both bounds are at the rounding level of the largest gradient norm (here up to ~1e8 x 3)
-        assert bool((fast.diagnostics["update_bound"] <= slow.diagnostics["update_bound"] + 1e-7 * (1 + largest)).all())
+        assert bool(
+            (
+                fast.diagnostics["update_bound"]
+                <= slow.diagnostics["update_bound"] + 1e-7 * (1 + largest)
+            ).all()
+        )
     assert calls[0] > 25  # most of the batch took the closed form
 
 
@@ -611,15 +742,26 @@ def test_epo_host_programme_matches_the_torch_one(num_tasks: int) -> None:
     losses[6:12] = 1.0
     losses[12, 0] = 1e-20
     gram = gramian(jac)
-    for preference in (torch.full((num_tasks,), num_tasks ** -0.5, dtype=F64), torch.linspace(0.5, 2.0, num_tasks, dtype=F64)):
+    for preference in (
+        torch.full((num_tasks,), num_tasks**-0.5, dtype=F64),
+        torch.linspace(0.5, 2.0, num_tasks, dtype=F64),
+    ):
         for batch in (slice(None), 0, 2, 7, 12, slice(3, 9)):
             programme, solution = _epo_on_host(gram[batch], losses[batch], preference, 1e-4)
             expected = epo_linear_programme(gram[batch], losses[batch], preference)
             reference = simplex_linear_programme(expected.objective, expected.rows, expected.bounds)
             assert torch.equal(programme.balance, expected.balance)
             for got, want in zip(programme, expected, strict=True):
-                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * float(gram[batch].abs().max().clamp_min(1)))
+                torch.testing.assert_close(
+                    got, want, rtol=1e-12, atol=1e-12 * float(gram[batch].abs().max().clamp_min(1))
+                )
             assert torch.equal(solution.feasible, reference.feasible)
-            torch.testing.assert_close(solution.weights, reference.weights, rtol=1e-9, atol=1e-12, equal_nan=True)
-            torch.testing.assert_close(solution.value, reference.value, rtol=1e-9, atol=1e-9, equal_nan=True)
-            torch.testing.assert_close(solution.error, reference.error, rtol=1e-6, atol=1e-15, equal_nan=True)
+            torch.testing.assert_close(
+                solution.weights, reference.weights, rtol=1e-9, atol=1e-12, equal_nan=True
+            )
+            torch.testing.assert_close(
+                solution.value, reference.value, rtol=1e-9, atol=1e-9, equal_nan=True
+            )
+            torch.testing.assert_close(
+                solution.error, reference.error, rtol=1e-6, atol=1e-15, equal_nan=True
+            )

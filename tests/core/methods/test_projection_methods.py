@@ -33,13 +33,17 @@ F64 = torch.float64
 
 
 @st.composite
-def full_rank_jacobians(draw, *, min_tasks: int = 1, max_tasks: int = 5, max_exponent: float = 3.0) -> torch.Tensor:
+def full_rank_jacobians(
+    draw, *, min_tasks: int = 1, max_tasks: int = 5, max_exponent: float = 3.0
+) -> torch.Tensor:
     """K x D Jacobians (D >= K) with row scales 10^e, |e| <= max_exponent, and well-separated directions."""
     num_tasks = draw(st.integers(min_tasks, max_tasks))
     dim = draw(st.integers(num_tasks, num_tasks + 3))
     seed = draw(st.integers(0, 2**31 - 1))
     rows = torch.randn(num_tasks, dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    exponents = draw(st.lists(st.floats(-max_exponent, max_exponent), min_size=num_tasks, max_size=num_tasks))
+    exponents = draw(
+        st.lists(st.floats(-max_exponent, max_exponent), min_size=num_tasks, max_size=num_tasks)
+    )
     rows = rows * torch.tensor([10.0**e for e in exponents], dtype=F64)[:, None]
     unit = rows / rows.norm(dim=1, keepdim=True)
     assume(float(torch.linalg.svdvals(unit)[-1]) > 0.05)
@@ -72,16 +76,24 @@ def explicit_pcgrad(jacobian: torch.Tensor, orders: torch.Tensor) -> list[torch.
     return projected
 
 
-@given(jacobian=jacobians(max_tasks=6), seed=st.integers(0, 2**32 - 1), reduction=st.sampled_from(["sum", "mean"]))
+@given(
+    jacobian=jacobians(max_tasks=6),
+    seed=st.integers(0, 2**32 - 1),
+    reduction=st.sampled_from(["sum", "mean"]),
+)
 def test_pcgrad_matches_parameter_space(jacobian, seed, reduction) -> None:
     num_tasks = jacobian.shape[0]
-    weights = PCGrad(generator=torch.Generator().manual_seed(seed), reduction=reduction)(gramian(jacobian), ones(num_tasks))
+    weights = PCGrad(generator=torch.Generator().manual_seed(seed), reduction=reduction)(
+        gramian(jacobian), ones(num_tasks)
+    )
     orders = PCGrad(generator=torch.Generator().manual_seed(seed)).projection_orders((), num_tasks)
     expected = torch.stack(explicit_pcgrad(jacobian, orders)).sum(dim=0)
     if reduction == "mean":
         expected = expected / num_tasks
     # projections onto much smaller gradients give large coefficients: compare the updates
-    torch.testing.assert_close(weights @ jacobian, expected, rtol=0, atol=1e-9 * largest_norm(jacobian))
+    torch.testing.assert_close(
+        weights @ jacobian, expected, rtol=0, atol=1e-9 * largest_norm(jacobian)
+    )
 
 
 @given(jacobian=jacobians(min_tasks=2, max_tasks=2, max_dim=6))
@@ -101,12 +113,16 @@ def test_pcgrad_permutation_equivariance_given_the_order(jacobian, data) -> None
     num_tasks = jacobian.shape[0]
     permutation = torch.tensor(data.draw(st.permutations(range(num_tasks))))
     inverse = torch.argsort(permutation)
-    orders = PCGrad(generator=torch.Generator().manual_seed(data.draw(st.integers(0, 2**32 - 1)))).projection_orders((), num_tasks)
+    orders = PCGrad(
+        generator=torch.Generator().manual_seed(data.draw(st.integers(0, 2**32 - 1)))
+    ).projection_orders((), num_tasks)
     weights = pcgrad_coefficients(gramian(jacobian), orders).sum(dim=0)
     # task a of the permuted problem is task permutation[a]; its order, renamed
     permuted_orders = inverse[orders[permutation]]
     permuted = pcgrad_coefficients(gramian(jacobian[permutation]), permuted_orders).sum(dim=0)
-    torch.testing.assert_close(permuted, weights[permutation], rtol=1e-9, atol=1e-12 * float(weights.abs().max()))
+    torch.testing.assert_close(
+        permuted, weights[permutation], rtol=1e-9, atol=1e-12 * float(weights.abs().max())
+    )
 
 
 def test_pcgrad_is_reproducible_and_leaves_the_global_rng_alone() -> None:
@@ -119,19 +135,25 @@ def test_pcgrad_is_reproducible_and_leaves_the_global_rng_alone() -> None:
     assert torch.equal(torch.get_rng_state(), state)
     torch.testing.assert_close(first[0], first[1], rtol=0, atol=0)
     torch.testing.assert_close(sequence[0], first[0], rtol=0, atol=0)
-    assert any(not torch.equal(sequence[0], later) for later in sequence[1:])  # fresh orders each call
+    assert any(
+        not torch.equal(sequence[0], later) for later in sequence[1:]
+    )  # fresh orders each call
 
 
 def test_pcgrad_orders_are_uniform_permutations_of_the_other_tasks() -> None:
     num_tasks, draws = 4, 6000
-    orders = PCGrad(generator=torch.Generator().manual_seed(0)).projection_orders((draws,), num_tasks)
+    orders = PCGrad(generator=torch.Generator().manual_seed(0)).projection_orders(
+        (draws,), num_tasks
+    )
     assert orders.shape == (draws, num_tasks, num_tasks - 1) and orders.dtype == torch.int64
     for i in range(num_tasks):
         others = sorted(set(range(num_tasks)) - {i})
         assert bool((orders[:, i].sort(dim=-1).values == torch.tensor(others)).all())
         _, counts = torch.unique(orders[:, i], dim=0, return_counts=True)
         assert len(counts) == 6  # all (K-1)! orders occur, each with probability 1/6
-        assert float((counts / draws - 1 / 6).abs().max()) < 5 * math.sqrt((1 / 6) * (5 / 6) / draws)
+        assert float((counts / draws - 1 / 6).abs().max()) < 5 * math.sqrt(
+            (1 / 6) * (5 / 6) / draws
+        )
 
 
 def test_pcgrad_batched_rows_use_their_own_orders() -> None:
@@ -169,7 +191,9 @@ def explicit_two_task_cagrad(jacobian: torch.Tensor, c: float) -> torch.Tensor:
     def slope(t: float) -> float:
         combined = t * jacobian[0] + (1 - t) * jacobian[1]
         norm = float(combined.norm())
-        return float(difference @ mean) + (radius * float(combined @ difference) / norm if norm > 0 else 0.0)
+        return float(difference @ mean) + (
+            radius * float(combined @ difference) / norm if norm > 0 else 0.0
+        )
 
     low, high = 0.0, 1.0
     if slope(0.0) >= 0:
@@ -207,18 +231,25 @@ def test_cagrad_duality_gap_and_constraint(jacobian, c) -> None:
     assert dual_objective(jacobian, dual_weights, c) - primal <= 2e-7 * scale
 
 
-@given(jacobian=full_rank_jacobians(max_tasks=6, max_exponent=2.0), c=st.sampled_from([0.1, 0.4, 0.9]))
+@given(
+    jacobian=full_rank_jacobians(max_tasks=6, max_exponent=2.0), c=st.sampled_from([0.1, 0.4, 0.9])
+)
 def test_cagrad_reaches_a_tight_gap_on_well_posed_input(jacobian, c) -> None:
     diagnostics = CAGrad(c=c).weights(gramian(jacobian), ones(jacobian.shape[0])).diagnostics
     assert float(diagnostics["dual_gap"]) <= 1e-10
 
 
-@given(jacobian=jacobians(min_tasks=2, max_tasks=2, min_exponent=-3, max_exponent=3), c=st.floats(0.05, 0.95))
+@given(
+    jacobian=jacobians(min_tasks=2, max_tasks=2, min_exponent=-3, max_exponent=3),
+    c=st.floats(0.05, 0.95),
+)
 def test_cagrad_matches_explicit_two_task_solution(jacobian, c) -> None:
     mean, _ = cagrad_parts(jacobian, c)
     assume(float(mean.norm()) > 1e-6 * largest_norm(jacobian))
     update = CAGrad(c=c, rescale=0)(gramian(jacobian), ones(2)) @ jacobian
-    torch.testing.assert_close(update, explicit_two_task_cagrad(jacobian, c), rtol=0, atol=1e-7 * largest_norm(jacobian))
+    torch.testing.assert_close(
+        update, explicit_two_task_cagrad(jacobian, c), rtol=0, atol=1e-7 * largest_norm(jacobian)
+    )
 
 
 @given(jacobian=full_rank_jacobians(min_tasks=2, max_tasks=5, max_exponent=1.0))
@@ -239,14 +270,23 @@ def test_cagrad_matches_the_reference_slsqp(jacobian) -> None:
         return float(x @ gram @ start + radius * math.sqrt(x @ gram @ x + 1e-8))
 
     result = optimize.minimize(
-        objective, start, bounds=[(0, 1)] * num_tasks, constraints={"type": "eq", "fun": lambda x: 1 - x.sum()}
+        objective,
+        start,
+        bounds=[(0, 1)] * num_tasks,
+        constraints={"type": "eq", "fun": lambda x: 1 - x.sum()},
     )
     combined = grads @ result.x
     reference = grads.mean(axis=1) + radius / (np.linalg.norm(combined) + 1e-8) * combined
     update = CAGrad(c=c, rescale=0)(gramian(jacobian), ones(num_tasks)) @ jacobian
     # SLSQP stops at ftol 1e-6 on F: compare directions loosely, and the primal values tightly
-    torch.testing.assert_close(update, torch.from_numpy(reference), rtol=0, atol=2e-3 * largest_norm(jacobian))
-    assert float((jacobian @ update).min()) >= float((jacobian @ torch.from_numpy(reference)).min()) - 1e-7 * largest_norm(jacobian) ** 2
+    torch.testing.assert_close(
+        update, torch.from_numpy(reference), rtol=0, atol=2e-3 * largest_norm(jacobian)
+    )
+    assert (
+        float((jacobian @ update).min())
+        >= float((jacobian @ torch.from_numpy(reference)).min())
+        - 1e-7 * largest_norm(jacobian) ** 2
+    )
 
 
 @given(jacobian=jacobians(max_tasks=6))
@@ -254,7 +294,9 @@ def test_cagrad_with_c_zero_is_the_mean_gradient(jacobian) -> None:
     num_tasks = jacobian.shape[0]
     for rescale in (0, 1, 2):
         weights = CAGrad(c=0.0, rescale=rescale)(gramian(jacobian), ones(num_tasks))
-        torch.testing.assert_close(weights, torch.full((num_tasks,), 1.0 / num_tasks, dtype=F64), rtol=0, atol=0)
+        torch.testing.assert_close(
+            weights, torch.full((num_tasks,), 1.0 / num_tasks, dtype=F64), rtol=0, atol=0
+        )
     summed = CAGrad(c=0.0, reduction="sum")(gramian(jacobian), ones(num_tasks))
     torch.testing.assert_close(summed, torch.ones(num_tasks, dtype=F64), rtol=0, atol=0)
 
@@ -268,7 +310,9 @@ def test_cagrad_permutation_equivariance(jacobian, data) -> None:
     weights = CAGrad()(gramian(jacobian), ones(num_tasks))
     permuted = CAGrad()(gramian(jacobian[order]), ones(num_tasks))
     # the dual is solved to a relative gap of 1e-10 (see test_cagrad_reaches_a_tight_gap...)
-    torch.testing.assert_close(permuted @ jacobian[order], weights @ jacobian, rtol=0, atol=1e-6 * largest_norm(jacobian))
+    torch.testing.assert_close(
+        permuted @ jacobian[order], weights @ jacobian, rtol=0, atol=1e-6 * largest_norm(jacobian)
+    )
 
 
 def test_cagrad_rescale_and_reduction_only_scale_the_update() -> None:
@@ -287,7 +331,9 @@ def test_cagrad_batched_matches_single_and_float32() -> None:
     gram = gramian(jacobian)
     batched = CAGrad()(gram, torch.ones(6, 4, dtype=F64))
     for row in range(6):
-        torch.testing.assert_close(batched[row], CAGrad()(gram[row], ones(4)), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            batched[row], CAGrad()(gram[row], ones(4)), rtol=1e-9, atol=1e-12
+        )
     low = CAGrad()(gram.float(), torch.ones(6, 4))
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, batched.float(), rtol=1e-4, atol=1e-5)
@@ -303,7 +349,9 @@ def scaled_dual_objective(gram: torch.Tensor, simplex_weights: torch.Tensor, c: 
     weights = simplex_weights.to(F64).clamp_min(0)
     weights = weights / weights.sum()
     mean_products = gram.mean(dim=1)
-    return float(weights @ mean_products) + c * float(mean_products.mean().clamp_min(0).sqrt()) * float((weights @ gram @ weights).clamp_min(0).sqrt())
+    return float(weights @ mean_products) + c * float(
+        mean_products.mean().clamp_min(0).sqrt()
+    ) * float((weights @ gram @ weights).clamp_min(0).sqrt())
 
 
 TWO_TASK_CASES = {
@@ -317,7 +365,9 @@ TWO_TASK_CASES = {
 }
 
 
-@given(jacobian=jacobians(min_tasks=2, max_tasks=2, max_dim=5), c=st.sampled_from([0.1, 0.4, 0.9, 2.0]))
+@given(
+    jacobian=jacobians(min_tasks=2, max_tasks=2, max_dim=5), c=st.sampled_from([0.1, 0.4, 0.9, 2.0])
+)
 @settings(max_examples=60)
 def test_cagrad_two_task_closed_form_is_the_general_path(jacobian, c) -> None:
     """K = 2: the one-dimensional dual in closed form against the general root-finding solver,
@@ -337,16 +387,27 @@ def _check_cagrad_two_tasks(jacobian: torch.Tensor, c: float) -> None:
     if float(gram.diagonal().max()) == 0:
         return
     scaled = unit_scaled(gram)
-    direction, dual_weights, gap = (torch.from_numpy(v) for v in _cagrad_two_tasks(scaled[None].numpy(), c))
-    general_direction, general_dual, general_gap, _ = cagrad_dual(scaled.numpy(), c, tolerance=1e-10, max_iterations=100)
-    general_direction, general_dual = torch.from_numpy(general_direction), torch.from_numpy(general_dual)
+    direction, dual_weights, gap = (
+        torch.from_numpy(v) for v in _cagrad_two_tasks(scaled[None].numpy(), c)
+    )
+    general_direction, general_dual, general_gap, _ = cagrad_dual(
+        scaled.numpy(), c, tolerance=1e-10, max_iterations=100
+    )
+    general_direction, general_dual = (
+        torch.from_numpy(general_direction),
+        torch.from_numpy(general_dual),
+    )
     largest = largest_norm(jacobian)
     assert float(gap[0]) <= 1e-7 and general_gap <= 1e-7
     # both certify their dual objective: the same optimum to rounding
-    assert scaled_dual_objective(gram, dual_weights[0], c) == pytest.approx(scaled_dual_objective(gram, general_dual, c), abs=1e-7)
+    assert scaled_dual_objective(gram, dual_weights[0], c) == pytest.approx(
+        scaled_dual_objective(gram, general_dual, c), abs=1e-7
+    )
     # the same update (it is unique: the primal maximises a concave function whose maximisers
     # form the optimal face of a ball, a single point unless g_w* = 0, where both take the limit)
-    torch.testing.assert_close(direction[0] @ jacobian, general_direction @ jacobian, rtol=0, atol=2e-7 * largest)
+    torch.testing.assert_close(
+        direction[0] @ jacobian, general_direction @ jacobian, rtol=0, atol=2e-7 * largest
+    )
     # and it is what CAGrad returns
     weights = CAGrad(c=c, rescale=0)(gram, ones(2))
     torch.testing.assert_close(weights, direction[0], rtol=1e-12, atol=0)
@@ -371,7 +432,12 @@ def test_pcgrad_two_task_closed_form_is_the_general_path(jacobian) -> None:
 def test_pcgrad_and_imtlg_two_task_closed_forms_on_degenerate_gradients(case) -> None:
     jacobian = torch.tensor(TWO_TASK_CASES[case], dtype=F64)
     gram = gramian(jacobian)
-    torch.testing.assert_close(PCGrad()(gram, ones(2)), pcgrad_coefficients(gram, torch.tensor([[1], [0]])).sum(dim=-2), rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        PCGrad()(gram, ones(2)),
+        pcgrad_coefficients(gram, torch.tensor([[1], [0]])).sum(dim=-2),
+        rtol=1e-15,
+        atol=0,
+    )
     general = _imtlg_weights(gram, F64)
     closed, diagnostics = IMTLG().weights(gram, ones(2))
     torch.testing.assert_close(closed, general.weights, rtol=1e-12, atol=1e-15)
@@ -388,7 +454,10 @@ def test_imtlg_two_task_closed_form_is_the_general_path(jacobian) -> None:
     torch.testing.assert_close(closed, _imtlg_weights(gram, F64).weights, rtol=1e-12, atol=1e-15)
 
 
-@given(jacobian=full_rank_jacobians(min_tasks=2, max_tasks=8, max_exponent=1.0), c=st.sampled_from([0.2, 0.4, 0.8]))
+@given(
+    jacobian=full_rank_jacobians(min_tasks=2, max_tasks=8, max_exponent=1.0),
+    c=st.sampled_from([0.2, 0.4, 0.8]),
+)
 @settings(max_examples=15)
 def test_cagrad_dual_objective_is_at_most_torchjds(jacobian, c) -> None:
     """Our dual weights reach a value of CAGrad's dual `F` no larger than TorchJD 0.18's CAGrad
@@ -405,7 +474,10 @@ def test_cagrad_dual_objective_is_at_most_torchjds(jacobian, c) -> None:
     reference_dual = (reference - 1 / num_tasks) / kappa
     _, diagnostics = CAGrad(c=c).weights(gram, ones(num_tasks))
     ours = scaled_dual_objective(gram, diagnostics["dual_weights"], c)
-    assert ours <= scaled_dual_objective(gram, reference_dual, c) + float(diagnostics["dual_gap"]) + 1e-14
+    assert (
+        ours
+        <= scaled_dual_objective(gram, reference_dual, c) + float(diagnostics["dual_gap"]) + 1e-14
+    )
 
 
 @pytest.mark.parametrize("num_tasks", [10, 40, 120])
@@ -413,7 +485,9 @@ def test_cagrad_certificate_at_large_k(num_tasks) -> None:
     """The duality gap certificate in parameter space, K up to 120 (the exact face steps
     converge in a few root steps)."""
     generator = torch.Generator().manual_seed(num_tasks)
-    jacobian = 0.5 * torch.randn(1, 3 * num_tasks, generator=generator, dtype=F64) + torch.randn(num_tasks, 3 * num_tasks, generator=generator, dtype=F64)
+    jacobian = 0.5 * torch.randn(1, 3 * num_tasks, generator=generator, dtype=F64) + torch.randn(
+        num_tasks, 3 * num_tasks, generator=generator, dtype=F64
+    )
     jacobian = jacobian * 10.0 ** (2 * torch.rand(num_tasks, 1, generator=generator, dtype=F64) - 1)
     weights, diagnostics = CAGrad(c=0.4, rescale=0).weights(gramian(jacobian), ones(num_tasks))
     assert float(diagnostics["dual_gap"]) <= 1e-10 and int(diagnostics["iterations"]) <= 10
@@ -460,7 +534,9 @@ def test_imtlg_equal_projections_on_unit_gradients(jacobian) -> None:
     assert abs(float(alpha.sum()) - 1) <= 1e-9
     update = alpha @ jacobian
     projections = jacobian @ update / jacobian.norm(dim=1)
-    torch.testing.assert_close(projections, projections.mean().expand(num_tasks), rtol=0, atol=1e-9 * float(update.norm()))
+    torch.testing.assert_close(
+        projections, projections.mean().expand(num_tasks), rtol=0, atol=1e-9 * float(update.norm())
+    )
 
 
 @given(jacobian=full_rank_jacobians(min_tasks=2, max_tasks=5, max_exponent=1.5))
@@ -481,7 +557,9 @@ def test_imtlg_permutation_equivariance(jacobian, data) -> None:
 @given(jacobian=full_rank_jacobians(max_tasks=5), data=st.data())
 def test_imtlg_update_line_ignores_per_task_scale(jacobian, data) -> None:
     num_tasks = jacobian.shape[0]
-    factors = torch.tensor(data.draw(st.lists(st.floats(1e-3, 1e3), min_size=num_tasks, max_size=num_tasks)), dtype=F64)
+    factors = torch.tensor(
+        data.draw(st.lists(st.floats(1e-3, 1e3), min_size=num_tasks, max_size=num_tasks)), dtype=F64
+    )
     update = IMTLG()(gramian(jacobian), ones(num_tasks)) @ jacobian
     scaled = factors[:, None] * jacobian
     other = IMTLG()(gramian(scaled), ones(num_tasks)) @ scaled
@@ -500,12 +578,18 @@ def test_imtlg_degenerate_cases() -> None:
     alpha = IMTLG()(gramian(jacobian), ones(3))
     update = alpha @ jacobian
     torch.testing.assert_close(update / update[0], torch.tensor([1.0, 1.0], dtype=F64))
-    torch.testing.assert_close(alpha[0] * 1.0, alpha[1] * 2.0)  # beta split equally: alpha_i ||g_i|| equal
+    torch.testing.assert_close(
+        alpha[0] * 1.0, alpha[1] * 2.0
+    )  # beta split equally: alpha_i ||g_i|| equal
     # a zero gradient gets weight 0; all zero: uniform; K = 1: 1
     alpha = IMTLG()(gramian(torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]], dtype=F64)), ones(3))
     torch.testing.assert_close(alpha, torch.tensor([2 / 3, 0.0, 1 / 3], dtype=F64))
-    torch.testing.assert_close(IMTLG()(torch.zeros(3, 3, dtype=F64), ones(3)), torch.full((3,), 1 / 3, dtype=F64))
-    torch.testing.assert_close(IMTLG()(torch.tensor([[4.0]], dtype=F64), ones(1)), torch.ones(1, dtype=F64))
+    torch.testing.assert_close(
+        IMTLG()(torch.zeros(3, 3, dtype=F64), ones(3)), torch.full((3,), 1 / 3, dtype=F64)
+    )
+    torch.testing.assert_close(
+        IMTLG()(torch.tensor([[4.0]], dtype=F64), ones(1)), torch.ones(1, dtype=F64)
+    )
 
 
 def test_imtlg_without_solution_is_floored() -> None:
@@ -546,7 +630,10 @@ GOLDEN = {
     "pcgrad_mean": (PCGrad(reduction="mean"), [10 / 9, 15 / 19]),
     "cagrad": (CAGrad(), [(0.5 + 0.4 / math.sqrt(6)) / 1.16, 0.5 / 1.16]),
     "cagrad_no_rescale": (CAGrad(rescale=0), [0.5 + 0.4 / math.sqrt(6), 0.5]),
-    "cagrad_sum_c05": (CAGrad(c=0.5, reduction="sum"), [2 * (0.5 + 0.5 / math.sqrt(6)) / 1.25, 2 * 0.5 / 1.25]),
+    "cagrad_sum_c05": (
+        CAGrad(c=0.5, reduction="sum"),
+        [2 * (0.5 + 0.5 / math.sqrt(6)) / 1.25, 2 * 0.5 / 1.25],
+    ),
     "imtlg": (IMTLG(), [N2 / (N1 + N2), N1 / (N1 + N2)]),
 }
 
@@ -564,7 +651,12 @@ def test_golden_imtlg_update_has_equal_projections() -> None:
     torch.testing.assert_close(projections[0], projections[1])
 
 
-METHODS = [PCGrad(generator=torch.Generator().manual_seed(0)), CAGrad(), CAGrad(c=0.9, rescale=2), IMTLG()]
+METHODS = [
+    PCGrad(generator=torch.Generator().manual_seed(0)),
+    CAGrad(),
+    CAGrad(c=0.9, rescale=2),
+    IMTLG(),
+]
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda method: type(method).__name__)
@@ -600,7 +692,11 @@ def test_declarations_and_diagnostics() -> None:
     assert CAGrad.head_gradient is HeadGradient.RAW
     assert IMTLG.head_gradient is HeadGradient.WEIGHTED
     gram = gramian(torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=F64))
-    for method, keys in ((PCGrad(), {"projections"}), (CAGrad(), {"dual_gap", "dual_weights", "iterations"}), (IMTLG(), {"floored"})):
+    for method, keys in (
+        (PCGrad(), {"projections"}),
+        (CAGrad(), {"dual_gap", "dual_weights", "iterations"}),
+        (IMTLG(), {"floored"}),
+    ):
         assert set(method.weights(gram, ones(4)).diagnostics) == keys
     assert "c=0.4" in repr(CAGrad())
 
@@ -635,7 +731,9 @@ def test_pcgrad_two_task_scalar_path_equals_the_tensor_path(reduction, dtype) ->
     # 10 rows take the closed form on Python floats, 100 rows the torch one: the same bits
     method = PCGrad(reduction=reduction)
     for seed in range(5):
-        gram = _two_task_gramians(seed)[:6].to(dtype)  # float32 cannot hold the rows scaled by 1e140
+        gram = _two_task_gramians(seed)[:6].to(
+            dtype
+        )  # float32 cannot hold the rows scaled by 1e140
         got = method.weights(gram, torch.ones(6, 2, dtype=dtype))
         want = method.weights(gram.repeat(20, 1, 1), torch.ones(120, 2, dtype=dtype))
         assert got.weights.dtype == want.weights.dtype == dtype
@@ -644,17 +742,29 @@ def test_pcgrad_two_task_scalar_path_equals_the_tensor_path(reduction, dtype) ->
 
 
 def _same_weights(got, want) -> bool:
-    return torch.equal(got.weights, want.weights) and set(got.diagnostics) == set(want.diagnostics) and all(
-        torch.equal(got.diagnostics[key], want.diagnostics[key]) for key in want.diagnostics
+    return (
+        torch.equal(got.weights, want.weights)
+        and set(got.diagnostics) == set(want.diagnostics)
+        and all(
+            torch.equal(got.diagnostics[key], want.diagnostics[key]) for key in want.diagnostics
+        )
     )
 
 
 @pytest.mark.parametrize(
     "factory",
-    [CAGrad, lambda: CAGrad(c=0.9, rescale=2, reduction="sum"), lambda: CAGrad(c=5.0, rescale=0), lambda: CAGrad(c=0.0), IMTLG],
+    [
+        CAGrad,
+        lambda: CAGrad(c=0.9, rescale=2, reduction="sum"),
+        lambda: CAGrad(c=5.0, rescale=0),
+        lambda: CAGrad(c=0.0),
+        IMTLG,
+    ],
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cagrad_and_imtlg_two_task_scalar_paths_equal_the_general_path(factory, dtype, monkeypatch) -> None:
+def test_cagrad_and_imtlg_two_task_scalar_paths_equal_the_general_path(
+    factory, dtype, monkeypatch
+) -> None:
     # the same Gramians on Python floats and, with the row limit at 0, on the numpy/torch path: the same bits
     rows = 10 if dtype == torch.float64 else 6  # float32 cannot hold the rows scaled by 1e140
     cases = []

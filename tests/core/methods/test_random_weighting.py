@@ -16,9 +16,13 @@ FAILURE_RATE = 1e-6
 use fixed seeds, so they are deterministic; the bound says the seeds were not cherry-picked)."""
 
 
-def draw(distribution: str, num_tasks: int, *, seed: int = 0, num_samples: int = NUM_SAMPLES) -> torch.Tensor:
+def draw(
+    distribution: str, num_tasks: int, *, seed: int = 0, num_samples: int = NUM_SAMPLES
+) -> torch.Tensor:
     """`num_samples` independent RLW draws, as one batched call of shape [num_samples, K]."""
-    method = core.RandomLossWeighting(distribution=distribution, generator=torch.Generator().manual_seed(seed))
+    method = core.RandomLossWeighting(
+        distribution=distribution, generator=torch.Generator().manual_seed(seed)
+    )
     return method(torch.ones(num_samples, num_tasks, dtype=torch.float64))
 
 
@@ -47,7 +51,9 @@ def test_mean_weight_is_one_over_k(distribution) -> None:
     """Each weight lies in [0, 1], so Hoeffding gives P(|mean - 1/K| >= t) <= 2 exp(-2 n t^2);
     a union bound over the K tasks and the 5 distributions makes the total rate FAILURE_RATE."""
     num_tasks = 3
-    tolerance = math.sqrt(math.log(2 * num_tasks * len(DISTRIBUTIONS) / FAILURE_RATE) / (2 * NUM_SAMPLES))
+    tolerance = math.sqrt(
+        math.log(2 * num_tasks * len(DISTRIBUTIONS) / FAILURE_RATE) / (2 * NUM_SAMPLES)
+    )
     mean = draw(distribution, num_tasks, seed=11).mean(dim=0)
     assert torch.all((mean - 1 / num_tasks).abs() < tolerance), (mean, tolerance)
 
@@ -57,7 +63,9 @@ def test_dirichlet_for_two_tasks_is_uniform() -> None:
     P(sup |F_n - F| > eps) <= 2 exp(-2 n eps^2), eps chosen for the rate FAILURE_RATE."""
     first = draw("dirichlet", 2, seed=3)[:, 0].sort().values
     empirical_above = torch.arange(1, NUM_SAMPLES + 1, dtype=torch.float64) / NUM_SAMPLES
-    distance = torch.maximum(empirical_above - first, first - (empirical_above - 1 / NUM_SAMPLES)).max()
+    distance = torch.maximum(
+        empirical_above - first, first - (empirical_above - 1 / NUM_SAMPLES)
+    ).max()
     assert float(distance) < math.sqrt(math.log(2 / FAILURE_RATE) / (2 * NUM_SAMPLES))
 
 
@@ -97,7 +105,9 @@ def test_rgw_ignores_gradient_scale_and_gives_heads_raw_gradients() -> None:
     assert rgw.head_gradient is core.HeadGradient.RAW
     gramian = torch.diag(torch.tensor([1e-6, 1.0, 1e6], dtype=torch.float64))
     weights = rgw(gramian, torch.ones(3, dtype=torch.float64))
-    expected = torch.softmax(torch.randn(3, generator=torch.Generator().manual_seed(1), dtype=torch.float64), dim=0)
+    expected = torch.softmax(
+        torch.randn(3, generator=torch.Generator().manual_seed(1), dtype=torch.float64), dim=0
+    )
     torch.testing.assert_close(weights, expected)
 
 
@@ -113,6 +123,8 @@ def test_bad_hyperparameters_are_named(cls) -> None:
 def test_low_precision_draws_are_finite(dtype) -> None:
     """Half precisions draw in float32 and round at the end: no 0/0 rows from U = 0."""
     for distribution in DISTRIBUTIONS:
-        method = core.RandomLossWeighting(distribution=distribution, generator=torch.Generator().manual_seed(0))
+        method = core.RandomLossWeighting(
+            distribution=distribution, generator=torch.Generator().manual_seed(0)
+        )
         weights = method(torch.ones(100_000, 1, dtype=dtype))
         assert weights.dtype == dtype and bool(torch.isfinite(weights).all())

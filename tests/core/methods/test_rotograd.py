@@ -29,7 +29,9 @@ N1, N2 = math.sqrt(18), math.sqrt(38)
 
 
 def _close(actual: torch.Tensor, expected, *, rtol: float = 1e-12, atol: float = 1e-14) -> None:
-    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype), rtol=rtol, atol=atol)
+    torch.testing.assert_close(
+        actual, torch.as_tensor(expected, dtype=actual.dtype), rtol=rtol, atol=atol
+    )
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -46,7 +48,9 @@ def test_golden_scaling() -> None:
     first = method.aggregate(JACOBIAN, LOSSES)
     common = (N1 + N2) / 2
     _close(first.update, common * (JACOBIAN[0] / N1 + JACOBIAN[1] / N2))
-    _close(first.update, [0.15880897580793985, 2.0706067580626213, 2.0706067580626213])  # the reference's number too
+    _close(
+        first.update, [0.15880897580793985, 2.0706067580626213, 2.0706067580626213]
+    )  # the reference's number too
     _close(first.head_weights, [1.0, 1.0])
     _close(first.diagnostics["contribution_norms"], [common, common])
     _close(first.diagnostics["convergence_ratios"], [1.0, 1.0])
@@ -84,7 +88,9 @@ def test_without_rotations_there_is_nothing_to_train() -> None:
 
 
 @given(jacobian=jacobians(min_tasks=1, max_tasks=5), burn_in=st.integers(0, 3), data=st.data())
-def test_every_term_has_the_convergence_weighted_norm(jacobian: torch.Tensor, burn_in: int, data) -> None:
+def test_every_term_has_the_convergence_weighted_norm(
+    jacobian: torch.Tensor, burn_in: int, data
+) -> None:
     """Over a trajectory: `d = sum_k C g_k / ||g_k||` with `C = sum_k alpha_k ||g_k||`,
     `alpha ~ ||g_k|| / ||g_k^0||`, the baseline the first call's norms replaced at call `burn_in`
     (a zero baseline waiting for a nonzero norm); so every nonzero term has the norm C."""
@@ -94,7 +100,9 @@ def test_every_term_has_the_convergence_weighted_norm(jacobian: torch.Tensor, bu
     baseline = torch.zeros(num_tasks, dtype=F64)
     for step in range(5):
         factors = 10.0 ** (2 * torch.rand(num_tasks, 1, generator=generator, dtype=F64) - 1)
-        step_jacobian = jacobian * factors + 0.3 * jacobian.norm(dim=-1, keepdim=True) * torch.randn(jacobian.shape, generator=generator, dtype=F64)
+        step_jacobian = jacobian * factors + 0.3 * jacobian.norm(
+            dim=-1, keepdim=True
+        ) * torch.randn(jacobian.shape, generator=generator, dtype=F64)
         result = method.aggregate(step_jacobian, torch.ones(num_tasks, dtype=F64))
         norms = step_jacobian.norm(dim=-1)
         if step in (0, burn_in):
@@ -105,11 +113,25 @@ def test_every_term_has_the_convergence_weighted_norm(jacobian: torch.Tensor, bu
         common = float((alphas * norms).sum())
         terms = common * step_jacobian / torch.where(norms > 0, norms, 1.0)[:, None]
         term_norms = terms.norm(dim=-1)
-        _close(term_norms[norms > 0], torch.full((int((norms > 0).sum()),), common, dtype=F64), rtol=1e-12, atol=0)
-        _close(result.diagnostics["contribution_norms"], (norms > 0).to(F64) * common, rtol=1e-12, atol=0)
+        _close(
+            term_norms[norms > 0],
+            torch.full((int((norms > 0).sum()),), common, dtype=F64),
+            rtol=1e-12,
+            atol=0,
+        )
+        _close(
+            result.diagnostics["contribution_norms"],
+            (norms > 0).to(F64) * common,
+            rtol=1e-12,
+            atol=0,
+        )
         _close(method.baseline, baseline, rtol=0, atol=0)
         _close(result.update, terms.sum(0), rtol=0, atol=1e-12 * float(term_norms.sum()) + 1e-300)
-        assert min(norms[norms > 0].tolist(), default=0.0) - 1e-12 * common <= common <= float(norms.max()) * (1 + 1e-12)
+        assert (
+            min(norms[norms > 0].tolist(), default=0.0) - 1e-12 * common
+            <= common
+            <= float(norms.max()) * (1 + 1e-12)
+        )
 
 
 @settings(max_examples=20)
@@ -119,7 +141,9 @@ def test_rotations_are_orthogonal_to_rounding(size: int, scale: float, seed: int
     also after a hundred Adam steps on the alignment loss."""
     method = RotoGrad(3, rotation_size=size).to(dtype=F64)
     with torch.no_grad():
-        method.generators.copy_(scale * torch.randn(method.generators.shape, generator=_generator(seed), dtype=F64))
+        method.generators.copy_(
+            scale * torch.randn(method.generators.shape, generator=_generator(seed), dtype=F64)
+        )
     eye = torch.eye(size, dtype=F64).expand(3, size, size)
     rounding = 1e-13 * (1 + scale * size)
     rotations = method.rotations()
@@ -132,7 +156,12 @@ def test_rotations_are_orthogonal_to_rounding(size: int, scale: float, seed: int
         method.auxiliary_loss(jacobian, torch.ones(3, dtype=F64)).backward()
         optimizer.step()
     rotations = method.rotations()
-    _close(rotations.mT @ rotations, eye, rtol=0, atol=1e-13 * (1 + float(method.generators.abs().max()) * size))
+    _close(
+        rotations.mT @ rotations,
+        eye,
+        rtol=0,
+        atol=1e-13 * (1 + float(method.generators.abs().max()) * size),
+    )
 
 
 def _alignment_run(heads: torch.Tensor, steps: int, lr: float) -> list[float]:
@@ -153,8 +182,15 @@ def _alignment_run(heads: torch.Tensor, steps: int, lr: float) -> list[float]:
 
 
 @settings(max_examples=15, deadline=None)
-@given(num_tasks=st.integers(2, 4), size=st.integers(2, 4), samples=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
-def test_the_alignment_loss_decreases_towards_its_lower_bound(num_tasks: int, size: int, samples: int, seed: int) -> None:
+@given(
+    num_tasks=st.integers(2, 4),
+    size=st.integers(2, 4),
+    samples=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_the_alignment_loss_decreases_towards_its_lower_bound(
+    num_tasks: int, size: int, samples: int, seed: int
+) -> None:
     """Training the rotations lowers `L = sum_k ||v - g_k||^2` (rotations do not change it), never
     below `sum_k (||g_k|| - mean_j ||g_j||)^2` (the mean minimises the squared distances and
     `||mean_k g_k|| <= mean_k ||g_k||`), which aligned gradients of one sample attain."""
@@ -186,14 +222,18 @@ def test_one_sample_aligns_completely() -> None:
 def test_rotate_acts_on_the_leading_entries_of_the_last_dimension() -> None:
     method = RotoGrad(2, rotation_size=2).to(dtype=F64)
     with torch.no_grad():
-        method.generators[1, 1, 0] = math.pi / 2  # R_1 = expm([[0, -pi/2], [pi/2, 0]]): a quarter turn
+        method.generators[1, 1, 0] = (
+            math.pi / 2
+        )  # R_1 = expm([[0, -pi/2], [pi/2, 0]]): a quarter turn
     features = torch.tensor([[1.0, 0.0, 5.0], [0.0, 2.0, -1.0]], dtype=F64, requires_grad=True)
     _close(method.rotate(features, 0), features.detach())
     rotated = method.rotate(features, 1)
     _close(rotated, [[0.0, 1.0, 5.0], [-2.0, 0.0, -1.0]])
     (gradient,) = torch.autograd.grad(rotated[:, 0].sum(), features)  # R^T e_1 for every sample
     _close(gradient, [[0.0, -1.0, 0.0], [0.0, -1.0, 0.0]])
-    assert torch.autograd.grad(rotated.sum(), method.generators, allow_unused=True) == (None,)  # R is detached
+    assert torch.autograd.grad(rotated.sum(), method.generators, allow_unused=True) == (
+        None,
+    )  # R is detached
     with pytest.raises(errors.MTLInputError, match="rotation_size = 2"):
         method.rotate(torch.ones(3, 1, dtype=F64), 0)
     with pytest.raises(errors.MTLInputError, match="task must be"):
@@ -210,14 +250,22 @@ def test_state_dict_reset_and_hyperparameters() -> None:
     buffer.seek(0)
     restored = RotoGrad(2, rotation_size=3, burn_in_period=1)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
-    assert torch.equal(restored.generators, method.generators) and torch.equal(restored.baseline, method.baseline)
+    assert torch.equal(restored.generators, method.generators) and torch.equal(
+        restored.baseline, method.baseline
+    )
     step = torch.stack([JACOBIAN[0], 3 * JACOBIAN[1]])
     assert torch.equal(restored(step, LOSSES), method(step, LOSSES))
     method.reset()
-    assert bool((method.generators == 0).all()) and torch.equal(method.rotations(), torch.eye(3).expand(2, 3, 3))
+    assert bool((method.generators == 0).all()) and torch.equal(
+        method.rotations(), torch.eye(3).expand(2, 3, 3)
+    )
     with pytest.raises(errors.MTLInputError, match="rotations"):
         RotoGrad(2).load_state_dict(restored.state_dict())
-    for build in (lambda: RotoGrad(2, rotation_size=0), lambda: RotoGrad(2, rotation_size=2.5), lambda: RotoGrad(2, burn_in_period=-1)):
+    for build in (
+        lambda: RotoGrad(2, rotation_size=0),
+        lambda: RotoGrad(2, rotation_size=2.5),
+        lambda: RotoGrad(2, burn_in_period=-1),
+    ):
         with pytest.raises(errors.InvalidHyperparameterError):
             build()
     assert core.make_method("rotograd:rotation_size=4", num_tasks=3).generators.shape == (3, 4, 4)
@@ -236,11 +284,16 @@ class RotatedHeads(torch.nn.Module):
             for param in self.parameters():
                 param.copy_(torch.randn(param.shape, generator=generator, dtype=F64))
         self.inputs = torch.randn(16, 3, generator=generator, dtype=F64)
-        self.targets = torch.stack([torch.sin(self.inputs.sum(1)), 3 * torch.cos(self.inputs[:, 0])], dim=1)[:, :num_tasks]
+        self.targets = torch.stack(
+            [torch.sin(self.inputs.sum(1)), 3 * torch.cos(self.inputs[:, 0])], dim=1
+        )[:, :num_tasks]
 
     def forward(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         z = torch.tanh(self.encoder(self.inputs))
-        losses = [((head(self.method.rotate(z, k))[:, 0] - self.targets[:, k]) ** 2).mean() for k, head in enumerate(self.heads)]
+        losses = [
+            ((head(self.method.rotate(z, k))[:, 0] - self.targets[:, k]) ** 2).mean()
+            for k, head in enumerate(self.heads)
+        ]
         return z, losses
 
 
@@ -251,7 +304,10 @@ def test_engine_trains_the_model_and_the_rotations() -> None:
     the losses fall, the rotations move and stay orthogonal, and the alignment loss is reported."""
     method = RotoGrad(2, rotation_size=3).to(dtype=F64)
     model = RotatedHeads(method)
-    shared, heads = list(model.encoder.parameters()), [list(head.parameters()) for head in model.heads]
+    shared, heads = (
+        list(model.encoder.parameters()),
+        [list(head.parameters()) for head in model.heads],
+    )
     optimizer = torch.optim.Adam([*shared, *(p for group in heads for p in group)], lr=0.02)
     rotation_optimizer = torch.optim.Adam(method.parameters(), lr=0.005)  # the leader learns slower
     twin = RotoGrad(2, rotation_size=3).to(dtype=F64)  # the hand computation's copy of the state
@@ -263,14 +319,27 @@ def test_engine_trains_the_model_and_the_rotations() -> None:
         if first_losses is None:
             first_losses = torch.stack(losses).detach()
         # by hand: J on the unrotated z, the scaled update, the raw head gradients, the alignment loss
-        jacobian = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0] for loss in losses])
+        jacobian = torch.stack(
+            [torch.autograd.grad(loss, z, retain_graph=True)[0] for loss in losses]
+        )
         expected = twin.aggregate(jacobian.reshape(2, -1), torch.stack(losses).detach())
         with torch.no_grad():
             twin.generators.copy_(method.generators)
-        (rotation_grad,) = torch.autograd.grad(twin.auxiliary_loss(jacobian, torch.stack(losses).detach()), twin.generators)
-        encoder_grads = torch.autograd.grad(z, shared, grad_outputs=expected.update.view_as(z), retain_graph=True)
-        head_grads = [torch.autograd.grad(loss, group, retain_graph=True) for loss, group in zip(losses, heads)]
-        assert all(torch.autograd.grad(loss, method.generators, retain_graph=True, allow_unused=True) == (None,) for loss in losses)
+        (rotation_grad,) = torch.autograd.grad(
+            twin.auxiliary_loss(jacobian, torch.stack(losses).detach()), twin.generators
+        )
+        encoder_grads = torch.autograd.grad(
+            z, shared, grad_outputs=expected.update.view_as(z), retain_graph=True
+        )
+        head_grads = [
+            torch.autograd.grad(loss, group, retain_graph=True)
+            for loss, group in zip(losses, heads)
+        ]
+        assert all(
+            torch.autograd.grad(loss, method.generators, retain_graph=True, allow_unused=True)
+            == (None,)
+            for loss in losses
+        )
         info = core.mtl_backward(losses, shared, method, task_params=heads, representation=z)
         for param, grad in zip(shared, encoder_grads):
             torch.testing.assert_close(param.grad, grad, rtol=1e-12, atol=1e-14)
@@ -278,7 +347,9 @@ def test_engine_trains_the_model_and_the_rotations() -> None:
             for param, grad in zip(group, grads):
                 torch.testing.assert_close(param.grad, grad, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(method.generators.grad, rotation_grad, rtol=1e-12, atol=1e-14)
-        assert float(info.diagnostics["auxiliary_loss"]) >= 0 and torch.equal(info.weights, torch.ones(2, dtype=F64))
+        assert float(info.diagnostics["auxiliary_loss"]) >= 0 and torch.equal(
+            info.weights, torch.ones(2, dtype=F64)
+        )
         optimizer.step()
         rotation_optimizer.step()
     _, losses = model()
@@ -299,13 +370,22 @@ def test_engine_scales_the_auxiliary_gradient_and_refuses_full_mode() -> None:
         model = RotatedHeads(method, seed=1)
         z, losses = model()
         factor = 1.0 if scale is None else scale
-        core.mtl_backward([factor * loss for loss in losses], list(model.encoder.parameters()), method, representation=z, loss_scale=scale)
+        core.mtl_backward(
+            [factor * loss for loss in losses],
+            list(model.encoder.parameters()),
+            method,
+            representation=z,
+            loss_scale=scale,
+        )
         grads.append(method.generators.grad / factor)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-14)
     method = RotoGrad(2, rotation_size=4).to(dtype=F64)
     model = RotatedHeads(method)
     _, losses = model()
-    with pytest.raises(errors.UnsupportedEngineModeError, match=r"RotoGrad supports the engine modes \['representation'\], not 'full'"):
+    with pytest.raises(
+        errors.UnsupportedEngineModeError,
+        match=r"RotoGrad supports the engine modes \['representation'\], not 'full'",
+    ):
         core.mtl_backward(losses, list(model.encoder.parameters()), method)
 
 
@@ -327,7 +407,9 @@ REFERENCE = {
             [[-2.0, 1.0, 0.0], [6.0, 2.0, 1.0]],
             [[1.0, -3.0, 2.0], [0.5, 0.5, -1.0]],
         ],
-        "shape": (1, 3), "rotation_size": 3, "burn_in_period": 20,
+        "shape": (1, 3),
+        "rotation_size": 3,
+        "burn_in_period": 20,
         "updates": [
             [[0.15880897580793985, 2.0706067580626213, 2.0706067580626213]],
             [[-0.4901797626073674, 6.553437684170589, 3.5362162625707825]],
@@ -335,27 +417,65 @@ REFERENCE = {
         ],
         # the strict lower triangles (entries (1, 0), (2, 0), (2, 1)) of the two tasks' gradients
         "generator_grads": [
-            [[-2.8097574347450833, -2.8097574347450833, 0.0], [4.082482904638632, 4.082482904638632, 0.0]],
-            [[-6.470061989997324, -3.956225137921721, 1.7819171052477265], [19.76241984699664, 10.09392284338085, -2.1093578756955336]],
-            [[-0.9785497111053679, 0.3084233423506817, 3.036236713506514], [0.6441293962400969, -0.30012620031327625, 0.41492866096451797]],
+            [
+                [-2.8097574347450833, -2.8097574347450833, 0.0],
+                [4.082482904638632, 4.082482904638632, 0.0],
+            ],
+            [
+                [-6.470061989997324, -3.956225137921721, 1.7819171052477265],
+                [19.76241984699664, 10.09392284338085, -2.1093578756955336],
+            ],
+            [
+                [-0.9785497111053679, 0.3084233423506817, 3.036236713506514],
+                [0.6441293962400969, -0.30012620031327625, 0.41492866096451797],
+            ],
         ],
     },
     "batch": {  # two samples of 4 features, the first 3 rotated, the baseline replaced at call 1
         "heads": [
-            [[[1.0, -2.0, 0.5, 1.0], [0.0, 1.0, -1.0, 2.0]], [[-1.5, 0.5, 2.0, -1.0], [1.0, 1.0, 0.0, 0.5]]],
-            [[[0.5, -1.0, 1.0, 0.0], [2.0, 0.5, -0.5, 1.0]], [[-1.0, 2.0, 1.0, 1.0], [0.5, -0.5, 1.5, 0.0]]],
-            [[[2.0, 0.0, -1.0, 1.5], [1.0, -1.0, 0.5, 0.5]], [[0.0, 1.0, 1.0, -2.0], [-0.5, 2.0, 0.0, 1.0]]],
+            [
+                [[1.0, -2.0, 0.5, 1.0], [0.0, 1.0, -1.0, 2.0]],
+                [[-1.5, 0.5, 2.0, -1.0], [1.0, 1.0, 0.0, 0.5]],
+            ],
+            [
+                [[0.5, -1.0, 1.0, 0.0], [2.0, 0.5, -0.5, 1.0]],
+                [[-1.0, 2.0, 1.0, 1.0], [0.5, -0.5, 1.5, 0.0]],
+            ],
+            [
+                [[2.0, 0.0, -1.0, 1.5], [1.0, -1.0, 0.5, 0.5]],
+                [[0.0, 1.0, 1.0, -2.0], [-0.5, 2.0, 0.0, 1.0]],
+            ],
         ],
-        "shape": (2, 4), "rotation_size": 3, "burn_in_period": 1,
+        "shape": (2, 4),
+        "rotation_size": 3,
+        "burn_in_period": 1,
         "updates": [
-            [[-0.6446015218768218, -1.3619183020408685, 2.593932719435553, -0.11437725271791954], [1.060448538317805, 2.0065198239176905, -0.9460712855998855, 2.4223668403586736]],
-            [[-1.0723120986857462, 0.5653568299751608, 2.9009511241497288, 0.9457779141208642], [3.161090351881791, -0.6879300663890494, 1.160856797376487, 1.0608173758294746]],
-            [[2.348912342066898, -0.62359394679497, 1.743855991453728, -0.3750299983040286], [-0.7762477949481501, 0.47816252085141453, 2.597416420495685, 1.4828706705016061]],
+            [
+                [-0.6446015218768218, -1.3619183020408685, 2.593932719435553, -0.11437725271791954],
+                [1.060448538317805, 2.0065198239176905, -0.9460712855998855, 2.4223668403586736],
+            ],
+            [
+                [-1.0723120986857462, 0.5653568299751608, 2.9009511241497288, 0.9457779141208642],
+                [3.161090351881791, -0.6879300663890494, 1.160856797376487, 1.0608173758294746],
+            ],
+            [
+                [2.348912342066898, -0.62359394679497, 1.743855991453728, -0.3750299983040286],
+                [-0.7762477949481501, 0.47816252085141453, 2.597416420495685, 1.4828706705016061],
+            ],
         ],
         "generator_grads": [
-            [[-2.5682978499687, 2.751747696395036, -2.3848480035423645], [2.29128784747792, -2.4549512651549152, 2.127624429800926]],
-            [[-1.6981610553729105, 3.079441195811844, -2.3857837464684337], [1.8916850692084741, -3.1902567666075914, 2.994340405854408]],
-            [[0.4587617698997798, 2.8433457496982752, -2.0717113072153484], [0.003172907822721477, -1.6581611488226993, 3.434260390927676]],
+            [
+                [-2.5682978499687, 2.751747696395036, -2.3848480035423645],
+                [2.29128784747792, -2.4549512651549152, 2.127624429800926],
+            ],
+            [
+                [-1.6981610553729105, 3.079441195811844, -2.3857837464684337],
+                [1.8916850692084741, -3.1902567666075914, 2.994340405854408],
+            ],
+            [
+                [0.4587617698997798, 2.8433457496982752, -2.0717113072153484],
+                [0.003172907822721477, -1.6581611488226993, 3.434260390927676],
+            ],
         ],
     },
 }
@@ -369,15 +489,27 @@ def test_matches_the_reference_implementation(case: str) -> None:
     spec = REFERENCE[case]
     heads = torch.tensor(spec["heads"], dtype=F64).reshape(3, 2, *spec["shape"])
     x = torch.zeros(spec["shape"], dtype=F64, requires_grad=True)
-    method = RotoGrad(2, rotation_size=spec["rotation_size"], burn_in_period=spec["burn_in_period"]).to(dtype=F64)
+    method = RotoGrad(
+        2, rotation_size=spec["rotation_size"], burn_in_period=spec["burn_in_period"]
+    ).to(dtype=F64)
     optimizer = torch.optim.SGD([x, *method.parameters()], lr=0.1)
     rows, columns = torch.tril_indices(3, 3, -1)
     for step in range(3):
         optimizer.zero_grad()
         z = x.clone()
-        losses = [(method.rotate(z, k) * heads[step, k]).sum() + CONSTANTS[case][step][k] for k in range(2)]
+        losses = [
+            (method.rotate(z, k) * heads[step, k]).sum() + CONSTANTS[case][step][k]
+            for k in range(2)
+        ]
         core.mtl_backward(losses, [x], method, representation=z)
         _close(x.grad, spec["updates"][step], rtol=1e-12, atol=1e-13)
-        _close(method.generators.grad[:, rows, columns], spec["generator_grads"][step], rtol=1e-12, atol=1e-13)
-        assert bool((method.generators.grad.triu() == 0).all())  # only the strict lower triangle generates R
+        _close(
+            method.generators.grad[:, rows, columns],
+            spec["generator_grads"][step],
+            rtol=1e-12,
+            atol=1e-13,
+        )
+        assert bool(
+            (method.generators.grad.triu() == 0).all()
+        )  # only the strict lower triangle generates R
         optimizer.step()

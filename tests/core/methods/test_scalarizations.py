@@ -39,15 +39,31 @@ def problems(draw, *, positive: bool = False, batch: bool = True):
         losses = losses - scale * 0.5 * draw(st.booleans())
     if draw(st.booleans()):  # exact ties: one loss copied
         losses[..., -1] = losses[..., 0]
-    preference = None if draw(st.booleans()) else draw(st.lists(st.floats(0.05, 1.0), min_size=num_tasks, max_size=num_tasks))
-    ideal = 0.0 if draw(st.booleans()) else draw(st.lists(st.floats(-1.0, 0.5), min_size=num_tasks, max_size=num_tasks))
+    preference = (
+        None
+        if draw(st.booleans())
+        else draw(st.lists(st.floats(0.05, 1.0), min_size=num_tasks, max_size=num_tasks))
+    )
+    ideal = (
+        0.0
+        if draw(st.booleans())
+        else draw(st.lists(st.floats(-1.0, 0.5), min_size=num_tasks, max_size=num_tasks))
+    )
     return losses, preference, ideal
 
 
 def _p_z(losses: torch.Tensor, preference, ideal) -> tuple[torch.Tensor, torch.Tensor]:
     num_tasks = losses.shape[-1]
-    p = torch.full((num_tasks,), 1.0 / num_tasks, dtype=F64) if preference is None else torch.tensor(preference, dtype=F64)
-    z = torch.full((num_tasks,), float(ideal), dtype=F64) if isinstance(ideal, float) else torch.tensor(ideal, dtype=F64)
+    p = (
+        torch.full((num_tasks,), 1.0 / num_tasks, dtype=F64)
+        if preference is None
+        else torch.tensor(preference, dtype=F64)
+    )
+    z = (
+        torch.full((num_tasks,), float(ideal), dtype=F64)
+        if isinstance(ideal, float)
+        else torch.tensor(ideal, dtype=F64)
+    )
     return p, z
 
 
@@ -72,7 +88,12 @@ def test_tchebycheff_weights_are_the_subgradient_with_ties_shared(problem) -> No
     terms = p * (losses - z)
     maximisers = terms == terms.amax(dim=-1, keepdim=True)
     assert bool((weights[~maximisers] == 0).all()) and bool((weights >= 0).all())
-    torch.testing.assert_close(weights.sum(dim=-1), (p * maximisers).sum(dim=-1) / maximisers.sum(dim=-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        weights.sum(dim=-1),
+        (p * maximisers).sum(dim=-1) / maximisers.sum(dim=-1),
+        rtol=1e-12,
+        atol=0,
+    )
 
 
 @given(problem=problems(), mu=st.sampled_from([0.01, 0.1, 0.5, 1.0, 10.0]))
@@ -86,7 +107,9 @@ def test_stch_weights_are_the_gradient(problem, mu) -> None:
     torch.testing.assert_close(result.diagnostics["value"], value, rtol=1e-12, atol=1e-12)
     # max_i p_i (l_i - z_i) <= S <= max + mu log K (the paper's eq. 10)
     top = (p * (losses - z)).amax(dim=-1)
-    assert bool((value >= top - 1e-12 * top.abs()).all()) and bool((value <= top + mu * math.log(losses.shape[-1]) + 1e-9).all())
+    assert bool((value >= top - 1e-12 * top.abs()).all()) and bool(
+        (value <= top + mu * math.log(losses.shape[-1]) + 1e-9).all()
+    )
 
 
 @given(problem=problems(positive=True), mu=st.sampled_from([0.1, 1.0]))
@@ -94,7 +117,9 @@ def test_stch_on_log_losses_is_the_gradient_of_stch_of_log_l(problem, mu) -> Non
     losses, preference, ideal = problem
     p, z = _p_z(losses, preference, ideal)
     weights = SmoothTchebycheff(preference=preference, ideal=ideal, mu=mu, log_losses=True)(losses)
-    expected = autograd_weights(lambda l: mu * torch.logsumexp(p * (torch.log(l) - z) / mu, dim=-1), losses)
+    expected = autograd_weights(
+        lambda l: mu * torch.logsumexp(p * (torch.log(l) - z) / mu, dim=-1), losses
+    )
     torch.testing.assert_close(weights, expected, rtol=1e-10, atol=1e-14)
 
 
@@ -110,9 +135,15 @@ def test_pbi_weights_are_the_gradient(problem, theta) -> None:
         return along[..., 0] + theta * (shifted - along * u).norm(dim=-1)
 
     off = (losses - z) - ((losses - z) * u).sum(dim=-1, keepdim=True) * u
-    assume(bool((off.norm(dim=-1) > 1e-6 * (losses - z).norm(dim=-1)).all()))  # off the ray: differentiable
-    result = PenaltyBoundaryIntersection(preference=preference, ideal=ideal, theta=theta).weights(losses)
-    torch.testing.assert_close(result.weights, autograd_weights(pbi, losses), rtol=1e-10, atol=1e-12)
+    assume(
+        bool((off.norm(dim=-1) > 1e-6 * (losses - z).norm(dim=-1)).all())
+    )  # off the ray: differentiable
+    result = PenaltyBoundaryIntersection(preference=preference, ideal=ideal, theta=theta).weights(
+        losses
+    )
+    torch.testing.assert_close(
+        result.weights, autograd_weights(pbi, losses), rtol=1e-10, atol=1e-12
+    )
     torch.testing.assert_close(result.diagnostics["value"], pbi(losses), rtol=1e-12, atol=1e-12)
 
 
@@ -123,8 +154,12 @@ def test_pbi_on_the_ray_takes_the_preference_direction() -> None:
     for losses in ([1.0, 1.0], [3.0, 3.0], [[2.0, 2.0], [5.0, 5.0]]):
         weights = PenaltyBoundaryIntersection()(torch.tensor(losses, dtype=F64))
         torch.testing.assert_close(weights, u.expand_as(weights), rtol=1e-15, atol=0)
-    weights = PenaltyBoundaryIntersection(preference=[1.0, 3.0], ideal=[1.0, -1.0])(torch.tensor([2.0, 2.0], dtype=F64))
-    torch.testing.assert_close(weights, torch.tensor([1.0, 3.0], dtype=F64) / math.sqrt(10), rtol=1e-12, atol=1e-15)
+    weights = PenaltyBoundaryIntersection(preference=[1.0, 3.0], ideal=[1.0, -1.0])(
+        torch.tensor([2.0, 2.0], dtype=F64)
+    )
+    torch.testing.assert_close(
+        weights, torch.tensor([1.0, 3.0], dtype=F64) / math.sqrt(10), rtol=1e-12, atol=1e-15
+    )
 
 
 @given(problem=problems(positive=True))
@@ -134,14 +169,18 @@ def test_gls_weights_are_the_gradient_of_the_geometric_mean(problem) -> None:
     result = GeometricLossStrategy().weights(losses)
     expected = autograd_weights(lambda l: l.prod(dim=-1) ** (1.0 / num_tasks), losses)
     torch.testing.assert_close(result.weights, expected, rtol=1e-10, atol=0)
-    torch.testing.assert_close(result.diagnostics["value"], losses.prod(dim=-1) ** (1.0 / num_tasks), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        result.diagnostics["value"], losses.prod(dim=-1) ** (1.0 / num_tasks), rtol=1e-12, atol=0
+    )
 
 
 def test_gls_survives_losses_whose_product_overflows() -> None:
     losses = torch.tensor([1e200, 1e200, 1e-100], dtype=F64)  # l_1 l_2 overflows; S = 1e100
     weights = GeometricLossStrategy()(losses)
     assert bool(torch.isfinite(weights).all())
-    torch.testing.assert_close(weights * losses, torch.full((3,), 1e100 / 3, dtype=F64), rtol=1e-10, atol=0)
+    torch.testing.assert_close(
+        weights * losses, torch.full((3,), 1e100 / 3, dtype=F64), rtol=1e-10, atol=0
+    )
 
 
 # -- STCH tends to Tchebycheff ------------------------------------------------------------------------
@@ -154,16 +193,33 @@ def test_stch_tends_to_tchebycheff_as_mu_goes_to_zero(problem) -> None:
     terms = p * (losses - z)
     ordered = terms.sort(dim=-1, descending=True).values
     # the margin between the largest term and the next distinct one sets how small mu must be
-    gaps = (ordered[..., :1] - ordered)
-    distinct = torch.where(gaps > 1e-9 * ordered[..., :1].abs().clamp_min(1e-300), gaps, torch.inf).amin(dim=-1)
+    gaps = ordered[..., :1] - ordered
+    distinct = torch.where(
+        gaps > 1e-9 * ordered[..., :1].abs().clamp_min(1e-300), gaps, torch.inf
+    ).amin(dim=-1)
     assume(bool((distinct > 1e-6 * terms.abs().amax(dim=-1)).all()))
     hard = Tchebycheff(preference=preference, ideal=ideal).weights(losses)
-    mu = min(float(distinct.min()) / 800, 1.0)  # exp(-800) underflows to 0: the shares of non-maxima vanish
+    mu = min(
+        float(distinct.min()) / 800, 1.0
+    )  # exp(-800) underflows to 0: the shares of non-maxima vanish
     smooth = SmoothTchebycheff(preference=preference, ideal=ideal, mu=mu).weights(losses)
     torch.testing.assert_close(smooth.weights, hard.weights, rtol=1e-12, atol=1e-300)
-    torch.testing.assert_close(smooth.diagnostics["value"], hard.diagnostics["value"], rtol=1e-9, atol=mu * math.log(losses.shape[-1]))
+    torch.testing.assert_close(
+        smooth.diagnostics["value"],
+        hard.diagnostics["value"],
+        rtol=1e-9,
+        atol=mu * math.log(losses.shape[-1]),
+    )
     # and monotonically closer in value as mu shrinks
-    values = [float(SmoothTchebycheff(preference=preference, ideal=ideal, mu=m).weights(losses).diagnostics["value"].sum()) for m in (1.0, 0.1, 0.01)]
+    values = [
+        float(
+            SmoothTchebycheff(preference=preference, ideal=ideal, mu=m)
+            .weights(losses)
+            .diagnostics["value"]
+            .sum()
+        )
+        for m in (1.0, 0.1, 0.01)
+    ]
     assert values[0] >= values[1] >= values[2] >= float(hard.diagnostics["value"].sum()) - 1e-9
 
 
@@ -197,7 +253,9 @@ def test_permuting_the_preference_with_the_tasks_permutes_the_weights(cls) -> No
     preference, ideal = [0.2, 0.5, 0.3], [0.1, -0.2, 0.0]
     order = [2, 0, 1]
     weights = cls(preference=preference, ideal=ideal)(losses)
-    permuted = cls(preference=[preference[i] for i in order], ideal=[ideal[i] for i in order])(losses[order])
+    permuted = cls(preference=[preference[i] for i in order], ideal=[ideal[i] for i in order])(
+        losses[order]
+    )
     torch.testing.assert_close(permuted, weights[order], rtol=1e-14, atol=0)
 
 
@@ -215,13 +273,19 @@ def test_gls_update_keeps_its_direction_under_rescaling_but_not_its_length() -> 
     assert "rescaling_invariant" not in method.claims
     with pytest.raises(AssertionError):
         assert_rescaling_invariant(GeometricLossStrategy, [_step([1.0, 1.0])], [2.0, 1.0])
-    assert_rescaling_invariant(GeometricLossStrategy, [_step([1.0, 1.0])], [2.0, 0.5])  # prod a = 1: unchanged
+    assert_rescaling_invariant(
+        GeometricLossStrategy, [_step([1.0, 1.0])], [2.0, 0.5]
+    )  # prod a = 1: unchanged
 
 
 def test_defaults_and_facts() -> None:
     assert SmoothTchebycheff().mu == 0.1 and PenaltyBoundaryIntersection().theta == 5.0
     for cls in (Tchebycheff, SmoothTchebycheff, PenaltyBoundaryIntersection, GeometricLossStrategy):
-        assert cls.claims == frozenset({"permutation_equivariant"}) and not cls.stateful and not cls.random
+        assert (
+            cls.claims == frozenset({"permutation_equivariant"})
+            and not cls.stateful
+            and not cls.random
+        )
     assert GeometricLossStrategy.loss_domain == "positive" and Tchebycheff.loss_domain == "any"
     assert SmoothTchebycheff(log_losses=True).loss_domain == "positive"
     with pytest.raises(LossDomainError):
@@ -279,7 +343,12 @@ def test_against_libmoon_pinned() -> None:
     }
     for (mu, case), expected in pinned.items():
         losses, p = (LOSSES, None) if case == 0 else (second, preference)
-        torch.testing.assert_close(SmoothTchebycheff(mu=mu, preference=p)(losses), torch.tensor(expected, dtype=F64), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(
+            SmoothTchebycheff(mu=mu, preference=p)(losses),
+            torch.tensor(expected, dtype=F64),
+            rtol=1e-12,
+            atol=1e-15,
+        )
     for theta, case, expected in [
         (1.0, 0, [0.0, 1.414213562373095]),
         (5.0, 0, [-2.82842712474619, 4.242640687119285]),
@@ -288,7 +357,10 @@ def test_against_libmoon_pinned() -> None:
     ]:
         losses, p = (LOSSES, None) if case == 0 else (second, preference)
         torch.testing.assert_close(
-            PenaltyBoundaryIntersection(theta=theta, preference=p)(losses), torch.tensor(expected, dtype=F64), rtol=1e-12, atol=1e-15
+            PenaltyBoundaryIntersection(theta=theta, preference=p)(losses),
+            torch.tensor(expected, dtype=F64),
+            rtol=1e-12,
+            atol=1e-15,
         )
     # tche: LibMOON's gradient (0, 1) at both inputs; ours is p_2 e_2
     assert Tchebycheff()(LOSSES).tolist() == [0.0, 0.5]
@@ -301,8 +373,13 @@ def test_against_the_stch_mtl_code_pinned() -> None:
     `K mu logsumexp(log(l / n) / mu)` is (2/9, 8/9) for mu = 1 and (0.030769..., 0.984615...) for
     mu = 1/2. Ours: `log_losses=True`, preference (1, 1), ideal log n, times K."""
     ideal = [math.log(2.0), math.log(0.5)]
-    for mu, expected in [(1.0, [0.22222222222222227, 0.8888888888888888]), (0.5, [0.030769230769230785, 0.9846153846153847])]:
-        weights = 2 * SmoothTchebycheff(log_losses=True, mu=mu, preference=[1.0, 1.0], ideal=ideal)(LOSSES)
+    for mu, expected in [
+        (1.0, [0.22222222222222227, 0.8888888888888888]),
+        (0.5, [0.030769230769230785, 0.9846153846153847]),
+    ]:
+        weights = 2 * SmoothTchebycheff(log_losses=True, mu=mu, preference=[1.0, 1.0], ideal=ideal)(
+            LOSSES
+        )
         torch.testing.assert_close(weights, torch.tensor(expected, dtype=F64), rtol=1e-12, atol=0)
 
 
@@ -328,13 +405,21 @@ def test_against_torchjd_scalarizers() -> None:
         preference = torch.rand(4, generator=generator, dtype=F64) + 0.1
         ideal = -torch.rand(4, generator=generator, dtype=F64)
         for mu in (0.1, 1.0):
-            expected = autograd_weights(scalarization.STCH(mu, weights=preference, reference=ideal), losses)
-            got = SmoothTchebycheff(mu=mu, preference=preference.tolist(), ideal=ideal.tolist())(losses)
+            expected = autograd_weights(
+                scalarization.STCH(mu, weights=preference, reference=ideal), losses
+            )
+            got = SmoothTchebycheff(mu=mu, preference=preference.tolist(), ideal=ideal.tolist())(
+                losses
+            )
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
         expected = autograd_weights(scalarization.STCH(0.1), losses)  # its default: uniform 1/K
         torch.testing.assert_close(SmoothTchebycheff()(losses), expected, rtol=1e-12, atol=1e-15)
-        expected = autograd_weights(scalarization.PBI(5.0, weights=preference, reference=ideal), losses)
-        got = PenaltyBoundaryIntersection(preference=preference.tolist(), ideal=ideal.tolist())(losses)
+        expected = autograd_weights(
+            scalarization.PBI(5.0, weights=preference, reference=ideal), losses
+        )
+        got = PenaltyBoundaryIntersection(preference=preference.tolist(), ideal=ideal.tolist())(
+            losses
+        )
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
         expected = autograd_weights(scalarization.GeometricMean(), losses)
         torch.testing.assert_close(GeometricLossStrategy()(losses), expected, rtol=1e-12, atol=0)
@@ -349,4 +434,6 @@ def test_gls_weights_beyond_the_losses_dtype_are_refused_with_the_reason() -> No
 
     with pytest.raises(MTLInputError, match="beyond the range of torch.float32"):
         make_method("gls")(torch.tensor([1e-30, 1e30, 1e30]))
-    assert torch.isfinite(make_method("gls")(torch.tensor([1e-30, 1e30, 1e30], dtype=torch.float64))).all()
+    assert torch.isfinite(
+        make_method("gls")(torch.tensor([1e-30, 1e30, 1e30], dtype=torch.float64))
+    ).all()

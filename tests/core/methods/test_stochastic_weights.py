@@ -45,12 +45,20 @@ def tensor(*values: float) -> torch.Tensor:
 
 
 def random_gramians(
-    num_steps: int, *, seed: int, num_tasks: int = 3, batch_shape: tuple[int, ...] = (), spread: float = 2.0, scale: float = 1.0
+    num_steps: int,
+    *,
+    seed: int,
+    num_tasks: int = 3,
+    batch_shape: tuple[int, ...] = (),
+    spread: float = 2.0,
+    scale: float = 1.0,
 ) -> list[torch.Tensor]:
     """`scale` times Gramians of Jacobians whose rows have norms 10^[0, spread], moving 30% per step."""
     generator = torch.Generator().manual_seed(seed)
     base = torch.randn((*batch_shape, num_tasks, num_tasks + 2), generator=generator, dtype=F64)
-    base = base * 10 ** (spread * torch.rand((*batch_shape, num_tasks, 1), generator=generator, dtype=F64))
+    base = base * 10 ** (
+        spread * torch.rand((*batch_shape, num_tasks, 1), generator=generator, dtype=F64)
+    )
     steps = []
     for _ in range(num_steps):
         noise = torch.randn(base.shape, generator=generator, dtype=F64)
@@ -123,10 +131,19 @@ def test_modo_steps_by_hand() -> None:
     assert torch.equal(method(GRAM, LOSSES), tensor(1.0, 0.0))
     assert torch.equal(method(GRAM, LOSSES), tensor(0.0, 1.0))
     small = MoDo(gamma=0.001, rho=0.0)
-    torch.testing.assert_close(small(GRAM, LOSSES), tensor(0.5, 0.5) - 0.001 * (tensor(-2.0, 8.0) - 3.0), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        small(GRAM, LOSSES),
+        tensor(0.5, 0.5) - 0.001 * (tensor(-2.0, 8.0) - 3.0),
+        rtol=1e-14,
+        atol=0,
+    )
 
 
-@given(jacobian=jacobians(min_tasks=1, max_tasks=5), gamma=st.floats(1e-3, 1e3), rho=st.floats(0.0, 1.0))
+@given(
+    jacobian=jacobians(min_tasks=1, max_tasks=5),
+    gamma=st.floats(1e-3, 1e3),
+    rho=st.floats(0.0, 1.0),
+)
 def test_modo_weights_stay_on_the_simplex(jacobian, gamma, rho) -> None:
     method = MoDo(gamma=gamma, rho=rho)
     gram = gramian(jacobian)
@@ -143,7 +160,9 @@ def test_modo_fixed_points_are_the_kkt_points(num_tasks, seed, rho) -> None:
     to it, and the converged point satisfies the KKT conditions."""
     generator = torch.Generator().manual_seed(seed)
     jacobian = torch.randn(num_tasks, num_tasks + 1, generator=generator, dtype=F64)
-    jacobian = jacobian / jacobian.norm(dim=1, keepdim=True)  # ||G|| <= K: 400 steps of 1 / ||G + rho I|| converge
+    jacobian = jacobian / jacobian.norm(
+        dim=1, keepdim=True
+    )  # ||G|| <= K: 400 steps of 1 / ||G + rho I|| converge
     gram = gramian(jacobian)
     regularised = gram + rho * torch.eye(num_tasks, dtype=F64)
     exact, _, _ = min_norm_active_set(regularised.numpy())
@@ -171,7 +190,12 @@ def test_modo_matches_torchjd(gamma: float) -> None:
     for seed in range(10):
         ours, theirs = MoDo(gamma=gamma, rho=0.1), torchjd.MoDoWeighting(gamma=gamma, rho=0.1)
         for gram in random_gramians(10, seed=seed, num_tasks=2 + seed % 4):
-            torch.testing.assert_close(ours(gram, torch.ones(gram.shape[-1], dtype=F64)), theirs(gram), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(
+                ours(gram, torch.ones(gram.shape[-1], dtype=F64)),
+                theirs(gram),
+                rtol=1e-10,
+                atol=1e-12,
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,12 +207,20 @@ def test_sdmgrad_direction_weights_by_hand() -> None:
     """`(w + lambda / K) / (1 + lambda)`: w = e_2 (see tests/core/methods/test_golden.py) gives (3, 23) / 26;
     "sum" multiplies by K; lambda = 0 returns w itself."""
     assert torch.equal(SDMGrad().direction_weights(tensor(0.0, 1.0)), tensor(0.15, 1.15) / 1.3)
-    assert torch.equal(SDMGrad(reduction="sum").direction_weights(tensor(0.0, 1.0)), 2 * tensor(0.15, 1.15) / 1.3)
-    assert torch.equal(SDMGrad(lambda_=0.0).direction_weights(tensor(0.25, 0.75)), tensor(0.25, 0.75))
+    assert torch.equal(
+        SDMGrad(reduction="sum").direction_weights(tensor(0.0, 1.0)), 2 * tensor(0.15, 1.15) / 1.3
+    )
+    assert torch.equal(
+        SDMGrad(lambda_=0.0).direction_weights(tensor(0.25, 0.75)), tensor(0.25, 0.75)
+    )
     torch.testing.assert_close(SDMGrad()(GRAM, LOSSES), tensor(3 / 26, 23 / 26), rtol=1e-14, atol=0)
 
 
-@given(jacobian=jacobians(min_tasks=1, max_tasks=5), lambda_=st.floats(0.0, 10.0), lr=st.floats(1e-3, 100.0))
+@given(
+    jacobian=jacobians(min_tasks=1, max_tasks=5),
+    lambda_=st.floats(0.0, 10.0),
+    lr=st.floats(1e-3, 100.0),
+)
 def test_sdmgrad_weights_stay_on_the_simplex(jacobian, lambda_, lr) -> None:
     method = SDMGrad(lambda_=lambda_, lr=lr)
     gram = gramian(jacobian)
@@ -223,13 +255,20 @@ def test_sdmgrad_fixed_points_are_the_kkt_points(num_tasks, seed, lambda_) -> No
     normalized = SDMGrad.normalized_gramian(gram)
     exact = sdmgrad_exact(normalized, lambda_)
     stable = 0.5 / float(torch.linalg.eigvalsh(normalized)[-1].clamp_min(1e-12))
-    for lr, momentum, iterations in ((10.0, 0.5, 1), (1000.0, 0.9, 1), (stable, 0.5, 20), (0.1 * stable, 0.0, 20)):
+    for lr, momentum, iterations in (
+        (10.0, 0.5, 1),
+        (1000.0, 0.9, 1),
+        (stable, 0.5, 20),
+        (0.1 * stable, 0.0, 20),
+    ):
         method = SDMGrad(lr=lr, momentum=momentum, lambda_=lambda_, iterations=iterations)
         method.load_state_dict({"batch_shape": [], "calls": 1, "weights": exact})
         result = method.weights(gram, torch.ones(num_tasks, dtype=F64))
         tolerance = 1e-13 * max(lr, 1.0) * float(normalized.abs().max())
         torch.testing.assert_close(method.simplex_weights, exact, rtol=0, atol=tolerance)
-        torch.testing.assert_close(result.weights, method.direction_weights(exact), rtol=0, atol=tolerance)
+        torch.testing.assert_close(
+            result.weights, method.direction_weights(exact), rtol=0, atol=tolerance
+        )
         assert float(result.diagnostics["kkt_residual"]) <= 1e-11
     method = SDMGrad(lr=stable, momentum=0.5, lambda_=lambda_, iterations=3000)
     method(gram, torch.ones(num_tasks, dtype=F64))
@@ -256,7 +295,12 @@ def test_sdmgrad_ignores_a_common_scale_of_the_gradients() -> None:
     gram = random_gramians(1, seed=1, num_tasks=3, spread=0.5)[0]
     reference = SDMGrad(lr=0.1)(gram, torch.ones(3, dtype=F64))
     for factor in (1e-12, 1e-6, 1e6):
-        torch.testing.assert_close(SDMGrad(lr=0.1)(factor * gram, torch.ones(3, dtype=F64)), reference, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            SDMGrad(lr=0.1)(factor * gram, torch.ones(3, dtype=F64)),
+            reference,
+            rtol=1e-12,
+            atol=1e-14,
+        )
     theirs_large = torchjd.SDMGradWeighting(lr=0.1)(gram)
     theirs_small = torchjd.SDMGradWeighting(lr=0.1)(1e-12 * gram)
     torch.testing.assert_close(theirs_large, reference, rtol=1e-7, atol=1e-9)
@@ -279,16 +323,22 @@ def test_sdmgrad_matches_torchjd(lr: float) -> None:
         num_tasks = 2 + seed % 4
         theirs = torchjd.SDMGradWeighting(lr=lr)
         trajectory_ours = SDMGrad(lr=lr)
-        for gram in random_gramians(10, seed=seed, num_tasks=num_tasks, scale=1.0 if lr < 1 else 1e8):
+        for gram in random_gramians(
+            10, seed=seed, num_tasks=num_tasks, scale=1.0 if lr < 1 else 1e8
+        ):
             kept = getattr(theirs, "_w", None)
             ours = SDMGrad(lr=lr)
             if kept is not None:
-                ours.load_state_dict({"batch_shape": [], "calls": 1, "weights": kept.detach().clone()})
+                ours.load_state_dict(
+                    {"batch_shape": [], "calls": 1, "weights": kept.detach().clone()}
+                )
             ones = torch.ones(num_tasks, dtype=F64)
             expected = theirs(gram)
             torch.testing.assert_close(ours(gram, ones), expected, rtol=1e-9, atol=1e-9)
             if lr < 1:
-                torch.testing.assert_close(trajectory_ours(gram, ones), expected, rtol=1e-7, atol=1e-9)
+                torch.testing.assert_close(
+                    trajectory_ours(gram, ones), expected, rtol=1e-7, atol=1e-9
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +399,10 @@ def test_the_engine_in_both_modes() -> None:
             model = TwoLayerMultiTask(3)
             representation = model.representation()
             info = core.mtl_backward(
-                model.losses_from(representation), model.shared_params(), factory(), task_params=model.task_params(),
+                model.losses_from(representation),
+                model.shared_params(),
+                factory(),
+                task_params=model.task_params(),
                 representation=representation if representation_mode else None,
             )
             assert abs(float(info.weights.sum()) - 1) <= 1e-12
@@ -373,15 +426,22 @@ def test_refusals_leave_the_state_untouched(factory) -> None:
         method(GRAM.expand(2, 2, 2), LOSSES.expand(2, 2))
     assert torch.equal(method.simplex_weights, kept)
     method.reset()
-    assert method.simplex_weights is None and method(torch.eye(3, dtype=F64), torch.ones(3, dtype=F64)).shape == (3,)
+    assert method.simplex_weights is None and method(
+        torch.eye(3, dtype=F64), torch.ones(3, dtype=F64)
+    ).shape == (3,)
 
 
 def test_zero_gradients_and_one_task() -> None:
     zero = torch.zeros(3, 3, dtype=F64)
     for method in (MoDo(rho=0.0), SDMGrad()):
-        torch.testing.assert_close(method(zero, torch.ones(3, dtype=F64)), torch.full((3,), 1 / 3, dtype=F64))
+        torch.testing.assert_close(
+            method(zero, torch.ones(3, dtype=F64)), torch.full((3,), 1 / 3, dtype=F64)
+        )
     for method in (MoDo(), SDMGrad(), SDMGrad(reduction="sum")):
-        assert torch.equal(method(torch.full((1, 1), 4.0, dtype=F64), torch.ones(1, dtype=F64)), torch.ones(1, dtype=F64))
+        assert torch.equal(
+            method(torch.full((1, 1), 4.0, dtype=F64), torch.ones(1, dtype=F64)),
+            torch.ones(1, dtype=F64),
+        )
 
 
 def test_float32_gramians_give_float32_weights() -> None:
@@ -411,22 +471,36 @@ def test_declarations() -> None:
     for cls in (MoDo, SDMGrad):
         assert cls.claims == {"permutation_equivariant", "simplex_weights"}
         assert cls.stateful and not cls.random and cls.loss_domain == "any"
-        assert cls.head_gradient is HeadGradient.WEIGHTED and cls.engine_modes == {"full", "representation"}
+        assert cls.head_gradient is HeadGradient.WEIGHTED and cls.engine_modes == {
+            "full",
+            "representation",
+        }
     assert SDMGrad(reduction="sum").claims == {"permutation_equivariant"}
     assert core.describe_method("modo").hyperparameters == {"gamma": 0.1, "rho": 0.1}
     assert core.describe_method("sdmgrad").hyperparameters == {
-        "lr": 10.0, "momentum": 0.5, "iterations": 20, "lambda_": 0.3, "reduction": "mean",
+        "lr": 10.0,
+        "momentum": 0.5,
+        "iterations": 20,
+        "lambda_": 0.3,
+        "reduction": "mean",
     }
 
 
 def test_ordered_matvec_is_matmul() -> None:
     generator = torch.Generator().manual_seed(0)
-    matrix, vector = torch.randn(2, 4, 4, generator=generator, dtype=F64), torch.randn(2, 4, generator=generator, dtype=F64)
-    torch.testing.assert_close(ordered_matvec(matrix, vector), (matrix @ vector[..., None])[..., 0], rtol=1e-13, atol=1e-14)
+    matrix, vector = (
+        torch.randn(2, 4, 4, generator=generator, dtype=F64),
+        torch.randn(2, 4, generator=generator, dtype=F64),
+    )
+    torch.testing.assert_close(
+        ordered_matvec(matrix, vector), (matrix @ vector[..., None])[..., 0], rtol=1e-13, atol=1e-14
+    )
     assert float(projected_gradient_residual(tensor(1.0, 0.0), tensor(-1.0, 5.0))) == 0.0
 
 
-def _torch_reference_step(method, gram: torch.Tensor, current: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _torch_reference_step(
+    method, gram: torch.Tensor, current: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One call of MoDo / SDMGrad written with the public torch helpers (the general path the
     numpy iteration mirrors): the new kept weights, the returned weights and the residual."""
     num_tasks = gram.shape[-1]
@@ -434,8 +508,14 @@ def _torch_reference_step(method, gram: torch.Tensor, current: torch.Tensor | No
         current = torch.full(gram.shape[:-1], 1.0 / num_tasks, dtype=F64)
     gram = 0.5 * (gram + gram.transpose(-1, -2))
     if isinstance(method, MoDo):
-        updated = simplex_projection(current - method.gamma * method.objective_gradient(gram, current))
-        return updated, updated, projected_gradient_residual(updated, method.objective_gradient(gram, updated))
+        updated = simplex_projection(
+            current - method.gamma * method.objective_gradient(gram, current)
+        )
+        return (
+            updated,
+            updated,
+            projected_gradient_residual(updated, method.objective_gradient(gram, updated)),
+        )
     normalized = method.normalized_gramian(gram)
     weights, velocity = current, torch.zeros_like(current)
     for _ in range(method.iterations):
@@ -446,7 +526,15 @@ def _torch_reference_step(method, gram: torch.Tensor, current: torch.Tensor | No
 
 
 @pytest.mark.parametrize("num_tasks", [1, 2, 3, 4])
-@pytest.mark.parametrize("factory", [MoDo, SDMGrad, lambda: SDMGrad(lr=0.3, momentum=0.0, reduction="sum"), lambda: MoDo(gamma=50.0)])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        MoDo,
+        SDMGrad,
+        lambda: SDMGrad(lr=0.3, momentum=0.0, reduction="sum"),
+        lambda: MoDo(gamma=50.0),
+    ],
+)
 def test_host_iteration_gives_the_bits_of_the_torch_helpers(factory, num_tasks: int) -> None:
     """The numpy iteration of `_weights` (and its K = 2 projection) against the same steps on
     the torch helpers: batched, unbatched and degenerate Gramians (zero, rank one, duplicated
@@ -467,22 +555,38 @@ def test_host_iteration_gives_the_bits_of_the_torch_helpers(factory, num_tasks: 
             kept, expected, residual = _torch_reference_step(method, gram, kept)
             assert torch.equal(method.simplex_weights, kept)
             assert torch.equal(result.weights, expected)
-            torch.testing.assert_close(result.diagnostics["kkt_residual"], residual, rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(
+                result.diagnostics["kkt_residual"], residual, rtol=1e-12, atol=1e-15
+            )
 
 
 def test_ordered_sum_of_two_terms_skips_the_sort_bit_for_bit() -> None:
     """K = 2 adds the two terms without sorting them (addition commutes exactly): the bits of the
     sorted sum, signed zeros, infinities and NaN included."""
     generator = torch.Generator().manual_seed(0)
-    values = torch.randn(200, 2, generator=generator, dtype=F64) * 10 ** torch.randint(-20, 20, (200, 2), generator=generator)
-    special = torch.tensor([[0.0, -0.0], [-0.0, -0.0], [math.inf, 1.0], [math.inf, -math.inf], [math.nan, 1.0], [1e308, 1e308]], dtype=F64)
+    values = torch.randn(200, 2, generator=generator, dtype=F64) * 10 ** torch.randint(
+        -20, 20, (200, 2), generator=generator
+    )
+    special = torch.tensor(
+        [
+            [0.0, -0.0],
+            [-0.0, -0.0],
+            [math.inf, 1.0],
+            [math.inf, -math.inf],
+            [math.nan, 1.0],
+            [1e308, 1e308],
+        ],
+        dtype=F64,
+    )
     for batch in (torch.cat([values, special]), values[0]):
         ordered, _ = torch.sort(batch, dim=-1)
         expected = ordered[..., 0] + ordered[..., 1]
         got = ordered_sum(batch)
         assert torch.equal(torch.isnan(got), torch.isnan(expected))
         finite = ~torch.isnan(expected)
-        assert torch.equal(got[finite], expected[finite]) and torch.equal(torch.signbit(got[finite]), torch.signbit(expected[finite]))
+        assert torch.equal(got[finite], expected[finite]) and torch.equal(
+            torch.signbit(got[finite]), torch.signbit(expected[finite])
+        )
 
 
 def _two_task_gramians(seed: int) -> torch.Tensor:
@@ -490,7 +594,10 @@ def _two_task_gramians(seed: int) -> torch.Tensor:
     return gramian(awkward_two_task_jacobians(seed))
 
 
-@pytest.mark.parametrize("options", [{}, {"lr": 0.5, "reduction": "sum"}, {"iterations": 3, "momentum": 0.0, "lambda_": 0.0}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"lr": 0.5, "reduction": "sum"}, {"iterations": 3, "momentum": 0.0, "lambda_": 0.0}],
+)
 def test_sdmgrad_two_task_scalar_path_equals_the_numpy_path(options) -> None:
     # 10 rows take the loop on Python floats, 100 rows the numpy arrays: the same bits, call after call
     small, large = SDMGrad(**options), SDMGrad(**options)

@@ -20,7 +20,13 @@ def small_model(seed: int) -> tuple[list[torch.Tensor], callable]:
 
     def losses(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         hidden = torch.tanh(inputs @ w.T + b)  # [5, 3]
-        return torch.stack([hidden[:, 0].pow(2).mean(), (hidden[:, 1] - 0.5).pow(2).mean(), torch.sin(hidden.sum(dim=1)).mean()])
+        return torch.stack(
+            [
+                hidden[:, 0].pow(2).mean(),
+                (hidden[:, 1] - 0.5).pow(2).mean(),
+                torch.sin(hidden.sum(dim=1)).mean(),
+            ]
+        )
 
     return [weight, bias], losses
 
@@ -36,7 +42,9 @@ def test_matches_the_dense_hessian(seed, damping) -> None:
         return (alpha * losses(flat[:6].reshape(3, 2), flat[6:])).sum()
 
     point = torch.cat([p.detach().reshape(-1) for p in params])
-    dense = torch.autograd.functional.hessian(flat_objective, point) + damping * torch.eye(9, dtype=F64)
+    dense = torch.autograd.functional.hessian(flat_objective, point) + damping * torch.eye(
+        9, dtype=F64
+    )
     for column in range(9):
         unit = torch.zeros(9, dtype=F64)
         unit[column] = 1.0
@@ -46,8 +54,13 @@ def test_matches_the_dense_hessian(seed, damping) -> None:
     # the gradient of the weighted sum, and a finite difference of it along the vector
     torch.testing.assert_close(operator.gradient, torch.func.grad(flat_objective)(point))
     step = 1e-6
-    difference = (torch.func.grad(flat_objective)(point + step * vector) - torch.func.grad(flat_objective)(point - step * vector)) / (2 * step)
-    torch.testing.assert_close(operator(vector) - damping * vector, difference, rtol=1e-6, atol=1e-7)
+    difference = (
+        torch.func.grad(flat_objective)(point + step * vector)
+        - torch.func.grad(flat_objective)(point - step * vector)
+    ) / (2 * step)
+    torch.testing.assert_close(
+        operator(vector) - damping * vector, difference, rtol=1e-6, atol=1e-7
+    )
 
 
 def test_unreached_parameters_give_zero_blocks_and_the_graph_is_reused() -> None:

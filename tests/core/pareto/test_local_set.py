@@ -44,7 +44,9 @@ def test_parameterisation_and_front_are_first_order_accurate(seed) -> None:
     points = local.point(steps[:, None] * direction / direction.norm())
     _, jacobian = batched_task_gradients(problem, points)
     residuals = stationarity(gramian(jacobian))[1]
-    value_errors = (problem(points) - local.predicted_values(steps[:, None] * direction / direction.norm())).norm(dim=1)
+    value_errors = (
+        problem(points) - local.predicted_values(steps[:, None] * direction / direction.norm())
+    ).norm(dim=1)
     assert 1.8 <= fitted_slope(steps, residuals) <= 2.3
     assert 1.8 <= fitted_slope(steps, value_errors) <= 2.3
 
@@ -54,7 +56,12 @@ def test_queries_by_objective_change_reach_the_requested_trade_off() -> None:
     local = build(problem, problem.pareto_point(torch.tensor([0.5, 0.5], dtype=F64)))
     along_front = local.front_directions[:, 0] * 1e-3  # a reachable change (tangent to the front)
     coordinates = local.coordinates_for(along_front)
-    torch.testing.assert_close(local.predicted_values(coordinates) - local.center_values, along_front, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(
+        local.predicted_values(coordinates) - local.center_values,
+        along_front,
+        rtol=1e-10,
+        atol=1e-14,
+    )
     reached = problem(local.point(coordinates)) - local.center_values
     assert float((reached - along_front).norm()) <= 1e-2 * float(along_front.norm())  # O(s^2) off
     assert bool(reached[0] * reached[1] < 0)  # a trade-off: one task gains what the other loses

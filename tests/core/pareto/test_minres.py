@@ -39,7 +39,10 @@ def test_matches_a_dense_solve_on_indefinite_systems(dtype, n, seed) -> None:
     result = minres(lambda v: matrix.to(dtype) @ v, rhs.to(dtype), rtol=rtol)
     expected = torch.linalg.solve(matrix, rhs)
     assert result.converged and result.solution.dtype == dtype
-    assert float((result.solution.double() - expected).norm()) <= accepted * float(expected.norm()) * 10
+    assert (
+        float((result.solution.double() - expected).norm())
+        <= accepted * float(expected.norm()) * 10
+    )
     # the residual estimate is the true residual, and it never increases
     true_residual = float((rhs - matrix @ result.solution.double()).norm())
     assert abs(float(result.residual_norms[-1]) - true_residual) <= accepted * float(rhs.norm())
@@ -68,11 +71,16 @@ def test_inconsistent_singular_systems_reach_a_least_squares_solution(n, seed) -
     eigenvalue is ~1e-16, not 0, so past the least-squares point MINRES would go on to solve that
     nearly singular system: the test on `||A r||` must be looser than the rounding level (1e-8)."""
     matrix, null_basis = symmetric(n, seed=seed, null=1)
-    rhs = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1), dtype=F64) + null_basis[:, 0]
+    rhs = (
+        torch.randn(n, generator=torch.Generator().manual_seed(seed + 1), dtype=F64)
+        + null_basis[:, 0]
+    )
     result = minres(lambda v: matrix @ v, rhs, rtol=1e-8, maxiter=10 * n)
     assert result.reason in ("least_squares", "exact_breakdown")
     residual = rhs - matrix @ result.solution
-    assert float((matrix @ residual).norm()) <= 1e-6 * float(torch.linalg.matrix_norm(matrix, 2)) * float(rhs.norm())
+    assert float((matrix @ residual).norm()) <= 1e-6 * float(
+        torch.linalg.matrix_norm(matrix, 2)
+    ) * float(rhs.norm())
     # the least-squares residual is the null-space part of b
     torch.testing.assert_close(residual.norm(), (null_basis.T @ rhs).norm(), rtol=1e-6, atol=0)
 
@@ -100,7 +108,9 @@ def test_two_iterations_on_a_two_dimensional_krylov_space() -> None:
     matrix = torch.diag(torch.tensor([0.0, -0.5, 40.0], dtype=F64))
     rhs = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
     result = minres(lambda v: matrix @ v, rhs, rtol=1e-14, maxiter=2)
-    torch.testing.assert_close(result.solution, torch.tensor([0.0, -2.0, 0.05], dtype=F64), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        result.solution, torch.tensor([0.0, -2.0, 0.05], dtype=F64), rtol=1e-12, atol=1e-14
+    )
 
 
 def test_bad_arguments_are_clear() -> None:

@@ -29,7 +29,9 @@ from core.jacobian import gramian
 from core.pareto.stationarity import default_tolerance
 from tests.jacobian_strategies import jacobians
 
-solver = importlib.import_module("core.pareto.stationarity")  # the module (core.pareto re-exports a function of that name)
+solver = importlib.import_module(
+    "core.pareto.stationarity"
+)  # the module (core.pareto re-exports a function of that name)
 F64 = torch.float64
 EPS = float(np.finfo(np.float64).eps)
 
@@ -103,7 +105,7 @@ def test_smallest_gradient_vertex_across_twelve_orders(num_tasks, dtype) -> None
     jacobian = (directions * 10.0 ** exponents[:, None])[order]
     smallest = int(torch.argmin(exponents[order]))
     gram = gramian(jacobian)
-    assert bool(((gram[smallest] >= gram[smallest, smallest])).all())  # the vertex is optimal
+    assert bool((gram[smallest] >= gram[smallest, smallest]).all())  # the vertex is optimal
     solution = min_norm_point(gram.to(dtype))
     expected = torch.zeros(num_tasks, dtype=dtype)
     expected[smallest] = 1.0
@@ -116,7 +118,9 @@ def test_termination_within_the_documented_bound(max_iterations) -> None:
     """At most `max_iterations` face solves, always a simplex point, and the objective never
     increases with more solves (the active set only moves to strictly better face minimisers)."""
     generator = torch.Generator().manual_seed(1)
-    jacobian = torch.randn(40, 10, generator=generator, dtype=F64)  # rank deficient: 0 is in the hull
+    jacobian = torch.randn(
+        40, 10, generator=generator, dtype=F64
+    )  # rank deficient: 0 is in the hull
     jacobian[:20] *= 1e3
     gram = gramian(jacobian)
     solution = min_norm_point(gram, max_iterations=max_iterations)
@@ -124,7 +128,9 @@ def test_termination_within_the_documented_bound(max_iterations) -> None:
     assert bool((solution.weights >= 0).all()) and abs(solution.weights.sum().item() - 1) <= 1e-12
     if max_iterations > 0:
         fewer = min_norm_point(gram, max_iterations=max_iterations - 1)
-        assert solution.squared_norm.item() <= fewer.squared_norm.item() + 1e-15 * float(gram.diagonal().max())
+        assert solution.squared_norm.item() <= fewer.squared_norm.item() + 1e-15 * float(
+            gram.diagonal().max()
+        )
     if max_iterations == 2000:
         assert solution.kkt_gap.item() <= 1e-15
 
@@ -133,7 +139,12 @@ def test_tolerance_stops_early_and_is_validated() -> None:
     gram = gramian(torch.randn(12, 20, generator=torch.Generator().manual_seed(2), dtype=F64))
     loose, exact = min_norm_point(gram, tolerance=1e-2), min_norm_point(gram)
     assert loose.iterations <= exact.iterations and loose.kkt_gap.item() <= 1e-2
-    for bad in ({"max_iterations": -1}, {"max_iterations": 1.5}, {"tolerance": -1e-3}, {"tolerance": math.inf}):
+    for bad in (
+        {"max_iterations": -1},
+        {"max_iterations": 1.5},
+        {"tolerance": -1e-3},
+        {"tolerance": math.inf},
+    ):
         with pytest.raises(InvalidHyperparameterError):
             min_norm_point(gram, **bad)
 
@@ -150,7 +161,9 @@ def test_float32_gramian_reaches_a_tiny_gap(num_tasks) -> None:
     assert solution.weights.dtype == torch.float32 and solution.kkt_gap.dtype == torch.float32
     assert solution.kkt_gap.item() <= 1e-14
     returned = solution.weights.double()
-    assert slack(unit_scaled(low), (returned / returned.sum()).numpy()).max() <= default_tolerance(torch.float32)
+    assert slack(unit_scaled(low), (returned / returned.sum()).numpy()).max() <= default_tolerance(
+        torch.float32
+    )
 
 
 def test_rank_deficient_float32_gramian_is_solved_to_its_own_rounding() -> None:
@@ -168,7 +181,14 @@ def test_batches_agree_with_single_solves(data, num_tasks, batch) -> None:
     """Batches of 4 or more with K <= 4 solve every face at once (`_enumerate_faces`), of 16 or
     more with larger K run the active set in lockstep (`_lockstep_active_set`), the rest element
     by element: all give the min-norm point (the weights where they are unique)."""
-    rows = [data.draw(jacobians(min_tasks=num_tasks, max_tasks=num_tasks, max_dim=6, min_exponent=-4, max_exponent=4)) for _ in range(batch)]
+    rows = [
+        data.draw(
+            jacobians(
+                min_tasks=num_tasks, max_tasks=num_tasks, max_dim=6, min_exponent=-4, max_exponent=4
+            )
+        )
+        for _ in range(batch)
+    ]
     dim = max(row.shape[1] for row in rows)
     jacobian = torch.stack([torch.nn.functional.pad(row, (0, dim - row.shape[1])) for row in rows])
     gram = gramian(jacobian)
@@ -176,8 +196,15 @@ def test_batches_agree_with_single_solves(data, num_tasks, batch) -> None:
     for index in range(batch):
         single = min_norm_point(gram[index])
         largest = float(jacobian[index].norm(dim=1).max()) or 1.0
-        torch.testing.assert_close(batched.weights[index] @ jacobian[index], single.weights @ jacobian[index], rtol=0, atol=1e-7 * largest)
-        assert batched.squared_norm[index].item() == pytest.approx(single.squared_norm.item(), abs=1e-14 * largest**2)
+        torch.testing.assert_close(
+            batched.weights[index] @ jacobian[index],
+            single.weights @ jacobian[index],
+            rtol=0,
+            atol=1e-7 * largest,
+        )
+        assert batched.squared_norm[index].item() == pytest.approx(
+            single.squared_norm.item(), abs=1e-14 * largest**2
+        )
 
 
 def test_all_faces_path_matches_the_active_set_on_degenerate_rows() -> None:
@@ -195,7 +222,12 @@ def test_all_faces_path_matches_the_active_set_on_degenerate_rows() -> None:
     for index in range(6):
         single = min_norm_point(gram[index])
         largest = float(base[index].norm(dim=1).max())
-        torch.testing.assert_close(batched.weights[index] @ base[index], single.weights @ base[index], rtol=0, atol=1e-9 * largest)
+        torch.testing.assert_close(
+            batched.weights[index] @ base[index],
+            single.weights @ base[index],
+            rtol=0,
+            atol=1e-9 * largest,
+        )
 
 
 @pytest.mark.parametrize("num_tasks", [6, 12])
@@ -209,14 +241,21 @@ def test_lockstep_path_on_degenerate_rows_and_wide_scales(num_tasks) -> None:
     jacobian[1::4, 1] = jacobian[1::4, 2]
     jacobian[2::4, 3] = -2.0 * jacobian[2::4, 4]
     jacobian[3::4, :, 3:] = 0.0  # rank 3
-    jacobian = jacobian * 10.0 ** (12 * torch.rand(24, num_tasks, 1, generator=generator, dtype=F64) - 6)
+    jacobian = jacobian * 10.0 ** (
+        12 * torch.rand(24, num_tasks, 1, generator=generator, dtype=F64) - 6
+    )
     gram = gramian(jacobian)
     batched = min_norm_point(gram)
     assert float(batched.kkt_gap.max()) <= 1e-15
     for index in range(24):
         single = min_norm_point(gram[index])
         largest = float(jacobian[index].norm(dim=1).max())
-        torch.testing.assert_close(batched.weights[index] @ jacobian[index], single.weights @ jacobian[index], rtol=0, atol=1e-9 * largest)
+        torch.testing.assert_close(
+            batched.weights[index] @ jacobian[index],
+            single.weights @ jacobian[index],
+            rtol=0,
+            atol=1e-9 * largest,
+        )
 
 
 def test_found_nearly_collinear_face_is_reduced() -> None:
@@ -259,14 +298,21 @@ def test_face_minimiser_solves_the_faces_kkt_system(seed, size, mu) -> None:
     bordered[:size, :size] = gram[np.ix_(support, support)]
     bordered[:size, size] = bordered[size, :size] = 1.0
     expected = np.linalg.solve(bordered, np.append(-mu * linear[support], 1.0))[:size]
-    np.testing.assert_allclose((point + mu * direction)[support], expected, rtol=0, atol=1e-9 * max(1.0, np.abs(expected).max()))
+    np.testing.assert_allclose(
+        (point + mu * direction)[support],
+        expected,
+        rtol=0,
+        atol=1e-9 * max(1.0, np.abs(expected).max()),
+    )
     alone, _ = solver.face_minimiser(gram, support)
     np.testing.assert_allclose(alone, point, rtol=0, atol=1e-15)
 
 
 @given(seed=st.integers(0, 2**31 - 1), num_tasks=st.integers(3, 8), mu=st.floats(0.0, 5.0))
 @settings(deadline=None, max_examples=30)
-def test_shifted_active_set_is_the_min_norm_point_of_the_shifted_points(seed, num_tasks, mu) -> None:
+def test_shifted_active_set_is_the_min_norm_point_of_the_shifted_points(
+    seed, num_tasks, mu
+) -> None:
     """`min_norm_active_set(G, linear=G 1/K, shift=mu)` is the min-norm point of `g_i + mu g_0`."""
     jacobian = torch.randn(num_tasks, 6, generator=torch.Generator().manual_seed(seed), dtype=F64)
     gram = gramian(jacobian).numpy()
@@ -274,7 +320,9 @@ def test_shifted_active_set_is_the_min_norm_point_of_the_shifted_points(seed, nu
     shifted = jacobian + mu * jacobian.mean(dim=0)
     expected = min_norm_point(gramian(shifted)).weights
     scale = float(shifted.norm(dim=1).max())
-    torch.testing.assert_close(torch.from_numpy(weights) @ shifted, expected @ shifted, rtol=0, atol=1e-9 * scale)
+    torch.testing.assert_close(
+        torch.from_numpy(weights) @ shifted, expected @ shifted, rtol=0, atol=1e-9 * scale
+    )
     np.testing.assert_array_equal(support, np.flatnonzero(weights > 0))
 
 
@@ -290,7 +338,9 @@ def test_two_task_closed_form_is_the_general_path(jacobian) -> None:
     general, _, _ = solver.min_norm_active_set(unit_scaled(gram))
     general = torch.from_numpy(general)
     largest = float(jacobian.norm(dim=1).max())
-    torch.testing.assert_close(closed.weights @ jacobian, general @ jacobian, rtol=0, atol=1e-12 * largest)
+    torch.testing.assert_close(
+        closed.weights @ jacobian, general @ jacobian, rtol=0, atol=1e-12 * largest
+    )
     if not torch.equal(jacobian[0], jacobian[1]):
         torch.testing.assert_close(closed.weights, general, rtol=0, atol=1e-9)
 
@@ -309,4 +359,6 @@ def test_two_task_degenerate_cases(rows, expected) -> None:
     closed = min_norm_point(gramian(jacobian)).weights
     torch.testing.assert_close(closed, torch.tensor(expected, dtype=F64))
     general, _, _ = solver.min_norm_active_set(unit_scaled(gramian(jacobian)))
-    torch.testing.assert_close(torch.from_numpy(general) @ jacobian, closed @ jacobian, rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        torch.from_numpy(general) @ jacobian, closed @ jacobian, rtol=0, atol=1e-15
+    )

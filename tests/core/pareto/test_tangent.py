@@ -33,7 +33,9 @@ def residual(problem, points: torch.Tensor) -> torch.Tensor:
 def test_quadratic_with_identity_curvature_moves_in_the_affine_hull_of_the_centres() -> None:
     """f_i = 1/2 ||x - c_i||^2: H = I, so v = G^T beta = sum_i beta_i (x - c_i), which lies in the
     span of the c_i - c_j once sum beta = 0 (spec §7.3); one MINRES iteration solves it."""
-    centers = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]], dtype=F64)
+    centers = torch.tensor(
+        [[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]], dtype=F64
+    )
     problem = ConvexQuadratic(centers)
     x_star = problem.pareto_point(torch.tensor([0.2, 0.3, 0.5], dtype=F64))
     losses, params = at(problem, x_star)
@@ -42,7 +44,9 @@ def test_quadratic_with_identity_curvature_moves_in_the_affine_hull_of_the_centr
     assert result.residual <= 1e-10
     expected = betas @ (x_star - centers)
     torch.testing.assert_close(result.raw, expected, rtol=1e-10, atol=1e-12)
-    assert bool((result.directions[:, 2:].abs() <= 1e-12).all())  # the hull spans the first two axes
+    assert bool(
+        (result.directions[:, 2:].abs() <= 1e-12).all()
+    )  # the hull spans the first two axes
     torch.testing.assert_close(result.directions.norm(dim=1), torch.ones(4, dtype=F64))
 
 
@@ -58,7 +62,9 @@ def test_tangent_steps_stay_stationary_to_second_order(seed) -> None:
     gradient = loss_jacobian(*at(problem, x_star))[0]
     gradient = gradient / gradient.norm()
     steps = torch.tensor([1e-1, 1e-2, 1e-3], dtype=F64)
-    tangent_residuals = residual(problem, x_star + steps[:, None, None] * tangents)  # [3 steps, 3 directions]
+    tangent_residuals = residual(
+        problem, x_star + steps[:, None, None] * tangents
+    )  # [3 steps, 3 directions]
     slopes = torch.log10(tangent_residuals[:-1] / tangent_residuals[1:])
     assert bool((slopes > 1.8).all()), slopes
     gradient_residuals = residual(problem, x_star + steps[:, None] * gradient)
@@ -72,7 +78,9 @@ def test_gradient_correction_and_given_weights() -> None:
     betas = torch.eye(2, dtype=F64)
     corrected = tangent_directions(losses, params, betas, correct_gradients=True, rtol=1e-12)
     assert corrected.residual > 1e-6
-    torch.testing.assert_close(corrected.weights @ corrected.jacobian, torch.zeros(4, dtype=F64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        corrected.weights @ corrected.jacobian, torch.zeros(4, dtype=F64), rtol=0, atol=1e-12
+    )
     given = tangent_directions(losses, params, betas, weights=corrected.weights, rtol=1e-12)
     torch.testing.assert_close(given.weights, corrected.weights)
     with pytest.raises(MTLInputError, match="betas"):
@@ -85,11 +93,20 @@ def test_zdt2_variant_two_iterations_give_the_cylinder_axis() -> None:
     returns a gradient combination that leaves it."""
 
     theta = 0.7
-    x_star = torch.tensor([-math.pi + 0.3, math.sqrt(math.pi) * math.cos(theta), math.sqrt(math.pi) * math.sin(theta)], dtype=F64)
+    x_star = torch.tensor(
+        [
+            -math.pi + 0.3,
+            math.sqrt(math.pi) * math.cos(theta),
+            math.sqrt(math.pi) * math.sin(theta),
+        ],
+        dtype=F64,
+    )
     losses, params = at(zdt2_variant, x_star)
     betas = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     two = tangent_directions(losses, params, betas, maxiter=2).directions
-    torch.testing.assert_close(two.abs(), torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=F64), rtol=0, atol=1e-8)
+    torch.testing.assert_close(
+        two.abs(), torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=F64), rtol=0, atol=1e-8
+    )
     front = zdt2_variant(x_star + 0.3 * two)
     torch.testing.assert_close(front[:, 1], 1 - front[:, 0] ** 2, rtol=0, atol=1e-10)
     one = tangent_directions(losses, params, betas[:1], maxiter=1).directions
