@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m ruff check .
+python -m ruff format --check .
 python -m mypy
