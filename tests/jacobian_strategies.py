@@ -16,29 +16,32 @@ def jacobians(
     min_exponent: float = -12.0,
     max_exponent: float = 12.0,
     allow_zero_rows: bool = True,
+    full_rank: bool = False,
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """A K x D Jacobian: random directions, per-row scales 10^e, optional low rank, zero or duplicate rows.
 
     Structure drawn: rank below min(K, D) (rows from a low-dimensional subspace), strongly
     conflicting pairs (a row replaced by a negative multiple of another), duplicate rows and,
-    if allowed, exact zero rows.
+    if allowed, exact zero rows. With `full_rank`, none of these: K independent random rows in
+    D >= K dimensions, for properties that hold where the Gramian is positive definite (drawing
+    those by filtering the general strategy rejects most draws).
     """
     num_tasks = draw(st.integers(min_tasks, max_tasks))
-    dim = draw(st.integers(1, max_dim))
+    dim = draw(st.integers(num_tasks if full_rank else 1, max(max_dim, num_tasks)))
     seed = draw(st.integers(0, 2**31 - 1))
     generator = torch.Generator().manual_seed(seed)
-    rank = draw(st.integers(1, min(num_tasks, dim)))
+    rank = num_tasks if full_rank else draw(st.integers(1, min(num_tasks, dim)))
     basis = torch.randn(rank, dim, generator=generator, dtype=torch.float64)
     rows = torch.randn(num_tasks, rank, generator=generator, dtype=torch.float64) @ basis
-    if num_tasks >= 2 and draw(st.booleans()):
+    if num_tasks >= 2 and not full_rank and draw(st.booleans()):
         i, j = draw(st.permutations(range(num_tasks)))[:2]
         rows[i] = -draw(st.floats(0.1, 10.0)) * rows[j] if draw(st.booleans()) else rows[j]
     exponents = draw(
         st.lists(st.floats(min_exponent, max_exponent), min_size=num_tasks, max_size=num_tasks)
     )
     rows = rows * torch.tensor([10.0**e for e in exponents], dtype=torch.float64)[:, None]
-    if allow_zero_rows and num_tasks >= 2 and draw(st.booleans()):
+    if allow_zero_rows and not full_rank and num_tasks >= 2 and draw(st.booleans()):
         rows[draw(st.integers(0, num_tasks - 1))] = 0.0
     return rows.to(dtype)
 

@@ -203,9 +203,7 @@ def test_jacobi_resolves_small_eigenvalues_of_graded_gramians() -> None:
 
 
 @given(
-    jacobian=jacobians(
-        min_tasks=1, max_tasks=5, min_exponent=-4, max_exponent=4, allow_zero_rows=False
-    )
+    jacobian=jacobians(min_tasks=1, max_tasks=5, min_exponent=-4, max_exponent=4, full_rank=True)
 )
 def test_config_has_equal_cosines_with_every_gradient(jacobian) -> None:
     """Where U has full row rank: `u_i . d` is the same positive number for every task, and
@@ -547,9 +545,7 @@ def test_fairgrad_solves_its_equation(jacobian, alpha) -> None:
 
 
 @given(
-    jacobian=jacobians(
-        min_tasks=1, max_tasks=5, min_exponent=-4, max_exponent=4, allow_zero_rows=False
-    )
+    jacobian=jacobians(min_tasks=1, max_tasks=5, min_exponent=-4, max_exponent=4, full_rank=True)
 )
 def test_fairgrad_update_serves_every_task(jacobian) -> None:
     """Where the unit Gramian is positive definite: `g_i . d = w_i^(-1/alpha) - ridge G_ii w_i > 0`."""

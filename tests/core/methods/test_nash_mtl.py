@@ -58,7 +58,7 @@ def test_solves_the_regularised_nash_system(jacobian) -> None:
     )
 
 
-@given(jacobian=jacobians(min_tasks=1, max_tasks=5, allow_zero_rows=False))
+@given(jacobian=jacobians(min_tasks=1, max_tasks=5, full_rank=True))
 def test_nash_optimality_and_non_conflict_on_well_posed_jacobians(jacobian) -> None:
     """G alpha = 1/alpha, d . g_i = 1/alpha_i > 0 and ||d||^2 = K where the unit Gramian is PD.
 
