@@ -48,7 +48,6 @@ from proofs_numeric.report import (
 from toy_problems.command_config import CommandConfig
 from toy_problems.runner import forked_imap_unordered
 
-DEFAULT_OUT = Path("results/proofs_numeric")
 CLAIMS = {
     module.NAME: module
     for module in (

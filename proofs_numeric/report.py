@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from proofs_numeric.claim import ClaimResult
+from toy_problems.command_config import MACHINE, duration_text
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,6 @@ CELL_WIDTH = 100
 # --------------------------------------------------------------------------------------------
 # expected duration
 
-MACHINE = (
-    "the project's 2-core CPU machine"  # as toy_problems.command_config words it for benchmarks
-)
 EXPECTED_SECONDS: dict[str, tuple[float, float]] = {
     "invariance": (260.0, 3.5),
     "method_invariance": (205.0, 9.1),
@@ -79,15 +77,8 @@ def expected_duration_line(names: Sequence[str], /, *, quick: bool, processes: i
     claims = f"{len(names)} claim{'s' if len(names) != 1 else ''}"
     return (
         f"{claims}, {mode} mode, {processes} process{'es' if processes != 1 else ''}: expected "
-        f"{duration(seconds)} on {MACHINE} (approximate; {other}: {duration(other_seconds)})"
+        f"{duration_text(seconds)} on {MACHINE} (approximate; {other}: {duration_text(other_seconds)})"
     )
-
-
-def duration(seconds: float, /) -> str:
-    """'about 20 s', 'about 6 min' (worded as the benchmarks' expected durations)."""
-    if seconds < 90:
-        return f"about {seconds:.0f} s"
-    return f"about {seconds / 60:.0f} min"
 
 
 # --------------------------------------------------------------------------------------------
