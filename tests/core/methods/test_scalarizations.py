@@ -162,6 +162,27 @@ def test_pbi_on_the_ray_takes_the_preference_direction() -> None:
     )
 
 
+@pytest.mark.parametrize("theta", [0.5, 1.0, 5.0])
+def test_pbi_with_two_tasks_off_the_ray_weights_the_tasks_one_plus_and_one_minus_theta(
+    theta,
+) -> None:
+    """With K = 2 and the uniform preference the weights off the ray are (1 +- theta) / sqrt 2:
+    the task above the ray gets 1 + theta, the one below 1 - theta, so theta > 1 (MOEA/D's 5)
+    ascends the smaller loss at every step (RESULTS.md §2: PBI's MultiMNIST runs), theta = 1
+    (LibMOON's gradient-based default) switches one task off, theta < 1 keeps both positive."""
+    method = PenaltyBoundaryIntersection(theta=theta)
+    above_left = method(torch.tensor([2.3, 2.2], dtype=F64))
+    above_right = method(torch.tensor([0.4, 1.9], dtype=F64))
+    big, small = (1 + theta) / math.sqrt(2), (1 - theta) / math.sqrt(2)
+    torch.testing.assert_close(
+        above_left, torch.tensor([big, small], dtype=F64), rtol=1e-13, atol=1e-13
+    )
+    torch.testing.assert_close(
+        above_right, torch.tensor([small, big], dtype=F64), rtol=1e-13, atol=1e-13
+    )
+    assert bool((above_left < 0).any()) == (theta > 1)
+
+
 @given(problem=problems(positive=True))
 def test_gls_weights_are_the_gradient_of_the_geometric_mean(problem) -> None:
     losses, _, _ = problem
