@@ -247,9 +247,9 @@ class MoCo(JacobianAggregation):
     here). The paper's analysis also projects each y_i onto a ball of bounded gradients; neither
     LibMTL nor this class does. Engine mode: "full" only (LibMTL refuses `rep_grad` too).
 
-    Measured (benchmarks/RESULTS.md §2.1): on MultiMNIST under Adam the decaying tracking rate
-    leaves MoCo at Δm% 20.4 against LS's 2.7 at 20 epochs; constant rates (`beta_sigma=0,
-    gamma_sigma=0`) give 5.1.
+    Measured (benchmarks/RESULTS.md §2.1): on MultiMNIST under Adam the decaying rates leave MoCo
+    at Δm% 20.4 against LS's 2.7 at 20 epochs; constant rates (`beta_sigma=0, gamma_sigma=0`)
+    give 5.1.
 
     Diagnostics: `"contribution_norms"` (`lambda_i ||y_i||`) and `"tracked_norms"` (`||y_i||`).
     """
@@ -471,7 +471,7 @@ class DBMTL(JacobianAggregation):
 
     Measured (benchmarks/RESULTS.md §2.1): on MultiMNIST under Adam the constant average
     (`beta_sigma = 0`) makes the accuracies oscillate (Δm% 16.3 against LS's 2.7); with
-    `beta_sigma = 0.5` DB-MTL reaches 2.0 and beats LS on every seed.
+    `beta_sigma = 0.5` DB-MTL reaches 2.0, ahead of LS on all 3 seeds.
 
     Diagnostics: `"contribution_norms"` (`max_j ||m_j||`, or 0 for a zero average) and
     `"average_norms"` (`||m_i||`).
@@ -595,8 +595,8 @@ class ExcessMTL(JacobianAggregation):
     over the batch, which needs the features' layout).
 
     Measured (benchmarks/RESULTS.md §2.1): on MultiMNIST, eta = 1 takes the weights to a vertex
-    within a few epochs and the other task stops learning (Δm% 29.6 against LS's 2.7); LibMTL's
-    eta = 0.01 gives 3.7.
+    within a few epochs and the other task does not recover within 20 epochs (Δm% 29.6 against
+    LS's 2.7); LibMTL's eta = 0.01 gives 3.7.
 
     Diagnostics: `"excess_risks"` (`E_i`), `"contribution_norms"` (`alpha_i ||g_i||`).
     """

@@ -168,7 +168,7 @@ def test_pbi_with_two_tasks_off_the_ray_weights_the_tasks_one_plus_and_one_minus
 ) -> None:
     """With K = 2 and the uniform preference the weights off the ray are (1 +- theta) / sqrt 2:
     the task above the ray gets 1 + theta, the one below 1 - theta, so theta > 1 (MOEA/D's 5)
-    ascends the smaller loss at every step (RESULTS.md §2: PBI's MultiMNIST runs), theta = 1
+    ascends the smaller loss at every step off the ray (RESULTS.md §2.1), theta = 1
     (LibMOON's gradient-based default) switches one task off, theta < 1 keeps both positive."""
     method = PenaltyBoundaryIntersection(theta=theta)
     above_left = method(torch.tensor([2.3, 2.2], dtype=F64))
