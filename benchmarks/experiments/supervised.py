@@ -473,6 +473,10 @@ def plan_runs(
     runs = []
     if not config.no_single_task:  # first, so that a partial sweep already has its Δm base
         stl_settings = {**settings, "representation": False}
+        if protocol.selection == "best_val" or protocol.scheduler == "plateau":
+            # scheduled and selected on the task's own validation metrics: earlier single-task
+            # runs used every task's (the untrained heads' too), and get other ids
+            stl_settings["validation"] = "own task"
         runs += [
             RunSpec(spec.name, f"stl:{task}", seed, "none", stl_settings)
             for task in suite.task_names

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from benchmarks.harness.parallel import DataParallel
 from benchmarks.harness.runs import Checkpoint, RunSpec
-from benchmarks.harness.suite import Suite, TrainingProtocol
+from benchmarks.harness.suite import MetricSpec, Suite, TrainingProtocol
 from core.distributed import all_reduce_mean, transform_of_mean
 from core.engine import mtl_backward
 from core.errors import InvalidHyperparameterError, NonFiniteGradientError, NonFiniteLossError
@@ -154,15 +154,23 @@ def _make_scheduler(protocol: TrainingProtocol, optimizer: torch.optim.Optimizer
     )
 
 
-def _suite_delta_m(suite: Suite, metrics: Mapping[str, float]) -> float | None:
+def _suite_delta_m(
+    suite: Suite, metrics: Mapping[str, float], tasks: Sequence[str] | None = None
+) -> float | None:
+    """Delta_m over the metrics of `tasks` (default: every task) against the suite's base values."""
     if suite.base_values is None:
         return None
-    names = [m.name for m in suite.metrics]
+    specs = _task_metrics(suite, tasks)
     return delta_m(
-        [metrics[n] for n in names],
-        [suite.base_values[n] for n in names],
-        [m.higher_is_better for m in suite.metrics],
+        [metrics[m.name] for m in specs],
+        [suite.base_values[m.name] for m in specs],
+        [m.higher_is_better for m in specs],
     )
+
+
+def _task_metrics(suite: Suite, tasks: Sequence[str] | None) -> list[MetricSpec]:
+    """The suite's metrics of `tasks` (all of them for None), in the suite's order."""
+    return [m for m in suite.metrics if tasks is None or m.task in tasks]
 
 
 def select_metrics(suite: Suite, history: list[dict[str, Any]], selection: str) -> dict[str, Any]:
@@ -187,13 +195,18 @@ def select_metrics(suite: Suite, history: list[dict[str, Any]], selection: str) 
     )
 
 
-def _validation_score(suite: Suite, metrics: Mapping[str, float]) -> float:
-    """Delta_m against the base values where the suite has them; else the flat mean of the
-    metrics' relative changes against the first epoch cannot be formed, so lower-is-better sum."""
-    score = _suite_delta_m(suite, metrics)
+def _validation_score(suite: Suite, metrics: Mapping[str, float], tasks: Sequence[str]) -> float:
+    """Delta_m over the trained `tasks`' metrics against the base values where the suite has them
+    (a single-task run is scheduled and selected on its own task, not on the untrained heads of
+    the others); else the flat mean of the metrics' relative changes against the first epoch
+    cannot be formed, so lower-is-better sum."""
+    score = _suite_delta_m(suite, metrics, tasks)
     if score is not None:
         return score
-    return sum((-metrics[m.name] if m.higher_is_better else metrics[m.name]) for m in suite.metrics)
+    return sum(
+        (-metrics[m.name] if m.higher_is_better else metrics[m.name])
+        for m in _task_metrics(suite, tasks)
+    )
 
 
 def train_run(
@@ -314,7 +327,7 @@ def train_run(
         record["test"] = evaluate(suite, model, test_loader, device)
         if val_loader is not None:
             record["val"] = evaluate(suite, model, val_loader, device)
-            record["val_score"] = _validation_score(suite, record["val"])
+            record["val_score"] = _validation_score(suite, record["val"], task_names)
         if scheduler is not None:
             scheduler.step(
                 record["val_score"]
@@ -343,7 +356,7 @@ def train_run(
         result["diverged"] = diverged
     if history and not diverged:
         selected = select_metrics(suite, history, protocol.selection)
-        selected["delta_m"] = _suite_delta_m(suite, selected["test"])
+        selected["delta_m"] = _suite_delta_m(suite, selected["test"], task_names)
         result["selected"] = selected
     return result
 

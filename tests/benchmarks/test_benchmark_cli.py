@@ -264,3 +264,20 @@ def test_optimizer_and_lr_override_the_protocol_and_get_their_own_runs() -> None
         plan(lr=0.0)
     with pytest.raises(InvalidHyperparameterError, match="--optimizer must be one of"):
         plan(optimizer="rmsprop")
+
+
+def test_single_task_runs_scored_on_validation_are_marked_and_the_others_keep_their_ids() -> None:
+    """Single-task runs of a protocol that reads the validation split (QM9: plateau scheduler and
+    best-validation selection) are scored on their own task since the fix, and carry
+    `"validation": "own task"`, so that runs stored before it are not reused; MultiMNIST's (last
+    epoch, no plateau) are unaffected and keep their ids."""
+    from benchmarks.experiments import supervised
+
+    def stl_configs(experiment: str) -> list[dict]:
+        runs = supervised.planned_runs(supervised.Config(experiment, quick=True, methods="ls"))
+        return [run.config for run in runs if run.method.startswith("stl:")]
+
+    qm9 = stl_configs("qm9")
+    assert qm9 and all(config["validation"] == "own task" for config in qm9)
+    multimnist = stl_configs("multimnist")
+    assert multimnist and all("validation" not in config for config in multimnist)

@@ -322,6 +322,37 @@ def test_single_task_runs_train_one_task_and_give_the_base(tmp_path):
         )
 
 
+@pytest.mark.parametrize("base_values", [None, {"mpg_mae": 3.0, "origin_accuracy": 70.0}])
+def test_a_single_task_run_is_scheduled_and_selected_on_its_own_task(tmp_path, base_values):
+    """Validation scores (plateau scheduler, best_val selection) of "stl:TASK" read TASK's
+    metrics only: the other tasks' heads are never trained, and scoring them picked the epoch
+    where they happened to be least bad (QM9's first single-task runs selected epoch 1 or 2 of 10)."""
+    suite = dataclasses.replace(AUTOMPG, base_values=base_values)
+    protocol = dataclasses.replace(
+        AUTOMPG.protocol, epochs=3, selection="best_val", scheduler="plateau"
+    )
+    run = RunSpec("unit", "stl:origin", 0, "none", {})
+    result = train_run(
+        suite,
+        run,
+        Checkpoint(ResultStore(tmp_path), run),
+        protocol=protocol,
+        data_root=None,
+        device=torch.device("cpu"),
+    )
+    for record in result["history"]:
+        accuracy = record["val"]["origin_accuracy"]
+        expected = -accuracy if base_values is None else delta_m([accuracy], [70.0], [True])
+        assert record["val_score"] == pytest.approx(expected, rel=1e-12)
+    best = min(result["history"], key=lambda record: record["val_score"])
+    assert result["selected"]["epoch"] == best["epoch"]
+    if base_values is not None:
+        test_accuracy = result["selected"]["test"]["origin_accuracy"]
+        assert result["selected"]["delta_m"] == pytest.approx(
+            delta_m([test_accuracy], [70.0], [True]), rel=1e-12
+        )
+
+
 def test_a_diverging_run_is_recorded_not_raised(tmp_path):
     store = ResultStore(tmp_path)
     run = spec(transform="origin:affine:1000:0|exp")  # exp(1000 * CE) overflows at once
