@@ -155,9 +155,9 @@ def _make_scheduler(protocol: TrainingProtocol, optimizer: torch.optim.Optimizer
 
 
 def _suite_delta_m(
-    suite: Suite, metrics: Mapping[str, float], tasks: Sequence[str] | None = None
+    suite: Suite, metrics: Mapping[str, float], tasks: Sequence[str]
 ) -> float | None:
-    """Delta_m over the metrics of `tasks` (default: every task) against the suite's base values."""
+    """Delta_m over the metrics of `tasks` against the suite's base values."""
     if suite.base_values is None:
         return None
     specs = _task_metrics(suite, tasks)
@@ -168,9 +168,9 @@ def _suite_delta_m(
     )
 
 
-def _task_metrics(suite: Suite, tasks: Sequence[str] | None) -> list[MetricSpec]:
-    """The suite's metrics of `tasks` (all of them for None), in the suite's order."""
-    return [m for m in suite.metrics if tasks is None or m.task in tasks]
+def _task_metrics(suite: Suite, tasks: Sequence[str]) -> list[MetricSpec]:
+    """The suite's metrics of `tasks`, in the suite's order."""
+    return [m for m in suite.metrics if m.task in tasks]
 
 
 def select_metrics(suite: Suite, history: list[dict[str, Any]], selection: str) -> dict[str, Any]:
