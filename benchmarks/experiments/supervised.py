@@ -38,6 +38,7 @@ from benchmarks.harness.suite import Suite, TrainingProtocol
 from benchmarks.harness.summary import (
     delta_m_figure,
     delta_m_pivot,
+    delta_m_seed_table,
     markdown_table,
     single_task_reference,
     summarize,
@@ -596,6 +597,8 @@ def _sweep(spec: ExperimentSpec, suite: Suite, config: Config) -> ExperimentResu
         table += "\n\nΔm% ↓ (vs the base above) by loss transform:\n\n" + delta_m_pivot(
             rows, first=first
         )
+    if any(len(row.delta_m_per_seed) > 1 for row in rows):
+        table += "\n\nΔm% ↓ (vs the base above) seed by seed:\n\n" + delta_m_seed_table(rows)
     base_text = ", ".join(f"{name} {value:.4g}" for name, value in base.items()) if base else "none"
     provenance = (
         f"{_command_text(spec, suite, config)} ({'quick' if config.quick else 'full'}; epochs {protocol.epochs}; "

@@ -52,6 +52,9 @@ class Row:
     paired_delta_p_per_seed: dict[int, float] = field(
         default_factory=dict
     )  # seed -> Δp against the reference's run of that seed
+    delta_m_per_seed: dict[int, float] = field(
+        default_factory=dict
+    )  # seed -> Δm% of that seed's run against the base
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -162,16 +165,17 @@ def summarize(
         else:
             mean, std = {}, {}
         dm = None
+        seed_scores: dict[int, float] = {}
         if base is not None and finished:
-            seed_scores = [
-                delta_m(
+            seed_scores = {
+                r["spec"]["seed"]: delta_m(
                     [r["result"]["selected"]["test"][n] for n in names],
                     [base[n] for n in names],
                     higher,
                 )
                 for r in finished
-            ]
-            dm = _mean_std(seed_scores)
+            }
+            dm = _mean_std(list(seed_scores.values()))
         per_seed = {
             r["spec"]["seed"]: [r["result"]["selected"]["test"][n] for n in names] for r in finished
         }
@@ -187,6 +191,7 @@ def summarize(
                 None,
                 len(members) - len(finished),
                 per_seed,
+                delta_m_per_seed=seed_scores,
             )
         )
 
@@ -332,6 +337,25 @@ def delta_m_pivot(rows: Sequence[Row], /, *, first: Sequence[str] = ()) -> str:
                     else "–"
                 )
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def delta_m_seed_table(rows: Sequence[Row], /) -> str:
+    """Δm% of each seed's run, one row per transform and method, one column per seed (the spread
+    behind the summary's mean ± std, and what pairs rows seed by seed); "–" where a seed's run is
+    missing or diverged."""
+    seeds = sorted({seed for row in rows for seed in row.delta_m_per_seed})
+    header = ["transform", "method", *[f"seed {seed}" for seed in seeds]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if not row.delta_m_per_seed:
+            continue
+        cells = [row.transform.replace("|", "\\|"), row.method]
+        cells += [
+            f"{row.delta_m_per_seed[seed]:+.2f}" if seed in row.delta_m_per_seed else "–"
+            for seed in seeds
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

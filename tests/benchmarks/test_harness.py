@@ -16,6 +16,7 @@ from benchmarks.harness.suite import MetricSpec, TrainingProtocol
 from benchmarks.harness.summary import (
     delta_m_figure,
     delta_m_pivot,
+    delta_m_seed_table,
     family_groups,
     markdown_table,
     mean_rank_figure,
@@ -436,6 +437,10 @@ def test_summary_scores_follow_the_metric_definitions():
         delta_m([86.0, 1.7], [90.0, 1.0], [True, False]),
     ]
     assert mgda.delta_m[0] == pytest.approx(sum(per_seed) / 2)
+    assert mgda.delta_m_per_seed == pytest.approx({0: per_seed[0], 1: per_seed[1]})
+    seed_table = delta_m_seed_table(rows).splitlines()
+    assert seed_table[0] == "| transform | method | seed 0 | seed 1 |"
+    assert seed_table[3] == f"| none | mgda | {per_seed[0]:+.2f} | {per_seed[1]:+.2f} |"
     assert (
         mgda.delta_p == pytest.approx(delta_p([87.0, 1.6], [82.0, 2.1], [True, False], ["a", "b"]))
         and ls.delta_p == 0.0
@@ -455,6 +460,19 @@ def test_summary_scores_follow_the_metric_definitions():
     assert mgda.paired_delta_p_per_seed == pytest.approx({0: paired[0], 1: paired[1]})
     table = markdown_table(rows, TWO_METRICS)
     assert "mgda" in table and "1 diverged" in table
+
+
+def test_the_seed_table_marks_a_missing_seed():
+    records = [
+        _record("stl:a", 0, "none", 90.0, 9.0),
+        _record("stl:b", 0, "none", 10.0, 1.0),
+        _record("ls", 0, "none", 80.0, 2.0),
+        _record("ls", 1, "none", 84.0, 2.2),
+        _record("mgda", 1, "none", 86.0, 1.7),
+    ]
+    rows, _, _ = summarize(records, TWO_METRICS)
+    mgda_line = delta_m_seed_table(rows).splitlines()[3]
+    assert mgda_line.startswith("| none | mgda | – | +") and mgda_line.count("|") == 5
 
 
 def test_summary_falls_back_to_the_published_base():
