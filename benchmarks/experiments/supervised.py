@@ -244,13 +244,13 @@ EXPERIMENTS = {
                 "benchmarks.suites.qm9:CPU_PRESET",
                 "QM9 at CPU scale, still all 11 tasks of real QM9: 6,000 / 1,000 / 1,000 molecules of the train / val / test splits, "
                 "MPNN width 16, 10 epochs, gradient weightings on the shared features (MTL-R); by default 12 methods x seeds 0,1,2 x "
-                "{none, mu:power:2} + single-task runs, about 3 hours on 2 cores with --workers 2 (docs/DECISIONS.md)",
+                "{none, mu:power:2} + single-task runs, about 3.3 hours on 2 cores with --workers 2 (docs/DECISIONS.md)",
                 timing=RunTiming(
-                    190.0,
-                    209.0,
+                    227.0,
+                    229.0,
                     10,
-                    "docs/DECISIONS.md, QM9 at CPU scale: 6,290 s for the 33 single-task runs, "
-                    "15,040 s for the 72 method runs",
+                    "docs/DECISIONS.md, QM9 at CPU scale: measured with two workers side by side, "
+                    "227 s a single-task run and 229 s a method run",
                 ),
             ),
         ),

@@ -35,7 +35,7 @@ hidden width 16 instead of 64 (edge network 5 -> 128 -> 16 x 16; 39,803 paramete
 617,675), 10 epochs instead of 300, and per-task gradients on the shared features (MTL-R) for the
 gradient weightings. Sized by measured step times to train LS, SI-LS, RLW, UW, FAMO, MGDA, PCGrad,
 CAGrad, IMTL-G, Nash-MTL and DiBS-MTL (1 and 5 steps) x 3 seeds x {nominal, mu's loss squared}
-plus the 33 single-task runs in about 3 hours on 2 cores with `--workers 2` (docs/DECISIONS.md,
+plus the 33 single-task runs in about 3.3 hours on 2 cores with `--workers 2` (docs/DECISIONS.md,
 "QM9 at CPU scale"). Its numbers are not comparable with the published tables (an 18x smaller
 training set, a 4x narrower network, 30x fewer epochs, MTL-R gradients).
 """

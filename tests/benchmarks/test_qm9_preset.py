@@ -89,7 +89,10 @@ def test_cpu_preset_is_what_the_docs_say() -> None:
         assert fact in section, fact
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert "python -m benchmarks qm9 --data-source qm9pack --preset cpu --workers 2" in results
-    assert "6,000 / 1,000 / 1,000" in results and "not yet measured" in results
+    assert (
+        "6,000 / 1,000 / 1,000" in results
+        and "--preset cpu --workers 2 --transforms none" in results
+    )
 
 
 def test_unknown_preset_and_bad_subsets_say_what_is_expected() -> None:
