@@ -42,6 +42,7 @@ from benchmarks.harness.summary import (
     markdown_table,
     single_task_reference,
     summarize,
+    transform_drift_table,
 )
 from benchmarks.harness.training import LossTransform, train_run
 from core.errors import InvalidHyperparameterError, MTLInputError
@@ -599,6 +600,13 @@ def _sweep(spec: ExperimentSpec, suite: Suite, config: Config) -> ExperimentResu
         )
     if any(len(row.delta_m_per_seed) > 1 for row in rows):
         table += "\n\nΔm% ↓ (vs the base above) seed by seed:\n\n" + delta_m_seed_table(rows)
+    drift = transform_drift_table(records)
+    if drift:
+        table += (
+            "\n\nTransformed run against the nominal run of the same method and seed, the largest"
+            " relative difference of the test metrics (an update that ignores the transform stays at"
+            " rounding level after epoch 1):\n\n" + drift
+        )
     base_text = ", ".join(f"{name} {value:.4g}" for name, value in base.items()) if base else "none"
     provenance = (
         f"{_command_text(spec, suite, config)} ({'quick' if config.quick else 'full'}; epochs {protocol.epochs}; "

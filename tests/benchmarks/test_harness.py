@@ -25,6 +25,7 @@ from benchmarks.harness.summary import (
     single_task_reference,
     spread,
     summarize,
+    transform_drift_table,
 )
 from benchmarks.harness.training import LossTransform, select_metrics, train_run
 from benchmarks.suites.autompg import AUTOMPG
@@ -473,6 +474,36 @@ def test_the_seed_table_marks_a_missing_seed():
     rows, _, _ = summarize(records, TWO_METRICS)
     mgda_line = delta_m_seed_table(rows).splitlines()[3]
     assert mgda_line.startswith("| none | mgda | – | +") and mgda_line.count("|") == 5
+
+
+def _history_record(method, seed, transform, accs, status="finished"):
+    history = [{"epoch": e + 1, "test": {"acc": acc, "err": 1.0}} for e, acc in enumerate(accs)]
+    return {
+        "spec": {"method": method, "seed": seed, "transform": transform},
+        "result": {"status": status, "history": history},
+    }
+
+
+def test_the_drift_table_pairs_each_transformed_run_with_its_nominal_seed():
+    records = [
+        _record("stl:a", 0, "none", 90.0, 9.0),
+        _history_record("ls", 0, "none", [50.0, 60.0, 70.0]),
+        _history_record("ls", 0, "a:exp", [55.0, 66.0, 63.0]),
+        _history_record("dibsmtl", 0, "none", [50.0, 60.0, 70.0]),
+        _history_record("dibsmtl", 1, "none", [40.0, 45.0, 80.0]),
+        _history_record("dibsmtl", 0, "a:exp", [50.00001, 60.0, 77.0]),
+        _history_record("dibsmtl", 1, "a:exp", [40.0, 45.0]),  # stopped at epoch 2
+        _history_record("pcgrad", 0, "a:exp", [1.0]),  # no nominal run to pair with
+        _history_record("mgda", 0, "none", [1.0], status="diverged"),
+        _history_record("mgda", 0, "a:exp", [1.0]),
+    ]
+    lines = transform_drift_table(records).splitlines()
+    assert lines[0].startswith("| transform | method | after epoch 1, seed by seed |")
+    assert lines[2:] == [
+        "| a:exp | ls | 1.0e-01 (seed 0) | 1.0e-01 (epoch 3) |",  # |63 - 70| / 70
+        "| a:exp | dibsmtl | 2.0e-07 (seed 0) / 0.0e+00 (seed 1) | 1.0e-01 (epoch 2/3) |",
+    ]
+    assert transform_drift_table(records[:2]) == ""  # no transformed run
 
 
 def test_summary_falls_back_to_the_published_base():
