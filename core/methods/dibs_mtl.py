@@ -56,7 +56,10 @@ class DiBSMTL(GradientWeighting):
     Adam's eps-dominated regime, like normalised SGD). With plain SGD the published scale makes
     the step `lr * 1e-5 * sum_i u_i`, which stalls training (100 SGD steps at lr 0.1 leave the
     losses unchanged): use `epsilon=1.0`, so that the update is the sum of unit task gradients
-    and `lr` sets the step length, as in normalised gradient descent. With `steps > 1` the
+    and `lr` sets the step length, as in normalised gradient descent, and choose `lr` for that
+    update, not LS's: `lr * epsilon` about LS's `lr` times the typical `||g_i||` gives LS's step
+    (on CPU-scale QM9, `||g_i||` about 0.1 on the shared features for 11 tasks: at LS's `lr`
+    3e-3, `epsilon` 0.1 trains and 0.3 or more collapse; RESULTS §6). With `steps > 1` the
     published scale is `eta r` with the smaller inner step (2e-7 for T = 5), below what Adam
     cancels: pass an explicit `epsilon` (measured on MultiMNIST in benchmarks/RESULTS.md §6:
     5-step Δm% 12.9 at the published scale, 4.0-4.4 with epsilon 1e-3 to 0.1 under Adam; on
