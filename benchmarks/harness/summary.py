@@ -360,19 +360,18 @@ def delta_m_seed_table(rows: Sequence[Row], /) -> str:
 
 
 def transform_drift_table(records: Sequence[Mapping[str, Any]], /) -> str:
-    """How far each transformed run lies from the nominal run of the same method and seed: the
-    largest relative difference over the test metrics after the first epoch (seed by seed) and
-    after the last epoch both runs finished (the largest over the seeds). An update invariant to
-    the transform stays at float-rounding level after one epoch, unless training amplifies the
-    rounding early (as it amplifies any difference later); one that is not moves at once. "" when
-    no finished run pairs with a nominal one."""
+    """How far each transformed run lies from the nominal run of the same method and seed, seed by
+    seed: the largest relative difference over the test metrics after the first epoch and after
+    the last epoch both runs finished. An update invariant to the transform stays at
+    float-rounding level after one epoch, unless training amplifies the rounding early (as it
+    amplifies any difference later); one that is not moves at once. "" when no finished run pairs
+    with a nominal one."""
     histories: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
     for record in records:
         spec, result = record["spec"], record["result"]
         if result.get("status") == "finished" and not spec["method"].startswith("stl:"):
             histories[(spec["transform"], spec["method"], spec["seed"])] = result["history"]
-    first: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    final: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
+    gaps: dict[tuple[str, str], dict[int, tuple[float, float, int]]] = defaultdict(dict)
     for (transform, method, seed), history in sorted(
         histories.items(), key=lambda item: item[0][2]
     ):
@@ -380,25 +379,23 @@ def transform_drift_table(records: Sequence[Mapping[str, Any]], /) -> str:
         if transform == "none" or not nominal or not history:
             continue
         last = min(len(history), len(nominal)) - 1
-        first[(transform, method)][seed] = _relative_gap(history[0]["test"], nominal[0]["test"])
-        final[(transform, method)].append(
-            (_relative_gap(history[last]["test"], nominal[last]["test"]), last + 1)
+        gaps[(transform, method)][seed] = (
+            _relative_gap(history[0]["test"], nominal[0]["test"]),
+            _relative_gap(history[last]["test"], nominal[last]["test"]),
+            last + 1,
         )
-    if not first:
+    if not gaps:
         return ""
     lines = [
-        "| transform | method | after epoch 1, seed by seed | after the last epoch (largest) |",
+        "| transform | method | after epoch 1 | after the last epoch |",
         "|---|---|---|---|",
     ]
-    for key, by_seed in first.items():
-        seeds = " / ".join(f"{gap:.1e} (seed {seed})" for seed, gap in by_seed.items())
-        epochs = "/".join(str(epoch) for epoch in sorted({epoch for _, epoch in final[key]}))
-        largest = max(gap for gap, _ in final[key])
-        transform, method = key
-        lines.append(
-            f"| {transform.replace('|', chr(92) + '|')} | {method} | {seeds} "
-            f"| {largest:.1e} (epoch {epochs}) |"
+    for (transform, method), by_seed in gaps.items():
+        first = " / ".join(f"{gap:.1e} (seed {seed})" for seed, (gap, _, _) in by_seed.items())
+        last = " / ".join(
+            f"{gap:.1e} (seed {seed}, epoch {epoch})" for seed, (_, gap, epoch) in by_seed.items()
         )
+        lines.append(f"| {transform.replace('|', chr(92) + '|')} | {method} | {first} | {last} |")
     return "\n".join(lines)
 
 

@@ -498,10 +498,11 @@ def test_the_drift_table_pairs_each_transformed_run_with_its_nominal_seed():
         _history_record("mgda", 0, "a:exp", [1.0]),
     ]
     lines = transform_drift_table(records).splitlines()
-    assert lines[0].startswith("| transform | method | after epoch 1, seed by seed |")
+    assert lines[0] == "| transform | method | after epoch 1 | after the last epoch |"
     assert lines[2:] == [
-        "| a:exp | ls | 1.0e-01 (seed 0) | 1.0e-01 (epoch 3) |",  # |63 - 70| / 70
-        "| a:exp | dibsmtl | 2.0e-07 (seed 0) / 0.0e+00 (seed 1) | 1.0e-01 (epoch 2/3) |",
+        "| a:exp | ls | 1.0e-01 (seed 0) | 1.0e-01 (seed 0, epoch 3) |",  # |63 - 70| / 70
+        "| a:exp | dibsmtl | 2.0e-07 (seed 0) / 0.0e+00 (seed 1) "
+        "| 1.0e-01 (seed 0, epoch 3) / 0.0e+00 (seed 1, epoch 2) |",
     ]
     assert transform_drift_table(records[:2]) == ""  # no transformed run
 
